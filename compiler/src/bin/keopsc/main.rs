@@ -1,0 +1,147 @@
+//! `keopsc`: compile and evaluate KeOps formulas written in `.kf` files.
+
+use clap::{Parser, Subcommand};
+use keops_runtime::HostArray;
+use keopsc::diagnostic::render_all;
+use keopsc::driver::{self, Backend, CompiledFile};
+use keopsc::source::SourceFile;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "keopsc", version, about = "Compiler for KeOps formulas (.kf files)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse and check a file; print each kernel's signature, or the diagnostics.
+    Check {
+        file: PathBuf,
+        /// Also print each kernel's formula, one node per line with [dimension, category].
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Evaluate a kernel on .npy arrays.
+    Eval {
+        file: PathBuf,
+        /// The kernel to run; may be left out when the file holds one kernel.
+        #[arg(long)]
+        kernel: Option<String>,
+        /// NAME=FILE.npy, once per argument (inline `Vi(pos, dim)` variables are named by pos).
+        #[arg(long = "arg", value_name = "NAME=FILE.npy")]
+        args: Vec<String>,
+        /// Where to write the output array.
+        #[arg(short, long, value_name = "OUT.npy")]
+        output: PathBuf,
+        /// interp, cpu or cuda; the fastest available when left out.
+        #[arg(long)]
+        backend: Option<String>,
+    },
+}
+
+/// An error already explained to the user on stderr.
+struct Reported;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check { file, verbose } => check(&file, verbose),
+        Command::Eval {
+            file,
+            kernel,
+            args,
+            output,
+            backend,
+        } => eval(&file, kernel.as_deref(), &args, &output, backend.as_deref()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Reported) => ExitCode::FAILURE,
+    }
+}
+
+fn fail(message: impl std::fmt::Display) -> Reported {
+    eprintln!("error: {message}");
+    Reported
+}
+
+fn use_color() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+fn load(path: &Path) -> Result<CompiledFile, Reported> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| fail(format!("cannot read `{}`: {e}", path.display())))?;
+    driver::compile(SourceFile::new(path.display().to_string(), text)).map_err(|(source, diagnostics)| {
+        eprint!("{}", render_all(&diagnostics, &source, use_color()));
+        let n = diagnostics.len();
+        eprintln!("error: {n} error{} in `{}`", if n == 1 { "" } else { "s" }, source.name);
+        Reported
+    })
+}
+
+fn check(path: &Path, verbose: bool) -> Result<(), Reported> {
+    let compiled = load(path)?;
+    for kernel in &compiled.kernels {
+        if verbose {
+            println!("{kernel}");
+        } else {
+            println!("{}", kernel.signature);
+        }
+    }
+    Ok(())
+}
+
+fn eval(
+    path: &Path,
+    kernel: Option<&str>,
+    args: &[String],
+    output: &Path,
+    backend: Option<&str>,
+) -> Result<(), Reported> {
+    let backend = match backend {
+        None => Backend::fastest(),
+        Some(name) => Backend::parse(name)
+            .ok_or_else(|| fail(format!("unknown backend `{name}`: choose interp, cpu or cuda")))?,
+    };
+    let compiled = load(path)?;
+    let kernel = match kernel {
+        Some(name) => compiled.kernel(name).ok_or_else(|| {
+            let names: Vec<String> = compiled.kernels.iter().map(|k| format!("`{}`", k.name)).collect();
+            fail(format!(
+                "no kernel `{name}` in `{}`; it defines {}",
+                path.display(),
+                names.join(", ")
+            ))
+        })?,
+        None => match compiled.kernels.as_slice() {
+            [only] => only,
+            many => {
+                let names: Vec<String> = many.iter().map(|k| format!("`{}`", k.name)).collect();
+                return Err(fail(format!(
+                    "`{}` defines {} kernels ({}): choose one with --kernel NAME",
+                    path.display(),
+                    many.len(),
+                    names.join(", ")
+                )));
+            }
+        },
+    };
+    let mut inputs = Vec::new();
+    for arg in args {
+        let Some((name, file)) = arg.split_once('=') else {
+            return Err(fail(format!("`--arg {arg}`: expected NAME=FILE.npy")));
+        };
+        let array = HostArray::read_npy(Path::new(file))
+            .map_err(|e| fail(format!("argument `{name}` (`{file}`): {e}")))?;
+        inputs.push((name.to_string(), array));
+    }
+    let out = driver::evaluate(kernel, &inputs, backend).map_err(fail)?;
+    out.write_npy(output)
+        .map_err(|e| fail(format!("output `{}`: {e}", output.display())))?;
+    Ok(())
+}

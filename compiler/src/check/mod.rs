@@ -1,0 +1,832 @@
+//! AST -> checked kernels. Resolves names and `let` bindings, builds the formula IR with each
+//! node's dimension and category, applies KeOps's broadcasting rule, and checks the reduction.
+//! Every error becomes a [`Diagnostic`]; checking goes on after one, so a file's errors are all
+//! reported at once (an operand that already failed is not blamed again).
+
+pub mod operators;
+
+use crate::diagnostic::{closest_name, Diagnostic};
+use crate::formula::{Formula, Node, Op};
+use crate::source::Span;
+use crate::syntax::ast::{BinOp, Expr, ExprKind, File, Ident, KernelDef, Statement};
+use egg::Id;
+use keops_runtime::{ArgSpec, Axis, Category, Reduction, ReductionArgs, ReductionKind, Signature};
+use operators::{Param, Params, OPERATORS, VARIABLE_CONSTRUCTORS};
+use ordered_float::OrderedFloat;
+use std::collections::HashMap;
+use std::fmt;
+
+/// A kernel that passed every check: its signature and its formula. For weighted reductions
+/// the formula's root is `Concat(F, V)`, as the reduction folds `F` then `V`.
+#[derive(Clone, Debug)]
+pub struct CheckedKernel {
+    pub name: String,
+    pub span: Span,
+    pub signature: Signature,
+    pub formula: Formula,
+}
+
+impl fmt::Display for CheckedKernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{}", self.signature)?;
+        writeln!(f, "  formula: {}", self.formula.to_text(self.formula.root()))?;
+        write!(f, "{}", self.formula)
+    }
+}
+
+/// Checks every kernel of a file. Kernels with errors are left out of the result.
+pub fn check_file(file: &File) -> (Vec<CheckedKernel>, Vec<Diagnostic>) {
+    let mut kernels = Vec::new();
+    let mut diagnostics = Vec::new();
+    let mut seen: HashMap<&str, &Ident> = HashMap::new();
+    for kernel in &file.kernels {
+        if let Some(first) = seen.get(kernel.name.name.as_str()) {
+            diagnostics.push(
+                Diagnostic::error(
+                    format!("kernel `{}` is defined twice", kernel.name.name),
+                    kernel.name.span.clone(),
+                    "second definition",
+                )
+                .with_label(first.span.clone(), "first defined here"),
+            );
+            continue;
+        }
+        seen.insert(&kernel.name.name, &kernel.name);
+        let mut checker = KernelChecker::default();
+        if let Some(k) = checker.check(kernel) {
+            if checker.diagnostics.is_empty() {
+                kernels.push(k);
+            }
+        }
+        diagnostics.append(&mut checker.diagnostics);
+    }
+    (kernels, diagnostics)
+}
+
+/// A variable found in declarations or inline `Vi(pos, dim)` calls, before positions are final.
+struct VarDecl {
+    name: String,
+    category: Category,
+    dim: usize,
+    position: Option<usize>,
+    span: Span,
+}
+
+/// What a name in a formula refers to.
+#[derive(Clone)]
+enum Binding {
+    Var(Id),
+    /// A `let`; `None` when its formula had an error.
+    Let(Option<Id>, Span),
+}
+
+#[derive(Default)]
+struct KernelChecker {
+    diagnostics: Vec<Diagnostic>,
+    vars: Vec<VarDecl>,
+    formula: Option<Formula>,
+    scope: HashMap<String, Binding>,
+    /// Inline positional variables by position -> index in `vars`.
+    inline: HashMap<usize, usize>,
+    /// The formula node of each entry of `vars`.
+    var_nodes: Vec<Id>,
+}
+
+impl KernelChecker {
+    fn error(&mut self, d: Diagnostic) {
+        self.diagnostics.push(d);
+    }
+
+    fn check(&mut self, kernel: &KernelDef) -> Option<CheckedKernel> {
+        // Pass 1: every variable, so that argument positions are known before formulas are built.
+        for stmt in &kernel.body {
+            match stmt {
+                Statement::Decl { name, value } => self.declare(name, value),
+                Statement::Let { value, .. } | Statement::Expr(value) => self.collect_inline(value),
+            }
+        }
+        let order = self.resolve_positions(kernel)?;
+        let args: Vec<ArgSpec> = order
+            .iter()
+            .map(|&v| ArgSpec {
+                name: self.vars[v].name.clone(),
+                category: self.vars[v].category,
+                dim: self.vars[v].dim,
+            })
+            .collect();
+        let mut formula = Formula::new(args.clone());
+        let mut var_nodes = vec![Id::from(0); self.vars.len()];
+        for (k, &v) in order.iter().enumerate() {
+            var_nodes[v] = formula
+                .push(Node::leaf(Op::Var(k as u32)), Some(self.vars[v].span.clone()))
+                .expect("a variable always has a dimension");
+        }
+        for (v, decl) in self.vars.iter().enumerate() {
+            if !decl.name.chars().all(|c| c.is_ascii_digit()) {
+                self.scope.insert(decl.name.clone(), Binding::Var(var_nodes[v]));
+            }
+        }
+        self.formula = Some(formula);
+        self.var_nodes = var_nodes;
+
+        // Pass 2: lets and the reduction, in order.
+        let mut reduction = None;
+        let last = kernel.body.len().checked_sub(1);
+        for (k, stmt) in kernel.body.iter().enumerate() {
+            match stmt {
+                Statement::Decl { .. } => {}
+                Statement::Let { name, value } => {
+                    let id = self.formula_expr(value);
+                    if let Some(Binding::Var(_)) | Some(Binding::Let(..)) = self.scope.get(&name.name) {
+                        let previous = self.binding_span(&name.name);
+                        let mut d = Diagnostic::error(
+                            format!("`{}` is defined twice", name.name),
+                            name.span.clone(),
+                            "second definition",
+                        );
+                        if let Some(span) = previous {
+                            d = d.with_label(span, "first defined here");
+                        }
+                        self.error(d);
+                    } else {
+                        self.scope.insert(name.name.clone(), Binding::Let(id, name.span.clone()));
+                    }
+                }
+                Statement::Expr(value) if Some(k) == last => {
+                    reduction = self.reduction(value);
+                }
+                Statement::Expr(value) => self.error(
+                    Diagnostic::error(
+                        "a formula before the kernel's last line is never used",
+                        value.span.clone(),
+                        "this formula is not bound to a name",
+                    )
+                    .with_help("bind it with `let name = ...`; only the last line is the reduction"),
+                ),
+            }
+        }
+        if !matches!(kernel.body.last(), Some(Statement::Expr(_))) {
+            self.error(
+                Diagnostic::error(
+                    format!("kernel `{}` has no reduction", kernel.name.name),
+                    kernel.name.span.clone(),
+                    "this kernel does not end with a reduction",
+                )
+                .with_help("end the kernel with a reduction line, such as `Sum_Reduction(F, 0)`"),
+            );
+        }
+        let (reduction, axis, root) = reduction?;
+        let formula = self.formula.take()?.extract(root);
+        Some(CheckedKernel {
+            name: kernel.name.name.clone(),
+            span: kernel.span.clone(),
+            signature: Signature {
+                name: kernel.name.name.clone(),
+                args,
+                reduction,
+                axis,
+            },
+            formula,
+        })
+    }
+
+    fn binding_span(&self, name: &str) -> Option<Span> {
+        match self.scope.get(name)? {
+            Binding::Var(_) => self
+                .vars
+                .iter()
+                .find(|v| v.name == name)
+                .map(|v| v.span.clone()),
+            Binding::Let(_, span) => Some(span.clone()),
+        }
+    }
+
+    /// `x = Vi(3)` or `x = Vi(pos, 3)`.
+    fn declare(&mut self, name: &Ident, value: &Expr) {
+        if let Some(first) = self.vars.iter().find(|v| v.name == name.name) {
+            let d = Diagnostic::error(
+                format!("`{}` is declared twice", name.name),
+                name.span.clone(),
+                "second declaration",
+            )
+            .with_label(first.span.clone(), "first declared here");
+            self.error(d);
+            return;
+        }
+        let parsed = match &value.kind {
+            ExprKind::Call { callee, args } if VARIABLE_CONSTRUCTORS.contains(&callee.name.as_str()) => {
+                self.variable_constructor(callee, args, value.span.clone(), true)
+            }
+            _ => {
+                self.error(
+                    Diagnostic::error(
+                        format!("`{}` must be declared as `Vi(dim)`, `Vj(dim)` or `Pm(dim)`", name.name),
+                        value.span.clone(),
+                        "not a variable declaration",
+                    )
+                    .with_help(format!("to name a formula, write `let {} = ...`", name.name)),
+                );
+                None
+            }
+        };
+        if let Some((category, position, dim)) = parsed {
+            self.vars.push(VarDecl {
+                name: name.name.clone(),
+                category,
+                dim,
+                position,
+                span: name.span.start..value.span.end,
+            });
+        }
+    }
+
+    /// Parses `Vi(dim)` (declarations only) or `Vi(pos, dim)`: (category, position, dim).
+    fn variable_constructor(
+        &mut self,
+        callee: &Ident,
+        args: &[Expr],
+        span: Span,
+        declaration: bool,
+    ) -> Option<(Category, Option<usize>, usize)> {
+        let category = match callee.name.as_str() {
+            "Vi" => Category::I,
+            "Vj" => Category::J,
+            _ => Category::Param,
+        };
+        let ints: Option<Vec<i64>> = args.iter().map(|a| a.kind.as_integer()).collect();
+        let signature = if declaration {
+            format!("{0}(dim) or {0}(pos, dim)", callee.name)
+        } else {
+            format!("{}(pos, dim)", callee.name)
+        };
+        let (position, dim) = match ints.as_deref() {
+            Some([d]) if declaration => (None, *d),
+            Some([p, d]) => (Some(*p), *d),
+            _ => {
+                self.error(
+                    Diagnostic::error(
+                        format!("wrong arguments for `{}`", callee.name),
+                        span,
+                        format!("expected {signature}, with integer literals"),
+                    )
+                    .with_note(format!("`{}` declares a variable: {signature}", callee.name)),
+                );
+                return None;
+            }
+        };
+        if dim < 1 {
+            self.error(Diagnostic::error(
+                "a variable's dimension must be at least 1",
+                span,
+                format!("dimension {dim}"),
+            ));
+            return None;
+        }
+        let position = match position {
+            Some(p) if p < 0 => {
+                self.error(Diagnostic::error(
+                    "a variable's position must be non-negative",
+                    span,
+                    format!("position {p}"),
+                ));
+                return None;
+            }
+            p => p.map(|p| p as usize),
+        };
+        Some((category, position, dim as usize))
+    }
+
+    /// Registers inline `Vi(pos, dim)` variables found anywhere in a formula.
+    fn collect_inline(&mut self, expr: &Expr) {
+        let mut stack = vec![expr];
+        while let Some(e) = stack.pop() {
+            match &e.kind {
+                ExprKind::Call { callee, args } => {
+                    if VARIABLE_CONSTRUCTORS.contains(&callee.name.as_str()) {
+                        self.inline_var(callee, args, e.span.clone());
+                    } else {
+                        stack.extend(args.iter());
+                    }
+                }
+                ExprKind::List(items) => stack.extend(items.iter()),
+                ExprKind::Neg(inner) => stack.push(inner),
+                ExprKind::Binary { lhs, rhs, .. } | ExprKind::BarScalprod { lhs, rhs } => {
+                    stack.push(lhs);
+                    stack.push(rhs);
+                }
+                ExprKind::Number { .. } | ExprKind::Name(_) => {}
+            }
+        }
+    }
+
+    fn inline_var(&mut self, callee: &Ident, args: &[Expr], span: Span) {
+        let Some((category, Some(position), dim)) = self.variable_constructor(callee, args, span.clone(), false) else {
+            return;
+        };
+        if let Some(&v) = self.inline.get(&position) {
+            let first = &self.vars[v];
+            if first.category != category || first.dim != dim {
+                let d = Diagnostic::error(
+                    format!("position {position} is used with two different types"),
+                    span,
+                    format!("{}({position}, {dim}) here", category),
+                )
+                .with_label(first.span.clone(), format!("{}({position}, {}) here", first.category, first.dim));
+                self.error(d);
+            }
+            return;
+        }
+        self.inline.insert(position, self.vars.len());
+        self.vars.push(VarDecl {
+            name: position.to_string(),
+            category,
+            dim,
+            position: Some(position),
+            span,
+        });
+    }
+
+    /// Gives every variable a position: explicit ones keep theirs, declarations without one
+    /// take the lowest free positions in declaration order. Positions must be 0..n-1, once each.
+    fn resolve_positions(&mut self, kernel: &KernelDef) -> Option<Vec<usize>> {
+        let mut by_position: Vec<Option<usize>> = Vec::new();
+        let mut ok = true;
+        let explicit: Vec<(usize, usize)> = self
+            .vars
+            .iter()
+            .enumerate()
+            .filter_map(|(v, d)| d.position.map(|p| (v, p)))
+            .collect();
+        for (v, p) in explicit {
+            if by_position.len() <= p {
+                by_position.resize(p + 1, None);
+            }
+            if let Some(other) = by_position[p] {
+                // Inline repeats of one position are merged earlier; this is a real clash.
+                let d = Diagnostic::error(
+                    format!("two variables take position {p}"),
+                    self.vars[v].span.clone(),
+                    format!("`{}` at position {p}", self.vars[v].name),
+                )
+                .with_label(self.vars[other].span.clone(), format!("`{}` at position {p}", self.vars[other].name));
+                self.error(d);
+                ok = false;
+            } else {
+                by_position[p] = Some(v);
+            }
+        }
+        for v in 0..self.vars.len() {
+            if self.vars[v].position.is_none() {
+                match by_position.iter().position(Option::is_none) {
+                    Some(free) => by_position[free] = Some(v),
+                    None => by_position.push(Some(v)),
+                }
+            }
+        }
+        if let Some(missing) = by_position.iter().position(Option::is_none) {
+            self.error(
+                Diagnostic::error(
+                    format!("no variable takes position {missing}"),
+                    kernel.name.span.clone(),
+                    format!("kernel `{}` has a gap in its argument positions", kernel.name.name),
+                )
+                .with_help("positions run from 0 without gaps: every argument must be declared"),
+            );
+            ok = false;
+        }
+        ok.then(|| by_position.into_iter().map(|v| v.expect("no gaps")).collect())
+    }
+
+    fn formula(&mut self) -> &mut Formula {
+        self.formula.as_mut().expect("pass 2 has a formula")
+    }
+
+    fn dim(&self, id: Id) -> usize {
+        self.formula.as_ref().expect("pass 2 has a formula").info(id).dim
+    }
+
+    fn push_leaf(&mut self, op: Op, span: &Span) -> Id {
+        self.formula()
+            .push(Node::leaf(op), Some(span.clone()))
+            .expect("a leaf always has a dimension")
+    }
+
+    /// Adds `op(operands)`, reporting a dimension error with each operand labelled.
+    fn push_op(&mut self, op: Op, operands: &[(Id, Span)], span: &Span, shown_name: &str) -> Option<Id> {
+        let node = Node::new(op, operands.iter().map(|(id, _)| *id).collect());
+        match self.formula().push(node, Some(span.clone())) {
+            Ok(id) => Some(id),
+            Err(message) => {
+                let mut d = Diagnostic::error(
+                    format!("dimension mismatch in `{shown_name}`"),
+                    span.clone(),
+                    message,
+                );
+                for (id, operand_span) in operands {
+                    let dim = self.dim(*id);
+                    d = d.with_label(operand_span.clone(), format!("this has dimension {dim}"));
+                }
+                self.error(d);
+                None
+            }
+        }
+    }
+
+    /// Checks a formula expression; `None` when it has an error (already reported).
+    fn formula_expr(&mut self, e: &Expr) -> Option<Id> {
+        match &e.kind {
+            ExprKind::Number { value, text } => Some(self.number(*value, text, false, &e.span)),
+            ExprKind::Name(name) => self.name(name, &e.span),
+            ExprKind::Neg(inner) => {
+                if let ExprKind::Number { value, text } = &inner.kind {
+                    return Some(self.number(*value, text, true, &e.span));
+                }
+                let id = self.formula_expr(inner)?;
+                self.push_op(Op::Neg, &[(id, inner.span.clone())], &e.span, "-")
+            }
+            ExprKind::Binary { op: BinOp::Pow, lhs, rhs } => self.power(lhs, rhs, &e.span),
+            ExprKind::Binary { op, lhs, rhs } => {
+                let l = self.formula_expr(lhs);
+                let r = self.formula_expr(rhs);
+                let (l, r) = (l?, r?);
+                let node_op = match op {
+                    BinOp::Add => Op::Add,
+                    BinOp::Sub => Op::Sub,
+                    BinOp::Mul => Op::Mul,
+                    BinOp::Div => Op::Div,
+                    BinOp::Bar => Op::Scalprod,
+                    BinOp::Pow => unreachable!("handled above"),
+                };
+                let operands = [(l, lhs.span.clone()), (r, rhs.span.clone())];
+                self.push_op(node_op, &operands, &e.span, op.symbol())
+            }
+            ExprKind::BarScalprod { lhs, rhs } => {
+                let l = self.formula_expr(lhs);
+                let r = self.formula_expr(rhs);
+                let operands = [(l?, lhs.span.clone()), (r?, rhs.span.clone())];
+                self.push_op(Op::Scalprod, &operands, &e.span, "|f|g|")
+            }
+            ExprKind::List(_) => {
+                self.error(Diagnostic::error(
+                    "a list is not a formula",
+                    e.span.clone(),
+                    "lists are only arguments of `TensorDot`",
+                ));
+                None
+            }
+            ExprKind::Call { callee, args } => self.call(callee, args, &e.span),
+        }
+    }
+
+    fn number(&mut self, value: f64, text: &str, negative: bool, span: &Span) -> Id {
+        let op = match text.parse::<i64>() {
+            Ok(k) if k != 0 => Op::IntCst(if negative { -k } else { k }),
+            _ => Op::Const(OrderedFloat(if negative { -value } else { value })),
+        };
+        self.push_leaf(op, span)
+    }
+
+    fn name(&mut self, name: &str, span: &Span) -> Option<Id> {
+        match self.scope.get(name) {
+            Some(Binding::Var(id)) => Some(*id),
+            Some(Binding::Let(id, _)) => *id,
+            None => {
+                let mut d = Diagnostic::error(
+                    format!("unknown variable `{name}`"),
+                    span.clone(),
+                    "not declared in this kernel",
+                );
+                if let Some(op) = operators::lookup(name) {
+                    d = d.with_help(format!("`{name}` is an operator: call it as `{}`", op.signature));
+                } else {
+                    let candidates: Vec<&str> = self.scope.keys().map(String::as_str).collect();
+                    if let Some(close) = closest_name(name, candidates) {
+                        d = d.with_help(format!("did you mean `{close}`?"));
+                    } else {
+                        d = d.with_help(format!("declare it, e.g. `{name} = Vi(3)`, or bind it with `let {name} = ...`"));
+                    }
+                }
+                self.error(d);
+                None
+            }
+        }
+    }
+
+    /// `f ** p`: integer `p` is `Pow` (2 is `Square`), ±0.5 are `Sqrt`/`Rsqrt`, as pykeops does.
+    fn power(&mut self, lhs: &Expr, rhs: &Expr, span: &Span) -> Option<Id> {
+        let base = self.formula_expr(lhs);
+        let exponent = match &rhs.kind {
+            ExprKind::Number { value, .. } => Some(*value),
+            ExprKind::Neg(inner) => match &inner.kind {
+                ExprKind::Number { value, .. } => Some(-*value),
+                _ => None,
+            },
+            _ => None,
+        };
+        let op = match exponent {
+            Some(p) if p == 2.0 => Op::Square,
+            Some(p) if p == 0.5 => Op::Sqrt,
+            Some(p) if p == -0.5 => Op::Rsqrt,
+            Some(p) if p.fract() == 0.0 && p.abs() <= i32::MAX as f64 => Op::Pow(p as i32),
+            _ => {
+                self.error(
+                    Diagnostic::error(
+                        "`**` takes an integer exponent (or 0.5, -0.5)",
+                        rhs.span.clone(),
+                        "not an integer literal",
+                    )
+                    .with_help("for a real or formula exponent use `Powf(f, g)`"),
+                );
+                return None;
+            }
+        };
+        self.push_op(op, &[(base?, lhs.span.clone())], span, "**")
+    }
+
+    fn call(&mut self, callee: &Ident, args: &[Expr], span: &Span) -> Option<Id> {
+        let name = callee.name.as_str();
+        if VARIABLE_CONSTRUCTORS.contains(&name) {
+            let (_, position, _) = self.variable_constructor(callee, args, span.clone(), false)?;
+            let v = *self.inline.get(&position?)?;
+            return self.var_nodes.get(v).copied();
+        }
+        if ReductionKind::from_reduction_name(name).is_some() {
+            self.error(Diagnostic::error(
+                format!("`{name}` can only be the kernel's last line"),
+                span.clone(),
+                "a reduction inside a formula",
+            ));
+            return None;
+        }
+        let Some(entry) = operators::lookup(name) else {
+            let mut d = Diagnostic::error(format!("unknown operator `{name}`"), callee.span.clone(), "no such operator");
+            let candidates = OPERATORS
+                .iter()
+                .map(|e| e.name)
+                .chain(VARIABLE_CONSTRUCTORS)
+                .chain(ReductionKind::ALL.iter().map(|k| k.name()));
+            if let Some(close) = closest_name(name, candidates) {
+                let shown = match operators::lookup(close) {
+                    Some(e) => format!("did you mean `{close}`? ({})", e.signature),
+                    None => format!("did you mean `{close}`?"),
+                };
+                d = d.with_help(shown);
+            }
+            self.error(d);
+            // Still check the arguments, to report their own errors.
+            for a in args {
+                if !matches!(a.kind, ExprKind::List(_)) {
+                    self.formula_expr(a);
+                }
+            }
+            return None;
+        };
+        if args.len() < entry.min_args() || args.len() > entry.max_args() {
+            let expected = if entry.min_args() == entry.max_args() {
+                format!("{}", entry.min_args())
+            } else {
+                format!("{} or {}", entry.min_args(), entry.max_args())
+            };
+            self.error(
+                Diagnostic::error(
+                    format!(
+                        "`{name}` takes {expected} argument{}, but {} {} given",
+                        if entry.max_args() == 1 { "" } else { "s" },
+                        args.len(),
+                        if args.len() == 1 { "was" } else { "were" }
+                    ),
+                    span.clone(),
+                    format!("expected {}", entry.signature),
+                )
+                .with_note(format!("signature: {}", entry.signature)),
+            );
+            return None;
+        }
+        let mut operands: Vec<(Id, Span)> = Vec::new();
+        let mut params = Params {
+            ints: Vec::new(),
+            lists: Vec::new(),
+        };
+        let mut ok = true;
+        for (arg, param) in args.iter().zip(entry.params) {
+            match param {
+                Param::Formula => match self.formula_expr(arg) {
+                    Some(id) => operands.push((id, arg.span.clone())),
+                    None => ok = false,
+                },
+                Param::Variable => match self.variable_operand(arg, entry.signature) {
+                    Some(id) => operands.push((id, arg.span.clone())),
+                    None => ok = false,
+                },
+                Param::Int => match arg.kind.as_integer() {
+                    Some(k) => params.ints.push(k),
+                    None => {
+                        self.error(
+                            Diagnostic::error(
+                                format!("`{name}` expects an integer literal here"),
+                                arg.span.clone(),
+                                "not an integer literal",
+                            )
+                            .with_note(format!("signature: {}", entry.signature)),
+                        );
+                        ok = false;
+                    }
+                },
+                Param::IntList | Param::OptIntList => match self.int_list(arg, entry.signature) {
+                    Some(list) => params.lists.push(list),
+                    None => ok = false,
+                },
+            }
+        }
+        if !ok {
+            return None;
+        }
+        match name {
+            "IntCst" => Some(self.push_leaf(
+                if params.ints[0] == 0 { Op::Zero(1) } else { Op::IntCst(params.ints[0]) },
+                span,
+            )),
+            "Zero" => match usize::try_from(params.ints[0]) {
+                Ok(d) if d >= 1 => Some(self.push_leaf(Op::Zero(d), span)),
+                _ => {
+                    self.error(Diagnostic::error(
+                        "`Zero(dim)` needs a dimension of at least 1",
+                        span.clone(),
+                        "invalid dimension",
+                    ));
+                    None
+                }
+            },
+            "RatCst" => {
+                if params.ints[1] == 0 {
+                    self.error(Diagnostic::error("`RatCst(p, q)` with q = 0", span.clone(), "division by zero"));
+                    return None;
+                }
+                let p = self.push_leaf(Op::IntCst(params.ints[0]), span);
+                let q = self.push_leaf(Op::IntCst(params.ints[1]), span);
+                self.push_op(Op::Div, &[(p, span.clone()), (q, span.clone())], span, name)
+            }
+            _ => match operators::build_op(name, &params) {
+                Ok(op) => self.push_op(op, &operands, span, name),
+                Err(message) => {
+                    self.error(
+                        Diagnostic::error(format!("invalid parameter for `{name}`"), span.clone(), message)
+                            .with_note(format!("signature: {}", entry.signature)),
+                    );
+                    None
+                }
+            },
+        }
+    }
+
+    /// `Grad`/`Diff`'s second argument: a variable, by name or inline.
+    fn variable_operand(&mut self, arg: &Expr, signature: &str) -> Option<Id> {
+        let is_var = match &arg.kind {
+            ExprKind::Name(n) => matches!(self.scope.get(n), Some(Binding::Var(_))) || !self.scope.contains_key(n),
+            ExprKind::Call { callee, .. } => VARIABLE_CONSTRUCTORS.contains(&callee.name.as_str()),
+            _ => false,
+        };
+        if !is_var {
+            self.error(
+                Diagnostic::error(
+                    "differentiation is with respect to a variable",
+                    arg.span.clone(),
+                    "not a declared variable",
+                )
+                .with_note(format!("signature: {signature}, where v is a Vi, Vj or Pm variable")),
+            );
+            return None;
+        }
+        self.formula_expr(arg)
+    }
+
+    fn int_list(&mut self, arg: &Expr, signature: &str) -> Option<Vec<usize>> {
+        let items = match &arg.kind {
+            ExprKind::List(items) => items
+                .iter()
+                .map(|i| i.kind.as_integer().and_then(|k| usize::try_from(k).ok()))
+                .collect::<Option<Vec<usize>>>(),
+            _ => None,
+        };
+        if items.is_none() {
+            self.error(
+                Diagnostic::error(
+                    "expected a list of non-negative integers, such as `[2, 3]`",
+                    arg.span.clone(),
+                    "not an integer list",
+                )
+                .with_note(format!("signature: {signature}")),
+            );
+        }
+        items
+    }
+
+    /// The kernel's last line: `Kind_Reduction(F, [K | V,] axis)`.
+    fn reduction(&mut self, e: &Expr) -> Option<(Reduction, Axis, Id)> {
+        let (callee, args) = match &e.kind {
+            ExprKind::Call { callee, args } if callee.name.ends_with("_Reduction") => (callee, args),
+            _ => {
+                let _ = self.formula_expr(e);
+                self.error(
+                    Diagnostic::error(
+                        "the kernel's last line must be a reduction",
+                        e.span.clone(),
+                        "a formula, not a reduction",
+                    )
+                    .with_help("wrap it in a reduction, e.g. `Sum_Reduction(F, 0)` to sum over j"),
+                );
+                return None;
+            }
+        };
+        let Some(kind) = ReductionKind::from_reduction_name(&callee.name) else {
+            let names: Vec<String> = ReductionKind::ALL.iter().map(|k| k.to_string()).collect();
+            let mut d = Diagnostic::error(
+                format!("unknown reduction `{}`", callee.name),
+                callee.span.clone(),
+                "no such reduction",
+            );
+            if let Some(close) = closest_name(&callee.name, names.iter().map(String::as_str)) {
+                d = d.with_help(format!("did you mean `{close}`?"));
+            }
+            self.error(d);
+            return None;
+        };
+        let signature = match kind.args() {
+            ReductionArgs::Formula => format!("{kind}(F, axis)"),
+            ReductionArgs::FormulaK => format!("{kind}(F, K, axis)"),
+            ReductionArgs::FormulaWeight => format!("{kind}(F, V, axis)"),
+        };
+        let expected_args = if kind.args() == ReductionArgs::Formula { 2 } else { 3 };
+        if args.len() != expected_args {
+            self.error(
+                Diagnostic::error(
+                    format!("`{kind}` takes {expected_args} arguments, but {} were given", args.len()),
+                    e.span.clone(),
+                    format!("expected {signature}"),
+                )
+                .with_note(format!("signature: {signature}")),
+            );
+            return None;
+        }
+        let f = self.formula_expr(&args[0]);
+        let axis_arg = &args[expected_args - 1];
+        let axis = axis_arg.kind.as_integer().and_then(Axis::from_index);
+        if axis.is_none() {
+            self.error(
+                Diagnostic::error(
+                    "the reduction axis must be 0 or 1",
+                    axis_arg.span.clone(),
+                    "expected 0 (one output per i, reducing over j) or 1 (one per j, over i)",
+                )
+                .with_note(format!("signature: {signature}")),
+            );
+        }
+        let mut k = 1;
+        let mut weight = None;
+        match kind.args() {
+            ReductionArgs::Formula => {}
+            ReductionArgs::FormulaK => match args[1].kind.as_integer() {
+                Some(value) if value >= 1 => k = value as usize,
+                _ => {
+                    self.error(
+                        Diagnostic::error(
+                            format!("`{kind}` needs K, a positive integer literal"),
+                            args[1].span.clone(),
+                            "expected K >= 1",
+                        )
+                        .with_note(format!("signature: {signature}")),
+                    );
+                    return None;
+                }
+            },
+            ReductionArgs::FormulaWeight => weight = Some(self.formula_expr(&args[1])?),
+        }
+        let (f, axis) = (f?, axis?);
+        let fdim = self.dim(f);
+        if kind.needs_scalar_formula() && fdim != 1 {
+            self.error(
+                Diagnostic::error(
+                    format!("`{kind}` reduces a scalar formula"),
+                    args[0].span.clone(),
+                    format!("this has dimension {fdim}"),
+                )
+                .with_help("reduce one component with `Elem(F, k)`, or sum them with `Sum(F)`"),
+            );
+            return None;
+        }
+        let (reduction, root) = match weight {
+            None => (Reduction::with_k(kind, k, fdim), f),
+            Some(w) => {
+                let wdim = self.dim(w);
+                let root = self.push_op(
+                    Op::Concat,
+                    &[(f, args[0].span.clone()), (w, args[1].span.clone())],
+                    &e.span,
+                    "Concat",
+                )?;
+                (Reduction::with_weight(kind, fdim, wdim), root)
+            }
+        };
+        Some((reduction, axis, root))
+    }
+}

@@ -1,0 +1,159 @@
+//! The pipeline end to end, for the CLI, the REPL and tests: source text to checked kernels,
+//! and a kernel evaluated on named host arrays by a chosen backend.
+
+use crate::check::{check_file, CheckedKernel};
+use crate::diagnostic::Diagnostic;
+use crate::interp::{self, InterpError};
+use crate::source::SourceFile;
+use crate::syntax::{ast, parse};
+use keops_runtime::{check_arguments, ArgumentError, Axis, DType, HostArray};
+use std::fmt;
+
+/// A parsed and checked file.
+pub struct CompiledFile {
+    pub source: SourceFile,
+    pub ast: ast::File,
+    pub kernels: Vec<CheckedKernel>,
+}
+
+impl CompiledFile {
+    pub fn kernel(&self, name: &str) -> Option<&CheckedKernel> {
+        self.kernels.iter().find(|k| k.name == name)
+    }
+}
+
+/// Parses and checks; any diagnostic (syntax or semantic) fails the whole file, and all of
+/// them are returned.
+pub fn compile(source: SourceFile) -> Result<CompiledFile, (SourceFile, Vec<Diagnostic>)> {
+    let (ast, mut diagnostics) = parse(&source.text);
+    let (kernels, check_diagnostics) = check_file(&ast);
+    diagnostics.extend(check_diagnostics);
+    if diagnostics.is_empty() && ast.kernels.is_empty() {
+        diagnostics.push(
+            Diagnostic::error("the file defines no kernel", 0..0, "expected `kernel NAME { ... }`")
+                .with_help("a .kf file holds one or more `kernel NAME { ... }` blocks"),
+        );
+    }
+    if diagnostics.is_empty() {
+        Ok(CompiledFile {
+            source,
+            ast,
+            kernels,
+        })
+    } else {
+        Err((source, diagnostics))
+    }
+}
+
+/// Where a kernel runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The f64 reference interpreter.
+    Interp,
+    /// Compiled, vectorised CPU code.
+    Cpu,
+    /// Compiled PTX on an NVIDIA GPU.
+    Cuda,
+}
+
+impl Backend {
+    pub fn parse(name: &str) -> Option<Backend> {
+        match name {
+            "interp" => Some(Backend::Interp),
+            "cpu" => Some(Backend::Cpu),
+            "cuda" => Some(Backend::Cuda),
+            _ => None,
+        }
+    }
+
+    /// The backends this build can run.
+    pub fn available() -> Vec<Backend> {
+        vec![Backend::Interp]
+    }
+
+    /// The fastest backend this build and machine can run.
+    pub fn fastest() -> Backend {
+        Backend::Interp
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Interp => "interp",
+            Backend::Cpu => "cpu",
+            Backend::Cuda => "cuda",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Argument(#[from] ArgumentError),
+    #[error("the `{0}` backend is not available in this build (available: {1})")]
+    BackendUnavailable(Backend, String),
+    #[error(transparent)]
+    Interp(#[from] InterpError),
+}
+
+/// Matches `--arg name=...` inputs to the kernel's arguments: by name, or by position for
+/// inline `Vi(pos, dim)` variables (named by their position). Every error names the argument.
+pub fn bind_arguments<'a>(
+    kernel: &CheckedKernel,
+    inputs: &'a [(String, HostArray)],
+) -> Result<Vec<&'a HostArray>, ArgumentError> {
+    let sig = &kernel.signature;
+    let names: Vec<String> = sig.args.iter().map(|a| format!("`{}`", a.name)).collect();
+    let mut bound: Vec<Option<&HostArray>> = vec![None; sig.args.len()];
+    for (name, array) in inputs {
+        let Some(k) = sig.args.iter().position(|a| &a.name == name) else {
+            return Err(ArgumentError::Unknown {
+                name: name.clone(),
+                expected: if names.is_empty() { "none".into() } else { names.join(", ") },
+            });
+        };
+        if bound[k].is_some() {
+            return Err(ArgumentError::Duplicate { name: name.clone() });
+        }
+        bound[k] = Some(array);
+    }
+    bound
+        .into_iter()
+        .zip(&sig.args)
+        .map(|(b, spec)| {
+            b.ok_or_else(|| ArgumentError::Missing {
+                name: spec.name.clone(),
+                spec: format!("{}({})", spec.category, spec.dim),
+            })
+        })
+        .collect()
+}
+
+/// Evaluates a kernel on named arrays. The output has the inputs' dtype: shape `(N, Dout)` for
+/// axis 0, `(M, Dout)` for axis 1.
+pub fn evaluate(
+    kernel: &CheckedKernel,
+    inputs: &[(String, HostArray)],
+    backend: Backend,
+) -> Result<HostArray, EvalError> {
+    let arrays = bind_arguments(kernel, inputs)?;
+    let size = check_arguments(&kernel.signature, &arrays)?;
+    if backend != Backend::Interp {
+        let available: Vec<String> = Backend::available().iter().map(|b| b.to_string()).collect();
+        return Err(EvalError::BackendUnavailable(backend, available.join(", ")));
+    }
+    let data: Vec<Vec<f64>> = arrays.iter().map(|a| a.to_f64()).collect();
+    let views: Vec<&[f64]> = data.iter().map(Vec::as_slice).collect();
+    let sig = &kernel.signature;
+    let out = interp::evaluate(&kernel.formula, &sig.reduction, sig.axis, &views, size)?;
+    let rows = match sig.axis {
+        Axis::I => size.n,
+        Axis::J => size.m,
+    };
+    let shape = vec![rows, sig.output_dim()];
+    Ok(match size.dtype {
+        DType::F64 => HostArray::from_f64(shape, out),
+        DType::F32 => HostArray::from_f32(shape, out.into_iter().map(|x| x as f32).collect()),
+    })
+}

@@ -1,0 +1,169 @@
+//! The syntax tree of a `.kf` file. Every node keeps its byte span; `Display` prints the file
+//! back as `.kf` text (fully parenthesised where precedence could be in doubt).
+
+use crate::source::Span;
+use std::fmt;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ident {
+    pub name: String,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct File {
+    pub kernels: Vec<KernelDef>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelDef {
+    pub name: Ident,
+    pub body: Vec<Statement>,
+    /// From `kernel` to the closing brace.
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Statement {
+    /// `x = Vi(3)`: declares an argument.
+    Decl { name: Ident, value: Expr },
+    /// `let g = formula`
+    Let { name: Ident, value: Expr },
+    /// A formula on its own: the kernel's reduction when it is the last statement.
+    Expr(Expr),
+}
+
+impl Statement {
+    pub fn span(&self) -> Span {
+        match self {
+            Statement::Decl { name, value } | Statement::Let { name, value } => {
+                name.span.start..value.span.end
+            }
+            Statement::Expr(e) => e.span.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    /// `**` or `^`
+    Pow,
+    /// `f | g`, the scalar product
+    Bar,
+}
+
+impl BinOp {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            BinOp::Add => "+",
+            BinOp::Sub => "-",
+            BinOp::Mul => "*",
+            BinOp::Div => "/",
+            BinOp::Pow => "**",
+            BinOp::Bar => "|",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Expr {
+    pub kind: ExprKind,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ExprKind {
+    /// A numeric literal; `text` is kept to tell `2` from `2.0`.
+    Number { value: f64, text: String },
+    Name(String),
+    Call { callee: Ident, args: Vec<Expr> },
+    /// `[1, 2]`: integer lists, as TensorDot takes them.
+    List(Vec<Expr>),
+    Neg(Box<Expr>),
+    Binary {
+        op: BinOp,
+        lhs: Box<Expr>,
+        rhs: Box<Expr>,
+    },
+    /// `|f|g|`: the scalar product written with bars.
+    BarScalprod { lhs: Box<Expr>, rhs: Box<Expr> },
+}
+
+impl ExprKind {
+    /// The integer a literal spells, if it is one (`3`, not `3.0`).
+    pub fn as_integer(&self) -> Option<i64> {
+        match self {
+            ExprKind::Number { text, .. } => text.parse().ok(),
+            ExprKind::Neg(inner) => inner.kind.as_integer().map(|v| -v),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for File {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (k, kernel) in self.kernels.iter().enumerate() {
+            if k > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{kernel}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for KernelDef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "kernel {} {{", self.name.name)?;
+        for stmt in &self.body {
+            writeln!(f, "    {stmt}")?;
+        }
+        writeln!(f, "}}")
+    }
+}
+
+impl fmt::Display for Statement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Statement::Decl { name, value } => write!(f, "{} = {value}", name.name),
+            Statement::Let { name, value } => write!(f, "let {} = {value}", name.name),
+            Statement::Expr(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl fmt::Display for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            ExprKind::Number { text, .. } => f.write_str(text),
+            ExprKind::Name(n) => f.write_str(n),
+            ExprKind::Call { callee, args } => {
+                write!(f, "{}(", callee.name)?;
+                write_list(f, args)?;
+                f.write_str(")")
+            }
+            ExprKind::List(items) => {
+                f.write_str("[")?;
+                write_list(f, items)?;
+                f.write_str("]")
+            }
+            ExprKind::Neg(e) => write!(f, "(-{e})"),
+            ExprKind::Binary { op, lhs, rhs } => write!(f, "({lhs} {} {rhs})", op.symbol()),
+            ExprKind::BarScalprod { lhs, rhs } => write!(f, "|{lhs}|{rhs}|"),
+        }
+    }
+}
+
+fn write_list(f: &mut fmt::Formatter<'_>, items: &[Expr]) -> fmt::Result {
+    for (k, item) in items.iter().enumerate() {
+        if k > 0 {
+            f.write_str(", ")?;
+        }
+        write!(f, "{item}")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,273 @@
+//! Host arrays in and out of kernels: `.npy` reading and writing, and the checks that tie each
+//! array to the argument it is passed for. Every error names the argument.
+
+use crate::abi::{Category, Signature};
+use npyz::WriterBuilder;
+use std::fmt;
+use std::path::Path;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    F64,
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DType::F32 => "float32",
+            DType::F64 => "float64",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ArrayData {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+/// A C-ordered array of f32 or f64.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostArray {
+    pub shape: Vec<usize>,
+    pub data: ArrayData,
+}
+
+impl HostArray {
+    pub fn from_f64(shape: Vec<usize>, data: Vec<f64>) -> HostArray {
+        HostArray {
+            shape,
+            data: ArrayData::F64(data),
+        }
+    }
+
+    pub fn from_f32(shape: Vec<usize>, data: Vec<f32>) -> HostArray {
+        HostArray {
+            shape,
+            data: ArrayData::F32(data),
+        }
+    }
+
+    pub fn dtype(&self) -> DType {
+        match self.data {
+            ArrayData::F32(_) => DType::F32,
+            ArrayData::F64(_) => DType::F64,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match &self.data {
+            ArrayData::F32(v) => v.len(),
+            ArrayData::F64(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The values widened to f64 (exact for both dtypes).
+    pub fn to_f64(&self) -> Vec<f64> {
+        match &self.data {
+            ArrayData::F32(v) => v.iter().map(|&x| x as f64).collect(),
+            ArrayData::F64(v) => v.clone(),
+        }
+    }
+
+    /// Reads a `.npy` file: float32 or float64, C order, any shape.
+    pub fn read_npy(path: &Path) -> Result<HostArray, NpyError> {
+        let bytes = std::fs::read(path).map_err(|e| NpyError::Io(e.to_string()))?;
+        let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| NpyError::Format(e.to_string()))?;
+        if npy.order() == npyz::Order::Fortran && npy.shape().len() > 1 {
+            return Err(NpyError::FortranOrder);
+        }
+        let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+        let descr = match npy.dtype() {
+            npyz::DType::Plain(ts) => ts.to_string(),
+            other => return Err(NpyError::DType(format!("{other:?}"))),
+        };
+        match descr.as_str() {
+            "<f4" | "|f4" => {
+                let data = npy
+                    .into_vec::<f32>()
+                    .map_err(|e| NpyError::Format(e.to_string()))?;
+                Ok(HostArray::from_f32(shape, data))
+            }
+            "<f8" | "|f8" => {
+                let data = npy
+                    .into_vec::<f64>()
+                    .map_err(|e| NpyError::Format(e.to_string()))?;
+                Ok(HostArray::from_f64(shape, data))
+            }
+            other => Err(NpyError::DType(other.to_string())),
+        }
+    }
+
+    /// Writes a little-endian C-order `.npy` file.
+    pub fn write_npy(&self, path: &Path) -> Result<(), NpyError> {
+        let file = std::fs::File::create(path).map_err(|e| NpyError::Io(e.to_string()))?;
+        let shape: Vec<u64> = self.shape.iter().map(|&d| d as u64).collect();
+        let writer = std::io::BufWriter::new(file);
+        let io = |e: std::io::Error| NpyError::Io(e.to_string());
+        match &self.data {
+            ArrayData::F32(v) => {
+                let mut w = npyz::WriteOptions::new()
+                    .default_dtype()
+                    .shape(&shape)
+                    .writer(writer)
+                    .begin_nd()
+                    .map_err(io)?;
+                w.extend(v.iter().copied()).map_err(io)?;
+                w.finish().map_err(io)?;
+            }
+            ArrayData::F64(v) => {
+                let mut w = npyz::WriteOptions::new()
+                    .default_dtype()
+                    .shape(&shape)
+                    .writer(writer)
+                    .begin_nd()
+                    .map_err(io)?;
+                w.extend(v.iter().copied()).map_err(io)?;
+                w.finish().map_err(io)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NpyError {
+    #[error("cannot read or write the file: {0}")]
+    Io(String),
+    #[error("not a valid .npy file: {0}")]
+    Format(String),
+    #[error("dtype `{0}` is not supported: use float32 or float64")]
+    DType(String),
+    #[error("the array is in Fortran order: save it in C order (numpy.ascontiguousarray)")]
+    FortranOrder,
+}
+
+/// Data that does not fit the kernel's signature. Always names the argument.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ArgumentError {
+    #[error("missing argument `{name}` ({spec}): pass it with --arg {name}=FILE.npy")]
+    Missing { name: String, spec: String },
+    #[error("unknown argument `{name}`: the kernel's arguments are {expected}")]
+    Unknown { name: String, expected: String },
+    #[error("argument `{name}` is given twice")]
+    Duplicate { name: String },
+    #[error("argument `{name}` ({spec}) has shape {shape:?}; expected {expected}")]
+    Shape {
+        name: String,
+        spec: String,
+        shape: Vec<usize>,
+        expected: String,
+    },
+    #[error("argument `{name}` is {dtype} but `{first}` is {first_dtype}: all arrays must share one dtype")]
+    MixedDType {
+        name: String,
+        dtype: DType,
+        first: String,
+        first_dtype: DType,
+    },
+    #[error("arguments `{first}` and `{name}` disagree on {axis}: {first_len} rows against {len}")]
+    Length {
+        name: String,
+        first: String,
+        axis: &'static str,
+        len: usize,
+        first_len: usize,
+    },
+    #[error("argument `{name}`: {error}")]
+    File { name: String, error: NpyError },
+}
+
+/// The sizes found by [`check_arguments`]: `n` rows for i-variables, `m` for j-variables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProblemSize {
+    pub n: usize,
+    pub m: usize,
+    pub dtype: DType,
+}
+
+/// Checks `arrays` (in signature order) against the signature: dtype shared, each shape
+/// `(rows, dim)` (or `(rows,)` for dim 1; `(dim,)`/`(1, dim)` for parameters), and row counts
+/// agreeing within each category. A kernel with no i- (or j-) variable has n (or m) = 1.
+pub fn check_arguments(sig: &Signature, arrays: &[&HostArray]) -> Result<ProblemSize, ArgumentError> {
+    assert_eq!(sig.args.len(), arrays.len(), "one array per argument");
+    let mut n: Option<(usize, &str)> = None;
+    let mut m: Option<(usize, &str)> = None;
+    let mut dtype: Option<(DType, &str)> = None;
+    for (spec, array) in sig.args.iter().zip(arrays) {
+        if let Some((first_dtype, first)) = dtype {
+            if array.dtype() != first_dtype {
+                return Err(ArgumentError::MixedDType {
+                    name: spec.name.clone(),
+                    dtype: array.dtype(),
+                    first: first.to_string(),
+                    first_dtype,
+                });
+            }
+        } else {
+            dtype = Some((array.dtype(), &spec.name));
+        }
+        let shape = &array.shape;
+        let d = spec.dim;
+        let shape_error = |expected: String| ArgumentError::Shape {
+            name: spec.name.clone(),
+            spec: format!("{}({})", spec.category, d),
+            shape: shape.clone(),
+            expected,
+        };
+        match spec.category {
+            Category::Param => {
+                let ok = matches!(shape.as_slice(), [x] if *x == d)
+                    || matches!(shape.as_slice(), [1, x] if *x == d);
+                if !ok {
+                    return Err(shape_error(format!("({d},) or (1, {d})")));
+                }
+            }
+            Category::I | Category::J => {
+                let (rows_name, slot) = match spec.category {
+                    Category::I => ("N", &mut n),
+                    _ => ("M", &mut m),
+                };
+                let rows = match shape.as_slice() {
+                    [r, x] if *x == d => *r,
+                    [r] if d == 1 => *r,
+                    _ => {
+                        let also = if d == 1 {
+                            format!(" or ({rows_name},)")
+                        } else {
+                            String::new()
+                        };
+                        return Err(shape_error(format!("({rows_name}, {d}){also}")));
+                    }
+                };
+                match slot {
+                    Some((first_len, first)) if *first_len != rows => {
+                        return Err(ArgumentError::Length {
+                            name: spec.name.clone(),
+                            first: first.to_string(),
+                            axis: if spec.category == Category::I {
+                                "N (the i-variables' rows)"
+                            } else {
+                                "M (the j-variables' rows)"
+                            },
+                            len: rows,
+                            first_len: *first_len,
+                        })
+                    }
+                    Some(_) => {}
+                    None => *slot = Some((rows, &spec.name)),
+                }
+            }
+        }
+    }
+    Ok(ProblemSize {
+        n: n.map_or(1, |(r, _)| r),
+        m: m.map_or(1, |(r, _)| r),
+        dtype: dtype.map_or(DType::F64, |(d, _)| d),
+    })
+}

@@ -1,0 +1,11 @@
+//! keops-runtime: what runs a compiled KeOps kernel. It defines the kernel calling convention
+//! ([`abi`]), the reductions ([`reduction`]) and host arrays ([`arrays`]). It never depends on
+//! the compiler or on LLVM, so that a program can load compiled kernels without either.
+
+pub mod abi;
+pub mod arrays;
+pub mod reduction;
+
+pub use abi::{ArgSpec, Axis, Category, Signature};
+pub use arrays::{check_arguments, ArgumentError, ArrayData, DType, HostArray, NpyError, ProblemSize};
+pub use reduction::{Reduction, ReductionArgs, ReductionKind};

@@ -1,0 +1,563 @@
+//! The reductions of KeOps, as data: an accumulator layout, an initial value, a fold of one
+//! formula value `F_ij` (with its index), a merge of two partial accumulators, and a finalize
+//! step that writes the output row. Every backend (the reference interpreter, compiled CPU tiles,
+//! GPU blocks) drives reductions through this one definition, so they agree by construction.
+//!
+//! Conventions follow keopscore 2.x: ties keep the first index (strict comparisons), indices are
+//! returned as floats holding exact integers, and a vector-valued `F` is reduced component-wise
+//! except by the LogSumExp family, whose `F` is a scalar.
+
+use num_traits::Float;
+use std::fmt;
+
+/// Which reduction a kernel ends with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ReductionKind {
+    Sum,
+    Max,
+    Min,
+    ArgMax,
+    ArgMin,
+    MaxArgMax,
+    MinArgMin,
+    LogSumExp,
+    LogSumExpWeight,
+    MaxSumShiftExp,
+    MaxSumShiftExpWeight,
+    SumSoftMaxWeight,
+    KMin,
+    ArgKMin,
+    KMinArgKMin,
+}
+
+/// How a reduction is written in a `.kf` file: which extra arguments sit between `F` and `axis`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReductionArgs {
+    /// `Kind_Reduction(F, axis)`
+    Formula,
+    /// `Kind_Reduction(F, K, axis)`
+    FormulaK,
+    /// `Kind_Reduction(F, V, axis)`: `V` is a weight formula
+    FormulaWeight,
+}
+
+impl ReductionKind {
+    pub const ALL: [ReductionKind; 15] = [
+        ReductionKind::Sum,
+        ReductionKind::Max,
+        ReductionKind::Min,
+        ReductionKind::ArgMax,
+        ReductionKind::ArgMin,
+        ReductionKind::MaxArgMax,
+        ReductionKind::MinArgMin,
+        ReductionKind::LogSumExp,
+        ReductionKind::LogSumExpWeight,
+        ReductionKind::MaxSumShiftExp,
+        ReductionKind::MaxSumShiftExpWeight,
+        ReductionKind::SumSoftMaxWeight,
+        ReductionKind::KMin,
+        ReductionKind::ArgKMin,
+        ReductionKind::KMinArgKMin,
+    ];
+
+    /// The KeOps name, without the `_Reduction` suffix.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReductionKind::Sum => "Sum",
+            ReductionKind::Max => "Max",
+            ReductionKind::Min => "Min",
+            ReductionKind::ArgMax => "ArgMax",
+            ReductionKind::ArgMin => "ArgMin",
+            ReductionKind::MaxArgMax => "Max_ArgMax",
+            ReductionKind::MinArgMin => "Min_ArgMin",
+            ReductionKind::LogSumExp => "LogSumExp",
+            ReductionKind::LogSumExpWeight => "LogSumExpWeight",
+            ReductionKind::MaxSumShiftExp => "Max_SumShiftExp",
+            ReductionKind::MaxSumShiftExpWeight => "Max_SumShiftExpWeight",
+            ReductionKind::SumSoftMaxWeight => "SumSoftMaxWeight",
+            ReductionKind::KMin => "KMin",
+            ReductionKind::ArgKMin => "ArgKMin",
+            ReductionKind::KMinArgKMin => "KMin_ArgKMin",
+        }
+    }
+
+    /// Parses `Sum_Reduction` (and the other reduction names) to a kind.
+    pub fn from_reduction_name(name: &str) -> Option<ReductionKind> {
+        let stem = name.strip_suffix("_Reduction")?;
+        ReductionKind::ALL.into_iter().find(|k| k.name() == stem)
+    }
+
+    pub fn args(self) -> ReductionArgs {
+        match self {
+            ReductionKind::KMin | ReductionKind::ArgKMin | ReductionKind::KMinArgKMin => {
+                ReductionArgs::FormulaK
+            }
+            ReductionKind::LogSumExpWeight
+            | ReductionKind::MaxSumShiftExpWeight
+            | ReductionKind::SumSoftMaxWeight => ReductionArgs::FormulaWeight,
+            _ => ReductionArgs::Formula,
+        }
+    }
+
+    /// The LogSumExp family folds a scalar `F` (the weight, if any, may be a vector).
+    pub fn needs_scalar_formula(self) -> bool {
+        matches!(
+            self,
+            ReductionKind::LogSumExp
+                | ReductionKind::LogSumExpWeight
+                | ReductionKind::MaxSumShiftExp
+                | ReductionKind::MaxSumShiftExpWeight
+                | ReductionKind::SumSoftMaxWeight
+        )
+    }
+
+    /// Whether (part of) the output holds indices rather than values.
+    pub fn outputs_indices(self) -> bool {
+        matches!(
+            self,
+            ReductionKind::ArgMax
+                | ReductionKind::ArgMin
+                | ReductionKind::MaxArgMax
+                | ReductionKind::MinArgMin
+                | ReductionKind::ArgKMin
+                | ReductionKind::KMinArgKMin
+        )
+    }
+}
+
+impl fmt::Display for ReductionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}_Reduction", self.name())
+    }
+}
+
+/// A reduction with its sizes fixed: the kind, `K` for the K-reductions, the dimension of `F`
+/// and of the weight `V` (0 when there is none). The formula value handed to [`fold`] is
+/// `F` followed by `V`, `fdim + wdim` numbers.
+///
+/// [`fold`]: Reduction::fold
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Reduction {
+    pub kind: ReductionKind,
+    pub k: usize,
+    pub fdim: usize,
+    pub wdim: usize,
+}
+
+impl Reduction {
+    pub fn new(kind: ReductionKind, fdim: usize) -> Reduction {
+        Reduction {
+            kind,
+            k: 1,
+            fdim,
+            wdim: 0,
+        }
+    }
+
+    pub fn with_k(kind: ReductionKind, k: usize, fdim: usize) -> Reduction {
+        Reduction {
+            kind,
+            k,
+            fdim,
+            wdim: 0,
+        }
+    }
+
+    pub fn with_weight(kind: ReductionKind, fdim: usize, wdim: usize) -> Reduction {
+        Reduction {
+            kind,
+            k: 1,
+            fdim,
+            wdim,
+        }
+    }
+
+    /// Width of the formula value folded per pair (`F` then `V`).
+    pub fn formula_dim(&self) -> usize {
+        self.fdim + self.wdim
+    }
+
+    /// Width of the output row.
+    pub fn output_dim(&self) -> usize {
+        let n = self.fdim;
+        match self.kind {
+            ReductionKind::Sum
+            | ReductionKind::Max
+            | ReductionKind::Min
+            | ReductionKind::ArgMax
+            | ReductionKind::ArgMin => n,
+            ReductionKind::MaxArgMax | ReductionKind::MinArgMin => 2 * n,
+            ReductionKind::LogSumExp => 1,
+            ReductionKind::LogSumExpWeight | ReductionKind::SumSoftMaxWeight => self.wdim,
+            ReductionKind::MaxSumShiftExp => 2,
+            ReductionKind::MaxSumShiftExpWeight => 1 + self.wdim,
+            ReductionKind::KMin | ReductionKind::ArgKMin => self.k * n,
+            ReductionKind::KMinArgKMin => 2 * self.k * n,
+        }
+    }
+
+    /// Width of the accumulator.
+    pub fn acc_dim(&self) -> usize {
+        let n = self.fdim;
+        match self.kind {
+            ReductionKind::Sum | ReductionKind::Max | ReductionKind::Min => n,
+            ReductionKind::ArgMax
+            | ReductionKind::ArgMin
+            | ReductionKind::MaxArgMax
+            | ReductionKind::MinArgMin => 2 * n,
+            // (running max m, shifted sum s, shifted weighted sums)
+            ReductionKind::LogSumExp | ReductionKind::MaxSumShiftExp => 2,
+            ReductionKind::LogSumExpWeight
+            | ReductionKind::MaxSumShiftExpWeight
+            | ReductionKind::SumSoftMaxWeight => 2 + self.wdim,
+            // K slots, each [values (n), indices (n)], sorted ascending
+            ReductionKind::KMin | ReductionKind::ArgKMin | ReductionKind::KMinArgKMin => {
+                2 * self.k * n
+            }
+        }
+    }
+
+    pub fn init<T: Float>(&self, acc: &mut [T]) {
+        let n = self.fdim;
+        match self.kind {
+            ReductionKind::Sum => acc.fill(T::zero()),
+            ReductionKind::Max => acc.fill(T::neg_infinity()),
+            ReductionKind::Min => acc.fill(T::infinity()),
+            ReductionKind::ArgMax | ReductionKind::MaxArgMax => {
+                acc[..n].fill(T::neg_infinity());
+                acc[n..].fill(T::zero());
+            }
+            ReductionKind::ArgMin | ReductionKind::MinArgMin => {
+                acc[..n].fill(T::infinity());
+                acc[n..].fill(T::zero());
+            }
+            ReductionKind::LogSumExp
+            | ReductionKind::MaxSumShiftExp
+            | ReductionKind::LogSumExpWeight
+            | ReductionKind::MaxSumShiftExpWeight
+            | ReductionKind::SumSoftMaxWeight => {
+                acc[0] = T::neg_infinity();
+                acc[1..].fill(T::zero());
+            }
+            ReductionKind::KMin | ReductionKind::ArgKMin | ReductionKind::KMinArgKMin => {
+                for slot in acc.chunks_mut(2 * n) {
+                    slot[..n].fill(T::infinity());
+                    slot[n..].fill(T::zero());
+                }
+            }
+        }
+    }
+
+    /// Folds the formula value `fout` (`F` then `V`) of the pair with inner index `index`.
+    pub fn fold<T: Float>(&self, acc: &mut [T], fout: &[T], index: usize) {
+        let n = self.fdim;
+        let idx = T::from(index).unwrap_or_else(T::nan);
+        match self.kind {
+            ReductionKind::Sum => {
+                for (a, &f) in acc.iter_mut().zip(fout) {
+                    *a = *a + f;
+                }
+            }
+            // Strict comparisons, as KeOps: a NaN value is never taken by Min/Max reductions.
+            ReductionKind::Max => {
+                for (a, &f) in acc.iter_mut().zip(fout) {
+                    if f > *a {
+                        *a = f;
+                    }
+                }
+            }
+            ReductionKind::Min => {
+                for (a, &f) in acc.iter_mut().zip(fout) {
+                    if f < *a {
+                        *a = f;
+                    }
+                }
+            }
+            ReductionKind::ArgMax | ReductionKind::MaxArgMax => {
+                for c in 0..n {
+                    if fout[c] > acc[c] {
+                        acc[c] = fout[c];
+                        acc[n + c] = idx;
+                    }
+                }
+            }
+            ReductionKind::ArgMin | ReductionKind::MinArgMin => {
+                for c in 0..n {
+                    if fout[c] < acc[c] {
+                        acc[c] = fout[c];
+                        acc[n + c] = idx;
+                    }
+                }
+            }
+            ReductionKind::LogSumExp
+            | ReductionKind::MaxSumShiftExp
+            | ReductionKind::LogSumExpWeight
+            | ReductionKind::MaxSumShiftExpWeight
+            | ReductionKind::SumSoftMaxWeight => {
+                let weight = &fout[n..];
+                let (m, rest) = acc.split_first_mut().expect("accumulator has a max slot");
+                fold_shifted_exp(m, rest, fout[0], weight);
+            }
+            ReductionKind::KMin | ReductionKind::ArgKMin | ReductionKind::KMinArgKMin => {
+                for c in 0..n {
+                    insert_sorted(acc, self.k, n, c, fout[c], idx);
+                }
+            }
+        }
+    }
+
+    /// Merges the partial accumulator `other` into `acc`. `other` must cover inner indices that
+    /// come after those of `acc`, so that ties still keep the first index.
+    pub fn merge<T: Float>(&self, acc: &mut [T], other: &[T]) {
+        let n = self.fdim;
+        match self.kind {
+            ReductionKind::Sum => {
+                for (a, &b) in acc.iter_mut().zip(other) {
+                    *a = *a + b;
+                }
+            }
+            ReductionKind::Max | ReductionKind::Min => self.fold(acc, other, 0),
+            ReductionKind::ArgMax | ReductionKind::MaxArgMax => {
+                for c in 0..n {
+                    if other[c] > acc[c] {
+                        acc[c] = other[c];
+                        acc[n + c] = other[n + c];
+                    }
+                }
+            }
+            ReductionKind::ArgMin | ReductionKind::MinArgMin => {
+                for c in 0..n {
+                    if other[c] < acc[c] {
+                        acc[c] = other[c];
+                        acc[n + c] = other[n + c];
+                    }
+                }
+            }
+            ReductionKind::LogSumExp
+            | ReductionKind::MaxSumShiftExp
+            | ReductionKind::LogSumExpWeight
+            | ReductionKind::MaxSumShiftExpWeight
+            | ReductionKind::SumSoftMaxWeight => {
+                let (m, rest) = acc.split_first_mut().expect("accumulator has a max slot");
+                merge_shifted_exp(m, rest, other[0], &other[1..]);
+            }
+            ReductionKind::KMin | ReductionKind::ArgKMin | ReductionKind::KMinArgKMin => {
+                for slot in other.chunks(2 * n) {
+                    for c in 0..n {
+                        // Slots past the filled ones hold +inf and never insert.
+                        insert_sorted(acc, self.k, n, c, slot[c], slot[n + c]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes the output row from a complete accumulator.
+    pub fn finalize<T: Float>(&self, acc: &[T], out: &mut [T]) {
+        let n = self.fdim;
+        let k = self.k;
+        match self.kind {
+            ReductionKind::Sum | ReductionKind::Max | ReductionKind::Min => {
+                out.copy_from_slice(acc)
+            }
+            ReductionKind::ArgMax | ReductionKind::ArgMin => out.copy_from_slice(&acc[n..]),
+            ReductionKind::MaxArgMax | ReductionKind::MinArgMin => out.copy_from_slice(acc),
+            ReductionKind::LogSumExp => out[0] = acc[0] + acc[1].ln(),
+            ReductionKind::LogSumExpWeight => {
+                // log of the weighted sum: m + log(sum_j exp(F_j - m) V_j)
+                for (o, &s) in out.iter_mut().zip(&acc[2..]) {
+                    *o = acc[0] + s.ln();
+                }
+            }
+            ReductionKind::MaxSumShiftExp => out.copy_from_slice(&acc[..2]),
+            ReductionKind::MaxSumShiftExpWeight => {
+                out[0] = acc[0];
+                out[1..].copy_from_slice(&acc[2..]);
+            }
+            ReductionKind::SumSoftMaxWeight => {
+                for (o, &s) in out.iter_mut().zip(&acc[2..]) {
+                    *o = s / acc[1];
+                }
+            }
+            // KeOps's layout: rank-major, each rank holding its n values then its n indices.
+            ReductionKind::KMinArgKMin => out.copy_from_slice(acc),
+            ReductionKind::KMin | ReductionKind::ArgKMin => {
+                let part = usize::from(self.kind == ReductionKind::ArgKMin) * n;
+                for l in 0..k {
+                    out[l * n..(l + 1) * n].copy_from_slice(&acc[l * 2 * n + part..][..n]);
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Display for Reduction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind.args() {
+            ReductionArgs::Formula => write!(f, "{}", self.kind),
+            ReductionArgs::FormulaK => write!(f, "{} (K = {})", self.kind, self.k),
+            ReductionArgs::FormulaWeight => write!(f, "{} (weight dim {})", self.kind, self.wdim),
+        }
+    }
+}
+
+/// One step of the online log-sum-exp: the accumulator holds the running maximum `m`, then
+/// `s = sum exp(F - m)` and `sw = sum exp(F - m) * V`. Rescaling by `exp(m_old - m_new)` keeps
+/// every exponent <= 0, so nothing overflows.
+fn fold_shifted_exp<T: Float>(m: &mut T, sums: &mut [T], value: T, weight: &[T]) {
+    if value == T::neg_infinity() {
+        // exp(-inf) = 0 contributes nothing; also avoids -inf - (-inf) = NaN
+        return;
+    }
+    if value > *m {
+        let scale = (*m - value).exp();
+        *m = value;
+        sums[0] = sums[0] * scale + T::one();
+        for (s, &w) in sums[1..].iter_mut().zip(weight) {
+            *s = *s * scale + w;
+        }
+    } else {
+        // Also the NaN path: a NaN value (or max) makes the sums NaN, as in KeOps.
+        let e = (value - *m).exp();
+        sums[0] = sums[0] + e;
+        for (s, &w) in sums[1..].iter_mut().zip(weight) {
+            *s = *s + e * w;
+        }
+    }
+}
+
+fn merge_shifted_exp<T: Float>(m: &mut T, sums: &mut [T], other_m: T, other_sums: &[T]) {
+    if other_m == T::neg_infinity() {
+        return;
+    }
+    if *m == T::neg_infinity() {
+        *m = other_m;
+        sums.copy_from_slice(other_sums);
+        return;
+    }
+    if other_m > *m {
+        let scale = (*m - other_m).exp();
+        *m = other_m;
+        for (s, &o) in sums.iter_mut().zip(other_sums) {
+            *s = *s * scale + o;
+        }
+    } else {
+        let scale = (other_m - *m).exp();
+        for (s, &o) in sums.iter_mut().zip(other_sums) {
+            *s = *s + o * scale;
+        }
+    }
+}
+
+/// Inserts `(value, index)` into component `c` of a sorted K-list (slot `l` at `l * 2n`), keeping
+/// the order stable: an equal value goes after the ones already there (first index wins).
+fn insert_sorted<T: Float>(acc: &mut [T], k: usize, n: usize, c: usize, value: T, index: T) {
+    let stride = 2 * n;
+    if !(value < acc[(k - 1) * stride + c]) {
+        return;
+    }
+    let mut l = k - 1;
+    while l > 0 && value < acc[(l - 1) * stride + c] {
+        acc[l * stride + c] = acc[(l - 1) * stride + c];
+        acc[l * stride + n + c] = acc[(l - 1) * stride + n + c];
+        l -= 1;
+    }
+    acc[l * stride + c] = value;
+    acc[l * stride + n + c] = index;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(red: &Reduction, values: &[&[f64]]) -> Vec<f64> {
+        let mut acc = vec![0.0; red.acc_dim()];
+        red.init(&mut acc);
+        for (j, v) in values.iter().enumerate() {
+            red.fold(&mut acc, v, j);
+        }
+        let mut out = vec![0.0; red.output_dim()];
+        red.finalize(&acc, &mut out);
+        out
+    }
+
+    /// Folds the values in two halves and merges them: must equal the plain fold.
+    fn run_split(red: &Reduction, values: &[&[f64]], at: usize) -> Vec<f64> {
+        let mut a = vec![0.0; red.acc_dim()];
+        let mut b = vec![0.0; red.acc_dim()];
+        red.init(&mut a);
+        red.init(&mut b);
+        for (j, v) in values.iter().enumerate() {
+            if j < at {
+                red.fold(&mut a, v, j);
+            } else {
+                red.fold(&mut b, v, j);
+            }
+        }
+        red.merge(&mut a, &b);
+        let mut out = vec![0.0; red.output_dim()];
+        red.finalize(&a, &mut out);
+        out
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for kind in ReductionKind::ALL {
+            let name = format!("{kind}");
+            assert_eq!(ReductionKind::from_reduction_name(&name), Some(kind));
+        }
+        assert_eq!(ReductionKind::from_reduction_name("Sum"), None);
+    }
+
+    #[test]
+    fn argmin_keeps_first_of_ties() {
+        let red = Reduction::new(ReductionKind::MinArgMin, 2);
+        let out = run(&red, &[&[3.0, 1.0], &[1.0, 1.0], &[1.0, 0.5]]);
+        assert_eq!(out, vec![1.0, 0.5, 1.0, 2.0]);
+        assert_eq!(run_split(&red, &[&[3.0, 1.0], &[1.0, 1.0], &[1.0, 0.5]], 2), out);
+    }
+
+    #[test]
+    fn logsumexp_matches_closed_form_and_survives_large_values() {
+        let red = Reduction::new(ReductionKind::LogSumExp, 1);
+        let out = run(&red, &[&[1000.0], &[1000.0], &[999.0]]);
+        let expected = 1000.0 + (2.0 + (-1.0f64).exp()).ln();
+        assert!((out[0] - expected).abs() < 1e-12);
+        let split = run_split(&red, &[&[1000.0], &[1000.0], &[999.0]], 1);
+        assert!((split[0] - expected).abs() < 1e-12);
+        // Empty sum: log(0) = -inf
+        assert_eq!(run(&red, &[])[0], f64::NEG_INFINITY);
+    }
+
+    #[test]
+    fn softmax_weight_is_a_weighted_mean() {
+        let red = Reduction::with_weight(ReductionKind::SumSoftMaxWeight, 1, 2);
+        let out = run(&red, &[&[0.0, 1.0, 10.0], &[(2.0f64).ln(), 4.0, 20.0]]);
+        // weights 1 and 2 (normalised: 1/3, 2/3)
+        assert!((out[0] - 3.0).abs() < 1e-12);
+        assert!((out[1] - 50.0 / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn kmin_sorts_and_merges() {
+        let red = Reduction::with_k(ReductionKind::KMinArgKMin, 3, 1);
+        let vals: Vec<[f64; 1]> = [5.0, 1.0, 4.0, 1.0, 0.0, 9.0].map(|v| [v]).to_vec();
+        let refs: Vec<&[f64]> = vals.iter().map(|v| &v[..]).collect();
+        let out = run(&red, &refs);
+        assert_eq!(out, vec![0.0, 4.0, 1.0, 1.0, 1.0, 3.0]);
+        for at in 0..=refs.len() {
+            assert_eq!(run_split(&red, &refs, at), out, "split at {at}");
+        }
+    }
+
+    #[test]
+    fn nan_propagates_through_sums_and_is_skipped_by_comparisons() {
+        let sum = Reduction::new(ReductionKind::Sum, 1);
+        assert!(run(&sum, &[&[1.0], &[f64::NAN]])[0].is_nan());
+        let lse = Reduction::new(ReductionKind::LogSumExp, 1);
+        assert!(run(&lse, &[&[1.0], &[f64::NAN]])[0].is_nan());
+        // KeOps compares strictly: NaN never wins a Min/Max, as in its generated code.
+        let max = Reduction::new(ReductionKind::MaxArgMax, 1);
+        assert_eq!(run(&max, &[&[1.0], &[f64::NAN], &[2.0]]), vec![2.0, 2.0]);
+    }
+}
