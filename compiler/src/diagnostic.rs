@@ -118,7 +118,8 @@ pub fn closest_name<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str
             let any_case = edit_distance(&lower, &c.to_lowercase());
             (any_case.min(exact_case), c)
         })
-        .filter(|&(d, c)| d <= (c.len().max(name.len()) / 3).max(1))
+        // Close enough to be a typo, and not a complete rewrite of a short name (`z` for `x`).
+        .filter(|&(d, c)| d <= (c.len().max(name.len()) / 3).max(1) && d < name.chars().count())
         .min_by_key(|&(d, c)| (d, c.len()))
         .map(|(_, c)| c)
 }

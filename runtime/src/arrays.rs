@@ -138,7 +138,7 @@ impl HostArray {
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum NpyError {
-    #[error("cannot read or write the file: {0}")]
+    #[error("{0}")]
     Io(String),
     #[error("not a valid .npy file: {0}")]
     Format(String),
@@ -157,7 +157,7 @@ pub enum ArgumentError {
     Unknown { name: String, expected: String },
     #[error("argument `{name}` is given twice")]
     Duplicate { name: String },
-    #[error("argument `{name}` ({spec}) has shape {shape:?}; expected {expected}")]
+    #[error("argument `{name}` ({spec}) has shape {}; expected {expected}", shape_text(shape))]
     Shape {
         name: String,
         spec: String,
@@ -181,6 +181,16 @@ pub enum ArgumentError {
     },
     #[error("argument `{name}`: {error}")]
     File { name: String, error: NpyError },
+}
+
+fn shape_text(shape: &[usize]) -> String {
+    match shape {
+        [one] => format!("({one},)"),
+        _ => {
+            let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+            format!("({})", dims.join(", "))
+        }
+    }
 }
 
 /// The sizes found by [`check_arguments`]: `n` rows for i-variables, `m` for j-variables.

@@ -1,1 +1,1 @@
-
+mod kf_files;

@@ -413,13 +413,26 @@ impl KernelChecker {
 
     /// Adds `op(operands)`, reporting a dimension error with each operand labelled.
     fn push_op(&mut self, op: Op, operands: &[(Id, Span)], span: &Span, shown_name: &str) -> Option<Id> {
+        self.push_op_at(op, operands, span, span, shown_name)
+    }
+
+    /// As [`push_op`](Self::push_op), with the error's primary label at `primary` (the
+    /// operator's name in a call) rather than over the whole formula.
+    fn push_op_at(
+        &mut self,
+        op: Op,
+        operands: &[(Id, Span)],
+        span: &Span,
+        primary: &Span,
+        shown_name: &str,
+    ) -> Option<Id> {
         let node = Node::new(op, operands.iter().map(|(id, _)| *id).collect());
         match self.formula().push(node, Some(span.clone())) {
             Ok(id) => Some(id),
             Err(message) => {
                 let mut d = Diagnostic::error(
                     format!("dimension mismatch in `{shown_name}`"),
-                    span.clone(),
+                    primary.clone(),
                     message,
                 );
                 for (id, operand_span) in operands {
@@ -667,7 +680,7 @@ impl KernelChecker {
                 self.push_op(Op::Div, &[(p, span.clone()), (q, span.clone())], span, name)
             }
             _ => match operators::build_op(name, &params) {
-                Ok(op) => self.push_op(op, &operands, span, name),
+                Ok(op) => self.push_op_at(op, &operands, span, &callee.span, name),
                 Err(message) => {
                     self.error(
                         Diagnostic::error(format!("invalid parameter for `{name}`"), span.clone(), message)
