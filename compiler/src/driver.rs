@@ -4,6 +4,7 @@
 use crate::check::{check_file, CheckedKernel};
 use crate::diagnostic::Diagnostic;
 use crate::interp::{self, InterpError};
+use crate::opt;
 use crate::source::SourceFile;
 use crate::syntax::{ast, parse};
 use keops_runtime::{check_arguments, ArgumentError, Axis, DType, HostArray};
@@ -22,12 +23,20 @@ impl CompiledFile {
     }
 }
 
-/// Parses and checks; any diagnostic (syntax or semantic) fails the whole file, and all of
-/// them are returned.
+/// Parses, checks and expands derivatives; any diagnostic (syntax or semantic) fails the whole
+/// file, and all of them are returned.
 pub fn compile(source: SourceFile) -> Result<CompiledFile, (SourceFile, Vec<Diagnostic>)> {
     let (ast, mut diagnostics) = parse(&source.text);
-    let (kernels, check_diagnostics) = check_file(&ast);
+    let (mut kernels, check_diagnostics) = check_file(&ast);
     diagnostics.extend(check_diagnostics);
+    // Derivatives are part of the formula's meaning: expand them now, so that a missing rule is
+    // a compile error and every backend receives a formula without `Grad`/`Diff`.
+    for kernel in &mut kernels {
+        match opt::expand_derivatives(&kernel.formula) {
+            Ok(formula) => kernel.formula = formula,
+            Err(d) => diagnostics.push(d),
+        }
+    }
     if diagnostics.is_empty() && ast.kernels.is_empty() {
         diagnostics.push(
             Diagnostic::error("the file defines no kernel", 0..0, "expected `kernel NAME { ... }`")

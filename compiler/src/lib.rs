@@ -10,4 +10,5 @@ pub mod syntax;
 pub mod check;
 pub mod formula;
 pub mod interp;
+pub mod opt;
 pub mod driver;

@@ -1,1 +1,2 @@
 mod kf_files;
+mod lang_spec;

@@ -679,6 +679,16 @@ impl KernelChecker {
                 let q = self.push_leaf(Op::IntCst(params.ints[1]), span);
                 self.push_op(Op::Div, &[(p, span.clone()), (q, span.clone())], span, name)
             }
+            "Grad" if self.dim(operands[2].0) != self.dim(operands[0].0) && self.dim(operands[2].0) != 1 => {
+                let (df, de) = (self.dim(operands[0].0), self.dim(operands[2].0));
+                self.error(
+                    Diagnostic::error("dimension mismatch in `Grad`", callee.span.clone(), format!("e must have f's dimension ({df}) or 1"))
+                        .with_label(operands[0].1.clone(), format!("f has dimension {df}"))
+                        .with_label(operands[2].1.clone(), format!("e has dimension {de}"))
+                        .with_note(format!("signature: {}", entry.signature)),
+                );
+                None
+            }
             _ => match operators::build_op(name, &params) {
                 Ok(op) => self.push_op_at(op, &operands, span, &callee.span, name),
                 Err(message) => {

@@ -3,6 +3,7 @@
 //! per node (dimension, dependence on i/j, source span) and the kernel's variables.
 
 pub mod op;
+pub mod sexpr;
 
 pub use op::{Op, TensorDotSpec};
 

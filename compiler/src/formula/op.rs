@@ -499,8 +499,10 @@ impl Op {
                     ))
                 }
             }
+            // A scalar e stands for e broadcast to f's dimension; a scalar f with a vector e
+            // (which rewriting produces) stands for f broadcast, whose adjoint sums e.
             Op::Grad => {
-                if dims[2] == dims[0] || dims[2] == 1 {
+                if dims[2] == dims[0] || dims[2] == 1 || dims[0] == 1 {
                     Ok(dims[1])
                 } else {
                     Err(format!("`Grad(f, v, e)`: e must have f's dimension ({}) or 1", dims[0]))

@@ -5,6 +5,10 @@
 
 mod ops;
 
+/// One operator applied to operand values: the interpreter's definition, shared with constant
+/// folding so that folded constants are exactly what evaluation would give.
+pub(crate) use ops::apply as apply_op;
+
 use crate::formula::{Formula, Op};
 use egg::Id;
 use keops_runtime::{Axis, Category, ProblemSize, Reduction};
@@ -61,15 +65,13 @@ impl<'f> PointEvaluator<'f> {
                 out.copy_from_slice(var(v as usize));
                 continue;
             }
-            let args: Vec<&[f64]> = node
-                .children
-                .iter()
-                .map(|&c| {
-                    let c = usize::from(c);
-                    &before[self.offsets[c]..self.offsets[c] + self.formula.info[c].dim]
-                })
-                .collect();
-            ops::apply(&node.op, &args, out);
+            // Operators take at most three operands: a fixed buffer, no allocation per node.
+            let mut args: [&[f64]; 3] = [&[]; 3];
+            for (slot, &c) in args.iter_mut().zip(&node.children) {
+                let c = usize::from(c);
+                *slot = &before[self.offsets[c]..self.offsets[c] + self.formula.info[c].dim];
+            }
+            ops::apply(&node.op, &args[..node.children.len()], out);
         }
         let root = usize::from(self.formula.root());
         &scratch[self.offsets[root]..self.offsets[root] + self.formula.info[root].dim]

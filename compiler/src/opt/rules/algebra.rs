@@ -1,0 +1,184 @@
+//! Algebra: neutral and absorbing elements, signs, commutativity, reassociation,
+//! distributivity, powers, exponentials and logarithms.
+//!
+//! Dimensions: every rule keeps its class's dimension. Where a dimension-1 operand broadcasts
+//! (`s + x` with x a vector), a rule that would drop the vector is guarded.
+
+use super::{dim, dynamic, guarded, info, inst, plain, RuleInfo};
+use crate::opt::analysis::FormulaGraph;
+use egg::Subst;
+
+fn is_const(eg: &FormulaGraph, s: &Subst, v: &str, value: f64) -> bool {
+    eg[s[super::var(v)]].data.is_scalar_constant(value)
+}
+
+fn is_zero(eg: &FormulaGraph, s: &Subst, v: &str) -> bool {
+    eg[s[super::var(v)]].data.is_zero()
+}
+
+/// The class matched by the whole pattern keeps `?a`'s dimension.
+fn same_dim(a: &'static str, b: &'static str) -> impl Fn(&FormulaGraph, &Subst) -> bool {
+    move |eg, s| dim(eg, s, a) >= dim(eg, s, b)
+}
+
+/// The neutral-element rules alone: exact, and they only shrink a formula, so the
+/// differentiation phase runs them to drop the zeros and ones the chain rule leaves.
+pub fn neutral_rules() -> Vec<RuleInfo> {
+    rules().into_iter().take(NEUTRAL_RULES).collect()
+}
+
+const NEUTRAL_RULES: usize = 7;
+
+pub fn rules() -> Vec<RuleInfo> {
+    vec![
+        // Neutral elements: exact (x + 0 = x, x * 1 = x, x / 1 = x, also for inf and NaN).
+        // The first NEUTRAL_RULES entries.
+        info(
+            guarded("add-zero", "(+ ?a ?z)", "?a", |eg, s| is_zero(eg, s, "?z") && dim(eg, s, "?a") >= dim(eg, s, "?z")),
+            true,
+            true,
+        ),
+        info(
+            guarded("zero-add", "(+ ?z ?a)", "?a", |eg, s| is_zero(eg, s, "?z") && dim(eg, s, "?a") >= dim(eg, s, "?z")),
+            true,
+            true,
+        ),
+        info(
+            guarded("sub-zero", "(- ?a ?z)", "?a", |eg, s| is_zero(eg, s, "?z") && dim(eg, s, "?a") >= dim(eg, s, "?z")),
+            true,
+            true,
+        ),
+        info(
+            guarded("zero-sub", "(- ?z ?a)", "(- ?a)", |eg, s| is_zero(eg, s, "?z") && dim(eg, s, "?a") >= dim(eg, s, "?z")),
+            true,
+            true,
+        ),
+        info(guarded("mul-one", "(* ?a ?o)", "?a", |eg, s| is_const(eg, s, "?o", 1.0)), true, true),
+        info(guarded("div-one", "(/ ?a ?o)", "?a", |eg, s| is_const(eg, s, "?o", 1.0)), true, true),
+        info(guarded("mul-minus-one", "(* ?a ?o)", "(- ?a)", |eg, s| is_const(eg, s, "?o", -1.0)), true, true),
+        // Absorbing zero: KeOps applies it; not exact where the other operand is inf or NaN.
+        info(
+            dynamic("mul-zero", "(* ?a ?z)", |eg, s| {
+                is_zero(eg, s, "?z").then(|| {
+                    let d = dim(eg, s, "?a").max(dim(eg, s, "?z"));
+                    inst(eg, s, &format!("zero:{d}"))
+                })
+            }),
+            false,
+            true,
+        ),
+        info(
+            dynamic("zero-div", "(/ ?z ?a)", |eg, s| {
+                is_zero(eg, s, "?z").then(|| {
+                    let d = dim(eg, s, "?a").max(dim(eg, s, "?z"));
+                    inst(eg, s, &format!("zero:{d}"))
+                })
+            }),
+            false,
+            true,
+        ),
+        info(
+            dynamic("sub-self", "(- ?a ?a)", |eg, s| {
+                let d = dim(eg, s, "?a");
+                Some(inst(eg, s, &format!("zero:{d}")))
+            }),
+            false,
+            true,
+        ),
+        // Signs: exact.
+        info(plain("neg-neg", "(- (- ?a))", "?a"), true, true),
+        info(plain("add-neg", "(+ ?a (- ?b))", "(- ?a ?b)"), true, true),
+        info(plain("sub-neg", "(- ?a (- ?b))", "(+ ?a ?b)"), true, true),
+        info(plain("neg-mul", "(* (- ?a) ?b)", "(- (* ?a ?b))"), true, true),
+        info(plain("neg-div", "(/ (- ?a) ?b)", "(- (/ ?a ?b))"), true, true),
+        info(plain("neg-neg-mul", "(* (- ?a) (- ?b))", "(* ?a ?b)"), true, true),
+        // Commutativity: exact. Reassociation: rounds differently.
+        info(plain("add-comm", "(+ ?a ?b)", "(+ ?b ?a)"), true, true),
+        info(plain("mul-comm", "(* ?a ?b)", "(* ?b ?a)"), true, true),
+        info(plain("mul-assoc", "(* (* ?a ?b) ?c)", "(* ?a (* ?b ?c))"), false, true),
+        info(plain("mul-assoc-rev", "(* ?a (* ?b ?c))", "(* (* ?a ?b) ?c)"), false, true),
+        info(plain("add-assoc", "(+ (+ ?a ?b) ?c)", "(+ ?a (+ ?b ?c))"), false, true),
+        info(plain("div-as-mul", "(/ (* ?a ?b) ?c)", "(* ?a (/ ?b ?c))"), false, true),
+        info(plain("mul-div", "(* ?a (/ ?b ?c))", "(/ (* ?a ?b) ?c)"), false, true),
+        // Distributivity, both ways: rounds differently.
+        info(plain("factor", "(+ (* ?a ?b) (* ?a ?c))", "(* ?a (+ ?b ?c))"), false, true),
+        info(plain("factor-sub", "(- (* ?a ?b) (* ?a ?c))", "(* ?a (- ?b ?c))"), false, true),
+        info(plain("distribute", "(* ?a (+ ?b ?c))", "(+ (* ?a ?b) (* ?a ?c))"), false, true),
+        // Powers: exact.
+        info(plain("mul-self", "(* ?a ?a)", "(square ?a)"), true, true),
+        info(plain("pow-two", "(pow:2 ?a)", "(square ?a)"), true, true),
+        info(plain("pow-one", "(pow:1 ?a)", "?a"), true, true),
+        info(plain("square-neg", "(square (- ?a))", "(square ?a)"), true, true),
+        info(plain("inv-as-div", "(/ int:1 ?a)", "(inv ?a)"), true, true),
+        info(plain("mul-inv", "(* ?a (inv ?b))", "(/ ?a ?b)"), true, true),
+        info(plain("rsqrt-square-root", "(inv (sqrt ?a))", "(rsqrt ?a)"), false, false),
+        info(plain("sqrt-square", "(square (sqrt ?a))", "?a"), false, false),
+        // Exponentials and logarithms.
+        info(plain("exp-add", "(* (exp ?a) (exp ?b))", "(exp (+ ?a ?b))"), false, true),
+        info(plain("exp-neg", "(inv (exp ?a))", "(exp (- ?a))"), false, true),
+        info(plain("log-exp", "(log (exp ?a))", "?a"), false, true),
+        info(plain("exp-log", "(exp (log ?a))", "?a"), false, false),
+        // Shared factors with a broadcast scalar stay as they are: `same_dim` guards rules that
+        // would move a vector operand.
+        info(
+            guarded("mul-scalar-hoist", "(* (* ?s ?a) ?b)", "(* ?s (* ?a ?b))", same_dim("?b", "?s")),
+            false,
+            true,
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{calculus, rewrite_text, test_vars};
+    use super::*;
+
+    fn simplify(text: &str) -> String {
+        let mut rules: Vec<_> = rules().into_iter().map(|r| r.rewrite).collect();
+        rules.extend(super::super::vector::rules().into_iter().map(|r| r.rewrite));
+        let _ = calculus::rules;
+        rewrite_text(&test_vars(), text, &rules)
+    }
+
+    // var:0 = x = Vi(3), var:1 = y = Vj(3), var:2 = b = Vj(1), var:3 = s = Pm(1), var:4 = t = Vi(1)
+    #[test]
+    fn neutral_and_absorbing_elements() {
+        assert_eq!(simplify("(+ var:4 zero:1)"), "var:4");
+        assert_eq!(simplify("(* var:0 int:1)"), "var:0");
+        assert_eq!(simplify("(* var:0 zero:1)"), "zero:3");
+        assert_eq!(simplify("(- var:0 var:0)"), "zero:3");
+        assert_eq!(simplify("(/ var:4 int:1)"), "var:4");
+    }
+
+    #[test]
+    fn a_scalar_zero_does_not_drop_a_broadcast() {
+        // zero:1 + s has dimension 1; zero:3 + s has dimension 3 and must stay a vector.
+        let out = simplify("(+ zero:3 var:3)");
+        assert_ne!(out, "var:3");
+    }
+
+    #[test]
+    fn constants_fold() {
+        assert_eq!(simplify("(* int:2 int:3)"), "int:6");
+        assert_eq!(simplify("(/ int:1 int:4)"), "0.25");
+        assert_eq!(simplify("(+ var:4 (- int:2 int:2))"), "var:4");
+    }
+
+    #[test]
+    fn signs_and_powers() {
+        assert_eq!(simplify("(- (- var:4))"), "var:4");
+        assert_eq!(simplify("(* var:4 var:4)"), "(square var:4)");
+        assert_eq!(simplify("(* (- var:4) (- var:2))"), "(* var:4 var:2)");
+    }
+
+    #[test]
+    fn exponentials() {
+        assert_eq!(simplify("(log (exp var:4))"), "var:4");
+        // Two exponentials per pair become one.
+        let out = simplify("(* (exp (* var:4 var:2)) (exp (+ var:4 var:2)))");
+        assert_eq!(out.matches("exp").count(), 1, "{out}");
+        // But exp(t) (per i) times exp(b) (per j) stays a product: both are hoisted, and one
+        // multiplication per pair is cheaper than an addition and an exponential.
+        assert_eq!(simplify("(* (exp var:4) (exp var:2))"), "(* (exp var:4) (exp var:2))");
+    }
+}
