@@ -9,16 +9,11 @@
 //!
 //! Numbers compare with a relative and an absolute tolerance of 1e-12; `nan`, `inf`, `-inf` are
 //! allowed and must match exactly. Every failure is reported with its `file:line`.
-//!
-//! `Grad`/`Diff` examples whose evaluation is refused because symbolic differentiation has not
-//! expanded them yet are counted as pending (printed, not failed); they run for real as soon as
-//! the pipeline expands them.
 
 use keops_runtime::{HostArray, ReductionKind};
 use keops_tests::compile_ok;
 use keopsc::check::operators::OPERATORS;
-use keopsc::driver::{self, Backend, EvalError};
-use keopsc::interp::InterpError;
+use keopsc::driver::{self, Backend};
 use keopsc::source::SourceFile;
 use std::path::{Path, PathBuf};
 
@@ -168,19 +163,13 @@ fn data_line(line: &str, data: &mut Data) -> Result<(), String> {
 
 enum Outcome {
     Pass,
-    Pending,
 }
 
-/// The kernel's output, or `None` when evaluation is pending (unexpanded `Grad`/`Diff`).
 fn evaluate(
     kernel: &keopsc::check::CheckedKernel,
     inputs: &[(String, HostArray)],
-) -> Result<Option<HostArray>, String> {
-    match driver::evaluate(kernel, inputs, Backend::Interp) {
-        Ok(out) => Ok(Some(out)),
-        Err(EvalError::Interp(InterpError::Unexpanded(_))) => Ok(None),
-        Err(e) => Err(format!("evaluation failed: {e}")),
-    }
+) -> Result<HostArray, String> {
+    driver::evaluate(kernel, inputs, Backend::Interp).map_err(|e| format!("evaluation failed: {e}"))
 }
 
 fn run_eval(block: &Block) -> Result<Outcome, String> {
@@ -214,9 +203,7 @@ fn run_eval(block: &Block) -> Result<Outcome, String> {
     source.push_str(&format!("    Sum_Reduction({formula}, 0)\n}}\n"));
     let compiled = compile(&source)?;
     let kernel = &compiled.kernels[0];
-    let Some(got) = evaluate(kernel, &inputs)? else {
-        return Ok(Outcome::Pending);
-    };
+    let got = evaluate(kernel, &inputs)?;
     compare(&got.to_f64(), &expected)?;
     Ok(Outcome::Pass)
 }
@@ -257,9 +244,7 @@ fn run_kernel(block: &Block) -> Result<Outcome, String> {
         inputs.push((name.clone(), HostArray::from_f64(shape, values)));
     }
     let (want, want_rows, want_cols) = array(data.expected.as_deref().ok_or("no `=>` line")?)?;
-    let Some(got) = evaluate(kernel, &inputs)? else {
-        return Ok(Outcome::Pending);
-    };
+    let got = evaluate(kernel, &inputs)?;
     let want_shape = vec![want_rows.unwrap_or(1), want_cols];
     if want_rows != Some(0) && got.shape != want_shape {
         return Err(format!(
@@ -318,7 +303,7 @@ fn run_block(block: &Block) -> Option<Result<Outcome, String>> {
 #[test]
 fn every_lang_spec_example_runs() {
     let mut failures = Vec::new();
-    let (mut passed, mut pending) = (0, Vec::new());
+    let mut passed = 0;
     for path in spec_files() {
         let text = std::fs::read_to_string(&path).expect("spec file readable");
         let file = path.file_name().unwrap().to_string_lossy().to_string();
@@ -328,19 +313,11 @@ fn every_lang_spec_example_runs() {
             };
             match result {
                 Ok(Outcome::Pass) => passed += 1,
-                Ok(Outcome::Pending) => pending.push(format!("lang-spec/{file}:{}", block.line)),
                 Err(e) => failures.push(format!("lang-spec/{file}:{}: {e}", block.line)),
             }
         }
     }
     println!("{passed} lang-spec examples pass");
-    if !pending.is_empty() {
-        println!(
-            "{} examples pending (Grad/Diff are not expanded before evaluation yet): {}",
-            pending.len(),
-            pending.join(", ")
-        );
-    }
     assert!(
         failures.is_empty(),
         "{} lang-spec examples fail:\n{}",
