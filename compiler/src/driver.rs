@@ -166,3 +166,91 @@ pub fn evaluate(
         DType::F32 => HostArray::from_f32(shape, out.into_iter().map(|x| x as f32).collect()),
     })
 }
+
+/// Every stage of one kernel, for `keopsc explain` and the REPL.
+pub struct KernelExplanation {
+    pub ast: ast::KernelDef,
+    /// As checked: derivatives not expanded yet.
+    pub checked: CheckedKernel,
+    pub optimized: opt::OptimizedKernel,
+}
+
+impl fmt::Display for KernelExplanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "-- ast --\n{}", self.ast)?;
+        writeln!(f, "-- checked --\n{}", self.checked)?;
+        let o = &self.optimized;
+        if let Some(report) = &o.differentiation {
+            writeln!(f, "-- derivatives expanded ({report}) --")?;
+            writeln!(f, "{}\n", o.expanded.to_text(o.expanded.root()))?;
+        }
+        writeln!(f, "-- simplified ({}) --", o.simplification)?;
+        write!(f, "{o}")
+    }
+}
+
+/// Time spent in each stage, for `explain --timings`.
+#[derive(Clone, Debug, Default)]
+pub struct StageTimings {
+    pub parse: std::time::Duration,
+    pub check: std::time::Duration,
+    pub differentiate: std::time::Duration,
+    pub simplify: std::time::Duration,
+}
+
+impl fmt::Display for StageTimings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        write!(
+            f,
+            "parse {:.3} ms, check {:.3} ms, differentiate {:.3} ms, simplify {:.3} ms",
+            ms(self.parse),
+            ms(self.check),
+            ms(self.differentiate),
+            ms(self.simplify)
+        )
+    }
+}
+
+/// Runs every stage on a file and keeps each stage's output.
+pub fn explain(
+    source: SourceFile,
+    budget: &opt::OptBudget,
+) -> Result<(Vec<KernelExplanation>, StageTimings), (SourceFile, Vec<Diagnostic>)> {
+    let mut timings = StageTimings::default();
+    let start = std::time::Instant::now();
+    let (ast, mut diagnostics) = parse(&source.text);
+    timings.parse = start.elapsed();
+    let start = std::time::Instant::now();
+    let (kernels, check_diagnostics) = check_file(&ast);
+    timings.check = start.elapsed();
+    diagnostics.extend(check_diagnostics);
+    let mut explained = Vec::new();
+    for checked in kernels {
+        match opt::optimize(&checked, budget) {
+            Ok(optimized) => {
+                if let Some(r) = &optimized.differentiation {
+                    timings.differentiate += r.time;
+                }
+                timings.simplify += optimized.simplification.time;
+                let ast = ast
+                    .kernels
+                    .iter()
+                    .find(|k| k.name.name == checked.name)
+                    .expect("a checked kernel comes from the AST")
+                    .clone();
+                explained.push(KernelExplanation {
+                    ast,
+                    checked,
+                    optimized,
+                });
+            }
+            Err(d) => diagnostics.push(d),
+        }
+    }
+    if diagnostics.is_empty() {
+        Ok((explained, timings))
+    } else {
+        Err((source, diagnostics))
+    }
+}

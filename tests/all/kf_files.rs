@@ -1,11 +1,12 @@
-//! Tests as files: `tests/kf/pass/*.kf` snapshot the AST and the checked kernels;
+//! Tests as files: `tests/kf/pass/*.kf` and `examples/kf/*.kf` snapshot every stage (as
+//! `keopsc explain` prints it);
 //! `tests/kf/fail/*.kf` snapshot the rendered diagnostics (no colour), and every line marked
 //! `# ~ error: TEXT` must carry a diagnostic whose message contains TEXT.
 
 use keopsc::diagnostic::render_all;
 use keopsc::driver;
 use keopsc::source::SourceFile;
-use keopsc::syntax::parse;
+use keopsc::opt::OptBudget;
 use std::fmt::Write;
 
 fn source(path: &std::path::Path) -> SourceFile {
@@ -14,21 +15,31 @@ fn source(path: &std::path::Path) -> SourceFile {
     SourceFile::new(name, text)
 }
 
+/// Every stage of a file that compiles: AST, checked formula, expanded derivatives,
+/// simplified formula with its cost and hoisted parts (`keopsc explain` without timings).
+fn explain_all(src: &SourceFile) -> String {
+    let (kernels, _) = match driver::explain(src.clone(), &OptBudget::default()) {
+        Ok(k) => k,
+        Err((s, d)) => panic!("{} should compile:\n{}", s.name, render_all(&d, &s, false)),
+    };
+    let mut out = String::new();
+    for k in &kernels {
+        writeln!(out, "== kernel {} ==\n{k}", k.checked.name).unwrap();
+    }
+    out
+}
+
 #[test]
 fn pass_files_snapshot_every_stage() {
     insta::glob!("../kf/pass", "*.kf", |path| {
-        let src = source(path);
-        let (ast, _) = parse(&src.text);
-        let compiled = match driver::compile(src.clone()) {
-            Ok(c) => c,
-            Err((s, d)) => panic!("{} should compile:\n{}", s.name, render_all(&d, &s, false)),
-        };
-        let mut out = String::new();
-        writeln!(out, "== ast ==\n{ast}").unwrap();
-        for kernel in &compiled.kernels {
-            writeln!(out, "== checked ==\n{kernel}").unwrap();
-        }
-        insta::assert_snapshot!(out);
+        insta::assert_snapshot!(explain_all(&source(path)));
+    });
+}
+
+#[test]
+fn examples_snapshot_every_stage() {
+    insta::glob!("../../examples/kf", "*.kf", |path| {
+        insta::assert_snapshot!(explain_all(&source(path)));
     });
 }
 

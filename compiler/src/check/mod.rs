@@ -90,6 +90,8 @@ struct KernelChecker {
     inline: HashMap<usize, usize>,
     /// The formula node of each entry of `vars`.
     var_nodes: Vec<Id>,
+    /// Declarations that were reported as invalid, with their spans.
+    failed_declarations: Vec<(String, Span)>,
 }
 
 impl KernelChecker {
@@ -103,6 +105,7 @@ impl KernelChecker {
             match stmt {
                 Statement::Decl { name, value } => self.declare(name, value),
                 Statement::Let { value, .. } | Statement::Expr(value) => self.collect_inline(value),
+                Statement::Invalid(_) => {}
             }
         }
         let order = self.resolve_positions(kernel)?;
@@ -126,6 +129,10 @@ impl KernelChecker {
                 self.scope.insert(decl.name.clone(), Binding::Var(var_nodes[v]));
             }
         }
+        // Names whose declaration failed resolve to "already reported", not "unknown".
+        for (name, span) in std::mem::take(&mut self.failed_declarations) {
+            self.scope.entry(name).or_insert(Binding::Let(None, span));
+        }
         self.formula = Some(formula);
         self.var_nodes = var_nodes;
 
@@ -134,7 +141,7 @@ impl KernelChecker {
         let last = kernel.body.len().checked_sub(1);
         for (k, stmt) in kernel.body.iter().enumerate() {
             match stmt {
-                Statement::Decl { .. } => {}
+                Statement::Decl { .. } | Statement::Invalid(_) => {}
                 Statement::Let { name, value } => {
                     let id = self.formula_expr(value);
                     if let Some(Binding::Var(_)) | Some(Binding::Let(..)) = self.scope.get(&name.name) {
@@ -165,7 +172,8 @@ impl KernelChecker {
                 ),
             }
         }
-        if !matches!(kernel.body.last(), Some(Statement::Expr(_))) {
+        // A last line with a syntax error may well have been the reduction: already reported.
+        if !matches!(kernel.body.last(), Some(Statement::Expr(_) | Statement::Invalid(_))) {
             self.error(
                 Diagnostic::error(
                     format!("kernel `{}` has no reduction", kernel.name.name),
@@ -229,6 +237,9 @@ impl KernelChecker {
                 None
             }
         };
+        if parsed.is_none() {
+            self.failed_declarations.push((name.name.clone(), name.span.clone()));
+        }
         if let Some((category, position, dim)) = parsed {
             self.vars.push(VarDecl {
                 name: name.name.clone(),
@@ -426,10 +437,13 @@ impl KernelChecker {
         primary: &Span,
         shown_name: &str,
     ) -> Option<Id> {
+        let node_name = op.name();
         let node = Node::new(op, operands.iter().map(|(id, _)| *id).collect());
         match self.formula().push(node, Some(span.clone())) {
             Ok(id) => Some(id),
             Err(message) => {
+                // The rule names the operator; the user wrote `shown_name` (`+` for `Add`).
+                let message = message.replace(&format!("`{}`", node_name), &format!("`{shown_name}`"));
                 let mut d = Diagnostic::error(
                     format!("dimension mismatch in `{shown_name}`"),
                     primary.clone(),
@@ -746,8 +760,14 @@ impl KernelChecker {
 
     /// The kernel's last line: `Kind_Reduction(F, [K | V,] axis)`.
     fn reduction(&mut self, e: &Expr) -> Option<(Reduction, Axis, Id)> {
+        let reduction_names: Vec<String> = ReductionKind::ALL.iter().map(|k| k.to_string()).collect();
+        let looks_like_reduction = |name: &str| {
+            name.ends_with("_Reduction")
+                || (operators::lookup(name).is_none()
+                    && closest_name(name, reduction_names.iter().map(String::as_str)).is_some())
+        };
         let (callee, args) = match &e.kind {
-            ExprKind::Call { callee, args } if callee.name.ends_with("_Reduction") => (callee, args),
+            ExprKind::Call { callee, args } if looks_like_reduction(&callee.name) => (callee, args),
             _ => {
                 let _ = self.formula_expr(e);
                 self.error(
@@ -762,7 +782,7 @@ impl KernelChecker {
             }
         };
         let Some(kind) = ReductionKind::from_reduction_name(&callee.name) else {
-            let names: Vec<String> = ReductionKind::ALL.iter().map(|k| k.to_string()).collect();
+            let names = reduction_names;
             let mut d = Diagnostic::error(
                 format!("unknown reduction `{}`", callee.name),
                 callee.span.clone(),

@@ -402,7 +402,14 @@ impl Op {
             }
         };
         match self {
-            Op::SumT(n) => scalar_first("it is broadcast").map(|_| *n),
+            Op::SumT(n) => {
+                scalar_first("it is broadcast")?;
+                if *n >= 1 {
+                    Ok(*n)
+                } else {
+                    Err("`SumT` needs a dimension of at least 1".into())
+                }
+            }
             Op::SqDist | Op::Scalprod => same(dims[0], dims[1]).map(|_| 1),
             Op::Elem(m) => {
                 if *m < dims[0] {

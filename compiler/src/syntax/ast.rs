@@ -31,6 +31,9 @@ pub enum Statement {
     Let { name: Ident, value: Expr },
     /// A formula on its own: the kernel's reduction when it is the last statement.
     Expr(Expr),
+    /// A statement with a syntax error (already reported): kept so that later stages know
+    /// something stood there and do not report its absence.
+    Invalid(Span),
 }
 
 impl Statement {
@@ -40,6 +43,7 @@ impl Statement {
                 name.span.start..value.span.end
             }
             Statement::Expr(e) => e.span.clone(),
+            Statement::Invalid(span) => span.clone(),
         }
     }
 }
@@ -129,9 +133,10 @@ impl fmt::Display for KernelDef {
 impl fmt::Display for Statement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Statement::Decl { name, value } => write!(f, "{} = {value}", name.name),
-            Statement::Let { name, value } => write!(f, "let {} = {value}", name.name),
-            Statement::Expr(e) => write!(f, "{e}"),
+            Statement::Decl { name, value } => write!(f, "{} = {}", name.name, Bare(value)),
+            Statement::Let { name, value } => write!(f, "let {} = {}", name.name, Bare(value)),
+            Statement::Expr(e) => write!(f, "{}", Bare(e)),
+            Statement::Invalid(_) => f.write_str("<syntax error>"),
         }
     }
 }
@@ -146,14 +151,27 @@ impl fmt::Display for Expr {
                 write_list(f, args)?;
                 f.write_str(")")
             }
+            ExprKind::Neg(e) if !matches!(e.kind, ExprKind::Neg(_)) => write!(f, "-{}", Bare(e)),
             ExprKind::List(items) => {
                 f.write_str("[")?;
                 write_list(f, items)?;
                 f.write_str("]")
             }
-            ExprKind::Neg(e) => write!(f, "(-{e})"),
+            ExprKind::Neg(e) => write!(f, "-({e})"),
             ExprKind::Binary { op, lhs, rhs } => write!(f, "({lhs} {} {rhs})", op.symbol()),
             ExprKind::BarScalprod { lhs, rhs } => write!(f, "|{lhs}|{rhs}|"),
+        }
+    }
+}
+
+/// An expression where no parenthesis is needed around it (a call argument, a statement).
+struct Bare<'a>(&'a Expr);
+
+impl fmt::Display for Bare<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0.kind {
+            ExprKind::Binary { op, lhs, rhs } => write!(f, "{lhs} {} {rhs}", op.symbol()),
+            _ => write!(f, "{}", self.0),
         }
     }
 }
@@ -163,7 +181,7 @@ fn write_list(f: &mut fmt::Formatter<'_>, items: &[Expr]) -> fmt::Result {
         if k > 0 {
             f.write_str(", ")?;
         }
-        write!(f, "{item}")?;
+        write!(f, "{}", Bare(item))?;
     }
     Ok(())
 }

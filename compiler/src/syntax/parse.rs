@@ -23,6 +23,7 @@ pub fn lex(text: &str) -> (Vec<Spanned<'_>>, Vec<Diagnostic>) {
         match tok {
             Ok(tok) => tokens.push((tok, span)),
             Err(()) => {
+                tokens.push((Token::Error, span.clone()));
                 let ch = &text[span.clone()];
                 errors.push(Diagnostic::error(
                     format!("unexpected character `{ch}`"),
@@ -157,10 +158,11 @@ fn parse_statements(tokens: &[Spanned<'_>], diagnostics: &mut Vec<Diagnostic>) -
         let previous = k.checked_sub(1).map(|p| tokens[p].0);
         let starts_here = k == 0
             || previous == Some(Token::Semicolon)
-            || (depth <= 0 && *tok == Token::Let)
+            // `let` and `=` never occur inside a formula: they start a statement even after an
+            // unclosed bracket, which is then reported where its statement ends.
+            || *tok == Token::Let
             // `NAME =` (but not the `g =` of `let g =`)
-            || (depth <= 0
-                && matches!(tok, Token::Ident(_))
+            || (matches!(tok, Token::Ident(_))
                 && matches!(tokens.get(k + 1), Some((Token::Assign, _)))
                 && previous != Some(Token::Let))
             // A name or number right after a complete operand cannot continue a formula: it
@@ -172,7 +174,7 @@ fn parse_statements(tokens: &[Spanned<'_>], diagnostics: &mut Vec<Diagnostic>) -
                     Some(Token::RParen | Token::RBracket | Token::Ident(_) | Token::Number(_))
                 ));
         if starts_here {
-            depth = depth.max(0);
+            depth = 0;
             starts.push(k);
         }
     }
@@ -187,11 +189,16 @@ fn parse_statements(tokens: &[Spanned<'_>], diagnostics: &mut Vec<Diagnostic>) -
             continue;
         }
         let eoi = slice[slice.len() - 1].1.end;
+        if slice.iter().any(|(t, _)| *t == Token::Error) {
+            statements.push(Statement::Invalid(slice[0].1.start..eoi));
+            continue;
+        }
         let stream = Stream::from_iter(slice.iter().map(|(t, s)| (*t, SimpleSpan::from(s.clone()))))
             .map(SimpleSpan::from(eoi..eoi), |(t, s): (_, _)| (t, s));
         let (stmt, errors) = statement_parser().parse(stream).into_output_errors();
-        if let Some(stmt) = stmt.filter(|_| errors.is_empty()) {
-            statements.push(stmt);
+        match stmt.filter(|_| errors.is_empty()) {
+            Some(stmt) => statements.push(stmt),
+            None => statements.push(Statement::Invalid(slice[0].1.start..eoi)),
         }
         // One error per statement: after the first, the rest of the statement is noise.
         if let Some(error) = errors.into_iter().next() {

@@ -48,6 +48,9 @@ pub enum Token<'src> {
     Caret,
     #[token("|")]
     Bar,
+    /// A character outside the language (reported by the lexer); the statement holding it is
+    /// not parsed, so it is reported once.
+    Error,
 }
 
 impl fmt::Display for Token<'_> {
@@ -73,6 +76,7 @@ impl fmt::Display for Token<'_> {
             Token::StarStar => f.write_str("`**`"),
             Token::Caret => f.write_str("`^`"),
             Token::Bar => f.write_str("`|`"),
+            Token::Error => f.write_str("an invalid character"),
         }
     }
 }

@@ -2,7 +2,9 @@
 
 use clap::{Parser, Subcommand};
 use keops_runtime::HostArray;
-use keopsc::diagnostic::render_all;
+use keopsc::diagnostic::{render_all, Diagnostic};
+use keopsc::opt::rules::RuleSet;
+use keopsc::opt::OptBudget;
 use keopsc::driver::{self, Backend, CompiledFile};
 use keopsc::source::SourceFile;
 use std::io::IsTerminal;
@@ -24,6 +26,19 @@ enum Command {
         /// Also print each kernel's formula, one node per line with [dimension, category].
         #[arg(long)]
         verbose: bool,
+    },
+    /// Show every stage: AST, checked formula, derivatives, simplified formula and its cost.
+    Explain {
+        file: PathBuf,
+        /// Only this kernel.
+        #[arg(long)]
+        kernel: Option<String>,
+        /// Also print the time spent in each stage.
+        #[arg(long)]
+        timings: bool,
+        /// Simplify with exact rules only (no rule that changes results beyond rounding).
+        #[arg(long)]
+        exact: bool,
     },
     /// Evaluate a kernel on .npy arrays.
     Eval {
@@ -50,6 +65,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { file, verbose } => check(&file, verbose),
+        Command::Explain {
+            file,
+            kernel,
+            timings,
+            exact,
+        } => explain(&file, kernel.as_deref(), timings, exact),
         Command::Eval {
             file,
             kernel,
@@ -73,15 +94,41 @@ fn use_color() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
-fn load(path: &Path) -> Result<CompiledFile, Reported> {
+fn read_source(path: &Path) -> Result<SourceFile, Reported> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| fail(format!("cannot read `{}`: {e}", path.display())))?;
-    driver::compile(SourceFile::new(path.display().to_string(), text)).map_err(|(source, diagnostics)| {
-        eprint!("{}", render_all(&diagnostics, &source, use_color()));
-        let n = diagnostics.len();
-        eprintln!("error: {n} error{} in `{}`", if n == 1 { "" } else { "s" }, source.name);
-        Reported
-    })
+    Ok(SourceFile::new(path.display().to_string(), text))
+}
+
+fn report_diagnostics((source, diagnostics): (SourceFile, Vec<Diagnostic>)) -> Reported {
+    eprint!("{}", render_all(&diagnostics, &source, use_color()));
+    let n = diagnostics.len();
+    eprintln!("error: {n} error{} in `{}`", if n == 1 { "" } else { "s" }, source.name);
+    Reported
+}
+
+fn load(path: &Path) -> Result<CompiledFile, Reported> {
+    driver::compile(read_source(path)?).map_err(report_diagnostics)
+}
+
+fn explain(path: &Path, kernel: Option<&str>, timings: bool, exact: bool) -> Result<(), Reported> {
+    let mut budget = OptBudget::default();
+    if exact {
+        budget.rules = RuleSet::Exact;
+    }
+    let (kernels, stage_times) = driver::explain(read_source(path)?, &budget).map_err(report_diagnostics)?;
+    let mut shown = 0;
+    for k in kernels.iter().filter(|k| kernel.is_none_or(|name| k.checked.name == name)) {
+        println!("== kernel {} ==\n{k}", k.checked.name);
+        shown += 1;
+    }
+    if shown == 0 {
+        return Err(fail(format!("no kernel `{}` in `{}`", kernel.unwrap_or(""), path.display())));
+    }
+    if timings {
+        println!("timings: {stage_times}");
+    }
+    Ok(())
 }
 
 fn check(path: &Path, verbose: bool) -> Result<(), Reported> {

@@ -16,46 +16,9 @@ fn is_zero(eg: &FormulaGraph, s: &Subst, v: &str) -> bool {
     eg[s[super::var(v)]].data.is_zero()
 }
 
-/// The class matched by the whole pattern keeps `?a`'s dimension.
-fn same_dim(a: &'static str, b: &'static str) -> impl Fn(&FormulaGraph, &Subst) -> bool {
-    move |eg, s| dim(eg, s, a) >= dim(eg, s, b)
-}
-
-/// The neutral-element rules alone: exact, and they only shrink a formula, so the
-/// differentiation phase runs them to drop the zeros and ones the chain rule leaves.
-pub fn neutral_rules() -> Vec<RuleInfo> {
-    rules().into_iter().take(NEUTRAL_RULES).collect()
-}
-
-const NEUTRAL_RULES: usize = 7;
-
 pub fn rules() -> Vec<RuleInfo> {
-    vec![
-        // Neutral elements: exact (x + 0 = x, x * 1 = x, x / 1 = x, also for inf and NaN).
-        // The first NEUTRAL_RULES entries.
-        info(
-            guarded("add-zero", "(+ ?a ?z)", "?a", |eg, s| is_zero(eg, s, "?z") && dim(eg, s, "?a") >= dim(eg, s, "?z")),
-            true,
-            true,
-        ),
-        info(
-            guarded("zero-add", "(+ ?z ?a)", "?a", |eg, s| is_zero(eg, s, "?z") && dim(eg, s, "?a") >= dim(eg, s, "?z")),
-            true,
-            true,
-        ),
-        info(
-            guarded("sub-zero", "(- ?a ?z)", "?a", |eg, s| is_zero(eg, s, "?z") && dim(eg, s, "?a") >= dim(eg, s, "?z")),
-            true,
-            true,
-        ),
-        info(
-            guarded("zero-sub", "(- ?z ?a)", "(- ?a)", |eg, s| is_zero(eg, s, "?z") && dim(eg, s, "?a") >= dim(eg, s, "?z")),
-            true,
-            true,
-        ),
-        info(guarded("mul-one", "(* ?a ?o)", "?a", |eg, s| is_const(eg, s, "?o", 1.0)), true, true),
-        info(guarded("div-one", "(/ ?a ?o)", "?a", |eg, s| is_const(eg, s, "?o", 1.0)), true, true),
-        info(guarded("mul-minus-one", "(* ?a ?o)", "(- ?a)", |eg, s| is_const(eg, s, "?o", -1.0)), true, true),
+    let mut rules = neutral_rules();
+    rules.extend([
         // Absorbing zero: KeOps applies it; not exact where the other operand is inf or NaN.
         info(
             dynamic("mul-zero", "(* ?a ?z)", |eg, s| {
@@ -92,6 +55,11 @@ pub fn rules() -> Vec<RuleInfo> {
         info(plain("neg-mul", "(* (- ?a) ?b)", "(- (* ?a ?b))"), true, true),
         info(plain("neg-div", "(/ (- ?a) ?b)", "(- (/ ?a ?b))"), true, true),
         info(plain("neg-neg-mul", "(* (- ?a) (- ?b))", "(* ?a ?b)"), true, true),
+        info(plain("neg-mul-right", "(- (* ?a ?b))", "(* ?a (- ?b))"), true, true),
+        info(plain("neg-div-right", "(- (/ ?a ?b))", "(/ ?a (- ?b))"), true, true),
+        // Division by a reciprocal computed once: a multiplication per pair instead of a
+        // division when the divisor is hoisted. One more rounding.
+        info(plain("div-as-mul-inv", "(/ ?a ?b)", "(* ?a (inv ?b))"), false, true),
         // Commutativity: exact. Reassociation: rounds differently.
         info(plain("add-comm", "(+ ?a ?b)", "(+ ?b ?a)"), true, true),
         info(plain("mul-comm", "(* ?a ?b)", "(* ?b ?a)"), true, true),
@@ -110,7 +78,7 @@ pub fn rules() -> Vec<RuleInfo> {
         info(plain("pow-one", "(pow:1 ?a)", "?a"), true, true),
         info(plain("square-neg", "(square (- ?a))", "(square ?a)"), true, true),
         info(plain("inv-as-div", "(/ int:1 ?a)", "(inv ?a)"), true, true),
-        info(plain("mul-inv", "(* ?a (inv ?b))", "(/ ?a ?b)"), true, true),
+        info(plain("mul-inv", "(* ?a (inv ?b))", "(/ ?a ?b)"), false, true),
         info(plain("rsqrt-square-root", "(inv (sqrt ?a))", "(rsqrt ?a)"), false, false),
         info(plain("sqrt-square", "(square (sqrt ?a))", "?a"), false, false),
         // Exponentials and logarithms.
@@ -118,13 +86,39 @@ pub fn rules() -> Vec<RuleInfo> {
         info(plain("exp-neg", "(inv (exp ?a))", "(exp (- ?a))"), false, true),
         info(plain("log-exp", "(log (exp ?a))", "?a"), false, true),
         info(plain("exp-log", "(exp (log ?a))", "?a"), false, false),
-        // Shared factors with a broadcast scalar stay as they are: `same_dim` guards rules that
-        // would move a vector operand.
+    ]);
+    rules
+}
+
+/// The neutral-element rules alone: exact, and they only shrink a formula, so the
+/// differentiation phase runs them to drop the zeros and ones the chain rule leaves.
+pub fn neutral_rules() -> Vec<RuleInfo> {
+    vec![
+        // Neutral elements: exact (x + 0 = x, x * 1 = x, x / 1 = x, also for inf and NaN).
         info(
-            guarded("mul-scalar-hoist", "(* (* ?s ?a) ?b)", "(* ?s (* ?a ?b))", same_dim("?b", "?s")),
-            false,
+            guarded("add-zero", "(+ ?a ?z)", "?a", |eg, s| is_zero(eg, s, "?z") && dim(eg, s, "?a") >= dim(eg, s, "?z")),
+            true,
             true,
         ),
+        info(
+            guarded("zero-add", "(+ ?z ?a)", "?a", |eg, s| is_zero(eg, s, "?z") && dim(eg, s, "?a") >= dim(eg, s, "?z")),
+            true,
+            true,
+        ),
+        info(
+            guarded("sub-zero", "(- ?a ?z)", "?a", |eg, s| is_zero(eg, s, "?z") && dim(eg, s, "?a") >= dim(eg, s, "?z")),
+            true,
+            true,
+        ),
+        info(
+            guarded("zero-sub", "(- ?z ?a)", "(- ?a)", |eg, s| is_zero(eg, s, "?z") && dim(eg, s, "?a") >= dim(eg, s, "?z")),
+            true,
+            true,
+        ),
+        info(guarded("mul-one", "(* ?a ?o)", "?a", |eg, s| is_const(eg, s, "?o", 1.0)), true, true),
+        info(guarded("div-one", "(/ ?a ?o)", "?a", |eg, s| is_const(eg, s, "?o", 1.0)), true, true),
+        info(guarded("mul-minus-one", "(* ?a ?o)", "(- ?a)", |eg, s| is_const(eg, s, "?o", -1.0)), true, true),
+        info(guarded("one-mul", "(* ?o ?a)", "?a", |eg, s| is_const(eg, s, "?o", 1.0)), true, true),
     ]
 }
 

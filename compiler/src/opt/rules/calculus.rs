@@ -21,6 +21,10 @@ pub fn rules() -> Vec<RuleInfo> {
         guarded("grad-scalar-of-vector-gradin", "(grad ?f ?v ?e)", "(grad ?f ?v (sum ?e))", |eg, s| {
             dim(eg, s, "?f") == 1 && dim(eg, s, "?e") > 1
         }),
+        dynamic("grad-broadcast-gradin", "(grad ?f ?v ?e)", |eg, s| {
+            let df = dim(eg, s, "?f");
+            (df > 1 && dim(eg, s, "?e") == 1).then(|| inst(eg, s, &format!("(grad ?f ?v (sumt:{df} ?e))")))
+        }),
         dynamic("grad-parametric", "(grad ?f ?v ?e)", grad_parametric),
     ];
     // Element-wise operators: the chain rule with the operator's derivative.
@@ -116,7 +120,20 @@ pub fn rules() -> Vec<RuleInfo> {
         ),
     ];
     for (name, f, rhs) in multi {
-        rules.push(plain(name, &format!("(grad {f} ?v ?e)"), rhs));
+        let lhs = format!("(grad {f} ?v ?e)");
+        let rule = match *name {
+            // f is a scalar of vector operands: its rule needs the unbroadcast scalar e (a
+            // vector e is first summed by grad-scalar-of-vector-gradin).
+            "grad-sum" | "grad-sqnorm2" | "grad-norm2" | "grad-scalprod" => {
+                guarded(name, &lhs, rhs, |eg, s| dim(eg, s, "?e") == 1)
+            }
+            // Matrix products need e at full size (a scalar e is first broadcast).
+            "grad-matvecmult" | "grad-vecmatmult" | "grad-tensorprod" => {
+                guarded(name, &lhs, rhs, |eg, s| dim(eg, s, "?e") > 1 || matrix_output_is_scalar(eg, s))
+            }
+            _ => plain(name, &lhs, rhs),
+        };
+        rules.push(rule);
     }
     rules.push(dynamic("grad-weightedsqnorm", "(grad (weightedsqnorm ?s ?a) ?v ?e)", |eg, s| {
         let (ds, da) = (dim(eg, s, "?s"), dim(eg, s, "?a"));
@@ -141,6 +158,14 @@ pub fn rules() -> Vec<RuleInfo> {
         ))
     }));
     rules.into_iter().map(|r| info(r, true, true)).collect()
+}
+
+/// Whether the matched matrix product has dimension 1, so that a scalar e is already full size.
+fn matrix_output_is_scalar(eg: &FormulaGraph, s: &Subst) -> bool {
+    let (da, db) = (dim(eg, s, "?a"), dim(eg, s, "?b"));
+    // MatVecMult(a, b) and VecMatMult(b, a) have dimension |a| / |b| (the rules name the matrix
+    // ?a); TensorProd has |a| |b|.
+    da == db || da * db == 1
 }
 
 /// `Grad(f, v, e)` of an `f` that does not depend on `v` is zero.
@@ -172,8 +197,17 @@ fn grad_var(eg: &mut FormulaGraph, s: &Subst) -> Option<Id> {
 /// from the e-node found in f's class.
 fn grad_parametric(eg: &mut FormulaGraph, s: &Subst) -> Option<Id> {
     let f = s[super::var("?f")];
+    let (df, de) = (dim(eg, s, "?f"), dim(eg, s, "?e"));
+    if df == 1 && de > 1 {
+        // Wait for grad-scalar-of-vector-gradin to sum e.
+        return None;
+    }
     let nodes = eg[f].nodes.clone();
     for node in nodes {
+        if de != df && matches!(node.op, Op::Extract(..) | Op::ExtractT(..) | Op::ElemT(..)) {
+            // Wait for grad-broadcast-gradin to give e its full size.
+            continue;
+        }
         let a = node.children.first().copied();
         let rhs = match (&node.op, a) {
             (Op::Sign | Op::Step | Op::Floor | Op::Round(_) | Op::OneHot(_), _)

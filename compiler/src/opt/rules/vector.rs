@@ -4,17 +4,35 @@
 use super::{dim, dynamic, guarded, info, inst, plain, RuleInfo};
 use crate::formula::Op;
 
+/// SqDist and Scalprod take operands of one dimension; a broadcast difference or product does
+/// not fold into them.
+fn same_dims(eg: &crate::opt::analysis::FormulaGraph, s: &egg::Subst) -> bool {
+    dim(eg, s, "?a") == dim(eg, s, "?b")
+}
+
 pub fn rules() -> Vec<RuleInfo> {
     vec![
         // Definitions, both ways: exact except for summation order.
         info(plain("sqdist-def", "(sqdist ?a ?b)", "(sqnorm2 (- ?a ?b))"), true, true),
-        info(plain("sqdist-fold", "(sqnorm2 (- ?a ?b))", "(sqdist ?a ?b)"), true, true),
+        info(guarded("sqdist-fold", "(sqnorm2 (- ?a ?b))", "(sqdist ?a ?b)", same_dims), true, true),
         info(plain("sqnorm2-self", "(scalprod ?a ?a)", "(sqnorm2 ?a)"), true, true),
         info(plain("sqnorm2-square", "(sum (square ?a))", "(sqnorm2 ?a)"), true, true),
-        info(plain("scalprod-sum", "(sum (* ?a ?b))", "(scalprod ?a ?b)"), true, true),
+        info(guarded("scalprod-sum", "(sum (* ?a ?b))", "(scalprod ?a ?b)", same_dims), true, true),
         info(plain("scalprod-comm", "(scalprod ?a ?b)", "(scalprod ?b ?a)"), true, true),
         info(plain("sqdist-comm", "(sqdist ?a ?b)", "(sqdist ?b ?a)"), true, true),
         info(plain("norm2-def", "(sqrt (sqnorm2 ?a))", "(norm2 ?a)"), true, true),
+        info(plain("square-norm2", "(square (norm2 ?a))", "(sqnorm2 ?a)"), false, true),
+        // <a, b> + <a, c> = <a, b + c>: one scalar product per pair when b + c is hoisted.
+        info(
+            guarded(
+                "scalprod-factor",
+                "(+ (scalprod ?a ?b) (scalprod ?a ?c))",
+                "(scalprod ?a (+ ?b ?c))",
+                |eg, s| dim(eg, s, "?b") == dim(eg, s, "?c"),
+            ),
+            false,
+            true,
+        ),
         info(plain("normalize-def", "(* (rsqrt (sqnorm2 ?a)) ?a)", "(normalize ?a)"), true, true),
         // |x - y|^2 = |x|^2 + |y|^2 - 2<x, y>: cheaper per pair once the norms are hoisted, but
         // it cancels catastrophically for close points, so it does not run by default.
