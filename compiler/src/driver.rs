@@ -198,6 +198,18 @@ pub struct StageTimings {
     pub simplify: std::time::Duration,
 }
 
+impl StageTimings {
+    /// The faster of two measurements, stage by stage.
+    pub fn fastest(&self, other: &StageTimings) -> StageTimings {
+        StageTimings {
+            parse: self.parse.min(other.parse),
+            check: self.check.min(other.check),
+            differentiate: self.differentiate.min(other.differentiate),
+            simplify: self.simplify.min(other.simplify),
+        }
+    }
+}
+
 impl fmt::Display for StageTimings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;

@@ -21,7 +21,7 @@ use analysis::{FormulaAnalysis, FormulaGraph};
 use cost::{FormulaCost, PairCost};
 use egg::{Extractor, Id, RecExpr, Runner, StopReason};
 use keops_runtime::{ArgSpec, Category, Signature};
-use rules::{calculus, simplification_rules, RuleSet};
+use rules::{simplification_rules, RuleSet};
 use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -191,17 +191,13 @@ fn differentiate(formula: &Formula) -> Result<(Formula, Option<PhaseReport>), Di
         vars: reverse.vars.clone(),
     });
     let root = egraph.add_expr(&reverse.nodes);
-    let calculus_rules: Vec<_> = calculus::rules()
-        .into_iter()
-        .chain(rules::algebra::neutral_rules())
-        .map(|r| r.rewrite)
-        .collect();
+    let calculus_rules = rules::differentiation_rules();
     let runner = Runner::default()
         .with_egraph(egraph)
         .with_iter_limit(1_000)
         .with_node_limit(200_000)
         .with_time_limit(Duration::from_secs(5))
-        .run(&calculus_rules);
+        .run(calculus_rules);
     let report = phase_report(&runner, start);
     let root = runner.egraph.find(root);
     let (_, best) = Extractor::new(&runner.egraph, PairCost::new(&runner.egraph)).find_best(root);
@@ -292,7 +288,7 @@ fn simplify(formula: &Formula, budget: &OptBudget) -> (Formula, PhaseReport) {
         .with_iter_limit(budget.iter_limit)
         .with_node_limit(budget.node_limit)
         .with_time_limit(budget.time_limit)
-        .run(&simplification_rules(budget.rules));
+        .run(simplification_rules(budget.rules));
     let root = runner.egraph.find(root);
     let (_, best) = Extractor::new(&runner.egraph, PairCost::new(&runner.egraph)).find_best(root);
     let report = phase_report(&runner, start);

@@ -36,6 +36,9 @@ enum Command {
         /// Also print the time spent in each stage.
         #[arg(long)]
         timings: bool,
+        /// Run the stages this many times and report the fastest time of each (with --timings).
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
         /// Simplify with exact rules only (no rule that changes results beyond rounding).
         #[arg(long)]
         exact: bool,
@@ -69,8 +72,9 @@ fn main() -> ExitCode {
             file,
             kernel,
             timings,
+            repeat,
             exact,
-        } => explain(&file, kernel.as_deref(), timings, exact),
+        } => explain(&file, kernel.as_deref(), timings, repeat, exact),
         Command::Eval {
             file,
             kernel,
@@ -111,12 +115,17 @@ fn load(path: &Path) -> Result<CompiledFile, Reported> {
     driver::compile(read_source(path)?).map_err(report_diagnostics)
 }
 
-fn explain(path: &Path, kernel: Option<&str>, timings: bool, exact: bool) -> Result<(), Reported> {
+fn explain(path: &Path, kernel: Option<&str>, timings: bool, repeat: usize, exact: bool) -> Result<(), Reported> {
     let mut budget = OptBudget::default();
     if exact {
         budget.rules = RuleSet::Exact;
     }
-    let (kernels, stage_times) = driver::explain(read_source(path)?, &budget).map_err(report_diagnostics)?;
+    let source = read_source(path)?;
+    let (kernels, mut stage_times) = driver::explain(source.clone(), &budget).map_err(report_diagnostics)?;
+    for _ in 1..repeat {
+        let (_, t) = driver::explain(source.clone(), &budget).map_err(report_diagnostics)?;
+        stage_times = stage_times.fastest(&t);
+    }
     let mut shown = 0;
     for k in kernels.iter().filter(|k| kernel.is_none_or(|name| k.checked.name == name)) {
         println!("== kernel {} ==\n{k}", k.checked.name);
@@ -126,7 +135,8 @@ fn explain(path: &Path, kernel: Option<&str>, timings: bool, exact: bool) -> Res
         return Err(fail(format!("no kernel `{}` in `{}`", kernel.unwrap_or(""), path.display())));
     }
     if timings {
-        println!("timings: {stage_times}");
+        let runs = if repeat > 1 { format!(" (fastest of {repeat} runs)") } else { String::new() };
+        println!("timings{runs}: {stage_times}");
     }
     Ok(())
 }

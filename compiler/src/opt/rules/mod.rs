@@ -8,6 +8,7 @@ pub mod vector;
 use super::analysis::{FormulaAnalysis, FormulaGraph};
 use crate::formula::Node;
 use egg::{Applier, Id, Pattern, PatternAst, Rewrite, Subst, Symbol, Var};
+use std::sync::OnceLock;
 
 pub type FormulaRewrite = Rewrite<Node, FormulaAnalysis>;
 
@@ -31,14 +32,35 @@ pub enum RuleSet {
     Default,
 }
 
-/// The simplification rules of a rule set (calculus runs in its own phase).
-pub fn simplification_rules(set: RuleSet) -> Vec<FormulaRewrite> {
-    let mut all = algebra::rules();
-    all.extend(vector::rules());
-    all.into_iter()
-        .filter(|r| r.default && (r.exact || set == RuleSet::Default))
-        .map(|r| r.rewrite)
-        .collect()
+/// The simplification rules of a rule set (calculus runs in its own phase). Built once: parsing
+/// and compiling the patterns costs more than simplifying a typical formula.
+pub fn simplification_rules(set: RuleSet) -> &'static [FormulaRewrite] {
+    static DEFAULT: OnceLock<Vec<FormulaRewrite>> = OnceLock::new();
+    static EXACT: OnceLock<Vec<FormulaRewrite>> = OnceLock::new();
+    let build = || {
+        let mut all = algebra::rules();
+        all.extend(vector::rules());
+        all.into_iter()
+            .filter(|r| r.default && (r.exact || set == RuleSet::Default))
+            .map(|r| r.rewrite)
+            .collect()
+    };
+    match set {
+        RuleSet::Default => DEFAULT.get_or_init(build),
+        RuleSet::Exact => EXACT.get_or_init(build),
+    }
+}
+
+/// The differentiation phase's rules: calculus, and the neutral elements it leaves behind.
+pub fn differentiation_rules() -> &'static [FormulaRewrite] {
+    static RULES: OnceLock<Vec<FormulaRewrite>> = OnceLock::new();
+    RULES.get_or_init(|| {
+        calculus::rules()
+            .into_iter()
+            .chain(algebra::neutral_rules())
+            .map(|r| r.rewrite)
+            .collect()
+    })
 }
 
 pub(crate) fn var(name: &str) -> Var {
@@ -86,6 +108,38 @@ pub(crate) type Build = fn(&mut FormulaGraph, &Subst) -> Option<Id>;
 
 pub(crate) fn dynamic(name: &str, lhs: &str, build: Build) -> FormulaRewrite {
     Rewrite::new(name, pattern(lhs), DynamicApplier(build)).unwrap_or_else(|e| panic!("bad rule `{name}`: {e}"))
+}
+
+/// A dynamic rule on the classes holding an operator with parameters (patterns cannot match
+/// `Elem(f, m)` for any m): `?c` is bound to each class with an e-node that `wanted` accepts.
+pub(crate) fn dynamic_on(name: &str, wanted: fn(&crate::formula::Op) -> bool, build: Build) -> FormulaRewrite {
+    Rewrite::new(name, OpSearcher(wanted), DynamicApplier(build)).unwrap_or_else(|e| panic!("bad rule `{name}`: {e}"))
+}
+
+pub(crate) struct OpSearcher(fn(&crate::formula::Op) -> bool);
+
+impl egg::Searcher<Node, FormulaAnalysis> for OpSearcher {
+    fn search_eclass_with_limit(
+        &self,
+        egraph: &FormulaGraph,
+        eclass: Id,
+        limit: usize,
+    ) -> Option<egg::SearchMatches<'_, Node>> {
+        if limit == 0 || !egraph[eclass].nodes.iter().any(|n| (self.0)(&n.op)) {
+            return None;
+        }
+        let mut subst = Subst::default();
+        subst.insert(var("?c"), eclass);
+        Some(egg::SearchMatches {
+            eclass,
+            substs: vec![subst],
+            ast: None,
+        })
+    }
+
+    fn vars(&self) -> Vec<Var> {
+        vec![var("?c")]
+    }
 }
 
 pub(crate) struct DynamicApplier(pub Build);

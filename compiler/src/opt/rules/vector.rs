@@ -1,7 +1,7 @@
 //! Vector identities: SqDist, SqNorm2, Scalprod and Sum; Sum and Elem of Concat; Extract of
 //! Extract; scalar factors out of sums; broadcast normal forms.
 
-use super::{dim, dynamic, guarded, info, inst, plain, RuleInfo};
+use super::{dim, dynamic, dynamic_on, guarded, info, inst, plain, RuleInfo};
 use crate::formula::Op;
 
 /// SqDist and Scalprod take operands of one dimension; a broadcast difference or product does
@@ -84,7 +84,11 @@ pub fn rules() -> Vec<RuleInfo> {
             true,
         ),
         // Elem and Extract of known layouts.
-        info(dynamic("elem-of-concat", "?c", elem_or_extract_of_concat), true, true),
+        info(
+            dynamic_on("elem-extract-of-parts", |op| matches!(op, Op::Elem(_) | Op::Extract(..)), elem_or_extract_of_concat),
+            true,
+            true,
+        ),
     ]
 }
 
