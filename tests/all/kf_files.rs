@@ -18,7 +18,12 @@ fn source(path: &std::path::Path) -> SourceFile {
 /// Every stage of a file that compiles: AST, checked formula, expanded derivatives,
 /// simplified formula with its cost and hoisted parts (`keopsc explain` without timings).
 fn explain_all(src: &SourceFile) -> String {
-    let (kernels, _) = match driver::explain(src.clone(), &OptBudget::default()) {
+    // No time limit: the node and iteration limits are deterministic, a clock is not.
+    let budget = OptBudget {
+        time_limit: std::time::Duration::from_secs(60),
+        ..OptBudget::default()
+    };
+    let (kernels, _) = match driver::explain(src.clone(), &budget) {
         Ok(k) => k,
         Err((s, d)) => panic!("{} should compile:\n{}", s.name, render_all(&d, &s, false)),
     };
