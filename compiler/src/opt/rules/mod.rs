@@ -22,6 +22,35 @@ pub struct RuleInfo {
     pub default: bool,
 }
 
+/// A rule as lang-spec lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleDescription {
+    pub name: String,
+    pub family: &'static str,
+    pub exact: bool,
+    pub default: bool,
+}
+
+/// Every rule of every family, for the documentation and its tests.
+pub fn catalog() -> Vec<RuleDescription> {
+    let families = [
+        ("calculus", calculus::rules()),
+        ("algebra", algebra::rules()),
+        ("vector", vector::rules()),
+    ];
+    families
+        .into_iter()
+        .flat_map(|(family, rules)| {
+            rules.into_iter().map(move |r| RuleDescription {
+                name: r.rewrite.name.to_string(),
+                family,
+                exact: r.exact,
+                default: r.default,
+            })
+        })
+        .collect()
+}
+
 /// Which rules the simplifier may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RuleSet {
