@@ -16,7 +16,11 @@ pub fn compile_ok(name: &str, text: &str) -> CompiledFile {
 }
 
 /// Runs the only (or named) kernel of `text` through the interpreter on f64 row-major arrays.
-pub fn run_interp(text: &str, kernel: Option<&str>, args: &[(&str, Vec<usize>, Vec<f64>)]) -> HostArray {
+pub fn run_interp(
+    text: &str,
+    kernel: Option<&str>,
+    args: &[(&str, Vec<usize>, Vec<f64>)],
+) -> HostArray {
     let compiled = compile_ok("<test>", text);
     let kernel = match kernel {
         Some(name) => compiled.kernel(name).expect("kernel exists"),
@@ -24,7 +28,12 @@ pub fn run_interp(text: &str, kernel: Option<&str>, args: &[(&str, Vec<usize>, V
     };
     let inputs: Vec<(String, HostArray)> = args
         .iter()
-        .map(|(n, shape, data)| (n.to_string(), HostArray::from_f64(shape.clone(), data.clone())))
+        .map(|(n, shape, data)| {
+            (
+                n.to_string(),
+                HostArray::from_f64(shape.clone(), data.clone()),
+            )
+        })
         .collect();
     driver::evaluate(kernel, &inputs, Backend::Interp).expect("evaluation succeeds")
 }

@@ -39,8 +39,12 @@ pub fn compile(source: SourceFile) -> Result<CompiledFile, (SourceFile, Vec<Diag
     }
     if diagnostics.is_empty() && ast.kernels.is_empty() {
         diagnostics.push(
-            Diagnostic::error("the file defines no kernel", 0..0, "expected `kernel NAME { ... }`")
-                .with_help("a .kf file holds one or more `kernel NAME { ... }` blocks"),
+            Diagnostic::error(
+                "the file defines no kernel",
+                0..0,
+                "expected `kernel NAME { ... }`",
+            )
+            .with_help("a .kf file holds one or more `kernel NAME { ... }` blocks"),
         );
     }
     if diagnostics.is_empty() {
@@ -119,7 +123,11 @@ pub fn bind_arguments<'a>(
         let Some(k) = sig.args.iter().position(|a| &a.name == name) else {
             return Err(ArgumentError::Unknown {
                 name: name.clone(),
-                expected: if names.is_empty() { "none".into() } else { names.join(", ") },
+                expected: if names.is_empty() {
+                    "none".into()
+                } else {
+                    names.join(", ")
+                },
             });
         };
         if bound[k].is_some() {

@@ -4,11 +4,11 @@
 //! `source` -> `syntax` (tokens, AST) -> `check` (CheckedKernel: dimensions, categories)
 //! -> `interp` (the reference interpreter, the oracle every backend is tested against).
 
-pub mod diagnostic;
-pub mod source;
-pub mod syntax;
 pub mod check;
+pub mod diagnostic;
+pub mod driver;
 pub mod formula;
 pub mod interp;
 pub mod opt;
-pub mod driver;
+pub mod source;
+pub mod syntax;

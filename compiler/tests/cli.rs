@@ -33,7 +33,11 @@ fn keopsc(args: &[&str]) -> Run {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     };
-    assert!(!run.stderr.contains("panicked"), "keopsc panicked:\n{}", run.stderr);
+    assert!(
+        !run.stderr.contains("panicked"),
+        "keopsc panicked:\n{}",
+        run.stderr
+    );
     run
 }
 
@@ -92,12 +96,21 @@ impl Fixture {
     }
 }
 
-const ALL_ARGS: [(&str, &str); 4] = [("x", "x.npy"), ("y", "y.npy"), ("b", "b.npy"), ("s", "s.npy")];
+const ALL_ARGS: [(&str, &str); 4] = [
+    ("x", "x.npy"),
+    ("y", "y.npy"),
+    ("b", "b.npy"),
+    ("s", "s.npy"),
+];
 
 fn assert_fails_with(run: &Run, needles: &[&str]) {
     assert_ne!(run.code, 0, "should fail; stderr:\n{}", run.stderr);
     for needle in needles {
-        assert!(run.stderr.contains(needle), "stderr lacks `{needle}`:\n{}", run.stderr);
+        assert!(
+            run.stderr.contains(needle),
+            "stderr lacks `{needle}`:\n{}",
+            run.stderr
+        );
     }
 }
 
@@ -118,17 +131,27 @@ fn eval_computes_the_gaussian_convolution() {
             let d2: f64 = (0..3).map(|c| (x[i * 3 + c] - y[j * 3 + c]).powi(2)).sum();
             expected += (-d2 / (2.0 * 0.49)).exp() * b[j];
         }
-        assert!((values[i] - expected).abs() < 1e-12 * expected.abs(), "row {i}");
+        assert!(
+            (values[i] - expected).abs() < 1e-12 * expected.abs(),
+            "row {i}"
+        );
     }
 }
 
 #[test]
 fn float32_in_float32_out_and_axis_1() {
     let f = Fixture::new();
-    f.write("t.kf", "kernel t { x = Vi(1)\n y = Vj(1)\n Sum_Reduction(x * y, 1) }");
+    f.write(
+        "t.kf",
+        "kernel t { x = Vi(1)\n y = Vj(1)\n Sum_Reduction(x * y, 1) }",
+    );
     f.npy("a.npy", HostArray::from_f32(vec![3], vec![1.0, 2.0, 3.0]));
     f.npy("c.npy", HostArray::from_f32(vec![2, 1], vec![10.0, 20.0]));
-    let run = f.run_eval("t.kf", &[("x", "a.npy"), ("y", "c.npy")], &["--backend", "interp"]);
+    let run = f.run_eval(
+        "t.kf",
+        &[("x", "a.npy"), ("y", "c.npy")],
+        &["--backend", "interp"],
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
     let out = HostArray::read_npy(&f.path("out.npy")).unwrap();
     assert_eq!(out, HostArray::from_f32(vec![2, 1], vec![60.0, 120.0]));
@@ -137,9 +160,15 @@ fn float32_in_float32_out_and_axis_1() {
 #[test]
 fn inline_positional_variables_are_passed_by_position() {
     let f = Fixture::new();
-    f.write("pos.kf", "kernel p { Sum_Reduction(Vi(0, 1) * Vj(1, 1), 0) }");
+    f.write(
+        "pos.kf",
+        "kernel p { Sum_Reduction(Vi(0, 1) * Vj(1, 1), 0) }",
+    );
     f.npy("a.npy", HostArray::from_f64(vec![2, 1], vec![1.0, 2.0]));
-    f.npy("c.npy", HostArray::from_f64(vec![3, 1], vec![1.0, 10.0, 100.0]));
+    f.npy(
+        "c.npy",
+        HostArray::from_f64(vec![3, 1], vec![1.0, 10.0, 100.0]),
+    );
     let run = f.run_eval("pos.kf", &[("0", "a.npy"), ("1", "c.npy")], &[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let out = HostArray::read_npy(&f.path("out.npy")).unwrap();
@@ -161,14 +190,46 @@ fn check_prints_signatures() {
 #[test]
 fn source_errors_point_at_line_and_column() {
     let cases: &[(&str, &str, &str)] = &[
-        ("syntax", "kernel k {\n x = Vi(3)\n Sum_Reduction(Exp(x, 0)\n}", "syntax error"),
-        ("unknown_op", "kernel k {\n x = Vi(3)\n Sum_Reduction(Exq(x), 0)\n}", "did you mean `Exp`?"),
-        ("unknown_var", "kernel k {\n x = Vi(3)\n Sum_Reduction(Exp(xx), 0)\n}", "unknown variable `xx`"),
-        ("dims", "kernel k {\n x = Vi(3)\n y = Vj(2)\n Sum_Reduction(x + y, 0)\n}", "dimension mismatch"),
-        ("arity", "kernel k {\n x = Vi(3)\n Sum_Reduction(Exp(x, x), 0)\n}", "`Exp` takes 1 argument"),
-        ("no_reduction", "kernel k {\n x = Vi(3)\n}", "has no reduction"),
-        ("duplicate", "kernel k {\n x = Vi(3)\n x = Vj(3)\n Sum_Reduction(x, 0)\n}", "declared twice"),
-        ("not_reduction", "kernel k {\n x = Vi(3)\n Exp(x)\n}", "must be a reduction"),
+        (
+            "syntax",
+            "kernel k {\n x = Vi(3)\n Sum_Reduction(Exp(x, 0)\n}",
+            "syntax error",
+        ),
+        (
+            "unknown_op",
+            "kernel k {\n x = Vi(3)\n Sum_Reduction(Exq(x), 0)\n}",
+            "did you mean `Exp`?",
+        ),
+        (
+            "unknown_var",
+            "kernel k {\n x = Vi(3)\n Sum_Reduction(Exp(xx), 0)\n}",
+            "unknown variable `xx`",
+        ),
+        (
+            "dims",
+            "kernel k {\n x = Vi(3)\n y = Vj(2)\n Sum_Reduction(x + y, 0)\n}",
+            "dimension mismatch",
+        ),
+        (
+            "arity",
+            "kernel k {\n x = Vi(3)\n Sum_Reduction(Exp(x, x), 0)\n}",
+            "`Exp` takes 1 argument",
+        ),
+        (
+            "no_reduction",
+            "kernel k {\n x = Vi(3)\n}",
+            "has no reduction",
+        ),
+        (
+            "duplicate",
+            "kernel k {\n x = Vi(3)\n x = Vj(3)\n Sum_Reduction(x, 0)\n}",
+            "declared twice",
+        ),
+        (
+            "not_reduction",
+            "kernel k {\n x = Vi(3)\n Exp(x)\n}",
+            "must be a reduction",
+        ),
     ];
     let f = Fixture::new();
     for (name, text, message) in cases {
@@ -177,15 +238,23 @@ fn source_errors_point_at_line_and_column() {
         let run = keopsc(&["check", &f.p(&file)]);
         assert_fails_with(&run, &[message]);
         // ariadne's location header: `[ path:line:col ]`
-        let location = run
-            .stderr
-            .lines()
-            .find_map(|l| l.split(&format!("{file}:")).nth(1).map(|r| r.trim_end_matches(" ]").to_string()));
+        let location = run.stderr.lines().find_map(|l| {
+            l.split(&format!("{file}:"))
+                .nth(1)
+                .map(|r| r.trim_end_matches(" ]").to_string())
+        });
         let parsed = location.as_deref().and_then(|loc| {
             let (line, col) = loc.split_once(':')?;
-            Some((line.trim().parse::<usize>().ok()?, col.trim().parse::<usize>().ok()?))
+            Some((
+                line.trim().parse::<usize>().ok()?,
+                col.trim().parse::<usize>().ok()?,
+            ))
         });
-        assert!(parsed.is_some(), "{name}: no line:column in\n{}", run.stderr);
+        assert!(
+            parsed.is_some(),
+            "{name}: no line:column in\n{}",
+            run.stderr
+        );
         // eval reports the same, before touching any data
         let run = f.run_eval(&file, &[], &[]);
         assert_fails_with(&run, &[message]);
@@ -202,7 +271,12 @@ fn several_errors_are_all_reported() {
     let run = keopsc(&["check", &f.p("many.kf")]);
     assert_fails_with(
         &run,
-        &["unknown operator `Exq`", "unknown variable `zz`", "axis must be 0 or 1", "3 errors"],
+        &[
+            "unknown operator `Exq`",
+            "unknown variable `zz`",
+            "axis must be 0 or 1",
+            "3 errors",
+        ],
     );
 }
 
@@ -212,20 +286,49 @@ fn data_errors_name_the_argument() {
     f.npy("x32.npy", HostArray::from_f32(vec![4, 3], vec![0.0; 12]));
     f.npy("x2.npy", HostArray::from_f64(vec![4, 2], vec![0.0; 8]));
     f.npy("y6.npy", HostArray::from_f64(vec![6, 3], vec![0.0; 18]));
-    std::fs::write(f.path("int.npy"), npy_bytes("<i8", false, &[4, 3], &[0u8; 96])).unwrap();
-    std::fs::write(f.path("fortran.npy"), npy_bytes("<f8", true, &[4, 3], &[0u8; 96])).unwrap();
+    std::fs::write(
+        f.path("int.npy"),
+        npy_bytes("<i8", false, &[4, 3], &[0u8; 96]),
+    )
+    .unwrap();
+    std::fs::write(
+        f.path("fortran.npy"),
+        npy_bytes("<f8", true, &[4, 3], &[0u8; 96]),
+    )
+    .unwrap();
     std::fs::write(f.path("garbage.npy"), b"not an npy file").unwrap();
     let with = |name: &'static str, file: &'static str| -> Vec<(&'static str, &'static str)> {
-        ALL_ARGS.iter().map(|&(n, p)| if n == name { (n, file) } else { (n, p) }).collect()
+        ALL_ARGS
+            .iter()
+            .map(|&(n, p)| if n == name { (n, file) } else { (n, p) })
+            .collect()
     };
     let cases: Vec<(Vec<(&str, &str)>, Vec<&str>)> = vec![
-        (with("x", "x32.npy"), vec!["`y`", "float64", "`x`", "float32"]),
-        (with("x", "x2.npy"), vec!["argument `x`", "(4, 2)", "(N, 3)"]),
+        (
+            with("x", "x32.npy"),
+            vec!["`y`", "float64", "`x`", "float32"],
+        ),
+        (
+            with("x", "x2.npy"),
+            vec!["argument `x`", "(4, 2)", "(N, 3)"],
+        ),
         (with("y", "y6.npy"), vec!["`b`", "6 rows against 5"]),
-        (with("x", "int.npy"), vec!["argument `x`", "<i8", "float32 or float64"]),
-        (with("x", "fortran.npy"), vec!["argument `x`", "Fortran order"]),
-        (with("x", "garbage.npy"), vec!["argument `x`", "not a valid .npy file"]),
-        (with("x", "missing.npy"), vec!["argument `x`", "missing.npy"]),
+        (
+            with("x", "int.npy"),
+            vec!["argument `x`", "<i8", "float32 or float64"],
+        ),
+        (
+            with("x", "fortran.npy"),
+            vec!["argument `x`", "Fortran order"],
+        ),
+        (
+            with("x", "garbage.npy"),
+            vec!["argument `x`", "not a valid .npy file"],
+        ),
+        (
+            with("x", "missing.npy"),
+            vec!["argument `x`", "missing.npy"],
+        ),
         (ALL_ARGS[..3].to_vec(), vec!["missing argument `s`"]),
         (
             ALL_ARGS.iter().copied().chain([("z", "s.npy")]).collect(),
@@ -245,11 +348,26 @@ fn data_errors_name_the_argument() {
 #[test]
 fn cli_usage_errors() {
     let f = Fixture::new();
-    assert_fails_with(&keopsc(&["check", &f.p("nope.kf")]), &["cannot read", "nope.kf"]);
-    assert_fails_with(&f.run_eval("gauss.kf", &ALL_ARGS, &["--kernel", "other"]), &["no kernel `other`"]);
-    assert_fails_with(&f.run_eval("gauss.kf", &ALL_ARGS, &["--backend", "tpu"]), &["unknown backend `tpu`"]);
-    f.write("two.kf", &format!("{GAUSS}\n{}", GAUSS.replace("gauss_conv", "other")));
-    assert_fails_with(&f.run_eval("two.kf", &ALL_ARGS, &[]), &["defines 2 kernels", "--kernel"]);
+    assert_fails_with(
+        &keopsc(&["check", &f.p("nope.kf")]),
+        &["cannot read", "nope.kf"],
+    );
+    assert_fails_with(
+        &f.run_eval("gauss.kf", &ALL_ARGS, &["--kernel", "other"]),
+        &["no kernel `other`"],
+    );
+    assert_fails_with(
+        &f.run_eval("gauss.kf", &ALL_ARGS, &["--backend", "tpu"]),
+        &["unknown backend `tpu`"],
+    );
+    f.write(
+        "two.kf",
+        &format!("{GAUSS}\n{}", GAUSS.replace("gauss_conv", "other")),
+    );
+    assert_fails_with(
+        &f.run_eval("two.kf", &ALL_ARGS, &[]),
+        &["defines 2 kernels", "--kernel"],
+    );
     let bad_arg = keopsc(&["eval", &f.p("gauss.kf"), "--arg", "x", "-o", &f.p("o.npy")]);
     assert_fails_with(&bad_arg, &["expected NAME=FILE.npy"]);
     let mut args = f.eval_args("gauss.kf", &ALL_ARGS);
@@ -265,8 +383,10 @@ fn nan_in_data_propagates() {
     let mut b: Vec<f64> = (0..5).map(|k| k as f64).collect();
     b[2] = f64::NAN;
     f.npy("bnan.npy", HostArray::from_f64(vec![5, 1], b));
-    let args: Vec<(&str, &str)> =
-        ALL_ARGS.iter().map(|&(n, p)| if n == "b" { (n, "bnan.npy") } else { (n, p) }).collect();
+    let args: Vec<(&str, &str)> = ALL_ARGS
+        .iter()
+        .map(|&(n, p)| if n == "b" { (n, "bnan.npy") } else { (n, p) })
+        .collect();
     let run = f.run_eval("gauss.kf", &args, &[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let out = HostArray::read_npy(&f.path("out.npy")).unwrap();
@@ -276,9 +396,14 @@ fn nan_in_data_propagates() {
 /// A `.npy` file with any dtype and order, written by hand (the crate writes only C order).
 fn npy_bytes(descr: &str, fortran: bool, shape: &[usize], data: &[u8]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let shape = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
     let order = if fortran { "True" } else { "False" };
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': {order}, 'shape': {shape}, }}");
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': {order}, 'shape': {shape}, }}");
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
     }

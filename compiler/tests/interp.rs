@@ -3,6 +3,9 @@
 //! against explicit loops written here. Nothing in this file uses the interpreter to compute
 //! an expected value.
 
+// Expected values are written as the textbook index loops they are.
+#![allow(clippy::needless_range_loop)]
+
 use keops_runtime::{DType, HostArray};
 use keopsc::check::operators::OPERATORS;
 use keopsc::driver::{self, Backend, CompiledFile};
@@ -1060,7 +1063,7 @@ fn arg_reductions_keep_the_first_of_ties() {
     );
     assert_eq!(
         f64s(&run(&text, &inputs)),
-        vec![-1.0, 1.0, -1.0, 3.0, 0.0, 4.0].repeat(2)
+        [-1.0, 1.0, -1.0, 3.0, 0.0, 4.0].repeat(2)
     );
 }
 

@@ -157,7 +157,10 @@ pub enum ArgumentError {
     Unknown { name: String, expected: String },
     #[error("argument `{name}` is given twice")]
     Duplicate { name: String },
-    #[error("argument `{name}` ({spec}) has shape {}; expected {expected}", shape_text(shape))]
+    #[error(
+        "argument `{name}` ({spec}) has shape {}; expected {expected}",
+        shape_text(shape)
+    )]
     Shape {
         name: String,
         spec: String,
@@ -204,7 +207,10 @@ pub struct ProblemSize {
 /// Checks `arrays` (in signature order) against the signature: dtype shared, each shape
 /// `(rows, dim)` (or `(rows,)` for dim 1; `(dim,)`/`(1, dim)` for parameters), and row counts
 /// agreeing within each category. A kernel with no i- (or j-) variable has n (or m) = 1.
-pub fn check_arguments(sig: &Signature, arrays: &[&HostArray]) -> Result<ProblemSize, ArgumentError> {
+pub fn check_arguments(
+    sig: &Signature,
+    arrays: &[&HostArray],
+) -> Result<ProblemSize, ArgumentError> {
     assert_eq!(sig.args.len(), arrays.len(), "one array per argument");
     let mut n: Option<(usize, &str)> = None;
     let mut m: Option<(usize, &str)> = None;

@@ -7,5 +7,7 @@ pub mod arrays;
 pub mod reduction;
 
 pub use abi::{ArgSpec, Axis, Category, Signature};
-pub use arrays::{check_arguments, ArgumentError, ArrayData, DType, HostArray, NpyError, ProblemSize};
+pub use arrays::{
+    check_arguments, ArgumentError, ArrayData, DType, HostArray, NpyError, ProblemSize,
+};
 pub use reduction::{Reduction, ReductionArgs, ReductionKind};

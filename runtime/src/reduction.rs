@@ -299,8 +299,8 @@ impl Reduction {
                 fold_shifted_exp(m, rest, fout[0], weight);
             }
             ReductionKind::KMin | ReductionKind::ArgKMin | ReductionKind::KMinArgKMin => {
-                for c in 0..n {
-                    insert_sorted(acc, self.k, n, c, fout[c], idx);
+                for (c, &value) in fout[..n].iter().enumerate() {
+                    insert_sorted(acc, self.k, n, c, value, idx);
                 }
             }
         }
@@ -453,7 +453,8 @@ fn merge_shifted_exp<T: Float>(m: &mut T, sums: &mut [T], other_m: T, other_sums
 /// the order stable: an equal value goes after the ones already there (first index wins).
 fn insert_sorted<T: Float>(acc: &mut [T], k: usize, n: usize, c: usize, value: T, index: T) {
     let stride = 2 * n;
-    if !(value < acc[(k - 1) * stride + c]) {
+    // Only a value strictly below the K-th enters (NaN never does).
+    if value.partial_cmp(&acc[(k - 1) * stride + c]) != Some(std::cmp::Ordering::Less) {
         return;
     }
     let mut l = k - 1;
@@ -514,7 +515,10 @@ mod tests {
         let red = Reduction::new(ReductionKind::MinArgMin, 2);
         let out = run(&red, &[&[3.0, 1.0], &[1.0, 1.0], &[1.0, 0.5]]);
         assert_eq!(out, vec![1.0, 0.5, 1.0, 2.0]);
-        assert_eq!(run_split(&red, &[&[3.0, 1.0], &[1.0, 1.0], &[1.0, 0.5]], 2), out);
+        assert_eq!(
+            run_split(&red, &[&[3.0, 1.0], &[1.0, 1.0], &[1.0, 0.5]], 2),
+            out
+        );
     }
 
     #[test]

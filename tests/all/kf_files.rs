@@ -5,8 +5,8 @@
 
 use keopsc::diagnostic::render_all;
 use keopsc::driver;
-use keopsc::source::SourceFile;
 use keopsc::opt::OptBudget;
+use keopsc::source::SourceFile;
 use std::fmt::Write;
 
 fn source(path: &std::path::Path) -> SourceFile {
@@ -60,7 +60,8 @@ fn fail_files_snapshot_diagnostics() {
         for (line_no, line) in src.text.lines().enumerate() {
             if let Some((_, expected)) = line.split_once("# ~ error: ") {
                 let found = diagnostics.iter().any(|d| {
-                    src.line_col(d.primary_span().start).0 == line_no + 1 && d.message.contains(expected.trim())
+                    src.line_col(d.primary_span().start).0 == line_no + 1
+                        && d.message.contains(expected.trim())
                 });
                 assert!(
                     found,

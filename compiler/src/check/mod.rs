@@ -29,7 +29,11 @@ pub struct CheckedKernel {
 impl fmt::Display for CheckedKernel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{}", self.signature)?;
-        writeln!(f, "  formula: {}", self.formula.to_text(self.formula.root()))?;
+        writeln!(
+            f,
+            "  formula: {}",
+            self.formula.to_text(self.formula.root())
+        )?;
         write!(f, "{}", self.formula)
     }
 }
@@ -121,12 +125,16 @@ impl KernelChecker {
         let mut var_nodes = vec![Id::from(0); self.vars.len()];
         for (k, &v) in order.iter().enumerate() {
             var_nodes[v] = formula
-                .push(Node::leaf(Op::Var(k as u32)), Some(self.vars[v].span.clone()))
+                .push(
+                    Node::leaf(Op::Var(k as u32)),
+                    Some(self.vars[v].span.clone()),
+                )
                 .expect("a variable always has a dimension");
         }
         for (v, decl) in self.vars.iter().enumerate() {
             if !decl.name.chars().all(|c| c.is_ascii_digit()) {
-                self.scope.insert(decl.name.clone(), Binding::Var(var_nodes[v]));
+                self.scope
+                    .insert(decl.name.clone(), Binding::Var(var_nodes[v]));
             }
         }
         // Names whose declaration failed resolve to "already reported", not "unknown".
@@ -144,7 +152,9 @@ impl KernelChecker {
                 Statement::Decl { .. } | Statement::Invalid(_) => {}
                 Statement::Let { name, value } => {
                     let id = self.formula_expr(value);
-                    if let Some(Binding::Var(_)) | Some(Binding::Let(..)) = self.scope.get(&name.name) {
+                    if let Some(Binding::Var(_)) | Some(Binding::Let(..)) =
+                        self.scope.get(&name.name)
+                    {
                         let previous = self.binding_span(&name.name);
                         let mut d = Diagnostic::error(
                             format!("`{}` is defined twice", name.name),
@@ -156,7 +166,8 @@ impl KernelChecker {
                         }
                         self.error(d);
                     } else {
-                        self.scope.insert(name.name.clone(), Binding::Let(id, name.span.clone()));
+                        self.scope
+                            .insert(name.name.clone(), Binding::Let(id, name.span.clone()));
                     }
                 }
                 Statement::Expr(value) if Some(k) == last => {
@@ -168,12 +179,17 @@ impl KernelChecker {
                         value.span.clone(),
                         "this formula is not bound to a name",
                     )
-                    .with_help("bind it with `let name = ...`; only the last line is the reduction"),
+                    .with_help(
+                        "bind it with `let name = ...`; only the last line is the reduction",
+                    ),
                 ),
             }
         }
         // A last line with a syntax error may well have been the reduction: already reported.
-        if !matches!(kernel.body.last(), Some(Statement::Expr(_) | Statement::Invalid(_))) {
+        if !matches!(
+            kernel.body.last(),
+            Some(Statement::Expr(_) | Statement::Invalid(_))
+        ) {
             self.error(
                 Diagnostic::error(
                     format!("kernel `{}` has no reduction", kernel.name.name),
@@ -222,23 +238,32 @@ impl KernelChecker {
             return;
         }
         let parsed = match &value.kind {
-            ExprKind::Call { callee, args } if VARIABLE_CONSTRUCTORS.contains(&callee.name.as_str()) => {
+            ExprKind::Call { callee, args }
+                if VARIABLE_CONSTRUCTORS.contains(&callee.name.as_str()) =>
+            {
                 self.variable_constructor(callee, args, value.span.clone(), true)
             }
             _ => {
                 self.error(
                     Diagnostic::error(
-                        format!("`{}` must be declared as `Vi(dim)`, `Vj(dim)` or `Pm(dim)`", name.name),
+                        format!(
+                            "`{}` must be declared as `Vi(dim)`, `Vj(dim)` or `Pm(dim)`",
+                            name.name
+                        ),
                         value.span.clone(),
                         "not a variable declaration",
                     )
-                    .with_help(format!("to name a formula, write `let {} = ...`", name.name)),
+                    .with_help(format!(
+                        "to name a formula, write `let {} = ...`",
+                        name.name
+                    )),
                 );
                 None
             }
         };
         if parsed.is_none() {
-            self.failed_declarations.push((name.name.clone(), name.span.clone()));
+            self.failed_declarations
+                .push((name.name.clone(), name.span.clone()));
         }
         if let Some((category, position, dim)) = parsed {
             self.vars.push(VarDecl {
@@ -280,7 +305,10 @@ impl KernelChecker {
                         span,
                         format!("expected {signature}, with integer literals"),
                     )
-                    .with_note(format!("`{}` declares a variable: {signature}", callee.name)),
+                    .with_note(format!(
+                        "`{}` declares a variable: {signature}",
+                        callee.name
+                    )),
                 );
                 return None;
             }
@@ -331,7 +359,9 @@ impl KernelChecker {
     }
 
     fn inline_var(&mut self, callee: &Ident, args: &[Expr], span: Span) {
-        let Some((category, Some(position), dim)) = self.variable_constructor(callee, args, span.clone(), false) else {
+        let Some((category, Some(position), dim)) =
+            self.variable_constructor(callee, args, span.clone(), false)
+        else {
             return;
         };
         if let Some(&v) = self.inline.get(&position) {
@@ -342,7 +372,10 @@ impl KernelChecker {
                     span,
                     format!("{}({position}, {dim}) here", category),
                 )
-                .with_label(first.span.clone(), format!("{}({position}, {}) here", first.category, first.dim));
+                .with_label(
+                    first.span.clone(),
+                    format!("{}({position}, {}) here", first.category, first.dim),
+                );
                 self.error(d);
             }
             return;
@@ -379,7 +412,10 @@ impl KernelChecker {
                     self.vars[v].span.clone(),
                     format!("`{}` at position {p}", self.vars[v].name),
                 )
-                .with_label(self.vars[other].span.clone(), format!("`{}` at position {p}", self.vars[other].name));
+                .with_label(
+                    self.vars[other].span.clone(),
+                    format!("`{}` at position {p}", self.vars[other].name),
+                );
                 self.error(d);
                 ok = false;
             } else {
@@ -399,13 +435,21 @@ impl KernelChecker {
                 Diagnostic::error(
                     format!("no variable takes position {missing}"),
                     kernel.name.span.clone(),
-                    format!("kernel `{}` has a gap in its argument positions", kernel.name.name),
+                    format!(
+                        "kernel `{}` has a gap in its argument positions",
+                        kernel.name.name
+                    ),
                 )
                 .with_help("positions run from 0 without gaps: every argument must be declared"),
             );
             ok = false;
         }
-        ok.then(|| by_position.into_iter().map(|v| v.expect("no gaps")).collect())
+        ok.then(|| {
+            by_position
+                .into_iter()
+                .map(|v| v.expect("no gaps"))
+                .collect()
+        })
     }
 
     fn formula(&mut self) -> &mut Formula {
@@ -413,7 +457,11 @@ impl KernelChecker {
     }
 
     fn dim(&self, id: Id) -> usize {
-        self.formula.as_ref().expect("pass 2 has a formula").info(id).dim
+        self.formula
+            .as_ref()
+            .expect("pass 2 has a formula")
+            .info(id)
+            .dim
     }
 
     fn push_leaf(&mut self, op: Op, span: &Span) -> Id {
@@ -423,7 +471,13 @@ impl KernelChecker {
     }
 
     /// Adds `op(operands)`, reporting a dimension error with each operand labelled.
-    fn push_op(&mut self, op: Op, operands: &[(Id, Span)], span: &Span, shown_name: &str) -> Option<Id> {
+    fn push_op(
+        &mut self,
+        op: Op,
+        operands: &[(Id, Span)],
+        span: &Span,
+        shown_name: &str,
+    ) -> Option<Id> {
         self.push_op_at(op, operands, span, span, shown_name)
     }
 
@@ -443,7 +497,8 @@ impl KernelChecker {
             Ok(id) => Some(id),
             Err(message) => {
                 // The rule names the operator; the user wrote `shown_name` (`+` for `Add`).
-                let message = message.replace(&format!("`{}`", node_name), &format!("`{shown_name}`"));
+                let message =
+                    message.replace(&format!("`{}`", node_name), &format!("`{shown_name}`"));
                 let mut d = Diagnostic::error(
                     format!("dimension mismatch in `{shown_name}`"),
                     primary.clone(),
@@ -471,7 +526,11 @@ impl KernelChecker {
                 let id = self.formula_expr(inner)?;
                 self.push_op(Op::Neg, &[(id, inner.span.clone())], &e.span, "-")
             }
-            ExprKind::Binary { op: BinOp::Pow, lhs, rhs } => self.power(lhs, rhs, &e.span),
+            ExprKind::Binary {
+                op: BinOp::Pow,
+                lhs,
+                rhs,
+            } => self.power(lhs, rhs, &e.span),
             ExprKind::Binary { op, lhs, rhs } => {
                 let l = self.formula_expr(lhs);
                 let r = self.formula_expr(rhs);
@@ -524,13 +583,18 @@ impl KernelChecker {
                     "not declared in this kernel",
                 );
                 if let Some(op) = operators::lookup(name) {
-                    d = d.with_help(format!("`{name}` is an operator: call it as `{}`", op.signature));
+                    d = d.with_help(format!(
+                        "`{name}` is an operator: call it as `{}`",
+                        op.signature
+                    ));
                 } else {
                     let candidates: Vec<&str> = self.scope.keys().map(String::as_str).collect();
                     if let Some(close) = closest_name(name, candidates) {
                         d = d.with_help(format!("did you mean `{close}`?"));
                     } else {
-                        d = d.with_help(format!("declare it, e.g. `{name} = Vi(3)`, or bind it with `let {name} = ...`"));
+                        d = d.with_help(format!(
+                            "declare it, e.g. `{name} = Vi(3)`, or bind it with `let {name} = ...`"
+                        ));
                     }
                 }
                 self.error(d);
@@ -551,9 +615,9 @@ impl KernelChecker {
             _ => None,
         };
         let op = match exponent {
-            Some(p) if p == 2.0 => Op::Square,
-            Some(p) if p == 0.5 => Op::Sqrt,
-            Some(p) if p == -0.5 => Op::Rsqrt,
+            Some(2.0) => Op::Square,
+            Some(0.5) => Op::Sqrt,
+            Some(-0.5) => Op::Rsqrt,
             Some(p) if p.fract() == 0.0 && p.abs() <= i32::MAX as f64 => Op::Pow(p as i32),
             _ => {
                 self.error(
@@ -586,7 +650,11 @@ impl KernelChecker {
             return None;
         }
         let Some(entry) = operators::lookup(name) else {
-            let mut d = Diagnostic::error(format!("unknown operator `{name}`"), callee.span.clone(), "no such operator");
+            let mut d = Diagnostic::error(
+                format!("unknown operator `{name}`"),
+                callee.span.clone(),
+                "no such operator",
+            );
             let candidates = OPERATORS
                 .iter()
                 .map(|e| e.name)
@@ -670,7 +738,11 @@ impl KernelChecker {
         }
         match name {
             "IntCst" => Some(self.push_leaf(
-                if params.ints[0] == 0 { Op::Zero(1) } else { Op::IntCst(params.ints[0]) },
+                if params.ints[0] == 0 {
+                    Op::Zero(1)
+                } else {
+                    Op::IntCst(params.ints[0])
+                },
                 span,
             )),
             "Zero" => match usize::try_from(params.ints[0]) {
@@ -686,20 +758,31 @@ impl KernelChecker {
             },
             "RatCst" => {
                 if params.ints[1] == 0 {
-                    self.error(Diagnostic::error("`RatCst(p, q)` with q = 0", span.clone(), "division by zero"));
+                    self.error(Diagnostic::error(
+                        "`RatCst(p, q)` with q = 0",
+                        span.clone(),
+                        "division by zero",
+                    ));
                     return None;
                 }
                 let p = self.push_leaf(Op::IntCst(params.ints[0]), span);
                 let q = self.push_leaf(Op::IntCst(params.ints[1]), span);
                 self.push_op(Op::Div, &[(p, span.clone()), (q, span.clone())], span, name)
             }
-            "Grad" if self.dim(operands[2].0) != self.dim(operands[0].0) && self.dim(operands[2].0) != 1 => {
+            "Grad"
+                if self.dim(operands[2].0) != self.dim(operands[0].0)
+                    && self.dim(operands[2].0) != 1 =>
+            {
                 let (df, de) = (self.dim(operands[0].0), self.dim(operands[2].0));
                 self.error(
-                    Diagnostic::error("dimension mismatch in `Grad`", callee.span.clone(), format!("e must have f's dimension ({df}) or 1"))
-                        .with_label(operands[0].1.clone(), format!("f has dimension {df}"))
-                        .with_label(operands[2].1.clone(), format!("e has dimension {de}"))
-                        .with_note(format!("signature: {}", entry.signature)),
+                    Diagnostic::error(
+                        "dimension mismatch in `Grad`",
+                        callee.span.clone(),
+                        format!("e must have f's dimension ({df}) or 1"),
+                    )
+                    .with_label(operands[0].1.clone(), format!("f has dimension {df}"))
+                    .with_label(operands[2].1.clone(), format!("e has dimension {de}"))
+                    .with_note(format!("signature: {}", entry.signature)),
                 );
                 None
             }
@@ -707,8 +790,12 @@ impl KernelChecker {
                 Ok(op) => self.push_op_at(op, &operands, span, &callee.span, name),
                 Err(message) => {
                     self.error(
-                        Diagnostic::error(format!("invalid parameter for `{name}`"), span.clone(), message)
-                            .with_note(format!("signature: {}", entry.signature)),
+                        Diagnostic::error(
+                            format!("invalid parameter for `{name}`"),
+                            span.clone(),
+                            message,
+                        )
+                        .with_note(format!("signature: {}", entry.signature)),
                     );
                     None
                 }
@@ -719,7 +806,9 @@ impl KernelChecker {
     /// `Grad`/`Diff`'s second argument: a variable, by name or inline.
     fn variable_operand(&mut self, arg: &Expr, signature: &str) -> Option<Id> {
         let is_var = match &arg.kind {
-            ExprKind::Name(n) => matches!(self.scope.get(n), Some(Binding::Var(_))) || !self.scope.contains_key(n),
+            ExprKind::Name(n) => {
+                matches!(self.scope.get(n), Some(Binding::Var(_))) || !self.scope.contains_key(n)
+            }
             ExprKind::Call { callee, .. } => VARIABLE_CONSTRUCTORS.contains(&callee.name.as_str()),
             _ => false,
         };
@@ -730,7 +819,9 @@ impl KernelChecker {
                     arg.span.clone(),
                     "not a declared variable",
                 )
-                .with_note(format!("signature: {signature}, where v is a Vi, Vj or Pm variable")),
+                .with_note(format!(
+                    "signature: {signature}, where v is a Vi, Vj or Pm variable"
+                )),
             );
             return None;
         }
@@ -760,7 +851,8 @@ impl KernelChecker {
 
     /// The kernel's last line: `Kind_Reduction(F, [K | V,] axis)`.
     fn reduction(&mut self, e: &Expr) -> Option<(Reduction, Axis, Id)> {
-        let reduction_names: Vec<String> = ReductionKind::ALL.iter().map(|k| k.to_string()).collect();
+        let reduction_names: Vec<String> =
+            ReductionKind::ALL.iter().map(|k| k.to_string()).collect();
         let looks_like_reduction = |name: &str| {
             name.ends_with("_Reduction")
                 || (operators::lookup(name).is_none()
@@ -799,11 +891,18 @@ impl KernelChecker {
             ReductionArgs::FormulaK => format!("{kind}(F, K, axis)"),
             ReductionArgs::FormulaWeight => format!("{kind}(F, V, axis)"),
         };
-        let expected_args = if kind.args() == ReductionArgs::Formula { 2 } else { 3 };
+        let expected_args = if kind.args() == ReductionArgs::Formula {
+            2
+        } else {
+            3
+        };
         if args.len() != expected_args {
             self.error(
                 Diagnostic::error(
-                    format!("`{kind}` takes {expected_args} arguments, but {} were given", args.len()),
+                    format!(
+                        "`{kind}` takes {expected_args} arguments, but {} were given",
+                        args.len()
+                    ),
                     e.span.clone(),
                     format!("expected {signature}"),
                 )

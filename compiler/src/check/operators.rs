@@ -29,7 +29,10 @@ pub struct OperatorEntry {
 
 impl OperatorEntry {
     pub fn min_args(&self) -> usize {
-        self.params.iter().filter(|p| **p != Param::OptIntList).count()
+        self.params
+            .iter()
+            .filter(|p| **p != Param::OptIntList)
+            .count()
     }
 
     pub fn max_args(&self) -> usize {
@@ -237,7 +240,11 @@ mod tests {
                 continue;
             }
             let ints = entry.params.iter().filter(|p| **p == Param::Int).count();
-            let lists = entry.params.iter().filter(|p| **p == Param::IntList).count();
+            let lists = entry
+                .params
+                .iter()
+                .filter(|p| **p == Param::IntList)
+                .count();
             let params = Params {
                 ints: vec![1, 2][..ints.min(2)].to_vec(),
                 lists: vec![vec![1]; lists],

@@ -217,8 +217,14 @@ impl Formula {
                     (text, prec)
                 }
                 Op::IntCst(k) => (k.to_string(), if *k < 0 { UNARY } else { ATOM }),
-                Op::Add => (format!("{} + {}", wrap(child(0), SUM), wrap(child(1), PRODUCT)), SUM),
-                Op::Sub => (format!("{} - {}", wrap(child(0), SUM), wrap(child(1), PRODUCT)), SUM),
+                Op::Add => (
+                    format!("{} + {}", wrap(child(0), SUM), wrap(child(1), PRODUCT)),
+                    SUM,
+                ),
+                Op::Sub => (
+                    format!("{} - {}", wrap(child(0), SUM), wrap(child(1), PRODUCT)),
+                    SUM,
+                ),
                 Op::Mul => (
                     format!("{} * {}", wrap(child(0), PRODUCT), wrap(child(1), UNARY)),
                     PRODUCT,
@@ -229,8 +235,9 @@ impl Formula {
                 ),
                 Op::Neg => (format!("-{}", wrap(child(0), ATOM)), UNARY),
                 op => {
-                    let mut args: Vec<String> =
-                        (0..node.children.len()).map(|k| child(k).0.clone()).collect();
+                    let mut args: Vec<String> = (0..node.children.len())
+                        .map(|k| child(k).0.clone())
+                        .collect();
                     match op {
                         Op::Round(d) => args.push(d.to_string()),
                         Op::Pow(m) => args.push(m.to_string()),
@@ -268,7 +275,11 @@ impl fmt::Display for Formula {
         for (k, node) in self.nodes.as_ref().iter().enumerate() {
             let info = &self.info[k];
             let lhs = match &node.op {
-                Op::Var(v) => format!("{} ({})", var_text(&self.vars[*v as usize]), self.vars[*v as usize].category),
+                Op::Var(v) => format!(
+                    "{} ({})",
+                    var_text(&self.vars[*v as usize]),
+                    self.vars[*v as usize].category
+                ),
                 op => {
                     let args: Vec<String> = node.children.iter().map(|c| format!("%{c}")).collect();
                     if args.is_empty() {

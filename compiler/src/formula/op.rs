@@ -74,10 +74,14 @@ impl TensorDotSpec {
         }
         for (&a, &b) in self.contract_f.iter().zip(&self.contract_g) {
             let (Some(&da), Some(&db)) = (self.dims_f.get(a), self.dims_g.get(b)) else {
-                return Err(format!("contracted axis pair ({a}, {b}) is out of range (axes count from 0)"));
+                return Err(format!(
+                    "contracted axis pair ({a}, {b}) is out of range (axes count from 0)"
+                ));
             };
             if da != db {
-                return Err(format!("contracted axes {a} of f (size {da}) and {b} of g (size {db}) differ in size"));
+                return Err(format!(
+                    "contracted axes {a} of f (size {da}) and {b} of g (size {db}) differ in size"
+                ));
             }
         }
         let distinct = |v: &[usize]| {
@@ -391,7 +395,9 @@ impl Op {
             if a == b {
                 Ok(())
             } else {
-                Err(format!("the operands of `{name}` must have the same dimension"))
+                Err(format!(
+                    "the operands of `{name}` must have the same dimension"
+                ))
             }
         };
         let scalar_first = |what: &str| {
@@ -426,7 +432,9 @@ impl Op {
                 if m < n {
                     Ok(*n)
                 } else {
-                    Err(format!("`ElemT` index {m} is out of range for dimension {n}"))
+                    Err(format!(
+                        "`ElemT` index {m} is out of range for dimension {n}"
+                    ))
                 }
             }
             Op::Extract(start, len) => {
@@ -462,14 +470,14 @@ impl Op {
                 }
             }
             Op::MatVecMult => {
-                if dims[1] > 0 && dims[0] % dims[1] == 0 {
+                if dims[1] > 0 && dims[0].is_multiple_of(dims[1]) {
                     Ok(dims[0] / dims[1])
                 } else {
                     Err("`MatVecMult(A, b)`: the dimension of A must be a multiple of the dimension of b".into())
                 }
             }
             Op::VecMatMult => {
-                if dims[0] > 0 && dims[1] % dims[0] == 0 {
+                if dims[0] > 0 && dims[1].is_multiple_of(dims[0]) {
                     Ok(dims[1] / dims[0])
                 } else {
                     Err("`VecMatMult(b, A)`: the dimension of A must be a multiple of the dimension of b".into())
@@ -491,7 +499,10 @@ impl Op {
                 if s == 1 || s == n || s == n * n {
                     Ok(1)
                 } else {
-                    Err(format!("`WeightedSqDist(s, f, g)`: the weight must have dimension 1, {n} or {}", n * n))
+                    Err(format!(
+                        "`WeightedSqDist(s, f, g)`: the weight must have dimension 1, {n} or {}",
+                        n * n
+                    ))
                 }
             }
             Op::SqNormIso => scalar_first("an isotropic weight").map(|_| 1),
@@ -512,14 +523,20 @@ impl Op {
                 if dims[2] == dims[0] || dims[2] == 1 || dims[0] == 1 {
                     Ok(dims[1])
                 } else {
-                    Err(format!("`Grad(f, v, e)`: e must have f's dimension ({}) or 1", dims[0]))
+                    Err(format!(
+                        "`Grad(f, v, e)`: e must have f's dimension ({}) or 1",
+                        dims[0]
+                    ))
                 }
             }
             Op::Diff => {
                 if dims[2] == dims[1] || dims[2] == 1 {
                     Ok(dims[0])
                 } else {
-                    Err(format!("`Diff(f, v, u)`: u must have v's dimension ({}) or 1", dims[1]))
+                    Err(format!(
+                        "`Diff(f, v, u)`: u must have v's dimension ({}) or 1",
+                        dims[1]
+                    ))
                 }
             }
             _ => unreachable!("{name} has a generic dimension rule"),

@@ -80,7 +80,12 @@ impl Op {
             Op::ExtractT(s, d) => format!("extractt:{s}:{d}"),
             Op::OneHot(d) => format!("onehot:{d}"),
             Op::TensorDot(spec) => {
-                let list = |v: &[usize]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
+                let list = |v: &[usize]| {
+                    v.iter()
+                        .map(|x| x.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
                 let mut s = format!(
                     "tensordot:{}:{}:{}:{}",
                     list(&spec.dims_f),
@@ -137,7 +142,11 @@ impl Op {
                     dims_g: list(1)?,
                     contract_f: list(2)?,
                     contract_g: list(3)?,
-                    permute: if ints.len() == 5 { Some(list(4)?) } else { None },
+                    permute: if ints.len() == 5 {
+                        Some(list(4)?)
+                    } else {
+                        None
+                    },
                 }))
             }
             (name, 0) => match PLAIN.iter().find(|(n, _)| *n == name) {
@@ -165,7 +174,10 @@ impl FromOp for Node {
     fn from_op(op: &str, children: Vec<Id>) -> Result<Self, Self::Error> {
         match Op::from_sexpr(op, children.len()) {
             Some(op) => Ok(Node::new(op, children)),
-            None => Err(UnknownAtom(format!("{op} with {} operands", children.len()))),
+            None => Err(UnknownAtom(format!(
+                "{op} with {} operands",
+                children.len()
+            ))),
         }
     }
 }
@@ -190,7 +202,12 @@ mod tests {
             (Op::Grad, 3),
         ];
         for (op, arity) in ops {
-            assert_eq!(Op::from_sexpr(&op.sexpr(), arity), Some(op.clone()), "{}", op.sexpr());
+            assert_eq!(
+                Op::from_sexpr(&op.sexpr(), arity),
+                Some(op.clone()),
+                "{}",
+                op.sexpr()
+            );
         }
         assert_eq!(Op::from_sexpr("exp", 2), None);
         assert_eq!(Op::from_sexpr("banana", 0), None);

@@ -112,30 +112,28 @@ pub fn evaluate(
         return Ok(out);
     }
     let vars = &formula.vars;
-    out.par_chunks_mut(out_dim)
-        .enumerate()
-        .for_each_init(
-            || (evaluator.scratch(), vec![0.0; reduction.acc_dim()]),
-            |(scratch, acc), (r, out_row)| {
-                reduction.init(acc);
-                for t in 0..inner {
-                    let (i, j) = match axis {
-                        Axis::I => (r, t),
-                        Axis::J => (t, r),
+    out.par_chunks_mut(out_dim).enumerate().for_each_init(
+        || (evaluator.scratch(), vec![0.0; reduction.acc_dim()]),
+        |(scratch, acc), (r, out_row)| {
+            reduction.init(acc);
+            for t in 0..inner {
+                let (i, j) = match axis {
+                    Axis::I => (r, t),
+                    Axis::J => (t, r),
+                };
+                let value = evaluator.eval(scratch, |v| {
+                    let dim = vars[v].dim;
+                    let row = match vars[v].category {
+                        Category::I => i,
+                        Category::J => j,
+                        Category::Param => 0,
                     };
-                    let value = evaluator.eval(scratch, |v| {
-                        let dim = vars[v].dim;
-                        let row = match vars[v].category {
-                            Category::I => i,
-                            Category::J => j,
-                            Category::Param => 0,
-                        };
-                        &args[v][row * dim..(row + 1) * dim]
-                    });
-                    reduction.fold(acc, value, t);
-                }
-                reduction.finalize(acc, out_row);
-            },
-        );
+                    &args[v][row * dim..(row + 1) * dim]
+                });
+                reduction.fold(acc, value, t);
+            }
+            reduction.finalize(acc, out_row);
+        },
+    );
     Ok(out)
 }

@@ -36,7 +36,13 @@ pub fn apply(op: &Op, args: &[&[f64]], out: &mut [f64]) {
                 *o = r * x;
             }
         }
-        Op::SqDist => out[0] = args[0].iter().zip(args[1]).map(|(x, y)| (x - y) * (x - y)).sum(),
+        Op::SqDist => {
+            out[0] = args[0]
+                .iter()
+                .zip(args[1])
+                .map(|(x, y)| (x - y) * (x - y))
+                .sum()
+        }
         Op::Scalprod => out[0] = args[0].iter().zip(args[1]).map(|(x, y)| x * y).sum(),
         Op::Elem(m) => out[0] = args[0][*m],
         Op::ElemT(_, m) => {

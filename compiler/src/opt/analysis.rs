@@ -27,7 +27,9 @@ pub struct ClassData {
 
 impl ClassData {
     pub fn is_zero(&self) -> bool {
-        self.constant.as_ref().is_some_and(|c| c.iter().all(|&x| x == 0.0))
+        self.constant
+            .as_ref()
+            .is_some_and(|c| c.iter().all(|&x| x == 0.0))
     }
 
     pub fn is_scalar_constant(&self, value: f64) -> bool {
@@ -54,7 +56,10 @@ impl Analysis<Node> for FormulaAnalysis {
             .op
             .output_dim(&dims)
             .unwrap_or_else(|e| panic!("a rewrite built an ill-typed `{}`: {e}", enode.op.name()));
-        let deps = enode.children.iter().fold(Deps::NONE, |d, c| d.union(child(c).deps));
+        let deps = enode
+            .children
+            .iter()
+            .fold(Deps::NONE, |d, c| d.union(child(c).deps));
         let vars = enode.children.iter().fold(0, |v, c| v | child(c).vars);
         let constant = fold_constant(egraph, enode, dim);
         ClassData {
@@ -66,7 +71,10 @@ impl Analysis<Node> for FormulaAnalysis {
     }
 
     fn merge(&mut self, a: &mut ClassData, b: ClassData) -> DidMerge {
-        assert_eq!(a.dim, b.dim, "a rewrite merged formulas of different dimensions");
+        assert_eq!(
+            a.dim, b.dim,
+            "a rewrite merged formulas of different dimensions"
+        );
         // Equal values: the class depends only on what every member depends on.
         let deps = Deps {
             i: a.deps.i && b.deps.i,
@@ -87,18 +95,19 @@ impl Analysis<Node> for FormulaAnalysis {
         let Some(values) = data.constant.clone() else {
             return;
         };
-        let node = if values.iter().all(|&x| x == 0.0) && !values.iter().any(|x| x.is_sign_negative()) {
-            Node::leaf(Op::Zero(data.dim))
-        } else if data.dim == 1 && values[0].is_finite() {
-            let v = values[0];
-            if v.fract() == 0.0 && v.abs() < 1e15 && v != 0.0 {
-                Node::leaf(Op::IntCst(v as i64))
+        let node =
+            if values.iter().all(|&x| x == 0.0) && !values.iter().any(|x| x.is_sign_negative()) {
+                Node::leaf(Op::Zero(data.dim))
+            } else if data.dim == 1 && values[0].is_finite() {
+                let v = values[0];
+                if v.fract() == 0.0 && v.abs() < 1e15 && v != 0.0 {
+                    Node::leaf(Op::IntCst(v as i64))
+                } else {
+                    Node::leaf(Op::Const(OrderedFloat(v)))
+                }
             } else {
-                Node::leaf(Op::Const(OrderedFloat(v)))
-            }
-        } else {
-            return;
-        };
+                return;
+            };
         let leaf = egraph.add(node);
         egraph.union(id, leaf);
     }

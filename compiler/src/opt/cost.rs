@@ -31,7 +31,11 @@ pub fn op_cost(op: &Op) -> u64 {
         Op::Asin | Op::Acos | Op::Atan2 => 12,
         Op::Powf => 20,
         Op::MatVecMult | Op::VecMatMult | Op::TensorProd | Op::TensorDot(_) => 1,
-        Op::WeightedSqNorm | Op::WeightedSqDist | Op::SqNormDiag | Op::SqNormIso | Op::SymSqNorm => 2,
+        Op::WeightedSqNorm
+        | Op::WeightedSqDist
+        | Op::SqNormDiag
+        | Op::SqNormIso
+        | Op::SymSqNorm => 2,
         Op::Grad | Op::Diff => UNEXPANDED,
     }
 }
@@ -43,7 +47,12 @@ pub fn node_cost(op: &Op, out_dim: usize, operand_dims: &[usize], deps: Deps) ->
     if base == UNEXPANDED {
         return UNEXPANDED;
     }
-    let width = operand_dims.iter().copied().chain([out_dim]).max().unwrap_or(1) as u64;
+    let width = operand_dims
+        .iter()
+        .copied()
+        .chain([out_dim])
+        .max()
+        .unwrap_or(1) as u64;
     let work = match op {
         // Products of matrices touch every entry of the larger operand.
         Op::MatVecMult | Op::VecMatMult | Op::TensorProd | Op::SymSqNorm => {
@@ -82,7 +91,10 @@ impl CostFunction<Node> for PairCost<'_> {
             }
             _ => {
                 let dims: Vec<usize> = enode.children.iter().map(|c| eg[*c].data.dim).collect();
-                let deps = enode.children.iter().fold(Deps::NONE, |d, c| d.union(eg[*c].data.deps));
+                let deps = enode
+                    .children
+                    .iter()
+                    .fold(Deps::NONE, |d, c| d.union(eg[*c].data.deps));
                 (enode.op.output_dim(&dims).unwrap_or(1), deps)
             }
         };

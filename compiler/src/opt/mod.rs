@@ -88,7 +88,11 @@ impl fmt::Display for OptimizedKernel {
         writeln!(f, "{}", self.formula.to_text(self.formula.root()))?;
         writeln!(f, "cost: {} -> {}", self.before, self.after)?;
         let hoisted = hoisted_parts(&self.formula);
-        for (label, parts) in [("per i", &hoisted.i), ("per j", &hoisted.j), ("per call", &hoisted.none)] {
+        for (label, parts) in [
+            ("per i", &hoisted.i),
+            ("per j", &hoisted.j),
+            ("per call", &hoisted.none),
+        ] {
             for part in parts {
                 writeln!(f, "hoisted {label}: {part}")?;
             }
@@ -170,7 +174,11 @@ pub fn expand_derivatives(formula: &Formula) -> Result<Formula, Diagnostic> {
 }
 
 fn has_derivatives(formula: &Formula) -> bool {
-    formula.nodes.as_ref().iter().any(|n| matches!(n.op, Op::Grad | Op::Diff))
+    formula
+        .nodes
+        .as_ref()
+        .iter()
+        .any(|n| matches!(n.op, Op::Grad | Op::Diff))
 }
 
 fn differentiate(formula: &Formula) -> Result<(Formula, Option<PhaseReport>), Diagnostic> {
@@ -236,7 +244,12 @@ fn differentiate(formula: &Formula) -> Result<(Formula, Option<PhaseReport>), Di
 /// construction (the adjoint of the reverse-mode map), done with the reverse-mode rules.
 fn forward_mode_as_reverse(formula: &Formula) -> Formula {
     let mut vars = formula.vars.clone();
-    let diffs = formula.nodes.as_ref().iter().filter(|n| n.op == Op::Diff).count();
+    let diffs = formula
+        .nodes
+        .as_ref()
+        .iter()
+        .filter(|n| n.op == Op::Diff)
+        .count();
     for k in 0..diffs {
         vars.push(ArgSpec {
             name: format!("%w{k}"),
@@ -319,13 +332,19 @@ pub fn from_recexpr(expr: &RecExpr<Node>, vars: Vec<ArgSpec>) -> Formula {
     let mut shared: HashMap<Node, Id> = HashMap::new();
     let mut map: Vec<Id> = Vec::with_capacity(expr.as_ref().len());
     for node in expr.as_ref() {
-        let mapped = Node::new(node.op.clone(), node.children.iter().map(|&c| map[usize::from(c)]).collect());
+        let mapped = Node::new(
+            node.op.clone(),
+            node.children.iter().map(|&c| map[usize::from(c)]).collect(),
+        );
         let id = match shared.get(&mapped) {
             Some(&id) => id,
             None => {
-                let id = out
-                    .push(mapped.clone(), None)
-                    .unwrap_or_else(|e| panic!("rewriting produced an ill-typed `{}`: {e}", mapped.op.name()));
+                let id = out.push(mapped.clone(), None).unwrap_or_else(|e| {
+                    panic!(
+                        "rewriting produced an ill-typed `{}`: {e}",
+                        mapped.op.name()
+                    )
+                });
                 shared.insert(mapped, id);
                 id
             }

@@ -82,9 +82,15 @@ pub struct Expr {
 #[derive(Clone, Debug, PartialEq)]
 pub enum ExprKind {
     /// A numeric literal; `text` is kept to tell `2` from `2.0`.
-    Number { value: f64, text: String },
+    Number {
+        value: f64,
+        text: String,
+    },
     Name(String),
-    Call { callee: Ident, args: Vec<Expr> },
+    Call {
+        callee: Ident,
+        args: Vec<Expr>,
+    },
     /// `[1, 2]`: integer lists, as TensorDot takes them.
     List(Vec<Expr>),
     Neg(Box<Expr>),
@@ -94,7 +100,10 @@ pub enum ExprKind {
         rhs: Box<Expr>,
     },
     /// `|f|g|`: the scalar product written with bars.
-    BarScalprod { lhs: Box<Expr>, rhs: Box<Expr> },
+    BarScalprod {
+        lhs: Box<Expr>,
+        rhs: Box<Expr>,
+    },
 }
 
 impl ExprKind {

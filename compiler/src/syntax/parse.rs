@@ -130,7 +130,11 @@ fn parse_kernel(
                 Some((k, Token::LBrace)) => skip_to_next_kernel(k),
                 _ => stop,
             };
-            (stop, next, tokens.get(stop.saturating_sub(1)).map_or(eof, |t| t.1.end))
+            (
+                stop,
+                next,
+                tokens.get(stop.saturating_sub(1)).map_or(eof, |t| t.1.end),
+            )
         }
     };
     let body = parse_statements(&tokens[body_start..body_end], diagnostics);
@@ -193,8 +197,9 @@ fn parse_statements(tokens: &[Spanned<'_>], diagnostics: &mut Vec<Diagnostic>) -
             statements.push(Statement::Invalid(slice[0].1.start..eoi));
             continue;
         }
-        let stream = Stream::from_iter(slice.iter().map(|(t, s)| (*t, SimpleSpan::from(s.clone()))))
-            .map(SimpleSpan::from(eoi..eoi), |(t, s): (_, _)| (t, s));
+        let stream =
+            Stream::from_iter(slice.iter().map(|(t, s)| (*t, SimpleSpan::from(s.clone()))))
+                .map(SimpleSpan::from(eoi..eoi), |(t, s): (_, _)| (t, s));
         let (stmt, errors) = statement_parser().parse(stream).into_output_errors();
         match stmt.filter(|_| errors.is_empty()) {
             Some(stmt) => statements.push(stmt),
@@ -376,10 +381,9 @@ where
         });
         arith
             .clone()
-            .foldl_with(
-                just(Token::Bar).ignore_then(arith).repeated(),
-                |l, r, e| binary(BinOp::Bar, l, r, e.span()),
-            )
+            .foldl_with(just(Token::Bar).ignore_then(arith).repeated(), |l, r, e| {
+                binary(BinOp::Bar, l, r, e.span())
+            })
             .boxed()
     })
 }

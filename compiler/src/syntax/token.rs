@@ -5,8 +5,8 @@ use std::fmt;
 
 #[derive(Logos, Clone, Copy, Debug, PartialEq)]
 #[logos(skip r"[ \t\r\n\f]+")]
-#[logos(skip(r"#[^\n]*", allow_greedy = true))]
-#[logos(skip(r"//[^\n]*", allow_greedy = true))]
+// Comments run to the end of the line, after `#` or `//`.
+#[logos(skip(r"(#|//)[^\n]*", allow_greedy = true))]
 pub enum Token<'src> {
     #[token("kernel")]
     Kernel,

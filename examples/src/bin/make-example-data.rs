@@ -28,7 +28,10 @@ fn main() -> Result<(), String> {
     let usage = "usage: make-example-data DIR N M";
     let dir = PathBuf::from(args.get(1).ok_or(usage)?);
     let parse = |k: usize| -> Result<usize, String> {
-        args.get(k).ok_or(usage)?.parse().map_err(|e| format!("{usage}: {e}"))
+        args.get(k)
+            .ok_or(usage)?
+            .parse()
+            .map_err(|e| format!("{usage}: {e}"))
     };
     let (n, m) = (parse(2)?, parse(3)?);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -41,8 +44,13 @@ fn main() -> Result<(), String> {
     ];
     for (name, array) in arrays {
         let path = dir.join(format!("{name}.npy"));
-        array.write_npy(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        array
+            .write_npy(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    println!("wrote x ({n}, 3), y ({m}, 3), b ({m}, 1), s (1,) to {}", dir.display());
+    println!(
+        "wrote x ({n}, 3), y ({m}, 3), b ({m}, 1), s (1,) to {}",
+        dir.display()
+    );
     Ok(())
 }

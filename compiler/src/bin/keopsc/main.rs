@@ -3,16 +3,20 @@
 use clap::{Parser, Subcommand};
 use keops_runtime::HostArray;
 use keopsc::diagnostic::{render_all, Diagnostic};
+use keopsc::driver::{self, Backend, CompiledFile};
 use keopsc::opt::rules::RuleSet;
 use keopsc::opt::OptBudget;
-use keopsc::driver::{self, Backend, CompiledFile};
 use keopsc::source::SourceFile;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "keopsc", version, about = "Compiler for KeOps formulas (.kf files)")]
+#[command(
+    name = "keopsc",
+    version,
+    about = "Compiler for KeOps formulas (.kf files)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -107,7 +111,11 @@ fn read_source(path: &Path) -> Result<SourceFile, Reported> {
 fn report_diagnostics((source, diagnostics): (SourceFile, Vec<Diagnostic>)) -> Reported {
     eprint!("{}", render_all(&diagnostics, &source, use_color()));
     let n = diagnostics.len();
-    eprintln!("error: {n} error{} in `{}`", if n == 1 { "" } else { "s" }, source.name);
+    eprintln!(
+        "error: {n} error{} in `{}`",
+        if n == 1 { "" } else { "s" },
+        source.name
+    );
     Reported
 }
 
@@ -115,27 +123,45 @@ fn load(path: &Path) -> Result<CompiledFile, Reported> {
     driver::compile(read_source(path)?).map_err(report_diagnostics)
 }
 
-fn explain(path: &Path, kernel: Option<&str>, timings: bool, repeat: usize, exact: bool) -> Result<(), Reported> {
+fn explain(
+    path: &Path,
+    kernel: Option<&str>,
+    timings: bool,
+    repeat: usize,
+    exact: bool,
+) -> Result<(), Reported> {
     let mut budget = OptBudget::default();
     if exact {
         budget.rules = RuleSet::Exact;
     }
     let source = read_source(path)?;
-    let (kernels, mut stage_times) = driver::explain(source.clone(), &budget).map_err(report_diagnostics)?;
+    let (kernels, mut stage_times) =
+        driver::explain(source.clone(), &budget).map_err(report_diagnostics)?;
     for _ in 1..repeat {
         let (_, t) = driver::explain(source.clone(), &budget).map_err(report_diagnostics)?;
         stage_times = stage_times.fastest(&t);
     }
     let mut shown = 0;
-    for k in kernels.iter().filter(|k| kernel.is_none_or(|name| k.checked.name == name)) {
+    for k in kernels
+        .iter()
+        .filter(|k| kernel.is_none_or(|name| k.checked.name == name))
+    {
         println!("== kernel {} ==\n{k}", k.checked.name);
         shown += 1;
     }
     if shown == 0 {
-        return Err(fail(format!("no kernel `{}` in `{}`", kernel.unwrap_or(""), path.display())));
+        return Err(fail(format!(
+            "no kernel `{}` in `{}`",
+            kernel.unwrap_or(""),
+            path.display()
+        )));
     }
     if timings {
-        let runs = if repeat > 1 { format!(" (fastest of {repeat} runs)") } else { String::new() };
+        let runs = if repeat > 1 {
+            format!(" (fastest of {repeat} runs)")
+        } else {
+            String::new()
+        };
         println!("timings{runs}: {stage_times}");
     }
     Ok(())
@@ -162,13 +188,20 @@ fn eval(
 ) -> Result<(), Reported> {
     let backend = match backend {
         None => Backend::fastest(),
-        Some(name) => Backend::parse(name)
-            .ok_or_else(|| fail(format!("unknown backend `{name}`: choose interp, cpu or cuda")))?,
+        Some(name) => Backend::parse(name).ok_or_else(|| {
+            fail(format!(
+                "unknown backend `{name}`: choose interp, cpu or cuda"
+            ))
+        })?,
     };
     let compiled = load(path)?;
     let kernel = match kernel {
         Some(name) => compiled.kernel(name).ok_or_else(|| {
-            let names: Vec<String> = compiled.kernels.iter().map(|k| format!("`{}`", k.name)).collect();
+            let names: Vec<String> = compiled
+                .kernels
+                .iter()
+                .map(|k| format!("`{}`", k.name))
+                .collect();
             fail(format!(
                 "no kernel `{name}` in `{}`; it defines {}",
                 path.display(),

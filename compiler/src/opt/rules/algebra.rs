@@ -52,37 +52,109 @@ pub fn rules() -> Vec<RuleInfo> {
         info(plain("neg-neg", "(- (- ?a))", "?a"), true, true),
         info(plain("add-neg", "(+ ?a (- ?b))", "(- ?a ?b)"), true, true),
         info(plain("sub-neg", "(- ?a (- ?b))", "(+ ?a ?b)"), true, true),
-        info(plain("neg-mul", "(* (- ?a) ?b)", "(- (* ?a ?b))"), true, true),
-        info(plain("neg-div", "(/ (- ?a) ?b)", "(- (/ ?a ?b))"), true, true),
-        info(plain("neg-neg-mul", "(* (- ?a) (- ?b))", "(* ?a ?b)"), true, true),
-        info(plain("neg-mul-right", "(- (* ?a ?b))", "(* ?a (- ?b))"), true, true),
-        info(plain("neg-div-right", "(- (/ ?a ?b))", "(/ ?a (- ?b))"), true, true),
+        info(
+            plain("neg-mul", "(* (- ?a) ?b)", "(- (* ?a ?b))"),
+            true,
+            true,
+        ),
+        info(
+            plain("neg-div", "(/ (- ?a) ?b)", "(- (/ ?a ?b))"),
+            true,
+            true,
+        ),
+        info(
+            plain("neg-neg-mul", "(* (- ?a) (- ?b))", "(* ?a ?b)"),
+            true,
+            true,
+        ),
+        info(
+            plain("neg-mul-right", "(- (* ?a ?b))", "(* ?a (- ?b))"),
+            true,
+            true,
+        ),
+        info(
+            plain("neg-div-right", "(- (/ ?a ?b))", "(/ ?a (- ?b))"),
+            true,
+            true,
+        ),
         // Division by a reciprocal computed once: a multiplication per pair instead of a
         // division when the divisor is hoisted. One more rounding.
-        info(plain("div-as-mul-inv", "(/ ?a ?b)", "(* ?a (inv ?b))"), false, true),
+        info(
+            plain("div-as-mul-inv", "(/ ?a ?b)", "(* ?a (inv ?b))"),
+            false,
+            true,
+        ),
         // Commutativity: exact. Reassociation: rounds differently.
         info(plain("add-comm", "(+ ?a ?b)", "(+ ?b ?a)"), true, true),
         info(plain("mul-comm", "(* ?a ?b)", "(* ?b ?a)"), true, true),
-        info(plain("mul-assoc", "(* (* ?a ?b) ?c)", "(* ?a (* ?b ?c))"), false, true),
-        info(plain("add-assoc", "(+ (+ ?a ?b) ?c)", "(+ ?a (+ ?b ?c))"), false, true),
-        info(plain("div-as-mul", "(/ (* ?a ?b) ?c)", "(* ?a (/ ?b ?c))"), false, true),
+        info(
+            plain("mul-assoc", "(* (* ?a ?b) ?c)", "(* ?a (* ?b ?c))"),
+            false,
+            true,
+        ),
+        info(
+            plain("add-assoc", "(+ (+ ?a ?b) ?c)", "(+ ?a (+ ?b ?c))"),
+            false,
+            true,
+        ),
+        info(
+            plain("div-as-mul", "(/ (* ?a ?b) ?c)", "(* ?a (/ ?b ?c))"),
+            false,
+            true,
+        ),
         // Distributivity, both ways: rounds differently.
-        info(plain("factor", "(+ (* ?a ?b) (* ?a ?c))", "(* ?a (+ ?b ?c))"), false, true),
-        info(plain("factor-sub", "(- (* ?a ?b) (* ?a ?c))", "(* ?a (- ?b ?c))"), false, true),
+        info(
+            plain("factor", "(+ (* ?a ?b) (* ?a ?c))", "(* ?a (+ ?b ?c))"),
+            false,
+            true,
+        ),
+        info(
+            plain("factor-sub", "(- (* ?a ?b) (* ?a ?c))", "(* ?a (- ?b ?c))"),
+            false,
+            true,
+        ),
         // Distributing rarely moves work out of the pair loop and doubles the e-graph: off.
-        info(plain("distribute", "(* ?a (+ ?b ?c))", "(+ (* ?a ?b) (* ?a ?c))"), false, false),
+        info(
+            plain("distribute", "(* ?a (+ ?b ?c))", "(+ (* ?a ?b) (* ?a ?c))"),
+            false,
+            false,
+        ),
         // Powers: exact.
         info(plain("mul-self", "(* ?a ?a)", "(square ?a)"), true, true),
         info(plain("pow-two", "(pow:2 ?a)", "(square ?a)"), true, true),
         info(plain("pow-one", "(pow:1 ?a)", "?a"), true, true),
-        info(plain("square-neg", "(square (- ?a))", "(square ?a)"), true, true),
+        info(
+            plain("square-neg", "(square (- ?a))", "(square ?a)"),
+            true,
+            true,
+        ),
         info(plain("inv-as-div", "(/ int:1 ?a)", "(inv ?a)"), true, true),
-        info(plain("mul-inv", "(* ?a (inv ?b))", "(/ ?a ?b)"), false, true),
-        info(plain("rsqrt-square-root", "(inv (sqrt ?a))", "(rsqrt ?a)"), false, false),
-        info(plain("sqrt-square", "(square (sqrt ?a))", "?a"), false, false),
+        info(
+            plain("mul-inv", "(* ?a (inv ?b))", "(/ ?a ?b)"),
+            false,
+            true,
+        ),
+        info(
+            plain("rsqrt-square-root", "(inv (sqrt ?a))", "(rsqrt ?a)"),
+            false,
+            false,
+        ),
+        info(
+            plain("sqrt-square", "(square (sqrt ?a))", "?a"),
+            false,
+            false,
+        ),
         // Exponentials and logarithms.
-        info(plain("exp-add", "(* (exp ?a) (exp ?b))", "(exp (+ ?a ?b))"), false, true),
-        info(plain("exp-neg", "(inv (exp ?a))", "(exp (- ?a))"), false, true),
+        info(
+            plain("exp-add", "(* (exp ?a) (exp ?b))", "(exp (+ ?a ?b))"),
+            false,
+            true,
+        ),
+        info(
+            plain("exp-neg", "(inv (exp ?a))", "(exp (- ?a))"),
+            false,
+            true,
+        ),
         info(plain("log-exp", "(log (exp ?a))", "?a"), false, true),
         info(plain("exp-log", "(exp (log ?a))", "?a"), false, false),
     ]);
@@ -95,29 +167,61 @@ pub fn neutral_rules() -> Vec<RuleInfo> {
     vec![
         // Neutral elements: exact (x + 0 = x, x * 1 = x, x / 1 = x, also for inf and NaN).
         info(
-            guarded("add-zero", "(+ ?a ?z)", "?a", |eg, s| is_zero(eg, s, "?z") && dim(eg, s, "?a") >= dim(eg, s, "?z")),
+            guarded("add-zero", "(+ ?a ?z)", "?a", |eg, s| {
+                is_zero(eg, s, "?z") && dim(eg, s, "?a") >= dim(eg, s, "?z")
+            }),
             true,
             true,
         ),
         info(
-            guarded("zero-add", "(+ ?z ?a)", "?a", |eg, s| is_zero(eg, s, "?z") && dim(eg, s, "?a") >= dim(eg, s, "?z")),
+            guarded("zero-add", "(+ ?z ?a)", "?a", |eg, s| {
+                is_zero(eg, s, "?z") && dim(eg, s, "?a") >= dim(eg, s, "?z")
+            }),
             true,
             true,
         ),
         info(
-            guarded("sub-zero", "(- ?a ?z)", "?a", |eg, s| is_zero(eg, s, "?z") && dim(eg, s, "?a") >= dim(eg, s, "?z")),
+            guarded("sub-zero", "(- ?a ?z)", "?a", |eg, s| {
+                is_zero(eg, s, "?z") && dim(eg, s, "?a") >= dim(eg, s, "?z")
+            }),
             true,
             true,
         ),
         info(
-            guarded("zero-sub", "(- ?z ?a)", "(- ?a)", |eg, s| is_zero(eg, s, "?z") && dim(eg, s, "?a") >= dim(eg, s, "?z")),
+            guarded("zero-sub", "(- ?z ?a)", "(- ?a)", |eg, s| {
+                is_zero(eg, s, "?z") && dim(eg, s, "?a") >= dim(eg, s, "?z")
+            }),
             true,
             true,
         ),
-        info(guarded("mul-one", "(* ?a ?o)", "?a", |eg, s| is_const(eg, s, "?o", 1.0)), true, true),
-        info(guarded("div-one", "(/ ?a ?o)", "?a", |eg, s| is_const(eg, s, "?o", 1.0)), true, true),
-        info(guarded("mul-minus-one", "(* ?a ?o)", "(- ?a)", |eg, s| is_const(eg, s, "?o", -1.0)), true, true),
-        info(guarded("one-mul", "(* ?o ?a)", "?a", |eg, s| is_const(eg, s, "?o", 1.0)), true, true),
+        info(
+            guarded("mul-one", "(* ?a ?o)", "?a", |eg, s| {
+                is_const(eg, s, "?o", 1.0)
+            }),
+            true,
+            true,
+        ),
+        info(
+            guarded("div-one", "(/ ?a ?o)", "?a", |eg, s| {
+                is_const(eg, s, "?o", 1.0)
+            }),
+            true,
+            true,
+        ),
+        info(
+            guarded("mul-minus-one", "(* ?a ?o)", "(- ?a)", |eg, s| {
+                is_const(eg, s, "?o", -1.0)
+            }),
+            true,
+            true,
+        ),
+        info(
+            guarded("one-mul", "(* ?o ?a)", "?a", |eg, s| {
+                is_const(eg, s, "?o", 1.0)
+            }),
+            true,
+            true,
+        ),
     ]
 }
 
@@ -172,6 +276,9 @@ mod tests {
         assert_eq!(out.matches("exp").count(), 1, "{out}");
         // But exp(t) (per i) times exp(b) (per j) stays a product: both are hoisted, and one
         // multiplication per pair is cheaper than an addition and an exponential.
-        assert_eq!(simplify("(* (exp var:4) (exp var:2))"), "(* (exp var:4) (exp var:2))");
+        assert_eq!(
+            simplify("(* (exp var:4) (exp var:2))"),
+            "(* (exp var:4) (exp var:2))"
+        );
     }
 }

@@ -18,12 +18,16 @@ pub fn rules() -> Vec<RuleInfo> {
         // Normal forms of the gradient's input.
         dynamic("grad-independent", "(grad ?f ?v ?e)", grad_independent),
         dynamic("grad-var", "(grad ?v ?v ?e)", grad_var),
-        guarded("grad-scalar-of-vector-gradin", "(grad ?f ?v ?e)", "(grad ?f ?v (sum ?e))", |eg, s| {
-            dim(eg, s, "?f") == 1 && dim(eg, s, "?e") > 1
-        }),
+        guarded(
+            "grad-scalar-of-vector-gradin",
+            "(grad ?f ?v ?e)",
+            "(grad ?f ?v (sum ?e))",
+            |eg, s| dim(eg, s, "?f") == 1 && dim(eg, s, "?e") > 1,
+        ),
         dynamic("grad-broadcast-gradin", "(grad ?f ?v ?e)", |eg, s| {
             let df = dim(eg, s, "?f");
-            (df > 1 && dim(eg, s, "?e") == 1).then(|| inst(eg, s, &format!("(grad ?f ?v (sumt:{df} ?e))")))
+            (df > 1 && dim(eg, s, "?e") == 1)
+                .then(|| inst(eg, s, &format!("(grad ?f ?v (sumt:{df} ?e))")))
         }),
         dynamic("grad-parametric", "(grad ?f ?v ?e)", grad_parametric),
     ];
@@ -33,16 +37,32 @@ pub fn rules() -> Vec<RuleInfo> {
         ("grad-exp", "(exp ?a)", "(* ?e (exp ?a))"),
         ("grad-log", "(log ?a)", "(/ ?e ?a)"),
         ("grad-sqrt", "(sqrt ?a)", "(* ?e (* 0.5 (rsqrt ?a)))"),
-        ("grad-rsqrt", "(rsqrt ?a)", "(* ?e (* -0.5 (pow:3 (rsqrt ?a))))"),
+        (
+            "grad-rsqrt",
+            "(rsqrt ?a)",
+            "(* ?e (* -0.5 (pow:3 (rsqrt ?a))))",
+        ),
         ("grad-square", "(square ?a)", "(* ?e (* int:2 ?a))"),
         ("grad-inv", "(inv ?a)", "(* ?e (- (square (inv ?a))))"),
         ("grad-abs", "(abs ?a)", "(* ?e (sign ?a))"),
         ("grad-relu", "(relu ?a)", "(* ?e (step ?a))"),
         ("grad-sin", "(sin ?a)", "(* ?e (cos ?a))"),
         ("grad-cos", "(cos ?a)", "(* ?e (- (sin ?a)))"),
-        ("grad-asin", "(asin ?a)", "(* ?e (rsqrt (- int:1 (square ?a))))"),
-        ("grad-acos", "(acos ?a)", "(* ?e (- (rsqrt (- int:1 (square ?a)))))"),
-        ("grad-atan", "(atan ?a)", "(* ?e (inv (+ int:1 (square ?a))))"),
+        (
+            "grad-asin",
+            "(asin ?a)",
+            "(* ?e (rsqrt (- int:1 (square ?a))))",
+        ),
+        (
+            "grad-acos",
+            "(acos ?a)",
+            "(* ?e (- (rsqrt (- int:1 (square ?a)))))",
+        ),
+        (
+            "grad-atan",
+            "(atan ?a)",
+            "(* ?e (inv (+ int:1 (square ?a))))",
+        ),
         ("grad-xlogx", "(xlogx ?a)", "(* ?e (+ (log ?a) int:1))"),
         (
             "grad-sinxdivx",
@@ -51,7 +71,11 @@ pub fn rules() -> Vec<RuleInfo> {
         ),
     ];
     for (name, f, e) in chain {
-        rules.push(plain(name, &format!("(grad {f} ?v ?e)"), &format!("(grad ?a ?v {e})")));
+        rules.push(plain(
+            name,
+            &format!("(grad {f} ?v ?e)"),
+            &format!("(grad ?a ?v {e})"),
+        ));
     }
     // Operators with several operands, and vector operators written without parameters.
     let multi: &[(&str, &str, &str)] = &[
@@ -129,34 +153,46 @@ pub fn rules() -> Vec<RuleInfo> {
             }
             // Matrix products need e at full size (a scalar e is first broadcast).
             "grad-matvecmult" | "grad-vecmatmult" | "grad-tensorprod" => {
-                guarded(name, &lhs, rhs, |eg, s| dim(eg, s, "?e") > 1 || matrix_output_is_scalar(eg, s))
+                guarded(name, &lhs, rhs, |eg, s| {
+                    dim(eg, s, "?e") > 1 || matrix_output_is_scalar(eg, s)
+                })
             }
             _ => plain(name, &lhs, rhs),
         };
         rules.push(rule);
     }
-    rules.push(dynamic("grad-weightedsqnorm", "(grad (weightedsqnorm ?s ?a) ?v ?e)", |eg, s| {
-        let (ds, da) = (dim(eg, s, "?s"), dim(eg, s, "?a"));
-        let f = if ds == 1 {
-            "(sqnormiso ?s ?a)"
-        } else if ds == da {
-            "(sqnormdiag ?s ?a)"
-        } else {
-            "(symsqnorm ?s ?a)"
-        };
-        Some(inst(eg, s, &format!("(grad {f} ?v ?e)")))
-    }));
-    rules.push(dynamic("grad-concat", "(grad (concat ?a ?b) ?v ?e)", |eg, s| {
-        let (da, db) = (dim(eg, s, "?a"), dim(eg, s, "?b"));
-        if dim(eg, s, "?e") == 1 {
-            return Some(inst(eg, s, "(+ (grad ?a ?v ?e) (grad ?b ?v ?e))"));
-        }
-        Some(inst(
-            eg,
-            s,
-            &format!("(+ (grad ?a ?v (extract:0:{da} ?e)) (grad ?b ?v (extract:{da}:{db} ?e)))"),
-        ))
-    }));
+    rules.push(dynamic(
+        "grad-weightedsqnorm",
+        "(grad (weightedsqnorm ?s ?a) ?v ?e)",
+        |eg, s| {
+            let (ds, da) = (dim(eg, s, "?s"), dim(eg, s, "?a"));
+            let f = if ds == 1 {
+                "(sqnormiso ?s ?a)"
+            } else if ds == da {
+                "(sqnormdiag ?s ?a)"
+            } else {
+                "(symsqnorm ?s ?a)"
+            };
+            Some(inst(eg, s, &format!("(grad {f} ?v ?e)")))
+        },
+    ));
+    rules.push(dynamic(
+        "grad-concat",
+        "(grad (concat ?a ?b) ?v ?e)",
+        |eg, s| {
+            let (da, db) = (dim(eg, s, "?a"), dim(eg, s, "?b"));
+            if dim(eg, s, "?e") == 1 {
+                return Some(inst(eg, s, "(+ (grad ?a ?v ?e) (grad ?b ?v ?e))"));
+            }
+            Some(inst(
+                eg,
+                s,
+                &format!(
+                    "(+ (grad ?a ?v (extract:0:{da} ?e)) (grad ?b ?v (extract:{da}:{db} ?e)))"
+                ),
+            ))
+        },
+    ));
     rules.into_iter().map(|r| info(r, true, true)).collect()
 }
 
@@ -179,7 +215,10 @@ fn grad_independent(eg: &mut FormulaGraph, s: &Subst) -> Option<Id> {
 /// `Grad(v, v, e) = e`, broadcast to v's dimension when e is a scalar, summed when v is.
 fn grad_var(eg: &mut FormulaGraph, s: &Subst) -> Option<Id> {
     let (dv, de) = (dim(eg, s, "?v"), dim(eg, s, "?e"));
-    let is_var = eg[s[super::var("?v")]].nodes.iter().any(|n| matches!(n.op, Op::Var(_)));
+    let is_var = eg[s[super::var("?v")]]
+        .nodes
+        .iter()
+        .any(|n| matches!(n.op, Op::Var(_)));
     if !is_var {
         return None;
     }
@@ -282,23 +321,44 @@ mod tests {
 
     #[test]
     fn chain_rule_pushes_one_level_per_rule() {
-        assert_eq!(grad("(grad (exp var:4) var:4 var:3)"), "(* var:3 (exp var:4))");
-        assert_eq!(grad("(grad (sin var:0) var:0 var:1)"), "(* var:1 (cos var:0))");
+        assert_eq!(
+            grad("(grad (exp var:4) var:4 var:3)"),
+            "(* var:3 (exp var:4))"
+        );
+        assert_eq!(
+            grad("(grad (sin var:0) var:0 var:1)"),
+            "(* var:1 (cos var:0))"
+        );
     }
 
     #[test]
     fn products_and_broadcasts() {
         // d/dt (t * b) . s = s * b
-        assert_eq!(grad("(grad (* var:4 var:2) var:4 var:3)"), "(+ (* var:3 var:2) zero:1)");
+        assert_eq!(
+            grad("(grad (* var:4 var:2) var:4 var:3)"),
+            "(+ (* var:3 var:2) zero:1)"
+        );
         // d/ds (s * x) . y = Sum(y * x): the scalar operand collects the broadcast gradient
-        assert_eq!(grad("(grad (* var:3 var:0) var:3 var:1)"), "(+ (sum (* var:1 var:0)) zero:1)");
+        assert_eq!(
+            grad("(grad (* var:3 var:0) var:3 var:1)"),
+            "(+ (sum (* var:1 var:0)) zero:1)"
+        );
     }
 
     #[test]
     fn parametric_operators() {
-        assert_eq!(grad("(grad (elem:1 var:0) var:0 var:3)"), "(elemt:3:1 var:3)");
-        assert_eq!(grad("(grad (extract:1:2 var:0) var:0 (extract:0:2 var:1))"), "(extractt:1:3 (extract:0:2 var:1))");
-        assert_eq!(grad("(grad (pow:3 var:4) var:4 var:3)"), "(* var:3 (* int:3 (pow:2 var:4)))");
+        assert_eq!(
+            grad("(grad (elem:1 var:0) var:0 var:3)"),
+            "(elemt:3:1 var:3)"
+        );
+        assert_eq!(
+            grad("(grad (extract:1:2 var:0) var:0 (extract:0:2 var:1))"),
+            "(extractt:1:3 (extract:0:2 var:1))"
+        );
+        assert_eq!(
+            grad("(grad (pow:3 var:4) var:4 var:3)"),
+            "(* var:3 (* int:3 (pow:2 var:4)))"
+        );
     }
 
     #[test]

@@ -97,7 +97,8 @@ pub(crate) fn var(name: &str) -> Var {
 }
 
 pub(crate) fn pattern(text: &str) -> Pattern<Node> {
-    text.parse().unwrap_or_else(|e| panic!("bad pattern `{text}`: {e:?}"))
+    text.parse()
+        .unwrap_or_else(|e| panic!("bad pattern `{text}`: {e:?}"))
 }
 
 /// A rewrite from pattern text to pattern text, guarded by a condition on the match.
@@ -107,15 +108,20 @@ pub(crate) fn guarded(
     rhs: &str,
     condition: impl Fn(&FormulaGraph, &Subst) -> bool + Send + Sync + 'static,
 ) -> FormulaRewrite {
-    Rewrite::new(name, pattern(lhs), egg::ConditionalApplier {
-        condition: move |eg: &mut FormulaGraph, _: Id, s: &Subst| condition(eg, s),
-        applier: pattern(rhs),
-    })
+    Rewrite::new(
+        name,
+        pattern(lhs),
+        egg::ConditionalApplier {
+            condition: move |eg: &mut FormulaGraph, _: Id, s: &Subst| condition(eg, s),
+            applier: pattern(rhs),
+        },
+    )
     .unwrap_or_else(|e| panic!("bad rule `{name}`: {e}"))
 }
 
 pub(crate) fn plain(name: &str, lhs: &str, rhs: &str) -> FormulaRewrite {
-    Rewrite::new(name, pattern(lhs), pattern(rhs)).unwrap_or_else(|e| panic!("bad rule `{name}`: {e}"))
+    Rewrite::new(name, pattern(lhs), pattern(rhs))
+        .unwrap_or_else(|e| panic!("bad rule `{name}`: {e}"))
 }
 
 pub(crate) fn info(rewrite: FormulaRewrite, exact: bool, default: bool) -> RuleInfo {
@@ -136,13 +142,19 @@ pub(crate) fn dim(eg: &FormulaGraph, s: &Subst, v: &str) -> usize {
 pub(crate) type Build = fn(&mut FormulaGraph, &Subst) -> Option<Id>;
 
 pub(crate) fn dynamic(name: &str, lhs: &str, build: Build) -> FormulaRewrite {
-    Rewrite::new(name, pattern(lhs), DynamicApplier(build)).unwrap_or_else(|e| panic!("bad rule `{name}`: {e}"))
+    Rewrite::new(name, pattern(lhs), DynamicApplier(build))
+        .unwrap_or_else(|e| panic!("bad rule `{name}`: {e}"))
 }
 
 /// A dynamic rule on the classes holding an operator with parameters (patterns cannot match
 /// `Elem(f, m)` for any m): `?c` is bound to each class with an e-node that `wanted` accepts.
-pub(crate) fn dynamic_on(name: &str, wanted: fn(&crate::formula::Op) -> bool, build: Build) -> FormulaRewrite {
-    Rewrite::new(name, OpSearcher(wanted), DynamicApplier(build)).unwrap_or_else(|e| panic!("bad rule `{name}`: {e}"))
+pub(crate) fn dynamic_on(
+    name: &str,
+    wanted: fn(&crate::formula::Op) -> bool,
+    build: Build,
+) -> FormulaRewrite {
+    Rewrite::new(name, OpSearcher(wanted), DynamicApplier(build))
+        .unwrap_or_else(|e| panic!("bad rule `{name}`: {e}"))
 }
 
 pub(crate) struct OpSearcher(fn(&crate::formula::Op) -> bool);
@@ -195,7 +207,9 @@ impl Applier<Node, FormulaAnalysis> for DynamicApplier {
 
 /// Adds the term `text` (pattern syntax; `?x` bound by `subst`) and returns its class.
 pub(crate) fn inst(egraph: &mut FormulaGraph, subst: &Subst, text: &str) -> Id {
-    let ast: PatternAst<Node> = text.parse().unwrap_or_else(|e| panic!("bad pattern `{text}`: {e:?}"));
+    let ast: PatternAst<Node> = text
+        .parse()
+        .unwrap_or_else(|e| panic!("bad pattern `{text}`: {e:?}"));
     egraph.add_instantiation(&ast, subst)
 }
 
@@ -211,9 +225,15 @@ pub(crate) fn bind(subst: &Subst, extra: &[(&str, Id)]) -> Subst {
 /// Runs `rules` on the formula `text` (s-expression over `var:k`) and returns the cheapest
 /// equivalent as an s-expression: the "this becomes that" of the family tests.
 #[cfg(test)]
-pub(crate) fn rewrite_text(vars: &[keops_runtime::ArgSpec], text: &str, rules: &[FormulaRewrite]) -> String {
+pub(crate) fn rewrite_text(
+    vars: &[keops_runtime::ArgSpec],
+    text: &str,
+    rules: &[FormulaRewrite],
+) -> String {
     let expr: egg::RecExpr<Node> = text.parse().expect("test expression");
-    let mut egraph = FormulaGraph::new(FormulaAnalysis { vars: vars.to_vec() });
+    let mut egraph = FormulaGraph::new(FormulaAnalysis {
+        vars: vars.to_vec(),
+    });
     let root = egraph.add_expr(&expr);
     let runner = egg::Runner::default()
         .with_egraph(egraph)

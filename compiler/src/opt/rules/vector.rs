@@ -13,15 +13,61 @@ fn same_dims(eg: &crate::opt::analysis::FormulaGraph, s: &egg::Subst) -> bool {
 pub fn rules() -> Vec<RuleInfo> {
     vec![
         // Definitions, both ways: exact except for summation order.
-        info(plain("sqdist-def", "(sqdist ?a ?b)", "(sqnorm2 (- ?a ?b))"), true, true),
-        info(guarded("sqdist-fold", "(sqnorm2 (- ?a ?b))", "(sqdist ?a ?b)", same_dims), true, true),
-        info(plain("sqnorm2-self", "(scalprod ?a ?a)", "(sqnorm2 ?a)"), true, true),
-        info(plain("sqnorm2-square", "(sum (square ?a))", "(sqnorm2 ?a)"), true, true),
-        info(guarded("scalprod-sum", "(sum (* ?a ?b))", "(scalprod ?a ?b)", same_dims), true, true),
-        info(plain("scalprod-comm", "(scalprod ?a ?b)", "(scalprod ?b ?a)"), true, true),
-        info(plain("sqdist-comm", "(sqdist ?a ?b)", "(sqdist ?b ?a)"), true, true),
-        info(plain("norm2-def", "(sqrt (sqnorm2 ?a))", "(norm2 ?a)"), true, true),
-        info(plain("square-norm2", "(square (norm2 ?a))", "(sqnorm2 ?a)"), false, true),
+        info(
+            plain("sqdist-def", "(sqdist ?a ?b)", "(sqnorm2 (- ?a ?b))"),
+            true,
+            true,
+        ),
+        info(
+            guarded(
+                "sqdist-fold",
+                "(sqnorm2 (- ?a ?b))",
+                "(sqdist ?a ?b)",
+                same_dims,
+            ),
+            true,
+            true,
+        ),
+        info(
+            plain("sqnorm2-self", "(scalprod ?a ?a)", "(sqnorm2 ?a)"),
+            true,
+            true,
+        ),
+        info(
+            plain("sqnorm2-square", "(sum (square ?a))", "(sqnorm2 ?a)"),
+            true,
+            true,
+        ),
+        info(
+            guarded(
+                "scalprod-sum",
+                "(sum (* ?a ?b))",
+                "(scalprod ?a ?b)",
+                same_dims,
+            ),
+            true,
+            true,
+        ),
+        info(
+            plain("scalprod-comm", "(scalprod ?a ?b)", "(scalprod ?b ?a)"),
+            true,
+            true,
+        ),
+        info(
+            plain("sqdist-comm", "(sqdist ?a ?b)", "(sqdist ?b ?a)"),
+            true,
+            true,
+        ),
+        info(
+            plain("norm2-def", "(sqrt (sqnorm2 ?a))", "(norm2 ?a)"),
+            true,
+            true,
+        ),
+        info(
+            plain("square-norm2", "(square (norm2 ?a))", "(sqnorm2 ?a)"),
+            false,
+            true,
+        ),
         // <a, b> + <a, c> = <a, b + c>: one scalar product per pair when b + c is hoisted.
         info(
             guarded(
@@ -33,7 +79,15 @@ pub fn rules() -> Vec<RuleInfo> {
             false,
             true,
         ),
-        info(plain("normalize-def", "(* (rsqrt (sqnorm2 ?a)) ?a)", "(normalize ?a)"), true, true),
+        info(
+            plain(
+                "normalize-def",
+                "(* (rsqrt (sqnorm2 ?a)) ?a)",
+                "(normalize ?a)",
+            ),
+            true,
+            true,
+        ),
         // |x - y|^2 = |x|^2 + |y|^2 - 2<x, y>: cheaper per pair once the norms are hoisted, but
         // it cancels catastrophically for close points, so it does not run by default.
         info(
@@ -46,28 +100,58 @@ pub fn rules() -> Vec<RuleInfo> {
             false,
         ),
         // Sums of a scalar, and of a broadcast scalar.
-        info(guarded("sum-scalar", "(sum ?a)", "?a", |eg, s| dim(eg, s, "?a") == 1), true, true),
         info(
-            dynamic("sum-sumt", "(sum (sumt:1 ?a))", |eg, s| Some(inst(eg, s, "?a"))),
+            guarded("sum-scalar", "(sum ?a)", "?a", |eg, s| {
+                dim(eg, s, "?a") == 1
+            }),
             true,
             true,
         ),
         info(
-            guarded("sum-scalar-factor", "(sum (* ?s ?a))", "(* ?s (sum ?a))", |eg, s| {
-                dim(eg, s, "?s") == 1 && dim(eg, s, "?a") > 1
+            dynamic("sum-sumt", "(sum (sumt:1 ?a))", |eg, s| {
+                Some(inst(eg, s, "?a"))
             }),
+            true,
+            true,
+        ),
+        info(
+            guarded(
+                "sum-scalar-factor",
+                "(sum (* ?s ?a))",
+                "(* ?s (sum ?a))",
+                |eg, s| dim(eg, s, "?s") == 1 && dim(eg, s, "?a") > 1,
+            ),
             false,
             true,
         ),
         info(
-            guarded("scalprod-scalar-factor", "(scalprod (* ?s ?a) ?b)", "(* ?s (scalprod ?a ?b))", |eg, s| {
-                dim(eg, s, "?s") == 1 && dim(eg, s, "?a") > 1
-            }),
+            guarded(
+                "scalprod-scalar-factor",
+                "(scalprod (* ?s ?a) ?b)",
+                "(* ?s (scalprod ?a ?b))",
+                |eg, s| dim(eg, s, "?s") == 1 && dim(eg, s, "?a") > 1,
+            ),
             false,
             true,
         ),
-        info(plain("sum-concat", "(sum (concat ?a ?b))", "(+ (sum ?a) (sum ?b))"), false, true),
-        info(plain("sqnorm2-concat", "(sqnorm2 (concat ?a ?b))", "(+ (sqnorm2 ?a) (sqnorm2 ?b))"), false, true),
+        info(
+            plain(
+                "sum-concat",
+                "(sum (concat ?a ?b))",
+                "(+ (sum ?a) (sum ?b))",
+            ),
+            false,
+            true,
+        ),
+        info(
+            plain(
+                "sqnorm2-concat",
+                "(sqnorm2 (concat ?a ?b))",
+                "(+ (sqnorm2 ?a) (sqnorm2 ?b))",
+            ),
+            false,
+            true,
+        ),
         // Broadcast normal form: a scalar broadcast by SumT inside an element-wise operation
         // broadcasts by itself.
         info(
@@ -85,7 +169,11 @@ pub fn rules() -> Vec<RuleInfo> {
         ),
         // Elem and Extract of known layouts.
         info(
-            dynamic_on("elem-extract-of-parts", |op| matches!(op, Op::Elem(_) | Op::Extract(..)), elem_or_extract_of_concat),
+            dynamic_on(
+                "elem-extract-of-parts",
+                |op| matches!(op, Op::Elem(_) | Op::Extract(..)),
+                elem_or_extract_of_concat,
+            ),
             true,
             true,
         ),
@@ -95,7 +183,10 @@ pub fn rules() -> Vec<RuleInfo> {
 /// `Elem(Concat(a, b), m)` is an element of a or of b; `Extract(Extract(a, s1, l1), s2, l2)`
 /// is `Extract(a, s1 + s2, l2)`; `Extract(Concat(a, b), ...)` inside one part is an Extract
 /// of that part.
-fn elem_or_extract_of_concat(eg: &mut crate::opt::analysis::FormulaGraph, s: &egg::Subst) -> Option<egg::Id> {
+fn elem_or_extract_of_concat(
+    eg: &mut crate::opt::analysis::FormulaGraph,
+    s: &egg::Subst,
+) -> Option<egg::Id> {
     let c = s[super::var("?c")];
     let nodes = eg[c].nodes.clone();
     for node in nodes {
@@ -114,9 +205,10 @@ fn elem_or_extract_of_concat(eg: &mut crate::opt::analysis::FormulaGraph, s: &eg
                         Some((format!("(elem:{} ?p)", m - na), b))
                     }
                 }
-                (Op::Extract(s2, l2), Op::Extract(s1, _)) => {
-                    Some((format!("(extract:{}:{l2} ?p)", s1 + s2), inner_node.children[0]))
-                }
+                (Op::Extract(s2, l2), Op::Extract(s1, _)) => Some((
+                    format!("(extract:{}:{l2} ?p)", s1 + s2),
+                    inner_node.children[0],
+                )),
                 (Op::Extract(start, len), Op::Concat) => {
                     let (a, b) = (inner_node.children[0], inner_node.children[1]);
                     let na = eg[a].data.dim;
@@ -148,14 +240,22 @@ mod tests {
 
     fn simplify(text: &str) -> String {
         let mut rules: Vec<_> = rules().into_iter().map(|r| r.rewrite).collect();
-        rules.extend(super::super::algebra::rules().into_iter().filter(|r| r.default).map(|r| r.rewrite));
+        rules.extend(
+            super::super::algebra::rules()
+                .into_iter()
+                .filter(|r| r.default)
+                .map(|r| r.rewrite),
+        );
         rewrite_text(&test_vars(), text, &rules)
     }
 
     #[test]
     fn vector_identities() {
         let out = simplify("(sqnorm2 (- var:0 var:1))");
-        assert!(out == "(sqdist var:0 var:1)" || out == "(sqdist var:1 var:0)", "{out}");
+        assert!(
+            out == "(sqdist var:0 var:1)" || out == "(sqdist var:1 var:0)",
+            "{out}"
+        );
         let out = simplify("(sum (* var:0 var:1))");
         assert!(out.starts_with("(scalprod"), "{out}");
         assert_eq!(simplify("(sum var:4)"), "var:4");
@@ -165,10 +265,19 @@ mod tests {
     fn concat_and_extract() {
         assert_eq!(simplify("(elem:1 (concat var:0 var:1))"), "(elem:1 var:0)");
         assert_eq!(simplify("(elem:4 (concat var:0 var:1))"), "(elem:1 var:1)");
-        assert_eq!(simplify("(extract:1:1 (extract:1:2 var:0))"), "(extract:2:1 var:0)");
-        assert_eq!(simplify("(extract:3:2 (concat var:0 var:1))"), "(extract:0:2 var:1)");
+        assert_eq!(
+            simplify("(extract:1:1 (extract:1:2 var:0))"),
+            "(extract:2:1 var:0)"
+        );
+        assert_eq!(
+            simplify("(extract:3:2 (concat var:0 var:1))"),
+            "(extract:0:2 var:1)"
+        );
         let out = simplify("(sum (concat var:0 var:1))");
-        assert!(out.contains("(sum var:0)") && out.contains("(sum var:1)"), "{out}");
+        assert!(
+            out.contains("(sum var:0)") && out.contains("(sum var:1)"),
+            "{out}"
+        );
     }
 
     #[test]
