@@ -414,3 +414,85 @@ fn npy_bytes(descr: &str, fortran: bool, shape: &[usize], data: &[u8]) -> Vec<u8
     bytes.extend(data);
     bytes
 }
+
+/// `Sum_Reduction(Grad(F, x, e), 0)` and `Sum_Reduction(Grad(F, y, e), 1)` through the binary,
+/// against the closed-form gradients of the Gaussian kernel.
+#[test]
+fn eval_reductions_of_gradients() {
+    let f = Fixture::new();
+    f.write(
+        "grad.kf",
+        "kernel gx {\n x = Vi(3)\n y = Vj(3)\n b = Vj(1)\n e = Vi(1)\n Sum_Reduction(Grad(Exp(-SqDist(x, y)) * b, x, e), 0)\n}\n\
+         kernel gy {\n x = Vi(3)\n y = Vj(3)\n b = Vj(1)\n e = Vi(1)\n Sum_Reduction(Grad(Exp(-SqDist(x, y)) * b, y, e), 1)\n}\n",
+    );
+    let e: Vec<f64> = vec![0.5, -1.0, 2.0, 1.5];
+    f.npy("e.npy", HostArray::from_f64(vec![4, 1], e.clone()));
+    let x: Vec<f64> = (0..12).map(|k| k as f64 * 0.1).collect();
+    let y: Vec<f64> = (0..15).map(|k| 1.0 - k as f64 * 0.05).collect();
+    let b: Vec<f64> = (0..5).map(|k| k as f64 + 1.0).collect();
+    let args = [
+        ("x", "x.npy"),
+        ("y", "y.npy"),
+        ("b", "b.npy"),
+        ("e", "e.npy"),
+    ];
+    // d/dx_i exp(-|x_i - y_j|^2) b_j e_i = -2 (x_i - y_j) exp(..) b_j e_i
+    let term = |i: usize, j: usize, c: usize| {
+        let d2: f64 = (0..3).map(|k| (x[i * 3 + k] - y[j * 3 + k]).powi(2)).sum();
+        -2.0 * (x[i * 3 + c] - y[j * 3 + c]) * (-d2).exp() * b[j] * e[i]
+    };
+    for (kernel, rows, inner, sign) in [("gx", 4, 5, 1.0), ("gy", 5, 4, -1.0)] {
+        let run = f.run_eval(
+            "grad.kf",
+            &args,
+            &["--kernel", kernel, "--backend", "interp"],
+        );
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let out = HostArray::read_npy(&f.path("out.npy")).unwrap();
+        assert_eq!(out.shape, vec![rows, 3], "{kernel}");
+        let got = out.to_f64();
+        for r in 0..rows {
+            for c in 0..3 {
+                let want: f64 = (0..inner)
+                    .map(|t| {
+                        if kernel == "gx" {
+                            term(r, t, c)
+                        } else {
+                            sign * term(t, r, c)
+                        }
+                    })
+                    .sum();
+                let g = got[r * 3 + c];
+                assert!(
+                    (g - want).abs() < 1e-12 * (1.0 + want.abs()),
+                    "{kernel}[{r}, {c}]: {g} vs {want}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn explain_shows_every_stage() {
+    let f = Fixture::new();
+    let run = keopsc(&["explain", &f.p("gauss.kf"), "--timings"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for section in [
+        "-- ast --",
+        "-- checked --",
+        "-- simplified",
+        "cost:",
+        "hoisted per call:",
+        "timings:",
+    ] {
+        assert!(
+            run.stdout.contains(section),
+            "explain lacks `{section}`:\n{}",
+            run.stdout
+        );
+    }
+    assert_fails_with(
+        &keopsc(&["explain", &f.p("gauss.kf"), "--kernel", "nope"]),
+        &["no kernel `nope`"],
+    );
+}
