@@ -284,12 +284,31 @@ impl KernelChecker {
         span: Span,
         declaration: bool,
     ) -> Option<(Category, Option<usize>, usize)> {
+        let ints: Option<Vec<i64>> = args.iter().map(|a| a.kind.as_integer()).collect();
         let category = match callee.name.as_str() {
             "Vi" => Category::I,
             "Vj" => Category::J,
-            _ => Category::Param,
+            "Pm" => Category::Param,
+            // KeOps's `Var(pos, dim, cat)`
+            _ => match ints.as_deref() {
+                Some([_, _, 0]) => Category::I,
+                Some([_, _, 1]) => Category::J,
+                Some([_, _, 2]) => Category::Param,
+                _ => {
+                    self.error(
+                        Diagnostic::error("wrong arguments for `Var`", span, "expected Var(pos, dim, cat)")
+                            .with_note("cat is 0 for an i-variable (Vi), 1 for a j-variable (Vj), 2 for a parameter (Pm)"),
+                    );
+                    return None;
+                }
+            },
         };
-        let ints: Option<Vec<i64>> = args.iter().map(|a| a.kind.as_integer()).collect();
+        let ints = ints.map(|mut v| {
+            if callee.name == "Var" {
+                v.truncate(2);
+            }
+            v
+        });
         let signature = if declaration {
             format!("{0}(dim) or {0}(pos, dim)", callee.name)
         } else {
@@ -756,6 +775,24 @@ impl KernelChecker {
                     None
                 }
             },
+            "IntInv" => {
+                if params.ints[0] == 0 {
+                    self.error(Diagnostic::error(
+                        "`IntInv(n)` with n = 0",
+                        span.clone(),
+                        "division by zero",
+                    ));
+                    return None;
+                }
+                let one = self.push_leaf(Op::IntCst(1), span);
+                let n = self.push_leaf(Op::IntCst(params.ints[0]), span);
+                self.push_op(
+                    Op::Div,
+                    &[(one, span.clone()), (n, span.clone())],
+                    span,
+                    name,
+                )
+            }
             "RatCst" => {
                 if params.ints[1] == 0 {
                     self.error(Diagnostic::error(

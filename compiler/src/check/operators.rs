@@ -111,6 +111,7 @@ pub static OPERATORS: &[OperatorEntry] = &[
         [F, F, L, L, L, L, OL],
         "TensorDot(f, g, dimsf, dimsg, contf, contg[, permute])"
     ),
+    entry!("Kron", [F, F, L, L], "Kron(f, g, dimsf, dimsg)"),
     entry!("WeightedSqNorm", [F, F], "WeightedSqNorm(s, f)"),
     entry!("WeightedSqDist", [F, F, F], "WeightedSqDist(s, f, g)"),
     entry!("SqNormDiag", [F, F], "SqNormDiag(s, f)"),
@@ -119,14 +120,16 @@ pub static OPERATORS: &[OperatorEntry] = &[
     // Constants
     entry!("IntCst", [I], "IntCst(n)"),
     entry!("RatCst", [I, I], "RatCst(p, q)"),
+    entry!("IntInv", [I], "IntInv(n)"),
     entry!("Zero", [I], "Zero(dim)"),
     // Calculus
     entry!("Grad", [F, V, F], "Grad(f, v, e)"),
     entry!("Diff", [F, V, F], "Diff(f, v, u)"),
 ];
 
-/// Inline positional variables: `Vi(pos, dim)`, and in declarations also `Vi(dim)`.
-pub const VARIABLE_CONSTRUCTORS: [&str; 3] = ["Vi", "Vj", "Pm"];
+/// Inline positional variables: `Vi(pos, dim)`, and in declarations also `Vi(dim)`; KeOps's
+/// raw `Var(pos, dim, cat)` with cat 0 (i), 1 (j) or 2 (parameter).
+pub const VARIABLE_CONSTRUCTORS: [&str; 4] = ["Vi", "Vj", "Pm", "Var"];
 
 pub fn lookup(name: &str) -> Option<&'static OperatorEntry> {
     OPERATORS.iter().find(|e| e.name == name)
@@ -139,7 +142,7 @@ pub struct Params {
 }
 
 /// The operator an entry builds from its parameters, or why the parameters are invalid.
-/// `IntCst`, `RatCst` and `Zero` are leaves handled by the checker.
+/// `IntCst`, `RatCst`, `IntInv` and `Zero` are leaves handled by the checker.
 pub fn build_op(name: &str, p: &Params) -> Result<Op, String> {
     let nonneg = |k: usize, what: &str| -> Result<usize, String> {
         usize::try_from(p.ints[k]).map_err(|_| format!("{what} must be a non-negative integer"))
@@ -217,6 +220,26 @@ pub fn build_op(name: &str, p: &Params) -> Result<Op, String> {
             contract_g: p.lists[3].clone(),
             permute: p.lists.get(4).cloned(),
         })),
+        // The Kronecker product: an outer product whose axes interleave, f's axis k going to
+        // output axis 2k and g's to 2k + 1 (numpy.kron's layout).
+        "Kron" => {
+            let (dims_f, dims_g) = (p.lists[0].clone(), p.lists[1].clone());
+            if dims_f.len() != dims_g.len() {
+                return Err("`Kron` needs dimsf and dimsg with the same number of axes".into());
+            }
+            let n = dims_f.len();
+            let permute = (0..n)
+                .map(|k| 2 * k)
+                .chain((0..n).map(|k| 2 * k + 1))
+                .collect();
+            Op::TensorDot(Box::new(TensorDotSpec {
+                dims_f,
+                dims_g,
+                contract_f: Vec::new(),
+                contract_g: Vec::new(),
+                permute: Some(permute),
+            }))
+        }
         "WeightedSqNorm" => Op::WeightedSqNorm,
         "WeightedSqDist" => Op::WeightedSqDist,
         "SqNormDiag" => Op::SqNormDiag,
@@ -236,7 +259,7 @@ mod tests {
     #[test]
     fn every_entry_builds_with_matching_arity() {
         for entry in OPERATORS {
-            if matches!(entry.name, "IntCst" | "RatCst" | "Zero") {
+            if matches!(entry.name, "IntCst" | "RatCst" | "IntInv" | "Zero") {
                 continue;
             }
             let ints = entry.params.iter().filter(|p| **p == Param::Int).count();
