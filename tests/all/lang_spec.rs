@@ -6,6 +6,10 @@
 //! - ```` ```kf-run ````: a whole kernel, then `NAME = [[..], ..]` arrays (row-major; `[]` is zero
 //!   rows; a parameter may be written `[..]`) and `=> [[..], ..]`, the expected output.
 //! - ```` ```kf ````: must compile; ```` ```kf-error ````: must not compile.
+//! - ```` ```kf-simplify ````: `NAME = Vi(d)` / `Vj(d)` / `Pm(d)` lines, a formula, then `=> TEXT`:
+//!   the middle end (`keopsc::opt::optimize`, with a budget that no clock can cut short) on
+//!   `Sum_Reduction(F, 0)` of a kernel with these variables must print exactly TEXT.
+//!   ```` ```kf-simplify --exact ````: the same with exact rules only (`keopsc explain --exact`).
 //!
 //! Numbers compare with a relative and an absolute tolerance of 1e-12; `nan`, `inf`, `-inf` are
 //! allowed and must match exactly. Every failure is reported with its `file:line`.
@@ -14,6 +18,8 @@ use keops_runtime::{HostArray, ReductionKind};
 use keops_tests::compile_ok;
 use keopsc::check::operators::OPERATORS;
 use keopsc::driver::{self, Backend};
+use keopsc::opt::rules::{catalog, RuleSet};
+use keopsc::opt::{optimize, OptBudget};
 use keopsc::source::SourceFile;
 use std::path::{Path, PathBuf};
 
@@ -260,6 +266,69 @@ fn run_kernel(block: &Block) -> Result<Outcome, String> {
     Ok(Outcome::Pass)
 }
 
+/// A budget that only the node and iteration limits can stop, so that the result does not depend
+/// on the machine's speed.
+fn deterministic_budget() -> OptBudget {
+    OptBudget {
+        time_limit: std::time::Duration::from_secs(60),
+        ..Default::default()
+    }
+}
+
+fn is_declaration(line: &str) -> bool {
+    line.split_once('=').is_some_and(|(name, rhs)| {
+        let name = name.trim();
+        let rhs = rhs.trim();
+        !name.is_empty()
+            && name.chars().all(|c| c.is_alphanumeric() || c == '_')
+            && ["Vi(", "Vj(", "Pm("].iter().any(|p| rhs.starts_with(p))
+            && rhs.ends_with(')')
+    })
+}
+
+fn run_simplify(block: &Block, exact: bool) -> Result<Outcome, String> {
+    let mut declarations = Vec::new();
+    let mut formula = None;
+    let mut expected = None;
+    for line in block
+        .body
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| !l.is_empty())
+    {
+        if let Some(rest) = line.strip_prefix("=>") {
+            if expected.replace(rest.trim().to_string()).is_some() {
+                return Err("two `=>` lines".into());
+            }
+        } else if formula.is_none() && is_declaration(line) {
+            declarations.push(line.to_string());
+        } else if formula.replace(line.to_string()).is_some() {
+            return Err(format!("two formulas (second: `{line}`)"));
+        }
+    }
+    let formula = formula.ok_or("no formula")?;
+    let expected = expected.ok_or("no `=>` line")?;
+    let mut source = String::from("kernel k {\n");
+    for d in &declarations {
+        source.push_str(&format!("    {d}\n"));
+    }
+    source.push_str(&format!("    Sum_Reduction({formula}, 0)\n}}\n"));
+    let compiled = compile(&source)?;
+    let mut budget = deterministic_budget();
+    if exact {
+        budget.rules = RuleSet::Exact;
+    }
+    let optimized = optimize(&compiled.kernels[0], &budget)
+        .map_err(|d| format!("the middle end fails: {}", d.message))?;
+    let got = optimized.formula.to_text(optimized.formula.root());
+    if got != expected {
+        return Err(format!(
+            "`{formula}` simplifies to\n    {got}\nnot\n    {expected}"
+        ));
+    }
+    Ok(Outcome::Pass)
+}
+
 fn compile(source: &str) -> Result<driver::CompiledFile, String> {
     driver::compile(SourceFile::new("<example>", source)).map_err(|(s, d)| {
         format!(
@@ -274,6 +343,8 @@ fn run_block(block: &Block) -> Option<Result<Outcome, String>> {
     Some(match block.info.as_str() {
         "kf-eval" => run_eval(block),
         "kf-run" => run_kernel(block),
+        "kf-simplify" => run_simplify(block, false),
+        "kf-simplify --exact" => run_simplify(block, true),
         "kf" => {
             // `compile_ok` panics with the diagnostics; keep going to report every failure.
             let text = block.body.join("\n");
@@ -388,4 +459,126 @@ fn every_operator_is_documented_with_an_example() {
 fn every_reduction_is_documented_with_an_example() {
     let names: Vec<String> = ReductionKind::ALL.iter().map(|k| k.to_string()).collect();
     check_documented("reductions.md", &names);
+}
+
+/// A rule row of optimizer.md: `| `name` | rewrite | exact | default |`, where the exact and
+/// default columns start with `yes` or `no` (an explanation may follow), under the heading of
+/// its family.
+struct RuleRow {
+    name: String,
+    heading: String,
+    exact: bool,
+    default: bool,
+    line: usize,
+}
+
+fn yes_no(cell: &str) -> Option<bool> {
+    let word: String = cell
+        .trim()
+        .chars()
+        .take_while(|c| c.is_alphabetic())
+        .collect();
+    match word.to_lowercase().as_str() {
+        "yes" => Some(true),
+        "no" => Some(false),
+        _ => None,
+    }
+}
+
+fn rule_rows(text: &str) -> Result<Vec<RuleRow>, String> {
+    let mut rows = Vec::new();
+    let mut heading = String::new();
+    let mut in_fence = false;
+    for (k, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("```") {
+            in_fence = !in_fence;
+            continue;
+        }
+        if in_fence {
+            continue;
+        }
+        if line.starts_with('#') {
+            heading = line.trim_start_matches('#').trim().to_lowercase();
+            continue;
+        }
+        let Some(rest) = trimmed.strip_prefix("| `") else {
+            continue;
+        };
+        let cells: Vec<&str> = trimmed.trim_matches('|').split('|').collect();
+        let name = rest.split('`').next().unwrap_or("").to_string();
+        let bad = || {
+            format!(
+                "optimizer.md:{}: a rule row is `| `name` | rewrite | yes/no | yes/no |`",
+                k + 1
+            )
+        };
+        if cells.len() != 4 {
+            return Err(bad());
+        }
+        rows.push(RuleRow {
+            name,
+            heading: heading.clone(),
+            exact: yes_no(cells[2]).ok_or_else(bad)?,
+            default: yes_no(cells[3]).ok_or_else(bad)?,
+            line: k + 1,
+        });
+    }
+    Ok(rows)
+}
+
+#[test]
+fn every_rule_is_documented_with_its_flags() {
+    let text =
+        std::fs::read_to_string(spec_dir().join("optimizer.md")).expect("optimizer.md readable");
+    let rows = rule_rows(&text).unwrap_or_else(|e| panic!("{e}"));
+    let rules = catalog();
+    assert!(!rules.is_empty());
+    let mut problems = Vec::new();
+    for rule in &rules {
+        let found: Vec<&RuleRow> = rows.iter().filter(|r| r.name == rule.name).collect();
+        let flag = |b: bool| if b { "yes" } else { "no" };
+        match found.as_slice() {
+            [] => problems.push(format!(
+                "rule `{}` ({}, exact {}, default {}) has no row in lang-spec/optimizer.md",
+                rule.name,
+                rule.family,
+                flag(rule.exact),
+                flag(rule.default)
+            )),
+            [row] => {
+                if row.exact != rule.exact || row.default != rule.default {
+                    problems.push(format!(
+                        "optimizer.md:{}: `{}` is exact {}, default {} (the row says {}, {})",
+                        row.line,
+                        rule.name,
+                        flag(rule.exact),
+                        flag(rule.default),
+                        flag(row.exact),
+                        flag(row.default)
+                    ));
+                }
+                if !row.heading.contains(rule.family) {
+                    problems.push(format!(
+                        "optimizer.md:{}: `{}` is a {} rule, listed under `{}`",
+                        row.line, rule.name, rule.family, row.heading
+                    ));
+                }
+            }
+            many => problems.push(format!(
+                "`{}` has {} rows in lang-spec/optimizer.md",
+                rule.name,
+                many.len()
+            )),
+        }
+    }
+    for row in &rows {
+        if !rules.iter().any(|r| r.name == row.name) {
+            problems.push(format!(
+                "optimizer.md:{}: `{}` is not a rule of `catalog()`",
+                row.line, row.name
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
