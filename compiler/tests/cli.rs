@@ -303,7 +303,9 @@ fn data_errors_name_the_argument() {
             .map(|&(n, p)| if n == name { (n, file) } else { (n, p) })
             .collect()
     };
-    let cases: Vec<(Vec<(&str, &str)>, Vec<&str>)> = vec![
+    // (the --arg pairs, what stderr must say)
+    type Case<'a> = (Vec<(&'a str, &'a str)>, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
         (
             with("x", "x32.npy"),
             vec!["`y`", "float64", "`x`", "float32"],

@@ -209,13 +209,18 @@ fn differentiate(formula: &Formula) -> Result<(Formula, Option<PhaseReport>), Di
     let report = phase_report(&runner, start);
     let root = runner.egraph.find(root);
     let (_, best) = Extractor::new(&runner.egraph, PairCost::new(&runner.egraph)).find_best(root);
-    // The innermost leftover gradient names the operator without a rule.
-    if let Some(node) = best.as_ref().iter().find(|n| n.op == Op::Grad) {
-        let op = &best[node.children[0]].op;
-        let message = if matches!(op, Op::Grad | Op::Diff) {
-            format!("differentiation did not finish ({})", report.stop)
-        } else {
-            format!("no derivative rule for `{}`", op.name())
+    if best.as_ref().iter().any(|n| n.op == Op::Grad) {
+        // Name an operator without a rule, found under any gradient of the e-graph.
+        let eg = &runner.egraph;
+        let missing = eg
+            .classes()
+            .flat_map(|c| c.nodes.iter())
+            .filter(|n| n.op == Op::Grad)
+            .flat_map(|n| eg[n.children[0]].nodes.iter())
+            .find(|f| !rules::calculus::has_rule(&f.op));
+        let message = match missing {
+            Some(f) => format!("no derivative rule for `{}`", f.op.name()),
+            None => format!("differentiation did not finish ({})", report.stop),
         };
         return Err(Diagnostic::error(message, grad_span, "in this derivative")
             .with_note("lang-spec/operators.md lists which operators can be differentiated"));

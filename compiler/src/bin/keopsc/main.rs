@@ -44,8 +44,11 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         repeat: usize,
         /// Simplify with exact rules only (no rule that changes results beyond rounding).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "all_rules")]
         exact: bool,
+        /// Simplify with every rule, including those wrong on part of the domain (lang-spec/optimizer.md).
+        #[arg(long)]
+        all_rules: bool,
     },
     /// Evaluate a kernel on .npy arrays.
     Eval {
@@ -78,7 +81,15 @@ fn main() -> ExitCode {
             timings,
             repeat,
             exact,
-        } => explain(&file, kernel.as_deref(), timings, repeat, exact),
+            all_rules,
+        } => {
+            let rules = match (exact, all_rules) {
+                (true, _) => RuleSet::Exact,
+                (_, true) => RuleSet::All,
+                _ => RuleSet::Default,
+            };
+            explain(&file, kernel.as_deref(), timings, repeat, rules)
+        }
         Command::Eval {
             file,
             kernel,
@@ -128,12 +139,12 @@ fn explain(
     kernel: Option<&str>,
     timings: bool,
     repeat: usize,
-    exact: bool,
+    rules: RuleSet,
 ) -> Result<(), Reported> {
-    let mut budget = OptBudget::default();
-    if exact {
-        budget.rules = RuleSet::Exact;
-    }
+    let budget = OptBudget {
+        rules,
+        ..OptBudget::default()
+    };
     let source = read_source(path)?;
     let (kernels, mut stage_times) =
         driver::explain(source.clone(), &budget).map_err(report_diagnostics)?;

@@ -155,7 +155,16 @@ pub fn rules() -> Vec<RuleInfo> {
             false,
             true,
         ),
-        info(plain("log-exp", "(log (exp ?a))", "?a"), false, true),
+        // Not default: `Exp(a)` overflows for a > 709 (f64), where the left side is inf.
+        info(plain("log-exp", "(log (exp ?a))", "?a"), false, false),
+        // Not default: false at 0, inf and NaN (KeOps has no such rule).
+        info(
+            dynamic("div-self", "(/ ?a ?a)", |eg, s| {
+                (dim(eg, s, "?a") == 1).then(|| inst(eg, s, "int:1"))
+            }),
+            false,
+            false,
+        ),
         info(plain("exp-log", "(exp (log ?a))", "?a"), false, false),
     ]);
     rules

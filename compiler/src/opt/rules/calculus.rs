@@ -7,15 +7,20 @@
 //! `Diff(f, v, u)` (forward mode) is turned into reverse mode before these rules run: see
 //! `opt::derivative`.
 
-use super::{bind, dim, dynamic, guarded, info, inst, plain, FormulaRewrite, RuleInfo};
+use super::{bind, dim, dynamic, guarded, info, inst, FormulaRewrite, RuleInfo};
 use crate::formula::Op;
 use crate::opt::analysis::FormulaGraph;
 use egg::{Id, Subst};
 
 /// The calculus rules: all exact (they state the derivative's definition), all run.
+///
+/// Two normal forms come first: the gradient input `e` is given f's full dimension (a scalar
+/// e stands for that many copies: `SumT`), and a scalar f with a vector e (a broadcast f) sums
+/// e. Every rule that pushes `grad` into `f` then requires both: e of f's dimension, and f
+/// depending on v (an independent f is zero, and pushing into it could go on forever around a
+/// cycle of equal classes). So each gradient has exactly one expansion.
 pub fn rules() -> Vec<RuleInfo> {
     let mut rules: Vec<FormulaRewrite> = vec![
-        // Normal forms of the gradient's input.
         dynamic("grad-independent", "(grad ?f ?v ?e)", grad_independent),
         dynamic("grad-var", "(grad ?v ?v ?e)", grad_var),
         guarded(
@@ -31,140 +36,16 @@ pub fn rules() -> Vec<RuleInfo> {
         }),
         dynamic("grad-parametric", "(grad ?f ?v ?e)", grad_parametric),
     ];
-    // Element-wise operators: the chain rule with the operator's derivative.
-    let chain: &[(&str, &str, &str)] = &[
-        ("grad-neg", "(- ?a)", "(- ?e)"),
-        ("grad-exp", "(exp ?a)", "(* ?e (exp ?a))"),
-        ("grad-log", "(log ?a)", "(/ ?e ?a)"),
-        ("grad-sqrt", "(sqrt ?a)", "(* ?e (* 0.5 (rsqrt ?a)))"),
-        (
-            "grad-rsqrt",
-            "(rsqrt ?a)",
-            "(* ?e (* -0.5 (pow:3 (rsqrt ?a))))",
-        ),
-        ("grad-square", "(square ?a)", "(* ?e (* int:2 ?a))"),
-        ("grad-inv", "(inv ?a)", "(* ?e (- (square (inv ?a))))"),
-        ("grad-abs", "(abs ?a)", "(* ?e (sign ?a))"),
-        ("grad-relu", "(relu ?a)", "(* ?e (step ?a))"),
-        ("grad-sin", "(sin ?a)", "(* ?e (cos ?a))"),
-        ("grad-cos", "(cos ?a)", "(* ?e (- (sin ?a)))"),
-        (
-            "grad-asin",
-            "(asin ?a)",
-            "(* ?e (rsqrt (- int:1 (square ?a))))",
-        ),
-        (
-            "grad-acos",
-            "(acos ?a)",
-            "(* ?e (- (rsqrt (- int:1 (square ?a)))))",
-        ),
-        (
-            "grad-atan",
-            "(atan ?a)",
-            "(* ?e (inv (+ int:1 (square ?a))))",
-        ),
-        ("grad-xlogx", "(xlogx ?a)", "(* ?e (+ (log ?a) int:1))"),
-        (
-            "grad-sinxdivx",
-            "(sinxdivx ?a)",
-            "(* ?e (- (/ (cos ?a) ?a) (/ (sin ?a) (square ?a))))",
-        ),
-    ];
-    for (name, f, e) in chain {
-        rules.push(plain(
-            name,
-            &format!("(grad {f} ?v ?e)"),
-            &format!("(grad ?a ?v {e})"),
-        ));
-    }
-    // Operators with several operands, and vector operators written without parameters.
-    let multi: &[(&str, &str, &str)] = &[
-        ("grad-add", "(+ ?a ?b)", "(+ (grad ?a ?v ?e) (grad ?b ?v ?e))"),
-        ("grad-sub", "(- ?a ?b)", "(- (grad ?a ?v ?e) (grad ?b ?v ?e))"),
-        ("grad-mul", "(* ?a ?b)", "(+ (grad ?a ?v (* ?e ?b)) (grad ?b ?v (* ?e ?a)))"),
-        (
-            "grad-div",
-            "(/ ?a ?b)",
-            "(- (grad ?a ?v (/ ?e ?b)) (grad ?b ?v (/ (* ?e ?a) (square ?b))))",
-        ),
-        (
-            "grad-powf",
-            "(powf ?a ?b)",
-            "(+ (grad ?a ?v (* ?e (* ?b (powf ?a (- ?b int:1))))) (grad ?b ?v (* ?e (* (log ?a) (powf ?a ?b)))))",
-        ),
-        (
-            "grad-atan2",
-            "(atan2 ?a ?b)",
-            "(+ (grad ?a ?v (* ?e (/ ?b (+ (square ?a) (square ?b))))) (grad ?b ?v (* ?e (- (/ ?a (+ (square ?a) (square ?b)))))))",
-        ),
-        (
-            "grad-clamp",
-            "(clamp ?f ?a ?b)",
-            "(+ (grad ?f ?v (* ?e (* (le ?a ?f) (le ?f ?b)))) (+ (grad ?a ?v (* ?e (lt ?f ?a))) (grad ?b ?v (* ?e (* (le ?a ?f) (lt ?b ?f))))))",
-        ),
-        (
-            "grad-ifelse",
-            "(ifelse ?f ?a ?b)",
-            "(+ (grad ?a ?v (* ?e (step ?f))) (grad ?b ?v (* ?e (- int:1 (step ?f)))))",
-        ),
-        (
-            "grad-mod",
-            "(mod ?x ?n ?d)",
-            "(+ (grad ?x ?v ?e) (grad ?n ?v (* ?e (- (floor (/ (- ?x ?d) ?n))))))",
-        ),
-        // A scalar gradient input stands for the broadcast Sum's adjoint.
-        ("grad-sum", "(sum ?a)", "(grad ?a ?v ?e)"),
-        ("grad-sqnorm2", "(sqnorm2 ?a)", "(grad ?a ?v (* ?e (* int:2 ?a)))"),
-        ("grad-norm2", "(norm2 ?a)", "(grad ?a ?v (* ?e (* (rsqrt (sqnorm2 ?a)) ?a)))"),
-        ("grad-normalize", "(normalize ?a)", "(grad (* (rsqrt (sqnorm2 ?a)) ?a) ?v ?e)"),
-        ("grad-sqdist", "(sqdist ?a ?b)", "(grad (sqnorm2 (- ?a ?b)) ?v ?e)"),
-        ("grad-scalprod", "(scalprod ?a ?b)", "(+ (grad ?a ?v (* ?e ?b)) (grad ?b ?v (* ?e ?a)))"),
-        (
-            "grad-matvecmult",
-            "(matvecmult ?a ?b)",
-            "(+ (grad ?a ?v (tensorprod ?e ?b)) (grad ?b ?v (vecmatmult ?e ?a)))",
-        ),
-        (
-            "grad-vecmatmult",
-            "(vecmatmult ?b ?a)",
-            "(+ (grad ?b ?v (matvecmult ?a ?e)) (grad ?a ?v (tensorprod ?b ?e)))",
-        ),
-        (
-            "grad-tensorprod",
-            "(tensorprod ?a ?b)",
-            "(+ (grad ?a ?v (matvecmult ?e ?b)) (grad ?b ?v (vecmatmult ?a ?e)))",
-        ),
-        ("grad-sqnormiso", "(sqnormiso ?s ?a)", "(grad (* ?s (sqnorm2 ?a)) ?v ?e)"),
-        ("grad-sqnormdiag", "(sqnormdiag ?s ?a)", "(grad (sum (* ?s (square ?a))) ?v ?e)"),
-        ("grad-symsqnorm", "(symsqnorm ?s ?a)", "(grad (scalprod ?s (tensorprod ?a ?a)) ?v ?e)"),
-        (
-            "grad-weightedsqdist",
-            "(weightedsqdist ?s ?a ?b)",
-            "(grad (weightedsqnorm ?s (- ?a ?b)) ?v ?e)",
-        ),
-    ];
-    for (name, f, rhs) in multi {
-        let lhs = format!("(grad {f} ?v ?e)");
-        let rule = match *name {
-            // f is a scalar of vector operands: its rule needs the unbroadcast scalar e (a
-            // vector e is first summed by grad-scalar-of-vector-gradin).
-            "grad-sum" | "grad-sqnorm2" | "grad-norm2" | "grad-scalprod" => {
-                guarded(name, &lhs, rhs, |eg, s| dim(eg, s, "?e") == 1)
-            }
-            // Matrix products need e at full size (a scalar e is first broadcast).
-            "grad-matvecmult" | "grad-vecmatmult" | "grad-tensorprod" => {
-                guarded(name, &lhs, rhs, |eg, s| {
-                    dim(eg, s, "?e") > 1 || matrix_output_is_scalar(eg, s)
-                })
-            }
-            _ => plain(name, &lhs, rhs),
-        };
-        rules.push(rule);
+    for &(name, f, rhs) in CHAIN_RULES.iter().chain(OPERAND_RULES) {
+        rules.push(push_down(name, f, rhs));
     }
     rules.push(dynamic(
         "grad-weightedsqnorm",
         "(grad (weightedsqnorm ?s ?a) ?v ?e)",
         |eg, s| {
+            if !pushes(eg, s, &Op::WeightedSqNorm, &["?s", "?a"]) {
+                return None;
+            }
             let (ds, da) = (dim(eg, s, "?s"), dim(eg, s, "?a"));
             let f = if ds == 1 {
                 "(sqnormiso ?s ?a)"
@@ -180,10 +61,10 @@ pub fn rules() -> Vec<RuleInfo> {
         "grad-concat",
         "(grad (concat ?a ?b) ?v ?e)",
         |eg, s| {
-            let (da, db) = (dim(eg, s, "?a"), dim(eg, s, "?b"));
-            if dim(eg, s, "?e") == 1 {
-                return Some(inst(eg, s, "(+ (grad ?a ?v ?e) (grad ?b ?v ?e))"));
+            if !pushes(eg, s, &Op::Concat, &["?a", "?b"]) {
+                return None;
             }
+            let (da, db) = (dim(eg, s, "?a"), dim(eg, s, "?b"));
             Some(inst(
                 eg,
                 s,
@@ -196,12 +77,158 @@ pub fn rules() -> Vec<RuleInfo> {
     rules.into_iter().map(|r| info(r, true, true)).collect()
 }
 
-/// Whether the matched matrix product has dimension 1, so that a scalar e is already full size.
-fn matrix_output_is_scalar(eg: &FormulaGraph, s: &Subst) -> bool {
-    let (da, db) = (dim(eg, s, "?a"), dim(eg, s, "?b"));
-    // MatVecMult(a, b) and VecMatMult(b, a) have dimension |a| / |b| (the rules name the matrix
-    // ?a); TensorProd has |a| |b|.
-    da == db || da * db == 1
+/// Element-wise operators: the chain rule with the operator's derivative. (name, f, the
+/// gradient input of f's operand `?a`.)
+const CHAIN_RULES: &[(&str, &str, &str)] = &[
+    ("grad-neg", "(- ?a)", "(grad ?a ?v (- ?e))"),
+    ("grad-exp", "(exp ?a)", "(grad ?a ?v (* ?e (exp ?a)))"),
+    ("grad-log", "(log ?a)", "(grad ?a ?v (/ ?e ?a))"),
+    (
+        "grad-sqrt",
+        "(sqrt ?a)",
+        "(grad ?a ?v (* ?e (* 0.5 (rsqrt ?a))))",
+    ),
+    (
+        "grad-rsqrt",
+        "(rsqrt ?a)",
+        "(grad ?a ?v (* ?e (* -0.5 (pow:3 (rsqrt ?a)))))",
+    ),
+    (
+        "grad-square",
+        "(square ?a)",
+        "(grad ?a ?v (* ?e (* int:2 ?a)))",
+    ),
+    (
+        "grad-inv",
+        "(inv ?a)",
+        "(grad ?a ?v (* ?e (- (square (inv ?a)))))",
+    ),
+    ("grad-abs", "(abs ?a)", "(grad ?a ?v (* ?e (sign ?a)))"),
+    ("grad-relu", "(relu ?a)", "(grad ?a ?v (* ?e (step ?a)))"),
+    ("grad-sin", "(sin ?a)", "(grad ?a ?v (* ?e (cos ?a)))"),
+    ("grad-cos", "(cos ?a)", "(grad ?a ?v (* ?e (- (sin ?a))))"),
+    (
+        "grad-asin",
+        "(asin ?a)",
+        "(grad ?a ?v (* ?e (rsqrt (- int:1 (square ?a)))))",
+    ),
+    (
+        "grad-acos",
+        "(acos ?a)",
+        "(grad ?a ?v (* ?e (- (rsqrt (- int:1 (square ?a))))))",
+    ),
+    (
+        "grad-atan",
+        "(atan ?a)",
+        "(grad ?a ?v (* ?e (inv (+ int:1 (square ?a)))))",
+    ),
+    (
+        "grad-xlogx",
+        "(xlogx ?a)",
+        "(grad ?a ?v (* ?e (+ (log ?a) int:1)))",
+    ),
+    (
+        "grad-sinxdivx",
+        "(sinxdivx ?a)",
+        "(grad ?a ?v (* ?e (- (/ (cos ?a) ?a) (/ (sin ?a) (square ?a)))))",
+    ),
+];
+
+/// Operators with several operands, and vector operators without parameters. A dimension-1
+/// operand of a broadcast receives a vector gradient input, which its own rules sum.
+const OPERAND_RULES: &[(&str, &str, &str)] = &[
+    ("grad-add", "(+ ?a ?b)", "(+ (grad ?a ?v ?e) (grad ?b ?v ?e))"),
+    ("grad-sub", "(- ?a ?b)", "(- (grad ?a ?v ?e) (grad ?b ?v ?e))"),
+    ("grad-mul", "(* ?a ?b)", "(+ (grad ?a ?v (* ?e ?b)) (grad ?b ?v (* ?e ?a)))"),
+    (
+        "grad-div",
+        "(/ ?a ?b)",
+        "(- (grad ?a ?v (/ ?e ?b)) (grad ?b ?v (/ (* ?e ?a) (square ?b))))",
+    ),
+    (
+        "grad-powf",
+        "(powf ?a ?b)",
+        "(+ (grad ?a ?v (* ?e (* ?b (powf ?a (- ?b int:1))))) (grad ?b ?v (* ?e (* (log ?a) (powf ?a ?b)))))",
+    ),
+    (
+        "grad-atan2",
+        "(atan2 ?a ?b)",
+        "(+ (grad ?a ?v (* ?e (/ ?b (+ (square ?a) (square ?b))))) (grad ?b ?v (* ?e (- (/ ?a (+ (square ?a) (square ?b)))))))",
+    ),
+    (
+        "grad-clamp",
+        "(clamp ?f ?a ?b)",
+        "(+ (grad ?f ?v (* ?e (* (le ?a ?f) (le ?f ?b)))) (+ (grad ?a ?v (* ?e (lt ?f ?a))) (grad ?b ?v (* ?e (* (le ?a ?f) (lt ?b ?f))))))",
+    ),
+    (
+        "grad-ifelse",
+        "(ifelse ?f ?a ?b)",
+        "(+ (grad ?a ?v (* ?e (ifelse ?f int:1 zero:1))) (grad ?b ?v (* ?e (ifelse ?f zero:1 int:1))))",
+    ),
+    (
+        "grad-mod",
+        "(mod ?x ?n ?d)",
+        "(+ (grad ?x ?v ?e) (grad ?n ?v (* ?e (- (floor (/ (- ?x ?d) ?n))))))",
+    ),
+    ("grad-sum", "(sum ?a)", "(grad ?a ?v ?e)"),
+    ("grad-sqnorm2", "(sqnorm2 ?a)", "(grad ?a ?v (* ?e (* int:2 ?a)))"),
+    ("grad-norm2", "(norm2 ?a)", "(grad ?a ?v (* ?e (* (rsqrt (sqnorm2 ?a)) ?a)))"),
+    ("grad-normalize", "(normalize ?a)", "(grad (* (rsqrt (sqnorm2 ?a)) ?a) ?v ?e)"),
+    ("grad-sqdist", "(sqdist ?a ?b)", "(grad (sqnorm2 (- ?a ?b)) ?v ?e)"),
+    ("grad-scalprod", "(scalprod ?a ?b)", "(+ (grad ?a ?v (* ?e ?b)) (grad ?b ?v (* ?e ?a)))"),
+    (
+        "grad-matvecmult",
+        "(matvecmult ?a ?b)",
+        "(+ (grad ?a ?v (tensorprod ?e ?b)) (grad ?b ?v (vecmatmult ?e ?a)))",
+    ),
+    (
+        "grad-vecmatmult",
+        "(vecmatmult ?b ?a)",
+        "(+ (grad ?b ?v (matvecmult ?a ?e)) (grad ?a ?v (tensorprod ?b ?e)))",
+    ),
+    (
+        "grad-tensorprod",
+        "(tensorprod ?a ?b)",
+        "(+ (grad ?a ?v (matvecmult ?e ?b)) (grad ?b ?v (vecmatmult ?a ?e)))",
+    ),
+    ("grad-sqnormiso", "(sqnormiso ?s ?a)", "(grad (* ?s (sqnorm2 ?a)) ?v ?e)"),
+    ("grad-sqnormdiag", "(sqnormdiag ?s ?a)", "(grad (sum (* ?s (square ?a))) ?v ?e)"),
+    ("grad-symsqnorm", "(symsqnorm ?s ?a)", "(grad (scalprod ?s (tensorprod ?a ?a)) ?v ?e)"),
+    (
+        "grad-weightedsqdist",
+        "(weightedsqdist ?s ?a ?b)",
+        "(grad (weightedsqnorm ?s (- ?a ?b)) ?v ?e)",
+    ),
+];
+
+/// `(grad f ?v ?e) => rhs`, where f is one operator over pattern variables, guarded by
+/// [`pushes`].
+fn push_down(name: &str, f: &str, rhs: &str) -> FormulaRewrite {
+    let inner = f.trim_start_matches('(').trim_end_matches(')');
+    let mut words = inner.split_whitespace();
+    let head = words.next().expect("an operator");
+    let operands: Vec<String> = words.map(str::to_string).collect();
+    let op = Op::from_sexpr(head, operands.len())
+        .unwrap_or_else(|| panic!("rule `{name}`: no operator `{head}`"));
+    guarded(name, &format!("(grad {f} ?v ?e)"), rhs, move |eg, s| {
+        pushes(eg, s, &op, &operands)
+    })
+}
+
+/// Whether `grad` may be pushed into `op(operands)`: the gradient input has the formula's full
+/// dimension, and the formula depends on the variable.
+fn pushes<S: AsRef<str>>(eg: &FormulaGraph, s: &Subst, op: &Op, operands: &[S]) -> bool {
+    let dims: Vec<usize> = operands.iter().map(|o| dim(eg, s, o.as_ref())).collect();
+    let vars = operands
+        .iter()
+        .fold(0, |acc, o| acc | eg[s[super::var(o.as_ref())]].data.vars);
+    op.output_dim(&dims) == Ok(dim(eg, s, "?e")) && vars & eg[s[super::var("?v")]].data.vars != 0
+}
+
+/// Whether some rule differentiates `op`: every operator but `TensorDot` (and what contains
+/// it, such as `Kron`).
+pub fn has_rule(op: &Op) -> bool {
+    !matches!(op, Op::TensorDot(_))
 }
 
 /// `Grad(f, v, e)` of an `f` that does not depend on `v` is zero.
@@ -237,16 +264,13 @@ fn grad_var(eg: &mut FormulaGraph, s: &Subst) -> Option<Id> {
 fn grad_parametric(eg: &mut FormulaGraph, s: &Subst) -> Option<Id> {
     let f = s[super::var("?f")];
     let (df, de) = (dim(eg, s, "?f"), dim(eg, s, "?e"));
-    if df == 1 && de > 1 {
-        // Wait for grad-scalar-of-vector-gradin to sum e.
+    let independent = eg[f].data.vars & eg[s[super::var("?v")]].data.vars == 0;
+    if df != de || independent {
+        // The normal forms come first (see `rules`).
         return None;
     }
     let nodes = eg[f].nodes.clone();
     for node in nodes {
-        if de != df && matches!(node.op, Op::Extract(..) | Op::ExtractT(..) | Op::ElemT(..)) {
-            // Wait for grad-broadcast-gradin to give e its full size.
-            continue;
-        }
         let a = node.children.first().copied();
         let rhs = match (&node.op, a) {
             (Op::Sign | Op::Step | Op::Floor | Op::Round(_) | Op::OneHot(_), _)

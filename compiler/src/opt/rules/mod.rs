@@ -57,27 +57,28 @@ pub enum RuleSet {
     /// Only rules that never change a result beyond reassociation rounding.
     Exact,
     /// The default: exact rules plus the inexact ones KeOps itself applies (zero absorption,
-    /// `f - f = 0`, `Exp(a) * Exp(b) = Exp(a + b)`, distributivity).
+    /// `f - f = 0`, `Exp(a) * Exp(b) = Exp(a + b)`, reassociation and factoring) and their kin.
     Default,
+    /// Every rule, including those that are wrong on part of the domain (`Exp(Log(a)) = a`)
+    /// or cancel badly: for inputs known to stay where they hold.
+    All,
 }
 
 /// The simplification rules of a rule set (calculus runs in its own phase). Built once: parsing
 /// and compiling the patterns costs more than simplifying a typical formula.
 pub fn simplification_rules(set: RuleSet) -> &'static [FormulaRewrite] {
-    static DEFAULT: OnceLock<Vec<FormulaRewrite>> = OnceLock::new();
-    static EXACT: OnceLock<Vec<FormulaRewrite>> = OnceLock::new();
-    let build = || {
+    static SETS: [OnceLock<Vec<FormulaRewrite>>; 3] =
+        [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    let keep = move |r: &RuleInfo| match set {
+        RuleSet::Exact => r.exact && r.default,
+        RuleSet::Default => r.default,
+        RuleSet::All => true,
+    };
+    SETS[set as usize].get_or_init(|| {
         let mut all = algebra::rules();
         all.extend(vector::rules());
-        all.into_iter()
-            .filter(|r| r.default && (r.exact || set == RuleSet::Default))
-            .map(|r| r.rewrite)
-            .collect()
-    };
-    match set {
-        RuleSet::Default => DEFAULT.get_or_init(build),
-        RuleSet::Exact => EXACT.get_or_init(build),
-    }
+        all.into_iter().filter(keep).map(|r| r.rewrite).collect()
+    })
 }
 
 /// The differentiation phase's rules: calculus, and the neutral elements it leaves behind.
@@ -87,6 +88,7 @@ pub fn differentiation_rules() -> &'static [FormulaRewrite] {
         calculus::rules()
             .into_iter()
             .chain(algebra::neutral_rules())
+            .chain(vector::broadcast_rules())
             .map(|r| r.rewrite)
             .collect()
     })

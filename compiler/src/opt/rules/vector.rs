@@ -3,6 +3,8 @@
 
 use super::{dim, dynamic, dynamic_on, guarded, info, inst, plain, RuleInfo};
 use crate::formula::Op;
+use crate::opt::analysis::FormulaGraph;
+use egg::Subst;
 
 /// SqDist and Scalprod take operands of one dimension; a broadcast difference or product does
 /// not fold into them.
@@ -10,8 +12,27 @@ fn same_dims(eg: &crate::opt::analysis::FormulaGraph, s: &egg::Subst) -> bool {
     dim(eg, s, "?a") == dim(eg, s, "?b")
 }
 
-pub fn rules() -> Vec<RuleInfo> {
+/// Broadcast normal form: a scalar broadcast by `SumT` inside a product broadcasts by itself.
+/// Exact; the differentiation phase runs them too, as the chain rule broadcasts scalar inputs.
+pub fn broadcast_rules() -> Vec<RuleInfo> {
+    let drop_sumt = |eg: &mut FormulaGraph, s: &Subst| {
+        let t = s[super::var("?t")];
+        let da = dim(eg, s, "?a");
+        let inner = eg[t].nodes.iter().find_map(|n| match n.op {
+            Op::SumT(d) if d == da => Some(n.children[0]),
+            _ => None,
+        })?;
+        Some(inst(eg, &super::bind(s, &[("?x", inner)]), "(* ?a ?x)"))
+    };
     vec![
+        info(dynamic("mul-sumt", "(* ?a ?t)", drop_sumt), true, true),
+        info(dynamic("sumt-mul", "(* ?t ?a)", drop_sumt), true, true),
+    ]
+}
+
+pub fn rules() -> Vec<RuleInfo> {
+    let mut rules = broadcast_rules();
+    rules.extend([
         // Definitions, both ways: exact except for summation order.
         info(
             plain("sqdist-def", "(sqdist ?a ?b)", "(sqnorm2 (- ?a ?b))"),
@@ -107,11 +128,30 @@ pub fn rules() -> Vec<RuleInfo> {
             true,
             true,
         ),
+        // Sum(SumT(a, n)) = n a: one rounding instead of n - 1.
         info(
-            dynamic("sum-sumt", "(sum (sumt:1 ?a))", |eg, s| {
-                Some(inst(eg, s, "?a"))
-            }),
-            true,
+            dynamic_on(
+                "sum-sumt",
+                |op| *op == Op::Sum,
+                |eg, s| {
+                    let c = s[super::var("?c")];
+                    let sumt = eg[c]
+                        .nodes
+                        .iter()
+                        .find(|n| n.op == Op::Sum)
+                        .map(|n| n.children[0])?;
+                    let (n, a) = eg[sumt].nodes.iter().find_map(|n| match n.op {
+                        Op::SumT(d) => Some((d, n.children[0])),
+                        _ => None,
+                    })?;
+                    Some(inst(
+                        eg,
+                        &super::bind(s, &[("?a", a)]),
+                        &format!("(* int:{n} ?a)"),
+                    ))
+                },
+            ),
+            false,
             true,
         ),
         info(
@@ -152,21 +192,6 @@ pub fn rules() -> Vec<RuleInfo> {
             false,
             true,
         ),
-        // Broadcast normal form: a scalar broadcast by SumT inside an element-wise operation
-        // broadcasts by itself.
-        info(
-            dynamic("mul-sumt", "(* ?a ?t)", |eg, s| {
-                let t = s[super::var("?t")];
-                let da = dim(eg, s, "?a");
-                let inner = eg[t].nodes.iter().find_map(|n| match n.op {
-                    Op::SumT(d) if d == da => Some(n.children[0]),
-                    _ => None,
-                })?;
-                Some(inst(eg, &super::bind(s, &[("?x", inner)]), "(* ?a ?x)"))
-            }),
-            true,
-            true,
-        ),
         // Elem and Extract of known layouts.
         info(
             dynamic_on(
@@ -177,7 +202,8 @@ pub fn rules() -> Vec<RuleInfo> {
             true,
             true,
         ),
-    ]
+    ]);
+    rules
 }
 
 /// `Elem(Concat(a, b), m)` is an element of a or of b; `Extract(Extract(a, s1, l1), s2, l2)`
