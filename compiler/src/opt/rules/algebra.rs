@@ -4,7 +4,7 @@
 //! Dimensions: every rule keeps its class's dimension. Where a dimension-1 operand broadcasts
 //! (`s + x` with x a vector), a rule that would drop the vector is guarded.
 
-use super::{dim, dynamic, guarded, info, inst, plain, RuleInfo};
+use super::{dim, dynamic, guarded, info, inst, plain, RuleInfo, EXACT, INEXACT, OFF, ON};
 use crate::opt::analysis::FormulaGraph;
 use egg::Subst;
 
@@ -15,6 +15,49 @@ fn is_const(eg: &FormulaGraph, s: &Subst, v: &str, value: f64) -> bool {
 fn is_zero(eg: &FormulaGraph, s: &Subst, v: &str) -> bool {
     eg[s[super::var(v)]].data.is_zero()
 }
+
+/// The rules that are one pattern for another: (name, this, becomes that, exact, default).
+#[rustfmt::skip]
+const PLAIN: &[(&str, &str, &str, bool, bool)] = &[
+    // Signs: exact.
+    ("neg-neg", "(- (- ?a))", "?a", EXACT, ON),
+    ("add-neg", "(+ ?a (- ?b))", "(- ?a ?b)", EXACT, ON),
+    ("sub-neg", "(- ?a (- ?b))", "(+ ?a ?b)", EXACT, ON),
+    ("neg-mul", "(* (- ?a) ?b)", "(- (* ?a ?b))", EXACT, ON),
+    ("neg-div", "(/ (- ?a) ?b)", "(- (/ ?a ?b))", EXACT, ON),
+    ("neg-neg-mul", "(* (- ?a) (- ?b))", "(* ?a ?b)", EXACT, ON),
+    ("neg-mul-right", "(- (* ?a ?b))", "(* ?a (- ?b))", EXACT, ON),
+    ("neg-div-right", "(- (/ ?a ?b))", "(/ ?a (- ?b))", EXACT, ON),
+    // Division by a reciprocal computed once: a multiplication per pair instead of a
+    // division when the divisor is hoisted. One more rounding.
+    ("div-as-mul-inv", "(/ ?a ?b)", "(* ?a (inv ?b))", INEXACT, ON),
+    // Commutativity: exact. Reassociation: rounds differently.
+    ("add-comm", "(+ ?a ?b)", "(+ ?b ?a)", EXACT, ON),
+    ("mul-comm", "(* ?a ?b)", "(* ?b ?a)", EXACT, ON),
+    ("mul-assoc", "(* (* ?a ?b) ?c)", "(* ?a (* ?b ?c))", INEXACT, ON),
+    ("add-assoc", "(+ (+ ?a ?b) ?c)", "(+ ?a (+ ?b ?c))", INEXACT, ON),
+    ("div-as-mul", "(/ (* ?a ?b) ?c)", "(* ?a (/ ?b ?c))", INEXACT, ON),
+    // Distributivity, both ways: rounds differently.
+    ("factor", "(+ (* ?a ?b) (* ?a ?c))", "(* ?a (+ ?b ?c))", INEXACT, ON),
+    ("factor-sub", "(- (* ?a ?b) (* ?a ?c))", "(* ?a (- ?b ?c))", INEXACT, ON),
+    // Distributing rarely moves work out of the pair loop and doubles the e-graph: off.
+    ("distribute", "(* ?a (+ ?b ?c))", "(+ (* ?a ?b) (* ?a ?c))", INEXACT, OFF),
+    // Powers: exact.
+    ("mul-self", "(* ?a ?a)", "(square ?a)", EXACT, ON),
+    ("pow-two", "(pow:2 ?a)", "(square ?a)", EXACT, ON),
+    ("pow-one", "(pow:1 ?a)", "?a", EXACT, ON),
+    ("square-neg", "(square (- ?a))", "(square ?a)", EXACT, ON),
+    ("inv-as-div", "(/ int:1 ?a)", "(inv ?a)", EXACT, ON),
+    ("mul-inv", "(* ?a (inv ?b))", "(/ ?a ?b)", INEXACT, ON),
+    ("rsqrt-square-root", "(inv (sqrt ?a))", "(rsqrt ?a)", INEXACT, OFF),
+    ("sqrt-square", "(square (sqrt ?a))", "?a", INEXACT, OFF),
+    // Exponentials and logarithms.
+    ("exp-add", "(* (exp ?a) (exp ?b))", "(exp (+ ?a ?b))", INEXACT, ON),
+    ("exp-neg", "(inv (exp ?a))", "(exp (- ?a))", INEXACT, ON),
+    // Not default: `Exp(a)` overflows for a > 709 (f64), where the left side is inf.
+    ("log-exp", "(log (exp ?a))", "?a", INEXACT, OFF),
+    ("exp-log", "(exp (log ?a))", "?a", INEXACT, OFF),
+];
 
 pub fn rules() -> Vec<RuleInfo> {
     let mut rules = neutral_rules();
@@ -48,115 +91,6 @@ pub fn rules() -> Vec<RuleInfo> {
             false,
             true,
         ),
-        // Signs: exact.
-        info(plain("neg-neg", "(- (- ?a))", "?a"), true, true),
-        info(plain("add-neg", "(+ ?a (- ?b))", "(- ?a ?b)"), true, true),
-        info(plain("sub-neg", "(- ?a (- ?b))", "(+ ?a ?b)"), true, true),
-        info(
-            plain("neg-mul", "(* (- ?a) ?b)", "(- (* ?a ?b))"),
-            true,
-            true,
-        ),
-        info(
-            plain("neg-div", "(/ (- ?a) ?b)", "(- (/ ?a ?b))"),
-            true,
-            true,
-        ),
-        info(
-            plain("neg-neg-mul", "(* (- ?a) (- ?b))", "(* ?a ?b)"),
-            true,
-            true,
-        ),
-        info(
-            plain("neg-mul-right", "(- (* ?a ?b))", "(* ?a (- ?b))"),
-            true,
-            true,
-        ),
-        info(
-            plain("neg-div-right", "(- (/ ?a ?b))", "(/ ?a (- ?b))"),
-            true,
-            true,
-        ),
-        // Division by a reciprocal computed once: a multiplication per pair instead of a
-        // division when the divisor is hoisted. One more rounding.
-        info(
-            plain("div-as-mul-inv", "(/ ?a ?b)", "(* ?a (inv ?b))"),
-            false,
-            true,
-        ),
-        // Commutativity: exact. Reassociation: rounds differently.
-        info(plain("add-comm", "(+ ?a ?b)", "(+ ?b ?a)"), true, true),
-        info(plain("mul-comm", "(* ?a ?b)", "(* ?b ?a)"), true, true),
-        info(
-            plain("mul-assoc", "(* (* ?a ?b) ?c)", "(* ?a (* ?b ?c))"),
-            false,
-            true,
-        ),
-        info(
-            plain("add-assoc", "(+ (+ ?a ?b) ?c)", "(+ ?a (+ ?b ?c))"),
-            false,
-            true,
-        ),
-        info(
-            plain("div-as-mul", "(/ (* ?a ?b) ?c)", "(* ?a (/ ?b ?c))"),
-            false,
-            true,
-        ),
-        // Distributivity, both ways: rounds differently.
-        info(
-            plain("factor", "(+ (* ?a ?b) (* ?a ?c))", "(* ?a (+ ?b ?c))"),
-            false,
-            true,
-        ),
-        info(
-            plain("factor-sub", "(- (* ?a ?b) (* ?a ?c))", "(* ?a (- ?b ?c))"),
-            false,
-            true,
-        ),
-        // Distributing rarely moves work out of the pair loop and doubles the e-graph: off.
-        info(
-            plain("distribute", "(* ?a (+ ?b ?c))", "(+ (* ?a ?b) (* ?a ?c))"),
-            false,
-            false,
-        ),
-        // Powers: exact.
-        info(plain("mul-self", "(* ?a ?a)", "(square ?a)"), true, true),
-        info(plain("pow-two", "(pow:2 ?a)", "(square ?a)"), true, true),
-        info(plain("pow-one", "(pow:1 ?a)", "?a"), true, true),
-        info(
-            plain("square-neg", "(square (- ?a))", "(square ?a)"),
-            true,
-            true,
-        ),
-        info(plain("inv-as-div", "(/ int:1 ?a)", "(inv ?a)"), true, true),
-        info(
-            plain("mul-inv", "(* ?a (inv ?b))", "(/ ?a ?b)"),
-            false,
-            true,
-        ),
-        info(
-            plain("rsqrt-square-root", "(inv (sqrt ?a))", "(rsqrt ?a)"),
-            false,
-            false,
-        ),
-        info(
-            plain("sqrt-square", "(square (sqrt ?a))", "?a"),
-            false,
-            false,
-        ),
-        // Exponentials and logarithms.
-        info(
-            plain("exp-add", "(* (exp ?a) (exp ?b))", "(exp (+ ?a ?b))"),
-            false,
-            true,
-        ),
-        info(
-            plain("exp-neg", "(inv (exp ?a))", "(exp (- ?a))"),
-            false,
-            true,
-        ),
-        // Not default: `Exp(a)` overflows for a > 709 (f64), where the left side is inf.
-        info(plain("log-exp", "(log (exp ?a))", "?a"), false, false),
         // Not default: false at 0, inf and NaN (KeOps has no such rule).
         info(
             dynamic("div-self", "(/ ?a ?a)", |eg, s| {
@@ -165,8 +99,12 @@ pub fn rules() -> Vec<RuleInfo> {
             false,
             false,
         ),
-        info(plain("exp-log", "(exp (log ?a))", "?a"), false, false),
     ]);
+    rules.extend(
+        PLAIN
+            .iter()
+            .map(|&(name, lhs, rhs, exact, default)| info(plain(name, lhs, rhs), exact, default)),
+    );
     rules
 }
 

@@ -12,6 +12,12 @@ use std::sync::OnceLock;
 
 pub type FormulaRewrite = Rewrite<Node, FormulaAnalysis>;
 
+/// Flags of the rule tables, so that a row reads as what it says.
+pub(crate) const EXACT: bool = true;
+pub(crate) const INEXACT: bool = false;
+pub(crate) const ON: bool = true;
+pub(crate) const OFF: bool = false;
+
 /// A rule with its properties, as lang-spec lists it.
 pub struct RuleInfo {
     pub rewrite: FormulaRewrite,

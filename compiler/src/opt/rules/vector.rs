@@ -1,7 +1,9 @@
 //! Vector identities: SqDist, SqNorm2, Scalprod and Sum; Sum and Elem of Concat; Extract of
 //! Extract; scalar factors out of sums; broadcast normal forms.
 
-use super::{dim, dynamic, dynamic_on, guarded, info, inst, plain, RuleInfo};
+use super::{
+    dim, dynamic, dynamic_on, guarded, info, inst, plain, RuleInfo, EXACT, INEXACT, OFF, ON,
+};
 use crate::formula::Op;
 use crate::opt::analysis::FormulaGraph;
 use egg::Subst;
@@ -30,15 +32,28 @@ pub fn broadcast_rules() -> Vec<RuleInfo> {
     ]
 }
 
+/// The rules that are one pattern for another: (name, this, becomes that, exact, default).
+#[rustfmt::skip]
+const PLAIN: &[(&str, &str, &str, bool, bool)] = &[
+    // Definitions, both ways: exact except for summation order.
+    ("sqdist-def", "(sqdist ?a ?b)", "(sqnorm2 (- ?a ?b))", EXACT, ON),
+    ("sqnorm2-self", "(scalprod ?a ?a)", "(sqnorm2 ?a)", EXACT, ON),
+    ("sqnorm2-square", "(sum (square ?a))", "(sqnorm2 ?a)", EXACT, ON),
+    ("scalprod-comm", "(scalprod ?a ?b)", "(scalprod ?b ?a)", EXACT, ON),
+    ("sqdist-comm", "(sqdist ?a ?b)", "(sqdist ?b ?a)", EXACT, ON),
+    ("norm2-def", "(sqrt (sqnorm2 ?a))", "(norm2 ?a)", EXACT, ON),
+    ("square-norm2", "(square (norm2 ?a))", "(sqnorm2 ?a)", INEXACT, ON),
+    ("normalize-def", "(* (rsqrt (sqnorm2 ?a)) ?a)", "(normalize ?a)", EXACT, ON),
+    // |x - y|^2 = |x|^2 + |y|^2 - 2<x, y>: cheaper per pair once the norms are hoisted, but
+    // it cancels catastrophically for close points, so it does not run by default.
+    ("sqdist-expand", "(sqdist ?a ?b)", "(- (+ (sqnorm2 ?a) (sqnorm2 ?b)) (* int:2 (scalprod ?a ?b)))", INEXACT, OFF),
+    ("sum-concat", "(sum (concat ?a ?b))", "(+ (sum ?a) (sum ?b))", INEXACT, ON),
+    ("sqnorm2-concat", "(sqnorm2 (concat ?a ?b))", "(+ (sqnorm2 ?a) (sqnorm2 ?b))", INEXACT, ON),
+];
+
 pub fn rules() -> Vec<RuleInfo> {
     let mut rules = broadcast_rules();
     rules.extend([
-        // Definitions, both ways: exact except for summation order.
-        info(
-            plain("sqdist-def", "(sqdist ?a ?b)", "(sqnorm2 (- ?a ?b))"),
-            true,
-            true,
-        ),
         info(
             guarded(
                 "sqdist-fold",
@@ -46,16 +61,6 @@ pub fn rules() -> Vec<RuleInfo> {
                 "(sqdist ?a ?b)",
                 same_dims,
             ),
-            true,
-            true,
-        ),
-        info(
-            plain("sqnorm2-self", "(scalprod ?a ?a)", "(sqnorm2 ?a)"),
-            true,
-            true,
-        ),
-        info(
-            plain("sqnorm2-square", "(sum (square ?a))", "(sqnorm2 ?a)"),
             true,
             true,
         ),
@@ -69,26 +74,6 @@ pub fn rules() -> Vec<RuleInfo> {
             true,
             true,
         ),
-        info(
-            plain("scalprod-comm", "(scalprod ?a ?b)", "(scalprod ?b ?a)"),
-            true,
-            true,
-        ),
-        info(
-            plain("sqdist-comm", "(sqdist ?a ?b)", "(sqdist ?b ?a)"),
-            true,
-            true,
-        ),
-        info(
-            plain("norm2-def", "(sqrt (sqnorm2 ?a))", "(norm2 ?a)"),
-            true,
-            true,
-        ),
-        info(
-            plain("square-norm2", "(square (norm2 ?a))", "(sqnorm2 ?a)"),
-            false,
-            true,
-        ),
         // <a, b> + <a, c> = <a, b + c>: one scalar product per pair when b + c is hoisted.
         info(
             guarded(
@@ -99,26 +84,6 @@ pub fn rules() -> Vec<RuleInfo> {
             ),
             false,
             true,
-        ),
-        info(
-            plain(
-                "normalize-def",
-                "(* (rsqrt (sqnorm2 ?a)) ?a)",
-                "(normalize ?a)",
-            ),
-            true,
-            true,
-        ),
-        // |x - y|^2 = |x|^2 + |y|^2 - 2<x, y>: cheaper per pair once the norms are hoisted, but
-        // it cancels catastrophically for close points, so it does not run by default.
-        info(
-            plain(
-                "sqdist-expand",
-                "(sqdist ?a ?b)",
-                "(- (+ (sqnorm2 ?a) (sqnorm2 ?b)) (* int:2 (scalprod ?a ?b)))",
-            ),
-            false,
-            false,
         ),
         // Sums of a scalar, and of a broadcast scalar.
         info(
@@ -174,24 +139,6 @@ pub fn rules() -> Vec<RuleInfo> {
             false,
             true,
         ),
-        info(
-            plain(
-                "sum-concat",
-                "(sum (concat ?a ?b))",
-                "(+ (sum ?a) (sum ?b))",
-            ),
-            false,
-            true,
-        ),
-        info(
-            plain(
-                "sqnorm2-concat",
-                "(sqnorm2 (concat ?a ?b))",
-                "(+ (sqnorm2 ?a) (sqnorm2 ?b))",
-            ),
-            false,
-            true,
-        ),
         // Elem and Extract of known layouts.
         info(
             dynamic_on(
@@ -203,6 +150,11 @@ pub fn rules() -> Vec<RuleInfo> {
             true,
         ),
     ]);
+    rules.extend(
+        PLAIN
+            .iter()
+            .map(|&(name, lhs, rhs, exact, default)| info(plain(name, lhs, rhs), exact, default)),
+    );
     rules
 }
 
