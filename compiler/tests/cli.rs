@@ -498,3 +498,26 @@ fn explain_shows_every_stage() {
         &["no kernel `nope`"],
     );
 }
+
+/// A long generated formula (a sum of thousands of terms is a left-deep tree) and deeply
+/// nested parentheses compile: the front end's recursion has the stack it needs.
+#[test]
+fn deep_formulas_compile() {
+    let f = Fixture::new();
+    let terms = vec!["x * y"; 3000].join(" + ");
+    let nested = format!("{}x{}", "(".repeat(1000), ")".repeat(1000));
+    f.write(
+        "deep.kf",
+        &format!(
+            "kernel deep {{\n x = Vi(1)\n y = Vj(1)\n Sum_Reduction({terms} + {nested}, 0)\n}}\n"
+        ),
+    );
+    let run = keopsc(&["check", &f.p("deep.kf")]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout
+            .contains("kernel deep(x = Vi(1), y = Vj(1)) -> (N, 1)"),
+        "{}",
+        run.stdout
+    );
+}

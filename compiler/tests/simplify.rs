@@ -990,3 +990,26 @@ fn differentiation_of_an_independent_formula_saturates() {
         "{f}: {report} in {time:?}"
     );
 }
+
+/// A formula larger than the node budget is not simplified (saturation has no room, and
+/// extraction over it would cost more than it saves), and it stays correct and fast.
+#[test]
+fn a_formula_over_the_node_budget_is_kept_as_it_is() {
+    let terms = vec!["x * y"; 3000].join(" + ");
+    let text = format!("kernel big {{\n x = Vi(1)\n y = Vj(1)\n Sum_Reduction({terms}, 0)\n}}\n");
+    let compiled = keopsc::driver::compile(keopsc::source::SourceFile::new("big.kf", text))
+        .unwrap_or_else(|_| panic!("compiles"));
+    let start = std::time::Instant::now();
+    let opt = opt::optimize(&compiled.kernels[0], &OptBudget::default()).expect("optimizes");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        opt.simplification.stop.starts_with("skipped"),
+        "{}",
+        opt.simplification
+    );
+    assert_eq!(opt.formula.len(), opt.expanded.len());
+}

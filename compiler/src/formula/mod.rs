@@ -190,74 +190,96 @@ impl Formula {
 
     /// The formula as KeOps text, operators with infix where KeOps writes them so.
     pub fn to_text(&self, root: Id) -> String {
-        self.texts()[usize::from(root)].0.clone()
+        // Written front to back from a stack of pieces: linear in the output, and no
+        // recursion, however deep the formula.
+        let mut out = String::new();
+        let mut stack = vec![Piece::Node(root, 0)];
+        while let Some(piece) = stack.pop() {
+            match piece {
+                Piece::Text(text) => out.push_str(&text),
+                Piece::Node(id, min_precedence) => {
+                    let (pieces, precedence) = self.pieces(id);
+                    let wrap = precedence < min_precedence;
+                    if wrap {
+                        stack.push(Piece::Text(")".into()));
+                    }
+                    stack.extend(pieces.into_iter().rev());
+                    if wrap {
+                        stack.push(Piece::Text("(".into()));
+                    }
+                }
+            }
+        }
+        out
     }
 
-    /// Text and precedence of every node (children first, so no recursion).
-    fn texts(&self) -> Vec<(String, u8)> {
+    /// How one node prints: text around its operands (each with the precedence it needs to go
+    /// without parentheses), and the node's own precedence.
+    fn pieces(&self, id: Id) -> (Vec<Piece>, u8) {
         const SUM: u8 = 1;
         const PRODUCT: u8 = 2;
         const UNARY: u8 = 3;
         const ATOM: u8 = 4;
-        let mut texts: Vec<(String, u8)> = Vec::with_capacity(self.len());
-        for node in self.nodes.as_ref() {
-            let child = |k: usize| &texts[usize::from(node.children[k])];
-            let wrap = |(text, prec): &(String, u8), min: u8| {
-                if *prec < min {
-                    format!("({text})")
-                } else {
-                    text.clone()
-                }
-            };
-            let entry = match &node.op {
-                Op::Var(k) => (var_text(&self.vars[*k as usize]), ATOM),
-                Op::Const(c) => {
-                    let text = op::format_real(c.0);
-                    let prec = if c.0 < 0.0 { UNARY } else { ATOM };
-                    (text, prec)
-                }
-                Op::IntCst(k) => (k.to_string(), if *k < 0 { UNARY } else { ATOM }),
-                Op::Add => (
-                    format!("{} + {}", wrap(child(0), SUM), wrap(child(1), PRODUCT)),
-                    SUM,
-                ),
-                Op::Sub => (
-                    format!("{} - {}", wrap(child(0), SUM), wrap(child(1), PRODUCT)),
-                    SUM,
-                ),
-                Op::Mul => (
-                    format!("{} * {}", wrap(child(0), PRODUCT), wrap(child(1), UNARY)),
-                    PRODUCT,
-                ),
-                Op::Div => (
-                    format!("{} / {}", wrap(child(0), PRODUCT), wrap(child(1), UNARY)),
-                    PRODUCT,
-                ),
-                Op::Neg => (format!("-{}", wrap(child(0), ATOM)), UNARY),
-                op => {
-                    let mut args: Vec<String> = (0..node.children.len())
-                        .map(|k| child(k).0.clone())
-                        .collect();
-                    match op {
-                        Op::Round(d) => args.push(d.to_string()),
-                        Op::Pow(m) => args.push(m.to_string()),
-                        Op::ClampInt(a, b) => args.extend([a.to_string(), b.to_string()]),
-                        Op::SumT(n) | Op::OneHot(n) | Op::Elem(n) => args.push(n.to_string()),
-                        Op::ElemT(n, m) => args.extend([n.to_string(), m.to_string()]),
-                        Op::Extract(a, b) | Op::ExtractT(a, b) => {
-                            args.extend([a.to_string(), b.to_string()])
-                        }
-                        Op::Zero(d) => args.push(d.to_string()),
-                        Op::TensorDot(spec) => args.push(op::tensordot_params(spec)),
-                        _ => {}
+        let node = self.node(id);
+        let child = |k: usize, min: u8| Piece::Node(node.children[k], min);
+        let text = |t: &str| Piece::Text(t.to_string());
+        let infix =
+            |symbol: &str, left: u8, right: u8| vec![child(0, left), text(symbol), child(1, right)];
+        match &node.op {
+            Op::Var(k) => (vec![Piece::Text(var_text(&self.vars[*k as usize]))], ATOM),
+            Op::Const(c) => {
+                let precedence = if c.0 < 0.0 { UNARY } else { ATOM };
+                (vec![Piece::Text(op::format_real(c.0))], precedence)
+            }
+            Op::IntCst(k) => (
+                vec![Piece::Text(k.to_string())],
+                if *k < 0 { UNARY } else { ATOM },
+            ),
+            Op::Add => (infix(" + ", SUM, PRODUCT), SUM),
+            Op::Sub => (infix(" - ", SUM, PRODUCT), SUM),
+            Op::Mul => (infix(" * ", PRODUCT, UNARY), PRODUCT),
+            Op::Div => (infix(" / ", PRODUCT, UNARY), PRODUCT),
+            Op::Neg => (vec![text("-"), child(0, ATOM)], UNARY),
+            op => {
+                let mut params: Vec<String> = Vec::new();
+                match op {
+                    Op::Round(d) => params.push(d.to_string()),
+                    Op::Pow(m) => params.push(m.to_string()),
+                    Op::ClampInt(a, b) => params.extend([a.to_string(), b.to_string()]),
+                    Op::SumT(n) | Op::OneHot(n) | Op::Elem(n) => params.push(n.to_string()),
+                    Op::ElemT(n, m) => params.extend([n.to_string(), m.to_string()]),
+                    Op::Extract(a, b) | Op::ExtractT(a, b) => {
+                        params.extend([a.to_string(), b.to_string()])
                     }
-                    (format!("{}({})", op.name(), args.join(", ")), ATOM)
+                    Op::Zero(d) => params.push(d.to_string()),
+                    Op::TensorDot(spec) => params.push(op::tensordot_params(spec)),
+                    _ => {}
                 }
-            };
-            texts.push(entry);
+                let mut pieces = vec![Piece::Text(format!("{}(", op.name()))];
+                for k in 0..node.children.len() {
+                    if k > 0 {
+                        pieces.push(text(", "));
+                    }
+                    pieces.push(child(k, 0));
+                }
+                for p in params {
+                    if !node.children.is_empty() || pieces.len() > 1 {
+                        pieces.push(text(", "));
+                    }
+                    pieces.push(Piece::Text(p));
+                }
+                pieces.push(text(")"));
+                (pieces, ATOM)
+            }
         }
-        texts
     }
+}
+
+/// A part of a formula's text: literal text, or a node to print in place, parenthesised when
+/// its precedence is below the given one.
+enum Piece {
+    Text(String),
+    Node(Id, u8),
 }
 
 /// A variable as the user wrote it: its name, or `Vi(pos, dim)` for an inline positional one.

@@ -84,22 +84,26 @@ impl CostFunction<Node> for PairCost<'_> {
         C: FnMut(Id) -> u64,
     {
         let eg = self.egraph;
+        // Called many times per e-node by the extractor: no allocation.
+        let mut dims = [0usize; 3];
+        for (d, c) in dims.iter_mut().zip(&enode.children) {
+            *d = eg[*c].data.dim;
+        }
+        let dims = &dims[..enode.children.len()];
         let (out_dim, deps) = match enode.op {
             Op::Var(k) => {
                 let v = &eg.analysis.vars[k as usize];
                 (v.dim, Deps::of_category(v.category))
             }
             _ => {
-                let dims: Vec<usize> = enode.children.iter().map(|c| eg[*c].data.dim).collect();
                 let deps = enode
                     .children
                     .iter()
                     .fold(Deps::NONE, |d, c| d.union(eg[*c].data.deps));
-                (enode.op.output_dim(&dims).unwrap_or(1), deps)
+                (enode.op.output_dim(dims).unwrap_or(1), deps)
             }
         };
-        let dims: Vec<usize> = enode.children.iter().map(|c| eg[*c].data.dim).collect();
-        let own = node_cost(&enode.op, out_dim, &dims, deps);
+        let own = node_cost(&enode.op, out_dim, dims, deps);
         enode.fold(own, |total, child| total.saturating_add(costs(child)))
     }
 }

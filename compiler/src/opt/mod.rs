@@ -57,6 +57,9 @@ pub struct PhaseReport {
 
 impl fmt::Display for PhaseReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.iterations == 0 {
+            return f.write_str(&self.stop);
+        }
         write!(
             f,
             "{} after {} iteration{}, {} e-nodes",
@@ -297,6 +300,17 @@ fn push(formula: &mut Formula, op: Op, children: Vec<Id>) -> Id {
 
 fn simplify(formula: &Formula, budget: &OptBudget) -> (Formula, PhaseReport) {
     let start = Instant::now();
+    if formula.len() >= budget.node_limit {
+        // No room to saturate, and extraction over a graph this size costs more than it can
+        // save: keep the formula as it is.
+        let report = PhaseReport {
+            stop: format!("skipped: {} nodes, over the node limit", formula.len()),
+            iterations: 0,
+            nodes: formula.len(),
+            time: start.elapsed(),
+        };
+        return (formula.clone(), report);
+    }
     let mut egraph = FormulaGraph::new(FormulaAnalysis {
         vars: formula.vars.clone(),
     });

@@ -71,8 +71,32 @@ enum Command {
 /// An error already explained to the user on stderr.
 struct Reported;
 
+/// The front end recurses over the syntax tree, so a formula nested thousands of levels deep
+/// (a long generated sum is a left-deep tree) needs more than the main thread's stack. The
+/// stack is reserved, not committed: it costs nothing until used.
+const STACK_BYTES: usize = 1 << 30;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let worker = std::thread::Builder::new()
+        .name("keopsc".into())
+        .stack_size(STACK_BYTES)
+        .spawn(move || run(cli));
+    match worker.map(|handle| handle.join()) {
+        Ok(Ok(code)) => code,
+        Ok(Err(_)) => {
+            // The panic message was printed by the hook; say whose fault it is.
+            eprintln!("error: internal error in keopsc (a bug, not a problem with the input); please report it");
+            ExitCode::from(101)
+        }
+        Err(e) => {
+            eprintln!("error: cannot start keopsc's worker thread: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Check { file, verbose } => check(&file, verbose),
         Command::Explain {
