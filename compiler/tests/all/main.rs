@@ -1,0 +1,7 @@
+//! keopsc's integration tests, in one binary (each test binary links the whole compiler).
+
+mod cli;
+mod derivatives;
+mod frontend;
+mod interp;
+mod simplify;
