@@ -108,68 +108,37 @@ pub fn rules() -> Vec<RuleInfo> {
     rules
 }
 
-/// The neutral-element rules alone: exact, and they only shrink a formula, so the
-/// differentiation phase runs them to drop the zeros and ones the chain rule leaves.
+/// Neutral elements: (name, this, becomes that, the operand that is a constant, its value).
+/// Exact (x + 0 = x, x * 1 = x, x / 1 = x, also for inf and NaN); a zero operand must not be
+/// wider than the other (`Zero(3) + s` is a vector).
+#[rustfmt::skip]
+const NEUTRAL: &[(&str, &str, &str, &str, f64)] = &[
+    ("add-zero", "(+ ?a ?c)", "?a", "?c", 0.0),
+    ("zero-add", "(+ ?c ?a)", "?a", "?c", 0.0),
+    ("sub-zero", "(- ?a ?c)", "?a", "?c", 0.0),
+    ("zero-sub", "(- ?c ?a)", "(- ?a)", "?c", 0.0),
+    ("mul-one", "(* ?a ?c)", "?a", "?c", 1.0),
+    ("one-mul", "(* ?c ?a)", "?a", "?c", 1.0),
+    ("div-one", "(/ ?a ?c)", "?a", "?c", 1.0),
+    ("mul-minus-one", "(* ?a ?c)", "(- ?a)", "?c", -1.0),
+];
+
+/// The neutral-element rules alone: they only shrink a formula, so the differentiation phase
+/// runs them to drop the zeros and ones the chain rule leaves.
 pub fn neutral_rules() -> Vec<RuleInfo> {
-    vec![
-        // Neutral elements: exact (x + 0 = x, x * 1 = x, x / 1 = x, also for inf and NaN).
-        info(
-            guarded("add-zero", "(+ ?a ?z)", "?a", |eg, s| {
-                is_zero(eg, s, "?z") && dim(eg, s, "?a") >= dim(eg, s, "?z")
-            }),
-            true,
-            true,
-        ),
-        info(
-            guarded("zero-add", "(+ ?z ?a)", "?a", |eg, s| {
-                is_zero(eg, s, "?z") && dim(eg, s, "?a") >= dim(eg, s, "?z")
-            }),
-            true,
-            true,
-        ),
-        info(
-            guarded("sub-zero", "(- ?a ?z)", "?a", |eg, s| {
-                is_zero(eg, s, "?z") && dim(eg, s, "?a") >= dim(eg, s, "?z")
-            }),
-            true,
-            true,
-        ),
-        info(
-            guarded("zero-sub", "(- ?z ?a)", "(- ?a)", |eg, s| {
-                is_zero(eg, s, "?z") && dim(eg, s, "?a") >= dim(eg, s, "?z")
-            }),
-            true,
-            true,
-        ),
-        info(
-            guarded("mul-one", "(* ?a ?o)", "?a", |eg, s| {
-                is_const(eg, s, "?o", 1.0)
-            }),
-            true,
-            true,
-        ),
-        info(
-            guarded("div-one", "(/ ?a ?o)", "?a", |eg, s| {
-                is_const(eg, s, "?o", 1.0)
-            }),
-            true,
-            true,
-        ),
-        info(
-            guarded("mul-minus-one", "(* ?a ?o)", "(- ?a)", |eg, s| {
-                is_const(eg, s, "?o", -1.0)
-            }),
-            true,
-            true,
-        ),
-        info(
-            guarded("one-mul", "(* ?o ?a)", "?a", |eg, s| {
-                is_const(eg, s, "?o", 1.0)
-            }),
-            true,
-            true,
-        ),
-    ]
+    NEUTRAL
+        .iter()
+        .map(|&(name, lhs, rhs, constant, value)| {
+            let rule = guarded(name, lhs, rhs, move |eg, s| {
+                if value == 0.0 {
+                    is_zero(eg, s, constant) && dim(eg, s, "?a") >= dim(eg, s, constant)
+                } else {
+                    is_const(eg, s, constant, value)
+                }
+            });
+            info(rule, EXACT, ON)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -79,126 +79,52 @@ pub fn rules() -> Vec<RuleInfo> {
 
 /// Element-wise operators: the chain rule with the operator's derivative. (name, f, the
 /// gradient input of f's operand `?a`.)
+#[rustfmt::skip]
 const CHAIN_RULES: &[(&str, &str, &str)] = &[
     ("grad-neg", "(- ?a)", "(grad ?a ?v (- ?e))"),
     ("grad-exp", "(exp ?a)", "(grad ?a ?v (* ?e (exp ?a)))"),
     ("grad-log", "(log ?a)", "(grad ?a ?v (/ ?e ?a))"),
-    (
-        "grad-sqrt",
-        "(sqrt ?a)",
-        "(grad ?a ?v (* ?e (* 0.5 (rsqrt ?a))))",
-    ),
-    (
-        "grad-rsqrt",
-        "(rsqrt ?a)",
-        "(grad ?a ?v (* ?e (* -0.5 (pow:3 (rsqrt ?a)))))",
-    ),
-    (
-        "grad-square",
-        "(square ?a)",
-        "(grad ?a ?v (* ?e (* int:2 ?a)))",
-    ),
-    (
-        "grad-inv",
-        "(inv ?a)",
-        "(grad ?a ?v (* ?e (- (square (inv ?a)))))",
-    ),
+    ("grad-sqrt", "(sqrt ?a)", "(grad ?a ?v (* ?e (* 0.5 (rsqrt ?a))))"),
+    ("grad-rsqrt", "(rsqrt ?a)", "(grad ?a ?v (* ?e (* -0.5 (pow:3 (rsqrt ?a)))))"),
+    ("grad-square", "(square ?a)", "(grad ?a ?v (* ?e (* int:2 ?a)))"),
+    ("grad-inv", "(inv ?a)", "(grad ?a ?v (* ?e (- (square (inv ?a)))))"),
     ("grad-abs", "(abs ?a)", "(grad ?a ?v (* ?e (sign ?a)))"),
     ("grad-relu", "(relu ?a)", "(grad ?a ?v (* ?e (step ?a)))"),
     ("grad-sin", "(sin ?a)", "(grad ?a ?v (* ?e (cos ?a)))"),
     ("grad-cos", "(cos ?a)", "(grad ?a ?v (* ?e (- (sin ?a))))"),
-    (
-        "grad-asin",
-        "(asin ?a)",
-        "(grad ?a ?v (* ?e (rsqrt (- int:1 (square ?a)))))",
-    ),
-    (
-        "grad-acos",
-        "(acos ?a)",
-        "(grad ?a ?v (* ?e (- (rsqrt (- int:1 (square ?a))))))",
-    ),
-    (
-        "grad-atan",
-        "(atan ?a)",
-        "(grad ?a ?v (* ?e (inv (+ int:1 (square ?a)))))",
-    ),
-    (
-        "grad-xlogx",
-        "(xlogx ?a)",
-        "(grad ?a ?v (* ?e (+ (log ?a) int:1)))",
-    ),
-    (
-        "grad-sinxdivx",
-        "(sinxdivx ?a)",
-        "(grad ?a ?v (* ?e (- (/ (cos ?a) ?a) (/ (sin ?a) (square ?a)))))",
-    ),
+    ("grad-asin", "(asin ?a)", "(grad ?a ?v (* ?e (rsqrt (- int:1 (square ?a)))))"),
+    ("grad-acos", "(acos ?a)", "(grad ?a ?v (* ?e (- (rsqrt (- int:1 (square ?a))))))"),
+    ("grad-atan", "(atan ?a)", "(grad ?a ?v (* ?e (inv (+ int:1 (square ?a)))))"),
+    ("grad-xlogx", "(xlogx ?a)", "(grad ?a ?v (* ?e (+ (log ?a) int:1)))"),
+    ("grad-sinxdivx", "(sinxdivx ?a)", "(grad ?a ?v (* ?e (- (/ (cos ?a) ?a) (/ (sin ?a) (square ?a)))))"),
 ];
 
 /// Operators with several operands, and vector operators without parameters. A dimension-1
 /// operand of a broadcast receives a vector gradient input, which its own rules sum.
+#[rustfmt::skip]
 const OPERAND_RULES: &[(&str, &str, &str)] = &[
     ("grad-add", "(+ ?a ?b)", "(+ (grad ?a ?v ?e) (grad ?b ?v ?e))"),
     ("grad-sub", "(- ?a ?b)", "(- (grad ?a ?v ?e) (grad ?b ?v ?e))"),
     ("grad-mul", "(* ?a ?b)", "(+ (grad ?a ?v (* ?e ?b)) (grad ?b ?v (* ?e ?a)))"),
-    (
-        "grad-div",
-        "(/ ?a ?b)",
-        "(- (grad ?a ?v (/ ?e ?b)) (grad ?b ?v (/ (* ?e ?a) (square ?b))))",
-    ),
-    (
-        "grad-powf",
-        "(powf ?a ?b)",
-        "(+ (grad ?a ?v (* ?e (* ?b (powf ?a (- ?b int:1))))) (grad ?b ?v (* ?e (* (log ?a) (powf ?a ?b)))))",
-    ),
-    (
-        "grad-atan2",
-        "(atan2 ?a ?b)",
-        "(+ (grad ?a ?v (* ?e (/ ?b (+ (square ?a) (square ?b))))) (grad ?b ?v (* ?e (- (/ ?a (+ (square ?a) (square ?b)))))))",
-    ),
-    (
-        "grad-clamp",
-        "(clamp ?f ?a ?b)",
-        "(+ (grad ?f ?v (* ?e (* (le ?a ?f) (le ?f ?b)))) (+ (grad ?a ?v (* ?e (lt ?f ?a))) (grad ?b ?v (* ?e (* (le ?a ?f) (lt ?b ?f))))))",
-    ),
-    (
-        "grad-ifelse",
-        "(ifelse ?f ?a ?b)",
-        "(+ (grad ?a ?v (* ?e (ifelse ?f int:1 zero:1))) (grad ?b ?v (* ?e (ifelse ?f zero:1 int:1))))",
-    ),
-    (
-        "grad-mod",
-        "(mod ?x ?n ?d)",
-        "(+ (grad ?x ?v ?e) (grad ?n ?v (* ?e (- (floor (/ (- ?x ?d) ?n))))))",
-    ),
+    ("grad-div", "(/ ?a ?b)", "(- (grad ?a ?v (/ ?e ?b)) (grad ?b ?v (/ (* ?e ?a) (square ?b))))"),
+    ("grad-powf", "(powf ?a ?b)", "(+ (grad ?a ?v (* ?e (* ?b (powf ?a (- ?b int:1))))) (grad ?b ?v (* ?e (* (log ?a) (powf ?a ?b)))))"),
+    ("grad-atan2", "(atan2 ?a ?b)", "(+ (grad ?a ?v (* ?e (/ ?b (+ (square ?a) (square ?b))))) (grad ?b ?v (* ?e (- (/ ?a (+ (square ?a) (square ?b)))))))"),
+    ("grad-clamp", "(clamp ?f ?a ?b)", "(+ (grad ?f ?v (* ?e (* (le ?a ?f) (le ?f ?b)))) (+ (grad ?a ?v (* ?e (lt ?f ?a))) (grad ?b ?v (* ?e (* (le ?a ?f) (lt ?b ?f))))))"),
+    ("grad-ifelse", "(ifelse ?f ?a ?b)", "(+ (grad ?a ?v (* ?e (ifelse ?f int:1 zero:1))) (grad ?b ?v (* ?e (ifelse ?f zero:1 int:1))))"),
+    ("grad-mod", "(mod ?x ?n ?d)", "(+ (grad ?x ?v ?e) (grad ?n ?v (* ?e (- (floor (/ (- ?x ?d) ?n))))))"),
     ("grad-sum", "(sum ?a)", "(grad ?a ?v ?e)"),
     ("grad-sqnorm2", "(sqnorm2 ?a)", "(grad ?a ?v (* ?e (* int:2 ?a)))"),
     ("grad-norm2", "(norm2 ?a)", "(grad ?a ?v (* ?e (* (rsqrt (sqnorm2 ?a)) ?a)))"),
     ("grad-normalize", "(normalize ?a)", "(grad (* (rsqrt (sqnorm2 ?a)) ?a) ?v ?e)"),
     ("grad-sqdist", "(sqdist ?a ?b)", "(grad (sqnorm2 (- ?a ?b)) ?v ?e)"),
     ("grad-scalprod", "(scalprod ?a ?b)", "(+ (grad ?a ?v (* ?e ?b)) (grad ?b ?v (* ?e ?a)))"),
-    (
-        "grad-matvecmult",
-        "(matvecmult ?a ?b)",
-        "(+ (grad ?a ?v (tensorprod ?e ?b)) (grad ?b ?v (vecmatmult ?e ?a)))",
-    ),
-    (
-        "grad-vecmatmult",
-        "(vecmatmult ?b ?a)",
-        "(+ (grad ?b ?v (matvecmult ?a ?e)) (grad ?a ?v (tensorprod ?b ?e)))",
-    ),
-    (
-        "grad-tensorprod",
-        "(tensorprod ?a ?b)",
-        "(+ (grad ?a ?v (matvecmult ?e ?b)) (grad ?b ?v (vecmatmult ?a ?e)))",
-    ),
+    ("grad-matvecmult", "(matvecmult ?a ?b)", "(+ (grad ?a ?v (tensorprod ?e ?b)) (grad ?b ?v (vecmatmult ?e ?a)))"),
+    ("grad-vecmatmult", "(vecmatmult ?b ?a)", "(+ (grad ?b ?v (matvecmult ?a ?e)) (grad ?a ?v (tensorprod ?b ?e)))"),
+    ("grad-tensorprod", "(tensorprod ?a ?b)", "(+ (grad ?a ?v (matvecmult ?e ?b)) (grad ?b ?v (vecmatmult ?a ?e)))"),
     ("grad-sqnormiso", "(sqnormiso ?s ?a)", "(grad (* ?s (sqnorm2 ?a)) ?v ?e)"),
     ("grad-sqnormdiag", "(sqnormdiag ?s ?a)", "(grad (sum (* ?s (square ?a))) ?v ?e)"),
     ("grad-symsqnorm", "(symsqnorm ?s ?a)", "(grad (scalprod ?s (tensorprod ?a ?a)) ?v ?e)"),
-    (
-        "grad-weightedsqdist",
-        "(weightedsqdist ?s ?a ?b)",
-        "(grad (weightedsqnorm ?s (- ?a ?b)) ?v ?e)",
-    ),
+    ("grad-weightedsqdist", "(weightedsqdist ?s ?a ?b)", "(grad (weightedsqnorm ?s (- ?a ?b)) ?v ?e)"),
 ];
 
 /// `(grad f ?v ?e) => rhs`, where f is one operator over pattern variables, guarded by
