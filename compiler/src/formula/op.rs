@@ -52,6 +52,81 @@ impl TensorDotSpec {
         }
     }
 
+    /// The output position of each kept axis (f's kept axes, then g's).
+    fn kept_positions(&self) -> Vec<usize> {
+        let n = self.kept_f().len() + self.kept_g().len();
+        match &self.permute {
+            Some(p) => p.clone(),
+            None => (0..n).collect(),
+        }
+    }
+
+    /// The vector-Jacobian products of `TensorDot(f, g)`: for a gradient input `e` of the
+    /// output's shape, `Grad` with respect to f is `TensorDot(e, g, vjp_f)` and with respect to g
+    /// is `TensorDot(e, f, vjp_g)`. Each contracts e's axes that came from the other operand with
+    /// that operand's kept axes, and permutes the result back into the operand's axis order.
+    pub fn vjp_f(&self) -> TensorDotSpec {
+        Self::vjp(self, true)
+    }
+
+    pub fn vjp_g(&self) -> TensorDotSpec {
+        Self::vjp(self, false)
+    }
+
+    fn vjp(&self, wrt_f: bool) -> TensorDotSpec {
+        let positions = self.kept_positions();
+        let n_kept_f = self.kept_f().len();
+        // `mine`: the operand differentiated; `other`: the one contracted with e.
+        let (other_dims, my_kept, other_kept, my_contracted, other_contracted, my_pos, other_pos) =
+            if wrt_f {
+                (
+                    &self.dims_g,
+                    self.kept_f(),
+                    self.kept_g(),
+                    &self.contract_f,
+                    &self.contract_g,
+                    positions[..n_kept_f].to_vec(),
+                    positions[n_kept_f..].to_vec(),
+                )
+            } else {
+                (
+                    &self.dims_f,
+                    self.kept_g(),
+                    self.kept_f(),
+                    &self.contract_g,
+                    &self.contract_f,
+                    positions[n_kept_f..].to_vec(),
+                    positions[..n_kept_f].to_vec(),
+                )
+            };
+        // Result axes: e's remaining axes (my kept axes, by output position), then the other
+        // operand's remaining axes (its contracted axes, in its own axis order).
+        let mut mine_by_position: Vec<(usize, usize)> = my_pos
+            .iter()
+            .copied()
+            .zip(my_kept.iter().copied())
+            .collect();
+        mine_by_position.sort();
+        let mut result_axes: Vec<usize> = mine_by_position.iter().map(|&(_, axis)| axis).collect();
+        let mut other_remaining: Vec<usize> = other_contracted.clone();
+        other_remaining.sort();
+        for axis in other_remaining {
+            let pair = other_contracted
+                .iter()
+                .position(|&a| a == axis)
+                .expect("a contracted axis");
+            result_axes.push(my_contracted[pair]);
+        }
+        TensorDotSpec {
+            dims_f: self.output_shape(),
+            dims_g: other_dims.clone(),
+            contract_f: other_pos,
+            contract_g: other_kept,
+            // Result axis r is my axis result_axes[r].
+            permute: Some(result_axes),
+        }
+    }
+
     /// Checks the spec against the operand dimensions; the message says what is wrong.
     pub fn validate(&self, dim_f: usize, dim_g: usize) -> Result<usize, String> {
         let prod = |v: &[usize]| v.iter().product::<usize>();

@@ -8,7 +8,7 @@
 //! `opt::derivative`.
 
 use super::{bind, dim, dynamic, guarded, info, inst, FormulaRewrite, RuleInfo};
-use crate::formula::Op;
+use crate::formula::{Node, Op};
 use crate::opt::analysis::FormulaGraph;
 use egg::{Id, Subst};
 
@@ -151,12 +151,6 @@ fn pushes<S: AsRef<str>>(eg: &FormulaGraph, s: &Subst, op: &Op, operands: &[S]) 
     op.output_dim(&dims) == Ok(dim(eg, s, "?e")) && vars & eg[s[super::var("?v")]].data.vars != 0
 }
 
-/// Whether some rule differentiates `op`: every operator but `TensorDot` (and what contains
-/// it, such as `Kron`).
-pub fn has_rule(op: &Op) -> bool {
-    !matches!(op, Op::TensorDot(_))
-}
-
 /// `Grad(f, v, e)` of an `f` that does not depend on `v` is zero.
 fn grad_independent(eg: &mut FormulaGraph, s: &Subst) -> Option<Id> {
     let f = &eg[s[super::var("?f")]].data;
@@ -232,6 +226,15 @@ fn grad_parametric(eg: &mut FormulaGraph, s: &Subst) -> Option<Id> {
             (Op::Min, Some(a)) => {
                 let n = eg[a].data.dim;
                 format!("(grad ?a ?v (* ?e (onehot:{n} (argmin ?a))))")
+            }
+            (Op::TensorDot(spec), _) => {
+                let (f, g) = (node.children[0], node.children[1]);
+                let (e, v) = (s[super::var("?e")], s[super::var("?v")]);
+                let along_f = eg.add(Node::new(Op::TensorDot(Box::new(spec.vjp_f())), vec![e, g]));
+                let along_g = eg.add(Node::new(Op::TensorDot(Box::new(spec.vjp_g())), vec![e, f]));
+                let grad_f = eg.add(Node::new(Op::Grad, vec![f, v, along_f]));
+                let grad_g = eg.add(Node::new(Op::Grad, vec![g, v, along_g]));
+                return Some(eg.add(Node::new(Op::Add, vec![grad_f, grad_g])));
             }
             _ => continue,
         };
@@ -312,8 +315,13 @@ mod tests {
     }
 
     #[test]
-    fn no_rule_leaves_the_gradient() {
+    fn tensordot_is_differentiated_by_two_tensordots() {
         let out = grad("(grad (tensordot:3:3:: var:0 var:1) var:0 var:3)");
-        assert!(out.starts_with("(grad"), "{out}");
+        assert!(!out.contains("grad"), "{out}");
+        // Grad_x of the outer product x y^T against E (3 x 3) is E y: a TensorDot over y's axis.
+        assert!(
+            out.contains("(tensordot:3,3:3:1:0:0 (sumt:9 var:3) var:1)"),
+            "{out}"
+        );
     }
 }
