@@ -213,7 +213,7 @@ impl<'a> Gen<'a> {
     }
 
     /// A formula of dimension `d`, at most `depth` operators deep (domain wrappers aside).
-    /// `in_grad`: inside something that is differentiated (no TensorDot, which has no rule).
+    /// `in_grad`: inside something that is differentiated.
     fn expr(&mut self, d: usize, depth: u32, in_grad: bool) -> String {
         if depth == 0 || self.pick(8) == 0 {
             return self.leaf(d);
@@ -342,10 +342,7 @@ impl<'a> Gen<'a> {
     }
 
     fn vector_to_scalar(&mut self, n: u32, g: bool) -> String {
-        let mut choice = self.pick(22);
-        if g && choice == 18 {
-            choice = 9;
-        }
+        let choice = self.pick(22);
         match choice {
             0 => format!("Sum({})", self.expr(3, n, g)),
             1 => format!("Sum({})", self.expr(1, n, g)),
@@ -403,10 +400,7 @@ impl<'a> Gen<'a> {
     }
 
     fn vector_to_3(&mut self, n: u32, g: bool) -> String {
-        let mut choice = self.pick(16);
-        if g && (choice == 12 || choice == 13) {
-            choice = 9;
-        }
+        let choice = self.pick(16);
         match choice {
             0 => format!("SumT({}, 3)", self.expr(1, n, g)),
             1 => {
@@ -464,10 +458,7 @@ impl<'a> Gen<'a> {
     }
 
     fn vector_to_9(&mut self, n: u32, g: bool) -> String {
-        let mut choice = self.pick(10);
-        if g && ((3..=5).contains(&choice) || choice == 9) {
-            choice = 0;
-        }
+        let choice = self.pick(10);
         match choice {
             0 => format!("TensorProd({}, {})", self.expr(3, n, g), self.expr(3, n, g)),
             1 => {
