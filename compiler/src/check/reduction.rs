@@ -1,0 +1,134 @@
+//! The kernel's last line: `Kind_Reduction(F, [K | V,] axis)`.
+
+use super::operators;
+use super::KernelChecker;
+use crate::diagnostic::{closest_name, Diagnostic};
+use crate::formula::Op;
+use crate::syntax::ast::{Expr, ExprKind};
+use egg::Id;
+use keops_runtime::{Axis, Reduction, ReductionArgs, ReductionKind};
+
+impl KernelChecker {
+    /// The kernel's last line: `Kind_Reduction(F, [K | V,] axis)`.
+    pub(super) fn reduction(&mut self, e: &Expr) -> Option<(Reduction, Axis, Id)> {
+        let reduction_names: Vec<String> =
+            ReductionKind::ALL.iter().map(|k| k.to_string()).collect();
+        let looks_like_reduction = |name: &str| {
+            name.ends_with("_Reduction")
+                || (operators::lookup(name).is_none()
+                    && closest_name(name, reduction_names.iter().map(String::as_str)).is_some())
+        };
+        let (callee, args) = match &e.kind {
+            ExprKind::Call { callee, args } if looks_like_reduction(&callee.name) => (callee, args),
+            _ => {
+                let _ = self.formula_expr(e);
+                self.error(
+                    Diagnostic::error(
+                        "the kernel's last line must be a reduction",
+                        e.span.clone(),
+                        "a formula, not a reduction",
+                    )
+                    .with_help("wrap it in a reduction, e.g. `Sum_Reduction(F, 0)` to sum over j"),
+                );
+                return None;
+            }
+        };
+        let Some(kind) = ReductionKind::from_reduction_name(&callee.name) else {
+            let names = reduction_names;
+            let mut d = Diagnostic::error(
+                format!("unknown reduction `{}`", callee.name),
+                callee.span.clone(),
+                "no such reduction",
+            );
+            if let Some(close) = closest_name(&callee.name, names.iter().map(String::as_str)) {
+                d = d.with_help(format!("did you mean `{close}`?"));
+            }
+            self.error(d);
+            return None;
+        };
+        let signature = match kind.args() {
+            ReductionArgs::Formula => format!("{kind}(F, axis)"),
+            ReductionArgs::FormulaK => format!("{kind}(F, K, axis)"),
+            ReductionArgs::FormulaWeight => format!("{kind}(F, V, axis)"),
+        };
+        let expected_args = if kind.args() == ReductionArgs::Formula {
+            2
+        } else {
+            3
+        };
+        if args.len() != expected_args {
+            self.error(
+                Diagnostic::error(
+                    format!(
+                        "`{kind}` takes {expected_args} arguments, but {} were given",
+                        args.len()
+                    ),
+                    e.span.clone(),
+                    format!("expected {signature}"),
+                )
+                .with_note(format!("signature: {signature}")),
+            );
+            return None;
+        }
+        let f = self.formula_expr(&args[0]);
+        let axis_arg = &args[expected_args - 1];
+        let axis = axis_arg.kind.as_integer().and_then(Axis::from_index);
+        if axis.is_none() {
+            self.error(
+                Diagnostic::error(
+                    "the reduction axis must be 0 or 1",
+                    axis_arg.span.clone(),
+                    "expected 0 (one output per i, reducing over j) or 1 (one per j, over i)",
+                )
+                .with_note(format!("signature: {signature}")),
+            );
+        }
+        let mut k = 1;
+        let mut weight = None;
+        match kind.args() {
+            ReductionArgs::Formula => {}
+            ReductionArgs::FormulaK => match args[1].kind.as_integer() {
+                Some(value) if value >= 1 => k = value as usize,
+                _ => {
+                    self.error(
+                        Diagnostic::error(
+                            format!("`{kind}` needs K, a positive integer literal"),
+                            args[1].span.clone(),
+                            "expected K >= 1",
+                        )
+                        .with_note(format!("signature: {signature}")),
+                    );
+                    return None;
+                }
+            },
+            ReductionArgs::FormulaWeight => weight = Some(self.formula_expr(&args[1])?),
+        }
+        let (f, axis) = (f?, axis?);
+        let fdim = self.dim(f);
+        if kind.needs_scalar_formula() && fdim != 1 {
+            self.error(
+                Diagnostic::error(
+                    format!("`{kind}` reduces a scalar formula"),
+                    args[0].span.clone(),
+                    format!("this has dimension {fdim}"),
+                )
+                .with_help("reduce one component with `Elem(F, k)`, or sum them with `Sum(F)`"),
+            );
+            return None;
+        }
+        let (reduction, root) = match weight {
+            None => (Reduction::with_k(kind, k, fdim), f),
+            Some(w) => {
+                let wdim = self.dim(w);
+                let root = self.push_op(
+                    Op::Concat,
+                    &[(f, args[0].span.clone()), (w, args[1].span.clone())],
+                    &e.span,
+                    "Concat",
+                )?;
+                (Reduction::with_weight(kind, fdim, wdim), root)
+            }
+        };
+        Some((reduction, axis, root))
+    }
+}
