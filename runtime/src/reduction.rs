@@ -379,12 +379,19 @@ impl Reduction {
                     *o = s / acc[1];
                 }
             }
-            // KeOps's layout: rank-major, each rank holding its n values then its n indices.
-            ReductionKind::KMinArgKMin => out.copy_from_slice(acc),
-            ReductionKind::KMin | ReductionKind::ArgKMin => {
-                let part = usize::from(self.kind == ReductionKind::ArgKMin) * n;
-                for l in 0..k {
-                    out[l * n..(l + 1) * n].copy_from_slice(&acc[l * 2 * n + part..][..n]);
+            // Each part rank-major (`out[r n + c]`); KMin_ArgKMin concatenates the two parts,
+            // values then indices, as the contract's combined reductions do.
+            ReductionKind::KMin | ReductionKind::ArgKMin | ReductionKind::KMinArgKMin => {
+                let parts: &[usize] = match self.kind {
+                    ReductionKind::KMin => &[0],
+                    ReductionKind::ArgKMin => &[n],
+                    _ => &[0, n],
+                };
+                for (p, &offset) in parts.iter().enumerate() {
+                    for l in 0..k {
+                        out[p * k * n + l * n..][..n]
+                            .copy_from_slice(&acc[l * 2 * n + offset..][..n]);
+                    }
                 }
             }
         }
@@ -548,7 +555,7 @@ mod tests {
         let vals: Vec<[f64; 1]> = [5.0, 1.0, 4.0, 1.0, 0.0, 9.0].map(|v| [v]).to_vec();
         let refs: Vec<&[f64]> = vals.iter().map(|v| &v[..]).collect();
         let out = run(&red, &refs);
-        assert_eq!(out, vec![0.0, 4.0, 1.0, 1.0, 1.0, 3.0]);
+        assert_eq!(out, vec![0.0, 1.0, 1.0, 4.0, 1.0, 3.0]);
         for at in 0..=refs.len() {
             assert_eq!(run_split(&red, &refs, at), out, "split at {at}");
         }
