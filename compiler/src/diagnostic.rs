@@ -123,7 +123,7 @@ pub fn closest_name<'a>(
         })
         // Close enough to be a typo, and not a complete rewrite of a short name (`z` for `x`).
         .filter(|&(d, c)| d <= (c.len().max(name.len()) / 3).max(1) && d < name.chars().count())
-        .min_by_key(|&(d, c)| (d, c.len()))
+        .min_by_key(|&(d, c)| (d, c.len(), c))
         .map(|(_, c)| c)
 }
 
