@@ -6,7 +6,7 @@
 
 use super::{dim, dynamic, guarded, info, inst, plain, RuleInfo, EXACT, INEXACT, OFF, ON};
 use crate::opt::analysis::FormulaGraph;
-use egg::Subst;
+use egg::{Id, Subst};
 
 fn is_const(eg: &FormulaGraph, s: &Subst, v: &str, value: f64) -> bool {
     eg[s[super::var(v)]].data.is_scalar_constant(value)
@@ -59,29 +59,27 @@ const PLAIN: &[(&str, &str, &str, bool, bool)] = &[
     ("exp-log", "(exp (log ?a))", "?a", INEXACT, OFF),
 ];
 
+/// `Zero` of the operation's (broadcast) dimension, when `?z` is zero.
+fn zero_of_the_broadcast(eg: &mut FormulaGraph, s: &Subst) -> Option<Id> {
+    is_zero(eg, s, "?z").then(|| {
+        let d = dim(eg, s, "?a").max(dim(eg, s, "?z"));
+        inst(eg, s, &format!("zero:{d}"))
+    })
+}
+
 pub fn rules() -> Vec<RuleInfo> {
     let mut rules = neutral_rules();
     rules.extend([
         // Absorbing zero: KeOps applies it; not exact where the other operand is inf or NaN.
         info(
-            dynamic("mul-zero", "(* ?a ?z)", |eg, s| {
-                is_zero(eg, s, "?z").then(|| {
-                    let d = dim(eg, s, "?a").max(dim(eg, s, "?z"));
-                    inst(eg, s, &format!("zero:{d}"))
-                })
-            }),
-            false,
-            true,
+            dynamic("mul-zero", "(* ?a ?z)", zero_of_the_broadcast),
+            INEXACT,
+            ON,
         ),
         info(
-            dynamic("zero-div", "(/ ?z ?a)", |eg, s| {
-                is_zero(eg, s, "?z").then(|| {
-                    let d = dim(eg, s, "?a").max(dim(eg, s, "?z"));
-                    inst(eg, s, &format!("zero:{d}"))
-                })
-            }),
-            false,
-            true,
+            dynamic("zero-div", "(/ ?z ?a)", zero_of_the_broadcast),
+            INEXACT,
+            ON,
         ),
         info(
             dynamic("sub-self", "(- ?a ?a)", |eg, s| {
