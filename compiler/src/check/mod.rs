@@ -94,6 +94,8 @@ struct KernelChecker {
     scope: HashMap<String, Binding>,
     /// Inline positional variables by position -> index in `vars`.
     inline: HashMap<usize, usize>,
+    /// Each valid inline occurrence, by the byte offset of its call -> index in `vars`.
+    inline_at: HashMap<usize, usize>,
     /// The formula node of each entry of `vars`.
     var_nodes: Vec<Id>,
     /// Declarations that were reported as invalid, with their spans.
@@ -412,8 +414,8 @@ impl KernelChecker {
     fn call(&mut self, callee: &Ident, args: &[Expr], span: &Span) -> Option<Id> {
         let name = callee.name.as_str();
         if VARIABLE_CONSTRUCTORS.contains(&name) {
-            let (_, position, _) = self.variable_constructor(callee, args, span.clone(), false)?;
-            let v = *self.inline.get(&position?)?;
+            // Pass 1 read every inline variable; one it did not record was reported there.
+            let v = *self.inline_at.get(&span.start)?;
             return self.var_nodes.get(v).copied();
         }
         if ReductionKind::from_reduction_name(name).is_some() {
@@ -531,37 +533,8 @@ impl KernelChecker {
                     None
                 }
             },
-            "IntInv" => {
-                if params.ints[0] == 0 {
-                    self.error(Diagnostic::error(
-                        "`IntInv(n)` with n = 0",
-                        span.clone(),
-                        "division by zero",
-                    ));
-                    return None;
-                }
-                let one = self.push_leaf(Op::IntCst(1), span);
-                let n = self.push_leaf(Op::IntCst(params.ints[0]), span);
-                self.push_op(
-                    Op::Div,
-                    &[(one, span.clone()), (n, span.clone())],
-                    span,
-                    name,
-                )
-            }
-            "RatCst" => {
-                if params.ints[1] == 0 {
-                    self.error(Diagnostic::error(
-                        "`RatCst(p, q)` with q = 0",
-                        span.clone(),
-                        "division by zero",
-                    ));
-                    return None;
-                }
-                let p = self.push_leaf(Op::IntCst(params.ints[0]), span);
-                let q = self.push_leaf(Op::IntCst(params.ints[1]), span);
-                self.push_op(Op::Div, &[(p, span.clone()), (q, span.clone())], span, name)
-            }
+            "IntInv" => self.rational(1, params.ints[0], span, name),
+            "RatCst" => self.rational(params.ints[0], params.ints[1], span, name),
             "Grad"
                 if self.dim(operands[2].0) != self.dim(operands[0].0)
                     && self.dim(operands[2].0) != 1 =>
@@ -594,6 +567,21 @@ impl KernelChecker {
                 }
             },
         }
+    }
+
+    /// `p / q` from `RatCst(p, q)` or `IntInv(q)` (`p = 1`), kept exact as a quotient of integers.
+    fn rational(&mut self, p: i64, q: i64, span: &Span, name: &str) -> Option<Id> {
+        if q == 0 {
+            self.error(Diagnostic::error(
+                format!("`{name}` with a zero denominator"),
+                span.clone(),
+                "division by zero",
+            ));
+            return None;
+        }
+        let p = self.push_leaf(Op::IntCst(p), span);
+        let q = self.push_leaf(Op::IntCst(q), span);
+        self.push_op(Op::Div, &[(p, span.clone()), (q, span.clone())], span, name)
     }
 
     /// `Grad`/`Diff`'s second argument: a variable, by name or inline.

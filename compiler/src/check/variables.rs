@@ -169,7 +169,9 @@ impl KernelChecker {
         };
         if let Some(&v) = self.inline.get(&position) {
             let first = &self.vars[v];
-            if first.category != category || first.dim != dim {
+            if first.category == category && first.dim == dim {
+                self.inline_at.insert(span.start, v);
+            } else {
                 let d = Diagnostic::error(
                     format!("position {position} is used with two different types"),
                     span,
@@ -184,6 +186,7 @@ impl KernelChecker {
             return;
         }
         self.inline.insert(position, self.vars.len());
+        self.inline_at.insert(span.start, self.vars.len());
         self.vars.push(VarDecl {
             name: position.to_string(),
             category,
