@@ -7,7 +7,8 @@ use crate::interp::{self, InterpError};
 use crate::opt;
 use crate::source::SourceFile;
 use crate::syntax::{ast, parse};
-use keops_runtime::{check_arguments, ArgumentError, Axis, DType, HostArray};
+use crate::codegen::{CodegenError, CpuTarget, JitKernel};
+use keops_runtime::{check_arguments, run_tiles, ArgumentError, Axis, DType, HostArray};
 use std::fmt;
 
 /// A parsed and checked file.
@@ -81,12 +82,12 @@ impl Backend {
 
     /// The backends this build can run.
     pub fn available() -> Vec<Backend> {
-        vec![Backend::Interp]
+        vec![Backend::Cpu, Backend::Interp]
     }
 
     /// The fastest backend this build and machine can run.
     pub fn fastest() -> Backend {
-        Backend::Interp
+        Backend::Cpu
     }
 }
 
@@ -108,6 +109,8 @@ pub enum EvalError {
     BackendUnavailable(Backend, String),
     #[error(transparent)]
     Interp(#[from] InterpError),
+    #[error(transparent)]
+    Codegen(#[from] CodegenError),
 }
 
 /// Matches `--arg name=...` inputs to the kernel's arguments: by name, or by position for
@@ -156,9 +159,17 @@ pub fn evaluate(
 ) -> Result<HostArray, EvalError> {
     let arrays = bind_arguments(kernel, inputs)?;
     let size = check_arguments(&kernel.signature, &arrays)?;
-    if backend != Backend::Interp {
-        let available: Vec<String> = Backend::available().iter().map(|b| b.to_string()).collect();
-        return Err(EvalError::BackendUnavailable(backend, available.join(", ")));
+    match backend {
+        Backend::Interp => {}
+        Backend::Cpu => {
+            let compiled = compile_cpu(kernel, size.dtype)?;
+            return Ok(run_tiles(&compiled.tile_kernel(), &arrays, size, None)?);
+        }
+        Backend::Cuda => {
+            let available: Vec<String> =
+                Backend::available().iter().map(|b| b.to_string()).collect();
+            return Err(EvalError::BackendUnavailable(backend, available.join(", ")));
+        }
     }
     let data: Vec<Vec<f64>> = arrays.iter().map(|a| a.to_f64()).collect();
     let views: Vec<&[f64]> = data.iter().map(Vec::as_slice).collect();
@@ -173,6 +184,24 @@ pub fn evaluate(
         DType::F64 => HostArray::from_f64(shape, out),
         DType::F32 => HostArray::from_f32(shape, out.into_iter().map(|x| x as f32).collect()),
     })
+}
+
+/// Optimises a checked kernel and compiles it to host machine code for `dtype`.
+pub fn compile_cpu(kernel: &CheckedKernel, dtype: DType) -> Result<JitKernel, EvalError> {
+    // Derivatives were expanded when the kernel was compiled: nothing here can fail on the
+    // user's formula.
+    let optimized = opt::optimize(kernel, &opt::OptBudget::default()).map_err(|d| {
+        CodegenError::Internal {
+            stage: "optimiser",
+            message: d.message,
+        }
+    })?;
+    Ok(JitKernel::compile(
+        &optimized.formula,
+        &kernel.signature,
+        dtype,
+        &CpuTarget::host(),
+    )?)
 }
 
 /// Every stage of one kernel, for `keopsc explain` and the REPL.

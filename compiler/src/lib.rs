@@ -9,10 +9,12 @@
 //! `driver` runs the pipeline; `compiler/src/README.md` records the design decisions.
 
 pub mod check;
+pub mod codegen;
 pub mod diagnostic;
 pub mod driver;
 pub mod formula;
 pub mod interp;
 pub mod opt;
+pub mod schedule;
 pub mod source;
 pub mod syntax;

@@ -182,6 +182,12 @@ pub enum ArgumentError {
         len: usize,
         first_len: usize,
     },
+    #[error("argument `{name}` is {found}, but the kernel was compiled for {expected}")]
+    CompiledDType {
+        name: String,
+        found: DType,
+        expected: DType,
+    },
     #[error("argument `{name}`: {error}")]
     File { name: String, error: NpyError },
 }

@@ -5,9 +5,11 @@
 pub mod abi;
 pub mod arrays;
 pub mod reduction;
+pub mod tiles;
 
 pub use abi::{ArgSpec, Axis, Category, Signature};
 pub use arrays::{
     check_arguments, ArgumentError, ArrayData, DType, HostArray, NpyError, ProblemSize,
 };
 pub use reduction::{Reduction, ReductionArgs, ReductionKind};
+pub use tiles::{run_tiles, TileFn, TileKernel, TileSchedule};

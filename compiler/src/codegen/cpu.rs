@@ -1,0 +1,431 @@
+//! The CPU tile function: the loop nest around the formula, for the ABI of
+//! [`keops_runtime::TileFn`]. The inner (reduced) index runs on SIMD lanes; each subformula is
+//! computed at the outermost loop where its inputs are fixed (see [`Level`]):
+//!
+//! ```text
+//! per call:            constants and parameter-only parts
+//! for each inner tile: inner-only parts, for the whole tile, into a stack buffer
+//!   for each row:      row-only parts; lane accumulators := init
+//!     for each vector of inner indices (then one masked remainder):
+//!                      the pair part; fold into the lane accumulators
+//!     merge the lanes into the row's f64 accumulator
+//! ```
+//! Inner tiles are sized so that their inputs stay in the L1/L2 cache while the rows of a
+//! block pass over them.
+
+use super::formula::{Emitter, Value};
+use super::reduce::LaneAccumulators;
+use crate::formula::{Formula, Op};
+use crate::schedule::{Level, Schedule};
+use inkwell::values::{FunctionValue, IntValue, PointerValue};
+use inkwell::{AddressSpace, IntPredicate};
+use keops_runtime::{Category, Signature};
+
+fn built<T, E: std::fmt::Debug>(r: Result<T, E>) -> T {
+    r.expect("the builder is positioned inside a function")
+}
+
+/// The tile function's parameters, in order.
+struct Params<'ctx> {
+    args: PointerValue<'ctx>,
+    inner_stride: IntValue<'ctx>,
+    row_start: IntValue<'ctx>,
+    row_end: IntValue<'ctx>,
+    inner_start: IntValue<'ctx>,
+    inner_end: IntValue<'ctx>,
+    acc: PointerValue<'ctx>,
+}
+
+/// Values of the formula's nodes computed so far at each level. `narrow`: one lane (call and
+/// row levels); `wide`: the loop's lanes (broadcast call/row values, and pair values).
+struct NodeValues<'ctx> {
+    narrow: Vec<Option<Vec<Value<'ctx>>>>,
+    wide: Vec<Option<Vec<Value<'ctx>>>>,
+}
+
+pub struct TileEmitter<'e, 'a, 'ctx> {
+    em: &'e Emitter<'a, 'ctx>,
+    wide_f64: &'e Emitter<'a, 'ctx>,
+    formula: &'e Formula,
+    signature: &'e Signature,
+    schedule: &'e Schedule,
+}
+
+impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
+    pub fn new(
+        em: &'e Emitter<'a, 'ctx>,
+        wide_f64: &'e Emitter<'a, 'ctx>,
+        formula: &'e Formula,
+        signature: &'e Signature,
+        schedule: &'e Schedule,
+    ) -> Self {
+        TileEmitter {
+            em,
+            wide_f64,
+            formula,
+            signature,
+            schedule,
+        }
+    }
+
+    fn i64(&self, v: i64) -> IntValue<'ctx> {
+        self.em.context.i64_type().const_int(v as u64, true)
+    }
+
+    fn elem_ptr(&self, base: PointerValue<'ctx>, index: IntValue<'ctx>) -> PointerValue<'ctx> {
+        // SAFETY (of the generated code): every index is inside the buffers the runtime passes,
+        // see `keops_runtime::TileFn`.
+        unsafe { built(self.em.builder.build_in_bounds_gep(self.em.float_type(), base, &[index], "p")) }
+    }
+
+    /// A load of `lanes` consecutive elements, aligned only to the element.
+    fn load(&self, base: PointerValue<'ctx>, index: IntValue<'ctx>, lanes: u32) -> Value<'ctx> {
+        let v = built(self.em.builder.build_load(self.em.vector_type(lanes), self.elem_ptr(base, index), "ld"));
+        let v = v.into_vector_value();
+        v.as_instruction()
+            .expect("a load")
+            .set_alignment(self.elem_bytes())
+            .expect("valid alignment");
+        v
+    }
+
+    fn store(&self, base: PointerValue<'ctx>, index: IntValue<'ctx>, v: Value<'ctx>) {
+        built(self.em.builder.build_store(self.elem_ptr(base, index), v))
+            .set_alignment(self.elem_bytes())
+            .expect("valid alignment");
+    }
+
+    fn elem_bytes(&self) -> u32 {
+        super::jit::elem_bytes(self.em.scalar) as u32
+    }
+
+    fn add(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
+        built(self.em.builder.build_int_add(a, b, "add"))
+    }
+
+    fn mul(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
+        built(self.em.builder.build_int_mul(a, b, "mul"))
+    }
+
+    fn sub(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
+        built(self.em.builder.build_int_sub(a, b, "sub"))
+    }
+
+    fn less(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
+        built(self.em.builder.build_int_compare(IntPredicate::SLT, a, b, "lt"))
+    }
+
+    /// `for (counter = start; cond(counter); counter += step) body(counter)`, through a stack
+    /// slot that LLVM promotes to a register.
+    fn emit_loop(
+        &self,
+        function: FunctionValue<'ctx>,
+        counter: PointerValue<'ctx>,
+        start: IntValue<'ctx>,
+        step: i64,
+        cond: impl FnOnce(IntValue<'ctx>) -> IntValue<'ctx>,
+        body: impl FnOnce(IntValue<'ctx>),
+    ) {
+        let ctx = self.em.context;
+        let b = self.em.builder;
+        let header = ctx.append_basic_block(function, "loop");
+        let inside = ctx.append_basic_block(function, "body");
+        let exit = ctx.append_basic_block(function, "exit");
+        built(b.build_store(counter, start));
+        built(b.build_unconditional_branch(header));
+        b.position_at_end(header);
+        let i = built(b.build_load(ctx.i64_type(), counter, "i")).into_int_value();
+        built(b.build_conditional_branch(cond(i), inside, exit));
+        b.position_at_end(inside);
+        body(i);
+        let i = built(b.build_load(ctx.i64_type(), counter, "i")).into_int_value();
+        built(b.build_store(counter, self.add(i, self.i64(step))));
+        built(b.build_unconditional_branch(header));
+        b.position_at_end(exit);
+    }
+
+    /// Defines the tile function `name` in the emitter's module.
+    pub fn emit(&self, name: &str) -> FunctionValue<'ctx> {
+        let em = self.em;
+        let ctx = em.context;
+        let ptr = ctx.ptr_type(AddressSpace::default());
+        let i64t = ctx.i64_type();
+        let fn_type = ctx.void_type().fn_type(
+            &[ptr.into(), i64t.into(), i64t.into(), i64t.into(), i64t.into(), i64t.into(), ptr.into()],
+            false,
+        );
+        let function = em.module.add_function(name, fn_type, None);
+        let param = |k: u32| function.get_nth_param(k).expect("declared above");
+        let params = Params {
+            args: param(0).into_pointer_value(),
+            inner_stride: param(1).into_int_value(),
+            row_start: param(2).into_int_value(),
+            row_end: param(3).into_int_value(),
+            inner_start: param(4).into_int_value(),
+            inner_end: param(5).into_int_value(),
+            acc: param(6).into_pointer_value(),
+        };
+        let entry = ctx.append_basic_block(function, "entry");
+        em.builder.position_at_end(entry);
+
+        let sched = self.schedule;
+        let lanes = sched.lanes;
+        let tile = sched.inner_tile as i64;
+        let red = self.signature.reduction;
+        let acc_dim = red.acc_dim() as i64;
+
+        // Stack slots first, in the entry block, so that LLVM promotes them.
+        let lane_acc = LaneAccumulators::allocate(em, red, lanes);
+        let counters: Vec<PointerValue<'ctx>> =
+            (0..4).map(|_| built(em.builder.build_alloca(i64t, "counter"))).collect();
+        let scratch = (sched.scratch_dim > 0).then(|| {
+            let len = self.i64((sched.scratch_dim * sched.inner_tile) as i64);
+            built(em.builder.build_array_alloca(em.float_type(), len, "inner_tile"))
+        });
+
+        let arg_ptrs: Vec<PointerValue<'ctx>> = (0..self.formula.vars.len())
+            .map(|k| {
+                let slot = unsafe {
+                    built(em.builder.build_in_bounds_gep(ptr, params.args, &[self.i64(k as i64)], "argp"))
+                };
+                built(em.builder.build_load(ptr, slot, "arg")).into_pointer_value()
+            })
+            .collect();
+
+        let n_nodes = self.formula.len();
+        let mut values = NodeValues {
+            narrow: vec![None; n_nodes],
+            wide: vec![None; n_nodes],
+        };
+        // Per call: constants and parameters, narrow, broadcast once where wide code uses them.
+        self.emit_level(Level::Call, &mut values, &arg_ptrs, None);
+        self.broadcast(Level::Call, &mut values);
+
+        let (jt_counter, row_counter, jv_counter, lane_counter) =
+            (counters[0], counters[1], counters[2], counters[3]);
+        self.emit_loop(
+            function,
+            jt_counter,
+            params.inner_start,
+            tile,
+            |jt| self.less(jt, params.inner_end),
+            |jt| {
+                let next = self.add(jt, self.i64(tile));
+                let jt_end = built(em.builder.build_select(self.less(next, params.inner_end), next, params.inner_end, "jt_end")).into_int_value();
+                // Inner-only parts of the formula, once per inner index of the tile.
+                if let Some(scratch) = scratch {
+                    self.emit_loop(
+                        function,
+                        jv_counter,
+                        jt,
+                        lanes as i64,
+                        |jv| self.less(jv, jt_end),
+                        |jv| {
+                            let mut inner = NodeValues {
+                                narrow: values.narrow.clone(),
+                                wide: values.wide.clone(),
+                            };
+                            let at = Some((jv, params.inner_stride, jt, None));
+                            self.emit_level(Level::Inner, &mut inner, &arg_ptrs, at);
+                            let offset = self.sub(jv, jt);
+                            for (k, slot) in sched.scratch_slots.iter().enumerate() {
+                                if let Some(slot) = slot {
+                                    let v = inner.wide[k].as_ref().expect("computed above");
+                                    for (c, &x) in v.iter().enumerate() {
+                                        let at = self.add(offset, self.i64(((slot + c) * sched.inner_tile) as i64));
+                                        self.store(scratch, at, x);
+                                    }
+                                }
+                            }
+                        },
+                    );
+                }
+                self.emit_loop(
+                    function,
+                    row_counter,
+                    params.row_start,
+                    1,
+                    |r| self.less(r, params.row_end),
+                    |r| {
+                        let mut row = NodeValues {
+                            narrow: values.narrow.clone(),
+                            wide: values.wide.clone(),
+                        };
+                        self.emit_level(Level::Row, &mut row, &arg_ptrs, Some((r, params.inner_stride, jt, None)));
+                        self.broadcast(Level::Row, &mut row);
+                        lane_acc.init(em);
+                        let pair = |jv: IntValue<'ctx>, mask: Option<Value<'ctx>>| {
+                            let mut pair = NodeValues {
+                                narrow: row.narrow.clone(),
+                                wide: row.wide.clone(),
+                            };
+                            self.load_inner(&mut pair, &arg_ptrs, scratch, jv, jt, params.inner_stride);
+                            self.emit_level(Level::Pair, &mut pair, &arg_ptrs, Some((jv, params.inner_stride, jt, mask)));
+                            let root = usize::from(self.formula.root());
+                            let value = pair.wide[root].clone().expect("the root is available wide");
+                            let offset = self.sub(jv, jt);
+                            let index = em.add(
+                                em.splat(em.from_scalar(built(em.builder.build_signed_int_to_float(offset, em.float_type(), "rel"))), lanes),
+                                self.iota(lanes),
+                            );
+                            lane_acc.fold(em, function, &value, index, mask);
+                        };
+                        // Whole vectors, then one masked remainder.
+                        let last_full = self.sub(jt_end, self.i64(lanes as i64 - 1));
+                        self.emit_loop(
+                            function,
+                            jv_counter,
+                            jt,
+                            lanes as i64,
+                            |jv| self.less(jv, last_full),
+                            |jv| pair(jv, None),
+                        );
+                        let jv = built(em.builder.build_load(i64t, jv_counter, "jv")).into_int_value();
+                        let remaining = self.less(jv, jt_end);
+                        let tail = ctx.append_basic_block(function, "tail");
+                        let after = ctx.append_basic_block(function, "tail_done");
+                        built(em.builder.build_conditional_branch(remaining, tail, after));
+                        em.builder.position_at_end(tail);
+                        let mask = self.lane_mask(jv, jt_end, lanes);
+                        pair(jv, Some(mask));
+                        built(em.builder.build_unconditional_branch(after));
+                        em.builder.position_at_end(after);
+
+                        let row_offset = self.mul(self.sub(r, params.row_start), self.i64(acc_dim));
+                        let acc_row = unsafe {
+                            built(em.builder.build_in_bounds_gep(ctx.f64_type(), params.acc, &[row_offset], "acc_row"))
+                        };
+                        lane_acc.merge_lanes_into(em, self.wide_f64, function, acc_row, jt, lane_counter);
+                    },
+                );
+            },
+        );
+        built(em.builder.build_return(None));
+        function
+    }
+
+    /// `[0, 1, ..., lanes - 1]`
+    fn iota(&self, lanes: u32) -> Value<'ctx> {
+        let t = self.em.float_type();
+        let items: Vec<_> = (0..lanes).map(|l| t.const_float(l as f64)).collect();
+        inkwell::types::VectorType::const_vector(&items)
+    }
+
+    /// Lanes `jv + l < end`.
+    fn lane_mask(&self, jv: IntValue<'ctx>, end: IntValue<'ctx>, lanes: u32) -> Value<'ctx> {
+        let em = self.em;
+        let i64t = em.context.i64_type();
+        let count = self.sub(end, jv);
+        let undef = i64t.vec_type(1).get_undef();
+        let one = built(em.builder.build_insert_element(undef, count, i64t.const_zero(), "n"));
+        let zeros = em.context.i32_type().vec_type(lanes).const_zero();
+        let counts = built(em.builder.build_shuffle_vector(one, one, zeros, "ns"));
+        let items: Vec<_> = (0..lanes).map(|l| i64t.const_int(l as u64, false)).collect();
+        let iota = inkwell::types::VectorType::const_vector(&items);
+        built(em.builder.build_int_compare(IntPredicate::SLT, iota, counts, "mask"))
+    }
+
+    /// Inner-only values the pair code reads: variables from the transposed inputs, the other
+    /// parts from the tile's stack buffer.
+    fn load_inner(
+        &self,
+        values: &mut NodeValues<'ctx>,
+        arg_ptrs: &[PointerValue<'ctx>],
+        scratch: Option<PointerValue<'ctx>>,
+        jv: IntValue<'ctx>,
+        jt: IntValue<'ctx>,
+        inner_stride: IntValue<'ctx>,
+    ) {
+        let sched = self.schedule;
+        let lanes = sched.lanes;
+        for (k, node) in self.formula.nodes.as_ref().iter().enumerate() {
+            if sched.levels[k] != Level::Inner || !sched.needed_wide[k] {
+                continue;
+            }
+            let dim = self.formula.info[k].dim;
+            let v: Vec<Value<'ctx>> = if let Op::Var(v) = node.op {
+                (0..dim)
+                    .map(|c| {
+                        let at = self.add(self.mul(self.i64(c as i64), inner_stride), jv);
+                        self.load(arg_ptrs[v as usize], at, lanes)
+                    })
+                    .collect()
+            } else {
+                let slot = sched.scratch_slots[k].expect("a stored inner part");
+                let scratch = scratch.expect("a tile buffer");
+                let offset = self.sub(jv, jt);
+                (0..dim)
+                    .map(|c| {
+                        let at = self.add(offset, self.i64(((slot + c) * sched.inner_tile) as i64));
+                        self.load(scratch, at, lanes)
+                    })
+                    .collect()
+            };
+            values.wide[k] = Some(v);
+        }
+    }
+
+    /// Broadcasts the level's values that wider code reads.
+    fn broadcast(&self, level: Level, values: &mut NodeValues<'ctx>) {
+        for k in 0..self.formula.len() {
+            if self.schedule.levels[k] == level && self.schedule.needed_wide[k] {
+                let narrow = values.narrow[k].as_ref().expect("computed at its level");
+                values.wide[k] = Some(narrow.iter().map(|&v| self.em.splat(v, self.schedule.lanes)).collect());
+            }
+        }
+    }
+
+    /// Computes the nodes of one level. `at`: for row code, `(row, ..)`; for inner and pair
+    /// code, `(first inner index of the vector, inner stride, tile start, mask)`.
+    fn emit_level(
+        &self,
+        level: Level,
+        values: &mut NodeValues<'ctx>,
+        arg_ptrs: &[PointerValue<'ctx>],
+        at: Option<(IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>, Option<Value<'ctx>>)>,
+    ) {
+        let sched = self.schedule;
+        let narrow = matches!(level, Level::Call | Level::Row);
+        let lanes = if narrow { 1 } else { sched.lanes };
+        for (k, node) in self.formula.nodes.as_ref().iter().enumerate() {
+            if sched.levels[k] != level {
+                continue;
+            }
+            let dim = self.formula.info[k].dim;
+            let v: Vec<Value<'ctx>> = if let Op::Var(var) = node.op {
+                let spec = &self.formula.vars[var as usize];
+                let base = arg_ptrs[var as usize];
+                match spec.category {
+                    Category::Param => (0..dim).map(|c| self.load(base, self.i64(c as i64), 1)).collect(),
+                    _ if level == Level::Row => {
+                        let (r, ..) = at.expect("row code knows its row");
+                        let first = self.mul(r, self.i64(dim as i64));
+                        (0..dim).map(|c| self.load(base, self.add(first, self.i64(c as i64)), 1)).collect()
+                    }
+                    _ => {
+                        let (jv, stride, ..) = at.expect("inner code knows its index");
+                        (0..dim)
+                            .map(|c| self.load(base, self.add(self.mul(self.i64(c as i64), stride), jv), lanes))
+                            .collect()
+                    }
+                }
+            } else {
+                let operands: Vec<&[Value<'ctx>]> = node
+                    .children
+                    .iter()
+                    .map(|&c| {
+                        let c = usize::from(c);
+                        let table = if narrow { &values.narrow } else { &values.wide };
+                        table[c].as_deref().unwrap_or_else(|| panic!("operand {c} of node {k} is computed before it"))
+                    })
+                    .collect();
+                self.em.emit(&node.op, &operands, dim, lanes)
+            };
+            if narrow {
+                values.narrow[k] = Some(v);
+            } else {
+                values.wide[k] = Some(v);
+            }
+        }
+    }
+}

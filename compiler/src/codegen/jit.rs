@@ -1,0 +1,267 @@
+//! Host code: the LLVM module of one kernel, optimised and JIT-compiled for this CPU, owned as
+//! a plain handle (the LLVM context lives as long as the code).
+
+use super::cpu::TileEmitter;
+use super::formula::Emitter;
+use super::math::{MathLib, Scalar};
+use crate::formula::Formula;
+use crate::schedule::Schedule;
+use inkwell::attributes::AttributeLoc;
+use inkwell::context::Context;
+use inkwell::execution_engine::ExecutionEngine;
+use inkwell::module::Module;
+use inkwell::passes::PassBuilderOptions;
+use inkwell::targets::{
+    CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetMachine,
+};
+use inkwell::OptimizationLevel;
+use keops_runtime::{DType, Signature, TileFn, TileKernel};
+use std::mem::ManuallyDrop;
+use std::time::{Duration, Instant};
+
+/// Code generation failed: an invariant of the compiler broke, or LLVM refused the host.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CodegenError {
+    #[error("internal error in code generation ({stage}): {message}")]
+    Internal { stage: &'static str, message: String },
+}
+
+fn internal(stage: &'static str) -> impl Fn(String) -> CodegenError {
+    move |message| CodegenError::Internal { stage, message }
+}
+
+/// The CPU code is generated for: LLVM's names of the host, and its vector width.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CpuTarget {
+    pub triple: String,
+    pub cpu: String,
+    pub features: String,
+    pub vector_bits: u32,
+}
+
+impl CpuTarget {
+    pub fn host() -> CpuTarget {
+        initialize();
+        let features = TargetMachine::get_host_cpu_features().to_string();
+        let has = |f: &str| features.split(',').any(|x| x == f);
+        let vector_bits = if has("+avx512f") {
+            512
+        } else if has("+avx") {
+            256
+        } else {
+            128
+        };
+        CpuTarget {
+            triple: TargetMachine::get_default_triple().as_str().to_string_lossy().into_owned(),
+            cpu: TargetMachine::get_host_cpu_name().to_string(),
+            features,
+            vector_bits,
+        }
+    }
+
+    /// SIMD lanes of the element type.
+    pub fn lanes(&self, scalar: Scalar) -> u32 {
+        match scalar {
+            Scalar::F32 => self.vector_bits / 32,
+            Scalar::F64 => self.vector_bits / 64,
+        }
+    }
+
+    fn machine(&self) -> Result<TargetMachine, CodegenError> {
+        let triple = inkwell::targets::TargetTriple::create(&self.triple);
+        let target = Target::from_triple(&triple).map_err(|e| internal("target")(e.to_string()))?;
+        target
+            .create_target_machine(
+                &triple,
+                &self.cpu,
+                &self.features,
+                OptimizationLevel::Aggressive,
+                RelocMode::Default,
+                CodeModel::JITDefault,
+            )
+            .ok_or_else(|| internal("target")(format!("LLVM has no target machine for {}", self.cpu)))
+    }
+}
+
+fn initialize() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        Target::initialize_native(&InitializationConfig::default())
+            .expect("LLVM supports the host it runs on");
+    });
+}
+
+pub fn scalar_of(dtype: DType) -> Scalar {
+    match dtype {
+        DType::F32 => Scalar::F32,
+        DType::F64 => Scalar::F64,
+    }
+}
+
+/// Time spent in each code generation stage.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CodegenTimings {
+    pub emit: Duration,
+    pub optimize: Duration,
+    pub machine_code: Duration,
+}
+
+/// The tile function's symbol.
+pub const TILE_SYMBOL: &str = "keops_tile";
+
+/// Builds the LLVM module of one kernel (not optimised yet).
+fn build_module<'ctx>(
+    context: &'ctx Context,
+    formula: &Formula,
+    signature: &Signature,
+    schedule: &Schedule,
+    scalar: Scalar,
+    target: &CpuTarget,
+) -> Result<Module<'ctx>, CodegenError> {
+    let module = context.create_module(&signature.name);
+    let builder = context.create_builder();
+    let math = MathLib::new(context);
+    let em = Emitter {
+        context,
+        module: &module,
+        builder: &builder,
+        math: &math,
+        scalar,
+    };
+    let wide = Emitter {
+        scalar: Scalar::F64,
+        ..em
+    };
+    TileEmitter::new(&em, &wide, formula, signature, schedule).emit(TILE_SYMBOL);
+    // MCJIT compiles for a generic x86-64 unless each function names the CPU: without these,
+    // vector FMAs become libm calls.
+    let cpu = context.create_string_attribute("target-cpu", &target.cpu);
+    let features = context.create_string_attribute("target-features", &target.features);
+    for function in module.get_functions() {
+        if function.count_basic_blocks() > 0 {
+            function.add_attribute(AttributeLoc::Function, cpu);
+            function.add_attribute(AttributeLoc::Function, features);
+        }
+    }
+    module.set_triple(&inkwell::targets::TargetTriple::create(&target.triple));
+    module
+        .verify()
+        .map_err(|e| internal("LLVM verification")(e.to_string()))?;
+    Ok(module)
+}
+
+fn optimize(module: &Module, machine: &TargetMachine) -> Result<(), CodegenError> {
+    module.set_data_layout(&machine.get_target_data().get_data_layout());
+    module
+        .run_passes("default<O3>", machine, PassBuilderOptions::create())
+        .map_err(|e| internal("LLVM optimisation")(e.to_string()))
+}
+
+/// The optimised LLVM IR and the host assembly of a kernel, for inspection.
+pub fn emit_text(
+    formula: &Formula,
+    signature: &Signature,
+    dtype: DType,
+    target: &CpuTarget,
+) -> Result<(String, String), CodegenError> {
+    let scalar = scalar_of(dtype);
+    let schedule = Schedule::new(formula, signature, target.lanes(scalar), elem_bytes(scalar));
+    let context = Context::create();
+    let module = build_module(&context, formula, signature, &schedule, scalar, target)?;
+    let machine = target.machine()?;
+    optimize(&module, &machine)?;
+    let asm = machine
+        .write_to_memory_buffer(&module, FileType::Assembly)
+        .map_err(|e| internal("assembly")(e.to_string()))?;
+    Ok((
+        module.print_to_string().to_string(),
+        String::from_utf8_lossy(asm.as_slice()).into_owned(),
+    ))
+}
+
+pub fn elem_bytes(scalar: Scalar) -> usize {
+    match scalar {
+        Scalar::F32 => 4,
+        Scalar::F64 => 8,
+    }
+}
+
+/// A kernel compiled to machine code in this process.
+pub struct JitKernel {
+    // Dropped before the context it borrows (fields drop in declaration order, and both are
+    // ManuallyDrop so that `Drop` states it).
+    engine: ManuallyDrop<ExecutionEngine<'static>>,
+    context: ManuallyDrop<Box<Context>>,
+    tile: TileFn,
+    pub signature: Signature,
+    pub dtype: DType,
+    pub schedule: Schedule,
+    pub timings: CodegenTimings,
+}
+
+impl Drop for JitKernel {
+    fn drop(&mut self) {
+        // SAFETY: the engine borrows the context; it goes first, and neither is used again.
+        unsafe {
+            ManuallyDrop::drop(&mut self.engine);
+            ManuallyDrop::drop(&mut self.context);
+        }
+    }
+}
+
+// SAFETY: after construction the engine and context are never touched (only dropped); the
+// tile function is plain machine code that reads its arguments, safe to call from any thread.
+unsafe impl Send for JitKernel {}
+unsafe impl Sync for JitKernel {}
+
+impl JitKernel {
+    pub fn compile(
+        formula: &Formula,
+        signature: &Signature,
+        dtype: DType,
+        target: &CpuTarget,
+    ) -> Result<JitKernel, CodegenError> {
+        let scalar = scalar_of(dtype);
+        let schedule = Schedule::new(formula, signature, target.lanes(scalar), elem_bytes(scalar));
+        let context = Box::new(Context::create());
+        // SAFETY: the context is boxed (its address is stable) and outlives the engine and the
+        // module, see `Drop`.
+        let context_ref: &'static Context = unsafe { &*(context.as_ref() as *const Context) };
+        let mut timings = CodegenTimings::default();
+        let start = Instant::now();
+        let module = build_module(context_ref, formula, signature, &schedule, scalar, target)?;
+        timings.emit = start.elapsed();
+        let start = Instant::now();
+        let machine = target.machine()?;
+        optimize(&module, &machine)?;
+        timings.optimize = start.elapsed();
+        let start = Instant::now();
+        let engine = module
+            .create_jit_execution_engine(OptimizationLevel::Aggressive)
+            .map_err(|e| internal("JIT")(e.to_string()))?;
+        let address = engine
+            .get_function_address(TILE_SYMBOL)
+            .map_err(|e| internal("JIT")(e.to_string()))?;
+        timings.machine_code = start.elapsed();
+        // SAFETY: the symbol was defined with the TileFn signature by `TileEmitter::emit`.
+        let tile: TileFn = unsafe { std::mem::transmute::<usize, TileFn>(address) };
+        Ok(JitKernel {
+            engine: ManuallyDrop::new(engine),
+            context: ManuallyDrop::new(context),
+            tile,
+            signature: signature.clone(),
+            dtype,
+            schedule,
+            timings,
+        })
+    }
+
+    pub fn tile_kernel(&self) -> TileKernel<'_> {
+        TileKernel {
+            signature: &self.signature,
+            dtype: self.dtype,
+            lanes: self.schedule.lanes as usize,
+            tile: self.tile,
+        }
+    }
+}

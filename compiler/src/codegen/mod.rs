@@ -1,0 +1,13 @@
+//! Code generation: the optimised formula to LLVM IR, then machine code. `formula` turns
+//! operators into LLVM values for any element type and width, `math` holds the vectorizable
+//! math functions it calls, `reduce` the reductions' lane accumulators, `cpu` the tile loop
+//! nest, and `jit` the host compilation. LLVM never leaves this module: what comes out is
+//! owned (a JIT handle, text).
+
+pub mod cpu;
+pub mod formula;
+pub mod jit;
+pub mod math;
+pub mod reduce;
+
+pub use jit::{CodegenError, CpuTarget, JitKernel};

@@ -1,0 +1,419 @@
+//! Reductions in generated code. Inside a tile, each SIMD lane keeps its own accumulator, in
+//! the runtime's layout ([`Reduction::acc_dim`] slots, one vector per slot) with indices
+//! relative to the start of the inner tile; lanes fold pairs with vector selects and no
+//! horizontal work. At the end of a row's inner tile the lanes are merged, in f64, into the
+//! runtime's accumulator row, with indices made absolute.
+//!
+//! Lanes hold interleaved inner indices, so the merge orders ties by index (the smaller wins)
+//! rather than by arrival, which gives KeOps's "first index on ties" whatever the interleaving.
+
+use super::formula::{Emitter, Value};
+use inkwell::basic_block::BasicBlock;
+use inkwell::intrinsics::Intrinsic;
+use inkwell::values::{FunctionValue, IntValue, PointerValue};
+use inkwell::FloatPredicate;
+use keops_runtime::{Reduction, ReductionKind};
+
+/// Builder calls fail only when the builder has no position, which is a bug of the emitter.
+fn built<T, E: std::fmt::Debug>(r: Result<T, E>) -> T {
+    r.expect("the builder is positioned inside a function")
+}
+
+/// Which family a reduction's fold belongs to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Sum,
+    Extreme { max: bool },
+    ArgExtreme { max: bool },
+    ShiftedExp,
+    KMin,
+}
+
+fn family(kind: ReductionKind) -> Family {
+    match kind {
+        ReductionKind::Sum => Family::Sum,
+        ReductionKind::Max => Family::Extreme { max: true },
+        ReductionKind::Min => Family::Extreme { max: false },
+        ReductionKind::ArgMax | ReductionKind::MaxArgMax => Family::ArgExtreme { max: true },
+        ReductionKind::ArgMin | ReductionKind::MinArgMin => Family::ArgExtreme { max: false },
+        ReductionKind::LogSumExp
+        | ReductionKind::LogSumExpWeight
+        | ReductionKind::MaxSumShiftExp
+        | ReductionKind::MaxSumShiftExpWeight
+        | ReductionKind::SumSoftMaxWeight => Family::ShiftedExp,
+        ReductionKind::KMin | ReductionKind::ArgKMin | ReductionKind::KMinArgKMin => {
+            Family::KMin
+        }
+    }
+}
+
+/// Creates `then` and `after` blocks, branches to `then` when any lane of `mask` is set, runs
+/// `body` there, and leaves the builder in `after`.
+pub fn if_any<'ctx>(
+    em: &Emitter<'_, 'ctx>,
+    function: FunctionValue<'ctx>,
+    mask: Value<'ctx>,
+    body: impl FnOnce(),
+) {
+    let any = reduce_or(em, mask);
+    let then: BasicBlock = em.context.append_basic_block(function, "any");
+    let after = em.context.append_basic_block(function, "after");
+    built(em.builder.build_conditional_branch(any, then, after));
+    em.builder.position_at_end(then);
+    body();
+    built(em.builder.build_unconditional_branch(after));
+    em.builder.position_at_end(after);
+}
+
+fn reduce_or<'ctx>(em: &Emitter<'_, 'ctx>, mask: Value<'ctx>) -> IntValue<'ctx> {
+    let function = Intrinsic::find("llvm.vector.reduce.or")
+        .and_then(|i| i.get_declaration(em.module, &[mask.get_type().into()]))
+        .expect("LLVM 19 has llvm.vector.reduce.or");
+    built(em.builder.build_call(function, &[mask.into()], "any"))
+        .try_as_basic_value()
+        .basic()
+        .expect("reduce.or returns a value")
+        .into_int_value()
+}
+
+/// Per-lane accumulators of one reduction, as stack slots (promoted to registers by LLVM).
+pub struct LaneAccumulators<'ctx> {
+    red: Reduction,
+    lanes: u32,
+    slots: Vec<PointerValue<'ctx>>,
+}
+
+impl<'ctx> LaneAccumulators<'ctx> {
+    /// Allocates the slots; the builder must be in the entry block.
+    pub fn allocate(em: &Emitter<'_, 'ctx>, red: Reduction, lanes: u32) -> LaneAccumulators<'ctx> {
+        let ty = em.vector_type(lanes);
+        let slots = (0..red.acc_dim())
+            .map(|_| built(em.builder.build_alloca(ty, "lane_acc")))
+            .collect();
+        LaneAccumulators { red, lanes, slots }
+    }
+
+    fn load(&self, em: &Emitter<'_, 'ctx>, k: usize) -> Value<'ctx> {
+        built(em.builder.build_load(em.vector_type(self.lanes), self.slots[k], "acc"))
+            .into_vector_value()
+    }
+
+    fn store(&self, em: &Emitter<'_, 'ctx>, k: usize, v: Value<'ctx>) {
+        built(em.builder.build_store(self.slots[k], v));
+    }
+
+    /// The runtime's initial accumulator, in every lane.
+    pub fn init(&self, em: &Emitter<'_, 'ctx>) {
+        let mut initial = vec![0.0f64; self.red.acc_dim()];
+        self.red.init(&mut initial);
+        for (k, &x) in initial.iter().enumerate() {
+            self.store(em, k, em.constant(x, self.lanes));
+        }
+    }
+
+    /// The value a lane outside the inner range folds: one that changes nothing.
+    fn neutral(&self) -> f64 {
+        match family(self.red.kind) {
+            Family::Sum => 0.0,
+            Family::Extreme { max: true } | Family::ArgExtreme { max: true } => f64::NEG_INFINITY,
+            Family::Extreme { max: false } | Family::ArgExtreme { max: false } | Family::KMin => {
+                f64::INFINITY
+            }
+            Family::ShiftedExp => f64::NEG_INFINITY,
+        }
+    }
+
+    /// Folds one vector of pairs: `value` holds `F` then `V` (one vector per component),
+    /// `index` the lanes' inner indices relative to the tile, `mask` the lanes in range.
+    pub fn fold(
+        &self,
+        em: &Emitter<'_, 'ctx>,
+        function: FunctionValue<'ctx>,
+        value: &[Value<'ctx>],
+        index: Value<'ctx>,
+        mask: Option<Value<'ctx>>,
+    ) {
+        let lanes = self.lanes;
+        let n = self.red.fdim;
+        let masked = |v: Value<'ctx>, neutral: f64| match mask {
+            Some(m) => em.select(m, v, em.constant(neutral, lanes)),
+            None => v,
+        };
+        let f: Vec<Value<'ctx>> = value[..n].iter().map(|&v| masked(v, self.neutral())).collect();
+        match family(self.red.kind) {
+            Family::Sum => {
+                for (c, &x) in f.iter().enumerate() {
+                    let acc = self.load(em, c);
+                    self.store(em, c, em.add(acc, x));
+                }
+            }
+            Family::Extreme { max } | Family::ArgExtreme { max } => {
+                let p = if max { FloatPredicate::OGT } else { FloatPredicate::OLT };
+                let with_index = matches!(family(self.red.kind), Family::ArgExtreme { .. });
+                for (c, &x) in f.iter().enumerate() {
+                    let acc = self.load(em, c);
+                    let better = em.compare(p, x, acc);
+                    self.store(em, c, em.select(better, x, acc));
+                    if with_index {
+                        let i = self.load(em, n + c);
+                        self.store(em, n + c, em.select(better, index, i));
+                    }
+                }
+            }
+            Family::ShiftedExp => {
+                let weights: Vec<Value<'ctx>> =
+                    value[n..].iter().map(|&w| masked(w, 0.0)).collect();
+                self.fold_shifted_exp(em, function, f[0], &weights);
+            }
+            Family::KMin => {
+                let k = self.red.k;
+                let stride = 2 * n;
+                for (c, &x) in f.iter().enumerate() {
+                    let last = self.load(em, (k - 1) * stride + c);
+                    let enters = em.compare(FloatPredicate::OLT, x, last);
+                    // Most pairs do not enter the K smallest: skip the insertion network.
+                    if_any(em, function, enters, || {
+                        let vals: Vec<Value<'ctx>> =
+                            (0..k).map(|l| self.load(em, l * stride + c)).collect();
+                        let idxs: Vec<Value<'ctx>> =
+                            (0..k).map(|l| self.load(em, l * stride + n + c)).collect();
+                        let below: Vec<Value<'ctx>> = vals
+                            .iter()
+                            .map(|&v| em.compare(FloatPredicate::OLT, x, v))
+                            .collect();
+                        for l in 0..k {
+                            // Slot l takes x where x goes exactly there, slot l-1's entry where
+                            // x went above it, and keeps its own otherwise. An equal value goes
+                            // after the ones present (strict <): the earlier index stays first.
+                            let (shift_v, shift_i) = if l == 0 {
+                                (x, index)
+                            } else {
+                                (
+                                    em.select(below[l - 1], vals[l - 1], x),
+                                    em.select(below[l - 1], idxs[l - 1], index),
+                                )
+                            };
+                            self.store(em, l * stride + c, em.select(below[l], shift_v, vals[l]));
+                            self.store(
+                                em,
+                                l * stride + n + c,
+                                em.select(below[l], shift_i, idxs[l]),
+                            );
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// The online log-sum-exp step: rescale the lanes whose maximum grows (rare after the
+    /// first pairs, so behind a branch), then add `exp(f - m)`. Values of -inf (and masked
+    /// lanes) add nothing; a value equal to an infinite maximum adds 1.
+    fn fold_shifted_exp(
+        &self,
+        em: &Emitter<'_, 'ctx>,
+        function: FunctionValue<'ctx>,
+        f: Value<'ctx>,
+        weights: &[Value<'ctx>],
+    ) {
+        let lanes = self.lanes;
+        let c = |v: f64| em.constant(v, lanes);
+        let m = self.load(em, 0);
+        let grows = em.compare(FloatPredicate::OGT, f, m);
+        if_any(em, function, grows, || {
+            let m_new = em.select(grows, f, m);
+            let scale = em.call_math(super::math::MathFn::Exp, &[em.sub(m, m_new)]);
+            for k in 1..self.slots.len() {
+                let s = self.load(em, k);
+                self.store(em, k, em.mul(s, scale));
+            }
+            self.store(em, 0, m_new);
+        });
+        let m = self.load(em, 0);
+        let e = em.call_math(super::math::MathFn::Exp, &[em.sub(f, m)]);
+        let at_max = em.compare(FloatPredicate::OEQ, f, m);
+        let e = em.select(at_max, c(1.0), e);
+        let nothing = em.compare(FloatPredicate::OEQ, f, c(f64::NEG_INFINITY));
+        let e = em.select(nothing, c(0.0), e);
+        let s = self.load(em, 1);
+        self.store(em, 1, em.add(s, e));
+        for (w, &x) in weights.iter().enumerate() {
+            let s = self.load(em, 2 + w);
+            self.store(em, 2 + w, em.fma(e, x, s));
+        }
+    }
+
+    /// Which slots hold indices (made absolute by the merge).
+    fn is_index_slot(&self, k: usize) -> bool {
+        let n = self.red.fdim;
+        match family(self.red.kind) {
+            Family::ArgExtreme { .. } => k >= n,
+            Family::KMin => k % (2 * n) >= n,
+            _ => false,
+        }
+    }
+
+    /// Merges every lane into the f64 accumulator row at `acc_row`; `tile_start` is the
+    /// absolute inner index that lane indices are relative to. `wide` is an f64 emitter on the
+    /// same builder.
+    pub fn merge_lanes_into(
+        &self,
+        em: &Emitter<'_, 'ctx>,
+        wide: &Emitter<'_, 'ctx>,
+        function: FunctionValue<'ctx>,
+        acc_row: PointerValue<'ctx>,
+        tile_start: IntValue<'ctx>,
+        lane_counter: PointerValue<'ctx>,
+    ) {
+        let i64t = em.context.i64_type();
+        let f64t = em.context.f64_type();
+        let base = wide.from_scalar(built(em.builder.build_signed_int_to_float(
+            tile_start, f64t, "base",
+        )));
+        let header = em.context.append_basic_block(function, "lanes");
+        let body = em.context.append_basic_block(function, "lane");
+        let done = em.context.append_basic_block(function, "lanes_done");
+        built(em.builder.build_store(lane_counter, i64t.const_zero()));
+        built(em.builder.build_unconditional_branch(header));
+        em.builder.position_at_end(header);
+        let l = built(em.builder.build_load(i64t, lane_counter, "l")).into_int_value();
+        let more = built(em.builder.build_int_compare(
+            inkwell::IntPredicate::SLT,
+            l,
+            i64t.const_int(self.lanes as u64, false),
+            "more",
+        ));
+        built(em.builder.build_conditional_branch(more, body, done));
+        em.builder.position_at_end(body);
+        let other: Vec<Value<'ctx>> = (0..self.slots.len())
+            .map(|k| {
+                let v = self.load(em, k);
+                let x = built(em.builder.build_extract_element(v, l, "x")).into_float_value();
+                let x = if em.float_type() == f64t {
+                    x
+                } else {
+                    built(em.builder.build_float_ext(x, f64t, "wide"))
+                };
+                let x = wide.from_scalar(x);
+                if self.is_index_slot(k) {
+                    wide.add(x, base)
+                } else {
+                    x
+                }
+            })
+            .collect();
+        self.merge_one(wide, acc_row, &other);
+        let next = built(em.builder.build_int_add(l, i64t.const_int(1, false), "l1"));
+        built(em.builder.build_store(lane_counter, next));
+        built(em.builder.build_unconditional_branch(header));
+        em.builder.position_at_end(done);
+    }
+
+    /// `acc_row <- merge(acc_row, other)` in f64, ties ordered by index.
+    fn merge_one(&self, em: &Emitter<'_, 'ctx>, acc_row: PointerValue<'ctx>, other: &[Value<'ctx>]) {
+        let f64t = em.context.f64_type();
+        let ty = f64t.vec_type(1);
+        let ptr = |k: usize| unsafe {
+            built(em.builder.build_in_bounds_gep(
+                f64t,
+                acc_row,
+                &[em.context.i64_type().const_int(k as u64, false)],
+                "slot",
+            ))
+        };
+        let load = |k: usize| {
+            let v = built(em.builder.build_load(ty, ptr(k), "a")).into_vector_value();
+            v.as_instruction()
+                .expect("a load")
+                .set_alignment(8)
+                .expect("valid alignment");
+            v
+        };
+        let store = |k: usize, v: Value<'ctx>| {
+            built(em.builder.build_store(ptr(k), v))
+                .set_alignment(8)
+                .expect("valid alignment");
+        };
+        let c = |v: f64| em.constant(v, 1);
+        let n = self.red.fdim;
+        // (v, i) before (w, j) in the order of the reduction: strictly better, or equal with a
+        // smaller index.
+        let before = |p: FloatPredicate, v: Value<'ctx>, i: Value<'ctx>, w: Value<'ctx>, j: Value<'ctx>| {
+            let better = em.compare(p, v, w);
+            let equal = em.compare(FloatPredicate::OEQ, v, w);
+            let earlier = em.compare(FloatPredicate::OLT, i, j);
+            let tie = built(em.builder.build_and(equal, earlier, "tie"));
+            built(em.builder.build_or(better, tie, "before"))
+        };
+        match family(self.red.kind) {
+            Family::Sum => {
+                for (k, &o) in other.iter().enumerate() {
+                    store(k, em.add(load(k), o));
+                }
+            }
+            Family::Extreme { max } => {
+                let p = if max { FloatPredicate::OGT } else { FloatPredicate::OLT };
+                for (k, &o) in other.iter().enumerate() {
+                    let a = load(k);
+                    let better = em.compare(p, o, a);
+                    store(k, em.select(better, o, a));
+                }
+            }
+            Family::ArgExtreme { max } => {
+                let p = if max { FloatPredicate::OGT } else { FloatPredicate::OLT };
+                for cpt in 0..n {
+                    let (a, ai) = (load(cpt), load(n + cpt));
+                    let take = before(p, other[cpt], other[n + cpt], a, ai);
+                    store(cpt, em.select(take, other[cpt], a));
+                    store(n + cpt, em.select(take, other[n + cpt], ai));
+                }
+            }
+            Family::ShiftedExp => {
+                let m = load(0);
+                let om = other[0];
+                let sums: Vec<Value<'ctx>> = (1..other.len()).map(load).collect();
+                let grows = em.compare(FloatPredicate::OGT, om, m);
+                let up = em.call_math(super::math::MathFn::Exp, &[em.sub(m, om)]);
+                let down = em.call_math(super::math::MathFn::Exp, &[em.sub(om, m)]);
+                let empty_self = em.compare(FloatPredicate::OEQ, m, c(f64::NEG_INFINITY));
+                let empty_other = em.compare(FloatPredicate::OEQ, om, c(f64::NEG_INFINITY));
+                for (k, &s) in sums.iter().enumerate() {
+                    let o = other[1 + k];
+                    let merged = em.select(grows, em.fma(s, up, o), em.fma(o, down, s));
+                    let merged = em.select(empty_self, o, merged);
+                    store(1 + k, em.select(empty_other, s, merged));
+                }
+                let m_new = em.select(em.compare(FloatPredicate::OGT, om, m), om, m);
+                let m_new = em.select(empty_self, om, m_new);
+                store(0, em.select(empty_other, m, m_new));
+            }
+            Family::KMin => {
+                let k = self.red.k;
+                let stride = 2 * n;
+                for l_other in 0..k {
+                    for cpt in 0..n {
+                        let (v, i) = (other[l_other * stride + cpt], other[l_other * stride + n + cpt]);
+                        let vals: Vec<Value<'ctx>> = (0..k).map(|l| load(l * stride + cpt)).collect();
+                        let idxs: Vec<Value<'ctx>> =
+                            (0..k).map(|l| load(l * stride + n + cpt)).collect();
+                        let below: Vec<Value<'ctx>> = (0..k)
+                            .map(|l| before(FloatPredicate::OLT, v, i, vals[l], idxs[l]))
+                            .collect();
+                        for l in 0..k {
+                            let (sv, si) = if l == 0 {
+                                (v, i)
+                            } else {
+                                (
+                                    em.select(below[l - 1], vals[l - 1], v),
+                                    em.select(below[l - 1], idxs[l - 1], i),
+                                )
+                            };
+                            store(l * stride + cpt, em.select(below[l], sv, vals[l]));
+                            store(l * stride + n + cpt, em.select(below[l], si, idxs[l]));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! The split of a formula by loop level, and the loop sizes: the *schedule* of a kernel, apart
+//! from its algorithm (the formula). A schedule changes results only by the rounding of a
+//! reordered sum.
+
+use crate::formula::{Formula, Op};
+use keops_runtime::{Axis, Signature};
+use std::fmt;
+
+/// The outermost loop at which a subformula can be computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// Constants and parameters: once per call.
+    Call,
+    /// Depends on the output row only (i for axis 0): once per row.
+    Row,
+    /// Depends on the reduced index only: once per inner index and inner tile.
+    Inner,
+    /// Depends on both: once per pair.
+    Pair,
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Level::Call => "per call",
+            Level::Row => "per row",
+            Level::Inner => "per inner index",
+            Level::Pair => "per pair",
+        })
+    }
+}
+
+/// Where each node is computed and how the loops are cut.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    /// SIMD lanes of the inner loop.
+    pub lanes: u32,
+    /// Inner indices per tile (a multiple of `lanes`).
+    pub inner_tile: usize,
+    pub levels: Vec<Level>,
+    /// Computed at a narrower level and read by wider code (broadcast, or stored per tile).
+    pub needed_wide: Vec<bool>,
+    /// For inner-level parts read by pair code: their first row in the tile's stack buffer.
+    pub scratch_slots: Vec<Option<usize>>,
+    /// Rows of the tile's stack buffer (the sum of the stored parts' dimensions).
+    pub scratch_dim: usize,
+}
+
+/// Bytes of inner data a tile aims to keep in cache (L1 is 32 KiB on the machines targeted).
+const TILE_BYTES: usize = 32 * 1024;
+/// Bound on the tile's stack buffer (threads have 2 MiB stacks).
+const SCRATCH_BYTES: usize = 256 * 1024;
+
+impl Schedule {
+    pub fn new(formula: &Formula, signature: &Signature, lanes: u32, elem_bytes: usize) -> Schedule {
+        let levels: Vec<Level> = formula
+            .info
+            .iter()
+            .map(|info| {
+                let (row, inner) = match signature.axis {
+                    Axis::I => (info.deps.i, info.deps.j),
+                    Axis::J => (info.deps.j, info.deps.i),
+                };
+                match (row, inner) {
+                    (false, false) => Level::Call,
+                    (true, false) => Level::Row,
+                    (false, true) => Level::Inner,
+                    (true, true) => Level::Pair,
+                }
+            })
+            .collect();
+        let mut needed_wide = vec![false; formula.len()];
+        for (k, node) in formula.nodes.as_ref().iter().enumerate() {
+            for &c in &node.children {
+                let c = usize::from(c);
+                let reads_wide = match levels[c] {
+                    Level::Call => matches!(levels[k], Level::Inner | Level::Pair),
+                    Level::Row | Level::Inner => levels[k] == Level::Pair,
+                    Level::Pair => false,
+                };
+                needed_wide[c] |= reads_wide;
+            }
+        }
+        let root = usize::from(formula.root());
+        needed_wide[root] |= levels[root] != Level::Pair;
+
+        let mut scratch_slots = vec![None; formula.len()];
+        let mut scratch_dim = 0;
+        for (k, node) in formula.nodes.as_ref().iter().enumerate() {
+            if levels[k] == Level::Inner && needed_wide[k] && !matches!(node.op, Op::Var(_)) {
+                scratch_slots[k] = Some(scratch_dim);
+                scratch_dim += formula.info[k].dim;
+            }
+        }
+        let inner_category = match signature.axis {
+            Axis::I => keops_runtime::Category::J,
+            Axis::J => keops_runtime::Category::I,
+        };
+        let inner_input_dim: usize = signature
+            .args
+            .iter()
+            .filter(|a| a.category == inner_category)
+            .map(|a| a.dim)
+            .sum();
+        let bytes_per_index = ((inner_input_dim + scratch_dim) * elem_bytes).max(1);
+        let mut tile = (TILE_BYTES / bytes_per_index).clamp(256, 2048);
+        if scratch_dim > 0 {
+            tile = tile.min(SCRATCH_BYTES / (scratch_dim * elem_bytes));
+        }
+        let lanes_usize = lanes as usize;
+        let inner_tile = (tile / lanes_usize * lanes_usize).max(lanes_usize);
+        Schedule {
+            lanes,
+            inner_tile,
+            levels,
+            needed_wide,
+            scratch_slots,
+            scratch_dim,
+        }
+    }
+}
+
+/// A formula with its schedule, printed as the loop nest the CPU code runs.
+pub struct ScheduledFormula<'f> {
+    pub formula: &'f Formula,
+    pub schedule: &'f Schedule,
+}
+
+impl fmt::Display for ScheduledFormula<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.schedule;
+        writeln!(
+            f,
+            "{} lanes, inner tiles of {} indices, {} numbers stored per inner index",
+            s.lanes, s.inner_tile, s.scratch_dim
+        )?;
+        for level in [Level::Call, Level::Row, Level::Inner, Level::Pair] {
+            let parts: Vec<String> = self
+                .formula
+                .nodes
+                .as_ref()
+                .iter()
+                .enumerate()
+                .filter(|(k, node)| {
+                    s.levels[*k] == level
+                        && !node.children.is_empty()
+                        && (s.needed_wide[*k] || *k == usize::from(self.formula.root()))
+                })
+                .map(|(k, _)| self.formula.to_text(egg::Id::from(k)))
+                .collect();
+            if !parts.is_empty() {
+                writeln!(f, "{level}: {}", parts.join("; "))?;
+            }
+        }
+        Ok(())
+    }
+}

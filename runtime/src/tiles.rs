@@ -1,0 +1,261 @@
+//! Tiled execution of a compiled kernel. Compiled code (JIT or loaded from a module) exports one
+//! C-ABI function, the *tile function*, that folds the pairs of a block of output rows against a
+//! range of the reduced (inner) index into f64 accumulators. Everything around it lives here, in
+//! plain Rust: the layout of the inputs, the split of the work over threads, the merge of partial
+//! accumulators and the final output. The compiler never schedules, and this crate never needs
+//! LLVM.
+//!
+//! Memory is O(N + M): per call, one transposed copy of the inner-indexed inputs, one accumulator
+//! row per output row (and, when the rows alone cannot keep the threads busy, one per inner
+//! chunk and row of the blocks that run at the same time).
+
+use crate::abi::{Axis, Category, Signature};
+use crate::arrays::{ArgumentError, ArrayData, DType, HostArray, ProblemSize};
+use crate::reduction::Reduction;
+use rayon::prelude::*;
+use std::ffi::c_void;
+
+/// `tile(args, inner_stride, row_start, row_end, inner_start, inner_end, acc)`.
+///
+/// - `args[k]` points at argument `k`: row-indexed arguments and parameters as given (row-major,
+///   `rows x dim`); inner-indexed arguments transposed (`dim x inner_stride`, component-major,
+///   zero-padded past the inner size by at least one vector).
+/// - The pairs `[row_start, row_end) x [inner_start, inner_end)` are folded into `acc`, which
+///   holds `(row_end - row_start) x acc_dim` f64 accumulators in the reduction's layout
+///   ([`Reduction::acc_dim`]), initialised by the caller; indices in it are absolute.
+///
+/// Indices are 64-bit throughout, so N and M up to 2^53 index correctly.
+pub type TileFn = unsafe extern "C" fn(
+    args: *const *const c_void,
+    inner_stride: i64,
+    row_start: i64,
+    row_end: i64,
+    inner_start: i64,
+    inner_end: i64,
+    acc: *mut f64,
+);
+
+/// A compiled kernel as the runtime sees it: its signature, the dtype it computes in, the SIMD
+/// width its inner loop uses (the padding the transposed inputs need), and its tile function.
+#[derive(Clone, Copy, Debug)]
+pub struct TileKernel<'s> {
+    pub signature: &'s Signature,
+    pub dtype: DType,
+    pub lanes: usize,
+    pub tile: TileFn,
+}
+
+/// How the work of one call is cut: rows in blocks, and the inner range in chunks when there
+/// are too few row blocks for the threads. Results differ between schedules only by the rounding
+/// of a reordered sum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TileSchedule {
+    pub row_block: usize,
+    pub inner_chunks: usize,
+}
+
+impl TileSchedule {
+    /// Enough blocks for every thread (several each, so uneven blocks even out), large enough
+    /// blocks to amortise a call; and inner chunks when the rows are few.
+    pub fn choose(rows: usize, inner: usize, threads: usize) -> TileSchedule {
+        let threads = threads.max(1);
+        let wanted_tasks = 4 * threads;
+        let row_block = rows.div_ceil(wanted_tasks).clamp(1, 256);
+        let row_blocks = rows.div_ceil(row_block).max(1);
+        // Split the inner range only when it is long enough for each chunk to amortise its
+        // merge, and only as much as needed to reach the wanted task count.
+        let inner_chunks = if row_blocks >= wanted_tasks || inner < 8192 {
+            1
+        } else {
+            wanted_tasks.div_ceil(row_blocks).min(inner / 4096).max(1)
+        };
+        TileSchedule {
+            row_block,
+            inner_chunks,
+        }
+    }
+}
+
+/// Runs a tiled kernel on checked arguments and returns the output, `(rows, output_dim)` in the
+/// kernel's dtype.
+pub fn run_tiles(
+    kernel: &TileKernel,
+    arrays: &[&HostArray],
+    size: ProblemSize,
+    schedule: Option<TileSchedule>,
+) -> Result<HostArray, ArgumentError> {
+    let sig = kernel.signature;
+    if size.dtype != kernel.dtype {
+        return Err(ArgumentError::CompiledDType {
+            name: sig.args.first().map(|a| a.name.clone()).unwrap_or_default(),
+            found: size.dtype,
+            expected: kernel.dtype,
+        });
+    }
+    let (rows, inner, inner_category) = match sig.axis {
+        Axis::I => (size.n, size.m, Category::J),
+        Axis::J => (size.m, size.n, Category::I),
+    };
+    let lanes = kernel.lanes.max(1);
+    // One vector of padding past the rounded-up size: a vector load that starts at any index
+    // below `inner` stays inside the buffer.
+    let inner_stride = inner.div_ceil(lanes) * lanes + lanes;
+    let transposed: Vec<Option<ArrayData>> = sig
+        .args
+        .iter()
+        .zip(arrays)
+        .map(|(spec, array)| {
+            (spec.category == inner_category)
+                .then(|| transpose(&array.data, inner, spec.dim, inner_stride))
+        })
+        .collect();
+    let pointers: Vec<SendPtr> = arrays
+        .iter()
+        .zip(&transposed)
+        .map(|(array, t)| SendPtr(data_ptr(t.as_ref().unwrap_or(&array.data))))
+        .collect();
+
+    let red = &sig.reduction;
+    let acc_dim = red.acc_dim();
+    let mut acc = vec![0.0f64; rows * acc_dim];
+    for row in acc.chunks_mut(acc_dim.max(1)) {
+        red.init(row);
+    }
+    let schedule = schedule.unwrap_or_else(|| {
+        TileSchedule::choose(rows, inner, rayon::current_num_threads())
+    });
+    let call = |acc: &mut [f64], row_start: usize, row_end: usize, lo: usize, hi: usize| {
+        let args: Vec<*const c_void> = pointers.iter().map(|p| p.0).collect();
+        // SAFETY: the pointers cover the checked argument sizes (transposed inputs padded as
+        // the tile function requires), `acc` holds `row_end - row_start` accumulator rows, and
+        // the tile function only reads inputs and writes those rows.
+        unsafe {
+            (kernel.tile)(
+                args.as_ptr(),
+                inner_stride as i64,
+                row_start as i64,
+                row_end as i64,
+                lo as i64,
+                hi as i64,
+                acc.as_mut_ptr(),
+            )
+        }
+    };
+    if acc_dim > 0 && rows > 0 && inner > 0 {
+        let block = schedule.row_block.max(1);
+        if schedule.inner_chunks <= 1 {
+            acc.par_chunks_mut(block * acc_dim)
+                .enumerate()
+                .for_each(|(b, acc_block)| {
+                    let start = b * block;
+                    call(acc_block, start, start + acc_block.len() / acc_dim, 0, inner);
+                });
+        } else {
+            let chunks = schedule.inner_chunks;
+            // Chunk boundaries on multiples of the vector width keep the loads aligned.
+            let chunk_len = inner.div_ceil(chunks).div_ceil(lanes) * lanes;
+            acc.par_chunks_mut(block * acc_dim)
+                .enumerate()
+                .for_each(|(b, acc_block)| {
+                    let start = b * block;
+                    let end = start + acc_block.len() / acc_dim;
+                    let partials: Vec<Vec<f64>> = (1..chunks)
+                        .into_par_iter()
+                        .map(|c| {
+                            let mut partial = acc_block.to_vec();
+                            let lo = (c * chunk_len).min(inner);
+                            let hi = ((c + 1) * chunk_len).min(inner);
+                            if lo < hi {
+                                call(&mut partial, start, end, lo, hi);
+                            }
+                            partial
+                        })
+                        .collect();
+                    call(acc_block, start, end, 0, chunk_len.min(inner));
+                    // In inner order, so that ties still keep the first index.
+                    // A chunk past the end left its partial at the initial value, which merges
+                    // as the identity.
+                    for partial in &partials {
+                        for (a, p) in acc_block.chunks_mut(acc_dim).zip(partial.chunks(acc_dim)) {
+                            red.merge(a, p);
+                        }
+                    }
+                });
+        }
+    }
+    Ok(finalize(red, &acc, rows, kernel.dtype))
+}
+
+fn finalize(red: &Reduction, acc: &[f64], rows: usize, dtype: DType) -> HostArray {
+    let (acc_dim, out_dim) = (red.acc_dim(), red.output_dim());
+    let mut out = vec![0.0f64; rows * out_dim];
+    if out_dim > 0 {
+        out.par_chunks_mut(out_dim)
+            .zip(acc.par_chunks(acc_dim.max(1)))
+            .for_each(|(o, a)| red.finalize(a, o));
+    }
+    let shape = vec![rows, out_dim];
+    match dtype {
+        DType::F64 => HostArray::from_f64(shape, out),
+        DType::F32 => HostArray::from_f32(shape, out.into_iter().map(|x| x as f32).collect()),
+    }
+}
+
+/// `rows x dim` row-major to `dim x stride` component-major, zero-padded.
+fn transpose(data: &ArrayData, rows: usize, dim: usize, stride: usize) -> ArrayData {
+    fn go<T: Copy + Default + Send + Sync>(v: &[T], rows: usize, dim: usize, stride: usize) -> Vec<T> {
+        let mut out = vec![T::default(); dim * stride];
+        if dim == 0 {
+            return out;
+        }
+        out.par_chunks_mut(stride).enumerate().for_each(|(c, column)| {
+            for (r, slot) in column[..rows].iter_mut().enumerate() {
+                *slot = v[r * dim + c];
+            }
+        });
+        out
+    }
+    match data {
+        ArrayData::F32(v) => ArrayData::F32(go(v, rows, dim, stride)),
+        ArrayData::F64(v) => ArrayData::F64(go(v, rows, dim, stride)),
+    }
+}
+
+fn data_ptr(data: &ArrayData) -> *const c_void {
+    match data {
+        ArrayData::F32(v) => v.as_ptr().cast(),
+        ArrayData::F64(v) => v.as_ptr().cast(),
+    }
+}
+
+/// The argument pointers are only read through, by the tile function, while the arrays they
+/// point into are borrowed by [`run_tiles`].
+#[derive(Clone, Copy)]
+struct SendPtr(*const c_void);
+// SAFETY: see above; the data behind the pointers is immutable for the whole call.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_splits_inner_only_when_rows_are_few() {
+        let s = TileSchedule::choose(1_000_000, 1_000_000, 2);
+        assert_eq!(s.inner_chunks, 1);
+        let s = TileSchedule::choose(3, 1_000_000, 8);
+        assert!(s.inner_chunks > 1, "{s:?}");
+        let s = TileSchedule::choose(3, 100, 8);
+        assert_eq!(s.inner_chunks, 1);
+    }
+
+    #[test]
+    fn transpose_pads_with_zeros() {
+        let data = ArrayData::F32(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let ArrayData::F32(t) = transpose(&data, 3, 2, 5) else {
+            unreachable!()
+        };
+        assert_eq!(t, vec![1.0, 3.0, 5.0, 0.0, 0.0, 2.0, 4.0, 6.0, 0.0, 0.0]);
+    }
+}
