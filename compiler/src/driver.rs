@@ -2,12 +2,12 @@
 //! and a kernel evaluated on named host arrays by a chosen backend.
 
 use crate::check::{check_file, CheckedKernel};
+use crate::codegen::{CodegenError, CpuTarget, JitKernel};
 use crate::diagnostic::Diagnostic;
 use crate::interp::{self, InterpError};
 use crate::opt;
 use crate::source::SourceFile;
 use crate::syntax::{ast, parse};
-use crate::codegen::{CodegenError, CpuTarget, JitKernel};
 use keops_runtime::{check_arguments, run_tiles, ArgumentError, Axis, DType, HostArray};
 use std::fmt;
 
@@ -190,12 +190,11 @@ pub fn evaluate(
 pub fn compile_cpu(kernel: &CheckedKernel, dtype: DType) -> Result<JitKernel, EvalError> {
     // Derivatives were expanded when the kernel was compiled: nothing here can fail on the
     // user's formula.
-    let optimized = opt::optimize(kernel, &opt::OptBudget::default()).map_err(|d| {
-        CodegenError::Internal {
+    let optimized =
+        opt::optimize(kernel, &opt::OptBudget::default()).map_err(|d| CodegenError::Internal {
             stage: "optimiser",
             message: d.message,
-        }
-    })?;
+        })?;
     Ok(JitKernel::compile(
         &optimized.formula,
         &kernel.signature,

@@ -52,7 +52,12 @@ const TILE_BYTES: usize = 32 * 1024;
 const SCRATCH_BYTES: usize = 256 * 1024;
 
 impl Schedule {
-    pub fn new(formula: &Formula, signature: &Signature, lanes: u32, elem_bytes: usize) -> Schedule {
+    pub fn new(
+        formula: &Formula,
+        signature: &Signature,
+        lanes: u32,
+        elem_bytes: usize,
+    ) -> Schedule {
         let levels: Vec<Level> = formula
             .info
             .iter()

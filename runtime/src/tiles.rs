@@ -121,9 +121,8 @@ pub fn run_tiles(
     for row in acc.chunks_mut(acc_dim.max(1)) {
         red.init(row);
     }
-    let schedule = schedule.unwrap_or_else(|| {
-        TileSchedule::choose(rows, inner, rayon::current_num_threads())
-    });
+    let schedule =
+        schedule.unwrap_or_else(|| TileSchedule::choose(rows, inner, rayon::current_num_threads()));
     let call = |acc: &mut [f64], row_start: usize, row_end: usize, lo: usize, hi: usize| {
         let args: Vec<*const c_void> = pointers.iter().map(|p| p.0).collect();
         // SAFETY: the pointers cover the checked argument sizes (transposed inputs padded as
@@ -148,7 +147,13 @@ pub fn run_tiles(
                 .enumerate()
                 .for_each(|(b, acc_block)| {
                     let start = b * block;
-                    call(acc_block, start, start + acc_block.len() / acc_dim, 0, inner);
+                    call(
+                        acc_block,
+                        start,
+                        start + acc_block.len() / acc_dim,
+                        0,
+                        inner,
+                    );
                 });
         } else {
             let chunks = schedule.inner_chunks;
@@ -203,16 +208,23 @@ fn finalize(red: &Reduction, acc: &[f64], rows: usize, dtype: DType) -> HostArra
 
 /// `rows x dim` row-major to `dim x stride` component-major, zero-padded.
 fn transpose(data: &ArrayData, rows: usize, dim: usize, stride: usize) -> ArrayData {
-    fn go<T: Copy + Default + Send + Sync>(v: &[T], rows: usize, dim: usize, stride: usize) -> Vec<T> {
+    fn go<T: Copy + Default + Send + Sync>(
+        v: &[T],
+        rows: usize,
+        dim: usize,
+        stride: usize,
+    ) -> Vec<T> {
         let mut out = vec![T::default(); dim * stride];
         if dim == 0 {
             return out;
         }
-        out.par_chunks_mut(stride).enumerate().for_each(|(c, column)| {
-            for (r, slot) in column[..rows].iter_mut().enumerate() {
-                *slot = v[r * dim + c];
-            }
-        });
+        out.par_chunks_mut(stride)
+            .enumerate()
+            .for_each(|(c, column)| {
+                for (r, slot) in column[..rows].iter_mut().enumerate() {
+                    *slot = v[r * dim + c];
+                }
+            });
         out
     }
     match data {

@@ -75,12 +75,22 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
     fn elem_ptr(&self, base: PointerValue<'ctx>, index: IntValue<'ctx>) -> PointerValue<'ctx> {
         // SAFETY (of the generated code): every index is inside the buffers the runtime passes,
         // see `keops_runtime::TileFn`.
-        unsafe { built(self.em.builder.build_in_bounds_gep(self.em.float_type(), base, &[index], "p")) }
+        unsafe {
+            built(
+                self.em
+                    .builder
+                    .build_in_bounds_gep(self.em.float_type(), base, &[index], "p"),
+            )
+        }
     }
 
     /// A load of `lanes` consecutive elements, aligned only to the element.
     fn load(&self, base: PointerValue<'ctx>, index: IntValue<'ctx>, lanes: u32) -> Value<'ctx> {
-        let v = built(self.em.builder.build_load(self.em.vector_type(lanes), self.elem_ptr(base, index), "ld"));
+        let v = built(self.em.builder.build_load(
+            self.em.vector_type(lanes),
+            self.elem_ptr(base, index),
+            "ld",
+        ));
         let v = v.into_vector_value();
         v.as_instruction()
             .expect("a load")
@@ -112,7 +122,11 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
     }
 
     fn less(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
-        built(self.em.builder.build_int_compare(IntPredicate::SLT, a, b, "lt"))
+        built(
+            self.em
+                .builder
+                .build_int_compare(IntPredicate::SLT, a, b, "lt"),
+        )
     }
 
     /// `for (counter = start; cond(counter); counter += step) body(counter)`, through a stack
@@ -151,7 +165,15 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         let ptr = ctx.ptr_type(AddressSpace::default());
         let i64t = ctx.i64_type();
         let fn_type = ctx.void_type().fn_type(
-            &[ptr.into(), i64t.into(), i64t.into(), i64t.into(), i64t.into(), i64t.into(), ptr.into()],
+            &[
+                ptr.into(),
+                i64t.into(),
+                i64t.into(),
+                i64t.into(),
+                i64t.into(),
+                i64t.into(),
+                ptr.into(),
+            ],
             false,
         );
         let function = em.module.add_function(name, fn_type, None);
@@ -176,17 +198,26 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
 
         // Stack slots first, in the entry block, so that LLVM promotes them.
         let lane_acc = LaneAccumulators::allocate(em, red, lanes);
-        let counters: Vec<PointerValue<'ctx>> =
-            (0..4).map(|_| built(em.builder.build_alloca(i64t, "counter"))).collect();
+        let counters: Vec<PointerValue<'ctx>> = (0..4)
+            .map(|_| built(em.builder.build_alloca(i64t, "counter")))
+            .collect();
         let scratch = (sched.scratch_dim > 0).then(|| {
             let len = self.i64((sched.scratch_dim * sched.inner_tile) as i64);
-            built(em.builder.build_array_alloca(em.float_type(), len, "inner_tile"))
+            built(
+                em.builder
+                    .build_array_alloca(em.float_type(), len, "inner_tile"),
+            )
         });
 
         let arg_ptrs: Vec<PointerValue<'ctx>> = (0..self.formula.vars.len())
             .map(|k| {
                 let slot = unsafe {
-                    built(em.builder.build_in_bounds_gep(ptr, params.args, &[self.i64(k as i64)], "argp"))
+                    built(em.builder.build_in_bounds_gep(
+                        ptr,
+                        params.args,
+                        &[self.i64(k as i64)],
+                        "argp",
+                    ))
                 };
                 built(em.builder.build_load(ptr, slot, "arg")).into_pointer_value()
             })
@@ -211,7 +242,13 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
             |jt| self.less(jt, params.inner_end),
             |jt| {
                 let next = self.add(jt, self.i64(tile));
-                let jt_end = built(em.builder.build_select(self.less(next, params.inner_end), next, params.inner_end, "jt_end")).into_int_value();
+                let jt_end = built(em.builder.build_select(
+                    self.less(next, params.inner_end),
+                    next,
+                    params.inner_end,
+                    "jt_end",
+                ))
+                .into_int_value();
                 // Inner-only parts of the formula, once per inner index of the tile.
                 if let Some(scratch) = scratch {
                     self.emit_loop(
@@ -232,7 +269,10 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                                 if let Some(slot) = slot {
                                     let v = inner.wide[k].as_ref().expect("computed above");
                                     for (c, &x) in v.iter().enumerate() {
-                                        let at = self.add(offset, self.i64(((slot + c) * sched.inner_tile) as i64));
+                                        let at = self.add(
+                                            offset,
+                                            self.i64(((slot + c) * sched.inner_tile) as i64),
+                                        );
                                         self.store(scratch, at, x);
                                     }
                                 }
@@ -251,7 +291,12 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                             narrow: values.narrow.clone(),
                             wide: values.wide.clone(),
                         };
-                        self.emit_level(Level::Row, &mut row, &arg_ptrs, Some((r, params.inner_stride, jt, None)));
+                        self.emit_level(
+                            Level::Row,
+                            &mut row,
+                            &arg_ptrs,
+                            Some((r, params.inner_stride, jt, None)),
+                        );
                         self.broadcast(Level::Row, &mut row);
                         lane_acc.init(em);
                         let pair = |jv: IntValue<'ctx>, mask: Option<Value<'ctx>>| {
@@ -259,13 +304,33 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                                 narrow: row.narrow.clone(),
                                 wide: row.wide.clone(),
                             };
-                            self.load_inner(&mut pair, &arg_ptrs, scratch, jv, jt, params.inner_stride);
-                            self.emit_level(Level::Pair, &mut pair, &arg_ptrs, Some((jv, params.inner_stride, jt, mask)));
+                            self.load_inner(
+                                &mut pair,
+                                &arg_ptrs,
+                                scratch,
+                                jv,
+                                jt,
+                                params.inner_stride,
+                            );
+                            self.emit_level(
+                                Level::Pair,
+                                &mut pair,
+                                &arg_ptrs,
+                                Some((jv, params.inner_stride, jt, mask)),
+                            );
                             let root = usize::from(self.formula.root());
-                            let value = pair.wide[root].clone().expect("the root is available wide");
+                            let value =
+                                pair.wide[root].clone().expect("the root is available wide");
                             let offset = self.sub(jv, jt);
                             let index = em.add(
-                                em.splat(em.from_scalar(built(em.builder.build_signed_int_to_float(offset, em.float_type(), "rel"))), lanes),
+                                em.splat(
+                                    em.from_scalar(built(em.builder.build_signed_int_to_float(
+                                        offset,
+                                        em.float_type(),
+                                        "rel",
+                                    ))),
+                                    lanes,
+                                ),
                                 self.iota(lanes),
                             );
                             lane_acc.fold(em, function, &value, index, mask);
@@ -280,7 +345,8 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                             |jv| self.less(jv, last_full),
                             |jv| pair(jv, None),
                         );
-                        let jv = built(em.builder.build_load(i64t, jv_counter, "jv")).into_int_value();
+                        let jv =
+                            built(em.builder.build_load(i64t, jv_counter, "jv")).into_int_value();
                         let remaining = self.less(jv, jt_end);
                         let tail = ctx.append_basic_block(function, "tail");
                         let after = ctx.append_basic_block(function, "tail_done");
@@ -293,9 +359,21 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
 
                         let row_offset = self.mul(self.sub(r, params.row_start), self.i64(acc_dim));
                         let acc_row = unsafe {
-                            built(em.builder.build_in_bounds_gep(ctx.f64_type(), params.acc, &[row_offset], "acc_row"))
+                            built(em.builder.build_in_bounds_gep(
+                                ctx.f64_type(),
+                                params.acc,
+                                &[row_offset],
+                                "acc_row",
+                            ))
                         };
-                        lane_acc.merge_lanes_into(em, self.wide_f64, function, acc_row, jt, lane_counter);
+                        lane_acc.merge_lanes_into(
+                            em,
+                            self.wide_f64,
+                            function,
+                            acc_row,
+                            jt,
+                            lane_counter,
+                        );
                     },
                 );
             },
@@ -317,12 +395,20 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         let i64t = em.context.i64_type();
         let count = self.sub(end, jv);
         let undef = i64t.vec_type(1).get_undef();
-        let one = built(em.builder.build_insert_element(undef, count, i64t.const_zero(), "n"));
+        let one = built(
+            em.builder
+                .build_insert_element(undef, count, i64t.const_zero(), "n"),
+        );
         let zeros = em.context.i32_type().vec_type(lanes).const_zero();
         let counts = built(em.builder.build_shuffle_vector(one, one, zeros, "ns"));
-        let items: Vec<_> = (0..lanes).map(|l| i64t.const_int(l as u64, false)).collect();
+        let items: Vec<_> = (0..lanes)
+            .map(|l| i64t.const_int(l as u64, false))
+            .collect();
         let iota = inkwell::types::VectorType::const_vector(&items);
-        built(em.builder.build_int_compare(IntPredicate::SLT, iota, counts, "mask"))
+        built(
+            em.builder
+                .build_int_compare(IntPredicate::SLT, iota, counts, "mask"),
+        )
     }
 
     /// Inner-only values the pair code reads: variables from the transposed inputs, the other
@@ -370,7 +456,12 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         for k in 0..self.formula.len() {
             if self.schedule.levels[k] == level && self.schedule.needed_wide[k] {
                 let narrow = values.narrow[k].as_ref().expect("computed at its level");
-                values.wide[k] = Some(narrow.iter().map(|&v| self.em.splat(v, self.schedule.lanes)).collect());
+                values.wide[k] = Some(
+                    narrow
+                        .iter()
+                        .map(|&v| self.em.splat(v, self.schedule.lanes))
+                        .collect(),
+                );
             }
         }
     }
@@ -382,7 +473,12 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         level: Level,
         values: &mut NodeValues<'ctx>,
         arg_ptrs: &[PointerValue<'ctx>],
-        at: Option<(IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>, Option<Value<'ctx>>)>,
+        at: Option<(
+            IntValue<'ctx>,
+            IntValue<'ctx>,
+            IntValue<'ctx>,
+            Option<Value<'ctx>>,
+        )>,
     ) {
         let sched = self.schedule;
         let narrow = matches!(level, Level::Call | Level::Row);
@@ -396,16 +492,26 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                 let spec = &self.formula.vars[var as usize];
                 let base = arg_ptrs[var as usize];
                 match spec.category {
-                    Category::Param => (0..dim).map(|c| self.load(base, self.i64(c as i64), 1)).collect(),
+                    Category::Param => (0..dim)
+                        .map(|c| self.load(base, self.i64(c as i64), 1))
+                        .collect(),
                     _ if level == Level::Row => {
                         let (r, ..) = at.expect("row code knows its row");
                         let first = self.mul(r, self.i64(dim as i64));
-                        (0..dim).map(|c| self.load(base, self.add(first, self.i64(c as i64)), 1)).collect()
+                        (0..dim)
+                            .map(|c| self.load(base, self.add(first, self.i64(c as i64)), 1))
+                            .collect()
                     }
                     _ => {
                         let (jv, stride, ..) = at.expect("inner code knows its index");
                         (0..dim)
-                            .map(|c| self.load(base, self.add(self.mul(self.i64(c as i64), stride), jv), lanes))
+                            .map(|c| {
+                                self.load(
+                                    base,
+                                    self.add(self.mul(self.i64(c as i64), stride), jv),
+                                    lanes,
+                                )
+                            })
                             .collect()
                     }
                 }
@@ -416,7 +522,9 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                     .map(|&c| {
                         let c = usize::from(c);
                         let table = if narrow { &values.narrow } else { &values.wide };
-                        table[c].as_deref().unwrap_or_else(|| panic!("operand {c} of node {k} is computed before it"))
+                        table[c].as_deref().unwrap_or_else(|| {
+                            panic!("operand {c} of node {k} is computed before it")
+                        })
                     })
                     .collect();
                 self.em.emit(&node.op, &operands, dim, lanes)

@@ -329,7 +329,11 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
             let pairs: Vec<_> = f.iter().map(|&x| (x, x)).collect();
             self.mul(s[0], self.dot(&pairs))
         } else if s.len() == f.len() {
-            let pairs: Vec<_> = f.iter().zip(s).map(|(&x, &w)| (self.mul(w, x), x)).collect();
+            let pairs: Vec<_> = f
+                .iter()
+                .zip(s)
+                .map(|(&x, &w)| (self.mul(w, x), x))
+                .collect();
             self.dot(&pairs)
         } else {
             self.quadratic_form(s, f)
@@ -338,7 +342,13 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
 
     /// The components of `op` applied to operand components, all of `lanes` lanes. Leaves
     /// (`Var`) are supplied by the caller.
-    pub fn emit(&self, op: &Op, args: &[&[Value<'ctx>]], out_dim: usize, lanes: u32) -> Vec<Value<'ctx>> {
+    pub fn emit(
+        &self,
+        op: &Op,
+        args: &[&[Value<'ctx>]],
+        out_dim: usize,
+        lanes: u32,
+    ) -> Vec<Value<'ctx>> {
         if op.is_elementwise() {
             let at = |a: &[Value<'ctx>], k: usize| if a.len() == 1 { a[0] } else { a[k] };
             return (0..out_dim)
@@ -373,12 +383,19 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
                 args[0].iter().map(|&x| self.mul(r, x)).collect()
             }
             Op::SqDist => {
-                let d: Vec<Value<'ctx>> =
-                    args[0].iter().zip(args[1]).map(|(&x, &y)| self.sub(x, y)).collect();
+                let d: Vec<Value<'ctx>> = args[0]
+                    .iter()
+                    .zip(args[1])
+                    .map(|(&x, &y)| self.sub(x, y))
+                    .collect();
                 vec![sq(&d)]
             }
             Op::Scalprod => {
-                let pairs: Vec<_> = args[0].iter().copied().zip(args[1].iter().copied()).collect();
+                let pairs: Vec<_> = args[0]
+                    .iter()
+                    .copied()
+                    .zip(args[1].iter().copied())
+                    .collect();
                 vec![self.dot(&pairs)]
             }
             Op::Elem(m) => vec![args[0][*m]],
@@ -415,8 +432,9 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
                 let (b, a) = (args[0], args[1]);
                 (0..out_dim)
                     .map(|i| {
-                        let pairs: Vec<_> =
-                            (0..b.len()).map(|row| (b[row], a[row * out_dim + i])).collect();
+                        let pairs: Vec<_> = (0..b.len())
+                            .map(|row| (b[row], a[row * out_dim + i]))
+                            .collect();
                         self.dot(&pairs)
                     })
                     .collect()
@@ -431,8 +449,11 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
             Op::TensorDot(spec) => self.tensordot(spec, args[0], args[1], out_dim),
             Op::WeightedSqNorm => vec![self.weighted_sq_norm(args[0], args[1])],
             Op::WeightedSqDist => {
-                let d: Vec<Value<'ctx>> =
-                    args[1].iter().zip(args[2]).map(|(&x, &y)| self.sub(x, y)).collect();
+                let d: Vec<Value<'ctx>> = args[1]
+                    .iter()
+                    .zip(args[2])
+                    .map(|(&x, &y)| self.sub(x, y))
+                    .collect();
                 vec![self.weighted_sq_norm(args[0], &d)]
             }
             Op::SqNormIso => vec![self.mul(args[0][0], sq(args[1]))],
@@ -451,7 +472,13 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
 
     /// numpy.tensordot, then kept axis k moved to output axis permute[k]; the index arithmetic
     /// runs at compile time, each output component is one dot product.
-    fn tensordot(&self, spec: &TensorDotSpec, f: &[Value<'ctx>], g: &[Value<'ctx>], out_dim: usize) -> Vec<Value<'ctx>> {
+    fn tensordot(
+        &self,
+        spec: &TensorDotSpec,
+        f: &[Value<'ctx>],
+        g: &[Value<'ctx>],
+        out_dim: usize,
+    ) -> Vec<Value<'ctx>> {
         let strides = |shape: &[usize]| {
             let mut s = vec![1; shape.len()];
             for k in (0..shape.len().saturating_sub(1)).rev() {

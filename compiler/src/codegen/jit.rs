@@ -23,7 +23,10 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CodegenError {
     #[error("internal error in code generation ({stage}): {message}")]
-    Internal { stage: &'static str, message: String },
+    Internal {
+        stage: &'static str,
+        message: String,
+    },
 }
 
 fn internal(stage: &'static str) -> impl Fn(String) -> CodegenError {
@@ -52,7 +55,10 @@ impl CpuTarget {
             128
         };
         CpuTarget {
-            triple: TargetMachine::get_default_triple().as_str().to_string_lossy().into_owned(),
+            triple: TargetMachine::get_default_triple()
+                .as_str()
+                .to_string_lossy()
+                .into_owned(),
             cpu: TargetMachine::get_host_cpu_name().to_string(),
             features,
             vector_bits,
@@ -79,7 +85,9 @@ impl CpuTarget {
                 RelocMode::Default,
                 CodeModel::JITDefault,
             )
-            .ok_or_else(|| internal("target")(format!("LLVM has no target machine for {}", self.cpu)))
+            .ok_or_else(|| {
+                internal("target")(format!("LLVM has no target machine for {}", self.cpu))
+            })
     }
 }
 

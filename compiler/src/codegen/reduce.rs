@@ -41,9 +41,7 @@ fn family(kind: ReductionKind) -> Family {
         | ReductionKind::MaxSumShiftExp
         | ReductionKind::MaxSumShiftExpWeight
         | ReductionKind::SumSoftMaxWeight => Family::ShiftedExp,
-        ReductionKind::KMin | ReductionKind::ArgKMin | ReductionKind::KMinArgKMin => {
-            Family::KMin
-        }
+        ReductionKind::KMin | ReductionKind::ArgKMin | ReductionKind::KMinArgKMin => Family::KMin,
     }
 }
 
@@ -94,8 +92,11 @@ impl<'ctx> LaneAccumulators<'ctx> {
     }
 
     fn load(&self, em: &Emitter<'_, 'ctx>, k: usize) -> Value<'ctx> {
-        built(em.builder.build_load(em.vector_type(self.lanes), self.slots[k], "acc"))
-            .into_vector_value()
+        built(
+            em.builder
+                .build_load(em.vector_type(self.lanes), self.slots[k], "acc"),
+        )
+        .into_vector_value()
     }
 
     fn store(&self, em: &Emitter<'_, 'ctx>, k: usize, v: Value<'ctx>) {
@@ -139,7 +140,10 @@ impl<'ctx> LaneAccumulators<'ctx> {
             Some(m) => em.select(m, v, em.constant(neutral, lanes)),
             None => v,
         };
-        let f: Vec<Value<'ctx>> = value[..n].iter().map(|&v| masked(v, self.neutral())).collect();
+        let f: Vec<Value<'ctx>> = value[..n]
+            .iter()
+            .map(|&v| masked(v, self.neutral()))
+            .collect();
         match family(self.red.kind) {
             Family::Sum => {
                 for (c, &x) in f.iter().enumerate() {
@@ -148,7 +152,11 @@ impl<'ctx> LaneAccumulators<'ctx> {
                 }
             }
             Family::Extreme { max } | Family::ArgExtreme { max } => {
-                let p = if max { FloatPredicate::OGT } else { FloatPredicate::OLT };
+                let p = if max {
+                    FloatPredicate::OGT
+                } else {
+                    FloatPredicate::OLT
+                };
                 let with_index = matches!(family(self.red.kind), Family::ArgExtreme { .. });
                 for (c, &x) in f.iter().enumerate() {
                     let acc = self.load(em, c);
@@ -222,7 +230,9 @@ impl<'ctx> LaneAccumulators<'ctx> {
         let grows = em.compare(FloatPredicate::OGT, f, m);
         if_any(em, function, grows, || {
             let m_new = em.select(grows, f, m);
+            // Lanes that do not grow keep their sums (and skip exp(-inf - -inf) = NaN).
             let scale = em.call_math(super::math::MathFn::Exp, &[em.sub(m, m_new)]);
+            let scale = em.select(grows, scale, c(1.0));
             for k in 1..self.slots.len() {
                 let s = self.load(em, k);
                 self.store(em, k, em.mul(s, scale));
@@ -267,9 +277,10 @@ impl<'ctx> LaneAccumulators<'ctx> {
     ) {
         let i64t = em.context.i64_type();
         let f64t = em.context.f64_type();
-        let base = wide.from_scalar(built(em.builder.build_signed_int_to_float(
-            tile_start, f64t, "base",
-        )));
+        let base = wide.from_scalar(built(
+            em.builder
+                .build_signed_int_to_float(tile_start, f64t, "base"),
+        ));
         let header = em.context.append_basic_block(function, "lanes");
         let body = em.context.append_basic_block(function, "lane");
         let done = em.context.append_basic_block(function, "lanes_done");
@@ -310,7 +321,12 @@ impl<'ctx> LaneAccumulators<'ctx> {
     }
 
     /// `acc_row <- merge(acc_row, other)` in f64, ties ordered by index.
-    fn merge_one(&self, em: &Emitter<'_, 'ctx>, acc_row: PointerValue<'ctx>, other: &[Value<'ctx>]) {
+    fn merge_one(
+        &self,
+        em: &Emitter<'_, 'ctx>,
+        acc_row: PointerValue<'ctx>,
+        other: &[Value<'ctx>],
+    ) {
         let f64t = em.context.f64_type();
         let ty = f64t.vec_type(1);
         let ptr = |k: usize| unsafe {
@@ -338,13 +354,14 @@ impl<'ctx> LaneAccumulators<'ctx> {
         let n = self.red.fdim;
         // (v, i) before (w, j) in the order of the reduction: strictly better, or equal with a
         // smaller index.
-        let before = |p: FloatPredicate, v: Value<'ctx>, i: Value<'ctx>, w: Value<'ctx>, j: Value<'ctx>| {
-            let better = em.compare(p, v, w);
-            let equal = em.compare(FloatPredicate::OEQ, v, w);
-            let earlier = em.compare(FloatPredicate::OLT, i, j);
-            let tie = built(em.builder.build_and(equal, earlier, "tie"));
-            built(em.builder.build_or(better, tie, "before"))
-        };
+        let before =
+            |p: FloatPredicate, v: Value<'ctx>, i: Value<'ctx>, w: Value<'ctx>, j: Value<'ctx>| {
+                let better = em.compare(p, v, w);
+                let equal = em.compare(FloatPredicate::OEQ, v, w);
+                let earlier = em.compare(FloatPredicate::OLT, i, j);
+                let tie = built(em.builder.build_and(equal, earlier, "tie"));
+                built(em.builder.build_or(better, tie, "before"))
+            };
         match family(self.red.kind) {
             Family::Sum => {
                 for (k, &o) in other.iter().enumerate() {
@@ -352,7 +369,11 @@ impl<'ctx> LaneAccumulators<'ctx> {
                 }
             }
             Family::Extreme { max } => {
-                let p = if max { FloatPredicate::OGT } else { FloatPredicate::OLT };
+                let p = if max {
+                    FloatPredicate::OGT
+                } else {
+                    FloatPredicate::OLT
+                };
                 for (k, &o) in other.iter().enumerate() {
                     let a = load(k);
                     let better = em.compare(p, o, a);
@@ -360,7 +381,11 @@ impl<'ctx> LaneAccumulators<'ctx> {
                 }
             }
             Family::ArgExtreme { max } => {
-                let p = if max { FloatPredicate::OGT } else { FloatPredicate::OLT };
+                let p = if max {
+                    FloatPredicate::OGT
+                } else {
+                    FloatPredicate::OLT
+                };
                 for cpt in 0..n {
                     let (a, ai) = (load(cpt), load(n + cpt));
                     let take = before(p, other[cpt], other[n + cpt], a, ai);
@@ -392,8 +417,12 @@ impl<'ctx> LaneAccumulators<'ctx> {
                 let stride = 2 * n;
                 for l_other in 0..k {
                     for cpt in 0..n {
-                        let (v, i) = (other[l_other * stride + cpt], other[l_other * stride + n + cpt]);
-                        let vals: Vec<Value<'ctx>> = (0..k).map(|l| load(l * stride + cpt)).collect();
+                        let (v, i) = (
+                            other[l_other * stride + cpt],
+                            other[l_other * stride + n + cpt],
+                        );
+                        let vals: Vec<Value<'ctx>> =
+                            (0..k).map(|l| load(l * stride + cpt)).collect();
                         let idxs: Vec<Value<'ctx>> =
                             (0..k).map(|l| load(l * stride + n + cpt)).collect();
                         let below: Vec<Value<'ctx>> = (0..k)

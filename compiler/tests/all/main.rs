@@ -1,6 +1,7 @@
 //! keopsc's integration tests, in one binary (each test binary links the whole compiler).
 
 mod cli;
+mod cpu;
 mod derivatives;
 mod frontend;
 mod interp;

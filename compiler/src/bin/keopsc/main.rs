@@ -66,6 +66,31 @@ enum Command {
         #[arg(long)]
         backend: Option<String>,
     },
+    /// Measure the CPU backend on the reference workloads (W1..W5), with the C baseline and
+    /// pykeops measured in the same run.
+    Bench {
+        /// Only these workloads (W1, W2, W3, W4, W5); all when left out.
+        #[arg(long = "workload")]
+        workloads: Vec<String>,
+        /// N = M, once per size.
+        #[arg(long = "size", default_values_t = [10_000usize, 30_000])]
+        sizes: Vec<usize>,
+        /// f32, f64 or both.
+        #[arg(long = "dtype", default_values_t = [String::from("f32"), String::from("f64")])]
+        dtypes: Vec<String>,
+        /// Calls per measurement (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        repeat: usize,
+        /// The C baseline for W1 (built with gcc -O3 -march=native -ffast-math -fopenmp).
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/bench/gauss_c.c"))]
+        c_baseline: PathBuf,
+        /// Skip the C baseline.
+        #[arg(long)]
+        no_c: bool,
+        /// Also time pykeops (W1, f32) through python3, when it is installed.
+        #[arg(long)]
+        pykeops: bool,
+    },
 }
 
 /// An error already explained to the user on stderr.
@@ -121,6 +146,22 @@ fn run(cli: Cli) -> ExitCode {
             output,
             backend,
         } => eval(&file, kernel.as_deref(), &args, &output, backend.as_deref()),
+        Command::Bench {
+            workloads,
+            sizes,
+            dtypes,
+            repeat,
+            c_baseline,
+            no_c,
+            pykeops,
+        } => bench(
+            workloads,
+            sizes,
+            &dtypes,
+            repeat,
+            (!no_c).then_some(c_baseline),
+            pykeops,
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -268,5 +309,46 @@ fn eval(
     let out = driver::evaluate(kernel, &inputs, backend).map_err(fail)?;
     out.write_npy(output)
         .map_err(|e| fail(format!("output `{}`: {e}", output.display())))?;
+    Ok(())
+}
+
+fn bench(
+    workloads: Vec<String>,
+    sizes: Vec<usize>,
+    dtypes: &[String],
+    repeats: usize,
+    c_baseline: Option<PathBuf>,
+    pykeops: bool,
+) -> Result<(), Reported> {
+    let mut parsed = Vec::new();
+    for d in dtypes {
+        match d.as_str() {
+            "f32" | "float32" => parsed.push(keops_runtime::DType::F32),
+            "f64" | "float64" => parsed.push(keops_runtime::DType::F64),
+            other => {
+                eprintln!("error: unknown dtype `{other}` (expected f32 or f64)");
+                return Err(Reported);
+            }
+        }
+    }
+    for w in &workloads {
+        if !keopsc::bench::WORKLOADS.iter().any(|k| &k.id == w) {
+            eprintln!("error: unknown workload `{w}` (expected W1 to W5)");
+            return Err(Reported);
+        }
+    }
+    let options = keopsc::bench::BenchOptions {
+        workloads,
+        sizes,
+        dtypes: parsed,
+        repeats,
+        c_baseline,
+        pykeops,
+    };
+    let mut stdout = std::io::stdout();
+    keopsc::bench::run(&options, &mut stdout).map_err(|e| {
+        eprintln!("error: {e}");
+        Reported
+    })?;
     Ok(())
 }

@@ -1,0 +1,308 @@
+//! `keopsc bench`: the CPU backend on the reference workloads, in pairs per second (N*M over
+//! the wall time of one call, median of several calls), with the baselines measured in the
+//! same run: the hand-written C program for W1 (built with gcc when present) and pykeops when
+//! it is installed. Machines here are noisy, so only ratios within one run mean much.
+
+use crate::driver::{self, compile_cpu};
+use crate::source::SourceFile;
+use keops_runtime::{check_arguments, run_tiles, DType, HostArray};
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+/// One reference workload.
+pub struct Workload {
+    pub id: &'static str,
+    pub title: &'static str,
+    /// `.kf` text with `{D}` standing for the dimension.
+    pub source: &'static str,
+    pub dims: &'static [usize],
+}
+
+pub const WORKLOADS: &[Workload] = &[
+    Workload {
+        id: "W1",
+        title: "Gaussian kernel sum",
+        source: "kernel w {\n x = Vi({D})\n y = Vj({D})\n b = Vj(1)\n g = Pm(1)\n Sum_Reduction(Exp(-SqDist(x, y) * g) * b, 0)\n}\n",
+        dims: &[3],
+    },
+    Workload {
+        id: "W2",
+        title: "Gaussian kernel sum",
+        source: "kernel w {\n x = Vi({D})\n y = Vj({D})\n b = Vj(1)\n g = Pm(1)\n Sum_Reduction(Exp(-SqDist(x, y) * g) * b, 0)\n}\n",
+        dims: &[64],
+    },
+    Workload {
+        id: "W3",
+        title: "LogSumExp",
+        source: "kernel w {\n x = Vi({D})\n y = Vj({D})\n h = Vj(1)\n g = Pm(1)\n LogSumExp_Reduction(-SqDist(x, y) * g + h, 0)\n}\n",
+        dims: &[3],
+    },
+    Workload {
+        id: "W4",
+        title: "ArgKMin K=10",
+        source: "kernel w {\n x = Vi({D})\n y = Vj({D})\n ArgKMin_Reduction(SqDist(x, y), 10, 0)\n}\n",
+        dims: &[3, 32],
+    },
+    Workload {
+        id: "W5",
+        title: "gradient of W1 in x",
+        source: "kernel w {\n x = Vi({D})\n y = Vj({D})\n b = Vj(1)\n g = Pm(1)\n e = Vi(1)\n Sum_Reduction(Grad(Exp(-SqDist(x, y) * g) * b, x, e), 0)\n}\n",
+        dims: &[3],
+    },
+];
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub workloads: Vec<String>,
+    pub sizes: Vec<usize>,
+    pub dtypes: Vec<DType>,
+    pub repeats: usize,
+    /// The C baseline's source; skipped when absent or when gcc is missing.
+    pub c_baseline: Option<std::path::PathBuf>,
+    pub pykeops: bool,
+}
+
+/// One measurement.
+#[derive(Clone, Debug)]
+pub struct BenchResult {
+    pub label: String,
+    pub dtype: DType,
+    pub n: usize,
+    pub pairs_per_second: f64,
+    pub compile_ms: f64,
+    pub baseline: Option<(String, f64)>,
+}
+
+fn uniform_inputs(
+    source: &str,
+    n: usize,
+    dtype: DType,
+    seed: u64,
+) -> Result<Vec<(String, HostArray)>, String> {
+    let compiled = driver::compile(SourceFile::new("<bench>", source))
+        .map_err(|_| "workload does not compile".to_string())?;
+    let kernel = &compiled.kernels[0];
+    // A small linear congruential generator: reproducible without a dependency.
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 11) as f64) / ((1u64 << 53) as f64)
+    };
+    Ok(kernel
+        .signature
+        .args
+        .iter()
+        .map(|a| {
+            let rows = if a.category == keops_runtime::Category::Param {
+                1
+            } else {
+                n
+            };
+            let data: Vec<f64> = (0..rows * a.dim)
+                .map(|_| {
+                    if a.category == keops_runtime::Category::Param {
+                        0.5
+                    } else {
+                        next()
+                    }
+                })
+                .collect();
+            let shape = vec![rows, a.dim];
+            let array = match dtype {
+                DType::F32 => HostArray::from_f32(shape, data.iter().map(|&x| x as f32).collect()),
+                DType::F64 => HostArray::from_f64(shape, data),
+            };
+            (a.name.clone(), array)
+        })
+        .collect())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Compiles (timed, from text) and runs one workload; returns (pairs/s, compile ms).
+pub fn measure(source: &str, n: usize, dtype: DType, repeats: usize) -> Result<(f64, f64), String> {
+    let start = Instant::now();
+    let compiled = driver::compile(SourceFile::new("<bench>", source))
+        .map_err(|_| "workload does not compile".to_string())?;
+    let kernel = &compiled.kernels[0];
+    let jit = compile_cpu(kernel, dtype).map_err(|e| e.to_string())?;
+    let compile_ms = start.elapsed().as_secs_f64() * 1e3;
+    let inputs = uniform_inputs(source, n, dtype, 1)?;
+    let arrays: Vec<&HostArray> = inputs.iter().map(|(_, a)| a).collect();
+    let size = check_arguments(&kernel.signature, &arrays).map_err(|e| e.to_string())?;
+    let mut rates = Vec::new();
+    for _ in 0..repeats.max(1) {
+        let start = Instant::now();
+        let out = run_tiles(&jit.tile_kernel(), &arrays, size, None).map_err(|e| e.to_string())?;
+        let seconds = start.elapsed().as_secs_f64();
+        std::hint::black_box(out);
+        rates.push((n as f64) * (n as f64) / seconds);
+    }
+    Ok((median(rates), compile_ms))
+}
+
+/// Builds the C baseline (gcc -O3 -march=native -ffast-math -fopenmp) into a temporary
+/// directory; `None` with the reason when it cannot.
+pub fn build_c_baseline(source: &Path) -> Result<std::path::PathBuf, String> {
+    if !source.exists() {
+        return Err(format!("{} not found", source.display()));
+    }
+    let dir = std::env::temp_dir().join(format!("keopsc-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let exe = dir.join("gauss_c");
+    let status = Command::new("gcc")
+        .args(["-O3", "-march=native", "-ffast-math", "-fopenmp"])
+        .arg(source)
+        .arg("-o")
+        .arg(&exe)
+        .arg("-lm")
+        .status()
+        .map_err(|e| format!("gcc: {e}"))?;
+    if !status.success() {
+        return Err("gcc failed".into());
+    }
+    Ok(exe)
+}
+
+/// Runs the C baseline at N = M = n (it prints `pairs/s=...`, best of 3).
+pub fn run_c_baseline(exe: &Path, n: usize) -> Result<f64, String> {
+    let out = Command::new(exe)
+        .arg(n.to_string())
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix("pairs/s="))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("unexpected output: {text}"))
+}
+
+/// pykeops on W1 f32 at N = M = n through `python3`, if it imports.
+pub fn run_pykeops(n: usize) -> Result<f64, String> {
+    let script = format!(
+        "import time, numpy as np\nfrom pykeops.numpy import Genred\n\
+         n={n}\nx=np.random.rand(n,3).astype('float32'); y=np.random.rand(n,3).astype('float32'); b=np.random.rand(n,1).astype('float32'); g=np.array([0.5],dtype='float32')\n\
+         f=Genred('Exp(-SqDist(x,y)*g)*b',['x=Vi(3)','y=Vj(3)','b=Vj(1)','g=Pm(1)'],reduction_op='Sum',axis=1)\n\
+         f(x,y,b,g,backend='CPU')\nts=[]\nfor _ in range(3):\n    t=time.time(); f(x,y,b,g,backend='CPU'); ts.append(time.time()-t)\n\
+         print('pairs/s=%g' % (n*n/min(ts)))\n"
+    );
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err("pykeops is not installed or failed (pip install pykeops)".into());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix("pairs/s="))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("unexpected output: {text}"))
+}
+
+fn dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "f32",
+        DType::F64 => "f64",
+    }
+}
+
+/// Runs the selected workloads and prints one line each as it goes.
+pub fn run(
+    options: &BenchOptions,
+    out: &mut dyn std::io::Write,
+) -> Result<Vec<BenchResult>, String> {
+    let c_exe = match &options.c_baseline {
+        Some(path) => match build_c_baseline(path) {
+            Ok(exe) => Some(exe),
+            Err(e) => {
+                writeln!(out, "C baseline: skipped ({e})").ok();
+                None
+            }
+        },
+        None => None,
+    };
+    let mut results = Vec::new();
+    writeln!(
+        out,
+        "{:<4} {:<22} {:>3} {:>4} {:>8} {:>10} {:>10}  baseline",
+        "", "workload", "D", "type", "N=M", "pairs/s", "compile"
+    )
+    .ok();
+    for w in WORKLOADS
+        .iter()
+        .filter(|w| options.workloads.is_empty() || options.workloads.iter().any(|s| s == w.id))
+    {
+        for &d in w.dims {
+            let source = w.source.replace("{D}", &d.to_string());
+            for &dtype in &options.dtypes {
+                for &n in &options.sizes {
+                    let (rate, compile_ms) = measure(&source, n, dtype, options.repeats)?;
+                    let mut baseline = None;
+                    if w.id == "W1" && dtype == DType::F32 {
+                        if let Some(exe) = &c_exe {
+                            if let Ok(c) = run_c_baseline(exe, n) {
+                                baseline =
+                                    Some(("C (gcc -O3 -ffast-math, libmvec)".to_string(), c));
+                            }
+                        }
+                    }
+                    let base_text = match &baseline {
+                        Some((name, b)) => format!("{:.2}x {name} at {b:.3e}", rate / b),
+                        None => String::new(),
+                    };
+                    writeln!(
+                        out,
+                        "{:<4} {:<22} {:>3} {:>4} {:>8} {:>10.3e} {:>8.1}ms  {base_text}",
+                        w.id,
+                        w.title,
+                        d,
+                        dtype_name(dtype),
+                        n,
+                        rate,
+                        compile_ms
+                    )
+                    .ok();
+                    results.push(BenchResult {
+                        label: format!("{} D={d}", w.id),
+                        dtype,
+                        n,
+                        pairs_per_second: rate,
+                        compile_ms,
+                        baseline,
+                    });
+                }
+            }
+        }
+    }
+    if options.pykeops {
+        for &n in &options.sizes {
+            match run_pykeops(n) {
+                Ok(rate) => {
+                    let ours = results
+                        .iter()
+                        .find(|r| r.label == "W1 D=3" && r.dtype == DType::F32 && r.n == n);
+                    let ratio = ours
+                        .map(|r| format!("keops-rs is {:.1}x", r.pairs_per_second / rate))
+                        .unwrap_or_default();
+                    writeln!(out, "pykeops W1 f32 N={n}: {rate:.3e} pairs/s  {ratio}").ok();
+                }
+                Err(e) => {
+                    writeln!(out, "pykeops: skipped ({e})").ok();
+                    break;
+                }
+            }
+        }
+    }
+    Ok(results)
+}

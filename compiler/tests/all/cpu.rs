@@ -1,0 +1,509 @@
+//! The compiled CPU backend against the reference interpreter: every operator, every reduction,
+//! both axes, f32 and f64, sizes that leave remainders (1, 7, 1000, 1003), random formulas,
+//! and schedules that split the inner range. Tolerances scale with the sum of absolute terms,
+//! which bounds the rounding error of any summation order.
+
+use keops_runtime::{run_tiles, DType, HostArray, TileSchedule};
+use keopsc::check::CheckedKernel;
+use keopsc::driver::{self, Backend, CompiledFile};
+use keopsc::interp::PointEvaluator;
+use keopsc::source::SourceFile;
+use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn compile(text: &str) -> CompiledFile {
+    match driver::compile(SourceFile::new("<cpu test>", text)) {
+        Ok(c) => c,
+        Err((source, diagnostics)) => panic!(
+            "does not compile:\n{text}\n{}",
+            keopsc::diagnostic::render_all(&diagnostics, &source, false)
+        ),
+    }
+}
+
+/// The variables every test kernel declares.
+const DECLS: &str = "
+    x = Vi(3)
+    y = Vj(3)
+    u = Vi(1)
+    v = Vj(1)
+    s = Pm(1)
+    p = Pm(3)
+    a = Pm(9)
+";
+
+fn kernel(reduction: &str) -> String {
+    format!("kernel t {{{DECLS}    {reduction}\n}}\n")
+}
+
+struct Problem {
+    inputs: Vec<(String, HostArray)>,
+}
+
+fn problem(n: usize, m: usize, dtype: DType, seed: u64) -> Problem {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut array = |rows: usize, dim: usize, lo: f64, hi: f64| {
+        let data: Vec<f64> = (0..rows * dim).map(|_| rng.random_range(lo..hi)).collect();
+        let shape = vec![rows, dim];
+        match dtype {
+            DType::F64 => HostArray::from_f64(shape, data),
+            DType::F32 => HostArray::from_f32(shape, data.iter().map(|&x| x as f32).collect()),
+        }
+    };
+    let inputs = vec![
+        ("x".to_string(), array(n, 3, -1.0, 1.0)),
+        ("y".to_string(), array(m, 3, -1.0, 1.0)),
+        ("u".to_string(), array(n, 1, -1.0, 1.0)),
+        ("v".to_string(), array(m, 1, -1.0, 1.0)),
+        ("s".to_string(), array(1, 1, 0.5, 1.5)),
+        ("p".to_string(), array(1, 3, 0.5, 1.5)),
+        ("a".to_string(), array(1, 9, -1.0, 1.0)),
+    ];
+    Problem { inputs }
+}
+
+fn tolerance(dtype: DType) -> f64 {
+    match dtype {
+        DType::F32 => 3e-4,
+        DType::F64 => 1e-10,
+    }
+}
+
+/// `got` against `want` where `scale` bounds each output's summed magnitudes.
+#[track_caller]
+fn assert_matches(got: &[f64], want: &[f64], scale: &[f64], tol: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: output length");
+    for (k, ((&g, &w), &s)) in got.iter().zip(want).zip(scale).enumerate() {
+        let ok = if w.is_nan() || g.is_nan() {
+            w.is_nan() && g.is_nan()
+        } else if w.is_infinite() || g.is_infinite() {
+            g == w
+        } else {
+            (g - w).abs() <= tol * s.abs().max(w.abs()).max(1e-3)
+        };
+        assert!(
+            ok,
+            "{what}: output {k}: cpu {g:?}, interpreter {w:?} (scale {s})"
+        );
+    }
+}
+
+fn eval(kernel: &CheckedKernel, problem: &Problem, backend: Backend) -> HostArray {
+    driver::evaluate(kernel, &problem.inputs, backend)
+        .unwrap_or_else(|e| panic!("{backend} evaluation of `{}`: {e}", kernel.name))
+}
+
+/// Runs `reduction` on both backends and compares; Sum-like reductions are scaled by the
+/// same reduction of the absolute formula.
+fn check(reduction: &str, scale_reduction: Option<&str>, n: usize, m: usize, dtype: DType) {
+    let compiled = compile(&kernel(reduction));
+    let k = &compiled.kernels[0];
+    let problem = problem(n, m, dtype, (n * 1000 + m) as u64);
+    let want = eval(k, &problem, Backend::Interp).to_f64();
+    let got = eval(k, &problem, Backend::Cpu);
+    assert_eq!(got.dtype(), dtype, "{reduction}: output dtype");
+    let got = got.to_f64();
+    let scale = match scale_reduction {
+        Some(text) => {
+            let compiled = compile(&kernel(text));
+            eval(&compiled.kernels[0], &problem, Backend::Interp).to_f64()
+        }
+        None => want.clone(),
+    };
+    let what = format!("{reduction} ({dtype}, N = {n}, M = {m})");
+    assert_matches(&got, &want, &scale, tolerance(dtype), &what);
+}
+
+/// Formulas over every operator (dimension 3 or 1), valid on inputs in [-1, 1].
+const FORMULAS: &[&str] = &[
+    "x - y",
+    "-x + y * 2.5",
+    "x * y",
+    "x / (Square(y) + 0.5)",
+    "Exp(x - y)",
+    "Log(Square(x - y) + 0.1)",
+    "Sqrt(Abs(x - y))",
+    "Rsqrt(Abs(x - y) + 0.01)",
+    "Square(x - y)",
+    "Inv(Square(x - y) + 0.1)",
+    "Abs(x - y)",
+    "Sign(x - y)",
+    "Step(x - y)",
+    "ReLU(x - y)",
+    "Sin(3 * x - y)",
+    "Cos(x * y * 4)",
+    "Asin(0.9 * Sin(x - y))",
+    "Acos(0.9 * Cos(x + y))",
+    "Atan(4 * (x - y))",
+    "Floor(4 * (x - y))",
+    "XLogX(Abs(x - y))",
+    "SinXDivX(5 * (x - y))",
+    "Round(x - y, 2)",
+    "Pow(x - y, 3)",
+    "Pow(Abs(x - y) + 0.5, -2)",
+    "ClampInt(4 * (x - y), -1, 2)",
+    "Powf(Abs(x - y) + 0.1, u + 1)",
+    "Atan2(x - y, x + y)",
+    "Equal(Round(x, 1), Round(y, 1))",
+    "NotEqual(Round(x, 1), Round(y, 1))",
+    "LessThan(x, y)",
+    "LessOrEqual(x, y)",
+    "Clamp(x - y, u, u + 0.5)",
+    "IfElse(x - y, x, y)",
+    "Mod(4 * (x - y), 1.5, -0.25)",
+    "Sum(x - y)",
+    "SumT(u - v, 3)",
+    "Max(x - y)",
+    "Min(x - y)",
+    "ArgMax(x - y)",
+    "ArgMin(x - y)",
+    "SqNorm2(x - y)",
+    "Norm2(x - y)",
+    "Normalize(x - y)",
+    "SqDist(x, y)",
+    "(x - y | x + y)",
+    "Scalprod(x, y)",
+    "Elem(x - y, 1)",
+    "ElemT(u - v, 3, 1)",
+    "Extract(x - y, 1, 2)",
+    "ExtractT(u - v, 1, 3)",
+    "Concat(x - y, u)",
+    "OneHot(4 * Abs(u - v), 3)",
+    "MatVecMult(a, x - y)",
+    "VecMatMult(x - y, a)",
+    "TensorProd(x, y)",
+    "TensorDot(a, x - y, [3, 3], [3], [1], [0])",
+    "TensorDot(a, TensorProd(x, y), [3, 3], [3, 3], [0, 1], [1, 0])",
+    "WeightedSqNorm(s, x - y)",
+    "WeightedSqNorm(p, x - y)",
+    "WeightedSqNorm(a, x - y)",
+    "WeightedSqDist(p, x, y)",
+    "SqNormIso(s, x - y)",
+    "SqNormDiag(p, x - y)",
+    "SymSqNorm(a, x - y)",
+    "IntCst(3) * x + Zero(3)",
+    // Parts that depend on one index only, or none, as the whole formula or inside it.
+    "x",
+    "y * s",
+    "p",
+    "Exp(y) * Normalize(y) + Sin(x) * u",
+    "Grad(Exp(-SqDist(x, y) * s), x, v)",
+];
+
+fn check_formula(formula: &str, dtype: DType, n: usize, m: usize) {
+    for axis in [0, 1] {
+        check(
+            &format!("Sum_Reduction({formula}, {axis})"),
+            Some(&format!("Sum_Reduction(Abs({formula}), {axis})")),
+            n,
+            m,
+            dtype,
+        );
+    }
+}
+
+#[test]
+fn every_operator_f64() {
+    for formula in FORMULAS {
+        check_formula(formula, DType::F64, 37, 203);
+    }
+}
+
+#[test]
+fn every_operator_f32() {
+    for formula in FORMULAS {
+        check_formula(formula, DType::F32, 37, 203);
+    }
+}
+
+/// Every reduction, with the formula it needs (a scalar for the LogSumExp family).
+fn reductions(axis: usize) -> Vec<(String, Option<String>)> {
+    let f = "SqDist(x, y) * s - u * v";
+    let vec_f = "x * y - p";
+    let w = "Concat(v, y)";
+    let sum = |g: &str| Some(format!("Sum_Reduction(Abs({g}), {axis})"));
+    vec![
+        (format!("Sum_Reduction({vec_f}, {axis})"), sum(vec_f)),
+        (format!("Max_Reduction({vec_f}, {axis})"), None),
+        (format!("Min_Reduction({vec_f}, {axis})"), None),
+        (format!("ArgMax_Reduction({vec_f}, {axis})"), None),
+        (format!("ArgMin_Reduction({vec_f}, {axis})"), None),
+        (format!("Max_ArgMax_Reduction({vec_f}, {axis})"), None),
+        (format!("Min_ArgMin_Reduction({vec_f}, {axis})"), None),
+        (format!("LogSumExp_Reduction({f}, {axis})"), None),
+        (
+            format!("LogSumExpWeight_Reduction({f}, Exp({w}), {axis})"),
+            None,
+        ),
+        (format!("Max_SumShiftExp_Reduction({f}, {axis})"), None),
+        (
+            format!("Max_SumShiftExpWeight_Reduction({f}, {w}, {axis})"),
+            None,
+        ),
+        (
+            format!("SumSoftMaxWeight_Reduction({f}, {w}, {axis})"),
+            None,
+        ),
+        (format!("KMin_Reduction({vec_f}, 4, {axis})"), None),
+        (format!("ArgKMin_Reduction({vec_f}, 4, {axis})"), None),
+        (format!("KMin_ArgKMin_Reduction({vec_f}, 3, {axis})"), None),
+        (format!("ArgKMin_Reduction(SqDist(x, y), 10, {axis})"), None),
+    ]
+}
+
+/// Arg-reductions in f32 may pick another index where two values are within rounding of each
+/// other: there, the values at both indices must agree to the tolerance instead.
+fn check_reductions(dtype: DType, sizes: &[(usize, usize)]) {
+    for &(n, m) in sizes {
+        for axis in [0, 1] {
+            for (reduction, scale) in reductions(axis) {
+                let compiled = compile(&kernel(&reduction));
+                let k = &compiled.kernels[0];
+                let problem = problem(n, m, dtype, (n * 7 + m) as u64);
+                let want = eval(k, &problem, Backend::Interp).to_f64();
+                let got = eval(k, &problem, Backend::Cpu).to_f64();
+                let scale = match scale {
+                    Some(text) => {
+                        let c = compile(&kernel(&text));
+                        eval(&c.kernels[0], &problem, Backend::Interp).to_f64()
+                    }
+                    None => want.clone(),
+                };
+                let what = format!("{reduction} ({dtype}, N = {n}, M = {m})");
+                if dtype == DType::F32 && k.signature.reduction.kind.outputs_indices() {
+                    check_indices_f32(k, &problem, &got, &want, &what);
+                } else {
+                    assert_matches(&got, &want, &scale, tolerance(dtype), &what);
+                }
+            }
+        }
+    }
+}
+
+/// Values must match; an index may differ only where the formula's values at both indices are
+/// within the f32 tolerance.
+fn check_indices_f32(k: &CheckedKernel, problem: &Problem, got: &[f64], want: &[f64], what: &str) {
+    let red = &k.signature.reduction;
+    let out_dim = red.output_dim();
+    let n = red.fdim;
+    let evaluator = PointEvaluator::new(&k.formula).expect("no derivatives left");
+    let mut scratch = evaluator.scratch();
+    let data: Vec<Vec<f64>> = problem.inputs.iter().map(|(_, a)| a.to_f64()).collect();
+    let axis0 = k.signature.axis == keops_runtime::Axis::I;
+    let mut value_at = |row: usize, inner: usize, c: usize| {
+        let (i, j) = if axis0 { (row, inner) } else { (inner, row) };
+        let vars = &k.formula.vars;
+        evaluator.eval(&mut scratch, |v| {
+            let dim = vars[v].dim;
+            let r = match vars[v].category {
+                keops_runtime::Category::I => i,
+                keops_runtime::Category::J => j,
+                keops_runtime::Category::Param => 0,
+            };
+            &data[v][r * dim..(r + 1) * dim]
+        })[c]
+    };
+    for (row, (g, w)) in got
+        .chunks(out_dim.max(1))
+        .zip(want.chunks(out_dim.max(1)))
+        .enumerate()
+    {
+        for (slot, (&gi, &wi)) in g.iter().zip(w).enumerate() {
+            let is_index = match red.kind {
+                keops_runtime::ReductionKind::MaxArgMax
+                | keops_runtime::ReductionKind::MinArgMin => slot >= n,
+                keops_runtime::ReductionKind::KMinArgKMin => slot >= out_dim / 2,
+                _ => true,
+            };
+            if gi == wi {
+                continue;
+            }
+            if !is_index {
+                let tol = tolerance(DType::F32) * wi.abs().max(1e-3);
+                assert!(
+                    (gi - wi).abs() <= tol,
+                    "{what}: row {row} slot {slot}: cpu {gi}, interpreter {wi}"
+                );
+            } else if gi != wi {
+                let c = slot % n;
+                let (vg, vw) = (value_at(row, gi as usize, c), value_at(row, wi as usize, c));
+                assert!(
+                    (vg - vw).abs() <= 1e-5 * vw.abs().max(1.0),
+                    "{what}: row {row} slot {slot}: cpu index {gi} (value {vg}), interpreter index {wi} (value {vw})"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_reduction_f64() {
+    check_reductions(DType::F64, &[(1, 1), (7, 1003), (1000, 7)]);
+}
+
+#[test]
+fn every_reduction_f32() {
+    check_reductions(DType::F32, &[(1, 1), (7, 1003), (1000, 7)]);
+}
+
+#[test]
+fn larger_sizes_with_several_tiles() {
+    for dtype in [DType::F32, DType::F64] {
+        check(
+            "Sum_Reduction(Exp(-SqDist(x, y) * s) * v, 0)",
+            Some("Sum_Reduction(Exp(-SqDist(x, y) * s) * Abs(v), 0)"),
+            1003,
+            5000,
+            dtype,
+        );
+        check(
+            "LogSumExp_Reduction(-SqDist(x, y) * s * 30 + v, 1)",
+            None,
+            5000,
+            1003,
+            dtype,
+        );
+        check(
+            "Min_ArgMin_Reduction(SqDist(x, y), 0)",
+            None,
+            300,
+            4099,
+            DType::F64,
+        );
+        check(
+            "KMin_ArgKMin_Reduction(SqDist(x, y), 5, 1)",
+            None,
+            4099,
+            300,
+            DType::F64,
+        );
+    }
+}
+
+/// The runtime's inner split (used when rows are few) merges partial accumulators: every
+/// schedule must give the interpreter's result.
+#[test]
+fn inner_splits_merge_partials() {
+    let cases = [
+        "Sum_Reduction(Exp(-SqDist(x, y)) * v, 0)",
+        "Min_ArgMin_Reduction(SqDist(x, y) * v, 0)",
+        "LogSumExp_Reduction(SqDist(x, y) * 20 * v, 0)",
+        "KMin_ArgKMin_Reduction(SqDist(x, y), 4, 0)",
+        "SumSoftMaxWeight_Reduction(SqDist(x, y), Concat(v, y), 0)",
+    ];
+    for text in cases {
+        let compiled = compile(&kernel(text));
+        let k = &compiled.kernels[0];
+        let problem = problem(5, 20011, DType::F64, 3);
+        let want = eval(k, &problem, Backend::Interp).to_f64();
+        let jit = driver::compile_cpu(k, DType::F64).expect("compiles");
+        let arrays: Vec<&HostArray> = problem.inputs.iter().map(|(_, a)| a).collect();
+        let size = keops_runtime::check_arguments(&k.signature, &arrays).expect("valid");
+        for (row_block, inner_chunks) in [(1, 1), (2, 3), (5, 7), (1, 64)] {
+            let schedule = TileSchedule {
+                row_block,
+                inner_chunks,
+            };
+            let got = run_tiles(&jit.tile_kernel(), &arrays, size, Some(schedule))
+                .expect("runs")
+                .to_f64();
+            assert_matches(
+                &got,
+                &want,
+                &want,
+                1e-10,
+                &format!("{text} with {schedule:?}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn sum_of_a_million_f32_terms_is_accurate() {
+    // 0.1 is inexact in f32: a running f32 sum of 10^6 copies drifts by about 1%.
+    let text = "kernel t {\n x = Vi(1)\n y = Vj(1)\n Sum_Reduction(y + x * 0, 0)\n}\n";
+    let compiled = compile(text);
+    let m = 1_000_000;
+    let mut rng = StdRng::seed_from_u64(9);
+    let y: Vec<f32> = (0..m).map(|_| rng.random_range(0.0..1.0f32)).collect();
+    let exact: f64 = y.iter().map(|&v| v as f64).sum();
+    let inputs = vec![
+        (
+            "x".to_string(),
+            HostArray::from_f32(vec![3, 1], vec![1.0, 2.0, 3.0]),
+        ),
+        ("y".to_string(), HostArray::from_f32(vec![m, 1], y)),
+    ];
+    let out = driver::evaluate(&compiled.kernels[0], &inputs, Backend::Cpu)
+        .expect("runs")
+        .to_f64();
+    for got in out {
+        assert!(((got - exact) / exact).abs() < 1e-5, "{got} vs {exact}");
+    }
+}
+
+#[test]
+fn nan_propagates_and_infinities_are_handled() {
+    let text = kernel("Sum_Reduction(x * v, 0)");
+    let compiled = compile(&text);
+    let mut problem = problem(3, 17, DType::F64, 1);
+    let (_, y) = problem
+        .inputs
+        .iter_mut()
+        .find(|(n, _)| n == "v")
+        .expect("v");
+    if let keops_runtime::ArrayData::F64(data) = &mut y.data {
+        data[5] = f64::NAN;
+    }
+    let out = eval(&compiled.kernels[0], &problem, Backend::Cpu).to_f64();
+    assert!(out.iter().all(|v| v.is_nan()), "{out:?}");
+    // LogSumExp of values that are all -inf is -inf; a +inf dominates.
+    let lse = compile(&kernel("LogSumExp_Reduction(Log(Step(u) * Step(v)), 0)"));
+    let problem = self::problem(40, 33, DType::F64, 2);
+    let want = eval(&lse.kernels[0], &problem, Backend::Interp).to_f64();
+    let got = eval(&lse.kernels[0], &problem, Backend::Cpu).to_f64();
+    assert_matches(&got, &want, &want, 1e-12, "LogSumExp with -inf");
+}
+
+fn arb_formula() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        Just("x".to_string()),
+        Just("y".to_string()),
+        Just("u".to_string()),
+        Just("v".to_string()),
+        Just("p".to_string()),
+        Just("s".to_string()),
+        (-2.0f64..2.0).prop_map(|c| format!("{c:.3}")),
+    ];
+    leaf.prop_recursive(4, 24, 2, |inner| {
+        prop_oneof![
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} + {b})")),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} - {b})")),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} * {b})")),
+            inner.clone().prop_map(|a| format!("Exp(-Square({a}))")),
+            inner.clone().prop_map(|a| format!("Sin({a})")),
+            inner.clone().prop_map(|a| format!("Log(1 + Square({a}))")),
+            inner.clone().prop_map(|a| format!("Sqrt(Abs({a}))")),
+            inner.clone().prop_map(|a| format!("Atan({a})")),
+            inner.clone().prop_map(|a| format!("Sum({a})")),
+            (inner.clone(), inner).prop_map(|(a, b)| format!("SqDist({a}, {b})")),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Random formulas (mixed dimensions broadcast or fail to check; those are skipped).
+    #[test]
+    fn random_formulas_match_the_interpreter(formula in arb_formula(), axis in 0usize..2, f32 in any::<bool>()) {
+        let text = kernel(&format!("Sum_Reduction({formula}, {axis})"));
+        let Ok(compiled) = driver::compile(SourceFile::new("<random>", &text)) else {
+            return Ok(());
+        };
+        let _ = compiled;
+        let dtype = if f32 { DType::F32 } else { DType::F64 };
+        check(&format!("Sum_Reduction({formula}, {axis})"), Some(&format!("Sum_Reduction(Abs({formula}), {axis})")), 9, 61, dtype);
+    }
+}
