@@ -203,6 +203,38 @@ pub fn compile_cpu(kernel: &CheckedKernel, dtype: DType) -> Result<JitKernel, Ev
     )?)
 }
 
+/// The CPU code of one kernel, as text: its schedule, optimised LLVM IR and host assembly.
+pub struct CpuCode {
+    pub schedule_text: String,
+    pub llvm_ir: String,
+    pub assembly: String,
+    pub target_cpu: String,
+}
+
+pub fn cpu_code(optimized: &opt::OptimizedKernel, dtype: DType) -> Result<CpuCode, CodegenError> {
+    let target = CpuTarget::host();
+    let scalar = crate::codegen::jit::scalar_of(dtype);
+    let schedule = crate::schedule::Schedule::new(
+        &optimized.formula,
+        &optimized.signature,
+        target.lanes(scalar),
+        crate::codegen::jit::elem_bytes(scalar),
+    );
+    let schedule_text = crate::schedule::ScheduledFormula {
+        formula: &optimized.formula,
+        schedule: &schedule,
+    }
+    .to_string();
+    let (llvm_ir, assembly) =
+        crate::codegen::jit::emit_text(&optimized.formula, &optimized.signature, dtype, &target)?;
+    Ok(CpuCode {
+        schedule_text,
+        llvm_ir,
+        assembly,
+        target_cpu: target.cpu,
+    })
+}
+
 /// Every stage of one kernel, for `keopsc explain` and the REPL.
 pub struct KernelExplanation {
     pub ast: ast::KernelDef,

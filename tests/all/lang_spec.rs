@@ -14,7 +14,7 @@
 //! Numbers compare with a relative and an absolute tolerance of 1e-12; `nan`, `inf`, `-inf` are
 //! allowed and must match exactly. Every failure is reported with its `file:line`.
 
-use keops_runtime::{HostArray, ReductionKind};
+use keops_runtime::{DType, HostArray, ReductionKind};
 use keops_tests::compile_ok;
 use keopsc::check::operators::OPERATORS;
 use keopsc::driver::{self, Backend};
@@ -175,7 +175,49 @@ fn evaluate(
     kernel: &keopsc::check::CheckedKernel,
     inputs: &[(String, HostArray)],
 ) -> Result<HostArray, String> {
-    driver::evaluate(kernel, inputs, Backend::Interp).map_err(|e| format!("evaluation failed: {e}"))
+    let interp = driver::evaluate(kernel, inputs, Backend::Interp)
+        .map_err(|e| format!("evaluation failed: {e}"))?;
+    // Every example is also a test of the compiled CPU code, in both element types.
+    for dtype in [DType::F64, DType::F32] {
+        let inputs: Vec<(String, HostArray)> = inputs
+            .iter()
+            .map(|(n, a)| (n.clone(), cast(a, dtype)))
+            .collect();
+        let want = driver::evaluate(kernel, &inputs, Backend::Interp)
+            .map_err(|e| format!("evaluation failed: {e}"))?;
+        let got = driver::evaluate(kernel, &inputs, Backend::Cpu)
+            .map_err(|e| format!("cpu evaluation failed: {e}"))?;
+        if got.shape != want.shape {
+            return Err(format!(
+                "cpu backend ({dtype}): shape {:?}, interpreter {:?}",
+                got.shape, want.shape
+            ));
+        }
+        let tol = match dtype {
+            DType::F64 => 1e-12,
+            DType::F32 => 2e-5,
+        };
+        let (g, w) = (got.to_f64(), want.to_f64());
+        let agree = g.iter().zip(&w).all(|(&g, &w)| {
+            (g.is_nan() && w.is_nan()) || g == w || (g - w).abs() <= tol * 1f64.max(w.abs())
+        });
+        if !agree {
+            return Err(format!(
+                "cpu backend ({dtype}) gives {g:?}, the interpreter {w:?}"
+            ));
+        }
+    }
+    Ok(interp)
+}
+
+fn cast(a: &HostArray, dtype: DType) -> HostArray {
+    match dtype {
+        DType::F64 => HostArray::from_f64(a.shape.clone(), a.to_f64()),
+        DType::F32 => HostArray::from_f32(
+            a.shape.clone(),
+            a.to_f64().iter().map(|&x| x as f32).collect(),
+        ),
+    }
 }
 
 fn run_eval(block: &Block) -> Result<Outcome, String> {

@@ -49,6 +49,16 @@ enum Command {
         /// Simplify with every rule, including those wrong on part of the domain (lang-spec/optimizer.md).
         #[arg(long)]
         all_rules: bool,
+        /// Also show the CPU schedule (what runs per call, row, inner index and pair) and the
+        /// optimised LLVM IR.
+        #[arg(long)]
+        llvm: bool,
+        /// Also show the host assembly.
+        #[arg(long)]
+        asm: bool,
+        /// Element type of the generated code shown by --llvm/--asm: f32 or f64.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
     },
     /// Evaluate a kernel on .npy arrays.
     Eval {
@@ -131,13 +141,17 @@ fn run(cli: Cli) -> ExitCode {
             repeat,
             exact,
             all_rules,
+            llvm,
+            asm,
+            dtype,
         } => {
             let rules = match (exact, all_rules) {
                 (true, _) => RuleSet::Exact,
                 (_, true) => RuleSet::All,
                 _ => RuleSet::Default,
             };
-            explain(&file, kernel.as_deref(), timings, repeat, rules)
+            let code = CodeShown { llvm, asm, dtype };
+            explain(&file, kernel.as_deref(), timings, repeat, rules, &code)
         }
         Command::Eval {
             file,
@@ -199,13 +213,32 @@ fn load(path: &Path) -> Result<CompiledFile, Reported> {
     driver::compile(read_source(path)?).map_err(report_diagnostics)
 }
 
+/// Which generated code `explain` prints.
+struct CodeShown {
+    llvm: bool,
+    asm: bool,
+    dtype: String,
+}
+
+fn parse_dtype(text: &str) -> Result<keops_runtime::DType, Reported> {
+    match text {
+        "f32" | "float32" => Ok(keops_runtime::DType::F32),
+        "f64" | "float64" => Ok(keops_runtime::DType::F64),
+        other => Err(fail(format!(
+            "unknown dtype `{other}` (expected f32 or f64)"
+        ))),
+    }
+}
+
 fn explain(
     path: &Path,
     kernel: Option<&str>,
     timings: bool,
     repeat: usize,
     rules: RuleSet,
+    code: &CodeShown,
 ) -> Result<(), Reported> {
+    let dtype = parse_dtype(&code.dtype)?;
     let budget = OptBudget {
         rules,
         ..OptBudget::default()
@@ -223,6 +256,20 @@ fn explain(
         .filter(|k| kernel.is_none_or(|name| k.checked.name == name))
     {
         println!("== kernel {} ==\n{k}", k.checked.name);
+        if code.llvm || code.asm {
+            let generated =
+                driver::cpu_code(&k.optimized, dtype).map_err(|e| fail(e.to_string()))?;
+            println!("-- schedule ({dtype}) --\n{}", generated.schedule_text);
+            if code.llvm {
+                println!("-- llvm (optimised) --\n{}", generated.llvm_ir);
+            }
+            if code.asm {
+                println!(
+                    "-- assembly ({}) --\n{}",
+                    generated.target_cpu, generated.assembly
+                );
+            }
+        }
         shown += 1;
     }
     if shown == 0 {
@@ -322,14 +369,7 @@ fn bench(
 ) -> Result<(), Reported> {
     let mut parsed = Vec::new();
     for d in dtypes {
-        match d.as_str() {
-            "f32" | "float32" => parsed.push(keops_runtime::DType::F32),
-            "f64" | "float64" => parsed.push(keops_runtime::DType::F64),
-            other => {
-                eprintln!("error: unknown dtype `{other}` (expected f32 or f64)");
-                return Err(Reported);
-            }
-        }
+        parsed.push(parse_dtype(d)?);
     }
     for w in &workloads {
         if !keopsc::bench::WORKLOADS.iter().any(|k| &k.id == w) {
