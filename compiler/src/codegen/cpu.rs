@@ -298,7 +298,16 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                             Some((r, params.inner_stride, jt, None)),
                         );
                         self.broadcast(Level::Row, &mut row);
-                        lane_acc.init(em);
+                        let row_offset = self.mul(self.sub(r, params.row_start), self.i64(acc_dim));
+                        let acc_row = unsafe {
+                            built(em.builder.build_in_bounds_gep(
+                                ctx.f64_type(),
+                                params.acc,
+                                &[row_offset],
+                                "acc_row",
+                            ))
+                        };
+                        lane_acc.init(em, self.wide_f64, acc_row);
                         let pair = |jv: IntValue<'ctx>, mask: Option<Value<'ctx>>| {
                             let mut pair = NodeValues {
                                 narrow: row.narrow.clone(),
@@ -357,15 +366,6 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                         built(em.builder.build_unconditional_branch(after));
                         em.builder.position_at_end(after);
 
-                        let row_offset = self.mul(self.sub(r, params.row_start), self.i64(acc_dim));
-                        let acc_row = unsafe {
-                            built(em.builder.build_in_bounds_gep(
-                                ctx.f64_type(),
-                                params.acc,
-                                &[row_offset],
-                                "acc_row",
-                            ))
-                        };
                         lane_acc.merge_lanes_into(
                             em,
                             self.wide_f64,

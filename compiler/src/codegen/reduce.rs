@@ -103,12 +103,41 @@ impl<'ctx> LaneAccumulators<'ctx> {
         built(em.builder.build_store(self.slots[k], v));
     }
 
-    /// The runtime's initial accumulator, in every lane.
-    pub fn init(&self, em: &Emitter<'_, 'ctx>) {
+    /// The runtime's initial accumulator, in every lane. For the K-smallest and LogSumExp
+    /// families, lanes start from the row's accumulator instead (`acc_row`, f64, read by the
+    /// `wide` emitter): a pair that cannot enter the row's K smallest is rejected by the lane at
+    /// once, and a lane rarely needs to rescale its sums. The seeded K entries carry an
+    /// infinite index, so the merge never takes them back.
+    pub fn init(&self, em: &Emitter<'_, 'ctx>, wide: &Emitter<'_, 'ctx>, acc_row: PointerValue<'ctx>) {
         let mut initial = vec![0.0f64; self.red.acc_dim()];
         self.red.init(&mut initial);
         for (k, &x) in initial.iter().enumerate() {
             self.store(em, k, em.constant(x, self.lanes));
+        }
+        let seed = |slot: usize| {
+            let v = load_f64(wide, acc_row, slot);
+            let v = built(em.builder.build_extract_element(v, em.context.i64_type().const_zero(), "seed"))
+                .into_float_value();
+            let v = if em.float_type() == wide.float_type() {
+                v
+            } else {
+                built(em.builder.build_float_trunc(v, em.float_type(), "seed"))
+            };
+            em.splat(em.from_scalar(v), self.lanes)
+        };
+        match family(self.red.kind) {
+            Family::KMin => {
+                let (k, n) = (self.red.k, self.red.fdim);
+                for c in 0..n {
+                    let threshold = seed((k - 1) * 2 * n + c);
+                    for l in 0..k {
+                        self.store(em, l * 2 * n + c, threshold);
+                        self.store(em, l * 2 * n + n + c, em.constant(f64::INFINITY, self.lanes));
+                    }
+                }
+            }
+            Family::ShiftedExp => self.store(em, 0, seed(0)),
+            _ => {}
         }
     }
 
@@ -313,7 +342,7 @@ impl<'ctx> LaneAccumulators<'ctx> {
                 }
             })
             .collect();
-        self.merge_one(wide, acc_row, &other);
+        self.merge_one(wide, function, acc_row, &other);
         let next = built(em.builder.build_int_add(l, i64t.const_int(1, false), "l1"));
         built(em.builder.build_store(lane_counter, next));
         built(em.builder.build_unconditional_branch(header));
@@ -324,32 +353,12 @@ impl<'ctx> LaneAccumulators<'ctx> {
     fn merge_one(
         &self,
         em: &Emitter<'_, 'ctx>,
+        function: FunctionValue<'ctx>,
         acc_row: PointerValue<'ctx>,
         other: &[Value<'ctx>],
     ) {
-        let f64t = em.context.f64_type();
-        let ty = f64t.vec_type(1);
-        let ptr = |k: usize| unsafe {
-            built(em.builder.build_in_bounds_gep(
-                f64t,
-                acc_row,
-                &[em.context.i64_type().const_int(k as u64, false)],
-                "slot",
-            ))
-        };
-        let load = |k: usize| {
-            let v = built(em.builder.build_load(ty, ptr(k), "a")).into_vector_value();
-            v.as_instruction()
-                .expect("a load")
-                .set_alignment(8)
-                .expect("valid alignment");
-            v
-        };
-        let store = |k: usize, v: Value<'ctx>| {
-            built(em.builder.build_store(ptr(k), v))
-                .set_alignment(8)
-                .expect("valid alignment");
-        };
+        let load = |k: usize| load_f64(em, acc_row, k);
+        let store = |k: usize, v: Value<'ctx>| store_f64(em, acc_row, k, v);
         let c = |v: f64| em.constant(v, 1);
         let n = self.red.fdim;
         // (v, i) before (w, j) in the order of the reduction: strictly better, or equal with a
@@ -421,28 +430,62 @@ impl<'ctx> LaneAccumulators<'ctx> {
                             other[l_other * stride + cpt],
                             other[l_other * stride + n + cpt],
                         );
-                        let vals: Vec<Value<'ctx>> =
-                            (0..k).map(|l| load(l * stride + cpt)).collect();
-                        let idxs: Vec<Value<'ctx>> =
-                            (0..k).map(|l| load(l * stride + n + cpt)).collect();
-                        let below: Vec<Value<'ctx>> = (0..k)
-                            .map(|l| before(FloatPredicate::OLT, v, i, vals[l], idxs[l]))
-                            .collect();
-                        for l in 0..k {
-                            let (sv, si) = if l == 0 {
-                                (v, i)
-                            } else {
-                                (
-                                    em.select(below[l - 1], vals[l - 1], v),
-                                    em.select(below[l - 1], idxs[l - 1], i),
-                                )
-                            };
-                            store(l * stride + cpt, em.select(below[l], sv, vals[l]));
-                            store(l * stride + n + cpt, em.select(below[l], si, idxs[l]));
-                        }
+                        let last = (k - 1) * stride;
+                        let enters = before(
+                            FloatPredicate::OLT,
+                            v,
+                            i,
+                            load(last + cpt),
+                            load(last + n + cpt),
+                        );
+                        // Most lane entries do not enter the row's K smallest.
+                        if_any(em, function, enters, || {
+                            let vals: Vec<Value<'ctx>> =
+                                (0..k).map(|l| load(l * stride + cpt)).collect();
+                            let idxs: Vec<Value<'ctx>> =
+                                (0..k).map(|l| load(l * stride + n + cpt)).collect();
+                            let below: Vec<Value<'ctx>> = (0..k)
+                                .map(|l| before(FloatPredicate::OLT, v, i, vals[l], idxs[l]))
+                                .collect();
+                            for l in 0..k {
+                                let (sv, si) = if l == 0 {
+                                    (v, i)
+                                } else {
+                                    (
+                                        em.select(below[l - 1], vals[l - 1], v),
+                                        em.select(below[l - 1], idxs[l - 1], i),
+                                    )
+                                };
+                                store(l * stride + cpt, em.select(below[l], sv, vals[l]));
+                                store(l * stride + n + cpt, em.select(below[l], si, idxs[l]));
+                            }
+                        });
                     }
                 }
             }
         }
     }
+}
+
+fn slot_ptr<'ctx>(em: &Emitter<'_, 'ctx>, acc_row: PointerValue<'ctx>, k: usize) -> PointerValue<'ctx> {
+    let index = em.context.i64_type().const_int(k as u64, false);
+    // SAFETY (of the generated code): k < acc_dim, inside the row.
+    unsafe { built(em.builder.build_in_bounds_gep(em.context.f64_type(), acc_row, &[index], "slot")) }
+}
+
+/// Slot `k` of an f64 accumulator row, as `<1 x double>`.
+fn load_f64<'ctx>(em: &Emitter<'_, 'ctx>, acc_row: PointerValue<'ctx>, k: usize) -> Value<'ctx> {
+    let ty = em.context.f64_type().vec_type(1);
+    let v = built(em.builder.build_load(ty, slot_ptr(em, acc_row, k), "a")).into_vector_value();
+    v.as_instruction()
+        .expect("a load")
+        .set_alignment(8)
+        .expect("valid alignment");
+    v
+}
+
+fn store_f64<'ctx>(em: &Emitter<'_, 'ctx>, acc_row: PointerValue<'ctx>, k: usize, v: Value<'ctx>) {
+    built(em.builder.build_store(slot_ptr(em, acc_row, k), v))
+        .set_alignment(8)
+        .expect("valid alignment");
 }
