@@ -186,14 +186,15 @@ pub fn run_c_baseline(exe: &Path, n: usize) -> Result<f64, String> {
         .ok_or_else(|| format!("unexpected output: {text}"))
 }
 
-/// pykeops on W1 f32 at N = M = n through `python3`, if it imports.
-pub fn run_pykeops(n: usize) -> Result<f64, String> {
+/// pykeops on W1 f32 at N = M = n through `python3`, if it imports: (pairs/s, seconds of its
+/// first call, which compiles the formula unless pykeops's cache has it).
+pub fn run_pykeops(n: usize) -> Result<(f64, f64), String> {
     let script = format!(
         "import time, numpy as np\nfrom pykeops.numpy import Genred\n\
          n={n}\nx=np.random.rand(n,3).astype('float32'); y=np.random.rand(n,3).astype('float32'); b=np.random.rand(n,1).astype('float32'); g=np.array([0.5],dtype='float32')\n\
          f=Genred('Exp(-SqDist(x,y)*g)*b',['x=Vi(3)','y=Vj(3)','b=Vj(1)','g=Pm(1)'],reduction_op='Sum',axis=1)\n\
-         f(x,y,b,g,backend='CPU')\nts=[]\nfor _ in range(3):\n    t=time.time(); f(x,y,b,g,backend='CPU'); ts.append(time.time()-t)\n\
-         print('pairs/s=%g' % (n*n/min(ts)))\n"
+         t=time.time(); f(x,y,b,g,backend='CPU'); first=time.time()-t\nts=[]\nfor _ in range(3):\n    t=time.time(); f(x,y,b,g,backend='CPU'); ts.append(time.time()-t)\n\
+         print('pairs/s=%g first-call-s=%g' % (n*n/min(ts), first))\n"
     );
     let out = Command::new("python3")
         .arg("-c")
@@ -204,10 +205,13 @@ pub fn run_pykeops(n: usize) -> Result<f64, String> {
         return Err("pykeops is not installed or failed (pip install pykeops)".into());
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .find_map(|w| w.strip_prefix("pairs/s="))
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| format!("unexpected output: {text}"))
+    let field = |name: &str| {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .and_then(|v| v.parse::<f64>().ok())
+            .ok_or_else(|| format!("unexpected output: {text}"))
+    };
+    Ok((field("pairs/s=")?, field("first-call-s=")?))
 }
 
 fn dtype_name(d: DType) -> &'static str {
@@ -288,14 +292,18 @@ pub fn run(
     if options.pykeops {
         for &n in &options.sizes {
             match run_pykeops(n) {
-                Ok(rate) => {
+                Ok((rate, first_call)) => {
                     let ours = results
                         .iter()
                         .find(|r| r.label == "W1 D=3" && r.dtype == DType::F32 && r.n == n);
                     let ratio = ours
                         .map(|r| format!("keops-rs is {:.1}x", r.pairs_per_second / rate))
                         .unwrap_or_default();
-                    writeln!(out, "pykeops W1 f32 N={n}: {rate:.3e} pairs/s  {ratio}").ok();
+                    writeln!(
+                        out,
+                        "pykeops W1 f32 N={n}: {rate:.3e} pairs/s, first call {first_call:.2} s  {ratio}"
+                    )
+                    .ok();
                 }
                 Err(e) => {
                     writeln!(out, "pykeops: skipped ({e})").ok();

@@ -108,7 +108,12 @@ impl<'ctx> LaneAccumulators<'ctx> {
     /// `wide` emitter): a pair that cannot enter the row's K smallest is rejected by the lane at
     /// once, and a lane rarely needs to rescale its sums. The seeded K entries carry an
     /// infinite index, so the merge never takes them back.
-    pub fn init(&self, em: &Emitter<'_, 'ctx>, wide: &Emitter<'_, 'ctx>, acc_row: PointerValue<'ctx>) {
+    pub fn init(
+        &self,
+        em: &Emitter<'_, 'ctx>,
+        wide: &Emitter<'_, 'ctx>,
+        acc_row: PointerValue<'ctx>,
+    ) {
         let mut initial = vec![0.0f64; self.red.acc_dim()];
         self.red.init(&mut initial);
         for (k, &x) in initial.iter().enumerate() {
@@ -116,8 +121,12 @@ impl<'ctx> LaneAccumulators<'ctx> {
         }
         let seed = |slot: usize| {
             let v = load_f64(wide, acc_row, slot);
-            let v = built(em.builder.build_extract_element(v, em.context.i64_type().const_zero(), "seed"))
-                .into_float_value();
+            let v = built(em.builder.build_extract_element(
+                v,
+                em.context.i64_type().const_zero(),
+                "seed",
+            ))
+            .into_float_value();
             let v = if em.float_type() == wide.float_type() {
                 v
             } else {
@@ -132,7 +141,11 @@ impl<'ctx> LaneAccumulators<'ctx> {
                     let threshold = seed((k - 1) * 2 * n + c);
                     for l in 0..k {
                         self.store(em, l * 2 * n + c, threshold);
-                        self.store(em, l * 2 * n + n + c, em.constant(f64::INFINITY, self.lanes));
+                        self.store(
+                            em,
+                            l * 2 * n + n + c,
+                            em.constant(f64::INFINITY, self.lanes),
+                        );
                     }
                 }
             }
@@ -467,10 +480,19 @@ impl<'ctx> LaneAccumulators<'ctx> {
     }
 }
 
-fn slot_ptr<'ctx>(em: &Emitter<'_, 'ctx>, acc_row: PointerValue<'ctx>, k: usize) -> PointerValue<'ctx> {
+fn slot_ptr<'ctx>(
+    em: &Emitter<'_, 'ctx>,
+    acc_row: PointerValue<'ctx>,
+    k: usize,
+) -> PointerValue<'ctx> {
     let index = em.context.i64_type().const_int(k as u64, false);
     // SAFETY (of the generated code): k < acc_dim, inside the row.
-    unsafe { built(em.builder.build_in_bounds_gep(em.context.f64_type(), acc_row, &[index], "slot")) }
+    unsafe {
+        built(
+            em.builder
+                .build_in_bounds_gep(em.context.f64_type(), acc_row, &[index], "slot"),
+        )
+    }
 }
 
 /// Slot `k` of an f64 accumulator row, as `<1 x double>`.

@@ -507,3 +507,44 @@ proptest! {
         check(&format!("Sum_Reduction({formula}, {axis})"), Some(&format!("Sum_Reduction(Abs({formula}), {axis})")), 9, 61, dtype);
     }
 }
+
+/// Values with many exact ties, across lanes, inner tiles and inner splits: the first index
+/// must win everywhere, as in the interpreter (exact integers, so no rounding can excuse a
+/// difference).
+#[test]
+fn ties_keep_the_first_index_across_lanes_and_tiles() {
+    let cases = [
+        "KMin_ArgKMin_Reduction(Floor(4 * v) + Floor(2 * u), 6, 0)",
+        "ArgKMin_Reduction(Floor(3 * y) + u * 0, 3, 0)",
+        "Min_ArgMin_Reduction(Floor(4 * v) - x, 0)",
+        "Max_ArgMax_Reduction(Floor(4 * u) + x, 1)",
+    ];
+    for dtype in [DType::F64, DType::F32] {
+        for text in cases {
+            let compiled = compile(&kernel(text));
+            let k = &compiled.kernels[0];
+            let problem = problem(13, 9001, dtype, 5);
+            let problem = if text.contains(", 1)") {
+                self::problem(9001, 13, dtype, 6)
+            } else {
+                problem
+            };
+            let want = eval(k, &problem, Backend::Interp).to_f64();
+            let jit = driver::compile_cpu(k, dtype).expect("compiles");
+            let arrays: Vec<&HostArray> = problem.inputs.iter().map(|(_, a)| a).collect();
+            let size = keops_runtime::check_arguments(&k.signature, &arrays).expect("valid");
+            for schedule in [
+                None,
+                Some(TileSchedule {
+                    row_block: 3,
+                    inner_chunks: 5,
+                }),
+            ] {
+                let got = run_tiles(&jit.tile_kernel(), &arrays, size, schedule)
+                    .expect("runs")
+                    .to_f64();
+                assert_eq!(got, want, "{text} ({dtype}) with {schedule:?}");
+            }
+        }
+    }
+}
