@@ -137,7 +137,7 @@ pub fn measure(source: &str, n: usize, dtype: DType, repeats: usize) -> Result<(
     let jit = compile_cpu(kernel, dtype).map_err(|e| e.to_string())?;
     let compile_ms = start.elapsed().as_secs_f64() * 1e3;
     let inputs = uniform_inputs(source, n, dtype, 1)?;
-    let arrays: Vec<&HostArray> = inputs.iter().map(|(_, a)| a).collect();
+    let arrays: Vec<_> = inputs.iter().map(|(_, a)| a.view()).collect();
     let size = check_arguments(&kernel.signature, &arrays).map_err(|e| e.to_string())?;
     let mut rates = Vec::new();
     for _ in 0..repeats.max(1) {

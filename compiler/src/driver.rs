@@ -158,12 +158,13 @@ pub fn evaluate(
     backend: Backend,
 ) -> Result<HostArray, EvalError> {
     let arrays = bind_arguments(kernel, inputs)?;
-    let size = check_arguments(&kernel.signature, &arrays)?;
+    let views: Vec<_> = arrays.iter().map(|a| a.view()).collect();
+    let size = check_arguments(&kernel.signature, &views)?;
     match backend {
         Backend::Interp => {}
         Backend::Cpu => {
             let compiled = compile_cpu(kernel, size.dtype)?;
-            return Ok(run_tiles(&compiled.tile_kernel(), &arrays, size, None)?);
+            return Ok(run_tiles(&compiled.tile_kernel(), &views, size, None)?);
         }
         Backend::Cuda => {
             let available: Vec<String> =

@@ -27,6 +27,61 @@ pub enum ArrayData {
     F64(Vec<f64>),
 }
 
+/// Borrowed data of one array.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum DataRef<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+}
+
+impl DataRef<'_> {
+    pub fn dtype(&self) -> DType {
+        match self {
+            DataRef::F32(_) => DType::F32,
+            DataRef::F64(_) => DType::F64,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            DataRef::F32(v) => v.len(),
+            DataRef::F64(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A borrowed C-ordered array: what kernels read. [`HostArray::view`] makes one, and so can a
+/// caller's own slices.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ArrayRef<'a> {
+    pub shape: &'a [usize],
+    pub data: DataRef<'a>,
+}
+
+impl<'a> ArrayRef<'a> {
+    pub fn f32(shape: &'a [usize], data: &'a [f32]) -> ArrayRef<'a> {
+        ArrayRef {
+            shape,
+            data: DataRef::F32(data),
+        }
+    }
+
+    pub fn f64(shape: &'a [usize], data: &'a [f64]) -> ArrayRef<'a> {
+        ArrayRef {
+            shape,
+            data: DataRef::F64(data),
+        }
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.data.dtype()
+    }
+}
+
 /// A C-ordered array of f32 or f64.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostArray {
@@ -53,6 +108,16 @@ impl HostArray {
         match self.data {
             ArrayData::F32(_) => DType::F32,
             ArrayData::F64(_) => DType::F64,
+        }
+    }
+
+    pub fn view(&self) -> ArrayRef<'_> {
+        ArrayRef {
+            shape: &self.shape,
+            data: match &self.data {
+                ArrayData::F32(v) => DataRef::F32(v),
+                ArrayData::F64(v) => DataRef::F64(v),
+            },
         }
     }
 
@@ -188,6 +253,18 @@ pub enum ArgumentError {
         found: DType,
         expected: DType,
     },
+    #[error("argument `{name}` holds {len} numbers, but its shape {} needs {}", shape_text(shape), shape.iter().product::<usize>())]
+    DataLength {
+        name: String,
+        len: usize,
+        shape: Vec<usize>,
+    },
+    #[error("the output buffer holds {len} numbers; the result has {expected} ({dtype})")]
+    Output {
+        len: usize,
+        expected: usize,
+        dtype: DType,
+    },
     #[error("argument `{name}`: {error}")]
     File { name: String, error: NpyError },
 }
@@ -213,10 +290,7 @@ pub struct ProblemSize {
 /// Checks `arrays` (in signature order) against the signature: dtype shared, each shape
 /// `(rows, dim)` (or `(rows,)` for dim 1; `(dim,)`/`(1, dim)` for parameters), and row counts
 /// agreeing within each category. A kernel with no i- (or j-) variable has n (or m) = 1.
-pub fn check_arguments(
-    sig: &Signature,
-    arrays: &[&HostArray],
-) -> Result<ProblemSize, ArgumentError> {
+pub fn check_arguments(sig: &Signature, arrays: &[ArrayRef]) -> Result<ProblemSize, ArgumentError> {
     assert_eq!(sig.args.len(), arrays.len(), "one array per argument");
     let mut n: Option<(usize, &str)> = None;
     let mut m: Option<(usize, &str)> = None;
@@ -234,18 +308,24 @@ pub fn check_arguments(
         } else {
             dtype = Some((array.dtype(), &spec.name));
         }
-        let shape = &array.shape;
+        let shape: &[usize] = array.shape;
+        if array.data.len() != shape.iter().product::<usize>() {
+            return Err(ArgumentError::DataLength {
+                name: spec.name.clone(),
+                len: array.data.len(),
+                shape: shape.to_vec(),
+            });
+        }
         let d = spec.dim;
         let shape_error = |expected: String| ArgumentError::Shape {
             name: spec.name.clone(),
             spec: format!("{}({})", spec.category, d),
-            shape: shape.clone(),
+            shape: shape.to_vec(),
             expected,
         };
         match spec.category {
             Category::Param => {
-                let ok = matches!(shape.as_slice(), [x] if *x == d)
-                    || matches!(shape.as_slice(), [1, x] if *x == d);
+                let ok = matches!(shape, [x] if *x == d) || matches!(shape, [1, x] if *x == d);
                 if !ok {
                     return Err(shape_error(format!("({d},) or (1, {d})")));
                 }
@@ -255,7 +335,7 @@ pub fn check_arguments(
                     Category::I => ("N", &mut n),
                     _ => ("M", &mut m),
                 };
-                let rows = match shape.as_slice() {
+                let rows = match shape {
                     [r, x] if *x == d => *r,
                     [r] if d == 1 => *r,
                     _ => {

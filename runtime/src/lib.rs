@@ -4,12 +4,15 @@
 
 pub mod abi;
 pub mod arrays;
+pub mod module;
 pub mod reduction;
 pub mod tiles;
 
 pub use abi::{ArgSpec, Axis, Category, Signature};
 pub use arrays::{
-    check_arguments, ArgumentError, ArrayData, DType, HostArray, NpyError, ProblemSize,
+    check_arguments, ArgumentError, ArrayData, ArrayRef, DType, DataRef, HostArray, NpyError,
+    ProblemSize,
 };
+pub use module::{Kernel, LoadError, Manifest, Module, OutputRef};
 pub use reduction::{Reduction, ReductionArgs, ReductionKind};
 pub use tiles::{run_tiles, TileFn, TileKernel, TileSchedule};

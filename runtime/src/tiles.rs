@@ -10,7 +10,7 @@
 //! chunk and row of the blocks that run at the same time).
 
 use crate::abi::{Axis, Category, Signature};
-use crate::arrays::{ArgumentError, ArrayData, DType, HostArray, ProblemSize};
+use crate::arrays::{ArgumentError, ArrayData, ArrayRef, DType, DataRef, HostArray, ProblemSize};
 use crate::reduction::Reduction;
 use rayon::prelude::*;
 use std::ffi::c_void;
@@ -80,7 +80,7 @@ impl TileSchedule {
 /// kernel's dtype.
 pub fn run_tiles(
     kernel: &TileKernel,
-    arrays: &[&HostArray],
+    arrays: &[ArrayRef],
     size: ProblemSize,
     schedule: Option<TileSchedule>,
 ) -> Result<HostArray, ArgumentError> {
@@ -106,13 +106,22 @@ pub fn run_tiles(
         .zip(arrays)
         .map(|(spec, array)| {
             (spec.category == inner_category)
-                .then(|| transpose(&array.data, inner, spec.dim, inner_stride))
+                .then(|| transpose(array.data, inner, spec.dim, inner_stride))
         })
         .collect();
     let pointers: Vec<SendPtr> = arrays
         .iter()
         .zip(&transposed)
-        .map(|(array, t)| SendPtr(data_ptr(t.as_ref().unwrap_or(&array.data))))
+        .map(|(array, t)| {
+            SendPtr(match t {
+                Some(ArrayData::F32(v)) => v.as_ptr().cast(),
+                Some(ArrayData::F64(v)) => v.as_ptr().cast(),
+                None => match array.data {
+                    DataRef::F32(v) => v.as_ptr().cast(),
+                    DataRef::F64(v) => v.as_ptr().cast(),
+                },
+            })
+        })
         .collect();
 
     let red = &sig.reduction;
@@ -207,7 +216,7 @@ fn finalize(red: &Reduction, acc: &[f64], rows: usize, dtype: DType) -> HostArra
 }
 
 /// `rows x dim` row-major to `dim x stride` component-major, zero-padded.
-fn transpose(data: &ArrayData, rows: usize, dim: usize, stride: usize) -> ArrayData {
+fn transpose(data: DataRef, rows: usize, dim: usize, stride: usize) -> ArrayData {
     fn go<T: Copy + Default + Send + Sync>(
         v: &[T],
         rows: usize,
@@ -228,15 +237,8 @@ fn transpose(data: &ArrayData, rows: usize, dim: usize, stride: usize) -> ArrayD
         out
     }
     match data {
-        ArrayData::F32(v) => ArrayData::F32(go(v, rows, dim, stride)),
-        ArrayData::F64(v) => ArrayData::F64(go(v, rows, dim, stride)),
-    }
-}
-
-fn data_ptr(data: &ArrayData) -> *const c_void {
-    match data {
-        ArrayData::F32(v) => v.as_ptr().cast(),
-        ArrayData::F64(v) => v.as_ptr().cast(),
+        DataRef::F32(v) => ArrayData::F32(go(v, rows, dim, stride)),
+        DataRef::F64(v) => ArrayData::F64(go(v, rows, dim, stride)),
     }
 }
 
@@ -264,8 +266,8 @@ mod tests {
 
     #[test]
     fn transpose_pads_with_zeros() {
-        let data = ArrayData::F32(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
-        let ArrayData::F32(t) = transpose(&data, 3, 2, 5) else {
+        let data = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let ArrayData::F32(t) = transpose(DataRef::F32(&data), 3, 2, 5) else {
             unreachable!()
         };
         assert_eq!(t, vec![1.0, 3.0, 5.0, 0.0, 0.0, 2.0, 4.0, 6.0, 0.0, 0.0]);

@@ -398,7 +398,7 @@ fn inner_splits_merge_partials() {
         let problem = problem(5, 20011, DType::F64, 3);
         let want = eval(k, &problem, Backend::Interp).to_f64();
         let jit = driver::compile_cpu(k, DType::F64).expect("compiles");
-        let arrays: Vec<&HostArray> = problem.inputs.iter().map(|(_, a)| a).collect();
+        let arrays: Vec<_> = problem.inputs.iter().map(|(_, a)| a.view()).collect();
         let size = keops_runtime::check_arguments(&k.signature, &arrays).expect("valid");
         for (row_block, inner_chunks) in [(1, 1), (2, 3), (5, 7), (1, 64)] {
             let schedule = TileSchedule {
@@ -531,7 +531,7 @@ fn ties_keep_the_first_index_across_lanes_and_tiles() {
             };
             let want = eval(k, &problem, Backend::Interp).to_f64();
             let jit = driver::compile_cpu(k, dtype).expect("compiles");
-            let arrays: Vec<&HostArray> = problem.inputs.iter().map(|(_, a)| a).collect();
+            let arrays: Vec<_> = problem.inputs.iter().map(|(_, a)| a.view()).collect();
             let size = keops_runtime::check_arguments(&k.signature, &arrays).expect("valid");
             for schedule in [
                 None,
@@ -547,4 +547,32 @@ fn ties_keep_the_first_index_across_lanes_and_tiles() {
             }
         }
     }
+}
+
+/// Offsets past 2^31 bytes in the transposed inputs (5.6e8 floats): every address computation
+/// of the tile function is 64-bit. Needs about 5 GB of memory, so it runs on demand:
+/// `cargo test --release -p keopsc --test all -- --ignored huge`.
+#[test]
+#[ignore = "needs about 5 GB of memory; run on demand"]
+fn huge_inner_offsets_index_in_64_bits() {
+    let text = "kernel t {\n x = Vi(4)\n y = Vj(4)\n Min_ArgMin_Reduction(SqDist(x, y), 0)\n}\n";
+    let compiled = compile(text);
+    let m: usize = 140_000_000;
+    // A multiple of 16: exact in a float32 output (spacing 16 above 2^27).
+    let planted = 139_999_984;
+    let mut y: Vec<f32> = (0..m * 4)
+        .map(|k| 1.0 + ((k as u64).wrapping_mul(2_654_435_761) % 1000) as f32 / 1000.0)
+        .collect();
+    y[planted * 4..planted * 4 + 4].fill(0.5);
+    let inputs = vec![
+        (
+            "x".to_string(),
+            HostArray::from_f32(vec![2, 4], vec![0.0; 8]),
+        ),
+        ("y".to_string(), HostArray::from_f32(vec![m, 4], y)),
+    ];
+    let out = driver::evaluate(&compiled.kernels[0], &inputs, Backend::Cpu)
+        .expect("runs")
+        .to_f64();
+    assert_eq!(out, vec![1.0, planted as f64, 1.0, planted as f64]);
 }

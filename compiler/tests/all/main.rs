@@ -5,4 +5,5 @@ mod cpu;
 mod derivatives;
 mod frontend;
 mod interp;
+mod math;
 mod simplify;

@@ -372,7 +372,7 @@ fn bench(
         parsed.push(parse_dtype(d)?);
     }
     for w in &workloads {
-        if !keopsc::bench::WORKLOADS.iter().any(|k| &k.id == w) {
+        if !keopsc::bench::WORKLOADS.iter().any(|k| k.id == w) {
             eprintln!("error: unknown workload `{w}` (expected W1 to W5)");
             return Err(Reported);
         }

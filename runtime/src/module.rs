@@ -1,0 +1,547 @@
+//! Compiled modules on disk, and the kernel type a program calls. A module is a directory:
+//!
+//! ```text
+//! NAME.kmod/
+//!   manifest.json   what the module holds (see [`Manifest`]; lang-spec/modules.md)
+//!   kernels.so      the tile functions, native code for the manifest's target
+//! ```
+//!
+//! Loading checks, before any code runs: the format and compiler versions, that this CPU has
+//! every feature the code was compiled for, and the library's checksum. A module that fails a
+//! check is refused with a [`LoadError`]; nothing in it is executed.
+
+use crate::abi::{ArgSpec, Axis, Category, Signature};
+use crate::arrays::{ArgumentError, ArrayRef, DType, HostArray};
+use crate::reduction::{Reduction, ReductionKind};
+use crate::tiles::{run_tiles, TileFn, TileKernel};
+use serde::{Deserialize, Serialize};
+use std::any::Any;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Version of the module layout and of the tile ABI. A module of another format is refused.
+pub const MODULE_FORMAT: u32 = 1;
+
+/// The version of keops-rs (the compiler and this runtime are released together).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub const MANIFEST_FILE: &str = "manifest.json";
+pub const LIBRARY_FILE: &str = "kernels.so";
+
+/// `manifest.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// [`MODULE_FORMAT`] of the compiler that wrote it.
+    pub format: u32,
+    /// keops-rs version of the compiler that wrote it.
+    pub compiler_version: String,
+    pub llvm_version: String,
+    /// FNV-1a 64 of the `.kf` source, hex.
+    pub source_hash: String,
+    pub target: ModuleTarget,
+    /// The shared library's file name, and its FNV-1a 64 checksum, hex.
+    pub library: String,
+    pub library_hash: String,
+    pub kernels: Vec<ManifestKernel>,
+}
+
+/// What the native code was compiled for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleTarget {
+    pub triple: String,
+    /// LLVM's CPU name (`x86-64-v3`, ...).
+    pub cpu: String,
+    /// CPU features the code needs (x86 names as `is_x86_feature_detected!` spells them).
+    pub required_features: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestKernel {
+    pub name: String,
+    pub args: Vec<ManifestArg>,
+    /// `Sum`, `ArgKMin`, ... (KeOps names without `_Reduction`)
+    pub reduction: String,
+    pub k: usize,
+    /// Dimensions of the reduced formula `F` and of the weight `V` (0 without one).
+    pub formula_dim: usize,
+    pub weight_dim: usize,
+    /// 0: one output row per i; 1: one per j.
+    pub axis: usize,
+    pub output_dim: usize,
+    pub entries: Vec<ManifestEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestArg {
+    pub name: String,
+    /// `Vi`, `Vj` or `Pm`.
+    pub category: String,
+    pub dim: usize,
+}
+
+/// One compiled tile function.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestEntry {
+    /// `float32` or `float64`
+    pub dtype: String,
+    pub symbol: String,
+    pub lanes: usize,
+}
+
+impl ManifestKernel {
+    /// The manifest entry of a signature (without its compiled entries).
+    pub fn describe(sig: &Signature) -> ManifestKernel {
+        ManifestKernel {
+            name: sig.name.clone(),
+            args: sig
+                .args
+                .iter()
+                .map(|a| ManifestArg {
+                    name: a.name.clone(),
+                    category: a.category.keops_name().to_string(),
+                    dim: a.dim,
+                })
+                .collect(),
+            reduction: sig.reduction.kind.name().to_string(),
+            k: sig.reduction.k,
+            formula_dim: sig.reduction.fdim,
+            weight_dim: sig.reduction.wdim,
+            axis: sig.axis.index(),
+            output_dim: sig.output_dim(),
+            entries: Vec::new(),
+        }
+    }
+
+    /// The signature it describes, or what is wrong with it.
+    pub fn signature(&self) -> Result<Signature, String> {
+        let kind = ReductionKind::ALL
+            .into_iter()
+            .find(|k| k.name() == self.reduction)
+            .ok_or_else(|| format!("unknown reduction `{}`", self.reduction))?;
+        let args = self
+            .args
+            .iter()
+            .map(|a| {
+                let category = match a.category.as_str() {
+                    "Vi" => Category::I,
+                    "Vj" => Category::J,
+                    "Pm" => Category::Param,
+                    other => return Err(format!("unknown category `{other}`")),
+                };
+                Ok(ArgSpec {
+                    name: a.name.clone(),
+                    category,
+                    dim: a.dim,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let axis = Axis::from_index(self.axis as i64).ok_or("axis must be 0 or 1")?;
+        let sig = Signature {
+            name: self.name.clone(),
+            args,
+            reduction: Reduction {
+                kind,
+                k: self.k.max(1),
+                fdim: self.formula_dim,
+                wdim: self.weight_dim,
+            },
+            axis,
+        };
+        if sig.output_dim() != self.output_dim {
+            return Err(format!(
+                "output dimension {} does not follow from the reduction ({})",
+                self.output_dim,
+                sig.output_dim()
+            ));
+        }
+        Ok(sig)
+    }
+}
+
+/// FNV-1a, 64 bits: a checksum against damaged files and a cache key, not a defence against
+/// tampering.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+pub fn dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "float32",
+        DType::F64 => "float64",
+    }
+}
+
+/// Why a module cannot be loaded. Nothing of a refused module has run.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read module `{path}`: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error("module `{path}` is damaged: {message}")]
+    Corrupt { path: PathBuf, message: String },
+    #[error("module `{path}` was written by keops-rs {found} (module format {found_format}); this runtime is {expected} (format {expected_format}): rebuild it with `keopsc build`")]
+    Version {
+        path: PathBuf,
+        found: String,
+        found_format: u32,
+        expected: String,
+        expected_format: u32,
+    },
+    #[error("module `{path}` was compiled for {cpu}, which needs CPU features this machine lacks: {}; rebuild it with `keopsc build --target host` here", missing.join(", "))]
+    CpuFeatures {
+        path: PathBuf,
+        cpu: String,
+        missing: Vec<String>,
+    },
+    #[error("module `{path}` has no kernel `{name}` (it has {available})")]
+    UnknownKernel {
+        path: PathBuf,
+        name: String,
+        available: String,
+    },
+}
+
+/// Whether this CPU has an x86 feature, by the name a manifest uses.
+pub fn cpu_has(feature: &str) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! detect {
+            ($($name:tt),*) => {
+                match feature {
+                    $($name => std::arch::is_x86_feature_detected!($name),)*
+                    _ => false,
+                }
+            };
+        }
+        detect!(
+            "sse2",
+            "sse3",
+            "ssse3",
+            "sse4.1",
+            "sse4.2",
+            "popcnt",
+            "cmpxchg16b",
+            "avx",
+            "avx2",
+            "bmi1",
+            "bmi2",
+            "f16c",
+            "fma",
+            "lzcnt",
+            "movbe",
+            "xsave",
+            "avx512f",
+            "avx512bw",
+            "avx512cd",
+            "avx512dq",
+            "avx512vl"
+        )
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = feature;
+        false
+    }
+}
+
+/// A kernel ready to call: its signature and one tile function per dtype. It keeps alive what
+/// its code lives in (a loaded library, or JIT-compiled code). Cheap to clone; callable from
+/// many threads at once.
+#[derive(Clone)]
+pub struct Kernel {
+    signature: Signature,
+    entries: Vec<(DType, TileFn, usize)>,
+    _owner: Arc<dyn Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Kernel({})", self.signature)
+    }
+}
+
+impl Kernel {
+    /// `entries`: (dtype, tile function, SIMD lanes). `owner` keeps the code alive.
+    ///
+    /// # Safety
+    /// Each tile function must implement the [`TileFn`] contract for `signature` with the
+    /// given lanes, and stay valid as long as `owner` lives.
+    pub unsafe fn from_parts(
+        signature: Signature,
+        entries: Vec<(DType, TileFn, usize)>,
+        owner: Arc<dyn Any + Send + Sync>,
+    ) -> Kernel {
+        Kernel {
+            signature,
+            entries,
+            _owner: owner,
+        }
+    }
+
+    pub fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    pub fn name(&self) -> &str {
+        &self.signature.name
+    }
+
+    /// The dtypes it was compiled for.
+    pub fn dtypes(&self) -> Vec<DType> {
+        self.entries.iter().map(|e| e.0).collect()
+    }
+
+    /// Runs on inputs in argument order. The output is `(N, Dout)` for axis 0, `(M, Dout)`
+    /// for axis 1, in the inputs' dtype.
+    pub fn call(&self, inputs: &[ArrayRef]) -> Result<HostArray, ArgumentError> {
+        let sig = &self.signature;
+        if inputs.len() != sig.args.len() {
+            let names: Vec<String> = sig.args.iter().map(|a| format!("`{}`", a.name)).collect();
+            return Err(match sig.args.get(inputs.len()) {
+                Some(spec) => ArgumentError::Missing {
+                    name: spec.name.clone(),
+                    spec: format!("{}({})", spec.category, spec.dim),
+                },
+                None => ArgumentError::Unknown {
+                    name: format!("#{}", sig.args.len()),
+                    expected: names.join(", "),
+                },
+            });
+        }
+        let size = crate::arrays::check_arguments(sig, inputs)?;
+        let Some(&(dtype, tile, lanes)) = self.entries.iter().find(|e| e.0 == size.dtype) else {
+            return Err(ArgumentError::CompiledDType {
+                name: sig.args.first().map(|a| a.name.clone()).unwrap_or_default(),
+                found: size.dtype,
+                expected: self.entries.first().map_or(DType::F32, |e| e.0),
+            });
+        };
+        let kernel = TileKernel {
+            signature: sig,
+            dtype,
+            lanes,
+            tile,
+        };
+        run_tiles(&kernel, inputs, size, None)
+    }
+
+    /// Runs on inputs given by name, in any order.
+    pub fn call_named(&self, inputs: &[(&str, ArrayRef)]) -> Result<HostArray, ArgumentError> {
+        let ordered = bind_named(&self.signature, inputs)?;
+        self.call(&ordered)
+    }
+
+    /// Runs and writes the output into `out` (row-major, `rows x output_dim`, the inputs'
+    /// dtype).
+    pub fn call_into(&self, inputs: &[ArrayRef], out: OutputRef) -> Result<(), ArgumentError> {
+        let result = self.call(inputs)?;
+        let expected = result.len();
+        let mismatch = |len: usize| ArgumentError::Output {
+            len,
+            expected,
+            dtype: result.dtype(),
+        };
+        match (out, &result.data) {
+            (OutputRef::F32(o), crate::ArrayData::F32(v)) if o.len() == v.len() => {
+                o.copy_from_slice(v)
+            }
+            (OutputRef::F64(o), crate::ArrayData::F64(v)) if o.len() == v.len() => {
+                o.copy_from_slice(v)
+            }
+            (OutputRef::F32(o), _) => return Err(mismatch(o.len())),
+            (OutputRef::F64(o), _) => return Err(mismatch(o.len())),
+        }
+        Ok(())
+    }
+}
+
+/// A caller's output buffer.
+pub enum OutputRef<'a> {
+    F32(&'a mut [f32]),
+    F64(&'a mut [f64]),
+}
+
+/// Orders named inputs as the signature's arguments; every error names the argument.
+pub fn bind_named<T: Copy>(sig: &Signature, inputs: &[(&str, T)]) -> Result<Vec<T>, ArgumentError> {
+    let names: Vec<String> = sig.args.iter().map(|a| format!("`{}`", a.name)).collect();
+    let mut bound: Vec<Option<T>> = vec![None; sig.args.len()];
+    for &(name, value) in inputs {
+        let Some(k) = sig.args.iter().position(|a| a.name == name) else {
+            return Err(ArgumentError::Unknown {
+                name: name.to_string(),
+                expected: if names.is_empty() {
+                    "none".into()
+                } else {
+                    names.join(", ")
+                },
+            });
+        };
+        if bound[k].is_some() {
+            return Err(ArgumentError::Duplicate {
+                name: name.to_string(),
+            });
+        }
+        bound[k] = Some(value);
+    }
+    bound
+        .into_iter()
+        .zip(&sig.args)
+        .map(|(b, spec)| {
+            b.ok_or_else(|| ArgumentError::Missing {
+                name: spec.name.clone(),
+                spec: format!("{}({})", spec.category, spec.dim),
+            })
+        })
+        .collect()
+}
+
+/// A module loaded from disk.
+pub struct Module {
+    path: PathBuf,
+    manifest: Manifest,
+    kernels: Vec<Kernel>,
+}
+
+impl Module {
+    /// Loads `path` (a `.kmod` directory), after checking versions, CPU features and the
+    /// library's checksum.
+    pub fn load(path: impl AsRef<Path>) -> Result<Module, LoadError> {
+        let path = path.as_ref().to_path_buf();
+        let io = |message: String| LoadError::Io {
+            path: path.clone(),
+            message,
+        };
+        let corrupt = |message: String| LoadError::Corrupt {
+            path: path.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(path.join(MANIFEST_FILE))
+            .map_err(|e| io(format!("{MANIFEST_FILE}: {e}")))?;
+        // The version fields are read first, so that a module of another format says so
+        // rather than failing to parse.
+        let header: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| corrupt(format!("{MANIFEST_FILE}: {e}")))?;
+        let found_format = header.get("format").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+        let found = header
+            .get("compiler_version")
+            .and_then(|v| v.as_str())
+            .unwrap_or("unknown")
+            .to_string();
+        if found_format != MODULE_FORMAT || found != VERSION {
+            return Err(LoadError::Version {
+                path,
+                found,
+                found_format,
+                expected: VERSION.to_string(),
+                expected_format: MODULE_FORMAT,
+            });
+        }
+        let manifest: Manifest =
+            serde_json::from_str(&text).map_err(|e| corrupt(format!("{MANIFEST_FILE}: {e}")))?;
+        let missing: Vec<String> = manifest
+            .target
+            .required_features
+            .iter()
+            .filter(|f| !cpu_has(f))
+            .cloned()
+            .collect();
+        if !missing.is_empty() || !manifest.target.triple.starts_with(std::env::consts::ARCH) {
+            return Err(LoadError::CpuFeatures {
+                path,
+                cpu: format!("{} ({})", manifest.target.cpu, manifest.target.triple),
+                missing: if missing.is_empty() {
+                    vec![format!("the architecture ({})", std::env::consts::ARCH)]
+                } else {
+                    missing
+                },
+            });
+        }
+        if manifest.library.contains('/') || manifest.library.contains("..") {
+            return Err(corrupt(format!("library name `{}`", manifest.library)));
+        }
+        let library_path = path.join(&manifest.library);
+        let bytes =
+            std::fs::read(&library_path).map_err(|e| io(format!("{}: {e}", manifest.library)))?;
+        let hash = format!("{:016x}", fnv1a64(&bytes));
+        if hash != manifest.library_hash {
+            return Err(corrupt(format!(
+                "{} has checksum {hash}, the manifest says {}",
+                manifest.library, manifest.library_hash
+            )));
+        }
+        let mut signatures = Vec::new();
+        for k in &manifest.kernels {
+            let sig = k
+                .signature()
+                .map_err(|e| corrupt(format!("kernel `{}`: {e}", k.name)))?;
+            for e in &k.entries {
+                if e.lanes == 0 || !matches!(e.dtype.as_str(), "float32" | "float64") {
+                    return Err(corrupt(format!("kernel `{}`: entry {}", k.name, e.symbol)));
+                }
+            }
+            signatures.push(sig);
+        }
+        // SAFETY: the library passed the checks above: it is the one this compiler version
+        // wrote for a CPU this machine satisfies; its initialisers are LLVM-generated (none).
+        let library = Arc::new(
+            unsafe { libloading::Library::new(&library_path) }
+                .map_err(|e| io(format!("{}: {e}", manifest.library)))?,
+        );
+        let mut kernels = Vec::new();
+        for (k, sig) in manifest.kernels.iter().zip(signatures) {
+            let mut entries = Vec::new();
+            for e in &k.entries {
+                // SAFETY: the symbol was emitted with the TileFn signature (checked format).
+                let tile: TileFn = unsafe {
+                    *library
+                        .get::<TileFn>(e.symbol.as_bytes())
+                        .map_err(|err| corrupt(format!("symbol {}: {err}", e.symbol)))?
+                };
+                let dtype = if e.dtype == "float32" {
+                    DType::F32
+                } else {
+                    DType::F64
+                };
+                entries.push((dtype, tile, e.lanes));
+            }
+            let owner: Arc<dyn Any + Send + Sync> = library.clone();
+            // SAFETY: entries come from the library `owner` keeps loaded.
+            kernels.push(unsafe { Kernel::from_parts(sig, entries, owner) });
+        }
+        Ok(Module {
+            path,
+            manifest,
+            kernels,
+        })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn kernels(&self) -> &[Kernel] {
+        &self.kernels
+    }
+
+    /// The kernel `name`; a module of one kernel also answers to `None`-like empty names.
+    pub fn kernel(&self, name: &str) -> Result<Kernel, LoadError> {
+        self.kernels
+            .iter()
+            .find(|k| k.name() == name)
+            .cloned()
+            .ok_or_else(|| LoadError::UnknownKernel {
+                path: self.path.clone(),
+                name: name.to_string(),
+                available: self
+                    .kernels
+                    .iter()
+                    .map(|k| format!("`{}`", k.name()))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+}
