@@ -8,7 +8,7 @@ use crate::interp::{self, InterpError};
 use crate::opt;
 use crate::source::SourceFile;
 use crate::syntax::{ast, parse};
-use keops_runtime::{check_arguments, run_tiles, ArgumentError, Axis, DType, HostArray};
+use keops_runtime::{check_arguments, run_tiles, ArgumentError, Axis, DType, HostArray, Kernel};
 use std::fmt;
 
 /// A parsed and checked file.
@@ -202,6 +202,26 @@ pub fn compile_cpu(kernel: &CheckedKernel, dtype: DType) -> Result<JitKernel, Ev
         dtype,
         &CpuTarget::host(),
     )?)
+}
+
+/// Compiles a checked kernel in this process (no cache, no linker) for each of `dtypes`, as
+/// the runtime's [`Kernel`], the type modules loaded from disk also give.
+pub fn jit_kernel(kernel: &CheckedKernel, dtypes: &[DType]) -> Result<Kernel, EvalError> {
+    let compiled: Vec<JitKernel> = dtypes
+        .iter()
+        .map(|&d| compile_cpu(kernel, d))
+        .collect::<Result<_, _>>()?;
+    let entries = compiled
+        .iter()
+        .map(|j| {
+            let t = j.tile_kernel();
+            (t.dtype, t.tile, t.lanes)
+        })
+        .collect();
+    let owner: std::sync::Arc<dyn std::any::Any + Send + Sync> = std::sync::Arc::new(compiled);
+    // SAFETY: the tile functions were compiled for this signature and live as long as
+    // `owner`, which holds their JIT engines.
+    Ok(unsafe { Kernel::from_parts(kernel.signature.clone(), entries, owner) })
 }
 
 /// The CPU code of one kernel, as text: its schedule, optimised LLVM IR and host assembly.

@@ -8,6 +8,7 @@
 //!
 //! `driver` runs the pipeline; `compiler/src/README.md` records the design decisions.
 
+pub mod artifact;
 pub mod bench;
 pub mod check;
 pub mod codegen;

@@ -373,3 +373,41 @@ pub fn check_arguments(sig: &Signature, arrays: &[ArrayRef]) -> Result<ProblemSi
         dtype: dtype.map_or(DType::F64, |(d, _)| d),
     })
 }
+
+/// The element types kernels take.
+pub trait Element: Copy {
+    fn data_ref(data: &[Self]) -> DataRef<'_>;
+}
+
+impl Element for f32 {
+    fn data_ref(data: &[f32]) -> DataRef<'_> {
+        DataRef::F32(data)
+    }
+}
+
+impl Element for f64 {
+    fn data_ref(data: &[f64]) -> DataRef<'_> {
+        DataRef::F64(data)
+    }
+}
+
+/// An `ndarray` array or view in standard (C) layout; other layouts are refused (copy with
+/// `.as_standard_layout()` first).
+impl<'a, A, S, D> TryFrom<&'a ndarray::ArrayBase<S, D>> for ArrayRef<'a>
+where
+    A: Element,
+    S: ndarray::Data<Elem = A>,
+    D: ndarray::Dimension,
+{
+    type Error = &'static str;
+
+    fn try_from(array: &'a ndarray::ArrayBase<S, D>) -> Result<ArrayRef<'a>, &'static str> {
+        let data = array.as_slice().ok_or(
+            "the array is not in standard (C-contiguous) layout; use .as_standard_layout()",
+        )?;
+        Ok(ArrayRef {
+            shape: array.shape(),
+            data: A::data_ref(data),
+        })
+    }
+}

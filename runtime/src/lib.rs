@@ -10,9 +10,10 @@ pub mod tiles;
 
 pub use abi::{ArgSpec, Axis, Category, Signature};
 pub use arrays::{
-    check_arguments, ArgumentError, ArrayData, ArrayRef, DType, DataRef, HostArray, NpyError,
-    ProblemSize,
+    check_arguments, ArgumentError, ArrayData, ArrayRef, DType, DataRef, Element, HostArray,
+    NpyError, ProblemSize,
 };
 pub use module::{Kernel, LoadError, Manifest, Module, OutputRef};
+pub use ndarray;
 pub use reduction::{Reduction, ReductionArgs, ReductionKind};
 pub use tiles::{run_tiles, TileFn, TileKernel, TileSchedule};

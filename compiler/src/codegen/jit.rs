@@ -33,16 +33,83 @@ fn internal(stage: &'static str) -> impl Fn(String) -> CodegenError {
     move |message| CodegenError::Internal { stage, message }
 }
 
-/// The CPU code is generated for: LLVM's names of the host, and its vector width.
+/// The CPU code is generated for: LLVM's names of the CPU and features, its vector width, and
+/// the features a machine needs to run the code (checked when a module is loaded).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CpuTarget {
     pub triple: String,
     pub cpu: String,
     pub features: String,
     pub vector_bits: u32,
+    pub required_features: Vec<String>,
+}
+
+const V2: &[&str] = &[
+    "sse2",
+    "sse3",
+    "ssse3",
+    "sse4.1",
+    "sse4.2",
+    "popcnt",
+    "cmpxchg16b",
+];
+const V3: &[&str] = &[
+    "avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "lzcnt", "movbe", "xsave",
+];
+const V4: &[&str] = &["avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"];
+
+/// The x86-64 psABI levels a module can be compiled for: LLVM's CPU name, the features it
+/// implies (as the runtime checks them), the vector width the code uses.
+pub const LEVELS: [&str; 4] = ["x86-64", "x86-64-v2", "x86-64-v3", "x86-64-v4"];
+
+fn level_features(level: &str) -> Option<(Vec<String>, u32)> {
+    let (parts, bits): (&[&[&str]], u32) = match level {
+        "x86-64" => (&[&["sse2"]], 128),
+        "x86-64-v2" => (&[V2], 128),
+        "x86-64-v3" => (&[V2, V3], 256),
+        "x86-64-v4" => (&[V2, V3, V4], 512),
+        _ => return None,
+    };
+    Some((
+        parts
+            .iter()
+            .flat_map(|p| p.iter().map(|f| f.to_string()))
+            .collect(),
+        bits,
+    ))
 }
 
 impl CpuTarget {
+    /// A psABI level (`x86-64-v3`, ...), for code that runs on any CPU of that level.
+    pub fn level(name: &str) -> Option<CpuTarget> {
+        initialize();
+        let (required_features, vector_bits) = level_features(name)?;
+        Some(CpuTarget {
+            triple: TargetMachine::get_default_triple()
+                .as_str()
+                .to_string_lossy()
+                .into_owned(),
+            cpu: name.to_string(),
+            features: String::new(),
+            vector_bits,
+            required_features,
+        })
+    }
+
+    /// The highest level this machine satisfies.
+    pub fn host_level() -> CpuTarget {
+        let best = LEVELS
+            .iter()
+            .rev()
+            .find(|l| {
+                level_features(l)
+                    .is_some_and(|(f, _)| f.iter().all(|x| keops_runtime::module::cpu_has(x)))
+            })
+            .unwrap_or(&"x86-64");
+        CpuTarget::level(best).expect("a known level")
+    }
+
+    /// Exactly this machine's CPU: the fastest code, for this machine only.
     pub fn host() -> CpuTarget {
         initialize();
         let features = TargetMachine::get_host_cpu_features().to_string();
@@ -62,6 +129,7 @@ impl CpuTarget {
             cpu: TargetMachine::get_host_cpu_name().to_string(),
             features,
             vector_bits,
+            required_features: CpuTarget::host_level().required_features,
         }
     }
 
@@ -73,7 +141,7 @@ impl CpuTarget {
         }
     }
 
-    fn machine(&self) -> Result<TargetMachine, CodegenError> {
+    fn machine(&self, reloc: RelocMode) -> Result<TargetMachine, CodegenError> {
         let triple = inkwell::targets::TargetTriple::create(&self.triple);
         let target = Target::from_triple(&triple).map_err(|e| internal("target")(e.to_string()))?;
         target
@@ -82,8 +150,8 @@ impl CpuTarget {
                 &self.cpu,
                 &self.features,
                 OptimizationLevel::Aggressive,
-                RelocMode::Default,
-                CodeModel::JITDefault,
+                reloc,
+                CodeModel::Default,
             )
             .ok_or_else(|| {
                 internal("target")(format!("LLVM has no target machine for {}", self.cpu))
@@ -114,33 +182,55 @@ pub struct CodegenTimings {
     pub machine_code: Duration,
 }
 
-/// The tile function's symbol.
+/// The tile function's symbol in JIT-compiled code.
 pub const TILE_SYMBOL: &str = "keops_tile";
 
-/// Builds the LLVM module of one kernel (not optimised yet).
-fn build_module<'ctx>(
+/// One tile function to put in a module.
+pub struct TileSpec<'a> {
+    pub formula: &'a Formula,
+    pub signature: &'a Signature,
+    pub dtype: DType,
+    pub symbol: String,
+}
+
+impl TileSpec<'_> {
+    pub fn schedule(&self, target: &CpuTarget) -> Schedule {
+        let scalar = scalar_of(self.dtype);
+        Schedule::new(
+            self.formula,
+            self.signature,
+            target.lanes(scalar),
+            elem_bytes(scalar),
+        )
+    }
+}
+
+/// Builds an LLVM module holding the tile functions of `specs` (not optimised yet).
+pub fn build_module<'ctx>(
     context: &'ctx Context,
-    formula: &Formula,
-    signature: &Signature,
-    schedule: &Schedule,
-    scalar: Scalar,
+    name: &str,
+    specs: &[TileSpec],
     target: &CpuTarget,
 ) -> Result<Module<'ctx>, CodegenError> {
-    let module = context.create_module(&signature.name);
+    let module = context.create_module(name);
     let builder = context.create_builder();
     let math = MathLib::new(context);
-    let em = Emitter {
-        context,
-        module: &module,
-        builder: &builder,
-        math: &math,
-        scalar,
-    };
-    let wide = Emitter {
-        scalar: Scalar::F64,
-        ..em
-    };
-    TileEmitter::new(&em, &wide, formula, signature, schedule).emit(TILE_SYMBOL);
+    for spec in specs {
+        let scalar = scalar_of(spec.dtype);
+        let em = Emitter {
+            context,
+            module: &module,
+            builder: &builder,
+            math: &math,
+            scalar,
+        };
+        let wide = Emitter {
+            scalar: Scalar::F64,
+            ..em
+        };
+        let schedule = spec.schedule(target);
+        TileEmitter::new(&em, &wide, spec.formula, spec.signature, &schedule).emit(&spec.symbol);
+    }
     // MCJIT compiles for a generic x86-64 unless each function names the CPU: without these,
     // vector FMAs become libm calls.
     let cpu = context.create_string_attribute("target-cpu", &target.cpu);
@@ -172,11 +262,15 @@ pub fn emit_text(
     dtype: DType,
     target: &CpuTarget,
 ) -> Result<(String, String), CodegenError> {
-    let scalar = scalar_of(dtype);
-    let schedule = Schedule::new(formula, signature, target.lanes(scalar), elem_bytes(scalar));
+    let spec = TileSpec {
+        formula,
+        signature,
+        dtype,
+        symbol: TILE_SYMBOL.to_string(),
+    };
     let context = Context::create();
-    let module = build_module(&context, formula, signature, &schedule, scalar, target)?;
-    let machine = target.machine()?;
+    let module = build_module(&context, &signature.name, &[spec], target)?;
+    let machine = target.machine(RelocMode::Default)?;
     optimize(&module, &machine)?;
     let asm = machine
         .write_to_memory_buffer(&module, FileType::Assembly)
@@ -185,6 +279,23 @@ pub fn emit_text(
         module.print_to_string().to_string(),
         String::from_utf8_lossy(asm.as_slice()).into_owned(),
     ))
+}
+
+/// Compiles tile functions to a relocatable object file (position-independent code, for a
+/// shared library).
+pub fn emit_object(
+    name: &str,
+    specs: &[TileSpec],
+    target: &CpuTarget,
+) -> Result<Vec<u8>, CodegenError> {
+    let context = Context::create();
+    let module = build_module(&context, name, specs, target)?;
+    let machine = target.machine(RelocMode::PIC)?;
+    optimize(&module, &machine)?;
+    let object = machine
+        .write_to_memory_buffer(&module, FileType::Object)
+        .map_err(|e| internal("object code")(e.to_string()))?;
+    Ok(object.as_slice().to_vec())
 }
 
 pub fn elem_bytes(scalar: Scalar) -> usize {
@@ -229,18 +340,23 @@ impl JitKernel {
         dtype: DType,
         target: &CpuTarget,
     ) -> Result<JitKernel, CodegenError> {
-        let scalar = scalar_of(dtype);
-        let schedule = Schedule::new(formula, signature, target.lanes(scalar), elem_bytes(scalar));
+        let spec = TileSpec {
+            formula,
+            signature,
+            dtype,
+            symbol: TILE_SYMBOL.to_string(),
+        };
+        let schedule = spec.schedule(target);
         let context = Box::new(Context::create());
         // SAFETY: the context is boxed (its address is stable) and outlives the engine and the
         // module, see `Drop`.
         let context_ref: &'static Context = unsafe { &*(context.as_ref() as *const Context) };
         let mut timings = CodegenTimings::default();
         let start = Instant::now();
-        let module = build_module(context_ref, formula, signature, &schedule, scalar, target)?;
+        let module = build_module(context_ref, &signature.name, &[spec], target)?;
         timings.emit = start.elapsed();
         let start = Instant::now();
-        let machine = target.machine()?;
+        let machine = target.machine(RelocMode::Default)?;
         optimize(&module, &machine)?;
         timings.optimize = start.elapsed();
         let start = Instant::now();

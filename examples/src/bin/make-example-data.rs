@@ -1,27 +1,9 @@
 //! Writes the arrays of examples/kf/gauss.kf: `make-example-data DIR N M` creates DIR/x.npy
 //! (N, 3), y.npy (M, 3), b.npy (M, 1) and s.npy (1,), uniform points from a fixed seed.
 
+use keops_examples::SplitMix;
 use keops_runtime::HostArray;
 use std::path::PathBuf;
-
-/// A small deterministic generator (SplitMix64), so that the example needs no dependency.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next_f64(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn array(&mut self, rows: usize, cols: usize) -> HostArray {
-        let data = (0..rows * cols).map(|_| self.next_f64() as f32).collect();
-        HostArray::from_f32(vec![rows, cols], data)
-    }
-}
 
 fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().collect();

@@ -76,6 +76,21 @@ enum Command {
         #[arg(long)]
         backend: Option<String>,
     },
+    /// Compile every kernel of a file ahead of time into a module directory (a shared library
+    /// and its manifest), loadable by `keops_runtime::Module::load` without LLVM.
+    Build {
+        file: PathBuf,
+        /// The module directory to write; `<file stem>.kmod` when left out.
+        #[arg(short, long, value_name = "OUT.kmod")]
+        output: Option<PathBuf>,
+        /// `host` (the best x86-64 level this machine has), or x86-64, x86-64-v2, x86-64-v3,
+        /// x86-64-v4.
+        #[arg(long, default_value = "host")]
+        target: String,
+        /// Element types to compile for (f32, f64); both when left out.
+        #[arg(long = "dtype")]
+        dtypes: Vec<String>,
+    },
     /// Measure the CPU backend on the reference workloads (W1..W5), with the C baseline and
     /// pykeops measured in the same run.
     Bench {
@@ -160,6 +175,12 @@ fn run(cli: Cli) -> ExitCode {
             output,
             backend,
         } => eval(&file, kernel.as_deref(), &args, &output, backend.as_deref()),
+        Command::Build {
+            file,
+            output,
+            target,
+            dtypes,
+        } => build(&file, output, &target, &dtypes),
         Command::Bench {
             workloads,
             sizes,
@@ -390,5 +411,56 @@ fn bench(
         eprintln!("error: {e}");
         Reported
     })?;
+    Ok(())
+}
+
+fn build(
+    path: &Path,
+    output: Option<PathBuf>,
+    target: &str,
+    dtypes: &[String],
+) -> Result<(), Reported> {
+    let target = if target == "host" {
+        keopsc::codegen::CpuTarget::host_level()
+    } else {
+        keopsc::codegen::CpuTarget::level(target).ok_or_else(|| {
+            fail(format!(
+                "unknown target `{target}` (expected host, {})",
+                keopsc::codegen::jit::LEVELS.join(", ")
+            ))
+        })?
+    };
+    let mut parsed = Vec::new();
+    for d in dtypes {
+        parsed.push(parse_dtype(d)?);
+    }
+    if parsed.is_empty() {
+        parsed = vec![keops_runtime::DType::F32, keops_runtime::DType::F64];
+    }
+    let compiled = load(path)?;
+    let out = output.unwrap_or_else(|| {
+        let stem = path
+            .file_stem()
+            .map_or("module".into(), |s| s.to_string_lossy().into_owned());
+        PathBuf::from(format!("{stem}.kmod"))
+    });
+    let report = keopsc::artifact::build(&compiled, &parsed, &target, &out, &[])
+        .map_err(|e| fail(e.to_string()))?;
+    println!(
+        "wrote {} ({} kernel{}, {}, code generation {:.1} ms, link {:.1} ms)",
+        out.display(),
+        report.manifest.kernels.len(),
+        if report.manifest.kernels.len() == 1 {
+            ""
+        } else {
+            "s"
+        },
+        target.cpu,
+        report.codegen.as_secs_f64() * 1e3,
+        report.link.as_secs_f64() * 1e3
+    );
+    for k in &compiled.kernels {
+        println!("  {}", k.signature);
+    }
     Ok(())
 }

@@ -1,0 +1,194 @@
+//! Modules on disk: `keopsc build` compiles every kernel of a file, for f32 and f64, into one
+//! shared library beside a manifest (the format is `keops_runtime::module`'s, documented in
+//! lang-spec/modules.md). A module is written into a temporary directory and renamed into
+//! place, so a reader never sees half of one.
+
+pub mod cache;
+
+use crate::codegen::jit::{emit_object, TileSpec};
+use crate::codegen::{CodegenError, CpuTarget};
+use crate::driver::CompiledFile;
+use crate::opt::{self, OptBudget};
+use keops_runtime::module::{
+    dtype_name, fnv1a64, Manifest, ManifestEntry, ManifestKernel, ModuleTarget, LIBRARY_FILE,
+    MANIFEST_FILE, MODULE_FORMAT, VERSION,
+};
+use keops_runtime::DType;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Codegen(#[from] CodegenError),
+    #[error("cannot write the module `{path}`: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error("linking the shared library failed: {0} (keopsc build needs a C compiler driver, `cc`, to link; install gcc)")]
+    Link(String),
+}
+
+/// What a build did, for `keopsc build` and the cache's latency report.
+#[derive(Clone, Debug)]
+pub struct BuildReport {
+    pub manifest: Manifest,
+    pub codegen: Duration,
+    pub link: Duration,
+}
+
+/// The symbol of a kernel's tile function for one dtype: the kernel name is an identifier.
+pub fn tile_symbol(kernel: &str, dtype: DType) -> String {
+    format!("keops_tile_{kernel}_{}", dtype_name(dtype))
+}
+
+pub fn llvm_version() -> String {
+    let (major, minor, patch) = inkwell::support::get_llvm_version();
+    format!("{major}.{minor}.{patch}")
+}
+
+/// Compiles every kernel of `file` for `dtypes` and `target`, and writes the module directory
+/// `out` (replacing what was there), with `extra` files (name, contents) beside the manifest.
+pub fn build(
+    file: &CompiledFile,
+    dtypes: &[DType],
+    target: &CpuTarget,
+    out: &Path,
+    extra: &[(&str, &str)],
+) -> Result<BuildReport, BuildError> {
+    let start = Instant::now();
+    let optimized: Vec<opt::OptimizedKernel> = file
+        .kernels
+        .iter()
+        .map(|k| {
+            opt::optimize(k, &OptBudget::default()).map_err(|d| CodegenError::Internal {
+                stage: "optimiser",
+                message: d.message,
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let mut specs = Vec::new();
+    let mut kernels = Vec::new();
+    for k in &optimized {
+        let mut entry = ManifestKernel::describe(&k.signature);
+        for &dtype in dtypes {
+            let spec = TileSpec {
+                formula: &k.formula,
+                signature: &k.signature,
+                dtype,
+                symbol: tile_symbol(&k.name, dtype),
+            };
+            entry.entries.push(ManifestEntry {
+                dtype: dtype_name(dtype).to_string(),
+                symbol: spec.symbol.clone(),
+                lanes: spec.schedule(target).lanes as usize,
+            });
+            specs.push(spec);
+        }
+        kernels.push(entry);
+    }
+    let object = emit_object("kernels", &specs, target)?;
+    let codegen = start.elapsed();
+
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |e: std::io::Error| BuildError::Io {
+            path: path.clone(),
+            message: e.to_string(),
+        }
+    };
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(io(&parent))?;
+    let staging = temporary_dir(&parent, out);
+    std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+    let result = (|| {
+        let start = Instant::now();
+        let object_path = staging.join("kernels.o");
+        std::fs::write(&object_path, &object).map_err(io(&object_path))?;
+        let library_path = staging.join(LIBRARY_FILE);
+        link(&object_path, &library_path)?;
+        std::fs::remove_file(&object_path).map_err(io(&object_path))?;
+        let link_time = start.elapsed();
+        let library = std::fs::read(&library_path).map_err(io(&library_path))?;
+        let manifest = Manifest {
+            format: MODULE_FORMAT,
+            compiler_version: VERSION.to_string(),
+            llvm_version: llvm_version(),
+            source_hash: format!("{:016x}", fnv1a64(file.source.text.as_bytes())),
+            target: ModuleTarget {
+                triple: target.triple.clone(),
+                cpu: target.cpu.clone(),
+                required_features: target.required_features.clone(),
+            },
+            library: LIBRARY_FILE.to_string(),
+            library_hash: format!("{:016x}", fnv1a64(&library)),
+            kernels,
+        };
+        let text = serde_json::to_string_pretty(&manifest).expect("a manifest serialises");
+        let manifest_path = staging.join(MANIFEST_FILE);
+        std::fs::write(&manifest_path, text).map_err(io(&manifest_path))?;
+        for (name, contents) in extra {
+            let path = staging.join(name);
+            std::fs::write(&path, contents).map_err(io(&path))?;
+        }
+        Ok((manifest, link_time))
+    })();
+    let (manifest, link) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
+    replace_dir(&staging, out).map_err(io(out))?;
+    Ok(BuildReport {
+        manifest,
+        codegen,
+        link,
+    })
+}
+
+/// A fresh directory name beside `out`.
+fn temporary_dir(parent: &Path, out: &Path) -> PathBuf {
+    let stem = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "module".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    parent.join(format!(".{stem}.tmp-{}-{nanos}", std::process::id()))
+}
+
+/// Puts `staging` at `out`: a rename, after moving an existing `out` aside.
+fn replace_dir(staging: &Path, out: &Path) -> std::io::Result<()> {
+    if out.exists() {
+        let old = temporary_dir(out.parent().unwrap_or(Path::new(".")), out);
+        std::fs::rename(out, &old)?;
+        std::fs::rename(staging, out)?;
+        let _ = std::fs::remove_dir_all(old);
+        Ok(())
+    } else {
+        std::fs::rename(staging, out)
+    }
+}
+
+/// Links an object file into a shared library with the system's C compiler driver.
+fn link(object: &Path, library: &Path) -> Result<(), BuildError> {
+    let output = Command::new("cc")
+        .arg("-shared")
+        .arg("-o")
+        .arg(library)
+        .arg(object)
+        .output()
+        .map_err(|e| BuildError::Link(format!("cannot run `cc`: {e}")))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(BuildError::Link(
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ))
+    }
+}
