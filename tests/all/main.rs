@@ -1,2 +1,3 @@
 mod kf_files;
 mod lang_spec;
+mod modules;

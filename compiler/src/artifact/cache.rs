@@ -9,7 +9,7 @@
 //! never see half an entry. An entry that fails to load (damaged, truncated, another format)
 //! is removed and rebuilt.
 
-use super::{build, llvm_version, BuildError};
+use super::{build, llvm_version, temporary_dir, BuildError, Placement};
 use crate::codegen::CpuTarget;
 use crate::diagnostic::render_all;
 use crate::driver;
@@ -133,13 +133,28 @@ impl CompileCache {
             message,
         };
         std::fs::create_dir_all(&self.dir).map_err(|e| cache_error(e.to_string()))?;
-        build(
+        if outcome == CacheOutcome::Rebuilt {
+            // Moved aside first: a rename is atomic, so a concurrent reader sees the damaged
+            // entry or none, never a half-deleted one.
+            let aside = temporary_dir(&self.dir, &entry);
+            if std::fs::rename(&entry, &aside).is_ok() {
+                let _ = std::fs::remove_dir_all(&aside);
+            }
+        }
+        let built = build(
             &compiled,
             &dtypes,
             &self.target,
             &entry,
             &[(KEY_FILE, &key)],
-        )?;
+            Placement::KeepExisting,
+        );
+        if let Err(e) = built {
+            // Another process may have placed the same entry meanwhile: use it if it loads.
+            if !matches!(e, BuildError::Io { .. }) || !entry.exists() {
+                return Err(e.into());
+            }
+        }
         let module = Module::load(&entry).map_err(|e| cache_error(e.to_string()))?;
         let kernel = module
             .kernel(&name)

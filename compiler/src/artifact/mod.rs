@@ -46,14 +46,24 @@ pub fn llvm_version() -> String {
     format!("{major}.{minor}.{patch}")
 }
 
+/// What to do when the module directory already exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Replace it (`keopsc build`).
+    Replace,
+    /// Keep it and fail with an I/O error (the cache, where another process won the race).
+    KeepExisting,
+}
+
 /// Compiles every kernel of `file` for `dtypes` and `target`, and writes the module directory
-/// `out` (replacing what was there), with `extra` files (name, contents) beside the manifest.
+/// `out`, with `extra` files (name, contents) beside the manifest.
 pub fn build(
     file: &CompiledFile,
     dtypes: &[DType],
     target: &CpuTarget,
     out: &Path,
     extra: &[(&str, &str)],
+    placement: Placement,
 ) -> Result<BuildReport, BuildError> {
     let start = Instant::now();
     let optimized: Vec<opt::OptimizedKernel> = file
@@ -89,13 +99,6 @@ pub fn build(
     let object = emit_object("kernels", &specs, target)?;
     let codegen = start.elapsed();
 
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |e: std::io::Error| BuildError::Io {
-            path: path.clone(),
-            message: e.to_string(),
-        }
-    };
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -103,38 +106,7 @@ pub fn build(
     std::fs::create_dir_all(&parent).map_err(io(&parent))?;
     let staging = temporary_dir(&parent, out);
     std::fs::create_dir_all(&staging).map_err(io(&staging))?;
-    let result = (|| {
-        let start = Instant::now();
-        let object_path = staging.join("kernels.o");
-        std::fs::write(&object_path, &object).map_err(io(&object_path))?;
-        let library_path = staging.join(LIBRARY_FILE);
-        link(&object_path, &library_path)?;
-        std::fs::remove_file(&object_path).map_err(io(&object_path))?;
-        let link_time = start.elapsed();
-        let library = std::fs::read(&library_path).map_err(io(&library_path))?;
-        let manifest = Manifest {
-            format: MODULE_FORMAT,
-            compiler_version: VERSION.to_string(),
-            llvm_version: llvm_version(),
-            source_hash: format!("{:016x}", fnv1a64(file.source.text.as_bytes())),
-            target: ModuleTarget {
-                triple: target.triple.clone(),
-                cpu: target.cpu.clone(),
-                required_features: target.required_features.clone(),
-            },
-            library: LIBRARY_FILE.to_string(),
-            library_hash: format!("{:016x}", fnv1a64(&library)),
-            kernels,
-        };
-        let text = serde_json::to_string_pretty(&manifest).expect("a manifest serialises");
-        let manifest_path = staging.join(MANIFEST_FILE);
-        std::fs::write(&manifest_path, text).map_err(io(&manifest_path))?;
-        for (name, contents) in extra {
-            let path = staging.join(name);
-            std::fs::write(&path, contents).map_err(io(&path))?;
-        }
-        Ok((manifest, link_time))
-    })();
+    let result = write_module(file, &object, kernels, target, &staging, extra);
     let (manifest, link) = match result {
         Ok(r) => r,
         Err(e) => {
@@ -142,7 +114,14 @@ pub fn build(
             return Err(e);
         }
     };
-    replace_dir(&staging, out).map_err(io(out))?;
+    let placed = match placement {
+        Placement::Replace => replace_dir(&staging, out),
+        Placement::KeepExisting => std::fs::rename(&staging, out),
+    };
+    if let Err(e) = placed {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(io(out)(e));
+    }
     Ok(BuildReport {
         manifest,
         codegen,
@@ -150,8 +129,60 @@ pub fn build(
     })
 }
 
-/// A fresh directory name beside `out`.
-fn temporary_dir(parent: &Path, out: &Path) -> PathBuf {
+/// An I/O error about `path`.
+fn io(path: &Path) -> impl Fn(std::io::Error) -> BuildError {
+    let path = path.to_path_buf();
+    move |e| BuildError::Io {
+        path: path.clone(),
+        message: e.to_string(),
+    }
+}
+
+/// Writes the library and manifest of a module into the empty directory `staging`.
+fn write_module(
+    file: &CompiledFile,
+    object: &[u8],
+    kernels: Vec<ManifestKernel>,
+    target: &CpuTarget,
+    staging: &Path,
+    extra: &[(&str, &str)],
+) -> Result<(Manifest, Duration), BuildError> {
+    let start = Instant::now();
+    let object_path = staging.join("kernels.o");
+    std::fs::write(&object_path, object).map_err(io(&object_path))?;
+    let library_path = staging.join(LIBRARY_FILE);
+    link(&object_path, &library_path)?;
+    std::fs::remove_file(&object_path).map_err(io(&object_path))?;
+    let link_time = start.elapsed();
+    let library = std::fs::read(&library_path).map_err(io(&library_path))?;
+    let manifest = Manifest {
+        format: MODULE_FORMAT,
+        compiler_version: VERSION.to_string(),
+        llvm_version: llvm_version(),
+        source_hash: format!("{:016x}", fnv1a64(file.source.text.as_bytes())),
+        target: ModuleTarget {
+            triple: target.triple.clone(),
+            cpu: target.cpu.clone(),
+            required_features: target.required_features.clone(),
+        },
+        library: LIBRARY_FILE.to_string(),
+        library_hash: format!("{:016x}", fnv1a64(&library)),
+        kernels,
+    };
+    let text = serde_json::to_string_pretty(&manifest).expect("a manifest serialises");
+    let manifest_path = staging.join(MANIFEST_FILE);
+    std::fs::write(&manifest_path, text).map_err(io(&manifest_path))?;
+    for (name, contents) in extra {
+        let path = staging.join(name);
+        std::fs::write(&path, contents).map_err(io(&path))?;
+    }
+    Ok((manifest, link_time))
+}
+
+/// A fresh directory name beside `out`, unique across processes and threads.
+pub(crate) fn temporary_dir(parent: &Path, out: &Path) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let stem = out
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -159,7 +190,10 @@ fn temporary_dir(parent: &Path, out: &Path) -> PathBuf {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    parent.join(format!(".{stem}.tmp-{}-{nanos}", std::process::id()))
+    parent.join(format!(
+        ".{stem}.tmp-{}-{count}-{nanos}",
+        std::process::id()
+    ))
 }
 
 /// Puts `staging` at `out`: a rename, after moving an existing `out` aside.

@@ -444,8 +444,15 @@ fn build(
             .map_or("module".into(), |s| s.to_string_lossy().into_owned());
         PathBuf::from(format!("{stem}.kmod"))
     });
-    let report = keopsc::artifact::build(&compiled, &parsed, &target, &out, &[])
-        .map_err(|e| fail(e.to_string()))?;
+    let report = keopsc::artifact::build(
+        &compiled,
+        &parsed,
+        &target,
+        &out,
+        &[],
+        keopsc::artifact::Placement::Replace,
+    )
+    .map_err(|e| fail(e.to_string()))?;
     println!(
         "wrote {} ({} kernel{}, {}, code generation {:.1} ms, link {:.1} ms)",
         out.display(),

@@ -1,0 +1,387 @@
+//! Modules built by `keopsc::artifact::build`, loaded by `keops_runtime::Module::load`, and the
+//! compile cache: results against the interpreter, every refusal (version, CPU features,
+//! damaged files), argument errors that name the argument, many threads on one kernel, and
+//! cache entries that are damaged or raced for.
+
+use keops_runtime::module::{LIBRARY_FILE, MANIFEST_FILE};
+use keops_runtime::ndarray::Array2;
+use keops_runtime::{ArgumentError, ArrayRef, DType, HostArray, LoadError, Module, OutputRef};
+use keopsc::artifact::cache::{CacheOutcome, CompileCache};
+use keopsc::codegen::CpuTarget;
+use keopsc::driver::{self, Backend, CompiledFile};
+use keopsc::source::SourceFile;
+use std::path::Path;
+
+const SOURCE: &str = "
+kernel gauss {
+    x = Vi(3)
+    y = Vj(3)
+    b = Vj(1)
+    s = Pm(1)
+    Sum_Reduction(Exp(-SqDist(x, y) * s) * b, 0)
+}
+kernel nearest {
+    x = Vi(3)
+    y = Vj(3)
+    ArgKMin_Reduction(SqDist(x, y), 3, 1)
+}
+";
+
+fn compiled(text: &str) -> CompiledFile {
+    driver::compile(SourceFile::new("<module test>", text)).unwrap_or_else(|_| panic!("compiles"))
+}
+
+fn build(dir: &Path, target: &CpuTarget) -> std::path::PathBuf {
+    let out = dir.join("m.kmod");
+    keopsc::artifact::build(
+        &compiled(SOURCE),
+        &[DType::F32, DType::F64],
+        target,
+        &out,
+        &[],
+        keopsc::artifact::Placement::Replace,
+    )
+    .expect("builds");
+    out
+}
+
+fn random(len: usize, seed: u64) -> Vec<f64> {
+    let mut state = seed;
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        })
+        .collect()
+}
+
+#[test]
+fn a_module_gives_the_interpreters_results_for_every_kernel_and_dtype() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for target in [
+        CpuTarget::host_level(),
+        CpuTarget::level("x86-64").expect("a level"),
+    ] {
+        let module = Module::load(build(dir.path(), &target)).expect("loads");
+        let file = compiled(SOURCE);
+        let (n, m) = (37, 1001);
+        for dtype in [DType::F32, DType::F64] {
+            let make = |shape: Vec<usize>, seed| {
+                let data = random(shape.iter().product(), seed);
+                match dtype {
+                    DType::F64 => HostArray::from_f64(shape, data),
+                    DType::F32 => {
+                        HostArray::from_f32(shape, data.iter().map(|&v| v as f32).collect())
+                    }
+                }
+            };
+            let inputs = vec![
+                ("x".to_string(), make(vec![n, 3], 1)),
+                ("y".to_string(), make(vec![m, 3], 2)),
+                ("b".to_string(), make(vec![m, 1], 3)),
+                ("s".to_string(), make(vec![1], 4)),
+            ];
+            for checked in &file.kernels {
+                let used: Vec<(String, HostArray)> = inputs
+                    .iter()
+                    .filter(|(name, _)| checked.signature.args.iter().any(|a| &a.name == name))
+                    .cloned()
+                    .collect();
+                let want = driver::evaluate(checked, &used, Backend::Interp)
+                    .expect("runs")
+                    .to_f64();
+                let kernel = module.kernel(&checked.name).expect("present");
+                let named: Vec<(&str, ArrayRef)> =
+                    used.iter().map(|(n, a)| (n.as_str(), a.view())).collect();
+                let got = kernel.call_named(&named).expect("runs");
+                assert_eq!(got.dtype(), dtype);
+                let got = got.to_f64();
+                let tol = if dtype == DType::F32 { 1e-4 } else { 1e-11 };
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (g - w).abs() <= tol * w.abs().max(1.0),
+                        "{} ({dtype}, {}): {g} vs {w}",
+                        checked.name,
+                        target.cpu
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn arguments_are_checked_against_the_manifest_with_their_names() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let module = Module::load(build(dir.path(), &CpuTarget::host_level())).expect("loads");
+    let kernel = module.kernel("gauss").expect("present");
+    let x = vec![0.0f32; 6];
+    let (s2, s3, s1) = ([2, 3], [3, 3], [1]);
+    let y = vec![0.0f32; 9];
+    let b = vec![0.0f32; 3];
+    let bshape = [3, 1];
+    let ok = [
+        ("x", ArrayRef::f32(&s2, &x)),
+        ("y", ArrayRef::f32(&s3, &y)),
+        ("b", ArrayRef::f32(&bshape, &b)),
+    ];
+    // Missing `s`.
+    match kernel.call_named(&ok) {
+        Err(ArgumentError::Missing { name, .. }) => assert_eq!(name, "s"),
+        other => panic!("{other:?}"),
+    }
+    let s = [1.0f32];
+    let wrong_shape = [3, 2];
+    let err = kernel
+        .call(&[
+            ArrayRef::f32(&s2, &x),
+            ArrayRef::f32(&wrong_shape, &x),
+            ArrayRef::f32(&bshape, &b),
+            ArrayRef::f32(&s1, &s),
+        ])
+        .expect_err("y has dimension 3");
+    assert!(err.to_string().contains("`y`"), "{err}");
+    let s64 = [1.0f64];
+    let err = kernel
+        .call(&[
+            ArrayRef::f32(&s2, &x),
+            ArrayRef::f32(&s3, &y),
+            ArrayRef::f32(&bshape, &b),
+            ArrayRef::f64(&s1, &s64),
+        ])
+        .expect_err("mixed dtypes");
+    assert!(err.to_string().contains("`s`"), "{err}");
+    let short = [0.0f32; 5];
+    let err = kernel
+        .call(&[
+            ArrayRef::f32(&s2, &short),
+            ArrayRef::f32(&s3, &y),
+            ArrayRef::f32(&bshape, &b),
+            ArrayRef::f32(&s1, &s),
+        ])
+        .expect_err("x holds 5 numbers");
+    assert!(
+        err.to_string().contains("`x`") && err.to_string().contains('5'),
+        "{err}"
+    );
+    match kernel.call_named(&[("z", ArrayRef::f32(&s1, &s))]) {
+        Err(ArgumentError::Unknown { name, .. }) => assert_eq!(name, "z"),
+        other => panic!("{other:?}"),
+    }
+    // The output buffer must fit.
+    let mut out = vec![0.0f32; 1];
+    let inputs = [
+        ArrayRef::f32(&s2, &x),
+        ArrayRef::f32(&s3, &y),
+        ArrayRef::f32(&bshape, &b),
+        ArrayRef::f32(&s1, &s),
+    ];
+    assert!(matches!(
+        kernel.call_into(&inputs, OutputRef::F32(&mut out)),
+        Err(ArgumentError::Output { .. })
+    ));
+    let mut out = vec![0.0f32; 2];
+    kernel
+        .call_into(&inputs, OutputRef::F32(&mut out))
+        .expect("fits");
+    assert_eq!(out, vec![0.0, 0.0]);
+}
+
+#[test]
+fn many_threads_call_one_kernel() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let module = Module::load(build(dir.path(), &CpuTarget::host_level())).expect("loads");
+    let kernel = module.kernel("gauss").expect("present");
+    let n = 300;
+    let x = Array2::from_shape_vec((n, 3), random(n * 3, 5)).expect("shape");
+    let b = Array2::from_shape_vec((n, 1), random(n, 6)).expect("shape");
+    let s = keops_runtime::ndarray::arr1(&[2.0f64]);
+    let call = || {
+        kernel
+            .call(&[
+                ArrayRef::try_from(&x).expect("standard layout"),
+                ArrayRef::try_from(&x).expect("standard layout"),
+                ArrayRef::try_from(&b).expect("standard layout"),
+                ArrayRef::try_from(&s).expect("standard layout"),
+            ])
+            .expect("runs")
+            .to_f64()
+    };
+    let first = call();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8).map(|_| scope.spawn(call)).collect();
+        for h in handles {
+            assert_eq!(h.join().expect("no panic"), first);
+        }
+    });
+    // A transposed view is not in standard layout: refused, not misread.
+    let t = x.t();
+    assert!(ArrayRef::try_from(&t).is_err());
+}
+
+fn rewrite_manifest(module: &Path, edit: impl Fn(String) -> String) {
+    let path = module.join(MANIFEST_FILE);
+    let text = std::fs::read_to_string(&path).expect("manifest");
+    std::fs::write(&path, edit(text)).expect("written");
+}
+
+#[test]
+fn damaged_or_foreign_modules_are_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let target = CpuTarget::host_level();
+
+    let module = build(dir.path(), &target);
+    let mut library = std::fs::read(module.join(LIBRARY_FILE)).expect("library");
+    let middle = library.len() / 2;
+    library[middle] ^= 0xff;
+    std::fs::write(module.join(LIBRARY_FILE), &library).expect("written");
+    assert!(matches!(
+        Module::load(&module),
+        Err(LoadError::Corrupt { .. })
+    ));
+
+    let module = build(dir.path(), &target);
+    std::fs::write(module.join(LIBRARY_FILE), b"truncated").expect("written");
+    assert!(matches!(
+        Module::load(&module),
+        Err(LoadError::Corrupt { .. })
+    ));
+
+    let module = build(dir.path(), &target);
+    rewrite_manifest(&module, |t| {
+        t.replace(
+            "\"compiler_version\": \"",
+            "\"compiler_version\": \"0.0.0-other-",
+        )
+    });
+    let err = Module::load(&module).err().expect("refused");
+    assert!(matches!(err, LoadError::Version { .. }), "{err}");
+    assert!(err.to_string().contains("keopsc build"), "{err}");
+
+    let module = build(dir.path(), &target);
+    rewrite_manifest(&module, |t| t.replace("\"format\": 1", "\"format\": 99"));
+    assert!(matches!(
+        Module::load(&module),
+        Err(LoadError::Version { .. })
+    ));
+
+    let module = build(dir.path(), &target);
+    rewrite_manifest(&module, |t| {
+        t.replace("\"sse2\"", "\"a-feature-no-cpu-has\"")
+    });
+    let err = Module::load(&module).err().expect("refused");
+    assert!(matches!(err, LoadError::CpuFeatures { .. }), "{err}");
+    assert!(err.to_string().contains("a-feature-no-cpu-has"), "{err}");
+
+    let module = build(dir.path(), &target);
+    rewrite_manifest(&module, |t| t[..t.len() / 2].to_string());
+    assert!(matches!(
+        Module::load(&module),
+        Err(LoadError::Corrupt { .. })
+    ));
+
+    let module = build(dir.path(), &target);
+    rewrite_manifest(&module, |t| {
+        t.replace("\"output_dim\": 1", "\"output_dim\": 7")
+    });
+    assert!(matches!(
+        Module::load(&module),
+        Err(LoadError::Corrupt { .. })
+    ));
+
+    assert!(matches!(
+        Module::load(dir.path().join("absent.kmod")),
+        Err(LoadError::Io { .. })
+    ));
+    let module = Module::load(build(dir.path(), &target)).expect("loads");
+    let err = module.kernel("gaus").err().expect("no such kernel");
+    assert!(err.to_string().contains("`gauss`"), "{err}");
+}
+
+const CACHED: &str =
+    "kernel k {\n x = Vi(2)\n y = Vj(2)\n Sum_Reduction(Exp(-SqDist(x, y)), 0)\n}\n";
+
+#[test]
+fn the_cache_hits_rebuilds_damaged_entries_and_ignores_layout() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cache = CompileCache::open(dir.path());
+    let (_, first) = cache.kernel(CACHED, None).expect("compiles");
+    assert_eq!(first, CacheOutcome::Miss);
+    // The same kernel with other comments and spacing is the same entry.
+    let reformatted = format!("# a comment\n{}", CACHED.replace(" x = ", "    x   =  "));
+    let (kernel, second) = cache.kernel(&reformatted, Some("k")).expect("compiles");
+    assert_eq!(second, CacheOutcome::Hit);
+    let x = [0.0f64, 0.0];
+    let shape = [1, 2];
+    let out = kernel
+        .call(&[ArrayRef::f64(&shape, &x), ArrayRef::f64(&shape, &x)])
+        .expect("runs");
+    assert_eq!(out.to_f64(), vec![1.0]);
+    // Unloaded before its file is damaged below: overwriting a mapped library in place is
+    // what the cache itself never does (it moves entries aside).
+    drop(kernel);
+
+    let entries: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("listed")
+        .flatten()
+        .collect();
+    assert_eq!(entries.len(), 1, "one entry and no leftovers");
+    let entry = entries[0].path();
+    std::fs::write(entry.join(LIBRARY_FILE), b"garbage").expect("written");
+    let (_, third) = cache.kernel(CACHED, None).expect("rebuilds");
+    assert_eq!(third, CacheOutcome::Rebuilt);
+    let (_, fourth) = cache.kernel(CACHED, None).expect("compiles");
+    assert_eq!(fourth, CacheOutcome::Hit);
+
+    // A different formula is another entry; errors are the compiler's diagnostics.
+    let other = CACHED.replace("Exp", "Sin");
+    assert_eq!(
+        cache.kernel(&other, None).expect("compiles").1,
+        CacheOutcome::Miss
+    );
+    let err = cache
+        .kernel(
+            "kernel k {\n x = Vi(2)\n Sum_Reduction(Exq(x), 0)\n}\n",
+            None,
+        )
+        .err()
+        .expect("bad source");
+    assert!(err.to_string().contains("Exp"), "{err}");
+}
+
+#[test]
+fn concurrent_cache_users_never_see_half_an_entry() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let source = CACHED.replace("Exp", "Cos");
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..6)
+            .map(|_| {
+                scope.spawn(|| {
+                    let cache = CompileCache::open(dir.path());
+                    let (kernel, _) = cache.kernel(&source, None).expect("compiles or loads");
+                    let x = [0.5f32, 0.25];
+                    let shape = [1, 2];
+                    kernel
+                        .call(&[ArrayRef::f32(&shape, &x), ArrayRef::f32(&shape, &x)])
+                        .expect("runs")
+                        .to_f64()
+                })
+            })
+            .collect();
+        for h in handles {
+            assert_eq!(h.join().expect("no panic"), vec![1.0]);
+        }
+    });
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("listed")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names.len(),
+        1,
+        "one entry, no temporary directory left: {names:?}"
+    );
+}
