@@ -77,7 +77,7 @@ fn a_module_gives_the_interpreters_results_for_every_kernel_and_dtype() {
                     }
                 }
             };
-            let inputs = vec![
+            let inputs = [
                 ("x".to_string(), make(vec![n, 3], 1)),
                 ("y".to_string(), make(vec![m, 3], 2)),
                 ("b".to_string(), make(vec![m, 1], 3)),
@@ -296,7 +296,7 @@ fn damaged_or_foreign_modules_are_refused() {
         Err(LoadError::Io { .. })
     ));
     let module = Module::load(build(dir.path(), &target)).expect("loads");
-    let err = module.kernel("gaus").err().expect("no such kernel");
+    let err = module.kernel("gaus").expect_err("no such kernel");
     assert!(err.to_string().contains("`gauss`"), "{err}");
 }
 
@@ -346,8 +346,7 @@ fn the_cache_hits_rebuilds_damaged_entries_and_ignores_layout() {
             "kernel k {\n x = Vi(2)\n Sum_Reduction(Exq(x), 0)\n}\n",
             None,
         )
-        .err()
-        .expect("bad source");
+        .expect_err("bad source");
     assert!(err.to_string().contains("Exp"), "{err}");
 }
 
