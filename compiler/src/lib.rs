@@ -17,6 +17,7 @@ pub mod driver;
 pub mod formula;
 pub mod interp;
 pub mod opt;
+pub mod repl;
 pub mod schedule;
 pub mod source;
 pub mod syntax;

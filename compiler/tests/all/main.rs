@@ -6,4 +6,5 @@ mod derivatives;
 mod frontend;
 mod interp;
 mod math;
+mod repl;
 mod simplify;

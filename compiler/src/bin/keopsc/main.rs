@@ -76,6 +76,9 @@ enum Command {
         #[arg(long)]
         backend: Option<String>,
     },
+    /// An interactive session: type kernels in .kf syntax, inspect every stage (`:help`).
+    /// Reads piped input too.
+    Repl,
     /// Compile every kernel of a file ahead of time into a module directory (a shared library
     /// and its manifest), loadable by `keops_runtime::Module::load` without LLVM.
     Build {
@@ -175,6 +178,7 @@ fn run(cli: Cli) -> ExitCode {
             output,
             backend,
         } => eval(&file, kernel.as_deref(), &args, &output, backend.as_deref()),
+        Command::Repl => repl(),
         Command::Build {
             file,
             output,
@@ -469,5 +473,114 @@ fn build(
     for k in &compiled.kernels {
         println!("  {}", k.signature);
     }
+    Ok(())
+}
+
+/// Completion of operator names, commands and kernel names for the REPL.
+struct ReplHelper {
+    kernels: std::rc::Rc<std::cell::RefCell<Vec<String>>>,
+}
+
+impl rustyline::completion::Completer for ReplHelper {
+    type Candidate = String;
+
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _: &rustyline::Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<String>)> {
+        let start = line[..pos]
+            .rfind(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+            .map_or(0, |k| k + 1);
+        let word = &line[start..pos];
+        if word.is_empty() {
+            return Ok((pos, Vec::new()));
+        }
+        let kernels = self.kernels.borrow();
+        let mut found: Vec<String> = keopsc::repl::COMMANDS
+            .iter()
+            .map(|c| c.to_string())
+            .chain(
+                keopsc::check::operators::OPERATORS
+                    .iter()
+                    .map(|o| o.name.to_string()),
+            )
+            .chain(
+                keops_runtime::ReductionKind::ALL
+                    .iter()
+                    .map(|k| k.to_string()),
+            )
+            .chain(kernels.iter().cloned())
+            .filter(|name| name.starts_with(word))
+            .collect();
+        found.sort();
+        found.dedup();
+        Ok((start, found))
+    }
+}
+
+impl rustyline::hint::Hinter for ReplHelper {
+    type Hint = String;
+}
+impl rustyline::highlight::Highlighter for ReplHelper {}
+impl rustyline::validate::Validator for ReplHelper {}
+impl rustyline::Helper for ReplHelper {}
+
+fn repl() -> Result<(), Reported> {
+    use std::io::{BufRead, Write};
+    let mut session = keopsc::repl::Repl::new();
+    let interactive = std::io::stdin().is_terminal();
+    session.color = interactive && std::io::stdout().is_terminal();
+    if !interactive {
+        // Piped input: no prompts, no line editing; the output is the transcript.
+        for line in std::io::stdin().lock().lines() {
+            let line = line.map_err(|e| fail(format!("cannot read standard input: {e}")))?;
+            let mut out = String::new();
+            let step = session.handle_line(&line, &mut out);
+            print!("{out}");
+            let _ = std::io::stdout().flush();
+            if step == keopsc::repl::Step::Quit {
+                break;
+            }
+        }
+        return Ok(());
+    }
+    let kernels = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let mut editor: rustyline::Editor<ReplHelper, rustyline::history::DefaultHistory> =
+        rustyline::Editor::new().map_err(|e| fail(format!("cannot start line editing: {e}")))?;
+    editor.set_helper(Some(ReplHelper {
+        kernels: kernels.clone(),
+    }));
+    let history = keopsc::artifact::cache::CompileCache::default_dir().join("repl-history");
+    let _ = editor.load_history(&history);
+    println!(
+        "keopsc {} REPL: type a kernel in .kf syntax, or :help",
+        env!("CARGO_PKG_VERSION")
+    );
+    loop {
+        let prompt = if session.is_pending() { "... " } else { "kf> " };
+        match editor.readline(prompt) {
+            Ok(line) => {
+                if !line.trim().is_empty() {
+                    let _ = editor.add_history_entry(line.as_str());
+                }
+                let mut out = String::new();
+                let step = session.handle_line(&line, &mut out);
+                print!("{out}");
+                *kernels.borrow_mut() = session.kernel_names();
+                if step == keopsc::repl::Step::Quit {
+                    break;
+                }
+            }
+            Err(rustyline::error::ReadlineError::Interrupted) => continue,
+            Err(rustyline::error::ReadlineError::Eof) => break,
+            Err(e) => return Err(fail(format!("line editing failed: {e}"))),
+        }
+    }
+    if let Some(dir) = history.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = editor.save_history(&history);
     Ok(())
 }
