@@ -62,6 +62,8 @@ pub struct BenchOptions {
     /// The C baseline's source; skipped when absent or when gcc is missing.
     pub c_baseline: Option<std::path::PathBuf>,
     pub pykeops: bool,
+    /// Also measure the compile cache: cold (empty) and warm latency per workload.
+    pub cache: bool,
 }
 
 /// One measurement.
@@ -287,6 +289,26 @@ pub fn run(
                     });
                 }
             }
+        }
+    }
+    if options.cache {
+        let dir = std::env::temp_dir().join(format!("keopsc-bench-cache-{}", std::process::id()));
+        for w in WORKLOADS
+            .iter()
+            .filter(|w| options.workloads.is_empty() || options.workloads.iter().any(|s| s == w.id))
+        {
+            let source = w.source.replace("{D}", &w.dims[0].to_string());
+            let (cold, warm) = crate::artifact::cache::measure_latency(&dir, &source, 3)
+                .map_err(|e| e.to_string())?;
+            writeln!(
+                out,
+                "compile cache {} D={}: cold {:.1} ms (compile f32 + f64, link, store), warm {:.2} ms (hash, check, load)",
+                w.id,
+                w.dims[0],
+                cold.as_secs_f64() * 1e3,
+                warm.as_secs_f64() * 1e3
+            )
+            .ok();
         }
     }
     if options.pykeops {

@@ -118,6 +118,9 @@ enum Command {
         /// Also time pykeops (W1, f32) through python3, when it is installed.
         #[arg(long)]
         pykeops: bool,
+        /// Also measure the on-disk compile cache's cold and warm latency.
+        #[arg(long)]
+        cache: bool,
     },
 }
 
@@ -193,6 +196,7 @@ fn run(cli: Cli) -> ExitCode {
             c_baseline,
             no_c,
             pykeops,
+            cache,
         } => bench(
             workloads,
             sizes,
@@ -200,6 +204,7 @@ fn run(cli: Cli) -> ExitCode {
             repeat,
             (!no_c).then_some(c_baseline),
             pykeops,
+            cache,
         ),
     };
     match result {
@@ -391,6 +396,7 @@ fn bench(
     repeats: usize,
     c_baseline: Option<PathBuf>,
     pykeops: bool,
+    cache: bool,
 ) -> Result<(), Reported> {
     let mut parsed = Vec::new();
     for d in dtypes {
@@ -409,6 +415,7 @@ fn bench(
         repeats,
         c_baseline,
         pykeops,
+        cache,
     };
     let mut stdout = std::io::stdout();
     keopsc::bench::run(&options, &mut stdout).map_err(|e| {
