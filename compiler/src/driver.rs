@@ -119,35 +119,8 @@ pub fn bind_arguments<'a>(
     kernel: &CheckedKernel,
     inputs: &'a [(String, HostArray)],
 ) -> Result<Vec<&'a HostArray>, ArgumentError> {
-    let sig = &kernel.signature;
-    let names: Vec<String> = sig.args.iter().map(|a| format!("`{}`", a.name)).collect();
-    let mut bound: Vec<Option<&HostArray>> = vec![None; sig.args.len()];
-    for (name, array) in inputs {
-        let Some(k) = sig.args.iter().position(|a| &a.name == name) else {
-            return Err(ArgumentError::Unknown {
-                name: name.clone(),
-                expected: if names.is_empty() {
-                    "none".into()
-                } else {
-                    names.join(", ")
-                },
-            });
-        };
-        if bound[k].is_some() {
-            return Err(ArgumentError::Duplicate { name: name.clone() });
-        }
-        bound[k] = Some(array);
-    }
-    bound
-        .into_iter()
-        .zip(&sig.args)
-        .map(|(b, spec)| {
-            b.ok_or_else(|| ArgumentError::Missing {
-                name: spec.name.clone(),
-                spec: format!("{}({})", spec.category, spec.dim),
-            })
-        })
-        .collect()
+    let named: Vec<(&str, &HostArray)> = inputs.iter().map(|(n, a)| (n.as_str(), a)).collect();
+    keops_runtime::module::bind_named(&kernel.signature, &named)
 }
 
 /// Evaluates a kernel on named arrays. The output has the inputs' dtype: shape `(N, Dout)` for

@@ -231,24 +231,12 @@ impl<'ctx> LaneAccumulators<'ctx> {
                             .iter()
                             .map(|&v| em.compare(FloatPredicate::OLT, x, v))
                             .collect();
-                        for l in 0..k {
-                            // Slot l takes x where x goes exactly there, slot l-1's entry where
-                            // x went above it, and keeps its own otherwise. An equal value goes
-                            // after the ones present (strict <): the earlier index stays first.
-                            let (shift_v, shift_i) = if l == 0 {
-                                (x, index)
-                            } else {
-                                (
-                                    em.select(below[l - 1], vals[l - 1], x),
-                                    em.select(below[l - 1], idxs[l - 1], index),
-                                )
-                            };
-                            self.store(em, l * stride + c, em.select(below[l], shift_v, vals[l]));
-                            self.store(
-                                em,
-                                l * stride + n + c,
-                                em.select(below[l], shift_i, idxs[l]),
-                            );
+                        // Strict <: an equal value goes after the ones present, so the
+                        // earlier index stays first.
+                        let inserted = insert_sorted(em, &vals, &idxs, &below, x, index);
+                        for (l, (v, i)) in inserted.into_iter().enumerate() {
+                            self.store(em, l * stride + c, v);
+                            self.store(em, l * stride + n + c, i);
                         }
                     });
                 }
@@ -460,17 +448,10 @@ impl<'ctx> LaneAccumulators<'ctx> {
                             let below: Vec<Value<'ctx>> = (0..k)
                                 .map(|l| before(FloatPredicate::OLT, v, i, vals[l], idxs[l]))
                                 .collect();
-                            for l in 0..k {
-                                let (sv, si) = if l == 0 {
-                                    (v, i)
-                                } else {
-                                    (
-                                        em.select(below[l - 1], vals[l - 1], v),
-                                        em.select(below[l - 1], idxs[l - 1], i),
-                                    )
-                                };
-                                store(l * stride + cpt, em.select(below[l], sv, vals[l]));
-                                store(l * stride + n + cpt, em.select(below[l], si, idxs[l]));
+                            let inserted = insert_sorted(em, &vals, &idxs, &below, v, i);
+                            for (l, (v, i)) in inserted.into_iter().enumerate() {
+                                store(l * stride + cpt, v);
+                                store(l * stride + n + cpt, i);
                             }
                         });
                     }
@@ -478,6 +459,36 @@ impl<'ctx> LaneAccumulators<'ctx> {
             }
         }
     }
+}
+
+/// The K-list `(vals, idxs)`, sorted, with `(v, i)` inserted, the last entry dropping out.
+/// `below[l]` says that `(v, i)` goes before entry `l` (monotone in `l`, since the list is
+/// sorted): entry `l` takes `(v, i)` where it goes exactly there, entry `l - 1` where it went
+/// above, and keeps its own otherwise. Branch-free: 2K selects per list.
+fn insert_sorted<'ctx>(
+    em: &Emitter<'_, 'ctx>,
+    vals: &[Value<'ctx>],
+    idxs: &[Value<'ctx>],
+    below: &[Value<'ctx>],
+    v: Value<'ctx>,
+    i: Value<'ctx>,
+) -> Vec<(Value<'ctx>, Value<'ctx>)> {
+    (0..vals.len())
+        .map(|l| {
+            let (shift_v, shift_i) = if l == 0 {
+                (v, i)
+            } else {
+                (
+                    em.select(below[l - 1], vals[l - 1], v),
+                    em.select(below[l - 1], idxs[l - 1], i),
+                )
+            };
+            (
+                em.select(below[l], shift_v, vals[l]),
+                em.select(below[l], shift_i, idxs[l]),
+            )
+        })
+        .collect()
 }
 
 fn slot_ptr<'ctx>(
