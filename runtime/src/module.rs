@@ -205,6 +205,37 @@ pub enum LoadError {
     },
 }
 
+const V2: &[&str] = &[
+    "sse2",
+    "sse3",
+    "ssse3",
+    "sse4.1",
+    "sse4.2",
+    "popcnt",
+    "cmpxchg16b",
+];
+const V3: &[&str] = &[
+    "avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "lzcnt", "movbe", "xsave",
+];
+const V4: &[&str] = &["avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"];
+
+/// The x86-64 psABI levels a module can be compiled for (LLVM's CPU names).
+pub const LEVELS: [&str; 4] = ["x86-64", "x86-64-v2", "x86-64-v3", "x86-64-v4"];
+
+/// The CPU features a level implies (as [`cpu_has`] names them), and the vector width code for
+/// it uses.
+pub fn level_features(level: &str) -> Option<(Vec<String>, u32)> {
+    let (parts, bits): (&[&[&str]], u32) = match level {
+        "x86-64" => (&[&["sse2"]], 128),
+        "x86-64-v2" => (&[V2], 128),
+        "x86-64-v3" => (&[V2, V3], 256),
+        "x86-64-v4" => (&[V2, V3, V4], 512),
+        _ => return None,
+    };
+    let features = parts.iter().flat_map(|p| p.iter().map(|f| f.to_string()));
+    Some((features.collect(), bits))
+}
+
 /// Whether this CPU has an x86 feature, by the name a manifest uses.
 pub fn cpu_has(feature: &str) -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -217,6 +248,7 @@ pub fn cpu_has(feature: &str) -> bool {
                 }
             };
         }
+        // Every name `level_features` uses, as literals (the macro needs them).
         detect!(
             "sse2",
             "sse3",

@@ -44,40 +44,7 @@ pub struct CpuTarget {
     pub required_features: Vec<String>,
 }
 
-const V2: &[&str] = &[
-    "sse2",
-    "sse3",
-    "ssse3",
-    "sse4.1",
-    "sse4.2",
-    "popcnt",
-    "cmpxchg16b",
-];
-const V3: &[&str] = &[
-    "avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "lzcnt", "movbe", "xsave",
-];
-const V4: &[&str] = &["avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"];
-
-/// The x86-64 psABI levels a module can be compiled for: LLVM's CPU name, the features it
-/// implies (as the runtime checks them), the vector width the code uses.
-pub const LEVELS: [&str; 4] = ["x86-64", "x86-64-v2", "x86-64-v3", "x86-64-v4"];
-
-fn level_features(level: &str) -> Option<(Vec<String>, u32)> {
-    let (parts, bits): (&[&[&str]], u32) = match level {
-        "x86-64" => (&[&["sse2"]], 128),
-        "x86-64-v2" => (&[V2], 128),
-        "x86-64-v3" => (&[V2, V3], 256),
-        "x86-64-v4" => (&[V2, V3, V4], 512),
-        _ => return None,
-    };
-    Some((
-        parts
-            .iter()
-            .flat_map(|p| p.iter().map(|f| f.to_string()))
-            .collect(),
-        bits,
-    ))
-}
+pub use keops_runtime::module::{level_features, LEVELS};
 
 impl CpuTarget {
     /// A psABI level (`x86-64-v3`, ...), for code that runs on any CPU of that level.
