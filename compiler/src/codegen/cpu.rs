@@ -262,7 +262,7 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                                 narrow: values.narrow.clone(),
                                 wide: values.wide.clone(),
                             };
-                            let at = Some((jv, params.inner_stride, jt, None));
+                            let at = Some((jv, params.inner_stride));
                             self.emit_level(Level::Inner, &mut inner, &arg_ptrs, at);
                             let offset = self.sub(jv, jt);
                             for (k, slot) in sched.scratch_slots.iter().enumerate() {
@@ -295,7 +295,7 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                             Level::Row,
                             &mut row,
                             &arg_ptrs,
-                            Some((r, params.inner_stride, jt, None)),
+                            Some((r, params.inner_stride)),
                         );
                         self.broadcast(Level::Row, &mut row);
                         let row_offset = self.mul(self.sub(r, params.row_start), self.i64(acc_dim));
@@ -325,7 +325,7 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                                 Level::Pair,
                                 &mut pair,
                                 &arg_ptrs,
-                                Some((jv, params.inner_stride, jt, mask)),
+                                Some((jv, params.inner_stride)),
                             );
                             let root = usize::from(self.formula.root());
                             let value =
@@ -466,19 +466,14 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         }
     }
 
-    /// Computes the nodes of one level. `at`: for row code, `(row, ..)`; for inner and pair
-    /// code, `(first inner index of the vector, inner stride, tile start, mask)`.
+    /// Computes the nodes of one level. `at`: for row code, `(row, _)`; for inner and pair
+    /// code, `(first inner index of the vector, inner stride)`.
     fn emit_level(
         &self,
         level: Level,
         values: &mut NodeValues<'ctx>,
         arg_ptrs: &[PointerValue<'ctx>],
-        at: Option<(
-            IntValue<'ctx>,
-            IntValue<'ctx>,
-            IntValue<'ctx>,
-            Option<Value<'ctx>>,
-        )>,
+        at: Option<(IntValue<'ctx>, IntValue<'ctx>)>,
     ) {
         let sched = self.schedule;
         let narrow = matches!(level, Level::Call | Level::Row);
