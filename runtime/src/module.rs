@@ -3,7 +3,7 @@
 //! ```text
 //! NAME.kmod/
 //!   manifest.json   what the module holds (see [`Manifest`]; lang-spec/modules.md)
-//!   kernels.so      the tile functions, native code for the manifest's target
+//!   kernels-<checksum>.so   the tile functions, native code for the manifest's target
 //! ```
 //!
 //! Loading checks, before any code runs: the format and compiler versions, that this CPU has
@@ -26,7 +26,10 @@ pub const MODULE_FORMAT: u32 = 1;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub const MANIFEST_FILE: &str = "manifest.json";
-pub const LIBRARY_FILE: &str = "kernels.so";
+/// The shared library's file name: `kernels-<checksum>.so`.
+pub fn library_file(library_hash: &str) -> String {
+    format!("kernels-{library_hash}.so")
+}
 
 /// `manifest.json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

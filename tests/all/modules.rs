@@ -3,7 +3,7 @@
 //! damaged files), argument errors that name the argument, many threads on one kernel, and
 //! cache entries that are damaged or raced for.
 
-use keops_runtime::module::{LIBRARY_FILE, MANIFEST_FILE};
+use keops_runtime::module::MANIFEST_FILE;
 use keops_runtime::ndarray::Array2;
 use keops_runtime::{ArgumentError, ArrayRef, DType, HostArray, LoadError, Module, OutputRef};
 use keopsc::artifact::cache::{CacheOutcome, CompileCache};
@@ -190,6 +190,42 @@ fn arguments_are_checked_against_the_manifest_with_their_names() {
 }
 
 #[test]
+fn a_rebuilt_module_at_the_same_path_runs_its_new_code() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("k.kmod");
+    let make = |formula: &str| {
+        let text =
+            format!("kernel k {{\n x = Vi(1)\n y = Vj(1)\n Sum_Reduction({formula}, 0)\n}}\n");
+        keopsc::artifact::build(
+            &compiled(&text),
+            &[DType::F64],
+            &CpuTarget::host_level(),
+            &out,
+            &[],
+            keopsc::artifact::Placement::Replace,
+        )
+        .expect("builds");
+        Module::load(&out)
+            .expect("loads")
+            .kernel("k")
+            .expect("present")
+    };
+    let one = [1.0f64];
+    let shape = [1, 1];
+    let call = |k: &keops_runtime::Kernel| {
+        k.call(&[ArrayRef::f64(&shape, &one), ArrayRef::f64(&shape, &one)])
+            .expect("runs")
+            .to_f64()
+    };
+    let first = make("x + y");
+    assert_eq!(call(&first), vec![2.0]);
+    // Still loaded in this process while the module is rebuilt with other code.
+    let second = make("x - y");
+    assert_eq!(call(&second), vec![0.0]);
+    assert_eq!(call(&first), vec![2.0]);
+}
+
+#[test]
 fn many_threads_call_one_kernel() {
     let dir = tempfile::tempdir().expect("temp dir");
     let module = Module::load(build(dir.path(), &CpuTarget::host_level())).expect("loads");
@@ -221,6 +257,13 @@ fn many_threads_call_one_kernel() {
     assert!(ArrayRef::try_from(&t).is_err());
 }
 
+/// The module's shared library, as its manifest names it.
+fn library(module: &Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(module.join(MANIFEST_FILE)).expect("manifest");
+    let manifest: keops_runtime::Manifest = serde_json::from_str(&text).expect("a manifest");
+    module.join(manifest.library)
+}
+
 fn rewrite_manifest(module: &Path, edit: impl Fn(String) -> String) {
     let path = module.join(MANIFEST_FILE);
     let text = std::fs::read_to_string(&path).expect("manifest");
@@ -233,17 +276,17 @@ fn damaged_or_foreign_modules_are_refused() {
     let target = CpuTarget::host_level();
 
     let module = build(dir.path(), &target);
-    let mut library = std::fs::read(module.join(LIBRARY_FILE)).expect("library");
-    let middle = library.len() / 2;
-    library[middle] ^= 0xff;
-    std::fs::write(module.join(LIBRARY_FILE), &library).expect("written");
+    let mut bytes = std::fs::read(library(&module)).expect("library");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(library(&module), &bytes).expect("written");
     assert!(matches!(
         Module::load(&module),
         Err(LoadError::Corrupt { .. })
     ));
 
     let module = build(dir.path(), &target);
-    std::fs::write(module.join(LIBRARY_FILE), b"truncated").expect("written");
+    std::fs::write(library(&module), b"truncated").expect("written");
     assert!(matches!(
         Module::load(&module),
         Err(LoadError::Corrupt { .. })
@@ -329,7 +372,7 @@ fn the_cache_hits_rebuilds_damaged_entries_and_ignores_layout() {
         .collect();
     assert_eq!(entries.len(), 1, "one entry and no leftovers");
     let entry = entries[0].path();
-    std::fs::write(entry.join(LIBRARY_FILE), b"garbage").expect("written");
+    std::fs::write(library(&entry), b"garbage").expect("written");
     let (_, third) = cache.kernel(CACHED, None).expect("rebuilds");
     assert_eq!(third, CacheOutcome::Rebuilt);
     let (_, fourth) = cache.kernel(CACHED, None).expect("compiles");

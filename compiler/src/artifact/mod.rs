@@ -10,7 +10,7 @@ use crate::codegen::{CodegenError, CpuTarget};
 use crate::driver::CompiledFile;
 use crate::opt::{self, OptBudget};
 use keops_runtime::module::{
-    dtype_name, fnv1a64, Manifest, ManifestEntry, ManifestKernel, ModuleTarget, LIBRARY_FILE,
+    dtype_name, fnv1a64, library_file, Manifest, ManifestEntry, ManifestKernel, ModuleTarget,
     MANIFEST_FILE, MODULE_FORMAT, VERSION,
 };
 use keops_runtime::DType;
@@ -150,11 +150,17 @@ fn write_module(
     let start = Instant::now();
     let object_path = staging.join("kernels.o");
     std::fs::write(&object_path, object).map_err(io(&object_path))?;
-    let library_path = staging.join(LIBRARY_FILE);
-    link(&object_path, &library_path)?;
+    let linked_path = staging.join("kernels.so");
+    link(&object_path, &linked_path)?;
     std::fs::remove_file(&object_path).map_err(io(&object_path))?;
     let link_time = start.elapsed();
-    let library = std::fs::read(&library_path).map_err(io(&library_path))?;
+    let library = std::fs::read(&linked_path).map_err(io(&linked_path))?;
+    let library_hash = format!("{:016x}", fnv1a64(&library));
+    // The library's name carries its checksum: dlopen matches loaded libraries by path, so a
+    // rebuilt module at the same path must not reuse the code a process loaded before.
+    let library_name = library_file(&library_hash);
+    let library_path = staging.join(&library_name);
+    std::fs::rename(&linked_path, &library_path).map_err(io(&library_path))?;
     let manifest = Manifest {
         format: MODULE_FORMAT,
         compiler_version: VERSION.to_string(),
@@ -165,8 +171,8 @@ fn write_module(
             cpu: target.cpu.clone(),
             required_features: target.required_features.clone(),
         },
-        library: LIBRARY_FILE.to_string(),
-        library_hash: format!("{:016x}", fnv1a64(&library)),
+        library: library_name,
+        library_hash,
         kernels,
     };
     let text = serde_json::to_string_pretty(&manifest).expect("a manifest serialises");
