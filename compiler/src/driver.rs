@@ -229,6 +229,23 @@ pub fn cpu_code(optimized: &opt::OptimizedKernel, dtype: DType) -> Result<CpuCod
     })
 }
 
+/// Time spent generating host code for every kernel of `explained` in `dtype` (the stages
+/// after simplification), summed over the kernels.
+pub fn codegen_timings(
+    explained: &[KernelExplanation],
+    dtype: DType,
+) -> Result<crate::codegen::jit::CodegenTimings, CodegenError> {
+    let target = CpuTarget::host();
+    let mut total = crate::codegen::jit::CodegenTimings::default();
+    for k in explained {
+        let jit = JitKernel::compile(&k.optimized.formula, &k.optimized.signature, dtype, &target)?;
+        total.emit += jit.timings.emit;
+        total.optimize += jit.timings.optimize;
+        total.machine_code += jit.timings.machine_code;
+    }
+    Ok(total)
+}
+
 /// Every stage of one kernel, for `keopsc explain` and the REPL.
 pub struct KernelExplanation {
     pub ast: ast::KernelDef,

@@ -149,6 +149,30 @@ pub struct CodegenTimings {
     pub machine_code: Duration,
 }
 
+impl CodegenTimings {
+    /// The faster of two measurements, stage by stage.
+    pub fn fastest(&self, other: &CodegenTimings) -> CodegenTimings {
+        CodegenTimings {
+            emit: self.emit.min(other.emit),
+            optimize: self.optimize.min(other.optimize),
+            machine_code: self.machine_code.min(other.machine_code),
+        }
+    }
+}
+
+impl std::fmt::Display for CodegenTimings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        write!(
+            f,
+            "LLVM IR {:.3} ms, LLVM optimisation {:.3} ms, machine code {:.3} ms",
+            ms(self.emit),
+            ms(self.optimize),
+            ms(self.machine_code)
+        )
+    }
+}
+
 /// The tile function's symbol in JIT-compiled code.
 pub const TILE_SYMBOL: &str = "keops_tile";
 

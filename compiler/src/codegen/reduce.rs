@@ -79,6 +79,9 @@ pub struct LaneAccumulators<'ctx> {
     red: Reduction,
     lanes: u32,
     slots: Vec<PointerValue<'ctx>>,
+    /// K-smallest merges: one lane's accumulator, in f64, and a counter over its K entries, so
+    /// that one insertion network (in a loop) serves every entry.
+    lane_buffer: Option<(PointerValue<'ctx>, PointerValue<'ctx>)>,
 }
 
 impl<'ctx> LaneAccumulators<'ctx> {
@@ -88,7 +91,21 @@ impl<'ctx> LaneAccumulators<'ctx> {
         let slots = (0..red.acc_dim())
             .map(|_| built(em.builder.build_alloca(ty, "lane_acc")))
             .collect();
-        LaneAccumulators { red, lanes, slots }
+        let lane_buffer = (family(red.kind) == Family::KMin).then(|| {
+            let len = em.context.i64_type().const_int(red.acc_dim() as u64, false);
+            let buffer = built(
+                em.builder
+                    .build_array_alloca(em.context.f64_type(), len, "lane"),
+            );
+            let counter = built(em.builder.build_alloca(em.context.i64_type(), "entry"));
+            (buffer, counter)
+        });
+        LaneAccumulators {
+            red,
+            lanes,
+            slots,
+            lane_buffer,
+        }
     }
 
     fn load(&self, em: &Emitter<'_, 'ctx>, k: usize) -> Value<'ctx> {
@@ -305,56 +322,98 @@ impl<'ctx> LaneAccumulators<'ctx> {
         tile_start: IntValue<'ctx>,
         lane_counter: PointerValue<'ctx>,
     ) {
-        let i64t = em.context.i64_type();
         let f64t = em.context.f64_type();
         let base = wide.from_scalar(built(
             em.builder
                 .build_signed_int_to_float(tile_start, f64t, "base"),
         ));
-        let header = em.context.append_basic_block(function, "lanes");
-        let body = em.context.append_basic_block(function, "lane");
-        let done = em.context.append_basic_block(function, "lanes_done");
-        built(em.builder.build_store(lane_counter, i64t.const_zero()));
-        built(em.builder.build_unconditional_branch(header));
-        em.builder.position_at_end(header);
-        let l = built(em.builder.build_load(i64t, lane_counter, "l")).into_int_value();
-        let more = built(em.builder.build_int_compare(
-            inkwell::IntPredicate::SLT,
-            l,
-            i64t.const_int(self.lanes as u64, false),
-            "more",
-        ));
-        built(em.builder.build_conditional_branch(more, body, done));
-        em.builder.position_at_end(body);
-        let other: Vec<Value<'ctx>> = (0..self.slots.len())
-            .map(|k| {
-                let v = self.load(em, k);
-                let x = built(em.builder.build_extract_element(v, l, "x")).into_float_value();
-                let x = if em.float_type() == f64t {
-                    x
-                } else {
-                    built(em.builder.build_float_ext(x, f64t, "wide"))
-                };
-                let x = wide.from_scalar(x);
-                if self.is_index_slot(k) {
-                    wide.add(x, base)
-                } else {
-                    x
+        counted_loop(em, function, lane_counter, self.lanes as u64, |l| {
+            let other: Vec<Value<'ctx>> = (0..self.slots.len())
+                .map(|k| {
+                    let v = self.load(em, k);
+                    let x = built(em.builder.build_extract_element(v, l, "x")).into_float_value();
+                    let x = if em.float_type() == f64t {
+                        x
+                    } else {
+                        built(em.builder.build_float_ext(x, f64t, "wide"))
+                    };
+                    let x = wide.from_scalar(x);
+                    if self.is_index_slot(k) {
+                        wide.add(x, base)
+                    } else {
+                        x
+                    }
+                })
+                .collect();
+            match self.lane_buffer {
+                Some((buffer, counter)) => {
+                    for (k, &x) in other.iter().enumerate() {
+                        store_f64(wide, buffer, k, x);
+                    }
+                    self.merge_k_smallest(wide, function, acc_row, buffer, counter);
                 }
-            })
-            .collect();
-        self.merge_one(wide, function, acc_row, &other);
-        let next = built(em.builder.build_int_add(l, i64t.const_int(1, false), "l1"));
-        built(em.builder.build_store(lane_counter, next));
-        built(em.builder.build_unconditional_branch(header));
-        em.builder.position_at_end(done);
+                None => self.merge_one(wide, acc_row, &other),
+            }
+        });
+    }
+
+    /// Inserts the K entries of one lane (in `buffer`) into the row's K-lists, ties ordered by
+    /// index; a loop over the entries, each usually rejected by one comparison.
+    fn merge_k_smallest(
+        &self,
+        em: &Emitter<'_, 'ctx>,
+        function: FunctionValue<'ctx>,
+        acc_row: PointerValue<'ctx>,
+        buffer: PointerValue<'ctx>,
+        counter: PointerValue<'ctx>,
+    ) {
+        let (k, n) = (self.red.k, self.red.fdim);
+        let stride = 2 * n;
+        let load = |slot: usize| load_f64(em, acc_row, slot);
+        let store = |slot: usize, v: Value<'ctx>| store_f64(em, acc_row, slot, v);
+        counted_loop(em, function, counter, k as u64, |entry| {
+            let first = built(em.builder.build_int_mul(
+                entry,
+                em.context.i64_type().const_int(stride as u64, false),
+                "first",
+            ));
+            for c in 0..n {
+                let at = |offset: usize| {
+                    let offset = em.context.i64_type().const_int(offset as u64, false);
+                    built(em.builder.build_int_add(first, offset, "at"))
+                };
+                let v = load_f64_at(em, buffer, at(c));
+                let i = load_f64_at(em, buffer, at(n + c));
+                let last = (k - 1) * stride;
+                let enters = lex_before(
+                    em,
+                    FloatPredicate::OLT,
+                    v,
+                    i,
+                    load(last + c),
+                    load(last + n + c),
+                );
+                // Most lane entries do not enter the row's K smallest.
+                if_any(em, function, enters, || {
+                    let vals: Vec<Value<'ctx>> = (0..k).map(|l| load(l * stride + c)).collect();
+                    let idxs: Vec<Value<'ctx>> = (0..k).map(|l| load(l * stride + n + c)).collect();
+                    let below: Vec<Value<'ctx>> = (0..k)
+                        .map(|l| lex_before(em, FloatPredicate::OLT, v, i, vals[l], idxs[l]))
+                        .collect();
+                    let inserted = insert_sorted(em, &vals, &idxs, &below, v, i);
+                    for (l, (v, i)) in inserted.into_iter().enumerate() {
+                        store(l * stride + c, v);
+                        store(l * stride + n + c, i);
+                    }
+                });
+            }
+        });
     }
 
     /// `acc_row <- merge(acc_row, other)` in f64, ties ordered by index.
     fn merge_one(
         &self,
         em: &Emitter<'_, 'ctx>,
-        function: FunctionValue<'ctx>,
         acc_row: PointerValue<'ctx>,
         other: &[Value<'ctx>],
     ) {
@@ -362,16 +421,6 @@ impl<'ctx> LaneAccumulators<'ctx> {
         let store = |k: usize, v: Value<'ctx>| store_f64(em, acc_row, k, v);
         let c = |v: f64| em.constant(v, 1);
         let n = self.red.fdim;
-        // (v, i) before (w, j) in the order of the reduction: strictly better, or equal with a
-        // smaller index.
-        let before =
-            |p: FloatPredicate, v: Value<'ctx>, i: Value<'ctx>, w: Value<'ctx>, j: Value<'ctx>| {
-                let better = em.compare(p, v, w);
-                let equal = em.compare(FloatPredicate::OEQ, v, w);
-                let earlier = em.compare(FloatPredicate::OLT, i, j);
-                let tie = built(em.builder.build_and(equal, earlier, "tie"));
-                built(em.builder.build_or(better, tie, "before"))
-            };
         match family(self.red.kind) {
             Family::Sum => {
                 for (k, &o) in other.iter().enumerate() {
@@ -398,7 +447,7 @@ impl<'ctx> LaneAccumulators<'ctx> {
                 };
                 for cpt in 0..n {
                     let (a, ai) = (load(cpt), load(n + cpt));
-                    let take = before(p, other[cpt], other[n + cpt], a, ai);
+                    let take = lex_before(em, p, other[cpt], other[n + cpt], a, ai);
                     store(cpt, em.select(take, other[cpt], a));
                     store(n + cpt, em.select(take, other[n + cpt], ai));
                 }
@@ -422,43 +471,61 @@ impl<'ctx> LaneAccumulators<'ctx> {
                 let m_new = em.select(empty_self, om, m_new);
                 store(0, em.select(empty_other, m, m_new));
             }
-            Family::KMin => {
-                let k = self.red.k;
-                let stride = 2 * n;
-                for l_other in 0..k {
-                    for cpt in 0..n {
-                        let (v, i) = (
-                            other[l_other * stride + cpt],
-                            other[l_other * stride + n + cpt],
-                        );
-                        let last = (k - 1) * stride;
-                        let enters = before(
-                            FloatPredicate::OLT,
-                            v,
-                            i,
-                            load(last + cpt),
-                            load(last + n + cpt),
-                        );
-                        // Most lane entries do not enter the row's K smallest.
-                        if_any(em, function, enters, || {
-                            let vals: Vec<Value<'ctx>> =
-                                (0..k).map(|l| load(l * stride + cpt)).collect();
-                            let idxs: Vec<Value<'ctx>> =
-                                (0..k).map(|l| load(l * stride + n + cpt)).collect();
-                            let below: Vec<Value<'ctx>> = (0..k)
-                                .map(|l| before(FloatPredicate::OLT, v, i, vals[l], idxs[l]))
-                                .collect();
-                            let inserted = insert_sorted(em, &vals, &idxs, &below, v, i);
-                            for (l, (v, i)) in inserted.into_iter().enumerate() {
-                                store(l * stride + cpt, v);
-                                store(l * stride + n + cpt, i);
-                            }
-                        });
-                    }
-                }
-            }
+            Family::KMin => unreachable!("K-smallest lanes merge through merge_k_smallest"),
         }
     }
+}
+
+/// `(v, i)` before `(w, j)` in the order of a reduction: strictly better by `p`, or equal with
+/// a smaller index.
+fn lex_before<'ctx>(
+    em: &Emitter<'_, 'ctx>,
+    p: FloatPredicate,
+    v: Value<'ctx>,
+    i: Value<'ctx>,
+    w: Value<'ctx>,
+    j: Value<'ctx>,
+) -> Value<'ctx> {
+    let better = em.compare(p, v, w);
+    let equal = em.compare(FloatPredicate::OEQ, v, w);
+    let earlier = em.compare(FloatPredicate::OLT, i, j);
+    let tie = built(em.builder.build_and(equal, earlier, "tie"));
+    built(em.builder.build_or(better, tie, "before"))
+}
+
+/// `for (counter = 0; counter < count; counter++) body(counter)`, through a stack slot.
+fn counted_loop<'ctx>(
+    em: &Emitter<'_, 'ctx>,
+    function: FunctionValue<'ctx>,
+    counter: PointerValue<'ctx>,
+    count: u64,
+    body: impl FnOnce(IntValue<'ctx>),
+) {
+    let i64t = em.context.i64_type();
+    let header = em.context.append_basic_block(function, "count");
+    let inside = em.context.append_basic_block(function, "counted");
+    let done = em.context.append_basic_block(function, "count_done");
+    built(em.builder.build_store(counter, i64t.const_zero()));
+    built(em.builder.build_unconditional_branch(header));
+    em.builder.position_at_end(header);
+    let k = built(em.builder.build_load(i64t, counter, "k")).into_int_value();
+    let more = built(em.builder.build_int_compare(
+        inkwell::IntPredicate::SLT,
+        k,
+        i64t.const_int(count, false),
+        "more",
+    ));
+    built(em.builder.build_conditional_branch(more, inside, done));
+    em.builder.position_at_end(inside);
+    body(k);
+    let k = built(em.builder.build_load(i64t, counter, "k")).into_int_value();
+    let next = built(
+        em.builder
+            .build_int_add(k, i64t.const_int(1, false), "next"),
+    );
+    built(em.builder.build_store(counter, next));
+    built(em.builder.build_unconditional_branch(header));
+    em.builder.position_at_end(done);
 }
 
 /// The K-list `(vals, idxs)`, sorted, with `(v, i)` inserted, the last entry dropping out.
@@ -504,6 +571,31 @@ fn slot_ptr<'ctx>(
                 .build_in_bounds_gep(em.context.f64_type(), acc_row, &[index], "slot"),
         )
     }
+}
+
+/// Element `index` (a run-time value) of an f64 buffer, as `<1 x double>`.
+fn load_f64_at<'ctx>(
+    em: &Emitter<'_, 'ctx>,
+    buffer: PointerValue<'ctx>,
+    index: IntValue<'ctx>,
+) -> Value<'ctx> {
+    // SAFETY (of the generated code): index < the buffer's length (an accumulator's).
+    let ptr = unsafe {
+        built(
+            em.builder
+                .build_in_bounds_gep(em.context.f64_type(), buffer, &[index], "at"),
+        )
+    };
+    let v = built(
+        em.builder
+            .build_load(em.context.f64_type().vec_type(1), ptr, "a"),
+    )
+    .into_vector_value();
+    v.as_instruction()
+        .expect("a load")
+        .set_alignment(8)
+        .expect("valid alignment");
+    v
 }
 
 /// Slot `k` of an f64 accumulator row, as `<1 x double>`.

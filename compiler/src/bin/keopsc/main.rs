@@ -316,6 +316,15 @@ fn explain(
             String::new()
         };
         println!("timings{runs}: {stage_times}");
+        // Code generation, the stages after simplification, for the dtype of --dtype.
+        let mut codegen =
+            driver::codegen_timings(&kernels, dtype).map_err(|e| fail(e.to_string()))?;
+        for _ in 1..repeat {
+            let again =
+                driver::codegen_timings(&kernels, dtype).map_err(|e| fail(e.to_string()))?;
+            codegen = codegen.fastest(&again);
+        }
+        println!("code generation ({dtype}){runs}: {codegen}");
     }
     Ok(())
 }
