@@ -521,3 +521,85 @@ fn deep_formulas_compile() {
         run.stdout
     );
 }
+
+#[test]
+fn build_writes_a_module_and_reports_bad_input() {
+    let f = Fixture::new();
+    let out = f.p("g.kmod");
+    let run = keopsc(&[
+        "build",
+        &f.p("gauss.kf"),
+        "-o",
+        &out,
+        "--target",
+        "x86-64-v2",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("x86-64-v2") && run.stdout.contains("gauss_conv"),
+        "{}",
+        run.stdout
+    );
+    let module = keops_runtime::Module::load(&out).expect("loads");
+    assert_eq!(module.manifest().target.cpu, "x86-64-v2");
+    // Both dtypes by default; one when asked.
+    assert_eq!(
+        module.kernel("gauss_conv").expect("present").dtypes().len(),
+        2
+    );
+    let run = keopsc(&["build", &f.p("gauss.kf"), "-o", &out, "--dtype", "f64"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let module = keops_runtime::Module::load(&out).expect("loads");
+    assert_eq!(
+        module.kernel("gauss_conv").expect("present").dtypes(),
+        vec![keops_runtime::DType::F64]
+    );
+
+    assert_fails_with(
+        &keopsc(&["build", &f.p("gauss.kf"), "--target", "pentium"]),
+        &["unknown target `pentium`", "x86-64-v3"],
+    );
+    assert_fails_with(
+        &keopsc(&["build", &f.p("gauss.kf"), "--dtype", "f16"]),
+        &["unknown dtype `f16`"],
+    );
+    assert_fails_with(&keopsc(&["build", &f.p("missing.kf")]), &["missing.kf"]);
+    f.write(
+        "bad.kf",
+        "kernel k {\n x = Vi(3)\n Sum_Reduction(Exq(x), 0)\n}\n",
+    );
+    assert_fails_with(
+        &keopsc(&["build", &f.p("bad.kf")]),
+        &["bad.kf:3:", "did you mean `Exp`"],
+    );
+}
+
+#[test]
+fn bench_rejects_unknown_workloads_and_dtypes() {
+    assert_fails_with(
+        &keopsc(&["bench", "--workload", "W9"]),
+        &["unknown workload `W9`"],
+    );
+    assert_fails_with(
+        &keopsc(&["bench", "--dtype", "f16"]),
+        &["unknown dtype `f16`"],
+    );
+    let run = keopsc(&[
+        "bench",
+        "--workload",
+        "W4",
+        "--size",
+        "300",
+        "--repeat",
+        "1",
+        "--dtype",
+        "f64",
+        "--no-c",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("ArgKMin K=10") && run.stdout.contains("pairs/s"),
+        "{}",
+        run.stdout
+    );
+}

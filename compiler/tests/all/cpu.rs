@@ -339,12 +339,12 @@ fn check_indices_f32(k: &CheckedKernel, problem: &Problem, got: &[f64], want: &[
 
 #[test]
 fn every_reduction_f64() {
-    check_reductions(DType::F64, &[(1, 1), (7, 1003), (1000, 7)]);
+    check_reductions(DType::F64, &[(1, 1), (7, 1003), (1000, 7), (1003, 1000)]);
 }
 
 #[test]
 fn every_reduction_f32() {
-    check_reductions(DType::F32, &[(1, 1), (7, 1003), (1000, 7)]);
+    check_reductions(DType::F32, &[(1, 1), (7, 1003), (1000, 7), (1003, 1000)]);
 }
 
 #[test]
