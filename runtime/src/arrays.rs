@@ -82,6 +82,32 @@ impl<'a> ArrayRef<'a> {
     }
 }
 
+/// A caller's output buffer.
+pub enum OutputRef<'a> {
+    F32(&'a mut [f32]),
+    F64(&'a mut [f64]),
+}
+
+impl OutputRef<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            OutputRef::F32(v) => v.len(),
+            OutputRef::F64(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn dtype(&self) -> DType {
+        match self {
+            OutputRef::F32(_) => DType::F32,
+            OutputRef::F64(_) => DType::F64,
+        }
+    }
+}
+
 /// A C-ordered array of f32 or f64.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostArray {
@@ -259,7 +285,7 @@ pub enum ArgumentError {
         len: usize,
         shape: Vec<usize>,
     },
-    #[error("the output buffer holds {len} numbers; the result has {expected} ({dtype})")]
+    #[error("the output buffer must hold {expected} numbers of {dtype}; it holds {len} of another size or type")]
     Output {
         len: usize,
         expected: usize,

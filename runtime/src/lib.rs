@@ -11,9 +11,9 @@ pub mod tiles;
 pub use abi::{ArgSpec, Axis, Category, Signature};
 pub use arrays::{
     check_arguments, ArgumentError, ArrayData, ArrayRef, DType, DataRef, Element, HostArray,
-    NpyError, ProblemSize,
+    NpyError, OutputRef, ProblemSize,
 };
-pub use module::{Kernel, LoadError, Manifest, Module, OutputRef};
+pub use module::{Kernel, LoadError, Manifest, Module};
 pub use ndarray;
 pub use reduction::{Reduction, ReductionArgs, ReductionKind};
-pub use tiles::{run_tiles, TileFn, TileKernel, TileSchedule};
+pub use tiles::{run_tiles, run_tiles_into, TileFn, TileKernel, TileSchedule};

@@ -11,9 +11,9 @@
 //! check is refused with a [`LoadError`]; nothing in it is executed.
 
 use crate::abi::{ArgSpec, Axis, Category, Signature};
-use crate::arrays::{ArgumentError, ArrayRef, DType, HostArray};
+use crate::arrays::{ArgumentError, ArrayRef, DType, HostArray, OutputRef, ProblemSize};
 use crate::reduction::{Reduction, ReductionKind};
-use crate::tiles::{run_tiles, TileFn, TileKernel};
+use crate::tiles::{run_tiles, run_tiles_into, TileFn, TileKernel};
 use serde::{Deserialize, Serialize};
 use std::any::Any;
 use std::path::{Path, PathBuf};
@@ -333,6 +333,12 @@ impl Kernel {
     /// Runs on inputs in argument order. The output is `(N, Dout)` for axis 0, `(M, Dout)`
     /// for axis 1, in the inputs' dtype.
     pub fn call(&self, inputs: &[ArrayRef]) -> Result<HostArray, ArgumentError> {
+        let (kernel, size) = self.prepare(inputs)?;
+        run_tiles(&kernel, inputs, size, None)
+    }
+
+    /// Checks the inputs and picks the tile function of their dtype.
+    fn prepare(&self, inputs: &[ArrayRef]) -> Result<(TileKernel<'_>, ProblemSize), ArgumentError> {
         let sig = &self.signature;
         if inputs.len() != sig.args.len() {
             let names: Vec<String> = sig.args.iter().map(|a| format!("`{}`", a.name)).collect();
@@ -361,7 +367,7 @@ impl Kernel {
             lanes,
             tile,
         };
-        run_tiles(&kernel, inputs, size, None)
+        Ok((kernel, size))
     }
 
     /// Runs on inputs given by name, in any order.
@@ -373,31 +379,9 @@ impl Kernel {
     /// Runs and writes the output into `out` (row-major, `rows x output_dim`, the inputs'
     /// dtype).
     pub fn call_into(&self, inputs: &[ArrayRef], out: OutputRef) -> Result<(), ArgumentError> {
-        let result = self.call(inputs)?;
-        let expected = result.len();
-        let mismatch = |len: usize| ArgumentError::Output {
-            len,
-            expected,
-            dtype: result.dtype(),
-        };
-        match (out, &result.data) {
-            (OutputRef::F32(o), crate::ArrayData::F32(v)) if o.len() == v.len() => {
-                o.copy_from_slice(v)
-            }
-            (OutputRef::F64(o), crate::ArrayData::F64(v)) if o.len() == v.len() => {
-                o.copy_from_slice(v)
-            }
-            (OutputRef::F32(o), _) => return Err(mismatch(o.len())),
-            (OutputRef::F64(o), _) => return Err(mismatch(o.len())),
-        }
-        Ok(())
+        let (kernel, size) = self.prepare(inputs)?;
+        run_tiles_into(&kernel, inputs, size, None, out)
     }
-}
-
-/// A caller's output buffer.
-pub enum OutputRef<'a> {
-    F32(&'a mut [f32]),
-    F64(&'a mut [f64]),
 }
 
 /// Orders named inputs as the signature's arguments; every error names the argument.

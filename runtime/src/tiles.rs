@@ -10,7 +10,9 @@
 //! chunk and row of the blocks that run at the same time).
 
 use crate::abi::{Axis, Category, Signature};
-use crate::arrays::{ArgumentError, ArrayData, ArrayRef, DType, DataRef, HostArray, ProblemSize};
+use crate::arrays::{
+    ArgumentError, ArrayData, ArrayRef, DType, DataRef, HostArray, OutputRef, ProblemSize,
+};
 use crate::reduction::Reduction;
 use rayon::prelude::*;
 use std::ffi::c_void;
@@ -84,6 +86,33 @@ pub fn run_tiles(
     size: ProblemSize,
     schedule: Option<TileSchedule>,
 ) -> Result<HostArray, ArgumentError> {
+    let rows = match kernel.signature.axis {
+        Axis::I => size.n,
+        Axis::J => size.m,
+    };
+    let shape = vec![rows, kernel.signature.output_dim()];
+    let len = shape[0] * shape[1];
+    let mut out = match kernel.dtype {
+        DType::F32 => HostArray::from_f32(shape, vec![0.0; len]),
+        DType::F64 => HostArray::from_f64(shape, vec![0.0; len]),
+    };
+    let target = match &mut out.data {
+        ArrayData::F32(v) => OutputRef::F32(v),
+        ArrayData::F64(v) => OutputRef::F64(v),
+    };
+    run_tiles_into(kernel, arrays, size, schedule, target)?;
+    Ok(out)
+}
+
+/// Runs a tiled kernel on checked arguments and writes the output (row-major, `rows x
+/// output_dim`, the kernel's dtype) into `out`.
+pub fn run_tiles_into(
+    kernel: &TileKernel,
+    arrays: &[ArrayRef],
+    size: ProblemSize,
+    schedule: Option<TileSchedule>,
+    out: OutputRef,
+) -> Result<(), ArgumentError> {
     let sig = kernel.signature;
     if size.dtype != kernel.dtype {
         return Err(ArgumentError::CompiledDType {
@@ -96,6 +125,14 @@ pub fn run_tiles(
         Axis::I => (size.n, size.m, Category::J),
         Axis::J => (size.m, size.n, Category::I),
     };
+    let expected = rows * sig.output_dim();
+    if out.len() != expected || out.dtype() != kernel.dtype {
+        return Err(ArgumentError::Output {
+            len: out.len(),
+            expected,
+            dtype: kernel.dtype,
+        });
+    }
     let lanes = kernel.lanes.max(1);
     // One vector of padding past the rounded-up size: a vector load that starts at any index
     // below `inner` stays inside the buffer.
@@ -197,21 +234,32 @@ pub fn run_tiles(
                 });
         }
     }
-    Ok(finalize(red, &acc, rows, kernel.dtype))
+    finalize(red, &acc, out);
+    Ok(())
 }
 
-fn finalize(red: &Reduction, acc: &[f64], rows: usize, dtype: DType) -> HostArray {
+/// Writes the output rows (checked to fit) from complete accumulators, rounded to f32 for an
+/// f32 output.
+fn finalize(red: &Reduction, acc: &[f64], out: OutputRef) {
     let (acc_dim, out_dim) = (red.acc_dim(), red.output_dim());
-    let mut out = vec![0.0f64; rows * out_dim];
-    if out_dim > 0 {
-        out.par_chunks_mut(out_dim)
-            .zip(acc.par_chunks(acc_dim.max(1)))
-            .for_each(|(o, a)| red.finalize(a, o));
+    if out_dim == 0 {
+        return;
     }
-    let shape = vec![rows, out_dim];
-    match dtype {
-        DType::F64 => HostArray::from_f64(shape, out),
-        DType::F32 => HostArray::from_f32(shape, out.into_iter().map(|x| x as f32).collect()),
+    let acc_rows = acc.par_chunks(acc_dim.max(1));
+    match out {
+        OutputRef::F64(o) => o
+            .par_chunks_mut(out_dim)
+            .zip(acc_rows)
+            .for_each(|(o, a)| red.finalize(a, o)),
+        OutputRef::F32(o) => o.par_chunks_mut(out_dim).zip(acc_rows).for_each_init(
+            || vec![0.0f64; out_dim],
+            |row, (o, a)| {
+                red.finalize(a, row);
+                for (o, &x) in o.iter_mut().zip(row.iter()) {
+                    *o = x as f32;
+                }
+            },
+        ),
     }
 }
 
