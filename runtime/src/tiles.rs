@@ -5,15 +5,14 @@
 //! accumulators and the final output. The compiler never schedules, and this crate never needs
 //! LLVM.
 //!
-//! Memory is O(N + M): per call, one transposed copy of the inner-indexed inputs, one accumulator
-//! row per output row (and, when the rows alone cannot keep the threads busy, one per inner
-//! chunk and row of the blocks that run at the same time).
+//! Memory is O(N + M): per call, one transposed copy of the inner-indexed inputs and the output;
+//! accumulators exist only for the blocks of rows being computed (and, when the rows alone
+//! cannot keep the threads busy, one per inner chunk of those blocks).
 
 use crate::abi::{Axis, Category, Signature};
 use crate::arrays::{
     ArgumentError, ArrayData, ArrayRef, DType, DataRef, HostArray, OutputRef, ProblemSize,
 };
-use crate::reduction::Reduction;
 use rayon::prelude::*;
 use std::ffi::c_void;
 
@@ -163,10 +162,6 @@ pub fn run_tiles_into(
 
     let red = &sig.reduction;
     let acc_dim = red.acc_dim();
-    let mut acc = vec![0.0f64; rows * acc_dim];
-    for row in acc.chunks_mut(acc_dim.max(1)) {
-        red.init(row);
-    }
     let schedule =
         schedule.unwrap_or_else(|| TileSchedule::choose(rows, inner, rayon::current_num_threads()));
     let call = |acc: &mut [f64], row_start: usize, row_end: usize, lo: usize, hi: usize| {
@@ -186,81 +181,84 @@ pub fn run_tiles_into(
             )
         }
     };
-    if acc_dim > 0 && rows > 0 && inner > 0 {
-        let block = schedule.row_block.max(1);
-        if schedule.inner_chunks <= 1 {
-            acc.par_chunks_mut(block * acc_dim)
-                .enumerate()
-                .for_each(|(b, acc_block)| {
-                    let start = b * block;
-                    call(
-                        acc_block,
-                        start,
-                        start + acc_block.len() / acc_dim,
-                        0,
-                        inner,
-                    );
-                });
-        } else {
-            let chunks = schedule.inner_chunks;
-            // Chunk boundaries on multiples of the vector width keep the loads aligned.
-            let chunk_len = inner.div_ceil(chunks).div_ceil(lanes) * lanes;
-            acc.par_chunks_mut(block * acc_dim)
-                .enumerate()
-                .for_each(|(b, acc_block)| {
-                    let start = b * block;
-                    let end = start + acc_block.len() / acc_dim;
-                    let partials: Vec<Vec<f64>> = (1..chunks)
-                        .into_par_iter()
-                        .map(|c| {
-                            let mut partial = acc_block.to_vec();
-                            let lo = (c * chunk_len).min(inner);
-                            let hi = ((c + 1) * chunk_len).min(inner);
-                            if lo < hi {
-                                call(&mut partial, start, end, lo, hi);
-                            }
-                            partial
-                        })
-                        .collect();
-                    call(acc_block, start, end, 0, chunk_len.min(inner));
-                    // In inner order, so that ties still keep the first index.
-                    // A chunk past the end left its partial at the initial value, which merges
-                    // as the identity.
-                    for partial in &partials {
-                        for (a, p) in acc_block.chunks_mut(acc_dim).zip(partial.chunks(acc_dim)) {
-                            red.merge(a, p);
-                        }
-                    }
-                });
+    let block = schedule.row_block.max(1);
+    let chunks = schedule.inner_chunks.max(1);
+    // Chunk boundaries on multiples of the vector width keep the loads aligned.
+    let chunk_len = inner.div_ceil(chunks).div_ceil(lanes).max(1) * lanes;
+    // One block of rows: its accumulators live only while the block runs, so memory stays
+    // O(threads x block) beyond the inputs and the output.
+    let accumulate = |start: usize, end: usize| -> Vec<f64> {
+        let mut acc = vec![0.0f64; (end - start) * acc_dim];
+        for row in acc.chunks_mut(acc_dim.max(1)) {
+            red.init(row);
         }
+        if inner == 0 || acc_dim == 0 {
+            return acc;
+        }
+        if chunks == 1 {
+            call(&mut acc, start, end, 0, inner);
+            return acc;
+        }
+        let partials: Vec<Vec<f64>> = (1..chunks)
+            .into_par_iter()
+            .map(|c| {
+                let mut partial = acc.clone();
+                let lo = (c * chunk_len).min(inner);
+                let hi = ((c + 1) * chunk_len).min(inner);
+                if lo < hi {
+                    call(&mut partial, start, end, lo, hi);
+                }
+                partial
+            })
+            .collect();
+        call(&mut acc, start, end, 0, chunk_len.min(inner));
+        // In inner order, so that ties still keep the first index. A chunk past the end left
+        // its partial at the initial value, which merges as the identity.
+        for partial in &partials {
+            for (a, p) in acc.chunks_mut(acc_dim).zip(partial.chunks(acc_dim)) {
+                red.merge(a, p);
+            }
+        }
+        acc
+    };
+    let out_dim = red.output_dim();
+    if rows == 0 || out_dim == 0 {
+        return Ok(());
     }
-    finalize(red, &acc, out);
+    match out {
+        OutputRef::F64(o) => run_blocks(o, out_dim, acc_dim, block, &accumulate, |a, row, _| {
+            red.finalize(a, row)
+        }),
+        OutputRef::F32(o) => run_blocks(o, out_dim, acc_dim, block, &accumulate, |a, row, wide| {
+            red.finalize(a, wide);
+            for (o, &x) in row.iter_mut().zip(wide.iter()) {
+                *o = x as f32;
+            }
+        }),
+    }
     Ok(())
 }
 
-/// Writes the output rows (checked to fit) from complete accumulators, rounded to f32 for an
-/// f32 output.
-fn finalize(red: &Reduction, acc: &[f64], out: OutputRef) {
-    let (acc_dim, out_dim) = (red.acc_dim(), red.output_dim());
-    if out_dim == 0 {
-        return;
-    }
-    let acc_rows = acc.par_chunks(acc_dim.max(1));
-    match out {
-        OutputRef::F64(o) => o
-            .par_chunks_mut(out_dim)
-            .zip(acc_rows)
-            .for_each(|(o, a)| red.finalize(a, o)),
-        OutputRef::F32(o) => o.par_chunks_mut(out_dim).zip(acc_rows).for_each_init(
-            || vec![0.0f64; out_dim],
-            |row, (o, a)| {
-                red.finalize(a, row);
-                for (o, &x) in o.iter_mut().zip(row.iter()) {
-                    *o = x as f32;
-                }
-            },
-        ),
-    }
+/// Splits the output into blocks of rows over the threads; each block accumulates, then
+/// writes its rows with `finalize(accumulator row, output row, f64 scratch row)`.
+fn run_blocks<T: Send>(
+    out: &mut [T],
+    out_dim: usize,
+    acc_dim: usize,
+    block: usize,
+    accumulate: &(impl Fn(usize, usize) -> Vec<f64> + Sync),
+    finalize: impl Fn(&[f64], &mut [T], &mut [f64]) + Sync,
+) {
+    out.par_chunks_mut(block * out_dim)
+        .enumerate()
+        .for_each(|(b, out_block)| {
+            let start = b * block;
+            let acc = accumulate(start, start + out_block.len() / out_dim);
+            let mut scratch = vec![0.0f64; out_dim];
+            for (r, row) in out_block.chunks_mut(out_dim).enumerate() {
+                finalize(&acc[r * acc_dim..(r + 1) * acc_dim], row, &mut scratch);
+            }
+        });
 }
 
 /// `rows x dim` row-major to `dim x stride` component-major, zero-padded.
