@@ -113,3 +113,48 @@ fn the_binary_reads_piped_input_and_shows_generated_code() {
     assert!(!out.contains("call\texp") && !out.contains("@exp"), "{out}");
     assert!(out.contains("output [20, 1] float32"), "{out}");
 }
+
+/// The same kind of session through the binary's standard input (no prompts when piped): its
+/// output is a snapshot too. Stages whose result could depend on the optimiser's clock (large
+/// gradients) are left to the library session above.
+#[test]
+fn a_session_piped_to_the_binary() {
+    let lines = [
+        "kernel gauss {",
+        "    x = Vi(3)",
+        "    y = Vj(3)",
+        "    b = Vj(1)",
+        "    Sum_Reduction(Exp(-SqDist(x, y)) * b, 0)",
+        "}",
+        ":checked",
+        ":simplified gauss",
+        ":grad nope",
+        "kernel broken { x = Vi(2)",
+        "  Sum_Reduction(Sqrt(x, x), 0) }",
+        ":help",
+        ":quit",
+        ":list",
+    ];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keopsc"))
+        .arg("repl")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("keopsc starts");
+    let input = lines.join("\n") + "\n";
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("written");
+    let output = child.wait_with_output().expect("keopsc ends");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    insta::assert_snapshot!(String::from_utf8_lossy(&output.stdout));
+}
