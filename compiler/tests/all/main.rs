@@ -6,5 +6,6 @@ mod derivatives;
 mod frontend;
 mod interp;
 mod math;
+mod nvptx;
 mod repl;
 mod simplify;
