@@ -6,7 +6,7 @@
 use inkwell::context::Context;
 use inkwell::intrinsics::Intrinsic;
 use inkwell::targets::{
-    CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetMachine, TargetTriple,
+    CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetTriple,
 };
 use inkwell::{AddressSpace, OptimizationLevel};
 use keopsc::codegen::formula::Emitter;
