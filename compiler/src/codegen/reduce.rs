@@ -82,14 +82,63 @@ pub struct LaneAccumulators<'ctx> {
     /// K-smallest merges: one lane's accumulator, in f64, and a counter over its K entries, so
     /// that one insertion network (in a loop) serves every entry.
     lane_buffer: Option<(PointerValue<'ctx>, PointerValue<'ctx>)>,
+    /// K-smallest with K above [`UNROLLED_K`]: the lane lists live in one stack array and
+    /// insertions are loops over it (code of constant size, where unrolled networks in
+    /// registers would grow as K and spill).
+    long_lists: Option<LongLists<'ctx>>,
+}
+
+/// Up to this K, insertions into K-lists are unrolled networks in registers (K=10 compiles in
+/// ~30 ms; K=100 took 0.7 s and spilled); above it, loops over memory.
+pub const UNROLLED_K: usize = 16;
+
+/// Stack state of loop insertions: the lane lists, and the carried entry of an insertion.
+struct LongLists<'ctx> {
+    lists: PointerValue<'ctx>,
+    counter: PointerValue<'ctx>,
+    /// (value, index, shifting) carried down a lane list, and the same for the f64 row list.
+    lane_carry: [PointerValue<'ctx>; 3],
+    row_carry: [PointerValue<'ctx>; 3],
 }
 
 impl<'ctx> LaneAccumulators<'ctx> {
     /// Allocates the slots; the builder must be in the entry block.
     pub fn allocate(em: &Emitter<'_, 'ctx>, red: Reduction, lanes: u32) -> LaneAccumulators<'ctx> {
         let ty = em.vector_type(lanes);
+        let i64t = em.context.i64_type();
+        let long = family(red.kind) == Family::KMin && red.k > UNROLLED_K;
+        let long_lists = long.then(|| {
+            let len = i64t.const_int(red.acc_dim() as u64, false);
+            let lists = built(em.builder.build_array_alloca(ty, len, "lane_lists"));
+            let carry = |value: inkwell::types::VectorType<'ctx>,
+                         mask: inkwell::types::VectorType<'ctx>| {
+                [
+                    built(em.builder.build_alloca(value, "carry_v")),
+                    built(em.builder.build_alloca(value, "carry_i")),
+                    built(em.builder.build_alloca(mask, "shifting")),
+                ]
+            };
+            let bool_type = em.context.bool_type();
+            LongLists {
+                lists,
+                counter: built(em.builder.build_alloca(i64t, "slot")),
+                lane_carry: carry(ty, bool_type.vec_type(lanes)),
+                row_carry: carry(em.context.f64_type().vec_type(1), bool_type.vec_type(1)),
+            }
+        });
         let slots = (0..red.acc_dim())
-            .map(|_| built(em.builder.build_alloca(ty, "lane_acc")))
+            .map(|k| match &long_lists {
+                // SAFETY (of the generated code): k < acc_dim, the array's length.
+                Some(l) => unsafe {
+                    built(em.builder.build_in_bounds_gep(
+                        ty,
+                        l.lists,
+                        &[i64t.const_int(k as u64, false)],
+                        "slot",
+                    ))
+                },
+                None => built(em.builder.build_alloca(ty, "lane_acc")),
+            })
             .collect();
         let lane_buffer = (family(red.kind) == Family::KMin).then(|| {
             let len = em.context.i64_type().const_int(red.acc_dim() as u64, false);
@@ -105,6 +154,7 @@ impl<'ctx> LaneAccumulators<'ctx> {
             lanes,
             slots,
             lane_buffer,
+            long_lists,
         }
     }
 
@@ -239,6 +289,44 @@ impl<'ctx> LaneAccumulators<'ctx> {
                     let last = self.load(em, (k - 1) * stride + c);
                     let enters = em.compare(FloatPredicate::OLT, x, last);
                     // Most pairs do not enter the K smallest: skip the insertion network.
+                    if let Some(long) = &self.long_lists {
+                        if_any(em, function, enters, || {
+                            let ty = em.vector_type(lanes);
+                            let slot = |l: IntValue<'ctx>, offset: usize| {
+                                let at = built(em.builder.build_int_add(
+                                    built(em.builder.build_int_mul(
+                                        l,
+                                        em.context.i64_type().const_int(stride as u64, false),
+                                        "row",
+                                    )),
+                                    em.context.i64_type().const_int(offset as u64, false),
+                                    "slot",
+                                ));
+                                // SAFETY (of the generated code): l < K, so at < acc_dim.
+                                unsafe {
+                                    built(em.builder.build_in_bounds_gep(
+                                        ty,
+                                        long.lists,
+                                        &[at],
+                                        "slot",
+                                    ))
+                                }
+                            };
+                            insert_loop(
+                                em,
+                                function,
+                                long.counter,
+                                k,
+                                long.lane_carry,
+                                (x, index),
+                                |l| (slot(l, c), slot(l, n + c)),
+                                ty,
+                                None,
+                                |cv, _, sv, _| em.compare(FloatPredicate::OLT, cv, sv),
+                            );
+                        });
+                        continue;
+                    }
                     if_any(em, function, enters, || {
                         let vals: Vec<Value<'ctx>> =
                             (0..k).map(|l| self.load(em, l * stride + c)).collect();
@@ -394,6 +482,39 @@ impl<'ctx> LaneAccumulators<'ctx> {
                     load(last + n + c),
                 );
                 // Most lane entries do not enter the row's K smallest.
+                if let Some(long) = &self.long_lists {
+                    if_any(em, function, enters, || {
+                        let f64t = em.context.f64_type();
+                        let slot = |l: IntValue<'ctx>, offset: usize| {
+                            let at = built(em.builder.build_int_add(
+                                built(em.builder.build_int_mul(
+                                    l,
+                                    em.context.i64_type().const_int(stride as u64, false),
+                                    "row",
+                                )),
+                                em.context.i64_type().const_int(offset as u64, false),
+                                "slot",
+                            ));
+                            // SAFETY (of the generated code): l < K, so at < acc_dim.
+                            unsafe {
+                                built(em.builder.build_in_bounds_gep(f64t, acc_row, &[at], "slot"))
+                            }
+                        };
+                        insert_loop(
+                            em,
+                            function,
+                            long.counter,
+                            k,
+                            long.row_carry,
+                            (v, i),
+                            |l| (slot(l, c), slot(l, n + c)),
+                            f64t.vec_type(1),
+                            Some(8),
+                            |cv, ci, sv, si| lex_before(em, FloatPredicate::OLT, cv, ci, sv, si),
+                        );
+                    });
+                    continue;
+                }
                 if_any(em, function, enters, || {
                     let vals: Vec<Value<'ctx>> = (0..k).map(|l| load(l * stride + c)).collect();
                     let idxs: Vec<Value<'ctx>> = (0..k).map(|l| load(l * stride + n + c)).collect();
@@ -474,6 +595,59 @@ impl<'ctx> LaneAccumulators<'ctx> {
             Family::KMin => unreachable!("K-smallest lanes merge through merge_k_smallest"),
         }
     }
+}
+
+/// Inserts `(v, i)` into a sorted K-list in memory, as a loop: the entry carried down the list
+/// replaces the first slot it goes `before`, and from there every slot shifts down by one
+/// (the last one drops out). `slots(l)` points at slot l's value and index; `align` is the
+/// loads' and stores' alignment (the type's when `None`). Branch-free per lane.
+#[allow(clippy::too_many_arguments)]
+fn insert_loop<'ctx>(
+    em: &Emitter<'_, 'ctx>,
+    function: FunctionValue<'ctx>,
+    counter: PointerValue<'ctx>,
+    k: usize,
+    carry: [PointerValue<'ctx>; 3],
+    (v, i): (Value<'ctx>, Value<'ctx>),
+    slots: impl Fn(IntValue<'ctx>) -> (PointerValue<'ctx>, PointerValue<'ctx>),
+    ty: inkwell::types::VectorType<'ctx>,
+    align: Option<u32>,
+    before: impl Fn(Value<'ctx>, Value<'ctx>, Value<'ctx>, Value<'ctx>) -> Value<'ctx>,
+) {
+    let [carry_v, carry_i, shifting] = carry;
+    let mask_type = em.context.bool_type().vec_type(ty.get_size());
+    let load = |ptr: PointerValue<'ctx>, t: inkwell::types::VectorType<'ctx>| {
+        let v = built(em.builder.build_load(t, ptr, "ld")).into_vector_value();
+        if let Some(a) = align {
+            v.as_instruction()
+                .expect("a load")
+                .set_alignment(a)
+                .expect("valid alignment");
+        }
+        v
+    };
+    let store = |ptr: PointerValue<'ctx>, v: Value<'ctx>| {
+        let s = built(em.builder.build_store(ptr, v));
+        if let Some(a) = align {
+            s.set_alignment(a).expect("valid alignment");
+        }
+    };
+    built(em.builder.build_store(carry_v, v));
+    built(em.builder.build_store(carry_i, i));
+    built(em.builder.build_store(shifting, mask_type.const_zero()));
+    counted_loop(em, function, counter, k as u64, |l| {
+        let (slot_v, slot_i) = slots(l);
+        let (sv, si) = (load(slot_v, ty), load(slot_i, ty));
+        let cv = built(em.builder.build_load(ty, carry_v, "cv")).into_vector_value();
+        let ci = built(em.builder.build_load(ty, carry_i, "ci")).into_vector_value();
+        let sh = built(em.builder.build_load(mask_type, shifting, "sh")).into_vector_value();
+        let take = built(em.builder.build_or(sh, before(cv, ci, sv, si), "take"));
+        store(slot_v, em.select(take, cv, sv));
+        store(slot_i, em.select(take, ci, si));
+        built(em.builder.build_store(carry_v, em.select(take, sv, cv)));
+        built(em.builder.build_store(carry_i, em.select(take, si, ci)));
+        built(em.builder.build_store(shifting, take));
+    });
 }
 
 /// `(v, i)` before `(w, j)` in the order of a reduction: strictly better by `p`, or equal with

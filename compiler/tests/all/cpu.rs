@@ -249,6 +249,9 @@ fn reductions(axis: usize) -> Vec<(String, Option<String>)> {
         (format!("ArgKMin_Reduction({vec_f}, 4, {axis})"), None),
         (format!("KMin_ArgKMin_Reduction({vec_f}, 3, {axis})"), None),
         (format!("ArgKMin_Reduction(SqDist(x, y), 10, {axis})"), None),
+        // Above the unrolled size: lane lists in memory, insertions as loops.
+        (format!("KMin_ArgKMin_Reduction({vec_f}, 17, {axis})"), None),
+        (format!("ArgKMin_Reduction(SqDist(x, y), 40, {axis})"), None),
     ]
 }
 
@@ -516,6 +519,7 @@ fn ties_keep_the_first_index_across_lanes_and_tiles() {
     let cases = [
         "KMin_ArgKMin_Reduction(Floor(4 * v) + Floor(2 * u), 6, 0)",
         "ArgKMin_Reduction(Floor(3 * y) + u * 0, 3, 0)",
+        "KMin_ArgKMin_Reduction(Floor(4 * v) + Floor(2 * u), 20, 0)",
         "Min_ArgMin_Reduction(Floor(4 * v) - x, 0)",
         "Max_ArgMax_Reduction(Floor(4 * u) + x, 1)",
     ];
