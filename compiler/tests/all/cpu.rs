@@ -580,3 +580,25 @@ fn huge_inner_offsets_index_in_64_bits() {
         .to_f64();
     assert_eq!(out, vec![1.0, planted as f64, 1.0, planted as f64]);
 }
+
+/// The online maximum keeps LogSumExp finite where exp alone overflows (f32 overflows above 88,
+/// f64 above 709), and its lanes merge correctly when the maximum jumps between tiles.
+#[test]
+fn logsumexp_of_large_values_does_not_overflow() {
+    for dtype in [DType::F32, DType::F64] {
+        check(
+            "LogSumExp_Reduction(SqDist(x, y) * 300 + 800 * v, 0)",
+            None,
+            13,
+            9001,
+            dtype,
+        );
+        check(
+            "Max_SumShiftExp_Reduction(-SqDist(x, y) * 300 - 800 * u, 1)",
+            None,
+            9001,
+            13,
+            dtype,
+        );
+    }
+}
