@@ -307,7 +307,7 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                                 "acc_row",
                             ))
                         };
-                        lane_acc.init(em, self.wide_f64, acc_row);
+                        lane_acc.init(em, self.wide_f64, function, acc_row);
                         let pair = |jv: IntValue<'ctx>, mask: Option<Value<'ctx>>| {
                             let mut pair = NodeValues {
                                 narrow: row.narrow.clone(),

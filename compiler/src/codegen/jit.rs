@@ -27,7 +27,17 @@ pub enum CodegenError {
         stage: &'static str,
         message: String,
     },
+    /// A kernel beyond what the generated code supports; the interpreter still runs it.
+    #[error(
+        "the CPU backend cannot compile kernel `{kernel}`: {reason} (`--backend interp` runs it)"
+    )]
+    Unsupported { kernel: String, reason: String },
 }
+
+/// Stack the per-lane accumulators of one tile may take: the tile runs on worker threads with
+/// 2 MiB stacks, beside its inner-tile buffer (at most 256 KiB); it also bounds the code that
+/// copies lane lists at merges, which grows with K.
+const LANE_ACCUMULATOR_BYTES: usize = 256 << 10;
 
 fn internal(stage: &'static str) -> impl Fn(String) -> CodegenError {
     move |message| CodegenError::Internal { stage, message }
@@ -208,6 +218,20 @@ pub fn build_module<'ctx>(
     let math = MathLib::new(context);
     for spec in specs {
         let scalar = scalar_of(spec.dtype);
+        let red = &spec.signature.reduction;
+        let lane_bytes = red.acc_dim() * target.lanes(scalar) as usize * elem_bytes(scalar);
+        if lane_bytes > LANE_ACCUMULATOR_BYTES {
+            return Err(CodegenError::Unsupported {
+                kernel: spec.signature.name.clone(),
+                reason: format!(
+                    "its accumulator ({} numbers per output row, K = {}) needs {} KiB per SIMD lane set, more than the {} KiB a tile may use",
+                    red.acc_dim(),
+                    red.k,
+                    lane_bytes / 1024,
+                    LANE_ACCUMULATOR_BYTES / 1024
+                ),
+            });
+        }
         let em = Emitter {
             context,
             module: &module,

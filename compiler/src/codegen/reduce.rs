@@ -170,6 +170,35 @@ impl<'ctx> LaneAccumulators<'ctx> {
         built(em.builder.build_store(self.slots[k], v));
     }
 
+    /// Slot `offset` of entry `l` (a run-time value) of the lane lists, for long lists.
+    fn long_slot(
+        &self,
+        em: &Emitter<'_, 'ctx>,
+        l: IntValue<'ctx>,
+        offset: usize,
+    ) -> PointerValue<'ctx> {
+        let long = self.long_lists.as_ref().expect("long lists");
+        let i64t = em.context.i64_type();
+        let row = built(em.builder.build_int_mul(
+            l,
+            i64t.const_int(2 * self.red.fdim as u64, false),
+            "row",
+        ));
+        let at = built(
+            em.builder
+                .build_int_add(row, i64t.const_int(offset as u64, false), "slot"),
+        );
+        // SAFETY (of the generated code): l < K, so at < acc_dim, the array's length.
+        unsafe {
+            built(em.builder.build_in_bounds_gep(
+                em.vector_type(self.lanes),
+                long.lists,
+                &[at],
+                "slot",
+            ))
+        }
+    }
+
     /// The runtime's initial accumulator, in every lane. For the K-smallest and LogSumExp
     /// families, lanes start from the row's accumulator instead (`acc_row`, f64, read by the
     /// `wide` emitter): a pair that cannot enter the row's K smallest is rejected by the lane at
@@ -179,12 +208,16 @@ impl<'ctx> LaneAccumulators<'ctx> {
         &self,
         em: &Emitter<'_, 'ctx>,
         wide: &Emitter<'_, 'ctx>,
+        function: FunctionValue<'ctx>,
         acc_row: PointerValue<'ctx>,
     ) {
-        let mut initial = vec![0.0f64; self.red.acc_dim()];
-        self.red.init(&mut initial);
-        for (k, &x) in initial.iter().enumerate() {
-            self.store(em, k, em.constant(x, self.lanes));
+        if self.long_lists.is_none() {
+            // (Long lists are all seeded below.)
+            let mut initial = vec![0.0f64; self.red.acc_dim()];
+            self.red.init(&mut initial);
+            for (k, &x) in initial.iter().enumerate() {
+                self.store(em, k, em.constant(x, self.lanes));
+            }
         }
         let seed = |slot: usize| {
             let v = load_f64(wide, acc_row, slot);
@@ -204,6 +237,20 @@ impl<'ctx> LaneAccumulators<'ctx> {
         match family(self.red.kind) {
             Family::KMin => {
                 let (k, n) = (self.red.k, self.red.fdim);
+                if let Some(long) = &self.long_lists {
+                    let infinite = em.constant(f64::INFINITY, self.lanes);
+                    for c in 0..n {
+                        let threshold = seed((k - 1) * 2 * n + c);
+                        counted_loop(em, function, long.counter, k as u64, |l| {
+                            built(em.builder.build_store(self.long_slot(em, l, c), threshold));
+                            built(
+                                em.builder
+                                    .build_store(self.long_slot(em, l, n + c), infinite),
+                            );
+                        });
+                    }
+                    return;
+                }
                 for c in 0..n {
                     let threshold = seed((k - 1) * 2 * n + c);
                     for l in 0..k {
@@ -292,26 +339,6 @@ impl<'ctx> LaneAccumulators<'ctx> {
                     if let Some(long) = &self.long_lists {
                         if_any(em, function, enters, || {
                             let ty = em.vector_type(lanes);
-                            let slot = |l: IntValue<'ctx>, offset: usize| {
-                                let at = built(em.builder.build_int_add(
-                                    built(em.builder.build_int_mul(
-                                        l,
-                                        em.context.i64_type().const_int(stride as u64, false),
-                                        "row",
-                                    )),
-                                    em.context.i64_type().const_int(offset as u64, false),
-                                    "slot",
-                                ));
-                                // SAFETY (of the generated code): l < K, so at < acc_dim.
-                                unsafe {
-                                    built(em.builder.build_in_bounds_gep(
-                                        ty,
-                                        long.lists,
-                                        &[at],
-                                        "slot",
-                                    ))
-                                }
-                            };
                             insert_loop(
                                 em,
                                 function,
@@ -319,7 +346,7 @@ impl<'ctx> LaneAccumulators<'ctx> {
                                 k,
                                 long.lane_carry,
                                 (x, index),
-                                |l| (slot(l, c), slot(l, n + c)),
+                                |l| (self.long_slot(em, l, c), self.long_slot(em, l, n + c)),
                                 ty,
                                 None,
                                 |cv, _, sv, _| em.compare(FloatPredicate::OLT, cv, sv),
@@ -415,17 +442,51 @@ impl<'ctx> LaneAccumulators<'ctx> {
             em.builder
                 .build_signed_int_to_float(tile_start, f64t, "base"),
         ));
+        let widen = |v: Value<'ctx>, l: IntValue<'ctx>| {
+            let x = built(em.builder.build_extract_element(v, l, "x")).into_float_value();
+            let x = if em.float_type() == f64t {
+                x
+            } else {
+                built(em.builder.build_float_ext(x, f64t, "wide"))
+            };
+            wide.from_scalar(x)
+        };
+        if let (Some(long), Some((buffer, counter))) = (&self.long_lists, self.lane_buffer) {
+            // Long lists: copy lane l's entries with a loop, then insert them.
+            let n = self.red.fdim;
+            counted_loop(em, function, lane_counter, self.lanes as u64, |lane| {
+                counted_loop(em, function, long.counter, self.red.k as u64, |entry| {
+                    let ty = em.vector_type(self.lanes);
+                    for offset in 0..2 * n {
+                        let v = built(em.builder.build_load(
+                            ty,
+                            self.long_slot(em, entry, offset),
+                            "v",
+                        ))
+                        .into_vector_value();
+                        let x = widen(v, lane);
+                        let x = if offset >= n { wide.add(x, base) } else { x };
+                        let row = built(em.builder.build_int_mul(
+                            entry,
+                            em.context.i64_type().const_int(2 * n as u64, false),
+                            "row",
+                        ));
+                        let at = built(em.builder.build_int_add(
+                            row,
+                            em.context.i64_type().const_int(offset as u64, false),
+                            "at",
+                        ));
+                        store_f64_at(wide, buffer, at, x);
+                    }
+                });
+                self.merge_k_smallest(wide, function, acc_row, buffer, counter);
+            });
+            return;
+        }
         counted_loop(em, function, lane_counter, self.lanes as u64, |l| {
             let other: Vec<Value<'ctx>> = (0..self.slots.len())
                 .map(|k| {
-                    let v = self.load(em, k);
-                    let x = built(em.builder.build_extract_element(v, l, "x")).into_float_value();
-                    let x = if em.float_type() == f64t {
-                        x
-                    } else {
-                        built(em.builder.build_float_ext(x, f64t, "wide"))
-                    };
-                    let x = wide.from_scalar(x);
+                    let x = widen(self.load(em, k), l);
                     if self.is_index_slot(k) {
                         wide.add(x, base)
                     } else {
@@ -770,6 +831,25 @@ fn load_f64_at<'ctx>(
         .set_alignment(8)
         .expect("valid alignment");
     v
+}
+
+/// Writes element `index` (a run-time value) of an f64 buffer.
+fn store_f64_at<'ctx>(
+    em: &Emitter<'_, 'ctx>,
+    buffer: PointerValue<'ctx>,
+    index: IntValue<'ctx>,
+    v: Value<'ctx>,
+) {
+    // SAFETY (of the generated code): index < the buffer's length (an accumulator's).
+    let ptr = unsafe {
+        built(
+            em.builder
+                .build_in_bounds_gep(em.context.f64_type(), buffer, &[index], "at"),
+        )
+    };
+    built(em.builder.build_store(ptr, v))
+        .set_alignment(8)
+        .expect("valid alignment");
 }
 
 /// Slot `k` of an f64 accumulator row, as `<1 x double>`.
