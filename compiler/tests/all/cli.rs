@@ -603,3 +603,19 @@ fn bench_rejects_unknown_workloads_and_dtypes() {
         run.stdout
     );
 }
+
+#[test]
+fn kernels_beyond_the_cpu_backend_are_refused_with_a_way_out() {
+    let f = Fixture::new();
+    f.write(
+        "huge.kf",
+        "kernel huge {\n x = Vi(3)\n y = Vj(3)\n ArgKMin_Reduction(SqDist(x, y), 20000, 0)\n}\n",
+    );
+    let args = [("x", "x.npy"), ("y", "y.npy")];
+    assert_fails_with(
+        &f.run_eval("huge.kf", &args, &[]),
+        &["cannot compile kernel `huge`", "--backend interp"],
+    );
+    let run = f.run_eval("huge.kf", &args, &["--backend", "interp"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+}
