@@ -307,7 +307,7 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                                 "acc_row",
                             ))
                         };
-                        lane_acc.init(em, self.wide_f64, function, acc_row);
+                        lane_acc.init(em, self.wide_f64, acc_row);
                         let pair = |jv: IntValue<'ctx>, mask: Option<Value<'ctx>>| {
                             let mut pair = NodeValues {
                                 narrow: row.narrow.clone(),
@@ -342,7 +342,15 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                                 ),
                                 self.iota(lanes),
                             );
-                            lane_acc.fold(em, function, &value, index, mask);
+                            lane_acc.fold(
+                                em,
+                                self.wide_f64,
+                                function,
+                                &value,
+                                index,
+                                mask,
+                                (acc_row, jt),
+                            );
                         };
                         // Whole vectors, then one masked remainder.
                         let last_full = self.sub(jt_end, self.i64(lanes as i64 - 1));

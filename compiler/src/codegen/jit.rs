@@ -219,7 +219,8 @@ pub fn build_module<'ctx>(
     for spec in specs {
         let scalar = scalar_of(spec.dtype);
         let red = &spec.signature.reduction;
-        let lane_bytes = red.acc_dim() * target.lanes(scalar) as usize * elem_bytes(scalar);
+        let lane_bytes =
+            super::reduce::lane_slots(red) * target.lanes(scalar) as usize * elem_bytes(scalar);
         if lane_bytes > LANE_ACCUMULATOR_BYTES {
             return Err(CodegenError::Unsupported {
                 kernel: spec.signature.name.clone(),

@@ -82,23 +82,29 @@ pub struct LaneAccumulators<'ctx> {
     /// K-smallest merges: one lane's accumulator, in f64, and a counter over its K entries, so
     /// that one insertion network (in a loop) serves every entry.
     lane_buffer: Option<(PointerValue<'ctx>, PointerValue<'ctx>)>,
-    /// K-smallest with K above [`UNROLLED_K`]: the lane lists live in one stack array and
-    /// insertions are loops over it (code of constant size, where unrolled networks in
-    /// registers would grow as K and spill).
-    long_lists: Option<LongLists<'ctx>>,
+    /// K-smallest with K above [`UNROLLED_K`]: no lane lists (they would not fit registers,
+    /// and in memory every insertion would walk K slots); candidates below the row's K-th value
+    /// go straight into the row's list.
+    row_lists: Option<RowLists<'ctx>>,
 }
 
-/// Up to this K, insertions into K-lists are unrolled networks in registers (K=10 compiles in
-/// ~30 ms; K=100 took 0.7 s and spilled); above it, loops over memory.
+/// Up to this K, each lane keeps its own K-list in registers, with unrolled insertion networks
+/// (K = 10 compiles in about 30 ms); above, see [`RowLists`].
 pub const UNROLLED_K: usize = 16;
 
-/// Stack state of loop insertions: the lane lists, and the carried entry of an insertion.
-struct LongLists<'ctx> {
-    lists: PointerValue<'ctx>,
-    counter: PointerValue<'ctx>,
-    /// (value, index, shifting) carried down a lane list, and the same for the f64 row list.
-    lane_carry: [PointerValue<'ctx>; 3],
-    row_carry: [PointerValue<'ctx>; 3],
+/// Counters of the per-row insertions: over a vector's lanes, and the insertion position.
+struct RowLists<'ctx> {
+    lane: PointerValue<'ctx>,
+    position: PointerValue<'ctx>,
+}
+
+/// Vector slots the per-lane accumulators of a reduction take (none for long K-lists).
+pub fn lane_slots(red: &Reduction) -> usize {
+    if family(red.kind) == Family::KMin && red.k > UNROLLED_K {
+        0
+    } else {
+        red.acc_dim()
+    }
 }
 
 impl<'ctx> LaneAccumulators<'ctx> {
@@ -106,55 +112,30 @@ impl<'ctx> LaneAccumulators<'ctx> {
     pub fn allocate(em: &Emitter<'_, 'ctx>, red: Reduction, lanes: u32) -> LaneAccumulators<'ctx> {
         let ty = em.vector_type(lanes);
         let i64t = em.context.i64_type();
-        let long = family(red.kind) == Family::KMin && red.k > UNROLLED_K;
-        let long_lists = long.then(|| {
-            let len = i64t.const_int(red.acc_dim() as u64, false);
-            let lists = built(em.builder.build_array_alloca(ty, len, "lane_lists"));
-            let carry = |value: inkwell::types::VectorType<'ctx>,
-                         mask: inkwell::types::VectorType<'ctx>| {
-                [
-                    built(em.builder.build_alloca(value, "carry_v")),
-                    built(em.builder.build_alloca(value, "carry_i")),
-                    built(em.builder.build_alloca(mask, "shifting")),
-                ]
-            };
-            let bool_type = em.context.bool_type();
-            LongLists {
-                lists,
-                counter: built(em.builder.build_alloca(i64t, "slot")),
-                lane_carry: carry(ty, bool_type.vec_type(lanes)),
-                row_carry: carry(em.context.f64_type().vec_type(1), bool_type.vec_type(1)),
-            }
-        });
-        let slots = (0..red.acc_dim())
-            .map(|k| match &long_lists {
-                // SAFETY (of the generated code): k < acc_dim, the array's length.
-                Some(l) => unsafe {
-                    built(em.builder.build_in_bounds_gep(
-                        ty,
-                        l.lists,
-                        &[i64t.const_int(k as u64, false)],
-                        "slot",
-                    ))
-                },
-                None => built(em.builder.build_alloca(ty, "lane_acc")),
-            })
+        let slots = (0..lane_slots(&red))
+            .map(|_| built(em.builder.build_alloca(ty, "lane_acc")))
             .collect();
-        let lane_buffer = (family(red.kind) == Family::KMin).then(|| {
-            let len = em.context.i64_type().const_int(red.acc_dim() as u64, false);
+        let short_lists = family(red.kind) == Family::KMin && red.k <= UNROLLED_K;
+        let lane_buffer = short_lists.then(|| {
+            let len = i64t.const_int(red.acc_dim() as u64, false);
             let buffer = built(
                 em.builder
                     .build_array_alloca(em.context.f64_type(), len, "lane"),
             );
-            let counter = built(em.builder.build_alloca(em.context.i64_type(), "entry"));
+            let counter = built(em.builder.build_alloca(i64t, "entry"));
             (buffer, counter)
         });
+        let row_lists =
+            (family(red.kind) == Family::KMin && red.k > UNROLLED_K).then(|| RowLists {
+                lane: built(em.builder.build_alloca(i64t, "lane")),
+                position: built(em.builder.build_alloca(i64t, "position")),
+            });
         LaneAccumulators {
             red,
             lanes,
             slots,
             lane_buffer,
-            long_lists,
+            row_lists,
         }
     }
 
@@ -170,35 +151,6 @@ impl<'ctx> LaneAccumulators<'ctx> {
         built(em.builder.build_store(self.slots[k], v));
     }
 
-    /// Slot `offset` of entry `l` (a run-time value) of the lane lists, for long lists.
-    fn long_slot(
-        &self,
-        em: &Emitter<'_, 'ctx>,
-        l: IntValue<'ctx>,
-        offset: usize,
-    ) -> PointerValue<'ctx> {
-        let long = self.long_lists.as_ref().expect("long lists");
-        let i64t = em.context.i64_type();
-        let row = built(em.builder.build_int_mul(
-            l,
-            i64t.const_int(2 * self.red.fdim as u64, false),
-            "row",
-        ));
-        let at = built(
-            em.builder
-                .build_int_add(row, i64t.const_int(offset as u64, false), "slot"),
-        );
-        // SAFETY (of the generated code): l < K, so at < acc_dim, the array's length.
-        unsafe {
-            built(em.builder.build_in_bounds_gep(
-                em.vector_type(self.lanes),
-                long.lists,
-                &[at],
-                "slot",
-            ))
-        }
-    }
-
     /// The runtime's initial accumulator, in every lane. For the K-smallest and LogSumExp
     /// families, lanes start from the row's accumulator instead (`acc_row`, f64, read by the
     /// `wide` emitter): a pair that cannot enter the row's K smallest is rejected by the lane at
@@ -208,16 +160,15 @@ impl<'ctx> LaneAccumulators<'ctx> {
         &self,
         em: &Emitter<'_, 'ctx>,
         wide: &Emitter<'_, 'ctx>,
-        function: FunctionValue<'ctx>,
         acc_row: PointerValue<'ctx>,
     ) {
-        if self.long_lists.is_none() {
-            // (Long lists are all seeded below.)
-            let mut initial = vec![0.0f64; self.red.acc_dim()];
-            self.red.init(&mut initial);
-            for (k, &x) in initial.iter().enumerate() {
-                self.store(em, k, em.constant(x, self.lanes));
-            }
+        if self.row_lists.is_some() {
+            return;
+        }
+        let mut initial = vec![0.0f64; self.red.acc_dim()];
+        self.red.init(&mut initial);
+        for (k, &x) in initial.iter().enumerate() {
+            self.store(em, k, em.constant(x, self.lanes));
         }
         let seed = |slot: usize| {
             let v = load_f64(wide, acc_row, slot);
@@ -237,20 +188,6 @@ impl<'ctx> LaneAccumulators<'ctx> {
         match family(self.red.kind) {
             Family::KMin => {
                 let (k, n) = (self.red.k, self.red.fdim);
-                if let Some(long) = &self.long_lists {
-                    let infinite = em.constant(f64::INFINITY, self.lanes);
-                    for c in 0..n {
-                        let threshold = seed((k - 1) * 2 * n + c);
-                        counted_loop(em, function, long.counter, k as u64, |l| {
-                            built(em.builder.build_store(self.long_slot(em, l, c), threshold));
-                            built(
-                                em.builder
-                                    .build_store(self.long_slot(em, l, n + c), infinite),
-                            );
-                        });
-                    }
-                    return;
-                }
                 for c in 0..n {
                     let threshold = seed((k - 1) * 2 * n + c);
                     for l in 0..k {
@@ -281,14 +218,19 @@ impl<'ctx> LaneAccumulators<'ctx> {
     }
 
     /// Folds one vector of pairs: `value` holds `F` then `V` (one vector per component),
-    /// `index` the lanes' inner indices relative to the tile, `mask` the lanes in range.
+    /// `index` the lanes' inner indices relative to the tile, `mask` the lanes in range. `row`
+    /// is the row's f64 accumulator (read by the `wide` emitter) and the tile's first inner
+    /// index, for reductions that fold into the row directly.
+    #[allow(clippy::too_many_arguments)]
     pub fn fold(
         &self,
         em: &Emitter<'_, 'ctx>,
+        wide: &Emitter<'_, 'ctx>,
         function: FunctionValue<'ctx>,
         value: &[Value<'ctx>],
         index: Value<'ctx>,
         mask: Option<Value<'ctx>>,
+        row: (PointerValue<'ctx>, IntValue<'ctx>),
     ) {
         let lanes = self.lanes;
         let n = self.red.fdim;
@@ -333,27 +275,13 @@ impl<'ctx> LaneAccumulators<'ctx> {
                 let k = self.red.k;
                 let stride = 2 * n;
                 for (c, &x) in f.iter().enumerate() {
+                    if let Some(rows) = &self.row_lists {
+                        self.fold_into_row(em, wide, function, rows, c, x, index, row);
+                        continue;
+                    }
                     let last = self.load(em, (k - 1) * stride + c);
                     let enters = em.compare(FloatPredicate::OLT, x, last);
                     // Most pairs do not enter the K smallest: skip the insertion network.
-                    if let Some(long) = &self.long_lists {
-                        if_any(em, function, enters, || {
-                            let ty = em.vector_type(lanes);
-                            insert_loop(
-                                em,
-                                function,
-                                long.counter,
-                                k,
-                                long.lane_carry,
-                                (x, index),
-                                |l| (self.long_slot(em, l, c), self.long_slot(em, l, n + c)),
-                                ty,
-                                None,
-                                |cv, _, sv, _| em.compare(FloatPredicate::OLT, cv, sv),
-                            );
-                        });
-                        continue;
-                    }
                     if_any(em, function, enters, || {
                         let vals: Vec<Value<'ctx>> =
                             (0..k).map(|l| self.load(em, l * stride + c)).collect();
@@ -374,6 +302,144 @@ impl<'ctx> LaneAccumulators<'ctx> {
                 }
             }
         }
+    }
+
+    /// K-smallest with long lists: the lanes whose value is below the row's K-th (strictly: an
+    /// equal value comes later than the one there) insert it, in lane order, into the row's
+    /// sorted list in f64, shifting larger entries down. Usually no lane passes the threshold.
+    #[allow(clippy::too_many_arguments)]
+    fn fold_into_row(
+        &self,
+        em: &Emitter<'_, 'ctx>,
+        wide: &Emitter<'_, 'ctx>,
+        function: FunctionValue<'ctx>,
+        rows: &RowLists<'ctx>,
+        c: usize,
+        x: Value<'ctx>,
+        index: Value<'ctx>,
+        (acc_row, tile_start): (PointerValue<'ctx>, IntValue<'ctx>),
+    ) {
+        let (k, n) = (self.red.k, self.red.fdim);
+        let stride = 2 * n;
+        let i64t = em.context.i64_type();
+        let f64t = em.context.f64_type();
+        let narrow = |v: Value<'ctx>| {
+            let v = built(em.builder.build_extract_element(v, i64t.const_zero(), "v"))
+                .into_float_value();
+            if em.float_type() == f64t {
+                v
+            } else {
+                built(em.builder.build_float_trunc(v, em.float_type(), "v"))
+            }
+        };
+        let threshold = em.splat(
+            em.from_scalar(narrow(load_f64(wide, acc_row, (k - 1) * stride + c))),
+            self.lanes,
+        );
+        let enters = em.compare(FloatPredicate::OLT, x, threshold);
+        if_any(em, function, enters, || {
+            let base = built(
+                em.builder
+                    .build_signed_int_to_float(tile_start, f64t, "base"),
+            );
+            counted_loop(em, function, rows.lane, self.lanes as u64, |l| {
+                let lane_enters =
+                    built(em.builder.build_extract_element(enters, l, "e")).into_int_value();
+                let insert = em.context.append_basic_block(function, "insert");
+                let next = em.context.append_basic_block(function, "next_lane");
+                built(
+                    em.builder
+                        .build_conditional_branch(lane_enters, insert, next),
+                );
+                em.builder.position_at_end(insert);
+                let widen = |v: Value<'ctx>| {
+                    let v = built(em.builder.build_extract_element(v, l, "x")).into_float_value();
+                    if em.float_type() == f64t {
+                        v
+                    } else {
+                        built(em.builder.build_float_ext(v, f64t, "x"))
+                    }
+                };
+                let v = wide.from_scalar(widen(x));
+                let i =
+                    wide.from_scalar(built(em.builder.build_float_add(widen(index), base, "i")));
+                // Earlier lanes of this vector may have lowered the K-th value since the
+                // threshold was read: check again, then shift entries down from the end while v
+                // goes before them.
+                let slot = |p: IntValue<'ctx>, offset: usize| {
+                    let r = built(em.builder.build_int_mul(
+                        p,
+                        i64t.const_int(stride as u64, false),
+                        "r",
+                    ));
+                    built(
+                        em.builder
+                            .build_int_add(r, i64t.const_int(offset as u64, false), "s"),
+                    )
+                };
+                let last = load_f64(wide, acc_row, (k - 1) * stride + c);
+                let still = wide.compare(FloatPredicate::OLT, v, last);
+                let still = built(em.builder.build_extract_element(
+                    still,
+                    i64t.const_zero(),
+                    "still",
+                ))
+                .into_int_value();
+                let start = em.context.append_basic_block(function, "insert_start");
+                built(em.builder.build_conditional_branch(still, start, next));
+                em.builder.position_at_end(start);
+                built(
+                    em.builder
+                        .build_store(rows.position, i64t.const_int(k as u64 - 1, false)),
+                );
+                let check = em.context.append_basic_block(function, "shift_check");
+                let compare = em.context.append_basic_block(function, "shift_compare");
+                let shift = em.context.append_basic_block(function, "shift");
+                let place = em.context.append_basic_block(function, "place");
+                built(em.builder.build_unconditional_branch(check));
+                em.builder.position_at_end(check);
+                let p = built(em.builder.build_load(i64t, rows.position, "p")).into_int_value();
+                let positive = built(em.builder.build_int_compare(
+                    inkwell::IntPredicate::SGT,
+                    p,
+                    i64t.const_zero(),
+                    "positive",
+                ));
+                built(
+                    em.builder
+                        .build_conditional_branch(positive, compare, place),
+                );
+                em.builder.position_at_end(compare);
+                let above = built(
+                    em.builder
+                        .build_int_sub(p, i64t.const_int(1, false), "above"),
+                );
+                let above_value = load_f64_at(wide, acc_row, slot(above, c));
+                let goes_before = wide.compare(FloatPredicate::OLT, v, above_value);
+                let goes_before = built(em.builder.build_extract_element(
+                    goes_before,
+                    i64t.const_zero(),
+                    "b",
+                ))
+                .into_int_value();
+                built(
+                    em.builder
+                        .build_conditional_branch(goes_before, shift, place),
+                );
+                em.builder.position_at_end(shift);
+                store_f64_at(wide, acc_row, slot(p, c), above_value);
+                let above_index = load_f64_at(wide, acc_row, slot(above, n + c));
+                store_f64_at(wide, acc_row, slot(p, n + c), above_index);
+                built(em.builder.build_store(rows.position, above));
+                built(em.builder.build_unconditional_branch(check));
+                em.builder.position_at_end(place);
+                let p = built(em.builder.build_load(i64t, rows.position, "p")).into_int_value();
+                store_f64_at(wide, acc_row, slot(p, c), v);
+                store_f64_at(wide, acc_row, slot(p, n + c), i);
+                built(em.builder.build_unconditional_branch(next));
+                em.builder.position_at_end(next);
+            });
+        });
     }
 
     /// The online log-sum-exp step: rescale the lanes whose maximum grows (rare after the
@@ -451,36 +517,8 @@ impl<'ctx> LaneAccumulators<'ctx> {
             };
             wide.from_scalar(x)
         };
-        if let (Some(long), Some((buffer, counter))) = (&self.long_lists, self.lane_buffer) {
-            // Long lists: copy lane l's entries with a loop, then insert them.
-            let n = self.red.fdim;
-            counted_loop(em, function, lane_counter, self.lanes as u64, |lane| {
-                counted_loop(em, function, long.counter, self.red.k as u64, |entry| {
-                    let ty = em.vector_type(self.lanes);
-                    for offset in 0..2 * n {
-                        let v = built(em.builder.build_load(
-                            ty,
-                            self.long_slot(em, entry, offset),
-                            "v",
-                        ))
-                        .into_vector_value();
-                        let x = widen(v, lane);
-                        let x = if offset >= n { wide.add(x, base) } else { x };
-                        let row = built(em.builder.build_int_mul(
-                            entry,
-                            em.context.i64_type().const_int(2 * n as u64, false),
-                            "row",
-                        ));
-                        let at = built(em.builder.build_int_add(
-                            row,
-                            em.context.i64_type().const_int(offset as u64, false),
-                            "at",
-                        ));
-                        store_f64_at(wide, buffer, at, x);
-                    }
-                });
-                self.merge_k_smallest(wide, function, acc_row, buffer, counter);
-            });
+        if self.row_lists.is_some() {
+            // Folded into the row already.
             return;
         }
         counted_loop(em, function, lane_counter, self.lanes as u64, |l| {
@@ -543,39 +581,6 @@ impl<'ctx> LaneAccumulators<'ctx> {
                     load(last + n + c),
                 );
                 // Most lane entries do not enter the row's K smallest.
-                if let Some(long) = &self.long_lists {
-                    if_any(em, function, enters, || {
-                        let f64t = em.context.f64_type();
-                        let slot = |l: IntValue<'ctx>, offset: usize| {
-                            let at = built(em.builder.build_int_add(
-                                built(em.builder.build_int_mul(
-                                    l,
-                                    em.context.i64_type().const_int(stride as u64, false),
-                                    "row",
-                                )),
-                                em.context.i64_type().const_int(offset as u64, false),
-                                "slot",
-                            ));
-                            // SAFETY (of the generated code): l < K, so at < acc_dim.
-                            unsafe {
-                                built(em.builder.build_in_bounds_gep(f64t, acc_row, &[at], "slot"))
-                            }
-                        };
-                        insert_loop(
-                            em,
-                            function,
-                            long.counter,
-                            k,
-                            long.row_carry,
-                            (v, i),
-                            |l| (slot(l, c), slot(l, n + c)),
-                            f64t.vec_type(1),
-                            Some(8),
-                            |cv, ci, sv, si| lex_before(em, FloatPredicate::OLT, cv, ci, sv, si),
-                        );
-                    });
-                    continue;
-                }
                 if_any(em, function, enters, || {
                     let vals: Vec<Value<'ctx>> = (0..k).map(|l| load(l * stride + c)).collect();
                     let idxs: Vec<Value<'ctx>> = (0..k).map(|l| load(l * stride + n + c)).collect();
@@ -656,59 +661,6 @@ impl<'ctx> LaneAccumulators<'ctx> {
             Family::KMin => unreachable!("K-smallest lanes merge through merge_k_smallest"),
         }
     }
-}
-
-/// Inserts `(v, i)` into a sorted K-list in memory, as a loop: the entry carried down the list
-/// replaces the first slot it goes `before`, and from there every slot shifts down by one
-/// (the last one drops out). `slots(l)` points at slot l's value and index; `align` is the
-/// loads' and stores' alignment (the type's when `None`). Branch-free per lane.
-#[allow(clippy::too_many_arguments)]
-fn insert_loop<'ctx>(
-    em: &Emitter<'_, 'ctx>,
-    function: FunctionValue<'ctx>,
-    counter: PointerValue<'ctx>,
-    k: usize,
-    carry: [PointerValue<'ctx>; 3],
-    (v, i): (Value<'ctx>, Value<'ctx>),
-    slots: impl Fn(IntValue<'ctx>) -> (PointerValue<'ctx>, PointerValue<'ctx>),
-    ty: inkwell::types::VectorType<'ctx>,
-    align: Option<u32>,
-    before: impl Fn(Value<'ctx>, Value<'ctx>, Value<'ctx>, Value<'ctx>) -> Value<'ctx>,
-) {
-    let [carry_v, carry_i, shifting] = carry;
-    let mask_type = em.context.bool_type().vec_type(ty.get_size());
-    let load = |ptr: PointerValue<'ctx>, t: inkwell::types::VectorType<'ctx>| {
-        let v = built(em.builder.build_load(t, ptr, "ld")).into_vector_value();
-        if let Some(a) = align {
-            v.as_instruction()
-                .expect("a load")
-                .set_alignment(a)
-                .expect("valid alignment");
-        }
-        v
-    };
-    let store = |ptr: PointerValue<'ctx>, v: Value<'ctx>| {
-        let s = built(em.builder.build_store(ptr, v));
-        if let Some(a) = align {
-            s.set_alignment(a).expect("valid alignment");
-        }
-    };
-    built(em.builder.build_store(carry_v, v));
-    built(em.builder.build_store(carry_i, i));
-    built(em.builder.build_store(shifting, mask_type.const_zero()));
-    counted_loop(em, function, counter, k as u64, |l| {
-        let (slot_v, slot_i) = slots(l);
-        let (sv, si) = (load(slot_v, ty), load(slot_i, ty));
-        let cv = built(em.builder.build_load(ty, carry_v, "cv")).into_vector_value();
-        let ci = built(em.builder.build_load(ty, carry_i, "ci")).into_vector_value();
-        let sh = built(em.builder.build_load(mask_type, shifting, "sh")).into_vector_value();
-        let take = built(em.builder.build_or(sh, before(cv, ci, sv, si), "take"));
-        store(slot_v, em.select(take, cv, sv));
-        store(slot_i, em.select(take, ci, si));
-        built(em.builder.build_store(carry_v, em.select(take, sv, cv)));
-        built(em.builder.build_store(carry_i, em.select(take, si, ci)));
-        built(em.builder.build_store(shifting, take));
-    });
 }
 
 /// `(v, i)` before `(w, j)` in the order of a reduction: strictly better by `p`, or equal with

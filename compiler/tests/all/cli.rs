@@ -607,9 +607,11 @@ fn bench_rejects_unknown_workloads_and_dtypes() {
 #[test]
 fn kernels_beyond_the_cpu_backend_are_refused_with_a_way_out() {
     let f = Fixture::new();
+    // K = 16 lists of 606 components in every SIMD lane: over 256 KiB of accumulators per
+    // tile even with 2 f64 lanes.
     f.write(
         "huge.kf",
-        "kernel huge {\n x = Vi(3)\n y = Vj(3)\n ArgKMin_Reduction(SqDist(x, y), 20000, 0)\n}\n",
+        "kernel huge {\n x = Vi(3)\n y = Vj(3)\n ArgKMin_Reduction(Concat(Concat(x, y), Zero(600)), 16, 0)\n}\n",
     );
     let args = [("x", "x.npy"), ("y", "y.npy")];
     assert_fails_with(
