@@ -83,16 +83,16 @@ fn evaluation_reports_the_output_and_its_timing() {
     assert!(out.starts_with("error: argument `x`"), "{out}");
 }
 
-#[test]
-fn the_binary_reads_piped_input_and_shows_generated_code() {
+/// Runs `keopsc repl` with `input` on its standard input; returns its standard output.
+fn piped_session(input: &str) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_keopsc"))
         .arg("repl")
+        .env("NO_COLOR", "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("keopsc starts");
-    let input = "kernel g {\n x = Vi(3)\n y = Vj(3)\n Sum_Reduction(Exp(-SqDist(x, y)), 0)\n}\n:llvm\n:asm g f64\n:eval 20\n:quit\n";
     child
         .stdin
         .take()
@@ -100,8 +100,18 @@ fn the_binary_reads_piped_input_and_shows_generated_code() {
         .write_all(input.as_bytes())
         .expect("written");
     let output = child.wait_with_output().expect("keopsc ends");
-    assert!(output.status.success());
-    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn the_binary_reads_piped_input_and_shows_generated_code() {
+    let input = "kernel g {\n x = Vi(3)\n y = Vj(3)\n Sum_Reduction(Exp(-SqDist(x, y)), 0)\n}\n:llvm\n:asm g f64\n:eval 20\n:quit\n";
+    let out = piped_session(input);
     assert!(
         out.contains("defined kernel g(x = Vi(3), y = Vj(3))"),
         "{out}"
@@ -135,26 +145,6 @@ fn a_session_piped_to_the_binary() {
         ":quit",
         ":list",
     ];
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keopsc"))
-        .arg("repl")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("keopsc starts");
     let input = lines.join("\n") + "\n";
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("written");
-    let output = child.wait_with_output().expect("keopsc ends");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    insta::assert_snapshot!(String::from_utf8_lossy(&output.stdout));
+    insta::assert_snapshot!(piped_session(&input));
 }
