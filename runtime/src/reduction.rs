@@ -6,6 +6,12 @@
 //! Conventions follow keopscore 2.x: ties keep the first index (strict comparisons), indices are
 //! returned as floats holding exact integers, and a vector-valued `F` is reduced component-wise
 //! except by the LogSumExp family, whose `F` is a scalar.
+//!
+//! The part of a reduction that compiled code re-implements (its [`Family`]: the neutral value,
+//! the comparison, the tie order, which slots hold indices, how infinities and NaN combine) is
+//! defined here as data and small scalar rules ([`shifted_exp_term`], [`rescale_factor`]); the
+//! code generator reads the same table, so the answer never depends on which backend, lane,
+//! tile, inner split or thread count computed it.
 
 use num_traits::Float;
 use std::fmt;
@@ -39,6 +45,84 @@ pub enum ReductionArgs {
     FormulaK,
     /// `Kind_Reduction(F, V, axis)`: `V` is a weight formula
     FormulaWeight,
+}
+
+/// How a reduction folds values: what every backend implements, one family for several kinds.
+///
+/// | family | fold of a value `v` | ties | infinities and NaN |
+/// |---|---|---|---|
+/// | `Sum` | `acc + v` per component | - | IEEE: NaN propagates, `+inf + -inf` is NaN |
+/// | `Extreme` | keeps `v` when strictly better (`order`), and its index when `with_index` | the smaller index wins | NaN is never taken (strict comparisons, as KeOps) |
+/// | `ShiftedExp` | online `(m, s = sum exp(v - m), sw = sum exp(v - m) w)` | - | `-inf` adds 0; values equal to `m` add exactly 1 (so `+inf` values count, and a set holding `+inf` has LogSumExp `+inf`); NaN propagates |
+/// | `KSmallest` | inserts `(v, index)` when strictly below the K-th | the smaller index first | NaN never enters |
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Sum,
+    Extreme { order: Order, with_index: bool },
+    ShiftedExp,
+    KSmallest,
+}
+
+/// Which of two values an `Extreme` reduction keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    /// Max, ArgMax, Max_ArgMax
+    Greater,
+    /// Min, ArgMin, Min_ArgMin
+    Less,
+}
+
+impl Order {
+    /// Whether `a` is strictly better than `b` (false when either is NaN).
+    pub fn better<T: Float>(self, a: T, b: T) -> bool {
+        match self {
+            Order::Greater => a > b,
+            Order::Less => a < b,
+        }
+    }
+}
+
+impl Family {
+    /// The value a pair outside the range folds (a masked SIMD lane): one that changes nothing.
+    pub fn neutral(self) -> f64 {
+        match self {
+            Family::Sum => 0.0,
+            Family::Extreme {
+                order: Order::Greater,
+                ..
+            } => f64::NEG_INFINITY,
+            Family::Extreme {
+                order: Order::Less, ..
+            }
+            | Family::KSmallest => f64::INFINITY,
+            Family::ShiftedExp => f64::NEG_INFINITY,
+        }
+    }
+}
+
+/// `exp(v - m)`: the weight of a value `v` in sums kept relative to the running maximum `m`
+/// (`v <= m`). Exactly 1 when `v == m`, so that `v = m = +inf` counts once instead of giving
+/// `exp(inf - inf) = NaN`; exactly 0 when `v = -inf` (even when `m = -inf` too). A NaN `v`
+/// gives NaN.
+pub fn shifted_exp_term<T: Float>(v: T, m: T) -> T {
+    if v == T::neg_infinity() {
+        T::zero()
+    } else if v == m {
+        T::one()
+    } else {
+        (v - m).exp()
+    }
+}
+
+/// `exp(from - to)`: the factor that moves sums kept relative to the maximum `from` to the
+/// maximum `to` (`from <= to`). Exactly 1 when they are equal, infinite or not, so that two
+/// partial sums whose maximum is `+inf` add up instead of giving NaN; 0 from `-inf`.
+pub fn rescale_factor<T: Float>(from: T, to: T) -> T {
+    if from == to {
+        T::one()
+    } else {
+        (from - to).exp()
+    }
 }
 
 impl ReductionKind {
@@ -96,6 +180,37 @@ impl ReductionKind {
             | ReductionKind::MaxSumShiftExpWeight
             | ReductionKind::SumSoftMaxWeight => ReductionArgs::FormulaWeight,
             _ => ReductionArgs::Formula,
+        }
+    }
+
+    /// How this kind folds values (shared by every backend).
+    pub fn family(self) -> Family {
+        match self {
+            ReductionKind::Sum => Family::Sum,
+            ReductionKind::Max => Family::Extreme {
+                order: Order::Greater,
+                with_index: false,
+            },
+            ReductionKind::Min => Family::Extreme {
+                order: Order::Less,
+                with_index: false,
+            },
+            ReductionKind::ArgMax | ReductionKind::MaxArgMax => Family::Extreme {
+                order: Order::Greater,
+                with_index: true,
+            },
+            ReductionKind::ArgMin | ReductionKind::MinArgMin => Family::Extreme {
+                order: Order::Less,
+                with_index: true,
+            },
+            ReductionKind::LogSumExp
+            | ReductionKind::LogSumExpWeight
+            | ReductionKind::MaxSumShiftExp
+            | ReductionKind::MaxSumShiftExpWeight
+            | ReductionKind::SumSoftMaxWeight => Family::ShiftedExp,
+            ReductionKind::KMin | ReductionKind::ArgKMin | ReductionKind::KMinArgKMin => {
+                Family::KSmallest
+            }
         }
     }
 
@@ -217,33 +332,34 @@ impl Reduction {
         }
     }
 
-    pub fn init<T: Float>(&self, acc: &mut [T]) {
+    /// Whether accumulator slot `k` holds an index (an absolute inner index, as a float).
+    pub fn is_index_slot(&self, k: usize) -> bool {
         let n = self.fdim;
-        match self.kind {
-            ReductionKind::Sum => acc.fill(T::zero()),
-            ReductionKind::Max => acc.fill(T::neg_infinity()),
-            ReductionKind::Min => acc.fill(T::infinity()),
-            ReductionKind::ArgMax | ReductionKind::MaxArgMax => {
-                acc[..n].fill(T::neg_infinity());
-                acc[n..].fill(T::zero());
-            }
-            ReductionKind::ArgMin | ReductionKind::MinArgMin => {
-                acc[..n].fill(T::infinity());
-                acc[n..].fill(T::zero());
-            }
-            ReductionKind::LogSumExp
-            | ReductionKind::MaxSumShiftExp
-            | ReductionKind::LogSumExpWeight
-            | ReductionKind::MaxSumShiftExpWeight
-            | ReductionKind::SumSoftMaxWeight => {
-                acc[0] = T::neg_infinity();
-                acc[1..].fill(T::zero());
-            }
-            ReductionKind::KMin | ReductionKind::ArgKMin | ReductionKind::KMinArgKMin => {
-                for slot in acc.chunks_mut(2 * n) {
-                    slot[..n].fill(T::infinity());
-                    slot[n..].fill(T::zero());
+        match self.kind.family() {
+            Family::Extreme {
+                with_index: true, ..
+            } => k >= n,
+            Family::KSmallest => k % (2 * n) >= n,
+            _ => false,
+        }
+    }
+
+    pub fn init<T: Float>(&self, acc: &mut [T]) {
+        let neutral = T::from(self.kind.family().neutral()).unwrap_or_else(T::nan);
+        match self.kind.family() {
+            Family::Sum | Family::Extreme { .. } | Family::KSmallest => {
+                // values start at the neutral value, indices at 0
+                for (k, a) in acc.iter_mut().enumerate() {
+                    *a = if self.is_index_slot(k) {
+                        T::zero()
+                    } else {
+                        neutral
+                    };
                 }
+            }
+            Family::ShiftedExp => {
+                acc[0] = neutral;
+                acc[1..].fill(T::zero());
             }
         }
     }
@@ -252,53 +368,28 @@ impl Reduction {
     pub fn fold<T: Float>(&self, acc: &mut [T], fout: &[T], index: usize) {
         let n = self.fdim;
         let idx = T::from(index).unwrap_or_else(T::nan);
-        match self.kind {
-            ReductionKind::Sum => {
+        match self.kind.family() {
+            Family::Sum => {
                 for (a, &f) in acc.iter_mut().zip(fout) {
                     *a = *a + f;
                 }
             }
-            // Strict comparisons, as KeOps: a NaN value is never taken by Min/Max reductions.
-            ReductionKind::Max => {
-                for (a, &f) in acc.iter_mut().zip(fout) {
-                    if f > *a {
-                        *a = f;
-                    }
-                }
-            }
-            ReductionKind::Min => {
-                for (a, &f) in acc.iter_mut().zip(fout) {
-                    if f < *a {
-                        *a = f;
-                    }
-                }
-            }
-            ReductionKind::ArgMax | ReductionKind::MaxArgMax => {
+            Family::Extreme { order, with_index } => {
                 for c in 0..n {
-                    if fout[c] > acc[c] {
+                    if order.better(fout[c], acc[c]) {
                         acc[c] = fout[c];
-                        acc[n + c] = idx;
+                        if with_index {
+                            acc[n + c] = idx;
+                        }
                     }
                 }
             }
-            ReductionKind::ArgMin | ReductionKind::MinArgMin => {
-                for c in 0..n {
-                    if fout[c] < acc[c] {
-                        acc[c] = fout[c];
-                        acc[n + c] = idx;
-                    }
-                }
-            }
-            ReductionKind::LogSumExp
-            | ReductionKind::MaxSumShiftExp
-            | ReductionKind::LogSumExpWeight
-            | ReductionKind::MaxSumShiftExpWeight
-            | ReductionKind::SumSoftMaxWeight => {
+            Family::ShiftedExp => {
                 let weight = &fout[n..];
                 let (m, rest) = acc.split_first_mut().expect("accumulator has a max slot");
                 fold_shifted_exp(m, rest, fout[0], weight);
             }
-            ReductionKind::KMin | ReductionKind::ArgKMin | ReductionKind::KMinArgKMin => {
+            Family::KSmallest => {
                 for (c, &value) in fout[..n].iter().enumerate() {
                     insert_sorted(acc, self.k, n, c, value, idx);
                 }
@@ -310,38 +401,27 @@ impl Reduction {
     /// come after those of `acc`, so that ties still keep the first index.
     pub fn merge<T: Float>(&self, acc: &mut [T], other: &[T]) {
         let n = self.fdim;
-        match self.kind {
-            ReductionKind::Sum => {
+        match self.kind.family() {
+            Family::Sum => {
                 for (a, &b) in acc.iter_mut().zip(other) {
                     *a = *a + b;
                 }
             }
-            ReductionKind::Max | ReductionKind::Min => self.fold(acc, other, 0),
-            ReductionKind::ArgMax | ReductionKind::MaxArgMax => {
+            Family::Extreme { order, with_index } => {
                 for c in 0..n {
-                    if other[c] > acc[c] {
+                    if order.better(other[c], acc[c]) {
                         acc[c] = other[c];
-                        acc[n + c] = other[n + c];
+                        if with_index {
+                            acc[n + c] = other[n + c];
+                        }
                     }
                 }
             }
-            ReductionKind::ArgMin | ReductionKind::MinArgMin => {
-                for c in 0..n {
-                    if other[c] < acc[c] {
-                        acc[c] = other[c];
-                        acc[n + c] = other[n + c];
-                    }
-                }
-            }
-            ReductionKind::LogSumExp
-            | ReductionKind::MaxSumShiftExp
-            | ReductionKind::LogSumExpWeight
-            | ReductionKind::MaxSumShiftExpWeight
-            | ReductionKind::SumSoftMaxWeight => {
+            Family::ShiftedExp => {
                 let (m, rest) = acc.split_first_mut().expect("accumulator has a max slot");
                 merge_shifted_exp(m, rest, other[0], &other[1..]);
             }
-            ReductionKind::KMin | ReductionKind::ArgKMin | ReductionKind::KMinArgKMin => {
+            Family::KSmallest => {
                 for slot in other.chunks(2 * n) {
                     for c in 0..n {
                         // Slots past the filled ones hold +inf and never insert.
@@ -410,22 +490,18 @@ impl fmt::Display for Reduction {
 
 /// One step of the online log-sum-exp: the accumulator holds the running maximum `m`, then
 /// `s = sum exp(F - m)` and `sw = sum exp(F - m) * V`. Rescaling by `exp(m_old - m_new)` keeps
-/// every exponent <= 0, so nothing overflows.
+/// every exponent <= 0, so nothing overflows. Infinities and NaN follow [`shifted_exp_term`]
+/// and [`rescale_factor`]; a NaN value never becomes the maximum but makes the sums NaN.
 fn fold_shifted_exp<T: Float>(m: &mut T, sums: &mut [T], value: T, weight: &[T]) {
-    if value == T::neg_infinity() {
-        // exp(-inf) = 0 contributes nothing; also avoids -inf - (-inf) = NaN
-        return;
-    }
     if value > *m {
-        let scale = (*m - value).exp();
+        let scale = rescale_factor(*m, value);
         *m = value;
         sums[0] = sums[0] * scale + T::one();
         for (s, &w) in sums[1..].iter_mut().zip(weight) {
             *s = *s * scale + w;
         }
     } else {
-        // Also the NaN path: a NaN value (or max) makes the sums NaN, as in KeOps.
-        let e = (value - *m).exp();
+        let e = shifted_exp_term(value, *m);
         sums[0] = sums[0] + e;
         for (s, &w) in sums[1..].iter_mut().zip(weight) {
             *s = *s + e * w;
@@ -433,23 +509,17 @@ fn fold_shifted_exp<T: Float>(m: &mut T, sums: &mut [T], value: T, weight: &[T])
     }
 }
 
+/// Merges the partial sums `(other_m, other_sums)` into `(m, sums)`: both move to the larger
+/// maximum. An empty part (`-inf`, zero sums) changes nothing; a NaN sum stays NaN.
 fn merge_shifted_exp<T: Float>(m: &mut T, sums: &mut [T], other_m: T, other_sums: &[T]) {
-    if other_m == T::neg_infinity() {
-        return;
-    }
-    if *m == T::neg_infinity() {
-        *m = other_m;
-        sums.copy_from_slice(other_sums);
-        return;
-    }
     if other_m > *m {
-        let scale = (*m - other_m).exp();
+        let scale = rescale_factor(*m, other_m);
         *m = other_m;
         for (s, &o) in sums.iter_mut().zip(other_sums) {
             *s = *s * scale + o;
         }
     } else {
-        let scale = (other_m - *m).exp();
+        let scale = rescale_factor(other_m, *m);
         for (s, &o) in sums.iter_mut().zip(other_sums) {
             *s = *s + o * scale;
         }
@@ -538,6 +608,63 @@ mod tests {
         assert!((split[0] - expected).abs() < 1e-12);
         // Empty sum: log(0) = -inf
         assert_eq!(run(&red, &[])[0], f64::NEG_INFINITY);
+    }
+
+    #[test]
+    fn logsumexp_of_a_set_holding_plus_infinity_is_plus_infinity_however_it_is_split() {
+        let red = Reduction::new(ReductionKind::LogSumExp, 1);
+        let inf = f64::INFINITY;
+        let values: Vec<[f64; 1]> = [1.0, inf, 2.0, inf, -inf, 0.5].map(|v| [v]).to_vec();
+        let refs: Vec<&[f64]> = values.iter().map(|v| &v[..]).collect();
+        assert_eq!(run(&red, &refs), vec![inf]);
+        for at in 0..=refs.len() {
+            assert_eq!(run_split(&red, &refs, at), vec![inf], "split at {at}");
+        }
+        // Max_SumShiftExp counts the infinite values: (m, s) = (+inf, 2) however it is split.
+        let mss = Reduction::new(ReductionKind::MaxSumShiftExp, 1);
+        for at in 0..=refs.len() {
+            assert_eq!(run_split(&mss, &refs, at), vec![inf, 2.0], "split at {at}");
+        }
+        // All -inf: -inf.
+        assert_eq!(run(&red, &[&[-inf], &[-inf]]), vec![-inf]);
+        // The softmax weights of +inf values: their weights' mean.
+        let soft = Reduction::with_weight(ReductionKind::SumSoftMaxWeight, 1, 1);
+        let out = run(&soft, &[&[inf, 2.0], &[3.0, 100.0], &[inf, 4.0]]);
+        assert_eq!(out, vec![3.0]);
+    }
+
+    #[test]
+    fn nan_in_a_part_that_is_otherwise_empty_still_propagates() {
+        let red = Reduction::new(ReductionKind::LogSumExp, 1);
+        let values: [&[f64]; 3] = [&[1.0], &[f64::NAN], &[f64::NEG_INFINITY]];
+        for at in 0..=3 {
+            assert!(run_split(&red, &values, at)[0].is_nan(), "split at {at}");
+        }
+        let values: [&[f64]; 2] = [&[f64::NAN], &[2.0]];
+        for at in 0..=2 {
+            assert!(run_split(&red, &values, at)[0].is_nan(), "split at {at}");
+        }
+    }
+
+    #[test]
+    fn every_kind_has_a_family_and_neutral_folds_change_nothing() {
+        for kind in ReductionKind::ALL {
+            let red = match kind.args() {
+                ReductionArgs::Formula => Reduction::new(kind, 2),
+                ReductionArgs::FormulaK => Reduction::with_k(kind, 3, 2),
+                ReductionArgs::FormulaWeight => Reduction::with_weight(kind, 1, 2),
+            };
+            let neutral = kind.family().neutral();
+            let mut acc = vec![0.0; red.acc_dim()];
+            red.init(&mut acc);
+            red.fold(&mut acc, &[1.5, 0.25, -3.0][..red.formula_dim()], 0);
+            let before = acc.clone();
+            let mut value = vec![neutral; red.formula_dim()];
+            // a masked lane's weights are 0
+            value[red.fdim..].fill(0.0);
+            red.fold(&mut acc, &value, 7);
+            assert_eq!(acc, before, "{kind}");
+        }
     }
 
     #[test]

@@ -11,19 +11,32 @@
 
 use crate::abi::{Axis, Category, Signature};
 use crate::arrays::{
-    ArgumentError, ArrayData, ArrayRef, DType, DataRef, HostArray, OutputRef, ProblemSize,
+    check_arguments, ArgumentError, ArrayData, ArrayRef, DType, DataRef, HostArray, OutputRef,
+    ProblemSize,
 };
 use rayon::prelude::*;
 use std::ffi::c_void;
 
-/// `tile(args, inner_stride, row_start, row_end, inner_start, inner_end, acc)`.
+/// The tile function: `tile(args, inner_stride, row_start, row_end, inner_start, inner_end,
+/// acc)`. This is the whole contract between compiled code and this crate; the code generator
+/// emits exactly this type (a test compares the emitted LLVM declaration with it).
 ///
-/// - `args[k]` points at argument `k`: row-indexed arguments and parameters as given (row-major,
-///   `rows x dim`); inner-indexed arguments transposed (`dim x inner_stride`, component-major,
-///   zero-padded past the inner size by at least one vector).
-/// - The pairs `[row_start, row_end) x [inner_start, inner_end)` are folded into `acc`, which
-///   holds `(row_end - row_start) x acc_dim` f64 accumulators in the reduction's layout
-///   ([`Reduction::acc_dim`]), initialised by the caller; indices in it are absolute.
+/// - **Inputs read.** `args[k]` points at argument `k` of the signature: row-indexed arguments
+///   and parameters as given (row-major, `rows x dim`, naturally aligned for the element
+///   type); inner-indexed arguments transposed (`dim x inner_stride`, component-major,
+///   zero-padded past the inner size by at least one vector of `lanes` elements, so that a
+///   vector load starting at any inner index below the inner size stays inside the buffer).
+///   Nothing behind `args` is written.
+/// - **Output written.** The pairs `[row_start, row_end) x [inner_start, inner_end)` are folded
+///   into `acc`, which holds `(row_end - row_start) x acc_dim` f64 accumulators in the
+///   reduction's layout ([`Reduction::acc_dim`](crate::Reduction::acc_dim)), initialised by the
+///   caller; indices in it are absolute. Only those rows are read and written (8-byte aligned).
+/// - **Ranges.** `0 <= row_start <= row_end <= rows` and `0 <= inner_start <= inner_end <=
+///   inner`, with `inner_start` a multiple of `lanes`.
+/// - **Concurrency.** The function keeps no state: any number of threads may call it at once
+///   on disjoint `acc` blocks.
+/// - **Stack.** It uses a fixed amount of stack (its accumulators and, for long K-lists, one
+///   f64 accumulator row), far below the 2 MiB of a rayon worker.
 ///
 /// Indices are 64-bit throughout, so N and M up to 2^53 index correctly.
 pub type TileFn = unsafe extern "C" fn(
@@ -38,12 +51,51 @@ pub type TileFn = unsafe extern "C" fn(
 
 /// A compiled kernel as the runtime sees it: its signature, the dtype it computes in, the SIMD
 /// width its inner loop uses (the padding the transposed inputs need), and its tile function.
+/// Built only by [`TileKernel::new`], whose caller vouches for the tile function.
 #[derive(Clone, Copy, Debug)]
 pub struct TileKernel<'s> {
-    pub signature: &'s Signature,
-    pub dtype: DType,
-    pub lanes: usize,
-    pub tile: TileFn,
+    signature: &'s Signature,
+    dtype: DType,
+    lanes: usize,
+    tile: TileFn,
+}
+
+impl<'s> TileKernel<'s> {
+    /// # Safety
+    ///
+    /// `tile` must implement the [`TileFn`] contract for this signature (argument order,
+    /// categories and dimensions, the reduction's accumulator layout), for `dtype` inputs,
+    /// reading inner-indexed inputs with vectors of at most `lanes` elements (`lanes >= 1`),
+    /// and must stay callable for as long as the `TileKernel` is used.
+    pub unsafe fn new(
+        signature: &'s Signature,
+        dtype: DType,
+        lanes: usize,
+        tile: TileFn,
+    ) -> TileKernel<'s> {
+        TileKernel {
+            signature,
+            dtype,
+            lanes: lanes.max(1),
+            tile,
+        }
+    }
+
+    pub fn signature(&self) -> &'s Signature {
+        self.signature
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn lanes(&self) -> usize {
+        self.lanes
+    }
+
+    pub fn tile(&self) -> TileFn {
+        self.tile
+    }
 }
 
 /// How the work of one call is cut: rows in blocks, and the inner range in chunks when there
@@ -77,14 +129,15 @@ impl TileSchedule {
     }
 }
 
-/// Runs a tiled kernel on checked arguments and returns the output, `(rows, output_dim)` in the
-/// kernel's dtype.
+/// Runs a tiled kernel on `arrays` (in signature order) and returns the output, `(rows,
+/// output_dim)` in the kernel's dtype. The arrays are checked against the signature first
+/// ([`check_arguments`]): the tile function only ever sees buffers that fit its contract.
 pub fn run_tiles(
     kernel: &TileKernel,
     arrays: &[ArrayRef],
-    size: ProblemSize,
     schedule: Option<TileSchedule>,
 ) -> Result<HostArray, ArgumentError> {
+    let size = check_arguments(kernel.signature, arrays)?;
     let rows = match kernel.signature.axis {
         Axis::I => size.n,
         Axis::J => size.m,
@@ -99,13 +152,24 @@ pub fn run_tiles(
         ArrayData::F32(v) => OutputRef::F32(v),
         ArrayData::F64(v) => OutputRef::F64(v),
     };
-    run_tiles_into(kernel, arrays, size, schedule, target)?;
+    run_checked(kernel, arrays, size, schedule, target)?;
     Ok(out)
 }
 
-/// Runs a tiled kernel on checked arguments and writes the output (row-major, `rows x
-/// output_dim`, the kernel's dtype) into `out`.
+/// Runs a tiled kernel on `arrays` (in signature order, checked as by [`run_tiles`]) and
+/// writes the output (row-major, `rows x output_dim`, the kernel's dtype) into `out`.
 pub fn run_tiles_into(
+    kernel: &TileKernel,
+    arrays: &[ArrayRef],
+    schedule: Option<TileSchedule>,
+    out: OutputRef,
+) -> Result<(), ArgumentError> {
+    let size = check_arguments(kernel.signature, arrays)?;
+    run_checked(kernel, arrays, size, schedule, out)
+}
+
+/// `size` is what [`check_arguments`] found for these very `arrays`.
+fn run_checked(
     kernel: &TileKernel,
     arrays: &[ArrayRef],
     size: ProblemSize,

@@ -397,11 +397,15 @@ impl JitKernel {
     }
 
     pub fn tile_kernel(&self) -> TileKernel<'_> {
-        TileKernel {
-            signature: &self.signature,
-            dtype: self.dtype,
-            lanes: self.schedule.lanes as usize,
-            tile: self.tile,
+        // SAFETY: `tile` was emitted for this signature, dtype and width, and lives as long as
+        // `self`, which owns its engine.
+        unsafe {
+            TileKernel::new(
+                &self.signature,
+                self.dtype,
+                self.schedule.lanes as usize,
+                self.tile,
+            )
         }
     }
 }

@@ -12,36 +12,24 @@ use inkwell::basic_block::BasicBlock;
 use inkwell::intrinsics::Intrinsic;
 use inkwell::values::{FunctionValue, IntValue, PointerValue};
 use inkwell::FloatPredicate;
-use keops_runtime::{Reduction, ReductionKind};
+use keops_runtime::{Family, Order, Reduction, ReductionKind};
 
 /// Builder calls fail only when the builder has no position, which is a bug of the emitter.
 fn built<T, E: std::fmt::Debug>(r: Result<T, E>) -> T {
     r.expect("the builder is positioned inside a function")
 }
 
-/// Which family a reduction's fold belongs to.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Family {
-    Sum,
-    Extreme { max: bool },
-    ArgExtreme { max: bool },
-    ShiftedExp,
-    KMin,
+/// The family of a reduction: the runtime's table, which the fold, merge and neutral values
+/// below implement in vector code.
+fn family(kind: ReductionKind) -> Family {
+    kind.family()
 }
 
-fn family(kind: ReductionKind) -> Family {
-    match kind {
-        ReductionKind::Sum => Family::Sum,
-        ReductionKind::Max => Family::Extreme { max: true },
-        ReductionKind::Min => Family::Extreme { max: false },
-        ReductionKind::ArgMax | ReductionKind::MaxArgMax => Family::ArgExtreme { max: true },
-        ReductionKind::ArgMin | ReductionKind::MinArgMin => Family::ArgExtreme { max: false },
-        ReductionKind::LogSumExp
-        | ReductionKind::LogSumExpWeight
-        | ReductionKind::MaxSumShiftExp
-        | ReductionKind::MaxSumShiftExpWeight
-        | ReductionKind::SumSoftMaxWeight => Family::ShiftedExp,
-        ReductionKind::KMin | ReductionKind::ArgKMin | ReductionKind::KMinArgKMin => Family::KMin,
+/// The comparison that says `a` is strictly better than `b` ([`Order::better`]).
+fn better_predicate(order: Order) -> FloatPredicate {
+    match order {
+        Order::Greater => FloatPredicate::OGT,
+        Order::Less => FloatPredicate::OLT,
     }
 }
 
@@ -100,7 +88,7 @@ struct RowLists<'ctx> {
 
 /// Vector slots the per-lane accumulators of a reduction take (none for long K-lists).
 pub fn lane_slots(red: &Reduction) -> usize {
-    if family(red.kind) == Family::KMin && red.k > UNROLLED_K {
+    if family(red.kind) == Family::KSmallest && red.k > UNROLLED_K {
         0
     } else {
         red.acc_dim()
@@ -115,7 +103,7 @@ impl<'ctx> LaneAccumulators<'ctx> {
         let slots = (0..lane_slots(&red))
             .map(|_| built(em.builder.build_alloca(ty, "lane_acc")))
             .collect();
-        let short_lists = family(red.kind) == Family::KMin && red.k <= UNROLLED_K;
+        let short_lists = family(red.kind) == Family::KSmallest && red.k <= UNROLLED_K;
         let lane_buffer = short_lists.then(|| {
             let len = i64t.const_int(red.acc_dim() as u64, false);
             let buffer = built(
@@ -126,7 +114,7 @@ impl<'ctx> LaneAccumulators<'ctx> {
             (buffer, counter)
         });
         let row_lists =
-            (family(red.kind) == Family::KMin && red.k > UNROLLED_K).then(|| RowLists {
+            (family(red.kind) == Family::KSmallest && red.k > UNROLLED_K).then(|| RowLists {
                 lane: built(em.builder.build_alloca(i64t, "lane")),
                 position: built(em.builder.build_alloca(i64t, "position")),
             });
@@ -186,7 +174,7 @@ impl<'ctx> LaneAccumulators<'ctx> {
             em.splat(em.from_scalar(v), self.lanes)
         };
         match family(self.red.kind) {
-            Family::KMin => {
+            Family::KSmallest => {
                 let (k, n) = (self.red.k, self.red.fdim);
                 for c in 0..n {
                     let threshold = seed((k - 1) * 2 * n + c);
@@ -207,14 +195,7 @@ impl<'ctx> LaneAccumulators<'ctx> {
 
     /// The value a lane outside the inner range folds: one that changes nothing.
     fn neutral(&self) -> f64 {
-        match family(self.red.kind) {
-            Family::Sum => 0.0,
-            Family::Extreme { max: true } | Family::ArgExtreme { max: true } => f64::NEG_INFINITY,
-            Family::Extreme { max: false } | Family::ArgExtreme { max: false } | Family::KMin => {
-                f64::INFINITY
-            }
-            Family::ShiftedExp => f64::NEG_INFINITY,
-        }
+        family(self.red.kind).neutral()
     }
 
     /// Folds one vector of pairs: `value` holds `F` then `V` (one vector per component),
@@ -249,13 +230,8 @@ impl<'ctx> LaneAccumulators<'ctx> {
                     self.store(em, c, em.add(acc, x));
                 }
             }
-            Family::Extreme { max } | Family::ArgExtreme { max } => {
-                let p = if max {
-                    FloatPredicate::OGT
-                } else {
-                    FloatPredicate::OLT
-                };
-                let with_index = matches!(family(self.red.kind), Family::ArgExtreme { .. });
+            Family::Extreme { order, with_index } => {
+                let p = better_predicate(order);
                 for (c, &x) in f.iter().enumerate() {
                     let acc = self.load(em, c);
                     let better = em.compare(p, x, acc);
@@ -271,7 +247,7 @@ impl<'ctx> LaneAccumulators<'ctx> {
                     value[n..].iter().map(|&w| masked(w, 0.0)).collect();
                 self.fold_shifted_exp(em, function, f[0], &weights);
             }
-            Family::KMin => {
+            Family::KSmallest => {
                 let k = self.red.k;
                 let stride = 2 * n;
                 for (c, &x) in f.iter().enumerate() {
@@ -452,15 +428,12 @@ impl<'ctx> LaneAccumulators<'ctx> {
         f: Value<'ctx>,
         weights: &[Value<'ctx>],
     ) {
-        let lanes = self.lanes;
-        let c = |v: f64| em.constant(v, lanes);
         let m = self.load(em, 0);
         let grows = em.compare(FloatPredicate::OGT, f, m);
         if_any(em, function, grows, || {
             let m_new = em.select(grows, f, m);
-            // Lanes that do not grow keep their sums (and skip exp(-inf - -inf) = NaN).
-            let scale = em.call_math(super::math::MathFn::Exp, &[em.sub(m, m_new)]);
-            let scale = em.select(grows, scale, c(1.0));
+            // Lanes that do not grow keep their sums (rescale_factor(m, m) = 1).
+            let scale = rescale_factor(em, m, m_new);
             for k in 1..self.slots.len() {
                 let s = self.load(em, k);
                 self.store(em, k, em.mul(s, scale));
@@ -468,11 +441,7 @@ impl<'ctx> LaneAccumulators<'ctx> {
             self.store(em, 0, m_new);
         });
         let m = self.load(em, 0);
-        let e = em.call_math(super::math::MathFn::Exp, &[em.sub(f, m)]);
-        let at_max = em.compare(FloatPredicate::OEQ, f, m);
-        let e = em.select(at_max, c(1.0), e);
-        let nothing = em.compare(FloatPredicate::OEQ, f, c(f64::NEG_INFINITY));
-        let e = em.select(nothing, c(0.0), e);
+        let e = shifted_exp_term(em, f, m);
         let s = self.load(em, 1);
         self.store(em, 1, em.add(s, e));
         for (w, &x) in weights.iter().enumerate() {
@@ -483,12 +452,7 @@ impl<'ctx> LaneAccumulators<'ctx> {
 
     /// Which slots hold indices (made absolute by the merge).
     fn is_index_slot(&self, k: usize) -> bool {
-        let n = self.red.fdim;
-        match family(self.red.kind) {
-            Family::ArgExtreme { .. } => k >= n,
-            Family::KMin => k % (2 * n) >= n,
-            _ => false,
-        }
+        self.red.is_index_slot(k)
     }
 
     /// Merges every lane into the f64 accumulator row at `acc_row`; `tile_start` is the
@@ -606,7 +570,6 @@ impl<'ctx> LaneAccumulators<'ctx> {
     ) {
         let load = |k: usize| load_f64(em, acc_row, k);
         let store = |k: usize, v: Value<'ctx>| store_f64(em, acc_row, k, v);
-        let c = |v: f64| em.constant(v, 1);
         let n = self.red.fdim;
         match family(self.red.kind) {
             Family::Sum => {
@@ -614,24 +577,22 @@ impl<'ctx> LaneAccumulators<'ctx> {
                     store(k, em.add(load(k), o));
                 }
             }
-            Family::Extreme { max } => {
-                let p = if max {
-                    FloatPredicate::OGT
-                } else {
-                    FloatPredicate::OLT
-                };
+            Family::Extreme {
+                order,
+                with_index: false,
+            } => {
+                let p = better_predicate(order);
                 for (k, &o) in other.iter().enumerate() {
                     let a = load(k);
                     let better = em.compare(p, o, a);
                     store(k, em.select(better, o, a));
                 }
             }
-            Family::ArgExtreme { max } => {
-                let p = if max {
-                    FloatPredicate::OGT
-                } else {
-                    FloatPredicate::OLT
-                };
+            Family::Extreme {
+                order,
+                with_index: true,
+            } => {
+                let p = better_predicate(order);
                 for cpt in 0..n {
                     let (a, ai) = (load(cpt), load(n + cpt));
                     let take = lex_before(em, p, other[cpt], other[n + cpt], a, ai);
@@ -640,27 +601,48 @@ impl<'ctx> LaneAccumulators<'ctx> {
                 }
             }
             Family::ShiftedExp => {
+                // keops_runtime's merge_shifted_exp: both parts move to the larger maximum,
+                // by `rescale_factor`, exactly 1 between equal maxima (+inf included).
                 let m = load(0);
                 let om = other[0];
-                let sums: Vec<Value<'ctx>> = (1..other.len()).map(load).collect();
                 let grows = em.compare(FloatPredicate::OGT, om, m);
-                let up = em.call_math(super::math::MathFn::Exp, &[em.sub(m, om)]);
-                let down = em.call_math(super::math::MathFn::Exp, &[em.sub(om, m)]);
-                let empty_self = em.compare(FloatPredicate::OEQ, m, c(f64::NEG_INFINITY));
-                let empty_other = em.compare(FloatPredicate::OEQ, om, c(f64::NEG_INFINITY));
-                for (k, &s) in sums.iter().enumerate() {
-                    let o = other[1 + k];
-                    let merged = em.select(grows, em.fma(s, up, o), em.fma(o, down, s));
-                    let merged = em.select(empty_self, o, merged);
-                    store(1 + k, em.select(empty_other, s, merged));
+                let up = rescale_factor(em, m, om);
+                let down = rescale_factor(em, om, m);
+                for k in 1..other.len() {
+                    let (s, o) = (load(k), other[k]);
+                    store(k, em.select(grows, em.fma(s, up, o), em.fma(o, down, s)));
                 }
-                let m_new = em.select(em.compare(FloatPredicate::OGT, om, m), om, m);
-                let m_new = em.select(empty_self, om, m_new);
-                store(0, em.select(empty_other, m, m_new));
+                store(0, em.select(grows, om, m));
             }
-            Family::KMin => unreachable!("K-smallest lanes merge through merge_k_smallest"),
+            Family::KSmallest => unreachable!("K-smallest lanes merge through merge_k_smallest"),
         }
     }
+}
+
+/// keops_runtime's `shifted_exp_term(v, m)`: `exp(v - m)`, exactly 1 where `v == m` (+inf
+/// included) and 0 where `v = -inf`.
+fn shifted_exp_term<'ctx>(em: &Emitter<'_, 'ctx>, v: Value<'ctx>, m: Value<'ctx>) -> Value<'ctx> {
+    let lanes = v.get_type().get_size();
+    let c = |x: f64| em.constant(x, lanes);
+    let e = em.call_math(super::math::MathFn::Exp, &[em.sub(v, m)]);
+    let e = em.select(em.compare(FloatPredicate::OEQ, v, m), c(1.0), e);
+    em.select(
+        em.compare(FloatPredicate::OEQ, v, c(f64::NEG_INFINITY)),
+        c(0.0),
+        e,
+    )
+}
+
+/// keops_runtime's `rescale_factor(from, to)`: `exp(from - to)`, exactly 1 where the two are
+/// equal (infinite or not).
+fn rescale_factor<'ctx>(em: &Emitter<'_, 'ctx>, from: Value<'ctx>, to: Value<'ctx>) -> Value<'ctx> {
+    let lanes = from.get_type().get_size();
+    let e = em.call_math(super::math::MathFn::Exp, &[em.sub(from, to)]);
+    em.select(
+        em.compare(FloatPredicate::OEQ, from, to),
+        em.constant(1.0, lanes),
+        e,
+    )
 }
 
 /// `(v, i)` before `(w, j)` in the order of a reduction: strictly better by `p`, or equal with

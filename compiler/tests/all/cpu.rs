@@ -413,13 +413,12 @@ fn inner_splits_merge_partials() {
         let want = eval(k, &problem, Backend::Interp).to_f64();
         let jit = driver::compile_cpu(k, DType::F64).expect("compiles");
         let arrays: Vec<_> = problem.inputs.iter().map(|(_, a)| a.view()).collect();
-        let size = keops_runtime::check_arguments(&k.signature, &arrays).expect("valid");
         for (row_block, inner_chunks) in [(1, 1), (2, 3), (5, 7), (1, 64)] {
             let schedule = TileSchedule {
                 row_block,
                 inner_chunks,
             };
-            let got = run_tiles(&jit.tile_kernel(), &arrays, size, Some(schedule))
+            let got = run_tiles(&jit.tile_kernel(), &arrays, Some(schedule))
                 .expect("runs")
                 .to_f64();
             assert_matches(
@@ -555,7 +554,6 @@ fn ties_keep_the_first_index_across_lanes_and_tiles() {
             let want = eval(k, &problem, Backend::Interp).to_f64();
             let jit = driver::compile_cpu(k, dtype).expect("compiles");
             let arrays: Vec<_> = problem.inputs.iter().map(|(_, a)| a.view()).collect();
-            let size = keops_runtime::check_arguments(&k.signature, &arrays).expect("valid");
             for schedule in [
                 None,
                 Some(TileSchedule {
@@ -563,7 +561,7 @@ fn ties_keep_the_first_index_across_lanes_and_tiles() {
                     inner_chunks: 5,
                 }),
             ] {
-                let got = run_tiles(&jit.tile_kernel(), &arrays, size, schedule)
+                let got = run_tiles(&jit.tile_kernel(), &arrays, schedule)
                     .expect("runs")
                     .to_f64();
                 assert_eq!(got, want, "{text} ({dtype}) with {schedule:?}");
