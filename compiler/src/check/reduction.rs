@@ -60,8 +60,9 @@ impl KernelChecker {
             self.error(
                 Diagnostic::error(
                     format!(
-                        "`{kind}` takes {expected_args} arguments, but {} were given",
-                        args.len()
+                        "`{kind}` takes {expected_args} arguments, but {} {} given",
+                        args.len(),
+                        if args.len() == 1 { "was" } else { "were" }
                     ),
                     e.span.clone(),
                     format!("expected {signature}"),
