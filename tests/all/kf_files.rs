@@ -76,3 +76,109 @@ fn fail_files_snapshot_diagnostics() {
         insta::assert_snapshot!(render_all(&diagnostics, &src, false));
     });
 }
+
+/// `tests/kf/codegen/*.kf`: the CPU schedule and the LLVM IR as the code generator emits it
+/// (before LLVM's optimisations), for the target and dtype the file names in its
+/// `# target: LEVEL` and `# dtype: f32|f64` lines, so that a code generation change shows up
+/// as a reviewed diff. The IR does not depend on the machine the test runs on.
+#[test]
+fn codegen_files_snapshot_schedule_and_ir() {
+    use keopsc::codegen::{jit, CpuTarget};
+    insta::glob!("../kf/codegen", "*.kf", |path| {
+        let src = source(path);
+        let directive = |key: &str| {
+            src.text
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(key).map(|v| v.trim().to_string()))
+                .unwrap_or_else(|| panic!("{}: no `{key}` line", src.name))
+        };
+        let target = CpuTarget::level(&directive("# target:")).expect("a known x86-64 level");
+        let dtype = match directive("# dtype:").as_str() {
+            "f32" => keops_runtime::DType::F32,
+            "f64" => keops_runtime::DType::F64,
+            other => panic!("{}: unknown dtype `{other}`", src.name),
+        };
+        let (kernels, _) = driver::explain(src.clone(), &OptBudget::default())
+            .unwrap_or_else(|(s, d)| panic!("{}:\n{}", s.name, render_all(&d, &s, false)));
+        let mut out = String::new();
+        for k in &kernels {
+            let o = &k.optimized;
+            let scalar = jit::scalar_of(dtype);
+            let schedule = keopsc::schedule::Schedule::new(
+                &o.formula,
+                &o.signature,
+                target.lanes(scalar),
+                jit::elem_bytes(scalar),
+            );
+            let scheduled = keopsc::schedule::ScheduledFormula {
+                formula: &o.formula,
+                schedule: &schedule,
+            };
+            let ir = jit::emit_unoptimized_ir(&o.formula, &o.signature, dtype, &target)
+                .expect("code generation");
+            // The module's target triple names the machine the test runs on; the code does not
+            // depend on it.
+            let ir: String = ir
+                .lines()
+                .filter(|l| !l.starts_with("target triple"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            writeln!(
+                out,
+                "== kernel {} ({}, {dtype}) ==\n-- schedule --\n{scheduled}\n-- llvm (as emitted) --\n{ir}",
+                k.checked.name, target.cpu
+            )
+            .unwrap();
+        }
+        insta::assert_snapshot!(out);
+    });
+}
+
+/// The tile function the code generator emits has exactly the runtime's `TileFn` type:
+/// `void (ptr args, i64 inner_stride, i64 row_start, i64 row_end, i64 inner_start,
+/// i64 inner_end, ptr acc)`.
+#[test]
+fn emitted_tile_function_has_the_runtime_type() {
+    use keopsc::codegen::{jit, CpuTarget};
+    let src = SourceFile::new(
+        "t.kf",
+        "kernel t { x = Vi(2)\n y = Vj(2)\n Sum_Reduction(SqDist(x, y), 0) }",
+    );
+    let (kernels, _) = driver::explain(src, &OptBudget::default()).ok().unwrap();
+    let o = &kernels[0].optimized;
+    for dtype in [keops_runtime::DType::F32, keops_runtime::DType::F64] {
+        let ir =
+            jit::emit_unoptimized_ir(&o.formula, &o.signature, dtype, &CpuTarget::host()).unwrap();
+        let define = ir
+            .lines()
+            .find(|l| l.starts_with("define") && l.contains(&format!("@{}(", jit::TILE_SYMBOL)))
+            .expect("the tile function is defined");
+        let (ret, rest) = define["define ".len()..].split_once(" @").unwrap();
+        let params = &rest[rest.find('(').unwrap() + 1..rest.rfind(')').unwrap()];
+        // Each parameter: its type, then attributes and its name.
+        let types: Vec<&str> = params
+            .split(',')
+            .map(|p| p.split_whitespace().next().unwrap())
+            .collect();
+        assert_eq!(ret.split_whitespace().last(), Some("void"), "{define}");
+        assert_eq!(
+            types,
+            ["ptr", "i64", "i64", "i64", "i64", "i64", "ptr"],
+            "{define}"
+        );
+    }
+    // And the runtime's type, spelled out: a change to either side fails here.
+    let _: keops_runtime::TileFn = dummy_tile
+        as unsafe extern "C" fn(*const *const std::ffi::c_void, i64, i64, i64, i64, i64, *mut f64);
+}
+
+unsafe extern "C" fn dummy_tile(
+    _: *const *const std::ffi::c_void,
+    _: i64,
+    _: i64,
+    _: i64,
+    _: i64,
+    _: i64,
+    _: *mut f64,
+) {
+}

@@ -271,6 +271,25 @@ fn optimize(module: &Module, machine: &TargetMachine) -> Result<(), CodegenError
         .map_err(|e| internal("LLVM optimisation")(e.to_string()))
 }
 
+/// The LLVM IR of a kernel as emitted, before LLVM's optimisations, for `target`: what the
+/// code generator itself decides, and what `tests/kf/codegen` snapshots.
+pub fn emit_unoptimized_ir(
+    formula: &Formula,
+    signature: &Signature,
+    dtype: DType,
+    target: &CpuTarget,
+) -> Result<String, CodegenError> {
+    let spec = TileSpec {
+        formula,
+        signature,
+        dtype,
+        symbol: TILE_SYMBOL.to_string(),
+    };
+    let context = Context::create();
+    let module = build_module(&context, &signature.name, &[spec], target)?;
+    Ok(module.print_to_string().to_string())
+}
+
 /// The optimised LLVM IR and the host assembly of a kernel, for inspection.
 pub fn emit_text(
     formula: &Formula,
