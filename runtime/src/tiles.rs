@@ -374,6 +374,185 @@ mod tests {
         assert_eq!(s.inner_chunks, 1);
     }
 
+    use crate::abi::{ArgSpec, Axis, Category, Signature};
+    use crate::reduction::{Reduction, ReductionKind};
+
+    /// `F = x_i + y_j` with `x = Vi(1)`, `y = Vj(1)`, reduced over j by `kind`: a tile function
+    /// written in Rust against the [`TileFn`] contract (y arrives transposed, acc rows hold the
+    /// reduction's accumulators, indices absolute), folding one pair at a time through the
+    /// runtime's own reduction.
+    unsafe extern "C" fn plus_tile<const KIND: usize>(
+        args: *const *const c_void,
+        inner_stride: i64,
+        row_start: i64,
+        row_end: i64,
+        inner_start: i64,
+        inner_end: i64,
+        acc: *mut f64,
+    ) {
+        let red = test_reduction(KIND);
+        let acc_dim = red.acc_dim();
+        // SAFETY: the TileFn contract: args[0] holds the rows of x, args[1] y transposed
+        // (inner_stride numbers), acc the block's accumulator rows.
+        let (x, y, acc) = unsafe {
+            let x = *args as *const f64;
+            let y = *args.add(1) as *const f64;
+            let rows = (row_end - row_start) as usize;
+            (
+                std::slice::from_raw_parts(x, row_end as usize),
+                std::slice::from_raw_parts(y, inner_stride as usize),
+                std::slice::from_raw_parts_mut(acc, rows * acc_dim),
+            )
+        };
+        for (r, row) in (row_start..row_end).enumerate() {
+            for j in inner_start..inner_end {
+                let value = x[row as usize] + y[j as usize];
+                red.fold(
+                    &mut acc[r * acc_dim..(r + 1) * acc_dim],
+                    &[value],
+                    j as usize,
+                );
+            }
+        }
+    }
+
+    fn test_reduction(kind: usize) -> Reduction {
+        match ReductionKind::ALL[kind] {
+            k @ (ReductionKind::KMin | ReductionKind::ArgKMin | ReductionKind::KMinArgKMin) => {
+                Reduction::with_k(k, 3, 1)
+            }
+            k => Reduction::new(k, 1),
+        }
+    }
+
+    fn signature(kind: usize) -> Signature {
+        Signature {
+            name: "plus".into(),
+            args: vec![
+                ArgSpec {
+                    name: "x".into(),
+                    category: Category::I,
+                    dim: 1,
+                },
+                ArgSpec {
+                    name: "y".into(),
+                    category: Category::J,
+                    dim: 1,
+                },
+            ],
+            reduction: test_reduction(kind),
+            axis: Axis::I,
+        }
+    }
+
+    /// The scheduler (row blocks, inner chunks and their merges, threads) gives what one plain
+    /// fold over every pair gives, for reductions whose tile function is written in Rust: the
+    /// runtime is tested without any compiler.
+    #[test]
+    fn scheduler_with_rust_tile_functions_matches_a_plain_fold() {
+        fn check<const KIND: usize>() {
+            let sig = signature(KIND);
+            let red = sig.reduction;
+            let (n, m) = (7usize, 9001usize);
+            let x: Vec<f64> = (0..n).map(|i| (i % 3) as f64 - 1.0).collect();
+            // Small integers: many ties, so the merge order of chunks matters.
+            let mut y: Vec<f64> = (0..m).map(|j| ((j * 7919) % 13) as f64 - 6.0).collect();
+            y[4100] = f64::INFINITY;
+            y[8000] = f64::INFINITY;
+            let mut want = Vec::new();
+            for &xi in &x {
+                let mut acc = vec![0.0; red.acc_dim()];
+                red.init(&mut acc);
+                for (j, &yj) in y.iter().enumerate() {
+                    red.fold(&mut acc, &[xi + yj], j);
+                }
+                let mut out = vec![0.0; red.output_dim()];
+                red.finalize(&acc, &mut out);
+                want.extend(out);
+            }
+            let (xs, ys) = ([n, 1], [m, 1]);
+            let arrays = [ArrayRef::f64(&xs, &x), ArrayRef::f64(&ys, &y)];
+            // SAFETY: plus_tile implements the contract for this signature, f64, one lane.
+            let kernel = unsafe { TileKernel::new(&sig, DType::F64, 1, plus_tile::<KIND>) };
+            for schedule in [
+                None,
+                Some(TileSchedule {
+                    row_block: 1,
+                    inner_chunks: 1,
+                }),
+                Some(TileSchedule {
+                    row_block: 3,
+                    inner_chunks: 5,
+                }),
+                Some(TileSchedule {
+                    row_block: 100,
+                    inner_chunks: 64,
+                }),
+            ] {
+                let got = run_tiles(&kernel, &arrays, schedule).expect("runs");
+                let ArrayData::F64(got) = got.data else {
+                    unreachable!()
+                };
+                let same = got.iter().zip(&want).all(|(g, w)| {
+                    g == w || (g - w).abs() <= 1e-12 * w.abs() || (g.is_nan() && w.is_nan())
+                });
+                assert!(same, "{} with {schedule:?}: {got:?} != {want:?}", red.kind);
+            }
+        }
+        check::<0>();
+        check::<1>();
+        check::<2>();
+        check::<3>();
+        check::<4>();
+        check::<5>();
+        check::<6>();
+        check::<7>();
+        check::<9>();
+        check::<12>();
+        check::<13>();
+        check::<14>();
+    }
+
+    /// Arrays that do not fit the signature never reach the tile function.
+    #[test]
+    fn arrays_are_checked_before_the_tile_function_runs() {
+        unsafe extern "C" fn never(
+            _: *const *const c_void,
+            _: i64,
+            _: i64,
+            _: i64,
+            _: i64,
+            _: i64,
+            _: *mut f64,
+        ) {
+            panic!("the tile function ran on unchecked arrays");
+        }
+        let sig = signature(0);
+        // SAFETY: never called.
+        let kernel = unsafe { TileKernel::new(&sig, DType::F64, 1, never) };
+        let x = [1.0, 2.0];
+        let y = [1.0, 2.0, 3.0];
+        let short = [1.0];
+        let (s2, s3, s1) = ([2usize, 1], [3usize, 1], [3usize, 1]);
+        // a shape that claims more data than the slice holds
+        let lying = [ArrayRef::f64(&s2, &x), ArrayRef::f64(&s1, &short)];
+        assert!(matches!(
+            run_tiles(&kernel, &lying, None),
+            Err(ArgumentError::DataLength { .. })
+        ));
+        // too few arrays
+        assert!(run_tiles(&kernel, &[ArrayRef::f64(&s2, &x)], None).is_err());
+        // the wrong dtype for the compiled code
+        let xf = [1.0f32, 2.0];
+        let yf = [1.0f32, 2.0, 3.0];
+        let f32s = [ArrayRef::f32(&s2, &xf), ArrayRef::f32(&s3, &yf)];
+        assert!(matches!(
+            run_tiles(&kernel, &f32s, None),
+            Err(ArgumentError::CompiledDType { .. })
+        ));
+        let _ = y;
+    }
+
     #[test]
     fn transpose_pads_with_zeros() {
         let data = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
