@@ -8,8 +8,14 @@ use crate::interp::{self, InterpError};
 use crate::opt;
 use crate::source::SourceFile;
 use crate::syntax::{ast, parse};
-use keops_runtime::{check_arguments, run_tiles, ArgumentError, Axis, DType, HostArray, Kernel};
+use keops_runtime::module::bind_all_named;
+use keops_runtime::{
+    check_all_arguments, check_arguments, run_tiles, ArgumentError, Axis, DType, HostArray, Kernel,
+    NpyError, ProblemSize,
+};
 use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// A parsed and checked file.
 pub struct CompiledFile {
@@ -131,13 +137,49 @@ pub fn evaluate(
     backend: Backend,
 ) -> Result<HostArray, EvalError> {
     let arrays = bind_arguments(kernel, inputs)?;
+    Ok(evaluate_bound(kernel, &arrays, backend)?.0)
+}
+
+/// Where the time of one evaluation went, and the size of the problem it solved.
+#[derive(Clone, Copy, Debug)]
+pub struct EvalTimings {
+    pub size: ProblemSize,
+    /// Optimising and compiling to machine code (zero for the interpreter).
+    pub compile: Duration,
+    /// The reduction itself.
+    pub run: Duration,
+}
+
+impl EvalTimings {
+    /// (i, j) pairs per second of run time.
+    pub fn pairs_per_second(&self) -> f64 {
+        (self.size.n as f64 * self.size.m as f64) / self.run.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Evaluates a kernel on arrays given in argument order, timing compilation and the run apart.
+pub fn evaluate_bound(
+    kernel: &CheckedKernel,
+    arrays: &[&HostArray],
+    backend: Backend,
+) -> Result<(HostArray, EvalTimings), EvalError> {
     let views: Vec<_> = arrays.iter().map(|a| a.view()).collect();
     let size = check_arguments(&kernel.signature, &views)?;
+    let mut timings = EvalTimings {
+        size,
+        compile: Duration::ZERO,
+        run: Duration::ZERO,
+    };
     match backend {
         Backend::Interp => {}
         Backend::Cpu => {
+            let start = Instant::now();
             let compiled = compile_cpu(kernel, size.dtype)?;
-            return Ok(run_tiles(&compiled.tile_kernel(), &views, size, None)?);
+            timings.compile = start.elapsed();
+            let start = Instant::now();
+            let out = run_tiles(&compiled.tile_kernel(), &views, size, None)?;
+            timings.run = start.elapsed();
+            return Ok((out, timings));
         }
         Backend::Cuda => {
             let available: Vec<String> =
@@ -145,6 +187,7 @@ pub fn evaluate(
             return Err(EvalError::BackendUnavailable(backend, available.join(", ")));
         }
     }
+    let start = Instant::now();
     let data: Vec<Vec<f64>> = arrays.iter().map(|a| a.to_f64()).collect();
     let views: Vec<&[f64]> = data.iter().map(Vec::as_slice).collect();
     let sig = &kernel.signature;
@@ -154,10 +197,54 @@ pub fn evaluate(
         Axis::J => size.m,
     };
     let shape = vec![rows, sig.output_dim()];
-    Ok(match size.dtype {
+    let out = match size.dtype {
         DType::F64 => HostArray::from_f64(shape, out),
         DType::F32 => HostArray::from_f32(shape, out.into_iter().map(|x| x as f32).collect()),
-    })
+    };
+    timings.run = start.elapsed();
+    Ok((out, timings))
+}
+
+/// Reads the `.npy` files passed for a kernel's arguments (`(name, path)` pairs, in any order)
+/// and checks them against its signature. Every problem is reported, not only the first: each
+/// unknown, duplicate or missing name, each unreadable file, each wrong shape or dtype. On
+/// success, the arrays in argument order.
+pub fn read_arguments(
+    kernel: &CheckedKernel,
+    files: &[(String, PathBuf)],
+) -> Result<Vec<HostArray>, Vec<ArgumentError>> {
+    let named: Vec<(&str, &Path)> = files
+        .iter()
+        .map(|(n, p)| (n.as_str(), p.as_path()))
+        .collect();
+    let (bound, mut errors) = bind_all_named(&kernel.signature, &named);
+    let arrays: Vec<Option<HostArray>> = bound
+        .iter()
+        .zip(&kernel.signature.args)
+        .map(|(path, spec)| {
+            let path = (*path)?;
+            HostArray::read_npy(path)
+                .map_err(|error| {
+                    errors.push(ArgumentError::File {
+                        name: spec.name.clone(),
+                        error: NpyError::Io(format!("`{}`: {error}", path.display())),
+                    })
+                })
+                .ok()
+        })
+        .collect();
+    let views: Vec<Option<_>> = arrays
+        .iter()
+        .map(|a| a.as_ref().map(|a| a.view()))
+        .collect();
+    if let Err(shape_errors) = check_all_arguments(&kernel.signature, &views) {
+        errors.extend(shape_errors);
+    }
+    if errors.is_empty() {
+        Ok(arrays.into_iter().flatten().collect())
+    } else {
+        Err(errors)
+    }
 }
 
 /// Optimises a checked kernel and compiles it to host machine code for `dtype`.

@@ -2,8 +2,10 @@
 //! array to the argument it is passed for. Every error names the argument.
 
 use crate::abi::{Category, Signature};
+use crate::reduction::{Reduction, ReductionKind};
 use npyz::WriterBuilder;
 use std::fmt;
+use std::ops::Range;
 use std::path::Path;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,13 +168,12 @@ impl HostArray {
         }
     }
 
-    /// Reads a `.npy` file: float32 or float64, C order, any shape.
+    /// Reads a `.npy` file: float32 or float64, any shape (a 0-d array too). An array saved in
+    /// Fortran order is copied into C order, the layout kernels read.
     pub fn read_npy(path: &Path) -> Result<HostArray, NpyError> {
         let bytes = std::fs::read(path).map_err(|e| NpyError::Io(e.to_string()))?;
         let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| NpyError::Format(e.to_string()))?;
-        if npy.order() == npyz::Order::Fortran && npy.shape().len() > 1 {
-            return Err(NpyError::FortranOrder);
-        }
+        let fortran = npy.order() == npyz::Order::Fortran;
         let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
         let descr = match npy.dtype() {
             npyz::DType::Plain(ts) => ts.to_string(),
@@ -183,12 +184,22 @@ impl HostArray {
                 let data = npy
                     .into_vec::<f32>()
                     .map_err(|e| NpyError::Format(e.to_string()))?;
+                let data = if fortran {
+                    fortran_to_c_order(&shape, data)
+                } else {
+                    data
+                };
                 Ok(HostArray::from_f32(shape, data))
             }
             "<f8" | "|f8" => {
                 let data = npy
                     .into_vec::<f64>()
                     .map_err(|e| NpyError::Format(e.to_string()))?;
+                let data = if fortran {
+                    fortran_to_c_order(&shape, data)
+                } else {
+                    data
+                };
                 Ok(HostArray::from_f64(shape, data))
             }
             other => Err(NpyError::DType(other.to_string())),
@@ -198,33 +209,142 @@ impl HostArray {
     /// Writes a little-endian C-order `.npy` file.
     pub fn write_npy(&self, path: &Path) -> Result<(), NpyError> {
         let file = std::fs::File::create(path).map_err(|e| NpyError::Io(e.to_string()))?;
-        let shape: Vec<u64> = self.shape.iter().map(|&d| d as u64).collect();
-        let writer = std::io::BufWriter::new(file);
-        let io = |e: std::io::Error| NpyError::Io(e.to_string());
+        self.write_npy_to(file)
+    }
+
+    /// Writes the array as a little-endian C-order `.npy` stream.
+    pub fn write_npy_to<W: std::io::Write>(&self, writer: W) -> Result<(), NpyError> {
+        match &self.data {
+            ArrayData::F32(v) => write_npy_stream(&self.shape, v, writer),
+            ArrayData::F64(v) => write_npy_stream(&self.shape, v, writer),
+        }
+    }
+
+    /// Columns `columns` of a 2-d array, and the array of the other columns.
+    pub fn split_columns(&self, columns: Range<usize>) -> (HostArray, HostArray) {
+        let width = self.shape.get(1).copied().unwrap_or(1);
+        let rows = self.shape.first().copied().unwrap_or(1);
+        fn split<T: Copy>(data: &[T], width: usize, columns: &Range<usize>) -> (Vec<T>, Vec<T>) {
+            let (mut inside, mut outside) = (Vec::new(), Vec::new());
+            for row in data.chunks(width.max(1)) {
+                for (c, &v) in row.iter().enumerate() {
+                    if columns.contains(&c) {
+                        inside.push(v);
+                    } else {
+                        outside.push(v);
+                    }
+                }
+            }
+            (inside, outside)
+        }
+        let (inside_shape, outside_shape) =
+            (vec![rows, columns.len()], vec![rows, width - columns.len()]);
         match &self.data {
             ArrayData::F32(v) => {
-                let mut w = npyz::WriteOptions::new()
-                    .default_dtype()
-                    .shape(&shape)
-                    .writer(writer)
-                    .begin_nd()
-                    .map_err(io)?;
-                w.extend(v.iter().copied()).map_err(io)?;
-                w.finish().map_err(io)?;
+                let (a, b) = split(v, width, &columns);
+                (
+                    HostArray::from_f32(inside_shape, a),
+                    HostArray::from_f32(outside_shape, b),
+                )
             }
             ArrayData::F64(v) => {
-                let mut w = npyz::WriteOptions::new()
-                    .default_dtype()
-                    .shape(&shape)
-                    .writer(writer)
-                    .begin_nd()
-                    .map_err(io)?;
-                w.extend(v.iter().copied()).map_err(io)?;
-                w.finish().map_err(io)?;
+                let (a, b) = split(v, width, &columns);
+                (
+                    HostArray::from_f64(inside_shape, a),
+                    HostArray::from_f64(outside_shape, b),
+                )
             }
         }
-        Ok(())
     }
+
+    /// The values as integer indices. Reductions return indices as floats holding exact
+    /// integers (KeOps's convention), so the conversion is exact.
+    pub fn to_indices(&self) -> IndexArray {
+        IndexArray {
+            shape: self.shape.clone(),
+            data: self.to_f64().into_iter().map(|v| v as i64).collect(),
+        }
+    }
+}
+
+/// Indices of the points an arg-reduction selected, as int64: the index part of an output
+/// written apart from the values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexArray {
+    pub shape: Vec<usize>,
+    pub data: Vec<i64>,
+}
+
+impl IndexArray {
+    /// Writes a little-endian C-order int64 `.npy` file.
+    pub fn write_npy(&self, path: &Path) -> Result<(), NpyError> {
+        let file = std::fs::File::create(path).map_err(|e| NpyError::Io(e.to_string()))?;
+        self.write_npy_to(file)
+    }
+
+    pub fn write_npy_to<W: std::io::Write>(&self, writer: W) -> Result<(), NpyError> {
+        write_npy_stream(&self.shape, &self.data, writer)
+    }
+
+    /// Reads an int64 `.npy` file in C order.
+    pub fn read_npy(path: &Path) -> Result<IndexArray, NpyError> {
+        let bytes = std::fs::read(path).map_err(|e| NpyError::Io(e.to_string()))?;
+        let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| NpyError::Format(e.to_string()))?;
+        let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+        match npy.dtype() {
+            npyz::DType::Plain(ts) if ts.to_string() == "<i8" => {}
+            other => return Err(NpyError::DType(format!("{other:?}"))),
+        }
+        let data = npy
+            .into_vec::<i64>()
+            .map_err(|e| NpyError::Format(e.to_string()))?;
+        Ok(IndexArray { shape, data })
+    }
+}
+
+fn write_npy_stream<T, W>(shape: &[usize], data: &[T], writer: W) -> Result<(), NpyError>
+where
+    T: npyz::AutoSerialize + Copy,
+    W: std::io::Write,
+{
+    let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+    let io = |e: std::io::Error| NpyError::Io(e.to_string());
+    let mut w = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(&shape)
+        .writer(std::io::BufWriter::new(writer))
+        .begin_nd()
+        .map_err(io)?;
+    w.extend(data.iter().copied()).map_err(io)?;
+    w.finish().map_err(io)?;
+    Ok(())
+}
+
+/// `data` laid out in Fortran order (the first axis varies fastest) for `shape`, copied into
+/// C order (the last axis varies fastest).
+fn fortran_to_c_order<T: Copy>(shape: &[usize], data: Vec<T>) -> Vec<T> {
+    if shape.len() < 2 || data.is_empty() {
+        return data;
+    }
+    let mut c_strides = vec![1usize; shape.len()];
+    for axis in (0..shape.len() - 1).rev() {
+        c_strides[axis] = c_strides[axis + 1] * shape[axis + 1];
+    }
+    let mut out = data.clone();
+    let mut index = vec![0usize; shape.len()];
+    for &value in &data {
+        let offset: usize = index.iter().zip(&c_strides).map(|(i, s)| i * s).sum();
+        out[offset] = value;
+        // The next Fortran-order index: axis 0 first.
+        for (axis, i) in index.iter_mut().enumerate() {
+            *i += 1;
+            if *i < shape[axis] {
+                break;
+            }
+            *i = 0;
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -235,8 +355,6 @@ pub enum NpyError {
     Format(String),
     #[error("dtype `{0}` is not supported: use float32 or float64")]
     DType(String),
-    #[error("the array is in Fortran order: save it in C order (numpy.ascontiguousarray)")]
-    FortranOrder,
 }
 
 /// Data that does not fit the kernel's signature. Always names the argument.
@@ -314,17 +432,55 @@ pub struct ProblemSize {
 }
 
 /// Checks `arrays` (in signature order) against the signature: dtype shared, each shape
-/// `(rows, dim)` (or `(rows,)` for dim 1; `(dim,)`/`(1, dim)` for parameters), and row counts
-/// agreeing within each category. A kernel with no i- (or j-) variable has n (or m) = 1.
+/// `(rows, dim)` (or `(rows,)` for dim 1; `(dim,)`/`(1, dim)` for parameters, and `()` for a
+/// `Pm(1)`), and row counts agreeing within each category. A kernel with no i- (or j-)
+/// variable has n (or m) = 1. Returns the first error; [`check_all_arguments`] returns them all.
 pub fn check_arguments(sig: &Signature, arrays: &[ArrayRef]) -> Result<ProblemSize, ArgumentError> {
-    assert_eq!(sig.args.len(), arrays.len(), "one array per argument");
+    let given: Vec<Option<ArrayRef>> = arrays.iter().copied().map(Some).collect();
+    check_all_arguments(sig, &given).map_err(|errors| {
+        errors
+            .into_iter()
+            .next()
+            .expect("a failed check has an error")
+    })
+}
+
+/// `given` arrays for the signature's arguments, in order, when their numbers differ: the first
+/// argument left out, or the first one too many.
+pub fn argument_count_error(sig: &Signature, given: usize) -> ArgumentError {
+    match sig.args.get(given) {
+        Some(spec) => ArgumentError::Missing {
+            name: spec.name.clone(),
+            spec: format!("{}({})", spec.category, spec.dim),
+        },
+        None => {
+            let names: Vec<String> = sig.args.iter().map(|a| format!("`{}`", a.name)).collect();
+            ArgumentError::Unknown {
+                name: format!("#{}", sig.args.len()),
+                expected: names.join(", "),
+            }
+        }
+    }
+}
+
+/// [`check_arguments`] reporting every error at once, in argument order. An argument given as
+/// `None` is skipped: its caller has reported it already (missing, unreadable).
+pub fn check_all_arguments(
+    sig: &Signature,
+    arrays: &[Option<ArrayRef>],
+) -> Result<ProblemSize, Vec<ArgumentError>> {
+    if arrays.len() != sig.args.len() {
+        return Err(vec![argument_count_error(sig, arrays.len())]);
+    }
+    let mut errors = Vec::new();
     let mut n: Option<(usize, &str)> = None;
     let mut m: Option<(usize, &str)> = None;
     let mut dtype: Option<(DType, &str)> = None;
     for (spec, array) in sig.args.iter().zip(arrays) {
+        let Some(array) = array else { continue };
         if let Some((first_dtype, first)) = dtype {
             if array.dtype() != first_dtype {
-                return Err(ArgumentError::MixedDType {
+                errors.push(ArgumentError::MixedDType {
                     name: spec.name.clone(),
                     dtype: array.dtype(),
                     first: first.to_string(),
@@ -336,11 +492,12 @@ pub fn check_arguments(sig: &Signature, arrays: &[ArrayRef]) -> Result<ProblemSi
         }
         let shape: &[usize] = array.shape;
         if array.data.len() != shape.iter().product::<usize>() {
-            return Err(ArgumentError::DataLength {
+            errors.push(ArgumentError::DataLength {
                 name: spec.name.clone(),
                 len: array.data.len(),
                 shape: shape.to_vec(),
             });
+            continue;
         }
         let d = spec.dim;
         let shape_error = |expected: String| ArgumentError::Shape {
@@ -351,9 +508,12 @@ pub fn check_arguments(sig: &Signature, arrays: &[ArrayRef]) -> Result<ProblemSi
         };
         match spec.category {
             Category::Param => {
-                let ok = matches!(shape, [x] if *x == d) || matches!(shape, [1, x] if *x == d);
+                let ok = matches!(shape, [x] if *x == d)
+                    || matches!(shape, [1, x] if *x == d)
+                    || (shape.is_empty() && d == 1);
                 if !ok {
-                    return Err(shape_error(format!("({d},) or (1, {d})")));
+                    let also = if d == 1 { " or ()" } else { "" };
+                    errors.push(shape_error(format!("({d},) or (1, {d}){also}")));
                 }
             }
             Category::I | Category::J => {
@@ -370,12 +530,13 @@ pub fn check_arguments(sig: &Signature, arrays: &[ArrayRef]) -> Result<ProblemSi
                         } else {
                             String::new()
                         };
-                        return Err(shape_error(format!("({rows_name}, {d}){also}")));
+                        errors.push(shape_error(format!("({rows_name}, {d}){also}")));
+                        continue;
                     }
                 };
                 match slot {
                     Some((first_len, first)) if *first_len != rows => {
-                        return Err(ArgumentError::Length {
+                        errors.push(ArgumentError::Length {
                             name: spec.name.clone(),
                             first: first.to_string(),
                             axis: if spec.category == Category::I {
@@ -393,11 +554,28 @@ pub fn check_arguments(sig: &Signature, arrays: &[ArrayRef]) -> Result<ProblemSi
             }
         }
     }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
     Ok(ProblemSize {
         n: n.map_or(1, |(r, _)| r),
         m: m.map_or(1, |(r, _)| r),
         dtype: dtype.map_or(DType::F64, |(d, _)| d),
     })
+}
+
+/// Which columns of a reduction's output row hold indices: all of them for arg-only
+/// reductions (ArgMin, ArgKMin, ...), the second half for combined ones (Min_ArgMin,
+/// KMin_ArgKMin, ...: values first, then indices, as KeOps), none for the others.
+pub fn index_columns(reduction: &Reduction) -> Option<Range<usize>> {
+    let width = reduction.output_dim();
+    match reduction.kind {
+        ReductionKind::ArgMin | ReductionKind::ArgMax | ReductionKind::ArgKMin => Some(0..width),
+        ReductionKind::MinArgMin | ReductionKind::MaxArgMax | ReductionKind::KMinArgKMin => {
+            Some(width / 2..width)
+        }
+        _ => None,
+    }
 }
 
 /// The element types kernels take.

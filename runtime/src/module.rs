@@ -384,13 +384,28 @@ impl Kernel {
     }
 }
 
-/// Orders named inputs as the signature's arguments; every error names the argument.
+/// Orders named inputs as the signature's arguments; every error names the argument. Returns
+/// the first error; [`bind_all_named`] returns them all.
 pub fn bind_named<T: Copy>(sig: &Signature, inputs: &[(&str, T)]) -> Result<Vec<T>, ArgumentError> {
+    let (bound, errors) = bind_all_named(sig, inputs);
+    if let Some(first) = errors.into_iter().next() {
+        return Err(first);
+    }
+    Ok(bound.into_iter().flatten().collect())
+}
+
+/// Orders named inputs as the signature's arguments, and lists every unknown, duplicate and
+/// missing name (in that order). A slot is `None` where the argument is missing.
+pub fn bind_all_named<T: Copy>(
+    sig: &Signature,
+    inputs: &[(&str, T)],
+) -> (Vec<Option<T>>, Vec<ArgumentError>) {
     let names: Vec<String> = sig.args.iter().map(|a| format!("`{}`", a.name)).collect();
     let mut bound: Vec<Option<T>> = vec![None; sig.args.len()];
+    let mut errors = Vec::new();
     for &(name, value) in inputs {
         let Some(k) = sig.args.iter().position(|a| a.name == name) else {
-            return Err(ArgumentError::Unknown {
+            errors.push(ArgumentError::Unknown {
                 name: name.to_string(),
                 expected: if names.is_empty() {
                     "none".into()
@@ -398,24 +413,25 @@ pub fn bind_named<T: Copy>(sig: &Signature, inputs: &[(&str, T)]) -> Result<Vec<
                     names.join(", ")
                 },
             });
+            continue;
         };
         if bound[k].is_some() {
-            return Err(ArgumentError::Duplicate {
+            errors.push(ArgumentError::Duplicate {
                 name: name.to_string(),
             });
+            continue;
         }
         bound[k] = Some(value);
     }
-    bound
-        .into_iter()
-        .zip(&sig.args)
-        .map(|(b, spec)| {
-            b.ok_or_else(|| ArgumentError::Missing {
+    for (slot, spec) in bound.iter().zip(&sig.args) {
+        if slot.is_none() {
+            errors.push(ArgumentError::Missing {
                 name: spec.name.clone(),
                 spec: format!("{}({})", spec.category, spec.dim),
-            })
-        })
-        .collect()
+            });
+        }
+    }
+    (bound, errors)
 }
 
 /// A module loaded from disk.

@@ -1,7 +1,7 @@
 //! The `keopsc` binary end to end: every bad input of the contract gets a clear message, a
 //! non-zero exit and no panic; good input gives the right array.
 
-use keops_runtime::HostArray;
+use keops_runtime::{HostArray, IndexArray};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -291,11 +291,6 @@ fn data_errors_name_the_argument() {
         npy_bytes("<i8", false, &[4, 3], &[0u8; 96]),
     )
     .unwrap();
-    std::fs::write(
-        f.path("fortran.npy"),
-        npy_bytes("<f8", true, &[4, 3], &[0u8; 96]),
-    )
-    .unwrap();
     std::fs::write(f.path("garbage.npy"), b"not an npy file").unwrap();
     let with = |name: &'static str, file: &'static str| -> Vec<(&'static str, &'static str)> {
         ALL_ARGS
@@ -318,10 +313,6 @@ fn data_errors_name_the_argument() {
         (
             with("x", "int.npy"),
             vec!["argument `x`", "<i8", "float32 or float64"],
-        ),
-        (
-            with("x", "fortran.npy"),
-            vec!["argument `x`", "Fortran order"],
         ),
         (
             with("x", "garbage.npy"),
@@ -620,4 +611,378 @@ fn kernels_beyond_the_cpu_backend_are_refused_with_a_way_out() {
     );
     let run = f.run_eval("huge.kf", &args, &["--backend", "interp"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
+}
+
+/// The files left in the fixture's folder (temporary outputs included).
+fn files_in(f: &Fixture) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(f.dir.path())
+        .expect("listable")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// An output path that cannot be written is refused before anything else runs: the source is
+/// not even parsed (its syntax error is not reported), no argument is read, and no file is
+/// left behind.
+#[test]
+fn a_bad_output_path_fails_before_any_work() {
+    let f = Fixture::new();
+    f.write(
+        "broken.kf",
+        "kernel k {\n x = Vi(3)\n Sum_Reduction(Exp(x, 0)\n}",
+    );
+    let before = files_in(&f);
+    let missing_dir = f.path("no-such-dir").join("out.npy");
+    for (flag, path) in [
+        ("-o", missing_dir.clone()),
+        ("-o", f.dir.path().to_path_buf()),
+        ("--indices-out", missing_dir.clone()),
+    ] {
+        let mut args = vec![
+            "eval".to_string(),
+            f.p("broken.kf"),
+            "--arg".into(),
+            "x=absent.npy".into(),
+        ];
+        if flag == "-o" {
+            args.extend(["-o".into(), path.display().to_string()]);
+        } else {
+            args.extend(["-o".into(), f.p("out.npy")]);
+            args.extend([flag.into(), path.display().to_string()]);
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = keopsc(&refs);
+        assert_fails_with(&run, &[&format!("`{flag} {}`", path.display())]);
+        assert!(
+            !run.stderr.contains("syntax error") && !run.stderr.contains("absent.npy"),
+            "work was done before the output was checked:\n{}",
+            run.stderr
+        );
+        assert!(!missing_dir.exists());
+        assert_eq!(files_in(&f), before, "files left behind");
+    }
+}
+
+/// A run that fails after the output was opened (here: an argument is missing) keeps what the
+/// output path held, and leaves no temporary file.
+#[test]
+fn a_failed_run_keeps_the_previous_output() {
+    let f = Fixture::new();
+    f.write("out.npy", "previous contents");
+    let before = files_in(&f);
+    let run = f.run_eval("gauss.kf", &ALL_ARGS[..3], &[]);
+    assert_fails_with(&run, &["missing argument `s`"]);
+    assert_eq!(
+        std::fs::read_to_string(f.path("out.npy")).unwrap(),
+        "previous contents"
+    );
+    assert_eq!(files_in(&f), before);
+    // A successful run replaces it.
+    let run = f.run_eval("gauss.kf", &ALL_ARGS, &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        HostArray::read_npy(&f.path("out.npy")).unwrap().shape,
+        vec![4, 1]
+    );
+    assert_eq!(files_in(&f), before);
+}
+
+/// Every problem with the arguments is listed in one run, each naming its argument.
+#[test]
+fn all_argument_errors_are_reported_at_once() {
+    let f = Fixture::new();
+    f.npy("x2.npy", HostArray::from_f64(vec![4, 2], vec![0.0; 8]));
+    f.npy("b32.npy", HostArray::from_f32(vec![5, 1], vec![0.0; 5]));
+    std::fs::write(
+        f.path("int.npy"),
+        npy_bytes("<i8", false, &[4, 3], &[0u8; 96]),
+    )
+    .unwrap();
+    let args = [
+        ("x", "x2.npy"),
+        ("y", "int.npy"),
+        ("b", "b32.npy"),
+        ("z", "s.npy"),
+        ("b", "b.npy"),
+    ];
+    let mut extra = vec!["--arg", "oops"];
+    extra.extend(["--index-dtype", "int64"]);
+    let run = f.run_eval("gauss.kf", &args, &extra);
+    assert_fails_with(
+        &run,
+        &[
+            "`--arg oops`: expected NAME=FILE.npy",
+            "unknown argument `z`",
+            "argument `b` is given twice",
+            "missing argument `s`",
+            "argument `y`",
+            "<i8",
+            "argument `x` (Vi(3)) has shape (4, 2)",
+            "argument `b` is float32 but `x` is float64",
+            "7 problems",
+            "nothing was computed",
+        ],
+    );
+    assert!(!f.path("out.npy").exists());
+    // Unknown index dtypes are refused before anything runs.
+    assert_fails_with(
+        &f.run_eval("gauss.kf", &ALL_ARGS, &["--index-dtype", "int32"]),
+        &["`--index-dtype int32`"],
+    );
+}
+
+/// A 0-d array (numpy's `np.array(0.7)`, shape `()`) is a `Pm(1)`.
+#[test]
+fn a_zero_d_array_is_a_scalar_parameter() {
+    let f = Fixture::new();
+    let run = f.run_eval("gauss.kf", &ALL_ARGS, &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let expected = HostArray::read_npy(&f.path("out.npy")).unwrap();
+    f.npy("s0.npy", HostArray::from_f64(vec![], vec![0.7]));
+    assert_eq!(
+        HostArray::read_npy(&f.path("s0.npy")).unwrap().shape,
+        Vec::<usize>::new()
+    );
+    let args = [
+        ("x", "x.npy"),
+        ("y", "y.npy"),
+        ("b", "b.npy"),
+        ("s", "s0.npy"),
+    ];
+    for backend in ["cpu", "interp"] {
+        let run = f.run_eval("gauss.kf", &args, &["--backend", backend]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let out = HostArray::read_npy(&f.path("out.npy")).unwrap();
+        assert_eq!(out.shape, expected.shape);
+        for (a, b) in out.to_f64().iter().zip(expected.to_f64()) {
+            assert!((a - b).abs() <= 1e-12 * b.abs(), "{backend}: {a} vs {b}");
+        }
+    }
+    // A 0-d array is no vector: `x` (Vi(3)) refuses it.
+    let args = [
+        ("x", "s0.npy"),
+        ("y", "y.npy"),
+        ("b", "b.npy"),
+        ("s", "s.npy"),
+    ];
+    assert_fails_with(
+        &f.run_eval("gauss.kf", &args, &[]),
+        &["argument `x` (Vi(3)) has shape ()"],
+    );
+}
+
+/// Arrays saved in Fortran order (numpy's `asfortranarray`, or a transpose) are copied into C
+/// order: the result equals the C-order run exactly.
+#[test]
+fn fortran_order_inputs_give_the_c_order_result() {
+    let f = Fixture::new();
+    let run = f.run_eval("gauss.kf", &ALL_ARGS, &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let expected = HostArray::read_npy(&f.path("out.npy")).unwrap();
+    // x (4, 3) and y (5, 3) column by column.
+    let fortran = |rows: usize, values: &dyn Fn(usize) -> f64| -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for c in 0..3 {
+            for r in 0..rows {
+                bytes.extend(values(r * 3 + c).to_le_bytes());
+            }
+        }
+        npy_bytes("<f8", true, &[rows, 3], &bytes)
+    };
+    std::fs::write(f.path("xf.npy"), fortran(4, &|k| k as f64 * 0.1)).unwrap();
+    std::fs::write(f.path("yf.npy"), fortran(5, &|k| 1.0 - k as f64 * 0.05)).unwrap();
+    let xf = HostArray::read_npy(&f.path("xf.npy")).unwrap();
+    assert_eq!(xf, HostArray::read_npy(&f.path("x.npy")).unwrap());
+    let args = [
+        ("x", "xf.npy"),
+        ("y", "yf.npy"),
+        ("b", "b.npy"),
+        ("s", "s.npy"),
+    ];
+    let run = f.run_eval("gauss.kf", &args, &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(HostArray::read_npy(&f.path("out.npy")).unwrap(), expected);
+}
+
+const NEAREST: &str = "\
+kernel kmin_argkmin { x = Vi(2)\n y = Vj(2)\n KMin_ArgKMin_Reduction(SqDist(x, y), 3, 0) }
+kernel min_argmin { x = Vi(2)\n y = Vj(2)\n Min_ArgMin_Reduction(SqDist(x, y), 0) }
+kernel max_argmax { x = Vi(2)\n y = Vj(2)\n Max_ArgMax_Reduction(x - y, 1) }
+kernel argkmin { x = Vi(2)\n y = Vj(2)\n ArgKMin_Reduction(SqDist(x, y), 3, 0) }
+kernel sum { x = Vi(2)\n y = Vj(2)\n Sum_Reduction(SqDist(x, y), 0) }
+";
+
+/// Indices apart from values: `--indices-out` writes the index columns of the contract's
+/// layout as int64 (or as floats with `--index-dtype float`), `-o` the value columns; an
+/// arg-only reduction with `--index-dtype int64` writes int64 to `-o`. The default layout is
+/// unchanged.
+#[test]
+fn indices_can_be_written_apart_as_int64() {
+    let f = Fixture::new();
+    f.write("nearest.kf", NEAREST);
+    let mut rng = 1u64;
+    let mut next = || {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (rng >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let p: Vec<f64> = (0..14).map(|_| next()).collect();
+    let q: Vec<f64> = (0..22).map(|_| next()).collect();
+    f.npy("p.npy", HostArray::from_f64(vec![7, 2], p.clone()));
+    f.npy("q.npy", HostArray::from_f64(vec![11, 2], q.clone()));
+    let args = [("x", "p.npy"), ("y", "q.npy")];
+    let d2 =
+        |i: usize, j: usize| -> f64 { (0..2).map(|c| (p[i * 2 + c] - q[j * 2 + c]).powi(2)).sum() };
+    for (kernel, rows, index_cols) in [
+        ("kmin_argkmin", 7, 3..6),
+        ("min_argmin", 7, 1..2),
+        ("max_argmax", 11, 2..4),
+    ] {
+        let run = f.run_eval("nearest.kf", &args, &["--kernel", kernel]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let packed = HostArray::read_npy(&f.path("out.npy")).unwrap();
+        let width = packed.shape[1];
+        let packed = packed.to_f64();
+        let run = f.run_eval(
+            "nearest.kf",
+            &args,
+            &["--kernel", kernel, "--indices-out", &f.p("idx.npy")],
+        );
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let values = HostArray::read_npy(&f.path("out.npy")).unwrap();
+        let indices = IndexArray::read_npy(&f.path("idx.npy")).unwrap();
+        assert_eq!(
+            values.shape,
+            vec![rows, width - index_cols.len()],
+            "{kernel}"
+        );
+        assert_eq!(indices.shape, vec![rows, index_cols.len()], "{kernel}");
+        let values = values.to_f64();
+        for r in 0..rows {
+            let row = &packed[r * width..][..width];
+            let (vw, iw) = (width - index_cols.len(), index_cols.len());
+            let want_values: Vec<f64> = row
+                .iter()
+                .enumerate()
+                .filter(|(c, _)| !index_cols.contains(c))
+                .map(|(_, &v)| v)
+                .collect();
+            assert_eq!(
+                &values[r * vw..][..vw],
+                want_values.as_slice(),
+                "{kernel} row {r}"
+            );
+            let want_indices: Vec<i64> =
+                row[index_cols.clone()].iter().map(|&v| v as i64).collect();
+            assert_eq!(
+                &indices.data[r * iw..][..iw],
+                want_indices.as_slice(),
+                "{kernel} row {r}"
+            );
+        }
+        // --index-dtype float keeps the indices as floats, still apart.
+        let run = f.run_eval(
+            "nearest.kf",
+            &args,
+            &[
+                "--kernel",
+                kernel,
+                "--indices-out",
+                &f.p("idxf.npy"),
+                "--index-dtype",
+                "float",
+            ],
+        );
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let floats = HostArray::read_npy(&f.path("idxf.npy")).unwrap();
+        let as_int: Vec<i64> = floats.to_f64().iter().map(|&v| v as i64).collect();
+        assert_eq!(as_int, indices.data);
+        // One array cannot hold float values and int64 indices.
+        assert_fails_with(
+            &f.run_eval(
+                "nearest.kf",
+                &args,
+                &["--kernel", kernel, "--index-dtype", "int64"],
+            ),
+            &["`--index-dtype int64`", "--indices-out"],
+        );
+    }
+    // The indices are the right ones: K-min's, against a brute-force sort.
+    let indices = {
+        let run = f.run_eval(
+            "nearest.kf",
+            &args,
+            &["--kernel", "kmin_argkmin", "--indices-out", &f.p("idx.npy")],
+        );
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        IndexArray::read_npy(&f.path("idx.npy")).unwrap()
+    };
+    for i in 0..7 {
+        let mut order: Vec<usize> = (0..11).collect();
+        order.sort_by(|&a, &b| d2(i, a).total_cmp(&d2(i, b)).then(a.cmp(&b)));
+        let want: Vec<i64> = order[..3].iter().map(|&j| j as i64).collect();
+        assert_eq!(&indices.data[i * 3..][..3], want.as_slice(), "row {i}");
+    }
+    // Arg-only reductions: int64 straight into -o, the same numbers as the float layout.
+    let run = f.run_eval("nearest.kf", &args, &["--kernel", "argkmin"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let floats = HostArray::read_npy(&f.path("out.npy")).unwrap();
+    let run = f.run_eval(
+        "nearest.kf",
+        &args,
+        &["--kernel", "argkmin", "--index-dtype", "int64"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let ints = IndexArray::read_npy(&f.path("out.npy")).unwrap();
+    assert_eq!(ints.shape, vec![7, 3]);
+    assert_eq!(ints.data, indices.data);
+    assert_eq!(floats.to_indices(), ints);
+    assert_fails_with(
+        &f.run_eval(
+            "nearest.kf",
+            &args,
+            &["--kernel", "argkmin", "--indices-out", &f.p("i.npy")],
+        ),
+        &["`--indices-out`", "indices only"],
+    );
+    // Reductions without indices: nothing to write apart.
+    assert_fails_with(
+        &f.run_eval(
+            "nearest.kf",
+            &args,
+            &["--kernel", "sum", "--indices-out", &f.p("i.npy")],
+        ),
+        &["`--indices-out`", "returns no indices"],
+    );
+    assert!(!f.path("i.npy").exists());
+}
+
+#[test]
+fn timings_report_each_step_and_pairs_per_second() {
+    let f = Fixture::new();
+    for flag in ["--timings", "-v"] {
+        let run = f.run_eval("gauss.kf", &ALL_ARGS, &[flag]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        for needle in [
+            "N = 4, M = 5",
+            "front end",
+            "read",
+            "compile",
+            "run",
+            "pairs/s",
+            "write",
+        ] {
+            assert!(
+                run.stderr.contains(needle),
+                "{flag}: no `{needle}` in\n{}",
+                run.stderr
+            );
+        }
+        assert!(run.stdout.is_empty(), "timings go to stderr");
+    }
+    let run = f.run_eval("gauss.kf", &ALL_ARGS, &[]);
+    assert!(!run.stderr.contains("pairs/s"), "quiet without --timings");
 }

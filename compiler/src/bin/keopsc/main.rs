@@ -1,9 +1,10 @@
 //! `keopsc`: compile and evaluate KeOps formulas written in `.kf` files.
 
+mod eval;
+
 use clap::{Parser, Subcommand};
-use keops_runtime::HostArray;
 use keopsc::diagnostic::{render_all, Diagnostic};
-use keopsc::driver::{self, Backend, CompiledFile};
+use keopsc::driver::{self, CompiledFile};
 use keopsc::opt::rules::RuleSet;
 use keopsc::opt::OptBudget;
 use keopsc::source::SourceFile;
@@ -69,12 +70,26 @@ enum Command {
         /// NAME=FILE.npy, once per argument (inline `Vi(pos, dim)` variables are named by pos).
         #[arg(long = "arg", value_name = "NAME=FILE.npy")]
         args: Vec<String>,
-        /// Where to write the output array.
+        /// Where to write the output array (checked before any work).
         #[arg(short, long, value_name = "OUT.npy")]
         output: PathBuf,
+        /// For reductions returning values and indices (Min_ArgMin, Max_ArgMax, KMin_ArgKMin):
+        /// write the indices to this file, apart from the values in -o (int64 unless
+        /// --index-dtype float).
+        #[arg(long, value_name = "IDX.npy")]
+        indices_out: Option<PathBuf>,
+        /// float (the input dtype, KeOps's convention; the default in -o) or int64 (the default
+        /// in --indices-out). Arg-only reductions (ArgMin, ArgKMin, ...) with int64 write int64
+        /// to -o.
+        #[arg(long, value_name = "float|int64")]
+        index_dtype: Option<String>,
         /// interp, cpu or cuda; the fastest available when left out.
         #[arg(long)]
         backend: Option<String>,
+        /// Print to stderr the time of each step (front end, reading, compiling, running,
+        /// writing) and the speed in (i, j) pairs per second.
+        #[arg(long, short = 'v', visible_alias = "verbose")]
+        timings: bool,
     },
     /// An interactive session: type kernels in .kf syntax, inspect every stage (`:help`).
     /// Reads piped input too.
@@ -179,8 +194,20 @@ fn run(cli: Cli) -> ExitCode {
             kernel,
             args,
             output,
+            indices_out,
+            index_dtype,
             backend,
-        } => eval(&file, kernel.as_deref(), &args, &output, backend.as_deref()),
+            timings,
+        } => eval::eval(&eval::EvalRequest {
+            file: &file,
+            kernel: kernel.as_deref(),
+            args: &args,
+            output: &output,
+            indices_out: indices_out.as_deref(),
+            index_dtype: index_dtype.as_deref(),
+            backend: backend.as_deref(),
+            timings,
+        }),
         Command::Repl => repl(),
         Command::Build {
             file,
@@ -338,63 +365,6 @@ fn check(path: &Path, verbose: bool) -> Result<(), Reported> {
             println!("{}", kernel.signature);
         }
     }
-    Ok(())
-}
-
-fn eval(
-    path: &Path,
-    kernel: Option<&str>,
-    args: &[String],
-    output: &Path,
-    backend: Option<&str>,
-) -> Result<(), Reported> {
-    let backend = match backend {
-        None => Backend::fastest(),
-        Some(name) => Backend::parse(name).ok_or_else(|| {
-            fail(format!(
-                "unknown backend `{name}`: choose interp, cpu or cuda"
-            ))
-        })?,
-    };
-    let compiled = load(path)?;
-    let kernel = match kernel {
-        Some(name) => compiled.kernel(name).ok_or_else(|| {
-            let names: Vec<String> = compiled
-                .kernels
-                .iter()
-                .map(|k| format!("`{}`", k.name))
-                .collect();
-            fail(format!(
-                "no kernel `{name}` in `{}`; it defines {}",
-                path.display(),
-                names.join(", ")
-            ))
-        })?,
-        None => match compiled.kernels.as_slice() {
-            [only] => only,
-            many => {
-                let names: Vec<String> = many.iter().map(|k| format!("`{}`", k.name)).collect();
-                return Err(fail(format!(
-                    "`{}` defines {} kernels ({}): choose one with --kernel NAME",
-                    path.display(),
-                    many.len(),
-                    names.join(", ")
-                )));
-            }
-        },
-    };
-    let mut inputs = Vec::new();
-    for arg in args {
-        let Some((name, file)) = arg.split_once('=') else {
-            return Err(fail(format!("`--arg {arg}`: expected NAME=FILE.npy")));
-        };
-        let array = HostArray::read_npy(Path::new(file))
-            .map_err(|e| fail(format!("argument `{name}` (`{file}`): {e}")))?;
-        inputs.push((name.to_string(), array));
-    }
-    let out = driver::evaluate(kernel, &inputs, backend).map_err(fail)?;
-    out.write_npy(output)
-        .map_err(|e| fail(format!("output `{}`: {e}", output.display())))?;
     Ok(())
 }
 
