@@ -37,3 +37,5 @@ pub fn run_interp(
         .collect();
     driver::evaluate(kernel, &inputs, Backend::Interp).expect("evaluation succeeds")
 }
+
+pub mod fuzzing;

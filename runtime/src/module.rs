@@ -46,6 +46,23 @@ pub struct Manifest {
     pub library: String,
     pub library_hash: String,
     pub kernels: Vec<ManifestKernel>,
+    /// FNV-1a 64 of this manifest's JSON with this field empty, hex ([`Manifest::checksum`]):
+    /// the library's checksum does not cover what the manifest says about it (signatures,
+    /// symbols, lanes), and a damaged description would make safe calls read or write out of
+    /// bounds.
+    #[serde(default)]
+    pub manifest_hash: String,
+}
+
+impl Manifest {
+    /// The checksum [`Manifest::manifest_hash`] must hold: of the manifest's compact JSON
+    /// (fields in declaration order) with `manifest_hash` empty.
+    pub fn checksum(&self) -> String {
+        let mut unsealed = self.clone();
+        unsealed.manifest_hash.clear();
+        let text = serde_json::to_string(&unsealed).unwrap_or_default();
+        format!("{:016x}", fnv1a64(text.as_bytes()))
+    }
 }
 
 /// What the native code was compiled for.
@@ -494,6 +511,15 @@ impl Module {
                     missing
                 },
             });
+        }
+        // After the version and CPU checks (which only refuse, and say why more precisely),
+        // before anything the manifest says is trusted.
+        let checksum = manifest.checksum();
+        if manifest.manifest_hash != checksum {
+            return Err(corrupt(format!(
+                "{MANIFEST_FILE} has checksum {checksum}, it says {:?}; rebuild it with `keopsc build`",
+                manifest.manifest_hash
+            )));
         }
         if manifest.library.contains('/') || manifest.library.contains("..") {
             return Err(corrupt(format!("library name `{}`", manifest.library)));

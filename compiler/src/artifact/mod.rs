@@ -161,7 +161,7 @@ fn write_module(
     let library_name = library_file(&library_hash);
     let library_path = staging.join(&library_name);
     std::fs::rename(&linked_path, &library_path).map_err(io(&library_path))?;
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         format: MODULE_FORMAT,
         compiler_version: VERSION.to_string(),
         llvm_version: llvm_version(),
@@ -174,7 +174,9 @@ fn write_module(
         library: library_name,
         library_hash,
         kernels,
+        manifest_hash: String::new(),
     };
+    manifest.manifest_hash = manifest.checksum();
     let text = serde_json::to_string_pretty(&manifest).expect("a manifest serialises");
     let manifest_path = staging.join(MANIFEST_FILE);
     std::fs::write(&manifest_path, text).map_err(io(&manifest_path))?;
