@@ -427,10 +427,6 @@ impl<'ctx> Emitter<'_, 'ctx> {
         self.binop(InstructionOpcode::LShr, a, b)
     }
 
-    fn ashr(&self, a: Val<'ctx>, b: Val<'ctx>) -> Val<'ctx> {
-        self.binop(InstructionOpcode::AShr, a, b)
-    }
-
     fn intrinsic(&self, name: &str, args: &[Val<'ctx>]) -> Val<'ctx> {
         let declaration = Intrinsic::find(name)
             .and_then(|i| i.get_declaration(self.module, &[args[0].get_type()]))
@@ -557,8 +553,10 @@ impl<'ctx> Emitter<'_, 'ctx> {
     /// Algorithm: n = rint(x/ln 2) by the 1.5·2^m shifter trick (no float-to-int conversion,
     /// which is poison for NaN), Cody-Waite reduction r = x - n·ln2_hi - n·ln2_lo with
     /// |r| <= ln2/2, exp(r) = 1 + r + r²·P(r) with SLEEF's minimax P (degree 5 for f32, 10 for
-    /// f64), then a multiplication by 2^n split in two normal factors 2^(n>>1)·2^(n-(n>>1)) so
-    /// that denormal and near-overflow results come from one correctly rounded product.
+    /// f64), then the scaling by 2^n (see `scale_by_power_of_two`), which never produces a
+    /// denormal or underflowing intermediate: results that round to 0 or to a denormal come
+    /// out of integer arithmetic, so the speed does not depend on the data (on x86 a floating
+    /// operation with such a result can cost a microcode assist of ~100 cycles).
     ///
     /// Domain: all inputs. Error: <= 1 ULP for f32 and f64, denormal results included
     /// (measured max: 1 and 1).
@@ -635,17 +633,52 @@ impl<'ctx> Emitter<'_, 'ctx> {
             None => r,
         };
         let p = self.poly(r, coefficients);
-        let p = self.add(self.fma(self.mul(r, r), p, r), self.f(1.0));
+        // 2·exp(r), rounded once: 2·(1 + h) is exactly 2·h + 2 and scaling by 2 commutes with
+        // rounding, so this is bit for bit twice the rounded 1 + h.
+        let twice_p = self.fma(self.fma(self.mul(r, r), p, r), self.f(2.0), self.f(2.0));
+        self.scale_by_power_of_two(twice_p, n, t)
+    }
 
-        // 2^k for |k| <= bias - 1 from its bit pattern.
-        let power = |k: Val<'ctx>| {
-            let biased = self.iadd(k, self.i(s.exponent_bias()));
-            self.bitcast_float(self.shl(biased, self.i(i64::from(m))))
-        };
-        let n = self.isub(self.bitcast_int(t), self.i(s.bits_of(shifter)));
-        let half = self.ashr(n, self.i(1));
-        let rest = self.isub(n, half);
-        self.mul(self.mul(p, power(half)), power(rest))
+    /// (q/2)·2^n, correctly rounded (denormal and infinite results included), for q = 2·exp(r)
+    /// in [√2, 2√2] and n an integer in [n_min, emax + 1], given as the float `n` and as `t`,
+    /// the shifter sum whose low bits hold it; n_min is the n of exp's lower clamp (-150 for
+    /// f32, -1076 for f64). NaN in q propagates.
+    ///
+    /// Normal results (n >= emin + 1) are q·2^(n-1), one multiplication by a normal power of
+    /// two. Below, the result is k·2^(emin - m) (a denormal, or one of the smallest normals),
+    /// where the integer k = rint(q·2^(n - 1 - emin + m)) < 1.5·2^m is exactly the result's
+    /// bit pattern. w = q·2^(n - 1 - emin + m) is exact and normal; rint(w) is read off
+    /// w + 2^m (exact rounding for w < 2^m) and, for w in [2^m, 2^(m+1)) where w is already
+    /// an integer, off w's own bits: each reading is at most the true k where the other is
+    /// exact, so k is their maximum. One scale serves both cases (the exponent offset is
+    /// selected), so the common path costs a compare, a select and a few integer operations
+    /// more than a plain multiplication, and no operation ever sees a denormal.
+    fn scale_by_power_of_two(&self, q: Val<'ctx>, n: Val<'ctx>, t: Val<'ctx>) -> Val<'ctx> {
+        let s = self.scalar;
+        let m = i64::from(s.mantissa_bits());
+        let bias = s.exponent_bias();
+        let emin = 1 - bias;
+        let two_m = pow2(m as i32);
+        // The low bits of t's pattern are those of n and shifting by m drops the shifter's own
+        // bits (its low bits are 0), so this is n·2^m, the exponent field of 2^n (mod 2^bits).
+        let n_field = self.shl(self.bitcast_int(t), self.i(m));
+        let small = self.fcmp(FloatPredicate::OLT, n, self.f(emin as f64 + 0.5));
+        let normal_offset = (bias - 1) << m;
+        let small_offset = (m - emin - 1 + bias) << m;
+        let offset = self.select(small, self.i(small_offset), self.i(normal_offset));
+        let scale = self.bitcast_float(self.iadd(n_field, offset));
+        let w = self.mul(q, scale);
+
+        let rounded = self.isub(
+            self.bitcast_int(self.fma(q, scale, self.f(two_m))),
+            self.i(s.bits_of(two_m)),
+        );
+        let integral = self.isub(
+            self.bitcast_int(w),
+            self.i(s.bits_of(two_m) - s.bits_of(pow2(emin as i32))),
+        );
+        let k = self.intrinsic("llvm.smax", &[rounded, integral]);
+        self.select(small, self.bitcast_float(k), w)
     }
 
     /// `log(x)` (natural logarithm).

@@ -10,17 +10,47 @@ use std::f64::consts::{FRAC_1_SQRT_2, FRAC_PI_2, FRAC_PI_4, LN_2, SQRT_2};
 
 use inkwell::context::Context;
 use inkwell::module::Linkage;
+use keopsc::codegen::jit::LEVELS;
 use keopsc::codegen::math::{evaluate_on_host, MathFn, MathLib, Scalar};
+use keopsc::codegen::CpuTarget;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const SCALARS: [Scalar; 2] = [Scalar::F32, Scalar::F64];
 
-/// Scalar code and one vector width per element type.
-fn widths(s: Scalar) -> [u32; 2] {
-    match s {
-        Scalar::F32 => [1, 8],
-        Scalar::F64 => [1, 4],
+/// Scalar code and every vector width code generation can select on this host: that of each
+/// x86-64 level the host satisfies (`keopsc build --target`) and that of the host itself (the
+/// JIT), e.g. 1, 4, 8 and 16 lanes of f32 on an AVX-512 machine.
+fn widths(s: Scalar) -> Vec<u32> {
+    // Levels are nested: the host satisfies every one up to its highest.
+    let host_level = CpuTarget::host_level().cpu;
+    let highest = LEVELS
+        .iter()
+        .position(|&l| l == host_level)
+        .expect("the host level is a known level");
+    let levels = LEVELS[..=highest]
+        .iter()
+        .map(|l| CpuTarget::level(l).expect("a known level").lanes(s));
+    let mut widths: Vec<u32> = std::iter::once(1)
+        .chain(levels)
+        .chain(std::iter::once(CpuTarget::host().lanes(s)))
+        .collect();
+    widths.sort_unstable();
+    widths.dedup();
+    widths
+}
+
+#[test]
+fn sweeps_cover_the_host_widths() {
+    for s in SCALARS {
+        let w = widths(s);
+        assert_eq!(w[0], 1, "{s:?}: scalar code first");
+        assert!(w.contains(&CpuTarget::host().lanes(s)), "{s:?}: {w:?}");
+        let sse = match s {
+            Scalar::F32 => 4,
+            Scalar::F64 => 2,
+        };
+        assert!(w.contains(&sse), "{s:?}: the x86-64 baseline width, {w:?}");
     }
 }
 
@@ -347,6 +377,23 @@ fn exp() {
             }
         }
         x.extend([1000.0, -1000.0, 88.0, -88.0, 700.0, -700.0]);
+        // Denormal results (computed by integer rounding, see `scale_by_power_of_two`),
+        // densely, with both ends; the largest n of that path, whose results straddle the
+        // smallest normal; and results that round to 0, far below the clamp too.
+        x.extend(uniform(&mut rng, 100_000, underflow - 0.5, denormal + 1.5));
+        let last_small_n = (denormal / LN_2).round() * LN_2;
+        x.extend(uniform(
+            &mut rng,
+            20_000,
+            last_small_n - 0.4,
+            last_small_n + 0.4,
+        ));
+        x.extend(uniform(&mut rng, 5_000, 4.0 * low, low));
+        x.extend(
+            log_spaced(&mut rng, 5_000, 7.0, 100.0, false)
+                .iter()
+                .map(|v| -v),
+        );
         let bound = MathFn::Exp.max_ulp(s);
         check(MathFn::Exp, s, "", &unary_points(s, x), |_| {
             Expect::Ulp(bound)
