@@ -2,8 +2,12 @@
 //! and `show-npy` (used by `./x run-example`), and three programs that load a module built by
 //! `keopsc build` through `keops-runtime` alone (no LLVM): `gauss-sum`, `knn`, `diffusion`.
 //! `jit-gauss-sum` (feature `jit`) compiles its kernel at run time instead.
+//!
+//! The three module programs are tools as well as examples: each takes the user's `.npy`
+//! points (`--x`, `--points`, ...) and writes its result as `.npy` (`-o`); without input files
+//! they run on random points. `PROGRAM --help` says how.
 
-use keops_runtime::{HostArray, Module};
+use keops_runtime::{DType, HostArray, Module};
 use std::path::Path;
 
 /// A small deterministic generator (SplitMix64), so that the examples need no dependency.
@@ -34,15 +38,84 @@ pub fn load_module(path: &Path) -> Result<Module, String> {
     Module::load(path).map_err(|e| e.to_string())
 }
 
-/// `args[k]` parsed, or `default`.
-pub fn arg_or<T: std::str::FromStr>(args: &[String], k: usize, default: T) -> Result<T, String>
-where
-    T::Err: std::fmt::Display,
-{
-    match args.get(k) {
-        Some(text) => text
-            .parse()
-            .map_err(|e| format!("argument {k} (`{text}`): {e}")),
-        None => Ok(default),
+/// Reads a `.npy` array of points (float32 or float64, C or Fortran order), naming the option
+/// it was given with in errors.
+pub fn read_npy(path: &Path, option: &str) -> Result<HostArray, String> {
+    HostArray::read_npy(path).map_err(|e| format!("{option} `{}`: {e}", path.display()))
+}
+
+/// Reads points: a 2-d array `(rows, dim)`, or a 1-d array of `rows` points of dimension 1.
+pub fn read_points(path: &Path, option: &str) -> Result<HostArray, String> {
+    let mut array = read_npy(path, option)?;
+    match array.shape.as_slice() {
+        [_, _] => Ok(array),
+        [rows] => {
+            array.shape = vec![*rows, 1];
+            Ok(array)
+        }
+        other => Err(format!(
+            "{option} `{}`: expected an array of points (N, D), found shape {other:?}",
+            path.display()
+        )),
     }
+}
+
+/// A number given on the command line, or read from a `.npy` file holding one number (shape
+/// `()`, `(1,)` or `(1, 1)`).
+pub fn number_or_npy(text: &str, option: &str) -> Result<f64, String> {
+    if let Ok(value) = text.parse::<f64>() {
+        return Ok(value);
+    }
+    let array = read_npy(Path::new(text), option)?;
+    match array.to_f64().as_slice() {
+        [value] => Ok(*value),
+        values => Err(format!(
+            "{option} `{text}`: expected one number, found {} in an array of shape {:?}",
+            values.len(),
+            array.shape
+        )),
+    }
+}
+
+/// An array of `dtype` holding `values` (rounded to f32 when `dtype` is float32).
+pub fn array_of(dtype: DType, shape: Vec<usize>, values: Vec<f64>) -> HostArray {
+    match dtype {
+        DType::F64 => HostArray::from_f64(shape, values),
+        DType::F32 => HostArray::from_f32(shape, values.into_iter().map(|v| v as f32).collect()),
+    }
+}
+
+/// Writes an array, naming the option in errors.
+pub fn write_npy(array: &HostArray, path: &Path, option: &str) -> Result<(), String> {
+    array
+        .write_npy(path)
+        .map_err(|e| format!("{option} `{}`: {e}", path.display()))
+}
+
+/// Checks, before any work, that `path` can be written: its directory exists. (The file
+/// itself is written once the result is known.)
+pub fn check_output(path: &Path, option: &str) -> Result<(), String> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if path.is_dir() {
+        return Err(format!("{option} `{}`: is a directory", path.display()));
+    }
+    if !dir.is_dir() {
+        return Err(format!(
+            "{option} `{}`: the directory `{}` does not exist",
+            path.display(),
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Squared Euclidean distance between row `i` of `a` and row `j` of `b` (both `dim` wide), in
+/// f64: the plain computation the programs check the kernels against.
+pub fn sq_dist(a: &[f64], i: usize, b: &[f64], j: usize, dim: usize) -> f64 {
+    (0..dim)
+        .map(|c| (a[i * dim + c] - b[j * dim + c]).powi(2))
+        .sum()
 }

@@ -2,7 +2,7 @@
 //! library (what `keopsc build` runs), loaded and run by programs that link keops-runtime
 //! only; and a check that those programs indeed do not link LLVM.
 
-use keops_runtime::DType;
+use keops_runtime::{DType, HostArray, IndexArray};
 use keopsc::artifact::{build, Placement};
 use keopsc::codegen::CpuTarget;
 use keopsc::driver;
@@ -26,6 +26,18 @@ fn build_example(kf: &str, dir: &Path) -> PathBuf {
     )
     .expect("builds");
     out
+}
+
+/// Runs a program that must fail; returns its stderr.
+fn run_failing(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program).args(args).output().expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "{program} {args:?} should fail");
+    assert!(
+        !stderr.contains("panicked"),
+        "{program} panicked:\n{stderr}"
+    );
+    stderr
 }
 
 fn run(program: &str, args: &[&str]) -> String {
@@ -64,11 +76,7 @@ fn programs_load_and_run_modules() {
 
 #[test]
 fn module_programs_do_not_link_llvm() {
-    for program in [
-        env!("CARGO_BIN_EXE_gauss-sum"),
-        env!("CARGO_BIN_EXE_knn"),
-        env!("CARGO_BIN_EXE_diffusion"),
-    ] {
+    for (_, program) in PROGRAMS {
         let Ok(output) = Command::new("ldd").arg(program).output() else {
             eprintln!("SKIPPED: `ldd` is not available to list the libraries of {program}");
             return;
@@ -79,4 +87,190 @@ fn module_programs_do_not_link_llvm() {
             "{program} links LLVM:\n{libraries}"
         );
     }
+}
+
+const PROGRAMS: [(&str, &str); 5] = [
+    ("gauss-sum", env!("CARGO_BIN_EXE_gauss-sum")),
+    ("knn", env!("CARGO_BIN_EXE_knn")),
+    ("diffusion", env!("CARGO_BIN_EXE_diffusion")),
+    ("make-example-data", env!("CARGO_BIN_EXE_make-example-data")),
+    ("show-npy", env!("CARGO_BIN_EXE_show-npy")),
+];
+
+/// `--help` is an option, not a module path: each program says what it does and how to call it.
+#[test]
+fn every_program_has_help() {
+    for (name, program) in PROGRAMS {
+        let out = run(program, &["--help"]);
+        assert!(out.contains("Usage:"), "{name}:\n{out}");
+        assert!(out.contains(&format!("Usage: {name}")), "{name}:\n{out}");
+    }
+    for (name, program) in &PROGRAMS[..3] {
+        let out = run(program, &["--help"]);
+        for needle in ["keopsc build", "-o, --output", ".npy"] {
+            assert!(
+                out.contains(needle),
+                "{name} --help lacks `{needle}`:\n{out}"
+            );
+        }
+    }
+}
+
+/// Uniform numbers in [0, 1) from a fixed seed, as an f64 array.
+fn points(seed: u64, rows: usize, cols: usize) -> HostArray {
+    let mut rng = keops_examples::SplitMix(seed);
+    HostArray::from_f64(
+        vec![rows, cols],
+        (0..rows * cols).map(|_| rng.next_f64()).collect(),
+    )
+}
+
+fn sq_dist(a: &[f64], i: usize, b: &[f64], j: usize) -> f64 {
+    (0..3).map(|c| (a[i * 3 + c] - b[j * 3 + c]).powi(2)).sum()
+}
+
+/// The three programs on the user's `.npy` files (f64; the bandwidth a 0-d array), each result
+/// checked against a plain f64 computation of every row.
+#[test]
+fn programs_run_on_npy_inputs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let (n, m) = (40, 57);
+    let (x, y) = (points(1, n, 3), points(2, m, 3));
+    let b = points(3, m, 1);
+    for (name, array) in [("x.npy", &x), ("y.npy", &y), ("b.npy", &b)] {
+        array.write_npy(Path::new(&path(name))).expect("writes");
+    }
+    HostArray::from_f64(vec![], vec![0.3])
+        .write_npy(Path::new(&path("s.npy")))
+        .expect("writes");
+    let (xs, ys, bs) = (x.to_f64(), y.to_f64(), b.to_f64());
+
+    // gauss-sum: a_i = sum_j exp(-|x_i - y_j|^2 / (2 s^2)) b_j, the bandwidth from a 0-d .npy.
+    let gauss = build_example("gauss.kf", dir.path());
+    let args = [
+        gauss.to_str().unwrap(),
+        "--x",
+        &path("x.npy"),
+        "--y",
+        &path("y.npy"),
+        "--b",
+        &path("b.npy"),
+        "--bandwidth",
+        &path("s.npy"),
+        "-o",
+        &path("a.npy"),
+    ];
+    run(env!("CARGO_BIN_EXE_gauss-sum"), &args);
+    let a = HostArray::read_npy(Path::new(&path("a.npy"))).expect("reads");
+    assert_eq!(a.shape, vec![n, 1]);
+    assert_eq!(a.dtype(), DType::F64);
+    for (i, &got) in a.to_f64().iter().enumerate() {
+        let want: f64 = (0..m)
+            .map(|j| (-sq_dist(&xs, i, &ys, j) / (2.0 * 0.09)).exp() * bs[j])
+            .sum();
+        assert!(
+            (got - want).abs() <= 1e-12 * want.abs(),
+            "a[{i}]: {got} vs {want}"
+        );
+    }
+
+    // knn: int64 indices of the 10 nearest y_j, nearest first.
+    let knn = build_example("knn.kf", dir.path());
+    let args = [
+        knn.to_str().unwrap(),
+        "--x",
+        &path("x.npy"),
+        "--y",
+        &path("y.npy"),
+        "-o",
+        &path("idx.npy"),
+    ];
+    run(env!("CARGO_BIN_EXE_knn"), &args);
+    let idx = IndexArray::read_npy(Path::new(&path("idx.npy"))).expect("int64");
+    assert_eq!(idx.shape, vec![n, 10]);
+    for i in 0..n {
+        let mut order: Vec<usize> = (0..m).collect();
+        order.sort_by(|&p, &q| sq_dist(&xs, i, &ys, p).total_cmp(&sq_dist(&xs, i, &ys, q)));
+        let want: Vec<i64> = order[..10].iter().map(|&j| j as i64).collect();
+        assert_eq!(&idx.data[i * 10..][..10], want.as_slice(), "row {i}");
+    }
+
+    // diffusion: t <- D^-1 K t twice, K_ij = exp(-|x_i - x_j|^2 / (2 h^2)); heat as (N,).
+    let heat: Vec<f64> = (0..n).map(|i| (i % 7) as f64).collect();
+    HostArray::from_f64(vec![n], heat.clone())
+        .write_npy(Path::new(&path("t.npy")))
+        .expect("writes");
+    let diffusion = build_example("diffusion.kf", dir.path());
+    let args = [
+        diffusion.to_str().unwrap(),
+        "--points",
+        &path("x.npy"),
+        "--heat",
+        &path("t.npy"),
+        "--bandwidth",
+        "0.2",
+        "--steps",
+        "2",
+        "-o",
+        &path("t2.npy"),
+    ];
+    run(env!("CARGO_BIN_EXE_diffusion"), &args);
+    let mut want = heat;
+    for _ in 0..2 {
+        want = (0..n)
+            .map(|i| {
+                let k = |j: usize| (-sq_dist(&xs, i, &xs, j) / (2.0 * 0.04)).exp();
+                let kt: f64 = (0..n).map(|j| k(j) * want[j]).sum();
+                let k1: f64 = (0..n).map(k).sum();
+                kt / k1
+            })
+            .collect();
+    }
+    let got = HostArray::read_npy(Path::new(&path("t2.npy"))).expect("reads");
+    assert_eq!(got.shape, vec![n, 1]);
+    for (i, (g, w)) in got.to_f64().iter().zip(&want).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-12 * (1.0 + w.abs()),
+            "t[{i}]: {g} vs {w}"
+        );
+    }
+
+    // Bad input is named, and a bad -o fails before the module is even loaded.
+    let stderr = run_failing(
+        env!("CARGO_BIN_EXE_knn"),
+        &[
+            "no-such.kmod",
+            "--x",
+            &path("x.npy"),
+            "-o",
+            "/no-such-dir/idx.npy",
+        ],
+    );
+    assert!(
+        stderr.contains("-o") && stderr.contains("/no-such-dir"),
+        "{stderr}"
+    );
+    let stderr = run_failing(
+        env!("CARGO_BIN_EXE_gauss-sum"),
+        &[gauss.to_str().unwrap(), "--x", &path("missing.npy")],
+    );
+    assert!(
+        stderr.contains("--x") && stderr.contains("missing.npy"),
+        "{stderr}"
+    );
+    let stderr = run_failing(
+        env!("CARGO_BIN_EXE_diffusion"),
+        &[
+            diffusion.to_str().unwrap(),
+            "--points",
+            &path("x.npy"),
+            "--heat",
+            &path("b.npy"),
+        ],
+    );
+    assert!(
+        stderr.contains("--heat") && stderr.contains("(40, 1)"),
+        "{stderr}"
+    );
 }

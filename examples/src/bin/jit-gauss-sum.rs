@@ -3,16 +3,26 @@
 //! it. The first run compiles (tens of milliseconds); later runs load the cached module.
 //! Needs the `jit` feature: `cargo run -p keops-examples --features jit --bin jit-gauss-sum`.
 
-use keops_examples::{arg_or, SplitMix};
+use clap::Parser;
+use keops_examples::SplitMix;
 use keops_runtime::ArrayRef;
 use keopsc::artifact::cache::CompileCache;
 use std::time::Instant;
 
 const SOURCE: &str = include_str!("../../kf/gauss.kf");
 
+/// Compiles the Gaussian kernel sum of examples/kf/gauss.kf at run time, through the on-disk
+/// compile cache ($KEOPS_RS_CACHE_DIR, else ~/.cache/keops-rs), and runs it on N random points.
+#[derive(Parser)]
+#[command(name = "jit-gauss-sum")]
+struct Args {
+    /// N = M, the number of points.
+    #[arg(default_value_t = 20_000)]
+    n: usize,
+}
+
 fn main() -> Result<(), String> {
-    let args: Vec<String> = std::env::args().collect();
-    let n: usize = arg_or(&args, 1, 20_000)?;
+    let n = Args::parse().n;
     let cache = CompileCache::open_default();
     let start = Instant::now();
     let (kernel, outcome) = cache.kernel(SOURCE, None).map_err(|e| e.to_string())?;

@@ -1,21 +1,26 @@
 //! Writes the arrays of examples/kf/gauss.kf: `make-example-data DIR N M` creates DIR/x.npy
 //! (N, 3), y.npy (M, 3), b.npy (M, 1) and s.npy (1,), uniform points from a fixed seed.
 
+use clap::Parser;
 use keops_examples::SplitMix;
 use keops_runtime::HostArray;
 use std::path::PathBuf;
 
+/// Writes the arrays of examples/kf/gauss.kf into DIR: x.npy (N, 3), y.npy (M, 3), b.npy (M, 1)
+/// and s.npy (1,) holding 0.25; uniform float32 numbers in [0, 1) from a fixed seed.
+#[derive(Parser)]
+#[command(name = "make-example-data")]
+struct Args {
+    /// The folder to write (created if missing).
+    dir: PathBuf,
+    /// Rows of x.
+    n: usize,
+    /// Rows of y and b.
+    m: usize,
+}
+
 fn main() -> Result<(), String> {
-    let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: make-example-data DIR N M";
-    let dir = PathBuf::from(args.get(1).ok_or(usage)?);
-    let parse = |k: usize| -> Result<usize, String> {
-        args.get(k)
-            .ok_or(usage)?
-            .parse()
-            .map_err(|e| format!("{usage}: {e}"))
-    };
-    let (n, m) = (parse(2)?, parse(3)?);
+    let Args { dir, n, m } = Args::parse();
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut rng = SplitMix(42);
     let arrays = [

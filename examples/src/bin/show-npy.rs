@@ -1,14 +1,37 @@
 //! Prints a summary of a `.npy` file: dtype, shape, the first rows, and min / mean / max.
 
-use keops_runtime::HostArray;
-use std::path::Path;
+use clap::Parser;
+use keops_runtime::{HostArray, IndexArray};
+use std::path::PathBuf;
+
+/// Prints a summary of a .npy file (float32, float64 or int64): dtype, shape, the first rows,
+/// and min / mean / max.
+#[derive(Parser)]
+#[command(name = "show-npy")]
+struct Args {
+    /// The file to show.
+    file: PathBuf,
+}
 
 fn main() -> Result<(), String> {
-    let path = std::env::args().nth(1).ok_or("usage: show-npy FILE.npy")?;
-    let array = HostArray::read_npy(Path::new(&path)).map_err(|e| format!("{path}: {e}"))?;
-    let values = array.to_f64();
-    let cols = array.shape.get(1).copied().unwrap_or(1).max(1);
-    println!("{path}: {} {:?}", array.dtype(), array.shape);
+    let path = Args::parse().file;
+    let shown = path.display();
+    let (dtype, shape, values) = match HostArray::read_npy(&path) {
+        Ok(array) => (
+            array.dtype().to_string(),
+            array.shape.clone(),
+            array.to_f64(),
+        ),
+        Err(float_error) => match IndexArray::read_npy(&path) {
+            Ok(indices) => {
+                let values = indices.data.iter().map(|&i| i as f64).collect();
+                ("int64".to_string(), indices.shape, values)
+            }
+            Err(_) => return Err(format!("{shown}: {float_error}")),
+        },
+    };
+    let cols = shape.get(1).copied().unwrap_or(1).max(1);
+    println!("{shown}: {dtype} {shape:?}");
     for row in values.chunks(cols).take(5) {
         let row: Vec<String> = row.iter().map(|v| format!("{v:.6}")).collect();
         println!("  [{}]", row.join(", "));
