@@ -387,7 +387,8 @@ fn run_block(block: &Block) -> Option<Result<Outcome, String>> {
         "kf-run" => run_kernel(block),
         "kf-simplify" => run_simplify(block, false),
         "kf-simplify --exact" => run_simplify(block, true),
-        "kf" => {
+        // A kernel file of the recipes page: it must compile (recipes.rs runs it).
+        info if info == "kf" || info.starts_with("kf file=") => {
             // `compile_ok` panics with the diagnostics; keep going to report every failure.
             let text = block.body.join("\n");
             std::panic::catch_unwind(|| {
@@ -620,6 +621,216 @@ fn every_rule_is_documented_with_its_flags() {
                 "optimizer.md:{}: `{}` is not a rule of `catalog()`",
                 row.line, row.name
             ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The repository's root.
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("repository root")
+}
+
+/// A heading's anchor as Markdown renderers make it: lower case, punctuation dropped, spaces as
+/// hyphens (`## Calls and arity` -> `calls-and-arity`).
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// The anchors of a Markdown file's headings (outside fenced blocks).
+fn anchors(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut in_fence = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            in_fence = !in_fence;
+        } else if !in_fence && line.starts_with('#') {
+            out.push(anchor(line.trim_start_matches('#')));
+        }
+    }
+    out
+}
+
+/// The targets of `[text](target)` links and the file paths written as code (`` `a/b.md` ``)
+/// on the lines of a Markdown file outside fenced blocks, with their line numbers.
+fn references(text: &str) -> (Vec<(usize, String)>, Vec<(usize, String)>) {
+    let mut links = Vec::new();
+    let mut paths = Vec::new();
+    let mut in_fence = false;
+    for (k, line) in text.lines().enumerate() {
+        if line.trim_start().starts_with("```") {
+            in_fence = !in_fence;
+            continue;
+        }
+        if in_fence {
+            continue;
+        }
+        let mut rest = line;
+        while let Some(start) = rest.find("](") {
+            let after = &rest[start + 2..];
+            let Some(end) = after.find(')') else { break };
+            links.push((k + 1, after[..end].to_string()));
+            rest = &after[end..];
+        }
+        for (n, span) in line.split('`').enumerate() {
+            let is_path = n % 2 == 1
+                && span.contains('/')
+                && !span.contains(char::is_whitespace)
+                && [".md", ".rs", ".kf", ".c", ".toml", ".sh"]
+                    .iter()
+                    .any(|ext| span.ends_with(ext));
+            if is_path {
+                paths.push((k + 1, span.to_string()));
+            }
+        }
+    }
+    (links, paths)
+}
+
+/// The documentation stands alone: every link of lang-spec (and of the root README) points at a
+/// file of the repository that exists, and at a heading of it that exists when it names one;
+/// every file path written as code in lang-spec exists too (relative to the repository root or
+/// to lang-spec). Links out of the repository (`..` past its root, absolute paths, other sites)
+/// are errors.
+#[test]
+fn lang_spec_links_stay_inside_the_repository() {
+    let root = repo_root();
+    let mut files: Vec<PathBuf> = spec_files()
+        .iter()
+        .map(|p| p.canonicalize().expect("spec file"))
+        .collect();
+    files.push(root.join("README.md"));
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for path in &files {
+        let text = std::fs::read_to_string(path).expect("markdown readable");
+        let dir = path.parent().expect("a file has a folder");
+        let shown = path
+            .strip_prefix(&root)
+            .unwrap_or(path)
+            .display()
+            .to_string();
+        let (links, paths) = references(&text);
+        for (line, target) in links {
+            checked += 1;
+            let at = format!("{shown}:{line}: link `{target}`");
+            // The root README may cite the project it follows; lang-spec must not need the web.
+            let is_web = target.starts_with("https://") || target.starts_with("http://");
+            if is_web && path.ends_with("README.md") && dir == root {
+                continue;
+            }
+            if target.contains("://") || target.starts_with('/') {
+                problems.push(format!("{at} leaves the repository"));
+                continue;
+            }
+            let (file, fragment) = match target.split_once('#') {
+                Some((f, a)) => (f, Some(a)),
+                None => (target.as_str(), None),
+            };
+            let resolved = if file.is_empty() {
+                path.clone()
+            } else {
+                dir.join(file)
+            };
+            let Ok(resolved) = resolved.canonicalize() else {
+                problems.push(format!("{at}: no such file"));
+                continue;
+            };
+            if !resolved.starts_with(&root) {
+                problems.push(format!("{at} leaves the repository"));
+                continue;
+            }
+            if let Some(fragment) = fragment {
+                let target_text = std::fs::read_to_string(&resolved).unwrap_or_default();
+                if !anchors(&target_text).iter().any(|a| a == fragment) {
+                    problems.push(format!("{at}: no heading `#{fragment}` there"));
+                }
+            }
+        }
+        if dir == root {
+            continue;
+        }
+        for (line, written) in paths {
+            checked += 1;
+            if !root.join(&written).exists() && !dir.join(&written).exists() {
+                problems.push(format!(
+                    "{shown}:{line}: `{written}` is not a file of the repository"
+                ));
+            }
+        }
+    }
+    assert!(checked > 10, "only {checked} references found");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn link_check_helpers_find_what_they_should() {
+    let (links, paths) = references(
+        "see [a](a.md#x) and [b](../b.md)\n```\n[c](c.md)\n```\n`shared/kf-contract.md` `x / y`",
+    );
+    assert_eq!(
+        links,
+        vec![(1, "a.md#x".to_string()), (1, "../b.md".to_string())]
+    );
+    assert_eq!(paths, vec![(5, "shared/kf-contract.md".to_string())]);
+    assert_eq!(anchor(" Calls and arity"), "calls-and-arity");
+    assert_eq!(anchor(" `Grad` and `Diff`"), "grad-and-diff");
+}
+
+/// The arity table of syntax.md (`| arguments | operators |` under `## Calls and arity`) lists
+/// every operator of the operator table once, with its number of arguments.
+#[test]
+fn the_arity_table_matches_the_operator_table() {
+    let text = std::fs::read_to_string(spec_dir().join("syntax.md")).expect("syntax.md readable");
+    let section = text
+        .split("## Calls and arity")
+        .nth(1)
+        .expect("syntax.md has a `## Calls and arity` section");
+    let section = section.split("\n## ").next().unwrap_or(section);
+    let mut listed: Vec<(String, usize, usize)> = Vec::new();
+    for row in section.lines().filter(|l| l.starts_with("| ")) {
+        let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+        let numbers: Vec<usize> = cells[0]
+            .split(" or ")
+            .filter_map(|n| n.trim().parse().ok())
+            .collect();
+        let (Some(&min), Some(&max)) = (numbers.first(), numbers.last()) else {
+            continue;
+        };
+        // A parenthesised remark (`(the seventh, `permute`, is optional)`) names no operator.
+        let names = cells[1].split('(').next().unwrap_or("");
+        for name in names.split(',') {
+            let name = name.split('`').nth(1).unwrap_or("").to_string();
+            listed.push((name, min, max));
+        }
+    }
+    let mut problems = Vec::new();
+    for op in OPERATORS {
+        let rows: Vec<_> = listed.iter().filter(|(n, _, _)| n == op.name).collect();
+        match rows.as_slice() {
+            [(_, min, max)] if (*min, *max) == (op.min_args(), op.max_args()) => {}
+            [] => problems.push(format!("`{}` is not in the arity table", op.name)),
+            _ => problems.push(format!(
+                "`{}` takes {} to {} arguments; the table says {:?}",
+                op.name,
+                op.min_args(),
+                op.max_args(),
+                rows
+            )),
+        }
+    }
+    for (name, _, _) in &listed {
+        if !OPERATORS.iter().any(|op| op.name == name) {
+            problems.push(format!("`{name}` in the arity table is not an operator"));
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));

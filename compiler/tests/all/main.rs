@@ -7,5 +7,6 @@ mod frontend;
 mod interp;
 mod math;
 mod nvptx;
+mod recipes;
 mod repl;
 mod simplify;
