@@ -184,3 +184,44 @@ fn module_loader_refuses_damaged_modules() {
         }
     }
 }
+
+/// Found by `module_loader`: a manifest whose description of the library was damaged (here an
+/// argument's dimension, an entry's lanes, the f32 and f64 symbols swapped, the target
+/// triple) loaded, since only the library had a checksum; calls then read and wrote out of
+/// bounds. The manifest's own checksum refuses it.
+#[test]
+fn a_manifest_that_describes_its_library_wrongly_is_refused() {
+    use keops_runtime::module::{LoadError, Module, MANIFEST_FILE};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("m.kmod");
+    let compiled = keops_tests::compile_ok("<loader>", loader::SOURCE);
+    keopsc::artifact::build(
+        &compiled,
+        &[keops_runtime::DType::F32, keops_runtime::DType::F64],
+        &keopsc::codegen::CpuTarget::host(),
+        &out,
+        &[],
+        keopsc::artifact::Placement::Replace,
+    )
+    .expect("builds");
+    let path = out.join(MANIFEST_FILE);
+    let built = std::fs::read_to_string(&path).expect("manifest");
+    Module::load(&out).expect("the module as built loads");
+    let damages: [(&str, &str); 4] = [
+        ("\"dim\": 3", "\"dim\": 30"),
+        ("\"lanes\": ", "\"lanes\": 1"),
+        ("_float32\"", "_float64\""),
+        ("x86_64-", "x86_64="),
+    ];
+    for (from, to) in damages {
+        assert!(built.contains(from), "{from}");
+        std::fs::write(&path, built.replacen(from, to, 1)).expect("written");
+        match Module::load(&out) {
+            Err(LoadError::Corrupt { message, .. }) => {
+                assert!(message.contains("checksum"), "{from} -> {to}: {message}")
+            }
+            Err(e) => panic!("{from} -> {to}: refused for another reason: {e}"),
+            Ok(_) => panic!("{from} -> {to}: a damaged manifest was loaded"),
+        }
+    }
+}
