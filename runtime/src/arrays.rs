@@ -615,3 +615,167 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::abi::ArgSpec;
+    use crate::reduction::Reduction;
+
+    fn signature() -> Signature {
+        let arg = |name: &str, category, dim| ArgSpec {
+            name: name.into(),
+            category,
+            dim,
+        };
+        Signature {
+            name: "k".into(),
+            args: vec![
+                arg("x", Category::I, 3),
+                arg("y", Category::J, 3),
+                arg("b", Category::J, 1),
+                arg("s", Category::Param, 1),
+            ],
+            reduction: Reduction::new(ReductionKind::Sum, 1),
+            axis: crate::abi::Axis::I,
+        }
+    }
+
+    #[test]
+    fn fortran_order_is_copied_into_c_order() {
+        // A (2, 3, 4) array whose element [i, j, k] is 100 i + 10 j + k.
+        let shape = [2, 3, 4];
+        let value = |i: usize, j: usize, k: usize| (100 * i + 10 * j + k) as f64;
+        let mut fortran = Vec::new();
+        for k in 0..4 {
+            for j in 0..3 {
+                for i in 0..2 {
+                    fortran.push(value(i, j, k));
+                }
+            }
+        }
+        let mut c = Vec::new();
+        for i in 0..2 {
+            for j in 0..3 {
+                for k in 0..4 {
+                    c.push(value(i, j, k));
+                }
+            }
+        }
+        assert_eq!(fortran_to_c_order(&shape, fortran), c);
+        // 0-d and 1-d arrays have one order.
+        assert_eq!(fortran_to_c_order(&[], vec![7.0]), vec![7.0]);
+        assert_eq!(fortran_to_c_order(&[3], vec![1, 2, 3]), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn every_argument_error_is_listed() {
+        let sig = signature();
+        let x = [0.0f64; 8];
+        let y = [0.0f64; 15];
+        let b = [0.0f32; 4];
+        let s = [0.5f64];
+        let arrays = [
+            Some(ArrayRef::f64(&[4, 2], &x)),
+            Some(ArrayRef::f64(&[5, 3], &y)),
+            Some(ArrayRef::f32(&[4, 1], &b)),
+            None,
+        ];
+        let errors = check_all_arguments(&sig, &arrays).unwrap_err();
+        let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errors.len(), 3, "{text:#?}");
+        assert!(text[0].contains("argument `x` (Vi(3)) has shape (4, 2)"));
+        assert!(text[1].contains("argument `b` is float32 but `x` is float64"));
+        assert!(text[2].contains("`b`") && text[2].contains("5 rows against 4"));
+        // The single-error check reports the first of them.
+        let all: Vec<ArrayRef> = arrays
+            .iter()
+            .map(|a| a.unwrap_or(ArrayRef::f64(&[], &s)))
+            .collect();
+        assert_eq!(check_arguments(&sig, &all).unwrap_err(), errors[0]);
+    }
+
+    #[test]
+    fn a_zero_d_array_is_a_pm_1() {
+        let sig = signature();
+        let (x, y, b, s) = ([0.0f64; 6], [0.0f64; 9], [0.0f64; 3], [0.5f64]);
+        let with_s = |shape: &'static [usize]| {
+            check_arguments(
+                &sig,
+                &[
+                    ArrayRef::f64(&[2, 3], &x),
+                    ArrayRef::f64(&[3, 3], &y),
+                    ArrayRef::f64(&[3], &b),
+                    ArrayRef::f64(shape, &s),
+                ],
+            )
+        };
+        for shape in [&[][..], &[1], &[1, 1]] {
+            let size = with_s(shape).expect("a scalar parameter");
+            assert_eq!((size.n, size.m), (2, 3));
+        }
+        let mut wide = signature();
+        wide.args[3].dim = 2;
+        let two = [0.0f64; 2];
+        let error = check_arguments(
+            &wide,
+            &[
+                ArrayRef::f64(&[2, 3], &x),
+                ArrayRef::f64(&[3, 3], &y),
+                ArrayRef::f64(&[3], &b),
+                ArrayRef::f64(&[], &two[..1]),
+            ],
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("expected (2,) or (1, 2)"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn index_columns_follow_the_contract_layout() {
+        let k = |kind, k, n| Reduction::with_k(kind, k, n);
+        assert_eq!(
+            index_columns(&k(ReductionKind::KMinArgKMin, 3, 2)),
+            Some(6..12)
+        );
+        assert_eq!(index_columns(&k(ReductionKind::ArgKMin, 3, 2)), Some(0..6));
+        assert_eq!(
+            index_columns(&Reduction::new(ReductionKind::MinArgMin, 2)),
+            Some(2..4)
+        );
+        assert_eq!(
+            index_columns(&Reduction::new(ReductionKind::ArgMax, 1)),
+            Some(0..1)
+        );
+        assert_eq!(
+            index_columns(&Reduction::new(ReductionKind::MaxSumShiftExp, 1)),
+            None
+        );
+        assert_eq!(index_columns(&Reduction::new(ReductionKind::Sum, 4)), None);
+    }
+
+    #[test]
+    fn split_columns_and_int64_indices() {
+        let a = HostArray::from_f32(vec![2, 4], vec![0.5, 1.5, 3.0, 1.0, 2.5, 0.25, 0.0, 2.0]);
+        let (indices, values) = a.split_columns(2..4);
+        assert_eq!(
+            values,
+            HostArray::from_f32(vec![2, 2], vec![0.5, 1.5, 2.5, 0.25])
+        );
+        assert_eq!(indices.to_indices().data, vec![3, 1, 0, 2]);
+        assert_eq!(indices.to_indices().shape, vec![2, 2]);
+        let dir = std::env::temp_dir().join(format!("keops-arrays-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("idx.npy");
+        indices.to_indices().write_npy(&path).unwrap();
+        assert_eq!(IndexArray::read_npy(&path).unwrap(), indices.to_indices());
+        // An int64 file is not a float array.
+        assert!(matches!(
+            HostArray::read_npy(&path),
+            Err(NpyError::DType(_))
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
