@@ -19,6 +19,9 @@ pub struct Diagnostic {
     pub labels: Vec<Label>,
     pub notes: Vec<String>,
     pub help: Option<String>,
+    /// The compiler stage whose own invariant broke: a bug of the compiler, never blamed on the
+    /// source (rendered without pointing into it).
+    pub internal: Option<&'static str>,
 }
 
 impl Diagnostic {
@@ -31,6 +34,20 @@ impl Diagnostic {
             }],
             notes: Vec::new(),
             help: None,
+            internal: None,
+        }
+    }
+
+    /// A broken invariant of the compiler's `stage`: reported as the compiler's fault.
+    pub fn internal(stage: &'static str, message: impl Into<String>) -> Diagnostic {
+        Diagnostic {
+            message: message.into(),
+            labels: Vec::new(),
+            notes: vec![
+                "this is a bug of keopsc, not a problem with the input; please report it".into(),
+            ],
+            help: None,
+            internal: Some(stage),
         }
     }
 
@@ -58,6 +75,13 @@ impl Diagnostic {
 
     /// Renders with ariadne. `color` is off for snapshots and non-terminals.
     pub fn render(&self, source: &SourceFile, color: bool) -> String {
+        if self.internal.is_some() {
+            let mut out = format!("{self}\n");
+            for note in &self.notes {
+                out.push_str(&format!("  = note: {note} (`{}`)\n", source.name));
+            }
+            return out;
+        }
         let id = source.name.as_str();
         let len = source.text.len();
         let clamp = |s: &Span| s.start.min(len)..s.end.min(len).max(s.start.min(len));
@@ -96,7 +120,10 @@ impl Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "error: {}", self.message)
+        match self.internal {
+            Some(stage) => write!(f, "error: internal error in {stage}: {}", self.message),
+            None => write!(f, "error: {}", self.message),
+        }
     }
 }
 

@@ -31,8 +31,16 @@ impl CompiledFile {
 }
 
 /// Parses, checks and expands derivatives; any diagnostic (syntax or semantic) fails the whole
-/// file, and all of them are returned.
+/// file, and all of them are returned. Runs on the compiler's own stack
+/// ([`crate::isolate`]), so it is safe to call from any thread with deep input; a broken
+/// invariant comes back as an internal diagnostic.
 pub fn compile(source: SourceFile) -> Result<CompiledFile, (SourceFile, Vec<Diagnostic>)> {
+    let kept = source.clone();
+    crate::isolate::on_compiler_stack(move || compile_here(source))
+        .unwrap_or_else(|panic| Err((kept, vec![Diagnostic::internal("the front end", panic)])))
+}
+
+fn compile_here(source: SourceFile) -> Result<CompiledFile, (SourceFile, Vec<Diagnostic>)> {
     let (ast, mut diagnostics) = parse(&source.text);
     let (mut kernels, check_diagnostics) = check_file(&ast);
     diagnostics.extend(check_diagnostics);
@@ -177,7 +185,7 @@ pub fn evaluate_bound(
             let compiled = compile_cpu(kernel, size.dtype)?;
             timings.compile = start.elapsed();
             let start = Instant::now();
-            let out = run_tiles(&compiled.tile_kernel(), &views, size, None)?;
+            let out = run_tiles(&compiled.tile_kernel(), &views, None)?;
             timings.run = start.elapsed();
             return Ok((out, timings));
         }
@@ -251,17 +259,27 @@ pub fn read_arguments(
 pub fn compile_cpu(kernel: &CheckedKernel, dtype: DType) -> Result<JitKernel, EvalError> {
     // Derivatives were expanded when the kernel was compiled: nothing here can fail on the
     // user's formula.
-    let optimized =
-        opt::optimize(kernel, &opt::OptBudget::default()).map_err(|d| CodegenError::Internal {
-            stage: "optimiser",
-            message: d.message,
+    // On the compiler's own stack: a panic (a broken invariant) becomes an internal error.
+    crate::isolate::on_compiler_stack(|| {
+        let optimized = opt::optimize(kernel, &opt::OptBudget::default()).map_err(|d| {
+            CodegenError::Internal {
+                stage: d.internal.unwrap_or("optimiser"),
+                message: d.message,
+            }
         })?;
-    Ok(JitKernel::compile(
-        &optimized.formula,
-        &kernel.signature,
-        dtype,
-        &CpuTarget::host(),
-    )?)
+        Ok(JitKernel::compile(
+            &optimized.formula,
+            &kernel.signature,
+            dtype,
+            &CpuTarget::host(),
+        )?)
+    })
+    .unwrap_or_else(|panic| {
+        Err(EvalError::Codegen(CodegenError::Internal {
+            stage: "the optimiser or code generation",
+            message: panic,
+        }))
+    })
 }
 
 /// Compiles a checked kernel in this process (no cache, no linker) for each of `dtypes`, as
@@ -275,7 +293,7 @@ pub fn jit_kernel(kernel: &CheckedKernel, dtypes: &[DType]) -> Result<Kernel, Ev
         .iter()
         .map(|j| {
             let t = j.tile_kernel();
-            (t.dtype, t.tile, t.lanes)
+            (t.dtype(), t.tile(), t.lanes())
         })
         .collect();
     let owner: std::sync::Arc<dyn std::any::Any + Send + Sync> = std::sync::Arc::new(compiled);
@@ -390,8 +408,18 @@ impl fmt::Display for StageTimings {
     }
 }
 
-/// Runs every stage on a file and keeps each stage's output.
+/// Runs every stage on a file and keeps each stage's output (on the compiler's own stack, as
+/// [`compile`]).
 pub fn explain(
+    source: SourceFile,
+    budget: &opt::OptBudget,
+) -> Result<(Vec<KernelExplanation>, StageTimings), (SourceFile, Vec<Diagnostic>)> {
+    let kept = source.clone();
+    crate::isolate::on_compiler_stack(move || explain_here(source, budget))
+        .unwrap_or_else(|panic| Err((kept, vec![Diagnostic::internal("the middle end", panic)])))
+}
+
+fn explain_here(
     source: SourceFile,
     budget: &opt::OptBudget,
 ) -> Result<(Vec<KernelExplanation>, StageTimings), (SourceFile, Vec<Diagnostic>)> {

@@ -16,6 +16,7 @@ pub mod diagnostic;
 pub mod driver;
 pub mod formula;
 pub mod interp;
+pub mod isolate;
 pub mod opt;
 pub mod repl;
 pub mod schedule;

@@ -26,7 +26,10 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-/// Limits on saturation, so that compile time stays bounded whatever the formula.
+/// Limits on saturation, so that compile time stays bounded whatever the formula. The result
+/// is a function of the formula and the node and iteration limits alone: the same on an idle
+/// and on a loaded machine. `time_limit` only stops a runaway, with a diagnostic, never by
+/// returning whatever the clock allowed.
 #[derive(Clone, Debug)]
 pub struct OptBudget {
     pub node_limit: usize,
@@ -40,10 +43,26 @@ impl Default for OptBudget {
         OptBudget {
             node_limit: 5_000,
             iter_limit: 8,
-            time_limit: Duration::from_millis(50),
+            time_limit: RUNAWAY_TIME_LIMIT,
             rules: RuleSet::Default,
         }
     }
+}
+
+/// Far beyond what the node and iteration limits allow on any machine (simplification takes
+/// milliseconds): reached only by a runaway, reported as an error.
+pub const RUNAWAY_TIME_LIMIT: Duration = Duration::from_secs(30);
+
+/// The diagnostic of a phase stopped by its clock: the node and iteration limits should stop
+/// every phase long before, so this is the optimiser's fault, not the formula's.
+fn runaway(phase: &'static str, limit: Duration) -> Diagnostic {
+    Diagnostic::internal(
+        phase,
+        format!(
+            "{phase} ran past its {} s limit without reaching its node or iteration limit",
+            limit.as_secs_f64()
+        ),
+    )
 }
 
 /// Why saturation stopped, and how big the e-graph grew.
@@ -150,6 +169,9 @@ pub fn optimize(kernel: &CheckedKernel, budget: &OptBudget) -> Result<OptimizedK
     let (expanded, differentiation) = differentiate(&kernel.formula)?;
     let before = FormulaCost::of(&expanded);
     let (formula, simplification) = simplify(&expanded, budget);
+    if simplification.stop.starts_with("time limit") {
+        return Err(runaway("simplification", budget.time_limit));
+    }
     let after = FormulaCost::of(&formula);
     // Extraction never picks a costlier formula than the one it started from; keep the input
     // when rounding of ties would.
@@ -207,9 +229,12 @@ fn differentiate(formula: &Formula) -> Result<(Formula, Option<PhaseReport>), Di
         .with_egraph(egraph)
         .with_iter_limit(1_000)
         .with_node_limit(200_000)
-        .with_time_limit(Duration::from_secs(5))
+        .with_time_limit(RUNAWAY_TIME_LIMIT)
         .run(calculus_rules);
     let report = phase_report(&runner, start);
+    if matches!(runner.stop_reason, Some(StopReason::TimeLimit(_))) {
+        return Err(runaway("differentiation", RUNAWAY_TIME_LIMIT));
+    }
     let root = runner.egraph.find(root);
     let (_, best) = Extractor::new(&runner.egraph, PairCost::new(&runner.egraph)).find_best(root);
     if best.as_ref().iter().any(|n| n.op == Op::Grad) {
@@ -229,10 +254,9 @@ fn differentiate(formula: &Formula) -> Result<(Formula, Option<PhaseReport>), Di
         .iter()
         .any(|n| matches!(n.op, Op::Var(k) if k as usize >= temporaries))
     {
-        return Err(Diagnostic::error(
-            "internal error in differentiation: a forward-mode derivative kept its placeholder",
-            grad_span,
-            "in this derivative",
+        return Err(Diagnostic::internal(
+            "differentiation",
+            "a forward-mode derivative kept its placeholder",
         ));
     }
     expanded.vars.truncate(temporaries);

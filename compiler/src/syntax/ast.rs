@@ -23,6 +23,35 @@ pub struct KernelDef {
     pub span: Span,
 }
 
+/// Dropped without recursion: a long generated sum is a left-deep tree as deep as it is long,
+/// and the caller that drops it may have a small stack (the front end itself runs on
+/// [`crate::isolate`]'s).
+impl Drop for KernelDef {
+    fn drop(&mut self) {
+        let mut pending: Vec<Expr> = Vec::new();
+        for statement in &mut self.body {
+            match statement {
+                Statement::Decl { value, .. }
+                | Statement::Let { value, .. }
+                | Statement::Expr(value) => pending.push(std::mem::replace(value, Expr::leaf())),
+                Statement::Invalid(_) => {}
+            }
+        }
+        while let Some(mut expr) = pending.pop() {
+            match &mut expr.kind {
+                ExprKind::Number { .. } | ExprKind::Name(_) => {}
+                ExprKind::Call { args, .. } | ExprKind::List(args) => pending.append(args),
+                ExprKind::Neg(inner) => pending.push(std::mem::replace(inner, Expr::leaf())),
+                ExprKind::Binary { lhs, rhs, .. } | ExprKind::BarScalprod { lhs, rhs } => {
+                    pending.push(std::mem::replace(lhs, Expr::leaf()));
+                    pending.push(std::mem::replace(rhs, Expr::leaf()));
+                }
+            }
+            // `expr` now holds leaves only: dropping it does not recurse.
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Statement {
     /// `x = Vi(3)`: declares an argument.
@@ -104,6 +133,16 @@ pub enum ExprKind {
         lhs: Box<Expr>,
         rhs: Box<Expr>,
     },
+}
+
+impl Expr {
+    /// A node without children, to leave behind when a subtree is taken out.
+    fn leaf() -> Expr {
+        Expr {
+            kind: ExprKind::Name(String::new()),
+            span: 0..0,
+        }
+    }
 }
 
 impl ExprKind {

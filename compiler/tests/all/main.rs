@@ -3,6 +3,7 @@
 mod cli;
 mod cpu;
 mod derivatives;
+mod entry_points;
 mod frontend;
 mod interp;
 mod math;
