@@ -15,7 +15,7 @@ use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -638,13 +638,26 @@ fn check_simplification(
         "reported cost\n{}",
         context()
     );
+    let mut compared = 0;
     for point in points.chunks(POINT_LEN) {
-        if let Err(e) = compare_at(original, simplified, point) {
-            return Err(TestCaseError::fail(format!(
-                "{e}\nat point {point:?}\n{}",
-                context()
-            )));
+        match compare_at(original, simplified, point) {
+            Ok(true) => compared += 1,
+            Ok(false) => {}
+            Err(e) => {
+                return Err(TestCaseError::fail(format!(
+                    "{e}\nat point {point:?}\n{}",
+                    context()
+                )))
+            }
         }
+    }
+    // A case where no point could be compared proves nothing: proptest draws another (and
+    // fails the test when too many are rejected).
+    if compared == 0 {
+        return Err(TestCaseError::reject(format!(
+            "no point where the original is finite\n{}",
+            context()
+        )));
     }
     Ok(())
 }
@@ -816,8 +829,9 @@ fn x_minus_x_becomes_zero() {
 // 3. Budgets
 // ---------------------------------------------------------------------------------------------
 
-/// Runs `optimize` on a pathological kernel: it stops on a limit or saturates, within 2 s, and
-/// the result still evaluates to the original's value (inputs in [-1, 1], where the chains
+/// Runs `optimize` on a pathological kernel: it stops on its node or iteration limit or
+/// saturates (the e-graph never grows far past the node limit), and the result still evaluates
+/// to the original's value (inputs in [-1, 1], where the chains
 /// below stay bounded).
 fn check_pathological(formula_lines: &str) {
     let mut source = String::from("kernel p {\n");
@@ -827,25 +841,25 @@ fn check_pathological(formula_lines: &str) {
     source.push_str(formula_lines);
     source.push_str("}\n");
     let compiled = compile(&source);
-    let start = Instant::now();
-    let opt = opt::optimize(&compiled.kernels[0], &OptBudget::default()).expect("optimizes");
-    let elapsed = start.elapsed();
+    let budget = OptBudget::default();
+    let opt = opt::optimize(&compiled.kernels[0], &budget).expect("optimizes");
     println!(
-        "pathological: {} nodes -> {} nodes, {:?}, {}",
+        "pathological: {} nodes -> {} nodes, {}",
         opt.expanded.len(),
         opt.formula.len(),
-        elapsed,
         opt.simplification
     );
+    let report = &opt.simplification;
+    let stop = &report.stop;
     assert!(
-        elapsed < Duration::from_secs(2),
-        "optimize took {elapsed:?}"
-    );
-    let stop = &opt.simplification.stop;
-    assert!(
-        stop.contains("limit") || stop.contains("saturated"),
+        stop.starts_with("node limit")
+            || stop.starts_with("iteration limit")
+            || stop.starts_with("saturated"),
         "stop reason: {stop}"
     );
+    assert!(report.iterations <= budget.iter_limit, "{report}");
+    // One iteration may overshoot the node limit before the limit is checked, not more.
+    assert!(report.nodes <= 4 * budget.node_limit, "{report}");
     assert!(opt.after.per_pair <= opt.before.per_pair);
     let mut rng = StdRng::seed_from_u64(9);
     for _ in 0..8 {
@@ -892,43 +906,46 @@ fn deep_shared_sums_and_products_stay_within_budget() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 4. Timing (the real target, well under 10 ms, is measured in release elsewhere)
+// 4. Work bounds (time itself, well under 10 ms, is measured in release by `keopsc explain
+//    --timings`; a test asserts the work done, which no machine load changes)
 // ---------------------------------------------------------------------------------------------
 
-/// The best of a few runs of `optimize`.
-fn time_optimize(kernel: &CheckedKernel) -> Duration {
-    let budget = OptBudget::default();
-    (0..5)
-        .map(|_| {
-            let start = Instant::now();
-            let opt = opt::optimize(kernel, &budget).expect("optimizes");
-            let elapsed = start.elapsed();
-            std::hint::black_box(opt);
-            elapsed
-        })
-        .min()
-        .unwrap()
+/// The e-graph work of `optimize` on a kernel: (differentiation iterations and e-nodes,
+/// simplification iterations and e-nodes).
+fn optimize_work(kernel: &CheckedKernel) -> ((usize, usize), (usize, usize)) {
+    let opt = opt::optimize(kernel, &OptBudget::default()).expect("optimizes");
+    let d = opt
+        .differentiation
+        .as_ref()
+        .map_or((0, 0), |r| (r.iterations, r.nodes));
+    let s = (opt.simplification.iterations, opt.simplification.nodes);
+    (d, s)
 }
 
 #[test]
-fn optimize_is_fast_on_the_gaussian_kernel_and_its_gradient() {
+fn optimize_does_bounded_work_on_the_gaussian_kernel_and_its_gradient() {
     let gaussian = kernel(GAUSSIAN);
-    let t_gaussian = time_optimize(&gaussian);
-    // The gradient: timed with its differentiation, from the kernel as checked (before the
-    // driver expands derivatives).
+    let (_, (iterations, nodes)) = optimize_work(&gaussian);
+    // The gradient, with its differentiation, from the kernel as checked (before the driver
+    // expands derivatives).
     let source = gaussian_gradient_text();
     let (ast, diagnostics) = keopsc::syntax::parse(&source);
     assert!(diagnostics.is_empty());
     let (kernels, diagnostics) = keopsc::check::check_file(&ast);
     assert!(diagnostics.is_empty());
-    let t_gradient = time_optimize(&kernels[0]);
-    let t_gradient_expanded = time_optimize(&compile(&source).kernels[0]);
+    let ((d_iterations, d_nodes), (g_iterations, g_nodes)) = optimize_work(&kernels[0]);
     println!(
-        "optimize: Gaussian kernel {t_gaussian:?}; its gradient {t_gradient:?} \
-         (derivatives already expanded: {t_gradient_expanded:?})"
+        "Gaussian kernel: {iterations} iterations, {nodes} e-nodes; its gradient: \
+         differentiation {d_iterations} iterations, {d_nodes} e-nodes, simplification \
+         {g_iterations} iterations, {g_nodes} e-nodes"
     );
-    assert!(t_gaussian < Duration::from_millis(200), "{t_gaussian:?}");
-    assert!(t_gradient < Duration::from_millis(200), "{t_gradient:?}");
+    let budget = OptBudget::default();
+    assert!(iterations <= budget.iter_limit && nodes <= 2 * budget.node_limit);
+    assert!(g_iterations <= budget.iter_limit && g_nodes <= 2 * budget.node_limit);
+    // Differentiation saturates in a few rounds, on a small graph.
+    assert!(d_iterations <= 20 && d_nodes <= 2_000, "{d_iterations} {d_nodes}");
+    // The same twice: the work is a function of the formula alone.
+    assert_eq!(optimize_work(&kernels[0]), optimize_work(&kernels[0]));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -936,18 +953,15 @@ fn optimize_is_fast_on_the_gaussian_kernel_and_its_gradient() {
 // ---------------------------------------------------------------------------------------------
 
 /// Differentiation (phase 1 of `optimize`, also run by `driver::compile`) of the kernel's
-/// formula as checked: its report and wall time.
-fn differentiation_report(formula: &str) -> (String, Duration) {
+/// formula as checked: its report and iteration count.
+fn differentiation_report(formula: &str) -> (String, usize) {
     let source = kernel_text(formula);
     let (ast, _) = keopsc::syntax::parse(&source);
     let (kernels, diagnostics) = keopsc::check::check_file(&ast);
     assert!(diagnostics.is_empty());
-    let start = Instant::now();
     let opt = opt::optimize(&kernels[0], &OptBudget::default()).expect("optimizes");
-    (
-        opt.differentiation.expect("has derivatives").to_string(),
-        start.elapsed(),
-    )
+    let report = opt.differentiation.expect("has derivatives");
+    (report.to_string(), report.iterations)
 }
 
 /// `Diff(f, v, u)` with a constant `u` saturates quickly: `Diff` becomes
@@ -961,10 +975,10 @@ fn differentiation_with_a_constant_direction_saturates() {
         "Diff(x, t, Sin(2))",
         "Grad(Grad(b, t, s) * 2, s, 1)",
     ] {
-        let (report, time) = differentiation_report(f);
+        let (report, iterations) = differentiation_report(f);
         assert!(
-            report.starts_with("saturated") && time < Duration::from_secs(1),
-            "{f}: {report} in {time:?}"
+            report.starts_with("saturated") && iterations <= 12,
+            "{f}: {report}"
         );
     }
 }
@@ -975,28 +989,22 @@ fn differentiation_with_a_constant_direction_saturates() {
 #[test]
 fn differentiation_of_an_independent_formula_saturates() {
     let f = "Grad(Grad(Concat(Zero(2), t), t, s), t, b)";
-    let (report, time) = differentiation_report(f);
+    let (report, iterations) = differentiation_report(f);
     assert!(
-        report.starts_with("saturated") && time < Duration::from_secs(1),
-        "{f}: {report} in {time:?}"
+        report.starts_with("saturated") && iterations <= 12,
+        "{f}: {report}"
     );
 }
 
 /// A formula larger than the node budget is not simplified (saturation has no room, and
-/// extraction over it would cost more than it saves), and it stays correct and fast.
+/// extraction over it would cost more than it saves), and it stays correct.
 #[test]
 fn a_formula_over_the_node_budget_is_kept_as_it_is() {
     let terms = vec!["x * y"; 3000].join(" + ");
     let text = format!("kernel big {{\n x = Vi(1)\n y = Vj(1)\n Sum_Reduction({terms}, 0)\n}}\n");
     let compiled = keopsc::driver::compile(keopsc::source::SourceFile::new("big.kf", text))
         .unwrap_or_else(|_| panic!("compiles"));
-    let start = std::time::Instant::now();
     let opt = opt::optimize(&compiled.kernels[0], &OptBudget::default()).expect("optimizes");
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        start.elapsed()
-    );
     assert!(
         opt.simplification.stop.starts_with("skipped"),
         "{}",
