@@ -17,7 +17,7 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
         .unwrap_or_default();
-    out.retain(|p| p.is_file() && !p.file_name().is_some_and(|n| n == "README.md"));
+    out.retain(|p| p.is_file() && p.file_name().is_none_or(|n| n != "README.md"));
     out.sort();
     out
 }
