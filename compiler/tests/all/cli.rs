@@ -986,3 +986,28 @@ fn timings_report_each_step_and_pairs_per_second() {
     let run = f.run_eval("gauss.kf", &ALL_ARGS, &[]);
     assert!(!run.stderr.contains("pairs/s"), "quiet without --timings");
 }
+
+/// An output path that is a link is written at the link's target (the link stays), and one
+/// that is not a regular file (`/dev/null`) is written directly.
+#[test]
+fn outputs_through_links_and_devices() {
+    let f = Fixture::new();
+    std::os::unix::fs::symlink(f.path("target.npy"), f.path("link.npy")).unwrap();
+    f.write("target.npy", "old");
+    let mut args = f.eval_args("gauss.kf", &ALL_ARGS);
+    let n = args.len();
+    args[n - 1] = f.p("link.npy");
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = keopsc(&refs);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let link = std::fs::symlink_metadata(f.path("link.npy")).unwrap();
+    assert!(link.file_type().is_symlink());
+    assert_eq!(
+        HostArray::read_npy(&f.path("target.npy")).unwrap().shape,
+        vec![4, 1]
+    );
+    args[n - 1] = "/dev/null".into();
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = keopsc(&refs);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+}

@@ -295,6 +295,18 @@ impl PendingOutput {
                 return Err(named("the file is read-only".into()));
             }
         }
+        // A link to a regular file (`/dev/stdout` redirected to a file, say) is replaced at
+        // its target, never as a link.
+        let resolved;
+        let path = match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                resolved = path
+                    .canonicalize()
+                    .map_err(|e| named(format!("cannot follow the link: {e}")))?;
+                resolved.as_path()
+            }
+            _ => path,
+        };
         let Some(name) = path.file_name() else {
             return Err(named("not a file name".into()));
         };
