@@ -588,9 +588,10 @@ impl<'ctx> Emitter<'_, 'ctx> {
             x,
         );
 
-        // Adding 1.5·2^m rounds x·log2(e) to an integer n that ends up in the low bits of t.
+        // Adding 1.5·2^m + bias - 1 rounds x·log2(e) to an integer n and leaves n + bias - 1,
+        // the biased exponent of 2^(n-1), in the low bits of t.
         let m = s.mantissa_bits();
-        let shifter = 1.5 * pow2(m as i32);
+        let shifter = 1.5 * pow2(m as i32) + (s.exponent_bias() - 1) as f64;
         let t = self.fma(x, self.f(LOG2_E), self.f(shifter));
         let n = self.sub(t, self.f(shifter));
 
@@ -632,17 +633,19 @@ impl<'ctx> Emitter<'_, 'ctx> {
             Some(tail) => self.add(r, tail),
             None => r,
         };
-        let p = self.poly(r, coefficients);
-        // 2·exp(r), rounded once: 2·(1 + h) is exactly 2·h + 2 and scaling by 2 commutes with
-        // rounding, so this is bit for bit twice the rounded 1 + h.
-        let twice_p = self.fma(self.fma(self.mul(r, r), p, r), self.f(2.0), self.f(2.0));
+        // 2·exp(r) = 2 + 2r + r²·2P(r): every step is exactly twice that of 1 + r + r²·P(r)
+        // (scaling by 2 commutes with rounding), so this is bit for bit twice the rounded
+        // exp(r), for the same number of operations (2r is off the critical path).
+        let doubled: Vec<f64> = coefficients.iter().map(|c| 2.0 * c).collect();
+        let p = self.poly(r, &doubled);
+        let twice_p = self.add(self.fma(self.mul(r, r), p, self.add(r, r)), self.f(2.0));
         self.scale_by_power_of_two(twice_p, n, t)
     }
 
     /// (q/2)·2^n, correctly rounded (denormal and infinite results included), for q = 2·exp(r)
     /// in [√2, 2√2] and n an integer in [n_min, emax + 1], given as the float `n` and as `t`,
-    /// the shifter sum whose low bits hold it; n_min is the n of exp's lower clamp (-150 for
-    /// f32, -1076 for f64). NaN in q propagates.
+    /// the shifter sum whose low bits hold n + bias - 1; n_min is the n of exp's lower clamp
+    /// (-150 for f32, -1076 for f64). NaN in q propagates.
     ///
     /// Normal results (n >= emin + 1) are q·2^(n-1), one multiplication by a normal power of
     /// two. Below, the result is k·2^(emin - m) (a denormal, or one of the smallest normals),
@@ -650,23 +653,22 @@ impl<'ctx> Emitter<'_, 'ctx> {
     /// bit pattern. w = q·2^(n - 1 - emin + m) is exact and normal; rint(w) is read off
     /// w + 2^m (exact rounding for w < 2^m) and, for w in [2^m, 2^(m+1)) where w is already
     /// an integer, off w's own bits: each reading is at most the true k where the other is
-    /// exact, so k is their maximum. One scale serves both cases (the exponent offset is
-    /// selected), so the common path costs a compare, a select and a few integer operations
-    /// more than a plain multiplication, and no operation ever sees a denormal.
+    /// exact, so k is their maximum. One scale serves both cases (its exponent is raised by
+    /// m - emin on the small lanes), so beside a plain scaling the common path costs a
+    /// compare, a masked add, an FMA and a masked integer max, and no operation ever sees a
+    /// denormal.
     fn scale_by_power_of_two(&self, q: Val<'ctx>, n: Val<'ctx>, t: Val<'ctx>) -> Val<'ctx> {
         let s = self.scalar;
         let m = i64::from(s.mantissa_bits());
-        let bias = s.exponent_bias();
-        let emin = 1 - bias;
+        let emin = 1 - s.exponent_bias();
         let two_m = pow2(m as i32);
-        // The low bits of t's pattern are those of n and shifting by m drops the shifter's own
-        // bits (its low bits are 0), so this is n·2^m, the exponent field of 2^n (mod 2^bits).
-        let n_field = self.shl(self.bitcast_int(t), self.i(m));
+        // t's pattern is that of 1.5·2^m plus bias - 1 + n: shifting it left by m drops the
+        // former (its low bits are 0) and moves the latter into the exponent field, giving
+        // the bits of 2^(n-1) (mod 2^bits).
+        let normal_scale = self.shl(self.bitcast_int(t), self.i(m));
         let small = self.fcmp(FloatPredicate::OLT, n, self.f(emin as f64 + 0.5));
-        let normal_offset = (bias - 1) << m;
-        let small_offset = (m - emin - 1 + bias) << m;
-        let offset = self.select(small, self.i(small_offset), self.i(normal_offset));
-        let scale = self.bitcast_float(self.iadd(n_field, offset));
+        let raise = self.select(small, self.i((m - emin) << m), self.i(0));
+        let scale = self.bitcast_float(self.iadd(normal_scale, raise));
         let w = self.mul(q, scale);
 
         let rounded = self.isub(
@@ -678,7 +680,8 @@ impl<'ctx> Emitter<'_, 'ctx> {
             self.i(s.bits_of(two_m) - s.bits_of(pow2(emin as i32))),
         );
         let k = self.intrinsic("llvm.smax", &[rounded, integral]);
-        self.select(small, self.bitcast_float(k), w)
+        // Selected as integers, so that x86 merges the select into the max.
+        self.bitcast_float(self.select(small, k, self.bitcast_int(w)))
     }
 
     /// `log(x)` (natural logarithm).
