@@ -17,38 +17,58 @@ pub struct Workload {
     /// `.kf` text with `{D}` standing for the dimension.
     pub source: &'static str,
     pub dims: &'static [usize],
+    /// The value of every `Pm` argument (the bandwidth factor `g` of the Gaussian workloads).
+    pub param: f64,
 }
+
+/// The Gaussian kernel sum of W1 and W2.
+const GAUSSIAN_SUM: &str = "kernel w {\n x = Vi({D})\n y = Vj({D})\n b = Vj(1)\n g = Pm(1)\n Sum_Reduction(Exp(-SqDist(x, y) * g) * b, 0)\n}\n";
 
 pub const WORKLOADS: &[Workload] = &[
     Workload {
         id: "W1",
         title: "Gaussian kernel sum",
-        source: "kernel w {\n x = Vi({D})\n y = Vj({D})\n b = Vj(1)\n g = Pm(1)\n Sum_Reduction(Exp(-SqDist(x, y) * g) * b, 0)\n}\n",
+        source: GAUSSIAN_SUM,
         dims: &[3],
+        param: 0.5,
+    },
+    // W1 with a small bandwidth (sigma = 0.01 in the unit cube), as in density estimation and
+    // diffusion operators: most exponentials underflow to 0 (about 99% in f32, 80% in f64) and
+    // a few are denormal. It should run at W1's speed.
+    Workload {
+        id: "W1s",
+        title: "Gaussian sum, g=5000",
+        source: GAUSSIAN_SUM,
+        dims: &[3],
+        param: 5000.0,
     },
     Workload {
         id: "W2",
         title: "Gaussian kernel sum",
-        source: "kernel w {\n x = Vi({D})\n y = Vj({D})\n b = Vj(1)\n g = Pm(1)\n Sum_Reduction(Exp(-SqDist(x, y) * g) * b, 0)\n}\n",
+        source: GAUSSIAN_SUM,
         dims: &[64],
+        param: 0.5,
     },
     Workload {
         id: "W3",
         title: "LogSumExp",
         source: "kernel w {\n x = Vi({D})\n y = Vj({D})\n h = Vj(1)\n g = Pm(1)\n LogSumExp_Reduction(-SqDist(x, y) * g + h, 0)\n}\n",
         dims: &[3],
+        param: 0.5,
     },
     Workload {
         id: "W4",
         title: "ArgKMin K=10",
         source: "kernel w {\n x = Vi({D})\n y = Vj({D})\n ArgKMin_Reduction(SqDist(x, y), 10, 0)\n}\n",
         dims: &[3, 32],
+        param: 0.5,
     },
     Workload {
         id: "W5",
         title: "gradient of W1 in x",
         source: "kernel w {\n x = Vi({D})\n y = Vj({D})\n b = Vj(1)\n g = Pm(1)\n e = Vi(1)\n Sum_Reduction(Grad(Exp(-SqDist(x, y) * g) * b, x, e), 0)\n}\n",
         dims: &[3],
+        param: 0.5,
     },
 ];
 
@@ -77,11 +97,13 @@ pub struct BenchResult {
     pub baseline: Option<(String, f64)>,
 }
 
+/// Points uniform in the unit cube (every `Vi`/`Vj` argument), and `param` for every `Pm`.
 fn uniform_inputs(
     source: &str,
     n: usize,
     dtype: DType,
     seed: u64,
+    param: f64,
 ) -> Result<Vec<(String, HostArray)>, String> {
     let compiled = driver::compile(SourceFile::new("<bench>", source))
         .map_err(|_| "workload does not compile".to_string())?;
@@ -109,7 +131,7 @@ fn uniform_inputs(
             let data: Vec<f64> = (0..rows * a.dim)
                 .map(|_| {
                     if a.category == keops_runtime::Category::Param {
-                        0.5
+                        param
                     } else {
                         next()
                     }
@@ -130,15 +152,22 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Compiles (timed, from text) and runs one workload; returns (pairs/s, compile ms).
-pub fn measure(source: &str, n: usize, dtype: DType, repeats: usize) -> Result<(f64, f64), String> {
+/// Compiles (timed, from text) and runs one workload, with `param` for every `Pm` argument;
+/// returns (pairs/s, compile ms).
+pub fn measure(
+    source: &str,
+    n: usize,
+    dtype: DType,
+    repeats: usize,
+    param: f64,
+) -> Result<(f64, f64), String> {
     let start = Instant::now();
     let compiled = driver::compile(SourceFile::new("<bench>", source))
         .map_err(|_| "workload does not compile".to_string())?;
     let kernel = &compiled.kernels[0];
     let jit = compile_cpu(kernel, dtype).map_err(|e| e.to_string())?;
     let compile_ms = start.elapsed().as_secs_f64() * 1e3;
-    let inputs = uniform_inputs(source, n, dtype, 1)?;
+    let inputs = uniform_inputs(source, n, dtype, 1, param)?;
     let arrays: Vec<_> = inputs.iter().map(|(_, a)| a.view()).collect();
     check_arguments(&kernel.signature, &arrays).map_err(|e| e.to_string())?;
     let mut rates = Vec::new();
@@ -253,7 +282,7 @@ pub fn run(
             let source = w.source.replace("{D}", &d.to_string());
             for &dtype in &options.dtypes {
                 for &n in &options.sizes {
-                    let (rate, compile_ms) = measure(&source, n, dtype, options.repeats)?;
+                    let (rate, compile_ms) = measure(&source, n, dtype, options.repeats, w.param)?;
                     let mut baseline = None;
                     if w.id == "W1" && dtype == DType::F32 {
                         if let Some(exe) = &c_exe {
@@ -335,4 +364,55 @@ pub fn run(
         }
     }
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload(id: &str) -> &'static Workload {
+        WORKLOADS
+            .iter()
+            .find(|w| w.id == id)
+            .expect("a listed workload")
+    }
+
+    /// Fraction of the pairs of a Gaussian workload's inputs (D = 3, N = M = 400) whose
+    /// exponential underflows to 0 in `dtype`: its argument is below ln of half the smallest
+    /// denormal.
+    fn underflowing_fraction(w: &Workload, dtype: DType) -> f64 {
+        let source = w.source.replace("{D}", "3");
+        let inputs = uniform_inputs(&source, 400, DType::F64, 1, w.param).expect("inputs");
+        let points = |name: &str| {
+            inputs
+                .iter()
+                .find(|(n, _)| n == name)
+                .expect("x, y")
+                .1
+                .to_f64()
+        };
+        let (x, y) = (points("x"), points("y"));
+        let threshold = match dtype {
+            DType::F32 => -103.972_077_083_991_8,
+            DType::F64 => -745.133_219_101_941_1,
+        };
+        let mut under = 0usize;
+        for xi in x.chunks(3) {
+            for yj in y.chunks(3) {
+                let d2: f64 = xi.iter().zip(yj).map(|(a, b)| (a - b) * (a - b)).sum();
+                if -d2 * w.param < threshold {
+                    under += 1;
+                }
+            }
+        }
+        under as f64 / (x.len() / 3 * (y.len() / 3)) as f64
+    }
+
+    #[test]
+    fn the_small_bandwidth_workload_mostly_underflows() {
+        assert!(underflowing_fraction(workload("W1s"), DType::F32) > 0.95);
+        assert!(underflowing_fraction(workload("W1s"), DType::F64) > 0.6);
+        assert_eq!(underflowing_fraction(workload("W1"), DType::F32), 0.0);
+        assert_eq!(workload("W1s").source, workload("W1").source);
+    }
 }

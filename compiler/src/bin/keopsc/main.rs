@@ -109,10 +109,10 @@ enum Command {
         #[arg(long = "dtype")]
         dtypes: Vec<String>,
     },
-    /// Measure the CPU backend on the reference workloads (W1..W5), with the C baseline and
-    /// pykeops measured in the same run.
+    /// Measure the CPU backend on the reference workloads (W1, W1s, W2..W5), with the C
+    /// baseline and pykeops measured in the same run.
     Bench {
-        /// Only these workloads (W1, W2, W3, W4, W5); all when left out.
+        /// Only these workloads (W1, W1s, W2, W3, W4, W5); all when left out.
         #[arg(long = "workload")]
         workloads: Vec<String>,
         /// N = M, once per size.
@@ -383,7 +383,11 @@ fn bench(
     }
     for w in &workloads {
         if !keopsc::bench::WORKLOADS.iter().any(|k| k.id == w) {
-            eprintln!("error: unknown workload `{w}` (expected W1 to W5)");
+            let known: Vec<&str> = keopsc::bench::WORKLOADS.iter().map(|k| k.id).collect();
+            eprintln!(
+                "error: unknown workload `{w}` (expected one of {})",
+                known.join(", ")
+            );
             return Err(Reported);
         }
     }
