@@ -2,6 +2,11 @@
 //! at a time, and commands that print each stage of a kernel. Every stage is printed by its
 //! own `Display` (the same as `keopsc explain`), and every error is the CLI's diagnostic; none
 //! ends the session.
+//!
+//! Outside a kernel, a line may also declare a session variable as KeOps aliases are written
+//! (`x = Vi(3)`, `x = Vi(0, 3)`), or be a bare formula (`Sum_Reduction(Exp(-SqDist(x, y)), 0)`):
+//! the formula becomes a kernel of its own, `f1`, `f2`, ..., whose arguments are the session
+//! variables it names. A formula without a reduction is summed over j (`Sum_Reduction(F, 0)`).
 
 use crate::driver::{self, Backend, KernelExplanation};
 use crate::opt::OptBudget;
@@ -12,8 +17,13 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 pub const HELP: &str = "\
-Type kernels in .kf syntax (several lines; a kernel ends when its braces close), then:
-  :list                    the kernels defined so far
+Type kernels in .kf syntax (several lines; a kernel ends when its braces close), or:
+  x = Vi(3)                declare a session variable (also Vj, Pm, and KeOps's Vi(pos, dim))
+  Sum_Reduction(F, 0)      a bare formula over session variables: it becomes kernel f1, f2, ...
+                           (a formula without a reduction is Sum_Reduction(F, 0))
+Then:
+  :load FILE.kf            define every kernel of a file
+  :list                    the kernels and session variables defined so far
   :ast [NAME]              the syntax tree, printed back as .kf
   :checked [NAME]          the checked formula, one node per line with [dimension, category]
   :simplified [NAME]       derivatives expanded, simplified, with its cost per pair
@@ -25,11 +35,13 @@ Type kernels in .kf syntax (several lines; a kernel ends when its braces close),
                            runs the kernel on the CPU on uniform random data, with timing
   :eval [NAME] ARG=FILE.npy ...
                            runs it on .npy arrays
+  :eval ... -o OUT.npy     also writes the output to OUT.npy
   :help, :quit
 NAME may be left out when one kernel is defined.";
 
 /// The commands, for completion.
 pub const COMMANDS: &[&str] = &[
+    ":load",
     ":list",
     ":ast",
     ":checked",
@@ -55,9 +67,19 @@ struct Defined {
     source: String,
 }
 
+/// A session variable: its name and its declaration's right-hand side (`Vi(3)`, `Vj(1, 3)`).
+struct SessionVariable {
+    name: String,
+    declaration: String,
+}
+
 #[derive(Default)]
 pub struct Repl {
     kernels: BTreeMap<String, Defined>,
+    /// Session variables, in declaration order.
+    variables: Vec<SessionVariable>,
+    /// Bare formulas defined so far (they are named `f1`, `f2`, ...).
+    formulas: usize,
     pending: String,
     inputs: usize,
     /// Colour in diagnostics (only on a terminal).
@@ -91,17 +113,133 @@ impl Repl {
         }
         self.pending.push_str(line);
         self.pending.push('\n');
-        if brace_depth(&self.pending) > 0 {
+        if open_brackets(&self.pending) > 0 {
             return Step::Continue;
         }
         let text = std::mem::take(&mut self.pending);
-        self.define(&text, out);
+        let first_word = text.split_whitespace().next().unwrap_or_default();
+        if first_word == "kernel" {
+            self.define(&text, out);
+        } else if let Some((name, rhs)) = assignment(&text) {
+            if is_variable_constructor(rhs) {
+                self.declare(name, rhs, out);
+            } else {
+                let _ = writeln!(
+                    out,
+                    "error: outside a kernel, `{name} = ...` declares a variable: `{name} = Vi(dim)`, \
+                     `Vj(dim)`, `Pm(dim)` or `Vi(pos, dim)`; to name a formula, use `let` inside a kernel"
+                );
+            }
+        } else {
+            self.bare_formula(text.trim(), out);
+        }
         Step::Continue
+    }
+
+    /// `x = Vi(3)` outside a kernel: checked as the declaration of a kernel of its own, then
+    /// kept for the bare formulas that name `x`.
+    fn declare(&mut self, name: &str, declaration: &str, out: &mut String) {
+        self.inputs += 1;
+        // Alone in its kernel, a variable can only be at position 0: check the declaration's
+        // form with its position replaced (the positions are checked with the formula's).
+        let at_zero = match declaration.split_once('(') {
+            Some((constructor, rest)) if rest.contains(',') => {
+                let after_position = rest.split_once(',').map_or("", |(_, r)| r);
+                format!("{constructor}(0,{after_position}")
+            }
+            _ => declaration.to_string(),
+        };
+        let text = format!(
+            "kernel declaration {{\n    {name} = {at_zero}\n    Sum_Reduction({name}, 0)\n}}\n"
+        );
+        let source = SourceFile::new(format!("<input {}>", self.inputs), text);
+        if let Err((source, diagnostics)) = driver::compile(source) {
+            out.push_str(&crate::diagnostic::render_all(
+                &diagnostics,
+                &source,
+                self.color,
+            ));
+            return;
+        }
+        let variable = SessionVariable {
+            name: name.to_string(),
+            declaration: declaration.to_string(),
+        };
+        let verb = match self.variables.iter_mut().find(|v| v.name == name) {
+            Some(existing) => {
+                *existing = variable;
+                "redeclared"
+            }
+            None => {
+                self.variables.push(variable);
+                "declared"
+            }
+        };
+        let _ = writeln!(out, "{verb} variable {name} = {declaration}");
+    }
+
+    /// A formula typed outside a kernel: a kernel `fK` over the session variables it names (all
+    /// of them when one has an explicit position, so that positions stay 0, 1, ...).
+    fn bare_formula(&mut self, formula: &str, out: &mut String) {
+        let names = identifiers(formula);
+        let positional = self.variables.iter().any(|v| v.declaration.contains(','));
+        let used: Vec<&SessionVariable> = self
+            .variables
+            .iter()
+            .filter(|v| positional || names.contains(&v.name))
+            .collect();
+        let is_reduction = names
+            .first()
+            .is_some_and(|n| n.ends_with("_Reduction") && formula.starts_with(n.as_str()));
+        let mut number = self.formulas;
+        let name = loop {
+            number += 1;
+            let name = format!("f{number}");
+            if !self.kernels.contains_key(&name) {
+                break name;
+            }
+        };
+        let mut text = format!("kernel {name} {{\n");
+        for v in &used {
+            let _ = writeln!(text, "    {} = {}", v.name, v.declaration);
+        }
+        if is_reduction {
+            let _ = writeln!(text, "    {formula}\n}}");
+        } else {
+            let _ = writeln!(text, "    Sum_Reduction({formula}, 0)\n}}");
+        }
+        let mut defined = String::new();
+        self.define(&text, &mut defined);
+        if self.kernels.contains_key(&name) {
+            // Only a formula that compiled takes a name.
+            self.formulas = number;
+            if !is_reduction {
+                let _ = writeln!(out, "no reduction: summed over j, as Sum_Reduction(F, 0)");
+            }
+            let _ = writeln!(out, "the formula is kernel {name}");
+        }
+        out.push_str(&defined);
+    }
+
+    /// `:load FILE`: every kernel of a `.kf` file.
+    fn load(&mut self, args: &[&str], out: &mut String) -> Result<(), String> {
+        let [path] = args else {
+            return Err("usage: :load FILE.kf".into());
+        };
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read `{path}`: {e}"))?;
+        let source = SourceFile::new(path.to_string(), text);
+        self.define_source(source, out);
+        Ok(())
     }
 
     fn define(&mut self, text: &str, out: &mut String) {
         self.inputs += 1;
         let source = SourceFile::new(format!("<input {}>", self.inputs), text);
+        self.define_source(source, out);
+    }
+
+    fn define_source(&mut self, source: SourceFile, out: &mut String) {
         match driver::compile(source) {
             Ok(compiled) => {
                 for k in &compiled.kernels {
@@ -144,9 +282,18 @@ impl Repl {
                 let _ = writeln!(out, "{HELP}");
                 Ok(())
             }
+            ":load" => self.load(&args, out),
             ":list" => {
                 if self.kernels.is_empty() {
                     let _ = writeln!(out, "no kernel defined yet");
+                }
+                if !self.variables.is_empty() {
+                    let declared: Vec<String> = self
+                        .variables
+                        .iter()
+                        .map(|v| format!("{} = {}", v.name, v.declaration))
+                        .collect();
+                    let _ = writeln!(out, "variables: {}", declared.join(", "));
                 }
                 for d in self.kernels.values() {
                     if let Ok((explained, _)) = self.explain_source(&d.source) {
@@ -300,6 +447,33 @@ impl Repl {
     }
 
     fn eval(&self, args: &[&str], out: &mut String) -> Result<(), String> {
+        // `-o FILE.npy` anywhere among the arguments: where to write the output.
+        let mut output = None;
+        let mut kept = Vec::with_capacity(args.len());
+        let mut words = args.iter();
+        while let Some(&word) = words.next() {
+            if word == "-o" {
+                let path = words
+                    .next()
+                    .ok_or("`-o` needs a file: :eval ... -o OUT.npy")?;
+                output = Some(std::path::PathBuf::from(path));
+            } else {
+                kept.push(word);
+            }
+        }
+        // Checked before any work: a run is not lost to a path that cannot be written.
+        if let Some(path) = &output {
+            let existed = path.exists();
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(path)
+                .map_err(|e| format!("output `{}`: {e}", path.display()))?;
+            if !existed {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        let args = kept.as_slice();
         let (defined, rest) = self.target(args)?;
         let compiled = driver::compile(SourceFile::new("<kernel>", defined.source.as_str()))
             .map_err(|(s, d)| crate::diagnostic::render_all(&d, &s, self.color))?;
@@ -355,6 +529,12 @@ impl Repl {
         if values.len() / width > 3 {
             let _ = writeln!(out, "  ...");
         }
+        if let Some(path) = output {
+            result
+                .write_npy(&path)
+                .map_err(|e| format!("output `{}`: {e}", path.display()))?;
+            let _ = writeln!(out, "wrote {}", path.display());
+        }
         Ok(())
     }
 }
@@ -407,19 +587,54 @@ fn random_inputs(
         .collect()
 }
 
-/// Net count of `{` over `}` outside comments: a kernel is complete at 0.
-fn brace_depth(text: &str) -> i64 {
+/// Net count of opening over closing brackets (`{ ( [`) outside comments: a kernel or a
+/// formula is complete at 0.
+fn open_brackets(text: &str) -> i64 {
     let mut depth = 0;
     for line in text.lines() {
         let code = line.split('#').next().unwrap_or_default();
         let code = code.split("//").next().unwrap_or_default();
         for c in code.chars() {
             match c {
-                '{' => depth += 1,
-                '}' => depth -= 1,
+                '{' | '(' | '[' => depth += 1,
+                '}' | ')' | ']' => depth -= 1,
                 _ => {}
             }
         }
     }
     depth
+}
+
+/// `NAME = RHS` on one line (comments dropped): the name and the right-hand side.
+fn assignment(text: &str) -> Option<(&str, &str)> {
+    let code = text.split('#').next().unwrap_or_default();
+    let code = code.split("//").next().unwrap_or_default().trim();
+    let (name, rhs) = code.split_once('=')?;
+    let (name, rhs) = (name.trim(), rhs.trim());
+    let is_name = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    (is_name && name != "let" && !rhs.is_empty()).then_some((name, rhs))
+}
+
+/// `Vi(...)`, `Vj(...)`, `Pm(...)` or `Var(...)`: a variable's declaration.
+fn is_variable_constructor(rhs: &str) -> bool {
+    ["Vi(", "Vj(", "Pm(", "Var("]
+        .iter()
+        .any(|p| rhs.starts_with(p))
+        && rhs.ends_with(')')
+}
+
+/// The identifiers of a formula, in order of appearance (comments dropped).
+fn identifiers(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for line in text.lines() {
+        let code = line.split('#').next().unwrap_or_default();
+        let code = code.split("//").next().unwrap_or_default();
+        for word in code.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+                names.push(word.to_string());
+            }
+        }
+    }
+    names
 }

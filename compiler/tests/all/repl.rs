@@ -151,3 +151,117 @@ fn a_session_piped_to_the_binary() {
     let input = lines.join("\n") + "\n";
     insta::assert_snapshot!(piped_session(&input));
 }
+
+/// Outside a kernel: session variables declared as KeOps aliases, and bare formulas that become
+/// kernels named f1, f2, ... over the variables they name (a snapshot, reviewed).
+const BARE_SESSION: &[&str] = &[
+    "x = Vi(3)",
+    "y = Vj(3)   # the j points",
+    "b = Vj(1)",
+    "Sum_Reduction(Exp(-SqDist(x, y)) * b, 0)",
+    "Exp(-SqDist(x,",
+    "    y))",
+    "z = Vq(3)",
+    "w = Exp(x)",
+    "LogSumExp_Reduction(q, 0)",
+    "b = Pm(1)",
+    "Sum_Reduction(b * x, 0)",
+    ":list",
+    ":simplified f1",
+    ":checked f3",
+];
+
+#[test]
+fn bare_formulas_over_session_variables() {
+    insta::assert_snapshot!(transcript(BARE_SESSION));
+}
+
+/// KeOps's positional aliases: every session variable is an argument of a bare formula, so that
+/// positions stay 0, 1, 2 even when the formula names only some of them.
+#[test]
+fn positional_session_variables_keep_their_positions() {
+    let mut repl = Repl::new();
+    let mut out = String::new();
+    for line in [
+        "x = Vi(0, 3)",
+        "y = Vj(1, 3)",
+        "b = Vj(2, 1)",
+        "Sum_Reduction(SqDist(x, y), 0)",
+    ] {
+        repl.handle_line(line, &mut out);
+    }
+    assert!(
+        out.contains("defined kernel f1(x = Vi(3), y = Vj(3), b = Vj(1))"),
+        "{out}"
+    );
+}
+
+#[test]
+fn load_defines_every_kernel_of_a_file() {
+    let mut repl = Repl::new();
+    let mut out = String::new();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("two.kf");
+    std::fs::write(
+        &path,
+        "kernel one {\n x = Vi(1)\n Sum_Reduction(x, 0)\n}\nkernel two {\n y = Vj(2)\n Max_Reduction(y, 1)\n}\n",
+    )
+    .unwrap();
+    repl.handle_line(&format!(":load {}", path.display()), &mut out);
+    assert!(out.contains("defined kernel one(x = Vi(1))"), "{out}");
+    assert!(out.contains("defined kernel two(y = Vj(2))"), "{out}");
+    assert_eq!(repl.kernel_names(), vec!["one", "two"]);
+    out.clear();
+    repl.handle_line(":load /nonexistent/file.kf", &mut out);
+    assert!(
+        out.starts_with("error: cannot read `/nonexistent/file.kf`"),
+        "{out}"
+    );
+    // A file with an error: its diagnostics point into the file, by name.
+    let bad = dir.path().join("bad.kf");
+    std::fs::write(&bad, "kernel bad {\n x = Vi(1)\n Sum_Reduction(Exq(x), 0)\n}\n").unwrap();
+    out.clear();
+    repl.handle_line(&format!(":load {}", bad.display()), &mut out);
+    assert!(out.contains("bad.kf:3:"), "{out}");
+    assert_eq!(repl.kernel_names(), vec!["one", "two"]);
+}
+
+#[test]
+fn eval_writes_its_output_with_dash_o() {
+    let mut repl = Repl::new();
+    let mut out = String::new();
+    let dir = tempfile::tempdir().unwrap();
+    let x = dir.path().join("x.npy");
+    keops_runtime::HostArray::from_f64(vec![2, 1], vec![1.0, 2.0])
+        .write_npy(&x)
+        .unwrap();
+    for line in ["x = Vi(1)", "y = Vj(1)", "Sum_Reduction(x * y, 0)"] {
+        repl.handle_line(line, &mut out);
+    }
+    let result = dir.path().join("out.npy");
+    out.clear();
+    repl.handle_line(
+        &format!(
+            ":eval f1 x={} y={} -o {}",
+            x.display(),
+            x.display(),
+            result.display()
+        ),
+        &mut out,
+    );
+    assert!(out.contains("wrote "), "{out}");
+    // x_i * (1 + 2), from the interpreter's arithmetic by hand.
+    let written = keops_runtime::HostArray::read_npy(&result).unwrap();
+    assert_eq!(written.shape, vec![2, 1]);
+    assert_eq!(written.to_f64(), vec![3.0, 6.0]);
+    // A path that cannot be written is an error before any work, and nothing is written.
+    out.clear();
+    repl.handle_line(":eval f1 3 -o /nonexistent/dir/out.npy", &mut out);
+    assert!(
+        out.starts_with("error: output `/nonexistent/dir/out.npy`"),
+        "{out}"
+    );
+    out.clear();
+    repl.handle_line(":eval f1 3 -o", &mut out);
+    assert!(out.starts_with("error: `-o` needs a file"), "{out}");
+}
