@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use keops_runtime::{HostArray, IndexArray};
+use std::io::Write;
 use std::path::PathBuf;
 
 /// Prints a summary of a .npy file (float32, float64 or int64): dtype, shape, the first rows,
@@ -31,16 +32,31 @@ fn main() -> Result<(), String> {
         },
     };
     let cols = shape.get(1).copied().unwrap_or(1).max(1);
-    println!("{shown}: {dtype} {shape:?}");
+    let integers = dtype == "int64";
+    let number = |v: f64| {
+        if integers {
+            format!("{v}")
+        } else {
+            format!("{v:.6}")
+        }
+    };
+    // Written with `writeln!`, so that a closed pipe (`show-npy f.npy | head`) ends quietly.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{shown}: {dtype} {shape:?}");
     for row in values.chunks(cols).take(5) {
-        let row: Vec<String> = row.iter().map(|v| format!("{v:.6}")).collect();
-        println!("  [{}]", row.join(", "));
+        let row: Vec<String> = row.iter().map(|&v| number(v)).collect();
+        let _ = writeln!(out, "  [{}]", row.join(", "));
     }
     if !values.is_empty() {
         let min = values.iter().copied().fold(f64::INFINITY, f64::min);
         let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let mean = values.iter().sum::<f64>() / values.len() as f64;
-        println!("  min {min:.6}  mean {mean:.6}  max {max:.6}");
+        let _ = writeln!(
+            out,
+            "  min {}  mean {mean:.6}  max {}",
+            number(min),
+            number(max)
+        );
     }
     Ok(())
 }
