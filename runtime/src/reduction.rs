@@ -52,7 +52,7 @@ pub enum ReductionArgs {
 /// | family | fold of a value `v` | ties | infinities and NaN |
 /// |---|---|---|---|
 /// | `Sum` | `acc + v` per component | - | IEEE: NaN propagates, `+inf + -inf` is NaN |
-/// | `Extreme` | keeps `v` when strictly better (`order`), and its index when `with_index` | the smaller index wins | NaN is never taken (strict comparisons, as KeOps) |
+/// | `Extreme` | keeps `v` when strictly better (`order`), and its index when `with_index` | the smaller index wins; without an index, a tie of `-0` and `+0` gives `-0` to Min and `+0` to Max | NaN is never taken (strict comparisons, as KeOps) |
 /// | `ShiftedExp` | online `(m, s = sum exp(v - m), sw = sum exp(v - m) w)` | - | `-inf` adds 0; values equal to `m` add exactly 1 (so `+inf` values count, and a set holding `+inf` has LogSumExp `+inf`); NaN propagates |
 /// | `KSmallest` | inserts `(v, index)` when strictly below the K-th | the smaller index first | NaN never enters |
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +78,22 @@ impl Order {
         match self {
             Order::Greater => a > b,
             Order::Less => a < b,
+        }
+    }
+
+    /// The value a Min or Max without index keeps of `kept` and a new `value`: the better one,
+    /// and of two zeros of opposite signs (equal, so "first wins" would make the sign depend on
+    /// the order of the fold), `-0` for Min and `+0` for Max, whatever the order.
+    pub fn keep<T: Float>(self, kept: T, value: T) -> T {
+        if self.better(value, kept) {
+            value
+        } else if value == kept && value.is_sign_negative() != kept.is_sign_negative() {
+            match self {
+                Order::Less => -value.abs(),
+                Order::Greater => value.abs(),
+            }
+        } else {
+            kept
         }
     }
 }
@@ -374,13 +390,22 @@ impl Reduction {
                     *a = *a + f;
                 }
             }
-            Family::Extreme { order, with_index } => {
+            Family::Extreme {
+                order,
+                with_index: false,
+            } => {
+                for (a, &f) in acc.iter_mut().zip(fout) {
+                    *a = order.keep(*a, f);
+                }
+            }
+            Family::Extreme {
+                order,
+                with_index: true,
+            } => {
                 for c in 0..n {
                     if order.better(fout[c], acc[c]) {
                         acc[c] = fout[c];
-                        if with_index {
-                            acc[n + c] = idx;
-                        }
+                        acc[n + c] = idx;
                     }
                 }
             }
@@ -407,13 +432,22 @@ impl Reduction {
                     *a = *a + b;
                 }
             }
-            Family::Extreme { order, with_index } => {
+            Family::Extreme {
+                order,
+                with_index: false,
+            } => {
+                for (a, &o) in acc.iter_mut().zip(other) {
+                    *a = order.keep(*a, o);
+                }
+            }
+            Family::Extreme {
+                order,
+                with_index: true,
+            } => {
                 for c in 0..n {
                     if order.better(other[c], acc[c]) {
                         acc[c] = other[c];
-                        if with_index {
-                            acc[n + c] = other[n + c];
-                        }
+                        acc[n + c] = other[n + c];
                     }
                 }
             }

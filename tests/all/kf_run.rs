@@ -11,12 +11,12 @@
 //!   lower x86-64 level), each with the scheduler's own choice and with forced schedules
 //!   (`schedule=ROWSxCHUNKS,...`: row blocks and inner splits; `1x1` and `3x5` by default).
 //!   Every other `NAME=DATA` gives a variable's data: a base (`uniform` in [-1, 1] by default,
-//!   `ints` in -3..3, `pos` in [0.5, 1.5]) followed by overlays `+KIND@ROWS`, where KIND is a
+//!   `ints` in -3..3, `nat` in 0..3, `pos` in [0.5, 1.5]) followed by overlays `+KIND@ROWS`, where KIND is a
 //!   special value (`inf -inf nan huge -huge tiny denormal zero -zero`) and ROWS a list of row
 //!   numbers and ranges `a..b`.
-//! - `# sweep: NAME [m=M] [n=N]` places each special value, alone and in pairs (in the same
-//!   SIMD lane, in neighbouring lanes), at every row position of `NAME` in turn, with `ints`
-//!   data elsewhere, and runs it as `# run:` does. Where M exceeds the compiled inner tile, the
+//! - `# sweep: NAME [base=DATA] [m=M] [n=N] [OTHER=DATA]` places each special value, alone and
+//!   in pairs (in the same SIMD lane, in neighbouring lanes), at every row position of `NAME`
+//!   in turn, with `ints` data (or `base`) elsewhere, and runs it as `# run:` does. Where M exceeds the compiled inner tile, the
 //!   pairs also straddle the tile boundary and the forced inner splits.
 //!
 //! Outputs must match the interpreter: NaN where it gives NaN, the same infinities, the same
@@ -80,7 +80,7 @@ impl DataSpec {
     fn parse(text: &str) -> Result<DataSpec, String> {
         let mut parts = text.split('+');
         let base = parts.next().unwrap_or("uniform").to_string();
-        if !["uniform", "ints", "pos"].contains(&base.as_str()) {
+        if !["uniform", "ints", "nat", "pos"].contains(&base.as_str()) {
             return Err(format!("unknown data `{base}`"));
         }
         let mut overlays = Vec::new();
@@ -97,6 +97,7 @@ impl DataSpec {
         let mut data: Vec<f64> = (0..rows * dim)
             .map(|_| match self.base.as_str() {
                 "ints" => rng.random_range(-3i32..=3) as f64,
+                "nat" => rng.random_range(0i32..=3) as f64,
                 "pos" => rng.random_range(0.5..1.5),
                 _ => rng.random_range(-1.0..1.0),
             })
@@ -318,6 +319,9 @@ fn compare(got: &[f64], want: &[f64], dtype: DType, what: &str) -> Result<(), St
             w.is_nan() && g.is_nan()
         } else if w.is_infinite() || g.is_infinite() {
             g == w
+        } else if w == 0.0 && g == 0.0 {
+            // the sign of a zero is part of the answer (a Min of -0 and +0)
+            g.is_sign_negative() == w.is_sign_negative()
         } else {
             (g - w).abs() <= tol * w.abs().max(1.0)
         };
@@ -356,7 +360,16 @@ fn placements(m: usize, lanes: usize, tile: usize, chunks: &[usize]) -> Vec<Vec<
 fn sweep(file: &RunFile, line: &str) -> Result<usize, String> {
     let mut words = line.split_whitespace();
     let var = words.next().ok_or("`# sweep:` needs a variable name")?;
-    let base = RunSpec::parse(&words.collect::<Vec<_>>().join(" "))?;
+    let rest: Vec<&str> = words.collect();
+    let sweep_base = rest
+        .iter()
+        .find_map(|w| w.strip_prefix("base="))
+        .unwrap_or("ints");
+    let rest: Vec<&str> = rest
+        .into_iter()
+        .filter(|w| !w.starts_with("base="))
+        .collect();
+    let base = RunSpec::parse(&rest.join(" "))?;
     let arg = file
         .kernel
         .signature
@@ -390,7 +403,7 @@ fn sweep(file: &RunFile, line: &str) -> Result<usize, String> {
     for kind in SPECIALS {
         for rows in &all {
             let at: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
-            let data = format!("ints+{kind}@{}", at.join(","));
+            let data = format!("{sweep_base}+{kind}@{}", at.join(","));
             let mut spec = base.clone();
             spec.data.retain(|(n, _)| n != var);
             spec.data.push((var.to_string(), DataSpec::parse(&data)?));

@@ -234,11 +234,13 @@ impl<'ctx> LaneAccumulators<'ctx> {
                 let p = better_predicate(order);
                 for (c, &x) in f.iter().enumerate() {
                     let acc = self.load(em, c);
-                    let better = em.compare(p, x, acc);
-                    self.store(em, c, em.select(better, x, acc));
                     if with_index {
+                        let better = em.compare(p, x, acc);
+                        self.store(em, c, em.select(better, x, acc));
                         let i = self.load(em, n + c);
                         self.store(em, n + c, em.select(better, index, i));
+                    } else {
+                        self.store(em, c, keep(em, order, acc, x));
                     }
                 }
             }
@@ -581,11 +583,8 @@ impl<'ctx> LaneAccumulators<'ctx> {
                 order,
                 with_index: false,
             } => {
-                let p = better_predicate(order);
                 for (k, &o) in other.iter().enumerate() {
-                    let a = load(k);
-                    let better = em.compare(p, o, a);
-                    store(k, em.select(better, o, a));
+                    store(k, keep(em, order, load(k), o));
                 }
             }
             Family::Extreme {
@@ -617,6 +616,38 @@ impl<'ctx> LaneAccumulators<'ctx> {
             Family::KSmallest => unreachable!("K-smallest lanes merge through merge_k_smallest"),
         }
     }
+}
+
+/// keops_runtime's `Order::keep(kept, value)`: the better value; of two equal values, their
+/// bits OR-ed for Min and AND-ed for Max, which is the value itself unless they are zeros of
+/// opposite signs (then `-0` for Min, `+0` for Max).
+fn keep<'ctx>(
+    em: &Emitter<'_, 'ctx>,
+    order: Order,
+    kept: Value<'ctx>,
+    value: Value<'ctx>,
+) -> Value<'ctx> {
+    let better = em.compare(better_predicate(order), value, kept);
+    let chosen = em.select(better, value, kept);
+    let lanes = kept.get_type().get_size();
+    let bits = match em.scalar {
+        super::math::Scalar::F32 => em.context.i32_type(),
+        super::math::Scalar::F64 => em.context.i64_type(),
+    }
+    .vec_type(lanes);
+    let as_bits =
+        |v: Value<'ctx>| built(em.builder.build_bit_cast(v, bits, "bits")).into_vector_value();
+    let (a, b) = (as_bits(kept), as_bits(value));
+    let tied = match order {
+        Order::Less => built(em.builder.build_or(a, b, "tie")),
+        Order::Greater => built(em.builder.build_and(a, b, "tie")),
+    };
+    let tied = built(
+        em.builder
+            .build_bit_cast(tied, em.vector_type(lanes), "tie"),
+    )
+    .into_vector_value();
+    em.select(em.compare(FloatPredicate::OEQ, value, kept), tied, chosen)
 }
 
 /// keops_runtime's `shifted_exp_term(v, m)`: `exp(v - m)`, exactly 1 where `v == m` (+inf
