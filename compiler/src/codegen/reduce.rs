@@ -607,8 +607,8 @@ impl<'ctx> LaneAccumulators<'ctx> {
                 let grows = em.compare(FloatPredicate::OGT, om, m);
                 let up = rescale_factor(em, m, om);
                 let down = rescale_factor(em, om, m);
-                for k in 1..other.len() {
-                    let (s, o) = (load(k), other[k]);
+                for (k, &o) in other.iter().enumerate().skip(1) {
+                    let s = load(k);
                     store(k, em.select(grows, em.fma(s, up, o), em.fma(o, down, s)));
                 }
                 store(0, em.select(grows, om, m));

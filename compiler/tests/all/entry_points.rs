@@ -67,7 +67,7 @@ fn nesting_past_the_limit_is_a_diagnostic() {
 fn internal_errors_name_their_stage_and_do_not_point_at_the_source() {
     let d = Diagnostic::internal("simplification", "ran past its limit");
     let source = SourceFile::new("k.kf", "kernel k { x = Vi(1)\n Sum_Reduction(x, 0) }");
-    let text = render_all(&[d.clone()], &source, false);
+    let text = render_all(std::slice::from_ref(&d), &source, false);
     assert!(
         text.starts_with("error: internal error in simplification: ran past its limit"),
         "{text}"
@@ -94,7 +94,11 @@ fn explain_is_byte_identical_on_an_idle_and_a_loaded_machine() {
             .args(["explain", file, "--llvm", "--dtype", "f64"])
             .output()
             .expect("keopsc runs");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         out.stdout
     };
     let idle = explain();
