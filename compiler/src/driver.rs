@@ -460,3 +460,6 @@ fn explain_here(
         Err((source, diagnostics))
     }
 }
+
+/// Gradients of whole reductions: `d/dwrt sum(G * kernel(inputs))`, see [`crate::vjp`].
+pub use crate::vjp::{vjp, VjpRunError};

@@ -22,3 +22,4 @@ pub mod repl;
 pub mod schedule;
 pub mod source;
 pub mod syntax;
+pub mod vjp;

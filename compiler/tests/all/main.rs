@@ -11,3 +11,4 @@ mod nvptx;
 mod recipes;
 mod repl;
 mod simplify;
+mod vjp;

@@ -1,0 +1,567 @@
+//! Gradients of whole reductions: for a kernel `out = Red(F(x_i, y_j, p))` and one of its
+//! inputs `v`, the backward kernel(s) that compute `dv = d/dv sum(G * out)` for a cotangent `G`
+//! shaped like the output, and how to combine their outputs. Every backward kernel is an
+//! ordinary [`CheckedKernel`] built in the formula IR (a `Grad` node over the forward formula,
+//! expanded by the same symbolic rules as a user's `Grad`), so it can be evaluated by any
+//! backend, printed, and differentiated again.
+//!
+//! Two shapes of backward pass cover every differentiable reduction:
+//!
+//! - **dense** (Sum and the LogSumExp family): every pair contributes. One `Sum_Reduction` of
+//!   `Grad(F, v, e_ij)` over the other index: over j for an i-variable, over i for a
+//!   j-variable; for a parameter, over the forward's inner index, whose rows the caller sums in
+//!   f64. The LogSumExp family's `e_ij` holds the softmax weight `exp(F_ij - L_i)`, read from
+//!   the saved forward output ([`SavedForward`], KeOps's `Grad_WithSavedForward`).
+//! - **selected** (Min, Max, KMin, the value part of Min_ArgMin, Max_ArgMax, KMin_ArgKMin, and
+//!   the maximum `m` of Max_SumShiftExp): the gradient flows through the selected entries only.
+//!   A forward pass with indices finds them (ties: the first index, as the forward returns);
+//!   the backward kernel then evaluates `Grad(F, v, g)` on one gathered row per selected entry
+//!   (every variable becomes a row variable of that table, so there is no inner loop: O(N K)
+//!   work), and the caller adds each row into the row of `v` it came from (a scatter-add for a
+//!   j-variable).
+
+use crate::check::CheckedKernel;
+use crate::formula::{Formula, Node, Op};
+use crate::opt;
+use egg::Id;
+use keops_runtime::{ArgSpec, Axis, Category, Reduction, ReductionKind, Signature};
+use std::fmt;
+
+mod run;
+pub use run::{check_cotangent, run_plan, vjp, VjpRunError};
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum VjpError {
+    #[error("kernel `{kernel}` has no input `{name}` to differentiate with respect to; its inputs are {inputs}")]
+    UnknownInput {
+        kernel: String,
+        name: String,
+        inputs: String,
+    },
+    #[error("kernel `{kernel}` ends with {kind}, which returns indices only: indices are piecewise constant and have no gradient (use the value-and-index form, e.g. Min_ArgMin, to differentiate the values)")]
+    NotDifferentiable { kernel: String, kind: ReductionKind },
+    #[error("internal error while building the backward kernel of `{kernel}`: {message}")]
+    Internal { kernel: String, message: String },
+}
+
+/// The forward values a dense backward kernel reads, one row per output row.
+#[derive(Clone, Debug)]
+pub enum SavedForward {
+    /// Nothing (Sum).
+    None,
+    /// The forward output row itself: `L` (LogSumExp), `log sum exp(F) V` (LogSumExpWeight),
+    /// `(m, s)` (Max_SumShiftExp), `(m, sw)` (Max_SumShiftExpWeight); `kernel` is the
+    /// forward kernel.
+    Output { kernel: CheckedKernel },
+    /// SumSoftMaxWeight: `(out, L)` with `L = m + log s`, from one pass of `kernel`, a
+    /// Max_SumShiftExpWeight of `F` weighted by `(1, V)` whose output row is `(m, s, sw)`:
+    /// `out = sw / s`.
+    SoftMax { kernel: CheckedKernel },
+}
+
+/// Which cotangent each selected entry receives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SelectedCotangent {
+    /// `G[r, l n + c]`: the cotangent of the value part (rank-major, as the forward output).
+    Values,
+    /// Max_SumShiftExp(Weight), entry of the maximum: `G_m - <G_s, s>` with `s` the saved
+    /// sums, since `m` moves every shifted term `exp(F - m)`.
+    ShiftedMax,
+}
+
+/// The selected-entries part of a backward pass.
+#[derive(Clone, Debug)]
+pub struct SelectedBackward {
+    /// A forward pass that returns the selected entries' values and indices (Min_ArgMin,
+    /// Max_ArgMax or KMin_ArgKMin of the value part of `F`): values `K n`, then indices `K n`.
+    pub indices: CheckedKernel,
+    /// `Grad(F, v, g)` over the table of selected entries: every variable is a row variable
+    /// (`Vi`) of that table, or stays a parameter; the last argument is `g` (dimension `n`).
+    pub kernel: CheckedKernel,
+    pub k: usize,
+    /// The dimension `n` of the reduced values.
+    pub n: usize,
+    pub cotangent: SelectedCotangent,
+}
+
+/// Everything needed to compute `d/dv sum(G * out)` for one input `v` of a kernel.
+#[derive(Clone, Debug)]
+pub struct VjpPlan {
+    /// The forward kernel's signature.
+    pub forward: Signature,
+    /// The input differentiated, by position.
+    pub wrt: usize,
+    pub saved: SavedForward,
+    /// The dense part: arguments are the forward's, then `G`, then the saved rows (if any).
+    /// Axis: the category of `v` (a parameter: the forward axis, rows to be summed).
+    pub dense: Option<CheckedKernel>,
+    pub selected: Option<SelectedBackward>,
+}
+
+impl VjpPlan {
+    pub fn wrt_spec(&self) -> &ArgSpec {
+        &self.forward.args[self.wrt]
+    }
+}
+
+impl fmt::Display for VjpPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = self.wrt_spec();
+        writeln!(
+            f,
+            "vjp of `{}` with respect to `{}` ({}({})):",
+            self.forward.name, v.name, v.category, v.dim
+        )?;
+        match &self.saved {
+            SavedForward::None => {}
+            SavedForward::Output { .. } => writeln!(f, "  saved forward: the output row")?,
+            SavedForward::SoftMax { kernel } => writeln!(
+                f,
+                "  saved forward: (out, L) from {}\n    formula: {}",
+                kernel.signature,
+                kernel.formula.to_text(kernel.formula.root())
+            )?,
+        }
+        if let Some(dense) = &self.dense {
+            writeln!(
+                f,
+                "  dense pass: {}\n    formula: {}",
+                dense.signature,
+                dense.formula.to_text(dense.formula.root())
+            )?;
+            if v.category == Category::Param {
+                writeln!(f, "    then its rows summed (f64)")?;
+            }
+        }
+        if let Some(selected) = &self.selected {
+            writeln!(f, "  selected entries from: {}", selected.indices.signature)?;
+            writeln!(
+                f,
+                "  per selected entry: {}\n    formula: {}",
+                selected.kernel.signature,
+                selected
+                    .kernel
+                    .formula
+                    .to_text(selected.kernel.formula.root())
+            )?;
+            writeln!(
+                f,
+                "    then each row added to {}",
+                match v.category {
+                    Category::I => "the row i it came from",
+                    Category::J => "the row j it came from (scatter-add)",
+                    Category::Param => "the sum (f64)",
+                }
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Builds the backward pass of `kernel` with respect to its input `wrt` (a name, or the
+/// position of an inline `Vi(pos, dim)` variable).
+pub fn plan(kernel: &CheckedKernel, wrt: &str) -> Result<VjpPlan, VjpError> {
+    let sig = &kernel.signature;
+    let Some(wrt_index) = sig.args.iter().position(|a| a.name == wrt) else {
+        let names: Vec<String> = sig.args.iter().map(|a| format!("`{}`", a.name)).collect();
+        return Err(VjpError::UnknownInput {
+            kernel: kernel.name.clone(),
+            name: wrt.to_string(),
+            inputs: if names.is_empty() {
+                "none".into()
+            } else {
+                names.join(", ")
+            },
+        });
+    };
+    let internal = |message: String| VjpError::Internal {
+        kernel: kernel.name.clone(),
+        message,
+    };
+    let builder = Builder {
+        kernel,
+        wrt: wrt_index,
+    };
+    let red = sig.reduction;
+    use ReductionKind as K;
+    let (saved, dense, selected) = match red.kind {
+        K::ArgMin | K::ArgMax | K::ArgKMin => {
+            return Err(VjpError::NotDifferentiable {
+                kernel: kernel.name.clone(),
+                kind: red.kind,
+            })
+        }
+        K::Sum => (SavedForward::None, Some(builder.dense(None)?), None),
+        K::LogSumExp
+        | K::LogSumExpWeight
+        | K::SumSoftMaxWeight
+        | K::MaxSumShiftExp
+        | K::MaxSumShiftExpWeight => {
+            let saved_dim = match red.kind {
+                K::SumSoftMaxWeight => red.wdim + 1,
+                _ => red.output_dim(),
+            };
+            let saved = match red.kind {
+                K::SumSoftMaxWeight => SavedForward::SoftMax {
+                    kernel: builder.softmax_forward().map_err(internal)?,
+                },
+                _ => SavedForward::Output {
+                    kernel: kernel.clone(),
+                },
+            };
+            let dense = builder.dense(Some(saved_dim))?;
+            let selected = match red.kind {
+                K::MaxSumShiftExp | K::MaxSumShiftExpWeight => {
+                    Some(builder.selected(1, SelectedCotangent::ShiftedMax)?)
+                }
+                _ => None,
+            };
+            (saved, Some(dense), selected)
+        }
+        K::Min | K::Max | K::MinArgMin | K::MaxArgMax | K::KMin | K::KMinArgKMin => (
+            SavedForward::None,
+            None,
+            Some(builder.selected(red.k, SelectedCotangent::Values)?),
+        ),
+    };
+    Ok(VjpPlan {
+        forward: sig.clone(),
+        wrt: wrt_index,
+        saved,
+        dense,
+        selected,
+    })
+}
+
+/// A name for a new argument that no argument of `args` has.
+fn fresh_name(args: &[ArgSpec], base: &str) -> String {
+    let taken = |name: &str| args.iter().any(|a| a.name == name);
+    if !taken(base) {
+        return base.to_string();
+    }
+    (1..)
+        .map(|k| format!("{base}_{k}"))
+        .find(|name| !taken(name))
+        .expect("an unbounded supply of names")
+}
+
+/// A copy of `formula` over other variables (same count and dimensions, any categories):
+/// every node re-pushed, so that dependences follow the new categories.
+fn recategorize(formula: &Formula, vars: Vec<ArgSpec>) -> Result<(Formula, Vec<Id>), String> {
+    let mut out = Formula::new(vars);
+    let mut map = Vec::with_capacity(formula.len());
+    for (k, node) in formula.nodes.as_ref().iter().enumerate() {
+        let children = node.children.iter().map(|&c| map[usize::from(c)]).collect();
+        let id = out.push(
+            Node::new(node.op.clone(), children),
+            formula.info[k].span.clone(),
+        )?;
+        map.push(id);
+    }
+    Ok((out, map))
+}
+
+/// Formula construction helpers: each node is checked by [`Formula::push`].
+struct Build {
+    formula: Formula,
+}
+
+impl Build {
+    fn op(&mut self, op: Op, children: &[Id]) -> Result<Id, String> {
+        self.formula.push(Node::new(op, children.to_vec()), None)
+    }
+
+    fn var(&mut self, k: usize) -> Result<Id, String> {
+        self.op(Op::Var(k as u32), &[])
+    }
+
+    fn dim(&self, id: Id) -> usize {
+        self.formula.info(id).dim
+    }
+
+    /// `Extract(a, start, len)`, or `a` itself when it is the whole of `a`.
+    fn extract(&mut self, a: Id, start: usize, len: usize) -> Result<Id, String> {
+        if start == 0 && len == self.dim(a) {
+            Ok(a)
+        } else if len == 1 {
+            self.op(Op::Elem(start), &[a])
+        } else {
+            self.op(Op::Extract(start, len), &[a])
+        }
+    }
+
+    /// The formula with `root` as its last node, derivatives expanded.
+    fn finish(self, root: Id) -> Result<Formula, String> {
+        let formula = self.formula.extract(root);
+        opt::expand_derivatives(&formula).map_err(|d| d.message)
+    }
+}
+
+struct Builder<'k> {
+    kernel: &'k CheckedKernel,
+    wrt: usize,
+}
+
+impl Builder<'_> {
+    fn sig(&self) -> &Signature {
+        &self.kernel.signature
+    }
+
+    fn internal(&self, message: String) -> VjpError {
+        VjpError::Internal {
+            kernel: self.kernel.name.clone(),
+            message,
+        }
+    }
+
+    /// The category of the forward's output rows.
+    fn row_category(&self) -> Category {
+        match self.sig().axis {
+            Axis::I => Category::I,
+            Axis::J => Category::J,
+        }
+    }
+
+    fn named(
+        &self,
+        suffix: &str,
+        args: Vec<ArgSpec>,
+        reduction: Reduction,
+        axis: Axis,
+        formula: Formula,
+    ) -> CheckedKernel {
+        let name = format!("{}_{suffix}", self.kernel.name);
+        CheckedKernel {
+            name: name.clone(),
+            span: self.kernel.span.clone(),
+            signature: Signature {
+                name,
+                args,
+                reduction,
+                axis,
+            },
+            formula,
+        }
+    }
+
+    /// The dense backward kernel: arguments are the forward's, `G` and (when `saved_dim` is
+    /// given) the saved forward rows.
+    fn dense(&self, saved_dim: Option<usize>) -> Result<CheckedKernel, VjpError> {
+        let sig = self.sig();
+        let red = sig.reduction;
+        let rows = self.row_category();
+        let mut args = sig.args.clone();
+        let g_index = args.len();
+        args.push(ArgSpec {
+            name: fresh_name(&args, "G"),
+            category: rows,
+            dim: red.output_dim(),
+        });
+        let saved_index = args.len();
+        if let Some(dim) = saved_dim {
+            args.push(ArgSpec {
+                name: fresh_name(&args, "saved"),
+                category: rows,
+                dim,
+            });
+        }
+        let wrt = &sig.args[self.wrt];
+        let axis = match wrt.category {
+            Category::I => Axis::I,
+            Category::J => Axis::J,
+            Category::Param => sig.axis,
+        };
+        let build = || -> Result<Formula, String> {
+            let (formula, map) = recategorize(&self.kernel.formula, args.clone())?;
+            let mut b = Build { formula };
+            let root = map[usize::from(self.kernel.formula.root())];
+            let v = b.var(self.wrt)?;
+            let g = b.var(g_index)?;
+            let e = self.dense_gradin(&mut b, root, g, saved_index)?;
+            let grad = b.op(Op::Grad, &[root, v, e])?;
+            b.finish(grad)
+        };
+        let formula = build().map_err(|m| self.internal(m))?;
+        Ok(self.named(
+            &format!("vjp_{}", wrt.name),
+            args,
+            Reduction::new(ReductionKind::Sum, wrt.dim),
+            axis,
+            formula,
+        ))
+    }
+
+    /// The gradient input `e_ij` of the dense part, of the dimension of the forward formula's
+    /// root (`F`, or `Concat(F, V)` for a weighted reduction). `L`, `m`: saved rows.
+    fn dense_gradin(&self, b: &mut Build, root: Id, g: Id, saved: usize) -> Result<Id, String> {
+        let red = self.sig().reduction;
+        let wdim = red.wdim;
+        use ReductionKind as K;
+        let weighted = |b: &mut Build| -> Result<(Id, Id), String> {
+            Ok((b.extract(root, 0, 1)?, b.extract(root, 1, wdim)?))
+        };
+        match red.kind {
+            // d out_i = sum_j dF_ij
+            K::Sum => Ok(g),
+            // d L_i = sum_j exp(F_ij - L_i) dF_ij
+            K::LogSumExp => {
+                let s = b.var(saved)?;
+                let d = b.op(Op::Sub, &[root, s])?;
+                let w = b.op(Op::Exp, &[d])?;
+                b.op(Op::Mul, &[g, w])
+            }
+            // out_c = log sum_j exp(F) V_c: d out_c = sum_j exp(F - out_c) (V_c dF + dV_c)
+            K::LogSumExpWeight => {
+                let (f, v) = weighted(b)?;
+                let s = b.var(saved)?;
+                let d = b.op(Op::Sub, &[f, s])?;
+                let t = b.op(Op::Exp, &[d])?;
+                let gt = b.op(Op::Mul, &[g, t])?;
+                let gtv = b.op(Op::Mul, &[gt, v])?;
+                let ef = b.op(Op::Sum, &[gtv])?;
+                b.op(Op::Concat, &[ef, gt])
+            }
+            // (m, s = sum exp(F - m)): the shifted terms, with m held; the maximum's entry
+            // carries the rest (selected part).
+            K::MaxSumShiftExp => {
+                let s = b.var(saved)?;
+                let m = b.extract(s, 0, 1)?;
+                let d = b.op(Op::Sub, &[root, m])?;
+                let w = b.op(Op::Exp, &[d])?;
+                let gs = b.extract(g, 1, 1)?;
+                b.op(Op::Mul, &[gs, w])
+            }
+            // (m, sw = sum exp(F - m) V): w (V dF + dV), m held as above.
+            K::MaxSumShiftExpWeight => {
+                let (f, v) = weighted(b)?;
+                let s = b.var(saved)?;
+                let m = b.extract(s, 0, 1)?;
+                let d = b.op(Op::Sub, &[f, m])?;
+                let w = b.op(Op::Exp, &[d])?;
+                let gsw = b.extract(g, 1, wdim)?;
+                let gv = b.op(Op::Mul, &[gsw, v])?;
+                let sgv = b.op(Op::Sum, &[gv])?;
+                let ef = b.op(Op::Mul, &[w, sgv])?;
+                let ev = b.op(Op::Mul, &[w, gsw])?;
+                b.op(Op::Concat, &[ef, ev])
+            }
+            // out = sum_j w_ij V_ij, w = softmax_j F: d<G, out> = sum_j w_ij (<G, dV_ij> +
+            // <G, V_ij - out_i> dF_ij).
+            K::SumSoftMaxWeight => {
+                let (f, v) = weighted(b)?;
+                let s = b.var(saved)?;
+                let out = b.extract(s, 0, wdim)?;
+                let l = b.extract(s, wdim, 1)?;
+                let d = b.op(Op::Sub, &[f, l])?;
+                let w = b.op(Op::Exp, &[d])?;
+                let centered = b.op(Op::Sub, &[v, out])?;
+                let gc = b.op(Op::Mul, &[g, centered])?;
+                let sgc = b.op(Op::Sum, &[gc])?;
+                let ef = b.op(Op::Mul, &[w, sgc])?;
+                let ev = b.op(Op::Mul, &[w, g])?;
+                b.op(Op::Concat, &[ef, ev])
+            }
+            kind => Err(format!("{kind} has no dense backward pass")),
+        }
+    }
+
+    /// SumSoftMaxWeight's saved forward: `Max_SumShiftExpWeight(F, Concat(1, V))`, whose output
+    /// row `(m, s, sw)` gives `out = sw / s` and `L = m + log s` in one pass.
+    fn softmax_forward(&self) -> Result<CheckedKernel, String> {
+        let sig = self.sig();
+        let red = sig.reduction;
+        let (formula, map) = recategorize(&self.kernel.formula, sig.args.clone())?;
+        let mut b = Build { formula };
+        let root = map[usize::from(self.kernel.formula.root())];
+        let f = b.extract(root, 0, 1)?;
+        let v = b.extract(root, 1, red.wdim)?;
+        let one = b.op(Op::IntCst(1), &[])?;
+        let weight = b.op(Op::Concat, &[one, v])?;
+        let new_root = b.op(Op::Concat, &[f, weight])?;
+        let formula = b.finish(new_root)?;
+        Ok(self.named(
+            "softmax_saved",
+            sig.args.clone(),
+            Reduction::with_weight(ReductionKind::MaxSumShiftExpWeight, 1, red.wdim + 1),
+            sig.axis,
+            formula,
+        ))
+    }
+
+    /// The selected-entries part: the forward pass that finds them, and the per-entry kernel.
+    fn selected(
+        &self,
+        k: usize,
+        cotangent: SelectedCotangent,
+    ) -> Result<SelectedBackward, VjpError> {
+        let sig = self.sig();
+        let red = sig.reduction;
+        use ReductionKind as K;
+        // `fdim` is the dimension of the reduced values (a weight `V` comes after them).
+        let n = red.fdim;
+        let index_kind = match red.kind {
+            K::Min | K::MinArgMin => K::MinArgMin,
+            K::Max | K::MaxArgMax | K::MaxSumShiftExp | K::MaxSumShiftExpWeight => K::MaxArgMax,
+            K::KMin | K::KMinArgKMin => K::KMinArgKMin,
+            kind => return Err(self.internal(format!("{kind} selects no entries"))),
+        };
+        let build_indices = || -> Result<Formula, String> {
+            let (formula, map) = recategorize(&self.kernel.formula, sig.args.clone())?;
+            let mut b = Build { formula };
+            let root = map[usize::from(self.kernel.formula.root())];
+            let f = b.extract(root, 0, n)?;
+            b.finish(f)
+        };
+        let indices = self.named(
+            "selected",
+            sig.args.clone(),
+            Reduction::with_k(index_kind, k, n),
+            sig.axis,
+            build_indices().map_err(|m| self.internal(m))?,
+        );
+        // The table of selected entries: one row each, every i- and j-variable gathered.
+        let mut args: Vec<ArgSpec> = sig
+            .args
+            .iter()
+            .map(|a| ArgSpec {
+                category: match a.category {
+                    Category::Param => Category::Param,
+                    _ => Category::I,
+                },
+                ..a.clone()
+            })
+            .collect();
+        let g_index = args.len();
+        args.push(ArgSpec {
+            name: fresh_name(&args, "G"),
+            category: Category::I,
+            dim: n,
+        });
+        let wrt = &sig.args[self.wrt];
+        let build = || -> Result<Formula, String> {
+            let (formula, map) = recategorize(&self.kernel.formula, args.clone())?;
+            let mut b = Build { formula };
+            let root = map[usize::from(self.kernel.formula.root())];
+            let f = b.extract(root, 0, n)?;
+            let v = b.var(self.wrt)?;
+            let g = b.var(g_index)?;
+            let grad = b.op(Op::Grad, &[f, v, g])?;
+            b.finish(grad)
+        };
+        let formula = build().map_err(|m| self.internal(m))?;
+        let kernel = self.named(
+            &format!("vjp_{}_selected", wrt.name),
+            args,
+            Reduction::new(ReductionKind::Sum, wrt.dim),
+            Axis::I,
+            formula,
+        );
+        Ok(SelectedBackward {
+            indices,
+            kernel,
+            k,
+            n,
+            cotangent,
+        })
+    }
+}

@@ -1,0 +1,347 @@
+//! Gradients of whole reductions (`keopsc::vjp`): every differentiable reduction, with respect
+//! to an i-variable, a j-variable and a parameter, for both axes, against central finite
+//! differences of the reference interpreter (f64), on the interpreter and on the CPU backend in
+//! f64 and f32; closed forms where they are short; second order (the vjp of a backward kernel)
+//! against finite differences of the backward kernel; the errors.
+
+use keops_runtime::{DType, HostArray};
+use keopsc::check::CheckedKernel;
+use keopsc::driver::{self, Backend};
+use keopsc::source::SourceFile;
+use keopsc::vjp::{self, VjpError, VjpRunError};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// N and M: odd, and unequal, so that a mixed-up axis cannot pass.
+const N: usize = 5;
+const M: usize = 7;
+
+fn kernel(source: &str) -> CheckedKernel {
+    let compiled = match driver::compile(SourceFile::new("<test>", source)) {
+        Ok(c) => c,
+        Err((_, d)) => panic!("{source}\n{d:?}"),
+    };
+    compiled.kernels.into_iter().next().expect("one kernel")
+}
+
+/// Random f64 inputs for every argument of `kernel` (rows N for Vi, M for Vj).
+fn inputs(kernel: &CheckedKernel, rng: &mut StdRng) -> Vec<(String, HostArray)> {
+    kernel
+        .signature
+        .args
+        .iter()
+        .map(|a| {
+            let rows = match a.category {
+                keops_runtime::Category::I => N,
+                keops_runtime::Category::J => M,
+                keops_runtime::Category::Param => 1,
+            };
+            let data: Vec<f64> = (0..rows * a.dim)
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
+            let shape = match a.category {
+                keops_runtime::Category::Param => vec![a.dim],
+                _ => vec![rows, a.dim],
+            };
+            (a.name.clone(), HostArray::from_f64(shape, data))
+        })
+        .collect()
+}
+
+fn output(kernel: &CheckedKernel, inputs: &[(String, HostArray)]) -> HostArray {
+    driver::evaluate(kernel, inputs, Backend::Interp).expect("the forward runs")
+}
+
+/// `sum(G * out)` in f64.
+fn loss(kernel: &CheckedKernel, inputs: &[(String, HostArray)], g: &[f64]) -> f64 {
+    let out = output(kernel, inputs).to_f64();
+    out.iter().zip(g).map(|(a, b)| a * b).sum()
+}
+
+/// The central finite-difference gradient of `sum(G * out)` with respect to `wrt`.
+fn finite_difference(
+    kernel: &CheckedKernel,
+    inputs: &[(String, HostArray)],
+    wrt: &str,
+    g: &[f64],
+) -> Vec<f64> {
+    let h = 1e-6;
+    let at = inputs.iter().position(|(n, _)| n == wrt).expect("wrt");
+    let base = inputs[at].1.to_f64();
+    (0..base.len())
+        .map(|t| {
+            let moved = |delta: f64| {
+                let mut data = base.clone();
+                data[t] += delta;
+                let mut changed = inputs.to_vec();
+                changed[at].1 = HostArray::from_f64(inputs[at].1.shape.clone(), data);
+                loss(kernel, &changed, g)
+            };
+            (moved(h) - moved(-h)) / (2.0 * h)
+        })
+        .collect()
+}
+
+fn to_f32(inputs: &[(String, HostArray)]) -> Vec<(String, HostArray)> {
+    inputs
+        .iter()
+        .map(|(n, a)| {
+            let data = a.to_f64().into_iter().map(|x| x as f32).collect();
+            (n.clone(), HostArray::from_f32(a.shape.clone(), data))
+        })
+        .collect()
+}
+
+fn assert_close(what: &str, got: &[f64], expected: &[f64], tol: f64) {
+    assert_eq!(got.len(), expected.len(), "{what}: length");
+    let scale = expected.iter().fold(1.0f64, |s, x| s.max(x.abs()));
+    for (k, (a, b)) in got.iter().zip(expected).enumerate() {
+        assert!(
+            (a - b).abs() <= tol * scale,
+            "{what}: component {k}: {a} against {b} (scale {scale})\n got {got:?}\n expected {expected:?}"
+        );
+    }
+}
+
+/// Every input of `kernel`: the vjp on the interpreter, and on the CPU in f64 and f32, against
+/// finite differences. Returns the interpreter's gradients.
+fn check_all_inputs(kernel: &CheckedKernel, seed: u64) -> Vec<(String, Vec<f64>)> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let inputs = inputs(kernel, &mut rng);
+    let out = output(kernel, &inputs);
+    let g: Vec<f64> = (0..out.len()).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let cotangent = HostArray::from_f64(out.shape.clone(), g.clone());
+    let mut grads = Vec::new();
+    for spec in &kernel.signature.args {
+        let what = format!("{} d/d{}", kernel.name, spec.name);
+        let expected = finite_difference(kernel, &inputs, &spec.name, &g);
+        let interp = vjp::vjp(kernel, &spec.name, &inputs, &cotangent, Backend::Interp)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let passed = &inputs.iter().find(|(n, _)| *n == spec.name).unwrap().1;
+        assert_eq!(interp.shape, passed.shape, "{what}: shape");
+        assert_close(
+            &format!("{what} (interp)"),
+            &interp.to_f64(),
+            &expected,
+            1e-6,
+        );
+        let cpu = vjp::vjp(kernel, &spec.name, &inputs, &cotangent, Backend::Cpu)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_close(&format!("{what} (cpu f64)"), &cpu.to_f64(), &expected, 1e-6);
+        let g32 = to_f32(&[("G".into(), cotangent.clone())]).remove(0).1;
+        let cpu32 = vjp::vjp(kernel, &spec.name, &to_f32(&inputs), &g32, Backend::Cpu)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(cpu32.dtype(), DType::F32, "{what}");
+        assert_close(
+            &format!("{what} (cpu f32)"),
+            &cpu32.to_f64(),
+            &expected,
+            2e-3,
+        );
+        grads.push((spec.name.clone(), interp.to_f64()));
+    }
+    grads
+}
+
+/// A kernel over x = Vi(3), y = Vj(3), b = Vj(2), s = Pm(1) ending with `reduction`, where
+/// `{F}` and `{axis}` are filled in.
+fn kernel_with(reduction: &str, axis: usize) -> CheckedKernel {
+    let text = format!(
+        "kernel k {{\n x = Vi(3)\n y = Vj(3)\n b = Vj(2)\n s = Pm(1)\n {}\n}}\n",
+        reduction.replace("{axis}", &axis.to_string())
+    );
+    kernel(&text)
+}
+
+/// Every differentiable reduction, with i-, j- and parameter inputs that all reach `F` (and
+/// `V` for weighted ones), values spread enough that no two entries tie.
+const REDUCTIONS: &[&str] = &[
+    "Sum_Reduction(Exp(-SqDist(x, y) * s) * b, {axis})",
+    "LogSumExp_Reduction(-SqDist(x, y) * s + Elem(b, 0) * 2, {axis})",
+    "SumSoftMaxWeight_Reduction(-SqDist(x, y) * s + Elem(b, 1), b * Sum(x) + Extract(y, 0, 2), {axis})",
+    "Max_SumShiftExp_Reduction(-SqDist(x, y) * s + Elem(b, 0) * 3, {axis})",
+    "LogSumExpWeight_Reduction(-SqDist(x, y) * s, Exp(b + Elem(x, 0)), {axis})",
+    "Max_SumShiftExpWeight_Reduction(-SqDist(x, y) * s + Elem(b, 0) * 3, b * Sum(x), {axis})",
+    "Min_Reduction(SqDist(x, y) * s + b * 3, {axis})",
+    "Max_Reduction(Sin(x) * s + Elem(y, 0) * 2 + Elem(b, 1), {axis})",
+    "Min_ArgMin_Reduction(SqDist(x, y) * s + b * 3, {axis})",
+    "Max_ArgMax_Reduction(Sin(x) * s + Elem(y, 0) * 2 + Elem(b, 1), {axis})",
+    "KMin_Reduction(SqDist(x, y) * s + Elem(b, 0) * 3, 3, {axis})",
+    "KMin_ArgKMin_Reduction(SqDist(x, y) * s + b * 3, 2, {axis})",
+];
+
+#[test]
+fn every_reduction_every_input_both_axes_against_finite_differences() {
+    for (k, reduction) in REDUCTIONS.iter().enumerate() {
+        for axis in [0, 1] {
+            let kernel = kernel_with(reduction, axis);
+            check_all_inputs(&kernel, 100 + 2 * k as u64 + axis as u64);
+        }
+    }
+}
+
+#[test]
+fn gaussian_sum_matches_its_closed_form() {
+    // a_i = sum_j exp(-|x_i - y_j|^2 s) b_j: da/db_j = sum_i K_ij G_i,
+    // da/dx_i = sum_j -2 s K_ij (x_i - y_j) <G_i, b_j>.
+    let kernel = kernel_with("Sum_Reduction(Exp(-SqDist(x, y) * s) * b, {axis})", 0);
+    let mut rng = StdRng::seed_from_u64(7);
+    let inputs = inputs(&kernel, &mut rng);
+    let data: Vec<Vec<f64>> = inputs.iter().map(|(_, a)| a.to_f64()).collect();
+    let (x, y, b, s) = (&data[0], &data[1], &data[2], data[3][0]);
+    let g: Vec<f64> = (0..N * 2).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let kij = |i: usize, j: usize| {
+        let d: f64 = (0..3).map(|c| (x[i * 3 + c] - y[j * 3 + c]).powi(2)).sum();
+        (-d * s).exp()
+    };
+    let mut db = vec![0.0; M * 2];
+    let mut dx = vec![0.0; N * 3];
+    for i in 0..N {
+        for j in 0..M {
+            let gb: f64 = (0..2).map(|c| g[i * 2 + c] * b[j * 2 + c]).sum();
+            for c in 0..2 {
+                db[j * 2 + c] += kij(i, j) * g[i * 2 + c];
+            }
+            for c in 0..3 {
+                dx[i * 3 + c] += -2.0 * s * kij(i, j) * (x[i * 3 + c] - y[j * 3 + c]) * gb;
+            }
+        }
+    }
+    let cotangent = HostArray::from_f64(vec![N, 2], g);
+    for backend in [Backend::Interp, Backend::Cpu] {
+        let got = vjp::vjp(&kernel, "b", &inputs, &cotangent, backend).unwrap();
+        assert_close("db", &got.to_f64(), &db, 1e-12);
+        let got = vjp::vjp(&kernel, "x", &inputs, &cotangent, backend).unwrap();
+        assert_close("dx", &got.to_f64(), &dx, 1e-12);
+    }
+}
+
+#[test]
+fn logsumexp_gradient_is_the_softmax() {
+    // L_i = log sum_j exp(F_ij) with F_ij = <x_i, y_j>: dL/dy_j = sum_i G_i softmax_j(F)_ij x_i.
+    let kernel = kernel("kernel k {\n x = Vi(2)\n y = Vj(2)\n LogSumExp_Reduction((x|y), 0)\n}\n");
+    let mut rng = StdRng::seed_from_u64(9);
+    let inputs = inputs(&kernel, &mut rng);
+    let (x, y) = (inputs[0].1.to_f64(), inputs[1].1.to_f64());
+    let g: Vec<f64> = (0..N).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let mut dy = vec![0.0; M * 2];
+    for i in 0..N {
+        let f: Vec<f64> = (0..M)
+            .map(|j| x[i * 2] * y[j * 2] + x[i * 2 + 1] * y[j * 2 + 1])
+            .collect();
+        let total: f64 = f.iter().map(|v| v.exp()).sum();
+        for j in 0..M {
+            for c in 0..2 {
+                dy[j * 2 + c] += g[i] * f[j].exp() / total * x[i * 2 + c];
+            }
+        }
+    }
+    let cotangent = HostArray::from_f64(vec![N], g);
+    for backend in [Backend::Interp, Backend::Cpu] {
+        let got = vjp::vjp(&kernel, "y", &inputs, &cotangent, backend).unwrap();
+        assert_close("dy", &got.to_f64(), &dy, 1e-12);
+    }
+}
+
+#[test]
+fn min_gradient_goes_to_the_first_of_tied_entries() {
+    // F_ij = (y_j - x_i)^2 with y = (1, 3, 1, 5): every row has its minimum at j = 0 and j = 2
+    // when x = 1; Min_ArgMin returns 0, and the gradient goes to y_0 only.
+    let kernel =
+        kernel("kernel k {\n x = Vi(1)\n y = Vj(1)\n Min_Reduction(Square(y - x) + y, 0)\n}\n");
+    let inputs = vec![
+        (
+            "x".to_string(),
+            HostArray::from_f64(vec![3, 1], vec![0.5, 0.5, 0.5]),
+        ),
+        (
+            "y".to_string(),
+            HostArray::from_f64(vec![4, 1], vec![1.0, 3.0, 1.0, 5.0]),
+        ),
+    ];
+    let g = HostArray::from_f64(vec![3, 1], vec![1.0, 2.0, 4.0]);
+    for backend in [Backend::Interp, Backend::Cpu] {
+        let dy = vjp::vjp(&kernel, "y", &inputs, &g, backend).unwrap();
+        // d/dy (y - x)^2 + y = 2 (y - x) + 1 = 2 at y = 1, x = 0.5; summed over the rows' G.
+        assert_eq!(dy.to_f64(), vec![14.0, 0.0, 0.0, 0.0], "{backend}");
+    }
+}
+
+#[test]
+fn kmin_with_fewer_entries_than_k_passes_no_gradient_through_empty_slots() {
+    let kernel =
+        kernel("kernel k {\n x = Vi(1)\n y = Vj(1)\n KMin_Reduction(Square(y - x), 3, 0)\n}\n");
+    let inputs = vec![
+        ("x".to_string(), HostArray::from_f64(vec![1, 1], vec![0.0])),
+        (
+            "y".to_string(),
+            HostArray::from_f64(vec![2, 1], vec![1.0, -2.0]),
+        ),
+    ];
+    let g = HostArray::from_f64(vec![1, 3], vec![1.0, 10.0, 100.0]);
+    let dy = vjp::vjp(&kernel, "y", &inputs, &g, Backend::Interp).unwrap();
+    // Ranks: y = 1 (F = 1) first, y = -2 (F = 4) second; the third slot is empty.
+    assert_eq!(dy.to_f64(), vec![2.0, -40.0]);
+}
+
+/// The vjp of a backward kernel against finite differences of that backward kernel: second
+/// derivatives (Hessian-vector products), the saved forward held as an input.
+#[test]
+fn vjp_of_a_backward_kernel_against_finite_differences() {
+    for (k, reduction) in [
+        "Sum_Reduction(Exp(-SqDist(x, y) * s) * b, {axis})",
+        "LogSumExp_Reduction(-SqDist(x, y) * s + Elem(b, 0) * 2, {axis})",
+        "SumSoftMaxWeight_Reduction(-SqDist(x, y) * s + Elem(b, 1), b * Sum(x) + Extract(y, 0, 2), {axis})",
+    ]
+    .iter()
+    .enumerate()
+    {
+        for axis in [0, 1] {
+            let forward = kernel_with(reduction, axis);
+            for wrt in ["x", "y", "s"] {
+                let plan = vjp::plan(&forward, wrt).unwrap();
+                let backward = plan.dense.expect("a dense backward");
+                check_all_inputs(&backward, 300 + 10 * k as u64 + axis as u64);
+            }
+        }
+    }
+    // A formula that holds a Grad of its own.
+    let forward = kernel_with(
+        "Sum_Reduction(Grad(Exp(-SqDist(x, y) * s), x, Elem(b, 0)), {axis})",
+        0,
+    );
+    check_all_inputs(&forward, 400);
+    let backward = vjp::plan(&forward, "y").unwrap().dense.unwrap();
+    check_all_inputs(&backward, 401);
+}
+
+#[test]
+fn errors_name_what_is_wrong() {
+    let forward = kernel_with("Sum_Reduction(Exp(-SqDist(x, y) * s) * b, {axis})", 0);
+    let err = vjp::plan(&forward, "z").unwrap_err();
+    assert!(matches!(err, VjpError::UnknownInput { .. }));
+    assert!(err.to_string().contains("`x`, `y`, `b`, `s`"), "{err}");
+    for reduction in [
+        "ArgMin_Reduction(SqDist(x, y), {axis})",
+        "ArgMax_Reduction(SqDist(x, y), {axis})",
+        "ArgKMin_Reduction(SqDist(x, y), 2, {axis})",
+    ] {
+        let err = vjp::plan(&kernel_with(reduction, 1), "x").unwrap_err();
+        assert!(matches!(err, VjpError::NotDifferentiable { .. }), "{err}");
+        assert!(err.to_string().contains("indices only"), "{err}");
+    }
+    let mut rng = StdRng::seed_from_u64(1);
+    let inputs = inputs(&forward, &mut rng);
+    for (shape, data) in [
+        (vec![N, 3], vec![0.0; N * 3]),
+        (vec![M, 2], vec![0.0; M * 2]),
+    ] {
+        let g = HostArray::from_f64(shape, data);
+        let err = vjp::vjp(&forward, "x", &inputs, &g, Backend::Interp).unwrap_err();
+        assert!(matches!(err, VjpRunError::Cotangent(_)), "{err}");
+        assert!(err.to_string().contains("(5, 2)"), "{err}");
+    }
+    let g = HostArray::from_f32(vec![N, 2], vec![0.0; N * 2]);
+    let err = vjp::vjp(&forward, "x", &inputs, &g, Backend::Interp).unwrap_err();
+    assert!(err.to_string().contains("float32"), "{err}");
+}
