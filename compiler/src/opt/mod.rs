@@ -68,10 +68,15 @@ fn runaway(phase: &'static str, limit: Duration) -> Diagnostic {
 /// Why saturation stopped, and how big the e-graph grew.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PhaseReport {
+    /// Why the last round stopped.
     pub stop: String,
+    /// Iterations of all rounds together.
     pub iterations: usize,
+    /// The largest e-graph of any round.
     pub nodes: usize,
     pub time: Duration,
+    /// Rounds of saturation, each on a fresh e-graph (see [`SIMPLIFICATION_ROUNDS`]).
+    pub rounds: usize,
 }
 
 impl fmt::Display for PhaseReport {
@@ -81,12 +86,15 @@ impl fmt::Display for PhaseReport {
         }
         write!(
             f,
-            "{} after {} iteration{}, {} e-nodes",
+            "{} after {} iteration{}",
             self.stop,
             self.iterations,
             if self.iterations == 1 { "" } else { "s" },
-            self.nodes
-        )
+        )?;
+        if self.rounds > 1 {
+            write!(f, " in {} rounds", self.rounds)?;
+        }
+        write!(f, ", {} e-nodes", self.nodes)
     }
 }
 
@@ -325,23 +333,72 @@ fn simplify(formula: &Formula, budget: &OptBudget) -> (Formula, PhaseReport) {
             iterations: 0,
             nodes: formula.len(),
             time: start.elapsed(),
+            rounds: 0,
         };
         return (formula.clone(), report);
     }
-    let mut egraph = FormulaGraph::new(FormulaAnalysis {
-        vars: formula.vars.clone(),
-    });
-    let root = egraph.add_expr(&formula.nodes);
-    let runner = Runner::default()
-        .with_egraph(egraph)
-        .with_iter_limit(budget.iter_limit)
-        .with_node_limit(budget.node_limit)
-        .with_time_limit(budget.time_limit)
-        .run(simplification_rules(budget.rules));
-    let root = runner.egraph.find(root);
-    let (_, best) = Extractor::new(&runner.egraph, PairCost::new(&runner.egraph)).find_best(root);
-    let report = phase_report(&runner, start);
-    (from_recexpr(&best, formula.vars.clone()), report)
+    let mut current = formula.clone();
+    let mut current_cost = cost_key(&current);
+    let mut report = PhaseReport {
+        stop: String::new(),
+        iterations: 0,
+        nodes: 0,
+        time: start.elapsed(),
+        rounds: 0,
+    };
+    let mut rounds = 0;
+    while rounds < SIMPLIFICATION_ROUNDS {
+        rounds += 1;
+        let mut egraph = FormulaGraph::new(FormulaAnalysis {
+            vars: current.vars.clone(),
+        });
+        let root = egraph.add_expr(&current.nodes);
+        let runner = Runner::default()
+            .with_egraph(egraph)
+            .with_iter_limit(budget.iter_limit)
+            .with_node_limit(budget.node_limit)
+            // The time limit bounds all rounds together.
+            .with_time_limit(budget.time_limit.saturating_sub(start.elapsed()))
+            .run(simplification_rules(budget.rules));
+        let root = runner.egraph.find(root);
+        let (_, best) =
+            Extractor::new(&runner.egraph, PairCost::new(&runner.egraph)).find_best(root);
+        let round = phase_report(&runner, start);
+        report.stop = round.stop;
+        report.iterations += round.iterations;
+        report.nodes = report.nodes.max(round.nodes);
+        if matches!(runner.stop_reason, Some(StopReason::TimeLimit(_))) {
+            // A runaway: reported as such by `optimize`, whatever a later round would do.
+            break;
+        }
+        let extracted = from_recexpr(&best, current.vars.clone());
+        let extracted_cost = cost_key(&extracted);
+        let improved = extracted_cost < current_cost;
+        if improved || rounds == 1 {
+            current = extracted;
+            current_cost = extracted_cost;
+        }
+        let saturated = matches!(runner.stop_reason, Some(StopReason::Saturated));
+        if saturated || !improved {
+            break;
+        }
+    }
+    report.rounds = rounds;
+    report.time = start.elapsed();
+    (current, report)
+}
+
+/// At most this many rounds of saturation. A round that stops on a limit extracts a formula far
+/// smaller than its e-graph; a fresh e-graph on that formula has room for the rewrites the first
+/// one never reached (the constants and powers of a parameter gradient, `s * 4 / Square(2 *
+/// Square(s))` -> `Inv(Pow(s, 3))`). Rounds go on while the extracted formula gets cheaper.
+pub const SIMPLIFICATION_ROUNDS: usize = 3;
+
+/// What a round must lower to count as progress: the work per pair, then the hoisted work, then
+/// the size of the formula.
+fn cost_key(formula: &Formula) -> (u64, u64, usize) {
+    let cost = FormulaCost::of(formula);
+    (cost.per_pair, cost.hoisted, formula.len())
 }
 
 fn phase_report(runner: &Runner<Node, FormulaAnalysis>, start: Instant) -> PhaseReport {
@@ -358,6 +415,7 @@ fn phase_report(runner: &Runner<Node, FormulaAnalysis>, start: Instant) -> Phase
         iterations: runner.iterations.len(),
         nodes: runner.egraph.total_number_of_nodes(),
         time: start.elapsed(),
+        rounds: 1,
     }
 }
 

@@ -219,7 +219,11 @@ fn load_defines_every_kernel_of_a_file() {
     );
     // A file with an error: its diagnostics point into the file, by name.
     let bad = dir.path().join("bad.kf");
-    std::fs::write(&bad, "kernel bad {\n x = Vi(1)\n Sum_Reduction(Exq(x), 0)\n}\n").unwrap();
+    std::fs::write(
+        &bad,
+        "kernel bad {\n x = Vi(1)\n Sum_Reduction(Exq(x), 0)\n}\n",
+    )
+    .unwrap();
     out.clear();
     repl.handle_line(&format!(":load {}", bad.display()), &mut out);
     assert!(out.contains("bad.kf:3:"), "{out}");

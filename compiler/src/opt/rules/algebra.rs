@@ -103,7 +103,109 @@ pub fn rules() -> Vec<RuleInfo> {
             .iter()
             .map(|&(name, lhs, rhs, exact, default)| info(plain(name, lhs, rhs), exact, default)),
     );
+    rules.extend(constant_and_power_rules());
     rules
+}
+
+/// A finite, non-zero scalar constant: a factor that can be moved across a product or a
+/// division without turning a number into NaN.
+fn is_factor_constant(eg: &FormulaGraph, s: &Subst, v: &str) -> bool {
+    let data = &eg[s[super::var(v)]].data;
+    data.dim == 1
+        && data
+            .constant
+            .as_ref()
+            .is_some_and(|c| c[0].is_finite() && c[0] != 0.0)
+}
+
+/// Rules that gather the constant factors of a product and the powers of one operand, so that
+/// the chain rule's `s * (4 / Square(2 * Square(s)))` (the gradient of `1 / (2 * s * s)`)
+/// becomes `Inv(Pow(s, 3))`. Without them constants stay spread over a product (no rule
+/// brings `c1 * (c2 * a)` back to `(c1 * c2) * a`) and a power of `s` is never cancelled.
+/// They rarely change the work per pair (parameter expressions are hoisted); they make the
+/// simplified formula the one a person would write.
+fn constant_and_power_rules() -> Vec<RuleInfo> {
+    let constants = |a: &'static str, b: &'static str| {
+        move |eg: &FormulaGraph, s: &Subst| {
+            is_factor_constant(eg, s, a) && is_factor_constant(eg, s, b)
+        }
+    };
+    vec![
+        // Reassociating constants rounds differently (and may overflow where the other order
+        // does not), as `mul-assoc` does.
+        info(
+            guarded(
+                "const-mul-fold",
+                "(* ?c (* ?d ?a))",
+                "(* (* ?c ?d) ?a)",
+                constants("?c", "?d"),
+            ),
+            INEXACT,
+            ON,
+        ),
+        info(
+            guarded(
+                "const-mul-div",
+                "(* ?c (/ ?d ?a))",
+                "(/ (* ?c ?d) ?a)",
+                constants("?c", "?d"),
+            ),
+            INEXACT,
+            ON,
+        ),
+        info(
+            guarded(
+                "div-const-factor",
+                "(/ ?a (* ?c ?b))",
+                "(* (/ int:1 ?c) (/ ?a ?b))",
+                move |eg, s| is_factor_constant(eg, s, "?c"),
+            ),
+            INEXACT,
+            ON,
+        ),
+        info(
+            guarded(
+                "square-const-factor",
+                "(square (* ?c ?a))",
+                "(* (square ?c) (square ?a))",
+                move |eg, s| is_factor_constant(eg, s, "?c"),
+            ),
+            INEXACT,
+            ON,
+        ),
+        info(
+            plain("square-square", "(square (square ?a))", "(pow:4 ?a)"),
+            INEXACT,
+            ON,
+        ),
+        // a / a^m = 1 / a^(m-1): like `0 / a = 0`, it changes a result only where the left
+        // side is NaN (a = 0, inf or NaN), besides rounding.
+        info(
+            dynamic("div-pow-cancel", "(/ ?a ?b)", cancel_power),
+            INEXACT,
+            ON,
+        ),
+    ]
+}
+
+/// `a / b` where b's class holds `Square(a)` or `Pow(a, m)` with m >= 2: `Inv(a^(m-1))`.
+fn cancel_power(eg: &mut FormulaGraph, s: &Subst) -> Option<Id> {
+    let a = eg.find(s[super::var("?a")]);
+    let b = s[super::var("?b")];
+    let m = eg[b].nodes.iter().find_map(|n| match n.op {
+        crate::formula::Op::Square if eg.find(n.children[0]) == a => Some(2),
+        crate::formula::Op::Pow(m) if m >= 2 && eg.find(n.children[0]) == a => Some(m),
+        _ => None,
+    })?;
+    // The quotient keeps a's dimension only when the power has it too (no broadcast).
+    if eg[a].data.dim != eg[b].data.dim {
+        return None;
+    }
+    Some(match m {
+        2 => inst(eg, s, "(inv ?a)"),
+        3 => inst(eg, s, "(inv (square ?a))"),
+        m => inst(eg, s, &format!("(inv (pow:{} ?a))", m - 1)),
+    })
 }
 
 /// Neutral elements: (name, this, becomes that, the operand that is a constant, its value).
@@ -180,6 +282,28 @@ mod tests {
         assert_eq!(simplify("(- (- var:4))"), "var:4");
         assert_eq!(simplify("(* var:4 var:4)"), "(square var:4)");
         assert_eq!(simplify("(* (- var:4) (- var:2))"), "(* var:4 var:2)");
+    }
+
+    #[test]
+    fn constants_gather_and_powers_cancel() {
+        // 2 * (3 * t): one product by 6.
+        let out = simplify("(* int:2 (* int:3 var:4))");
+        assert!(out.contains("int:6") && !out.contains("int:2"), "{out}");
+        // t / (4 * s): the constant leaves the divisor.
+        let out = simplify("(* int:4 (/ var:4 (* int:4 var:3)))");
+        assert!(!out.contains("int:4"), "{out}");
+        // s / Square(Square(s)) = 1 / s^3.
+        let out = simplify("(/ var:3 (square (square var:3)))");
+        assert!(
+            out.contains("pow:3") && out.matches("var:3").count() == 1,
+            "{out}"
+        );
+        // Square(2 * s) = 4 * Square(s).
+        let out = simplify("(/ int:1 (square (* int:2 var:3)))");
+        assert!(!out.contains("int:2 var:3"), "{out}");
+        // No cancellation against a broadcast: x / Square(s) keeps x's dimension.
+        let out = simplify("(/ var:0 (square var:3))");
+        assert!(out.contains("var:0"), "{out}");
     }
 
     #[test]
