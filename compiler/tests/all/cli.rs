@@ -1011,3 +1011,87 @@ fn outputs_through_links_and_devices() {
     let run = keopsc(&refs);
     assert_eq!(run.code, 0, "{}", run.stderr);
 }
+
+/// `keopsc vjp ... --wrt VAR`: args for the Gaussian kernel with the given cotangent file.
+fn run_vjp(f: &Fixture, kf: &str, wrt: &str, cotangent: &str, extra: &[&str]) -> Run {
+    let mut v = f.eval_args(kf, &ALL_ARGS);
+    v[0] = "vjp".into();
+    v.extend([
+        "--wrt".to_string(),
+        wrt.to_string(),
+        "--cotangent".to_string(),
+        f.p(cotangent),
+    ]);
+    v.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = v.iter().map(String::as_str).collect();
+    keopsc(&refs)
+}
+
+#[test]
+fn vjp_writes_the_gradient_shaped_like_its_input() {
+    let f = Fixture::new();
+    f.npy(
+        "g.npy",
+        HostArray::from_f64(vec![4, 1], vec![1.0, -2.0, 0.5, 3.0]),
+    );
+    f.npy(
+        "g1.npy",
+        HostArray::from_f64(vec![4], vec![1.0, -2.0, 0.5, 3.0]),
+    );
+    let compiled = keopsc::driver::compile(keopsc::source::SourceFile::new("g", GAUSS)).unwrap();
+    let kernel = &compiled.kernels[0];
+    let inputs: Vec<(String, HostArray)> = ALL_ARGS
+        .iter()
+        .map(|(n, file)| (n.to_string(), HostArray::read_npy(&f.path(file)).unwrap()))
+        .collect();
+    let g = HostArray::read_npy(&f.path("g.npy")).unwrap();
+    for (wrt, shape) in [
+        ("x", vec![4, 3]),
+        ("y", vec![5, 3]),
+        ("b", vec![5, 1]),
+        ("s", vec![1]),
+    ] {
+        for (cotangent, backend) in [("g.npy", "cpu"), ("g1.npy", "interp")] {
+            let run = run_vjp(&f, "gauss.kf", wrt, cotangent, &["--backend", backend]);
+            assert_eq!(run.code, 0, "{}", run.stderr);
+            let out = HostArray::read_npy(&f.path("out.npy")).unwrap();
+            assert_eq!(out.shape, shape, "d{wrt}");
+            let expected =
+                keopsc::vjp::vjp(kernel, wrt, &inputs, &g, keopsc::driver::Backend::Interp)
+                    .unwrap();
+            for (a, b) in out.to_f64().iter().zip(expected.to_f64()) {
+                assert!((a - b).abs() <= 1e-12 * b.abs().max(1.0), "d{wrt}: {a} {b}");
+            }
+        }
+    }
+}
+
+#[test]
+fn vjp_errors_name_the_argument() {
+    let f = Fixture::new();
+    f.npy("g.npy", HostArray::from_f64(vec![4, 1], vec![1.0; 4]));
+    f.npy("g_rows.npy", HostArray::from_f64(vec![5, 1], vec![1.0; 5]));
+    f.npy("g_f32.npy", HostArray::from_f32(vec![4, 1], vec![1.0; 4]));
+    let run = run_vjp(&f, "gauss.kf", "z", "g.npy", &[]);
+    assert_fails_with(&run, &["`--wrt z`", "no input `z`", "`x`, `y`, `b`, `s`"]);
+    let run = run_vjp(&f, "gauss.kf", "x", "g_rows.npy", &[]);
+    assert_fails_with(&run, &["--cotangent", "(5, 1)", "(4, 1)"]);
+    let run = run_vjp(&f, "gauss.kf", "x", "g_f32.npy", &[]);
+    assert_fails_with(&run, &["--cotangent", "float32"]);
+    let run = run_vjp(&f, "gauss.kf", "x", "missing.npy", &[]);
+    assert_fails_with(&run, &["--cotangent", "missing.npy"]);
+    // The same argument checks as eval, listed together with the cotangent's.
+    let mut v = f.eval_args("gauss.kf", &ALL_ARGS[..3]);
+    v[0] = "vjp".into();
+    v.extend(["--wrt", "x", "--cotangent"].map(String::from));
+    v.push(f.p("g_rows.npy"));
+    let refs: Vec<&str> = v.iter().map(String::as_str).collect();
+    assert_fails_with(&keopsc(&refs), &["missing argument `s`"]);
+    f.write(
+        "argmin.kf",
+        "kernel k {\n x = Vi(3)\n y = Vj(3)\n b = Vj(1)\n s = Pm(1)\n ArgMin_Reduction(SqDist(x, y) * s + b, 0)\n}\n",
+    );
+    let run = run_vjp(&f, "argmin.kf", "x", "g.npy", &[]);
+    assert_fails_with(&run, &["ArgMin_Reduction", "indices only"]);
+    assert!(!f.path("out.npy").exists(), "nothing written on failure");
+}

@@ -209,7 +209,7 @@ fn dtype_bytes(array: &HostArray) -> usize {
     }
 }
 
-fn pick_kernel<'a>(
+pub(crate) fn pick_kernel<'a>(
     compiled: &'a driver::CompiledFile,
     name: Option<&str>,
     path: &Path,
@@ -258,7 +258,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// complete: a failed run leaves neither an empty nor a half-written file, and whatever the
 /// path held before is kept. A destination that is not a regular file (`/dev/null`, a pipe)
 /// is written directly.
-struct PendingOutput {
+pub(crate) struct PendingOutput {
     path: PathBuf,
     flag: &'static str,
     file: File,
@@ -268,7 +268,7 @@ struct PendingOutput {
 }
 
 impl PendingOutput {
-    fn open(path: &Path, flag: &'static str) -> Result<PendingOutput, Reported> {
+    pub(crate) fn open(path: &Path, flag: &'static str) -> Result<PendingOutput, Reported> {
         let named = |why: String| {
             fail(format!(
                 "`{flag} {}`: cannot write the output: {why}",
@@ -339,7 +339,7 @@ impl PendingOutput {
     }
 
     /// Writes the array with `write` and puts the file in place; returns the bytes written.
-    fn commit(
+    pub(crate) fn commit(
         mut self,
         write: impl FnOnce(&mut File) -> Result<(), keops_runtime::NpyError>,
     ) -> Result<u64, Reported> {

@@ -1,6 +1,7 @@
 //! `keopsc`: compile and evaluate KeOps formulas written in `.kf` files.
 
 mod eval;
+mod vjp;
 
 use clap::{Parser, Subcommand};
 use keopsc::diagnostic::{render_all, Diagnostic};
@@ -88,6 +89,32 @@ enum Command {
         backend: Option<String>,
         /// Print to stderr the time of each step (front end, reading, compiling, running,
         /// writing) and the speed in (i, j) pairs per second.
+        #[arg(long, short = 'v', visible_alias = "verbose")]
+        timings: bool,
+    },
+    /// The gradient of a kernel's output with respect to one input: `d/dVAR sum(G * out)` for a
+    /// cotangent G shaped like the output, written shaped like VAR.
+    Vjp {
+        file: PathBuf,
+        /// The kernel; may be left out when the file holds one kernel.
+        #[arg(long)]
+        kernel: Option<String>,
+        /// The input to differentiate with respect to (an i-, j-variable or a parameter).
+        #[arg(long, value_name = "VAR")]
+        wrt: String,
+        /// NAME=FILE.npy, once per argument, as for `eval`.
+        #[arg(long = "arg", value_name = "NAME=FILE.npy")]
+        args: Vec<String>,
+        /// The cotangent G: the output's shape and the inputs' dtype.
+        #[arg(long, value_name = "G.npy")]
+        cotangent: PathBuf,
+        /// Where to write the gradient (checked before any work).
+        #[arg(short, long, value_name = "dVAR.npy")]
+        output: PathBuf,
+        /// interp, cpu or cuda; the fastest available when left out.
+        #[arg(long)]
+        backend: Option<String>,
+        /// Print to stderr the time of the whole computation.
         #[arg(long, short = 'v', visible_alias = "verbose")]
         timings: bool,
     },
@@ -205,6 +232,25 @@ fn run(cli: Cli) -> ExitCode {
             output: &output,
             indices_out: indices_out.as_deref(),
             index_dtype: index_dtype.as_deref(),
+            backend: backend.as_deref(),
+            timings,
+        }),
+        Command::Vjp {
+            file,
+            kernel,
+            wrt,
+            args,
+            cotangent,
+            output,
+            backend,
+            timings,
+        } => vjp::vjp(&vjp::VjpRequest {
+            file: &file,
+            kernel: kernel.as_deref(),
+            wrt: &wrt,
+            args: &args,
+            cotangent: &cotangent,
+            output: &output,
             backend: backend.as_deref(),
             timings,
         }),
