@@ -6,6 +6,9 @@
 //! - ```` ```kf-run ````: a whole kernel, then `NAME = [[..], ..]` arrays (row-major; `[]` is zero
 //!   rows; a parameter may be written `[..]`) and `=> [[..], ..]`, the expected output.
 //! - ```` ```kf ````: must compile; ```` ```kf-error ````: must not compile.
+//! - ```` ```kf-vjp wrt=NAME ````: a whole kernel, its arrays as for `kf-run`, `cotangent = [[..]]`
+//!   and `=> [[..]]`, the expected gradient `d/dNAME sum(cotangent * out)` (`keopsc vjp`), on the
+//!   interpreter and, in f64 and f32, on the CPU backend.
 //! - ```` ```kf-simplify ````: `NAME = Vi(d)` / `Vj(d)` / `Pm(d)` lines, a formula, then `=> TEXT`:
 //!   the middle end (`keopsc::opt::optimize`, with a budget that no clock can cut short) on
 //!   `Sum_Reduction(F, 0)` of a kernel with these variables must print exactly TEXT.
@@ -308,6 +311,75 @@ fn run_kernel(block: &Block) -> Result<Outcome, String> {
     Ok(Outcome::Pass)
 }
 
+/// `kf-vjp wrt=NAME`: the gradient of a whole reduction (`keopsc::vjp`).
+fn run_vjp(block: &Block, wrt: &str) -> Result<Outcome, String> {
+    let end = block
+        .body
+        .iter()
+        .rposition(|l| l.trim_start().starts_with('}'))
+        .ok_or("no kernel (no closing `}`)")?;
+    let compiled = compile(&block.body[..=end].join("\n"))?;
+    let kernel = &compiled.kernels[0];
+    let mut data = Data {
+        inputs: Vec::new(),
+        expected: None,
+    };
+    for line in block.body[end + 1..]
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+    {
+        data_line(line, &mut data)?;
+    }
+    let mut inputs = Vec::new();
+    let mut cotangent = None;
+    for (name, value) in &data.inputs {
+        let (values, rows, cols) = array(value)?;
+        let shape = match rows {
+            Some(r) => vec![r, cols],
+            None => vec![cols],
+        };
+        let array = HostArray::from_f64(shape, values);
+        if name == "cotangent" {
+            cotangent = Some(array);
+        } else {
+            inputs.push((name.clone(), array));
+        }
+    }
+    let cotangent = cotangent.ok_or("no `cotangent = [[..]]` line")?;
+    let (want, _, _) = array(data.expected.as_deref().ok_or("no `=>` line")?)?;
+    let got = keopsc::vjp::vjp(kernel, wrt, &inputs, &cotangent, Backend::Interp)
+        .map_err(|e| format!("vjp failed: {e}"))?;
+    compare(&got.to_f64(), &want)?;
+    for dtype in [DType::F64, DType::F32] {
+        let cast_inputs: Vec<(String, HostArray)> = inputs
+            .iter()
+            .map(|(n, a)| (n.clone(), cast(a, dtype)))
+            .collect();
+        let cpu = keopsc::vjp::vjp(
+            kernel,
+            wrt,
+            &cast_inputs,
+            &cast(&cotangent, dtype),
+            Backend::Cpu,
+        )
+        .map_err(|e| format!("cpu vjp ({dtype}) failed: {e}"))?;
+        let tol = match dtype {
+            DType::F64 => 1e-12,
+            DType::F32 => 1e-4,
+        };
+        let agree = cpu.to_f64().iter().zip(&want).all(|(&g, &w)| {
+            (g.is_nan() && w.is_nan()) || g == w || (g - w).abs() <= tol * 1f64.max(w.abs())
+        });
+        if !agree {
+            return Err(format!(
+                "cpu vjp ({dtype}) gives {:?}, expected {want:?}",
+                cpu.to_f64()
+            ));
+        }
+    }
+    Ok(Outcome::Pass)
+}
+
 /// A budget that only the node and iteration limits can stop, so that the result does not depend
 /// on the machine's speed.
 fn deterministic_budget() -> OptBudget {
@@ -387,6 +459,7 @@ fn run_block(block: &Block) -> Option<Result<Outcome, String>> {
         "kf-run" => run_kernel(block),
         "kf-simplify" => run_simplify(block, false),
         "kf-simplify --exact" => run_simplify(block, true),
+        info if info.starts_with("kf-vjp wrt=") => run_vjp(block, &info["kf-vjp wrt=".len()..]),
         // A kernel file of the recipes page: it must compile (recipes.rs runs it).
         info if info == "kf" || info.starts_with("kf file=") => {
             // `compile_ok` panics with the diagnostics; keep going to report every failure.
@@ -660,9 +733,12 @@ fn anchors(text: &str) -> Vec<String> {
     out
 }
 
+/// Text found on a line of a Markdown file: (line number, text).
+type OnLine = Vec<(usize, String)>;
+
 /// The targets of `[text](target)` links and the file paths written as code (`` `a/b.md` ``)
 /// on the lines of a Markdown file outside fenced blocks, with their line numbers.
-fn references(text: &str) -> (Vec<(usize, String)>, Vec<(usize, String)>) {
+fn references(text: &str) -> (OnLine, OnLine) {
     let mut links = Vec::new();
     let mut paths = Vec::new();
     let mut in_fence = false;
