@@ -109,7 +109,9 @@ fn check_all_inputs(kernel: &CheckedKernel, seed: u64) -> Vec<(String, Vec<f64>)
     let mut rng = StdRng::seed_from_u64(seed);
     let inputs = inputs(kernel, &mut rng);
     let out = output(kernel, &inputs);
-    let g: Vec<f64> = (0..out.len()).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let g: Vec<f64> = (0..out.len())
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
     let cotangent = HostArray::from_f64(out.shape.clone(), g.clone());
     let mut grads = Vec::new();
     for spec in &kernel.signature.args {
