@@ -13,8 +13,14 @@
 //!
 //! The error bounds quoted in the emitters' documentation are in ULP of the result type,
 //! measured against the host's libm (through Rust's `f64` functions, the reference rounded to
-//! `f32` for the `f32` variants) by `tests/sweep.rs`, and rounded up; [`MathFn::max_ulp`]
-//! returns them.
+//! `f32` for the `f32` variants) by `tests/all/math.rs` at every vector width the host can
+//! select, and rounded up; [`MathFn::max_ulp`] returns them.
+//!
+//! Slow paths (underflow, overflow, huge arguments) are computed on every lane and selected,
+//! so they cost nothing extra where they are taken, and unless an input is itself denormal no
+//! intermediate is: operations that produce denormals can take a microcode assist on x86 (see
+//! `exp`, whose underflowing results come from integer rounding). The floating-point
+//! environment is left alone (flushing denormals to zero would change results).
 
 use std::f64::consts::{FRAC_2_PI, FRAC_PI_2, FRAC_PI_4, LOG2_E, PI};
 use std::sync::Once;
