@@ -462,4 +462,4 @@ fn explain_here(
 }
 
 /// Gradients of whole reductions: `d/dwrt sum(G * kernel(inputs))`, see [`crate::vjp`].
-pub use crate::vjp::{vjp, VjpRunError};
+pub use crate::vjp::{vjp, vjp_many, VjpRunError};

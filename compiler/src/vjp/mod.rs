@@ -28,7 +28,10 @@ use keops_runtime::{ArgSpec, Axis, Category, Reduction, ReductionKind, Signature
 use std::fmt;
 
 mod run;
-pub use run::{check_cotangent, run_plan, vjp, VjpRunError};
+pub use run::{
+    check_cotangent, run_many, run_many_with, run_plan, run_plan_with_saved, saved_rows, vjp,
+    vjp_many, PassRunner, VjpRunError,
+};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum VjpError {
@@ -40,6 +43,10 @@ pub enum VjpError {
     },
     #[error("kernel `{kernel}` ends with {kind}, which returns indices only: indices are piecewise constant and have no gradient (use the value-and-index form, e.g. Min_ArgMin, to differentiate the values)")]
     NotDifferentiable { kernel: String, kind: ReductionKind },
+    #[error("kernel `{kernel}`: no input to differentiate with respect to")]
+    NoInput { kernel: String },
+    #[error("kernel `{kernel}`: `{name}` is asked for twice")]
+    DuplicateInput { kernel: String, name: String },
     #[error("internal error while building the backward kernel of `{kernel}`: {message}")]
     Internal { kernel: String, message: String },
 }
@@ -82,6 +89,18 @@ pub struct SelectedBackward {
     /// The dimension `n` of the reduced values.
     pub n: usize,
     pub cotangent: SelectedCotangent,
+    /// The inputs (positions in the forward's arguments) whose gradients `kernel` computes,
+    /// its output columns concatenated in this order.
+    pub outputs: Vec<usize>,
+}
+
+/// One dense backward pass of a [`VjpManyPlan`]: the gradients of the inputs at `outputs`
+/// (positions in the forward's arguments), all on the kernel's axis, concatenated in that
+/// order in its output row.
+#[derive(Clone, Debug)]
+pub struct DensePass {
+    pub kernel: CheckedKernel,
+    pub outputs: Vec<usize>,
 }
 
 /// Everything needed to compute `d/dv sum(G * out)` for one input `v` of a kernel.
@@ -101,6 +120,33 @@ pub struct VjpPlan {
 impl VjpPlan {
     pub fn wrt_spec(&self) -> &ArgSpec {
         &self.forward.args[self.wrt]
+    }
+}
+
+/// Everything needed to compute the gradients of `sum(G * out)` with respect to several
+/// inputs of a kernel at once ([`plan_many`]).
+#[derive(Clone, Debug)]
+pub struct VjpManyPlan {
+    /// The forward kernel's signature.
+    pub forward: Signature,
+    /// The inputs differentiated, by position, in the order asked (the order of the results).
+    pub wrt: Vec<usize>,
+    pub saved: SavedForward,
+    /// At most two passes: the inputs on the i axis, those on the j axis (a parameter goes
+    /// with the forward's own axis, its rows summed).
+    pub dense: Vec<DensePass>,
+    pub selected: Option<SelectedBackward>,
+}
+
+impl SavedForward {
+    /// The width of the saved rows a dense pass reads (one row per output row), if any:
+    /// the forward output's own width, or `wdim + 1` for SumSoftMaxWeight's `(out, L)`.
+    pub fn dim(&self, forward: &Signature) -> Option<usize> {
+        match self {
+            SavedForward::None => None,
+            SavedForward::Output { .. } => Some(forward.output_dim()),
+            SavedForward::SoftMax { .. } => Some(forward.reduction.wdim + 1),
+        }
     }
 }
 
@@ -161,10 +207,55 @@ impl fmt::Display for VjpPlan {
 /// Builds the backward pass of `kernel` with respect to its input `wrt` (a name, or the
 /// position of an inline `Vi(pos, dim)` variable).
 pub fn plan(kernel: &CheckedKernel, wrt: &str) -> Result<VjpPlan, VjpError> {
+    let wrt_index = input_position(kernel, wrt)?;
+    let parts = build_parts(kernel, &[wrt_index])?;
+    let mut dense = parts.dense.into_iter().map(|pass| pass.kernel);
+    Ok(VjpPlan {
+        forward: kernel.signature.clone(),
+        wrt: wrt_index,
+        saved: parts.saved,
+        dense: dense.next(),
+        selected: parts.selected,
+    })
+}
+
+/// Builds the backward pass of `kernel` with respect to several inputs at once: the
+/// gradients that share an axis come out of one pass (their columns concatenated), so a
+/// dense backward costs two passes at most (one per axis that has inputs; a parameter goes
+/// with the forward's own axis), the saved forward and the selected entries are found once,
+/// and every selected-entry gradient comes from one per-entry kernel.
+pub fn plan_many(kernel: &CheckedKernel, wrt: &[&str]) -> Result<VjpManyPlan, VjpError> {
+    if wrt.is_empty() {
+        return Err(VjpError::NoInput {
+            kernel: kernel.name.clone(),
+        });
+    }
+    let mut positions = Vec::with_capacity(wrt.len());
+    for name in wrt {
+        let at = input_position(kernel, name)?;
+        if positions.contains(&at) {
+            return Err(VjpError::DuplicateInput {
+                kernel: kernel.name.clone(),
+                name: name.to_string(),
+            });
+        }
+        positions.push(at);
+    }
+    let parts = build_parts(kernel, &positions)?;
+    Ok(VjpManyPlan {
+        forward: kernel.signature.clone(),
+        wrt: positions,
+        saved: parts.saved,
+        dense: parts.dense,
+        selected: parts.selected,
+    })
+}
+
+fn input_position(kernel: &CheckedKernel, wrt: &str) -> Result<usize, VjpError> {
     let sig = &kernel.signature;
-    let Some(wrt_index) = sig.args.iter().position(|a| a.name == wrt) else {
+    sig.args.iter().position(|a| a.name == wrt).ok_or_else(|| {
         let names: Vec<String> = sig.args.iter().map(|a| format!("`{}`", a.name)).collect();
-        return Err(VjpError::UnknownInput {
+        VjpError::UnknownInput {
             kernel: kernel.name.clone(),
             name: wrt.to_string(),
             inputs: if names.is_empty() {
@@ -172,17 +263,46 @@ pub fn plan(kernel: &CheckedKernel, wrt: &str) -> Result<VjpPlan, VjpError> {
             } else {
                 names.join(", ")
             },
-        });
-    };
+        }
+    })
+}
+
+/// The pieces of a backward pass for the inputs at `wrt` (positions, all distinct).
+struct Parts {
+    saved: SavedForward,
+    dense: Vec<DensePass>,
+    selected: Option<SelectedBackward>,
+}
+
+fn build_parts(kernel: &CheckedKernel, wrt: &[usize]) -> Result<Parts, VjpError> {
+    let sig = &kernel.signature;
     let internal = |message: String| VjpError::Internal {
         kernel: kernel.name.clone(),
         message,
     };
-    let builder = Builder {
-        kernel,
-        wrt: wrt_index,
-    };
+    let builder = Builder { kernel };
     let red = sig.reduction;
+    // The dense passes: one per axis, in the order of the first input that needs it.
+    let dense_passes = |saved_dim: Option<usize>| -> Result<Vec<DensePass>, VjpError> {
+        let mut axes: Vec<Axis> = Vec::new();
+        for &w in wrt {
+            let axis = builder.dense_axis(w);
+            if !axes.contains(&axis) {
+                axes.push(axis);
+            }
+        }
+        axes.into_iter()
+            .map(|axis| {
+                let outputs: Vec<usize> = wrt
+                    .iter()
+                    .copied()
+                    .filter(|&w| builder.dense_axis(w) == axis)
+                    .collect();
+                let kernel = builder.dense(saved_dim, &outputs, axis)?;
+                Ok(DensePass { kernel, outputs })
+            })
+            .collect()
+    };
     use ReductionKind as K;
     let (saved, dense, selected) = match red.kind {
         K::ArgMin | K::ArgMax | K::ArgKMin => {
@@ -191,7 +311,7 @@ pub fn plan(kernel: &CheckedKernel, wrt: &str) -> Result<VjpPlan, VjpError> {
                 kind: red.kind,
             })
         }
-        K::Sum => (SavedForward::None, Some(builder.dense(None)?), None),
+        K::Sum => (SavedForward::None, dense_passes(None)?, None),
         K::LogSumExp
         | K::LogSumExpWeight
         | K::SumSoftMaxWeight
@@ -209,24 +329,22 @@ pub fn plan(kernel: &CheckedKernel, wrt: &str) -> Result<VjpPlan, VjpError> {
                     kernel: kernel.clone(),
                 },
             };
-            let dense = builder.dense(Some(saved_dim))?;
+            let dense = dense_passes(Some(saved_dim))?;
             let selected = match red.kind {
                 K::MaxSumShiftExp | K::MaxSumShiftExpWeight => {
-                    Some(builder.selected(1, SelectedCotangent::ShiftedMax)?)
+                    Some(builder.selected(1, SelectedCotangent::ShiftedMax, wrt)?)
                 }
                 _ => None,
             };
-            (saved, Some(dense), selected)
+            (saved, dense, selected)
         }
         K::Min | K::Max | K::MinArgMin | K::MaxArgMax | K::KMin | K::KMinArgKMin => (
             SavedForward::None,
-            None,
-            Some(builder.selected(red.k, SelectedCotangent::Values)?),
+            Vec::new(),
+            Some(builder.selected(red.k, SelectedCotangent::Values, wrt)?),
         ),
     };
-    Ok(VjpPlan {
-        forward: sig.clone(),
-        wrt: wrt_index,
+    Ok(Parts {
         saved,
         dense,
         selected,
@@ -290,6 +408,21 @@ impl Build {
         }
     }
 
+    /// `Concat(Grad(f, v1, e), Grad(f, v2, e), ...)` for the variables at `wrt`: one formula,
+    /// so that the optimiser shares what the gradients have in common.
+    fn grads(&mut self, f: Id, wrt: &[usize], e: Id) -> Result<Id, String> {
+        let mut out: Option<Id> = None;
+        for &w in wrt {
+            let v = self.var(w)?;
+            let grad = self.op(Op::Grad, &[f, v, e])?;
+            out = Some(match out {
+                None => grad,
+                Some(left) => self.op(Op::Concat, &[left, grad])?,
+            });
+        }
+        out.ok_or_else(|| "no input to differentiate".to_string())
+    }
+
     /// The formula with `root` as its last node, derivatives expanded.
     fn finish(self, root: Id) -> Result<Formula, String> {
         let formula = self.formula.extract(root);
@@ -299,7 +432,6 @@ impl Build {
 
 struct Builder<'k> {
     kernel: &'k CheckedKernel,
-    wrt: usize,
 }
 
 impl Builder<'_> {
@@ -344,9 +476,25 @@ impl Builder<'_> {
         }
     }
 
-    /// The dense backward kernel: arguments are the forward's, `G` and (when `saved_dim` is
-    /// given) the saved forward rows.
-    fn dense(&self, saved_dim: Option<usize>) -> Result<CheckedKernel, VjpError> {
+    /// The axis of the dense pass that computes the gradient of input `w`: its own rows, or
+    /// for a parameter the forward's rows (summed afterwards).
+    fn dense_axis(&self, w: usize) -> Axis {
+        match self.sig().args[w].category {
+            Category::I => Axis::I,
+            Category::J => Axis::J,
+            Category::Param => self.sig().axis,
+        }
+    }
+
+    /// The dense backward kernel of the inputs at `outputs` (all of them on `axis`), their
+    /// gradients concatenated in that order: arguments are the forward's, `G` and (when
+    /// `saved_dim` is given) the saved forward rows.
+    fn dense(
+        &self,
+        saved_dim: Option<usize>,
+        outputs: &[usize],
+        axis: Axis,
+    ) -> Result<CheckedKernel, VjpError> {
         let sig = self.sig();
         let red = sig.reduction;
         let rows = self.row_category();
@@ -365,30 +513,36 @@ impl Builder<'_> {
                 dim,
             });
         }
-        let wrt = &sig.args[self.wrt];
-        let axis = match wrt.category {
-            Category::I => Axis::I,
-            Category::J => Axis::J,
-            Category::Param => sig.axis,
-        };
         let build = || -> Result<Formula, String> {
             let (formula, map) = recategorize(&self.kernel.formula, args.clone())?;
             let mut b = Build { formula };
             let root = map[usize::from(self.kernel.formula.root())];
-            let v = b.var(self.wrt)?;
             let g = b.var(g_index)?;
             let e = self.dense_gradin(&mut b, root, g, saved_index)?;
-            let grad = b.op(Op::Grad, &[root, v, e])?;
-            b.finish(grad)
+            let grads = b.grads(root, outputs, e)?;
+            b.finish(grads)
         };
         let formula = build().map_err(|m| self.internal(m))?;
         Ok(self.named(
-            &format!("vjp_{}", wrt.name),
+            &format!("vjp_{}", self.names(outputs)),
             args,
-            Reduction::new(ReductionKind::Sum, wrt.dim),
+            Reduction::new(ReductionKind::Sum, self.total_dim(outputs)),
             axis,
             formula,
         ))
+    }
+
+    /// The names of the inputs at `outputs`, joined by `_`.
+    fn names(&self, outputs: &[usize]) -> String {
+        let names: Vec<&str> = outputs
+            .iter()
+            .map(|&w| self.sig().args[w].name.as_str())
+            .collect();
+        names.join("_")
+    }
+
+    fn total_dim(&self, outputs: &[usize]) -> usize {
+        outputs.iter().map(|&w| self.sig().args[w].dim).sum()
     }
 
     /// The gradient input `e_ij` of the dense part, of the dimension of the forward formula's
@@ -493,6 +647,7 @@ impl Builder<'_> {
         &self,
         k: usize,
         cotangent: SelectedCotangent,
+        outputs: &[usize],
     ) -> Result<SelectedBackward, VjpError> {
         let sig = self.sig();
         let red = sig.reduction;
@@ -537,22 +692,20 @@ impl Builder<'_> {
             category: Category::I,
             dim: n,
         });
-        let wrt = &sig.args[self.wrt];
         let build = || -> Result<Formula, String> {
             let (formula, map) = recategorize(&self.kernel.formula, args.clone())?;
             let mut b = Build { formula };
             let root = map[usize::from(self.kernel.formula.root())];
             let f = b.extract(root, 0, n)?;
-            let v = b.var(self.wrt)?;
             let g = b.var(g_index)?;
-            let grad = b.op(Op::Grad, &[f, v, g])?;
-            b.finish(grad)
+            let grads = b.grads(f, outputs, g)?;
+            b.finish(grads)
         };
         let formula = build().map_err(|m| self.internal(m))?;
         let kernel = self.named(
-            &format!("vjp_{}_selected", wrt.name),
+            &format!("vjp_{}_selected", self.names(outputs)),
             args,
-            Reduction::new(ReductionKind::Sum, wrt.dim),
+            Reduction::new(ReductionKind::Sum, self.total_dim(outputs)),
             Axis::I,
             formula,
         );
@@ -562,6 +715,7 @@ impl Builder<'_> {
             k,
             n,
             cotangent,
+            outputs: outputs.to_vec(),
         })
     }
 }

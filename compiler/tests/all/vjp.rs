@@ -347,3 +347,166 @@ fn errors_name_what_is_wrong() {
     let err = vjp::vjp(&forward, "x", &inputs, &g, Backend::Interp).unwrap_err();
     assert!(err.to_string().contains("float32"), "{err}");
 }
+
+/// Every input at once (`plan_many`), in an order unlike the arguments', against finite
+/// differences: the same gradients as one input at a time, from two dense passes at most
+/// (one per axis, a parameter with the forward's own axis) and one selected-entries pass.
+#[test]
+fn several_inputs_at_once_against_finite_differences() {
+    for (k, reduction) in REDUCTIONS.iter().enumerate() {
+        for axis in [0, 1] {
+            let kernel = kernel_with(reduction, axis);
+            let mut rng = StdRng::seed_from_u64(500 + 2 * k as u64 + axis as u64);
+            let inputs = inputs(&kernel, &mut rng);
+            let out = output(&kernel, &inputs);
+            let g: Vec<f64> = (0..out.len())
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
+            let cotangent = HostArray::from_f64(out.shape.clone(), g.clone());
+            let wrt = ["s", "y", "x", "b"];
+            let plan = vjp::plan_many(&kernel, &wrt).unwrap();
+            assert!(
+                plan.dense.len() <= 2,
+                "{}: {} passes",
+                kernel.name,
+                plan.dense.len()
+            );
+            for pass in &plan.dense {
+                // A pass holds the inputs of one axis; the parameter rides with the forward's.
+                let axis_of = |w: usize| match kernel.signature.args[w].category {
+                    keops_runtime::Category::I => keops_runtime::Axis::I,
+                    keops_runtime::Category::J => keops_runtime::Axis::J,
+                    keops_runtime::Category::Param => kernel.signature.axis,
+                };
+                assert!(pass
+                    .outputs
+                    .iter()
+                    .all(|&w| axis_of(w) == pass.kernel.signature.axis));
+            }
+            let g32 = to_f32(&[("G".into(), cotangent.clone())]).remove(0).1;
+            for (backend, inputs, g, tol) in [
+                (Backend::Interp, inputs.clone(), cotangent.clone(), 1e-6),
+                (Backend::Cpu, inputs.clone(), cotangent.clone(), 1e-6),
+                (Backend::Cpu, to_f32(&inputs), g32, 2e-3),
+            ] {
+                let grads = vjp::vjp_many(&kernel, &wrt, &inputs, &g, backend).unwrap();
+                assert_eq!(grads.len(), wrt.len());
+                for (name, got) in wrt.iter().zip(&grads) {
+                    let what = format!("{} d/d{name} among all ({backend})", kernel.name);
+                    let passed = &inputs.iter().find(|(n, _)| n == name).unwrap().1;
+                    assert_eq!(got.shape, passed.shape, "{what}: shape");
+                    assert_eq!(got.dtype(), passed.dtype(), "{what}: dtype");
+                    let expected =
+                        finite_difference(&kernel, &inputs_f64(&inputs), name, &g_f64(&g));
+                    assert_close(&what, &got.to_f64(), &expected, tol);
+                }
+            }
+        }
+    }
+}
+
+fn inputs_f64(inputs: &[(String, HostArray)]) -> Vec<(String, HostArray)> {
+    inputs
+        .iter()
+        .map(|(n, a)| (n.clone(), HostArray::from_f64(a.shape.clone(), a.to_f64())))
+        .collect()
+}
+
+fn g_f64(g: &HostArray) -> Vec<f64> {
+    g.to_f64()
+}
+
+#[test]
+fn plan_many_refuses_nothing_twice_and_unknown_inputs() {
+    let forward = kernel_with("Sum_Reduction(Exp(-SqDist(x, y) * s) * b, {axis})", 0);
+    let err = vjp::plan_many(&forward, &[]).unwrap_err();
+    assert!(matches!(err, VjpError::NoInput { .. }), "{err}");
+    let err = vjp::plan_many(&forward, &["x", "b", "x"]).unwrap_err();
+    assert!(matches!(err, VjpError::DuplicateInput { .. }), "{err}");
+    assert!(err.to_string().contains("`x`"), "{err}");
+    let err = vjp::plan_many(&forward, &["x", "q"]).unwrap_err();
+    assert!(matches!(err, VjpError::UnknownInput { .. }), "{err}");
+    let err = vjp::plan_many(
+        &kernel_with("ArgMin_Reduction(SqDist(x, y), {axis})", 0),
+        &["x"],
+    )
+    .unwrap_err();
+    assert!(matches!(err, VjpError::NotDifferentiable { .. }), "{err}");
+}
+
+/// The saved forward passed in (as the bindings hold it): the same gradients as when the
+/// plan computes it, for the LogSumExp family; a saved array of the wrong shape or dtype is
+/// refused by name.
+#[test]
+fn saved_forward_passed_in_gives_the_same_gradients() {
+    for (k, reduction) in REDUCTIONS[1..6].iter().enumerate() {
+        for axis in [0, 1] {
+            let kernel = kernel_with(reduction, axis);
+            let mut rng = StdRng::seed_from_u64(700 + 2 * k as u64 + axis as u64);
+            let inputs = inputs(&kernel, &mut rng);
+            let out = output(&kernel, &inputs);
+            let g: Vec<f64> = (0..out.len())
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
+            let cotangent = HostArray::from_f64(out.shape.clone(), g.clone());
+            let arrays: Vec<&HostArray> = inputs.iter().map(|(_, a)| a).collect();
+            let plan = vjp::plan_many(&kernel, &["x", "y", "b", "s"]).unwrap();
+            let saved = vjp::saved_rows(&plan.saved, &plan.forward, &arrays, Backend::Interp)
+                .unwrap()
+                .expect("the LogSumExp family saves rows");
+            if kernel.signature.reduction.kind != keops_runtime::ReductionKind::SumSoftMaxWeight {
+                // The saved rows are the forward output itself.
+                assert_close("saved", &saved.to_f64(), &out.to_f64(), 1e-12);
+            } else {
+                // (out, L): the output first.
+                let wdim = out.to_f64().len() / out.shape[0];
+                let firsts: Vec<f64> = saved
+                    .to_f64()
+                    .chunks(wdim + 1)
+                    .flat_map(|r| r[..wdim].to_vec())
+                    .collect();
+                assert_close("saved out", &firsts, &out.to_f64(), 1e-12);
+            }
+            for backend in [Backend::Interp, Backend::Cpu] {
+                let fresh = vjp::run_many(&plan, &arrays, &cotangent, None, backend).unwrap();
+                let given =
+                    vjp::run_many(&plan, &arrays, &cotangent, Some(&saved), backend).unwrap();
+                for ((a, b), name) in fresh.iter().zip(&given).zip(["x", "y", "b", "s"]) {
+                    let expected = finite_difference(&kernel, &inputs, name, &g);
+                    assert_close(
+                        &format!("{} d/d{name} saved given", kernel.name),
+                        &b.to_f64(),
+                        &expected,
+                        1e-6,
+                    );
+                    assert_close("fresh", &a.to_f64(), &b.to_f64(), 1e-12);
+                }
+            }
+            let single = vjp::plan(&kernel, "y").unwrap();
+            let got =
+                vjp::run_plan_with_saved(&single, &arrays, &cotangent, Some(&saved), Backend::Cpu)
+                    .unwrap();
+            let expected = finite_difference(&kernel, &inputs, "y", &g);
+            assert_close("single with saved", &got.to_f64(), &expected, 1e-6);
+            let wrong = HostArray::from_f64(vec![3, 1], vec![0.0; 3]);
+            let err = vjp::run_many(&plan, &arrays, &cotangent, Some(&wrong), Backend::Interp)
+                .unwrap_err();
+            assert!(matches!(err, VjpRunError::Saved(_)), "{err}");
+            assert!(
+                err.to_string()
+                    .starts_with("the saved forward has shape (3, 1)"),
+                "{err}"
+            );
+            let f32_saved = to_f32(&[("s".into(), saved.clone())]).remove(0).1;
+            let err = vjp::run_many(
+                &plan,
+                &arrays,
+                &cotangent,
+                Some(&f32_saved),
+                Backend::Interp,
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("float32"), "{err}");
+        }
+    }
+}
