@@ -45,14 +45,17 @@ pub fn check_cotangent(
     size: ProblemSize,
     cotangent: &HostArray,
 ) -> Result<(), VjpRunError> {
-    check_rows(
-        &plan.forward,
-        size,
-        cotangent,
-        plan.forward.output_dim(),
-        "cotangent",
-    )
-    .map_err(VjpRunError::Cotangent)
+    check_output_rows(&plan.forward, size, cotangent)
+}
+
+/// [`check_cotangent`] for a kernel of signature `forward`.
+pub fn check_output_rows(
+    forward: &Signature,
+    size: ProblemSize,
+    cotangent: &HostArray,
+) -> Result<(), VjpRunError> {
+    check_rows(forward, size, cotangent, forward.output_dim(), "cotangent")
+        .map_err(VjpRunError::Cotangent)
 }
 
 fn shape_text(shape: &[usize]) -> String {

@@ -1095,3 +1095,60 @@ fn vjp_errors_name_the_argument() {
     assert_fails_with(&run, &["ArgMin_Reduction", "indices only"]);
     assert!(!f.path("out.npy").exists(), "nothing written on failure");
 }
+
+/// `--wrt` repeated with one `-o` each: every gradient written, equal to the library's
+/// one-input gradients; mismatched counts, repeated outputs and repeated inputs are refused
+/// before anything is written.
+#[test]
+fn vjp_with_several_inputs_writes_one_file_each() {
+    let f = Fixture::new();
+    f.npy(
+        "g.npy",
+        HostArray::from_f64(vec![4, 1], vec![1.0, -2.0, 0.5, 3.0]),
+    );
+    let compiled = keopsc::driver::compile(keopsc::source::SourceFile::new("g", GAUSS)).unwrap();
+    let kernel = &compiled.kernels[0];
+    let inputs: Vec<(String, HostArray)> = ALL_ARGS
+        .iter()
+        .map(|(n, file)| (n.to_string(), HostArray::read_npy(&f.path(file)).unwrap()))
+        .collect();
+    let g = HostArray::read_npy(&f.path("g.npy")).unwrap();
+    let wrt = ["s", "y", "x", "b"];
+    let mut extra: Vec<String> = Vec::new();
+    for name in &wrt[1..] {
+        extra.extend(["--wrt".to_string(), name.to_string()]);
+        extra.extend(["-o".to_string(), f.p(&format!("d{name}.npy"))]);
+    }
+    // run_vjp passes `--wrt s` and `-o out.npy` first.
+    let refs: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let run = run_vjp(&f, "gauss.kf", "s", "g.npy", &refs);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for name in wrt {
+        let file = if name == "s" {
+            "out.npy".to_string()
+        } else {
+            format!("d{name}.npy")
+        };
+        let got = HostArray::read_npy(&f.path(&file)).unwrap();
+        let expected =
+            keopsc::vjp::vjp(kernel, name, &inputs, &g, keopsc::driver::Backend::Interp).unwrap();
+        assert_eq!(got.shape, expected.shape, "d{name}");
+        for (a, b) in got.to_f64().iter().zip(expected.to_f64()) {
+            assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "d{name}: {a} {b}");
+        }
+    }
+    for name in ["dx.npy", "dy.npy", "db.npy", "out.npy"] {
+        std::fs::remove_file(f.path(name)).unwrap();
+    }
+    let run = run_vjp(&f, "gauss.kf", "x", "g.npy", &["--wrt", "y"]);
+    assert_fails_with(&run, &["`--wrt` is given 2 times and `-o` 1"]);
+    let out = f.p("out.npy");
+    let run = run_vjp(&f, "gauss.kf", "x", "g.npy", &["--wrt", "y", "-o", &out]);
+    assert_fails_with(&run, &["out.npy` is given twice"]);
+    let dy = f.p("dy.npy");
+    let run = run_vjp(&f, "gauss.kf", "x", "g.npy", &["--wrt", "x", "-o", &dy]);
+    assert_fails_with(&run, &["`--wrt x`", "asked for twice"]);
+    let run = run_vjp(&f, "gauss.kf", "x", "g.npy", &["--wrt", "q", "-o", &dy]);
+    assert_fails_with(&run, &["`--wrt q`", "no input `q`"]);
+    assert!(!f.path("out.npy").exists() && !f.path("dy.npy").exists());
+}

@@ -92,25 +92,29 @@ enum Command {
         #[arg(long, short = 'v', visible_alias = "verbose")]
         timings: bool,
     },
-    /// The gradient of a kernel's output with respect to one input: `d/dVAR sum(G * out)` for a
-    /// cotangent G shaped like the output, written shaped like VAR.
+    /// The gradient of a kernel's output with respect to an input: `d/dVAR sum(G * out)` for a
+    /// cotangent G shaped like the output, written shaped like VAR. `--wrt` may be repeated,
+    /// with one `-o` each in the same order: the inputs are then differentiated together, in
+    /// two passes at most.
     Vjp {
         file: PathBuf,
         /// The kernel; may be left out when the file holds one kernel.
         #[arg(long)]
         kernel: Option<String>,
-        /// The input to differentiate with respect to (an i-, j-variable or a parameter).
-        #[arg(long, value_name = "VAR")]
-        wrt: String,
+        /// The input to differentiate with respect to (an i-, j-variable or a parameter);
+        /// repeated for several inputs at once.
+        #[arg(long, value_name = "VAR", required = true)]
+        wrt: Vec<String>,
         /// NAME=FILE.npy, once per argument, as for `eval`.
         #[arg(long = "arg", value_name = "NAME=FILE.npy")]
         args: Vec<String>,
         /// The cotangent G: the output's shape and the inputs' dtype.
         #[arg(long, value_name = "G.npy")]
         cotangent: PathBuf,
-        /// Where to write the gradient (checked before any work).
-        #[arg(short, long, value_name = "dVAR.npy")]
-        output: PathBuf,
+        /// Where to write the gradient (checked before any work); one per `--wrt`, in the
+        /// same order.
+        #[arg(short, long, value_name = "dVAR.npy", required = true)]
+        output: Vec<PathBuf>,
         /// interp, cpu or cuda; the fastest available when left out.
         #[arg(long)]
         backend: Option<String>,
@@ -250,7 +254,7 @@ fn run(cli: Cli) -> ExitCode {
             wrt: &wrt,
             args: &args,
             cotangent: &cotangent,
-            output: &output,
+            outputs: &output,
             backend: backend.as_deref(),
             timings,
         }),

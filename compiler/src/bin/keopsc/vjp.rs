@@ -1,12 +1,13 @@
-//! `keopsc vjp`: the gradient of a kernel's output with respect to one input, on `.npy` files.
-//! The same order of steps as `eval`: the output path first, then the source, then every
-//! argument and the cotangent (all problems listed together), and only then the computation.
+//! `keopsc vjp`: the gradient of a kernel's output with respect to one input or several
+//! (`--wrt` repeated, one `-o` each), on `.npy` files. The same order of steps as `eval`: the
+//! output paths first, then the source, then every argument and the cotangent (all problems
+//! listed together), and only then the computation.
 
 use crate::eval::{pick_kernel, PendingOutput};
 use crate::{fail, load, Reported};
 use keops_runtime::{ArgumentError, HostArray};
 use keopsc::driver::{self, Backend};
-use keopsc::vjp::{self as backward, VjpRunError};
+use keopsc::vjp::{self as backward, VjpError, VjpRunError};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -14,10 +15,11 @@ use std::time::Instant;
 pub struct VjpRequest<'a> {
     pub file: &'a Path,
     pub kernel: Option<&'a str>,
-    pub wrt: &'a str,
+    /// The inputs to differentiate, each written to the output at the same position.
+    pub wrt: &'a [String],
     pub args: &'a [String],
     pub cotangent: &'a Path,
-    pub output: &'a Path,
+    pub outputs: &'a [PathBuf],
     pub backend: Option<&'a str>,
     pub timings: bool,
 }
@@ -32,12 +34,41 @@ pub fn vjp(request: &VjpRequest) -> Result<(), Reported> {
             ))
         })?,
     };
-    let output = PendingOutput::open(request.output, "-o")?;
+    if request.wrt.len() != request.outputs.len() {
+        return Err(fail(format!(
+            "`--wrt` is given {} time{} and `-o` {}: give one `-o` per `--wrt`, in the same order",
+            request.wrt.len(),
+            if request.wrt.len() == 1 { "" } else { "s" },
+            request.outputs.len()
+        )));
+    }
+    for (k, path) in request.outputs.iter().enumerate() {
+        if request.outputs[..k].contains(path) {
+            return Err(fail(format!(
+                "`-o {}` is given twice: each gradient needs its own file",
+                path.display()
+            )));
+        }
+    }
+    let outputs = request
+        .outputs
+        .iter()
+        .map(|path| PendingOutput::open(path, "-o"))
+        .collect::<Result<Vec<_>, _>>()?;
     let compiled = load(request.file)?;
     let kernel = pick_kernel(&compiled, request.kernel, request.file)?;
     // What cannot be differentiated is known from the source alone: before reading any data.
-    let plan = backward::plan(kernel, request.wrt)
-        .map_err(|e| fail(format!("`--wrt {}`: {e}", request.wrt)))?;
+    let wrt: Vec<&str> = request.wrt.iter().map(String::as_str).collect();
+    let plan = backward::plan_many(kernel, &wrt).map_err(|e| {
+        let flag = match &e {
+            VjpError::UnknownInput { name, .. } | VjpError::DuplicateInput { name, .. } => {
+                format!("`--wrt {name}`")
+            }
+            _ if wrt.len() == 1 => format!("`--wrt {}`", wrt[0]),
+            _ => "`--wrt`".to_string(),
+        };
+        fail(format!("{flag}: {e}"))
+    })?;
 
     let mut problems: Vec<String> = Vec::new();
     let mut files = Vec::new();
@@ -57,7 +88,7 @@ pub fn vjp(request: &VjpRequest) -> Result<(), Reported> {
     if let (Some(arrays), Some(cotangent)) = (&arrays, &cotangent) {
         let views: Vec<_> = arrays.iter().map(|a| a.view()).collect();
         if let Ok(size) = keops_runtime::check_arguments(&kernel.signature, &views) {
-            if let Err(e) = backward::check_cotangent(&plan, size, cotangent) {
+            if let Err(e) = backward::check_output_rows(&plan.forward, size, cotangent) {
                 problems.push(format!("{cotangent_flag}: {e}"));
             }
         }
@@ -77,17 +108,20 @@ pub fn vjp(request: &VjpRequest) -> Result<(), Reported> {
 
     let bound: Vec<&HostArray> = arrays.iter().collect();
     let start = Instant::now();
-    let grad = backward::run_plan(&plan, &bound, &cotangent, backend).map_err(|e| match e {
-        VjpRunError::Cotangent(_) => fail(format!("{cotangent_flag}: {e}")),
-        e => fail(e),
-    })?;
+    let grads =
+        backward::run_many(&plan, &bound, &cotangent, None, backend).map_err(|e| match e {
+            VjpRunError::Cotangent(_) => fail(format!("{cotangent_flag}: {e}")),
+            e => fail(e),
+        })?;
     let run = start.elapsed();
-    output.commit(|f| grad.write_npy_to(f))?;
+    for (output, grad) in outputs.into_iter().zip(&grads) {
+        output.commit(|f| grad.write_npy_to(f))?;
+    }
     if request.timings {
         eprintln!(
             "vjp of `{}` with respect to `{}` on {backend}: {:.1} ms computing, {:.1} ms in all",
             kernel.name,
-            request.wrt,
+            wrt.join("`, `"),
             run.as_secs_f64() * 1e3,
             started.elapsed().as_secs_f64() * 1e3
         );
