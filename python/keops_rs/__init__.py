@@ -1,0 +1,12 @@
+"""keops_rs: KeOps-style symbolic tensors compiled by keops-rs.
+
+- ``Kernel(source, name=None)``: a kernel of ``.kf`` text, called on numpy arrays.
+- ``Genred`` and ``LazyTensor``: the ``pykeops.numpy`` interface (the subset in README.md).
+- ``KfError``: raised for source that does not compile; its message is the diagnostic.
+"""
+
+from ._keops_rs import Kernel, KfError, __version__
+from .genred import Genred
+from .lazy import LazyTensor, Vi, Vj, Pm
+
+__all__ = ["Kernel", "KfError", "Genred", "LazyTensor", "Vi", "Vj", "Pm", "__version__"]

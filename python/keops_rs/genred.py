@@ -1,0 +1,167 @@
+"""``Genred``: pykeops.numpy's generic reduction, compiled by keops-rs.
+
+A Genred is a ``.kf`` kernel whose variables are the aliases (in their positional order) and
+whose last line is the reduction of the formula. The formula text is parsed by keops-rs's own
+front end, so an error in it raises ``KfError`` with the diagnostic.
+"""
+
+import re
+
+import numpy as np
+
+from ._keops_rs import Kernel
+
+_ALIAS = re.compile(
+    r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(Vi|Vj|Pm)\s*\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)\s*$"
+)
+
+# pykeops's reduction names -> (the .kf reduction, takes K, takes the weight formula2)
+_REDUCTIONS = {
+    "Sum": ("Sum", False, False),
+    "Min": ("Min", False, False),
+    "Max": ("Max", False, False),
+    "ArgMin": ("ArgMin", False, False),
+    "ArgMax": ("ArgMax", False, False),
+    "Min_ArgMin": ("Min_ArgMin", False, False),
+    "MinArgMin": ("Min_ArgMin", False, False),
+    "Max_ArgMax": ("Max_ArgMax", False, False),
+    "MaxArgMax": ("Max_ArgMax", False, False),
+    "KMin": ("KMin", True, False),
+    "ArgKMin": ("ArgKMin", True, False),
+    "KMin_ArgKMin": ("KMin_ArgKMin", True, False),
+    "KMinArgKMin": ("KMin_ArgKMin", True, False),
+    "LogSumExp": ("LogSumExp", False, False),
+    "LogSumExpWeight": ("Max_SumShiftExpWeight", False, True),
+    "Max_SumShiftExp": ("Max_SumShiftExp", False, False),
+    "Max_SumShiftExpWeight": ("Max_SumShiftExpWeight", False, True),
+    "SumSoftMaxWeight": ("SumSoftMaxWeight", False, True),
+    "SoftMax": ("SumSoftMaxWeight", False, True),
+}
+
+# Reductions whose output is indices only (int64, as pykeops returns them) or values then
+# indices (a pair of arrays).
+_INDICES = {"ArgMin", "ArgMax", "ArgKMin"}
+_VALUES_AND_INDICES = {"Min_ArgMin", "Max_ArgMax", "KMin_ArgKMin"}
+
+
+def parse_aliases(aliases):
+    """``["x = Vi(3)", "y = Vj(0, 3)", ...]`` -> ``[(name, "Vi"|"Vj"|"Pm", dim), ...]`` in
+    positional order. An alias without a position takes its place in the list."""
+    if isinstance(aliases, str):
+        raise TypeError("aliases: expected a list of strings such as \"x = Vi(3)\", not a string")
+    parsed = []
+    for place, alias in enumerate(aliases):
+        if not isinstance(alias, str):
+            raise TypeError(f"aliases[{place}]: expected a string such as \"x = Vi(3)\", not {type(alias).__name__}")
+        m = _ALIAS.match(alias)
+        if m is None:
+            raise ValueError(
+                f"aliases[{place}]: {alias!r} is not of the form \"name = Vi(dim)\", "
+                "\"name = Vj(dim)\", \"name = Pm(dim)\" or with a position, \"name = Vi(pos, dim)\""
+            )
+        name, category, first, second = m.groups()
+        pos, dim = (place, int(first)) if second is None else (int(first), int(second))
+        if dim < 1:
+            raise ValueError(f"aliases[{place}]: {alias!r} has dimension {dim}; it must be at least 1")
+        parsed.append((pos, name, category, dim, place))
+    names = [p[1] for p in parsed]
+    for name in names:
+        if names.count(name) > 1:
+            raise ValueError(f"aliases: `{name}` is declared twice")
+    positions = sorted(p[0] for p in parsed)
+    if positions != list(range(len(parsed))):
+        raise ValueError(
+            f"aliases: the positions {positions} must be 0, 1, ..., {len(parsed) - 1}, each once"
+        )
+    return [(name, cat, dim) for _, name, cat, dim, _ in sorted(parsed)]
+
+
+def kf_source(name, variables, reduction):
+    """The text of a ``.kf`` kernel ``name`` over ``variables`` ending with ``reduction``."""
+    lines = [f"kernel {name} {{"]
+    lines += [f"    {v} = {cat}({dim})" for v, cat, dim in variables]
+    lines.append(f"    {reduction}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def axis_tag(axis, what="axis"):
+    """pykeops's axis (1: reduce over j, output per i) -> the .kf reduction axis (0)."""
+    if axis not in (0, 1):
+        raise ValueError(f"{what}: expected 0 (reduce over i) or 1 (reduce over j), got {axis!r}")
+    return 1 - axis
+
+
+def reduction_text(reduction_op, formula, tag, opt_arg=None, formula2=None):
+    if reduction_op not in _REDUCTIONS:
+        known = ", ".join(sorted(_REDUCTIONS))
+        raise ValueError(f"reduction_op: {reduction_op!r} is not supported (supported: {known})")
+    kf_name, takes_k, takes_weight = _REDUCTIONS[reduction_op]
+    if reduction_op == "LogSumExp" and formula2 is not None:
+        kf_name, takes_weight = "LogSumExpWeight", True
+    args = [formula]
+    if takes_k:
+        if not isinstance(opt_arg, (int, np.integer)) or isinstance(opt_arg, bool) or opt_arg < 1:
+            raise ValueError(f"opt_arg: {reduction_op} needs the number K of neighbours as a positive int, got {opt_arg!r}")
+        args.append(str(int(opt_arg)))
+    if takes_weight:
+        if formula2 is None:
+            raise ValueError(f"formula2: {reduction_op} needs its weight formula in formula2")
+        args.append(formula2)
+    elif formula2 is not None and reduction_op != "LogSumExp":
+        raise ValueError(f"formula2: {reduction_op} takes no second formula")
+    args.append(str(tag))
+    return f"{kf_name}_Reduction({', '.join(args)})"
+
+
+def postprocess(reduction_op, out):
+    """pykeops's forms: indices as int64; values and indices as a pair."""
+    kf_name = _REDUCTIONS[reduction_op][0]
+    if kf_name in _INDICES:
+        return out.astype(np.int64)
+    if kf_name in _VALUES_AND_INDICES:
+        half = out.shape[-1] // 2
+        return out[..., :half].copy(), out[..., half:].astype(np.int64)
+    return out
+
+
+def check_backend(backend, device_id=-1, ranges=None):
+    if backend not in ("auto", "CPU", "cpu"):
+        raise ValueError(f"backend: {backend!r} is not available; keops_rs runs on the CPU (backend=\"auto\" or \"CPU\")")
+    if ranges is not None:
+        raise NotImplementedError("ranges: block-sparse reductions are not supported by keops_rs yet")
+
+
+class Genred:
+    """``Genred(formula, aliases, reduction_op="Sum", axis=0, dtype=None, opt_arg=None,
+    formula2=None)``, as ``pykeops.numpy.Genred``. ``axis=1`` reduces over j (one output row
+    per i), ``axis=0`` over i. ``dtype`` is accepted for compatibility: the inputs' dtype
+    (float32 or float64) decides."""
+
+    def __init__(self, formula, aliases, reduction_op="Sum", axis=0, dtype=None, opt_arg=None,
+                 formula2=None, **options):
+        if not isinstance(formula, str):
+            raise TypeError(f"formula: expected a string, not {type(formula).__name__}")
+        if dtype not in (None, "float32", "float64", np.float32, np.float64):
+            raise TypeError(f"dtype: {dtype!r} is not supported; use float32 or float64")
+        self.formula = formula
+        self.aliases = list(aliases)
+        self.reduction_op = reduction_op
+        self.axis = axis
+        self.opt_arg = opt_arg
+        self.formula2 = formula2
+        variables = parse_aliases(self.aliases)
+        reduction = reduction_text(reduction_op, formula, axis_tag(axis), opt_arg, formula2)
+        self.source = kf_source("genred", variables, reduction)
+        self.kernel = Kernel(self.source)
+
+    def __call__(self, *args, backend="auto", device_id=-1, ranges=None, out=None):
+        check_backend(backend, device_id, ranges)
+        result = postprocess(self.reduction_op, self.kernel(*args))
+        if out is not None:
+            out[...] = result
+            return out
+        return result
+
+    def __repr__(self):
+        return f"Genred({self.formula!r}, {self.aliases!r}, reduction_op={self.reduction_op!r}, axis={self.axis})"

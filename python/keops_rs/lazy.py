@@ -1,0 +1,265 @@
+"""``LazyTensor``: pykeops.numpy's symbolic tensors, compiled by keops-rs.
+
+A LazyTensor is an expression over i-variables (arrays ``(N, 1, D)``), j-variables
+(``(1, M, D)``) and parameters (1-D arrays, Python floats); nothing N x M is ever allocated.
+A reduction over i or j writes the expression as a ``.kf`` kernel (leaves named ``a0, a1, ...``
+in order of first appearance, so that the same expression built twice gives the same text and
+hits the compiled-kernel table), compiles it once and runs it.
+"""
+
+import numbers
+
+import numpy as np
+
+from ._keops_rs import Kernel
+from .genred import axis_tag, kf_source, postprocess, reduction_text, check_backend
+
+_I, _J, _P = "Vi", "Vj", "Pm"
+
+
+class _Leaf:
+    """One variable: its data (2-D for Vi/Vj, 1-D for Pm), or a Python float to be made a
+    parameter in the call's dtype."""
+
+    def __init__(self, category, data, dim):
+        self.category = category
+        self.data = data
+        self.dim = dim
+
+
+def _leaf_tensor(category, data, dim):
+    t = LazyTensor.__new__(LazyTensor)
+    leaf = _Leaf(category, data, dim)
+    t._node = ("leaf", leaf)
+    t._leaves = [leaf]
+    t.ndim = dim
+    return t
+
+
+class LazyTensor:
+    """``LazyTensor(x, axis=None)``: ``x`` of shape ``(N, 1, D)`` is an i-variable, ``(1, M, D)``
+    a j-variable, ``(D,)`` (or ``(1, 1, D)``) a parameter, a Python number a constant. A 2-D
+    ``(N, D)`` array needs ``axis``: 0 for i, 1 for j."""
+
+    def __init__(self, x, axis=None):
+        if isinstance(x, LazyTensor):
+            self._node, self._leaves, self.ndim = x._node, x._leaves, x.ndim
+            return
+        if isinstance(x, bool):
+            raise TypeError("x: a LazyTensor is made from a numpy array or a number, not a bool")
+        if isinstance(x, numbers.Integral):
+            self._node, self._leaves, self.ndim = ("int", int(x)), [], 1
+            return
+        if isinstance(x, numbers.Real):
+            other = _leaf_tensor(_P, float(x), 1)
+            self._node, self._leaves, self.ndim = other._node, other._leaves, 1
+            return
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"x: expected a numpy array or a number, not {type(x).__name__}")
+        if x.dtype not in (np.float32, np.float64):
+            raise TypeError(f"x: dtype {x.dtype} is not supported; use float32 or float64")
+        if axis is not None:
+            if x.ndim != 2 or axis not in (0, 1, 2):
+                raise ValueError(f"axis: with axis={axis!r}, x must be 2-D (rows, D); it has shape {x.shape}")
+            category = (_I, _J, _P)[axis]
+            data = x if axis < 2 else x.reshape(-1)
+            dim = x.shape[1] if axis < 2 else x.size
+        elif x.ndim == 1:
+            category, data, dim = _P, x, x.shape[0]
+        elif x.ndim == 3 and x.shape[0] == 1 and x.shape[1] == 1:
+            category, data, dim = _P, x.reshape(-1), x.shape[2]
+        elif x.ndim == 3 and x.shape[1] == 1:
+            category, data, dim = _I, x[:, 0, :], x.shape[2]
+        elif x.ndim == 3 and x.shape[0] == 1:
+            category, data, dim = _J, x[0], x.shape[2]
+        elif x.ndim > 3:
+            raise ValueError(f"x: shape {x.shape}: batch dimensions are not supported by keops_rs yet")
+        else:
+            raise ValueError(
+                f"x: shape {x.shape} is not (N, 1, D) (i-variable), (1, M, D) (j-variable) or (D,) "
+                "(parameter); for a 2-D array pass axis=0 or axis=1"
+            )
+        other = _leaf_tensor(category, data, dim)
+        self._node, self._leaves, self.ndim = other._node, other._leaves, dim
+
+    # -- building expressions ------------------------------------------------------------
+
+    @staticmethod
+    def _wrap(x):
+        return x if isinstance(x, LazyTensor) else LazyTensor(x)
+
+    def _make(self, node, others, ndim):
+        t = LazyTensor.__new__(LazyTensor)
+        t._node = node
+        leaves = list(self._leaves)
+        for o in others:
+            leaves += [l for l in o._leaves if all(l is not k for k in leaves)]
+        t._leaves = leaves
+        t.ndim = ndim
+        return t
+
+    def _unary(self, op, ndim=None):
+        return self._make(("op", op, (self._node,), ()), [], self.ndim if ndim is None else ndim)
+
+    def _binary(self, op, other, ndim=None, reverse=False):
+        other = self._wrap(other)
+        if ndim is None:
+            if self.ndim != other.ndim and 1 not in (self.ndim, other.ndim):
+                raise ValueError(
+                    f"operands of {op} have dimensions {self.ndim} and {other.ndim}: they must be equal or one of them 1"
+                )
+            ndim = max(self.ndim, other.ndim)
+        a, b = (other, self) if reverse else (self, other)
+        return a._make(("op", op, (a._node, b._node), ()), [b], ndim)
+
+    def __add__(self, o): return self._binary("Add", o)
+    def __radd__(self, o): return self._binary("Add", o, reverse=True)
+    def __sub__(self, o): return self._binary("Subtract", o)
+    def __rsub__(self, o): return self._binary("Subtract", o, reverse=True)
+    def __mul__(self, o): return self._binary("Mult", o)
+    def __rmul__(self, o): return self._binary("Mult", o, reverse=True)
+    def __truediv__(self, o): return self._binary("Divide", o)
+    def __rtruediv__(self, o): return self._binary("Divide", o, reverse=True)
+    def __neg__(self): return self._unary("Minus")
+    def __abs__(self): return self.abs()
+
+    def __pow__(self, k):
+        if isinstance(k, numbers.Integral) and not isinstance(k, bool):
+            if k == 2:
+                return self.square()
+            return self._make(("op", "Pow", (self._node,), (int(k),)), [], self.ndim)
+        if isinstance(k, numbers.Real):
+            if k == 0.5:
+                return self.sqrt()
+            if k == -0.5:
+                return self.rsqrt()
+            return self._binary("Powf", float(k), ndim=self.ndim)
+        raise TypeError(f"exponent: expected a number, not {type(k).__name__}")
+
+    def __or__(self, o):
+        o = self._wrap(o)
+        if self.ndim != o.ndim:
+            raise ValueError(f"| (scalar product): dimensions {self.ndim} and {o.ndim} differ")
+        return self._binary("Scalprod", o, ndim=1)
+
+    def exp(self): return self._unary("Exp")
+    def log(self): return self._unary("Log")
+    def sqrt(self): return self._unary("Sqrt")
+    def rsqrt(self): return self._unary("Rsqrt")
+    def abs(self): return self._unary("Abs")
+    def sin(self): return self._unary("Sin")
+    def cos(self): return self._unary("Cos")
+    def relu(self): return self._unary("ReLU")
+    def square(self): return self._unary("Square")
+    def sign(self): return self._unary("Sign")
+    def step(self): return self._unary("Step")
+    def atan(self): return self._unary("Atan")
+    def sqnorm2(self): return self._unary("SqNorm2", 1)
+    def norm2(self): return self._unary("Norm2", 1)
+    def normalize(self): return self._unary("Normalize")
+
+    def sqdist(self, other):
+        other = self._wrap(other)
+        return self._binary("SqDist", other, ndim=1)
+
+    def matvecmult(self, v):
+        v = self._wrap(v)
+        if self.ndim % v.ndim != 0:
+            raise ValueError(f"matvecmult: a matrix of {self.ndim} entries and a vector of {v.ndim}")
+        return self._binary("MatVecMult", v, ndim=self.ndim // v.ndim)
+
+    # -- reductions ----------------------------------------------------------------------
+
+    def sum(self, dim=-1, **kw):
+        if dim in (-1, 2):
+            return self._unary("Sum", 1)
+        return self._reduce("Sum", dim, kw)
+
+    def sum_reduction(self, dim, **kw): return self._reduce("Sum", dim, kw)
+    def min(self, dim, **kw): return self._reduce("Min", dim, kw)
+    def max(self, dim, **kw): return self._reduce("Max", dim, kw)
+    def argmin(self, dim, **kw): return self._reduce("ArgMin", dim, kw)
+    def argmax(self, dim, **kw): return self._reduce("ArgMax", dim, kw)
+    def min_argmin(self, dim, **kw): return self._reduce("Min_ArgMin", dim, kw)
+    def max_argmax(self, dim, **kw): return self._reduce("Max_ArgMax", dim, kw)
+    def Kmin(self, K, dim, **kw): return self._reduce("KMin", dim, kw, opt_arg=K)
+    def argKmin(self, K, dim, **kw): return self._reduce("ArgKMin", dim, kw, opt_arg=K)
+    def Kmin_argKmin(self, K, dim, **kw): return self._reduce("KMin_ArgKMin", dim, kw, opt_arg=K)
+
+    def logsumexp(self, dim, weight=None, **kw):
+        if weight is None:
+            return self._reduce("LogSumExp", dim, kw)
+        return self._reduce("LogSumExp", dim, kw, weight=self._wrap(weight))
+
+    def sumsoftmaxweight(self, weight, dim, **kw):
+        return self._reduce("SumSoftMaxWeight", dim, kw, weight=self._wrap(weight))
+
+    def __matmul__(self, v):
+        if not isinstance(v, np.ndarray) or v.ndim not in (1, 2):
+            raise TypeError("@: the right operand must be a 1-D (M,) or 2-D (M, D) numpy array")
+        b = LazyTensor(v.reshape(v.shape[0], -1)[None, :, :])
+        out = (self * b).sum(dim=1)
+        return out.reshape(-1) if v.ndim == 1 else out
+
+    def _reduce(self, op, dim, kw, opt_arg=None, weight=None):
+        check_backend(kw.pop("backend", "auto"), kw.pop("device_id", -1), kw.pop("ranges", None))
+        if kw:
+            raise TypeError(f"unsupported options: {', '.join(sorted(kw))}")
+        if dim not in (0, 1, -2, -3):
+            raise ValueError(f"dim: expected 0 (reduce over i) or 1 (reduce over j), got {dim!r}")
+        axis = {0: 0, 1: 1, -3: 0, -2: 1}[dim]
+        leaves = list(self._leaves)
+        if weight is not None:
+            leaves += [l for l in weight._leaves if all(l is not k for k in leaves)]
+        names = {id(l): f"a{n}" for n, l in enumerate(leaves)}
+        formula = _render(self._node, names)
+        formula2 = None if weight is None else _render(weight._node, names)
+        reduction = reduction_text(op, formula, axis_tag(axis, "dim"), opt_arg, formula2)
+        variables = [(names[id(l)], l.category, l.dim) for l in leaves]
+        kernel = Kernel(kf_source("lazy", variables, reduction))
+        arrays = [l.data for l in leaves if not isinstance(l.data, float)]
+        dtypes = {a.dtype for a in arrays}
+        if len(dtypes) > 1:
+            raise TypeError("LazyTensor: all arrays must share one dtype (float32 or float64)")
+        dtype = dtypes.pop() if dtypes else np.float64
+        args = [np.array([l.data], dtype=dtype) if isinstance(l.data, float) else l.data for l in leaves]
+        return postprocess(op, kernel(*args))
+
+    def __repr__(self):
+        names = {id(l): f"a{n}" for n, l in enumerate(self._leaves)}
+        return f"LazyTensor({_render(self._node, names)}, dim={self.ndim})"
+
+
+_INFIX = {"Add": "+", "Subtract": "-", "Mult": "*", "Divide": "/"}
+
+
+def _render(node, names):
+    kind = node[0]
+    if kind == "leaf":
+        return names[id(node[1])]
+    if kind == "int":
+        return f"IntCst({node[1]})"
+    _, op, children, extra = node
+    parts = [_render(c, names) for c in children]
+    if op in _INFIX:
+        return f"({parts[0]} {_INFIX[op]} {parts[1]})"
+    if op == "Minus":
+        return f"(-{parts[0]})"
+    return f"{op}({', '.join(parts + [str(e) for e in extra])})"
+
+
+def Vi(x):
+    """An i-variable from a 2-D array (N, D)."""
+    return LazyTensor(x, axis=0)
+
+
+def Vj(x):
+    """A j-variable from a 2-D array (M, D)."""
+    return LazyTensor(x, axis=1)
+
+
+def Pm(x):
+    """A parameter from a number or a 1-D array."""
+    if isinstance(x, numbers.Real):
+        return LazyTensor(float(x))
+    return LazyTensor(np.asarray(x).reshape(-1))

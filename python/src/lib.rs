@@ -1,0 +1,515 @@
+//! The native part of the Python package `keops_rs`: `Kernel`, a compiled `.kf` kernel called on
+//! numpy arrays. Compilation goes through the workspace's compiler (`keopsc::driver`) and its
+//! on-disk compile cache, with an in-memory table in front; calls go through the runtime's
+//! `Kernel::call`, reading C-contiguous float32/float64 arrays in place.
+//!
+//! Everything a caller passes ends as a Python exception: `KfError` for source that does not
+//! compile (the rendered diagnostic), `TypeError`/`ValueError` naming the argument for bad
+//! arrays, `RuntimeError` for an internal failure (a panic is caught here, never unwinds into
+//! the interpreter). The GIL is released while compiling and while a kernel runs.
+
+use keops_runtime::{
+    ArgumentError, ArrayData, ArrayRef, Category, DType, HostArray, Kernel as RtKernel, Signature,
+};
+use keopsc::artifact::cache::{CompileCache, CompileError};
+use keopsc::check::CheckedKernel;
+use keopsc::diagnostic::render_all;
+use keopsc::driver::{self, Backend};
+use keopsc::source::SourceFile;
+use keopsc::vjp::{self as kvjp, VjpPlan, VjpRunError};
+use numpy::{
+    IxDyn, PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray,
+    PyUntypedArrayMethods,
+};
+use pyo3::exceptions::{PyException, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, OnceLock};
+
+pyo3::create_exception!(
+    keops_rs,
+    KfError,
+    PyException,
+    "A .kf source that does not compile: the message is the rendered diagnostic."
+);
+
+/// A kernel compiled once per process: its checked form (for signatures and gradients) and its
+/// machine code for float32 and float64.
+struct Compiled {
+    checked: CheckedKernel,
+    code: RtKernel,
+}
+
+/// Why a kernel could not be made.
+enum MakeError {
+    Source(String),
+    Name(String),
+    Internal(String),
+}
+
+impl From<MakeError> for PyErr {
+    fn from(e: MakeError) -> PyErr {
+        match e {
+            MakeError::Source(text) => KfError::new_err(text),
+            MakeError::Name(text) => PyValueError::new_err(text),
+            MakeError::Internal(text) => PyRuntimeError::new_err(text),
+        }
+    }
+}
+
+type Table = Mutex<HashMap<(String, Option<String>), Arc<Compiled>>>;
+
+/// Kernels already compiled in this process, by source text and requested name.
+fn table() -> &'static Table {
+    static TABLE: OnceLock<Table> = OnceLock::new();
+    TABLE.get_or_init(Default::default)
+}
+
+fn panic_text(panic: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_string()
+    }
+}
+
+/// Runs `f`, turning a panic into an internal error.
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, PyErrText>) -> Result<T, PyErrText> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        Err(PyErrText::Runtime(format!(
+            "internal error in keops_rs while {what}: {}",
+            panic_text(panic)
+        )))
+    })
+}
+
+/// An error built without the GIL, turned into a Python exception once it is held again.
+enum PyErrText {
+    Type(String),
+    Value(String),
+    Runtime(String),
+    Make(MakeError),
+}
+
+impl From<PyErrText> for PyErr {
+    fn from(e: PyErrText) -> PyErr {
+        match e {
+            PyErrText::Type(t) => PyTypeError::new_err(t),
+            PyErrText::Value(t) => PyValueError::new_err(t),
+            PyErrText::Runtime(t) => PyRuntimeError::new_err(t),
+            PyErrText::Make(m) => m.into(),
+        }
+    }
+}
+
+/// Argument errors from the runtime: dtype problems are `TypeError`, the rest `ValueError`.
+fn argument_error(e: ArgumentError) -> PyErrText {
+    match e {
+        ArgumentError::MixedDType { .. } | ArgumentError::CompiledDType { .. } => {
+            PyErrText::Type(e.to_string())
+        }
+        ArgumentError::Missing { name, spec } => {
+            PyErrText::Type(format!("missing argument `{name}` ({spec})"))
+        }
+        _ => PyErrText::Value(e.to_string()),
+    }
+}
+
+fn compile_kernel(source: &str, name: Option<&str>) -> Result<Compiled, MakeError> {
+    let compiled = driver::compile(SourceFile::new("<source>", source))
+        .map_err(|(file, diagnostics)| MakeError::Source(render_all(&diagnostics, &file, false)))?;
+    let names: Vec<String> = compiled
+        .kernels
+        .iter()
+        .map(|k| format!("`{}`", k.name))
+        .collect();
+    let checked = match name {
+        Some(n) => compiled.kernel(n).ok_or_else(|| {
+            MakeError::Name(format!(
+                "name: no kernel `{n}` in the source (it has {})",
+                names.join(", ")
+            ))
+        })?,
+        None if compiled.kernels.len() == 1 => &compiled.kernels[0],
+        None => {
+            return Err(MakeError::Name(format!(
+                "name: the source holds several kernels ({}): pass name= to pick one",
+                names.join(", ")
+            )))
+        }
+    };
+    let checked = checked.clone();
+    let code = match CompileCache::open_default().kernel(source, Some(&checked.name)) {
+        Ok((code, _)) => code,
+        Err(CompileError::Source(text)) => return Err(MakeError::Source(text)),
+        // The cache could not be used (no writable directory, no linker): compile in memory.
+        Err(_) => driver::jit_kernel(&checked, &[DType::F32, DType::F64])
+            .map_err(|e| MakeError::Internal(format!("compiling `{}`: {e}", checked.name)))?,
+    };
+    Ok(Compiled { checked, code })
+}
+
+fn lookup(source: &str, name: Option<&str>) -> Result<Arc<Compiled>, PyErrText> {
+    let key = (source.to_string(), name.map(str::to_string));
+    if let Some(found) = table().lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return Ok(found.clone());
+    }
+    let made = guarded("compiling", || {
+        compile_kernel(source, name).map_err(PyErrText::Make)
+    })?;
+    let made = Arc::new(made);
+    table()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key, made.clone());
+    Ok(made)
+}
+
+/// One argument's data: borrowed from numpy when C-contiguous, else copied into C order.
+enum Held<'py> {
+    F32(PyReadonlyArrayDyn<'py, f32>),
+    F64(PyReadonlyArrayDyn<'py, f64>),
+    OwnedF32(Vec<f32>),
+    OwnedF64(Vec<f64>),
+}
+
+struct Input<'py> {
+    shape: Vec<usize>,
+    data: Held<'py>,
+}
+
+impl Input<'_> {
+    fn view(&self) -> ArrayRef<'_> {
+        match &self.data {
+            Held::F32(a) => ArrayRef::f32(&self.shape, a.as_slice().expect("C-contiguous")),
+            Held::F64(a) => ArrayRef::f64(&self.shape, a.as_slice().expect("C-contiguous")),
+            Held::OwnedF32(v) => ArrayRef::f32(&self.shape, v),
+            Held::OwnedF64(v) => ArrayRef::f64(&self.shape, v),
+        }
+    }
+
+    fn to_host(&self) -> HostArray {
+        let view = self.view();
+        match view.data {
+            keops_runtime::DataRef::F32(d) => HostArray::from_f32(self.shape.clone(), d.to_vec()),
+            keops_runtime::DataRef::F64(d) => HostArray::from_f64(self.shape.clone(), d.to_vec()),
+        }
+    }
+}
+
+/// Reads a numpy array of float32 or float64 for the argument `name`.
+fn input<'py>(name: &str, obj: &Bound<'py, PyAny>) -> PyResult<Input<'py>> {
+    let Ok(array) = obj.cast::<PyUntypedArray>() else {
+        return Err(PyTypeError::new_err(format!(
+            "argument `{name}` must be a numpy array of float32 or float64, not {}",
+            obj.get_type().name()?
+        )));
+    };
+    let shape = array.shape().to_vec();
+    let contiguous = array.is_c_contiguous();
+    if let Ok(a) = obj.cast::<PyArrayDyn<f32>>() {
+        let ro = a.readonly();
+        let data = if contiguous && ro.as_slice().is_ok() {
+            Held::F32(ro)
+        } else {
+            Held::OwnedF32(ro.as_array().iter().copied().collect())
+        };
+        return Ok(Input { shape, data });
+    }
+    if let Ok(a) = obj.cast::<PyArrayDyn<f64>>() {
+        let ro = a.readonly();
+        let data = if contiguous && ro.as_slice().is_ok() {
+            Held::F64(ro)
+        } else {
+            Held::OwnedF64(ro.as_array().iter().copied().collect())
+        };
+        return Ok(Input { shape, data });
+    }
+    Err(PyTypeError::new_err(format!(
+        "argument `{name}` has dtype {}; expected float32 or float64",
+        array.dtype()
+    )))
+}
+
+fn output<'py>(py: Python<'py>, array: HostArray) -> PyResult<Bound<'py, PyAny>> {
+    let shape = IxDyn(&array.shape);
+    Ok(match array.data {
+        ArrayData::F32(v) => PyArray1::from_vec(py, v).reshape(shape)?.into_any(),
+        ArrayData::F64(v) => PyArray1::from_vec(py, v).reshape(shape)?.into_any(),
+    })
+}
+
+/// Matches positional and keyword arguments to the signature's arguments, Python-style.
+fn bind<'a, 'py>(
+    sig: &Signature,
+    args: &'a [Bound<'py, PyAny>],
+    kwargs: Option<&'a Bound<'py, PyDict>>,
+) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    let names: Vec<String> = sig.args.iter().map(|a| format!("`{}`", a.name)).collect();
+    if args.len() > sig.args.len() {
+        return Err(PyTypeError::new_err(format!(
+            "kernel `{}` takes {} arguments ({}) but {} were given",
+            sig.name,
+            sig.args.len(),
+            names.join(", "),
+            args.len()
+        )));
+    }
+    let mut bound: Vec<Option<Bound<'py, PyAny>>> = vec![None; sig.args.len()];
+    for (slot, a) in bound.iter_mut().zip(args) {
+        *slot = Some(a.clone());
+    }
+    if let Some(kwargs) = kwargs {
+        for (key, value) in kwargs.iter() {
+            let key: String = key.extract()?;
+            let Some(pos) = sig.args.iter().position(|a| a.name == key) else {
+                return Err(PyTypeError::new_err(format!(
+                    "unknown argument `{key}`: the arguments of kernel `{}` are {}",
+                    sig.name,
+                    names.join(", ")
+                )));
+            };
+            if bound[pos].is_some() {
+                return Err(PyTypeError::new_err(format!(
+                    "argument `{key}` is given twice (by position and by keyword)"
+                )));
+            }
+            bound[pos] = Some(value);
+        }
+    }
+    bound
+        .into_iter()
+        .zip(&sig.args)
+        .map(|(b, spec)| {
+            b.ok_or_else(|| {
+                PyTypeError::new_err(format!(
+                    "missing argument `{}` ({}({})) of kernel `{}`",
+                    spec.name, spec.category, spec.dim, sig.name
+                ))
+            })
+        })
+        .collect()
+}
+
+fn inputs<'py>(sig: &Signature, objs: &[Bound<'py, PyAny>]) -> PyResult<Vec<Input<'py>>> {
+    objs.iter()
+        .zip(&sig.args)
+        .map(|(o, spec)| input(&spec.name, o))
+        .collect()
+}
+
+/// A compiled `.kf` kernel.
+#[pyclass(frozen, module = "keops_rs")]
+struct Kernel {
+    compiled: Arc<Compiled>,
+    plans: Mutex<HashMap<String, Arc<VjpPlan>>>,
+}
+
+impl Kernel {
+    fn plan(&self, wrt: &str) -> Result<Arc<VjpPlan>, PyErrText> {
+        if let Some(p) = self
+            .plans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(wrt)
+        {
+            return Ok(p.clone());
+        }
+        let plan = guarded("building the backward kernels", || {
+            kvjp::plan(&self.compiled.checked, wrt).map_err(|e| match e {
+                kvjp::VjpError::UnknownInput { .. } => PyErrText::Value(format!("name: {e}")),
+                kvjp::VjpError::Internal { .. } => PyErrText::Runtime(e.to_string()),
+                _ => PyErrText::Value(e.to_string()),
+            })
+        })?;
+        let plan = Arc::new(plan);
+        self.plans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(wrt.to_string(), plan.clone());
+        Ok(plan)
+    }
+}
+
+fn parse_backend(backend: &str) -> PyResult<Backend> {
+    match Backend::parse(backend) {
+        Some(b @ (Backend::Cpu | Backend::Interp)) => Ok(b),
+        _ => Err(PyValueError::new_err(format!(
+            "backend: `{backend}` is not available (available: cpu, interp)"
+        ))),
+    }
+}
+
+#[pymethods]
+impl Kernel {
+    /// Compiles the kernel `name` of the `.kf` text `source` (its only kernel when `name` is
+    /// None), or takes it from the in-memory table or the on-disk cache.
+    #[new]
+    #[pyo3(signature = (source, name=None))]
+    fn new(py: Python<'_>, source: &str, name: Option<&str>) -> PyResult<Kernel> {
+        let compiled = py.detach(|| lookup(source, name))?;
+        Ok(Kernel {
+            compiled,
+            plans: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Runs the kernel: arrays positional in declaration order, or by keyword.
+    #[pyo3(signature = (*args, **kwargs))]
+    fn __call__<'py>(
+        &self,
+        py: Python<'py>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let sig = self.compiled.code.signature();
+        let objs: Vec<Bound<'py, PyAny>> = args.iter().collect();
+        let objs = bind(sig, &objs, kwargs)?;
+        let held = inputs(sig, &objs)?;
+        let views: Vec<ArrayRef> = held.iter().map(Input::view).collect();
+        let code = &self.compiled.code;
+        let out = py.detach(|| {
+            guarded("running the kernel", || {
+                code.call(&views).map_err(argument_error)
+            })
+        })?;
+        output(py, out)
+    }
+
+    /// The same reduction evaluated by another backend: "interp" (the f64 reference
+    /// interpreter) or "cpu" (compiled anew, without the cache).
+    #[pyo3(signature = (*args, backend="interp", **kwargs))]
+    fn evaluate<'py>(
+        &self,
+        py: Python<'py>,
+        args: &Bound<'py, PyTuple>,
+        backend: &str,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let backend = parse_backend(backend)?;
+        let checked = &self.compiled.checked;
+        let objs: Vec<Bound<'py, PyAny>> = args.iter().collect();
+        let objs = bind(&checked.signature, &objs, kwargs)?;
+        let held = inputs(&checked.signature, &objs)?;
+        let hosts: Vec<HostArray> = held.iter().map(Input::to_host).collect();
+        let out = py.detach(|| {
+            guarded("evaluating the kernel", || {
+                let refs: Vec<&HostArray> = hosts.iter().collect();
+                driver::evaluate_bound(checked, &refs, backend)
+                    .map(|(out, _)| out)
+                    .map_err(|e| match e {
+                        driver::EvalError::Argument(a) => argument_error(a),
+                        other => PyErrText::Runtime(other.to_string()),
+                    })
+            })
+        })?;
+        output(py, out)
+    }
+
+    /// `d/d<name> sum(g * kernel(args))`: the gradient with respect to the input `name`, in
+    /// that input's shape and dtype.
+    #[pyo3(signature = (name, g, *args, backend="cpu", **kwargs))]
+    fn vjp<'py>(
+        &self,
+        py: Python<'py>,
+        name: &str,
+        g: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyTuple>,
+        backend: &str,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let backend = parse_backend(backend)?;
+        let sig = &self.compiled.checked.signature;
+        let objs: Vec<Bound<'py, PyAny>> = args.iter().collect();
+        let objs = bind(sig, &objs, kwargs)?;
+        let held = inputs(sig, &objs)?;
+        let g = input("g", g)?.to_host();
+        let hosts: Vec<HostArray> = held.iter().map(Input::to_host).collect();
+        let out = py.detach(|| {
+            let plan = self.plan(name)?;
+            guarded("running the backward kernels", || {
+                let refs: Vec<&HostArray> = hosts.iter().collect();
+                kvjp::run_plan(&plan, &refs, &g, backend).map_err(|e| match e {
+                    VjpRunError::Argument(a) => argument_error(a),
+                    VjpRunError::Cotangent(text) => {
+                        if text.contains("dtype") {
+                            PyErrText::Type(format!("argument `g`: the cotangent {text}"))
+                        } else {
+                            PyErrText::Value(format!("argument `g`: the cotangent {text}"))
+                        }
+                    }
+                    VjpRunError::Eval(driver::EvalError::Argument(a)) => argument_error(a),
+                    other => PyErrText::Runtime(other.to_string()),
+                })
+            })
+        })?;
+        output(py, out)
+    }
+
+    /// The kernel's name.
+    #[getter]
+    fn name(&self) -> String {
+        self.compiled.checked.name.clone()
+    }
+
+    /// The signature, printable: arguments (category, dimension), output, reduction.
+    #[getter]
+    fn signature(&self) -> String {
+        self.compiled.checked.signature.to_string()
+    }
+
+    /// The arguments in order, as `(name, category, dim)` with category "Vi", "Vj" or "Pm".
+    #[getter]
+    fn arguments(&self) -> Vec<(String, String, usize)> {
+        self.compiled
+            .checked
+            .signature
+            .args
+            .iter()
+            .map(|a| (a.name.clone(), a.category.to_string(), a.dim))
+            .collect()
+    }
+
+    /// The output's width `Dout`.
+    #[getter]
+    fn output_dim(&self) -> usize {
+        self.compiled.checked.signature.output_dim()
+    }
+
+    /// 0 when the output has one row per i (reducing over j), 1 for one row per j.
+    #[getter]
+    fn axis(&self) -> usize {
+        self.compiled.checked.signature.axis.index()
+    }
+
+    /// The reduction, as `.kf` writes it (e.g. `Sum_Reduction`).
+    #[getter]
+    fn reduction(&self) -> String {
+        self.compiled.checked.signature.reduction.to_string()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("keops_rs.Kernel({})", self.compiled.checked.signature)
+    }
+}
+
+/// Which argument categories exist, for the pure-Python layer's checks.
+fn category_name(c: Category) -> &'static str {
+    c.keops_name()
+}
+
+#[pymodule]
+fn _keops_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Kernel>()?;
+    m.add("KfError", m.py().get_type::<KfError>())?;
+    m.add(
+        "CATEGORIES",
+        [Category::I, Category::J, Category::Param].map(category_name),
+    )?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

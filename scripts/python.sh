@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The Python package keops_rs (python/): a virtual environment at .venv/ (numpy, pytest, maturin
+# from the package index, made once), the package built into it by pip (maturin, release mode,
+# sharing the workspace's target directory), then its tests.
+#   scripts/python.sh setup   make or update .venv/ and install the package into it
+#   scripts/python.sh test    setup, then pytest python/tests (fails when a test fails)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv=.venv
+python=${PYTHON:-python3}
+
+setup() {
+    if [ ! -x "$venv/bin/python" ]; then
+        echo "python: creating $venv" >&2
+        "$python" -m venv "$venv"
+    fi
+    # Installed once; later runs find them and skip the index.
+    if ! "$venv/bin/python" -c "import numpy, pytest, maturin" 2>/dev/null; then
+        "$venv/bin/pip" install -q --disable-pip-version-check "numpy" "pytest" "maturin>=1.16,<2"
+    fi
+    # maturin from the environment (no isolated build environment to download each time);
+    # the release build shares target/ with cargo.
+    PATH="$PWD/$venv/bin:$PATH" "$venv/bin/pip" install -q --disable-pip-version-check \
+        --no-build-isolation --no-deps --force-reinstall ./python
+}
+
+case "${1:-}" in
+setup) setup ;;
+test)
+    setup
+    "$venv/bin/python" -m pytest -q python/tests
+    ;;
+*)
+    echo "usage: scripts/python.sh setup | test" >&2
+    exit 2
+    ;;
+esac
