@@ -3,9 +3,11 @@
 //! same run: the hand-written C program for W1 (built with gcc when present) and pykeops when
 //! it is installed. Machines here are noisy, so only ratios within one run mean much.
 
-use crate::driver::{self, compile_cpu};
+use crate::check::CheckedKernel;
+use crate::driver::{self, compile_cpu, EvalError};
 use crate::source::SourceFile;
 use keops_runtime::{check_arguments, run_tiles, DType, HostArray};
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
@@ -71,6 +73,40 @@ pub const WORKLOADS: &[Workload] = &[
         param: 0.5,
     },
 ];
+
+/// A backward workload: the gradients of a forward workload's output (`keopsc::vjp`), each set
+/// of inputs differentiated together, measured beside that forward in the same run.
+pub struct BackwardWorkload {
+    pub id: &'static str,
+    /// The forward workload's id.
+    pub forward: &'static str,
+    /// The sets of inputs, one measurement each.
+    pub wrt: &'static [&'static [&'static str]],
+}
+
+pub const BACKWARD_WORKLOADS: &[BackwardWorkload] = &[
+    BackwardWorkload {
+        id: "W1v",
+        forward: "W1",
+        wrt: &[&["x"], &["y"], &["b"], &["x", "y", "b", "g"]],
+    },
+    // LogSumExp's backward reads the forward output: measured with it passed in, as a caller
+    // that ran the forward holds it (the forward's time is not counted).
+    BackwardWorkload {
+        id: "W3v",
+        forward: "W3",
+        wrt: &[&["x"], &["y"], &["h"], &["x", "y", "h", "g"]],
+    },
+];
+
+/// Every workload id `keopsc bench --workload` accepts.
+pub fn workload_ids() -> Vec<&'static str> {
+    WORKLOADS
+        .iter()
+        .map(|w| w.id)
+        .chain(BACKWARD_WORKLOADS.iter().map(|w| w.id))
+        .collect()
+}
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -179,6 +215,65 @@ pub fn measure(
         rates.push((n as f64) * (n as f64) / seconds);
     }
     Ok((median(rates), compile_ms))
+}
+
+/// Runs the backward pass of a workload with respect to `wrt` (together, one plan) at
+/// N = M = n: every backward kernel compiled once (untimed), then the median of `repeats`
+/// whole backward computations (the passes and the combination of their rows), in pairs/s.
+/// The saved forward, when the reduction needs one, is computed before and passed in.
+/// Returns (pairs/s, number of passes over the pairs).
+pub fn measure_backward(
+    source: &str,
+    n: usize,
+    dtype: DType,
+    repeats: usize,
+    param: f64,
+    wrt: &[&str],
+) -> Result<(f64, usize), String> {
+    let compiled = driver::compile(SourceFile::new("<bench>", source))
+        .map_err(|_| "workload does not compile".to_string())?;
+    let kernel = &compiled.kernels[0];
+    let plan = crate::vjp::plan_many(kernel, wrt).map_err(|e| e.to_string())?;
+    let inputs = uniform_inputs(source, n, dtype, 1, param)?;
+    let arrays: Vec<&HostArray> = inputs.iter().map(|(_, a)| a).collect();
+    let rows = n * kernel.signature.output_dim();
+    let g: Vec<f64> = (0..rows)
+        .map(|k| ((k * 7919) % 1000) as f64 / 1000.0)
+        .collect();
+    let shape = vec![n, kernel.signature.output_dim()];
+    let cotangent = match dtype {
+        DType::F32 => HostArray::from_f32(shape, g.iter().map(|&x| x as f32).collect()),
+        DType::F64 => HostArray::from_f64(shape, g),
+    };
+    let mut compiled_kernels: HashMap<String, crate::codegen::JitKernel> = HashMap::new();
+    let mut runner = |k: &CheckedKernel, args: &[&HostArray]| -> Result<HostArray, EvalError> {
+        if !compiled_kernels.contains_key(&k.name) {
+            compiled_kernels.insert(k.name.clone(), compile_cpu(k, dtype)?);
+        }
+        let views: Vec<_> = args.iter().map(|a| a.view()).collect();
+        Ok(run_tiles(
+            &compiled_kernels[&k.name].tile_kernel(),
+            &views,
+            None,
+        )?)
+    };
+    let saved = crate::vjp::saved_rows(&plan.saved, &plan.forward, &arrays, driver::Backend::Cpu)
+        .map_err(|e| e.to_string())?;
+    // The first call compiles.
+    crate::vjp::run_many_with(&plan, &arrays, &cotangent, saved.as_ref(), &mut runner)
+        .map_err(|e| e.to_string())?;
+    let mut rates = Vec::new();
+    for _ in 0..repeats.max(1) {
+        let start = Instant::now();
+        let grads =
+            crate::vjp::run_many_with(&plan, &arrays, &cotangent, saved.as_ref(), &mut runner)
+                .map_err(|e| e.to_string())?;
+        let seconds = start.elapsed().as_secs_f64();
+        std::hint::black_box(grads);
+        rates.push((n as f64) * (n as f64) / seconds);
+    }
+    let passes = plan.dense.len() + usize::from(plan.selected.is_some());
+    Ok((median(rates), passes))
 }
 
 /// Builds the C baseline (gcc -O3 -march=native -ffast-math -fopenmp) into a temporary
@@ -315,6 +410,59 @@ pub fn run(
                         pairs_per_second: rate,
                         compile_ms,
                         baseline,
+                    });
+                }
+            }
+        }
+    }
+    let selected =
+        |id: &str| options.workloads.is_empty() || options.workloads.iter().any(|s| s == id);
+    for bw in BACKWARD_WORKLOADS.iter().filter(|w| selected(w.id)) {
+        let forward = WORKLOADS
+            .iter()
+            .find(|w| w.id == bw.forward)
+            .expect("a backward workload names a forward workload");
+        let d = forward.dims[0];
+        let source = forward.source.replace("{D}", &d.to_string());
+        for &dtype in &options.dtypes {
+            for &n in &options.sizes {
+                // The forward again, in this run: the ratios are against it.
+                let (fwd, _) = measure(&source, n, dtype, options.repeats, forward.param)?;
+                writeln!(
+                    out,
+                    "{:<4} {:<22} {:>3} {:>4} {:>8} {:>10.3e}",
+                    bw.id,
+                    format!("{} forward", forward.id),
+                    d,
+                    dtype_name(dtype),
+                    n,
+                    fwd
+                )
+                .ok();
+                for wrt in bw.wrt {
+                    let (rate, passes) =
+                        measure_backward(&source, n, dtype, options.repeats, forward.param, wrt)?;
+                    writeln!(
+                        out,
+                        "{:<4} {:<22} {:>3} {:>4} {:>8} {:>10.3e}  {:.2}x the forward's pairs/s, {:.2}x its time ({passes} pass{})",
+                        bw.id,
+                        format!("vjp {}", wrt.join(",")),
+                        d,
+                        dtype_name(dtype),
+                        n,
+                        rate,
+                        rate / fwd,
+                        fwd / rate,
+                        if passes == 1 { "" } else { "es" }
+                    )
+                    .ok();
+                    results.push(BenchResult {
+                        label: format!("{} D={d} vjp {}", bw.id, wrt.join(",")),
+                        dtype,
+                        n,
+                        pairs_per_second: rate,
+                        compile_ms: 0.0,
+                        baseline: Some((format!("{} forward", forward.id), fwd)),
                     });
                 }
             }

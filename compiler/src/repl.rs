@@ -28,6 +28,10 @@ Then:
   :checked [NAME]          the checked formula, one node per line with [dimension, category]
   :simplified [NAME]       derivatives expanded, simplified, with its cost per pair
   :grad [NAME] VAR         the simplified gradient Grad(F, VAR, e) of the kernel's formula
+  :vjp [NAME] VAR ... [--llvm [f32|f64]]
+                           the backward pass of the whole reduction with respect to VAR
+                           (several: together, two passes at most): the plan, then each
+                           backward kernel checked and simplified (and its LLVM IR)
   :llvm [NAME] [f32|f64]   the CPU schedule and the optimised LLVM IR
   :asm [NAME] [f32|f64]    the host assembly
   :ptx [NAME]              the GPU code (not built yet)
@@ -47,6 +51,7 @@ pub const COMMANDS: &[&str] = &[
     ":checked",
     ":simplified",
     ":grad",
+    ":vjp",
     ":llvm",
     ":asm",
     ":ptx",
@@ -304,6 +309,7 @@ impl Repl {
             }
             ":ast" | ":checked" | ":simplified" => self.stage(command, &args, out),
             ":grad" => self.grad(&args, out),
+            ":vjp" => self.vjp(&args, out),
             ":llvm" | ":asm" => self.code(command, &args, out),
             ":ptx" => Err("the GPU back end is not built yet: no PTX to show".to_string()),
             ":eval" => self.eval(&args, out),
@@ -421,6 +427,46 @@ impl Repl {
         );
         let _ = writeln!(out, "-- simplified ({}) --", o.simplification);
         let _ = write!(out, "{o}");
+        Ok(())
+    }
+
+    /// The backward pass of the whole reduction (`crate::vjp::plan_many`): the plan, then every
+    /// kernel it runs at the stages the REPL shows.
+    fn vjp(&self, args: &[&str], out: &mut String) -> Result<(), String> {
+        let (defined, rest) = self.target(args)?;
+        let usage = "usage: :vjp [NAME] VAR ... [--llvm [f32|f64]]";
+        let (vars, llvm) = match rest.iter().position(|w| *w == "--llvm") {
+            None => (rest, None),
+            Some(at) => {
+                let dtype = match &rest[at + 1..] {
+                    [] => DType::F32,
+                    [d] => parse_dtype(d)?,
+                    _ => return Err(usage.into()),
+                };
+                (&rest[..at], Some(dtype))
+            }
+        };
+        if vars.is_empty() {
+            return Err(usage.into());
+        }
+        let (k, _) = self.explain_source(&defined.source)?;
+        let plan = crate::vjp::plan_many(&k.checked, vars).map_err(|e| e.to_string())?;
+        let _ = write!(out, "{plan}");
+        for (role, kernel) in plan.kernels() {
+            let _ = writeln!(out, "== {role}: {} ==", kernel.name);
+            let _ = writeln!(out, "-- checked --\n{kernel}");
+            let optimized = crate::opt::optimize(kernel, &self.budget).map_err(|d| d.message)?;
+            let _ = writeln!(out, "-- simplified ({}) --", optimized.simplification);
+            let _ = write!(out, "{optimized}");
+            if let Some(dtype) = llvm {
+                let code = driver::cpu_code(&optimized, dtype).map_err(|e| e.to_string())?;
+                let _ = writeln!(out, "-- schedule ({dtype}) --\n{}", code.schedule_text);
+                let _ = writeln!(out, "-- llvm (optimised) --\n{}", code.llvm_ir);
+            }
+        }
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
         Ok(())
     }
 

@@ -204,6 +204,90 @@ impl fmt::Display for VjpPlan {
     }
 }
 
+impl VjpManyPlan {
+    /// Every kernel the backward computation runs, in order, with what it is for.
+    pub fn kernels(&self) -> Vec<(String, &CheckedKernel)> {
+        let mut out = Vec::new();
+        match &self.saved {
+            SavedForward::None => {}
+            SavedForward::Output { kernel } => {
+                out.push(("saved forward (the forward itself)".to_string(), kernel))
+            }
+            SavedForward::SoftMax { kernel } => {
+                out.push(("saved forward (out, L)".to_string(), kernel))
+            }
+        }
+        for pass in &self.dense {
+            out.push((
+                format!("dense pass: d{}", self.names(&pass.outputs).join(", d")),
+                &pass.kernel,
+            ));
+        }
+        if let Some(selected) = &self.selected {
+            out.push(("the selected entries".to_string(), &selected.indices));
+            out.push((
+                format!(
+                    "per selected entry: d{}",
+                    self.names(&selected.outputs).join(", d")
+                ),
+                &selected.kernel,
+            ));
+        }
+        out
+    }
+
+    fn names(&self, positions: &[usize]) -> Vec<&str> {
+        positions
+            .iter()
+            .map(|&w| self.forward.args[w].name.as_str())
+            .collect()
+    }
+}
+
+impl fmt::Display for VjpManyPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "vjp of `{}` with respect to `{}`:",
+            self.forward.name,
+            self.names(&self.wrt).join("`, `")
+        )?;
+        if let SavedForward::Output { .. } = &self.saved {
+            writeln!(f, "  saved forward: the output rows (or passed in)")?;
+        }
+        if let SavedForward::SoftMax { kernel } = &self.saved {
+            writeln!(f, "  saved forward: (out, L) from {}", kernel.signature)?;
+        }
+        for pass in &self.dense {
+            writeln!(f, "  dense pass: {}", pass.kernel.signature)?;
+            let mut column = 0;
+            for &w in &pass.outputs {
+                let spec = &self.forward.args[w];
+                let cols = if spec.dim == 1 {
+                    format!("column {column}")
+                } else {
+                    format!("columns {column}..{}", column + spec.dim)
+                };
+                let what = match spec.category {
+                    Category::Param => "its rows summed (f64)",
+                    _ => "row by row",
+                };
+                writeln!(f, "    {cols}: d{} ({what})", spec.name)?;
+                column += spec.dim;
+            }
+        }
+        if let Some(selected) = &self.selected {
+            writeln!(f, "  selected entries from: {}", selected.indices.signature)?;
+            writeln!(
+                f,
+                "  per selected entry: {}, each row added to the row of each input it came from",
+                selected.kernel.signature
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// Builds the backward pass of `kernel` with respect to its input `wrt` (a name, or the
 /// position of an inline `Vi(pos, dim)` variable).
 pub fn plan(kernel: &CheckedKernel, wrt: &str) -> Result<VjpPlan, VjpError> {

@@ -269,3 +269,42 @@ fn eval_writes_its_output_with_dash_o() {
     repl.handle_line(":eval f1 3 -o", &mut out);
     assert!(out.starts_with("error: `-o` needs a file"), "{out}");
 }
+
+/// `:vjp`: the backward plan of a whole reduction (several inputs together) and each kernel it
+/// runs, checked and simplified; the errors (unknown, repeated input, arg-only reduction).
+#[test]
+fn vjp_shows_the_backward_plan_and_its_kernels() {
+    insta::assert_snapshot!(transcript(&[
+        "kernel lse {",
+        "    x = Vi(2)",
+        "    y = Vj(2)",
+        "    s = Pm(1)",
+        "    LogSumExp_Reduction(-SqDist(x, y) * s, 0)",
+        "}",
+        ":vjp s y x",
+        "kernel near { x = Vi(1)",
+        "  y = Vj(1)",
+        "  Min_Reduction(Square(x - y), 0) }",
+        ":vjp near y",
+        ":vjp lse q",
+        ":vjp lse x x",
+        ":vjp lse",
+        "kernel knn { x = Vi(2)",
+        "  y = Vj(2)",
+        "  ArgKMin_Reduction(SqDist(x, y), 2, 0) }",
+        ":vjp knn x",
+    ]));
+}
+
+#[test]
+fn vjp_with_llvm_shows_each_backward_kernel_code() {
+    let text = transcript(&[
+        "kernel g { x = Vi(3)",
+        "  y = Vj(3)",
+        "  Sum_Reduction(Exp(-SqDist(x, y)), 0) }",
+        ":vjp x y --llvm f64",
+    ]);
+    assert_eq!(text.matches("-- llvm (optimised) --").count(), 2, "{text}");
+    assert!(text.contains("double"), "{text}");
+    assert!(!text.contains("error"), "{text}");
+}

@@ -143,7 +143,8 @@ enum Command {
     /// Measure the CPU backend on the reference workloads (W1, W1s, W2..W5), with the C
     /// baseline and pykeops measured in the same run.
     Bench {
-        /// Only these workloads (W1, W1s, W2, W3, W4, W5); all when left out.
+        /// Only these workloads (W1, W1s, W2, W3, W4, W5, and the backward passes W1v, W3v);
+        /// all when left out.
         #[arg(long = "workload")]
         workloads: Vec<String>,
         /// N = M, once per size.
@@ -432,8 +433,8 @@ fn bench(
         parsed.push(parse_dtype(d)?);
     }
     for w in &workloads {
-        if !keopsc::bench::WORKLOADS.iter().any(|k| k.id == w) {
-            let known: Vec<&str> = keopsc::bench::WORKLOADS.iter().map(|k| k.id).collect();
+        let known = keopsc::bench::workload_ids();
+        if !known.contains(&w.as_str()) {
             eprintln!(
                 "error: unknown workload `{w}` (expected one of {})",
                 known.join(", ")
