@@ -510,3 +510,92 @@ fn saved_forward_passed_in_gives_the_same_gradients() {
         }
     }
 }
+
+/// Second order through selected entries: the gradient of `phi = <u, dx>`, with `dx` the vjp
+/// of a KMin kernel with respect to x, is the vjp of the gathered per-entry kernel (with
+/// respect to the table's copy of y, b, s, cotangent `u_i` on each entry of row i), scattered
+/// back to the selected rows, as a framework that holds the per-entry kernel as a primitive
+/// computes it; against finite differences of `phi` (the selection is locally constant).
+#[test]
+fn second_order_through_selected_entries_against_finite_differences() {
+    let forward = kernel_with(
+        "KMin_Reduction(SqDist(x, y) * s + Elem(b, 0) * 3, 2, {axis})",
+        0,
+    );
+    let mut rng = StdRng::seed_from_u64(900);
+    let inputs = inputs(&forward, &mut rng);
+    let g: Vec<f64> = (0..N * 2).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let u: Vec<f64> = (0..N * 3).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let cotangent = HostArray::from_f64(vec![N, 2], g.clone());
+    let phi = |inputs: &[(String, HostArray)]| -> f64 {
+        let dx = vjp::vjp(&forward, "x", inputs, &cotangent, Backend::Interp).unwrap();
+        dx.to_f64().iter().zip(&u).map(|(a, b)| a * b).sum()
+    };
+    let plan = vjp::plan(&forward, "x").unwrap();
+    let selected = plan.selected.as_ref().expect("KMin selects entries");
+    assert_eq!((selected.k, selected.n), (2, 1));
+    let arrays: Vec<&HostArray> = inputs.iter().map(|(_, a)| a).collect();
+    let found = driver::evaluate_bound(&selected.indices, &arrays, Backend::Interp)
+        .unwrap()
+        .0
+        .to_f64();
+    // The table: entry (i, l) holds x_i, y_j, b_j (j its l-th index), s; G = g[i, l].
+    let mut entries = Vec::new();
+    for i in 0..N {
+        for l in 0..2 {
+            entries.push((i, found[i * 4 + 2 + l] as usize, g[i * 2 + l]));
+        }
+    }
+    let data: Vec<Vec<f64>> = arrays.iter().map(|a| a.to_f64()).collect();
+    let gather = |values: &[f64], d: usize, row: &dyn Fn(&(usize, usize, f64)) -> usize| {
+        let rows: Vec<f64> = entries
+            .iter()
+            .flat_map(|e| values[row(e) * d..(row(e) + 1) * d].to_vec())
+            .collect();
+        HostArray::from_f64(vec![entries.len(), d], rows)
+    };
+    let table = vec![
+        ("x".to_string(), gather(&data[0], 3, &|e| e.0)),
+        ("y".to_string(), gather(&data[1], 3, &|e| e.1)),
+        ("b".to_string(), gather(&data[2], 2, &|e| e.1)),
+        ("s".to_string(), inputs[3].1.clone()),
+        (
+            "G".to_string(),
+            HostArray::from_f64(
+                vec![entries.len(), 1],
+                entries.iter().map(|e| e.2).collect(),
+            ),
+        ),
+    ];
+    let u_rows = gather(&u, 3, &|e| e.0);
+    for (wrt, at, d) in [("y", 1, 3), ("b", 2, 2), ("s", 3, 1)] {
+        let per_entry = vjp::vjp(&selected.kernel, wrt, &table, &u_rows, Backend::Interp)
+            .unwrap()
+            .to_f64();
+        // A parameter's vjp already sums over the entries; a j-variable's is scattered.
+        let mut second = vec![0.0; data[at].len()];
+        if wrt == "s" {
+            second = per_entry;
+        } else {
+            for (e, &(_, j, _)) in entries.iter().enumerate() {
+                for c in 0..d {
+                    second[j * d + c] += per_entry[e * d + c];
+                }
+            }
+        }
+        let h = 1e-6;
+        let expected: Vec<f64> = (0..data[at].len())
+            .map(|t| {
+                let moved = |delta: f64| {
+                    let mut changed = inputs.clone();
+                    let mut values = data[at].clone();
+                    values[t] += delta;
+                    changed[at].1 = HostArray::from_f64(inputs[at].1.shape.clone(), values);
+                    phi(&changed)
+                };
+                (moved(h) - moved(-h)) / (2.0 * h)
+            })
+            .collect();
+        assert_close(&format!("d/d{wrt} <u, dx>"), &second, &expected, 1e-6);
+    }
+}
