@@ -271,6 +271,18 @@ fn optimize(module: &Module, machine: &TargetMachine) -> Result<(), CodegenError
         .map_err(|e| internal("LLVM optimisation")(e.to_string()))
 }
 
+impl<'a> TileSpec<'a> {
+    /// The one tile function of a kernel compiled on its own (JIT, or shown as text).
+    pub fn single(formula: &'a Formula, signature: &'a Signature, dtype: DType) -> TileSpec<'a> {
+        TileSpec {
+            formula,
+            signature,
+            dtype,
+            symbol: TILE_SYMBOL.to_string(),
+        }
+    }
+}
+
 /// The LLVM IR of a kernel as emitted, before LLVM's optimisations, for `target`: what the
 /// code generator itself decides, and what `tests/kf/codegen` snapshots.
 pub fn emit_unoptimized_ir(
@@ -279,12 +291,7 @@ pub fn emit_unoptimized_ir(
     dtype: DType,
     target: &CpuTarget,
 ) -> Result<String, CodegenError> {
-    let spec = TileSpec {
-        formula,
-        signature,
-        dtype,
-        symbol: TILE_SYMBOL.to_string(),
-    };
+    let spec = TileSpec::single(formula, signature, dtype);
     let context = Context::create();
     let module = build_module(&context, &signature.name, &[spec], target)?;
     Ok(module.print_to_string().to_string())
@@ -297,12 +304,7 @@ pub fn emit_text(
     dtype: DType,
     target: &CpuTarget,
 ) -> Result<(String, String), CodegenError> {
-    let spec = TileSpec {
-        formula,
-        signature,
-        dtype,
-        symbol: TILE_SYMBOL.to_string(),
-    };
+    let spec = TileSpec::single(formula, signature, dtype);
     let context = Context::create();
     let module = build_module(&context, &signature.name, &[spec], target)?;
     let machine = target.machine(RelocMode::Default)?;
@@ -375,12 +377,7 @@ impl JitKernel {
         dtype: DType,
         target: &CpuTarget,
     ) -> Result<JitKernel, CodegenError> {
-        let spec = TileSpec {
-            formula,
-            signature,
-            dtype,
-            symbol: TILE_SYMBOL.to_string(),
-        };
+        let spec = TileSpec::single(formula, signature, dtype);
         let schedule = spec.schedule(target);
         let context = Box::new(Context::create());
         // SAFETY: the context is boxed (its address is stable) and outlives the engine and the
