@@ -8,7 +8,9 @@
 //! - ```` ```kf ````: must compile; ```` ```kf-error ````: must not compile.
 //! - ```` ```kf-vjp wrt=NAME ````: a whole kernel, its arrays as for `kf-run`, `cotangent = [[..]]`
 //!   and `=> [[..]]`, the expected gradient `d/dNAME sum(cotangent * out)` (`keopsc vjp`), on the
-//!   interpreter and, in f64 and f32, on the CPU backend.
+//!   interpreter and, in f64 and f32, on the CPU backend. ```` ```kf-vjp wrt=A,B ````: the
+//!   gradients with respect to A and B computed together (`keopsc::vjp::vjp_many`), each
+//!   flattened, concatenated in that order after `=>`.
 //! - ```` ```kf-simplify ````: `NAME = Vi(d)` / `Vj(d)` / `Pm(d)` lines, a formula, then `=> TEXT`:
 //!   the middle end (`keopsc::opt::optimize`, with a budget that no clock can cut short) on
 //!   `Sum_Reduction(F, 0)` of a kernel with these variables must print exactly TEXT.
@@ -347,33 +349,36 @@ fn run_vjp(block: &Block, wrt: &str) -> Result<Outcome, String> {
     }
     let cotangent = cotangent.ok_or("no `cotangent = [[..]]` line")?;
     let (want, _, _) = array(data.expected.as_deref().ok_or("no `=>` line")?)?;
-    let got = keopsc::vjp::vjp(kernel, wrt, &inputs, &cotangent, Backend::Interp)
-        .map_err(|e| format!("vjp failed: {e}"))?;
-    compare(&got.to_f64(), &want)?;
+    let wrt: Vec<&str> = wrt.split(',').collect();
+    // One input: `vjp`; several: `vjp_many`, the gradients flattened and concatenated.
+    let gradients = |inputs: &[(String, HostArray)], cotangent: &HostArray, backend: Backend| {
+        let grads = match wrt.as_slice() {
+            [one] => vec![keopsc::vjp::vjp(kernel, one, inputs, cotangent, backend)?],
+            several => keopsc::vjp::vjp_many(kernel, several, inputs, cotangent, backend)?,
+        };
+        Ok::<Vec<f64>, keopsc::vjp::VjpRunError>(grads.iter().flat_map(HostArray::to_f64).collect())
+    };
+    let got =
+        gradients(&inputs, &cotangent, Backend::Interp).map_err(|e| format!("vjp failed: {e}"))?;
+    compare(&got, &want)?;
     for dtype in [DType::F64, DType::F32] {
         let cast_inputs: Vec<(String, HostArray)> = inputs
             .iter()
             .map(|(n, a)| (n.clone(), cast(a, dtype)))
             .collect();
-        let cpu = keopsc::vjp::vjp(
-            kernel,
-            wrt,
-            &cast_inputs,
-            &cast(&cotangent, dtype),
-            Backend::Cpu,
-        )
-        .map_err(|e| format!("cpu vjp ({dtype}) failed: {e}"))?;
+        let cpu = gradients(&cast_inputs, &cast(&cotangent, dtype), Backend::Cpu)
+            .map_err(|e| format!("cpu vjp ({dtype}) failed: {e}"))?;
         let tol = match dtype {
             DType::F64 => 1e-12,
             DType::F32 => 1e-4,
         };
-        let agree = cpu.to_f64().iter().zip(&want).all(|(&g, &w)| {
-            (g.is_nan() && w.is_nan()) || g == w || (g - w).abs() <= tol * 1f64.max(w.abs())
-        });
+        let agree = cpu.len() == want.len()
+            && cpu.iter().zip(&want).all(|(&g, &w)| {
+                (g.is_nan() && w.is_nan()) || g == w || (g - w).abs() <= tol * 1f64.max(w.abs())
+            });
         if !agree {
             return Err(format!(
-                "cpu vjp ({dtype}) gives {:?}, expected {want:?}",
-                cpu.to_f64()
+                "cpu vjp ({dtype}) gives {cpu:?}, expected {want:?}"
             ));
         }
     }
