@@ -88,7 +88,15 @@ pub const BACKWARD_WORKLOADS: &[BackwardWorkload] = &[
     BackwardWorkload {
         id: "W1v",
         forward: "W1",
-        wrt: &[&["x"], &["y"], &["b"], &["x", "y", "b", "g"]],
+        // Then each of the two passes of the whole backward alone.
+        wrt: &[
+            &["x"],
+            &["y"],
+            &["b"],
+            &["x", "y", "b", "g"],
+            &["x", "g"],
+            &["y", "b"],
+        ],
     },
     // LogSumExp's backward reads the forward output: measured with it passed in, as a caller
     // that ran the forward holds it (the forward's time is not counted).
@@ -218,10 +226,11 @@ pub fn measure(
 }
 
 /// Runs the backward pass of a workload with respect to `wrt` (together, one plan) at
-/// N = M = n: every backward kernel compiled once (untimed), then the median of `repeats`
-/// whole backward computations (the passes and the combination of their rows), in pairs/s.
+/// N = M = n: every backward kernel compiled once (untimed), then `repeats` whole backward
+/// computations (the passes and the combination of their rows), each right after a call of
+/// the forward, so that both see the same load on a shared machine; medians in pairs/s.
 /// The saved forward, when the reduction needs one, is computed before and passed in.
-/// Returns (pairs/s, number of passes over the pairs).
+/// Returns (backward pairs/s, forward pairs/s, number of passes over the pairs).
 pub fn measure_backward(
     source: &str,
     n: usize,
@@ -229,7 +238,7 @@ pub fn measure_backward(
     repeats: usize,
     param: f64,
     wrt: &[&str],
-) -> Result<(f64, usize), String> {
+) -> Result<(f64, f64, usize), String> {
     let compiled = driver::compile(SourceFile::new("<bench>", source))
         .map_err(|_| "workload does not compile".to_string())?;
     let kernel = &compiled.kernels[0];
@@ -262,8 +271,16 @@ pub fn measure_backward(
     // The first call compiles.
     crate::vjp::run_many_with(&plan, &arrays, &cotangent, saved.as_ref(), &mut runner)
         .map_err(|e| e.to_string())?;
+    let forward = compile_cpu(kernel, dtype).map_err(|e| e.to_string())?;
+    let views: Vec<_> = arrays.iter().map(|a| a.view()).collect();
     let mut rates = Vec::new();
+    let mut forward_rates = Vec::new();
     for _ in 0..repeats.max(1) {
+        let start = Instant::now();
+        let out = run_tiles(&forward.tile_kernel(), &views, None).map_err(|e| e.to_string())?;
+        let seconds = start.elapsed().as_secs_f64();
+        std::hint::black_box(out);
+        forward_rates.push((n as f64) * (n as f64) / seconds);
         let start = Instant::now();
         let grads =
             crate::vjp::run_many_with(&plan, &arrays, &cotangent, saved.as_ref(), &mut runner)
@@ -273,7 +290,7 @@ pub fn measure_backward(
         rates.push((n as f64) * (n as f64) / seconds);
     }
     let passes = plan.dense.len() + usize::from(plan.selected.is_some());
-    Ok((median(rates), passes))
+    Ok((median(rates), median(forward_rates), passes))
 }
 
 /// Builds the C baseline (gcc -O3 -march=native -ffast-math -fopenmp) into a temporary
@@ -426,25 +443,14 @@ pub fn run(
         let source = forward.source.replace("{D}", &d.to_string());
         for &dtype in &options.dtypes {
             for &n in &options.sizes {
-                // The forward again, in this run: the ratios are against it.
-                let (fwd, _) = measure(&source, n, dtype, options.repeats, forward.param)?;
-                writeln!(
-                    out,
-                    "{:<4} {:<22} {:>3} {:>4} {:>8} {:>10.3e}",
-                    bw.id,
-                    format!("{} forward", forward.id),
-                    d,
-                    dtype_name(dtype),
-                    n,
-                    fwd
-                )
-                .ok();
                 for wrt in bw.wrt {
-                    let (rate, passes) =
+                    // The forward's calls alternate with the backward's: the ratio is
+                    // against the forward under the same load.
+                    let (rate, fwd, passes) =
                         measure_backward(&source, n, dtype, options.repeats, forward.param, wrt)?;
                     writeln!(
                         out,
-                        "{:<4} {:<22} {:>3} {:>4} {:>8} {:>10.3e}  {:.2}x the forward's pairs/s, {:.2}x its time ({passes} pass{})",
+                        "{:<4} {:<22} {:>3} {:>4} {:>8} {:>10.3e}  {:.2}x the forward's pairs/s ({fwd:.3e}, alternating), {:.2}x its time ({passes} pass{})",
                         bw.id,
                         format!("vjp {}", wrt.join(",")),
                         d,
