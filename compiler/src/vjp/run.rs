@@ -80,7 +80,7 @@ pub fn run_plan(
 
 /// [`run_plan`] with the saved forward rows already computed (see [`saved_rows`]): for the
 /// LogSumExp family, the forward output itself, so that the backward is one pass. `None`
-/// computes them.
+/// computes them; a plan that reads none ignores them.
 pub fn run_plan_with_saved(
     plan: &VjpPlan,
     arrays: &[&HostArray],
@@ -117,7 +117,8 @@ pub fn vjp_many(
 }
 
 /// Runs a plan for several inputs on the forward's arguments in order: one gradient per input
-/// of `plan.wrt`, in that order. `saved`: the saved forward rows when already computed.
+/// of `plan.wrt`, in that order. `saved`: the saved forward rows when already computed (see
+/// [`saved_rows`]); ignored by a plan that reads none (Sum, Min, ...).
 pub fn run_many(
     plan: &VjpManyPlan,
     arrays: &[&HostArray],
