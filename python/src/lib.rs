@@ -158,9 +158,16 @@ fn lookup(source: &str, name: Option<&str>) -> Result<Arc<Compiled>, PyErrText> 
     if let Some(found) = table().lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
         return Ok(found.clone());
     }
-    let made = guarded("compiling", || {
-        compile_kernel(source, name).map_err(PyErrText::Make)
-    })?;
+    // On the compiler's own stack: every stage that walks the formula recursively (the
+    // front end, the cache key printed from the syntax tree, dropping the tree) gets room
+    // for deep formulas, whatever thread Python calls from. A panic comes back as text.
+    let made = keopsc::isolate::on_compiler_stack(|| compile_kernel(source, name))
+        .map_err(|panic| {
+            PyErrText::Runtime(format!(
+                "internal error in keops_rs while compiling: {panic}"
+            ))
+        })?
+        .map_err(PyErrText::Make)?;
     let made = Arc::new(made);
     table()
         .lock()
