@@ -457,6 +457,37 @@ impl Kernel {
         output(py, out)
     }
 
+    /// Seconds per call of the Rust `Kernel::call` on these arrays (the fastest of `repeats`
+    /// timed in Rust, no Python in the loop): the baseline of the per-call overhead of
+    /// `__call__` (python/bench/overhead.py).
+    #[pyo3(signature = (*args, repeats=1000))]
+    fn _rust_call_seconds<'py>(
+        &self,
+        py: Python<'py>,
+        args: &Bound<'py, PyTuple>,
+        repeats: usize,
+    ) -> PyResult<f64> {
+        let sig = self.compiled.code.signature();
+        let objs: Vec<Bound<'py, PyAny>> = args.iter().collect();
+        let objs = bind(sig, &objs, None)?;
+        let held = inputs(sig, &objs)?;
+        let views: Vec<ArrayRef> = held.iter().map(Input::view).collect();
+        let code = &self.compiled.code;
+        let best = py.detach(|| {
+            guarded("timing the kernel", || {
+                let mut best = f64::INFINITY;
+                for _ in 0..repeats.max(1) {
+                    let start = std::time::Instant::now();
+                    let out = code.call(&views).map_err(argument_error)?;
+                    best = best.min(start.elapsed().as_secs_f64());
+                    drop(out);
+                }
+                Ok(best)
+            })
+        })?;
+        Ok(best)
+    }
+
     /// The kernel's name.
     #[getter]
     fn name(&self) -> String {
