@@ -123,3 +123,28 @@ def test_a_new_process_finds_the_kernel_in_the_disk_cache(tmp_path):
         assert proc.stdout.strip() == "ok"
         entries = [p for p in tmp_path.iterdir() if p.name.endswith(".kmod")]
         assert len(entries) == 1
+
+
+def test_large_gaussian_sum_in_bounded_memory():
+    # N = M = 2e5: the kernel matrix would take 160 GB in float32; the reduction must run in
+    # memory proportional to N + M (the peak resident size of the child stays under 1 GiB).
+    (line,) = run_child(
+        """
+        import resource
+        n = 200_000
+        rng = np.random.default_rng(1)
+        x = rng.standard_normal((n, 3)).astype(np.float32)
+        y = rng.standard_normal((n, 3)).astype(np.float32)
+        b = rng.standard_normal((n, 1)).astype(np.float32)
+        out = k(x, y, b, np.array([0.05], dtype=np.float32))
+        # a few rows against a dense float64 computation of those rows
+        rows = x[:5].astype(np.float64)
+        d = ((rows[:, None, :] - y[None].astype(np.float64)) ** 2).sum(-1)
+        ref = np.exp(-d / (2 * 0.05 ** 2)) @ b.astype(np.float64)
+        assert out.shape == (n, 1) and out.dtype == np.float32
+        assert np.allclose(out[:5], ref, rtol=1e-3, atol=1e-3), (out[:5], ref)
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        """
+    )
+    peak_kib = int(line)
+    assert peak_kib < 1024 * 1024, f"peak resident size {peak_kib} KiB"
