@@ -170,29 +170,52 @@ class LazyTensor:
 
     # -- reductions ----------------------------------------------------------------------
 
-    def sum(self, dim=-1, **kw):
-        if dim in (-1, 2):
+    # pykeops names the reduced axis `axis` or `dim`; -1 (the vector's own components) stays
+    # symbolic, 0 reduces over i and 1 over j.
+    def sum(self, axis=-1, dim=None, **kw):
+        axis = _pick_axis(axis, dim, "sum")
+        if axis in (-1, 2):
             return self._unary("Sum", 1)
-        return self._reduce("Sum", dim, kw)
+        return self._reduce("Sum", axis, kw)
 
-    def sum_reduction(self, dim, **kw): return self._reduce("Sum", dim, kw)
-    def min(self, dim, **kw): return self._reduce("Min", dim, kw)
-    def max(self, dim, **kw): return self._reduce("Max", dim, kw)
-    def argmin(self, dim, **kw): return self._reduce("ArgMin", dim, kw)
-    def argmax(self, dim, **kw): return self._reduce("ArgMax", dim, kw)
-    def min_argmin(self, dim, **kw): return self._reduce("Min_ArgMin", dim, kw)
-    def max_argmax(self, dim, **kw): return self._reduce("Max_ArgMax", dim, kw)
-    def Kmin(self, K, dim, **kw): return self._reduce("KMin", dim, kw, opt_arg=K)
-    def argKmin(self, K, dim, **kw): return self._reduce("ArgKMin", dim, kw, opt_arg=K)
-    def Kmin_argKmin(self, K, dim, **kw): return self._reduce("KMin_ArgKMin", dim, kw, opt_arg=K)
+    def sum_reduction(self, axis=None, dim=None, **kw):
+        return self._reduce("Sum", _pick_axis(axis, dim, "sum_reduction"), kw)
 
-    def logsumexp(self, dim, weight=None, **kw):
+    def _inner_or_reduce(self, op, axis, dim, kw):
+        axis = _pick_axis(axis, dim, op.lower())
+        if axis in (-1, 2):
+            return self._unary(op, 1)
+        return self._reduce(op, axis, kw)
+
+    def min(self, axis=-1, dim=None, **kw): return self._inner_or_reduce("Min", axis, dim, kw)
+    def max(self, axis=-1, dim=None, **kw): return self._inner_or_reduce("Max", axis, dim, kw)
+    def argmin(self, axis=-1, dim=None, **kw): return self._inner_or_reduce("ArgMin", axis, dim, kw)
+    def argmax(self, axis=-1, dim=None, **kw): return self._inner_or_reduce("ArgMax", axis, dim, kw)
+
+    def min_argmin(self, axis=None, dim=None, **kw):
+        return self._reduce("Min_ArgMin", _pick_axis(axis, dim, "min_argmin"), kw)
+
+    def max_argmax(self, axis=None, dim=None, **kw):
+        return self._reduce("Max_ArgMax", _pick_axis(axis, dim, "max_argmax"), kw)
+
+    def Kmin(self, K, axis=None, dim=None, **kw):
+        return self._reduce("KMin", _pick_axis(axis, dim, "Kmin"), kw, opt_arg=K)
+
+    def argKmin(self, K, axis=None, dim=None, **kw):
+        return self._reduce("ArgKMin", _pick_axis(axis, dim, "argKmin"), kw, opt_arg=K)
+
+    def Kmin_argKmin(self, K, axis=None, dim=None, **kw):
+        return self._reduce("KMin_ArgKMin", _pick_axis(axis, dim, "Kmin_argKmin"), kw, opt_arg=K)
+
+    def logsumexp(self, axis=None, dim=None, weight=None, **kw):
+        axis = _pick_axis(axis, dim, "logsumexp")
         if weight is None:
-            return self._reduce("LogSumExp", dim, kw)
-        return self._reduce("LogSumExp", dim, kw, weight=self._wrap(weight))
+            return self._reduce("LogSumExp", axis, kw)
+        return self._reduce("LogSumExp", axis, kw, weight=self._wrap(weight))
 
-    def sumsoftmaxweight(self, weight, dim, **kw):
-        return self._reduce("SumSoftMaxWeight", dim, kw, weight=self._wrap(weight))
+    def sumsoftmaxweight(self, weight, axis=None, dim=None, **kw):
+        axis = _pick_axis(axis, dim, "sumsoftmaxweight")
+        return self._reduce("SumSoftMaxWeight", axis, kw, weight=self._wrap(weight))
 
     def __matmul__(self, v):
         if not isinstance(v, np.ndarray) or v.ndim not in (1, 2):
@@ -228,6 +251,14 @@ class LazyTensor:
     def __repr__(self):
         names = {id(l): f"a{n}" for n, l in enumerate(self._leaves)}
         return f"LazyTensor({_render(self._node, names)}, dim={self.ndim})"
+
+
+def _pick_axis(axis, dim, method):
+    """pykeops's `axis`/`dim` pair: `dim` wins when given."""
+    axis = dim if dim is not None else axis
+    if axis is None:
+        raise TypeError(f"{method}: name the reduced axis, dim=0 (over i) or dim=1 (over j)")
+    return axis
 
 
 _INFIX = {"Add": "+", "Subtract": "-", "Mult": "*", "Divide": "/"}

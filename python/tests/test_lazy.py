@@ -103,3 +103,18 @@ def test_same_expression_twice_reuses_the_kernel(rng):
     b = (-Vi(x2).sqdist(Vj(y2))).exp().sum(dim=1)
     np.testing.assert_allclose(b[:, 0], np.exp(-sqdist(x2, y2)).sum(1), rtol=1e-12)
     assert a.shape == b.shape
+
+
+def test_axis_and_dim_keywords_and_inner_reductions(rng):
+    x, y = clouds(rng)
+    D = Vi(x).sqdist(Vj(y))
+    d = sqdist(x, y)
+    np.testing.assert_allclose(D.sum(axis=1)[:, 0], d.sum(1), rtol=1e-12)
+    np.testing.assert_allclose(D.sum(1)[:, 0], d.sum(1), rtol=1e-12)
+    np.testing.assert_array_equal(D.argKmin(2, axis=0), np.argsort(d.T, axis=1, kind="stable")[:, :2])
+    # -1: the vector's own components, still symbolic
+    diff = x[:, None, :] - y[None, :, :]
+    np.testing.assert_allclose((Vi(x) - Vj(y)).min(-1).sum(dim=1)[:, 0], diff.min(-1).sum(1), rtol=1e-12)
+    np.testing.assert_allclose((Vi(x) - Vj(y)).max().sum(dim=1)[:, 0], diff.max(-1).sum(1), rtol=1e-12)
+    with pytest.raises(TypeError, match="dim"):
+        D.logsumexp()
