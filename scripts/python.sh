@@ -2,7 +2,8 @@
 # The Python package keops_rs (python/): a virtual environment at .venv/ (numpy, pytest, maturin
 # from the package index, made once), the package built into it by pip (maturin, release mode,
 # sharing the workspace's target directory), then its tests.
-#   scripts/python.sh setup   make or update .venv/ and install the package into it
+#   scripts/python.sh venv    make .venv/ with numpy, pytest and maturin (scripts/setup.sh runs it)
+#   scripts/python.sh setup   venv, then build and install the package into it
 #   scripts/python.sh test    setup, then pytest python/tests (fails when a test fails)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,11 @@ cd "$(dirname "$0")/.."
 venv=.venv
 python=${PYTHON:-python3}
 
-setup() {
+venv() {
+    if ! command -v "$python" >/dev/null; then
+        echo "python: $python not found; install Python 3.9 or later with venv" >&2
+        exit 1
+    fi
     if [ ! -x "$venv/bin/python" ]; then
         echo "python: creating $venv" >&2
         "$python" -m venv "$venv"
@@ -19,6 +24,10 @@ setup() {
     if ! "$venv/bin/python" -c "import numpy, pytest, maturin" 2>/dev/null; then
         "$venv/bin/pip" install -q --disable-pip-version-check "numpy" "pytest" "maturin>=1.16,<2"
     fi
+}
+
+setup() {
+    venv
     # maturin from the environment (no isolated build environment to download each time);
     # the release build shares target/ with cargo.
     PATH="$PWD/$venv/bin:$PATH" "$venv/bin/pip" install -q --disable-pip-version-check \
@@ -26,13 +35,14 @@ setup() {
 }
 
 case "${1:-}" in
+venv) venv ;;
 setup) setup ;;
 test)
     setup
     "$venv/bin/python" -m pytest -q python/tests
     ;;
 *)
-    echo "usage: scripts/python.sh setup | test" >&2
+    echo "usage: scripts/python.sh venv | setup | test" >&2
     exit 2
     ;;
 esac

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what keops-rs needs on a Debian 12 machine, skipping what is already there:
-# the Rust toolchain's components (rustfmt, clippy) and LLVM 19 (for code generation).
+# the Rust toolchain's components (rustfmt, clippy), LLVM 19 (for code generation), and the
+# Python virtual environment .venv/ that the Python package is built and tested in.
 set -euo pipefail
 
 need_apt=()
@@ -24,3 +25,6 @@ for component in rustfmt clippy; do
         rustup component add "$component" >/dev/null 2>&1 || echo "setup: could not add $component" >&2
     fi
 done
+
+# .venv/ with numpy, pytest and maturin (made once; `./x test` builds the package into it).
+"$(dirname "$0")/python.sh" venv
