@@ -36,6 +36,11 @@ pub enum CompileError {
     Build(#[from] BuildError),
     #[error("the compile cache at `{path}`: {message}")]
     Cache { path: PathBuf, message: String },
+    /// A broken invariant of the compiler (a bug, not a problem with the source).
+    #[error(
+        "internal error in the compile cache (a bug of keopsc, not a problem with the source): {0}"
+    )]
+    Internal(String),
 }
 
 /// How a lookup went.
@@ -84,8 +89,18 @@ impl CompileCache {
     }
 
     /// The kernel `name` of `source` (or its only kernel), compiled for f32 and f64: from the
-    /// cache when an entry is there, else built and stored.
+    /// cache when an entry is there, else built and stored. Runs on the compiler's own stack
+    /// ([`crate::isolate`]): the cache key prints the syntax tree, which recurses over it.
     pub fn kernel(
+        &self,
+        source: &str,
+        name: Option<&str>,
+    ) -> Result<(Kernel, CacheOutcome), CompileError> {
+        crate::isolate::on_compiler_stack(|| self.kernel_here(source, name))
+            .unwrap_or_else(|panic| Err(CompileError::Internal(panic)))
+    }
+
+    fn kernel_here(
         &self,
         source: &str,
         name: Option<&str>,

@@ -127,3 +127,24 @@ fn explain_is_byte_identical_on_an_idle_and_a_loaded_machine() {
     );
     assert!(String::from_utf8_lossy(&idle).contains("-- llvm (optimised) --"));
 }
+
+/// The compile cache prints the syntax tree for its key: that too runs on the compiler's stack.
+#[test]
+fn the_compile_cache_takes_deep_formulas_from_a_small_stack() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let path = dir.path().to_path_buf();
+    let depth = 20_000;
+    let source = format!(
+        "kernel k {{ x = Vi(1)\n y = Vj(1)\n Sum_Reduction({}x{} * y, 0) }}",
+        "(".repeat(depth),
+        ")".repeat(depth)
+    );
+    let outcome = on_small_stack(move || {
+        keopsc::artifact::cache::CompileCache::open(path)
+            .kernel(&source, None)
+            .map(|(kernel, _)| kernel.signature().to_string())
+            .map_err(|e| e.to_string())
+    });
+    let signature = outcome.expect("compiles through the cache");
+    assert!(signature.contains("Sum_Reduction"), "{signature}");
+}
