@@ -15,5 +15,5 @@ pub use arrays::{
 };
 pub use module::{Kernel, LoadError, Manifest, Module};
 pub use ndarray;
-pub use reduction::{Reduction, ReductionArgs, ReductionKind};
+pub use reduction::{Family, Order, Reduction, ReductionArgs, ReductionKind};
 pub use tiles::{run_tiles, run_tiles_into, TileFn, TileKernel, TileSchedule};

@@ -11,7 +11,7 @@
 //! check is refused with a [`LoadError`]; nothing in it is executed.
 
 use crate::abi::{ArgSpec, Axis, Category, Signature};
-use crate::arrays::{ArgumentError, ArrayRef, DType, HostArray, OutputRef, ProblemSize};
+use crate::arrays::{ArgumentError, ArrayRef, DType, HostArray, OutputRef};
 use crate::reduction::{Reduction, ReductionKind};
 use crate::tiles::{run_tiles, run_tiles_into, TileFn, TileKernel};
 use serde::{Deserialize, Serialize};
@@ -350,12 +350,12 @@ impl Kernel {
     /// Runs on inputs in argument order. The output is `(N, Dout)` for axis 0, `(M, Dout)`
     /// for axis 1, in the inputs' dtype.
     pub fn call(&self, inputs: &[ArrayRef]) -> Result<HostArray, ArgumentError> {
-        let (kernel, size) = self.prepare(inputs)?;
-        run_tiles(&kernel, inputs, size, None)
+        let kernel = self.prepare(inputs)?;
+        run_tiles(&kernel, inputs, None)
     }
 
     /// Checks the inputs and picks the tile function of their dtype.
-    fn prepare(&self, inputs: &[ArrayRef]) -> Result<(TileKernel<'_>, ProblemSize), ArgumentError> {
+    fn prepare(&self, inputs: &[ArrayRef]) -> Result<TileKernel<'_>, ArgumentError> {
         let sig = &self.signature;
         if inputs.len() != sig.args.len() {
             let names: Vec<String> = sig.args.iter().map(|a| format!("`{}`", a.name)).collect();
@@ -378,13 +378,9 @@ impl Kernel {
                 expected: self.entries.first().map_or(DType::F32, |e| e.0),
             });
         };
-        let kernel = TileKernel {
-            signature: sig,
-            dtype,
-            lanes,
-            tile,
-        };
-        Ok((kernel, size))
+        // SAFETY: the entries were loaded (and checked) or compiled for this signature; see
+        // `Kernel::from_parts`.
+        Ok(unsafe { TileKernel::new(sig, dtype, lanes, tile) })
     }
 
     /// Runs on inputs given by name, in any order.
@@ -396,8 +392,8 @@ impl Kernel {
     /// Runs and writes the output into `out` (row-major, `rows x output_dim`, the inputs'
     /// dtype).
     pub fn call_into(&self, inputs: &[ArrayRef], out: OutputRef) -> Result<(), ArgumentError> {
-        let (kernel, size) = self.prepare(inputs)?;
-        run_tiles_into(&kernel, inputs, size, None, out)
+        let kernel = self.prepare(inputs)?;
+        run_tiles_into(&kernel, inputs, None, out)
     }
 }
 

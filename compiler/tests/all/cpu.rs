@@ -576,13 +576,11 @@ fn ties_keep_the_first_index_across_lanes_and_tiles() {
 #[test]
 fn huge_inner_offsets_index_in_64_bits() {
     const NEEDS_GIB: u64 = 6;
-    let available_kib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemAvailable:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        });
+    let available_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    });
     if available_kib.is_some_and(|kib| kib < NEEDS_GIB << 20) {
         eprintln!(
             "SKIPPED huge_inner_offsets_index_in_64_bits: needs {NEEDS_GIB} GiB of memory, {} MiB available",
