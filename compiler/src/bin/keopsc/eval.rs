@@ -151,16 +151,7 @@ pub fn eval(request: &EvalRequest) -> Result<(), Reported> {
         .ok();
     let read = start.elapsed();
     let (Some(plan), Some(arrays), true) = (plan, arrays, problems.is_empty()) else {
-        for problem in &problems {
-            eprintln!("error: {problem}");
-        }
-        let n = problems.len();
-        eprintln!(
-            "error: {n} problem{} with the arguments of `{}`: nothing was computed",
-            if n == 1 { "" } else { "s" },
-            kernel.name
-        );
-        return Err(Reported);
+        return Err(argument_problems(&problems, &kernel.name));
     };
 
     let bound: Vec<&HostArray> = arrays.iter().collect();
@@ -200,6 +191,19 @@ pub fn eval(request: &EvalRequest) -> Result<(), Reported> {
         eprint!("{report}");
     }
     Ok(())
+}
+
+/// Reports every problem found with a kernel's arguments, then their count: nothing runs.
+pub(crate) fn argument_problems(problems: &[String], kernel: &str) -> Reported {
+    for problem in problems {
+        eprintln!("error: {problem}");
+    }
+    let n = problems.len();
+    eprintln!(
+        "error: {n} problem{} with the arguments of `{kernel}`: nothing was computed",
+        if n == 1 { "" } else { "s" },
+    );
+    Reported
 }
 
 fn dtype_bytes(array: &HostArray) -> usize {

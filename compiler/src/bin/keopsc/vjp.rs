@@ -3,7 +3,7 @@
 //! output paths first, then the source, then every argument and the cotangent (all problems
 //! listed together), and only then the computation.
 
-use crate::eval::{pick_kernel, PendingOutput};
+use crate::eval::{argument_problems, pick_kernel, PendingOutput};
 use crate::{fail, load, Reported};
 use keops_runtime::{ArgumentError, HostArray};
 use keopsc::driver::{self, Backend};
@@ -94,16 +94,7 @@ pub fn vjp(request: &VjpRequest) -> Result<(), Reported> {
         }
     }
     let (Some(arrays), Some(cotangent), true) = (arrays, cotangent, problems.is_empty()) else {
-        for problem in &problems {
-            eprintln!("error: {problem}");
-        }
-        let n = problems.len();
-        eprintln!(
-            "error: {n} problem{} with the arguments of `{}`: nothing was computed",
-            if n == 1 { "" } else { "s" },
-            kernel.name
-        );
-        return Err(Reported);
+        return Err(argument_problems(&problems, &kernel.name));
     };
 
     let bound: Vec<&HostArray> = arrays.iter().collect();
