@@ -413,7 +413,8 @@ pub enum ArgumentError {
     File { name: String, error: NpyError },
 }
 
-fn shape_text(shape: &[usize]) -> String {
+/// A shape as numpy prints it: `(3,)`, `(4, 2)`, `()`.
+pub fn shape_text(shape: &[usize]) -> String {
     match shape {
         [one] => format!("({one},)"),
         _ => {

@@ -10,8 +10,8 @@ pub mod tiles;
 
 pub use abi::{ArgSpec, Axis, Category, Signature};
 pub use arrays::{
-    check_all_arguments, check_arguments, index_columns, ArgumentError, ArrayData, ArrayRef, DType,
-    DataRef, Element, HostArray, IndexArray, NpyError, OutputRef, ProblemSize,
+    check_all_arguments, check_arguments, index_columns, shape_text, ArgumentError, ArrayData,
+    ArrayRef, DType, DataRef, Element, HostArray, IndexArray, NpyError, OutputRef, ProblemSize,
 };
 pub use module::{Kernel, LoadError, Manifest, Module};
 pub use ndarray;

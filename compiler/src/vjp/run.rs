@@ -58,16 +58,6 @@ pub fn check_output_rows(
         .map_err(VjpRunError::Cotangent)
 }
 
-fn shape_text(shape: &[usize]) -> String {
-    match shape {
-        [one] => format!("({one},)"),
-        _ => {
-            let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-            format!("({})", dims.join(", "))
-        }
-    }
-}
-
 /// Runs a plan on the forward's arguments in order.
 pub fn run_plan(
     plan: &VjpPlan,
@@ -354,7 +344,7 @@ fn check_rows(
         };
         return Err(format!(
             "has shape {}; expected {expected} ({rows}, {dim}){also} ({rows_name} = {rows})",
-            shape_text(&array.shape)
+            keops_runtime::shape_text(&array.shape)
         ));
     }
     if array.dtype() != size.dtype {

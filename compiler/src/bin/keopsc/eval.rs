@@ -100,14 +100,7 @@ fn plan_output(
 pub fn eval(request: &EvalRequest) -> Result<(), Reported> {
     let started = Instant::now();
     // Options and output paths first: a typo there must not cost a whole computation.
-    let backend = match request.backend {
-        None => Backend::fastest(),
-        Some(name) => Backend::parse(name).ok_or_else(|| {
-            fail(format!(
-                "unknown backend `{name}`: choose interp, cpu or cuda"
-            ))
-        })?,
-    };
+    let backend = parse_backend(request.backend)?;
     let index_dtype = match request.index_dtype {
         None => None,
         Some(text) => Some(IndexDType::parse(text).ok_or_else(|| {
@@ -191,6 +184,18 @@ pub fn eval(request: &EvalRequest) -> Result<(), Reported> {
         eprint!("{report}");
     }
     Ok(())
+}
+
+/// `--backend NAME`, or the fastest available when left out.
+pub(crate) fn parse_backend(name: Option<&str>) -> Result<Backend, Reported> {
+    match name {
+        None => Ok(Backend::fastest()),
+        Some(name) => Backend::parse(name).ok_or_else(|| {
+            fail(format!(
+                "unknown backend `{name}`: choose interp, cpu or cuda"
+            ))
+        }),
+    }
 }
 
 /// Reports every problem found with a kernel's arguments, then their count: nothing runs.

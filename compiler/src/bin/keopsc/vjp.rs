@@ -3,10 +3,10 @@
 //! output paths first, then the source, then every argument and the cotangent (all problems
 //! listed together), and only then the computation.
 
-use crate::eval::{argument_problems, pick_kernel, PendingOutput};
+use crate::eval::{argument_problems, parse_backend, pick_kernel, PendingOutput};
 use crate::{fail, load, Reported};
 use keops_runtime::{ArgumentError, HostArray};
-use keopsc::driver::{self, Backend};
+use keopsc::driver;
 use keopsc::vjp::{self as backward, VjpError, VjpRunError};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -26,14 +26,7 @@ pub struct VjpRequest<'a> {
 
 pub fn vjp(request: &VjpRequest) -> Result<(), Reported> {
     let started = Instant::now();
-    let backend = match request.backend {
-        None => Backend::fastest(),
-        Some(name) => Backend::parse(name).ok_or_else(|| {
-            fail(format!(
-                "unknown backend `{name}`: choose interp, cpu or cuda"
-            ))
-        })?,
-    };
+    let backend = parse_backend(request.backend)?;
     if request.wrt.len() != request.outputs.len() {
         return Err(fail(format!(
             "`--wrt` is given {} time{} and `-o` {}: give one `-o` per `--wrt`, in the same order",
