@@ -213,6 +213,23 @@ pub fn evaluate_bound(
     Ok((out, timings))
 }
 
+/// [`evaluate_bound`] without the timings, with the CPU backend's code taken from the
+/// process-wide [`JitCache`](crate::jit_cache::JitCache): a kernel run again is not compiled
+/// again. What the vjp runs by default.
+pub fn evaluate_cached(
+    kernel: &CheckedKernel,
+    arrays: &[&HostArray],
+    backend: Backend,
+) -> Result<HostArray, EvalError> {
+    if backend != Backend::Cpu {
+        return Ok(evaluate_bound(kernel, arrays, backend)?.0);
+    }
+    let views: Vec<_> = arrays.iter().map(|a| a.view()).collect();
+    let size = check_arguments(&kernel.signature, &views)?;
+    let (compiled, _) = crate::jit_cache::JitCache::global().get(kernel, size.dtype)?;
+    Ok(run_tiles(&compiled.tile_kernel(), &views, None)?)
+}
+
 /// Reads the `.npy` files passed for a kernel's arguments (`(name, path)` pairs, in any order)
 /// and checks them against its signature. Every problem is reported, not only the first: each
 /// unknown, duplicate or missing name, each unreadable file, each wrong shape or dtype. On

@@ -17,6 +17,7 @@ pub mod driver;
 pub mod formula;
 pub mod interp;
 pub mod isolate;
+pub mod jit_cache;
 pub mod opt;
 pub mod repl;
 pub mod schedule;

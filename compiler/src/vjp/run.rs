@@ -3,7 +3,7 @@
 
 use super::{SavedForward, SelectedBackward, SelectedCotangent, VjpError, VjpManyPlan, VjpPlan};
 use crate::check::CheckedKernel;
-use crate::driver::{bind_arguments, evaluate_bound, Backend, EvalError};
+use crate::driver::{bind_arguments, evaluate_cached, Backend, EvalError};
 use keops_runtime::{
     check_arguments, ArgumentError, Axis, Category, DType, HostArray, ProblemSize, Signature,
 };
@@ -147,10 +147,12 @@ pub fn run_many_with(
     run_passes(&passes, arrays, cotangent, saved, runner)
 }
 
+/// The default runner: on the CPU backend, each backward kernel is compiled once per process
+/// (the [`JitCache`](crate::jit_cache::JitCache)), not at every call.
 fn backend_runner(
     backend: Backend,
 ) -> impl FnMut(&CheckedKernel, &[&HostArray]) -> Result<HostArray, EvalError> {
-    move |kernel, arrays| Ok(evaluate_bound(kernel, arrays, backend)?.0)
+    move |kernel, arrays| evaluate_cached(kernel, arrays, backend)
 }
 
 /// The rows a dense backward pass reads from the forward ([`SavedForward`]), computed on the

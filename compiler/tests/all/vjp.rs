@@ -599,3 +599,55 @@ fn second_order_through_selected_entries_against_finite_differences() {
         assert_close(&format!("d/d{wrt} <u, dx>"), &second, &expected, 1e-6);
     }
 }
+
+#[test]
+fn a_second_vjp_call_reuses_the_compiled_backward_kernels() {
+    use keopsc::jit_cache::JitCache;
+    // A formula no other test uses, so that no other test's calls count here.
+    let forward = kernel(
+        "kernel reused {\n x = Vi(2)\n y = Vj(2)\n Sum_Reduction(Exp(-SqNorm2(x - y) * 0.123456789), 0)\n}\n",
+    );
+    let mut rng = StdRng::seed_from_u64(31);
+    let inputs = inputs(&forward, &mut rng);
+    let g: Vec<f64> = (0..N).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let cotangent = HostArray::from_f64(vec![N, 1], g);
+    let backward = vjp::plan(&forward, "y").unwrap().dense.unwrap();
+    let first = vjp::vjp(&forward, "y", &inputs, &cotangent, Backend::Cpu).unwrap();
+    assert_eq!(
+        JitCache::global().hits_of(&backward, DType::F64),
+        Some(0),
+        "the first call compiles the backward kernel and stores it"
+    );
+    let second = vjp::vjp(&forward, "y", &inputs, &cotangent, Backend::Cpu).unwrap();
+    assert_eq!(
+        JitCache::global().hits_of(&backward, DType::F64),
+        Some(1),
+        "the second call finds it compiled"
+    );
+    assert_eq!(first.to_f64(), second.to_f64());
+    assert_eq!(JitCache::global().hits_of(&backward, DType::F32), None);
+}
+
+#[test]
+fn the_jit_cache_drops_the_least_recently_used_kernel() {
+    use keopsc::jit_cache::{JitCache, JitOutcome};
+    let a = kernel("kernel a {\n x = Vi(1)\n y = Vj(1)\n Sum_Reduction(x * y, 0)\n}\n");
+    let b = kernel("kernel b {\n x = Vi(1)\n y = Vj(1)\n Sum_Reduction(x + y, 0)\n}\n");
+    let c = kernel("kernel c {\n x = Vi(1)\n y = Vj(1)\n Sum_Reduction(x - y, 0)\n}\n");
+    let cache = JitCache::new(2);
+    let outcome = |k: &CheckedKernel| cache.get(k, DType::F32).unwrap().1;
+    assert_eq!(outcome(&a), JitOutcome::Compiled);
+    assert_eq!(outcome(&b), JitOutcome::Compiled);
+    assert_eq!(outcome(&a), JitOutcome::Hit);
+    // Full: `b`, used least recently, goes.
+    assert_eq!(outcome(&c), JitOutcome::Compiled);
+    assert_eq!(cache.hits_of(&b, DType::F32), None);
+    assert_eq!(cache.hits_of(&a, DType::F32), Some(1));
+    // Another dtype is another entry.
+    assert_eq!(cache.get(&a, DType::F64).unwrap().1, JitOutcome::Compiled);
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.hits, stats.compiled, stats.evicted, stats.entries),
+        (1, 4, 2, 2)
+    );
+}
