@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The Python package keops_rs (python/): a virtual environment at .venv/ (numpy, pytest, maturin
-# from the package index, made once), the package built into it by pip (maturin, release mode,
-# sharing the workspace's target directory), then its tests.
-#   scripts/python.sh venv    make .venv/ with numpy, pytest and maturin (scripts/setup.sh runs it)
+# The Python package keops_rs (python/): a virtual environment at .venv/ (numpy, pytest, maturin,
+# jax (CPU) and matplotlib from the package index, made once), the package built into it by pip
+# (maturin, release mode, sharing the workspace's target directory), then its tests.
+#   scripts/python.sh venv    make .venv/ with numpy, pytest, maturin, jax and matplotlib
+#                             (scripts/setup.sh runs it)
 #   scripts/python.sh setup   venv, then build and install the package into it
 #   scripts/python.sh test    setup, then pytest python/tests (fails when a test fails)
 set -euo pipefail
@@ -23,6 +24,10 @@ venv() {
     # Installed once; later runs find them and skip the index.
     if ! "$venv/bin/python" -c "import numpy, pytest, maturin" 2>/dev/null; then
         "$venv/bin/pip" install -q --disable-pip-version-check "numpy" "pytest" "maturin>=1.16,<2"
+    fi
+    # keops_rs.jax's tests and the examples' plots; jax from the index is the CPU build.
+    if ! "$venv/bin/python" -c "import jax, matplotlib" 2>/dev/null; then
+        "$venv/bin/pip" install -q --disable-pip-version-check "jax" "matplotlib"
     fi
 }
 

@@ -8,6 +8,8 @@
 //! arrays, `RuntimeError` for an internal failure (a panic is caught here, never unwinds into
 //! the interpreter). The GIL is released while compiling and while a kernel runs.
 
+mod ffi;
+
 use keops_runtime::{
     ArgumentError, ArrayData, ArrayRef, Category, DType, HostArray, Kernel as RtKernel, Signature,
 };
@@ -549,5 +551,6 @@ fn _keops_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
         [Category::I, Category::J, Category::Param].map(category_name),
     )?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    ffi::register(m)?;
     Ok(())
 }

@@ -1,0 +1,189 @@
+"""keops_rs.jax: keops-rs kernels inside JAX programs.
+
+- ``Kernel(source, name=None)``: a ``.kf`` kernel called on jax arrays.
+- ``Genred(formula, aliases, reduction_op="Sum", axis=0, ...)``: as ``keops_rs.Genred``.
+
+Both work under ``jax.jit`` (the compiled program calls the kernel through an XLA FFI custom
+call on the CPU: no Python, no host callback), ``jax.grad`` / ``jax.vjp`` with respect to any
+float input (a ``jax.custom_vjp`` whose backward is one more custom call running the generated
+backward kernels of exactly the inputs being differentiated), and ``jax.vmap`` over a leading
+batch axis of any inputs (the custom calls run one batch element after another:
+``vmap_method="sequential"``). float32, and float64 with ``jax_enable_x64``.
+
+Errors are raised at trace time, where shapes are known, as in the numpy API: ``KfError`` for
+source that does not compile, ``TypeError``/``ValueError`` naming the argument.
+"""
+
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.custom_derivatives import SymbolicZero
+
+from . import _keops_rs
+from ._keops_rs import Kernel as _NumpyKernel
+from ._keops_rs import KfError
+from .genred import Genred as _NumpyGenred
+from .genred import _INDICES, _REDUCTIONS, _VALUES_AND_INDICES, check_backend
+
+__all__ = ["Kernel", "Genred", "KfError"]
+
+for _target, _capsule in _keops_rs._jax_targets():
+    jax.ffi.register_ffi_target(_target, _capsule, platform="cpu")
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+@jax.tree_util.register_pytree_node_class
+class _Residuals:
+    """What the backward pass needs: the inputs, the forward output, and (static) the
+    positions of the inputs being differentiated."""
+
+    def __init__(self, inputs, output, wrt):
+        self.inputs = inputs
+        self.output = output
+        self.wrt = wrt
+
+    def tree_flatten(self):
+        return (self.inputs, self.output), self.wrt
+
+    @classmethod
+    def tree_unflatten(cls, wrt, children):
+        return cls(children[0], children[1], wrt)
+
+
+class Kernel:
+    """A compiled ``.kf`` kernel called on jax arrays: ``Kernel(source, name=None)``, then
+    ``k(x, y, b, s)`` (positional in declaration order, or by keyword). The output is
+    ``(N, Dout)`` (reduction over j) or ``(M, Dout)`` (over i) in the inputs' dtype."""
+
+    def __init__(self, source, name=None):
+        self._kernel = _NumpyKernel(source, name)
+        self._id = _keops_rs._jax_kernel(self._kernel)
+        self._python_signature = inspect.Signature(
+            [inspect.Parameter(a[0], inspect.Parameter.POSITIONAL_OR_KEYWORD) for a in self.arguments]
+        )
+        self._call = jax.custom_vjp(self._forward)
+        self._call.defvjp(self._forward_saving, self._backward, symbolic_zeros=True)
+
+    name = property(lambda self: self._kernel.name, doc="The kernel's name.")
+    signature = property(lambda self: self._kernel.signature, doc="The signature, printable.")
+    arguments = property(lambda self: self._kernel.arguments,
+                         doc="The arguments in order, as (name, \"Vi\"|\"Vj\"|\"Pm\", dim).")
+    output_dim = property(lambda self: self._kernel.output_dim, doc="The output's width Dout.")
+    axis = property(lambda self: self._kernel.axis,
+                    doc="0 when the output has one row per i (reducing over j), 1 per j.")
+    reduction = property(lambda self: self._kernel.reduction, doc="The reduction, as .kf writes it.")
+
+    def __call__(self, *args, **kwargs):
+        try:
+            bound = self._python_signature.bind(*args, **kwargs)
+        except TypeError as e:
+            names = ", ".join(f"`{a[0]}`" for a in self.arguments)
+            raise TypeError(f"kernel `{self.name}` (arguments {names}): {e}") from None
+        values = [bound.arguments[a[0]] for a in self.arguments]
+        arrays = _as_arrays([a[0] for a in self.arguments], values)
+        # Checked here, at trace time, with the messages of the numpy API.
+        self._output_shape(arrays)
+        return self._call(*arrays)
+
+    def _output_shape(self, arrays):
+        return _keops_rs._jax_output_shape(
+            self._id, [tuple(a.shape) for a in arrays], [str(a.dtype) for a in arrays]
+        )
+
+    def _forward(self, *arrays):
+        dtype = arrays[0].dtype if arrays else jnp.result_type(float)
+        out = jax.ShapeDtypeStruct(self._output_shape(arrays), dtype)
+        call = jax.ffi.ffi_call("keops_rs_call", out, vmap_method="sequential")
+        return call(*arrays, kernel=np.int64(self._id))
+
+    def _forward_saving(self, *primals):
+        inputs = tuple(p.value for p in primals)
+        wrt = tuple(k for k, p in enumerate(primals) if p.perturbed)
+        out = self._forward(*inputs)
+        return out, _Residuals(inputs, out, wrt)
+
+    def _backward(self, residuals, g):
+        inputs, wrt = residuals.inputs, residuals.wrt
+        grads = [None] * len(inputs)
+        if not wrt or isinstance(g, SymbolicZero):
+            return tuple(grads)
+        dtype = inputs[0].dtype
+        # Compiled once per (kernel, inputs, dtype); raises ValueError for a reduction without
+        # a gradient (ArgMin, ...).
+        plan, reads_output = _keops_rs._jax_backward(
+            self._id, [self.arguments[k][0] for k in wrt], str(dtype)
+        )
+        args = list(inputs) + [g.astype(dtype)]
+        if reads_output:
+            args.append(residuals.output)
+        shapes = [jax.ShapeDtypeStruct(inputs[k].shape, dtype) for k in wrt]
+        call = jax.ffi.ffi_call("keops_rs_vjp", shapes, vmap_method="sequential")
+        for k, grad in zip(wrt, call(*args, plan=np.int64(plan))):
+            grads[k] = grad
+        return tuple(grads)
+
+    def __repr__(self):
+        return f"keops_rs.jax.Kernel({self.signature})"
+
+
+def _as_arrays(names, values):
+    """jax arrays (or tracers) of float32/float64 for each argument; numpy arrays are
+    converted, Python numbers take the dtype of the array arguments."""
+    arrays = [None] * len(values)
+    for k, (name, v) in enumerate(zip(names, values)):
+        if isinstance(v, (bool, np.bool_)) or isinstance(v, (str, bytes)) or v is None:
+            raise TypeError(f"argument `{name}` must be a jax or numpy array of float32 or float64, "
+                            f"not {type(v).__name__}")
+        if isinstance(v, (int, float)):
+            continue
+        if not hasattr(v, "dtype") or not hasattr(v, "shape"):
+            raise TypeError(f"argument `{name}` must be a jax or numpy array of float32 or float64, "
+                            f"not {type(v).__name__}")
+        if np.dtype(v.dtype) not in _FLOATS:
+            raise TypeError(f"argument `{name}` has dtype {v.dtype}; expected float32 or float64")
+        arrays[k] = jnp.asarray(v)
+    given = [a.dtype for a in arrays if a is not None]
+    scalar_dtype = given[0] if given else jnp.result_type(float)
+    for k, v in enumerate(values):
+        if arrays[k] is None:
+            arrays[k] = jnp.asarray(v, dtype=scalar_dtype)
+    return arrays
+
+
+class Genred:
+    """``Genred(formula, aliases, reduction_op="Sum", axis=0, dtype=None, opt_arg=None,
+    formula2=None)`` on jax arrays: the signature and defaults of ``keops_rs.Genred``
+    (pykeops's), the same ``.kf`` kernel. Indices come back as jax's int64 (int32 unless
+    ``jax_enable_x64``); ``Min_ArgMin``-style reductions as a pair (values, indices)."""
+
+    def __init__(self, formula, aliases, reduction_op="Sum", axis=0, dtype=None, opt_arg=None,
+                 formula2=None, **options):
+        numpy_genred = _NumpyGenred(formula, aliases, reduction_op, axis, dtype, opt_arg,
+                                    formula2, **options)
+        self.formula = formula
+        self.aliases = numpy_genred.aliases
+        self.reduction_op = reduction_op
+        self.axis = axis
+        self.opt_arg = opt_arg
+        self.formula2 = formula2
+        self.source = numpy_genred.source
+        self.kernel = Kernel(self.source)
+
+    def __call__(self, *args, backend="auto", device_id=-1, ranges=None):
+        check_backend(backend, device_id, ranges)
+        out = self.kernel(*args)
+        kf_name = _REDUCTIONS[self.reduction_op][0]
+        index_dtype = jax.dtypes.canonicalize_dtype(np.int64)
+        if kf_name in _INDICES:
+            return out.astype(index_dtype)
+        if kf_name in _VALUES_AND_INDICES:
+            half = out.shape[-1] // 2
+            return out[..., :half], out[..., half:].astype(index_dtype)
+        return out
+
+    def __repr__(self):
+        return (f"keops_rs.jax.Genred({self.formula!r}, {self.aliases!r}, "
+                f"reduction_op={self.reduction_op!r}, axis={self.axis})")

@@ -1,0 +1,871 @@
+//! `keops_rs.jax`'s native half: XLA FFI handlers that run compiled keops-rs kernels on XLA's
+//! CPU buffers inside a jitted program (no host callback), and the registry that ties the
+//! integer attribute of each custom call to a compiled kernel or backward plan.
+//!
+//! Two targets, registered by `keops_rs/jax.py` with `jax.ffi.register_ffi_target`:
+//! - `keops_rs_call` (attribute `kernel`): the forward kernel on the input buffers, written
+//!   straight into XLA's output buffer: nothing is copied in or out.
+//! - `keops_rs_vjp` (attribute `plan`): the gradients of `sum(G * out)` with respect to the
+//!   inputs a backward plan names (`keopsc::vjp::plan_many`), from the inputs, `G`, and for the
+//!   LogSumExp family the forward output saved by the forward pass. Its backward kernels are
+//!   compiled once, when Python asks for the plan at trace time.
+//!
+//! The C API is mirrored by hand from jaxlib's `xla/ffi/api/c_api.h` (version 0.3): bindgen
+//! would need libclang at build time. Every size and offset used is asserted at compile time,
+//! and `_ffi_layout()` hands the same numbers to a test that compiles a C program against the
+//! header (python/tests/test_jax.py).
+//!
+//! Ids are never reused and entries never removed: a compiled XLA program holds the id as a
+//! constant and may outlive the Python object that asked for it.
+
+use crate::{argument_error, panic_text, Compiled, Kernel, PyErrText};
+use c_api::*;
+use keops_runtime::{ArrayRef, DType, HostArray, Kernel as RtKernel, OutputRef};
+use keopsc::check::CheckedKernel;
+use keopsc::driver::{self, Backend, EvalError};
+use keopsc::vjp::{self as kvjp, SavedForward, VjpError, VjpManyPlan};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyCapsule;
+use std::collections::HashMap;
+use std::ffi::{c_void, CStr, CString};
+use std::mem::{offset_of, size_of};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr::{null_mut, NonNull};
+use std::sync::{Arc, OnceLock, RwLock};
+
+/// The parts of `xla/ffi/api/c_api.h` the handlers touch, field for field. C enums are `i32`
+/// with their values as constants (a Rust enum would be undefined behaviour for a value XLA
+/// adds later). Unused function slots of `XLA_FFI_Api` are kept as plain pointers so that the
+/// struct keeps the header's size.
+#[allow(
+    non_camel_case_types,
+    non_upper_case_globals,
+    non_snake_case,
+    dead_code
+)]
+mod c_api {
+    use std::ffi::{c_char, c_int, c_void};
+
+    pub const XLA_FFI_API_MAJOR: c_int = 0;
+    pub const XLA_FFI_API_MINOR: c_int = 3;
+
+    pub const XLA_FFI_Extension_Metadata: i32 = 1;
+
+    #[repr(C)]
+    pub struct XLA_FFI_Extension_Base {
+        pub struct_size: usize,
+        pub type_: i32,
+        pub next: *mut XLA_FFI_Extension_Base,
+    }
+
+    #[repr(C)]
+    pub struct XLA_FFI_Api_Version {
+        pub struct_size: usize,
+        pub extension_start: *mut XLA_FFI_Extension_Base,
+        pub major_version: c_int,
+        pub minor_version: c_int,
+    }
+
+    /// Opaque: made by `XLA_FFI_Error_Create`, owned by XLA once returned.
+    pub enum XLA_FFI_Error {}
+
+    pub const XLA_FFI_Error_Code_INVALID_ARGUMENT: i32 = 3;
+    pub const XLA_FFI_Error_Code_INTERNAL: i32 = 13;
+
+    #[repr(C)]
+    pub struct XLA_FFI_Error_Create_Args {
+        pub struct_size: usize,
+        pub extension_start: *mut XLA_FFI_Extension_Base,
+        pub message: *const c_char,
+        pub errc: i32,
+    }
+
+    pub type XLA_FFI_Error_Create =
+        unsafe extern "C" fn(args: *mut XLA_FFI_Error_Create_Args) -> *mut XLA_FFI_Error;
+
+    pub const XLA_FFI_DataType_F32: i32 = 11;
+    pub const XLA_FFI_DataType_F64: i32 = 12;
+
+    #[repr(C)]
+    pub struct XLA_FFI_Buffer {
+        pub struct_size: usize,
+        pub extension_start: *mut XLA_FFI_Extension_Base,
+        pub dtype: i32,
+        pub data: *mut c_void,
+        pub rank: i64,
+        pub dims: *mut i64,
+    }
+
+    pub const XLA_FFI_ArgType_BUFFER: i32 = 1;
+    pub const XLA_FFI_RetType_BUFFER: i32 = 1;
+    pub const XLA_FFI_AttrType_SCALAR: i32 = 3;
+    pub const XLA_FFI_DataType_S64: i32 = 5;
+
+    #[repr(C)]
+    pub struct XLA_FFI_ByteSpan {
+        pub ptr: *const c_char,
+        pub len: usize,
+    }
+
+    #[repr(C)]
+    pub struct XLA_FFI_Scalar {
+        pub dtype: i32,
+        pub value: *mut c_void,
+    }
+
+    pub const XLA_FFI_ExecutionStage_EXECUTE: i32 = 3;
+
+    #[repr(C)]
+    pub struct XLA_FFI_Args {
+        pub struct_size: usize,
+        pub extension_start: *mut XLA_FFI_Extension_Base,
+        pub size: i64,
+        pub types: *mut i32,
+        pub args: *mut *mut c_void,
+    }
+
+    #[repr(C)]
+    pub struct XLA_FFI_Rets {
+        pub struct_size: usize,
+        pub extension_start: *mut XLA_FFI_Extension_Base,
+        pub size: i64,
+        pub types: *mut i32,
+        pub rets: *mut *mut c_void,
+    }
+
+    #[repr(C)]
+    pub struct XLA_FFI_Attrs {
+        pub struct_size: usize,
+        pub extension_start: *mut XLA_FFI_Extension_Base,
+        pub size: i64,
+        pub types: *mut i32,
+        pub names: *mut *mut XLA_FFI_ByteSpan,
+        pub attrs: *mut *mut c_void,
+    }
+
+    #[repr(C)]
+    pub struct XLA_FFI_CallFrame {
+        pub struct_size: usize,
+        pub extension_start: *mut XLA_FFI_Extension_Base,
+        pub api: *const XLA_FFI_Api,
+        pub ctx: *mut c_void,
+        pub stage: i32,
+        pub args: XLA_FFI_Args,
+        pub rets: XLA_FFI_Rets,
+        pub attrs: XLA_FFI_Attrs,
+        pub future: *mut c_void,
+    }
+
+    /// The header's `XLA_FFI_CallFrame_STRUCT_SIZE`: up to `attrs` (older frames stop there).
+    pub const XLA_FFI_CallFrame_STRUCT_SIZE: usize =
+        std::mem::offset_of!(XLA_FFI_CallFrame, attrs) + std::mem::size_of::<XLA_FFI_Attrs>();
+
+    pub type XLA_FFI_Handler =
+        unsafe extern "C" fn(frame: *mut XLA_FFI_CallFrame) -> *mut XLA_FFI_Error;
+
+    #[repr(C)]
+    pub struct XLA_FFI_TypeId {
+        pub type_id: i64,
+    }
+
+    #[repr(C)]
+    pub struct XLA_FFI_Metadata {
+        pub struct_size: usize,
+        pub api_version: XLA_FFI_Api_Version,
+        pub traits: u32,
+        pub state_type_id: XLA_FFI_TypeId,
+    }
+
+    #[repr(C)]
+    pub struct XLA_FFI_Metadata_Extension {
+        pub extension_base: XLA_FFI_Extension_Base,
+        pub metadata: *mut XLA_FFI_Metadata,
+    }
+
+    #[repr(C)]
+    pub struct XLA_FFI_Api {
+        pub struct_size: usize,
+        pub extension_start: *mut XLA_FFI_Extension_Base,
+        pub api_version: XLA_FFI_Api_Version,
+        pub internal_api: *const c_void,
+        pub XLA_FFI_Error_Create: Option<XLA_FFI_Error_Create>,
+        pub XLA_FFI_Error_GetMessage: *const c_void,
+        pub XLA_FFI_Error_Destroy: *const c_void,
+        pub XLA_FFI_Handler_Register: *const c_void,
+        pub XLA_FFI_Stream_Get: *const c_void,
+        pub XLA_FFI_Type_Register: *const c_void,
+        pub XLA_FFI_ExecutionContext_Get: *const c_void,
+        pub XLA_FFI_State_Set: *const c_void,
+        pub XLA_FFI_State_Get: *const c_void,
+        pub XLA_FFI_DeviceMemory_Allocate: *const c_void,
+        pub XLA_FFI_DeviceMemory_Free: *const c_void,
+        pub XLA_FFI_ThreadPool_Schedule: *const c_void,
+        pub XLA_FFI_ThreadPool_NumThreads: *const c_void,
+        pub XLA_FFI_Future_Create: *const c_void,
+        pub XLA_FFI_Future_SetAvailable: *const c_void,
+        pub XLA_FFI_Future_SetError: *const c_void,
+        pub XLA_FFI_RunId_Get: *const c_void,
+        pub XLA_FFI_DeviceOrdinal_Get: *const c_void,
+    }
+}
+
+/// Asserts each struct's size and field offsets at compile time (the numbers the header gives
+/// on a 64-bit target) and lists them for the layout test, each named by the C expression
+/// that measures it.
+macro_rules! checked_layout {
+    ($($ty:ident = $size:literal { $($field:ident @ $offset:literal),* $(,)? })*) => {
+        $(
+            const _: () = assert!(size_of::<$ty>() == $size);
+            $( const _: () = assert!(offset_of!($ty, $field) == $offset); )*
+        )*
+
+        /// `(C expression, value)` for every size and offset asserted above.
+        fn layout() -> Vec<(&'static str, usize)> {
+            let mut entries = Vec::new();
+            $(
+                entries.push((concat!("sizeof(", stringify!($ty), ")"), size_of::<$ty>()));
+                $(
+                    entries.push((
+                        concat!("offsetof(", stringify!($ty), ", ", stringify!($field), ")"),
+                        offset_of!($ty, $field),
+                    ));
+                )*
+            )*
+            entries.push(("XLA_FFI_CallFrame_STRUCT_SIZE", XLA_FFI_CallFrame_STRUCT_SIZE));
+            entries
+        }
+    };
+}
+
+checked_layout! {
+    XLA_FFI_Extension_Base = 24 { next @ 16 }
+    XLA_FFI_Api_Version = 24 { extension_start @ 8, major_version @ 16, minor_version @ 20 }
+    XLA_FFI_Error_Create_Args = 32 { extension_start @ 8, message @ 16, errc @ 24 }
+    XLA_FFI_Buffer = 48 { dtype @ 16, data @ 24, rank @ 32, dims @ 40 }
+    XLA_FFI_ByteSpan = 16 { ptr @ 0, len @ 8 }
+    XLA_FFI_Scalar = 16 { dtype @ 0, value @ 8 }
+    XLA_FFI_Args = 40 { size @ 16, types @ 24, args @ 32 }
+    XLA_FFI_Rets = 40 { size @ 16, types @ 24, rets @ 32 }
+    XLA_FFI_Attrs = 48 { size @ 16, types @ 24, names @ 32, attrs @ 40 }
+    XLA_FFI_CallFrame = 176 {
+        extension_start @ 8, api @ 16, ctx @ 24, stage @ 32, args @ 40, rets @ 80,
+        attrs @ 120, future @ 168,
+    }
+    XLA_FFI_Metadata = 48 { api_version @ 8, traits @ 32, state_type_id @ 40 }
+    XLA_FFI_Metadata_Extension = 32 { extension_base @ 0, metadata @ 24 }
+    XLA_FFI_Api = 192 {
+        extension_start @ 8, api_version @ 16, internal_api @ 40, XLA_FFI_Error_Create @ 48,
+        XLA_FFI_Handler_Register @ 72, XLA_FFI_DeviceOrdinal_Get @ 184,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The registry
+
+/// A backward plan with its kernels compiled for one dtype.
+struct Backward {
+    plan: VjpManyPlan,
+    /// The plan's kernels by name (distinct within a plan), compiled for `dtype`; a kernel
+    /// not here (the saved forward when it is passed in) runs through the driver.
+    kernels: HashMap<String, RtKernel>,
+    dtype: DType,
+    /// The dense passes read the forward output (the LogSumExp family): the custom call
+    /// takes it after `G`.
+    reads_output: bool,
+}
+
+#[derive(Default)]
+struct Registry {
+    kernels: Vec<Arc<Compiled>>,
+    backward: Vec<Arc<Backward>>,
+    /// (kernel id, inputs differentiated by position, dtype is f64) -> backward id.
+    backward_ids: HashMap<(usize, Vec<usize>, bool), usize>,
+}
+
+fn registry() -> &'static RwLock<Registry> {
+    static REGISTRY: OnceLock<RwLock<Registry>> = OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+fn read_registry() -> std::sync::RwLockReadGuard<'static, Registry> {
+    registry().read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write_registry() -> std::sync::RwLockWriteGuard<'static, Registry> {
+    registry().write().unwrap_or_else(|p| p.into_inner())
+}
+
+fn registered_kernel(id: i64) -> Result<Arc<Compiled>, String> {
+    usize::try_from(id)
+        .ok()
+        .and_then(|i| read_registry().kernels.get(i).cloned())
+        .ok_or_else(|| format!("keops_rs: no compiled kernel with id {id} in this process"))
+}
+
+fn registered_backward(id: i64) -> Result<Arc<Backward>, String> {
+    usize::try_from(id)
+        .ok()
+        .and_then(|i| read_registry().backward.get(i).cloned())
+        .ok_or_else(|| format!("keops_rs: no backward plan with id {id} in this process"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading a call frame
+
+/// One buffer of a call frame, its dimensions read.
+struct Buffer {
+    dtype: i32,
+    data: *mut c_void,
+    shape: Vec<usize>,
+}
+
+// The C API's constants keep the header's spelling, in patterns too.
+#[allow(non_upper_case_globals)]
+impl Buffer {
+    fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// The buffer as a kernel input, read in place.
+    ///
+    /// # Safety
+    /// `data` must point to `len()` elements of `dtype` that stay valid for `'a`.
+    unsafe fn view<'a>(&'a self, name: &str) -> Result<ArrayRef<'a>, String> {
+        let len = self.len();
+        // XLA may hand a dangling pointer for an empty buffer: never read it.
+        Ok(match self.dtype {
+            XLA_FFI_DataType_F32 if len == 0 => ArrayRef::f32(&self.shape, &[]),
+            XLA_FFI_DataType_F64 if len == 0 => ArrayRef::f64(&self.shape, &[]),
+            XLA_FFI_DataType_F32 => ArrayRef::f32(&self.shape, unsafe {
+                std::slice::from_raw_parts(self.data as *const f32, len)
+            }),
+            XLA_FFI_DataType_F64 => ArrayRef::f64(&self.shape, unsafe {
+                std::slice::from_raw_parts(self.data as *const f64, len)
+            }),
+            other => {
+                return Err(format!(
+                    "argument `{name}` has XLA element type {other}; expected float32 or float64"
+                ))
+            }
+        })
+    }
+
+    /// The buffer as a kernel output, written in place.
+    ///
+    /// # Safety
+    /// As [`Buffer::view`], and nothing else reads or writes the buffer meanwhile.
+    unsafe fn output(&self, what: &str) -> Result<OutputRef<'_>, String> {
+        let len = self.len();
+        Ok(match self.dtype {
+            XLA_FFI_DataType_F32 if len == 0 => OutputRef::F32(&mut []),
+            XLA_FFI_DataType_F64 if len == 0 => OutputRef::F64(&mut []),
+            XLA_FFI_DataType_F32 => OutputRef::F32(unsafe {
+                std::slice::from_raw_parts_mut(self.data as *mut f32, len)
+            }),
+            XLA_FFI_DataType_F64 => OutputRef::F64(unsafe {
+                std::slice::from_raw_parts_mut(self.data as *mut f64, len)
+            }),
+            other => {
+                return Err(format!(
+                    "{what} has XLA element type {other}; expected float32 or float64"
+                ))
+            }
+        })
+    }
+
+    /// A copy of the buffer (the backward passes take host arrays).
+    ///
+    /// # Safety
+    /// As [`Buffer::view`].
+    unsafe fn to_host(&self, name: &str) -> Result<HostArray, String> {
+        let view = unsafe { self.view(name)? };
+        Ok(match view.data {
+            keops_runtime::DataRef::F32(d) => HostArray::from_f32(self.shape.clone(), d.to_vec()),
+            keops_runtime::DataRef::F64(d) => HostArray::from_f64(self.shape.clone(), d.to_vec()),
+        })
+    }
+}
+
+/// The buffers of an argument or result list.
+///
+/// # Safety
+/// `types` and `list` must hold `size` entries, each a `XLA_FFI_Buffer` when typed BUFFER.
+unsafe fn buffers(
+    size: i64,
+    types: *const i32,
+    list: *const *mut c_void,
+    what: &str,
+) -> Result<Vec<Buffer>, String> {
+    let size = usize::try_from(size).map_err(|_| format!("{what}: negative count {size}"))?;
+    let mut out = Vec::with_capacity(size);
+    for k in 0..size {
+        let (kind, item) = unsafe { (*types.add(k), *list.add(k)) };
+        // Argument and result buffers share the value 1 (XLA_FFI_ArgType_BUFFER, _RetType_).
+        if kind != XLA_FFI_ArgType_BUFFER || item.is_null() {
+            return Err(format!("{what} {k} is not a buffer"));
+        }
+        let buffer = unsafe { &*(item as *const XLA_FFI_Buffer) };
+        let rank =
+            usize::try_from(buffer.rank).map_err(|_| format!("{what} {k}: negative rank"))?;
+        let shape = (0..rank)
+            .map(|d| usize::try_from(unsafe { *buffer.dims.add(d) }))
+            .collect::<Result<Vec<usize>, _>>()
+            .map_err(|_| format!("{what} {k}: a negative dimension"))?;
+        out.push(Buffer {
+            dtype: buffer.dtype,
+            data: buffer.data,
+            shape,
+        });
+    }
+    Ok(out)
+}
+
+/// The S64 scalar attribute `name`.
+///
+/// # Safety
+/// `attrs` must be a call frame's attributes.
+unsafe fn attr_i64(attrs: &XLA_FFI_Attrs, name: &str) -> Result<i64, String> {
+    let count = usize::try_from(attrs.size).unwrap_or(0);
+    for k in 0..count {
+        let (kind, span, value) = unsafe {
+            (
+                *attrs.types.add(k),
+                &**attrs.names.add(k),
+                *attrs.attrs.add(k),
+            )
+        };
+        // Names are byte spans, not NUL-terminated.
+        let bytes = unsafe { std::slice::from_raw_parts(span.ptr as *const u8, span.len) };
+        if bytes != name.as_bytes() {
+            continue;
+        }
+        let scalar = unsafe { &*(value as *const XLA_FFI_Scalar) };
+        if kind != XLA_FFI_AttrType_SCALAR || scalar.dtype != XLA_FFI_DataType_S64 {
+            return Err(format!("attribute `{name}` must be a 64-bit integer"));
+        }
+        return Ok(unsafe { *(scalar.value as *const i64) });
+    }
+    Err(format!("missing attribute `{name}`"))
+}
+
+/// The first extension of the frame's list of type Metadata: XLA asks for the API version
+/// the handler was built against before it accepts the handler.
+///
+/// # Safety
+/// `frame` must be a call frame.
+unsafe fn metadata_request(frame: &XLA_FFI_CallFrame) -> Option<*mut XLA_FFI_Metadata> {
+    let mut ext = frame.extension_start;
+    while !ext.is_null() {
+        let base = unsafe { &*ext };
+        if base.type_ == XLA_FFI_Extension_Metadata {
+            let metadata = unsafe { (*(ext as *const XLA_FFI_Metadata_Extension)).metadata };
+            return (!metadata.is_null()).then_some(metadata);
+        }
+        ext = base.next;
+    }
+    None
+}
+
+/// Why a handler failed, as XLA will report it.
+struct HandlerError {
+    code: i32,
+    message: String,
+}
+
+impl From<String> for HandlerError {
+    fn from(message: String) -> HandlerError {
+        HandlerError {
+            code: XLA_FFI_Error_Code_INVALID_ARGUMENT,
+            message,
+        }
+    }
+}
+
+/// Runs `body` on the frame: the metadata query first, a panic caught at this boundary (it
+/// must never unwind into XLA), errors returned through `XLA_FFI_Error_Create`.
+///
+/// # Safety
+/// `frame` must be the call frame XLA passes to a handler.
+unsafe fn handle(
+    frame: *mut XLA_FFI_CallFrame,
+    body: unsafe fn(&XLA_FFI_CallFrame) -> Result<(), HandlerError>,
+) -> *mut XLA_FFI_Error {
+    if frame.is_null() {
+        return null_mut();
+    }
+    let frame = unsafe { &*frame };
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        if let Some(metadata) = unsafe { metadata_request(frame) } {
+            let metadata = unsafe { &mut *metadata };
+            metadata.api_version.major_version = XLA_FFI_API_MAJOR;
+            metadata.api_version.minor_version = XLA_FFI_API_MINOR;
+            metadata.traits = 0;
+            return Ok(());
+        }
+        if frame.struct_size < XLA_FFI_CallFrame_STRUCT_SIZE {
+            return Err(HandlerError::from(format!(
+                "keops_rs: XLA passed a call frame of {} bytes; this build needs at least {} \
+                 (XLA FFI API {XLA_FFI_API_MAJOR}.{XLA_FFI_API_MINOR})",
+                frame.struct_size, XLA_FFI_CallFrame_STRUCT_SIZE
+            )));
+        }
+        if frame.stage != XLA_FFI_ExecutionStage_EXECUTE {
+            return Ok(());
+        }
+        unsafe { body(frame) }
+    }));
+    let error = match outcome {
+        Ok(Ok(())) => return null_mut(),
+        Ok(Err(e)) => e,
+        Err(panic) => HandlerError {
+            code: XLA_FFI_Error_Code_INTERNAL,
+            message: format!(
+                "internal error in keops_rs's XLA handler: {}",
+                panic_text(panic)
+            ),
+        },
+    };
+    unsafe { create_error(frame.api, error) }
+}
+
+/// # Safety
+/// `api` must be null or XLA's API table.
+unsafe fn create_error(api: *const XLA_FFI_Api, error: HandlerError) -> *mut XLA_FFI_Error {
+    let Some(create) = (unsafe { api.as_ref() }).and_then(|a| a.XLA_FFI_Error_Create) else {
+        return null_mut();
+    };
+    let message = CString::new(error.message.replace('\0', " ")).unwrap_or_default();
+    let mut args = XLA_FFI_Error_Create_Args {
+        struct_size: size_of::<XLA_FFI_Error_Create_Args>(),
+        extension_start: null_mut(),
+        message: message.as_ptr(),
+        errc: error.code,
+    };
+    // XLA copies the message.
+    unsafe { create(&mut args) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The handlers
+
+/// `keops_rs_call`: the forward kernel, inputs read and the output written in place.
+///
+/// # Safety
+/// Called by XLA with a call frame.
+unsafe extern "C" fn keops_rs_call(frame: *mut XLA_FFI_CallFrame) -> *mut XLA_FFI_Error {
+    unsafe { handle(frame, run_forward) }
+}
+
+unsafe fn run_forward(frame: &XLA_FFI_CallFrame) -> Result<(), HandlerError> {
+    let kernel = registered_kernel(unsafe { attr_i64(&frame.attrs, "kernel")? })?;
+    let args = unsafe {
+        buffers(
+            frame.args.size,
+            frame.args.types,
+            frame.args.args,
+            "argument",
+        )?
+    };
+    let rets = unsafe { buffers(frame.rets.size, frame.rets.types, frame.rets.rets, "result")? };
+    let sig = kernel.code.signature();
+    if args.len() != sig.args.len() || rets.len() != 1 {
+        return Err(format!(
+            "kernel `{}` takes {} arguments and gives 1 result; the call has {} and {}",
+            sig.name,
+            sig.args.len(),
+            args.len(),
+            rets.len()
+        )
+        .into());
+    }
+    let views = args
+        .iter()
+        .zip(&sig.args)
+        .map(|(b, spec)| unsafe { b.view(&spec.name) })
+        .collect::<Result<Vec<_>, _>>()?;
+    let out = unsafe { rets[0].output("the result")? };
+    kernel
+        .code
+        .call_into(&views, out)
+        .map_err(|e| HandlerError::from(e.to_string()))
+}
+
+/// `keops_rs_vjp`: the gradients a backward plan computes, one result per input it names.
+///
+/// # Safety
+/// Called by XLA with a call frame.
+unsafe extern "C" fn keops_rs_vjp(frame: *mut XLA_FFI_CallFrame) -> *mut XLA_FFI_Error {
+    unsafe { handle(frame, run_backward) }
+}
+
+unsafe fn run_backward(frame: &XLA_FFI_CallFrame) -> Result<(), HandlerError> {
+    let backward = registered_backward(unsafe { attr_i64(&frame.attrs, "plan")? })?;
+    let args = unsafe {
+        buffers(
+            frame.args.size,
+            frame.args.types,
+            frame.args.args,
+            "argument",
+        )?
+    };
+    let rets = unsafe { buffers(frame.rets.size, frame.rets.types, frame.rets.rets, "result")? };
+    let plan = &backward.plan;
+    let forward = &plan.forward;
+    let n = forward.args.len();
+    let expected = n + 1 + usize::from(backward.reads_output);
+    if args.len() != expected || rets.len() != plan.wrt.len() {
+        return Err(format!(
+            "the backward of `{}` takes {expected} arguments and gives {} results; the call has {} and {}",
+            forward.name,
+            plan.wrt.len(),
+            args.len(),
+            rets.len()
+        )
+        .into());
+    }
+    // The backward passes read host arrays: the inputs are copied once (O(N + M)), the
+    // passes themselves are O(N M).
+    let inputs = args[..n]
+        .iter()
+        .zip(&forward.args)
+        .map(|(b, spec)| unsafe { b.to_host(&spec.name) })
+        .collect::<Result<Vec<_>, _>>()?;
+    let cotangent = unsafe { args[n].to_host("the cotangent")? };
+    let saved = match backward.reads_output {
+        true => Some(unsafe { args[n + 1].to_host("the saved forward output")? }),
+        false => None,
+    };
+    let mut runner = |k: &CheckedKernel, arrays: &[&HostArray]| -> Result<HostArray, EvalError> {
+        match backward.kernels.get(&k.name) {
+            Some(code) => {
+                let views: Vec<ArrayRef> = arrays.iter().map(|a| a.view()).collect();
+                Ok(code.call(&views)?)
+            }
+            None => Ok(driver::evaluate_bound(k, arrays, Backend::Cpu)?.0),
+        }
+    };
+    let refs: Vec<&HostArray> = inputs.iter().collect();
+    let grads = kvjp::run_many_with(plan, &refs, &cotangent, saved.as_ref(), &mut runner)
+        .map_err(|e| HandlerError::from(e.to_string()))?;
+    for ((grad, ret), &w) in grads.iter().zip(&rets).zip(&plan.wrt) {
+        let what = format!("the gradient of `{}`", forward.args[w].name);
+        let out = unsafe { ret.output(&what)? };
+        match (&grad.data, out) {
+            (keops_runtime::ArrayData::F32(g), OutputRef::F32(o)) if g.len() == o.len() => {
+                o.copy_from_slice(g)
+            }
+            (keops_runtime::ArrayData::F64(g), OutputRef::F64(o)) if g.len() == o.len() => {
+                o.copy_from_slice(g)
+            }
+            _ => {
+                return Err(format!(
+                    "{what}: the result buffer does not match the input's shape and dtype {}",
+                    backward.dtype
+                )
+                .into())
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Python functions
+
+/// The handlers as PyCapsules holding the function pointers themselves, for
+/// `jax.ffi.register_ffi_target(name, capsule, platform="cpu")`.
+#[pyfunction]
+fn _jax_targets(py: Python<'_>) -> PyResult<Vec<(&'static str, Bound<'_, PyCapsule>)>> {
+    const NAME: &CStr = c"xla._CUSTOM_CALL_TARGET";
+    let capsule = |handler: XLA_FFI_Handler| {
+        let pointer = NonNull::new(handler as *mut c_void).expect("a function pointer is not null");
+        // SAFETY: the pointer is a function with static lifetime; no destructor is needed.
+        unsafe { PyCapsule::new_with_pointer(py, pointer, NAME) }
+    };
+    Ok(vec![
+        ("keops_rs_call", capsule(keops_rs_call)?),
+        ("keops_rs_vjp", capsule(keops_rs_vjp)?),
+    ])
+}
+
+/// The id the custom call `keops_rs_call` takes as its `kernel` attribute for this kernel
+/// (the same id for the same compiled kernel).
+#[pyfunction]
+fn _jax_kernel(kernel: &Kernel) -> usize {
+    let mut registry = write_registry();
+    if let Some(id) = registry
+        .kernels
+        .iter()
+        .position(|k| Arc::ptr_eq(k, &kernel.compiled))
+    {
+        return id;
+    }
+    registry.kernels.push(kernel.compiled.clone());
+    registry.kernels.len() - 1
+}
+
+fn parse_dtype(dtype: &str) -> PyResult<DType> {
+    match dtype {
+        "float32" => Ok(DType::F32),
+        "float64" => Ok(DType::F64),
+        other => Err(PyTypeError::new_err(format!(
+            "dtype: {other} is not supported; use float32 or float64"
+        ))),
+    }
+}
+
+/// The output shape `(rows, Dout)` of kernel `id` on arrays of these shapes and dtypes, or
+/// the error its call would raise (`TypeError`/`ValueError` naming the argument), so that
+/// `keops_rs.jax` reports it at trace time. Checked by the runtime's own argument checks on
+/// zero-filled arrays (allocated lazily by the system: no cost for untouched pages).
+#[pyfunction]
+fn _jax_output_shape(
+    py: Python<'_>,
+    id: usize,
+    shapes: Vec<Vec<usize>>,
+    dtypes: Vec<String>,
+) -> PyResult<(usize, usize)> {
+    let kernel = registered_kernel(id as i64).map_err(PyValueError::new_err)?;
+    let dtypes = dtypes
+        .iter()
+        .map(|d| parse_dtype(d))
+        .collect::<PyResult<Vec<_>>>()?;
+    py.detach(|| {
+        let zeros: Vec<(Vec<f32>, Vec<f64>)> = shapes
+            .iter()
+            .zip(&dtypes)
+            .map(|(shape, dtype)| {
+                let len: usize = shape.iter().product();
+                match dtype {
+                    DType::F32 => (vec![0.0f32; len], Vec::new()),
+                    DType::F64 => (Vec::new(), vec![0.0f64; len]),
+                }
+            })
+            .collect();
+        let views: Vec<ArrayRef> = shapes
+            .iter()
+            .zip(&dtypes)
+            .zip(&zeros)
+            .map(|((shape, dtype), (z32, z64))| match dtype {
+                DType::F32 => ArrayRef::f32(shape, z32),
+                DType::F64 => ArrayRef::f64(shape, z64),
+            })
+            .collect();
+        let sig = kernel.code.signature();
+        if views.len() != sig.args.len() {
+            return Err(argument_error(keops_runtime::arrays::argument_count_error(
+                sig,
+                views.len(),
+            )));
+        }
+        let size = keops_runtime::check_arguments(sig, &views).map_err(argument_error)?;
+        let rows = match sig.axis {
+            keops_runtime::Axis::I => size.n,
+            keops_runtime::Axis::J => size.m,
+        };
+        Ok((rows, sig.output_dim()))
+    })
+    .map_err(PyErr::from)
+}
+
+fn compile_backward(
+    compiled: &Compiled,
+    wrt: &[String],
+    dtype: DType,
+) -> Result<Backward, PyErrText> {
+    let names: Vec<&str> = wrt.iter().map(String::as_str).collect();
+    let plan = kvjp::plan_many(&compiled.checked, &names).map_err(|e| match e {
+        VjpError::Internal { .. } => PyErrText::Runtime(e.to_string()),
+        _ => PyErrText::Value(e.to_string()),
+    })?;
+    let reads_output = matches!(plan.saved, SavedForward::Output { .. });
+    let mut kernels = HashMap::new();
+    for (_, kernel) in plan.kernels() {
+        // The saved forward output comes in with the call.
+        if reads_output && kernel.name == compiled.checked.name {
+            continue;
+        }
+        let code = driver::jit_kernel(kernel, &[dtype]).map_err(|e| {
+            PyErrText::Runtime(format!(
+                "compiling the backward kernel `{}`: {e}",
+                kernel.name
+            ))
+        })?;
+        kernels.insert(kernel.name.clone(), code);
+    }
+    Ok(Backward {
+        plan,
+        kernels,
+        dtype,
+        reads_output,
+    })
+}
+
+/// The id the custom call `keops_rs_vjp` takes as its `plan` attribute: the backward of
+/// kernel `id` with respect to the inputs `wrt` (names, the order of its results), its
+/// kernels compiled for `dtype`; and whether the call takes the forward output after the
+/// cotangent. Built once per (kernel, inputs, dtype). A reduction without a gradient
+/// (ArgMin, ...) raises `ValueError`.
+#[pyfunction]
+fn _jax_backward(
+    py: Python<'_>,
+    id: usize,
+    wrt: Vec<String>,
+    dtype: &str,
+) -> PyResult<(usize, bool)> {
+    let dtype = parse_dtype(dtype)?;
+    let compiled = registered_kernel(id as i64).map_err(PyValueError::new_err)?;
+    let sig = &compiled.checked.signature;
+    let positions: Vec<usize> = wrt
+        .iter()
+        .map(|w| {
+            sig.args
+                .iter()
+                .position(|a| &a.name == w)
+                .unwrap_or(usize::MAX)
+        })
+        .collect();
+    let key = (id, positions, dtype == DType::F64);
+    if let Some(&found) = read_registry().backward_ids.get(&key) {
+        let reads_output = read_registry().backward[found].reads_output;
+        return Ok((found, reads_output));
+    }
+    // Planning expands derivatives recursively and compiling runs LLVM: on the compiler's own
+    // stack, without the GIL.
+    let backward = py.detach(|| {
+        keopsc::isolate::on_compiler_stack(|| compile_backward(&compiled, &wrt, dtype)).map_err(
+            |panic| {
+                PyErrText::Runtime(format!(
+                    "internal error in keops_rs while building the backward kernels: {panic}"
+                ))
+            },
+        )?
+    })?;
+    let reads_output = backward.reads_output;
+    let mut registry = write_registry();
+    if let Some(&found) = registry.backward_ids.get(&key) {
+        return Ok((found, reads_output));
+    }
+    registry.backward.push(Arc::new(backward));
+    let new_id = registry.backward.len() - 1;
+    registry.backward_ids.insert(key, new_id);
+    Ok((new_id, reads_output))
+}
+
+/// `{C expression: value}`: the sizes and offsets of the mirrored C API structs, for the
+/// test that measures the same expressions in a C program compiled against the header.
+#[pyfunction]
+fn _ffi_layout() -> HashMap<&'static str, usize> {
+    layout().into_iter().collect()
+}
+
+/// Adds the functions above to the extension module.
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(_jax_targets, m)?)?;
+    m.add_function(wrap_pyfunction!(_jax_kernel, m)?)?;
+    m.add_function(wrap_pyfunction!(_jax_output_shape, m)?)?;
+    m.add_function(wrap_pyfunction!(_jax_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(_ffi_layout, m)?)?;
+    Ok(())
+}
