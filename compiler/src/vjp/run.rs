@@ -58,6 +58,24 @@ pub fn check_output_rows(
         .map_err(VjpRunError::Cotangent)
 }
 
+/// Checks saved forward rows passed in (see [`saved_rows`]) against a plan's `saved` for a
+/// kernel of signature `forward` on a problem of `size`: shape `(rows, SavedForward::dim)` and
+/// the inputs' dtype. `Ok(false)` when the plan reads no saved rows (they would be ignored).
+pub fn check_saved_rows(
+    saved: &SavedForward,
+    forward: &Signature,
+    size: ProblemSize,
+    rows: &HostArray,
+) -> Result<bool, VjpRunError> {
+    match saved.dim(forward) {
+        None => Ok(false),
+        Some(dim) => {
+            check_rows(forward, size, rows, dim, "saved forward").map_err(VjpRunError::Saved)?;
+            Ok(true)
+        }
+    }
+}
+
 /// Runs a plan on the forward's arguments in order.
 pub fn run_plan(
     plan: &VjpPlan,

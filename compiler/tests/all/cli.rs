@@ -1152,3 +1152,61 @@ fn vjp_with_several_inputs_writes_one_file_each() {
     assert_fails_with(&run, &["`--wrt q`", "no input `q`"]);
     assert!(!f.path("out.npy").exists() && !f.path("dy.npy").exists());
 }
+
+/// `--saved OUT.npy`: the forward output passed in is what the LogSumExp backward reads (a
+/// shifted one shifts the weights), the same gradient as without it when it is the output;
+/// saved rows of the wrong shape name `--saved`; a reduction that reads none notes that the
+/// file is ignored.
+#[test]
+fn vjp_reads_the_saved_forward_given() {
+    let f = Fixture::new();
+    f.write(
+        "lse.kf",
+        "kernel k {\n x = Vi(3)\n y = Vj(3)\n b = Vj(1)\n s = Pm(1)\n LogSumExp_Reduction(-SqDist(x, y) * s + b, 0)\n}\n",
+    );
+    f.npy(
+        "g.npy",
+        HostArray::from_f64(vec![4, 1], vec![1.0, -2.0, 0.5, 3.0]),
+    );
+    let mut eval = f.eval_args("lse.kf", &ALL_ARGS);
+    let n = eval.len();
+    eval[n - 1] = f.p("lse.npy");
+    let refs: Vec<&str> = eval.iter().map(String::as_str).collect();
+    assert_eq!(keopsc(&refs).code, 0);
+    let forward = HostArray::read_npy(&f.path("lse.npy")).unwrap();
+    let shifted: Vec<f64> = forward.to_f64().iter().map(|l| l + 1.0).collect();
+    f.npy("shifted.npy", HostArray::from_f64(vec![4, 1], shifted));
+    f.npy("rows.npy", HostArray::from_f64(vec![5, 1], vec![0.0; 5]));
+
+    let gradient = |extra: &[&str]| {
+        let run = run_vjp(&f, "lse.kf", "y", "g.npy", extra);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        HostArray::read_npy(&f.path("out.npy")).unwrap().to_f64()
+    };
+    let computed = gradient(&[]);
+    let saved = gradient(&["--saved", &f.p("lse.npy")]);
+    let shifted = gradient(&["--saved", &f.p("shifted.npy")]);
+    for ((a, b), c) in computed.iter().zip(&saved).zip(&shifted) {
+        assert!((a - b).abs() <= 1e-12 * a.abs().max(1.0), "{a} {b}");
+        // The weights exp(F - L) with L + 1: every term divided by e.
+        let e = std::f64::consts::E;
+        assert!((a / e - c).abs() <= 1e-12 * a.abs().max(1.0), "{a} {c}");
+    }
+    assert!(computed.iter().any(|&a| a.abs() > 1e-3), "{computed:?}");
+
+    std::fs::remove_file(f.path("out.npy")).unwrap();
+    let run = run_vjp(&f, "lse.kf", "y", "g.npy", &["--saved", &f.p("rows.npy")]);
+    assert_fails_with(&run, &["`--saved", "(5, 1)", "(4, 1)"]);
+    let run = run_vjp(
+        &f,
+        "lse.kf",
+        "y",
+        "g.npy",
+        &["--saved", &f.p("nothing.npy")],
+    );
+    assert_fails_with(&run, &["`--saved", "nothing.npy"]);
+    assert!(!f.path("out.npy").exists());
+    let run = run_vjp(&f, "gauss.kf", "y", "g.npy", &["--saved", &f.p("rows.npy")]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("is ignored"), "{}", run.stderr);
+}

@@ -111,6 +111,12 @@ enum Command {
         /// The cotangent G: the output's shape and the inputs' dtype.
         #[arg(long, value_name = "G.npy")]
         cotangent: PathBuf,
+        /// The saved forward rows, already computed, so that the backward needs no forward
+        /// pass: the kernel's output for LogSumExp, LogSumExpWeight, Max_SumShiftExp and
+        /// Max_SumShiftExpWeight; `(out, L)` for SumSoftMaxWeight. Ignored (with a note) by a
+        /// reduction whose backward reads none.
+        #[arg(long, value_name = "OUT.npy")]
+        saved: Option<PathBuf>,
         /// Where to write the gradient (checked before any work); one per `--wrt`, in the
         /// same order.
         #[arg(short, long, value_name = "dVAR.npy", required = true)]
@@ -246,6 +252,7 @@ fn run(cli: Cli) -> ExitCode {
             wrt,
             args,
             cotangent,
+            saved,
             output,
             backend,
             timings,
@@ -255,6 +262,7 @@ fn run(cli: Cli) -> ExitCode {
             wrt: &wrt,
             args: &args,
             cotangent: &cotangent,
+            saved: saved.as_deref(),
             outputs: &output,
             backend: backend.as_deref(),
             timings,

@@ -1,7 +1,8 @@
 //! `keopsc vjp`: the gradient of a kernel's output with respect to one input or several
 //! (`--wrt` repeated, one `-o` each), on `.npy` files. The same order of steps as `eval`: the
 //! output paths first, then the source, then every argument and the cotangent (all problems
-//! listed together), and only then the computation.
+//! listed together), and only then the computation. `--saved` passes the forward output
+//! already computed, so that the LogSumExp family's backward is one pass.
 
 use crate::eval::{argument_problems, parse_backend, pick_kernel, PendingOutput};
 use crate::{fail, load, Reported};
@@ -19,6 +20,8 @@ pub struct VjpRequest<'a> {
     pub wrt: &'a [String],
     pub args: &'a [String],
     pub cotangent: &'a Path,
+    /// The saved forward rows, already computed (the forward output for the LogSumExp family).
+    pub saved: Option<&'a Path>,
     pub outputs: &'a [PathBuf],
     pub backend: Option<&'a str>,
     pub timings: bool,
@@ -86,17 +89,41 @@ pub fn vjp(request: &VjpRequest) -> Result<(), Reported> {
             }
         }
     }
+    let saved = request.saved.and_then(|path| {
+        let flag = format!("`--saved {}`", path.display());
+        let rows = HostArray::read_npy(path)
+            .map_err(|e| problems.push(format!("{flag}: {e}")))
+            .ok()?;
+        let views: Vec<_> = arrays.as_ref()?.iter().map(|a| a.view()).collect();
+        let size = keops_runtime::check_arguments(&kernel.signature, &views).ok()?;
+        match backward::check_saved_rows(&plan.saved, &plan.forward, size, &rows) {
+            Ok(true) => Some(rows),
+            Ok(false) => {
+                eprintln!(
+                    "note: {flag} is ignored: the backward pass of {} reads no saved forward",
+                    plan.forward.reduction.kind
+                );
+                None
+            }
+            Err(e) => {
+                problems.push(format!("{flag}: {e}"));
+                None
+            }
+        }
+    });
     let (Some(arrays), Some(cotangent), true) = (arrays, cotangent, problems.is_empty()) else {
         return Err(argument_problems(&problems, &kernel.name));
     };
 
     let bound: Vec<&HostArray> = arrays.iter().collect();
     let start = Instant::now();
-    let grads =
-        backward::run_many(&plan, &bound, &cotangent, None, backend).map_err(|e| match e {
+    let grads = backward::run_many(&plan, &bound, &cotangent, saved.as_ref(), backend).map_err(
+        |e| match e {
             VjpRunError::Cotangent(_) => fail(format!("{cotangent_flag}: {e}")),
+            VjpRunError::Saved(_) => fail(format!("`--saved`: {e}")),
             e => fail(e),
-        })?;
+        },
+    )?;
     let run = start.elapsed();
     for (output, grad) in outputs.into_iter().zip(&grads) {
         output.commit(|f| grad.write_npy_to(f))?;
