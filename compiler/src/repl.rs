@@ -454,7 +454,21 @@ impl Repl {
         let _ = write!(out, "{plan}");
         for (role, kernel) in plan.kernels() {
             let _ = writeln!(out, "== {role}: {} ==", kernel.name);
-            let _ = writeln!(out, "-- checked --\n{kernel}");
+            match &plan.selected {
+                // The per-entry kernel runs on a table of entries, not over an inner index.
+                Some(selected) if std::ptr::eq(&selected.kernel, kernel) => {
+                    let _ = writeln!(
+                        out,
+                        "-- checked --\n{}\n  formula: {}\n{}",
+                        selected.per_entry_signature(&plan.forward),
+                        kernel.formula.to_text(kernel.formula.root()),
+                        kernel.formula
+                    );
+                }
+                _ => {
+                    let _ = writeln!(out, "-- checked --\n{kernel}");
+                }
+            }
             let optimized = crate::opt::optimize(kernel, &self.budget).map_err(|d| d.message)?;
             let _ = writeln!(out, "-- simplified ({}) --", optimized.simplification);
             let _ = write!(out, "{optimized}");

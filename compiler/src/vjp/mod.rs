@@ -94,6 +94,42 @@ pub struct SelectedBackward {
     pub outputs: Vec<usize>,
 }
 
+impl SelectedBackward {
+    /// The per-entry kernel's signature as it runs: one row per selected entry, every variable
+    /// a row of that table, no inner index (its `Sum_Reduction` sums over nothing). The
+    /// kernel's own signature would say `(N, d) ... over j`, which reads as a pass over j.
+    pub fn per_entry_signature(&self, forward: &Signature) -> String {
+        let sig = &self.kernel.signature;
+        let args: Vec<String> = sig
+            .args
+            .iter()
+            .enumerate()
+            .map(|(k, a)| match forward.args.get(k).map(|f| f.category) {
+                Some(Category::I) => format!("{} = Vi({}) at the entry's i", a.name, a.dim),
+                Some(Category::J) => format!("{} = Vj({}) at the entry's j", a.name, a.dim),
+                Some(Category::Param) => a.to_string(),
+                None => format!("{} = the entry's cotangent ({})", a.name, a.dim),
+            })
+            .collect();
+        let rows = match forward.axis {
+            Axis::I => "N",
+            Axis::J => "M",
+        };
+        let per_row = self.k * self.n;
+        let bound = if per_row == 1 {
+            rows.to_string()
+        } else {
+            format!("{per_row} {rows}")
+        };
+        format!(
+            "kernel {}({}) -> (E, {}), one row per selected entry (E <= {bound}), no inner index",
+            sig.name,
+            args.join(", "),
+            sig.output_dim()
+        )
+    }
+}
+
 /// One dense backward pass of a [`VjpManyPlan`]: the gradients of the inputs at `outputs`
 /// (positions in the forward's arguments), all on the kernel's axis, concatenated in that
 /// order in its output row.
@@ -184,7 +220,7 @@ impl fmt::Display for VjpPlan {
             writeln!(
                 f,
                 "  per selected entry: {}\n    formula: {}",
-                selected.kernel.signature,
+                selected.per_entry_signature(&self.forward),
                 selected
                     .kernel
                     .formula
@@ -281,7 +317,7 @@ impl fmt::Display for VjpManyPlan {
             writeln!(
                 f,
                 "  per selected entry: {}, each row added to the row of each input it came from",
-                selected.kernel.signature
+                selected.per_entry_signature(&self.forward)
             )?;
         }
         Ok(())
