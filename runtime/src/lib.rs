@@ -4,6 +4,7 @@
 
 pub mod abi;
 pub mod arrays;
+pub mod backward;
 pub mod module;
 pub mod reduction;
 pub mod tiles;

@@ -24,6 +24,7 @@ use crate::check::CheckedKernel;
 use crate::formula::{Formula, Node, Op};
 use crate::opt;
 use egg::Id;
+pub use keops_runtime::backward::SelectedCotangent;
 use keops_runtime::{ArgSpec, Axis, Category, Reduction, ReductionKind, Signature};
 use std::fmt;
 
@@ -64,16 +65,6 @@ pub enum SavedForward {
     /// Max_SumShiftExpWeight of `F` weighted by `(1, V)` whose output row is `(m, s, sw)`:
     /// `out = sw / s`.
     SoftMax { kernel: CheckedKernel },
-}
-
-/// Which cotangent each selected entry receives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SelectedCotangent {
-    /// `G[r, l n + c]`: the cotangent of the value part (rank-major, as the forward output).
-    Values,
-    /// Max_SumShiftExp(Weight), entry of the maximum: `G_m - <G_s, s>` with `s` the saved
-    /// sums, since `m` moves every shifted term `exp(F - m)`.
-    ShiftedMax,
 }
 
 /// The selected-entries part of a backward pass.
@@ -178,11 +169,7 @@ impl SavedForward {
     /// The width of the saved rows a dense pass reads (one row per output row), if any:
     /// the forward output's own width, or `wdim + 1` for SumSoftMaxWeight's `(out, L)`.
     pub fn dim(&self, forward: &Signature) -> Option<usize> {
-        match self {
-            SavedForward::None => None,
-            SavedForward::Output { .. } => Some(forward.output_dim()),
-            SavedForward::SoftMax { .. } => Some(forward.reduction.wdim + 1),
-        }
+        self.as_saved().dim(forward)
     }
 }
 
