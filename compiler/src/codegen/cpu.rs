@@ -10,11 +10,19 @@
 //!                      the pair part; fold into the lane accumulators
 //!     merge the lanes into the row's f64 accumulator
 //! ```
+//! When the pair code calls `exp`, each row's pass over a tile first runs with the normal-range
+//! `exp` ([`MathLib::report_small_exp_into`]), which skips the exact rounding of denormal and
+//! zero results, and notes whether any lane needed it; if one did, the pass is redone with the
+//! exact `exp`. A row that needed the redo sends the next rows straight to the exact pass, for
+//! a number of rows that doubles at each failed try (up to [`MAX_EXACT_EXP_RUN`]), so data
+//! where small results are common costs a few percent over the exact pass alone, and data
+//! where they never occur runs the shorter code. The results are the same either way.
 //! Inner tiles are sized so that their inputs stay in the L1/L2 cache while the rows of a
 //! block pass over them.
 
 use super::formula::{Emitter, Value};
-use super::reduce::LaneAccumulators;
+use super::math::SmallExpFlag;
+use super::reduce::{reduce_or, LaneAccumulators};
 use crate::formula::{Formula, Op};
 use crate::schedule::{Level, Schedule};
 use inkwell::values::{FunctionValue, IntValue, PointerValue};
@@ -23,6 +31,22 @@ use keops_runtime::{Category, Signature};
 
 fn built<T, E: std::fmt::Debug>(r: Result<T, E>) -> T {
     r.expect("the builder is positioned inside a function")
+}
+
+/// The longest run of rows sent straight to the exact `exp` before the normal-range one is
+/// tried again.
+const MAX_EXACT_EXP_RUN: i64 = 128;
+
+/// Stack slots of the choice between the normal-range and the exact `exp` (see the module
+/// documentation).
+#[derive(Clone, Copy)]
+struct ExpPaths<'ctx> {
+    /// `<lanes x i1>`: the lanes of the current pass whose `exp` argument was small.
+    seen: PointerValue<'ctx>,
+    /// Rows still to run with the exact `exp` before the next try.
+    exact_rows_left: PointerValue<'ctx>,
+    /// The length of the next such run.
+    next_run: PointerValue<'ctx>,
 }
 
 /// The tile function's parameters, in order.
@@ -201,6 +225,22 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         let counters: Vec<PointerValue<'ctx>> = (0..4)
             .map(|_| built(em.builder.build_alloca(i64t, "counter")))
             .collect();
+        let exp_paths =
+            (self.pair_code_calls_exp(&lane_acc) && lane_acc.folds_in_lanes()).then(|| {
+                let seen = built(
+                    em.builder
+                        .build_alloca(ctx.bool_type().vec_type(lanes), "small_exp_seen"),
+                );
+                let exact_rows_left = built(em.builder.build_alloca(i64t, "exact_rows_left"));
+                let next_run = built(em.builder.build_alloca(i64t, "next_exact_run"));
+                built(em.builder.build_store(exact_rows_left, self.i64(0)));
+                built(em.builder.build_store(next_run, self.i64(1)));
+                ExpPaths {
+                    seen,
+                    exact_rows_left,
+                    next_run,
+                }
+            });
         let scratch = (sched.scratch_dim > 0).then(|| {
             let len = self.i64((sched.scratch_dim * sched.inner_tile) as i64);
             built(
@@ -307,7 +347,6 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                                 "acc_row",
                             ))
                         };
-                        lane_acc.init(em, self.wide_f64, acc_row);
                         let pair = |jv: IntValue<'ctx>, mask: Option<Value<'ctx>>| {
                             let mut pair = NodeValues {
                                 narrow: row.narrow.clone(),
@@ -352,16 +391,26 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                                 (acc_row, jt),
                             );
                         };
-                        // Whole vectors, then one masked remainder.
-                        let last_full = self.sub(jt_end, self.i64(lanes as i64 - 1));
-                        self.emit_loop(
-                            function,
-                            jv_counter,
-                            jt,
-                            lanes as i64,
-                            |jv| self.less(jv, last_full),
-                            |jv| pair(jv, None),
-                        );
+                        // Whole vectors, then one masked remainder (always with the exact
+                        // `exp`: its masked-off lanes must not ask for a redo).
+                        let whole_vectors = || {
+                            lane_acc.init(em, self.wide_f64, acc_row);
+                            let last_full = self.sub(jt_end, self.i64(lanes as i64 - 1));
+                            self.emit_loop(
+                                function,
+                                jv_counter,
+                                jt,
+                                lanes as i64,
+                                |jv| self.less(jv, last_full),
+                                |jv| pair(jv, None),
+                            );
+                        };
+                        match exp_paths {
+                            None => whole_vectors(),
+                            Some(paths) => {
+                                self.whole_vectors_with_fast_exp(function, paths, &whole_vectors)
+                            }
+                        }
                         let jv =
                             built(em.builder.build_load(i64t, jv_counter, "jv")).into_int_value();
                         let remaining = self.less(jv, jt_end);
@@ -388,6 +437,85 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         );
         built(em.builder.build_return(None));
         function
+    }
+
+    /// Whether the pair code (formula or fold) calls `exp`.
+    fn pair_code_calls_exp(&self, lane_acc: &LaneAccumulators<'ctx>) -> bool {
+        lane_acc.folds_with_exp()
+            || self
+                .formula
+                .nodes
+                .as_ref()
+                .iter()
+                .enumerate()
+                .any(|(k, node)| self.schedule.levels[k] == Level::Pair && node.op == Op::Exp)
+    }
+
+    /// One row's whole vectors of a tile (`whole_vectors`: lane accumulators from `init`, then
+    /// the loop), first with the normal-range `exp` unless a recent row needed the exact one,
+    /// then again with the exact `exp` when a lane needed it (module documentation).
+    fn whole_vectors_with_fast_exp(
+        &self,
+        function: FunctionValue<'ctx>,
+        paths: ExpPaths<'ctx>,
+        whole_vectors: &dyn Fn(),
+    ) {
+        let em = self.em;
+        let ctx = em.context;
+        let b = em.builder;
+        let i64t = ctx.i64_type();
+        let lanes = self.schedule.lanes;
+        let skip_fast = ctx.append_basic_block(function, "skip_fast_exp");
+        let try_fast = ctx.append_basic_block(function, "fast_exp");
+        let fast_failed = ctx.append_basic_block(function, "fast_exp_failed");
+        let fast_done = ctx.append_basic_block(function, "fast_exp_done");
+        let exact = ctx.append_basic_block(function, "exact_exp");
+        let done = ctx.append_basic_block(function, "whole_vectors_done");
+
+        let left =
+            built(b.build_load(i64t, paths.exact_rows_left, "exact_rows_left")).into_int_value();
+        let skipping = built(b.build_int_compare(IntPredicate::SGT, left, self.i64(0), "skipping"));
+        built(b.build_conditional_branch(skipping, skip_fast, try_fast));
+
+        b.position_at_end(skip_fast);
+        built(b.build_store(paths.exact_rows_left, self.sub(left, self.i64(1))));
+        built(b.build_unconditional_branch(exact));
+
+        b.position_at_end(try_fast);
+        let mask_type = ctx.bool_type().vec_type(lanes);
+        built(b.build_store(paths.seen, mask_type.const_zero()));
+        em.math.report_small_exp_into(Some(SmallExpFlag {
+            slot: paths.seen,
+            lanes,
+        }));
+        whole_vectors();
+        em.math.report_small_exp_into(None);
+        let seen = built(b.build_load(mask_type, paths.seen, "seen")).into_vector_value();
+        let any_small = reduce_or(em, seen);
+        built(b.build_conditional_branch(any_small, fast_failed, fast_done));
+
+        b.position_at_end(fast_done);
+        built(b.build_store(paths.next_run, self.i64(1)));
+        built(b.build_unconditional_branch(done));
+
+        b.position_at_end(fast_failed);
+        let run = built(b.build_load(i64t, paths.next_run, "run")).into_int_value();
+        built(b.build_store(paths.exact_rows_left, run));
+        let doubled = self.add(run, run);
+        let capped = built(b.build_select(
+            self.less(doubled, self.i64(MAX_EXACT_EXP_RUN)),
+            doubled,
+            self.i64(MAX_EXACT_EXP_RUN),
+            "next_run",
+        ));
+        built(b.build_store(paths.next_run, capped));
+        built(b.build_unconditional_branch(exact));
+
+        b.position_at_end(exact);
+        whole_vectors();
+        built(b.build_unconditional_branch(done));
+
+        b.position_at_end(done);
     }
 
     /// `[0, 1, ..., lanes - 1]`

@@ -22,6 +22,7 @@
 //! `exp`, whose underflowing results come from integer rounding). The floating-point
 //! environment is left alone (flushing denormals to zero would change results).
 
+use std::cell::Cell;
 use std::f64::consts::{FRAC_2_PI, FRAC_PI_2, FRAC_PI_4, LOG2_E, PI};
 use std::sync::Once;
 
@@ -35,6 +36,7 @@ use inkwell::targets::{CodeModel, InitializationConfig, RelocMode, Target, Targe
 use inkwell::types::{BasicType, BasicTypeEnum, IntType, VectorType};
 use inkwell::values::{
     BasicMetadataValueEnum, BasicValue, BasicValueEnum, FunctionValue, InstructionOpcode,
+    PointerValue,
 };
 use inkwell::{AddressSpace, FloatPredicate, IntPredicate, OptimizationLevel};
 
@@ -173,11 +175,34 @@ fn pow2(k: i32) -> f64 {
 /// Emits (once per module, per function and per type) and calls the math functions.
 pub struct MathLib<'ctx> {
     context: &'ctx Context,
+    /// While set, `exp` on vectors of its width is the normal-range variant, and the lanes
+    /// that may need the exact one are OR-ed into it (see [`MathLib::report_small_exp_into`]).
+    small_exp_flag: Cell<Option<SmallExpFlag<'ctx>>>,
+}
+
+/// A `<lanes x i1>` stack slot where fast exponentials mark the lanes whose argument is below
+/// [`MathLib::exp_normal_bound`].
+#[derive(Clone, Copy, Debug)]
+pub struct SmallExpFlag<'ctx> {
+    pub slot: PointerValue<'ctx>,
+    pub lanes: u32,
 }
 
 impl<'ctx> MathLib<'ctx> {
     pub fn new(context: &'ctx Context) -> MathLib<'ctx> {
-        MathLib { context }
+        MathLib {
+            context,
+            small_exp_flag: Cell::new(None),
+        }
+    }
+
+    /// From now on (until called with `None`), `MathFn::Exp` on vectors of `flag.lanes`
+    /// lanes is the normal-range variant ([`Self::call_exp_normal_range`]): exact for
+    /// arguments at or above [`Self::exp_normal_bound`], and each call ORs the lanes below it
+    /// into `flag.slot`. The caller must then recompute with `exp` (with `None` set) whatever
+    /// used a value of a marked lane.
+    pub fn report_small_exp_into(&self, flag: Option<SmallExpFlag<'ctx>>) {
+        self.small_exp_flag.set(flag);
     }
 
     /// Calls `f` on arguments that are all f32 or f64, scalar or vector (any width): defines
@@ -216,6 +241,11 @@ impl<'ctx> MathLib<'ctx> {
                 f.name()
             )
         });
+        if let (MathFn::Exp, Some(flag)) = (f, self.small_exp_flag.get()) {
+            if lanes == Some(flag.lanes) {
+                return self.exp_reporting_small(module, builder, args[0], scalar, flag);
+            }
+        }
         let function = self.function(module, f, scalar, lanes);
         let args: Vec<BasicMetadataValueEnum<'ctx>> = args.iter().map(|&a| a.into()).collect();
         builder
@@ -224,6 +254,68 @@ impl<'ctx> MathLib<'ctx> {
             .try_as_basic_value()
             .basic()
             .expect("math functions return a value")
+    }
+
+    /// The normal-range `exp` of `x`, with `x < exp_normal_bound` (true for -inf, false for
+    /// NaN, whose result is right) OR-ed into the flag.
+    fn exp_reporting_small(
+        &self,
+        module: &Module<'ctx>,
+        builder: &Builder<'ctx>,
+        x: BasicValueEnum<'ctx>,
+        scalar: Scalar,
+        flag: SmallExpFlag<'ctx>,
+    ) -> BasicValueEnum<'ctx> {
+        let value = self.call_exp_normal_range(module, builder, x);
+        let x = x.into_vector_value();
+        let element = x.get_type().get_element_type().into_float_type();
+        let bound = element.const_float(Self::exp_normal_bound(scalar));
+        let bound = VectorType::const_vector(&vec![bound; flag.lanes as usize]);
+        let small = builder
+            .build_float_compare(FloatPredicate::OLT, x, bound, "small_exp")
+            .expect(POSITIONED_CALL);
+        let mask_type = self.context.bool_type().vec_type(flag.lanes);
+        let seen = builder
+            .build_load(mask_type, flag.slot, "small_seen")
+            .expect(POSITIONED_CALL)
+            .into_vector_value();
+        let seen = builder
+            .build_or(seen, small, "small_seen")
+            .expect(POSITIONED_CALL);
+        builder.build_store(flag.slot, seen).expect(POSITIONED_CALL);
+        value
+    }
+
+    /// `exp` on an f32/f64 vector or scalar, right only where `x >= exp_normal_bound(scalar)`
+    /// (results there are normal numbers or +inf, bit for bit those of [`MathFn::Exp`]); below,
+    /// the result is meaningless. Its scaling is one multiplication instead of `exp`'s exact
+    /// rounding of denormal results, so a caller that can tell when some lane fell below the
+    /// bound (and then use `exp`) runs the common case faster (see `codegen::cpu`).
+    pub fn call_exp_normal_range(
+        &self,
+        module: &Module<'ctx>,
+        builder: &Builder<'ctx>,
+        x: BasicValueEnum<'ctx>,
+    ) -> BasicValueEnum<'ctx> {
+        let (scalar, lanes) = self
+            .shape_of(x.get_type())
+            .unwrap_or_else(|| panic!("exp called on {}, not f32/f64", x.get_type()));
+        let function = self.define(module, "exp_normal_range", 1, scalar, lanes, |em, args| {
+            em.exp_normal_range(args[0])
+        });
+        builder
+            .build_call(function, &[x.into()], "exp")
+            .expect("the builder must be positioned")
+            .try_as_basic_value()
+            .basic()
+            .expect("math functions return a value")
+    }
+
+    /// The smallest `x` for which [`Self::call_exp_normal_range`] is exact: with margin, the
+    /// `exp` argument below which the reduced exponent may fall under `emin + 1`.
+    pub fn exp_normal_bound(scalar: Scalar) -> f64 {
+        let emin = 1 - scalar.exponent_bias();
+        (emin + 1) as f64 * std::f64::consts::LN_2
     }
 
     /// Element type and lane count (`None` for a scalar) of an f32/f64 scalar or vector type.
@@ -249,11 +341,42 @@ impl<'ctx> MathLib<'ctx> {
         scalar: Scalar,
         lanes: Option<u32>,
     ) -> FunctionValue<'ctx> {
+        self.define(
+            module,
+            f.name(),
+            f.arity(),
+            scalar,
+            lanes,
+            |em, arg| match f {
+                MathFn::Exp => em.exp(arg[0]),
+                MathFn::Log => em.log(arg[0]),
+                MathFn::Sin => em.sin_cos(arg[0], false),
+                MathFn::Cos => em.sin_cos(arg[0], true),
+                MathFn::Atan => em.atan(arg[0]),
+                MathFn::Asin => em.asin(arg[0]),
+                MathFn::Acos => em.acos(arg[0]),
+                MathFn::Atan2 => em.atan2(arg[0], arg[1]),
+                MathFn::Pow => em.pow(arg[0], arg[1]),
+            },
+        )
+    }
+
+    /// The function `keops.<name>.<type>` of `arity` arguments whose body `body` builds,
+    /// defined on first use.
+    fn define(
+        &self,
+        module: &Module<'ctx>,
+        name: &str,
+        arity: usize,
+        scalar: Scalar,
+        lanes: Option<u32>,
+        body: impl FnOnce(&Emitter<'_, 'ctx>, &[Val<'ctx>]) -> Val<'ctx>,
+    ) -> FunctionValue<'ctx> {
         let type_name = match lanes {
             None => scalar.name().to_string(),
             Some(n) => format!("v{n}{}", scalar.name()),
         };
-        let name = format!("keops.{}.{type_name}", f.name());
+        let name = format!("keops.{name}.{type_name}");
         if let Some(existing) = module.get_function(&name) {
             return existing;
         }
@@ -267,7 +390,7 @@ impl<'ctx> MathLib<'ctx> {
             lanes,
         };
         let ty = em.float_type();
-        let fn_type = ty.fn_type(&vec![ty.into(); f.arity()], false);
+        let fn_type = ty.fn_type(&vec![ty.into(); arity], false);
         let function = module.add_function(&name, fn_type, Some(Linkage::Internal));
         for attribute in ["alwaysinline", "nounwind"] {
             let kind = Attribute::get_named_enum_kind_id(attribute);
@@ -277,28 +400,15 @@ impl<'ctx> MathLib<'ctx> {
             );
         }
         builder.position_at_end(self.context.append_basic_block(function, "entry"));
-        let arg = |i: u32| {
-            function
-                .get_nth_param(i)
-                .expect("parameter count matches the arity")
-        };
-        let result = match f {
-            MathFn::Exp => em.exp(arg(0)),
-            MathFn::Log => em.log(arg(0)),
-            MathFn::Sin => em.sin_cos(arg(0), false),
-            MathFn::Cos => em.sin_cos(arg(0), true),
-            MathFn::Atan => em.atan(arg(0)),
-            MathFn::Asin => em.asin(arg(0)),
-            MathFn::Acos => em.acos(arg(0)),
-            MathFn::Atan2 => em.atan2(arg(0), arg(1)),
-            MathFn::Pow => em.pow(arg(0), arg(1)),
-        };
+        let args: Vec<Val<'ctx>> = function.get_param_iter().collect();
+        let result = body(&em, &args);
         builder.build_return(Some(&result)).expect(POSITIONED);
         function
     }
 }
 
 const POSITIONED: &str = "the body builder is positioned";
+const POSITIONED_CALL: &str = "the builder must be positioned";
 
 type Val<'ctx> = BasicValueEnum<'ctx>;
 
@@ -569,12 +679,27 @@ impl<'ctx> Emitter<'_, 'ctx> {
     /// Special values: exp(NaN) = NaN, exp(+inf) = +inf, exp(-inf) = 0; results round to 0
     /// below ln(2^-150) (f32) / ln(2^-1075) (f64) and overflow to +inf above ln(MAX).
     fn exp(&self, x: Val<'ctx>) -> Val<'ctx> {
-        self.exp_with_tail(x, None)
+        self.exp_with_tail(x, None, true)
+    }
+
+    /// `exp(x)` as [`Self::exp`] for `x >= MathLib::exp_normal_bound`, and wrong (but finite or
+    /// NaN, never a trap) below: the scaling by 2^n is one multiplication, without the integer
+    /// rounding of denormal and zero results. NaN and large inputs give exactly what `exp`
+    /// gives.
+    fn exp_normal_range(&self, x: Val<'ctx>) -> Val<'ctx> {
+        self.exp_with_tail(x, None, false)
     }
 
     /// `exp(x + tail)` for a small tail (the low part of a double-double argument, in `pow`),
     /// which joins the reduced argument. It must be finite, and 0 when |x| > 750.
-    fn exp_with_tail(&self, x: Val<'ctx>, tail: Option<Val<'ctx>>) -> Val<'ctx> {
+    /// `small_results`: whether results below the smallest normal number are computed (else
+    /// only the normal range is right, see `exp_normal_range`).
+    fn exp_with_tail(
+        &self,
+        x: Val<'ctx>,
+        tail: Option<Val<'ctx>>,
+        small_results: bool,
+    ) -> Val<'ctx> {
         let s = self.scalar;
         // Beyond these, exp is 0 or +inf, and the clamped value still produces exactly that
         // through the scaling below; the comparisons are false for NaN, which passes through
@@ -645,7 +770,13 @@ impl<'ctx> Emitter<'_, 'ctx> {
         let doubled: Vec<f64> = coefficients.iter().map(|c| 2.0 * c).collect();
         let p = self.poly(r, &doubled);
         let twice_p = self.add(self.fma(self.mul(r, r), p, self.add(r, r)), self.f(2.0));
-        self.scale_by_power_of_two(twice_p, n, t)
+        if small_results {
+            self.scale_by_power_of_two(twice_p, n, t)
+        } else {
+            let m = i64::from(s.mantissa_bits());
+            let scale = self.bitcast_float(self.shl(self.bitcast_int(t), self.i(m)));
+            self.mul(twice_p, scale)
+        }
     }
 
     /// (q/2)·2^n, correctly rounded (denormal and infinite results included), for q = 2·exp(r)
@@ -876,7 +1007,7 @@ impl<'ctx> Emitter<'_, 'ctx> {
         // Outside ±750 the result is 0 or inf anyway, and the tail may be NaN or huge.
         let moderate = self.fcmp(FloatPredicate::OLT, self.fabs(w), self.f(750.0));
         let tail = self.select(moderate, tail, self.f(0.0));
-        let r = self.exp_with_tail(w_used, Some(tail));
+        let r = self.exp_with_tail(w_used, Some(tail), true);
 
         let y_nonint = self.fcmp(FloatPredicate::UNE, self.floor(y), y);
         let half = self.mul(y, self.f(0.5));

@@ -51,7 +51,7 @@ pub fn if_any<'ctx>(
     em.builder.position_at_end(after);
 }
 
-fn reduce_or<'ctx>(em: &Emitter<'_, 'ctx>, mask: Value<'ctx>) -> IntValue<'ctx> {
+pub fn reduce_or<'ctx>(em: &Emitter<'_, 'ctx>, mask: Value<'ctx>) -> IntValue<'ctx> {
     let function = Intrinsic::find("llvm.vector.reduce.or")
         .and_then(|i| i.get_declaration(em.module, &[mask.get_type().into()]))
         .expect("LLVM 19 has llvm.vector.reduce.or");
@@ -125,6 +125,17 @@ impl<'ctx> LaneAccumulators<'ctx> {
             lane_buffer,
             row_lists,
         }
+    }
+
+    /// Whether folds touch only the lane slots (not the row's accumulator in memory), so
+    /// that a row's pass over a tile can be thrown away and redone from `init`.
+    pub fn folds_in_lanes(&self) -> bool {
+        self.row_lists.is_none()
+    }
+
+    /// Whether folding calls `exp` (the LogSumExp family's shifted terms).
+    pub fn folds_with_exp(&self) -> bool {
+        family(self.red.kind) == Family::ShiftedExp
     }
 
     fn load(&self, em: &Emitter<'_, 'ctx>, k: usize) -> Value<'ctx> {

@@ -631,3 +631,114 @@ fn logsumexp_of_large_values_does_not_overflow() {
         );
     }
 }
+
+/// Rows whose exponentials are all normal, all denormal, all zero, or mixed (some lanes
+/// underflow), in runs that make the CPU code switch between its normal-range `exp` and the
+/// exact one (codegen::cpu): every row must come out as the interpreter's, whichever path ran
+/// it and whatever the rows before it needed. A lane computed by the normal-range `exp` below
+/// its range would be off by a factor of 2^250 or more.
+#[test]
+fn small_exponentials_in_runs_of_rows_match_the_interpreter() {
+    #[derive(Clone, Copy)]
+    enum Row {
+        Normal,
+        Denormal,
+        Zero,
+        Mixed,
+    }
+    use Row::*;
+    let mut pattern: Vec<Row> = Vec::new();
+    let mut run = |row: Row, count: usize| pattern.extend(std::iter::repeat_n(row, count));
+    run(Normal, 3);
+    run(Denormal, 1);
+    run(Normal, 10);
+    run(Denormal, 300);
+    run(Normal, 200);
+    for _ in 0..40 {
+        run(Normal, 1);
+        run(Mixed, 1);
+    }
+    run(Zero, 20);
+    run(Normal, 20);
+    run(Mixed, 150);
+    run(Normal, 5);
+    let kernels = [
+        ("Sum_Reduction(Exp(u - a * v), 0)", "sum"),
+        ("LogSumExp_Reduction(u - a * v, 0)", "logsumexp"),
+    ];
+    for dtype in [DType::F32, DType::F64] {
+        // exp(u ± 1) is denormal: f32 below 2^-126 (e^-87.3), f64 below 2^-1022 (e^-708.4).
+        let denormal = match dtype {
+            DType::F32 => -95.0,
+            DType::F64 => -720.0,
+        };
+        let (mut u, mut a) = (Vec::new(), Vec::new());
+        for &row in &pattern {
+            let (offset, mixing) = match row {
+                Normal => (0.0, 0.0),
+                Denormal => (denormal, 0.0),
+                Zero => (-1e4, 0.0),
+                Mixed => (0.0, 1.0),
+            };
+            u.push(offset);
+            a.push(mixing);
+        }
+        for m in [100, 5003] {
+            let mut rng = StdRng::seed_from_u64(m as u64);
+            // Every 7th inner point makes the mixed rows' exponent -800: 0 in both types.
+            let v: Vec<f64> = (0..m)
+                .map(|j| {
+                    if j % 7 == 3 {
+                        800.0
+                    } else {
+                        rng.random_range(-1.0..1.0)
+                    }
+                })
+                .collect();
+            let array = |data: &[f64]| match dtype {
+                DType::F64 => HostArray::from_f64(vec![data.len(), 1], data.to_vec()),
+                DType::F32 => HostArray::from_f32(
+                    vec![data.len(), 1],
+                    data.iter().map(|&x| x as f32).collect(),
+                ),
+            };
+            let inputs = vec![
+                ("u".to_string(), array(&u)),
+                ("a".to_string(), array(&a)),
+                ("v".to_string(), array(&v)),
+            ];
+            for (reduction, what) in kernels {
+                let text = format!("kernel t {{ u = Vi(1) a = Vi(1) v = Vj(1) {reduction} }}\n");
+                let compiled = compile(&text);
+                let k = &compiled.kernels[0];
+                let want = driver::evaluate(k, &inputs, Backend::Interp)
+                    .unwrap()
+                    .to_f64();
+                let views: Vec<_> = inputs.iter().map(|(_, x)| x.view()).collect();
+                let jit = driver::compile_cpu(k, dtype).unwrap();
+                for schedule in [
+                    None,
+                    Some(TileSchedule {
+                        row_block: 37,
+                        inner_chunks: 1,
+                    }),
+                ] {
+                    let got = run_tiles(&jit.tile_kernel(), &views, schedule)
+                        .unwrap()
+                        .to_f64();
+                    // Each term rounds once (to half a denormal step at worst), then sums.
+                    let (tol, step) = match dtype {
+                        DType::F32 => (1e-5, 2f64.powi(-149)),
+                        DType::F64 => (1e-12, 2f64.powi(-1074)),
+                    };
+                    for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g - w).abs() <= tol * w.abs() + m as f64 * step,
+                            "{what}, {dtype}, m = {m}, {schedule:?}: row {i}: cpu {g:e}, interpreter {w:e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
