@@ -5,6 +5,7 @@
 pub mod abi;
 pub mod arrays;
 pub mod backward;
+pub mod gradient;
 pub mod module;
 pub mod reduction;
 pub mod tiles;
@@ -14,6 +15,7 @@ pub use arrays::{
     check_all_arguments, check_arguments, index_columns, shape_text, ArgumentError, ArrayData,
     ArrayRef, DType, DataRef, Element, HostArray, IndexArray, NpyError, OutputRef, ProblemSize,
 };
+pub use gradient::GradientError;
 pub use module::{Kernel, LoadError, Manifest, Module};
 pub use ndarray;
 pub use reduction::{Family, Order, Reduction, ReductionArgs, ReductionKind};

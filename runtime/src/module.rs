@@ -12,6 +12,7 @@
 
 use crate::abi::{ArgSpec, Axis, Category, Signature};
 use crate::arrays::{ArgumentError, ArrayRef, DType, HostArray, OutputRef};
+use crate::gradient::{stored_gradients, StoredGradient};
 use crate::reduction::{Reduction, ReductionKind};
 use crate::tiles::{run_tiles, run_tiles_into, TileFn, TileKernel};
 use serde::{Deserialize, Serialize};
@@ -46,6 +47,10 @@ pub struct Manifest {
     pub library: String,
     pub library_hash: String,
     pub kernels: Vec<ManifestKernel>,
+    /// The kernels of the stored gradients (`keopsc build --grad`), which the gradients of
+    /// [`ManifestKernel::gradients`] name; not callable by name. Absent without `--grad`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backward_kernels: Vec<ManifestKernel>,
     /// FNV-1a 64 of this manifest's JSON with this field empty, hex ([`Manifest::checksum`]):
     /// the library's checksum does not cover what the manifest says about it (signatures,
     /// symbols, lanes), and a damaged description would make safe calls read or write out of
@@ -89,6 +94,47 @@ pub struct ManifestKernel {
     pub axis: usize,
     pub output_dim: usize,
     pub entries: Vec<ManifestEntry>,
+    /// The stored backward computations (`keopsc build --grad`): one per input, and one for
+    /// every input at once. Absent without `--grad`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gradients: Vec<ManifestGradient>,
+}
+
+/// One stored backward computation of a kernel: `d/dv sum(G * out)` for each input `v` of
+/// `wrt`, by the names of its kernels (in [`Manifest::backward_kernels`]). The plan is the
+/// compiler's (`keopsc::vjp::plan_many`); lang-spec/gradients.md says what each part does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestGradient {
+    /// The inputs differentiated, in the order of the results.
+    pub wrt: Vec<String>,
+    /// What the dense passes read from the forward: `none`, `output` (the forward output,
+    /// computed by the kernel itself) or `softmax` (`(out, L)` from `saved_kernel`).
+    pub saved: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saved_kernel: Option<String>,
+    pub dense: Vec<ManifestPass>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selected: Option<ManifestSelected>,
+}
+
+/// A dense pass: its kernel, and the inputs whose gradients its output columns concatenate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestPass {
+    pub kernel: String,
+    pub outputs: Vec<String>,
+}
+
+/// The selected-entries part: the kernel finding the entries, the per-entry kernel, `K`, the
+/// dimension `n` of the reduced values, the cotangent of each entry (`values` or
+/// `shifted-max`) and the inputs whose gradients the per-entry kernel's columns concatenate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestSelected {
+    pub indices: String,
+    pub kernel: String,
+    pub k: usize,
+    pub n: usize,
+    pub cotangent: String,
+    pub outputs: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +175,7 @@ impl ManifestKernel {
             axis: sig.axis.index(),
             output_dim: sig.output_dim(),
             entries: Vec::new(),
+            gradients: Vec::new(),
         }
     }
 
@@ -308,6 +355,8 @@ pub struct Kernel {
     signature: Signature,
     entries: Vec<(DType, TileFn, usize)>,
     _owner: Arc<dyn Any + Send + Sync>,
+    /// The backward computations stored with it (a module built with `--grad`).
+    pub(crate) gradients: Arc<Vec<StoredGradient>>,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -331,11 +380,20 @@ impl Kernel {
             signature,
             entries,
             _owner: owner,
+            gradients: Arc::new(Vec::new()),
         }
     }
 
     pub fn signature(&self) -> &Signature {
         &self.signature
+    }
+
+    /// The same code without the gradients stored with it.
+    pub(crate) fn without_gradients(&self) -> Kernel {
+        Kernel {
+            gradients: Arc::new(Vec::new()),
+            ..self.clone()
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -530,17 +588,14 @@ impl Module {
                 manifest.library, manifest.library_hash
             )));
         }
-        let mut signatures = Vec::new();
-        for k in &manifest.kernels {
-            let sig = k
-                .signature()
+        for k in manifest.kernels.iter().chain(&manifest.backward_kernels) {
+            k.signature()
                 .map_err(|e| corrupt(format!("kernel `{}`: {e}", k.name)))?;
             for e in &k.entries {
                 if e.lanes == 0 || !matches!(e.dtype.as_str(), "float32" | "float64") {
                     return Err(corrupt(format!("kernel `{}`: entry {}", k.name, e.symbol)));
                 }
             }
-            signatures.push(sig);
         }
         // SAFETY: the library passed the checks above: it is the one this compiler version
         // wrote for a CPU this machine satisfies; its initialisers are LLVM-generated (none).
@@ -548,26 +603,42 @@ impl Module {
             unsafe { libloading::Library::new(&library_path) }
                 .map_err(|e| io(format!("{}: {e}", manifest.library)))?,
         );
-        let mut kernels = Vec::new();
-        for (k, sig) in manifest.kernels.iter().zip(signatures) {
-            let mut entries = Vec::new();
-            for e in &k.entries {
-                // SAFETY: the symbol was emitted with the TileFn signature (checked format).
-                let tile: TileFn = unsafe {
-                    *library
-                        .get::<TileFn>(e.symbol.as_bytes())
-                        .map_err(|err| corrupt(format!("symbol {}: {err}", e.symbol)))?
-                };
-                let dtype = if e.dtype == "float32" {
-                    DType::F32
-                } else {
-                    DType::F64
-                };
-                entries.push((dtype, tile, e.lanes));
+        let load_kernels = |described: &[ManifestKernel]| -> Result<Vec<Kernel>, LoadError> {
+            let mut kernels = Vec::new();
+            for k in described {
+                let sig = k
+                    .signature()
+                    .map_err(|e| corrupt(format!("kernel `{}`: {e}", k.name)))?;
+                let mut entries = Vec::new();
+                for e in &k.entries {
+                    // SAFETY: the symbol was emitted with the TileFn signature (checked
+                    // format).
+                    let tile: TileFn = unsafe {
+                        *library
+                            .get::<TileFn>(e.symbol.as_bytes())
+                            .map_err(|err| corrupt(format!("symbol {}: {err}", e.symbol)))?
+                    };
+                    let dtype = if e.dtype == "float32" {
+                        DType::F32
+                    } else {
+                        DType::F64
+                    };
+                    entries.push((dtype, tile, e.lanes));
+                }
+                let owner: Arc<dyn Any + Send + Sync> = library.clone();
+                // SAFETY: entries come from the library `owner` keeps loaded.
+                kernels.push(unsafe { Kernel::from_parts(sig, entries, owner) });
             }
-            let owner: Arc<dyn Any + Send + Sync> = library.clone();
-            // SAFETY: entries come from the library `owner` keeps loaded.
-            kernels.push(unsafe { Kernel::from_parts(sig, entries, owner) });
+            Ok(kernels)
+        };
+        let mut kernels = load_kernels(&manifest.kernels)?;
+        let backward = load_kernels(&manifest.backward_kernels)?;
+        for (kernel, described) in kernels.iter_mut().zip(&manifest.kernels) {
+            if !described.gradients.is_empty() {
+                let gradients = stored_gradients(kernel, &described.gradients, &backward)
+                    .map_err(|e| corrupt(format!("kernel `{}`: {e}", described.name)))?;
+                kernel.gradients = Arc::new(gradients);
+            }
         }
         Ok(Module {
             path,

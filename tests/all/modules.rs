@@ -427,3 +427,243 @@ fn concurrent_cache_users_never_see_half_an_entry() {
         "one entry, no temporary directory left: {names:?}"
     );
 }
+
+const GRAD_SOURCE: &str = "
+kernel gauss {
+    x = Vi(3)
+    y = Vj(3)
+    b = Vj(1)
+    s = Pm(1)
+    Sum_Reduction(Exp(-SqDist(x, y) * s) * b, 0)
+}
+kernel lse {
+    x = Vi(2)
+    y = Vj(2)
+    s = Pm(1)
+    LogSumExp_Reduction(-SqDist(x, y) * s, 1)
+}
+kernel softmax {
+    x = Vi(2)
+    y = Vj(2)
+    v = Vj(2)
+    SumSoftMaxWeight_Reduction(-SqDist(x, y), v, 0)
+}
+kernel nearest {
+    x = Vi(2)
+    y = Vj(2)
+    KMin_Reduction(SqDist(x, y), 2, 0)
+}
+kernel shifted {
+    x = Vi(1)
+    y = Vj(1)
+    Max_SumShiftExp_Reduction(x * y, 0)
+}
+kernel index {
+    x = Vi(2)
+    y = Vj(2)
+    ArgMin_Reduction(SqDist(x, y), 0)
+}
+";
+
+fn build_gradients(dir: &Path, source: &str) -> std::path::PathBuf {
+    let out = dir.join("grad.kmod");
+    let report = keopsc::artifact::build_with_gradients(
+        &compiled(source),
+        &[DType::F32, DType::F64],
+        &CpuTarget::host_level(),
+        &out,
+        &[],
+        keopsc::artifact::Placement::Replace,
+    )
+    .expect("builds");
+    assert_eq!(report.not_differentiable, ["index"]);
+    out
+}
+
+/// Random inputs for a kernel's signature (N rows for Vi, M for Vj) and a cotangent shaped
+/// like its output, in `dtype`.
+fn gradient_inputs(
+    sig: &keops_runtime::Signature,
+    dtype: DType,
+    seed: u64,
+) -> (Vec<HostArray>, HostArray) {
+    let (n, m) = (7, 11);
+    let make = |shape: Vec<usize>, seed| {
+        let data: Vec<f64> = random(shape.iter().product(), seed)
+            .iter()
+            .map(|v| 2.0 * v - 1.0)
+            .collect();
+        match dtype {
+            DType::F64 => HostArray::from_f64(shape, data),
+            DType::F32 => HostArray::from_f32(shape, data.iter().map(|&v| v as f32).collect()),
+        }
+    };
+    let inputs = sig
+        .args
+        .iter()
+        .enumerate()
+        .map(|(k, a)| {
+            let shape = match a.category {
+                keops_runtime::Category::I => vec![n, a.dim],
+                keops_runtime::Category::J => vec![m, a.dim],
+                keops_runtime::Category::Param => vec![a.dim],
+            };
+            make(shape, seed + k as u64)
+        })
+        .collect();
+    let rows = match sig.axis {
+        keops_runtime::Axis::I => n,
+        keops_runtime::Axis::J => m,
+    };
+    (inputs, make(vec![rows, sig.output_dim()], seed + 100))
+}
+
+fn assert_close(what: &str, got: &HostArray, want: &HostArray, tol: f64) {
+    assert_eq!(got.shape, want.shape, "{what}");
+    assert_eq!(got.dtype(), want.dtype(), "{what}");
+    let (got, want) = (got.to_f64(), want.to_f64());
+    let scale = want.iter().fold(1e-3f64, |s, x| s.max(x.abs()));
+    for (a, b) in got.iter().zip(&want) {
+        assert!(
+            (a - b).abs() <= tol * scale,
+            "{what}: {a} vs {b}\n{got:?}\n{want:?}"
+        );
+    }
+}
+
+/// A module built with gradients computes, through the runtime alone, the gradients the JIT
+/// computes: every stored set of inputs (each alone, all at once), a subset in another order,
+/// every kind of backward (dense, saved forward, SumSoftMaxWeight's `(out, L)`, selected
+/// entries, the shifted maximum), both axes and dtypes; with the saved forward passed in.
+#[test]
+fn a_module_with_gradients_gives_the_jit_gradients() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let module = Module::load(build_gradients(dir.path(), GRAD_SOURCE)).expect("loads");
+    let file = compiled(GRAD_SOURCE);
+    for checked in file.kernels.iter().filter(|k| k.name != "index") {
+        let kernel = module.kernel(&checked.name).unwrap();
+        let names: Vec<&str> = checked
+            .signature
+            .args
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect();
+        let mut sets: Vec<Vec<&str>> = names.iter().map(|&n| vec![n]).collect();
+        sets.push(names.clone());
+        let stored = kernel.stored_gradients();
+        assert_eq!(stored, sets, "{}", checked.name);
+        // Two inputs in reverse order: from the plan of all inputs.
+        sets.push(names.iter().rev().take(2).copied().collect());
+        for (dtype, tol) in [(DType::F64, 1e-9), (DType::F32, 2e-4)] {
+            let (inputs, g) = gradient_inputs(&checked.signature, dtype, 5);
+            let refs: Vec<&HostArray> = inputs.iter().collect();
+            let named: Vec<(String, HostArray)> = names
+                .iter()
+                .map(|n| n.to_string())
+                .zip(inputs.iter().cloned())
+                .collect();
+            for set in &sets {
+                let want = keopsc::vjp::vjp_many(checked, set, &named, &g, Backend::Cpu).unwrap();
+                let got = kernel.vjp(set, &refs, &g, None).unwrap();
+                assert_eq!(got.len(), set.len());
+                for ((name, got), want) in set.iter().zip(&got).zip(&want) {
+                    let what = format!("{} d{name} ({set:?}, {dtype})", checked.name);
+                    assert_close(&what, got, want, tol);
+                }
+            }
+            // The saved forward, passed in: the same gradients.
+            let plan = keopsc::vjp::plan_many(checked, &names).unwrap();
+            if let Some(saved) =
+                keopsc::vjp::saved_rows(&plan.saved, &plan.forward, &refs, Backend::Cpu).unwrap()
+            {
+                let computed = kernel.vjp(&names, &refs, &g, None).unwrap();
+                let given = kernel.vjp(&names, &refs, &g, Some(&saved)).unwrap();
+                for (a, b) in computed.iter().zip(&given) {
+                    assert_close(&format!("{} saved", checked.name), b, a, 1e-12);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gradients_a_module_cannot_give_are_clear_errors() {
+    use keops_runtime::GradientError;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let module = Module::load(build_gradients(dir.path(), GRAD_SOURCE)).expect("loads");
+    let gauss = module.kernel("gauss").unwrap();
+    let (inputs, g) = gradient_inputs(gauss.signature(), DType::F64, 3);
+    let refs: Vec<&HostArray> = inputs.iter().collect();
+    let err = gauss.vjp(&["z"], &refs, &g, None).unwrap_err();
+    assert!(matches!(err, GradientError::UnknownInput { .. }), "{err}");
+    assert!(err.to_string().contains("`x`, `y`, `b`, `s`"), "{err}");
+    let err = gauss.vjp(&["x", "x"], &refs, &g, None).unwrap_err();
+    assert!(matches!(err, GradientError::DuplicateInput { .. }), "{err}");
+    let err = gauss.vjp(&[], &refs, &g, None).unwrap_err();
+    assert!(matches!(err, GradientError::NoInput { .. }), "{err}");
+    let short = HostArray::from_f64(vec![3, 1], vec![0.0; 3]);
+    let err = gauss.vjp(&["y"], &refs, &short, None).unwrap_err();
+    assert!(
+        err.to_string().contains("cotangent has shape (3, 1)"),
+        "{err}"
+    );
+    let f32_g = HostArray::from_f32(vec![7, 1], vec![0.0; 7]);
+    let err = gauss.vjp(&["y"], &refs, &f32_g, None).unwrap_err();
+    assert!(err.to_string().contains("float32"), "{err}");
+    let err = gauss.vjp(&["y"], &refs[..3], &g, None).unwrap_err();
+    assert!(err.to_string().contains("`s`"), "{err}");
+    let lse = module.kernel("lse").unwrap();
+    let (inputs, g) = gradient_inputs(lse.signature(), DType::F64, 3);
+    let refs: Vec<&HostArray> = inputs.iter().collect();
+    let err = lse.vjp(&["y"], &refs, &g, Some(&short)).unwrap_err();
+    assert!(
+        err.to_string().contains("saved forward has shape (3, 1)"),
+        "{err}"
+    );
+    let index = module.kernel("index").unwrap();
+    let err = index.vjp(&["x"], &refs, &g, None).unwrap_err();
+    assert!(matches!(err, GradientError::NotBuilt { .. }), "{err}");
+    assert!(index.stored_gradients().is_empty());
+    // Without --grad: no gradients, and the manifest has no gradient fields at all.
+    let plain = Module::load(build(dir.path(), &CpuTarget::host_level())).expect("loads");
+    let err = plain
+        .kernel("gauss")
+        .unwrap()
+        .vjp(&["x"], &refs, &g, None)
+        .unwrap_err();
+    assert!(err.to_string().contains("keopsc build --grad"), "{err}");
+    let text = std::fs::read_to_string(dir.path().join("m.kmod").join(MANIFEST_FILE)).unwrap();
+    assert!(!text.contains("gradients") && !text.contains("backward_kernels"));
+}
+
+/// A manifest whose gradient names a kernel it lacks, or reads columns a kernel does not give,
+/// is refused at load (its checksum made to match), before anything runs.
+#[test]
+fn damaged_gradients_are_refused_at_load() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = build_gradients(dir.path(), GRAD_SOURCE);
+    let reseal = |edit: &dyn Fn(&mut keops_runtime::Manifest)| {
+        let text = std::fs::read_to_string(path.join(MANIFEST_FILE)).unwrap();
+        let mut manifest: keops_runtime::Manifest = serde_json::from_str(&text).unwrap();
+        edit(&mut manifest);
+        manifest.manifest_hash = manifest.checksum();
+        std::fs::write(
+            path.join(MANIFEST_FILE),
+            serde_json::to_string_pretty(&manifest).unwrap(),
+        )
+        .unwrap();
+    };
+    let original = std::fs::read_to_string(path.join(MANIFEST_FILE)).unwrap();
+    reseal(&|m| m.kernels[0].gradients[0].dense[0].kernel = "missing".into());
+    let err = Module::load(&path).err().expect("refused");
+    assert!(err.to_string().contains("`missing`"), "{err}");
+    std::fs::write(path.join(MANIFEST_FILE), &original).unwrap();
+    reseal(&|m| m.kernels[0].gradients[0].dense[0].outputs = vec!["y".into()]);
+    let err = Module::load(&path).err().expect("refused");
+    assert!(
+        err.to_string().contains("not asked") || err.to_string().contains("columns"),
+        "{err}"
+    );
+    std::fs::write(path.join(MANIFEST_FILE), &original).unwrap();
+    Module::load(&path).expect("the original loads");
+}

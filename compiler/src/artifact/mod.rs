@@ -4,6 +4,7 @@
 //! place, so a reader never sees half of one.
 
 pub mod cache;
+pub mod gradients;
 
 use crate::codegen::jit::{emit_object, TileSpec};
 use crate::codegen::{CodegenError, CpuTarget};
@@ -24,6 +25,8 @@ pub enum BuildError {
     Codegen(#[from] CodegenError),
     #[error("cannot write the module `{path}`: {message}")]
     Io { path: PathBuf, message: String },
+    #[error(transparent)]
+    Gradient(#[from] crate::vjp::VjpError),
     #[error("linking the shared library failed: {0} (keopsc build needs a C compiler driver, `cc`, to link; install gcc)")]
     Link(String),
 }
@@ -32,6 +35,8 @@ pub enum BuildError {
 #[derive(Clone, Debug)]
 pub struct BuildReport {
     pub manifest: Manifest,
+    /// With gradients: the kernels that have none (their reduction returns indices only).
+    pub not_differentiable: Vec<String>,
     pub codegen: Duration,
     pub link: Duration,
 }
@@ -39,6 +44,12 @@ pub struct BuildReport {
 /// The symbol of a kernel's tile function for one dtype: the kernel name is an identifier.
 pub fn tile_symbol(kernel: &str, dtype: DType) -> String {
     format!("keops_tile_{kernel}_{}", dtype_name(dtype))
+}
+
+/// The symbol of a stored backward kernel's tile function: apart from the file's kernels, so
+/// that a kernel of the file named like a backward kernel keeps its own.
+pub fn backward_tile_symbol(kernel: &str, dtype: DType) -> String {
+    format!("keops_backward_tile_{kernel}_{}", dtype_name(dtype))
 }
 
 pub fn llvm_version() -> String {
@@ -65,37 +76,70 @@ pub fn build(
     extra: &[(&str, &str)],
     placement: Placement,
 ) -> Result<BuildReport, BuildError> {
+    build_module(file, dtypes, target, out, extra, placement, false)
+}
+
+/// [`build`], with the gradients of every kernel (`keopsc build --grad`): the backward plans
+/// of each input alone and of all inputs at once, and their kernels, so that a program that
+/// links only the runtime computes gradients (`keops_runtime::Kernel::vjp`). A kernel whose
+/// reduction returns indices only has none ([`BuildReport::not_differentiable`]).
+pub fn build_with_gradients(
+    file: &CompiledFile,
+    dtypes: &[DType],
+    target: &CpuTarget,
+    out: &Path,
+    extra: &[(&str, &str)],
+    placement: Placement,
+) -> Result<BuildReport, BuildError> {
+    build_module(file, dtypes, target, out, extra, placement, true)
+}
+
+fn build_module(
+    file: &CompiledFile,
+    dtypes: &[DType],
+    target: &CpuTarget,
+    out: &Path,
+    extra: &[(&str, &str)],
+    placement: Placement,
+    with_gradients: bool,
+) -> Result<BuildReport, BuildError> {
     let start = Instant::now();
+    let stored = if with_gradients {
+        gradients::collect(file)?
+    } else {
+        gradients::StoredGradients {
+            kernels: Vec::new(),
+            gradients: vec![Vec::new(); file.kernels.len()],
+            not_differentiable: Vec::new(),
+        }
+    };
+    let optimize = |k: &crate::check::CheckedKernel| {
+        opt::optimize(k, &OptBudget::default()).map_err(|d| CodegenError::Internal {
+            stage: "optimiser",
+            message: d.message,
+        })
+    };
     let optimized: Vec<opt::OptimizedKernel> = file
         .kernels
         .iter()
-        .map(|k| {
-            opt::optimize(k, &OptBudget::default()).map_err(|d| CodegenError::Internal {
-                stage: "optimiser",
-                message: d.message,
-            })
-        })
+        .map(optimize)
+        .collect::<Result<_, _>>()?;
+    let backward: Vec<opt::OptimizedKernel> = stored
+        .kernels
+        .iter()
+        .map(optimize)
         .collect::<Result<_, _>>()?;
     let mut specs = Vec::new();
     let mut kernels = Vec::new();
-    for k in &optimized {
-        let mut entry = ManifestKernel::describe(&k.signature);
-        for &dtype in dtypes {
-            let spec = TileSpec {
-                formula: &k.formula,
-                signature: &k.signature,
-                dtype,
-                symbol: tile_symbol(&k.name, dtype),
-            };
-            entry.entries.push(ManifestEntry {
-                dtype: dtype_name(dtype).to_string(),
-                symbol: spec.symbol.clone(),
-                lanes: spec.schedule(target).lanes as usize,
-            });
-            specs.push(spec);
-        }
+    for (k, gradients) in optimized.iter().zip(stored.gradients) {
+        let mut entry = describe(k, tile_symbol, dtypes, target, &mut specs);
+        entry.gradients = gradients;
         kernels.push(entry);
     }
+    let backward_kernels: Vec<ManifestKernel> = backward
+        .iter()
+        .map(|k| describe(k, backward_tile_symbol, dtypes, target, &mut specs))
+        .collect();
     let object = emit_object("kernels", &specs, target)?;
     let codegen = start.elapsed();
 
@@ -106,7 +150,14 @@ pub fn build(
     std::fs::create_dir_all(&parent).map_err(io(&parent))?;
     let staging = temporary_dir(&parent, out);
     std::fs::create_dir_all(&staging).map_err(io(&staging))?;
-    let result = write_module(file, &object, kernels, target, &staging, extra);
+    let result = write_module(
+        file,
+        &object,
+        (kernels, backward_kernels),
+        target,
+        &staging,
+        extra,
+    );
     let (manifest, link) = match result {
         Ok(r) => r,
         Err(e) => {
@@ -124,9 +175,36 @@ pub fn build(
     }
     Ok(BuildReport {
         manifest,
+        not_differentiable: stored.not_differentiable,
         codegen,
         link,
     })
+}
+
+/// The manifest entry of one kernel, its tile functions (one per dtype) added to `specs`.
+fn describe<'k>(
+    k: &'k opt::OptimizedKernel,
+    symbol: fn(&str, DType) -> String,
+    dtypes: &[DType],
+    target: &CpuTarget,
+    specs: &mut Vec<TileSpec<'k>>,
+) -> ManifestKernel {
+    let mut entry = ManifestKernel::describe(&k.signature);
+    for &dtype in dtypes {
+        let spec = TileSpec {
+            formula: &k.formula,
+            signature: &k.signature,
+            dtype,
+            symbol: symbol(&k.name, dtype),
+        };
+        entry.entries.push(ManifestEntry {
+            dtype: dtype_name(dtype).to_string(),
+            symbol: spec.symbol.clone(),
+            lanes: spec.schedule(target).lanes as usize,
+        });
+        specs.push(spec);
+    }
+    entry
 }
 
 /// An I/O error about `path`.
@@ -142,7 +220,7 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> BuildError {
 fn write_module(
     file: &CompiledFile,
     object: &[u8],
-    kernels: Vec<ManifestKernel>,
+    (kernels, backward_kernels): (Vec<ManifestKernel>, Vec<ManifestKernel>),
     target: &CpuTarget,
     staging: &Path,
     extra: &[(&str, &str)],
@@ -174,6 +252,7 @@ fn write_module(
         library: library_name,
         library_hash,
         kernels,
+        backward_kernels,
         manifest_hash: String::new(),
     };
     manifest.manifest_hash = manifest.checksum();

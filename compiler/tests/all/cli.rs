@@ -1210,3 +1210,57 @@ fn vjp_reads_the_saved_forward_given() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.stderr.contains("is ignored"), "{}", run.stderr);
 }
+
+/// `keopsc build --grad`: the gradients each kernel stores are listed, the module loads with
+/// them and computes the library's gradient; a kernel returning indices only is noted and left
+/// without any.
+#[test]
+fn build_with_grad_stores_every_kernels_gradients() {
+    let f = Fixture::new();
+    f.write(
+        "two.kf",
+        &format!(
+            "{GAUSS}\nkernel nearest {{\n x = Vi(3)\n y = Vj(3)\n ArgMin_Reduction(SqDist(x, y), 0)\n}}\n"
+        ),
+    );
+    let out = f.p("two.kmod");
+    let run = keopsc(&["build", &f.p("two.kf"), "-o", &out, "--grad"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout
+            .contains("gradients: dx; dy; db; ds; dx, dy, db, ds"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr.contains("`nearest` returns indices only"),
+        "{}",
+        run.stderr
+    );
+    let module = keops_runtime::Module::load(&out).unwrap();
+    let kernel = module.kernel("gauss_conv").unwrap();
+    let compiled = keopsc::driver::compile(keopsc::source::SourceFile::new("g", GAUSS)).unwrap();
+    let inputs: Vec<(String, HostArray)> = ALL_ARGS
+        .iter()
+        .map(|(n, file)| (n.to_string(), HostArray::read_npy(&f.path(file)).unwrap()))
+        .collect();
+    let refs: Vec<&HostArray> = inputs.iter().map(|(_, a)| a).collect();
+    let g = HostArray::from_f64(vec![4, 1], vec![1.0, -2.0, 0.5, 3.0]);
+    let got = kernel.vjp(&["y"], &refs, &g, None).unwrap();
+    let want = keopsc::vjp::vjp(
+        &compiled.kernels[0],
+        "y",
+        &inputs,
+        &g,
+        keopsc::driver::Backend::Interp,
+    )
+    .unwrap();
+    for (a, b) in got[0].to_f64().iter().zip(want.to_f64()) {
+        assert!((a - b).abs() <= 1e-12 * b.abs().max(1.0), "{a} {b}");
+    }
+    assert!(module
+        .kernel("nearest")
+        .unwrap()
+        .stored_gradients()
+        .is_empty());
+}

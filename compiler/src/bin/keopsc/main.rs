@@ -145,6 +145,11 @@ enum Command {
         /// Element types to compile for (f32, f64); both when left out.
         #[arg(long = "dtype")]
         dtypes: Vec<String>,
+        /// Also store every kernel's gradients (the backward kernels of each input and of all
+        /// inputs at once), so that a program linking only the runtime computes them
+        /// (`Kernel::vjp`).
+        #[arg(long)]
+        grad: bool,
     },
     /// Measure the CPU backend on the reference workloads (W1, W1s, W2..W5), with the C
     /// baseline and pykeops measured in the same run.
@@ -273,7 +278,8 @@ fn run(cli: Cli) -> ExitCode {
             output,
             target,
             dtypes,
-        } => build(&file, output, &target, &dtypes),
+            grad,
+        } => build(&file, output, &target, &dtypes, grad),
         Command::Bench {
             workloads,
             sizes,
@@ -472,6 +478,7 @@ fn build(
     output: Option<PathBuf>,
     target: &str,
     dtypes: &[String],
+    grad: bool,
 ) -> Result<(), Reported> {
     let target = if target == "host" {
         keopsc::codegen::CpuTarget::host_level()
@@ -497,7 +504,12 @@ fn build(
             .map_or("module".into(), |s| s.to_string_lossy().into_owned());
         PathBuf::from(format!("{stem}.kmod"))
     });
-    let report = keopsc::artifact::build(
+    let build = if grad {
+        keopsc::artifact::build_with_gradients
+    } else {
+        keopsc::artifact::build
+    };
+    let report = build(
         &compiled,
         &parsed,
         &target,
@@ -519,8 +531,30 @@ fn build(
         report.codegen.as_secs_f64() * 1e3,
         report.link.as_secs_f64() * 1e3
     );
-    for k in &compiled.kernels {
+    for (k, described) in compiled.kernels.iter().zip(&report.manifest.kernels) {
         println!("  {}", k.signature);
+        if !described.gradients.is_empty() {
+            let sets: Vec<String> = described
+                .gradients
+                .iter()
+                .map(|g| format!("d{}", g.wrt.join(", d")))
+                .collect();
+            println!("    gradients: {}", sets.join("; "));
+        }
+    }
+    if grad {
+        println!(
+            "  {} backward kernel{}",
+            report.manifest.backward_kernels.len(),
+            if report.manifest.backward_kernels.len() == 1 {
+                ""
+            } else {
+                "s"
+            }
+        );
+    }
+    for name in &report.not_differentiable {
+        eprintln!("note: `{name}` returns indices only: it has no gradient");
     }
     Ok(())
 }

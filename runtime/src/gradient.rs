@@ -1,0 +1,304 @@
+//! Gradients stored in a module (`keopsc build --grad`): the backward computations of a
+//! kernel, read from the manifest ([`ManifestGradient`]) into plans over the module's own
+//! kernels, and [`Kernel::vjp`], which runs them through [`crate::backward`]. Everything here
+//! runs without the compiler or LLVM.
+
+use crate::arrays::{ArgumentError, HostArray};
+use crate::backward::{self, BackwardError, Passes, Saved, SelectedCotangent, SelectedPass};
+use crate::module::{Kernel, ManifestGradient};
+
+/// A backward computation of one kernel, over kernels of its module.
+#[derive(Clone)]
+pub(crate) struct StoredGradient {
+    /// The inputs differentiated, by position.
+    wrt: Vec<usize>,
+    saved: Saved<Kernel>,
+    dense: Vec<(Kernel, Vec<usize>)>,
+    selected: Option<StoredSelected>,
+}
+
+#[derive(Clone)]
+struct StoredSelected {
+    indices: Kernel,
+    kernel: Kernel,
+    k: usize,
+    n: usize,
+    cotangent: SelectedCotangent,
+    outputs: Vec<usize>,
+}
+
+/// Why [`Kernel::vjp`] gives no gradient.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GradientError {
+    #[error("kernel `{kernel}` has no stored gradients: build its module with `keopsc build --grad` (a reduction that returns indices only has none)")]
+    NotBuilt { kernel: String },
+    #[error("kernel `{kernel}` has no input `{name}` to differentiate with respect to; its inputs are {inputs}")]
+    UnknownInput {
+        kernel: String,
+        name: String,
+        inputs: String,
+    },
+    #[error("kernel `{kernel}`: no input to differentiate with respect to")]
+    NoInput { kernel: String },
+    #[error("kernel `{kernel}`: `{name}` is asked for twice")]
+    DuplicateInput { kernel: String, name: String },
+    #[error(transparent)]
+    Argument(#[from] ArgumentError),
+    #[error("the cotangent {0}")]
+    Cotangent(String),
+    #[error("the saved forward {0}")]
+    Saved(String),
+}
+
+impl Kernel {
+    /// The sets of inputs whose gradients its module stores, by name: each input alone, then
+    /// all of them at once. Empty for a module built without `--grad`.
+    pub fn stored_gradients(&self) -> Vec<Vec<&str>> {
+        self.gradients
+            .iter()
+            .map(|g| {
+                g.wrt
+                    .iter()
+                    .map(|&w| self.signature().args[w].name.as_str())
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The gradients of `sum(G * out)` with respect to the inputs `wrt`, in that order, each
+    /// in the shape of the array passed for it and the inputs' dtype, computed by the backward
+    /// kernels its module stores (`keopsc build --grad`): the same plans, kernels and results
+    /// as `keopsc::vjp::vjp_many`, without the compiler. `inputs` in argument order;
+    /// `cotangent` shaped like the output; `saved`: the saved forward rows when already
+    /// computed (the forward output for the LogSumExp family, `(out, L)` for
+    /// SumSoftMaxWeight; see lang-spec/gradients.md), ignored by a reduction that reads none.
+    ///
+    /// One input runs its own plan (one dense pass, or the selected entries); several run the
+    /// plan of every input at once (two dense passes at most) and keep those asked for.
+    pub fn vjp(
+        &self,
+        wrt: &[&str],
+        inputs: &[&HostArray],
+        cotangent: &HostArray,
+        saved: Option<&HostArray>,
+    ) -> Result<Vec<HostArray>, GradientError> {
+        let sig = self.signature();
+        let kernel = || sig.name.clone();
+        if wrt.is_empty() {
+            return Err(GradientError::NoInput { kernel: kernel() });
+        }
+        let mut positions = Vec::with_capacity(wrt.len());
+        for &name in wrt {
+            let at = sig
+                .args
+                .iter()
+                .position(|a| a.name == name)
+                .ok_or_else(|| {
+                    let names: Vec<String> =
+                        sig.args.iter().map(|a| format!("`{}`", a.name)).collect();
+                    GradientError::UnknownInput {
+                        kernel: kernel(),
+                        name: name.to_string(),
+                        inputs: names.join(", "),
+                    }
+                })?;
+            if positions.contains(&at) {
+                return Err(GradientError::DuplicateInput {
+                    kernel: kernel(),
+                    name: name.to_string(),
+                });
+            }
+            positions.push(at);
+        }
+        let stored = self
+            .gradients
+            .iter()
+            .find(|g| g.wrt == positions)
+            .or_else(|| {
+                self.gradients
+                    .iter()
+                    .find(|g| positions.iter().all(|w| g.wrt.contains(w)))
+            })
+            .ok_or_else(|| GradientError::NotBuilt { kernel: kernel() })?;
+        let passes = Passes {
+            forward: sig,
+            wrt: &stored.wrt,
+            saved: stored.saved.as_ref(),
+            dense: stored
+                .dense
+                .iter()
+                .map(|(k, outputs)| (k, outputs.as_slice()))
+                .collect(),
+            selected: stored.selected.as_ref().map(|s| SelectedPass {
+                indices: &s.indices,
+                kernel: &s.kernel,
+                k: s.k,
+                n: s.n,
+                cotangent: s.cotangent,
+                outputs: &s.outputs,
+            }),
+        };
+        let mut runner = |k: &Kernel, arrays: &[&HostArray]| {
+            let views: Vec<_> = arrays.iter().map(|a| a.view()).collect();
+            k.call(&views)
+        };
+        let grads =
+            backward::run_passes(&passes, inputs, cotangent, saved, &mut runner).map_err(|e| {
+                match e {
+                    BackwardError::Argument(e) | BackwardError::Pass(e) => {
+                        GradientError::Argument(e)
+                    }
+                    BackwardError::Cotangent(text) => GradientError::Cotangent(text),
+                    BackwardError::Saved(text) => GradientError::Saved(text),
+                }
+            })?;
+        let mut grads: Vec<Option<HostArray>> = grads.into_iter().map(Some).collect();
+        Ok(positions
+            .iter()
+            .map(|w| {
+                let slot = stored
+                    .wrt
+                    .iter()
+                    .position(|x| x == w)
+                    .expect("chosen above");
+                grads[slot].take().expect("each input once")
+            })
+            .collect())
+    }
+}
+
+/// The gradients a manifest describes for `forward`, over the module's `backward` kernels,
+/// checked so that running them cannot index out of bounds: every name resolves, every
+/// kernel's output width is what the combination reads, every kernel takes the forward's
+/// arguments first.
+pub(crate) fn stored_gradients(
+    forward: &Kernel,
+    described: &[ManifestGradient],
+    backward: &[Kernel],
+) -> Result<Vec<StoredGradient>, String> {
+    let sig = forward.signature();
+    let find = |name: &str| {
+        backward
+            .iter()
+            .find(|k| k.name() == name)
+            .cloned()
+            .ok_or_else(|| format!("its gradient names a kernel `{name}` the module lacks"))
+    };
+    let positions = |names: &[String]| -> Result<Vec<usize>, String> {
+        names
+            .iter()
+            .map(|n| {
+                sig.args
+                    .iter()
+                    .position(|a| &a.name == n)
+                    .ok_or_else(|| format!("its gradient names an input `{n}` it lacks"))
+            })
+            .collect()
+    };
+    let width = |outputs: &[usize]| outputs.iter().map(|&w| sig.args[w].dim).sum::<usize>();
+    let takes_forward_args = |k: &Kernel, extra: usize| -> Result<(), String> {
+        let args = &k.signature().args;
+        let prefix_ok = args.len() == sig.args.len() + extra
+            && args
+                .iter()
+                .zip(&sig.args)
+                .all(|(a, b)| a.dim == b.dim && a.category == b.category);
+        if prefix_ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "backward kernel `{}` does not take the forward's arguments",
+                k.name()
+            ))
+        }
+    };
+    let expect_width = |k: &Kernel, expected: usize| -> Result<(), String> {
+        if k.signature().output_dim() == expected {
+            Ok(())
+        } else {
+            Err(format!(
+                "backward kernel `{}` gives {} columns, the gradient reads {expected}",
+                k.name(),
+                k.signature().output_dim()
+            ))
+        }
+    };
+    // A plain copy of the forward, for the saved output: it must not hold its own gradients.
+    let plain = forward.without_gradients();
+    let mut out = Vec::new();
+    for g in described {
+        let wrt = positions(&g.wrt)?;
+        if wrt.is_empty() || (1..wrt.len()).any(|k| wrt[..k].contains(&wrt[k])) {
+            return Err("a gradient's inputs are empty or repeated".into());
+        }
+        let saved = match (g.saved.as_str(), &g.saved_kernel) {
+            ("none", None) => Saved::None,
+            ("output", None) => Saved::Output(plain.clone()),
+            ("softmax", Some(name)) => {
+                let k = find(name)?;
+                takes_forward_args(&k, 0)?;
+                expect_width(&k, sig.reduction.wdim + 2)?;
+                Saved::SoftMax(k)
+            }
+            (other, _) => return Err(format!("a gradient's saved forward `{other}`")),
+        };
+        let saved_columns = usize::from(saved.dim(sig).is_some());
+        let mut dense = Vec::new();
+        for pass in &g.dense {
+            let k = find(&pass.kernel)?;
+            let outputs = positions(&pass.outputs)?;
+            if outputs.iter().any(|w| !wrt.contains(w)) {
+                return Err(format!(
+                    "pass `{}` computes an input not asked",
+                    pass.kernel
+                ));
+            }
+            takes_forward_args(&k, 1 + saved_columns)?;
+            expect_width(&k, width(&outputs))?;
+            dense.push((k, outputs));
+        }
+        let selected = match &g.selected {
+            None => None,
+            Some(s) => {
+                let cotangent = SelectedCotangent::from_name(&s.cotangent)
+                    .ok_or_else(|| format!("a selected cotangent `{}`", s.cotangent))?;
+                if cotangent == SelectedCotangent::ShiftedMax && saved.dim(sig).is_none() {
+                    return Err("a shifted maximum without saved rows".into());
+                }
+                if s.k == 0 || s.n == 0 || s.k * s.n > sig.output_dim() {
+                    return Err(format!("selected entries K = {}, n = {}", s.k, s.n));
+                }
+                let indices = find(&s.indices)?;
+                takes_forward_args(&indices, 0)?;
+                expect_width(&indices, 2 * s.k * s.n)?;
+                let kernel = find(&s.kernel)?;
+                let outputs = positions(&s.outputs)?;
+                if outputs.iter().any(|w| !wrt.contains(w)) {
+                    return Err(format!("kernel `{}` computes an input not asked", s.kernel));
+                }
+                if kernel.signature().args.len() != sig.args.len() + 1 {
+                    return Err(format!(
+                        "per-entry kernel `{}` does not take the forward's arguments",
+                        s.kernel
+                    ));
+                }
+                expect_width(&kernel, width(&outputs))?;
+                Some(StoredSelected {
+                    indices,
+                    kernel,
+                    k: s.k,
+                    n: s.n,
+                    cotangent,
+                    outputs,
+                })
+            }
+        };
+        out.push(StoredGradient {
+            wrt,
+            saved,
+            dense,
+            selected,
+        });
+    }
+    Ok(out)
+}
