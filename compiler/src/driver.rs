@@ -319,6 +319,32 @@ pub fn jit_kernel(kernel: &CheckedKernel, dtypes: &[DType]) -> Result<Kernel, Ev
     Ok(unsafe { Kernel::from_parts(kernel.signature.clone(), entries, owner) })
 }
 
+/// [`jit_kernel`] with the kernel's gradients (`Kernel::vjp`): the backward kernels of each
+/// input and of all inputs at once compiled as well, as `keopsc build --grad` stores them in a
+/// module. A reduction that returns indices only has none (its `vjp` says so).
+pub fn jit_kernel_with_gradients(
+    kernel: &CheckedKernel,
+    dtypes: &[DType],
+) -> Result<Kernel, crate::vjp::VjpRunError> {
+    let forward = jit_kernel(kernel, dtypes)?;
+    let stored = crate::artifact::gradients::collect_kernels(std::slice::from_ref(kernel))?;
+    let backward: Vec<Kernel> = stored
+        .kernels
+        .iter()
+        .map(|k| jit_kernel(k, dtypes))
+        .collect::<Result<_, _>>()?;
+    let described = stored.gradients.into_iter().next().unwrap_or_default();
+    forward
+        .with_gradients(&described, &backward)
+        .map_err(|message| {
+            crate::vjp::VjpError::Internal {
+                kernel: kernel.name.clone(),
+                message,
+            }
+            .into()
+        })
+}
+
 /// The CPU code of one kernel, as text: its schedule, optimised LLVM IR and host assembly.
 pub struct CpuCode {
     pub schedule_text: String,

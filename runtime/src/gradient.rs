@@ -30,7 +30,7 @@ struct StoredSelected {
 /// Why [`Kernel::vjp`] gives no gradient.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum GradientError {
-    #[error("kernel `{kernel}` has no stored gradients: build its module with `keopsc build --grad` (a reduction that returns indices only has none)")]
+    #[error("kernel `{kernel}` has no stored gradients: build its module with `keopsc build --grad`, or compile it with `keopsc::driver::jit_kernel_with_gradients` (a reduction that returns indices only has none)")]
     NotBuilt { kernel: String },
     #[error("kernel `{kernel}` has no input `{name}` to differentiate with respect to; its inputs are {inputs}")]
     UnknownInput {

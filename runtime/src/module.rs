@@ -388,6 +388,23 @@ impl Kernel {
         &self.signature
     }
 
+    /// The same kernel with the gradients `described` (as a manifest describes them), over
+    /// the `backward` kernels they name; what is wrong with them otherwise (a kernel they name
+    /// is missing, or does not take the forward's arguments or give the columns read). A
+    /// module's kernels get theirs at load; `keopsc::driver::jit_kernel_with_gradients` gives
+    /// compiled ones theirs.
+    pub fn with_gradients(
+        &self,
+        described: &[ManifestGradient],
+        backward: &[Kernel],
+    ) -> Result<Kernel, String> {
+        let gradients = stored_gradients(self, described, backward)?;
+        Ok(Kernel {
+            gradients: Arc::new(gradients),
+            ..self.clone()
+        })
+    }
+
     /// The same code without the gradients stored with it.
     pub(crate) fn without_gradients(&self) -> Kernel {
         Kernel {
@@ -635,9 +652,9 @@ impl Module {
         let backward = load_kernels(&manifest.backward_kernels)?;
         for (kernel, described) in kernels.iter_mut().zip(&manifest.kernels) {
             if !described.gradients.is_empty() {
-                let gradients = stored_gradients(kernel, &described.gradients, &backward)
+                *kernel = kernel
+                    .with_gradients(&described.gradients, &backward)
                     .map_err(|e| corrupt(format!("kernel `{}`: {e}", described.name)))?;
-                kernel.gradients = Arc::new(gradients);
             }
         }
         Ok(Module {

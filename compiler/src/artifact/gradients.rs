@@ -52,10 +52,15 @@ impl Store {
 }
 
 pub fn collect(file: &CompiledFile) -> Result<StoredGradients, VjpError> {
+    collect_kernels(&file.kernels)
+}
+
+/// [`collect`] for the kernels given.
+pub fn collect_kernels(kernels: &[CheckedKernel]) -> Result<StoredGradients, VjpError> {
     let mut store = Store::default();
     let mut gradients = Vec::new();
     let mut not_differentiable = Vec::new();
-    for kernel in &file.kernels {
+    for kernel in kernels {
         let names: Vec<&str> = kernel
             .signature
             .args

@@ -651,3 +651,39 @@ fn the_jit_cache_drops_the_least_recently_used_kernel() {
         (1, 4, 2, 2)
     );
 }
+
+/// `driver::jit_kernel_with_gradients`: the runtime's `Kernel::vjp` on kernels compiled in
+/// process gives `vjp_many`'s gradients (a dense plan with the saved forward, and selected
+/// entries); `jit_kernel` alone stores none, and says how to get them.
+#[test]
+fn jit_kernels_with_gradients_give_the_vjp() {
+    for source in [
+        "kernel k {\n x = Vi(2)\n y = Vj(2)\n p = Pm(1)\n LogSumExp_Reduction(-SqNorm2(x - y) * p, 1)\n}\n",
+        "kernel k {\n x = Vi(2)\n y = Vj(2)\n KMin_Reduction(SqNorm2(x - y), 2, 0)\n}\n",
+    ] {
+        let forward = kernel(source);
+        let compiled =
+            driver::jit_kernel_with_gradients(&forward, &[DType::F32, DType::F64]).unwrap();
+        let mut rng = StdRng::seed_from_u64(77);
+        let inputs = inputs(&forward, &mut rng);
+        let rows = match forward.signature.axis {
+            keops_runtime::Axis::I => N,
+            keops_runtime::Axis::J => M,
+        };
+        let dim = forward.signature.output_dim();
+        let g: Vec<f64> = (0..rows * dim).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let cotangent = HostArray::from_f64(vec![rows, dim], g);
+        let names: Vec<&str> = forward.signature.args.iter().map(|a| a.name.as_str()).collect();
+        let arrays: Vec<&HostArray> = inputs.iter().map(|(_, a)| a).collect();
+        for set in [vec![names[1]], names.clone()] {
+            let want = vjp::vjp_many(&forward, &set, &inputs, &cotangent, Backend::Cpu).unwrap();
+            let got = compiled.vjp(&set, &arrays, &cotangent, None).unwrap();
+            for (a, b) in got.iter().zip(&want) {
+                assert_close("jit Kernel::vjp", &a.to_f64(), &b.to_f64(), 1e-12);
+            }
+        }
+        let plain = driver::jit_kernel(&forward, &[DType::F64]).unwrap();
+        let err = plain.vjp(&["x"], &arrays, &cotangent, None).unwrap_err();
+        assert!(err.to_string().contains("jit_kernel_with_gradients"), "{err}");
+    }
+}
