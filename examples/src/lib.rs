@@ -1,7 +1,9 @@
 //! Example kernels (`examples/kf/*.kf`) and the programs a user starts from: `make-example-data`
 //! and `show-npy` (used by `./x run-example`), and three programs that load a module built by
 //! `keopsc build` through `keops-runtime` alone (no LLVM): `gauss-sum`, `knn`, `diffusion`.
-//! `jit-gauss-sum` (feature `jit`) compiles its kernel at run time instead.
+//! `gauss-fit` trains through a module built with its gradients (`keopsc build --grad`): the
+//! runtime alone computes them. `jit-gauss-sum` (feature `jit`) compiles its kernel at run
+//! time instead.
 //!
 //! The three module programs are tools as well as examples: each takes the user's `.npy`
 //! points (`--x`, `--points`, ...) and writes its result as `.npy` (`-o`); without input files

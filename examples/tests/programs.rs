@@ -89,13 +89,58 @@ fn module_programs_do_not_link_llvm() {
     }
 }
 
-const PROGRAMS: [(&str, &str); 5] = [
+const PROGRAMS: [(&str, &str); 6] = [
     ("gauss-sum", env!("CARGO_BIN_EXE_gauss-sum")),
     ("knn", env!("CARGO_BIN_EXE_knn")),
     ("diffusion", env!("CARGO_BIN_EXE_diffusion")),
     ("make-example-data", env!("CARGO_BIN_EXE_make-example-data")),
     ("show-npy", env!("CARGO_BIN_EXE_show-npy")),
+    ("gauss-fit", env!("CARGO_BIN_EXE_gauss-fit")),
 ];
+
+/// gauss-fit trains through a module built with its gradients, with the runtime alone: the
+/// descent recovers the bandwidth that made the target values; a module built without them
+/// is refused with the command that builds one.
+#[test]
+fn gauss_fit_recovers_the_bandwidth_with_the_modules_gradients() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("kf")
+        .join("gauss.kf");
+    let text = std::fs::read_to_string(&path).expect("readable");
+    let compiled = driver::compile(SourceFile::new("gauss.kf", text)).unwrap_or_else(|_| panic!());
+    let module = dir.path().join("gauss-grad.kmod");
+    keopsc::artifact::build_with_gradients(
+        &compiled,
+        &[DType::F64],
+        &CpuTarget::host_level(),
+        &module,
+        &[],
+        Placement::Replace,
+    )
+    .expect("builds");
+    let program = env!("CARGO_BIN_EXE_gauss-fit");
+    let out = run(
+        program,
+        &[
+            module.to_str().unwrap(),
+            "600",
+            "700",
+            "--true-bandwidth",
+            "0.3",
+        ],
+    );
+    let fitted: f64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("fitted bandwidth "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no fitted bandwidth in\n{out}"));
+    assert!((fitted - 0.3).abs() < 1e-5, "{out}");
+    let plain = build_example("gauss.kf", dir.path());
+    let stderr = run_failing(program, &[plain.to_str().unwrap(), "50", "60"]);
+    assert!(stderr.contains("keopsc build --grad"), "{stderr}");
+}
 
 /// `--help` is an option, not a module path: each program says what it does and how to call it.
 #[test]
