@@ -2,6 +2,7 @@
 
 - ``Kernel(source, name=None)``: a kernel of ``.kf`` text, called on numpy arrays.
 - ``Genred`` and ``LazyTensor``: the ``pykeops.numpy`` interface (the subset in README.md).
+- ``keops_rs.jax`` (imported on its own, needs jax): ``Kernel`` and ``Genred`` on jax arrays.
 - ``KfError``: raised for source that does not compile; its message is the diagnostic.
 """
 

@@ -275,6 +275,31 @@ struct Backward {
     reads_output: bool,
 }
 
+impl Backward {
+    /// The gradients of the inputs the plan names, in its order: the plan's passes run by
+    /// the kernels compiled for it.
+    fn gradients(
+        &self,
+        inputs: &[HostArray],
+        cotangent: &HostArray,
+        saved: Option<&HostArray>,
+    ) -> Result<Vec<HostArray>, String> {
+        let mut runner =
+            |k: &CheckedKernel, arrays: &[&HostArray]| -> Result<HostArray, EvalError> {
+                match self.kernels.get(&k.name) {
+                    Some(code) => {
+                        let views: Vec<ArrayRef> = arrays.iter().map(|a| a.view()).collect();
+                        Ok(code.call(&views)?)
+                    }
+                    None => Ok(driver::evaluate_bound(k, arrays, Backend::Cpu)?.0),
+                }
+            };
+        let refs: Vec<&HostArray> = inputs.iter().collect();
+        kvjp::run_many_with(&self.plan, &refs, cotangent, saved, &mut runner)
+            .map_err(|e| e.to_string())
+    }
+}
+
 #[derive(Default)]
 struct Registry {
     kernels: Vec<Arc<Compiled>>,
@@ -636,18 +661,9 @@ unsafe fn run_backward(frame: &XLA_FFI_CallFrame) -> Result<(), HandlerError> {
         true => Some(unsafe { args[n + 1].to_host("the saved forward output")? }),
         false => None,
     };
-    let mut runner = |k: &CheckedKernel, arrays: &[&HostArray]| -> Result<HostArray, EvalError> {
-        match backward.kernels.get(&k.name) {
-            Some(code) => {
-                let views: Vec<ArrayRef> = arrays.iter().map(|a| a.view()).collect();
-                Ok(code.call(&views)?)
-            }
-            None => Ok(driver::evaluate_bound(k, arrays, Backend::Cpu)?.0),
-        }
-    };
-    let refs: Vec<&HostArray> = inputs.iter().collect();
-    let grads = kvjp::run_many_with(plan, &refs, &cotangent, saved.as_ref(), &mut runner)
-        .map_err(|e| HandlerError::from(e.to_string()))?;
+    let grads = backward
+        .gradients(&inputs, &cotangent, saved.as_ref())
+        .map_err(HandlerError::from)?;
     for ((grad, ret), &w) in grads.iter().zip(&rets).zip(&plan.wrt) {
         let what = format!("the gradient of `{}`", forward.args[w].name);
         let out = unsafe { ret.output(&what)? };
@@ -827,9 +843,11 @@ fn _jax_backward(
         })
         .collect();
     let key = (id, positions, dtype == DType::F64);
-    if let Some(&found) = read_registry().backward_ids.get(&key) {
-        let reads_output = read_registry().backward[found].reads_output;
-        return Ok((found, reads_output));
+    {
+        let registry = read_registry();
+        if let Some(&found) = registry.backward_ids.get(&key) {
+            return Ok((found, registry.backward[found].reads_output));
+        }
     }
     // Planning expands derivatives recursively and compiling runs LLVM: on the compiler's own
     // stack, without the GIL.
@@ -853,6 +871,46 @@ fn _jax_backward(
     Ok((new_id, reads_output))
 }
 
+/// Seconds of the backward computation of plan `id` timed in Rust (the fastest of
+/// `repeats`), on numpy arrays: the forward's inputs, the cotangent, then the saved forward
+/// output when the plan reads it. The baseline of `keops_rs_vjp`'s cost inside XLA
+/// (python/bench/jax_w1.py).
+#[pyfunction]
+#[pyo3(signature = (id, arrays, repeats=3))]
+fn _jax_rust_backward_seconds(
+    py: Python<'_>,
+    id: usize,
+    arrays: Vec<Bound<'_, PyAny>>,
+    repeats: usize,
+) -> PyResult<f64> {
+    let backward = registered_backward(id as i64).map_err(PyValueError::new_err)?;
+    let n = backward.plan.forward.args.len();
+    let expected = n + 1 + usize::from(backward.reads_output);
+    if arrays.len() != expected {
+        return Err(PyTypeError::new_err(format!(
+            "arrays: the backward of `{}` takes {expected} arrays, not {}",
+            backward.plan.forward.name,
+            arrays.len()
+        )));
+    }
+    let hosts = arrays
+        .iter()
+        .enumerate()
+        .map(|(k, a)| Ok(crate::input(&format!("arrays[{k}]"), a)?.to_host()))
+        .collect::<PyResult<Vec<HostArray>>>()?;
+    py.detach(|| {
+        let mut best = f64::INFINITY;
+        for _ in 0..repeats.max(1) {
+            let start = std::time::Instant::now();
+            let grads = backward.gradients(&hosts[..n], &hosts[n], hosts.get(n + 1))?;
+            best = best.min(start.elapsed().as_secs_f64());
+            drop(grads);
+        }
+        Ok::<f64, String>(best)
+    })
+    .map_err(PyValueError::new_err)
+}
+
 /// `{C expression: value}`: the sizes and offsets of the mirrored C API structs, for the
 /// test that measures the same expressions in a C program compiled against the header.
 #[pyfunction]
@@ -866,6 +924,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_jax_kernel, m)?)?;
     m.add_function(wrap_pyfunction!(_jax_output_shape, m)?)?;
     m.add_function(wrap_pyfunction!(_jax_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(_jax_rust_backward_seconds, m)?)?;
     m.add_function(wrap_pyfunction!(_ffi_layout, m)?)?;
     Ok(())
 }
