@@ -20,9 +20,11 @@
 
 use crate::{argument_error, panic_text, Compiled, Kernel, PyErrText};
 use c_api::*;
-use keops_runtime::{ArrayRef, DType, HostArray, Kernel as RtKernel, OutputRef};
+use keops_runtime::{run_tiles, ArrayRef, DType, HostArray, OutputRef};
 use keopsc::check::CheckedKernel;
+use keopsc::codegen::JitKernel;
 use keopsc::driver::{self, Backend, EvalError};
+use keopsc::jit_cache::JitCache;
 use keopsc::vjp::{self as kvjp, SavedForward, VjpError, VjpManyPlan};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -266,9 +268,11 @@ checked_layout! {
 /// A backward plan with its kernels compiled for one dtype.
 struct Backward {
     plan: VjpManyPlan,
-    /// The plan's kernels by name (distinct within a plan), compiled for `dtype`; a kernel
+    /// The plan's kernels by name (distinct within a plan), compiled for `dtype` through the
+    /// process-wide JIT table (held here for as long as the process runs, since compiled
+    /// programs keep the plan's id); a kernel
     /// not here (the saved forward when it is passed in) runs through the driver.
-    kernels: HashMap<String, RtKernel>,
+    kernels: HashMap<String, Arc<JitKernel>>,
     dtype: DType,
     /// The dense passes read the forward output (the LogSumExp family): the custom call
     /// takes it after `G`.
@@ -289,7 +293,7 @@ impl Backward {
                 match self.kernels.get(&k.name) {
                     Some(code) => {
                         let views: Vec<ArrayRef> = arrays.iter().map(|a| a.view()).collect();
-                        Ok(code.call(&views)?)
+                        Ok(run_tiles(&code.tile_kernel(), &views, None)?)
                     }
                     None => Ok(driver::evaluate_bound(k, arrays, Backend::Cpu)?.0),
                 }
@@ -802,7 +806,7 @@ fn compile_backward(
         if reads_output && kernel.name == compiled.checked.name {
             continue;
         }
-        let code = driver::jit_kernel(kernel, &[dtype]).map_err(|e| {
+        let (code, _) = JitCache::global().get(kernel, dtype).map_err(|e| {
             PyErrText::Runtime(format!(
                 "compiling the backward kernel `{}`: {e}",
                 kernel.name
