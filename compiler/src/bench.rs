@@ -126,7 +126,8 @@ pub struct BenchOptions {
     /// The C baseline's source; skipped when absent or when gcc is missing.
     pub c_baseline: Option<std::path::PathBuf>,
     pub pykeops: bool,
-    /// Also measure the compile cache: cold (empty) and warm latency per workload.
+    /// Also measure the compile cache: cold (empty) and warm latency per workload; and a vjp
+    /// call on a tiny problem, compiling its kernels or taking them from the JIT cache.
     pub cache: bool,
 }
 
@@ -291,6 +292,46 @@ pub fn measure_backward(
     }
     let passes = plan.dense.len() + usize::from(plan.selected.is_some());
     Ok((median(rates), median(forward_rates), passes))
+}
+
+/// The time of one whole vjp call (`vjp::run_many` with respect to `wrt`) on a tiny problem
+/// (N = M = n), where compiling the backward kernels is most of it: with every kernel
+/// compiled at each call (what every call cost before the [`JitCache`]), and with the default
+/// runner, which takes them from the process-wide [`JitCache`] after the first call. Medians
+/// of `repeats` calls each, in milliseconds.
+///
+/// [`JitCache`]: crate::jit_cache::JitCache
+pub fn measure_vjp_latency(
+    source: &str,
+    n: usize,
+    repeats: usize,
+    param: f64,
+    wrt: &[&str],
+) -> Result<(f64, f64), String> {
+    let compiled = driver::compile(SourceFile::new("<bench>", source))
+        .map_err(|_| "workload does not compile".to_string())?;
+    let kernel = &compiled.kernels[0];
+    let plan = crate::vjp::plan_many(kernel, wrt).map_err(|e| e.to_string())?;
+    let inputs = uniform_inputs(source, n, DType::F32, 1, param)?;
+    let arrays: Vec<&HostArray> = inputs.iter().map(|(_, a)| a).collect();
+    let dim = kernel.signature.output_dim();
+    let cotangent = HostArray::from_f32(vec![n, dim], vec![1.0; n * dim]);
+    let mut compile_each_call = |k: &CheckedKernel, args: &[&HostArray]| {
+        Ok(driver::evaluate_bound(k, args, driver::Backend::Cpu)?.0)
+    };
+    let mut uncached = Vec::new();
+    let mut cached = Vec::new();
+    for _ in 0..repeats.max(1) {
+        let start = Instant::now();
+        crate::vjp::run_many_with(&plan, &arrays, &cotangent, None, &mut compile_each_call)
+            .map_err(|e| e.to_string())?;
+        uncached.push(start.elapsed().as_secs_f64() * 1e3);
+        let start = Instant::now();
+        crate::vjp::run_many(&plan, &arrays, &cotangent, None, driver::Backend::Cpu)
+            .map_err(|e| e.to_string())?;
+        cached.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok((median(uncached), median(cached)))
 }
 
 /// Builds the C baseline (gcc -O3 -march=native -ffast-math -fopenmp) into a temporary
@@ -493,6 +534,22 @@ pub fn run(
             )
             .ok();
         }
+    }
+    if options.cache {
+        let w1 = WORKLOADS
+            .iter()
+            .find(|w| w.id == "W1")
+            .expect("W1 is a workload");
+        let source = w1.source.replace("{D}", &w1.dims[0].to_string());
+        let n = 16;
+        let (uncached, cached) =
+            measure_vjp_latency(&source, n, options.repeats.max(5), w1.param, &["x"])?;
+        writeln!(
+            out,
+            "vjp per call W1 dx, f32, N=M={n}: {uncached:.2} ms compiling the backward kernel at each call, {cached:.3} ms from the process's compiled kernels ({:.0}x)",
+            uncached / cached
+        )
+        .ok();
     }
     if options.pykeops {
         for &n in &options.sizes {
