@@ -2,7 +2,7 @@
 //! and a kernel evaluated on named host arrays by a chosen backend.
 
 use crate::check::{check_file, CheckedKernel};
-use crate::codegen::{CodegenError, CpuTarget, JitKernel};
+use crate::codegen::{CodegenError, CpuTarget, JitCrossKernel, JitKernel};
 use crate::diagnostic::Diagnostic;
 use crate::interp::{self, InterpError};
 use crate::opt;
@@ -11,7 +11,7 @@ use crate::syntax::{ast, parse};
 use keops_runtime::module::bind_all_named;
 use keops_runtime::{
     check_all_arguments, check_arguments, run_tiles, ArgumentError, Axis, DType, HostArray, Kernel,
-    NpyError, ProblemSize,
+    NpyError, ProblemSize, Reduction, ReductionKind,
 };
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -228,6 +228,68 @@ pub fn evaluate_cached(
     let size = check_arguments(&kernel.signature, &views)?;
     let (compiled, _) = crate::jit_cache::JitCache::global().get(kernel, size.dtype)?;
     Ok(run_tiles(&compiled.tile_kernel(), &views, None)?)
+}
+
+/// Optimises `kernel`, a `Sum` over its inner index whose formula's last `columns` components
+/// are to be summed over its rows instead (a cross pass, `keops_runtime::cross`), and
+/// compiles it to host machine code for `dtype`.
+pub fn compile_cpu_cross(
+    kernel: &CheckedKernel,
+    columns: usize,
+    dtype: DType,
+) -> Result<JitCrossKernel, EvalError> {
+    let red = kernel.signature.reduction;
+    if red.kind != ReductionKind::Sum || columns == 0 || columns > red.fdim {
+        return Err(EvalError::Codegen(CodegenError::Internal {
+            stage: "cross pass",
+            message: format!(
+                "kernel `{}` ({}) cannot send {columns} of its components to the columns",
+                kernel.name, red.kind
+            ),
+        }));
+    }
+    let mut rows = kernel.signature.clone();
+    rows.reduction = Reduction::new(ReductionKind::Sum, red.fdim - columns);
+    crate::isolate::on_compiler_stack(|| {
+        let optimized = opt::optimize(kernel, &opt::OptBudget::default()).map_err(|d| {
+            CodegenError::Internal {
+                stage: d.internal.unwrap_or("optimiser"),
+                message: d.message,
+            }
+        })?;
+        Ok(JitCrossKernel::compile(
+            &optimized.formula,
+            &rows,
+            columns,
+            dtype,
+            &CpuTarget::host(),
+        )?)
+    })
+    .unwrap_or_else(|panic| {
+        Err(EvalError::Codegen(CodegenError::Internal {
+            stage: "the optimiser or code generation",
+            message: panic,
+        }))
+    })
+}
+
+/// Runs a cross pass on the CPU with its code from the process-wide
+/// [`JitCache`](crate::jit_cache::JitCache): `kernel`'s rows (its first components summed
+/// over the inner index) and columns (its last `columns` components summed over the rows).
+pub fn evaluate_cross_cached(
+    kernel: &CheckedKernel,
+    columns: usize,
+    arrays: &[&HostArray],
+) -> Result<(HostArray, HostArray), EvalError> {
+    let views: Vec<_> = arrays.iter().map(|a| a.view()).collect();
+    let size = check_arguments(&kernel.signature, &views)?;
+    let (compiled, _) =
+        crate::jit_cache::JitCache::global().get_cross(kernel, columns, size.dtype)?;
+    Ok(keops_runtime::run_cross_tiles(
+        &compiled.tile_kernel(),
+        &views,
+        None,
+    )?)
 }
 
 /// Reads the `.npy` files passed for a kernel's arguments (`(name, path)` pairs, in any order)

@@ -15,9 +15,10 @@
 //! miss on the same kernel at once may both compile it, and the table keeps one.
 
 use crate::check::CheckedKernel;
-use crate::codegen::JitKernel;
-use crate::driver::{compile_cpu, EvalError};
+use crate::codegen::{JitCrossKernel, JitKernel};
+use crate::driver::{compile_cpu, compile_cpu_cross, EvalError};
 use keops_runtime::DType;
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -54,7 +55,8 @@ struct State {
 }
 
 struct Entry {
-    kernel: Arc<JitKernel>,
+    /// A [`JitKernel`] or a [`JitCrossKernel`], as the key says.
+    kernel: Arc<dyn Any + Send + Sync>,
     last_used: u64,
     /// Lookups that found this entry.
     hits: u64,
@@ -97,7 +99,34 @@ impl JitCache {
         kernel: &CheckedKernel,
         dtype: DType,
     ) -> Result<(Arc<JitKernel>, JitOutcome), EvalError> {
-        let key = JitCache::key(kernel, dtype);
+        self.get_or_compile(JitCache::key(kernel, dtype), || compile_cpu(kernel, dtype))
+    }
+
+    /// The cross pass of `kernel` (its last `columns` components summed over the rows, see
+    /// [`compile_cpu_cross`]) compiled for `dtype`: from the table, or compiled now and stored.
+    pub fn get_cross(
+        &self,
+        kernel: &CheckedKernel,
+        columns: usize,
+        dtype: DType,
+    ) -> Result<(Arc<JitCrossKernel>, JitOutcome), EvalError> {
+        let key = format!(
+            "cross pass, {columns} columns\n{}",
+            JitCache::key(kernel, dtype)
+        );
+        self.get_or_compile(key, || compile_cpu_cross(kernel, columns, dtype))
+    }
+
+    fn get_or_compile<T: Any + Send + Sync>(
+        &self,
+        key: String,
+        compile: impl FnOnce() -> Result<T, EvalError>,
+    ) -> Result<(Arc<T>, JitOutcome), EvalError> {
+        let typed = |kernel: Arc<dyn Any + Send + Sync>| {
+            kernel
+                .downcast::<T>()
+                .expect("each key holds one kind of compiled kernel")
+        };
         {
             let mut state = self.lock();
             state.clock += 1;
@@ -107,10 +136,10 @@ impl JitCache {
                 entry.hits += 1;
                 let found = entry.kernel.clone();
                 state.stats.hits += 1;
-                return Ok((found, JitOutcome::Hit));
+                return Ok((typed(found), JitOutcome::Hit));
             }
         }
-        let compiled = Arc::new(compile_cpu(kernel, dtype)?);
+        let compiled: Arc<dyn Any + Send + Sync> = Arc::new(compile()?);
         let mut state = self.lock();
         state.clock += 1;
         let now = state.clock;
@@ -132,7 +161,7 @@ impl JitCache {
             hits: 0,
         });
         entry.last_used = now;
-        Ok((entry.kernel.clone(), JitOutcome::Compiled))
+        Ok((typed(entry.kernel.clone()), JitOutcome::Compiled))
     }
 
     /// How many lookups found `kernel` compiled for `dtype`; `None` when it is not held.

@@ -5,6 +5,7 @@
 pub mod abi;
 pub mod arrays;
 pub mod backward;
+pub mod cross;
 pub mod gradient;
 pub mod module;
 pub mod reduction;
@@ -15,6 +16,7 @@ pub use arrays::{
     check_all_arguments, check_arguments, index_columns, shape_text, ArgumentError, ArrayData,
     ArrayRef, DType, DataRef, Element, HostArray, IndexArray, NpyError, OutputRef, ProblemSize,
 };
+pub use cross::{run_cross_tiles, CrossSchedule, CrossTileFn, CrossTileKernel};
 pub use gradient::GradientError;
 pub use module::{Kernel, LoadError, Manifest, Module};
 pub use ndarray;

@@ -326,7 +326,7 @@ fn run_blocks<T: Send>(
 }
 
 /// `rows x dim` row-major to `dim x stride` component-major, zero-padded.
-fn transpose(data: DataRef, rows: usize, dim: usize, stride: usize) -> ArrayData {
+pub(crate) fn transpose(data: DataRef, rows: usize, dim: usize, stride: usize) -> ArrayData {
     fn go<T: Copy + Default + Send + Sync>(
         v: &[T],
         rows: usize,
@@ -355,7 +355,7 @@ fn transpose(data: DataRef, rows: usize, dim: usize, stride: usize) -> ArrayData
 /// The argument pointers are only read through, by the tile function, while the arrays they
 /// point into are borrowed by [`run_tiles`].
 #[derive(Clone, Copy)]
-struct SendPtr(*const c_void);
+pub(crate) struct SendPtr(pub(crate) *const c_void);
 // SAFETY: see above; the data behind the pointers is immutable for the whole call.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}

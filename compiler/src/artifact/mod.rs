@@ -196,6 +196,7 @@ fn describe<'k>(
             signature: &k.signature,
             dtype,
             symbol: symbol(&k.name, dtype),
+            columns: 0,
         };
         entry.entries.push(ManifestEntry {
             dtype: dtype_name(dtype).to_string(),

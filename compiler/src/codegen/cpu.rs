@@ -19,6 +19,11 @@
 //! where they never occur runs the shorter code. The results are the same either way.
 //! Inner tiles are sized so that their inputs stay in the L1/L2 cache while the rows of a
 //! block pass over them.
+//!
+//! A *cross* tile function ([`keops_runtime::CrossTileFn`], `columns > 0`) also sums the last
+//! `columns` components of the formula over the rows: each inner tile keeps them in a stack
+//! buffer of the element type (one vector load, add and store per component and vector of
+//! pairs), zeroed before the rows and added into the caller's f64 columns after them.
 
 use super::formula::{Emitter, Value};
 use super::math::SmallExpFlag;
@@ -73,6 +78,11 @@ pub struct TileEmitter<'e, 'a, 'ctx> {
     formula: &'e Formula,
     signature: &'e Signature,
     schedule: &'e Schedule,
+    /// Components of the formula (its last ones) summed over the rows instead (cross tiles).
+    columns: usize,
+    /// `SqDist(a, b)` nodes to compute as `SqDist(b, a)` (the same value bit for bit), because
+    /// the formula also subtracts `b - a`: the differences are then computed once.
+    sqdist_reversed: Vec<bool>,
 }
 
 impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
@@ -89,7 +99,15 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
             formula,
             signature,
             schedule,
+            columns: 0,
+            sqdist_reversed: sqdist_reversed(formula),
         }
+    }
+
+    /// A cross tile function: the last `columns` components of the formula are summed over
+    /// the rows, into the extra `cols` parameter of [`keops_runtime::CrossTileFn`].
+    pub fn with_columns(self, columns: usize) -> Self {
+        TileEmitter { columns, ..self }
     }
 
     fn i64(&self, v: i64) -> IntValue<'ctx> {
@@ -188,18 +206,19 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         let ctx = em.context;
         let ptr = ctx.ptr_type(AddressSpace::default());
         let i64t = ctx.i64_type();
-        let fn_type = ctx.void_type().fn_type(
-            &[
-                ptr.into(),
-                i64t.into(),
-                i64t.into(),
-                i64t.into(),
-                i64t.into(),
-                i64t.into(),
-                ptr.into(),
-            ],
-            false,
-        );
+        let mut params_types = vec![
+            ptr.into(),
+            i64t.into(),
+            i64t.into(),
+            i64t.into(),
+            i64t.into(),
+            i64t.into(),
+            ptr.into(),
+        ];
+        if self.columns > 0 {
+            params_types.push(ptr.into());
+        }
+        let fn_type = ctx.void_type().fn_type(&params_types, false);
         let function = em.module.add_function(name, fn_type, None);
         let param = |k: u32| function.get_nth_param(k).expect("declared above");
         let params = Params {
@@ -211,6 +230,7 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
             inner_end: param(5).into_int_value(),
             acc: param(6).into_pointer_value(),
         };
+        let cols = (self.columns > 0).then(|| param(7).into_pointer_value());
         let entry = ctx.append_basic_block(function, "entry");
         em.builder.position_at_end(entry);
 
@@ -225,22 +245,33 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         let counters: Vec<PointerValue<'ctx>> = (0..4)
             .map(|_| built(em.builder.build_alloca(i64t, "counter")))
             .collect();
-        let exp_paths =
-            (self.pair_code_calls_exp(&lane_acc) && lane_acc.folds_in_lanes()).then(|| {
-                let seen = built(
-                    em.builder
-                        .build_alloca(ctx.bool_type().vec_type(lanes), "small_exp_seen"),
-                );
-                let exact_rows_left = built(em.builder.build_alloca(i64t, "exact_rows_left"));
-                let next_run = built(em.builder.build_alloca(i64t, "next_exact_run"));
-                built(em.builder.build_store(exact_rows_left, self.i64(0)));
-                built(em.builder.build_store(next_run, self.i64(1)));
-                ExpPaths {
-                    seen,
-                    exact_rows_left,
-                    next_run,
-                }
-            });
+        // A cross tile's columns are written during the pass, so it cannot be redone.
+        let fast_exp =
+            self.pair_code_calls_exp(&lane_acc) && lane_acc.folds_in_lanes() && self.columns == 0;
+        let exp_paths = fast_exp.then(|| {
+            let seen = built(
+                em.builder
+                    .build_alloca(ctx.bool_type().vec_type(lanes), "small_exp_seen"),
+            );
+            let exact_rows_left = built(em.builder.build_alloca(i64t, "exact_rows_left"));
+            let next_run = built(em.builder.build_alloca(i64t, "next_exact_run"));
+            built(em.builder.build_store(exact_rows_left, self.i64(0)));
+            built(em.builder.build_store(next_run, self.i64(1)));
+            ExpPaths {
+                seen,
+                exact_rows_left,
+                next_run,
+            }
+        });
+        let column_tile = (self.columns > 0).then(|| {
+            let len = self.i64((self.columns * self.column_stride()) as i64);
+            built(
+                em.builder
+                    .build_array_alloca(em.float_type(), len, "column_tile"),
+            )
+        });
+        let flush_counter =
+            (self.columns > 0).then(|| built(em.builder.build_alloca(i64t, "column")));
         let scratch = (sched.scratch_dim > 0).then(|| {
             let len = self.i64((sched.scratch_dim * sched.inner_tile) as i64);
             built(
@@ -320,6 +351,18 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                         },
                     );
                 }
+                if let Some(tile) = column_tile {
+                    let zero = em.constant(0.0, lanes);
+                    let len = self.i64((self.columns * self.column_stride()) as i64);
+                    self.emit_loop(
+                        function,
+                        jv_counter,
+                        self.i64(0),
+                        lanes as i64,
+                        |k| self.less(k, len),
+                        |k| self.store(tile, k, zero),
+                    );
+                }
                 self.emit_loop(
                     function,
                     row_counter,
@@ -390,6 +433,19 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                                 mask,
                                 (acc_row, jt),
                             );
+                            if let Some(tile) = column_tile {
+                                let first = value.len() - self.columns;
+                                for (k, &v) in value[first..].iter().enumerate() {
+                                    let v = match mask {
+                                        Some(m) => em.select(m, v, em.constant(0.0, lanes)),
+                                        None => v,
+                                    };
+                                    let at = self
+                                        .add(offset, self.i64((k * self.column_stride()) as i64));
+                                    let sum = em.add(self.load(tile, at, lanes), v);
+                                    self.store(tile, at, sum);
+                                }
+                            }
                         };
                         // Whole vectors, then one masked remainder (always with the exact
                         // `exp`: its masked-off lanes must not ask for a redo).
@@ -433,10 +489,70 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                         );
                     },
                 );
+                if let (Some(tile), Some(cols), Some(flush_counter)) =
+                    (column_tile, cols, flush_counter)
+                {
+                    self.flush_columns(function, tile, cols, &params, jt, jt_end, flush_counter);
+                }
             },
         );
         built(em.builder.build_return(None));
         function
+    }
+
+    /// Adds the inner tile's column sums `[jt, jt_end)` (element type) into the caller's f64
+    /// columns, `columns x (inner_end - inner_start)` from `inner_start`.
+    #[allow(clippy::too_many_arguments)]
+    fn flush_columns(
+        &self,
+        function: FunctionValue<'ctx>,
+        tile: PointerValue<'ctx>,
+        cols: PointerValue<'ctx>,
+        params: &Params<'ctx>,
+        jt: IntValue<'ctx>,
+        jt_end: IntValue<'ctx>,
+        counter: PointerValue<'ctx>,
+    ) {
+        let em = self.em;
+        let b = em.builder;
+        let f64t = em.context.f64_type();
+        let width = self.sub(params.inner_end, params.inner_start);
+        let stride = self.column_stride() as i64;
+        for k in 0..self.columns {
+            self.emit_loop(
+                function,
+                counter,
+                jt,
+                1,
+                |j| self.less(j, jt_end),
+                |j| {
+                    let from = self.add(self.sub(j, jt), self.i64(k as i64 * stride));
+                    let x = built(b.build_load(em.float_type(), self.elem_ptr(tile, from), "col"))
+                        .into_float_value();
+                    let x = if em.float_type() == f64t {
+                        x
+                    } else {
+                        built(b.build_float_ext(x, f64t, "col"))
+                    };
+                    let to = self.add(
+                        self.sub(j, params.inner_start),
+                        self.mul(self.i64(k as i64), width),
+                    );
+                    // SAFETY (of the generated code): `to` is inside the caller's columns.
+                    let slot = unsafe { built(b.build_in_bounds_gep(f64t, cols, &[to], "slot")) };
+                    let sum = built(b.build_load(f64t, slot, "sum")).into_float_value();
+                    built(b.build_store(slot, built(b.build_float_add(sum, x, "sum"))));
+                },
+            );
+        }
+    }
+
+    /// Elements between two components' sums in a cross tile's column buffer: a tile plus two
+    /// vectors, so that the components' addresses differ in their low 12 bits (at a multiple
+    /// of 4 KiB, a load of one component waits for the store to the previous one: x86 tells
+    /// addresses apart by those bits first).
+    fn column_stride(&self) -> usize {
+        self.schedule.inner_tile + 2 * self.schedule.lanes as usize
     }
 
     /// Whether the pair code (formula or fold) calls `exp`.
@@ -658,6 +774,10 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                         })
                     })
                     .collect();
+                let mut operands = operands;
+                if self.sqdist_reversed[k] {
+                    operands.swap(0, 1);
+                }
                 self.em.emit(&node.op, &operands, dim, lanes)
             };
             if narrow {
@@ -667,4 +787,25 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
             }
         }
     }
+}
+
+/// The `SqDist(a, b)` nodes of `formula` whose operands' difference the formula computes the
+/// other way round (`b - a`) and not this way: squared, both differences give the same bits.
+fn sqdist_reversed(formula: &Formula) -> Vec<bool> {
+    let nodes = formula.nodes.as_ref();
+    let subtractions: std::collections::HashSet<(usize, usize)> = nodes
+        .iter()
+        .filter(|n| n.op == Op::Sub)
+        .map(|n| (usize::from(n.children[0]), usize::from(n.children[1])))
+        .collect();
+    nodes
+        .iter()
+        .map(|n| {
+            if n.op != Op::SqDist {
+                return false;
+            }
+            let (a, b) = (usize::from(n.children[0]), usize::from(n.children[1]));
+            !subtractions.contains(&(a, b)) && subtractions.contains(&(b, a))
+        })
+        .collect()
 }

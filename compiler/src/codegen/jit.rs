@@ -15,7 +15,7 @@ use inkwell::targets::{
     CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetMachine,
 };
 use inkwell::OptimizationLevel;
-use keops_runtime::{DType, Signature, TileFn, TileKernel};
+use keops_runtime::{CrossTileFn, CrossTileKernel, DType, Signature, TileFn, TileKernel};
 use std::mem::ManuallyDrop;
 use std::time::{Duration, Instant};
 
@@ -192,6 +192,9 @@ pub struct TileSpec<'a> {
     pub signature: &'a Signature,
     pub dtype: DType,
     pub symbol: String,
+    /// The last `columns` components of the formula are summed over the rows (a cross tile
+    /// function, [`keops_runtime::CrossTileFn`]); 0 for an ordinary tile function.
+    pub columns: usize,
 }
 
 impl TileSpec<'_> {
@@ -203,6 +206,7 @@ impl TileSpec<'_> {
             target.lanes(scalar),
             elem_bytes(scalar),
         )
+        .with_columns(self.columns, elem_bytes(scalar))
     }
 }
 
@@ -245,7 +249,9 @@ pub fn build_module<'ctx>(
             ..em
         };
         let schedule = spec.schedule(target);
-        TileEmitter::new(&em, &wide, spec.formula, spec.signature, &schedule).emit(&spec.symbol);
+        TileEmitter::new(&em, &wide, spec.formula, spec.signature, &schedule)
+            .with_columns(spec.columns)
+            .emit(&spec.symbol);
     }
     // MCJIT compiles for a generic x86-64 unless each function names the CPU: without these,
     // vector FMAs become libm calls.
@@ -279,6 +285,7 @@ impl<'a> TileSpec<'a> {
             signature,
             dtype,
             symbol: TILE_SYMBOL.to_string(),
+            columns: 0,
         }
     }
 }
@@ -378,14 +385,58 @@ impl JitKernel {
         target: &CpuTarget,
     ) -> Result<JitKernel, CodegenError> {
         let spec = TileSpec::single(formula, signature, dtype);
+        let compiled = Compiled::new(&spec, target)?;
+        // SAFETY: the symbol was defined with the TileFn signature by `TileEmitter::emit`.
+        let tile: TileFn = unsafe { std::mem::transmute::<usize, TileFn>(compiled.address) };
+        Ok(JitKernel {
+            engine: compiled.engine,
+            context: compiled.context,
+            tile,
+            signature: signature.clone(),
+            dtype,
+            schedule: compiled.schedule,
+            timings: compiled.timings,
+        })
+    }
+
+    pub fn tile_kernel(&self) -> TileKernel<'_> {
+        // SAFETY: `tile` was emitted for this signature, dtype and width, and lives as long as
+        // `self`, which owns its engine.
+        unsafe {
+            TileKernel::new(
+                &self.signature,
+                self.dtype,
+                self.schedule.lanes as usize,
+                self.tile,
+            )
+        }
+    }
+}
+
+/// A JIT-compiled module of one tile function, before its address is given a type.
+struct Compiled {
+    engine: ManuallyDrop<ExecutionEngine<'static>>,
+    context: ManuallyDrop<Box<Context>>,
+    address: usize,
+    schedule: Schedule,
+    timings: CodegenTimings,
+}
+
+impl Compiled {
+    fn new(spec: &TileSpec, target: &CpuTarget) -> Result<Compiled, CodegenError> {
         let schedule = spec.schedule(target);
         let context = Box::new(Context::create());
         // SAFETY: the context is boxed (its address is stable) and outlives the engine and the
-        // module, see `Drop`.
+        // module: the owner drops the engine first (see `Drop for JitKernel`).
         let context_ref: &'static Context = unsafe { &*(context.as_ref() as *const Context) };
         let mut timings = CodegenTimings::default();
         let start = Instant::now();
-        let module = build_module(context_ref, &signature.name, &[spec], target)?;
+        let module = build_module(
+            context_ref,
+            &spec.signature.name,
+            std::slice::from_ref(spec),
+            target,
+        )?;
         timings.emit = start.elapsed();
         let start = Instant::now();
         let machine = target.machine(RelocMode::Default)?;
@@ -396,28 +447,89 @@ impl JitKernel {
             .create_jit_execution_engine(OptimizationLevel::Aggressive)
             .map_err(|e| internal("JIT")(e.to_string()))?;
         let address = engine
-            .get_function_address(TILE_SYMBOL)
+            .get_function_address(&spec.symbol)
             .map_err(|e| internal("JIT")(e.to_string()))?;
         timings.machine_code = start.elapsed();
-        // SAFETY: the symbol was defined with the TileFn signature by `TileEmitter::emit`.
-        let tile: TileFn = unsafe { std::mem::transmute::<usize, TileFn>(address) };
-        Ok(JitKernel {
+        Ok(Compiled {
             engine: ManuallyDrop::new(engine),
             context: ManuallyDrop::new(context),
-            tile,
-            signature: signature.clone(),
-            dtype,
+            address,
             schedule,
             timings,
         })
     }
+}
 
-    pub fn tile_kernel(&self) -> TileKernel<'_> {
-        // SAFETY: `tile` was emitted for this signature, dtype and width, and lives as long as
-        // `self`, which owns its engine.
+/// A cross pass compiled to machine code in this process: the row part's signature (a
+/// `Sum`), and the formula's last `columns` components summed over the rows.
+pub struct JitCrossKernel {
+    engine: ManuallyDrop<ExecutionEngine<'static>>,
+    context: ManuallyDrop<Box<Context>>,
+    tile: CrossTileFn,
+    pub signature: Signature,
+    pub columns: usize,
+    pub dtype: DType,
+    pub schedule: Schedule,
+    pub timings: CodegenTimings,
+}
+
+impl Drop for JitCrossKernel {
+    fn drop(&mut self) {
+        // SAFETY: as for `JitKernel`: the engine goes before the context it borrows.
         unsafe {
-            TileKernel::new(
+            ManuallyDrop::drop(&mut self.engine);
+            ManuallyDrop::drop(&mut self.context);
+        }
+    }
+}
+
+// SAFETY: as for `JitKernel`.
+unsafe impl Send for JitCrossKernel {}
+unsafe impl Sync for JitCrossKernel {}
+
+impl JitCrossKernel {
+    /// `signature`: the row part (a `Sum` of the formula's first components); the formula's
+    /// other `columns` components are summed over the rows.
+    pub fn compile(
+        formula: &Formula,
+        signature: &Signature,
+        columns: usize,
+        dtype: DType,
+        target: &CpuTarget,
+    ) -> Result<JitCrossKernel, CodegenError> {
+        if columns == 0 {
+            return Err(internal("cross pass")(format!(
+                "kernel `{}`: a cross pass needs columns",
+                signature.name
+            )));
+        }
+        let spec = TileSpec {
+            columns,
+            ..TileSpec::single(formula, signature, dtype)
+        };
+        let compiled = Compiled::new(&spec, target)?;
+        // SAFETY: with `columns > 0` the symbol was defined with the CrossTileFn signature.
+        let tile: CrossTileFn =
+            unsafe { std::mem::transmute::<usize, CrossTileFn>(compiled.address) };
+        Ok(JitCrossKernel {
+            engine: compiled.engine,
+            context: compiled.context,
+            tile,
+            signature: signature.clone(),
+            columns,
+            dtype,
+            schedule: compiled.schedule,
+            timings: compiled.timings,
+        })
+    }
+
+    pub fn tile_kernel(&self) -> CrossTileKernel<'_> {
+        // SAFETY: `tile` was emitted for this signature, column count, dtype and width, and
+        // lives as long as `self`, which owns its engine.
+        unsafe {
+            CrossTileKernel::new(
                 &self.signature,
+                self.columns,
                 self.dtype,
                 self.schedule.lanes as usize,
                 self.tile,

@@ -10,4 +10,4 @@ pub mod jit;
 pub mod math;
 pub mod reduce;
 
-pub use jit::{CodegenError, CpuTarget, JitKernel};
+pub use jit::{CodegenError, CpuTarget, JitCrossKernel, JitKernel};

@@ -162,7 +162,24 @@ pub struct VjpManyPlan {
     /// At most two passes: the inputs on the i axis, those on the j axis (a parameter goes
     /// with the forward's own axis, its rows summed).
     pub dense: Vec<DensePass>,
+    /// When there are two dense passes: both in one walk over the pairs (the CPU backend runs
+    /// it in their place).
+    pub cross: Option<CrossPass>,
     pub selected: Option<SelectedBackward>,
+}
+
+/// The two dense passes of a [`VjpManyPlan`] as one walk over the pairs (a cross pass,
+/// `keops_runtime::cross`): `kernel` is the dense kernel of all their inputs over j (axis i,
+/// the i pass's gradients first), whose last `columns` components, the j pass's gradients,
+/// are summed over i instead. The formula is simplified as a whole, so what the two passes
+/// share per pair (the kernel's value, the differences) is computed once.
+#[derive(Clone, Debug)]
+pub struct CrossPass {
+    pub kernel: CheckedKernel,
+    pub columns: usize,
+    /// Which of the plan's dense passes give the rows and the columns.
+    pub rows_pass: usize,
+    pub columns_pass: usize,
 }
 
 impl SavedForward {
@@ -299,6 +316,13 @@ impl fmt::Display for VjpManyPlan {
                 column += spec.dim;
             }
         }
+        if let Some(cross) = &self.cross {
+            writeln!(
+                f,
+                "  on the CPU, both dense passes in one walk over the pairs: {}, its last {} columns summed over i",
+                cross.kernel.signature, cross.columns
+            )?;
+        }
         if let Some(selected) = &self.selected {
             writeln!(f, "  selected entries from: {}", selected.indices.signature)?;
             writeln!(
@@ -354,6 +378,7 @@ pub fn plan_many(kernel: &CheckedKernel, wrt: &[&str]) -> Result<VjpManyPlan, Vj
         wrt: positions,
         saved: parts.saved,
         dense: parts.dense,
+        cross: parts.cross,
         selected: parts.selected,
     })
 }
@@ -378,6 +403,7 @@ fn input_position(kernel: &CheckedKernel, wrt: &str) -> Result<usize, VjpError> 
 struct Parts {
     saved: SavedForward,
     dense: Vec<DensePass>,
+    cross: Option<CrossPass>,
     selected: Option<SelectedBackward>,
 }
 
@@ -451,9 +477,32 @@ fn build_parts(kernel: &CheckedKernel, wrt: &[usize]) -> Result<Parts, VjpError>
             Some(builder.selected(red.k, SelectedCotangent::Values, wrt)?),
         ),
     };
+    let cross = match dense.as_slice() {
+        [a, b] => {
+            let (rows_pass, columns_pass) = match builder.dense_axis(a.outputs[0]) {
+                Axis::I => (0, 1),
+                Axis::J => (1, 0),
+            };
+            let saved_dim = saved.dim(sig);
+            let outputs: Vec<usize> = [a, b][rows_pass]
+                .outputs
+                .iter()
+                .chain(&[a, b][columns_pass].outputs)
+                .copied()
+                .collect();
+            Some(CrossPass {
+                kernel: builder.dense(saved_dim, &outputs, Axis::I)?,
+                columns: builder.total_dim(&[a, b][columns_pass].outputs),
+                rows_pass,
+                columns_pass,
+            })
+        }
+        _ => None,
+    };
     Ok(Parts {
         saved,
         dense,
+        cross,
         selected,
     })
 }

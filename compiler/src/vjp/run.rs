@@ -3,9 +3,9 @@
 //! entries and combines the kernels' rows (sums in f64); modules built with `--grad` run the
 //! same code with their stored kernels.
 
-use super::{SavedForward, SelectedBackward, VjpError, VjpManyPlan, VjpPlan};
+use super::{CrossPass, SavedForward, SelectedBackward, VjpError, VjpManyPlan, VjpPlan};
 use crate::check::CheckedKernel;
-use crate::driver::{bind_arguments, evaluate_cached, Backend, EvalError};
+use crate::driver::{bind_arguments, evaluate_cached, evaluate_cross_cached, Backend, EvalError};
 use keops_runtime::backward::{self as combine, BackwardError, Passes, Saved, SelectedPass};
 use keops_runtime::{ArgumentError, HostArray, ProblemSize, Signature};
 
@@ -136,7 +136,57 @@ pub fn run_many(
     backend: Backend,
 ) -> Result<Vec<HostArray>, VjpRunError> {
     let mut runner = backend_runner(backend);
-    run_many_with(plan, arrays, cotangent, saved, &mut runner)
+    match (&plan.cross, backend) {
+        (Some(cross), Backend::Cpu) => {
+            let mut crossed = CrossRunner {
+                plan,
+                cross,
+                pending: None,
+                other: &mut runner,
+            };
+            run_many_with(plan, arrays, cotangent, saved, &mut |kernel, args| {
+                crossed.run(kernel, args)
+            })
+        }
+        _ => run_many_with(plan, arrays, cotangent, saved, &mut runner),
+    }
+}
+
+/// Runs a plan's two dense passes as its cross pass: asked for either dense kernel (both take
+/// the same arguments), it runs the cross pass once and gives each its part; other kernels go
+/// to `other`.
+struct CrossRunner<'p, 'r> {
+    plan: &'p VjpManyPlan,
+    cross: &'p CrossPass,
+    /// The part of the pass not asked for yet: (dense pass index, its rows).
+    pending: Option<(usize, HostArray)>,
+    other: &'r mut PassRunner<'r>,
+}
+
+impl CrossRunner<'_, '_> {
+    fn run(&mut self, kernel: &CheckedKernel, args: &[&HostArray]) -> Result<HostArray, EvalError> {
+        let pass = self
+            .plan
+            .dense
+            .iter()
+            .position(|p| std::ptr::eq(&p.kernel, kernel));
+        let Some(pass) = pass else {
+            return (self.other)(kernel, args);
+        };
+        if let Some((waiting, _)) = &self.pending {
+            if *waiting == pass {
+                return Ok(self.pending.take().expect("checked above").1);
+            }
+        }
+        let (rows, columns) = evaluate_cross_cached(&self.cross.kernel, self.cross.columns, args)?;
+        if pass == self.cross.rows_pass {
+            self.pending = Some((self.cross.columns_pass, columns));
+            Ok(rows)
+        } else {
+            self.pending = Some((self.cross.rows_pass, rows));
+            Ok(columns)
+        }
+    }
 }
 
 /// Evaluates one kernel of a backward pass on its arguments in order.

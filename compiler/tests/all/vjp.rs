@@ -687,3 +687,88 @@ fn jit_kernels_with_gradients_give_the_vjp() {
         assert!(err.to_string().contains("jit_kernel_with_gradients"), "{err}");
     }
 }
+
+/// The CPU runs a plan's two dense passes as one cross pass (rows and columns in one walk):
+/// at sizes with several inner tiles, row blocks and a remainder, its gradients are those of
+/// the two passes run apart, up to summation order.
+#[test]
+fn the_cross_pass_gives_the_two_dense_passes_results() {
+    let sizes = [(1003, 5003), (37, 4097)];
+    for reduction in [
+        "Sum_Reduction(Exp(-SqDist(x, y) * s) * b, {axis})",
+        "LogSumExp_Reduction(-SqDist(x, y) * s + Elem(b, 0) * 2, {axis})",
+    ] {
+        for axis in [0, 1] {
+            let kernel = kernel_with(reduction, axis);
+            let wrt = ["x", "y", "b", "s"];
+            let plan = vjp::plan_many(&kernel, &wrt).unwrap();
+            let cross = plan
+                .cross
+                .as_ref()
+                .expect("inputs on both axes: a cross pass");
+            assert_eq!(
+                cross.columns,
+                plan.dense[cross.columns_pass]
+                    .outputs
+                    .iter()
+                    .map(|&w| kernel.signature.args[w].dim)
+                    .sum::<usize>()
+            );
+            for (n, m) in sizes {
+                let (n, m) = if axis == 0 { (n, m) } else { (m, n) };
+                let mut rng = StdRng::seed_from_u64((n * 31 + m) as u64);
+                let mut array = |rows: usize, dim: usize| {
+                    HostArray::from_f64(
+                        vec![rows, dim],
+                        (0..rows * dim)
+                            .map(|_| rng.random_range(-1.0..1.0))
+                            .collect(),
+                    )
+                };
+                let inputs = vec![
+                    ("x".to_string(), array(n, 3)),
+                    ("y".to_string(), array(m, 3)),
+                    ("b".to_string(), array(m, 2)),
+                    ("s".to_string(), HostArray::from_f64(vec![1], vec![0.7])),
+                ];
+                let rows = if axis == 0 { n } else { m };
+                let g = array(rows, kernel.signature.output_dim());
+                for dtype in [DType::F64, DType::F32] {
+                    let (inputs, g) = match dtype {
+                        DType::F64 => (inputs.clone(), g.clone()),
+                        DType::F32 => (
+                            to_f32(&inputs),
+                            to_f32(&[("g".into(), g.clone())]).remove(0).1,
+                        ),
+                    };
+                    let arrays: Vec<&HostArray> = inputs.iter().map(|(_, a)| a).collect();
+                    let crossed = vjp::run_many(&plan, &arrays, &g, None, Backend::Cpu).unwrap();
+                    let mut apart = |k: &CheckedKernel, args: &[&HostArray]| {
+                        driver::evaluate_cached(k, args, Backend::Cpu)
+                    };
+                    let separate =
+                        vjp::run_many_with(&plan, &arrays, &g, None, &mut apart).unwrap();
+                    let tol = match dtype {
+                        DType::F64 => 1e-9,
+                        DType::F32 => 1e-3,
+                    };
+                    for ((name, a), b) in wrt.iter().zip(&crossed).zip(&separate) {
+                        let what = format!("{} d/d{name}, {dtype}, N={n} M={m}", kernel.name);
+                        assert_eq!(a.shape, b.shape, "{what}");
+                        assert_close(&what, &a.to_f64(), &b.to_f64(), tol);
+                    }
+                }
+            }
+        }
+    }
+    // One axis only: no cross pass.
+    let kernel = kernel_with(REDUCTIONS[0], 0);
+    assert!(vjp::plan_many(&kernel, &["x", "s"])
+        .unwrap()
+        .cross
+        .is_none());
+    assert!(vjp::plan_many(&kernel, &["y", "b"])
+        .unwrap()
+        .cross
+        .is_none());
+}
