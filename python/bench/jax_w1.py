@@ -115,7 +115,7 @@ def main():
     sizes = [int(float(a)) for a in sys.argv[1:]] or [10_000, 100_000]
     print(f"W1 f32, D = 3; jax {jax.__version__} on {jax.devices()[0].platform}; fastest of the rounds")
     for n in sizes:
-        rounds = 15 if n <= 20_000 else 2
+        rounds = 15 if n <= 20_000 else 3
         once = () if n <= 20_000 else ("JAX dense forward+backward",)
         s = measure(n, rounds, once)
         pairs = float(n) * n

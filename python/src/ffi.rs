@@ -69,8 +69,11 @@ mod c_api {
         pub minor_version: c_int,
     }
 
-    /// Opaque: made by `XLA_FFI_Error_Create`, owned by XLA once returned.
-    pub enum XLA_FFI_Error {}
+    /// Opaque: made by `XLA_FFI_Error_Create`, owned by XLA once returned; never read here.
+    #[repr(C)]
+    pub struct XLA_FFI_Error {
+        _opaque: [u8; 0],
+    }
 
     pub const XLA_FFI_Error_Code_INVALID_ARGUMENT: i32 = 3;
     pub const XLA_FFI_Error_Code_INTERNAL: i32 = 13;
@@ -931,4 +934,124 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_jax_rust_backward_seconds, m)?)?;
     m.add_function(wrap_pyfunction!(_ffi_layout, m)?)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::ffi::c_char;
+
+    thread_local! {
+        /// What the fake `XLA_FFI_Error_Create` was given: (code, message).
+        static CREATED: RefCell<Option<(i32, String)>> = const { RefCell::new(None) };
+    }
+
+    unsafe extern "C" fn fake_error_create(
+        args: *mut XLA_FFI_Error_Create_Args,
+    ) -> *mut XLA_FFI_Error {
+        let args = unsafe { &*args };
+        let message = unsafe { CStr::from_ptr(args.message) }
+            .to_string_lossy()
+            .into_owned();
+        CREATED.with(|c| *c.borrow_mut() = Some((args.errc, message)));
+        NonNull::dangling().as_ptr()
+    }
+
+    fn fake_api() -> XLA_FFI_Api {
+        // SAFETY: every field is a pointer, an integer or an `Option` of a function pointer:
+        // all zeros is a valid value of each.
+        let mut api: XLA_FFI_Api = unsafe { std::mem::zeroed() };
+        api.struct_size = size_of::<XLA_FFI_Api>();
+        api.XLA_FFI_Error_Create = Some(fake_error_create);
+        api
+    }
+
+    fn empty_frame(api: &XLA_FFI_Api) -> XLA_FFI_CallFrame {
+        // SAFETY: as above: pointers and integers only.
+        let mut frame: XLA_FFI_CallFrame = unsafe { std::mem::zeroed() };
+        frame.struct_size = size_of::<XLA_FFI_CallFrame>();
+        frame.api = api;
+        frame.stage = XLA_FFI_ExecutionStage_EXECUTE;
+        frame
+    }
+
+    #[test]
+    fn metadata_query_gets_the_api_version_and_touches_nothing_else() {
+        let api = fake_api();
+        let mut frame = empty_frame(&api);
+        // SAFETY: zeros are valid for these plain structs.
+        let mut metadata: XLA_FFI_Metadata = unsafe { std::mem::zeroed() };
+        let mut extension = XLA_FFI_Metadata_Extension {
+            extension_base: XLA_FFI_Extension_Base {
+                struct_size: size_of::<XLA_FFI_Metadata_Extension>(),
+                type_: XLA_FFI_Extension_Metadata,
+                next: null_mut(),
+            },
+            metadata: &mut metadata,
+        };
+        frame.extension_start = &mut extension.extension_base;
+        for handler in [keops_rs_call as XLA_FFI_Handler, keops_rs_vjp] {
+            metadata.api_version.major_version = -1;
+            let error = unsafe { handler(&mut frame) };
+            assert!(error.is_null());
+            assert_eq!(
+                (
+                    metadata.api_version.major_version,
+                    metadata.api_version.minor_version
+                ),
+                (0, 3)
+            );
+        }
+    }
+
+    #[test]
+    fn errors_go_through_xla_ffi_error_create() {
+        let api = fake_api();
+        let mut frame = empty_frame(&api);
+        let error = unsafe { keops_rs_call(&mut frame) };
+        assert!(!error.is_null());
+        let created = CREATED.with(|c| c.borrow_mut().take());
+        assert_eq!(
+            created,
+            Some((
+                XLA_FFI_Error_Code_INVALID_ARGUMENT,
+                "missing attribute `kernel`".to_string()
+            ))
+        );
+        // An id no kernel has, as an S64 attribute.
+        let mut id: i64 = 1 << 40;
+        let name = b"kernel";
+        let mut span = XLA_FFI_ByteSpan {
+            ptr: name.as_ptr() as *const c_char,
+            len: name.len(),
+        };
+        let mut scalar = XLA_FFI_Scalar {
+            dtype: XLA_FFI_DataType_S64,
+            value: &mut id as *mut i64 as *mut c_void,
+        };
+        let mut types = [XLA_FFI_AttrType_SCALAR];
+        let mut names = [&mut span as *mut XLA_FFI_ByteSpan];
+        let mut values = [&mut scalar as *mut XLA_FFI_Scalar as *mut c_void];
+        frame.attrs.size = 1;
+        frame.attrs.types = types.as_mut_ptr();
+        frame.attrs.names = names.as_mut_ptr();
+        frame.attrs.attrs = values.as_mut_ptr();
+        let error = unsafe { keops_rs_call(&mut frame) };
+        assert!(!error.is_null());
+        let (code, message) = CREATED.with(|c| c.borrow_mut().take()).expect("an error");
+        assert_eq!(code, XLA_FFI_Error_Code_INVALID_ARGUMENT);
+        assert!(message.contains("no compiled kernel with id"), "{message}");
+    }
+
+    #[test]
+    fn a_frame_older_than_the_api_is_refused() {
+        let api = fake_api();
+        let mut frame = empty_frame(&api);
+        frame.struct_size = XLA_FFI_CallFrame_STRUCT_SIZE - 8;
+        let error = unsafe { keops_rs_vjp(&mut frame) };
+        assert!(!error.is_null());
+        let (_, message) = CREATED.with(|c| c.borrow_mut().take()).expect("an error");
+        assert!(message.contains("call frame of"), "{message}");
+    }
 }
