@@ -9,6 +9,7 @@
 //! `driver` runs the pipeline; `compiler/src/README.md` records the design decisions.
 
 pub mod artifact;
+pub mod batch;
 pub mod bench;
 pub mod check;
 pub mod codegen;
