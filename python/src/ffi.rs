@@ -20,10 +20,8 @@
 
 use crate::{argument_error, panic_text, Compiled, Kernel, PyErrText};
 use c_api::*;
-use keops_runtime::{run_tiles, ArrayRef, DType, HostArray, OutputRef};
-use keopsc::check::CheckedKernel;
-use keopsc::codegen::JitKernel;
-use keopsc::driver::{self, Backend, EvalError};
+use keops_runtime::{ArrayRef, DType, HostArray, OutputRef};
+use keopsc::driver::{Backend, EvalError};
 use keopsc::jit_cache::JitCache;
 use keopsc::vjp::{self as kvjp, SavedForward, VjpError, VjpManyPlan};
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -268,14 +266,9 @@ checked_layout! {
 // ---------------------------------------------------------------------------------------------
 // The registry
 
-/// A backward plan with its kernels compiled for one dtype.
+/// A backward plan whose kernels were compiled for one dtype when it was made.
 struct Backward {
     plan: VjpManyPlan,
-    /// The plan's kernels by name (distinct within a plan), compiled for `dtype` through the
-    /// process-wide JIT table (held here for as long as the process runs, since compiled
-    /// programs keep the plan's id); a kernel
-    /// not here (the saved forward when it is passed in) runs through the driver.
-    kernels: HashMap<String, Arc<JitKernel>>,
     dtype: DType,
     /// The dense passes read the forward output (the LogSumExp family): the custom call
     /// takes it after `G`.
@@ -283,27 +276,18 @@ struct Backward {
 }
 
 impl Backward {
-    /// The gradients of the inputs the plan names, in its order: the plan's passes run by
-    /// the kernels compiled for it.
+    /// The gradients of the inputs the plan names, in its order, as `keopsc::vjp::run_many`
+    /// computes them on the CPU: the two dense passes as one cross pass where the plan has
+    /// one, every kernel from the process-wide JIT table (compiled when the plan was made; a
+    /// kernel the bounded table has dropped since is compiled again).
     fn gradients(
         &self,
         inputs: &[HostArray],
         cotangent: &HostArray,
         saved: Option<&HostArray>,
     ) -> Result<Vec<HostArray>, String> {
-        let mut runner =
-            |k: &CheckedKernel, arrays: &[&HostArray]| -> Result<HostArray, EvalError> {
-                match self.kernels.get(&k.name) {
-                    Some(code) => {
-                        let views: Vec<ArrayRef> = arrays.iter().map(|a| a.view()).collect();
-                        Ok(run_tiles(&code.tile_kernel(), &views, None)?)
-                    }
-                    None => Ok(driver::evaluate_bound(k, arrays, Backend::Cpu)?.0),
-                }
-            };
         let refs: Vec<&HostArray> = inputs.iter().collect();
-        kvjp::run_many_with(&self.plan, &refs, cotangent, saved, &mut runner)
-            .map_err(|e| e.to_string())
+        kvjp::run_many(&self.plan, &refs, cotangent, saved, Backend::Cpu).map_err(|e| e.to_string())
     }
 }
 
@@ -803,23 +787,31 @@ fn compile_backward(
         _ => PyErrText::Value(e.to_string()),
     })?;
     let reads_output = matches!(plan.saved, SavedForward::Output { .. });
-    let mut kernels = HashMap::new();
+    // Every kernel the backward will run, compiled now (while tracing, where an error can be
+    // raised) into the JIT table the handler's `run_many` reads: not the saved forward when
+    // the call passes it in, not the dense passes when a cross pass runs both at once.
+    let compile_error = |name: &str, e: EvalError| {
+        PyErrText::Runtime(format!("compiling the backward kernel `{name}`: {e}"))
+    };
     for (_, kernel) in plan.kernels() {
-        // The saved forward output comes in with the call.
-        if reads_output && kernel.name == compiled.checked.name {
+        let is_saved_forward =
+            matches!(&plan.saved, SavedForward::Output { kernel: k } if std::ptr::eq(k, kernel));
+        let is_crossed =
+            plan.cross.is_some() && plan.dense.iter().any(|p| std::ptr::eq(&p.kernel, kernel));
+        if is_saved_forward || is_crossed {
             continue;
         }
-        let (code, _) = JitCache::global().get(kernel, dtype).map_err(|e| {
-            PyErrText::Runtime(format!(
-                "compiling the backward kernel `{}`: {e}",
-                kernel.name
-            ))
-        })?;
-        kernels.insert(kernel.name.clone(), code);
+        JitCache::global()
+            .get(kernel, dtype)
+            .map_err(|e| compile_error(&kernel.name, e))?;
+    }
+    if let Some(cross) = &plan.cross {
+        JitCache::global()
+            .get_cross(&cross.kernel, cross.columns, dtype)
+            .map_err(|e| compile_error(&cross.kernel.name, e))?;
     }
     Ok(Backward {
         plan,
-        kernels,
         dtype,
         reads_output,
     })
