@@ -372,8 +372,18 @@ pub fn check_batched_rows(
             _ => false,
         };
     if !fits {
+        let also = if rows.dim == 1 {
+            format!(" or {}", shape_text(&batch.then(&[rows.rows])))
+        } else {
+            String::new()
+        };
+        let batch_axes = if batch.is_empty() {
+            String::new()
+        } else {
+            format!("the batch axes {batch}, then ")
+        };
         return Err(format!(
-            "has shape {}; expected {} (the batch axes {batch}, then {} = {} rows of {})",
+            "has shape {}; expected {}{also} ({batch_axes}{} = {} rows of {})",
             shape_text(shape),
             shape_text(&batch.then(&[rows.rows, rows.dim])),
             rows.rows_name,

@@ -3,8 +3,10 @@
 //! (milliseconds), then the source is checked, then every argument is read and checked (all
 //! problems listed together), and only then is the kernel compiled and run.
 
+use crate::inputs::{parse_files, parse_same, read_inputs};
 use crate::{fail, load, Reported};
-use keops_runtime::{index_columns, ArgumentError, HostArray, ReductionKind};
+use keops_runtime::{index_columns, HostArray, ReductionKind};
+use keopsc::batch::{self, BatchShape};
 use keopsc::check::CheckedKernel;
 use keopsc::driver::{self, Backend, EvalTimings};
 use std::fmt;
@@ -19,6 +21,8 @@ pub struct EvalRequest<'a> {
     pub file: &'a Path,
     pub kernel: Option<&'a str>,
     pub args: &'a [String],
+    /// `--same J=I` flags: the j-variable J reads the data of the i-variable I.
+    pub same: &'a [String],
     pub output: &'a Path,
     pub indices_out: Option<&'a Path>,
     pub index_dtype: Option<&'a str>,
@@ -131,31 +135,29 @@ pub fn eval(request: &EvalRequest) -> Result<(), Reported> {
     let plan = plan_output(kernel, request.indices_out, index_dtype)
         .map_err(|message| problems.push(message))
         .ok();
-    let mut files = Vec::new();
-    for arg in request.args {
-        match arg.split_once('=') {
-            Some((name, file)) => files.push((name.to_string(), PathBuf::from(file))),
-            None => problems.push(format!("`--arg {arg}`: expected NAME=FILE.npy")),
-        }
-    }
+    let files = parse_files(request.args, &mut problems);
+    let same = parse_same(kernel, request.same, &files, &mut problems);
     let start = Instant::now();
-    let arrays = driver::read_arguments(kernel, &files)
-        .map_err(|errors| problems.extend(errors.iter().map(ArgumentError::to_string)))
-        .ok();
+    let inputs = read_inputs(kernel, &files, &same, &mut problems);
     let read = start.elapsed();
-    let (Some(plan), Some(arrays), true) = (plan, arrays, problems.is_empty()) else {
+    let (Some(plan), Some(inputs), true) = (plan, inputs, problems.is_empty()) else {
         return Err(argument_problems(&problems, &kernel.name));
     };
 
-    let bound: Vec<&HostArray> = arrays.iter().collect();
-    let (out, timings) = driver::evaluate_bound(kernel, &bound, backend).map_err(fail)?;
+    let bound = inputs.bound();
+    let (out, timings) = if inputs.layout.batch.is_empty() {
+        driver::evaluate_bound(kernel, &bound, backend)
+    } else {
+        batch::evaluate_batches(kernel, &bound, &inputs.layout, inputs.size, backend)
+    }
+    .map_err(fail)?;
 
     let start = Instant::now();
     let written = match plan {
         OutputPlan::Whole => output.commit(|f| out.write_npy_to(f))?,
         OutputPlan::IndicesAsInt64 => output.commit(|f| out.to_indices().write_npy_to(f))?,
         OutputPlan::Apart { columns, dtype } => {
-            let (indices, values) = out.split_columns(columns);
+            let (indices, values) = split_last_axis(&out, columns);
             let indices_output = indices_output.expect("--indices-out was opened");
             let a = output.commit(|f| values.write_npy_to(f))?;
             let b = match dtype {
@@ -174,8 +176,9 @@ pub fn eval(request: &EvalRequest) -> Result<(), Reported> {
             kernel: &kernel.name,
             backend,
             eval: timings,
+            batch: inputs.layout.batch.clone(),
             read,
-            read_bytes: arrays.iter().map(|a| a.len() * dtype_bytes(a)).sum(),
+            read_bytes: inputs.read_bytes(),
             front_end,
             write,
             written_bytes: written,
@@ -211,11 +214,21 @@ pub(crate) fn argument_problems(problems: &[String], kernel: &str) -> Reported {
     Reported
 }
 
-fn dtype_bytes(array: &HostArray) -> usize {
-    match array.dtype() {
-        keops_runtime::DType::F32 => 4,
-        keops_runtime::DType::F64 => 8,
-    }
+/// Columns `columns` of the last axis of an output (batched or not), and the array of the
+/// other columns, each with the output's leading axes.
+fn split_last_axis(out: &HostArray, columns: Range<usize>) -> (HostArray, HostArray) {
+    let width = out.shape.last().copied().unwrap_or(1);
+    let leading = &out.shape[..out.shape.len().saturating_sub(1)];
+    let rows: usize = leading.iter().product();
+    let flat = HostArray {
+        shape: vec![rows, width],
+        data: out.data.clone(),
+    };
+    let count = columns.len();
+    let (mut inside, mut outside) = flat.split_columns(columns);
+    inside.shape = leading.iter().copied().chain([count]).collect();
+    outside.shape = leading.iter().copied().chain([width - count]).collect();
+    (inside, outside)
 }
 
 pub(crate) fn pick_kernel<'a>(
@@ -379,6 +392,8 @@ struct TimingReport<'a> {
     kernel: &'a str,
     backend: Backend,
     eval: EvalTimings,
+    /// The batch axes (empty without batches): the timings add up every batch.
+    batch: BatchShape,
     read: Duration,
     read_bytes: usize,
     front_end: Duration,
@@ -392,11 +407,21 @@ impl fmt::Display for TimingReport<'_> {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let mb = |b: f64| b / 1e6;
         let size = self.eval.size;
-        writeln!(
+        write!(
             f,
             "kernel `{}` on {} ({}), N = {}, M = {}",
             self.kernel, self.backend, size.dtype, size.n, size.m
         )?;
+        if self.batch.is_empty() {
+            writeln!(f)?;
+        } else {
+            writeln!(
+                f,
+                ", batch axes {} ({} batches, one after another)",
+                self.batch,
+                self.batch.count()
+            )?;
+        }
         writeln!(
             f,
             "  front end {:>10.1} ms   (parse, check)",
@@ -417,7 +442,7 @@ impl fmt::Display for TimingReport<'_> {
             f,
             "  run       {:>10.1} ms   {:.3e} pairs/s",
             ms(self.eval.run),
-            self.eval.pairs_per_second()
+            self.eval.pairs_per_second() * self.batch.count() as f64
         )?;
         writeln!(
             f,

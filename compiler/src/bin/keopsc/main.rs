@@ -1,6 +1,7 @@
 //! `keopsc`: compile and evaluate KeOps formulas written in `.kf` files.
 
 mod eval;
+mod inputs;
 mod vjp;
 
 use clap::{Parser, Subcommand};
@@ -69,8 +70,14 @@ enum Command {
         #[arg(long)]
         kernel: Option<String>,
         /// NAME=FILE.npy, once per argument (inline `Vi(pos, dim)` variables are named by pos).
+        /// Arrays may carry leading batch axes, broadcast as in numpy: `(B..., N, D)`,
+        /// `(B..., M, D)`, `(B..., D)`; the batches run one after another.
         #[arg(long = "arg", value_name = "NAME=FILE.npy")]
         args: Vec<String>,
+        /// J=I: the j-variable J takes the data of the i-variable I (no `--arg J`; M = N).
+        /// Repeatable.
+        #[arg(long = "same", value_name = "J=I")]
+        same: Vec<String>,
         /// Where to write the output array (checked before any work).
         #[arg(short, long, value_name = "OUT.npy")]
         output: PathBuf,
@@ -105,9 +112,13 @@ enum Command {
         /// repeated for several inputs at once.
         #[arg(long, value_name = "VAR", required = true)]
         wrt: Vec<String>,
-        /// NAME=FILE.npy, once per argument, as for `eval`.
+        /// NAME=FILE.npy, once per argument, as for `eval` (batch axes too).
         #[arg(long = "arg", value_name = "NAME=FILE.npy")]
         args: Vec<String>,
+        /// J=I, as for `eval`: the j-variable J takes the data of the i-variable I. `--wrt I`
+        /// then gives the total derivative (through I and J).
+        #[arg(long = "same", value_name = "J=I")]
+        same: Vec<String>,
         /// The cotangent G: the output's shape and the inputs' dtype.
         #[arg(long, value_name = "G.npy")]
         cotangent: PathBuf,
@@ -237,6 +248,7 @@ fn run(cli: Cli) -> ExitCode {
             file,
             kernel,
             args,
+            same,
             output,
             indices_out,
             index_dtype,
@@ -246,6 +258,7 @@ fn run(cli: Cli) -> ExitCode {
             file: &file,
             kernel: kernel.as_deref(),
             args: &args,
+            same: &same,
             output: &output,
             indices_out: indices_out.as_deref(),
             index_dtype: index_dtype.as_deref(),
@@ -257,6 +270,7 @@ fn run(cli: Cli) -> ExitCode {
             kernel,
             wrt,
             args,
+            same,
             cotangent,
             saved,
             output,
@@ -267,6 +281,7 @@ fn run(cli: Cli) -> ExitCode {
             kernel: kernel.as_deref(),
             wrt: &wrt,
             args: &args,
+            same: &same,
             cotangent: &cotangent,
             saved: saved.as_deref(),
             outputs: &output,
