@@ -1264,3 +1264,580 @@ fn build_with_grad_stores_every_kernels_gradients() {
         .stored_gradients()
         .is_empty());
 }
+
+/// Numbers in [-1, 1) from a fixed linear congruential sequence.
+fn numbers(seed: u64, n: usize) -> Vec<f64> {
+    let mut state = seed;
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            2.0 * ((state >> 11) as f64 / (1u64 << 53) as f64) - 1.0
+        })
+        .collect()
+}
+
+/// An f64 array of `shape` filled from `numbers(seed, ..)`.
+fn random(shape: &[usize], seed: u64) -> HostArray {
+    HostArray::from_f64(shape.to_vec(), numbers(seed, shape.iter().product()))
+}
+
+/// Batch `k` of `array`, whose batches have shape `core`.
+fn batch_of(array: &HostArray, k: usize, core: &[usize]) -> HostArray {
+    let n: usize = core.iter().product();
+    HostArray::from_f64(core.to_vec(), array.to_f64()[k * n..(k + 1) * n].to_vec())
+}
+
+/// Runs `keopsc` and expects it to succeed.
+fn succeeds(args: &[String]) -> Run {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = keopsc(&refs);
+    assert_eq!(run.code, 0, "keopsc {args:?}:\n{}", run.stderr);
+    run
+}
+
+/// `KEY=FILE` pairs as `--arg` flags with the fixture's paths, then `extra`.
+fn flags(f: &Fixture, args: &[(&str, &str)], extra: &[&str]) -> Vec<String> {
+    let mut v = Vec::new();
+    for (name, file) in args {
+        v.push("--arg".to_string());
+        v.push(format!("{name}={}", f.p(file)));
+    }
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+fn assert_close(got: &[f64], want: &[f64], tolerance: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (k, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (a - b).abs() <= tolerance * b.abs().max(1.0),
+            "{what}[{k}]: {a} against {b}"
+        );
+    }
+}
+
+/// `--same y=x`: the same output as passing x's file for y; `vjp --wrt x` is the total
+/// derivative, the sum of the gradients through x and through y computed apart, and what
+/// finite differences of the self-kernel give.
+#[test]
+fn same_gives_a_j_variable_the_data_of_an_i_variable() {
+    let f = Fixture::new();
+    f.npy(
+        "b4.npy",
+        HostArray::from_f64(vec![4, 1], vec![1.0, -0.5, 2.0, 0.25]),
+    );
+    f.npy("g.npy", random(&[4, 1], 7));
+    let others = [("x", "x.npy"), ("b", "b4.npy"), ("s", "s.npy")];
+    let both = [
+        ("x", "x.npy"),
+        ("y", "x.npy"),
+        ("b", "b4.npy"),
+        ("s", "s.npy"),
+    ];
+    let eval = |args: &[(&str, &str)], extra: &[&str], out: &str| {
+        let mut v = vec!["eval".to_string(), f.p("gauss.kf")];
+        v.extend(flags(&f, args, extra));
+        v.extend(["-o".to_string(), f.p(out)]);
+        succeeds(&v);
+        HostArray::read_npy(&f.path(out)).unwrap()
+    };
+    let full = eval(&both, &[], "full.npy");
+    for backend in ["cpu", "interp"] {
+        let same = eval(
+            &others,
+            &["--same", "y=x", "--backend", backend],
+            "same.npy",
+        );
+        assert_eq!(same.shape, vec![4, 1]);
+        assert_close(&same.to_f64(), &full.to_f64(), 1e-14, backend);
+    }
+
+    let vjp = |args: &[(&str, &str)], extra: &[&str]| {
+        let mut v = vec!["vjp".to_string(), f.p("gauss.kf")];
+        v.extend(flags(&f, args, extra));
+        v.extend(["--cotangent".to_string(), f.p("g.npy")]);
+        succeeds(&v);
+    };
+    vjp(
+        &both,
+        &[
+            "--wrt",
+            "x",
+            "--wrt",
+            "y",
+            "-o",
+            &f.p("dx.npy"),
+            "-o",
+            &f.p("dy.npy"),
+        ],
+    );
+    vjp(
+        &others,
+        &[
+            "--same",
+            "y=x",
+            "--wrt",
+            "s",
+            "--wrt",
+            "x",
+            "-o",
+            &f.p("ds_same.npy"),
+            "-o",
+            &f.p("total.npy"),
+        ],
+    );
+    let read = |name: &str| HostArray::read_npy(&f.path(name)).unwrap();
+    let total = read("total.npy");
+    assert_eq!(total.shape, vec![4, 3]);
+    let sum: Vec<f64> = read("dx.npy")
+        .to_f64()
+        .iter()
+        .zip(read("dy.npy").to_f64())
+        .map(|(a, b)| a + b)
+        .collect();
+    assert_close(&total.to_f64(), &sum, 1e-12, "dx + dy");
+    vjp(&both, &["--wrt", "s", "-o", &f.p("ds.npy")]);
+    assert_close(
+        &read("ds_same.npy").to_f64(),
+        &read("ds.npy").to_f64(),
+        1e-12,
+        "ds",
+    );
+
+    // Central differences of the self-kernel in x's data (y moves with it).
+    let compiled = keopsc::driver::compile(keopsc::source::SourceFile::new("g", GAUSS)).unwrap();
+    let kernel = &compiled.kernels[0];
+    let g = read("g.npy").to_f64();
+    let x = read("x.npy").to_f64();
+    let objective = |x: Vec<f64>| {
+        let x = HostArray::from_f64(vec![4, 3], x);
+        let inputs = vec![
+            ("x".to_string(), x.clone()),
+            ("y".to_string(), x),
+            ("b".to_string(), read("b4.npy")),
+            ("s".to_string(), read("s.npy")),
+        ];
+        let out = keopsc::driver::evaluate(kernel, &inputs, keopsc::driver::Backend::Interp)
+            .unwrap()
+            .to_f64();
+        out.iter().zip(&g).map(|(o, g)| o * g).sum::<f64>()
+    };
+    let h = 1e-6;
+    let differences: Vec<f64> = (0..x.len())
+        .map(|e| {
+            let (mut up, mut down) = (x.clone(), x.clone());
+            up[e] += h;
+            down[e] -= h;
+            (objective(up) - objective(down)) / (2.0 * h)
+        })
+        .collect();
+    assert_close(&total.to_f64(), &differences, 1e-6, "finite differences");
+    assert!(total.to_f64().iter().any(|d| d.abs() > 1e-2), "{total:?}");
+}
+
+/// Every misuse of `--same` is an error naming the flag, and nothing is written.
+#[test]
+fn same_errors_name_the_flag() {
+    let f = Fixture::new();
+    let with = |same: &[&str], args: &[(&str, &str)]| {
+        let mut v = vec!["eval".to_string(), f.p("gauss.kf")];
+        for s in same {
+            v.extend(["--same".to_string(), s.to_string()]);
+        }
+        v.extend(flags(&f, args, &["-o", &f.p("out.npy")]));
+        let refs: Vec<&str> = v.iter().map(String::as_str).collect();
+        keopsc(&refs)
+    };
+    let others = [("x", "x.npy"), ("b", "b.npy"), ("s", "s.npy")];
+    let cases: [(&[&str], &[&str]); 8] = [
+        (
+            &["x=x"],
+            &["`--same x=x`", "`x` is Vi(3), not a j-variable"],
+        ),
+        (&["x=y"], &["`--same x=y`", "did you mean `--same y=x`?"]),
+        (
+            &["y=s"],
+            &["`--same y=s`", "`s` is Pm(1), not an i-variable"],
+        ),
+        (
+            &["b=x"],
+            &[
+                "`--same b=x`",
+                "`b` is Vj(1) but `x` is Vi(3)",
+                "dimensions differ",
+            ],
+        ),
+        (
+            &["z=x"],
+            &["`--same z=x`", "no argument `z`", "`x`, `y`, `b`, `s`"],
+        ),
+        (&["y=w"], &["`--same y=w`", "no argument `w`"]),
+        (&["y"], &["`--same y`", "expected J=I"]),
+        (
+            &["y=x", "y=x"],
+            &["`y` already takes the data of `x` (`--same y=x`)"],
+        ),
+    ];
+    for (same, needles) in cases {
+        assert_fails_with(&with(same, &others), needles);
+    }
+    assert_fails_with(
+        &with(&["y=x"], &ALL_ARGS),
+        &["`--same y=x`", "`y` is also given with `--arg y="],
+    );
+    // vjp: y has no data of its own to differentiate.
+    f.npy("g.npy", random(&[4, 1], 3));
+    let mut v = vec![
+        "vjp".to_string(),
+        f.p("gauss.kf"),
+        "--same".into(),
+        "y=x".into(),
+    ];
+    v.extend(flags(
+        &f,
+        &others,
+        &[
+            "--wrt",
+            "y",
+            "--cotangent",
+            &f.p("g.npy"),
+            "-o",
+            &f.p("out.npy"),
+        ],
+    ));
+    let refs: Vec<&str> = v.iter().map(String::as_str).collect();
+    assert_fails_with(
+        &keopsc(&refs),
+        &[
+            "`--wrt y`",
+            "takes the data of `x`",
+            "differentiate with respect to `x`",
+        ],
+    );
+    assert!(!f.path("out.npy").exists(), "nothing written on failure");
+}
+
+/// Batch axes: `(B, N, D)` arrays give the outputs of each batch's 2-D run, stacked; axes of
+/// size 1 and unbatched arrays broadcast; two batch axes work.
+#[test]
+fn batches_equal_one_run_per_batch() {
+    let f = Fixture::new();
+    f.npy("xb.npy", random(&[2, 4, 3], 11));
+    f.npy("yb.npy", random(&[2, 5, 3], 12));
+    f.npy("bb.npy", random(&[2, 5, 1], 13));
+    f.npy("sb.npy", HostArray::from_f64(vec![2, 1], vec![0.7, 1.3]));
+    let eval = |args: &[(&str, &str)], extra: &[&str]| {
+        let mut v = vec!["eval".to_string(), f.p("gauss.kf")];
+        v.extend(flags(&f, args, extra));
+        v.extend(["-o".to_string(), f.p("out.npy")]);
+        succeeds(&v);
+        HostArray::read_npy(&f.path("out.npy")).unwrap()
+    };
+    let batched = [
+        ("x", "xb.npy"),
+        ("y", "yb.npy"),
+        ("b", "bb.npy"),
+        ("s", "sb.npy"),
+    ];
+    let read = |name: &str| HostArray::read_npy(&f.path(name)).unwrap();
+    let mut per_batch = Vec::new();
+    for k in 0..2 {
+        f.npy("xk.npy", batch_of(&read("xb.npy"), k, &[4, 3]));
+        f.npy("yk.npy", batch_of(&read("yb.npy"), k, &[5, 3]));
+        f.npy("bk.npy", batch_of(&read("bb.npy"), k, &[5, 1]));
+        f.npy("sk.npy", batch_of(&read("sb.npy"), k, &[1]));
+        let one = [
+            ("x", "xk.npy"),
+            ("y", "yk.npy"),
+            ("b", "bk.npy"),
+            ("s", "sk.npy"),
+        ];
+        per_batch.extend(eval(&one, &[]).to_f64());
+    }
+    for backend in ["cpu", "interp"] {
+        let out = eval(&batched, &["--backend", backend]);
+        assert_eq!(out.shape, vec![2, 4, 1], "{backend}");
+        assert_close(&out.to_f64(), &per_batch, 1e-13, backend);
+    }
+
+    // x: (2, 1, 4, 3); y: (3, 5, 3); b and s unbatched: out (2, 3, 4, 1).
+    f.npy("x2.npy", random(&[2, 1, 4, 3], 21));
+    f.npy("y3.npy", random(&[3, 5, 3], 22));
+    let out = eval(
+        &[
+            ("x", "x2.npy"),
+            ("y", "y3.npy"),
+            ("b", "b.npy"),
+            ("s", "s.npy"),
+        ],
+        &[],
+    );
+    assert_eq!(out.shape, vec![2, 3, 4, 1]);
+    let mut expected = Vec::new();
+    for a in 0..2 {
+        for c in 0..3 {
+            f.npy("xk.npy", batch_of(&read("x2.npy"), a, &[4, 3]));
+            f.npy("yk.npy", batch_of(&read("y3.npy"), c, &[5, 3]));
+            let one = [
+                ("x", "xk.npy"),
+                ("y", "yk.npy"),
+                ("b", "b.npy"),
+                ("s", "s.npy"),
+            ];
+            expected.extend(eval(&one, &[]).to_f64());
+        }
+    }
+    assert_close(&out.to_f64(), &expected, 1e-13, "two batch axes");
+
+    // A self-kernel with batches: y reads x's batches.
+    f.npy("b4.npy", random(&[2, 4, 1], 23));
+    let out = eval(
+        &[("x", "xb.npy"), ("b", "b4.npy"), ("s", "s.npy")],
+        &["--same", "y=x"],
+    );
+    let full = eval(
+        &[
+            ("x", "xb.npy"),
+            ("y", "xb.npy"),
+            ("b", "b4.npy"),
+            ("s", "s.npy"),
+        ],
+        &[],
+    );
+    assert_eq!(out.shape, vec![2, 4, 1]);
+    assert_close(&out.to_f64(), &full.to_f64(), 1e-14, "--same with batches");
+}
+
+/// Batched arg-reductions: the indices of each batch, apart as int64 or in the default layout.
+#[test]
+fn batched_indices_are_those_of_each_batch() {
+    let f = Fixture::new();
+    f.write("nearest.kf", NEAREST);
+    f.npy("x.npy", random(&[3, 6, 2], 31));
+    f.npy("y.npy", random(&[3, 7, 2], 32));
+    let run = |kernel: &str, x: &str, y: &str, extra: &[&str]| {
+        let mut v = vec!["eval".to_string(), f.p("nearest.kf"), "--kernel".into()];
+        v.push(kernel.to_string());
+        v.extend(flags(&f, &[("x", x), ("y", y)], extra));
+        succeeds(&v);
+    };
+    let apart = ["-o", &f.p("v.npy"), "--indices-out", &f.p("i.npy")];
+    run("min_argmin", "x.npy", "y.npy", &apart);
+    let values = HostArray::read_npy(&f.path("v.npy")).unwrap();
+    let indices = IndexArray::read_npy(&f.path("i.npy")).unwrap();
+    assert_eq!(
+        (values.shape.clone(), indices.shape.clone()),
+        (vec![3, 6, 1], vec![3, 6, 1])
+    );
+    run(
+        "argkmin",
+        "x.npy",
+        "y.npy",
+        &["-o", &f.p("k.npy"), "--index-dtype", "int64"],
+    );
+    let kmin = IndexArray::read_npy(&f.path("k.npy")).unwrap();
+    assert_eq!(kmin.shape, vec![3, 6, 3]);
+    for k in 0..3 {
+        let read = |name: &str| HostArray::read_npy(&f.path(name)).unwrap();
+        f.npy("xk.npy", batch_of(&read("x.npy"), k, &[6, 2]));
+        f.npy("yk.npy", batch_of(&read("y.npy"), k, &[7, 2]));
+        let apart = ["-o", &f.p("vk.npy"), "--indices-out", &f.p("ik.npy")];
+        run("min_argmin", "xk.npy", "yk.npy", &apart);
+        assert_eq!(read("vk.npy").to_f64(), values.to_f64()[k * 6..(k + 1) * 6]);
+        let ik = IndexArray::read_npy(&f.path("ik.npy")).unwrap();
+        assert_eq!(ik.data, indices.data[k * 6..(k + 1) * 6]);
+        run(
+            "argkmin",
+            "xk.npy",
+            "yk.npy",
+            &["-o", &f.p("kk.npy"), "--index-dtype", "int64"],
+        );
+        let kk = IndexArray::read_npy(&f.path("kk.npy")).unwrap();
+        assert_eq!(kk.data, kmin.data[k * 18..(k + 1) * 18]);
+    }
+}
+
+/// Batched gradients: each has the shape of the array passed; a batched input gets each
+/// batch's gradient, a broadcast one the sum over the batches; a cotangent `(B, N)` does for
+/// `(B, N, 1)`; `--same` adds the gradients through both variables in each batch.
+#[test]
+fn batched_vjp_sums_broadcast_gradients() {
+    let f = Fixture::new();
+    f.npy("xb.npy", random(&[2, 4, 3], 41));
+    f.npy("bb.npy", random(&[2, 5, 1], 42));
+    f.npy("sb.npy", HostArray::from_f64(vec![2, 1], vec![0.8, 1.2]));
+    f.npy("g.npy", random(&[2, 4, 1], 43));
+    let g = HostArray::read_npy(&f.path("g.npy")).unwrap();
+    f.npy("g_flat.npy", HostArray::from_f64(vec![2, 4], g.to_f64()));
+    let read = |name: &str| HostArray::read_npy(&f.path(name)).unwrap();
+    let compiled = keopsc::driver::compile(keopsc::source::SourceFile::new("g", GAUSS)).unwrap();
+    let kernel = &compiled.kernels[0];
+    let wrt = ["x", "y", "b", "s"];
+    let outputs = ["dx.npy", "dy.npy", "db.npy", "ds.npy"];
+
+    // y (the fixture's (5, 3)) is broadcast to both batches.
+    let mut expected: Vec<Vec<f64>> = vec![vec![], vec![0.0; 15], vec![], vec![]];
+    for k in 0..2 {
+        let inputs = vec![
+            ("x".to_string(), batch_of(&read("xb.npy"), k, &[4, 3])),
+            ("y".to_string(), read("y.npy")),
+            ("b".to_string(), batch_of(&read("bb.npy"), k, &[5, 1])),
+            ("s".to_string(), batch_of(&read("sb.npy"), k, &[1])),
+        ];
+        let grads = keopsc::vjp::vjp_many(
+            kernel,
+            &wrt,
+            &inputs,
+            &batch_of(&g, k, &[4, 1]),
+            keopsc::driver::Backend::Interp,
+        )
+        .unwrap();
+        expected[0].extend(grads[0].to_f64());
+        for (sum, d) in expected[1].iter_mut().zip(grads[1].to_f64()) {
+            *sum += d;
+        }
+        expected[2].extend(grads[2].to_f64());
+        expected[3].extend(grads[3].to_f64());
+    }
+    for cotangent in ["g.npy", "g_flat.npy"] {
+        let mut v = vec!["vjp".to_string(), f.p("gauss.kf")];
+        v.extend(flags(
+            &f,
+            &[
+                ("x", "xb.npy"),
+                ("y", "y.npy"),
+                ("b", "bb.npy"),
+                ("s", "sb.npy"),
+            ],
+            &["--cotangent", &f.p(cotangent)],
+        ));
+        for (w, o) in wrt.iter().zip(outputs) {
+            v.extend(["--wrt".to_string(), w.to_string(), "-o".into(), f.p(o)]);
+        }
+        succeeds(&v);
+        let shapes = [vec![2, 4, 3], vec![5, 3], vec![2, 5, 1], vec![2, 1]];
+        for ((o, shape), want) in outputs.iter().zip(shapes).zip(&expected) {
+            let got = read(o);
+            assert_eq!(got.shape, shape, "{o}");
+            assert_close(&got.to_f64(), want, 1e-12, o);
+        }
+    }
+
+    // --same with batches: the total derivative of each batch.
+    f.npy("b4.npy", random(&[4, 1], 44));
+    let mut v = vec![
+        "vjp".to_string(),
+        f.p("gauss.kf"),
+        "--same".into(),
+        "y=x".into(),
+    ];
+    v.extend(flags(
+        &f,
+        &[("x", "xb.npy"), ("b", "b4.npy"), ("s", "s.npy")],
+        &["--wrt", "x", "--wrt", "b", "--cotangent", &f.p("g.npy")],
+    ));
+    v.extend(["-o".to_string(), f.p("dx.npy"), "-o".into(), f.p("db.npy")]);
+    succeeds(&v);
+    let (mut total, mut db) = (Vec::new(), vec![0.0; 4]);
+    for k in 0..2 {
+        let x = batch_of(&read("xb.npy"), k, &[4, 3]);
+        let inputs = vec![
+            ("x".to_string(), x.clone()),
+            ("y".to_string(), x),
+            ("b".to_string(), read("b4.npy")),
+            ("s".to_string(), read("s.npy")),
+        ];
+        let grads = keopsc::vjp::vjp_many(
+            kernel,
+            &["x", "y", "b"],
+            &inputs,
+            &batch_of(&g, k, &[4, 1]),
+            keopsc::driver::Backend::Interp,
+        )
+        .unwrap();
+        total.extend(
+            grads[0]
+                .to_f64()
+                .iter()
+                .zip(grads[1].to_f64())
+                .map(|(a, b)| a + b),
+        );
+        for (sum, d) in db.iter_mut().zip(grads[2].to_f64()) {
+            *sum += d;
+        }
+    }
+    assert_eq!(read("dx.npy").shape, vec![2, 4, 3]);
+    assert_close(&read("dx.npy").to_f64(), &total, 1e-12, "total dx");
+    assert_eq!(read("db.npy").shape, vec![4, 1]);
+    assert_close(&read("db.npy").to_f64(), &db, 1e-12, "db");
+}
+
+/// Batch axes that do not broadcast, a core that does not fit after its batch axes, and a
+/// cotangent without the output's batch axes are argument errors naming the arrays.
+#[test]
+fn batch_errors_name_the_arguments_and_their_shapes() {
+    let f = Fixture::new();
+    f.npy("x2.npy", random(&[2, 4, 3], 51));
+    f.npy("y3.npy", random(&[3, 5, 3], 52));
+    f.npy("x_bad.npy", random(&[2, 4, 2], 53));
+    let run = f.run_eval(
+        "gauss.kf",
+        &[
+            ("x", "x2.npy"),
+            ("y", "y3.npy"),
+            ("b", "b.npy"),
+            ("s", "s.npy"),
+        ],
+        &[],
+    );
+    assert_fails_with(
+        &run,
+        &[
+            "batch axes do not broadcast",
+            "`y` has shape (3, 5, 3) (batch axes (3,))",
+            "`x` has shape (2, 4, 3) (batch axes (2,))",
+        ],
+    );
+    let run = f.run_eval(
+        "gauss.kf",
+        &[
+            ("x", "x_bad.npy"),
+            ("y", "y3.npy"),
+            ("b", "b.npy"),
+            ("s", "s.npy"),
+        ],
+        &[],
+    );
+    assert_fails_with(
+        &run,
+        &["`x` (Vi(3)) has shape (2, 4, 2); expected (N, 3) after its batch axes (2,)"],
+    );
+    for (g, shape) in [("g3.npy", vec![3, 4, 1]), ("g.npy", vec![4, 1])] {
+        f.npy(g, random(&shape, 54));
+        let mut v = vec!["vjp".to_string(), f.p("gauss.kf")];
+        v.extend(flags(
+            &f,
+            &[
+                ("x", "x2.npy"),
+                ("y", "y.npy"),
+                ("b", "b.npy"),
+                ("s", "s.npy"),
+            ],
+            &["--wrt", "x", "--cotangent", &f.p(g), "-o", &f.p("out.npy")],
+        ));
+        let refs: Vec<&str> = v.iter().map(String::as_str).collect();
+        let shown = keops_runtime::shape_text(&shape);
+        assert_fails_with(
+            &keopsc(&refs),
+            &[
+                "--cotangent",
+                &shown,
+                "expected (2, 4, 1)",
+                "batch axes (2,)",
+            ],
+        );
+    }
+    assert!(!f.path("out.npy").exists(), "nothing written on failure");
+}
