@@ -7,6 +7,7 @@ pub mod arrays;
 pub mod backward;
 pub mod cross;
 pub mod gradient;
+pub mod linalg;
 pub mod module;
 pub mod reduction;
 pub mod tiles;

@@ -1,0 +1,285 @@
+//! A compiled kernel seen as a linear operator on one of its arguments.
+
+use super::operator::check_operand;
+use super::{LinalgError, LinearOperator};
+use crate::abi::{Axis, Category};
+use crate::arrays::{check_arguments, ArgumentError, ArrayData, ArrayRef, DType, HostArray};
+use crate::module::Kernel;
+use crate::reduction::ReductionKind;
+use rayon::prelude::*;
+
+/// A kernel `Sum_Reduction(F, axis)` whose formula is linear in one argument, the *operand*
+/// `b` (`F = K(x_i, y_j) * b_j`), seen as the matrix `K` acting on `b`; every other argument is
+/// fixed when the operator is made. The operand is indexed by the reduced index (a j-variable
+/// for axis 0, an i-variable for axis 1) and its dimension `R` is the output's: output column
+/// `c` is `K` times operand column `c`. A product of `ncols` columns takes `ceil(ncols / R)`
+/// passes of the kernel, the last one padded with zeros: compile the kernel with `R` equal to
+/// the number of right-hand sides to do them all in one pass.
+///
+/// Linearity is the caller's claim (the runtime cannot see the formula; `keopsc` checks it
+/// symbolically before making one). Products are computed in the dtype the inputs were given in
+/// (accumulated in f64 by the kernel) and returned in f64.
+pub struct KernelOperator {
+    kernel: Kernel,
+    dtype: DType,
+    /// The fixed inputs in argument order; `None` at the operand.
+    inputs: Vec<Option<HostArray>>,
+    operand: usize,
+    width: usize,
+    rows: usize,
+    cols: usize,
+}
+
+impl std::fmt::Debug for KernelOperator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "KernelOperator({} x {} on `{}` of width {}, {})",
+            self.rows,
+            self.cols,
+            self.operand_name(),
+            self.width,
+            self.dtype
+        )
+    }
+}
+
+impl KernelOperator {
+    /// The operator of `kernel` on its argument `operand`, every other argument given in
+    /// `inputs` by name. Says what is wrong when the kernel cannot be one (its reduction, the
+    /// operand's category or dimension) or an input does not fit its signature.
+    pub fn new(
+        kernel: Kernel,
+        operand: &str,
+        inputs: Vec<(String, HostArray)>,
+    ) -> Result<KernelOperator, LinalgError> {
+        let sig = kernel.signature().clone();
+        let not_linear = |reason: String| LinalgError::NotLinear {
+            kernel: sig.name.clone(),
+            operand: operand.to_string(),
+            reason,
+        };
+        if sig.reduction.kind != ReductionKind::Sum {
+            return Err(not_linear(format!(
+                "its reduction is {}; only Sum is linear",
+                sig.reduction.kind.name()
+            )));
+        }
+        let expected: Vec<String> = sig.args.iter().map(|a| format!("`{}`", a.name)).collect();
+        let Some(operand_index) = sig.args.iter().position(|a| a.name == operand) else {
+            return Err(ArgumentError::Unknown {
+                name: operand.to_string(),
+                expected: expected.join(", "),
+            }
+            .into());
+        };
+        let spec = &sig.args[operand_index];
+        let (reduced, output_category) = match sig.axis {
+            Axis::I => (Category::J, Category::I),
+            Axis::J => (Category::I, Category::J),
+        };
+        if spec.category != reduced {
+            return Err(not_linear(format!(
+                "it is a {} variable, but the reduction runs over {} (the operand must be a {} variable)",
+                spec.category,
+                if reduced == Category::J { "j" } else { "i" },
+                reduced
+            )));
+        }
+        if spec.dim != sig.output_dim() {
+            return Err(not_linear(format!(
+                "it has dimension {} but the output {}: output column c must be K times operand column c",
+                spec.dim,
+                sig.output_dim()
+            )));
+        }
+        let width = spec.dim;
+        let mut slots: Vec<Option<HostArray>> = vec![None; sig.args.len()];
+        for (name, array) in inputs {
+            let Some(k) = sig.args.iter().position(|a| a.name == name) else {
+                return Err(ArgumentError::Unknown {
+                    name,
+                    expected: expected.join(", "),
+                }
+                .into());
+            };
+            if k == operand_index {
+                return Err(LinalgError::Parameter(format!(
+                    "`{name}` is the operand, the vector the operator multiplies: it is not given with the other inputs"
+                )));
+            }
+            if slots[k].is_some() {
+                return Err(ArgumentError::Duplicate { name }.into());
+            }
+            slots[k] = Some(array);
+        }
+        for (k, (slot, spec)) in slots.iter().zip(&sig.args).enumerate() {
+            if slot.is_none() && k != operand_index {
+                return Err(ArgumentError::Missing {
+                    name: spec.name.clone(),
+                    spec: format!("{}({})", spec.category, spec.dim),
+                }
+                .into());
+            }
+        }
+        let rows_of = |category: Category| {
+            slots
+                .iter()
+                .zip(&sig.args)
+                .find(|(s, a)| s.is_some() && a.category == category)
+                .and_then(|(s, _)| s.as_ref().and_then(|s| s.shape.first().copied()))
+        };
+        let Some(cols) = rows_of(reduced) else {
+            return Err(LinalgError::Parameter(format!(
+                "no argument but the operand `{operand}` is a {reduced} variable, so nothing gives the operator's number of columns"
+            )));
+        };
+        let rows = rows_of(output_category).unwrap_or(1);
+        let dtype = slots
+            .iter()
+            .flatten()
+            .map(|a| a.dtype())
+            .next()
+            .unwrap_or(DType::F64);
+        // Check every input now, with a zero operand in its place, so that `apply` cannot fail
+        // on them.
+        let zero = zeros(dtype, vec![cols, width]);
+        let views: Vec<ArrayRef> = slots
+            .iter()
+            .map(|s| s.as_ref().unwrap_or(&zero).view())
+            .collect();
+        check_arguments(&sig, &views)?;
+        if !kernel.dtypes().contains(&dtype) {
+            return Err(ArgumentError::CompiledDType {
+                name: sig.args.first().map(|a| a.name.clone()).unwrap_or_default(),
+                found: dtype,
+                expected: kernel.dtypes().first().copied().unwrap_or(DType::F32),
+            }
+            .into());
+        }
+        Ok(KernelOperator {
+            kernel,
+            dtype,
+            inputs: slots,
+            operand: operand_index,
+            width,
+            rows,
+            cols,
+        })
+    }
+
+    pub fn kernel(&self) -> &Kernel {
+        &self.kernel
+    }
+
+    pub fn operand_name(&self) -> &str {
+        &self.kernel.signature().args[self.operand].name
+    }
+
+    /// The operand's dimension: the columns one pass of the kernel multiplies.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// The dtype the products are computed in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// One pass: the kernel on `operand` (`cols x width`, in the operator's dtype).
+    fn pass(&self, operand: &HostArray) -> Result<Vec<f64>, LinalgError> {
+        let views: Vec<ArrayRef> = self
+            .inputs
+            .iter()
+            .map(|s| s.as_ref().unwrap_or(operand).view())
+            .collect();
+        Ok(self.kernel.call(&views)?.to_f64())
+    }
+}
+
+fn zeros(dtype: DType, shape: Vec<usize>) -> HostArray {
+    let len = shape.iter().product();
+    match dtype {
+        DType::F32 => HostArray::from_f32(shape, vec![0.0; len]),
+        DType::F64 => HostArray::from_f64(shape, vec![0.0; len]),
+    }
+}
+
+/// Row `i` of a `(rows, dim)` (or `(rows,)`) array, as a `(1, dim)` array.
+fn row_of(array: &HostArray, i: usize) -> HostArray {
+    let dim = array.shape.get(1).copied().unwrap_or(1);
+    let range = i * dim..(i + 1) * dim;
+    match &array.data {
+        ArrayData::F32(v) => HostArray::from_f32(vec![1, dim], v[range].to_vec()),
+        ArrayData::F64(v) => HostArray::from_f64(vec![1, dim], v[range].to_vec()),
+    }
+}
+
+impl LinearOperator for KernelOperator {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn cols(&self) -> usize {
+        self.cols
+    }
+
+    fn apply(&self, x: &[f64], ncols: usize) -> Result<Vec<f64>, LinalgError> {
+        check_operand(self, x, ncols)?;
+        let (r, m) = (self.width, self.cols);
+        let mut out = vec![0.0; self.rows * ncols];
+        for first in (0..ncols).step_by(r) {
+            let taken = r.min(ncols - first);
+            let block: Vec<f64> = (0..m * r)
+                .map(|k| {
+                    let (row, c) = (k / r, k % r);
+                    if c < taken {
+                        x[row * ncols + first + c]
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let operand = match self.dtype {
+                DType::F64 => HostArray::from_f64(vec![m, r], block),
+                DType::F32 => {
+                    HostArray::from_f32(vec![m, r], block.into_iter().map(|v| v as f32).collect())
+                }
+            };
+            let product = self.pass(&operand)?;
+            for (row, values) in product.chunks(r).enumerate() {
+                out[row * ncols + first..row * ncols + first + taken]
+                    .copy_from_slice(&values[..taken]);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `K(x_i, y_i)`, by one kernel call per point on that point alone (the pairs `(i, i)`
+    /// only): exact for any formula, O(N) work.
+    fn diagonal(&self) -> Result<Vec<f64>, LinalgError> {
+        let n = self.rows.min(self.cols);
+        let sig = self.kernel.signature();
+        let ones = match self.dtype {
+            DType::F64 => HostArray::from_f64(vec![1, self.width], vec![1.0; self.width]),
+            DType::F32 => HostArray::from_f32(vec![1, self.width], vec![1.0; self.width]),
+        };
+        (0..n)
+            .into_par_iter()
+            .map(|i| {
+                let point: Vec<HostArray> = self
+                    .inputs
+                    .iter()
+                    .zip(&sig.args)
+                    .map(|(slot, spec)| match (slot, spec.category) {
+                        (None, _) => ones.clone(),
+                        (Some(a), Category::Param) => a.clone(),
+                        (Some(a), _) => row_of(a, i),
+                    })
+                    .collect();
+                let views: Vec<ArrayRef> = point.iter().map(|a| a.view()).collect();
+                Ok(self.kernel.call(&views)?.to_f64()[0])
+            })
+            .collect()
+    }
+}

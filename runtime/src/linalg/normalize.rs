@@ -1,0 +1,159 @@
+//! The normalisations of diffusion geometry, as diagonal scalings `diag(l) A diag(r)` of an
+//! operator: the degrees `d = A 1` come from one product, nothing N x N is formed.
+
+use super::operator::{check_operand, check_square};
+use super::{LinalgError, LinearOperator};
+use std::fmt;
+use std::str::FromStr;
+
+/// One normalisation step, applied to the operator as it stands (with `d = A 1` its degrees).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Normalization {
+    /// `D^-1 A`: rows sum to one (a random walk's transition matrix).
+    Row,
+    /// `D^-1/2 A D^-1/2`: symmetric when `A` is, with the eigenvalues of `D^-1 A`.
+    Symmetric,
+    /// `D^-a A D^-a`: the density correction of diffusion maps (`a = 1` removes the sampling
+    /// density; followed by `Row` or `Symmetric`).
+    Alpha(f64),
+}
+
+impl fmt::Display for Normalization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Normalization::Row => f.write_str("row"),
+            Normalization::Symmetric => f.write_str("sym"),
+            Normalization::Alpha(a) => write!(f, "alpha={a}"),
+        }
+    }
+}
+
+impl FromStr for Normalization {
+    type Err = String;
+
+    /// `row`, `sym` or `alpha=A`.
+    fn from_str(s: &str) -> Result<Normalization, String> {
+        match s.trim() {
+            "row" => Ok(Normalization::Row),
+            "sym" | "symmetric" => Ok(Normalization::Symmetric),
+            other => {
+                let value = other.strip_prefix("alpha=").ok_or_else(|| {
+                    format!("unknown normalisation `{other}`: expected row, sym or alpha=A")
+                })?;
+                let a: f64 = value
+                    .parse()
+                    .map_err(|_| format!("`{value}` is not a number (in `{other}`)"))?;
+                if !a.is_finite() {
+                    return Err(format!("alpha must be finite, not {a}"));
+                }
+                Ok(Normalization::Alpha(a))
+            }
+        }
+    }
+}
+
+impl Normalization {
+    /// Steps separated by commas: `alpha=1,sym`.
+    pub fn parse_list(text: &str) -> Result<Vec<Normalization>, String> {
+        text.split(',')
+            .filter(|s| !s.trim().is_empty() && s.trim() != "none")
+            .map(str::parse)
+            .collect()
+    }
+
+    /// The exponents `(left, right)` of the degrees this step scales by.
+    fn exponents(self) -> (f64, f64) {
+        match self {
+            Normalization::Row => (-1.0, 0.0),
+            Normalization::Symmetric => (-0.5, -0.5),
+            Normalization::Alpha(a) => (-a, -a),
+        }
+    }
+}
+
+/// `diag(left) A diag(right)` for a square `A`.
+pub struct Scaled<A> {
+    pub op: A,
+    left: Vec<f64>,
+    right: Vec<f64>,
+}
+
+impl<A: LinearOperator> Scaled<A> {
+    /// `A` itself (both scalings one).
+    pub fn identity(op: A) -> Result<Scaled<A>, LinalgError> {
+        let n = check_square(&op, "a normalisation")?;
+        Ok(Scaled {
+            op,
+            left: vec![1.0; n],
+            right: vec![1.0; n],
+        })
+    }
+
+    /// `A` normalised by each step in turn; each step costs one product (its degrees).
+    pub fn normalized(op: A, steps: &[Normalization]) -> Result<Scaled<A>, LinalgError> {
+        let mut scaled = Scaled::identity(op)?;
+        for &step in steps {
+            scaled = scaled.normalize(step)?;
+        }
+        Ok(scaled)
+    }
+
+    /// The degrees of the operator as it stands: its product with the ones vector.
+    pub fn degrees(&self) -> Result<Vec<f64>, LinalgError> {
+        self.apply(&vec![1.0; self.cols()], 1)
+    }
+
+    /// This operator normalised by one more step.
+    pub fn normalize(mut self, step: Normalization) -> Result<Scaled<A>, LinalgError> {
+        let degrees = self.degrees()?;
+        if let Some((row, &value)) = degrees
+            .iter()
+            .enumerate()
+            .find(|(_, d)| !(**d > 0.0 && d.is_finite()))
+        {
+            return Err(LinalgError::NonPositiveDegree { row, value });
+        }
+        let (l, r) = step.exponents();
+        for ((left, right), d) in self.left.iter_mut().zip(&mut self.right).zip(&degrees) {
+            *left *= d.powf(l);
+            *right *= d.powf(r);
+        }
+        Ok(self)
+    }
+
+    /// The diagonal scalings `(left, right)`. After the single step `Symmetric`, an
+    /// eigenvector `phi` of `D^-1/2 A D^-1/2` gives the eigenvector `D^-1/2 phi = right * phi`
+    /// (elementwise) of `D^-1 A`, with the same eigenvalue: the diffusion-map coordinates.
+    pub fn scalings(&self) -> (&[f64], &[f64]) {
+        (&self.left, &self.right)
+    }
+}
+
+impl<A: LinearOperator> LinearOperator for Scaled<A> {
+    fn rows(&self) -> usize {
+        self.op.rows()
+    }
+    fn cols(&self) -> usize {
+        self.op.cols()
+    }
+    fn apply(&self, x: &[f64], ncols: usize) -> Result<Vec<f64>, LinalgError> {
+        check_operand(self, x, ncols)?;
+        let scaled: Vec<f64> = x
+            .iter()
+            .enumerate()
+            .map(|(k, v)| v * self.right[k / ncols])
+            .collect();
+        let mut y = self.op.apply(&scaled, ncols)?;
+        for (k, v) in y.iter_mut().enumerate() {
+            *v *= self.left[k / ncols];
+        }
+        Ok(y)
+    }
+    fn diagonal(&self) -> Result<Vec<f64>, LinalgError> {
+        let mut d = self.op.diagonal()?;
+        for (i, d) in d.iter_mut().enumerate() {
+            *d *= self.left[i] * self.right[i];
+        }
+        Ok(d)
+    }
+}
