@@ -106,13 +106,58 @@ pub const BACKWARD_WORKLOADS: &[BackwardWorkload] = &[
     },
 ];
 
+/// The symmetric workload: W1 on one point cloud against itself (`y` holds `x`'s data, the
+/// diffusion step), each unordered pair once, against the full evaluation in the same run.
+pub const SYMMETRIC_WORKLOAD: &str = "W1sym";
+
 /// Every workload id `keopsc bench --workload` accepts.
 pub fn workload_ids() -> Vec<&'static str> {
     WORKLOADS
         .iter()
         .map(|w| w.id)
         .chain(BACKWARD_WORKLOADS.iter().map(|w| w.id))
+        .chain(std::iter::once(SYMMETRIC_WORKLOAD))
         .collect()
+}
+
+/// W1 with `y` holding `x`'s data at N = M = n: the symmetric evaluation
+/// ([`driver::evaluate_same`]) and the full one, alternating, compiled once (untimed).
+/// Returns (symmetric seconds, full seconds), medians.
+pub fn measure_symmetric(
+    source: &str,
+    n: usize,
+    dtype: DType,
+    repeats: usize,
+    param: f64,
+) -> Result<(f64, f64), String> {
+    let compiled = driver::compile(SourceFile::new("<bench>", source))
+        .map_err(|_| "workload does not compile".to_string())?;
+    let kernel = &compiled.kernels[0];
+    let mut inputs = uniform_inputs(source, n, dtype, 1, param)?;
+    let position = |name: &str| {
+        inputs
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or_else(|| format!("the workload has no `{name}`"))
+    };
+    let (x, y) = (position("x")?, position("y")?);
+    inputs[y].1 = inputs[x].1.clone();
+    let arrays: Vec<&HostArray> = inputs.iter().map(|(_, a)| a).collect();
+    let same = [(y, x)];
+    let run_same = || driver::evaluate_same(kernel, &arrays, &same, driver::Backend::Cpu);
+    let run_full = || driver::evaluate_cached(kernel, &arrays, driver::Backend::Cpu);
+    run_same().map_err(|e| e.to_string())?;
+    run_full().map_err(|e| e.to_string())?;
+    let (mut same_times, mut full_times) = (Vec::new(), Vec::new());
+    for _ in 0..repeats.max(1) {
+        let start = Instant::now();
+        std::hint::black_box(run_same().map_err(|e| e.to_string())?);
+        same_times.push(start.elapsed().as_secs_f64());
+        let start = Instant::now();
+        std::hint::black_box(run_full().map_err(|e| e.to_string())?);
+        full_times.push(start.elapsed().as_secs_f64());
+    }
+    Ok((median(same_times), median(full_times)))
 }
 
 /// What to run.
@@ -513,6 +558,42 @@ pub fn run(
                         baseline: Some((format!("{} forward", forward.id), fwd)),
                     });
                 }
+            }
+        }
+    }
+    if selected(SYMMETRIC_WORKLOAD) {
+        let w1 = WORKLOADS
+            .iter()
+            .find(|w| w.id == "W1")
+            .expect("W1 is a workload");
+        let d = w1.dims[0];
+        let source = w1.source.replace("{D}", &d.to_string());
+        for &dtype in &options.dtypes {
+            for &n in &options.sizes {
+                let (same, full) = measure_symmetric(&source, n, dtype, options.repeats, w1.param)?;
+                let rate = (n as f64) * (n as f64) / same;
+                writeln!(
+                    out,
+                    "{:<4} {:<22} {:>3} {:>4} {:>8} {:>10.3e}  {:.2}x the full evaluation's time ({:.1} ms against {:.1} ms, alternating; pairs/s counts every ordered pair)",
+                    SYMMETRIC_WORKLOAD,
+                    "W1, y = x, pairs once",
+                    d,
+                    dtype_name(dtype),
+                    n,
+                    rate,
+                    same / full,
+                    same * 1e3,
+                    full * 1e3
+                )
+                .ok();
+                results.push(BenchResult {
+                    label: format!("{SYMMETRIC_WORKLOAD} D={d}"),
+                    dtype,
+                    n,
+                    pairs_per_second: rate,
+                    compile_ms: 0.0,
+                    baseline: Some(("W1 full".to_string(), (n as f64) * (n as f64) / full)),
+                });
             }
         }
     }

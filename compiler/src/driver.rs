@@ -213,6 +213,50 @@ pub fn evaluate_bound(
     Ok((out, timings))
 }
 
+/// [`evaluate_bound`] for arrays where each `(j, i)` of `same` (argument positions) says that
+/// the j-variable `j` holds the data of the i-variable `i`: on the CPU, a `Sum` then walks
+/// each unordered pair once ([`crate::symmetric`]); otherwise, and when the arrays do not
+/// hold the same data after all, the full evaluation. The results agree up to summation
+/// order.
+pub fn evaluate_same(
+    kernel: &CheckedKernel,
+    arrays: &[&HostArray],
+    same: &[(usize, usize)],
+    backend: Backend,
+) -> Result<(HostArray, EvalTimings), EvalError> {
+    let shared = |&(j, i): &(usize, usize)| {
+        arrays.get(j).zip(arrays.get(i)).is_some_and(|(a, b)| {
+            a.shape.first() == b.shape.first() && a.len() == b.len() && a.to_f64() == b.to_f64()
+        })
+    };
+    let plan = match crate::symmetric::plan(kernel, same) {
+        Ok(plan) if backend == Backend::Cpu && same.iter().all(shared) => plan,
+        _ => return evaluate_bound(kernel, arrays, backend),
+    };
+    let views: Vec<_> = arrays.iter().map(|a| a.view()).collect();
+    let size = check_arguments(&kernel.signature, &views)?;
+    let mut timings = EvalTimings {
+        size,
+        compile: Duration::ZERO,
+        run: Duration::ZERO,
+    };
+    let start = Instant::now();
+    let table = crate::jit_cache::JitCache::global();
+    let (full, _) = table.get(kernel, size.dtype)?;
+    let (cross, _) = table.get_cross(&plan.cross, plan.columns, size.dtype)?;
+    timings.compile = start.elapsed();
+    let cross_views: Vec<_> = plan.sources.iter().map(|&k| views[k]).collect();
+    let start = Instant::now();
+    let out = keops_runtime::run_symmetric_tiles(
+        &full.tile_kernel(),
+        &views,
+        &cross.tile_kernel(),
+        &cross_views,
+    )?;
+    timings.run = start.elapsed();
+    Ok((out, timings))
+}
+
 /// [`evaluate_bound`] without the timings, with the CPU backend's code taken from the
 /// process-wide [`JitCache`](crate::jit_cache::JitCache): a kernel run again is not compiled
 /// again. What the vjp runs by default.

@@ -23,5 +23,6 @@ pub mod opt;
 pub mod repl;
 pub mod schedule;
 pub mod source;
+pub mod symmetric;
 pub mod syntax;
 pub mod vjp;

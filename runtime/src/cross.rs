@@ -220,6 +220,202 @@ pub fn run_cross_tiles(
     ))
 }
 
+/// The inputs of one kernel as its tile function reads them: inner-indexed arguments
+/// transposed and padded for `lanes`, the others as given.
+struct TileInputs {
+    _transposed: Vec<Option<ArrayData>>,
+    pointers: Vec<SendPtr>,
+    inner_stride: usize,
+}
+
+impl TileInputs {
+    fn new(sig: &Signature, arrays: &[ArrayRef], inner: usize, lanes: usize) -> TileInputs {
+        let inner_category = match sig.axis {
+            Axis::I => Category::J,
+            Axis::J => Category::I,
+        };
+        let inner_stride = inner.div_ceil(lanes) * lanes + lanes;
+        let transposed: Vec<Option<ArrayData>> = sig
+            .args
+            .iter()
+            .zip(arrays)
+            .map(|(spec, array)| {
+                (spec.category == inner_category)
+                    .then(|| transpose(array.data, inner, spec.dim, inner_stride))
+            })
+            .collect();
+        let pointers = arrays
+            .iter()
+            .zip(&transposed)
+            .map(|(array, t)| {
+                SendPtr(match t {
+                    Some(ArrayData::F32(v)) => v.as_ptr().cast(),
+                    Some(ArrayData::F64(v)) => v.as_ptr().cast(),
+                    None => match array.data {
+                        DataRef::F32(v) => v.as_ptr().cast(),
+                        DataRef::F64(v) => v.as_ptr().cast(),
+                    },
+                })
+            })
+            .collect();
+        TileInputs {
+            _transposed: transposed,
+            pointers,
+            inner_stride,
+        }
+    }
+
+    fn args(&self) -> Vec<*const c_void> {
+        self.pointers.iter().map(|p| p.0).collect()
+    }
+}
+
+/// Rows of a symmetric evaluation's blocks: a multiple of every vector width, and at most
+/// the rows over which compiled cross code sums its columns in the element type.
+pub const SYMMETRIC_BLOCK: usize = 256;
+
+/// A `Sum` over the inner index of a kernel applied to one point cloud against itself (rows
+/// and inner indices the same points, N = M), walking each unordered pair once.
+///
+/// `full` is the kernel (its arrays `full_arrays`); `cross` its *swapped* cross pass (arrays
+/// `cross_arrays`, the same rows): row components `F(i, j)` and column components `F(j, i)`,
+/// the kernel with every variable's role swapped, for the same output row width. Rows go in
+/// blocks of [`SYMMETRIC_BLOCK`]: a block's pairs with itself run through `full` (every
+/// ordered pair, the diagonal once), its pairs with the later blocks through `cross`, whose
+/// columns are the later rows' shares. The result equals the full evaluation up to summation
+/// order.
+pub fn run_symmetric_tiles(
+    full: &crate::TileKernel,
+    full_arrays: &[ArrayRef],
+    cross: &CrossTileKernel,
+    cross_arrays: &[ArrayRef],
+) -> Result<HostArray, ArgumentError> {
+    let fsig = full.signature();
+    let csig = cross.signature;
+    assert!(
+        fsig.reduction.kind == ReductionKind::Sum && csig.reduction.kind == ReductionKind::Sum,
+        "a symmetric evaluation sums"
+    );
+    let size = check_arguments(fsig, full_arrays)?;
+    let csize = check_arguments(csig, cross_arrays)?;
+    let dtype = full.dtype();
+    for found in [size.dtype, csize.dtype] {
+        if found != dtype || cross.dtype != dtype {
+            return Err(ArgumentError::CompiledDType {
+                name: fsig
+                    .args
+                    .first()
+                    .map(|a| a.name.clone())
+                    .unwrap_or_default(),
+                found,
+                expected: dtype,
+            });
+        }
+    }
+    let rows = match fsig.axis {
+        Axis::I => size.n,
+        Axis::J => size.m,
+    };
+    let width = fsig.reduction.acc_dim();
+    assert!(
+        size.n == size.m && csize.n == size.n && csize.m == size.m,
+        "one point cloud against itself"
+    );
+    assert!(
+        csig.reduction.acc_dim() == width && cross.columns == width && csig.axis == fsig.axis,
+        "the cross pass gives each pair to both of its rows"
+    );
+    let full_inputs = TileInputs::new(fsig, full_arrays, rows, full.lanes());
+    let cross_inputs = TileInputs::new(csig, cross_arrays, rows, cross.lanes);
+    let block = SYMMETRIC_BLOCK;
+    assert!(block.is_multiple_of(full.lanes()) && block.is_multiple_of(cross.lanes));
+    let blocks = rows.div_ceil(block);
+    let groups = (2 * rayon::current_num_threads()).min(blocks).max(1);
+    let wave = 1usize << 16;
+
+    let mut row_acc = vec![0.0f64; rows * width];
+    let mut col_acc = vec![0.0f64; rows * width];
+    if rows > 0 && width > 0 {
+        // Blocks go to groups in turn, so that the long first blocks (they meet every later
+        // row) spread over the groups.
+        let mut by_group: Vec<Vec<(usize, &mut [f64])>> = (0..groups).map(|_| Vec::new()).collect();
+        for (b, acc) in row_acc.chunks_mut(block * width).enumerate() {
+            by_group[b % groups].push((b, acc));
+        }
+        let full_tile = full.tile();
+        let partials: Vec<Vec<f64>> = by_group
+            .into_par_iter()
+            .map(|blocks| {
+                let mut cols = vec![0.0f64; rows * width];
+                let mut wave_cols = Vec::new();
+                let full_args = full_inputs.args();
+                let cross_args = cross_inputs.args();
+                for (b, acc) in blocks {
+                    let start = b * block;
+                    let end = (start + block).min(rows);
+                    // SAFETY: the TileFn contract: checked arrays, the inner-indexed ones
+                    // transposed and padded for the kernel's lanes, `acc` the rows
+                    // `start..end`, `start` a multiple of the lanes.
+                    unsafe {
+                        full_tile(
+                            full_args.as_ptr(),
+                            full_inputs.inner_stride as i64,
+                            start as i64,
+                            end as i64,
+                            start as i64,
+                            end as i64,
+                            acc.as_mut_ptr(),
+                        )
+                    };
+                    let mut lo = end;
+                    while lo < rows {
+                        let hi = (lo + wave).min(rows);
+                        wave_cols.clear();
+                        wave_cols.resize(width * (hi - lo), 0.0);
+                        // SAFETY: the CrossTileFn contract, as above; `wave_cols` holds the
+                        // `width x (hi - lo)` column sums of the range, `lo` a multiple of the
+                        // lanes (block ends are).
+                        unsafe {
+                            (cross.tile)(
+                                cross_args.as_ptr(),
+                                cross_inputs.inner_stride as i64,
+                                start as i64,
+                                end as i64,
+                                lo as i64,
+                                hi as i64,
+                                acc.as_mut_ptr(),
+                                wave_cols.as_mut_ptr(),
+                            )
+                        };
+                        for c in 0..width {
+                            for (k, x) in wave_cols[c * (hi - lo)..(c + 1) * (hi - lo)]
+                                .iter()
+                                .enumerate()
+                            {
+                                cols[(lo + k) * width + c] += x;
+                            }
+                        }
+                        lo = hi;
+                    }
+                }
+                cols
+            })
+            .collect();
+        for cols in &partials {
+            for (a, x) in col_acc.iter_mut().zip(cols) {
+                *a += x;
+            }
+        }
+    }
+    let total: Vec<f64> = row_acc.iter().zip(&col_acc).map(|(a, b)| a + b).collect();
+    Ok(match dtype {
+        DType::F64 => HostArray::from_f64(vec![rows, width], total),
+        DType::F32 => {
+            HostArray::from_f32(vec![rows, width], total.iter().map(|&x| x as f32).collect())
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,6 +509,78 @@ mod tests {
                     assert!((c[2 * j] - (sx + n as f64 * y[j])).abs() < 1e-9);
                     assert!((c[2 * j + 1] - sx).abs() < 1e-9);
                 }
+            }
+        }
+    }
+
+    /// The full tile of `F = x_i y_j^2` (x = Vi(1), y = Vj(1), y transposed).
+    unsafe extern "C" fn skew_tile(
+        args: *const *const c_void,
+        _inner_stride: i64,
+        row_start: i64,
+        row_end: i64,
+        inner_start: i64,
+        inner_end: i64,
+        acc: *mut f64,
+    ) {
+        // SAFETY: the TileFn contract for `signature()`.
+        unsafe {
+            let x = *args as *const f64;
+            let y = *args.add(1) as *const f64;
+            for r in row_start..row_end {
+                for j in inner_start..inner_end {
+                    let yj = *y.add(j as usize);
+                    *acc.add((r - row_start) as usize) += *x.add(r as usize) * yj * yj;
+                }
+            }
+        }
+    }
+
+    /// Its swapped cross pass: rows `x_i y_j^2`, columns `y_j x_i^2` (the kernel with x and y
+    /// exchanged).
+    unsafe extern "C" fn skew_cross(
+        args: *const *const c_void,
+        _inner_stride: i64,
+        row_start: i64,
+        row_end: i64,
+        inner_start: i64,
+        inner_end: i64,
+        acc: *mut f64,
+        cols: *mut f64,
+    ) {
+        // SAFETY: the CrossTileFn contract for `signature()` and one column.
+        unsafe {
+            let x = *args as *const f64;
+            let y = *args.add(1) as *const f64;
+            for r in row_start..row_end {
+                let xi = *x.add(r as usize);
+                for j in inner_start..inner_end {
+                    let yj = *y.add(j as usize);
+                    *acc.add((r - row_start) as usize) += xi * yj * yj;
+                    *cols.add((j - inner_start) as usize) += yj * xi * xi;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn symmetric_walk_equals_the_full_sum_for_a_kernel_that_is_not_symmetric() {
+        let sig = signature();
+        // SAFETY: the tile functions implement their contracts for this signature.
+        let full = unsafe { crate::TileKernel::new(&sig, DType::F64, 1, skew_tile) };
+        let cross = unsafe { CrossTileKernel::new(&sig, 1, DType::F64, 1, skew_cross) };
+        for n in [1, 7, 256, 257, 700] {
+            let x: Vec<f64> = (0..n)
+                .map(|i| ((i * 37 % 101) as f64) / 50.0 - 1.0)
+                .collect();
+            let a = HostArray::from_f64(vec![n, 1], x.clone());
+            let views = [a.view(), a.view()];
+            let out = run_symmetric_tiles(&full, &views, &cross, &views)
+                .unwrap()
+                .to_f64();
+            let s2: f64 = x.iter().map(|v| v * v).sum();
+            for i in 0..n {
+                assert!((out[i] - x[i] * s2).abs() < 1e-9, "n = {n}, row {i}");
             }
         }
     }

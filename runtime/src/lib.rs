@@ -17,7 +17,10 @@ pub use arrays::{
     check_all_arguments, check_arguments, index_columns, shape_text, ArgumentError, ArrayData,
     ArrayRef, DType, DataRef, Element, HostArray, IndexArray, NpyError, OutputRef, ProblemSize,
 };
-pub use cross::{run_cross_tiles, CrossSchedule, CrossTileFn, CrossTileKernel};
+pub use cross::{
+    run_cross_tiles, run_symmetric_tiles, CrossSchedule, CrossTileFn, CrossTileKernel,
+    SYMMETRIC_BLOCK,
+};
 pub use gradient::GradientError;
 pub use module::{Kernel, LoadError, Manifest, Module};
 pub use ndarray;

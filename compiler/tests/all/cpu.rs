@@ -742,3 +742,80 @@ fn small_exponentials_in_runs_of_rows_match_the_interpreter() {
         }
     }
 }
+
+/// A kernel applied to one point cloud against itself (`y` holds `x`'s data), walked over
+/// unordered pairs (`driver::evaluate_same`): the same as the full evaluation and the
+/// interpreter, for symmetric and non-symmetric formulas, vector outputs, both axes, sizes
+/// around the symmetric blocks, f32 and f64.
+#[test]
+fn symmetric_evaluation_matches_the_full_one() {
+    let formulas = [
+        "Sum_Reduction(Exp(-SqDist(x, y) * s) * b, {axis})",
+        "Sum_Reduction(Concat(Exp(-SqDist(x, y) * s) * b * u, (x - y) * Elem(y, 0) + u), {axis})",
+        "Sum_Reduction(Scalprod(x, y) * u + Sin(Elem(y, 1)) * b, {axis})",
+    ];
+    for (f, formula) in formulas.iter().enumerate() {
+        for axis in [0, 1] {
+            let text = format!(
+                "kernel t {{ x = Vi(3) y = Vj(3) u = Vi(1) b = Vj(1) s = Pm(1) {} }}\n",
+                formula.replace("{axis}", &axis.to_string())
+            );
+            let compiled = compile(&text);
+            let k = &compiled.kernels[0];
+            let same = match axis {
+                0 => [(1usize, 0usize)],
+                _ => [(1, 0)],
+            };
+            let plan = keopsc::symmetric::plan(k, &same).unwrap();
+            assert_eq!(plan.columns, k.signature.output_dim());
+            for n in [1, 7, 255, 257, 1000] {
+                let mut rng = StdRng::seed_from_u64((f * 10_000 + n) as u64);
+                let mut array = |rows: usize, dim: usize| -> Vec<f64> {
+                    (0..rows * dim)
+                        .map(|_| rng.random_range(-1.0..1.0))
+                        .collect()
+                };
+                let (x, u, b) = (array(n, 3), array(n, 1), array(n, 1));
+                for dtype in [DType::F64, DType::F32] {
+                    let make = |shape: Vec<usize>, data: &[f64]| match dtype {
+                        DType::F64 => HostArray::from_f64(shape, data.to_vec()),
+                        DType::F32 => {
+                            HostArray::from_f32(shape, data.iter().map(|&v| v as f32).collect())
+                        }
+                    };
+                    let arrays = [
+                        make(vec![n, 3], &x),
+                        make(vec![n, 3], &x),
+                        make(vec![n, 1], &u),
+                        make(vec![n, 1], &b),
+                        make(vec![1], &[0.8]),
+                    ];
+                    let refs: Vec<&HostArray> = arrays.iter().collect();
+                    let (got, _) = driver::evaluate_same(k, &refs, &same, Backend::Cpu).unwrap();
+                    let (full, _) = driver::evaluate_bound(k, &refs, Backend::Cpu).unwrap();
+                    let (want, _) = driver::evaluate_bound(k, &refs, Backend::Interp).unwrap();
+                    assert_eq!(got.shape, full.shape);
+                    let tol = match dtype {
+                        DType::F64 => 1e-10,
+                        DType::F32 => 1e-4,
+                    };
+                    let scale = n as f64;
+                    for (r, ((g, w), c)) in got
+                        .to_f64()
+                        .iter()
+                        .zip(want.to_f64())
+                        .zip(full.to_f64())
+                        .enumerate()
+                    {
+                        let what = format!("{formula} axis {axis}, n = {n}, {dtype}, entry {r}");
+                        assert!(
+                            (g - w).abs() <= tol * scale,
+                            "{what}: {g} vs interpreter {w}"
+                        );
+                        assert!((g - c).abs() <= tol * scale, "{what}: {g} vs full {c}");
+                    }
+                }
+            }
+        }
+    }
+}
