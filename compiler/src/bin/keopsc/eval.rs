@@ -145,8 +145,10 @@ pub fn eval(request: &EvalRequest) -> Result<(), Reported> {
     };
 
     let bound = inputs.bound();
+    // With `--same`, a Sum on the CPU walks each unordered pair once (lang-spec/cli.md).
+    let pairs: Vec<(usize, usize)> = same.iter().map(|s| (s.j, s.i)).collect();
     let (out, timings) = if inputs.layout.batch.is_empty() {
-        driver::evaluate_bound(kernel, &bound, backend)
+        driver::evaluate_same(kernel, &bound, &pairs, backend)
     } else {
         batch::evaluate_batches(kernel, &bound, &inputs.layout, inputs.size, backend)
     }
