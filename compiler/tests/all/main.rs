@@ -6,6 +6,7 @@ mod derivatives;
 mod entry_points;
 mod frontend;
 mod interp;
+mod linalg;
 mod math;
 mod nvptx;
 mod recipes;

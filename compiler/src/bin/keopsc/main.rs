@@ -2,6 +2,7 @@
 
 mod eval;
 mod inputs;
+mod linalg;
 mod vjp;
 
 use clap::{Parser, Subcommand};
@@ -138,6 +139,12 @@ enum Command {
         /// Print to stderr the time of the whole computation.
         #[arg(long, short = 'v', visible_alias = "verbose")]
         timings: bool,
+    },
+    /// A kernel as a linear operator on one of its arguments: solve, eigs, power
+    /// (lang-spec/linalg.md).
+    Linalg {
+        #[command(subcommand)]
+        command: linalg::LinalgCommand,
     },
     /// An interactive session: type kernels in .kf syntax, inspect every stage (`:help`).
     /// Reads piped input too.
@@ -288,6 +295,7 @@ fn run(cli: Cli) -> ExitCode {
             backend: backend.as_deref(),
             timings,
         }),
+        Command::Linalg { command } => linalg::run(command),
         Command::Repl => repl(),
         Command::Build {
             file,
