@@ -278,11 +278,8 @@ fn broadcast(
                 _ => {}
             }
         }
-        if let (Some(first), Some(array), Some(first_array)) = (
-            conflict,
-            arrays[k],
-            arrays.get(conflict.unwrap_or(0)).copied().flatten(),
-        ) {
+        let Some(first) = conflict else { continue };
+        if let (Some(array), Some(first_array)) = (arrays[k], arrays[first]) {
             errors.push(BatchError::Broadcast {
                 name: sig.args[k].name.clone(),
                 shape: array.shape.to_vec(),
@@ -476,6 +473,17 @@ impl GradientSum {
     }
 }
 
+/// Fails when `backend` is not in this build: said before any batch runs, and also when a
+/// batch axis of size 0 leaves no batch to run.
+pub fn check_backend(backend: Backend) -> Result<(), EvalError> {
+    let available = Backend::available();
+    if available.contains(&backend) {
+        return Ok(());
+    }
+    let names: Vec<String> = available.iter().map(ToString::to_string).collect();
+    Err(EvalError::BackendUnavailable(backend, names.join(", ")))
+}
+
 /// Evaluates a kernel on every batch of `arrays` (in argument order, checked by
 /// [`check_batched_arguments`]), one batch after another, and stacks the outputs:
 /// `(batch..., rows, Dout)`. On the CPU the kernel is compiled once for all batches; the
@@ -493,6 +501,7 @@ pub fn evaluate_batches(
         run: Duration::ZERO,
     };
     let count = layout.batch.count();
+    check_backend(backend)?;
     let mut outputs = Vec::with_capacity(count);
     if backend == Backend::Cpu && count > 0 {
         let start = Instant::now();

@@ -183,6 +183,7 @@ fn run_batches(
     backend: keopsc::driver::Backend,
     asked: usize,
 ) -> Result<Vec<HostArray>, VjpRunError> {
+    keopsc::batch::check_backend(backend)?;
     let bound = inputs.bound();
     let layout = &inputs.layout;
     // Without batches nor `--same`, the gradients are the plan's own: nothing to add up.
