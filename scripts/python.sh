@@ -29,6 +29,10 @@ venv() {
     if ! "$venv/bin/python" -c "import jax, matplotlib" 2>/dev/null; then
         "$venv/bin/pip" install -q --disable-pip-version-check "jax" "matplotlib"
     fi
+    # ptxas (CUDA 12.9) checks the PTX the NVPTX back end emits, on machines without a GPU.
+    if ! "$venv/bin/python" -c "import nvidia.cuda_nvcc" 2>/dev/null; then
+        "$venv/bin/pip" install -q --disable-pip-version-check "nvidia-cuda-nvcc-cu12"
+    fi
 }
 
 setup() {

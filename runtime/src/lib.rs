@@ -6,6 +6,7 @@ pub mod abi;
 pub mod arrays;
 pub mod backward;
 pub mod cross;
+pub mod gpu;
 pub mod gradient;
 pub mod linalg;
 pub mod module;

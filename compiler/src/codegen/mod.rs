@@ -8,6 +8,7 @@ pub mod cpu;
 pub mod formula;
 pub mod jit;
 pub mod math;
+pub mod nvptx;
 pub mod reduce;
 
 pub use jit::{CodegenError, CpuTarget, JitCrossKernel, JitKernel};

@@ -184,3 +184,264 @@ fn every_elementwise_operator_compiles_to_ptx() {
         }
     }
 }
+
+// ---- The 1-D reduction kernels (`keopsc::codegen::nvptx`) ----
+
+use keops_runtime::gpu::{emulate_1d, GpuLaunch1D};
+use keops_runtime::{Axis, Category, DType, ProblemSize};
+use keopsc::codegen::nvptx::{assemble, compile_ptx, find_ptxas, GpuSchedule, PtxasReport};
+use keopsc::opt::{optimize, OptBudget, OptimizedKernel};
+use keopsc::source::SourceFile;
+
+fn optimized(text: &str) -> Vec<OptimizedKernel> {
+    let compiled = match keopsc::driver::compile(SourceFile::new("<nvptx test>", text)) {
+        Ok(c) => c,
+        Err((source, diagnostics)) => panic!(
+            "does not compile:\n{text}\n{}",
+            keopsc::diagnostic::render_all(&diagnostics, &source, false)
+        ),
+    };
+    compiled
+        .kernels
+        .iter()
+        .map(|k| optimize(k, &OptBudget::default()).expect("optimises"))
+        .collect()
+}
+
+/// A kernel of every reduction kind, on both axes, with formulas that read row, inner,
+/// parameter and pair parts.
+fn every_reduction() -> String {
+    let decls = "x = Vi(3)\n y = Vj(3)\n u = Vi(1)\n v = Vj(2)\n s = Pm(1)\n";
+    let reductions = [
+        "Sum_Reduction(Exp(-SqDist(x, y) * s) * v, AXIS)",
+        "Max_Reduction(x * y + Elem(v, 0), AXIS)",
+        "Min_Reduction(x * y - u, AXIS)",
+        "ArgMax_Reduction(Scalprod(x, y), AXIS)",
+        "ArgMin_Reduction(SqDist(x, y) * s, AXIS)",
+        "Max_ArgMax_Reduction(x - y, AXIS)",
+        "Min_ArgMin_Reduction(Round(SqDist(x, y) * 4, 0), AXIS)",
+        "LogSumExp_Reduction(-SqDist(x, y) * s + Elem(v, 1), AXIS)",
+        "LogSumExpWeight_Reduction(-SqDist(x, y), Exp(v), AXIS)",
+        "Max_SumShiftExp_Reduction(Scalprod(x, y) * s, AXIS)",
+        "Max_SumShiftExpWeight_Reduction(Scalprod(x, y), v, AXIS)",
+        "SumSoftMaxWeight_Reduction(-SqDist(x, y) + u, v * u, AXIS)",
+        "KMin_Reduction(Round(SqDist(x, y) * 3, 0), 3, AXIS)",
+        "ArgKMin_Reduction(Round(SqDist(x, y) * 3, 0), 4, AXIS)",
+        "KMin_ArgKMin_Reduction(Round(x - y, 1), 2, AXIS)",
+    ];
+    let mut text = String::new();
+    for (k, r) in reductions.iter().enumerate() {
+        for axis in [0, 1] {
+            let r = r.replace("AXIS", &axis.to_string());
+            text += &format!("kernel k{k}_axis{axis} {{\n {decls} {r}\n}}\n");
+        }
+    }
+    text
+}
+
+fn ptxas_or_say_skipped(what: &str) -> Option<std::path::PathBuf> {
+    let found = find_ptxas();
+    if found.is_none() {
+        eprintln!("SKIPPED ({what}): ptxas not found; scripts/python.sh venv installs it (nvidia-cuda-nvcc-cu12)");
+    }
+    found
+}
+
+/// Assembles `ptx` for sm_80 and sm_90, failing with ptxas's messages.
+fn assembled(ptxas: &std::path::Path, name: &str, ptx: &str) -> Vec<PtxasReport> {
+    ["sm_80", "sm_90"]
+        .iter()
+        .map(|arch| {
+            assemble(ptxas, ptx, arch).unwrap_or_else(|messages| {
+                panic!("ptxas -arch={arch} rejects {name}:\n{messages}\n{ptx}")
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn every_reduction_kind_on_both_axes_compiles_to_a_ptx_kernel_that_ptxas_assembles() {
+    let ptxas = ptxas_or_say_skipped("assembly of the reduction kernels");
+    for kernel in optimized(&every_reduction()) {
+        for dtype in [DType::F32, DType::F64] {
+            let name = format!("{} {dtype}", kernel.name);
+            let compiled = compile_ptx(&kernel.formula, &kernel.signature, dtype)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let ptx = &compiled.ptx;
+            assert!(ptx.contains(".entry keops_gpu_tile_1d"), "{name}:\n{ptx}");
+            assert!(!ptx.contains(".extern"), "{name} calls outside:\n{ptx}");
+            assert!(ptx.contains(".maxntid 256, 1, 1"), "{name}:\n{ptx}");
+            assert!(ptx.contains("bar.sync"), "{name} stages no tile:\n{ptx}");
+            if let Some(ptxas) = &ptxas {
+                for report in assembled(ptxas, &name, ptx) {
+                    eprintln!("{name}: {report}");
+                    assert!(report.registers > 0, "{name}: {report}");
+                }
+            }
+        }
+    }
+}
+
+/// The reference workloads' kernels: assembled for both architectures, with no spills.
+#[test]
+fn workload_kernels_assemble_without_spills() {
+    let ptxas = ptxas_or_say_skipped("register and spill report of W1-W5");
+    for workload in keopsc::bench::WORKLOADS {
+        for &dim in workload.dims {
+            let text = workload.source.replace("{D}", &dim.to_string());
+            let kernel = &optimized(&text)[0];
+            for dtype in [DType::F32, DType::F64] {
+                let name = format!("{} D={dim} {dtype}", workload.id);
+                let compiled = compile_ptx(&kernel.formula, &kernel.signature, dtype)
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+                let Some(ptxas) = &ptxas else { continue };
+                for report in assembled(ptxas, &name, &compiled.ptx) {
+                    eprintln!("{name}: {}; {report}", compiled.schedule);
+                    assert_eq!(
+                        (report.spill_store_bytes, report.spill_load_bytes),
+                        (0, 0),
+                        "{name} spills: {report}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn ptxas_reports_are_read_from_its_messages() {
+    let messages = "ptxas info    : 0 bytes gmem\n\
+        ptxas info    : Compiling entry function 'keops_gpu_tile_1d' for 'sm_90'\n\
+        ptxas info    : Function properties for keops_gpu_tile_1d\n    \
+        16 bytes stack frame, 8 bytes spill stores, 4 bytes spill loads\n\
+        ptxas info    : Used 40 registers, 3072 bytes smem, 380 bytes cmem[0]\n";
+    let report = PtxasReport::parse("sm_90", messages);
+    assert_eq!(
+        report,
+        PtxasReport {
+            arch: "sm_90".to_string(),
+            registers: 40,
+            spill_store_bytes: 8,
+            spill_load_bytes: 4,
+            stack_bytes: 16,
+            shared_bytes: 3072,
+        }
+    );
+}
+
+#[test]
+fn a_kernel_staging_too_much_per_inner_index_is_refused_with_its_reason() {
+    let kernel = &optimized("kernel big { x = Vi(400) y = Vj(400) Sum_Reduction(x * y, 0) }")[0];
+    let err = GpuSchedule::new(&kernel.formula, &kernel.signature, DType::F64)
+        .expect_err("400 f64 per index leave no room for a warp");
+    assert!(err.to_string().contains("shared memory"), "{err}");
+    // f32 with D = 64: the block shrinks to fit 48 KiB.
+    let kernel = &optimized("kernel w { x = Vi(64) y = Vj(64) Sum_Reduction(x * y, 0) }")[0];
+    let schedule = GpuSchedule::new(&kernel.formula, &kernel.signature, DType::F32).unwrap();
+    assert_eq!(schedule.launch.block, 192);
+    assert!(schedule.launch.shared_bytes <= 48 << 10);
+}
+
+/// Random inputs for the variables of [`every_reduction`]: row-major, in f64.
+fn inputs(kernel: &OptimizedKernel, n: usize, m: usize, seed: u64) -> Vec<Vec<f64>> {
+    let mut state = seed;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+    };
+    kernel
+        .signature
+        .args
+        .iter()
+        .map(|a| {
+            let rows = match a.category {
+                Category::I => n,
+                Category::J => m,
+                Category::Param => 1,
+            };
+            let mut v: Vec<f64> = (0..rows * a.dim).map(|_| next()).collect();
+            if a.category == Category::Param {
+                v.iter_mut().for_each(|x| *x = x.abs() + 0.5);
+            }
+            v
+        })
+        .collect()
+}
+
+/// The emulated 1-D schedule (blocks, threads, shared tiles, per-thread folds in the element
+/// type and f64 merges, the final write) against the interpreter, for every reduction on both
+/// axes, at sizes that leave partial blocks and tiles, with the kernel's block and with a
+/// small one that makes many blocks and tiles.
+#[test]
+fn the_emulated_1d_schedule_matches_the_interpreter_for_every_reduction() {
+    for kernel in optimized(&every_reduction()) {
+        let sig = &kernel.signature;
+        let red = sig.reduction;
+        for (n, m) in [(1, 1), (37, 301), (300, 45)] {
+            let args = inputs(&kernel, n, m, (n * 1000 + m) as u64);
+            let refs: Vec<&[f64]> = args.iter().map(|a| &a[..]).collect();
+            let size = ProblemSize {
+                n,
+                m,
+                dtype: DType::F64,
+            };
+            let want = keopsc::interp::evaluate(&kernel.formula, &red, sig.axis, &refs, size)
+                .expect("the interpreter runs it");
+            let (rows, inner) = match sig.axis {
+                Axis::I => (n, m),
+                Axis::J => (m, n),
+            };
+            let evaluator = keopsc::interp::PointEvaluator::new(&kernel.formula).unwrap();
+            for dtype in [DType::F32, DType::F64] {
+                let schedule = GpuSchedule::new(&kernel.formula, sig, dtype).unwrap();
+                let small = GpuLaunch1D {
+                    block: 32,
+                    ..schedule.launch
+                };
+                for launch in [schedule.launch, small] {
+                    let pair = |row: usize, t: usize, out: &mut [f64]| {
+                        let (i, j) = match sig.axis {
+                            Axis::I => (row, t),
+                            Axis::J => (t, row),
+                        };
+                        let mut scratch = evaluator.scratch();
+                        let value = evaluator.eval(&mut scratch, |v| {
+                            let dim = kernel.formula.vars[v].dim;
+                            let at = match kernel.formula.vars[v].category {
+                                Category::I => i,
+                                Category::J => j,
+                                Category::Param => 0,
+                            };
+                            &refs[v][at * dim..(at + 1) * dim]
+                        });
+                        out.copy_from_slice(value);
+                    };
+                    let acc = match dtype {
+                        DType::F32 => emulate_1d::<f32>(&red, launch, rows, inner, pair),
+                        DType::F64 => emulate_1d::<f64>(&red, launch, rows, inner, pair),
+                    };
+                    let mut got = vec![0.0; rows * red.output_dim()];
+                    for (a, o) in acc
+                        .chunks(red.acc_dim())
+                        .zip(got.chunks_mut(red.output_dim().max(1)))
+                    {
+                        red.finalize(a, o);
+                    }
+                    let tol = match dtype {
+                        DType::F32 => 2e-4,
+                        DType::F64 => 1e-11,
+                    };
+                    let what =
+                        format!("{} {dtype} N={n} M={m} block {}", kernel.name, launch.block);
+                    assert_eq!(got.len(), want.len(), "{what}");
+                    for (k, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                        let close = g == w || (g - w).abs() <= tol * (1.0 + w.abs());
+                        assert!(close, "{what}: output {k}: {g} against {w}");
+                    }
+                }
+            }
+        }
+    }
+}

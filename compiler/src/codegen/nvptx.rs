@@ -1,0 +1,735 @@
+//! GPU code: the 1-D kernel of a reduction as NVPTX (PTX text for `sm_80`, which the driver
+//! also JIT-compiles for Hopper), in the calling convention and schedule that
+//! [`keops_runtime::gpu`] documents and emulates. The formula is emitted by the same
+//! [`Emitter`] as the CPU loops, one lane wide, and the reduction by the same
+//! [`LaneAccumulators`], so the tie, infinity and NaN rules are the CPU's.
+//!
+//! ```text
+//! per thread:          row = block_index * block + thread (the last row past the end)
+//!                      constants, parameter-only and row-only parts; f64 accumulator := init
+//! for each inner tile [jt, jt + block):
+//!   thread t:          inner-only parts of index jt + t -> shared memory;  barrier
+//!                      tile accumulator := init
+//!   for t in tile:     the pair part, reading the tile from shared memory; fold
+//!                      merge the tile accumulator into the f64 accumulator;  barrier
+//! write the f64 accumulator row (threads of a row below `rows`)
+//! ```
+//!
+//! `ptxas` (from the `nvidia-cuda-nvcc-cu12` wheel that `scripts/python.sh venv` installs into
+//! `.venv/`) assembles the PTX and reports registers and spills: [`find_ptxas`], [`assemble`].
+
+use super::formula::{Emitter, Value};
+use super::jit::{elem_bytes, scalar_of, CodegenError};
+use super::math::{MathLib, Scalar};
+use super::reduce::LaneAccumulators;
+use crate::formula::{Formula, Op};
+use crate::schedule::{Level, Schedule};
+use inkwell::attributes::{Attribute, AttributeLoc};
+use inkwell::context::Context;
+use inkwell::intrinsics::Intrinsic;
+use inkwell::module::{Linkage, Module};
+use inkwell::passes::PassBuilderOptions;
+use inkwell::targets::{
+    CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetMachine, TargetTriple,
+};
+use inkwell::types::BasicMetadataTypeEnum;
+use inkwell::values::{BasicMetadataValueEnum, FunctionValue, IntValue, PointerValue};
+use inkwell::{AddressSpace, IntPredicate, OptimizationLevel};
+use keops_runtime::gpu::GpuLaunch1D;
+use keops_runtime::{Category, DType, Signature};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// LLVM's triple for CUDA devices.
+pub const NVPTX_TRIPLE: &str = "nvptx64-nvidia-cuda";
+/// The architecture PTX is generated for: Ampere's, which Hopper's driver also JIT-compiles.
+pub const PTX_ARCH: &str = "sm_80";
+/// The 1-D kernel's entry point.
+pub const GPU_TILE_SYMBOL: &str = "keops_gpu_tile_1d";
+
+/// Threads per block at most: KeOps uses 192; 256 keeps 8 warps per block and leaves ptxas up
+/// to 255 registers per thread (65536 / 256).
+const MAX_BLOCK: usize = 256;
+/// A block is at least one warp.
+const WARP: usize = 32;
+/// Static shared memory a kernel may declare without opting in (48 KiB on every GPU since
+/// Kepler).
+const MAX_SHARED_BYTES: usize = 48 << 10;
+
+fn built<T, E: std::fmt::Debug>(r: Result<T, E>) -> T {
+    r.expect("the builder is positioned inside a function")
+}
+
+fn internal(stage: &'static str) -> impl Fn(String) -> CodegenError {
+    move |message| CodegenError::Internal { stage, message }
+}
+
+/// Where each node of a formula is computed in the 1-D kernel, and the block size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GpuSchedule {
+    /// Levels of the nodes and which ones wider code reads (the CPU's split, one lane wide).
+    pub levels: Schedule,
+    /// For inner-level nodes the pair code reads: their first row in the shared tile.
+    pub staged: Vec<Option<usize>>,
+    /// Numbers staged per inner index.
+    pub staged_dim: usize,
+    pub launch: GpuLaunch1D,
+}
+
+impl GpuSchedule {
+    pub fn new(
+        formula: &Formula,
+        signature: &Signature,
+        dtype: DType,
+    ) -> Result<GpuSchedule, CodegenError> {
+        let bytes = elem_bytes(scalar_of(dtype));
+        let levels = Schedule::new(formula, signature, 1, bytes);
+        let mut staged = vec![None; formula.len()];
+        let mut staged_dim = 0;
+        for (k, slot) in staged.iter_mut().enumerate() {
+            if levels.levels[k] == Level::Inner && levels.needed_wide[k] {
+                *slot = Some(staged_dim);
+                staged_dim += formula.info[k].dim;
+            }
+        }
+        let per_index = staged_dim * bytes;
+        // The largest block of whole warps whose tile fits the static shared memory.
+        let block = MAX_SHARED_BYTES
+            .checked_div(per_index)
+            .map_or(MAX_BLOCK, |b| b.min(MAX_BLOCK) / WARP * WARP);
+        if block == 0 {
+            return Err(CodegenError::Unsupported {
+                kernel: signature.name.clone(),
+                reason: format!(
+                    "the GPU kernel stages {staged_dim} numbers per inner index, more than a warp's tile of {} KiB of shared memory holds",
+                    MAX_SHARED_BYTES >> 10
+                ),
+            });
+        }
+        Ok(GpuSchedule {
+            levels,
+            staged,
+            staged_dim,
+            launch: GpuLaunch1D {
+                block: block as u32,
+                shared_bytes: (block * per_index) as u32,
+            },
+        })
+    }
+}
+
+impl fmt::Display for GpuSchedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "1-D: {} threads per block, one output row each; inner tiles of {} indices, {} numbers staged per index in {} bytes of shared memory",
+            self.launch.block, self.launch.block, self.staged_dim, self.launch.shared_bytes
+        )
+    }
+}
+
+/// A kernel compiled to PTX, with what launching it needs.
+#[derive(Clone, Debug)]
+pub struct PtxKernel {
+    pub signature: Signature,
+    pub dtype: DType,
+    pub symbol: String,
+    pub schedule: GpuSchedule,
+    pub ptx: String,
+}
+
+/// Compiles one kernel's 1-D GPU code to PTX text.
+pub fn compile_ptx(
+    formula: &Formula,
+    signature: &Signature,
+    dtype: DType,
+) -> Result<PtxKernel, CodegenError> {
+    let schedule = GpuSchedule::new(formula, signature, dtype)?;
+    let context = Context::create();
+    let module = context.create_module(&signature.name);
+    let builder = context.create_builder();
+    let math = MathLib::new(&context);
+    let em = Emitter {
+        context: &context,
+        module: &module,
+        builder: &builder,
+        math: &math,
+        scalar: scalar_of(dtype),
+    };
+    let wide = Emitter {
+        scalar: Scalar::F64,
+        ..em
+    };
+    GpuTileEmitter {
+        em: &em,
+        wide: &wide,
+        formula,
+        signature,
+        schedule: &schedule,
+    }
+    .emit(GPU_TILE_SYMBOL);
+    let ptx = emit_ptx(&module)?;
+    Ok(PtxKernel {
+        signature: signature.clone(),
+        dtype,
+        symbol: GPU_TILE_SYMBOL.to_string(),
+        schedule,
+        ptx,
+    })
+}
+
+fn machine() -> Result<TargetMachine, CodegenError> {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| Target::initialize_nvptx(&InitializationConfig::default()));
+    let triple = TargetTriple::create(NVPTX_TRIPLE);
+    Target::from_triple(&triple)
+        .map_err(|e| internal("NVPTX target")(e.to_string()))?
+        .create_target_machine(
+            &triple,
+            PTX_ARCH,
+            "",
+            OptimizationLevel::Aggressive,
+            RelocMode::Default,
+            CodeModel::Default,
+        )
+        .ok_or_else(|| internal("NVPTX target")(format!("LLVM has no {PTX_ARCH} target machine")))
+}
+
+/// Verifies, optimises and prints a module as PTX.
+fn emit_ptx(module: &Module) -> Result<String, CodegenError> {
+    let machine = machine()?;
+    module.set_triple(&TargetTriple::create(NVPTX_TRIPLE));
+    module.set_data_layout(&machine.get_target_data().get_data_layout());
+    module
+        .verify()
+        .map_err(|e| internal("LLVM verification")(e.to_string()))?;
+    module
+        .run_passes("default<O3>", &machine, PassBuilderOptions::create())
+        .map_err(|e| internal("LLVM optimisation")(e.to_string()))?;
+    let ptx = machine
+        .write_to_memory_buffer(module, FileType::Assembly)
+        .map_err(|e| internal("PTX")(e.to_string()))?;
+    Ok(String::from_utf8_lossy(ptx.as_slice()).into_owned())
+}
+
+/// CUDA address spaces.
+const GLOBAL: u16 = 1;
+const SHARED: u16 = 3;
+
+struct GpuTileEmitter<'e, 'a, 'ctx> {
+    em: &'e Emitter<'a, 'ctx>,
+    wide: &'e Emitter<'a, 'ctx>,
+    formula: &'e Formula,
+    signature: &'e Signature,
+    schedule: &'e GpuSchedule,
+}
+
+/// Values of the nodes computed so far, one lane wide.
+type NodeValues<'ctx> = Vec<Option<Vec<Value<'ctx>>>>;
+
+impl<'ctx> GpuTileEmitter<'_, '_, 'ctx> {
+    fn i64(&self, v: i64) -> IntValue<'ctx> {
+        self.em.context.i64_type().const_int(v as u64, true)
+    }
+
+    fn add(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
+        built(self.em.builder.build_int_add(a, b, "add"))
+    }
+
+    fn mul(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
+        built(self.em.builder.build_int_mul(a, b, "mul"))
+    }
+
+    fn less(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
+        built(
+            self.em
+                .builder
+                .build_int_compare(IntPredicate::SLT, a, b, "lt"),
+        )
+    }
+
+    fn min(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
+        built(self.em.builder.build_select(self.less(a, b), a, b, "min")).into_int_value()
+    }
+
+    fn elem_ptr(&self, base: PointerValue<'ctx>, index: IntValue<'ctx>) -> PointerValue<'ctx> {
+        // SAFETY (of the generated code): every index is inside the buffers of the calling
+        // convention (`keops_runtime::gpu`), or inside the shared tile.
+        unsafe {
+            built(
+                self.em
+                    .builder
+                    .build_in_bounds_gep(self.em.float_type(), base, &[index], "p"),
+            )
+        }
+    }
+
+    fn load(&self, base: PointerValue<'ctx>, index: IntValue<'ctx>) -> Value<'ctx> {
+        let v = built(self.em.builder.build_load(
+            self.em.vector_type(1),
+            self.elem_ptr(base, index),
+            "ld",
+        ))
+        .into_vector_value();
+        v.as_instruction()
+            .expect("a load")
+            .set_alignment(elem_bytes(self.em.scalar) as u32)
+            .expect("valid alignment");
+        v
+    }
+
+    fn store(&self, base: PointerValue<'ctx>, index: IntValue<'ctx>, v: Value<'ctx>) {
+        built(self.em.builder.build_store(self.elem_ptr(base, index), v))
+            .set_alignment(elem_bytes(self.em.scalar) as u32)
+            .expect("valid alignment");
+    }
+
+    fn special_register(&self, name: &str) -> IntValue<'ctx> {
+        let em = self.em;
+        let function = Intrinsic::find(name)
+            .and_then(|i| i.get_declaration(em.module, &[]))
+            .unwrap_or_else(|| panic!("LLVM 19 has the NVPTX intrinsic {name}"));
+        let v = built(em.builder.build_call(function, &[], "sreg"))
+            .try_as_basic_value()
+            .basic()
+            .expect("a special register has a value")
+            .into_int_value();
+        built(
+            em.builder
+                .build_int_z_extend(v, em.context.i64_type(), "sreg"),
+        )
+    }
+
+    fn barrier(&self) {
+        let em = self.em;
+        let function = Intrinsic::find("llvm.nvvm.barrier0")
+            .and_then(|i| i.get_declaration(em.module, &[]))
+            .expect("LLVM 19 has llvm.nvvm.barrier0");
+        built(em.builder.build_call(function, &[], ""));
+    }
+
+    /// `for (counter = start; counter < end; counter += step) body(counter)`.
+    fn emit_loop(
+        &self,
+        function: FunctionValue<'ctx>,
+        counter: PointerValue<'ctx>,
+        start: IntValue<'ctx>,
+        end: IntValue<'ctx>,
+        step: i64,
+        body: impl FnOnce(IntValue<'ctx>),
+    ) {
+        let ctx = self.em.context;
+        let b = self.em.builder;
+        let header = ctx.append_basic_block(function, "loop");
+        let inside = ctx.append_basic_block(function, "body");
+        let exit = ctx.append_basic_block(function, "exit");
+        built(b.build_store(counter, start));
+        built(b.build_unconditional_branch(header));
+        b.position_at_end(header);
+        let i = built(b.build_load(ctx.i64_type(), counter, "i")).into_int_value();
+        built(b.build_conditional_branch(self.less(i, end), inside, exit));
+        b.position_at_end(inside);
+        body(i);
+        let i = built(b.build_load(ctx.i64_type(), counter, "i")).into_int_value();
+        built(b.build_store(counter, self.add(i, self.i64(step))));
+        built(b.build_unconditional_branch(header));
+        b.position_at_end(exit);
+    }
+
+    /// `if cond { body }`, the builder left after it.
+    fn emit_if(&self, function: FunctionValue<'ctx>, cond: IntValue<'ctx>, body: impl FnOnce()) {
+        let ctx = self.em.context;
+        let then = ctx.append_basic_block(function, "then");
+        let after = ctx.append_basic_block(function, "endif");
+        built(self.em.builder.build_conditional_branch(cond, then, after));
+        self.em.builder.position_at_end(then);
+        body();
+        built(self.em.builder.build_unconditional_branch(after));
+        self.em.builder.position_at_end(after);
+    }
+
+    /// The static shared tile: `staged_dim x block` numbers, component-major, so that a
+    /// thread's stores and the block's reads of one index (a broadcast) are free of conflicts.
+    fn shared_tile(&self) -> Option<PointerValue<'ctx>> {
+        let sched = self.schedule;
+        if sched.staged_dim == 0 {
+            return None;
+        }
+        let len = sched.staged_dim * sched.launch.block as usize;
+        let ty = self.em.float_type().array_type(len as u32);
+        let tile =
+            self.em
+                .module
+                .add_global(ty, Some(AddressSpace::from(SHARED)), "keops_inner_tile");
+        tile.set_linkage(Linkage::Internal);
+        tile.set_initializer(&ty.get_undef());
+        tile.set_alignment(16);
+        Some(tile.as_pointer_value())
+    }
+
+    fn emit(&self, name: &str) -> FunctionValue<'ctx> {
+        let em = self.em;
+        let ctx = em.context;
+        let global = ctx.ptr_type(AddressSpace::from(GLOBAL));
+        let i64t = ctx.i64_type();
+        let n_args = self.formula.vars.len();
+        let mut params: Vec<BasicMetadataTypeEnum> = (0..n_args).map(|_| global.into()).collect();
+        params.extend([
+            BasicMetadataTypeEnum::from(i64t),
+            i64t.into(),
+            global.into(),
+        ]);
+        let function = em
+            .module
+            .add_function(name, ctx.void_type().fn_type(&params, false), None);
+        // PTX_Kernel: an entry point the host launches.
+        function.set_call_conventions(71);
+        // The buffers are distinct (the calling convention): loads may use the read-only path.
+        let noalias = ctx.create_enum_attribute(Attribute::get_named_enum_kind_id("noalias"), 0);
+        for k in (0..n_args).chain([n_args + 2]) {
+            function.add_attribute(AttributeLoc::Param(k as u32), noalias);
+        }
+        self.annotate_block_size(function);
+        let param = |k: usize| function.get_nth_param(k as u32).expect("declared above");
+        let args: Vec<PointerValue<'ctx>> =
+            (0..n_args).map(|k| param(k).into_pointer_value()).collect();
+        let rows = param(n_args).into_int_value();
+        let inner = param(n_args + 1).into_int_value();
+        let acc_out = param(n_args + 2).into_pointer_value();
+
+        em.builder
+            .position_at_end(ctx.append_basic_block(function, "entry"));
+        let red = self.signature.reduction;
+        let acc_dim = red.acc_dim();
+        let f64t = ctx.f64_type();
+        // Stack slots first, in the entry block, so that LLVM promotes them to registers.
+        let acc_row = built(em.builder.build_array_alloca(
+            f64t,
+            self.i64(acc_dim.max(1) as i64),
+            "acc_row",
+        ));
+        let tile_acc = LaneAccumulators::allocate(em, red, 1);
+        let counters: Vec<PointerValue<'ctx>> = (0..3)
+            .map(|_| built(em.builder.build_alloca(i64t, "counter")))
+            .collect();
+        let (tile_counter, pair_counter, lane_counter) = (counters[0], counters[1], counters[2]);
+        let shared = self.shared_tile();
+
+        let block = self.schedule.launch.block as i64;
+        let thread = self.special_register("llvm.nvvm.read.ptx.sreg.tid.x");
+        let block_index = self.special_register("llvm.nvvm.read.ptx.sreg.ctaid.x");
+        let row = self.add(self.mul(block_index, self.i64(block)), thread);
+        let active = self.less(row, rows);
+        // Threads past the last row compute the last row: they reach every barrier and their
+        // loads stay in bounds (the kernel is launched only when rows > 0).
+        let last = built(em.builder.build_int_sub(rows, self.i64(1), "last"));
+        let computed_row =
+            built(em.builder.build_select(active, row, last, "row")).into_int_value();
+
+        let mut initial = vec![0.0f64; acc_dim];
+        red.init(&mut initial);
+        for (k, &x) in initial.iter().enumerate() {
+            let slot = unsafe {
+                built(
+                    em.builder
+                        .build_in_bounds_gep(f64t, acc_row, &[self.i64(k as i64)], "slot"),
+                )
+            };
+            built(em.builder.build_store(slot, f64t.const_float(x)));
+        }
+
+        let mut values: NodeValues<'ctx> = vec![None; self.formula.len()];
+        self.emit_level(Level::Call, &mut values, &args, None);
+        self.emit_level(Level::Row, &mut values, &args, Some(computed_row));
+
+        self.emit_loop(function, tile_counter, self.i64(0), inner, block, |start| {
+            if let Some(shared) = shared {
+                let index = self.add(start, thread);
+                self.emit_if(function, self.less(index, inner), || {
+                    let mut own = values.clone();
+                    self.emit_level(Level::Inner, &mut own, &args, Some(index));
+                    self.stage(&own, shared, thread);
+                });
+                self.barrier();
+            }
+            let count = self.min(
+                self.i64(block),
+                built(em.builder.build_int_sub(inner, start, "left")),
+            );
+            tile_acc.init(em, self.wide, acc_row);
+            self.emit_loop(function, pair_counter, self.i64(0), count, 1, |t| {
+                let mut pair = values.clone();
+                if let Some(shared) = shared {
+                    self.unstage(&mut pair, shared, t);
+                }
+                self.emit_level(Level::Pair, &mut pair, &args, None);
+                let root = usize::from(self.formula.root());
+                let value = pair[root].as_deref().expect("the root is computed");
+                let index = built(em.builder.build_signed_int_to_float(
+                    t,
+                    em.float_type(),
+                    "index",
+                ));
+                let index = em.from_scalar(index);
+                tile_acc.fold(
+                    em,
+                    self.wide,
+                    function,
+                    value,
+                    index,
+                    None,
+                    (acc_row, start),
+                );
+            });
+            tile_acc.merge_lanes_into(em, self.wide, function, acc_row, start, lane_counter);
+            if shared.is_some() {
+                self.barrier();
+            }
+        });
+
+        self.emit_if(function, active, || {
+            let first = self.mul(row, self.i64(acc_dim as i64));
+            for k in 0..acc_dim {
+                let from = unsafe {
+                    built(em.builder.build_in_bounds_gep(
+                        f64t,
+                        acc_row,
+                        &[self.i64(k as i64)],
+                        "slot",
+                    ))
+                };
+                let x = built(em.builder.build_load(f64t, from, "acc"));
+                let to = unsafe {
+                    built(em.builder.build_in_bounds_gep(
+                        f64t,
+                        acc_out,
+                        &[self.add(first, self.i64(k as i64))],
+                        "out",
+                    ))
+                };
+                built(em.builder.build_store(to, x));
+            }
+        });
+        built(em.builder.build_return(None));
+        function
+    }
+
+    /// `.maxntid block, 1, 1`: ptxas may then give each thread up to `65536 / block` registers.
+    fn annotate_block_size(&self, function: FunctionValue<'ctx>) {
+        let ctx = self.em.context;
+        let i32t = ctx.i32_type();
+        let node = ctx.metadata_node(&[
+            BasicMetadataValueEnum::PointerValue(function.as_global_value().as_pointer_value()),
+            ctx.metadata_string("maxntidx").into(),
+            i32t.const_int(self.schedule.launch.block as u64, false)
+                .into(),
+        ]);
+        self.em
+            .module
+            .add_global_metadata("nvvm.annotations", &node)
+            .expect("nvvm.annotations takes metadata nodes");
+    }
+
+    /// Thread `thread`'s staged values into the shared tile.
+    fn stage(&self, values: &NodeValues<'ctx>, shared: PointerValue<'ctx>, thread: IntValue<'ctx>) {
+        let block = self.schedule.launch.block as i64;
+        for (k, slot) in self.schedule.staged.iter().enumerate() {
+            if let Some(slot) = slot {
+                let v = values[k].as_ref().expect("computed at the inner level");
+                for (c, &x) in v.iter().enumerate() {
+                    let at = self.add(thread, self.i64((slot + c) as i64 * block));
+                    self.store(shared, at, x);
+                }
+            }
+        }
+    }
+
+    /// The staged values of the tile's index `t`, read from shared memory.
+    fn unstage(
+        &self,
+        values: &mut NodeValues<'ctx>,
+        shared: PointerValue<'ctx>,
+        t: IntValue<'ctx>,
+    ) {
+        let block = self.schedule.launch.block as i64;
+        for (k, slot) in self.schedule.staged.iter().enumerate() {
+            if let Some(slot) = slot {
+                let dim = self.formula.info[k].dim;
+                values[k] = Some(
+                    (0..dim)
+                        .map(|c| {
+                            let at = self.add(t, self.i64((slot + c) as i64 * block));
+                            self.load(shared, at)
+                        })
+                        .collect(),
+                );
+            }
+        }
+    }
+
+    /// Computes the nodes of one level; `at` is the row (row level) or the inner index (inner
+    /// level) whose variables are read.
+    fn emit_level(
+        &self,
+        level: Level,
+        values: &mut NodeValues<'ctx>,
+        args: &[PointerValue<'ctx>],
+        at: Option<IntValue<'ctx>>,
+    ) {
+        let levels = &self.schedule.levels.levels;
+        for (k, node) in self.formula.nodes.as_ref().iter().enumerate() {
+            if levels[k] != level || values[k].is_some() {
+                continue;
+            }
+            let dim = self.formula.info[k].dim;
+            let v: Vec<Value<'ctx>> = if let Op::Var(var) = node.op {
+                let base = args[var as usize];
+                let first = match self.formula.vars[var as usize].category {
+                    Category::Param => self.i64(0),
+                    Category::I | Category::J => {
+                        let index = at.expect("row and inner code know their index");
+                        self.mul(index, self.i64(dim as i64))
+                    }
+                };
+                (0..dim)
+                    .map(|c| self.load(base, self.add(first, self.i64(c as i64))))
+                    .collect()
+            } else {
+                let operands: Vec<&[Value<'ctx>]> = node
+                    .children
+                    .iter()
+                    .map(|&c| {
+                        let c = usize::from(c);
+                        values[c].as_deref().unwrap_or_else(|| {
+                            panic!("operand {c} of node {k} is computed before it")
+                        })
+                    })
+                    .collect();
+                self.em.emit(&node.op, &operands, dim, 1)
+            };
+            values[k] = Some(v);
+        }
+    }
+}
+
+/// `ptxas`: on PATH, or in the `nvidia-cuda-nvcc-cu12` wheel of the workspace's `.venv/` or of
+/// the `python3` on PATH.
+pub fn find_ptxas() -> Option<PathBuf> {
+    let runs = |p: &Path| {
+        std::process::Command::new(p)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if runs(Path::new("ptxas")) {
+        return Some(PathBuf::from("ptxas"));
+    }
+    let venv_python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    for python in [venv_python, PathBuf::from("python3")] {
+        let Ok(out) = std::process::Command::new(&python)
+            .args([
+                "-c",
+                "import nvidia.cuda_nvcc, os; print(os.path.join(list(nvidia.cuda_nvcc.__path__)[0], 'bin', 'ptxas'))",
+            ])
+            .output()
+        else {
+            continue;
+        };
+        let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if out.status.success() && runs(&path) {
+            return Some(path);
+        }
+    }
+    None
+}
+
+/// What `ptxas -v` says about one kernel.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PtxasReport {
+    pub arch: String,
+    pub registers: u32,
+    pub spill_store_bytes: u32,
+    pub spill_load_bytes: u32,
+    pub stack_bytes: u32,
+    pub shared_bytes: u32,
+}
+
+impl fmt::Display for PtxasReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {} registers, {} bytes spill stores, {} bytes spill loads, {} bytes stack, {} bytes shared",
+            self.arch,
+            self.registers,
+            self.spill_store_bytes,
+            self.spill_load_bytes,
+            self.stack_bytes,
+            self.shared_bytes
+        )
+    }
+}
+
+impl PtxasReport {
+    /// Reads the report of the entry point from `ptxas -v`'s messages.
+    pub fn parse(arch: &str, messages: &str) -> PtxasReport {
+        let number_before = |line: &str, unit: &str| -> Option<u32> {
+            let at = line.find(unit)?;
+            line[..at].split_whitespace().last()?.parse().ok()
+        };
+        let mut report = PtxasReport {
+            arch: arch.to_string(),
+            ..PtxasReport::default()
+        };
+        for line in messages.lines() {
+            if let Some(n) = number_before(line, " bytes stack frame") {
+                report.stack_bytes = n;
+            }
+            if let Some(n) = number_before(line, " bytes spill stores") {
+                report.spill_store_bytes = n;
+            }
+            if let Some(n) = number_before(line, " bytes spill loads") {
+                report.spill_load_bytes = n;
+            }
+            if let Some(n) = number_before(line, " registers") {
+                report.registers = n;
+            }
+            if let Some(n) = number_before(line, " bytes smem") {
+                report.shared_bytes = n;
+            }
+        }
+        report
+    }
+}
+
+/// Assembles PTX with `ptxas -arch=<arch> -v` and returns its report, or its error messages.
+pub fn assemble(ptxas: &Path, ptx: &str, arch: &str) -> Result<PtxasReport, String> {
+    let dir = std::env::temp_dir().join(format!(
+        "keopsc-ptxas-{}-{}",
+        std::process::id(),
+        NEXT_FILE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let source = dir.join("kernel.ptx");
+    let result = (|| {
+        std::fs::write(&source, ptx).map_err(|e| format!("{}: {e}", source.display()))?;
+        let out = std::process::Command::new(ptxas)
+            .arg(format!("-arch={arch}"))
+            .arg("-v")
+            .arg(&source)
+            .arg("-o")
+            .arg(dir.join("kernel.cubin"))
+            .output()
+            .map_err(|e| format!("{}: {e}", ptxas.display()))?;
+        let messages = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        if out.status.success() {
+            Ok(PtxasReport::parse(arch, &messages))
+        } else {
+            Err(messages)
+        }
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+static NEXT_FILE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
