@@ -23,7 +23,10 @@
 //! A *cross* tile function ([`keops_runtime::CrossTileFn`], `columns > 0`) also sums the last
 //! `columns` components of the formula over the rows: each inner tile keeps them in a stack
 //! buffer of the element type (one vector load, add and store per component and vector of
-//! pairs), zeroed before the rows and added into the caller's f64 columns after them.
+//! pairs), zeroed before the rows and added into the caller's f64 columns after them. Since
+//! those sums are written as the pass goes, a cross tile tries the normal-range `exp` on a whole
+//! inner tile of its rows at once (saving the rows' accumulators first, at most 256 rows) and
+//! redoes that tile with the exact one when a lane needed it.
 
 use super::formula::{Emitter, Value};
 use super::math::SmallExpFlag;
@@ -41,6 +44,21 @@ fn built<T, E: std::fmt::Debug>(r: Result<T, E>) -> T {
 /// The longest run of rows sent straight to the exact `exp` before the normal-range one is
 /// tried again.
 const MAX_EXACT_EXP_RUN: i64 = 128;
+
+/// A cross tile tries the normal-range `exp` on an inner tile only for calls of at most this
+/// many rows (the runtime's calls have 256), whose accumulators it saves first.
+const SAVED_ROWS: usize = 256;
+/// ... and rows of at most this many accumulators (the saved copy stays within 64 KiB).
+const MAX_SAVED_ACC_DIM: usize = 32;
+
+/// The stack slots of a cross tile's choice of `exp`: as [`ExpPaths`], counting inner tiles
+/// instead of rows, and the copy of the rows' accumulators taken before a try.
+#[derive(Clone, Copy)]
+struct CrossExpPaths<'ctx> {
+    paths: ExpPaths<'ctx>,
+    saved: PointerValue<'ctx>,
+    copy_counter: PointerValue<'ctx>,
+}
 
 /// Stack slots of the choice between the normal-range and the exact `exp` (see the module
 /// documentation).
@@ -245,7 +263,7 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         let counters: Vec<PointerValue<'ctx>> = (0..4)
             .map(|_| built(em.builder.build_alloca(i64t, "counter")))
             .collect();
-        // A cross tile's columns are written during the pass, so it cannot be redone.
+        // A cross tile's columns are written during the pass: it cannot redo a row alone.
         let fast_exp =
             self.pair_code_calls_exp(&lane_acc) && lane_acc.folds_in_lanes() && self.columns == 0;
         let exp_paths = fast_exp.then(|| {
@@ -261,6 +279,37 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                 seen,
                 exact_rows_left,
                 next_run,
+            }
+        });
+        // A cross tile writes its columns during the pass: it tries the normal-range `exp` on
+        // a whole inner tile of its rows at once, saving the rows' accumulators first.
+        let cross_fast = self.pair_code_calls_exp(&lane_acc)
+            && lane_acc.folds_in_lanes()
+            && self.columns > 0
+            && red.acc_dim() <= MAX_SAVED_ACC_DIM;
+        let cross_paths = cross_fast.then(|| {
+            let seen = built(
+                em.builder
+                    .build_alloca(ctx.bool_type().vec_type(lanes), "small_exp_seen"),
+            );
+            let exact_rows_left = built(em.builder.build_alloca(i64t, "exact_tiles_left"));
+            let next_run = built(em.builder.build_alloca(i64t, "next_exact_run"));
+            built(em.builder.build_store(exact_rows_left, self.i64(0)));
+            built(em.builder.build_store(next_run, self.i64(1)));
+            let len = self.i64((SAVED_ROWS * red.acc_dim()) as i64);
+            let saved = built(
+                em.builder
+                    .build_array_alloca(ctx.f64_type(), len, "saved_rows"),
+            );
+            let copy_counter = built(em.builder.build_alloca(i64t, "copied"));
+            CrossExpPaths {
+                paths: ExpPaths {
+                    seen,
+                    exact_rows_left,
+                    next_run,
+                },
+                saved,
+                copy_counter,
             }
         });
         let column_tile = (self.columns > 0).then(|| {
@@ -351,144 +400,166 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                         },
                     );
                 }
-                if let Some(tile) = column_tile {
-                    let zero = em.constant(0.0, lanes);
-                    let len = self.i64((self.columns * self.column_stride()) as i64);
+                // The rows against this inner tile; `fast`: with the normal-range `exp`,
+                // reporting small arguments there (cross tiles, see `rows_with_fast_exp`).
+                let rows_pass = |fast: Option<SmallExpFlag<'ctx>>| {
+                    if let Some(tile) = column_tile {
+                        let zero = em.constant(0.0, lanes);
+                        let len = self.i64((self.columns * self.column_stride()) as i64);
+                        self.emit_loop(
+                            function,
+                            jv_counter,
+                            self.i64(0),
+                            lanes as i64,
+                            |k| self.less(k, len),
+                            |k| self.store(tile, k, zero),
+                        );
+                    }
                     self.emit_loop(
                         function,
-                        jv_counter,
-                        self.i64(0),
-                        lanes as i64,
-                        |k| self.less(k, len),
-                        |k| self.store(tile, k, zero),
-                    );
-                }
-                self.emit_loop(
-                    function,
-                    row_counter,
-                    params.row_start,
-                    1,
-                    |r| self.less(r, params.row_end),
-                    |r| {
-                        let mut row = NodeValues {
-                            narrow: values.narrow.clone(),
-                            wide: values.wide.clone(),
-                        };
-                        self.emit_level(
-                            Level::Row,
-                            &mut row,
-                            &arg_ptrs,
-                            Some((r, params.inner_stride)),
-                        );
-                        self.broadcast(Level::Row, &mut row);
-                        let row_offset = self.mul(self.sub(r, params.row_start), self.i64(acc_dim));
-                        let acc_row = unsafe {
-                            built(em.builder.build_in_bounds_gep(
-                                ctx.f64_type(),
-                                params.acc,
-                                &[row_offset],
-                                "acc_row",
-                            ))
-                        };
-                        let pair = |jv: IntValue<'ctx>, mask: Option<Value<'ctx>>| {
-                            let mut pair = NodeValues {
-                                narrow: row.narrow.clone(),
-                                wide: row.wide.clone(),
+                        row_counter,
+                        params.row_start,
+                        1,
+                        |r| self.less(r, params.row_end),
+                        |r| {
+                            let mut row = NodeValues {
+                                narrow: values.narrow.clone(),
+                                wide: values.wide.clone(),
                             };
-                            self.load_inner(
-                                &mut pair,
-                                &arg_ptrs,
-                                scratch,
-                                jv,
-                                jt,
-                                params.inner_stride,
-                            );
                             self.emit_level(
-                                Level::Pair,
-                                &mut pair,
+                                Level::Row,
+                                &mut row,
                                 &arg_ptrs,
-                                Some((jv, params.inner_stride)),
+                                Some((r, params.inner_stride)),
                             );
-                            let root = usize::from(self.formula.root());
-                            let value =
-                                pair.wide[root].clone().expect("the root is available wide");
-                            let offset = self.sub(jv, jt);
-                            let index = em.add(
-                                em.splat(
-                                    em.from_scalar(built(em.builder.build_signed_int_to_float(
-                                        offset,
-                                        em.float_type(),
-                                        "rel",
-                                    ))),
-                                    lanes,
+                            self.broadcast(Level::Row, &mut row);
+                            let row_offset =
+                                self.mul(self.sub(r, params.row_start), self.i64(acc_dim));
+                            let acc_row = unsafe {
+                                built(em.builder.build_in_bounds_gep(
+                                    ctx.f64_type(),
+                                    params.acc,
+                                    &[row_offset],
+                                    "acc_row",
+                                ))
+                            };
+                            let pair = |jv: IntValue<'ctx>, mask: Option<Value<'ctx>>| {
+                                let mut pair = NodeValues {
+                                    narrow: row.narrow.clone(),
+                                    wide: row.wide.clone(),
+                                };
+                                self.load_inner(
+                                    &mut pair,
+                                    &arg_ptrs,
+                                    scratch,
+                                    jv,
+                                    jt,
+                                    params.inner_stride,
+                                );
+                                self.emit_level(
+                                    Level::Pair,
+                                    &mut pair,
+                                    &arg_ptrs,
+                                    Some((jv, params.inner_stride)),
+                                );
+                                let root = usize::from(self.formula.root());
+                                let value =
+                                    pair.wide[root].clone().expect("the root is available wide");
+                                let offset = self.sub(jv, jt);
+                                let index = em.add(
+                                    em.splat(
+                                        em.from_scalar(built(
+                                            em.builder.build_signed_int_to_float(
+                                                offset,
+                                                em.float_type(),
+                                                "rel",
+                                            ),
+                                        )),
+                                        lanes,
+                                    ),
+                                    self.iota(lanes),
+                                );
+                                lane_acc.fold(
+                                    em,
+                                    self.wide_f64,
+                                    function,
+                                    &value,
+                                    index,
+                                    mask,
+                                    (acc_row, jt),
+                                );
+                                if let Some(tile) = column_tile {
+                                    let first = value.len() - self.columns;
+                                    for (k, &v) in value[first..].iter().enumerate() {
+                                        let v = match mask {
+                                            Some(m) => em.select(m, v, em.constant(0.0, lanes)),
+                                            None => v,
+                                        };
+                                        let at = self.add(
+                                            offset,
+                                            self.i64((k * self.column_stride()) as i64),
+                                        );
+                                        let sum = em.add(self.load(tile, at, lanes), v);
+                                        self.store(tile, at, sum);
+                                    }
+                                }
+                            };
+                            // Whole vectors, then one masked remainder (always with the exact
+                            // `exp`: its masked-off lanes must not ask for a redo).
+                            let whole_vectors = || {
+                                lane_acc.init(em, self.wide_f64, acc_row);
+                                let last_full = self.sub(jt_end, self.i64(lanes as i64 - 1));
+                                self.emit_loop(
+                                    function,
+                                    jv_counter,
+                                    jt,
+                                    lanes as i64,
+                                    |jv| self.less(jv, last_full),
+                                    |jv| pair(jv, None),
+                                );
+                            };
+                            match (exp_paths, fast) {
+                                (Some(paths), _) => self.whole_vectors_with_fast_exp(
+                                    function,
+                                    paths,
+                                    &whole_vectors,
                                 ),
-                                self.iota(lanes),
-                            );
-                            lane_acc.fold(
+                                (None, Some(flag)) => {
+                                    em.math.report_small_exp_into(Some(flag));
+                                    whole_vectors();
+                                    em.math.report_small_exp_into(None);
+                                }
+                                (None, None) => whole_vectors(),
+                            }
+                            let jv = built(em.builder.build_load(i64t, jv_counter, "jv"))
+                                .into_int_value();
+                            let remaining = self.less(jv, jt_end);
+                            let tail = ctx.append_basic_block(function, "tail");
+                            let after = ctx.append_basic_block(function, "tail_done");
+                            built(em.builder.build_conditional_branch(remaining, tail, after));
+                            em.builder.position_at_end(tail);
+                            let mask = self.lane_mask(jv, jt_end, lanes);
+                            pair(jv, Some(mask));
+                            built(em.builder.build_unconditional_branch(after));
+                            em.builder.position_at_end(after);
+
+                            lane_acc.merge_lanes_into(
                                 em,
                                 self.wide_f64,
                                 function,
-                                &value,
-                                index,
-                                mask,
-                                (acc_row, jt),
-                            );
-                            if let Some(tile) = column_tile {
-                                let first = value.len() - self.columns;
-                                for (k, &v) in value[first..].iter().enumerate() {
-                                    let v = match mask {
-                                        Some(m) => em.select(m, v, em.constant(0.0, lanes)),
-                                        None => v,
-                                    };
-                                    let at = self
-                                        .add(offset, self.i64((k * self.column_stride()) as i64));
-                                    let sum = em.add(self.load(tile, at, lanes), v);
-                                    self.store(tile, at, sum);
-                                }
-                            }
-                        };
-                        // Whole vectors, then one masked remainder (always with the exact
-                        // `exp`: its masked-off lanes must not ask for a redo).
-                        let whole_vectors = || {
-                            lane_acc.init(em, self.wide_f64, acc_row);
-                            let last_full = self.sub(jt_end, self.i64(lanes as i64 - 1));
-                            self.emit_loop(
-                                function,
-                                jv_counter,
+                                acc_row,
                                 jt,
-                                lanes as i64,
-                                |jv| self.less(jv, last_full),
-                                |jv| pair(jv, None),
+                                lane_counter,
                             );
-                        };
-                        match exp_paths {
-                            None => whole_vectors(),
-                            Some(paths) => {
-                                self.whole_vectors_with_fast_exp(function, paths, &whole_vectors)
-                            }
-                        }
-                        let jv =
-                            built(em.builder.build_load(i64t, jv_counter, "jv")).into_int_value();
-                        let remaining = self.less(jv, jt_end);
-                        let tail = ctx.append_basic_block(function, "tail");
-                        let after = ctx.append_basic_block(function, "tail_done");
-                        built(em.builder.build_conditional_branch(remaining, tail, after));
-                        em.builder.position_at_end(tail);
-                        let mask = self.lane_mask(jv, jt_end, lanes);
-                        pair(jv, Some(mask));
-                        built(em.builder.build_unconditional_branch(after));
-                        em.builder.position_at_end(after);
-
-                        lane_acc.merge_lanes_into(
-                            em,
-                            self.wide_f64,
-                            function,
-                            acc_row,
-                            jt,
-                            lane_counter,
-                        );
-                    },
-                );
+                        },
+                    );
+                };
+                match cross_paths {
+                    Some(paths) => {
+                        self.rows_with_fast_exp(function, paths, &params, acc_dim, &rows_pass)
+                    }
+                    None => rows_pass(None),
+                }
                 if let (Some(tile), Some(cols), Some(flush_counter)) =
                     (column_tile, cols, flush_counter)
                 {
@@ -498,6 +569,113 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         );
         built(em.builder.build_return(None));
         function
+    }
+
+    /// A cross tile's rows against one inner tile (`rows_pass`: the column sums zeroed, then
+    /// every row): with the normal-range `exp` first, unless a recent tile needed the exact
+    /// one or the call has more than [`SAVED_ROWS`] rows; when a lane needed it, the rows'
+    /// accumulators are put back as they were and the pass runs again with the exact `exp`
+    /// (the columns are zeroed again by the pass). Runs of exact tiles double as for rows.
+    fn rows_with_fast_exp(
+        &self,
+        function: FunctionValue<'ctx>,
+        cross: CrossExpPaths<'ctx>,
+        params: &Params<'ctx>,
+        acc_dim: i64,
+        rows_pass: &dyn Fn(Option<SmallExpFlag<'ctx>>),
+    ) {
+        let em = self.em;
+        let ctx = em.context;
+        let b = em.builder;
+        let i64t = ctx.i64_type();
+        let f64t = ctx.f64_type();
+        let paths = cross.paths;
+        let lanes = self.schedule.lanes;
+        let skip_fast = ctx.append_basic_block(function, "skip_fast_exp");
+        let check_rows = ctx.append_basic_block(function, "few_enough_rows");
+        let try_fast = ctx.append_basic_block(function, "fast_exp");
+        let fast_failed = ctx.append_basic_block(function, "fast_exp_failed");
+        let fast_done = ctx.append_basic_block(function, "fast_exp_done");
+        let exact = ctx.append_basic_block(function, "exact_exp");
+        let done = ctx.append_basic_block(function, "rows_done");
+
+        let left =
+            built(b.build_load(i64t, paths.exact_rows_left, "exact_tiles_left")).into_int_value();
+        let skipping = built(b.build_int_compare(IntPredicate::SGT, left, self.i64(0), "skip"));
+        built(b.build_conditional_branch(skipping, skip_fast, check_rows));
+
+        b.position_at_end(skip_fast);
+        built(b.build_store(paths.exact_rows_left, self.sub(left, self.i64(1))));
+        built(b.build_unconditional_branch(exact));
+
+        b.position_at_end(check_rows);
+        let count = self.mul(
+            self.sub(params.row_end, params.row_start),
+            self.i64(acc_dim),
+        );
+        let few = self.less(
+            self.sub(params.row_end, params.row_start),
+            self.i64(SAVED_ROWS as i64 + 1),
+        );
+        built(b.build_conditional_branch(few, try_fast, exact));
+
+        // Copies `count` f64 accumulators from `from` to `to`.
+        let copy = |from: PointerValue<'ctx>, to: PointerValue<'ctx>| {
+            self.emit_loop(
+                function,
+                cross.copy_counter,
+                self.i64(0),
+                1,
+                |k| self.less(k, count),
+                |k| {
+                    // SAFETY (of the generated code): `k` < rows x acc_dim, inside both.
+                    let (src, dst) = unsafe {
+                        (
+                            built(b.build_in_bounds_gep(f64t, from, &[k], "from")),
+                            built(b.build_in_bounds_gep(f64t, to, &[k], "to")),
+                        )
+                    };
+                    let x = built(b.build_load(f64t, src, "acc"));
+                    built(b.build_store(dst, x));
+                },
+            );
+        };
+
+        b.position_at_end(try_fast);
+        copy(params.acc, cross.saved);
+        let mask_type = ctx.bool_type().vec_type(lanes);
+        built(b.build_store(paths.seen, mask_type.const_zero()));
+        rows_pass(Some(SmallExpFlag {
+            slot: paths.seen,
+            lanes,
+        }));
+        let seen = built(b.build_load(mask_type, paths.seen, "seen")).into_vector_value();
+        let any_small = reduce_or(em, seen);
+        built(b.build_conditional_branch(any_small, fast_failed, fast_done));
+
+        b.position_at_end(fast_done);
+        built(b.build_store(paths.next_run, self.i64(1)));
+        built(b.build_unconditional_branch(done));
+
+        b.position_at_end(fast_failed);
+        copy(cross.saved, params.acc);
+        let run = built(b.build_load(i64t, paths.next_run, "run")).into_int_value();
+        built(b.build_store(paths.exact_rows_left, run));
+        let doubled = self.add(run, run);
+        let capped = built(b.build_select(
+            self.less(doubled, self.i64(MAX_EXACT_EXP_RUN)),
+            doubled,
+            self.i64(MAX_EXACT_EXP_RUN),
+            "next_run",
+        ));
+        built(b.build_store(paths.next_run, capped));
+        built(b.build_unconditional_branch(exact));
+
+        b.position_at_end(exact);
+        rows_pass(None);
+        built(b.build_unconditional_branch(done));
+
+        b.position_at_end(done);
     }
 
     /// Adds the inner tile's column sums `[jt, jt_end)` (element type) into the caller's f64
