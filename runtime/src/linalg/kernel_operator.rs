@@ -16,8 +16,8 @@ use rayon::prelude::*;
 /// passes of the kernel, the last one padded with zeros: compile the kernel with `R` equal to
 /// the number of right-hand sides to do them all in one pass.
 ///
-/// Linearity is the caller's claim (the runtime cannot see the formula; `keopsc` checks it
-/// symbolically before making one). Products are computed in the dtype the inputs were given in
+/// Linearity is the caller's claim (the runtime cannot see the formula; `keopsc linalg` and
+/// `keops_rs.linalg` probe it on a sample of the points before making one). Products are computed in the dtype the inputs were given in
 /// (accumulated in f64 by the kernel) and returned in f64.
 pub struct KernelOperator {
     kernel: Kernel,
