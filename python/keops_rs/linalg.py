@@ -185,6 +185,7 @@ class KernelOperator(_Operator):
         self.width = width
         self._names = names
         self._spec = spec
+        self._reduced = reduced
         rows_of = lambda cat: next(  # noqa: E731
             (a.shape[0] for n, a in self.inputs.items() if spec[n][0] == cat), None
         )
@@ -234,7 +235,7 @@ class KernelOperator(_Operator):
             name: (a if self._spec[name][0] == "Pm" else a[:32])
             for name, a in self.inputs.items()
         }
-        m = next(a.shape[0] for n, a in sample.items() if self._spec[n][0] != "Pm" and self._spec[n][0] == ("Vj" if self.kernel.axis == 0 else "Vi"))
+        m = next(a.shape[0] for n, a in sample.items() if self._spec[n][0] == self._reduced)
         k = np.arange(m * self.width, dtype=np.float64).reshape(m, self.width)
         b1, b2 = np.sin(0.7548 * k + 0.3), np.sin(0.7548 * k + 1.9)
         f1, f2 = self._call(sample, b1), self._call(sample, b2)
@@ -457,14 +458,17 @@ def eigsh(op, k=6, tol=1e-8, basis=None, max_restarts=200, v0=None, callback=Non
     rng = np.random.default_rng(0x5EED)
     start = rng.uniform(-1, 1, n) if v0 is None else np.asarray(v0, dtype=np.float64).copy()
     nxt = start / np.linalg.norm(start)
-    V = np.zeros((n, 0))
+    basis_store = np.zeros((n, m))
+    size = 0  # the columns of basis_store in use
     H = np.zeros((m, m))
     beta_last, scale, products, restart = 0.0, 0.0, 0, 0
     while True:
         exhausted = False
-        while V.shape[1] < m:
-            j = V.shape[1]
-            V = np.concatenate([V, nxt[:, None]], axis=1)
+        while size < m:
+            j = size
+            basis_store[:, j] = nxt
+            size += 1
+            V = basis_store[:, :size]
             w = op.matvec(V[:, j]).astype(np.float64)
             products += 1
             c = _orthogonalize(V, w)
@@ -476,13 +480,13 @@ def eigsh(op, k=6, tol=1e-8, basis=None, max_restarts=200, v0=None, callback=Non
                 beta_last, nxt = beta, w / beta
             else:
                 beta_last = 0.0
-                if V.shape[1] >= n:
+                if size >= n:
                     exhausted = True
                     break
                 w = rng.uniform(-1, 1, n)
                 _orthogonalize(V, w)
                 nxt = w / np.linalg.norm(w)
-        size = V.shape[1]
+        V = basis_store[:, :size]
         theta, S = np.linalg.eigh(H[:size, :size])
         theta, S = theta[::-1], S[:, ::-1]
         residuals = np.abs(beta_last * S[size - 1, :k])
@@ -498,7 +502,8 @@ def eigsh(op, k=6, tol=1e-8, basis=None, max_restarts=200, v0=None, callback=Non
             Y *= np.sign(Y[idx, np.arange(k)])
             return EigResult(theta[:k].copy(), Y, residuals, converged, restart, products)
         keep = max(k, min(k + (size - k) // 2, size - 1))
-        V = V @ S[:, :keep]
+        basis_store[:, :keep] = V @ S[:, :keep]
+        size = keep
         H[:] = 0.0
         H[np.arange(keep), np.arange(keep)] = theta[:keep]
         restart += 1
