@@ -34,7 +34,7 @@ Then:
                            backward kernel checked and simplified (and its LLVM IR)
   :llvm [NAME] [f32|f64]   the CPU schedule and the optimised LLVM IR
   :asm [NAME] [f32|f64]    the host assembly
-  :ptx [NAME]              the GPU code (not built yet)
+  :ptx [NAME] [f32|f64]    the GPU schedule, PTX, and ptxas's registers and spills
   :eval [NAME] [N [M]] [f32|f64]
                            runs the kernel on the CPU on uniform random data, with timing
   :eval [NAME] ARG=FILE.npy ...
@@ -311,7 +311,7 @@ impl Repl {
             ":grad" => self.grad(&args, out),
             ":vjp" => self.vjp(&args, out),
             ":llvm" | ":asm" => self.code(command, &args, out),
-            ":ptx" => Err("the GPU back end is not built yet: no PTX to show".to_string()),
+            ":ptx" => self.ptx(&args, out),
             ":eval" => self.eval(&args, out),
             other => Err(format!("unknown command `{other}` (:help lists them)")),
         };
@@ -503,6 +503,21 @@ impl Repl {
                 code.target_cpu, code.assembly
             );
         }
+        Ok(())
+    }
+
+    fn ptx(&self, args: &[&str], out: &mut String) -> Result<(), String> {
+        let (defined, rest) = self.target(args)?;
+        let dtype = match rest {
+            [] => DType::F32,
+            [d] => parse_dtype(d)?,
+            _ => return Err("usage: :ptx [NAME] [f32|f64]".to_string()),
+        };
+        let (k, _) = self.explain_source(&defined.source)?;
+        let o = &k.optimized;
+        let text = crate::codegen::nvptx::explain_ptx(&o.formula, &o.signature, dtype)
+            .map_err(|e| e.to_string())?;
+        out.push_str(&text);
         Ok(())
     }
 

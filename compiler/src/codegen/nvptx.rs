@@ -733,3 +733,33 @@ pub fn assemble(ptxas: &Path, ptx: &str, arch: &str) -> Result<PtxasReport, Stri
 }
 
 static NEXT_FILE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The GPU code of one kernel as text, for `keopsc explain --ptx` and the REPL's `:ptx`: its
+/// schedule, the PTX, and what ptxas reports for `sm_80` and `sm_90` (or why it did not run).
+pub fn explain_ptx(
+    formula: &Formula,
+    signature: &Signature,
+    dtype: DType,
+) -> Result<String, CodegenError> {
+    let kernel = compile_ptx(formula, signature, dtype)?;
+    let mut text = format!(
+        "-- gpu schedule ({dtype}) --\n{}\n-- ptx ({PTX_ARCH}) --\n{}",
+        kernel.schedule, kernel.ptx
+    );
+    text += "-- ptxas --\n";
+    match find_ptxas() {
+        None => text +=
+            "ptxas not found (scripts/python.sh venv installs nvidia-cuda-nvcc-cu12 into .venv)\n",
+        Some(ptxas) => {
+            for arch in ["sm_80", "sm_90"] {
+                match assemble(&ptxas, &kernel.ptx, arch) {
+                    Ok(report) => text += &format!("{report}\n"),
+                    Err(messages) => {
+                        text += &format!("{arch}: ptxas rejects the PTX:\n{messages}\n")
+                    }
+                }
+            }
+        }
+    }
+    Ok(text)
+}

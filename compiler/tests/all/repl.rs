@@ -30,7 +30,7 @@ const SESSION: &[&str] = &[
     "    x = Vi(3)",
     "    Sum_Reduction(Exq(x) + SqDist(x, Vj(2)), 0)",
     "}",
-    ":ptx knn",
+    ":ptx nosuch",
     ":nope",
     ":list",
     ":quit",
@@ -307,4 +307,22 @@ fn vjp_with_llvm_shows_each_backward_kernel_code() {
     assert_eq!(text.matches("-- llvm (optimised) --").count(), 2, "{text}");
     assert!(text.contains("double"), "{text}");
     assert!(!text.contains("error"), "{text}");
+}
+
+#[test]
+fn ptx_shows_the_gpu_kernel_of_a_defined_kernel() {
+    let mut repl = Repl::new();
+    let mut out = String::new();
+    repl.handle_line(
+        "kernel g { x = Vi(3) y = Vj(3) Sum_Reduction(Exp(-SqDist(x, y)), 0) }",
+        &mut out,
+    );
+    out.clear();
+    repl.handle_line(":ptx g f64", &mut out);
+    assert!(out.contains("-- gpu schedule (float64) --"), "{out}");
+    assert!(out.contains(".entry keops_gpu_tile_1d"), "{out}");
+    assert!(out.contains("-- ptxas --"), "{out}");
+    out.clear();
+    repl.handle_line(":ptx g f16", &mut out);
+    assert!(out.starts_with("error: "), "{out}");
 }

@@ -60,7 +60,10 @@ enum Command {
         /// Also show the host assembly.
         #[arg(long)]
         asm: bool,
-        /// Element type of the generated code shown by --llvm/--asm: f32 or f64.
+        /// Also show the GPU kernel: its schedule, PTX, and ptxas's registers and spills.
+        #[arg(long)]
+        ptx: bool,
+        /// Element type of the generated code shown by --llvm/--asm/--ptx: f32 or f64.
         #[arg(long, default_value = "f32")]
         dtype: String,
     },
@@ -241,6 +244,7 @@ fn run(cli: Cli) -> ExitCode {
             all_rules,
             llvm,
             asm,
+            ptx,
             dtype,
         } => {
             let rules = match (exact, all_rules) {
@@ -248,7 +252,12 @@ fn run(cli: Cli) -> ExitCode {
                 (_, true) => RuleSet::All,
                 _ => RuleSet::Default,
             };
-            let code = CodeShown { llvm, asm, dtype };
+            let code = CodeShown {
+                llvm,
+                asm,
+                ptx,
+                dtype,
+            };
             explain(&file, kernel.as_deref(), timings, repeat, rules, &code)
         }
         Command::Eval {
@@ -363,6 +372,7 @@ fn load(path: &Path) -> Result<CompiledFile, Reported> {
 struct CodeShown {
     llvm: bool,
     asm: bool,
+    ptx: bool,
     dtype: String,
 }
 
@@ -415,6 +425,12 @@ fn explain(
                     generated.target_cpu, generated.assembly
                 );
             }
+        }
+        if code.ptx {
+            let o = &k.optimized;
+            let text = keopsc::codegen::nvptx::explain_ptx(&o.formula, &o.signature, dtype)
+                .map_err(|e| fail(e.to_string()))?;
+            print!("{text}");
         }
         shown += 1;
     }
