@@ -294,26 +294,8 @@ pub fn compile_cpu_cross(
     }
     let mut rows = kernel.signature.clone();
     rows.reduction = Reduction::new(ReductionKind::Sum, red.fdim - columns);
-    crate::isolate::on_compiler_stack(|| {
-        let optimized = opt::optimize(kernel, &opt::OptBudget::default()).map_err(|d| {
-            CodegenError::Internal {
-                stage: d.internal.unwrap_or("optimiser"),
-                message: d.message,
-            }
-        })?;
-        Ok(JitCrossKernel::compile(
-            &optimized.formula,
-            &rows,
-            columns,
-            dtype,
-            &CpuTarget::host(),
-        )?)
-    })
-    .unwrap_or_else(|panic| {
-        Err(EvalError::Codegen(CodegenError::Internal {
-            stage: "the optimiser or code generation",
-            message: panic,
-        }))
+    optimized_then(kernel, |formula| {
+        JitCrossKernel::compile(formula, &rows, columns, dtype, &CpuTarget::host())
     })
 }
 
@@ -382,7 +364,17 @@ pub fn read_arguments(
 pub fn compile_cpu(kernel: &CheckedKernel, dtype: DType) -> Result<JitKernel, EvalError> {
     // Derivatives were expanded when the kernel was compiled: nothing here can fail on the
     // user's formula.
-    // On the compiler's own stack: a panic (a broken invariant) becomes an internal error.
+    optimized_then(kernel, |formula| {
+        JitKernel::compile(formula, &kernel.signature, dtype, &CpuTarget::host())
+    })
+}
+
+/// Optimises `kernel` and hands its formula to `compile`, on the compiler's own stack: a
+/// panic (a broken invariant) becomes an internal error.
+fn optimized_then<T: Send>(
+    kernel: &CheckedKernel,
+    compile: impl FnOnce(&crate::formula::Formula) -> Result<T, CodegenError> + Send,
+) -> Result<T, EvalError> {
     crate::isolate::on_compiler_stack(|| {
         let optimized = opt::optimize(kernel, &opt::OptBudget::default()).map_err(|d| {
             CodegenError::Internal {
@@ -390,12 +382,7 @@ pub fn compile_cpu(kernel: &CheckedKernel, dtype: DType) -> Result<JitKernel, Ev
                 message: d.message,
             }
         })?;
-        Ok(JitKernel::compile(
-            &optimized.formula,
-            &kernel.signature,
-            dtype,
-            &CpuTarget::host(),
-        )?)
+        Ok(compile(&optimized.formula)?)
     })
     .unwrap_or_else(|panic| {
         Err(EvalError::Codegen(CodegenError::Internal {

@@ -12,6 +12,7 @@
 
 use crate::check::CheckedKernel;
 use crate::formula::{Formula, Node, Op};
+use crate::vjp::fresh_name;
 use keops_runtime::{ArgSpec, Category, ReductionKind};
 use std::fmt;
 
@@ -160,16 +161,4 @@ pub fn plan(
         columns,
         sources,
     })
-}
-
-/// A name for a new argument that no argument of `args` has.
-fn fresh_name(args: &[ArgSpec], base: &str) -> String {
-    let taken = |name: &str| args.iter().any(|a| a.name == name);
-    if !taken(base) {
-        return base.to_string();
-    }
-    (1..)
-        .map(|k| format!("{base}_{k}"))
-        .find(|name| !taken(name))
-        .expect("an unbounded supply of names")
 }

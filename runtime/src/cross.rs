@@ -8,12 +8,10 @@
 //! accumulators covering one *wave* of the inner range at a time, merged into the columns in
 //! group order after each wave (so results do not depend on thread timing).
 
-use crate::abi::{Axis, Category, Signature};
-use crate::arrays::{
-    check_arguments, ArgumentError, ArrayData, ArrayRef, DType, DataRef, HostArray,
-};
+use crate::abi::{Axis, Signature};
+use crate::arrays::{check_arguments, ArgumentError, ArrayRef, DType, HostArray};
 use crate::reduction::{Family, ReductionKind};
-use crate::tiles::{transpose, SendPtr};
+use crate::tiles::TileInputs;
 use rayon::prelude::*;
 use std::ffi::c_void;
 
@@ -118,37 +116,14 @@ pub fn run_cross_tiles(
             expected: kernel.dtype,
         });
     }
-    let (rows, inner, inner_category) = match sig.axis {
-        Axis::I => (size.n, size.m, Category::J),
-        Axis::J => (size.m, size.n, Category::I),
+    let (rows, inner) = match sig.axis {
+        Axis::I => (size.n, size.m),
+        Axis::J => (size.m, size.n),
     };
     let row_dim = sig.reduction.acc_dim();
     let columns = kernel.columns;
     let lanes = kernel.lanes;
-    let inner_stride = inner.div_ceil(lanes) * lanes + lanes;
-    let transposed: Vec<Option<ArrayData>> = sig
-        .args
-        .iter()
-        .zip(arrays)
-        .map(|(spec, array)| {
-            (spec.category == inner_category)
-                .then(|| transpose(array.data, inner, spec.dim, inner_stride))
-        })
-        .collect();
-    let pointers: Vec<SendPtr> = arrays
-        .iter()
-        .zip(&transposed)
-        .map(|(array, t)| {
-            SendPtr(match t {
-                Some(ArrayData::F32(v)) => v.as_ptr().cast(),
-                Some(ArrayData::F64(v)) => v.as_ptr().cast(),
-                None => match array.data {
-                    DataRef::F32(v) => v.as_ptr().cast(),
-                    DataRef::F64(v) => v.as_ptr().cast(),
-                },
-            })
-        })
-        .collect();
+    let inputs = TileInputs::new(sig, arrays, inner, lanes);
     let schedule =
         schedule.unwrap_or_else(|| CrossSchedule::choose(rows, rayon::current_num_threads()));
     let groups = schedule.groups.max(1);
@@ -161,14 +136,14 @@ pub fn run_cross_tiles(
     let mut col_acc = vec![0.0f64; inner * columns];
     let call =
         |acc: &mut [f64], cols: &mut [f64], start: usize, end: usize, lo: usize, hi: usize| {
-            let args: Vec<*const c_void> = pointers.iter().map(|p| p.0).collect();
+            let args = inputs.args();
             // SAFETY: the pointers cover the checked argument sizes (inner-indexed inputs
             // transposed and padded), `acc` holds the rows `start..end` and `cols` the
             // `columns x (hi - lo)` accumulators of the range, as the contract states.
             unsafe {
                 (kernel.tile)(
                     args.as_ptr(),
-                    inner_stride as i64,
+                    inputs.inner_stride as i64,
                     start as i64,
                     end as i64,
                     lo as i64,
@@ -218,56 +193,6 @@ pub fn run_cross_tiles(
         array(vec![rows, row_dim], row_acc),
         array(vec![inner, columns], col_acc),
     ))
-}
-
-/// The inputs of one kernel as its tile function reads them: inner-indexed arguments
-/// transposed and padded for `lanes`, the others as given.
-struct TileInputs {
-    _transposed: Vec<Option<ArrayData>>,
-    pointers: Vec<SendPtr>,
-    inner_stride: usize,
-}
-
-impl TileInputs {
-    fn new(sig: &Signature, arrays: &[ArrayRef], inner: usize, lanes: usize) -> TileInputs {
-        let inner_category = match sig.axis {
-            Axis::I => Category::J,
-            Axis::J => Category::I,
-        };
-        let inner_stride = inner.div_ceil(lanes) * lanes + lanes;
-        let transposed: Vec<Option<ArrayData>> = sig
-            .args
-            .iter()
-            .zip(arrays)
-            .map(|(spec, array)| {
-                (spec.category == inner_category)
-                    .then(|| transpose(array.data, inner, spec.dim, inner_stride))
-            })
-            .collect();
-        let pointers = arrays
-            .iter()
-            .zip(&transposed)
-            .map(|(array, t)| {
-                SendPtr(match t {
-                    Some(ArrayData::F32(v)) => v.as_ptr().cast(),
-                    Some(ArrayData::F64(v)) => v.as_ptr().cast(),
-                    None => match array.data {
-                        DataRef::F32(v) => v.as_ptr().cast(),
-                        DataRef::F64(v) => v.as_ptr().cast(),
-                    },
-                })
-            })
-            .collect();
-        TileInputs {
-            _transposed: transposed,
-            pointers,
-            inner_stride,
-        }
-    }
-
-    fn args(&self) -> Vec<*const c_void> {
-        self.pointers.iter().map(|p| p.0).collect()
-    }
 }
 
 /// Rows of a symmetric evaluation's blocks: a multiple of every vector width, and at most
@@ -419,7 +344,7 @@ pub fn run_symmetric_tiles(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::abi::ArgSpec;
+    use crate::abi::{ArgSpec, Category};
     use crate::reduction::Reduction;
 
     /// Rows: `sum_j x_i y_j`; columns: `sum_i (x_i + y_j)` and `sum_i x_i`. Written in Rust

@@ -184,9 +184,9 @@ fn run_checked(
             expected: kernel.dtype,
         });
     }
-    let (rows, inner, inner_category) = match sig.axis {
-        Axis::I => (size.n, size.m, Category::J),
-        Axis::J => (size.m, size.n, Category::I),
+    let (rows, inner) = match sig.axis {
+        Axis::I => (size.n, size.m),
+        Axis::J => (size.m, size.n),
     };
     let expected = rows * sig.output_dim();
     if out.len() != expected || out.dtype() != kernel.dtype {
@@ -197,46 +197,21 @@ fn run_checked(
         });
     }
     let lanes = kernel.lanes.max(1);
-    // One vector of padding past the rounded-up size: a vector load that starts at any index
-    // below `inner` stays inside the buffer.
-    let inner_stride = inner.div_ceil(lanes) * lanes + lanes;
-    let transposed: Vec<Option<ArrayData>> = sig
-        .args
-        .iter()
-        .zip(arrays)
-        .map(|(spec, array)| {
-            (spec.category == inner_category)
-                .then(|| transpose(array.data, inner, spec.dim, inner_stride))
-        })
-        .collect();
-    let pointers: Vec<SendPtr> = arrays
-        .iter()
-        .zip(&transposed)
-        .map(|(array, t)| {
-            SendPtr(match t {
-                Some(ArrayData::F32(v)) => v.as_ptr().cast(),
-                Some(ArrayData::F64(v)) => v.as_ptr().cast(),
-                None => match array.data {
-                    DataRef::F32(v) => v.as_ptr().cast(),
-                    DataRef::F64(v) => v.as_ptr().cast(),
-                },
-            })
-        })
-        .collect();
+    let inputs = TileInputs::new(sig, arrays, inner, lanes);
 
     let red = &sig.reduction;
     let acc_dim = red.acc_dim();
     let schedule =
         schedule.unwrap_or_else(|| TileSchedule::choose(rows, inner, rayon::current_num_threads()));
     let call = |acc: &mut [f64], row_start: usize, row_end: usize, lo: usize, hi: usize| {
-        let args: Vec<*const c_void> = pointers.iter().map(|p| p.0).collect();
+        let args = inputs.args();
         // SAFETY: the pointers cover the checked argument sizes (transposed inputs padded as
         // the tile function requires), `acc` holds `row_end - row_start` accumulator rows, and
         // the tile function only reads inputs and writes those rows.
         unsafe {
             (kernel.tile)(
                 args.as_ptr(),
-                inner_stride as i64,
+                inputs.inner_stride as i64,
                 row_start as i64,
                 row_end as i64,
                 lo as i64,
@@ -326,7 +301,7 @@ fn run_blocks<T: Send>(
 }
 
 /// `rows x dim` row-major to `dim x stride` component-major, zero-padded.
-pub(crate) fn transpose(data: DataRef, rows: usize, dim: usize, stride: usize) -> ArrayData {
+fn transpose(data: DataRef, rows: usize, dim: usize, stride: usize) -> ArrayData {
     fn go<T: Copy + Default + Send + Sync>(
         v: &[T],
         rows: usize,
@@ -352,10 +327,67 @@ pub(crate) fn transpose(data: DataRef, rows: usize, dim: usize, stride: usize) -
     }
 }
 
+/// The inputs of one kernel as its tile function reads them: inner-indexed arguments
+/// transposed and padded for `lanes`, the others as given.
+pub(crate) struct TileInputs {
+    _transposed: Vec<Option<ArrayData>>,
+    pointers: Vec<SendPtr>,
+    pub(crate) inner_stride: usize,
+}
+
+impl TileInputs {
+    /// One vector of padding past the rounded-up size: a vector load that starts at any
+    /// index below `inner` stays inside the buffer.
+    pub(crate) fn new(
+        sig: &Signature,
+        arrays: &[ArrayRef],
+        inner: usize,
+        lanes: usize,
+    ) -> TileInputs {
+        let inner_category = match sig.axis {
+            Axis::I => Category::J,
+            Axis::J => Category::I,
+        };
+        let inner_stride = inner.div_ceil(lanes) * lanes + lanes;
+        let transposed: Vec<Option<ArrayData>> = sig
+            .args
+            .iter()
+            .zip(arrays)
+            .map(|(spec, array)| {
+                (spec.category == inner_category)
+                    .then(|| transpose(array.data, inner, spec.dim, inner_stride))
+            })
+            .collect();
+        let pointers = arrays
+            .iter()
+            .zip(&transposed)
+            .map(|(array, t)| {
+                SendPtr(match t {
+                    Some(ArrayData::F32(v)) => v.as_ptr().cast(),
+                    Some(ArrayData::F64(v)) => v.as_ptr().cast(),
+                    None => match array.data {
+                        DataRef::F32(v) => v.as_ptr().cast(),
+                        DataRef::F64(v) => v.as_ptr().cast(),
+                    },
+                })
+            })
+            .collect();
+        TileInputs {
+            _transposed: transposed,
+            pointers,
+            inner_stride,
+        }
+    }
+
+    pub(crate) fn args(&self) -> Vec<*const c_void> {
+        self.pointers.iter().map(|p| p.0).collect()
+    }
+}
+
 /// The argument pointers are only read through, by the tile function, while the arrays they
 /// point into are borrowed by [`run_tiles`].
 #[derive(Clone, Copy)]
-pub(crate) struct SendPtr(pub(crate) *const c_void);
+struct SendPtr(*const c_void);
 // SAFETY: see above; the data behind the pointers is immutable for the whole call.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}

@@ -33,6 +33,7 @@ use super::math::SmallExpFlag;
 use super::reduce::{reduce_or, LaneAccumulators};
 use crate::formula::{Formula, Op};
 use crate::schedule::{Level, Schedule};
+use inkwell::basic_block::BasicBlock;
 use inkwell::values::{FunctionValue, IntValue, PointerValue};
 use inkwell::{AddressSpace, IntPredicate};
 use keops_runtime::{Category, Signature};
@@ -571,6 +572,42 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         function
     }
 
+    /// Branches to `exact` through `skip` (counting one down) while a run of exact passes is
+    /// on, else to `otherwise`.
+    fn skip_fast_during_exact_run(
+        &self,
+        paths: ExpPaths<'ctx>,
+        skip: BasicBlock<'ctx>,
+        otherwise: BasicBlock<'ctx>,
+        exact: BasicBlock<'ctx>,
+    ) {
+        let b = self.em.builder;
+        let i64t = self.em.context.i64_type();
+        let left = built(b.build_load(i64t, paths.exact_rows_left, "exact_left")).into_int_value();
+        let skipping = built(b.build_int_compare(IntPredicate::SGT, left, self.i64(0), "skip"));
+        built(b.build_conditional_branch(skipping, skip, otherwise));
+        b.position_at_end(skip);
+        built(b.build_store(paths.exact_rows_left, self.sub(left, self.i64(1))));
+        built(b.build_unconditional_branch(exact));
+    }
+
+    /// After a failed try: the next passes (as many as the current run length) go straight to
+    /// the exact `exp`, and the run after that is twice as long, up to [`MAX_EXACT_EXP_RUN`].
+    fn start_exact_run(&self, paths: ExpPaths<'ctx>) {
+        let b = self.em.builder;
+        let i64t = self.em.context.i64_type();
+        let run = built(b.build_load(i64t, paths.next_run, "run")).into_int_value();
+        built(b.build_store(paths.exact_rows_left, run));
+        let doubled = self.add(run, run);
+        let capped = built(b.build_select(
+            self.less(doubled, self.i64(MAX_EXACT_EXP_RUN)),
+            doubled,
+            self.i64(MAX_EXACT_EXP_RUN),
+            "next_run",
+        ));
+        built(b.build_store(paths.next_run, capped));
+    }
+
     /// A cross tile's rows against one inner tile (`rows_pass`: the column sums zeroed, then
     /// every row): with the normal-range `exp` first, unless a recent tile needed the exact
     /// one or the call has more than [`SAVED_ROWS`] rows; when a lane needed it, the rows'
@@ -587,7 +624,6 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         let em = self.em;
         let ctx = em.context;
         let b = em.builder;
-        let i64t = ctx.i64_type();
         let f64t = ctx.f64_type();
         let paths = cross.paths;
         let lanes = self.schedule.lanes;
@@ -599,14 +635,7 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         let exact = ctx.append_basic_block(function, "exact_exp");
         let done = ctx.append_basic_block(function, "rows_done");
 
-        let left =
-            built(b.build_load(i64t, paths.exact_rows_left, "exact_tiles_left")).into_int_value();
-        let skipping = built(b.build_int_compare(IntPredicate::SGT, left, self.i64(0), "skip"));
-        built(b.build_conditional_branch(skipping, skip_fast, check_rows));
-
-        b.position_at_end(skip_fast);
-        built(b.build_store(paths.exact_rows_left, self.sub(left, self.i64(1))));
-        built(b.build_unconditional_branch(exact));
+        self.skip_fast_during_exact_run(paths, skip_fast, check_rows, exact);
 
         b.position_at_end(check_rows);
         let count = self.mul(
@@ -659,16 +688,7 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
 
         b.position_at_end(fast_failed);
         copy(cross.saved, params.acc);
-        let run = built(b.build_load(i64t, paths.next_run, "run")).into_int_value();
-        built(b.build_store(paths.exact_rows_left, run));
-        let doubled = self.add(run, run);
-        let capped = built(b.build_select(
-            self.less(doubled, self.i64(MAX_EXACT_EXP_RUN)),
-            doubled,
-            self.i64(MAX_EXACT_EXP_RUN),
-            "next_run",
-        ));
-        built(b.build_store(paths.next_run, capped));
+        self.start_exact_run(paths);
         built(b.build_unconditional_branch(exact));
 
         b.position_at_end(exact);
@@ -757,7 +777,6 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         let em = self.em;
         let ctx = em.context;
         let b = em.builder;
-        let i64t = ctx.i64_type();
         let lanes = self.schedule.lanes;
         let skip_fast = ctx.append_basic_block(function, "skip_fast_exp");
         let try_fast = ctx.append_basic_block(function, "fast_exp");
@@ -766,14 +785,7 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         let exact = ctx.append_basic_block(function, "exact_exp");
         let done = ctx.append_basic_block(function, "whole_vectors_done");
 
-        let left =
-            built(b.build_load(i64t, paths.exact_rows_left, "exact_rows_left")).into_int_value();
-        let skipping = built(b.build_int_compare(IntPredicate::SGT, left, self.i64(0), "skipping"));
-        built(b.build_conditional_branch(skipping, skip_fast, try_fast));
-
-        b.position_at_end(skip_fast);
-        built(b.build_store(paths.exact_rows_left, self.sub(left, self.i64(1))));
-        built(b.build_unconditional_branch(exact));
+        self.skip_fast_during_exact_run(paths, skip_fast, try_fast, exact);
 
         b.position_at_end(try_fast);
         let mask_type = ctx.bool_type().vec_type(lanes);
@@ -793,16 +805,7 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         built(b.build_unconditional_branch(done));
 
         b.position_at_end(fast_failed);
-        let run = built(b.build_load(i64t, paths.next_run, "run")).into_int_value();
-        built(b.build_store(paths.exact_rows_left, run));
-        let doubled = self.add(run, run);
-        let capped = built(b.build_select(
-            self.less(doubled, self.i64(MAX_EXACT_EXP_RUN)),
-            doubled,
-            self.i64(MAX_EXACT_EXP_RUN),
-            "next_run",
-        ));
-        built(b.build_store(paths.next_run, capped));
+        self.start_exact_run(paths);
         built(b.build_unconditional_branch(exact));
 
         b.position_at_end(exact);

@@ -508,7 +508,7 @@ fn build_parts(kernel: &CheckedKernel, wrt: &[usize]) -> Result<Parts, VjpError>
 }
 
 /// A name for a new argument that no argument of `args` has.
-fn fresh_name(args: &[ArgSpec], base: &str) -> String {
+pub(crate) fn fresh_name(args: &[ArgSpec], base: &str) -> String {
     let taken = |name: &str| args.iter().any(|a| a.name == name);
     if !taken(base) {
         return base.to_string();
