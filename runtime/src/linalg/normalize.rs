@@ -76,6 +76,9 @@ pub struct Scaled<A> {
     pub op: A,
     left: Vec<f64>,
     right: Vec<f64>,
+    /// The degrees the last `Symmetric` step divided by, when it was the last step: what turns
+    /// its eigenvectors into the random walk's.
+    symmetric_degrees: Option<Vec<f64>>,
 }
 
 impl<A: LinearOperator> Scaled<A> {
@@ -86,6 +89,7 @@ impl<A: LinearOperator> Scaled<A> {
             op,
             left: vec![1.0; n],
             right: vec![1.0; n],
+            symmetric_degrees: None,
         })
     }
 
@@ -118,12 +122,36 @@ impl<A: LinearOperator> Scaled<A> {
             *left *= d.powf(l);
             *right *= d.powf(r);
         }
+        self.symmetric_degrees = (step == Normalization::Symmetric).then_some(degrees);
         Ok(self)
     }
 
-    /// The diagonal scalings `(left, right)`. After the single step `Symmetric`, an
-    /// eigenvector `phi` of `D^-1/2 A D^-1/2` gives the eigenvector `D^-1/2 phi = right * phi`
-    /// (elementwise) of `D^-1 A`, with the same eigenvalue: the diffusion-map coordinates.
+    /// The eigenvectors `psi = D^-1/2 phi` of the random walk `D^-1 A` from eigenvectors `phi`
+    /// (`N x k`, row-major) of this operator when its last step was `Symmetric`
+    /// (`D^-1/2 A D^-1/2`, `A` the operator before that step, `D` its degrees): same
+    /// eigenvalues, and `psi^T D psi = 1` for a unit `phi`. Scaled by `lambda^t` they are the
+    /// diffusion-map coordinates.
+    pub fn random_walk_eigenvectors(&self, phi: &[f64], k: usize) -> Result<Vec<f64>, LinalgError> {
+        let Some(degrees) = &self.symmetric_degrees else {
+            return Err(LinalgError::Parameter(
+                "the random walk's eigenvectors come from an operator whose last normalisation step is `sym`".into(),
+            ));
+        };
+        if k == 0 || phi.len() != degrees.len() * k {
+            return Err(LinalgError::OperandShape {
+                len: phi.len(),
+                rows: degrees.len(),
+                ncols: k,
+            });
+        }
+        Ok(phi
+            .iter()
+            .enumerate()
+            .map(|(e, v)| v / degrees[e / k].sqrt())
+            .collect())
+    }
+
+    /// The diagonal scalings `(left, right)`.
     pub fn scalings(&self) -> (&[f64], &[f64]) {
         (&self.left, &self.right)
     }

@@ -529,6 +529,35 @@ fn lanczos_finds_the_top_eigenpairs_of_the_diffusion_operator() {
             assert!(residual < 1e-9, "residual {c}: {residual}");
         }
     }
+    // The random walk's eigenvectors: D^-1 K psi = lambda psi, psi^T D psi = 1.
+    let result = lanczos(
+        &operator,
+        &EigOptions {
+            k: 4,
+            tol: 1e-10,
+            ..EigOptions::default()
+        },
+        &mut no_progress,
+    )
+    .unwrap();
+    let psi = operator
+        .random_walk_eigenvectors(&result.vectors, 4)
+        .unwrap();
+    let inv: Vec<f64> = degrees.iter().map(|d| 1.0 / d).collect();
+    let walk = scale_dense(&dense, &inv, &vec![1.0; n]);
+    let walked = walk.apply(&psi, 4).unwrap();
+    for c in 0..4 {
+        let residual = (0..n).fold(0.0f64, |m, i| {
+            m.max((walked[i * 4 + c] - result.values[c] * psi[i * 4 + c]).abs())
+        });
+        assert!(residual < 1e-9, "walk eigenvector {c}: {residual}");
+        let norm: f64 = (0..n).map(|i| degrees[i] * psi[i * 4 + c].powi(2)).sum();
+        assert!((norm - 1.0).abs() < 1e-9);
+    }
+    let walk_op = Scaled::normalized(&op, &[Normalization::Row]).unwrap();
+    assert!(walk_op
+        .random_walk_eigenvectors(&result.vectors, 4)
+        .is_err());
     // k = N: the whole spectrum, exactly.
     let small = Dense {
         a: vec![2.0, 1.0, 0.0, 1.0, 3.0, 1.0, 0.0, 1.0, 4.0],
