@@ -1,13 +1,15 @@
 """keops_rs: KeOps-style symbolic tensors compiled by keops-rs.
 
 - ``Kernel(source, name=None)``: a kernel of ``.kf`` text, called on numpy arrays.
+- ``build_kernel(name, args, reduction, axis, formula, k=None, weight=None)``: the same, from a
+  formula tree (what ``LazyTensor`` and ``Genred`` use).
 - ``Genred`` and ``LazyTensor``: the ``pykeops.numpy`` interface (the subset in README.md).
 - ``keops_rs.jax`` (imported on its own, needs jax): ``Kernel`` and ``Genred`` on jax arrays.
 - ``KfError``: raised for source that does not compile; its message is the diagnostic.
 """
 
-from ._keops_rs import Kernel, KfError, __version__
+from ._keops_rs import Kernel, KfError, build_kernel, __version__
 from .genred import Genred
 from .lazy import LazyTensor, Vi, Vj, Pm
 
-__all__ = ["Kernel", "KfError", "Genred", "LazyTensor", "Vi", "Vj", "Pm", "__version__"]
+__all__ = ["Kernel", "KfError", "build_kernel", "Genred", "LazyTensor", "Vi", "Vj", "Pm", "__version__"]

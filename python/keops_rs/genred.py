@@ -1,15 +1,16 @@
 """``Genred``: pykeops.numpy's generic reduction, compiled by keops-rs.
 
-A Genred is a ``.kf`` kernel whose variables are the aliases (in their positional order) and
-whose last line is the reduction of the formula. The formula text is parsed by keops-rs's own
-front end, so an error in it raises ``KfError`` with the diagnostic.
+A Genred is a kernel built by ``build_kernel`` from structured data: the aliases become its
+arguments (in their positional order), the reduction is named with its K or weight, and the
+formula text (KeOps syntax) is read by keops-rs's own parser where it stands in the kernel, so an
+error in it raises ``KfError`` with the diagnostic. ``Genred.source`` is the kernel's ``.kf`` text.
 """
 
 import re
 
 import numpy as np
 
-from ._keops_rs import Kernel
+from ._keops_rs import build_kernel
 
 _ALIAS = re.compile(
     r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(Vi|Vj|Pm)\s*\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)\s*$"
@@ -76,15 +77,6 @@ def parse_aliases(aliases):
     return [(name, cat, dim) for _, name, cat, dim, _ in sorted(parsed)]
 
 
-def kf_source(name, variables, reduction):
-    """The text of a ``.kf`` kernel ``name`` over ``variables`` ending with ``reduction``."""
-    lines = [f"kernel {name} {{"]
-    lines += [f"    {v} = {cat}({dim})" for v, cat, dim in variables]
-    lines.append(f"    {reduction}")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
-
-
 def axis_tag(axis, what="axis"):
     """pykeops's axis (1: reduce over j, output per i) -> the .kf reduction axis (0)."""
     if axis not in (0, 1):
@@ -92,26 +84,26 @@ def axis_tag(axis, what="axis"):
     return 1 - axis
 
 
-def reduction_text(reduction_op, formula, tag, opt_arg=None, formula2=None):
+def reduction_spec(reduction_op, opt_arg=None, formula2=None):
+    """pykeops's reduction -> ``(the .kf reduction, K or None, the weight formula or None)``,
+    as ``build_kernel`` takes them."""
     if reduction_op not in _REDUCTIONS:
         known = ", ".join(sorted(_REDUCTIONS))
         raise ValueError(f"reduction_op: {reduction_op!r} is not supported (supported: {known})")
     kf_name, takes_k, takes_weight = _REDUCTIONS[reduction_op]
     if reduction_op == "LogSumExp" and formula2 is not None:
         kf_name, takes_weight = "LogSumExpWeight", True
-    args = [formula]
+    k = None
     if takes_k:
         if not isinstance(opt_arg, (int, np.integer)) or isinstance(opt_arg, bool) or opt_arg < 1:
             raise ValueError(f"opt_arg: {reduction_op} needs the number K of neighbours as a positive int, got {opt_arg!r}")
-        args.append(str(int(opt_arg)))
+        k = int(opt_arg)
     if takes_weight:
         if formula2 is None:
             raise ValueError(f"formula2: {reduction_op} needs its weight formula in formula2")
-        args.append(formula2)
-    elif formula2 is not None and reduction_op != "LogSumExp":
+    elif formula2 is not None:
         raise ValueError(f"formula2: {reduction_op} takes no second formula")
-    args.append(str(tag))
-    return f"{kf_name}_Reduction({', '.join(args)})"
+    return kf_name, k, formula2
 
 
 def postprocess(reduction_op, out):
@@ -150,10 +142,13 @@ class Genred:
         self.axis = axis
         self.opt_arg = opt_arg
         self.formula2 = formula2
+        if formula2 is not None and not isinstance(formula2, str):
+            raise TypeError(f"formula2: expected a string, not {type(formula2).__name__}")
         variables = parse_aliases(self.aliases)
-        reduction = reduction_text(reduction_op, formula, axis_tag(axis), opt_arg, formula2)
-        self.source = kf_source("genred", variables, reduction)
-        self.kernel = Kernel(self.source)
+        kf_name, k, weight = reduction_spec(reduction_op, opt_arg, formula2)
+        self.kernel = build_kernel("genred", variables, kf_name, axis_tag(axis), formula,
+                                   k=k, weight=weight)
+        self.source = self.kernel.source
 
     def __call__(self, *args, backend="auto", device_id=-1, ranges=None, out=None):
         check_backend(backend, device_id, ranges)

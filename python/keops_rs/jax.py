@@ -59,7 +59,11 @@ class Kernel:
     ``(N, Dout)`` (reduction over j) or ``(M, Dout)`` (over i) in the inputs' dtype."""
 
     def __init__(self, source, name=None):
-        self._kernel = _NumpyKernel(source, name)
+        # A kernel already compiled (keops_rs.Kernel, e.g. a Genred's) is used as it is.
+        if isinstance(source, _NumpyKernel):
+            self._kernel = source
+        else:
+            self._kernel = _NumpyKernel(source, name)
         self._id = _keops_rs._jax_kernel(self._kernel)
         self._python_signature = inspect.Signature(
             [inspect.Parameter(a[0], inspect.Parameter.POSITIONAL_OR_KEYWORD) for a in self.arguments]
@@ -170,7 +174,7 @@ class Genred:
         self.opt_arg = opt_arg
         self.formula2 = formula2
         self.source = numpy_genred.source
-        self.kernel = Kernel(self.source)
+        self.kernel = Kernel(numpy_genred.kernel)
 
     def __call__(self, *args, backend="auto", device_id=-1, ranges=None):
         check_backend(backend, device_id, ranges)

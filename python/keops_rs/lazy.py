@@ -2,17 +2,20 @@
 
 A LazyTensor is an expression over i-variables (arrays ``(N, 1, D)``), j-variables
 (``(1, M, D)``) and parameters (1-D arrays, Python floats); nothing N x M is ever allocated.
-A reduction over i or j writes the expression as a ``.kf`` kernel (leaves named ``a0, a1, ...``
-in order of first appearance, so that the same expression built twice gives the same text and
-hits the compiled-kernel table), compiles it once and runs it.
+Each operation builds one node of the compiler's formula tree, ``(op, *params, [children])``
+with the operator's ``.kf`` name (``("Exp", [f])``, ``("Pow", 3, [f])``). A reduction over i or j
+hands that tree to ``build_kernel`` (leaves become the arguments ``a0, a1, ...`` in order of
+first appearance, so the same expression built twice is the same kernel and hits the
+compiled-kernel table); the compiler's checker builds the formula IR from it, compiles it once,
+and the kernel runs on the leaves' arrays.
 """
 
 import numbers
 
 import numpy as np
 
-from ._keops_rs import Kernel
-from .genred import axis_tag, kf_source, postprocess, reduction_text, check_backend
+from ._keops_rs import build_kernel
+from .genred import axis_tag, postprocess, reduction_spec, check_backend
 
 _I, _J, _P = "Vi", "Vj", "Pm"
 
@@ -48,7 +51,7 @@ class LazyTensor:
         if isinstance(x, bool):
             raise TypeError("x: a LazyTensor is made from a numpy array or a number, not a bool")
         if isinstance(x, numbers.Integral):
-            self._node, self._leaves, self.ndim = ("int", int(x)), [], 1
+            self._node, self._leaves, self.ndim = ("IntCst", int(x)), [], 1
             return
         if isinstance(x, numbers.Real):
             other = _leaf_tensor(_P, float(x), 1)
@@ -99,7 +102,7 @@ class LazyTensor:
         return t
 
     def _unary(self, op, ndim=None):
-        return self._make(("op", op, (self._node,), ()), [], self.ndim if ndim is None else ndim)
+        return self._make((op, [self._node]), [], self.ndim if ndim is None else ndim)
 
     def _binary(self, op, other, ndim=None, reverse=False):
         other = self._wrap(other)
@@ -110,7 +113,7 @@ class LazyTensor:
                 )
             ndim = max(self.ndim, other.ndim)
         a, b = (other, self) if reverse else (self, other)
-        return a._make(("op", op, (a._node, b._node), ()), [b], ndim)
+        return a._make((op, [a._node, b._node]), [b], ndim)
 
     def __add__(self, o): return self._binary("Add", o)
     def __radd__(self, o): return self._binary("Add", o, reverse=True)
@@ -127,7 +130,7 @@ class LazyTensor:
         if isinstance(k, numbers.Integral) and not isinstance(k, bool):
             if k == 2:
                 return self.square()
-            return self._make(("op", "Pow", (self._node,), (int(k),)), [], self.ndim)
+            return self._make(("Pow", int(k), [self._node]), [], self.ndim)
         if isinstance(k, numbers.Real):
             if k == 0.5:
                 return self.sqrt()
@@ -234,12 +237,13 @@ class LazyTensor:
         leaves = list(self._leaves)
         if weight is not None:
             leaves += [l for l in weight._leaves if all(l is not k for k in leaves)]
-        names = {id(l): f"a{n}" for n, l in enumerate(leaves)}
-        formula = _render(self._node, names)
-        formula2 = None if weight is None else _render(weight._node, names)
-        reduction = reduction_text(op, formula, axis_tag(axis, "dim"), opt_arg, formula2)
-        variables = [(names[id(l)], l.category, l.dim) for l in leaves]
-        kernel = Kernel(kf_source("lazy", variables, reduction))
+        position = {id(l): n for n, l in enumerate(leaves)}
+        formula = _tree(self._node, position)
+        formula2 = None if weight is None else _tree(weight._node, position)
+        kf_name, k, formula2 = reduction_spec(op, opt_arg, formula2)
+        variables = [(f"a{n}", l.category, l.dim) for n, l in enumerate(leaves)]
+        kernel = build_kernel("lazy", variables, kf_name, axis_tag(axis, "dim"), formula,
+                              k=k, weight=formula2)
         arrays = [l.data for l in leaves if not isinstance(l.data, float)]
         dtypes = {a.dtype for a in arrays}
         if len(dtypes) > 1:
@@ -249,8 +253,7 @@ class LazyTensor:
         return postprocess(op, kernel(*args))
 
     def __repr__(self):
-        names = {id(l): f"a{n}" for n, l in enumerate(self._leaves)}
-        return f"LazyTensor({_render(self._node, names)}, dim={self.ndim})"
+        return f"LazyTensor({_tree(self._node, {id(l): n for n, l in enumerate(self._leaves)})!r}, dim={self.ndim})"
 
 
 def _pick_axis(axis, dim, method):
@@ -261,22 +264,26 @@ def _pick_axis(axis, dim, method):
     return axis
 
 
-_INFIX = {"Add": "+", "Subtract": "-", "Mult": "*", "Divide": "/"}
-
-
-def _render(node, names):
-    kind = node[0]
-    if kind == "leaf":
-        return names[id(node[1])]
-    if kind == "int":
-        return f"IntCst({node[1]})"
-    _, op, children, extra = node
-    parts = [_render(c, names) for c in children]
-    if op in _INFIX:
-        return f"({parts[0]} {_INFIX[op]} {parts[1]})"
-    if op == "Minus":
-        return f"(-{parts[0]})"
-    return f"{op}({', '.join(parts + [str(e) for e in extra])})"
+def _tree(root, position):
+    """The formula tree ``build_kernel`` takes: each ``("leaf", leaf)`` becomes ``("Var", k)``,
+    ``k`` the leaf's argument position. A loop, not recursion: a sum of thousands of terms is a
+    tree as deep as it is long."""
+    done = {}
+    pending = [(root, False)]
+    while pending:
+        node, children_done = pending.pop()
+        if id(node) in done:
+            continue
+        if node[0] == "leaf":
+            done[id(node)] = ("Var", position[id(node[1])])
+        elif not isinstance(node[-1], list):
+            done[id(node)] = node
+        elif children_done:
+            done[id(node)] = node[:-1] + ([done[id(c)] for c in node[-1]],)
+        else:
+            pending.append((node, True))
+            pending.extend((c, False) for c in node[-1] if id(c) not in done)
+    return done[id(root)]
 
 
 def Vi(x):

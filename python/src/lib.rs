@@ -8,6 +8,7 @@
 //! arrays, `RuntimeError` for an internal failure (a panic is caught here, never unwinds into
 //! the interpreter). The GIL is released while compiling and while a kernel runs.
 
+mod build;
 mod ffi;
 
 use keops_runtime::{
@@ -42,6 +43,8 @@ pyo3::create_exception!(
 struct Compiled {
     checked: CheckedKernel,
     code: RtKernel,
+    /// The `.kf` text it was compiled from (for a built kernel, the text its tree prints as).
+    source: String,
 }
 
 /// Why a kernel could not be made.
@@ -61,7 +64,9 @@ impl From<MakeError> for PyErr {
     }
 }
 
-type Table = Mutex<HashMap<(String, Option<String>), Arc<Compiled>>>;
+/// Source text and requested kernel name.
+type TableKey = (String, Option<String>);
+type Table = Mutex<HashMap<TableKey, Arc<Compiled>>>;
 
 /// Kernels already compiled in this process, by source text and requested name.
 fn table() -> &'static Table {
@@ -145,20 +150,46 @@ fn compile_kernel(source: &str, name: Option<&str>) -> Result<Compiled, MakeErro
         }
     };
     let checked = checked.clone();
-    let code = match CompileCache::open_default().kernel(source, Some(&checked.name)) {
-        Ok((code, _)) => code,
-        Err(CompileError::Source(text)) => return Err(MakeError::Source(text)),
+    let code = machine_code(source, &checked)?;
+    Ok(Compiled {
+        checked,
+        code,
+        source: source.to_string(),
+    })
+}
+
+/// The machine code of `checked`, the kernel of that name in `source`: from the on-disk cache.
+fn machine_code(source: &str, checked: &CheckedKernel) -> Result<RtKernel, MakeError> {
+    match CompileCache::open_default().kernel(source, Some(&checked.name)) {
+        Ok((code, _)) => Ok(code),
+        Err(CompileError::Source(text)) => Err(MakeError::Source(text)),
         // The cache could not be used (no writable directory, no linker): compile in memory.
-        Err(_) => driver::jit_kernel(&checked, &[DType::F32, DType::F64])
-            .map_err(|e| MakeError::Internal(format!("compiling `{}`: {e}", checked.name)))?,
-    };
-    Ok(Compiled { checked, code })
+        Err(_) => driver::jit_kernel(checked, &[DType::F32, DType::F64])
+            .map_err(|e| MakeError::Internal(format!("compiling `{}`: {e}", checked.name))),
+    }
+}
+
+fn remembered(key: &TableKey) -> Option<Arc<Compiled>> {
+    table()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(key)
+        .cloned()
+}
+
+fn remember(key: TableKey, made: Compiled) -> Arc<Compiled> {
+    let made = Arc::new(made);
+    table()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key, made.clone());
+    made
 }
 
 fn lookup(source: &str, name: Option<&str>) -> Result<Arc<Compiled>, PyErrText> {
     let key = (source.to_string(), name.map(str::to_string));
-    if let Some(found) = table().lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-        return Ok(found.clone());
+    if let Some(found) = remembered(&key) {
+        return Ok(found);
     }
     // On the compiler's own stack: every stage that walks the formula recursively (the
     // front end, the cache key printed from the syntax tree, dropping the tree) gets room
@@ -170,12 +201,7 @@ fn lookup(source: &str, name: Option<&str>) -> Result<Arc<Compiled>, PyErrText> 
             ))
         })?
         .map_err(PyErrText::Make)?;
-    let made = Arc::new(made);
-    table()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(key, made.clone());
-    Ok(made)
+    Ok(remember(key, made))
 }
 
 /// One argument's data: borrowed from numpy when C-contiguous, else copied into C order.
@@ -496,6 +522,13 @@ impl Kernel {
         self.compiled.checked.name.clone()
     }
 
+    /// The `.kf` text of the kernel (for a kernel from `build_kernel`, the text its tree prints
+    /// as, against which its diagnostics are rendered).
+    #[getter]
+    fn source(&self) -> String {
+        self.compiled.source.clone()
+    }
+
     /// The signature, printable: arguments (category, dimension), output, reduction.
     #[getter]
     fn signature(&self) -> String {
@@ -545,6 +578,7 @@ fn category_name(c: Category) -> &'static str {
 #[pymodule]
 fn _keops_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Kernel>()?;
+    m.add_function(wrap_pyfunction!(build::build_kernel, m)?)?;
     m.add("KfError", m.py().get_type::<KfError>())?;
     m.add(
         "CATEGORIES",
