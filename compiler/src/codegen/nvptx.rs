@@ -166,6 +166,7 @@ pub fn compile_ptx(
         formula,
         signature,
         schedule: &schedule,
+        twin: false,
     }
     .emit(GPU_TILE_SYMBOL);
     let ptx = emit_ptx(&module)?;
@@ -222,6 +223,8 @@ struct GpuTileEmitter<'e, 'a, 'ctx> {
     formula: &'e Formula,
     signature: &'e Signature,
     schedule: &'e GpuSchedule,
+    /// Emit the host twin ([`HostTwin`]) instead of the NVPTX kernel.
+    twin: bool,
 }
 
 /// Values of the nodes computed so far, one lane wide.
@@ -302,6 +305,17 @@ impl<'ctx> GpuTileEmitter<'_, '_, 'ctx> {
 
     fn barrier(&self) {
         let em = self.em;
+        if self.twin {
+            let function = em.module.get_function(TWIN_BARRIER).unwrap_or_else(|| {
+                em.module.add_function(
+                    TWIN_BARRIER,
+                    em.context.void_type().fn_type(&[], false),
+                    None,
+                )
+            });
+            built(em.builder.build_call(function, &[], ""));
+            return;
+        }
         let function = Intrinsic::find("llvm.nvvm.barrier0")
             .and_then(|i| i.get_declaration(em.module, &[]))
             .expect("LLVM 19 has llvm.nvvm.barrier0");
@@ -350,10 +364,13 @@ impl<'ctx> GpuTileEmitter<'_, '_, 'ctx> {
 
     /// The static shared tile: `staged_dim x block` numbers, component-major, so that a
     /// thread's stores and the block's reads of one index (a broadcast) are free of conflicts.
-    fn shared_tile(&self) -> Option<PointerValue<'ctx>> {
+    fn shared_tile(&self, twin_tile: PointerValue<'ctx>) -> Option<PointerValue<'ctx>> {
         let sched = self.schedule;
         if sched.staged_dim == 0 {
             return None;
+        }
+        if self.twin {
+            return Some(twin_tile);
         }
         let len = sched.staged_dim * sched.launch.block as usize;
         let ty = self.em.float_type().array_type(len as u32);
@@ -370,7 +387,7 @@ impl<'ctx> GpuTileEmitter<'_, '_, 'ctx> {
     fn emit(&self, name: &str) -> FunctionValue<'ctx> {
         let em = self.em;
         let ctx = em.context;
-        let global = ctx.ptr_type(AddressSpace::from(GLOBAL));
+        let global = ctx.ptr_type(AddressSpace::from(if self.twin { 0 } else { GLOBAL }));
         let i64t = ctx.i64_type();
         let n_args = self.formula.vars.len();
         let mut params: Vec<BasicMetadataTypeEnum> = (0..n_args).map(|_| global.into()).collect();
@@ -379,17 +396,27 @@ impl<'ctx> GpuTileEmitter<'_, '_, 'ctx> {
             i64t.into(),
             global.into(),
         ]);
+        if self.twin {
+            // The special registers and the shared tile, as parameters.
+            params.extend([
+                BasicMetadataTypeEnum::from(i64t),
+                i64t.into(),
+                global.into(),
+            ]);
+        }
         let function = em
             .module
             .add_function(name, ctx.void_type().fn_type(&params, false), None);
-        // PTX_Kernel: an entry point the host launches.
-        function.set_call_conventions(71);
+        if !self.twin {
+            // PTX_Kernel: an entry point the host launches.
+            function.set_call_conventions(71);
+            self.annotate_block_size(function);
+        }
         // The buffers are distinct (the calling convention): loads may use the read-only path.
         let noalias = ctx.create_enum_attribute(Attribute::get_named_enum_kind_id("noalias"), 0);
         for k in (0..n_args).chain([n_args + 2]) {
             function.add_attribute(AttributeLoc::Param(k as u32), noalias);
         }
-        self.annotate_block_size(function);
         let param = |k: usize| function.get_nth_param(k as u32).expect("declared above");
         let args: Vec<PointerValue<'ctx>> =
             (0..n_args).map(|k| param(k).into_pointer_value()).collect();
@@ -413,11 +440,22 @@ impl<'ctx> GpuTileEmitter<'_, '_, 'ctx> {
             .map(|_| built(em.builder.build_alloca(i64t, "counter")))
             .collect();
         let (tile_counter, pair_counter, lane_counter) = (counters[0], counters[1], counters[2]);
-        let shared = self.shared_tile();
-
+        let (thread, block_index, shared) = if self.twin {
+            let tile = param(n_args + 5).into_pointer_value();
+            (
+                param(n_args + 3).into_int_value(),
+                param(n_args + 4).into_int_value(),
+                self.shared_tile(tile),
+            )
+        } else {
+            let none = global.const_null();
+            (
+                self.special_register("llvm.nvvm.read.ptx.sreg.tid.x"),
+                self.special_register("llvm.nvvm.read.ptx.sreg.ctaid.x"),
+                self.shared_tile(none),
+            )
+        };
         let block = self.schedule.launch.block as i64;
-        let thread = self.special_register("llvm.nvvm.read.ptx.sreg.tid.x");
-        let block_index = self.special_register("llvm.nvvm.read.ptx.sreg.ctaid.x");
         let row = self.add(self.mul(block_index, self.i64(block)), thread);
         let active = self.less(row, rows);
         // Threads past the last row compute the last row: they reach every barrier and their
@@ -762,4 +800,194 @@ pub fn explain_ptx(
         }
     }
     Ok(text)
+}
+
+/// The barrier the host twin calls where the kernel has `bar.sync`.
+const TWIN_BARRIER: &str = "keops_twin_barrier";
+
+thread_local! {
+    /// The barrier of the block the current OS thread runs a GPU thread of.
+    static TWIN_BLOCK_BARRIER: std::cell::Cell<*const std::sync::Barrier> =
+        const { std::cell::Cell::new(std::ptr::null()) };
+}
+
+extern "C" fn twin_barrier() {
+    TWIN_BLOCK_BARRIER.with(|b| {
+        let barrier = b.get();
+        assert!(!barrier.is_null(), "a host twin runs inside HostTwin::run");
+        // SAFETY: set by `HostTwin::run` to a barrier that outlives the kernel call.
+        unsafe { &*barrier }.wait();
+    });
+}
+
+/// The 1-D kernel's own code compiled for the host CPU, the GPU's special registers and shared
+/// tile made parameters and its barrier a `std::sync::Barrier`: [`HostTwin::run`] runs each
+/// block's GPU threads as OS threads, so the generated index arithmetic, staging, folds and
+/// final write are tested on machines without a GPU (the PTX differs only by address spaces,
+/// intrinsics and LLVM's NVPTX lowering, which `ptxas` checks).
+pub struct HostTwin {
+    engine: std::mem::ManuallyDrop<inkwell::execution_engine::ExecutionEngine<'static>>,
+    context: std::mem::ManuallyDrop<Box<Context>>,
+    address: usize,
+    pub schedule: GpuSchedule,
+    pub dtype: DType,
+    n_args: usize,
+}
+
+impl Drop for HostTwin {
+    fn drop(&mut self) {
+        // SAFETY: the engine borrows the context; it goes first, and neither is used again.
+        unsafe {
+            std::mem::ManuallyDrop::drop(&mut self.engine);
+            std::mem::ManuallyDrop::drop(&mut self.context);
+        }
+    }
+}
+
+impl HostTwin {
+    /// Compiles the twin with `block` threads per block (the kernel's own when `None`).
+    pub fn compile(
+        formula: &Formula,
+        signature: &Signature,
+        dtype: DType,
+        block: Option<u32>,
+    ) -> Result<HostTwin, CodegenError> {
+        let mut schedule = GpuSchedule::new(formula, signature, dtype)?;
+        if let Some(block) = block {
+            schedule.launch = GpuLaunch1D {
+                block,
+                shared_bytes: block * (schedule.staged_dim * elem_bytes(scalar_of(dtype))) as u32,
+            };
+        }
+        let context = Box::new(Context::create());
+        // SAFETY: the context is boxed (its address is stable) and outlives the engine, which
+        // `Drop` releases first.
+        let context_ref: &'static Context = unsafe { &*(context.as_ref() as *const Context) };
+        let module = context_ref.create_module("host_twin");
+        let builder = context_ref.create_builder();
+        let math = MathLib::new(context_ref);
+        let em = Emitter {
+            context: context_ref,
+            module: &module,
+            builder: &builder,
+            math: &math,
+            scalar: scalar_of(dtype),
+        };
+        let wide = Emitter {
+            scalar: Scalar::F64,
+            ..em
+        };
+        GpuTileEmitter {
+            em: &em,
+            wide: &wide,
+            formula,
+            signature,
+            schedule: &schedule,
+            twin: true,
+        }
+        .emit(GPU_TILE_SYMBOL);
+        module
+            .verify()
+            .map_err(|e| internal("LLVM verification")(e.to_string()))?;
+        Target::initialize_native(&InitializationConfig::default())
+            .map_err(|e| internal("host target")(e.to_string()))?;
+        let engine = module
+            .create_jit_execution_engine(OptimizationLevel::Default)
+            .map_err(|e| internal("JIT")(e.to_string()))?;
+        if let Some(barrier) = module.get_function(TWIN_BARRIER) {
+            engine.add_global_mapping(&barrier, twin_barrier as *const () as usize);
+        }
+        let address = engine
+            .get_function_address(GPU_TILE_SYMBOL)
+            .map_err(|e| internal("JIT")(e.to_string()))?;
+        Ok(HostTwin {
+            engine: std::mem::ManuallyDrop::new(engine),
+            context: std::mem::ManuallyDrop::new(context),
+            address,
+            schedule,
+            dtype,
+            n_args: signature.args.len(),
+        })
+    }
+
+    /// Runs the kernel on host buffers as a GPU would: every block in turn, its threads at
+    /// once. `args`: the arguments in signature order, row-major in the twin's dtype (as
+    /// bytes' addresses); returns the `rows x acc_dim` f64 accumulators.
+    ///
+    /// # Safety
+    ///
+    /// `args[k]` must hold argument `k` for `rows` and `inner` (the calling convention of
+    /// [`keops_runtime::gpu`]) in the twin's dtype.
+    pub unsafe fn run(
+        &self,
+        args: &[*const u8],
+        rows: usize,
+        inner: usize,
+        acc_dim: usize,
+    ) -> Vec<f64> {
+        assert_eq!(args.len(), self.n_args, "one pointer per argument");
+        let launch = self.schedule.launch;
+        let block = launch.block as usize;
+        let mut acc = vec![f64::NAN; rows * acc_dim];
+        let acc_ptr = acc.as_mut_ptr() as usize;
+        let elem = elem_bytes(scalar_of(self.dtype));
+        let address = self.address;
+        for block_index in 0..launch.grid(rows) {
+            let mut shared = vec![0u8; (self.schedule.staged_dim * block * elem).max(8)];
+            let shared_ptr = shared.as_mut_ptr() as usize;
+            let barrier = std::sync::Barrier::new(block);
+            std::thread::scope(|scope| {
+                for thread in 0..block {
+                    let barrier = &barrier;
+                    let args: Vec<usize> = args.iter().map(|&p| p as usize).collect();
+                    scope.spawn(move || {
+                        TWIN_BLOCK_BARRIER.with(|b| b.set(barrier));
+                        let mut call: Vec<u64> = args.iter().map(|&p| p as u64).collect();
+                        call.extend([
+                            rows as u64,
+                            inner as u64,
+                            acc_ptr as u64,
+                            thread as u64,
+                            block_index as u64,
+                            shared_ptr as u64,
+                        ]);
+                        // SAFETY: the twin takes `n_args + 6` 64-bit integer-class
+                        // parameters (pointers and i64), passed here in order; the buffers
+                        // are the caller's (see `run`), the block's shared tile and `acc`.
+                        unsafe { call_with_u64s(address, &call) };
+                        TWIN_BLOCK_BARRIER.with(|b| b.set(std::ptr::null()));
+                    });
+                }
+            });
+        }
+        acc
+    }
+}
+
+/// Calls `extern "C" fn(u64, ...)` at `address` with `args` (pointers and i64 alike are
+/// integer-class on x86-64 and AArch64).
+///
+/// # Safety
+///
+/// `address` must be such a function of exactly `args.len()` parameters.
+unsafe fn call_with_u64s(address: usize, args: &[u64]) {
+    macro_rules! call {
+        ($($i:literal),*) => {{
+            let f: unsafe extern "C" fn($(call!(@ty $i)),*) = unsafe { std::mem::transmute(address) };
+            unsafe { f($(args[$i]),*) }
+        }};
+        (@ty $i:literal) => { u64 };
+    }
+    match args.len() {
+        6 => call!(0, 1, 2, 3, 4, 5),
+        7 => call!(0, 1, 2, 3, 4, 5, 6),
+        8 => call!(0, 1, 2, 3, 4, 5, 6, 7),
+        9 => call!(0, 1, 2, 3, 4, 5, 6, 7, 8),
+        10 => call!(0, 1, 2, 3, 4, 5, 6, 7, 8, 9),
+        11 => call!(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10),
+        12 => call!(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11),
+        13 => call!(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12),
+        14 => call!(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13),
+        n => panic!("the host twin takes 6 to 14 parameters here, not {n}"),
+    }
 }

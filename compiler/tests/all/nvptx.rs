@@ -189,7 +189,9 @@ fn every_elementwise_operator_compiles_to_ptx() {
 
 use keops_runtime::gpu::{emulate_1d, GpuLaunch1D};
 use keops_runtime::{Axis, Category, DType, ProblemSize};
-use keopsc::codegen::nvptx::{assemble, compile_ptx, find_ptxas, GpuSchedule, PtxasReport};
+use keopsc::codegen::nvptx::{
+    assemble, compile_ptx, find_ptxas, GpuSchedule, HostTwin, PtxasReport,
+};
 use keopsc::opt::{optimize, OptBudget, OptimizedKernel};
 use keopsc::source::SourceFile;
 
@@ -440,6 +442,67 @@ fn the_emulated_1d_schedule_matches_the_interpreter_for_every_reduction() {
                         let close = g == w || (g - w).abs() <= tol * (1.0 + w.abs());
                         assert!(close, "{what}: output {k}: {g} against {w}");
                     }
+                }
+            }
+        }
+    }
+}
+
+/// The kernel's own generated code, compiled for the host with its GPU threads as OS threads
+/// ([`HostTwin`]), against the interpreter: every reduction on both axes, f32 and f64, with
+/// blocks of 32 threads so that sizes leave several blocks and tiles, partial ones included.
+#[test]
+fn the_generated_1d_kernel_run_on_the_host_matches_the_interpreter_for_every_reduction() {
+    for kernel in optimized(&every_reduction()) {
+        let sig = &kernel.signature;
+        let red = sig.reduction;
+        for dtype in [DType::F32, DType::F64] {
+            let twin = HostTwin::compile(&kernel.formula, sig, dtype, Some(32))
+                .unwrap_or_else(|e| panic!("{}: {e}", kernel.name));
+            for (n, m) in [(1, 1), (37, 70), (70, 37)] {
+                let args = inputs(&kernel, n, m, (7 * n + m) as u64);
+                // The interpreter sees the values the kernel reads (rounded to f32 for f32).
+                let args: Vec<Vec<f64>> = match dtype {
+                    DType::F32 => args
+                        .iter()
+                        .map(|a| a.iter().map(|&x| f64::from(x as f32)).collect())
+                        .collect(),
+                    DType::F64 => args,
+                };
+                let refs: Vec<&[f64]> = args.iter().map(|a| &a[..]).collect();
+                let size = ProblemSize { n, m, dtype };
+                let want = keopsc::interp::evaluate(&kernel.formula, &red, sig.axis, &refs, size)
+                    .expect("the interpreter runs it");
+                let narrow: Vec<Vec<f32>> = args
+                    .iter()
+                    .map(|a| a.iter().map(|&x| x as f32).collect())
+                    .collect();
+                let pointers: Vec<*const u8> = match dtype {
+                    DType::F32 => narrow.iter().map(|a| a.as_ptr().cast()).collect(),
+                    DType::F64 => args.iter().map(|a| a.as_ptr().cast()).collect(),
+                };
+                let (rows, inner) = match sig.axis {
+                    Axis::I => (n, m),
+                    Axis::J => (m, n),
+                };
+                // SAFETY: one row-major buffer per argument, in the twin's dtype, for n and m.
+                let acc = unsafe { twin.run(&pointers, rows, inner, red.acc_dim()) };
+                let mut got = vec![0.0; rows * red.output_dim()];
+                for (a, o) in acc
+                    .chunks(red.acc_dim())
+                    .zip(got.chunks_mut(red.output_dim().max(1)))
+                {
+                    red.finalize(a, o);
+                }
+                let tol = match dtype {
+                    DType::F32 => 2e-4,
+                    DType::F64 => 1e-11,
+                };
+                let what = format!("{} {dtype} N={n} M={m}", kernel.name);
+                assert_eq!(got.len(), want.len(), "{what}");
+                for (k, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                    let close = g == w || (g - w).abs() <= tol * (1.0 + w.abs());
+                    assert!(close, "{what}: output {k}: {g} against {w}");
                 }
             }
         }
