@@ -346,6 +346,8 @@ fn keopsc_linalg_solves_powers_and_finds_eigenpairs() {
             "vals.npy",
             "--vectors",
             "vecs.npy",
+            "--walk-vectors",
+            "psi.npy",
         ],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -369,6 +371,25 @@ fn keopsc_linalg_solves_powers_and_finds_eigenpairs() {
         .map(|(e, v)| v * values[e % 6])
         .collect();
     assert!(max_abs_diff(&av, &scaled) < 1e-8);
+    // The random walk's eigenvectors: D^-1 K psi = lambda psi.
+    let psi = f.read("psi.npy").to_f64();
+    let walk_psi = matmul(&walk, n, &psi, 6);
+    let scaled: Vec<f64> = psi
+        .iter()
+        .enumerate()
+        .map(|(e, v)| v * values[e % 6])
+        .collect();
+    assert!(max_abs_diff(&walk_psi, &scaled) < 1e-8);
+    let run = f.run(
+        "eigs",
+        &["--k", "2", "-o", "vals.npy", "--walk-vectors", "psi.npy"],
+    );
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("--walk-vectors needs"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

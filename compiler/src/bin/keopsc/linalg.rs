@@ -62,6 +62,10 @@ pub enum LinalgCommand {
         /// The eigenvectors, `(N, k)`, unit columns.
         #[arg(long, value_name = "VECTORS.npy")]
         vectors: Option<PathBuf>,
+        /// With a last normalisation step `sym`: the eigenvectors `D^-1/2 phi` of the random
+        /// walk `D^-1 A`, `(N, k)`, the diffusion-map coordinates before scaling by `lambda^t`.
+        #[arg(long, value_name = "PSI.npy")]
+        walk_vectors: Option<PathBuf>,
     },
     /// `A^t V`: t products (t steps of the random walk with `--normalize row`).
     Power {
@@ -149,8 +153,14 @@ pub fn run(command: LinalgCommand) -> Result<(), Reported> {
             max_restarts,
             output,
             vectors,
+            walk_vectors,
         } => {
             let made = make_operator(&operator)?;
+            if walk_vectors.is_some() && !operator.normalize.trim_end().ends_with("sym") {
+                return Err(fail(
+                    "--walk-vectors needs a last normalisation step `sym` (e.g. --normalize sym or alpha=1,sym)",
+                ));
+            }
             let options = EigOptions {
                 k,
                 tol,
@@ -165,6 +175,13 @@ pub fn run(command: LinalgCommand) -> Result<(), Reported> {
             if let Some(path) = &vectors {
                 let n = made.op.rows();
                 write(path, vec![n, k], result.vectors.clone(), made.dtype)?;
+            }
+            if let Some(path) = &walk_vectors {
+                let psi = made
+                    .op
+                    .random_walk_eigenvectors(&result.vectors, k)
+                    .map_err(fail)?;
+                write(path, vec![made.op.rows(), k], psi, made.dtype)?;
             }
             eprintln!("{result}");
             made.report_time();
