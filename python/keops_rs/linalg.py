@@ -275,6 +275,8 @@ class ScaledOperator(_Operator):
         self.shape = op.shape
         self.left = np.ones(n) if left is None else np.asarray(left, dtype=np.float64)
         self.right = np.ones(n) if right is None else np.asarray(right, dtype=np.float64)
+        # The degrees of a last `sym` step (set by `normalize`).
+        self.symmetric_degrees = None
 
     def _apply(self, x):
         return self.left[:, None] * self.op.matmat(self.right[:, None] * x)
@@ -285,6 +287,16 @@ class ScaledOperator(_Operator):
 
     def diagonal(self):
         return self.left * self.op.diagonal() * self.right
+
+    def random_walk_eigenvectors(self, phi):
+        """``D^-1/2 phi``: the eigenvectors of the random walk ``D^-1 A`` from eigenvectors
+        ``phi`` (``(N, k)``) of this operator when its last step was ``sym`` (``A`` the operator
+        before that step, ``D`` its degrees); same eigenvalues, ``psi^T D psi = 1``."""
+        if self.symmetric_degrees is None:
+            raise ValueError("the random walk's eigenvectors need a last normalisation step 'sym'")
+        phi = np.asarray(phi, dtype=np.float64)
+        scale = 1.0 / np.sqrt(self.symmetric_degrees)
+        return phi * (scale[:, None] if phi.ndim == 2 else scale)
 
     def _rmatvec(self, v):
         # Only needed by scipy for symmetric operators (sym normalisation of a symmetric K).
@@ -330,6 +342,7 @@ def normalize(op, steps):
             )
         scaled.left = scaled.left * d**left_exp
         scaled.right = scaled.right * d**right_exp
+        scaled.symmetric_degrees = d if (left_exp, right_exp) == (-0.5, -0.5) else None
     return scaled
 
 

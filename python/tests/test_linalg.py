@@ -100,6 +100,12 @@ def test_eigsh_matches_lapack(rng):
     gaps = np.minimum(np.abs(np.diff(w[:9])), np.abs(np.diff(np.r_[np.inf, w[:8]])))
     cosines = np.abs((res.vectors * U[:, :8]).sum(0))
     assert np.all(1 - cosines[gaps[:8] > 1e-4] < 1e-8), cosines
+    # The random walk's eigenvectors: D^-1 K psi = lambda psi, psi^T D psi = 1.
+    psi = A.random_walk_eigenvectors(res.vectors)
+    np.testing.assert_allclose((K / d[:, None]) @ psi, psi * res.values, atol=1e-8)
+    np.testing.assert_allclose((d[:, None] * psi**2).sum(0), np.ones(8), atol=1e-9)
+    with pytest.raises(ValueError, match="last normalisation step"):
+        linalg.normalize(op, "row").random_walk_eigenvectors(res.vectors)
     # A small basis forces restarts and still converges.
     small = linalg.eigsh(A, k=4, tol=1e-10, basis=10)
     assert small.converged and small.restarts > 0
