@@ -384,7 +384,15 @@ fn lay_out(plan: &Plan) -> Layout {
                     let items: Vec<String> = list.iter().map(i64::to_string).collect();
                     text += &format!("[{}]", items.join(", "));
                 }
-                Item::Text(formula) => text += formula,
+                Item::Text(formula) => {
+                    text += formula;
+                    spans[i] = start..text.len();
+                    // A comment in the formula would swallow the rest of its line.
+                    if formula.contains('#') || formula.contains("//") {
+                        text += "\n   ";
+                    }
+                    continue;
+                }
                 Item::Call { name, args } => {
                     text += name;
                     text.push('(');

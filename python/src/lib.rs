@@ -7,6 +7,9 @@
 //! compile (the rendered diagnostic), `TypeError`/`ValueError` naming the argument for bad
 //! arrays, `RuntimeError` for an internal failure (a panic is caught here, never unwinds into
 //! the interpreter). The GIL is released while compiling and while a kernel runs.
+//!
+//! `build_kernel` ([`build`]) makes the same kernels from structured data (a formula tree), for
+//! `LazyTensor` and `Genred`.
 
 mod build;
 mod ffi;

@@ -159,3 +159,23 @@ def test_genred_source_is_the_built_kernel():
     g = keops_rs.Genred("Exp(-SqDist(x,y))*b", ["x = Vi(3)", "y = Vj(3)", "b = Vj(1)"], axis=1)
     assert g.kernel.source == g.source
     assert "Sum_Reduction(Exp(-SqDist(x,y))*b, 0)" in g.source
+
+
+def test_a_built_kernel_in_jax(rng):
+    jax = pytest.importorskip("jax")
+    import keops_rs.jax as kj
+
+    jax.config.update("jax_enable_x64", True)
+    k = build_kernel("gauss", GAUSS_ARGS, "Sum", 0, GAUSS_TREE)
+    f = kj.Kernel(k)
+    assert f.signature == k.signature
+    x, y, b, s = gauss_data(rng)
+    np.testing.assert_allclose(jax.jit(f)(x, y, b, s), k(x, y, b, s), rtol=1e-12)
+    dx = jax.grad(lambda x: f(x, y, b, s).sum())(x)
+    np.testing.assert_allclose(dx, k.vjp("x", np.ones((x.shape[0], 1)), x, y, b, s), rtol=1e-12)
+
+
+def test_a_comment_in_a_text_formula_keeps_the_source_valid(rng):
+    g = keops_rs.Genred("SqDist(x,y) # the squared distance", ["x = Vi(3)", "y = Vj(3)"], axis=1)
+    x, y = rng.standard_normal((4, 3)), rng.standard_normal((5, 3))
+    np.testing.assert_allclose(keops_rs.Kernel(g.source)(x, y), g(x, y), rtol=0)
