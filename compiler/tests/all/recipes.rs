@@ -209,7 +209,8 @@ fn recipe_data_is_what_the_page_says() {
 }
 
 /// `lang-spec/cli.md` says what the command line offers: every `keopsc NAME` it names is a
-/// command of the binary, and what it lists as not built yet is not an option of the commands.
+/// command of the binary, and what it lists as not built yet (if anything) is not an option of
+/// the commands.
 #[test]
 fn cli_page_matches_the_binary() {
     let page =
@@ -223,9 +224,10 @@ fn cli_page_matches_the_binary() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let commands = help(&["--help"]);
+    // What is not built yet, if anything, is listed under its own heading.
     let (built, planned) = page
         .split_once("## Not built yet")
-        .expect("cli.md has a `## Not built yet` section");
+        .unwrap_or((page.as_str(), ""));
     let mut named = BTreeSet::new();
     for piece in built.split("`keopsc ").skip(1) {
         let name: String = piece
@@ -257,5 +259,8 @@ fn cli_page_matches_the_binary() {
             "cli.md lists `--{option}` as not built yet, but the binary has it"
         );
     }
-    assert!(planned_options > 0, "no planned option found in cli.md");
+    assert!(
+        planned.is_empty() || planned_options > 0,
+        "cli.md's `## Not built yet` section names no option"
+    );
 }
