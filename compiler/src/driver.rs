@@ -96,7 +96,13 @@ impl Backend {
 
     /// The backends this build can run.
     pub fn available() -> Vec<Backend> {
-        vec![Backend::Cpu, Backend::Interp]
+        let mut backends = vec![Backend::Cpu, Backend::Interp];
+        // Built with the CUDA runtime: whether a driver and a GPU are present is found when
+        // the backend runs (an error that says so).
+        if cfg!(feature = "cuda") {
+            backends.push(Backend::Cuda);
+        }
+        backends
     }
 
     /// The fastest backend this build and machine can run.
@@ -125,6 +131,9 @@ pub enum EvalError {
     Interp(#[from] InterpError),
     #[error(transparent)]
     Codegen(#[from] CodegenError),
+    #[cfg(feature = "cuda")]
+    #[error(transparent)]
+    Cuda(#[from] keops_runtime::cuda::CudaError),
 }
 
 /// Matches `--arg name=...` inputs to the kernel's arguments: by name, or by position for
@@ -189,6 +198,26 @@ pub fn evaluate_bound(
             timings.run = start.elapsed();
             return Ok((out, timings));
         }
+        #[cfg(feature = "cuda")]
+        Backend::Cuda => {
+            let start = Instant::now();
+            let device = keops_runtime::cuda::CudaDevice::new(0)?;
+            let compiled = compile_gpu(kernel, size.dtype)?;
+            let loaded = keops_runtime::cuda::CudaKernel::load(
+                &device,
+                &compiled.ptx,
+                &compiled.symbol,
+                compiled.signature.clone(),
+                size.dtype,
+                compiled.schedule.launch,
+            )?;
+            timings.compile = start.elapsed();
+            let start = Instant::now();
+            let out = loaded.run(&views)?;
+            timings.run = start.elapsed();
+            return Ok((out, timings));
+        }
+        #[cfg(not(feature = "cuda"))]
         Backend::Cuda => {
             let available: Vec<String> =
                 Backend::available().iter().map(|b| b.to_string()).collect();
@@ -387,6 +416,32 @@ fn optimized_then<T: Send>(
     .unwrap_or_else(|panic| {
         Err(EvalError::Codegen(CodegenError::Internal {
             stage: "the optimiser or code generation",
+            message: panic,
+        }))
+    })
+}
+
+/// Optimises a checked kernel and compiles its 1-D GPU kernel to PTX for `dtype`.
+pub fn compile_gpu(
+    kernel: &CheckedKernel,
+    dtype: DType,
+) -> Result<crate::codegen::nvptx::PtxKernel, EvalError> {
+    crate::isolate::on_compiler_stack(|| {
+        let optimized = opt::optimize(kernel, &opt::OptBudget::default()).map_err(|d| {
+            CodegenError::Internal {
+                stage: d.internal.unwrap_or("optimiser"),
+                message: d.message,
+            }
+        })?;
+        Ok(crate::codegen::nvptx::compile_ptx(
+            &optimized.formula,
+            &kernel.signature,
+            dtype,
+        )?)
+    })
+    .unwrap_or_else(|panic| {
+        Err(EvalError::Codegen(CodegenError::Internal {
+            stage: "the optimiser or GPU code generation",
             message: panic,
         }))
     })

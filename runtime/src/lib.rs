@@ -6,6 +6,8 @@ pub mod abi;
 pub mod arrays;
 pub mod backward;
 pub mod cross;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod gpu;
 pub mod gradient;
 pub mod linalg;

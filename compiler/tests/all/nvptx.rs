@@ -508,3 +508,55 @@ fn the_generated_1d_kernel_run_on_the_host_matches_the_interpreter_for_every_red
         }
     }
 }
+
+/// `--backend cuda` (built with the `cuda` feature): on a machine without the driver, the
+/// error that says so; with a GPU, every reduction on both axes against the interpreter.
+#[cfg(feature = "cuda")]
+#[test]
+fn the_cuda_backend_matches_the_interpreter_or_says_there_is_no_driver() {
+    use keopsc::driver::{evaluate_bound, Backend, EvalError};
+    let compiled = keopsc::driver::compile(SourceFile::new("<cuda test>", every_reduction()))
+        .unwrap_or_else(|_| panic!("the test kernels compile"));
+    let kernels = optimized(&every_reduction());
+    for (checked, kernel) in compiled.kernels.iter().zip(&kernels) {
+        for dtype in [DType::F32, DType::F64] {
+            for (n, m) in [(1, 1), (300, 1001)] {
+                let args = inputs(kernel, n, m, (n + 3 * m) as u64);
+                let arrays: Vec<keops_runtime::HostArray> = args
+                    .iter()
+                    .zip(&checked.signature.args)
+                    .map(|(a, spec)| {
+                        let shape = vec![a.len() / spec.dim, spec.dim];
+                        match dtype {
+                            DType::F32 => keops_runtime::HostArray::from_f32(
+                                shape,
+                                a.iter().map(|&x| x as f32).collect(),
+                            ),
+                            DType::F64 => keops_runtime::HostArray::from_f64(shape, a.clone()),
+                        }
+                    })
+                    .collect();
+                let refs: Vec<&keops_runtime::HostArray> = arrays.iter().collect();
+                let got = match evaluate_bound(checked, &refs, Backend::Cuda) {
+                    Err(EvalError::Cuda(keops_runtime::cuda::CudaError::NoDriver)) => {
+                        eprintln!("SKIPPED (CUDA runs): no CUDA driver on this machine");
+                        return;
+                    }
+                    other => other.unwrap_or_else(|e| panic!("{}: {e}", checked.name)).0,
+                };
+                let want = evaluate_bound(checked, &refs, Backend::Interp).unwrap().0;
+                let (got, want) = (got.to_f64(), want.to_f64());
+                let tol = match dtype {
+                    DType::F32 => 2e-4,
+                    DType::F64 => 1e-11,
+                };
+                let what = format!("{} {dtype} N={n} M={m}", checked.name);
+                assert_eq!(got.len(), want.len(), "{what}");
+                for (k, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                    let close = g == w || (g - w).abs() <= tol * (1.0 + w.abs());
+                    assert!(close, "{what}: output {k}: {g} against {w}");
+                }
+            }
+        }
+    }
+}
