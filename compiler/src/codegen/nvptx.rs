@@ -852,6 +852,15 @@ impl HostTwin {
         dtype: DType,
         block: Option<u32>,
     ) -> Result<HostTwin, CodegenError> {
+        if signature.args.len() > MAX_TWIN_ARGS {
+            return Err(CodegenError::Unsupported {
+                kernel: signature.name.clone(),
+                reason: format!(
+                    "the host twin of a GPU kernel takes at most {MAX_TWIN_ARGS} arguments, not {}",
+                    signature.args.len()
+                ),
+            });
+        }
         let mut schedule = GpuSchedule::new(formula, signature, dtype)?;
         if let Some(block) = block {
             schedule.launch = GpuLaunch1D {
@@ -964,6 +973,9 @@ impl HostTwin {
     }
 }
 
+/// Arguments of a kernel the host twin runs: [`call_with_u64s`] calls up to 14 parameters.
+const MAX_TWIN_ARGS: usize = 8;
+
 /// Calls `extern "C" fn(u64, ...)` at `address` with `args` (pointers and i64 alike are
 /// integer-class on x86-64 and AArch64).
 ///
@@ -988,6 +1000,6 @@ unsafe fn call_with_u64s(address: usize, args: &[u64]) {
         12 => call!(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11),
         13 => call!(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12),
         14 => call!(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13),
-        n => panic!("the host twin takes 6 to 14 parameters here, not {n}"),
+        n => unreachable!("HostTwin::compile refuses kernels of {n} - 6 arguments"),
     }
 }
