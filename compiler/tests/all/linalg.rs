@@ -438,6 +438,31 @@ fn keopsc_linalg_refuses_what_is_not_a_linear_operator() {
         run.stderr
     );
 
+    // Too few iterations: the solution reached is written, with a warning.
+    let run = f.run(
+        "solve",
+        &[
+            "--rhs",
+            "b.npy",
+            "--lambda",
+            "0.01",
+            "--max-iter",
+            "2",
+            "-o",
+            "two.npy",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("not converged after 2 iterations")
+            && run
+                .stderr
+                .contains("raise --max-iter, or precondition with --jacobi"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(f.read("two.npy").shape, vec![50]);
+
     let run = f.run("eigs", &["--k", "51", "-o", "vals.npy"]);
     assert_ne!(run.code, 0);
     assert!(run.stderr.contains("k = 51"), "{}", run.stderr);

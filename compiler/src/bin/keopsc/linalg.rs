@@ -140,7 +140,12 @@ pub fn run(command: LinalgCommand) -> Result<(), Reported> {
             made.report_time();
             if !result.converged {
                 eprintln!(
-                    "warning: the tolerance {tol} was not reached in {max_iter} iterations (raise --max-iter, or precondition with --jacobi)"
+                    "warning: the tolerance {tol} was not reached in {max_iter} iterations (raise --max-iter{})",
+                    if jacobi {
+                        ""
+                    } else {
+                        ", or precondition with --jacobi"
+                    }
                 );
             }
             Ok(())
