@@ -1,7 +1,7 @@
 //! Host arrays in and out of kernels: `.npy` reading and writing, and the checks that tie each
 //! array to the argument it is passed for. Every error names the argument.
 
-use crate::abi::{Category, Signature};
+use crate::abi::{Axis, Category, Signature};
 use crate::reduction::{Reduction, ReductionKind};
 use npyz::WriterBuilder;
 use std::fmt;
@@ -430,6 +430,33 @@ pub struct ProblemSize {
     pub n: usize,
     pub m: usize,
     pub dtype: DType,
+}
+
+impl ProblemSize {
+    /// (output rows, reduced indices) of a kernel reducing along `axis`.
+    pub fn rows_and_inner(&self, axis: Axis) -> (usize, usize) {
+        match axis {
+            Axis::I => (self.n, self.m),
+            Axis::J => (self.m, self.n),
+        }
+    }
+
+    /// An error unless these arrays' dtype is `compiled`, the dtype `sig`'s code was
+    /// compiled for.
+    pub fn check_compiled_dtype(
+        &self,
+        sig: &Signature,
+        compiled: DType,
+    ) -> Result<(), ArgumentError> {
+        if self.dtype == compiled {
+            return Ok(());
+        }
+        Err(ArgumentError::CompiledDType {
+            name: sig.args.first().map(|a| a.name.clone()).unwrap_or_default(),
+            found: self.dtype,
+            expected: compiled,
+        })
+    }
 }
 
 /// Checks `arrays` (in signature order) against the signature: dtype shared, each shape

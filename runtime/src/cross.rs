@@ -109,17 +109,8 @@ pub fn run_cross_tiles(
         "a cross pass sums"
     );
     let size = check_arguments(sig, arrays)?;
-    if size.dtype != kernel.dtype {
-        return Err(ArgumentError::CompiledDType {
-            name: sig.args.first().map(|a| a.name.clone()).unwrap_or_default(),
-            found: size.dtype,
-            expected: kernel.dtype,
-        });
-    }
-    let (rows, inner) = match sig.axis {
-        Axis::I => (size.n, size.m),
-        Axis::J => (size.m, size.n),
-    };
+    size.check_compiled_dtype(sig, kernel.dtype)?;
+    let (rows, inner) = size.rows_and_inner(sig.axis);
     let row_dim = sig.reduction.acc_dim();
     let columns = kernel.columns;
     let lanes = kernel.lanes;
@@ -224,19 +215,9 @@ pub fn run_symmetric_tiles(
     let size = check_arguments(fsig, full_arrays)?;
     let csize = check_arguments(csig, cross_arrays)?;
     let dtype = full.dtype();
-    for found in [size.dtype, csize.dtype] {
-        if found != dtype || cross.dtype != dtype {
-            return Err(ArgumentError::CompiledDType {
-                name: fsig
-                    .args
-                    .first()
-                    .map(|a| a.name.clone())
-                    .unwrap_or_default(),
-                found,
-                expected: dtype,
-            });
-        }
-    }
+    size.check_compiled_dtype(fsig, dtype)?;
+    csize.check_compiled_dtype(csig, dtype)?;
+    assert!(cross.dtype == dtype, "both kernels compiled for one dtype");
     let rows = match fsig.axis {
         Axis::I => size.n,
         Axis::J => size.m,

@@ -4,7 +4,7 @@
 //! library is loaded at run time: a machine without it gets [`CudaError::NoDriver`], never a
 //! panic (cudarc panics when `libcuda` is missing, so every entry checks for it first).
 
-use crate::abi::{Axis, Signature};
+use crate::abi::Signature;
 use crate::arrays::{check_arguments, ArgumentError, ArrayRef, DType, DataRef, HostArray};
 use crate::gpu::GpuLaunch1D;
 use cudarc::driver::{
@@ -122,18 +122,8 @@ impl CudaKernel {
     pub fn run(&self, arrays: &[ArrayRef]) -> Result<HostArray, CudaError> {
         let sig = &self.signature;
         let size = check_arguments(sig, arrays)?;
-        if size.dtype != self.dtype {
-            return Err(ArgumentError::CompiledDType {
-                name: sig.args.first().map(|a| a.name.clone()).unwrap_or_default(),
-                found: size.dtype,
-                expected: self.dtype,
-            }
-            .into());
-        }
-        let (rows, inner) = match sig.axis {
-            Axis::I => (size.n, size.m),
-            Axis::J => (size.m, size.n),
-        };
+        size.check_compiled_dtype(sig, self.dtype)?;
+        let (rows, inner) = size.rows_and_inner(sig.axis);
         let red = &sig.reduction;
         let (acc_dim, out_dim) = (red.acc_dim(), red.output_dim());
         let blocks = self.launch.grid(rows);

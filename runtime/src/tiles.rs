@@ -177,17 +177,8 @@ fn run_checked(
     out: OutputRef,
 ) -> Result<(), ArgumentError> {
     let sig = kernel.signature;
-    if size.dtype != kernel.dtype {
-        return Err(ArgumentError::CompiledDType {
-            name: sig.args.first().map(|a| a.name.clone()).unwrap_or_default(),
-            found: size.dtype,
-            expected: kernel.dtype,
-        });
-    }
-    let (rows, inner) = match sig.axis {
-        Axis::I => (size.n, size.m),
-        Axis::J => (size.m, size.n),
-    };
+    size.check_compiled_dtype(sig, kernel.dtype)?;
+    let (rows, inner) = size.rows_and_inner(sig.axis);
     let expected = rows * sig.output_dim();
     if out.len() != expected || out.dtype() != kernel.dtype {
         return Err(ArgumentError::Output {
