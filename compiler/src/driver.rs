@@ -131,6 +131,8 @@ pub enum EvalError {
     Interp(#[from] InterpError),
     #[error(transparent)]
     Codegen(#[from] CodegenError),
+    #[error(transparent)]
+    NotSymmetric(#[from] crate::symmetric::NotSymmetric),
     #[cfg(feature = "cuda")]
     #[error(transparent)]
     Cuda(#[from] keops_runtime::cuda::CudaError),
@@ -465,6 +467,62 @@ pub fn jit_kernel(kernel: &CheckedKernel, dtypes: &[DType]) -> Result<Kernel, Ev
     // SAFETY: the tile functions were compiled for this signature and live as long as
     // `owner`, which holds their JIT engines.
     Ok(unsafe { Kernel::from_parts(kernel.signature.clone(), entries, owner) })
+}
+
+/// The symmetric pass of `kernel` ([`crate::symmetric`]) compiled in this process for each of
+/// `dtypes`, where each `(j, i)` of `same` (argument positions) says that the j-variable `j`
+/// will hold the data of the i-variable `i`. A kernel carrying it
+/// ([`Kernel::with_symmetric`]) walks each unordered pair once when its inputs pair up so
+/// ([`Kernel::call_symmetric`], and the linear operators built on it). A kernel that cannot be
+/// evaluated so (not a `Sum`, no pair) is refused with the reason.
+pub fn jit_symmetric(
+    kernel: &CheckedKernel,
+    same: &[(usize, usize)],
+    dtypes: &[DType],
+) -> Result<keops_runtime::SymmetricPass, EvalError> {
+    let plan = crate::symmetric::plan(kernel, same)?;
+    let compiled: Vec<JitCrossKernel> = dtypes
+        .iter()
+        .map(|&d| compile_cpu_cross(&plan.cross, plan.columns, d))
+        .collect::<Result<_, _>>()?;
+    let entries = compiled
+        .iter()
+        .map(|c| {
+            let t = c.tile_kernel();
+            (t.dtype(), t.tile(), t.lanes())
+        })
+        .collect();
+    let signature = compiled
+        .first()
+        .map_or_else(|| plan.cross.signature.clone(), |c| c.signature.clone());
+    let owner: std::sync::Arc<dyn std::any::Any + Send + Sync> = std::sync::Arc::new(compiled);
+    // SAFETY: each cross tile function was compiled from the plan's `Concat(F, F swapped)` for
+    // this row signature and `plan.columns` columns, and lives as long as `owner`.
+    Ok(unsafe {
+        keops_runtime::SymmetricPass::from_parts(
+            signature,
+            plan.sources,
+            same.to_vec(),
+            entries,
+            owner,
+        )
+    })
+}
+
+/// [`jit_kernel`] carrying its symmetric pass ([`jit_symmetric`]).
+pub fn jit_kernel_symmetric(
+    kernel: &CheckedKernel,
+    same: &[(usize, usize)],
+    dtypes: &[DType],
+) -> Result<Kernel, EvalError> {
+    let full = jit_kernel(kernel, dtypes)?;
+    let pass = jit_symmetric(kernel, same, dtypes)?;
+    full.with_symmetric(pass).map_err(|message| {
+        EvalError::Codegen(CodegenError::Internal {
+            stage: "symmetric pass",
+            message,
+        })
+    })
 }
 
 /// [`jit_kernel`] with the kernel's gradients (`Kernel::vjp`): the backward kernels of each

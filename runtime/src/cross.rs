@@ -71,6 +71,18 @@ impl<'s> CrossTileKernel<'s> {
     pub fn columns(&self) -> usize {
         self.columns
     }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn lanes(&self) -> usize {
+        self.lanes
+    }
+
+    pub fn tile(&self) -> CrossTileFn {
+        self.tile
+    }
 }
 
 /// How a cross pass is cut: row groups (one task each, with its own column buffer), rows per

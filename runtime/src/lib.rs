@@ -13,6 +13,7 @@ pub mod gradient;
 pub mod linalg;
 pub mod module;
 pub mod reduction;
+pub mod symmetric;
 pub mod tiles;
 
 pub use abi::{ArgSpec, Axis, Category, Signature};
@@ -28,4 +29,5 @@ pub use gradient::GradientError;
 pub use module::{Kernel, LoadError, Manifest, Module};
 pub use ndarray;
 pub use reduction::{Family, Order, Reduction, ReductionArgs, ReductionKind};
+pub use symmetric::SymmetricPass;
 pub use tiles::{run_tiles, run_tiles_into, TileFn, TileKernel, TileSchedule};

@@ -14,6 +14,7 @@ use crate::abi::{ArgSpec, Axis, Category, Signature};
 use crate::arrays::{ArgumentError, ArrayRef, DType, HostArray, OutputRef};
 use crate::gradient::{stored_gradients, StoredGradient};
 use crate::reduction::{Reduction, ReductionKind};
+use crate::symmetric::SymmetricPass;
 use crate::tiles::{run_tiles, run_tiles_into, TileFn, TileKernel};
 use serde::{Deserialize, Serialize};
 use std::any::Any;
@@ -357,6 +358,9 @@ pub struct Kernel {
     _owner: Arc<dyn Any + Send + Sync>,
     /// The backward computations stored with it (a module built with `--grad`).
     pub(crate) gradients: Arc<Vec<StoredGradient>>,
+    /// Its pass over unordered pairs, for one point cloud against itself (a module built
+    /// with `--same`, or `keopsc::driver::jit_symmetric`).
+    symmetric: Option<Arc<SymmetricPass>>,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -381,6 +385,36 @@ impl Kernel {
             entries,
             _owner: owner,
             gradients: Arc::new(Vec::new()),
+            symmetric: None,
+        }
+    }
+
+    /// The same kernel carrying `pass`, which [`Kernel::call_symmetric`] then runs when the
+    /// inputs of a call pair up as it says; what is wrong when the pass does not fit.
+    pub fn with_symmetric(&self, pass: SymmetricPass) -> Result<Kernel, String> {
+        pass.check_against(&self.signature)?;
+        Ok(Kernel {
+            symmetric: Some(Arc::new(pass)),
+            ..self.clone()
+        })
+    }
+
+    /// Its pass over unordered pairs, if it carries one.
+    pub fn symmetric(&self) -> Option<&SymmetricPass> {
+        self.symmetric.as_deref()
+    }
+
+    /// [`Kernel::call`], walking each unordered pair once when the kernel carries a symmetric
+    /// pass, the paired inputs hold the same data (bit for bit) and the pass was compiled
+    /// for their dtype: about half the work for a Gaussian. Otherwise the full evaluation.
+    /// The two agree up to summation order.
+    pub fn call_symmetric(&self, inputs: &[ArrayRef]) -> Result<HostArray, ArgumentError> {
+        let kernel = self.prepare(inputs)?;
+        match &self.symmetric {
+            Some(pass) if pass.holds(inputs) && pass.dtypes().contains(&kernel.dtype()) => {
+                pass.run(&kernel, inputs)
+            }
+            _ => run_tiles(&kernel, inputs, None),
         }
     }
 

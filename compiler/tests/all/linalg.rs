@@ -74,9 +74,26 @@ fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
 }
 
 fn operator(width: usize, x: &[f64], s: f64, dtype: DType) -> KernelOperator {
+    operator_of(width, x, x, s, dtype, false)
+}
+
+/// The operator of `gauss_source(width)` on points `x` and `y`; `symmetric`: its kernel
+/// carries the symmetric pass for `y = x`.
+fn operator_of(
+    width: usize,
+    x: &[f64],
+    y: &[f64],
+    s: f64,
+    dtype: DType,
+    symmetric: bool,
+) -> KernelOperator {
     let compiled = driver::compile(SourceFile::new("<test>", gauss_source(width)))
         .unwrap_or_else(|_| panic!("the test kernel compiles"));
-    let kernel = driver::jit_kernel(&compiled.kernels[0], &[dtype]).expect("jit");
+    let kernel = if symmetric {
+        driver::jit_kernel_symmetric(&compiled.kernels[0], &[(1, 0)], &[dtype]).expect("jit")
+    } else {
+        driver::jit_kernel(&compiled.kernels[0], &[dtype]).expect("jit")
+    };
     let n = x.len() / 3;
     let array = |v: Vec<f64>, shape: Vec<usize>| match dtype {
         DType::F64 => HostArray::from_f64(shape, v),
@@ -87,7 +104,7 @@ fn operator(width: usize, x: &[f64], s: f64, dtype: DType) -> KernelOperator {
         "b",
         vec![
             ("x".into(), array(x.to_vec(), vec![n, 3])),
-            ("y".into(), array(x.to_vec(), vec![n, 3])),
+            ("y".into(), array(y.to_vec(), vec![y.len() / 3, 3])),
             ("s".into(), array(vec![s], vec![1])),
         ],
     )
@@ -115,6 +132,64 @@ fn compiled_kernel_products_match_dense_ones() {
         let diagonal = op.diagonal().unwrap();
         assert!(diagonal.iter().all(|d| (d - 1.0).abs() < 1e-6));
     }
+}
+
+#[test]
+fn symmetric_products_walk_each_pair_once_and_match_dense_ones() {
+    // 1001 points: four blocks of 256 rows, the last one partial.
+    let n = 1001;
+    let x = cloud(n);
+    let k = dense_gauss(&x, 0.1);
+    for dtype in [DType::F64, DType::F32] {
+        for width in [1, 3] {
+            let op = operator_of(width, &x, &x, 0.1, dtype, true);
+            assert!(op.pairs_once(), "{dtype}, width {width}: {op:?}");
+            let full = operator_of(width, &x, &x, 0.1, dtype, false);
+            assert!(!full.pairs_once());
+            for ncols in [1, 4] {
+                let v: Vec<f64> = (0..n * ncols).map(|k| (k as f64 * 0.37).sin()).collect();
+                let want = matmul(&k, n, &v, ncols);
+                let tol = if dtype == DType::F64 { 1e-12 } else { 1e-5 };
+                let got = op.apply(&v, ncols).unwrap();
+                assert!(
+                    max_abs_diff(&got, &want) < tol * max_abs(&want),
+                    "{dtype}, width {width}, {ncols} columns"
+                );
+                let got_full = full.apply(&v, ncols).unwrap();
+                assert!(max_abs_diff(&got, &got_full) < tol * max_abs(&want));
+            }
+        }
+    }
+    // Points that differ from x in one bit of one coordinate: the pass does not hold, and the
+    // products are the full ones.
+    let mut y = x.clone();
+    y[5] = f64::from_bits(y[5].to_bits() ^ 1);
+    let op = operator_of(1, &x, &y, 0.1, DType::F64, true);
+    assert!(!op.pairs_once());
+    let v: Vec<f64> = (0..n).map(|k| (k as f64 * 0.37).sin()).collect();
+    let got = op.apply(&v, 1).unwrap();
+    assert!(max_abs_diff(&got, &matmul(&k, n, &v, 1)) < 1e-10 * max_abs(&got));
+}
+
+#[test]
+fn a_symmetric_pass_is_refused_where_it_cannot_run() {
+    let text = "kernel m { x = Vi(3) y = Vj(3) Max_Reduction(-SqDist(x, y), 0) }";
+    let compiled = driver::compile(SourceFile::new("<test>", text.to_string()))
+        .unwrap_or_else(|_| panic!("the test kernel compiles"));
+    let err = driver::jit_symmetric(&compiled.kernels[0], &[(1, 0)], &[DType::F64])
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("only Sum"), "{err}");
+    let compiled = driver::compile(SourceFile::new("<test>", gauss_source(1)))
+        .unwrap_or_else(|_| panic!("the test kernel compiles"));
+    let full = driver::jit_kernel(&compiled.kernels[0], &[DType::F64]).unwrap();
+    let pass = driver::jit_symmetric(&compiled.kernels[0], &[(1, 0)], &[DType::F64]).unwrap();
+    // The pass of one kernel does not fit another whose output is wider.
+    let wider = driver::compile(SourceFile::new("<test>", gauss_source(2)))
+        .unwrap_or_else(|_| panic!("the test kernel compiles"));
+    let wide = driver::jit_kernel(&wider.kernels[0], &[DType::F64]).unwrap();
+    assert!(wide.with_symmetric(pass.clone()).is_err());
+    assert!(full.with_symmetric(pass).is_ok());
 }
 
 fn cholesky_solve(a: &[f64], n: usize, b: &[f64]) -> Vec<f64> {

@@ -28,18 +28,26 @@ pub struct KernelOperator {
     width: usize,
     rows: usize,
     cols: usize,
+    /// Whether products walk each unordered pair once (the kernel carries a symmetric pass
+    /// and the fixed inputs pair up as it needs).
+    pairs_once: bool,
 }
 
 impl std::fmt::Debug for KernelOperator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "KernelOperator({} x {} on `{}` of width {}, {})",
+            "KernelOperator({} x {} on `{}` of width {}, {}{})",
             self.rows,
             self.cols,
             self.operand_name(),
             self.width,
-            self.dtype
+            self.dtype,
+            if self.pairs_once {
+                ", each unordered pair once"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -149,6 +157,9 @@ impl KernelOperator {
             .map(|s| s.as_ref().unwrap_or(&zero).view())
             .collect();
         check_arguments(&sig, &views)?;
+        let pairs_once = kernel
+            .symmetric()
+            .is_some_and(|pass| pass.holds(&views) && pass.dtypes().contains(&dtype));
         if !kernel.dtypes().contains(&dtype) {
             return Err(ArgumentError::CompiledDType {
                 name: sig.args.first().map(|a| a.name.clone()).unwrap_or_default(),
@@ -165,7 +176,16 @@ impl KernelOperator {
             width,
             rows,
             cols,
+            pairs_once,
         })
+    }
+
+    /// Whether its products walk each unordered pair once: the kernel carries a symmetric
+    /// pass (`keopsc::driver::jit_kernel_symmetric`, a module built with `--same`) and the
+    /// inputs hold the same data where it needs (`y` is `x`). About half the work of a full
+    /// product for a Gaussian; the results agree up to summation order.
+    pub fn pairs_once(&self) -> bool {
+        self.pairs_once
     }
 
     pub fn kernel(&self) -> &Kernel {
@@ -193,7 +213,12 @@ impl KernelOperator {
             .iter()
             .map(|s| s.as_ref().unwrap_or(operand).view())
             .collect();
-        Ok(self.kernel.call(&views)?.to_f64())
+        let out = if self.pairs_once {
+            self.kernel.call_symmetric(&views)?
+        } else {
+            self.kernel.call(&views)?
+        };
+        Ok(out.to_f64())
     }
 }
 

@@ -300,7 +300,15 @@ fn make_operator(args: &OperatorArgs) -> Result<MadeOperator, Reported> {
         return Err(argument_problems(&problems, &kernel.name));
     }
     let dtype = inputs.first().map_or(DType::F64, |(_, a)| a.dtype());
-    let compiled_kernel = driver::jit_kernel(kernel, &[dtype]).map_err(fail)?;
+    // On one point cloud against itself (--same), products walk each unordered pair once.
+    let pairs: Vec<(usize, usize)> = same.iter().map(|s| (s.j, s.i)).collect();
+    let compiled_kernel = match driver::jit_kernel_symmetric(kernel, &pairs, &[dtype]) {
+        Ok(k) => k,
+        Err(driver::EvalError::NotSymmetric(_)) => {
+            driver::jit_kernel(kernel, &[dtype]).map_err(fail)?
+        }
+        Err(e) => return Err(fail(e)),
+    };
     probe_linearity(kernel, &compiled_kernel, &operand, &inputs)?;
     let op = KernelOperator::new(compiled_kernel, &operand, inputs).map_err(fail)?;
     let start = Instant::now();
