@@ -12,6 +12,7 @@
 
 use crate::abi::{ArgSpec, Axis, Category, Signature};
 use crate::arrays::{ArgumentError, ArrayRef, DType, HostArray, OutputRef};
+use crate::cross::CrossTileFn;
 use crate::gradient::{stored_gradients, StoredGradient};
 use crate::reduction::{Reduction, ReductionKind};
 use crate::symmetric::SymmetricPass;
@@ -99,6 +100,20 @@ pub struct ManifestKernel {
     /// every input at once. Absent without `--grad`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gradients: Vec<ManifestGradient>,
+    /// The kernel's pass over unordered pairs (`keopsc build --same J=I`). Absent without.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symmetric: Option<ManifestSymmetric>,
+}
+
+/// A stored symmetric pass ([`SymmetricPass`]): the cross kernel's arguments (the kernel's,
+/// then the swapped copies), the kernel argument each reads, the `(j, i)` pairs of arguments
+/// that must hold the same data, and one cross tile function per dtype.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestSymmetric {
+    pub args: Vec<ManifestArg>,
+    pub sources: Vec<usize>,
+    pub same: Vec<[usize; 2]>,
+    pub entries: Vec<ManifestEntry>,
 }
 
 /// One stored backward computation of a kernel: `d/dv sum(G * out)` for each input `v` of
@@ -177,6 +192,7 @@ impl ManifestKernel {
             output_dim: sig.output_dim(),
             entries: Vec::new(),
             gradients: Vec::new(),
+            symmetric: None,
         }
     }
 
@@ -186,23 +202,7 @@ impl ManifestKernel {
             .into_iter()
             .find(|k| k.name() == self.reduction)
             .ok_or_else(|| format!("unknown reduction `{}`", self.reduction))?;
-        let args = self
-            .args
-            .iter()
-            .map(|a| {
-                let category = match a.category.as_str() {
-                    "Vi" => Category::I,
-                    "Vj" => Category::J,
-                    "Pm" => Category::Param,
-                    other => return Err(format!("unknown category `{other}`")),
-                };
-                Ok(ArgSpec {
-                    name: a.name.clone(),
-                    category,
-                    dim: a.dim,
-                })
-            })
-            .collect::<Result<Vec<_>, String>>()?;
+        let args = parse_args(&self.args)?;
         let axis = Axis::from_index(self.axis as i64).ok_or("axis must be 0 or 1")?;
         let sig = Signature {
             name: self.name.clone(),
@@ -224,6 +224,35 @@ impl ManifestKernel {
         }
         Ok(sig)
     }
+}
+
+impl ManifestSymmetric {
+    /// The stored pass's signature (the row part of its cross kernel) for the kernel `of`.
+    pub fn signature(&self, of: &Signature) -> Result<Signature, String> {
+        Ok(Signature {
+            name: format!("{}_symmetric", of.name),
+            args: parse_args(&self.args)?,
+            ..of.clone()
+        })
+    }
+}
+
+fn parse_args(args: &[ManifestArg]) -> Result<Vec<ArgSpec>, String> {
+    args.iter()
+        .map(|a| {
+            let category = match a.category.as_str() {
+                "Vi" => Category::I,
+                "Vj" => Category::J,
+                "Pm" => Category::Param,
+                other => return Err(format!("unknown category `{other}`")),
+            };
+            Ok(ArgSpec {
+                name: a.name.clone(),
+                category,
+                dim: a.dim,
+            })
+        })
+        .collect()
 }
 
 /// FNV-1a, 64 bits: a checksum against damaged files and a cache key, not a defence against
@@ -556,6 +585,14 @@ pub fn bind_all_named<T: Copy>(
     (bound, errors)
 }
 
+fn entry_dtype(e: &ManifestEntry) -> DType {
+    if e.dtype == "float32" {
+        DType::F32
+    } else {
+        DType::F64
+    }
+}
+
 /// A module loaded from disk.
 pub struct Module {
     path: PathBuf,
@@ -642,7 +679,8 @@ impl Module {
         for k in manifest.kernels.iter().chain(&manifest.backward_kernels) {
             k.signature()
                 .map_err(|e| corrupt(format!("kernel `{}`: {e}", k.name)))?;
-            for e in &k.entries {
+            let symmetric = k.symmetric.iter().flat_map(|s| &s.entries);
+            for e in k.entries.iter().chain(symmetric) {
                 if e.lanes == 0 || !matches!(e.dtype.as_str(), "float32" | "float64") {
                     return Err(corrupt(format!("kernel `{}`: entry {}", k.name, e.symbol)));
                 }
@@ -669,12 +707,7 @@ impl Module {
                             .get::<TileFn>(e.symbol.as_bytes())
                             .map_err(|err| corrupt(format!("symbol {}: {err}", e.symbol)))?
                     };
-                    let dtype = if e.dtype == "float32" {
-                        DType::F32
-                    } else {
-                        DType::F64
-                    };
-                    entries.push((dtype, tile, e.lanes));
+                    entries.push((entry_dtype(e), tile, e.lanes));
                 }
                 let owner: Arc<dyn Any + Send + Sync> = library.clone();
                 // SAFETY: entries come from the library `owner` keeps loaded.
@@ -689,6 +722,32 @@ impl Module {
                 *kernel = kernel
                     .with_gradients(&described.gradients, &backward)
                     .map_err(|e| corrupt(format!("kernel `{}`: {e}", described.name)))?;
+            }
+            if let Some(stored) = &described.symmetric {
+                let bad = |e: String| {
+                    corrupt(format!("kernel `{}`: symmetric pass: {e}", described.name))
+                };
+                let sig = stored.signature(kernel.signature()).map_err(bad)?;
+                let mut entries = Vec::new();
+                for e in &stored.entries {
+                    // SAFETY: the symbol was emitted with the CrossTileFn signature (checked
+                    // format).
+                    let tile: CrossTileFn = unsafe {
+                        *library
+                            .get::<CrossTileFn>(e.symbol.as_bytes())
+                            .map_err(|err| corrupt(format!("symbol {}: {err}", e.symbol)))?
+                    };
+                    entries.push((entry_dtype(e), tile, e.lanes));
+                }
+                let same = stored.same.iter().map(|&[j, i]| (j, i)).collect();
+                let owner: Arc<dyn Any + Send + Sync> = library.clone();
+                // SAFETY: entries come from the library `owner` keeps loaded, compiled by
+                // `keopsc build --same` as this kernel's pass; `with_symmetric` checks that
+                // its arguments fit the kernel's.
+                let pass = unsafe {
+                    SymmetricPass::from_parts(sig, stored.sources.clone(), same, entries, owner)
+                };
+                *kernel = kernel.with_symmetric(pass).map_err(bad)?;
             }
         }
         Ok(Module {

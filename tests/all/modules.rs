@@ -667,3 +667,114 @@ fn damaged_gradients_are_refused_at_load() {
     std::fs::write(path.join(MANIFEST_FILE), &original).unwrap();
     Module::load(&path).expect("the original loads");
 }
+
+fn build_symmetric(dir: &Path) -> std::path::PathBuf {
+    let out = dir.join("sym.kmod");
+    let options = keopsc::artifact::BuildOptions {
+        gradients: false,
+        same: vec![("y".into(), "x".into())],
+    };
+    let report = keopsc::artifact::build_with_options(
+        &compiled(SOURCE),
+        &[DType::F32, DType::F64],
+        &CpuTarget::host_level(),
+        &out,
+        &[],
+        keopsc::artifact::Placement::Replace,
+        &options,
+    )
+    .expect("builds");
+    // `nearest` is no Sum: it has none, and the report says why.
+    assert!(report.manifest.kernels[0].symmetric.is_some());
+    assert!(report.manifest.kernels[1].symmetric.is_none());
+    assert!(
+        report.not_symmetric.iter().any(|r| r.contains("nearest")),
+        "{:?}",
+        report.not_symmetric
+    );
+    out
+}
+
+#[test]
+fn a_module_built_with_same_walks_each_pair_once_and_agrees_with_the_full_evaluation() {
+    use keops_runtime::linalg::{KernelOperator, LinearOperator};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let module = Module::load(build_symmetric(dir.path())).expect("loads");
+    let gauss = module.kernel("gauss").expect("kernel");
+    assert!(gauss.symmetric().is_some());
+    assert!(module.kernel("nearest").unwrap().symmetric().is_none());
+    // 700 points: two full blocks of 256 rows and a partial one.
+    let n = 700;
+    for dtype in [DType::F32, DType::F64] {
+        let make = |shape: Vec<usize>, seed| {
+            let data = random(shape.iter().product(), seed);
+            match dtype {
+                DType::F64 => HostArray::from_f64(shape, data),
+                DType::F32 => HostArray::from_f32(shape, data.iter().map(|&v| v as f32).collect()),
+            }
+        };
+        let (x, b, s) = (make(vec![n, 3], 1), make(vec![n, 1], 2), make(vec![1], 3));
+        let views = [x.view(), x.view(), b.view(), s.view()];
+        let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
+        let full = gauss.call(&views).expect("runs");
+        let once = gauss.call_symmetric(&views).expect("runs");
+        assert_close("call_symmetric", &once, &full, tol);
+        let op = KernelOperator::new(
+            gauss.clone(),
+            "b",
+            vec![
+                ("x".into(), x.clone()),
+                ("y".into(), x.clone()),
+                ("s".into(), s.clone()),
+            ],
+        )
+        .expect("an operator");
+        assert!(op.pairs_once(), "{op:?}");
+        let product = op.apply(&b.to_f64(), 1).expect("a product");
+        let want = full.to_f64();
+        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        for (g, w) in product.iter().zip(&want) {
+            assert!((g - w).abs() <= tol * scale, "{dtype}: {g} against {w}");
+        }
+        // Other points for y: the full evaluation.
+        let y = make(vec![n, 3], 4);
+        let other = [x.view(), y.view(), b.view(), s.view()];
+        assert_eq!(
+            gauss.call_symmetric(&other).unwrap().to_f64(),
+            gauss.call(&other).unwrap().to_f64()
+        );
+    }
+}
+
+#[test]
+fn a_damaged_symmetric_pass_is_refused_at_load() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = build_symmetric(dir.path());
+    let original = std::fs::read_to_string(path.join(MANIFEST_FILE)).unwrap();
+    let reseal = |edit: &dyn Fn(&mut keops_runtime::module::ManifestSymmetric)| {
+        let mut manifest: keops_runtime::Manifest = serde_json::from_str(&original).unwrap();
+        edit(manifest.kernels[0].symmetric.as_mut().unwrap());
+        manifest.manifest_hash = manifest.checksum();
+        std::fs::write(
+            path.join(MANIFEST_FILE),
+            serde_json::to_string_pretty(&manifest).unwrap(),
+        )
+        .unwrap();
+    };
+    // The swapped copy of `b` reading the parameter; a pair of two i-variables; a cross
+    // kernel without its copy of `b`.
+    let damages: [&dyn Fn(&mut keops_runtime::module::ManifestSymmetric); 3] = [
+        &|s| *s.sources.last_mut().unwrap() = 3,
+        &|s| s.same = vec![[0, 0]],
+        &|s| {
+            s.args.pop();
+        },
+    ];
+    for damage in damages {
+        reseal(damage);
+        let err = Module::load(&path).err().expect("refused");
+        assert!(err.to_string().contains("symmetric pass"), "{err}");
+    }
+    std::fs::write(path.join(MANIFEST_FILE), &original).unwrap();
+    Module::load(&path).expect("the original loads");
+}

@@ -37,6 +37,8 @@ pub struct BuildReport {
     pub manifest: Manifest,
     /// With gradients: the kernels that have none (their reduction returns indices only).
     pub not_differentiable: Vec<String>,
+    /// With `same` pairs: why the kernels without a symmetric pass have none.
+    pub not_symmetric: Vec<String>,
     pub codegen: Duration,
     pub link: Duration,
 }
@@ -76,7 +78,8 @@ pub fn build(
     extra: &[(&str, &str)],
     placement: Placement,
 ) -> Result<BuildReport, BuildError> {
-    build_module(file, dtypes, target, out, extra, placement, false)
+    let options = BuildOptions::default();
+    build_module(file, dtypes, target, out, extra, placement, &options)
 }
 
 /// [`build`], with the gradients of every kernel (`keopsc build --grad`): the backward plans
@@ -91,7 +94,61 @@ pub fn build_with_gradients(
     extra: &[(&str, &str)],
     placement: Placement,
 ) -> Result<BuildReport, BuildError> {
-    build_module(file, dtypes, target, out, extra, placement, true)
+    let options = BuildOptions {
+        gradients: true,
+        ..BuildOptions::default()
+    };
+    build_module(file, dtypes, target, out, extra, placement, &options)
+}
+
+/// What a module stores beside each kernel's tile functions.
+#[derive(Clone, Debug, Default)]
+pub struct BuildOptions {
+    /// Every kernel's gradients ([`build_with_gradients`], `keopsc build --grad`).
+    pub gradients: bool,
+    /// `(j, i)` variable names (`keopsc build --same J=I`): every `Sum` kernel with a
+    /// j-variable `j` and an i-variable `i` of one dimension also stores its pass over
+    /// unordered pairs ([`crate::symmetric`], `keops_runtime::SymmetricPass`), which its
+    /// `Kernel::call_symmetric` and the linear operators built on it run when `j`'s array
+    /// holds `i`'s data.
+    pub same: Vec<(String, String)>,
+}
+
+/// The symbol of a kernel's symmetric pass for one dtype.
+pub fn symmetric_tile_symbol(kernel: &str, dtype: DType) -> String {
+    format!("keops_symmetric_tile_{kernel}_{}", dtype_name(dtype))
+}
+
+/// [`build`] with what `options` asks to store besides.
+pub fn build_with_options(
+    file: &CompiledFile,
+    dtypes: &[DType],
+    target: &CpuTarget,
+    out: &Path,
+    extra: &[(&str, &str)],
+    placement: Placement,
+    options: &BuildOptions,
+) -> Result<BuildReport, BuildError> {
+    build_module(file, dtypes, target, out, extra, placement, options)
+}
+
+/// The argument pairs of `kernel` that `same` names: a j-variable and an i-variable of one
+/// dimension each; empty when the kernel has no such pair.
+pub fn pairs_of(
+    kernel: &crate::check::CheckedKernel,
+    same: &[(String, String)],
+) -> Vec<(usize, usize)> {
+    let args = &kernel.signature.args;
+    let position = |name: &str| args.iter().position(|a| a.name == name);
+    same.iter()
+        .filter_map(|(j, i)| {
+            let (j, i) = (position(j)?, position(i)?);
+            let fits = args[j].category == keops_runtime::Category::J
+                && args[i].category == keops_runtime::Category::I
+                && args[j].dim == args[i].dim;
+            fits.then_some((j, i))
+        })
+        .collect()
 }
 
 fn build_module(
@@ -101,9 +158,10 @@ fn build_module(
     out: &Path,
     extra: &[(&str, &str)],
     placement: Placement,
-    with_gradients: bool,
+    options: &BuildOptions,
 ) -> Result<BuildReport, BuildError> {
     let start = Instant::now();
+    let with_gradients = options.gradients;
     let stored = if with_gradients {
         gradients::collect(file)?
     } else {
@@ -129,11 +187,62 @@ fn build_module(
         .iter()
         .map(optimize)
         .collect::<Result<_, _>>()?;
+    // The symmetric passes: for each kernel whose arguments `options.same` pairs, its cross
+    // kernel `Concat(F, F swapped)` optimised as a whole, with its row signature.
+    let mut symmetric = Vec::new();
+    let mut not_symmetric = Vec::new();
+    for k in &file.kernels {
+        let pairs = pairs_of(k, &options.same);
+        if options.same.is_empty() {
+            symmetric.push(None);
+            continue;
+        }
+        match crate::symmetric::plan(k, &pairs) {
+            Ok(plan) => {
+                let cross = optimize(&plan.cross)?;
+                let mut rows = cross.signature.clone();
+                rows.reduction =
+                    keops_runtime::Reduction::new(keops_runtime::ReductionKind::Sum, plan.columns);
+                symmetric.push(Some((plan, cross, rows)));
+            }
+            Err(reason) => {
+                not_symmetric.push(reason.to_string());
+                symmetric.push(None);
+            }
+        }
+    }
     let mut specs = Vec::new();
     let mut kernels = Vec::new();
-    for (k, gradients) in optimized.iter().zip(stored.gradients) {
+    for ((k, gradients), sym) in optimized.iter().zip(stored.gradients).zip(&symmetric) {
         let mut entry = describe(k, tile_symbol, dtypes, target, &mut specs);
         entry.gradients = gradients;
+        if let Some((plan, cross, rows)) = sym {
+            let mut stored = keops_runtime::module::ManifestSymmetric {
+                args: ManifestKernel::describe(rows).args,
+                sources: plan.sources.clone(),
+                same: pairs_of(&file.kernels[kernels.len()], &options.same)
+                    .into_iter()
+                    .map(|(j, i)| [j, i])
+                    .collect(),
+                entries: Vec::new(),
+            };
+            for &dtype in dtypes {
+                let spec = TileSpec {
+                    formula: &cross.formula,
+                    signature: rows,
+                    dtype,
+                    symbol: symmetric_tile_symbol(&k.name, dtype),
+                    columns: plan.columns,
+                };
+                stored.entries.push(ManifestEntry {
+                    dtype: dtype_name(dtype).to_string(),
+                    symbol: spec.symbol.clone(),
+                    lanes: spec.schedule(target).lanes as usize,
+                });
+                specs.push(spec);
+            }
+            entry.symmetric = Some(stored);
+        }
         kernels.push(entry);
     }
     let backward_kernels: Vec<ManifestKernel> = backward
@@ -176,6 +285,7 @@ fn build_module(
     Ok(BuildReport {
         manifest,
         not_differentiable: stored.not_differentiable,
+        not_symmetric,
         codegen,
         link,
     })

@@ -171,6 +171,12 @@ enum Command {
         /// (`Kernel::vjp`).
         #[arg(long)]
         grad: bool,
+        /// `J=I`: also store, for every `Sum` kernel with a j-variable J and an i-variable I
+        /// of one dimension, its pass over unordered pairs, which the runtime runs when J's
+        /// array holds I's data (`Kernel::call_symmetric`, linear operators): about half the
+        /// work of a full evaluation. Repeatable.
+        #[arg(long = "same", value_name = "J=I")]
+        same: Vec<String>,
     },
     /// Measure the CPU backend on the reference workloads (W1, W1s, W2..W5), with the C
     /// baseline and pykeops measured in the same run.
@@ -312,7 +318,8 @@ fn run(cli: Cli) -> ExitCode {
             target,
             dtypes,
             grad,
-        } => build(&file, output, &target, &dtypes, grad),
+            same,
+        } => build(&file, output, &target, &dtypes, grad, &same),
         Command::Bench {
             workloads,
             sizes,
@@ -519,7 +526,21 @@ fn build(
     target: &str,
     dtypes: &[String],
     grad: bool,
+    same: &[String],
 ) -> Result<(), Reported> {
+    let mut pairs = Vec::new();
+    for text in same {
+        match text.split_once('=') {
+            Some((j, i)) if !j.trim().is_empty() && !i.trim().is_empty() => {
+                pairs.push((j.trim().to_string(), i.trim().to_string()))
+            }
+            _ => {
+                return Err(fail(format!(
+                    "--same `{text}`: expected J=I, a j-variable and the i-variable whose data it holds"
+                )))
+            }
+        }
+    }
     let target = if target == "host" {
         keopsc::codegen::CpuTarget::host_level()
     } else {
@@ -544,20 +565,40 @@ fn build(
             .map_or("module".into(), |s| s.to_string_lossy().into_owned());
         PathBuf::from(format!("{stem}.kmod"))
     });
-    let build = if grad {
-        keopsc::artifact::build_with_gradients
-    } else {
-        keopsc::artifact::build
+    if !pairs.is_empty() {
+        let reasons: Vec<String> = compiled
+            .kernels
+            .iter()
+            .filter_map(|k| {
+                let found = keopsc::artifact::pairs_of(k, &pairs);
+                keopsc::symmetric::plan(k, &found)
+                    .err()
+                    .map(|e| e.to_string())
+            })
+            .collect();
+        if reasons.len() == compiled.kernels.len() {
+            return Err(fail(format!(
+                "--same: no kernel of `{}` can be evaluated over unordered pairs: {}",
+                path.display(),
+                reasons.join("; ")
+            )));
+        }
+    }
+    let options = keopsc::artifact::BuildOptions {
+        gradients: grad,
+        same: pairs,
     };
-    let report = build(
+    let report = keopsc::artifact::build_with_options(
         &compiled,
         &parsed,
         &target,
         &out,
         &[],
         keopsc::artifact::Placement::Replace,
+        &options,
     )
     .map_err(|e| fail(e.to_string()))?;
+
     println!(
         "wrote {} ({} kernel{}, {}, code generation {:.1} ms, link {:.1} ms)",
         out.display(),
@@ -581,6 +622,19 @@ fn build(
                 .collect();
             println!("    gradients: {}", sets.join("; "));
         }
+        if let Some(stored) = &described.symmetric {
+            let pairs: Vec<String> = stored
+                .same
+                .iter()
+                .map(|&[j, i]| {
+                    format!(
+                        "{} = {}",
+                        k.signature.args[j].name, k.signature.args[i].name
+                    )
+                })
+                .collect();
+            println!("    each unordered pair once when {}", pairs.join(", "));
+        }
     }
     if grad {
         println!(
@@ -595,6 +649,16 @@ fn build(
     }
     for name in &report.not_differentiable {
         eprintln!("note: `{name}` returns indices only: it has no gradient");
+    }
+    if report
+        .manifest
+        .kernels
+        .iter()
+        .any(|k| k.symmetric.is_some())
+    {
+        for reason in &report.not_symmetric {
+            eprintln!("note: {reason}");
+        }
     }
     Ok(())
 }
