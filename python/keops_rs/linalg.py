@@ -125,12 +125,22 @@ class KernelOperator(_Operator):
 
     Linearity is checked on a sample of the points (at most 32 of each index) before use: a
     formula not linear in the operand is refused with ``ValueError``.
+
+    ``same={"y": "x"}``: the j-variable ``y`` holds the data of the i-variable ``x`` (one point
+    cloud against itself; ``y`` may then be left out). Every product then walks each unordered
+    pair once (``Kernel.call_same``): about half the work for a Gaussian, the same result up
+    to summation order. ``pairs_once`` says whether products do.
     """
 
-    def __init__(self, kernel, operand=None, **inputs):
+    def __init__(self, kernel, operand=None, same=None, **inputs):
         if not isinstance(kernel, Kernel):
             kernel = Kernel(kernel)
         self.kernel = kernel
+        self.same = dict(same or {})
+        for j, i in self.same.items():
+            if i not in inputs:
+                raise ValueError(f"same: `{j}` holds the data of `{i}`, which is not given")
+            inputs.setdefault(j, inputs[i])
         if not kernel.reduction.startswith("Sum_Reduction"):
             raise ValueError(
                 f"kernel `{kernel.name}` reduces by {kernel.reduction}: only Sum is linear"
@@ -197,12 +207,19 @@ class KernelOperator(_Operator):
             )
         rows = rows_of(output_category) or 1
         self.shape = (rows, cols)
+        # The native side checks the data on each call too; this is what products will do.
+        self.pairs_once = bool(self.same) and all(
+            np.array_equal(self.inputs[j], self.inputs[i]) for j, i in self.same.items()
+        )
         self._check_linearity()
 
     def _call(self, inputs, operand):
         args = dict(inputs)
         args[self.operand] = np.ascontiguousarray(operand, dtype=self.compute_dtype)
-        return self.kernel(*[args[n] for n in self._names])
+        ordered = [args[n] for n in self._names]
+        if self.same:
+            return self.kernel.call_same(self.same, *ordered)
+        return self.kernel(*ordered)
 
     def _apply(self, x):
         ncols = x.shape[1]
@@ -260,7 +277,8 @@ class KernelOperator(_Operator):
     def __repr__(self):
         return (
             f"keops_rs.linalg.KernelOperator({self.shape[0]} x {self.shape[1]} on "
-            f"`{self.operand}` of width {self.width}, {self.compute_dtype})"
+            f"`{self.operand}` of width {self.width}, {self.compute_dtype}"
+            + (", each unordered pair once)" if self.pairs_once else ")")
         )
 
 

@@ -767,6 +767,7 @@ pub(crate) fn build_kernel(
     Ok(Kernel {
         compiled,
         plans: Mutex::new(HashMap::new()),
+        symmetric: Mutex::new(HashMap::new()),
     })
 }
 

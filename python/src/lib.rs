@@ -345,6 +345,9 @@ fn inputs<'py>(sig: &Signature, objs: &[Bound<'py, PyAny>]) -> PyResult<Vec<Inpu
 struct Kernel {
     compiled: Arc<Compiled>,
     plans: Mutex<HashMap<String, Arc<VjpPlan>>>,
+    /// The kernel carrying its pass over unordered pairs, per set of `(j, i)` pairs
+    /// (`call_same`), compiled on first use.
+    symmetric: Mutex<HashMap<Vec<(usize, usize)>, RtKernel>>,
 }
 
 impl Kernel {
@@ -373,6 +376,56 @@ impl Kernel {
     }
 }
 
+impl Kernel {
+    /// The kernel carrying the symmetric pass for `same` (j-variable name -> i-variable name).
+    fn symmetric_code(&self, same: &HashMap<String, String>) -> Result<RtKernel, PyErrText> {
+        let sig = self.compiled.code.signature();
+        let position = |name: &str| {
+            sig.args.iter().position(|a| a.name == name).ok_or_else(|| {
+                PyErrText::Value(format!(
+                    "same: kernel `{}` has no argument `{name}`",
+                    sig.name
+                ))
+            })
+        };
+        let mut pairs = Vec::new();
+        for (j, i) in same {
+            let (pj, pi) = (position(j)?, position(i)?);
+            let (a, b) = (&sig.args[pj], &sig.args[pi]);
+            if a.category != Category::J || b.category != Category::I || a.dim != b.dim {
+                return Err(PyErrText::Value(format!(
+                    "same: `{j}` ({}({})) cannot hold the data of `{i}` ({}({})): the first must be a j-variable, the second an i-variable of the same dimension",
+                    a.category, a.dim, b.category, b.dim
+                )));
+            }
+            pairs.push((pj, pi));
+        }
+        pairs.sort_unstable();
+        let mut table = self.symmetric.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(found) = table.get(&pairs) {
+            return Ok(found.clone());
+        }
+        let checked = &self.compiled.checked;
+        let pass = guarded("compiling the symmetric pass", || {
+            keopsc::isolate::on_compiler_stack(|| {
+                driver::jit_symmetric(checked, &pairs, &[DType::F32, DType::F64])
+            })
+            .map_err(PyErrText::Runtime)?
+            .map_err(|e| match e {
+                driver::EvalError::NotSymmetric(e) => PyErrText::Value(format!("same: {e}")),
+                e => PyErrText::Runtime(e.to_string()),
+            })
+        })?;
+        let code = self
+            .compiled
+            .code
+            .with_symmetric(pass)
+            .map_err(PyErrText::Runtime)?;
+        table.insert(pairs, code.clone());
+        Ok(code)
+    }
+}
+
 fn parse_backend(backend: &str) -> PyResult<Backend> {
     match Backend::parse(backend) {
         Some(b @ (Backend::Cpu | Backend::Interp)) => Ok(b),
@@ -393,6 +446,7 @@ impl Kernel {
         Ok(Kernel {
             compiled,
             plans: Mutex::new(HashMap::new()),
+            symmetric: Mutex::new(HashMap::new()),
         })
     }
 
@@ -413,6 +467,33 @@ impl Kernel {
         let out = py.detach(|| {
             guarded("running the kernel", || {
                 code.call(&views).map_err(argument_error)
+            })
+        })?;
+        output(py, out)
+    }
+
+    /// Runs the kernel as a call does, on one point cloud against itself: `same` maps
+    /// j-variables to the i-variables whose data they hold (`{"y": "x"}`). A `Sum` then walks
+    /// each unordered pair once (about half the work for a Gaussian; the result agrees with a
+    /// call up to summation order) when the arrays passed do hold the same data; otherwise it
+    /// is a plain call. The pass is compiled on first use.
+    #[pyo3(signature = (same, *args, **kwargs))]
+    fn call_same<'py>(
+        &self,
+        py: Python<'py>,
+        same: HashMap<String, String>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let code = py.detach(|| self.symmetric_code(&same))?;
+        let sig = code.signature();
+        let objs: Vec<Bound<'py, PyAny>> = args.iter().collect();
+        let objs = bind(sig, &objs, kwargs)?;
+        let held = inputs(sig, &objs)?;
+        let views: Vec<ArrayRef> = held.iter().map(Input::view).collect();
+        let out = py.detach(|| {
+            guarded("running the kernel", || {
+                code.call_symmetric(&views).map_err(argument_error)
             })
         })?;
         output(py, out)

@@ -42,6 +42,44 @@ def test_matvec_and_matmat_match_dense(rng, dtype, tol):
     np.testing.assert_allclose(op.diagonal()[:20], np.ones(20), atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+def test_symmetric_products_walk_each_pair_once_and_match_dense(rng, dtype, tol):
+    # 700 points: two blocks of 256 rows and a partial one.
+    x = cloud(rng, 700).astype(dtype)
+    s = np.array([0.2], dtype=dtype)
+    op = linalg.KernelOperator(GAUSS4, same={"y": "x"}, x=x, s=s)
+    assert op.pairs_once and "each unordered pair once" in repr(op)
+    K = dense(x.astype(np.float64), 0.2)
+    for ncols in (1, 6):
+        V = rng.standard_normal((700, ncols))
+        np.testing.assert_allclose(op.matmat(V), K @ V, atol=tol * np.abs(K @ V).max())
+    # The kernel's own call_same, against a plain call.
+    k = keops_rs.Kernel(GAUSS4)
+    b = rng.standard_normal((700, 4)).astype(dtype)
+    full = k(x, x, b, s)
+    once = k.call_same({"y": "x"}, x, x, b, s)
+    np.testing.assert_allclose(once, full, atol=tol * np.abs(full).max())
+    # Another cloud for y: a plain call, bit for bit.
+    y = cloud(rng, 700).astype(dtype)
+    np.testing.assert_array_equal(k.call_same({"y": "x"}, x, y, b, s), k(x, y, b, s))
+    assert not linalg.KernelOperator(GAUSS4, same={"y": "x"}, x=x, y=y, s=s).pairs_once
+
+
+def test_same_names_what_is_wrong(rng):
+    k = keops_rs.Kernel(GAUSS4)
+    x = cloud(rng, 10)
+    b, s = np.ones((10, 4)), np.array([0.2])
+    with pytest.raises(ValueError, match="no argument `z`"):
+        k.call_same({"z": "x"}, x, x, b, s)
+    with pytest.raises(ValueError, match="cannot hold the data"):
+        k.call_same({"x": "y"}, x, x, b, s)
+    knn = keops_rs.Kernel("kernel m { x = Vi(3) y = Vj(3) Min_Reduction(SqDist(x, y), 0) }")
+    with pytest.raises(ValueError, match="only Sum"):
+        knn.call_same({"y": "x"}, x, x)
+    with pytest.raises(ValueError, match="not given"):
+        linalg.KernelOperator(GAUSS4, same={"y": "q"}, x=x, s=s)
+
+
 def test_normalisations_and_powers_match_dense(rng):
     x = cloud(rng, 400)
     op = linalg.KernelOperator(GAUSS1, x=x, y=x, s=np.array([0.15]))
