@@ -83,3 +83,29 @@ def test_kernel_ridge_fits_and_cg_converges(tmp_path):
     # Noise 0.3 on the samples; the fit is well within it of the noiseless function.
     (rmse,) = numbers(r"test RMSE against the noiseless function: ([\d.]+)", out)
     assert rmse < 0.1, out
+
+
+def test_diffusion_curvature_sign_pattern(tmp_path):
+    out = run_example("diffusion_curvature.py", tmp_path, "--n", "2000")
+    assert_png(tmp_path / "diffusion_curvature.png")
+    assert_png(tmp_path / "diffusion_map.png")
+    assert out.count("Lanczos converged") == 4, out
+    # At N = 2000 the script checks itself against dense numpy: the walk P^t rebuilt from every
+    # eigenpair through its psi and phi, then its own top-k eigenvalues and laziness.
+    (identity,) = numbers(r"P\^t = Psi diag\(lambda\^t\) Phi\^T over all \S+ entries: "
+                          r"max relative difference ([-\d.e+]+)", out)
+    assert identity < 1e-5, out
+    eigenvalues, laziness = numbers(r"(?:eigenvalues|laziness) vs numpy(?:'s top \d+)?: "
+                                    r"max difference ([-\d.e+]+)", out)
+    assert eigenvalues < 1e-6 and laziness < 1e-5, out
+    curvature = {(surface, region): float(value) for surface, region, value in re.findall(
+        r"curvature (\w+) ([\w ]+): ([-+\d.e]+) \(", out)}
+    assert len(curvature) == 5, out
+    # Positive on the sphere and the torus's outer ring, negative at the saddle's centre and on
+    # the inner ring, and the plane's centre within half of the sphere's (curvature 1) value.
+    assert curvature["sphere", "all"] > 0, out
+    assert curvature["torus", "outer ring"] > 0, out
+    assert curvature["saddle", "centre"] < 0, out
+    assert curvature["torus", "inner ring"] < 0, out
+    assert abs(curvature["plane", "centre"]) < 0.5 * curvature["sphere", "all"], out
+    assert "sign pattern: ok" in out, out
