@@ -9,6 +9,8 @@
 //! points (`--x`, `--points`, ...) and writes its result as `.npy` (`-o`); without input files
 //! they run on random points. `PROGRAM --help` says how.
 
+pub mod plot;
+
 use keops_runtime::{DType, HostArray, Module};
 use std::path::Path;
 

@@ -89,13 +89,17 @@ fn module_programs_do_not_link_llvm() {
     }
 }
 
-const PROGRAMS: [(&str, &str); 6] = [
+const PROGRAMS: [(&str, &str); 7] = [
     ("gauss-sum", env!("CARGO_BIN_EXE_gauss-sum")),
     ("knn", env!("CARGO_BIN_EXE_knn")),
     ("diffusion", env!("CARGO_BIN_EXE_diffusion")),
     ("make-example-data", env!("CARGO_BIN_EXE_make-example-data")),
     ("show-npy", env!("CARGO_BIN_EXE_show-npy")),
     ("gauss-fit", env!("CARGO_BIN_EXE_gauss-fit")),
+    (
+        "diffusion-curvature",
+        env!("CARGO_BIN_EXE_diffusion-curvature"),
+    ),
 ];
 
 /// gauss-fit trains through a module built with its gradients, with the runtime alone: the
@@ -140,6 +144,99 @@ fn gauss_fit_recovers_the_bandwidth_with_the_modules_gradients() {
     let plain = build_example("gauss.kf", dir.path());
     let stderr = run_failing(program, &[plain.to_str().unwrap(), "50", "60"]);
     assert!(stderr.contains("keopsc build --grad"), "{stderr}");
+}
+
+/// diffusion-curvature on four small clouds, through a module built with `--same y=x` (its
+/// products over unordered pairs) and one built without (every pair twice): the sign pattern
+/// of the surfaces' curvature comes out right in both, the two agree up to summation order,
+/// and the plots are PNG files; the user's points give the laziness as `.npy`.
+#[test]
+fn diffusion_curvature_finds_the_sign_of_each_surface() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("kf")
+        .join("curvature.kf");
+    let text = std::fs::read_to_string(&path).expect("readable");
+    let compiled =
+        driver::compile(SourceFile::new("curvature.kf", text)).unwrap_or_else(|_| panic!());
+    let module = dir.path().join("curvature.kmod");
+    let options = keopsc::artifact::BuildOptions {
+        gradients: false,
+        same: vec![("y".into(), "x".into())],
+    };
+    keopsc::artifact::build_with_options(
+        &compiled,
+        &[DType::F32, DType::F64],
+        &CpuTarget::host_level(),
+        &module,
+        &[],
+        Placement::Replace,
+        &options,
+    )
+    .expect("builds");
+    let program = env!("CARGO_BIN_EXE_diffusion-curvature");
+    let plots = dir.path().join("plots");
+    let curvatures = |out: &str| -> Vec<f64> {
+        out.lines()
+            .filter_map(|l| l.strip_prefix("curvature "))
+            .filter_map(|rest| {
+                rest.split(": ")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    };
+    let args = [
+        "--n",
+        "1500",
+        "--dtype",
+        "f64",
+        "--out",
+        plots.to_str().unwrap(),
+    ];
+    let once = run(program, &[&[module.to_str().unwrap()], &args[..]].concat());
+    assert!(once.contains("sign pattern: ok"), "{once}");
+    let values = curvatures(&once);
+    assert_eq!(values.len(), 5, "{once}");
+    for name in ["diffusion_curvature.png", "diffusion_map.png"] {
+        let bytes = std::fs::read(plots.join(name)).expect("a plot");
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{name}");
+    }
+    // Without the symmetric pass: the same figures up to summation order.
+    let plain = build_example("curvature.kf", dir.path());
+    let twice = run(program, &[&[plain.to_str().unwrap()], &args[..]].concat());
+    for (a, b) in values.iter().zip(curvatures(&twice)) {
+        assert!((a - b).abs() < 1e-6, "{once}\n{twice}");
+    }
+    // The user's points: the laziness of each, written as .npy.
+    let cloud = dir.path().join("cloud.npy");
+    points(3, 400, 3).write_npy(&cloud).expect("written");
+    let out = dir.path().join("laziness.npy");
+    run(
+        program,
+        &[
+            module.to_str().unwrap(),
+            "--points",
+            cloud.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--eps",
+            "0.1",
+            "--k",
+            "5",
+        ],
+    );
+    let laziness = HostArray::read_npy(&out).expect("readable");
+    assert_eq!(laziness.shape, vec![400]);
+    assert!(laziness
+        .to_f64()
+        .iter()
+        .all(|&l| l > 0.0 && l <= 1.0 + 1e-9));
+    let stderr = run_failing(program, &[module.to_str().unwrap(), "--k", "21"]);
+    assert!(stderr.contains("1 to 20"), "{stderr}");
 }
 
 /// `--help` is an option, not a module path: each program says what it does and how to call it.

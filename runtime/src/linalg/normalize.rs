@@ -151,6 +151,14 @@ impl<A: LinearOperator> Scaled<A> {
             .collect())
     }
 
+    /// The degrees `D` the last step divided by, when that step was `Symmetric`: with `phi`
+    /// a unit eigenvector of this operator and `psi = D^-1/2 phi`
+    /// ([`Scaled::random_walk_eigenvectors`]), the random walk `P = D^-1 A` has
+    /// `P^t = sum_k lambda_k^t psi_k (D psi_k)^T`.
+    pub fn symmetric_degrees(&self) -> Option<&[f64]> {
+        self.symmetric_degrees.as_deref()
+    }
+
     /// The diagonal scalings `(left, right)`.
     pub fn scalings(&self) -> (&[f64], &[f64]) {
         (&self.left, &self.right)
