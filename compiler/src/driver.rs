@@ -245,10 +245,10 @@ pub fn evaluate_bound(
 }
 
 /// [`evaluate_bound`] for arrays where each `(j, i)` of `same` (argument positions) says that
-/// the j-variable `j` holds the data of the i-variable `i`: on the CPU, a `Sum` then walks
-/// each unordered pair once ([`crate::symmetric`]); otherwise, and when the arrays do not
-/// hold the same data after all, the full evaluation. The results agree up to summation
-/// order.
+/// the j-variable `j` holds the data of the i-variable `i`: on the CPU, a `Sum` whose two
+/// halves share enough to pay ([`crate::symmetric::plan_if_it_pays`]) walks each unordered
+/// pair once ([`evaluate_symmetric`]); otherwise, and when the arrays do not hold the same
+/// data after all, the full evaluation. The results agree up to summation order.
 pub fn evaluate_same(
     kernel: &CheckedKernel,
     arrays: &[&HostArray],
@@ -260,10 +260,22 @@ pub fn evaluate_same(
             a.shape.first() == b.shape.first() && a.len() == b.len() && a.to_f64() == b.to_f64()
         })
     };
-    let plan = match crate::symmetric::plan(kernel, same) {
-        Ok(plan) if backend == Backend::Cpu && same.iter().all(shared) => plan,
-        _ => return evaluate_bound(kernel, arrays, backend),
-    };
+    if backend != Backend::Cpu || !same.iter().all(shared) {
+        return evaluate_bound(kernel, arrays, backend);
+    }
+    match crate::symmetric::plan_if_it_pays(kernel, same) {
+        Ok(plan) => evaluate_symmetric(kernel, arrays, &plan),
+        Err(_) => evaluate_bound(kernel, arrays, backend),
+    }
+}
+
+/// Runs `plan` (the kernel's pass over unordered pairs, whether it pays or not) on the CPU:
+/// the arrays must hold the same data where the plan pairs them.
+pub fn evaluate_symmetric(
+    kernel: &CheckedKernel,
+    arrays: &[&HostArray],
+    plan: &crate::symmetric::SymmetricPlan,
+) -> Result<(HostArray, EvalTimings), EvalError> {
     let views: Vec<_> = arrays.iter().map(|a| a.view()).collect();
     let size = check_arguments(&kernel.signature, &views)?;
     let mut timings = EvalTimings {
@@ -474,13 +486,15 @@ pub fn jit_kernel(kernel: &CheckedKernel, dtypes: &[DType]) -> Result<Kernel, Ev
 /// will hold the data of the i-variable `i`. A kernel carrying it
 /// ([`Kernel::with_symmetric`]) walks each unordered pair once when its inputs pair up so
 /// ([`Kernel::call_symmetric`], and the linear operators built on it). A kernel that cannot be
-/// evaluated so (not a `Sum`, no pair) is refused with the reason.
+/// evaluated so (not a `Sum`, no pair), or whose halves share too little for it to pay
+/// ([`crate::symmetric::plan_if_it_pays`]), is refused with the reason
+/// ([`EvalError::NotSymmetric`]): the caller then evaluates it in full.
 pub fn jit_symmetric(
     kernel: &CheckedKernel,
     same: &[(usize, usize)],
     dtypes: &[DType],
 ) -> Result<keops_runtime::SymmetricPass, EvalError> {
-    let plan = crate::symmetric::plan(kernel, same)?;
+    let plan = crate::symmetric::plan_if_it_pays(kernel, same)?;
     let compiled: Vec<JitCrossKernel> = dtypes
         .iter()
         .map(|&d| compile_cpu_cross(&plan.cross, plan.columns, d))

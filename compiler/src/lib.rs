@@ -19,6 +19,7 @@ pub mod formula;
 pub mod interp;
 pub mod isolate;
 pub mod jit_cache;
+pub mod operator;
 pub mod opt;
 pub mod repl;
 pub mod schedule;

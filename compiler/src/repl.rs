@@ -40,6 +40,13 @@ Then:
   :eval [NAME] ARG=FILE.npy ...
                            runs it on .npy arrays
   :eval ... -o OUT.npy     also writes the output to OUT.npy
+  :power [NAME] T [N] [f32|f64] [ARG=FILE.npy ...] [--operand B] [--same J=I]
+         [--normalize STEPS] [-o OUT.npy]
+                           the kernel as a linear operator on B (a Sum linear in it, found
+                           when left out), applied T times to B's array: A^T B, printed step
+                           by step; random data of N points unless files are given;
+                           --normalize row|sym|alpha=A,... as keopsc linalg; --same y=x: one
+                           cloud, each unordered pair once
   :help, :quit
 NAME may be left out when one kernel is defined.";
 
@@ -56,6 +63,7 @@ pub const COMMANDS: &[&str] = &[
     ":asm",
     ":ptx",
     ":eval",
+    ":power",
     ":help",
     ":quit",
 ];
@@ -313,6 +321,7 @@ impl Repl {
             ":llvm" | ":asm" => self.code(command, &args, out),
             ":ptx" => self.ptx(&args, out),
             ":eval" => self.eval(&args, out),
+            ":power" => self.power(&args, out),
             other => Err(format!("unknown command `{other}` (:help lists them)")),
         };
         if let Err(message) = result {
@@ -606,6 +615,172 @@ impl Repl {
         }
         if let Some(path) = output {
             result
+                .write_npy(&path)
+                .map_err(|e| format!("output `{}`: {e}", path.display()))?;
+            let _ = writeln!(out, "wrote {}", path.display());
+        }
+        Ok(())
+    }
+}
+
+impl Repl {
+    /// `:power`: the kernel as a linear operator, applied repeatedly.
+    fn power(&self, args: &[&str], out: &mut String) -> Result<(), String> {
+        use keops_runtime::linalg::{KernelOperator, LinearOperator, Normalization, Scaled};
+        let mut output = None;
+        let mut operand = None;
+        let mut same_text = Vec::new();
+        let mut normalize = String::new();
+        let mut kept = Vec::with_capacity(args.len());
+        let mut words = args.iter();
+        while let Some(&word) = words.next() {
+            let mut value = |flag: &str| {
+                words
+                    .next()
+                    .map(|v| v.to_string())
+                    .ok_or_else(|| format!("`{flag}` needs a value"))
+            };
+            match word {
+                "-o" => output = Some(std::path::PathBuf::from(value("-o")?)),
+                "--operand" => operand = Some(value("--operand")?),
+                "--same" => same_text.push(value("--same")?),
+                "--normalize" => normalize = value("--normalize")?,
+                _ => kept.push(word),
+            }
+        }
+        let steps =
+            Normalization::parse_list(&normalize).map_err(|e| format!("--normalize: {e}"))?;
+        let (defined, rest) = self.target(&kept)?;
+        let compiled = driver::compile(SourceFile::new("<kernel>", defined.source.as_str()))
+            .map_err(|(s, d)| crate::diagnostic::render_all(&d, &s, self.color))?;
+        let kernel = &compiled.kernels[0];
+        let sig = &kernel.signature;
+        let position = |name: &str| {
+            sig.args
+                .iter()
+                .position(|a| a.name == name)
+                .ok_or_else(|| format!("kernel `{}` has no argument `{name}`", kernel.name))
+        };
+        let mut same = Vec::new();
+        for text in &same_text {
+            let (j, i) = text
+                .split_once('=')
+                .ok_or_else(|| format!("--same `{text}`: expected J=I"))?;
+            same.push((position(j.trim())?, position(i.trim())?));
+        }
+        let (files, numbers): (Vec<&str>, Vec<&str>) = rest.iter().partition(|a| a.contains('='));
+        let mut counts = Vec::new();
+        let mut dtype = DType::F32;
+        for a in &numbers {
+            match a.parse::<usize>() {
+                Ok(v) => counts.push(v),
+                Err(_) => dtype = parse_dtype(a)?,
+            }
+        }
+        let t = *counts
+            .first()
+            .ok_or(":power needs the number of steps T: :power [NAME] T [N] ...")?;
+        let mut inputs: Vec<(String, HostArray)> = if files.is_empty() {
+            let n = counts.get(1).copied().unwrap_or(1000);
+            random_inputs(sig, n, n, dtype)
+        } else {
+            files
+                .iter()
+                .map(|a| {
+                    let (name, path) = a.split_once('=').expect("partitioned on '='");
+                    let array = HostArray::read_npy(std::path::Path::new(path))
+                        .map_err(|e| format!("argument `{name}`: {e}"))?;
+                    Ok((name.to_string(), array))
+                })
+                .collect::<Result<_, String>>()?
+        };
+        for &(j, i) in &same {
+            let data = inputs
+                .iter()
+                .find(|(n, _)| *n == sig.args[i].name)
+                .map(|(_, a)| a.clone())
+                .ok_or_else(|| format!("--same: `{}` is not given", sig.args[i].name))?;
+            inputs.retain(|(n, _)| *n != sig.args[j].name);
+            inputs.push((sig.args[j].name.clone(), data));
+        }
+        let operand = match operand {
+            Some(name) => name,
+            // The starting vector is given as the operand's data: the operand is the one
+            // candidate that --same does not pair.
+            None => crate::operator::find_operand(kernel, |name| {
+                same.iter().any(|&(j, _)| sig.args[j].name == name)
+            })
+            .map_err(|e| format!("{e}: use --operand"))?,
+        };
+        let start_vector = inputs
+            .iter()
+            .position(|(n, _)| *n == operand)
+            .map(|k| inputs.remove(k).1)
+            .ok_or_else(|| {
+                format!("the operand `{operand}` is not given: pass {operand}=FILE.npy")
+            })?;
+        let dtype = inputs.first().map_or(dtype, |(_, a)| a.dtype());
+        let compiled_kernel = crate::operator::compile_operator_kernel(kernel, &same, dtype)
+            .map_err(|e| e.to_string())?;
+        crate::operator::probe_linearity(kernel, &compiled_kernel, &operand, &inputs)?;
+        let op =
+            KernelOperator::new(compiled_kernel, &operand, inputs).map_err(|e| e.to_string())?;
+        let pairs_once = op.pairs_once();
+        let op = Scaled::normalized(op, &steps).map_err(|e| e.to_string())?;
+        let ncols = start_vector.shape.get(1).copied().unwrap_or(1).max(1);
+        if start_vector.shape.first() != Some(&op.cols()) {
+            return Err(format!(
+                "`{operand}` has {} rows; the operator has {} columns",
+                start_vector.shape.first().copied().unwrap_or(0),
+                op.cols()
+            ));
+        }
+        let _ = writeln!(
+            out,
+            "{} x {} operator on `{operand}` ({ncols} column{}{}{}), {} step{}",
+            op.rows(),
+            op.cols(),
+            if ncols == 1 { "" } else { "s" },
+            if normalize.is_empty() {
+                String::new()
+            } else {
+                format!(", normalised {normalize}")
+            },
+            if pairs_once {
+                ", each unordered pair once"
+            } else {
+                ""
+            },
+            t,
+            if t == 1 { "" } else { "s" }
+        );
+        let mut v = start_vector.to_f64();
+        let total = Instant::now();
+        for step in 1..=t {
+            let started = Instant::now();
+            v = op.apply(&v, ncols).map_err(|e| e.to_string())?;
+            let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+            let shown: Vec<String> = v.iter().take(3).map(|x| format!("{x:.6}")).collect();
+            let _ = writeln!(
+                out,
+                "  step {step}: {:.2} ms, |v| = {norm:.6e}, v = [{}{}]",
+                started.elapsed().as_secs_f64() * 1e3,
+                shown.join(", "),
+                if v.len() > 3 { ", ..." } else { "" }
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{t} products in {:.3} s",
+            total.elapsed().as_secs_f64()
+        );
+        if let Some(path) = output {
+            let shape = vec![op.rows(), ncols];
+            let array = match dtype {
+                DType::F64 => HostArray::from_f64(shape, v),
+                DType::F32 => HostArray::from_f32(shape, v.iter().map(|&x| x as f32).collect()),
+            };
+            array
                 .write_npy(&path)
                 .map_err(|e| format!("output `{}`: {e}", path.display()))?;
             let _ = writeln!(out, "wrote {}", path.display());

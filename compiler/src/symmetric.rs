@@ -9,6 +9,10 @@
 //! `Concat(F, F swapped)` over the pairs of a row block and the later blocks: simplified as one
 //! formula, whatever the two halves share (for a Gaussian, the whole exponential: `SqDist` is
 //! written with its operands in one order, which changes no bit) is computed once per pair.
+//!
+//! It is chosen only where that sharing pays ([`plan_if_it_pays`], by the optimiser's cost
+//! per pair): a formula whose halves share nothing costs as much either way, plus the
+//! column buffers.
 
 use crate::check::CheckedKernel;
 use crate::formula::{Formula, Node, Op};
@@ -57,6 +61,69 @@ pub enum NotSymmetric {
     NoSharedData { kernel: String },
     #[error("kernel `{kernel}`: internal error while building its symmetric kernel: {message}")]
     Internal { kernel: String, message: String },
+    #[error("kernel `{kernel}`: its two halves share too little to pay (the formula costs {full} operations per pair, both halves together {both}): the full evaluation is faster")]
+    DoesNotPay {
+        kernel: String,
+        full: u64,
+        both: u64,
+    },
+}
+
+/// What walking unordered pairs costs against the full evaluation, by the optimiser's cost
+/// per pair: the full evaluation computes `F` for each ordered pair (`full`, plus `columns`
+/// additions into the row), the symmetric one `Concat(F, F swapped)` for each unordered pair
+/// (`both`, plus `2 columns` additions). It pays when what the halves share (for a Gaussian,
+/// the whole exponential) saves a tenth of the operations at least: the column buffers and
+/// their merges cost something, but each unordered pair also loads its inner-indexed inputs
+/// and steps the loop once instead of twice, which operation counts leave out (a Gaussian
+/// with 3 columns counts 0.83 of the operations and takes about 0.6 of the time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Payoff {
+    pub full: u64,
+    pub both: u64,
+    pub columns: u64,
+}
+
+impl Payoff {
+    pub fn pays(&self) -> bool {
+        let symmetric = self.both + 2 * self.columns;
+        let full = 2 * (self.full + self.columns);
+        10 * symmetric <= 9 * full
+    }
+}
+
+/// The payoff of `plan` for `kernel`: both simplified by the optimiser (tens of ms).
+pub fn payoff(kernel: &CheckedKernel, plan: &SymmetricPlan) -> Result<Payoff, NotSymmetric> {
+    let internal = |d: crate::diagnostic::Diagnostic| NotSymmetric::Internal {
+        kernel: kernel.name.clone(),
+        message: d.message,
+    };
+    let budget = crate::opt::OptBudget::default();
+    let full = crate::opt::optimize(kernel, &budget).map_err(internal)?;
+    let both = crate::opt::optimize(&plan.cross, &budget).map_err(internal)?;
+    Ok(Payoff {
+        full: full.after.per_pair,
+        both: both.after.per_pair,
+        columns: plan.columns as u64,
+    })
+}
+
+/// [`plan`], refused with [`NotSymmetric::DoesNotPay`] when the full evaluation is cheaper:
+/// what chooses the schedule wherever the caller only says that `y` holds `x`'s data.
+pub fn plan_if_it_pays(
+    kernel: &CheckedKernel,
+    same: &[(usize, usize)],
+) -> Result<SymmetricPlan, NotSymmetric> {
+    let plan = plan(kernel, same)?;
+    let payoff = payoff(kernel, &plan)?;
+    if !payoff.pays() {
+        return Err(NotSymmetric::DoesNotPay {
+            kernel: kernel.name.clone(),
+            full: payoff.full,
+            both: payoff.both,
+        });
+    }
+    Ok(plan)
 }
 
 /// The symmetric plan of `kernel` where each `(j, i)` of `same` (argument positions) says that

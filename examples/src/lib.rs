@@ -1,6 +1,9 @@
 //! Example kernels (`examples/kf/*.kf`) and the programs a user starts from: `make-example-data`
 //! and `show-npy` (used by `./x run-example`), and three programs that load a module built by
 //! `keopsc build` through `keops-runtime` alone (no LLVM): `gauss-sum`, `knn`, `diffusion`.
+//! `diffusion-curvature` computes the diffusion curvature of point clouds (sphere, plane,
+//! saddle, torus, or the user's) from a module built with `--same y=x`, and plots it
+//! (`plot`: PNG scatter plots without dependencies).
 //! `gauss-fit` trains through a module built with its gradients (`keopsc build --grad`): the
 //! runtime alone computes them. `jit-gauss-sum` (feature `jit`) compiles its kernel at run
 //! time instead.

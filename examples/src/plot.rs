@@ -154,7 +154,7 @@ pub fn scatter(points: &[(f64, f64, f64, Rgb)], size: usize, radius: f64) -> Ima
         hi = [hi[0].max(p.0), hi[1].max(p.1)];
     }
     let span = (hi[0] - lo[0]).max(hi[1] - lo[1]);
-    if !(span > 0.0) {
+    if span.is_nan() || span <= 0.0 {
         return image;
     }
     let margin = 0.06 * size as f64;

@@ -163,6 +163,7 @@ fn diffusion_curvature_finds_the_sign_of_each_surface() {
     let options = keopsc::artifact::BuildOptions {
         gradients: false,
         same: vec![("y".into(), "x".into())],
+        ..Default::default()
     };
     keopsc::artifact::build_with_options(
         &compiled,

@@ -208,8 +208,10 @@ class KernelOperator(_Operator):
         rows = rows_of(output_category) or 1
         self.shape = (rows, cols)
         # The native side checks the data on each call too; this is what products will do.
-        self.pairs_once = bool(self.same) and all(
-            np.array_equal(self.inputs[j], self.inputs[i]) for j, i in self.same.items()
+        self.pairs_once = (
+            bool(self.same)
+            and all(np.array_equal(self.inputs[j], self.inputs[i]) for j, i in self.same.items())
+            and self.kernel.walks_pairs_once(self.same)
         )
         self._check_linearity()
 

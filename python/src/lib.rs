@@ -22,6 +22,7 @@ use keopsc::check::CheckedKernel;
 use keopsc::diagnostic::render_all;
 use keopsc::driver::{self, Backend};
 use keopsc::source::SourceFile;
+use keopsc::symmetric::NotSymmetric;
 use keopsc::vjp::{self as kvjp, VjpPlan, VjpRunError};
 use numpy::{
     IxDyn, PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray,
@@ -411,16 +412,22 @@ impl Kernel {
                 driver::jit_symmetric(checked, &pairs, &[DType::F32, DType::F64])
             })
             .map_err(PyErrText::Runtime)?
-            .map_err(|e| match e {
-                driver::EvalError::NotSymmetric(e) => PyErrText::Value(format!("same: {e}")),
-                e => PyErrText::Runtime(e.to_string()),
+            .map(Some)
+            .or_else(|e| match e {
+                // Its halves share too little: the plain kernel is the faster one.
+                driver::EvalError::NotSymmetric(NotSymmetric::DoesNotPay { .. }) => Ok(None),
+                driver::EvalError::NotSymmetric(e) => Err(PyErrText::Value(format!("same: {e}"))),
+                e => Err(PyErrText::Runtime(e.to_string())),
             })
         })?;
-        let code = self
-            .compiled
-            .code
-            .with_symmetric(pass)
-            .map_err(PyErrText::Runtime)?;
+        let code = match pass {
+            Some(pass) => self
+                .compiled
+                .code
+                .with_symmetric(pass)
+                .map_err(PyErrText::Runtime)?,
+            None => self.compiled.code.clone(),
+        };
         table.insert(pairs, code.clone());
         Ok(code)
     }
@@ -475,8 +482,9 @@ impl Kernel {
     /// Runs the kernel as a call does, on one point cloud against itself: `same` maps
     /// j-variables to the i-variables whose data they hold (`{"y": "x"}`). A `Sum` then walks
     /// each unordered pair once (about half the work for a Gaussian; the result agrees with a
-    /// call up to summation order) when the arrays passed do hold the same data; otherwise it
-    /// is a plain call. The pass is compiled on first use.
+    /// call up to summation order) when the arrays passed do hold the same data and the
+    /// kernel's two halves share enough for it to pay (`walks_pairs_once`); otherwise it is a
+    /// plain call. The pass is compiled on first use.
     #[pyo3(signature = (same, *args, **kwargs))]
     fn call_same<'py>(
         &self,
@@ -497,6 +505,14 @@ impl Kernel {
             })
         })?;
         output(py, out)
+    }
+
+    /// Whether `call_same(same, ...)` walks each unordered pair once when the paired arrays
+    /// hold the same data: false for a kernel whose two halves share too little for it to
+    /// pay (it is then called in full).
+    fn walks_pairs_once(&self, py: Python<'_>, same: HashMap<String, String>) -> PyResult<bool> {
+        let code = py.detach(|| self.symmetric_code(&same))?;
+        Ok(code.symmetric().is_some())
     }
 
     /// The same reduction evaluated by another backend: "interp" (the f64 reference

@@ -65,6 +65,17 @@ def test_symmetric_products_walk_each_pair_once_and_match_dense(rng, dtype, tol)
     assert not linalg.KernelOperator(GAUSS4, same={"y": "x"}, x=x, y=y, s=s).pairs_once
 
 
+def test_same_is_a_plain_call_where_pairs_once_would_not_pay(rng):
+    # The two halves of this formula share nothing: walking unordered pairs saves nothing.
+    apart = GAUSS1.replace("Exp(-SqDist(x, y) / (2 * s * s))", "Exp(Elem(x, 0) * s - Elem(y, 1))")
+    k = keops_rs.Kernel(apart)
+    assert not k.walks_pairs_once({"y": "x"})
+    assert keops_rs.Kernel(GAUSS1).walks_pairs_once({"y": "x"})
+    x, b, s = cloud(rng, 300), rng.standard_normal((300, 1)), np.array([0.7])
+    np.testing.assert_array_equal(k.call_same({"y": "x"}, x, x, b, s), k(x, x, b, s))
+    assert not linalg.KernelOperator(apart, same={"y": "x"}, x=x, s=s).pairs_once
+
+
 def test_same_names_what_is_wrong(rng):
     k = keops_rs.Kernel(GAUSS4)
     x = cloud(rng, 10)

@@ -27,6 +27,11 @@ pub enum CudaError {
     Argument(#[from] ArgumentError),
     #[error("{rows} output rows need {blocks} blocks, more than a launch may have (2^31 - 1)")]
     TooManyRows { rows: usize, blocks: usize },
+    #[error("kernel `{kernel}` carries no GPU code for {dtype}: build its module with `keopsc build --gpu`")]
+    NoGpuCode {
+        kernel: String,
+        dtype: crate::arrays::DType,
+    },
 }
 
 fn driver(doing: &'static str) -> impl Fn(cudarc::driver::DriverError) -> CudaError {
@@ -115,6 +120,34 @@ impl CudaKernel {
             function,
             stream: device.stream.clone(),
         })
+    }
+
+    /// Loads the GPU code a kernel carries for `dtype` (a module built with `keopsc build
+    /// --gpu`): no compiler needed.
+    pub fn from_kernel(
+        device: &CudaDevice,
+        kernel: &crate::Kernel,
+        dtype: DType,
+    ) -> Result<CudaKernel, CudaError> {
+        let code = kernel.gpu_code(dtype).ok_or_else(|| CudaError::NoGpuCode {
+            kernel: kernel.name().to_string(),
+            dtype,
+        })?;
+        CudaKernel::load(
+            device,
+            &code.ptx,
+            &code.symbol,
+            kernel.signature().clone(),
+            dtype,
+            code.launch,
+        )
+    }
+
+    /// Waits until the work queued on the kernel's stream is done (for timings).
+    pub fn synchronize(&self) -> Result<(), CudaError> {
+        self.stream
+            .synchronize()
+            .map_err(driver("waiting for the stream"))
     }
 
     /// Runs the kernel on host arrays (signature order, checked as the CPU's are) and returns

@@ -43,6 +43,20 @@
 use crate::reduction::Reduction;
 use num_traits::Float;
 
+/// A kernel's GPU code for one dtype, as a module stores it (`keopsc build --gpu`): the PTX
+/// text of its 1-D kernel, the entry point and the launch shape it was compiled for. Loading
+/// it needs the CUDA driver (`keops_runtime::cuda`, feature `cuda`); holding it does not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GpuCode {
+    pub dtype: crate::arrays::DType,
+    pub ptx: std::sync::Arc<str>,
+    pub symbol: String,
+    pub launch: GpuLaunch1D,
+    /// The oldest GPU architecture the PTX targets (`sm_80`); the driver JIT-compiles it for
+    /// later ones.
+    pub arch: String,
+}
+
 /// The launch shape of a 1-D kernel: its compiled block size and static shared memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GpuLaunch1D {

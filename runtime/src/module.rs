@@ -13,6 +13,7 @@
 use crate::abi::{ArgSpec, Axis, Category, Signature};
 use crate::arrays::{ArgumentError, ArrayRef, DType, HostArray, OutputRef};
 use crate::cross::CrossTileFn;
+use crate::gpu::{GpuCode, GpuLaunch1D};
 use crate::gradient::{stored_gradients, StoredGradient};
 use crate::reduction::{Reduction, ReductionKind};
 use crate::symmetric::SymmetricPass;
@@ -103,6 +104,23 @@ pub struct ManifestKernel {
     /// The kernel's pass over unordered pairs (`keopsc build --same J=I`). Absent without.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub symmetric: Option<ManifestSymmetric>,
+    /// Its GPU code, one PTX file per dtype (`keopsc build --gpu`). Absent without.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpu: Vec<ManifestGpuEntry>,
+}
+
+/// One PTX file of a kernel: the 1-D kernel for `dtype` (`keops_runtime::gpu`'s calling
+/// convention), its entry point, the launch shape it was compiled for, its architecture and
+/// the file's FNV-1a 64 checksum.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestGpuEntry {
+    pub dtype: String,
+    pub file: String,
+    pub symbol: String,
+    pub block: u32,
+    pub shared_bytes: u32,
+    pub arch: String,
+    pub hash: String,
 }
 
 /// A stored symmetric pass ([`SymmetricPass`]): the cross kernel's arguments (the kernel's,
@@ -193,6 +211,7 @@ impl ManifestKernel {
             entries: Vec::new(),
             gradients: Vec::new(),
             symmetric: None,
+            gpu: Vec::new(),
         }
     }
 
@@ -390,6 +409,8 @@ pub struct Kernel {
     /// Its pass over unordered pairs, for one point cloud against itself (a module built
     /// with `--same`, or `keopsc::driver::jit_symmetric`).
     symmetric: Option<Arc<SymmetricPass>>,
+    /// Its GPU code per dtype (a module built with `--gpu`).
+    gpu: Arc<Vec<GpuCode>>,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -415,7 +436,33 @@ impl Kernel {
             _owner: owner,
             gradients: Arc::new(Vec::new()),
             symmetric: None,
+            gpu: Arc::new(Vec::new()),
         }
+    }
+
+    /// The same kernel carrying GPU code (what `keops_runtime::cuda::CudaKernel::from_kernel`
+    /// loads); what is wrong when the code does not fit (a dtype twice, no block).
+    pub fn with_gpu_code(&self, code: Vec<GpuCode>) -> Result<Kernel, String> {
+        for (k, c) in code.iter().enumerate() {
+            if c.launch.block == 0 || c.symbol.is_empty() {
+                return Err(format!(
+                    "GPU code for {}: no block size or entry point",
+                    c.dtype
+                ));
+            }
+            if code[..k].iter().any(|o| o.dtype == c.dtype) {
+                return Err(format!("GPU code for {} given twice", c.dtype));
+            }
+        }
+        Ok(Kernel {
+            gpu: Arc::new(code),
+            ..self.clone()
+        })
+    }
+
+    /// Its GPU code for `dtype`, if it carries some.
+    pub fn gpu_code(&self, dtype: DType) -> Option<&GpuCode> {
+        self.gpu.iter().find(|c| c.dtype == dtype)
     }
 
     /// The same kernel carrying `pass`, which [`Kernel::call_symmetric`] then runs when the
@@ -721,6 +768,50 @@ impl Module {
             if !described.gradients.is_empty() {
                 *kernel = kernel
                     .with_gradients(&described.gradients, &backward)
+                    .map_err(|e| corrupt(format!("kernel `{}`: {e}", described.name)))?;
+            }
+            if !described.gpu.is_empty() {
+                let mut code = Vec::new();
+                for e in &described.gpu {
+                    let bad = |m: String| {
+                        corrupt(format!(
+                            "kernel `{}`: GPU code {}: {m}",
+                            described.name, e.file
+                        ))
+                    };
+                    if e.file.contains('/') || e.file.contains("..") || !e.file.ends_with(".ptx") {
+                        return Err(bad("not a PTX file of the module".into()));
+                    }
+                    if !matches!(e.dtype.as_str(), "float32" | "float64") {
+                        return Err(bad(format!("dtype `{}`", e.dtype)));
+                    }
+                    let bytes = std::fs::read(path.join(&e.file))
+                        .map_err(|err| io(format!("{}: {err}", e.file)))?;
+                    let hash = format!("{:016x}", fnv1a64(&bytes));
+                    if hash != e.hash {
+                        return Err(bad(format!(
+                            "checksum {hash}, the manifest says {}",
+                            e.hash
+                        )));
+                    }
+                    let ptx = String::from_utf8(bytes).map_err(|_| bad("not text".into()))?;
+                    code.push(GpuCode {
+                        dtype: if e.dtype == "float32" {
+                            DType::F32
+                        } else {
+                            DType::F64
+                        },
+                        ptx: ptx.into(),
+                        symbol: e.symbol.clone(),
+                        launch: GpuLaunch1D {
+                            block: e.block,
+                            shared_bytes: e.shared_bytes,
+                        },
+                        arch: e.arch.clone(),
+                    });
+                }
+                *kernel = kernel
+                    .with_gpu_code(code)
                     .map_err(|e| corrupt(format!("kernel `{}`: {e}", described.name)))?;
             }
             if let Some(stored) = &described.symmetric {

@@ -673,6 +673,7 @@ fn build_symmetric(dir: &Path) -> std::path::PathBuf {
     let options = keopsc::artifact::BuildOptions {
         gradients: false,
         same: vec![("y".into(), "x".into())],
+        ..Default::default()
     };
     let report = keopsc::artifact::build_with_options(
         &compiled(SOURCE),
@@ -777,4 +778,56 @@ fn a_damaged_symmetric_pass_is_refused_at_load() {
     }
     std::fs::write(path.join(MANIFEST_FILE), &original).unwrap();
     Module::load(&path).expect("the original loads");
+}
+
+/// `--gpu`: every kernel carries its PTX for each dtype after a load (no CUDA needed), the
+/// same text the compiler emits; a damaged or missing PTX file is refused at load.
+#[test]
+fn a_module_built_with_gpu_code_carries_its_ptx() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("gpu.kmod");
+    let options = keopsc::artifact::BuildOptions {
+        gpu: true,
+        ..Default::default()
+    };
+    let file = compiled(SOURCE);
+    keopsc::artifact::build_with_options(
+        &file,
+        &[DType::F32, DType::F64],
+        &CpuTarget::host_level(),
+        &out,
+        &[],
+        keopsc::artifact::Placement::Replace,
+        &options,
+    )
+    .expect("builds");
+    let module = Module::load(&out).expect("loads");
+    for (kernel, checked) in module.kernels().iter().zip(&file.kernels) {
+        for dtype in [DType::F32, DType::F64] {
+            let code = kernel.gpu_code(dtype).expect("GPU code");
+            let emitted = driver::compile_gpu(checked, dtype).expect("PTX");
+            assert_eq!(
+                &*code.ptx,
+                emitted.ptx.as_str(),
+                "{} {dtype}",
+                kernel.name()
+            );
+            assert_eq!(code.symbol, emitted.symbol);
+            assert_eq!(code.launch, emitted.schedule.launch);
+            assert_eq!(code.arch, "sm_80");
+            assert!(code.ptx.contains(".entry"));
+        }
+    }
+    // Without --gpu: none.
+    let plain = Module::load(build(dir.path(), &CpuTarget::host_level())).unwrap();
+    assert!(plain.kernels()[0].gpu_code(DType::F32).is_none());
+    // A PTX file changed by one byte, then missing.
+    let ptx = out.join("gpu_gauss_float32.ptx");
+    let text = std::fs::read_to_string(&ptx).expect("the PTX file");
+    std::fs::write(&ptx, text.replacen(".entry", ".entrY", 1)).unwrap();
+    let err = Module::load(&out).err().expect("refused");
+    assert!(err.to_string().contains("checksum"), "{err}");
+    std::fs::remove_file(&ptx).unwrap();
+    let err = Module::load(&out).err().expect("refused");
+    assert!(err.to_string().contains("gpu_gauss_float32.ptx"), "{err}");
 }

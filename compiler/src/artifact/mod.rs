@@ -112,6 +112,10 @@ pub struct BuildOptions {
     /// `Kernel::call_symmetric` and the linear operators built on it run when `j`'s array
     /// holds `i`'s data.
     pub same: Vec<(String, String)>,
+    /// Every kernel's GPU code too (`keopsc build --gpu`): its 1-D kernel as PTX for
+    /// `sm_80` (which the driver JIT-compiles for later GPUs), one file per dtype, which
+    /// `keops_runtime::cuda::CudaKernel::from_kernel` loads without the compiler.
+    pub gpu: bool,
 }
 
 /// The symbol of a kernel's symmetric pass for one dtype.
@@ -197,7 +201,7 @@ fn build_module(
             symmetric.push(None);
             continue;
         }
-        match crate::symmetric::plan(k, &pairs) {
+        match crate::symmetric::plan_if_it_pays(k, &pairs) {
             Ok(plan) => {
                 let cross = optimize(&plan.cross)?;
                 let mut rows = cross.signature.clone();
@@ -213,9 +217,26 @@ fn build_module(
     }
     let mut specs = Vec::new();
     let mut kernels = Vec::new();
+    let mut ptx_files: Vec<(String, String)> = Vec::new();
     for ((k, gradients), sym) in optimized.iter().zip(stored.gradients).zip(&symmetric) {
         let mut entry = describe(k, tile_symbol, dtypes, target, &mut specs);
         entry.gradients = gradients;
+        if options.gpu {
+            for &dtype in dtypes {
+                let ptx = crate::codegen::nvptx::compile_ptx(&k.formula, &k.signature, dtype)?;
+                let file = format!("gpu_{}_{}.ptx", k.name, dtype_name(dtype));
+                entry.gpu.push(keops_runtime::module::ManifestGpuEntry {
+                    dtype: dtype_name(dtype).to_string(),
+                    file: file.clone(),
+                    symbol: ptx.symbol.clone(),
+                    block: ptx.schedule.launch.block,
+                    shared_bytes: ptx.schedule.launch.shared_bytes,
+                    arch: crate::codegen::nvptx::PTX_ARCH.to_string(),
+                    hash: format!("{:016x}", fnv1a64(ptx.ptx.as_bytes())),
+                });
+                ptx_files.push((file, ptx.ptx));
+            }
+        }
         if let Some((plan, cross, rows)) = sym {
             let mut stored = keops_runtime::module::ManifestSymmetric {
                 args: ManifestKernel::describe(rows).args,
@@ -259,13 +280,15 @@ fn build_module(
     std::fs::create_dir_all(&parent).map_err(io(&parent))?;
     let staging = temporary_dir(&parent, out);
     std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+    let mut extra: Vec<(&str, &str)> = extra.to_vec();
+    extra.extend(ptx_files.iter().map(|(f, t)| (f.as_str(), t.as_str())));
     let result = write_module(
         file,
         &object,
         (kernels, backward_kernels),
         target,
         &staging,
-        extra,
+        &extra,
     );
     let (manifest, link) = match result {
         Ok(r) => r,

@@ -743,8 +743,49 @@ fn small_exponentials_in_runs_of_rows_match_the_interpreter() {
     }
 }
 
+/// The symmetric schedule is chosen where the two halves share enough: a Gaussian (the
+/// exponential shared) pays, a formula whose halves share nothing does not, and
+/// `evaluate_same` then runs the full evaluation, with the same result.
+#[test]
+fn symmetric_evaluation_is_chosen_where_it_pays() {
+    let kernel = |formula: &str| {
+        let text = format!(
+            "kernel t {{ x = Vi(3) y = Vj(3) b = Vj(1) s = Pm(1) Sum_Reduction({formula}, 0) }}\n"
+        );
+        compile(&text).kernels.remove(0)
+    };
+    let gauss = kernel("Exp(-SqDist(x, y) * s) * b");
+    let plan = keopsc::symmetric::plan(&gauss, &[(1, 0)]).unwrap();
+    let payoff = keopsc::symmetric::payoff(&gauss, &plan).unwrap();
+    assert!(payoff.pays(), "{payoff:?}");
+    assert!(keopsc::symmetric::plan_if_it_pays(&gauss, &[(1, 0)]).is_ok());
+    let apart = kernel("Exp(Elem(x, 0) * s - Elem(y, 1)) * b");
+    let plan = keopsc::symmetric::plan(&apart, &[(1, 0)]).unwrap();
+    let payoff = keopsc::symmetric::payoff(&apart, &plan).unwrap();
+    assert!(!payoff.pays(), "{payoff:?}");
+    let refused = keopsc::symmetric::plan_if_it_pays(&apart, &[(1, 0)]).unwrap_err();
+    assert!(
+        refused.to_string().contains("share too little"),
+        "{refused}"
+    );
+    let n = 300;
+    let x: Vec<f64> = (0..n * 3)
+        .map(|k| ((k * 37) % 101) as f64 / 101.0)
+        .collect();
+    let arrays = [
+        HostArray::from_f64(vec![n, 3], x.clone()),
+        HostArray::from_f64(vec![n, 3], x),
+        HostArray::from_f64(vec![n, 1], vec![0.5; n]),
+        HostArray::from_f64(vec![1], vec![0.7]),
+    ];
+    let refs: Vec<&HostArray> = arrays.iter().collect();
+    let (same, _) = driver::evaluate_same(&apart, &refs, &[(1, 0)], Backend::Cpu).unwrap();
+    let (full, _) = driver::evaluate_bound(&apart, &refs, Backend::Cpu).unwrap();
+    assert_eq!(same.to_f64(), full.to_f64());
+}
+
 /// A kernel applied to one point cloud against itself (`y` holds `x`'s data), walked over
-/// unordered pairs (`driver::evaluate_same`): the same as the full evaluation and the
+/// unordered pairs (`driver::evaluate_symmetric`): the same as the full evaluation and the
 /// interpreter, for symmetric and non-symmetric formulas, vector outputs, both axes, sizes
 /// around the symmetric blocks, f32 and f64.
 #[test]
@@ -794,7 +835,8 @@ fn symmetric_evaluation_matches_the_full_one() {
                         make(vec![1], &[0.8]),
                     ];
                     let refs: Vec<&HostArray> = arrays.iter().collect();
-                    let (got, _) = driver::evaluate_same(k, &refs, &same, Backend::Cpu).unwrap();
+                    // The pass over unordered pairs itself, whether it pays or not.
+                    let (got, _) = driver::evaluate_symmetric(k, &refs, &plan).unwrap();
                     let (full, _) = driver::evaluate_bound(k, &refs, Backend::Cpu).unwrap();
                     let (want, _) = driver::evaluate_bound(k, &refs, Backend::Interp).unwrap();
                     assert_eq!(got.shape, full.shape);

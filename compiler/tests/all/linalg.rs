@@ -176,9 +176,8 @@ fn a_symmetric_pass_is_refused_where_it_cannot_run() {
     let text = "kernel m { x = Vi(3) y = Vj(3) Max_Reduction(-SqDist(x, y), 0) }";
     let compiled = driver::compile(SourceFile::new("<test>", text.to_string()))
         .unwrap_or_else(|_| panic!("the test kernel compiles"));
-    let err = driver::jit_symmetric(&compiled.kernels[0], &[(1, 0)], &[DType::F64])
-        .err()
-        .expect("refused");
+    let err =
+        driver::jit_symmetric(&compiled.kernels[0], &[(1, 0)], &[DType::F64]).expect_err("refused");
     assert!(err.to_string().contains("only Sum"), "{err}");
     let compiled = driver::compile(SourceFile::new("<test>", gauss_source(1)))
         .unwrap_or_else(|_| panic!("the test kernel compiles"));

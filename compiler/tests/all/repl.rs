@@ -326,3 +326,70 @@ fn ptx_shows_the_gpu_kernel_of_a_defined_kernel() {
     repl.handle_line(":ptx g f16", &mut out);
     assert!(out.starts_with("error: "), "{out}");
 }
+
+/// `:power` applies a kernel as a linear operator repeatedly: on random data, normalised
+/// row-stochastic over one cloud (each pair once), every step keeps a constant vector constant;
+/// on files, the result against the dense product; a kernel not linear in the operand, or
+/// an operand of the wrong category, is refused.
+#[test]
+fn power_applies_a_kernel_as_an_operator_repeatedly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    use keops_runtime::HostArray;
+    let mut repl = Repl::new();
+    let mut run = |line: &str| -> String {
+        let mut out = String::new();
+        repl.handle_line(line, &mut out);
+        out
+    };
+    run("kernel heat { x = Vi(3) y = Vj(3) t = Vj(1) Sum_Reduction(Exp(-SqDist(x, y) * 20) * t, 0) }");
+    let out = run(":power 3 500 --same y=x --normalize row");
+    assert!(out.contains("each unordered pair once"), "{out}");
+    assert!(out.contains("3 products in"), "{out}");
+    // Files: x and the starting vector; y = x; P = D^-1 K applied twice, against dense.
+    let n = 40;
+    let x: Vec<f64> = (0..n * 3)
+        .map(|k| ((k * 7919) % 97) as f64 / 97.0)
+        .collect();
+    let t: Vec<f64> = (0..n).map(|k| (k as f64 * 0.3).sin()).collect();
+    let xp = dir.path().join("x.npy");
+    let tp = dir.path().join("t.npy");
+    let op = dir.path().join("out.npy");
+    HostArray::from_f64(vec![n, 3], x.clone())
+        .write_npy(&xp)
+        .unwrap();
+    HostArray::from_f64(vec![n, 1], t.clone())
+        .write_npy(&tp)
+        .unwrap();
+    let out = run(&format!(
+        ":power 2 x={} t={} --same y=x --normalize row -o {}",
+        xp.display(),
+        tp.display(),
+        op.display()
+    ));
+    assert!(out.contains("wrote"), "{out}");
+    let k: Vec<f64> = (0..n * n)
+        .map(|e| {
+            let (i, j) = (e / n, e % n);
+            let d2: f64 = (0..3).map(|c| (x[i * 3 + c] - x[j * 3 + c]).powi(2)).sum();
+            (-d2 * 20.0).exp()
+        })
+        .collect();
+    let step = |v: &[f64]| -> Vec<f64> {
+        (0..n)
+            .map(|i| {
+                let row = &k[i * n..(i + 1) * n];
+                row.iter().zip(v).map(|(a, b)| a * b).sum::<f64>() / row.iter().sum::<f64>()
+            })
+            .collect()
+    };
+    let want = step(&step(&t));
+    let got = HostArray::read_npy(&op).unwrap().to_f64();
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-12, "{g} vs {w}");
+    }
+    let out = run(":power 2 100 --operand x");
+    assert!(out.contains("the operand must be a Vj variable"), "{out}");
+    run("kernel square { x = Vi(1) y = Vj(1) b = Vj(1) Sum_Reduction(Exp(-SqDist(x, y)) * b * b, 0) }");
+    let out = run(":power square 2 100 --operand b");
+    assert!(out.contains("is not a linear operator on `b`"), "{out}");
+}

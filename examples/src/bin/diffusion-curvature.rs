@@ -436,11 +436,14 @@ fn run() -> Result<(), String> {
     Ok(())
 }
 
+/// A cloud, its curvature, and the elevation it is seen from (degrees).
+type Panel = (Vec<[f64; 3]>, Vec<f64>, f64);
+
 /// diffusion_curvature.png: the four clouds in a 2 x 2 grid above a colour bar;
 /// diffusion_map.png: the torus's diffusion-map coordinates.
 fn plot(
     out: &Path,
-    panels: &[(Vec<[f64; 3]>, Vec<f64>, f64)],
+    panels: &[Panel],
     torus_map: &[([f64; 2], f64)],
     limit: f64,
 ) -> Result<(), String> {

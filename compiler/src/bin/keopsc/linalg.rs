@@ -11,9 +11,7 @@ use keops_runtime::linalg::{
     apply_power, conjugate_gradient, lanczos, CgOptions, EigOptions, KernelOperator,
     LinearOperator, Normalization, Preconditioner, Progress, Scaled, Timed,
 };
-use keops_runtime::{ArrayData, Category, DType, HostArray, Kernel};
-use keopsc::check::CheckedKernel;
-use keopsc::driver;
+use keops_runtime::{DType, HostArray};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -256,32 +254,8 @@ fn make_operator(args: &OperatorArgs) -> Result<MadeOperator, Reported> {
     };
     let operand = match &args.operand {
         Some(name) => name.clone(),
-        None => {
-            let reduced = match sig.axis {
-                keops_runtime::Axis::I => Category::J,
-                keops_runtime::Axis::J => Category::I,
-            };
-            let candidates: Vec<&str> = sig
-                .args
-                .iter()
-                .filter(|a| a.category == reduced && a.dim == sig.output_dim() && !given(&a.name))
-                .map(|a| a.name.as_str())
-                .collect();
-            match candidates.as_slice() {
-                [one] => one.to_string(),
-                _ => {
-                    return Err(fail(format!(
-                        "name the argument the operator multiplies with --operand (a {reduced} variable of the output's dimension {} not given with --arg{})",
-                        sig.output_dim(),
-                        if candidates.is_empty() {
-                            String::new()
-                        } else {
-                            format!("; candidates: {}", candidates.join(", "))
-                        }
-                    )))
-                }
-            }
-        }
+        None => keopsc::operator::find_operand(kernel, given)
+            .map_err(|e| fail(format!("{e}: use --operand")))?,
     };
     let mut inputs: Vec<(String, HostArray)> = Vec::new();
     for (name, path) in &files {
@@ -302,103 +276,13 @@ fn make_operator(args: &OperatorArgs) -> Result<MadeOperator, Reported> {
     let dtype = inputs.first().map_or(DType::F64, |(_, a)| a.dtype());
     // On one point cloud against itself (--same), products walk each unordered pair once.
     let pairs: Vec<(usize, usize)> = same.iter().map(|s| (s.j, s.i)).collect();
-    let compiled_kernel = match driver::jit_kernel_symmetric(kernel, &pairs, &[dtype]) {
-        Ok(k) => k,
-        Err(driver::EvalError::NotSymmetric(_)) => {
-            driver::jit_kernel(kernel, &[dtype]).map_err(fail)?
-        }
-        Err(e) => return Err(fail(e)),
-    };
-    probe_linearity(kernel, &compiled_kernel, &operand, &inputs)?;
+    let compiled_kernel =
+        keopsc::operator::compile_operator_kernel(kernel, &pairs, dtype).map_err(fail)?;
+    keopsc::operator::probe_linearity(kernel, &compiled_kernel, &operand, &inputs).map_err(fail)?;
     let op = KernelOperator::new(compiled_kernel, &operand, inputs).map_err(fail)?;
     let start = Instant::now();
     let op = Scaled::normalized(Timed::new(op), &steps).map_err(fail)?;
     Ok(MadeOperator { op, dtype, start })
-}
-
-/// Refuses a kernel that is not linear in its operand, which would make every result wrong
-/// without an error: on a sample of at most 32 rows of each index, `f(b1 + 2.5 b2)` must be
-/// `f(b1) + 2.5 f(b2)` (which an affine or nonlinear formula fails) and output column c must
-/// not move when another column of b does.
-fn probe_linearity(
-    checked: &CheckedKernel,
-    kernel: &Kernel,
-    operand: &str,
-    inputs: &[(String, HostArray)],
-) -> Result<(), Reported> {
-    const SAMPLE: usize = 32;
-    let sample: Vec<(String, HostArray)> = inputs
-        .iter()
-        .map(|(name, array)| {
-            let category = checked
-                .signature
-                .args
-                .iter()
-                .find(|a| &a.name == name)
-                .map(|a| a.category);
-            let array = match category {
-                Some(Category::I | Category::J) if array.shape.first() > Some(&SAMPLE) => {
-                    first_rows(array, SAMPLE)
-                }
-                _ => array.clone(),
-            };
-            (name.clone(), array)
-        })
-        .collect();
-    let op = KernelOperator::new(kernel.clone(), operand, sample).map_err(fail)?;
-    let (m, r) = (op.cols(), op.width());
-    let wave = |phase: f64| -> Vec<f64> {
-        (0..m * r)
-            .map(|k| (k as f64 * 0.7548 + phase).sin())
-            .collect()
-    };
-    let (b1, b2) = (wave(0.3), wave(1.9));
-    let combined: Vec<f64> = b1.iter().zip(&b2).map(|(a, b)| a + 2.5 * b).collect();
-    let run = |b: &[f64]| op.apply(b, r).map_err(fail);
-    let (f1, f2, f12) = (run(&b1)?, run(&b2)?, run(&combined)?);
-    let tol = if op.dtype() == DType::F32 { 1e-3 } else { 1e-9 };
-    let scale = f1
-        .iter()
-        .chain(&f2)
-        .fold(0.0f64, |a, &b| a.max(b.abs()))
-        .max(f64::MIN_POSITIVE);
-    let not_linear = f1
-        .iter()
-        .zip(&f2)
-        .zip(&f12)
-        .any(|((a, b), c)| (a + 2.5 * b - c).abs() > tol * 3.5 * scale);
-    let mut moved = false;
-    if r > 1 {
-        let mut shifted = b1.clone();
-        (0..m).for_each(|row| shifted[row * r] += 1.0);
-        let g = run(&shifted)?;
-        moved = (0..f1.len())
-            .filter(|k| k % r != 0)
-            .any(|k| (g[k] - f1[k]).abs() > tol * scale);
-    }
-    if not_linear || moved {
-        return Err(fail(format!(
-            "kernel `{}` is not a linear operator on `{operand}`: {}; the formula must be `K(...) * {operand}` with K not depending on `{operand}`",
-            checked.name,
-            if not_linear {
-                format!("its output is not linear in `{operand}`")
-            } else {
-                format!("output column c depends on other columns of `{operand}`")
-            }
-        )));
-    }
-    Ok(())
-}
-
-fn first_rows(array: &HostArray, rows: usize) -> HostArray {
-    let width: usize = array.shape[1..].iter().product();
-    let mut shape = array.shape.clone();
-    shape[0] = rows;
-    let data = match &array.data {
-        ArrayData::F32(v) => ArrayData::F32(v[..rows * width].to_vec()),
-        ArrayData::F64(v) => ArrayData::F64(v[..rows * width].to_vec()),
-    };
-    HostArray { shape, data }
 }
 
 /// A block of vectors: `(rows,)` (one column) or `(rows, ncols)`; its data in f64, its
@@ -434,11 +318,13 @@ fn write(path: &Path, shape: Vec<usize>, data: Vec<f64>, dtype: DType) -> Result
         .map_err(|e| fail(format!("cannot write `{}`: {e}", path.display())))
 }
 
-/// Progress on stderr: one line rewritten in place on a terminal, else a line at most every
-/// two seconds.
+/// Progress on stderr: on a terminal, one line rewritten in place with a bar (the larger of
+/// the steps done and the columns or pairs converged, as a fraction) and the time so far;
+/// otherwise a line at most every two seconds.
 struct Reporter {
     quiet: bool,
     terminal: bool,
+    started: Instant,
     last: Option<Instant>,
     pending: Option<String>,
 }
@@ -448,6 +334,7 @@ impl Reporter {
         Reporter {
             quiet,
             terminal: std::io::stderr().is_terminal(),
+            started: Instant::now(),
             last: None,
             pending: None,
         }
@@ -457,7 +344,11 @@ impl Reporter {
         if self.quiet {
             return;
         }
-        let line = progress.to_string();
+        let line = format!(
+            "{} {:.1} s  {progress}",
+            bar(progress),
+            self.started.elapsed().as_secs_f64()
+        );
         let due = self.last.is_none_or(|t| t.elapsed().as_secs_f64() >= 2.0);
         if self.terminal {
             eprint!("\r{line}\x1b[K");
@@ -481,5 +372,44 @@ impl Reporter {
         } else if let Some(line) = self.pending.take() {
             eprintln!("{line}");
         }
+    }
+}
+
+/// `[#########-----------]  45%`: how far a task is, by the larger of its steps (out of the
+/// most there will be) and what has converged (out of what is wanted).
+fn bar(progress: &Progress) -> String {
+    const WIDTH: usize = 20;
+    let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    let done = ratio(progress.step, progress.steps)
+        .max(ratio(progress.converged, progress.wanted))
+        .clamp(0.0, 1.0);
+    let filled = (done * WIDTH as f64).round() as usize;
+    format!(
+        "[{}{}] {:3.0}%",
+        "#".repeat(filled),
+        "-".repeat(WIDTH - filled),
+        done * 100.0
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bar_shows_the_larger_of_steps_and_convergence() {
+        let mut p = Progress {
+            task: "lanczos",
+            step: 5,
+            steps: 200,
+            residual: 1e-3,
+            converged: 10,
+            wanted: 20,
+        };
+        assert_eq!(bar(&p), "[##########----------]  50%");
+        p.converged = 0;
+        assert_eq!(bar(&p), "[#-------------------]   2%");
+        p.step = 200;
+        assert_eq!(bar(&p), "[####################] 100%");
     }
 }

@@ -177,6 +177,11 @@ enum Command {
         /// work of a full evaluation. Repeatable.
         #[arg(long = "same", value_name = "J=I")]
         same: Vec<String>,
+        /// Also store every kernel's GPU code: its 1-D kernel as PTX (sm_80, JIT-compiled by
+        /// the driver for later GPUs), one file per dtype, which the runtime's CUDA part loads
+        /// without the compiler.
+        #[arg(long)]
+        gpu: bool,
     },
     /// Measure the CPU backend on the reference workloads (W1, W1s, W2..W5), with the C
     /// baseline and pykeops measured in the same run.
@@ -319,7 +324,8 @@ fn run(cli: Cli) -> ExitCode {
             dtypes,
             grad,
             same,
-        } => build(&file, output, &target, &dtypes, grad, &same),
+            gpu,
+        } => build(&file, output, &target, &dtypes, grad, &same, gpu),
         Command::Bench {
             workloads,
             sizes,
@@ -527,6 +533,7 @@ fn build(
     dtypes: &[String],
     grad: bool,
     same: &[String],
+    gpu: bool,
 ) -> Result<(), Reported> {
     let mut pairs = Vec::new();
     for text in same {
@@ -571,7 +578,7 @@ fn build(
             .iter()
             .filter_map(|k| {
                 let found = keopsc::artifact::pairs_of(k, &pairs);
-                keopsc::symmetric::plan(k, &found)
+                keopsc::symmetric::plan_if_it_pays(k, &found)
                     .err()
                     .map(|e| e.to_string())
             })
@@ -587,6 +594,7 @@ fn build(
     let options = keopsc::artifact::BuildOptions {
         gradients: grad,
         same: pairs,
+        gpu,
     };
     let report = keopsc::artifact::build_with_options(
         &compiled,
@@ -634,6 +642,12 @@ fn build(
                 })
                 .collect();
             println!("    each unordered pair once when {}", pairs.join(", "));
+        }
+        for e in &described.gpu {
+            println!(
+                "    GPU: {} ({}, {} threads per block, {} bytes of shared memory)",
+                e.file, e.arch, e.block, e.shared_bytes
+            );
         }
     }
     if grad {
