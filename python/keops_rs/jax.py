@@ -2,6 +2,10 @@
 
 - ``Kernel(source, name=None)``: a ``.kf`` kernel called on jax arrays.
 - ``Genred(formula, aliases, reduction_op="Sum", axis=0, ...)``: as ``keops_rs.Genred``.
+- ``KernelOperator(kernel, operand=None, normalize="", **inputs)``: a ``Sum`` kernel linear in
+  one argument as a linear operator on jax arrays (``A(v)``, ``A @ v``), normalised for
+  diffusion geometry or not: what ``jax.scipy.sparse.linalg.cg`` and friends take, jittable and
+  differentiable (``keops_rs.linalg`` is its numpy counterpart).
 
 Both work under ``jax.jit`` (the compiled program calls the kernel through an XLA FFI custom
 call on the CPU: no Python, no host callback), ``jax.grad`` / ``jax.vjp`` with respect to any
@@ -27,7 +31,7 @@ from ._keops_rs import KfError
 from .genred import Genred as _NumpyGenred
 from .genred import _INDICES, _REDUCTIONS, _VALUES_AND_INDICES, check_backend
 
-__all__ = ["Kernel", "Genred", "KfError"]
+__all__ = ["Kernel", "Genred", "KernelOperator", "KfError"]
 
 for _target, _capsule in _keops_rs._jax_targets():
     jax.ffi.register_ffi_target(_target, _capsule, platform="cpu")
@@ -191,3 +195,106 @@ class Genred:
     def __repr__(self):
         return (f"keops_rs.jax.Genred({self.formula!r}, {self.aliases!r}, "
                 f"reduction_op={self.reduction_op!r}, axis={self.axis})")
+
+
+class KernelOperator:
+    """A ``Sum`` kernel linear in its argument ``operand`` (``K(...) * b``) as the matrix ``K``
+    acting on jax arrays, every other argument fixed by name in ``inputs``: ``A(v)`` or
+    ``A @ v`` for ``v`` of shape ``(M,)`` or ``(M, ncols)``, in ``ceil(ncols / R)`` kernel
+    calls (``R`` the operand's dimension). It is a plain function of jax arrays: it runs under
+    ``jax.jit``, ``jax.grad`` goes through it (the kernel's backward kernels), and
+    ``jax.scipy.sparse.linalg.cg(A, b)`` (or ``bicgstab``, ``gmres``) takes it as it is.
+
+    ``normalize`` takes the steps of ``keops_rs.linalg.normalize`` (``"row"``: ``D^-1 K``,
+    ``"sym"``: ``D^-1/2 K D^-1/2``, ``"alpha=A"``: ``D^-A K D^-A``, comma-separated and applied
+    in order), each step's degrees computed by one product with ones when the operator is made.
+    The operand is found as in ``keops_rs.linalg.KernelOperator`` when left out. Linearity is
+    the caller's claim here (``keops_rs.linalg.KernelOperator`` probes it)."""
+
+    def __init__(self, kernel, operand=None, normalize="", **inputs):
+        self.kernel = kernel if isinstance(kernel, Kernel) else Kernel(kernel)
+        k = self.kernel
+        if not k.reduction.startswith("Sum_Reduction"):
+            raise ValueError(f"kernel `{k.name}` reduces by {k.reduction}: only Sum is linear")
+        reduced = "Vj" if k.axis == 0 else "Vi"
+        output_category = "Vi" if k.axis == 0 else "Vj"
+        names = [a[0] for a in k.arguments]
+        spec = {n: (c, d) for n, c, d in k.arguments}
+        for name in inputs:
+            if name not in spec:
+                raise ValueError(f"unknown argument `{name}`: the kernel's arguments are {', '.join(names)}")
+        if operand is None:
+            candidates = [n for n, (c, d) in spec.items()
+                          if c == reduced and d == k.output_dim and n not in inputs]
+            if len(candidates) != 1:
+                raise ValueError("name the argument the operator multiplies with operand=... "
+                                 f"(candidates: {', '.join(candidates) or 'none'})")
+            operand = candidates[0]
+        if operand not in spec or spec[operand][0] != reduced or spec[operand][1] != k.output_dim:
+            raise ValueError(f"`{operand}` cannot be the operand: it must be a {reduced} variable "
+                             f"of the output's dimension {k.output_dim}")
+        missing = [n for n in names if n != operand and n not in inputs]
+        if missing:
+            raise ValueError(f"missing argument(s): {', '.join(missing)}")
+        self.operand = operand
+        self.width = k.output_dim
+        self._names = names
+        self._inputs = {n: jnp.asarray(a) for n, a in inputs.items()}
+        self.dtype = next(iter(self._inputs.values())).dtype if self._inputs else jnp.float32
+        rows_of = lambda cat: next(  # noqa: E731
+            (a.shape[0] for n, a in self._inputs.items() if spec[n][0] == cat), None)
+        cols = rows_of(reduced)
+        if cols is None:
+            raise ValueError(f"no argument but the operand `{operand}` is a {reduced} variable: "
+                             "nothing gives the operator's number of columns")
+        self.shape = (rows_of(output_category) or 1, cols)
+        self._left = jnp.ones(self.shape[0], self.dtype)
+        self._right = jnp.ones(self.shape[1], self.dtype)
+        for step in [s.strip() for s in normalize.split(",") if s.strip()]:
+            if step == "row":
+                exponents = (-1.0, 0.0)
+            elif step == "sym":
+                exponents = (-0.5, -0.5)
+            elif step.startswith("alpha="):
+                a = float(step[len("alpha="):])
+                exponents = (-a, -a)
+            else:
+                raise ValueError(f"normalize: unknown step `{step}` (row, sym, alpha=A)")
+            if self.shape[0] != self.shape[1]:
+                raise ValueError(f"normalize needs a square operator; this one is {self.shape}")
+            degrees = self(jnp.ones(self.shape[1], self.dtype))
+            if not bool(jnp.all(degrees > 0)):
+                raise ValueError("normalize: a degree is not positive")
+            self._left = self._left * degrees ** exponents[0]
+            self._right = self._right * degrees ** exponents[1]
+
+    def _pass(self, block):
+        args = dict(self._inputs)
+        args[self.operand] = block
+        return self.kernel(*[args[n] for n in self._names])
+
+    def __call__(self, v):
+        v = jnp.asarray(v)
+        vector = v.ndim == 1
+        x = (v[:, None] if vector else v).astype(self.dtype) * self._right[:, None]
+        if x.shape[0] != self.shape[1]:
+            raise ValueError(f"the operand has {x.shape[0]} rows; the operator has {self.shape[1]} columns")
+        ncols, r = x.shape[1], self.width
+        pieces = []
+        for first in range(0, ncols, r):
+            block = x[:, first:first + r]
+            taken = block.shape[1]
+            if taken < r:
+                block = jnp.concatenate([block, jnp.zeros((block.shape[0], r - taken), block.dtype)], 1)
+            pieces.append(self._pass(block)[:, :taken])
+        out = (jnp.concatenate(pieces, axis=1) if len(pieces) > 1 else pieces[0]) * self._left[:, None]
+        return out[:, 0] if vector else out
+
+    def __matmul__(self, v):
+        return self(v)
+
+    matvec = __call__
+
+    def __repr__(self):
+        return (f"keops_rs.jax.KernelOperator({self.shape[0]} x {self.shape[1]} on "
+                f"`{self.operand}` of width {self.width}, {self.dtype})")

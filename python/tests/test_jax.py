@@ -314,3 +314,49 @@ def test_jitted_program_is_a_custom_call(kernels):
     backward = jax.jit(jax.grad(lambda y: jnp.sum(k(x, y, b, s)))).lower(y).as_text()
     calls = [line for line in backward.splitlines() if "keops_rs_vjp" in line]
     assert len(calls) == 1 and "-> tensor<23x3xf64>" in calls[0], calls
+
+
+LINEAR = """
+kernel gauss {
+    x = Vi(3)
+    y = Vj(3)
+    b = Vj(2)
+    s = Pm(1)
+    Sum_Reduction(Exp(-SqDist(x, y) / (2 * s * s)) * b, 0)
+}
+"""
+
+
+def test_kernel_operator_in_jax_solves_normalises_and_differentiates():
+    rng = np.random.default_rng(4)
+    n = 300
+    x = jnp.asarray(rng.random((n, 3)))
+    s = jnp.asarray([0.3])
+    A = kj.KernelOperator(LINEAR, x=x, y=x, s=s)
+    assert A.operand == "b" and A.shape == (n, n)
+    d2 = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    K = np.asarray(jnp.exp(-d2 / (2 * 0.3**2)))
+    # Three columns through an operand of width 2: two passes, the second padded.
+    V = rng.standard_normal((n, 3))
+    np.testing.assert_allclose(np.asarray(A @ V), K @ V, rtol=1e-12, atol=1e-10)
+    # jax.scipy's conjugate gradients on (K + lam I) x = b, under jit.
+    b = jnp.asarray(rng.standard_normal(n))
+    lam = 0.5
+    solve = jax.jit(lambda b: jax.scipy.sparse.linalg.cg(lambda v: A(v) + lam * v, b, tol=1e-12)[0])
+    np.testing.assert_allclose(np.asarray(solve(b)), np.linalg.solve(K + lam * np.eye(n), b),
+                               rtol=1e-8, atol=1e-8)
+    # Normalised: sym is D^-1/2 K D^-1/2, row D^-1 K.
+    d = K.sum(1)
+    S = kj.KernelOperator(LINEAR, normalize="sym", x=x, y=x, s=s)
+    np.testing.assert_allclose(np.asarray(S(V[:, 0])), (K / np.sqrt(np.outer(d, d))) @ V[:, 0],
+                               rtol=1e-10, atol=1e-12)
+    P = kj.KernelOperator(LINEAR, normalize="row", x=x, y=x, s=s)
+    np.testing.assert_allclose(np.asarray(P(jnp.ones(n))), np.ones(n), rtol=1e-12)
+    # d/dv sum(w * K v) = K^T w, through the kernel's backward.
+    w = jnp.asarray(rng.standard_normal(n))
+    g = jax.grad(lambda v: jnp.sum(w * A(v)))(jnp.zeros(n))
+    np.testing.assert_allclose(np.asarray(g), K.T @ np.asarray(w), rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="only Sum"):
+        kj.KernelOperator(LINEAR.replace("Sum_Reduction", "Max_Reduction"), x=x, y=x, s=s)
+    with pytest.raises(ValueError, match="unknown step"):
+        kj.KernelOperator(LINEAR, normalize="rows", x=x, y=x, s=s)
