@@ -6,7 +6,7 @@
 
 use crate::abi::Signature;
 use crate::arrays::{check_arguments, ArgumentError, ArrayRef, DType, DataRef, HostArray};
-use crate::gpu::GpuLaunch1D;
+use crate::gpu::{merge_parts, GpuLaunch1D, InnerSplit};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
 };
@@ -50,6 +50,7 @@ pub fn driver_present() -> bool {
 /// One GPU and the stream work is queued on.
 pub struct CudaDevice {
     stream: Arc<CudaStream>,
+    multiprocessors: usize,
 }
 
 impl CudaDevice {
@@ -64,9 +65,20 @@ impl CudaDevice {
             return Err(CudaError::NoDevice { ordinal, count });
         }
         let context = CudaContext::new(ordinal).map_err(driver("creating a context"))?;
+        let multiprocessors = context
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_err(driver("reading the multiprocessor count"))?;
         Ok(CudaDevice {
             stream: context.default_stream(),
+            multiprocessors: usize::try_from(multiprocessors).unwrap_or(1).max(1),
         })
+    }
+
+    /// Its streaming multiprocessors (132 on an H100 SXM).
+    pub fn multiprocessors(&self) -> usize {
+        self.multiprocessors
     }
 }
 
@@ -77,6 +89,7 @@ pub struct CudaKernel {
     launch: GpuLaunch1D,
     function: CudaFunction,
     stream: Arc<CudaStream>,
+    multiprocessors: usize,
 }
 
 /// An input on the device.
@@ -119,6 +132,7 @@ impl CudaKernel {
             launch,
             function,
             stream: device.stream.clone(),
+            multiprocessors: device.multiprocessors,
         })
     }
 
@@ -155,13 +169,42 @@ impl CudaKernel {
     pub fn run(&self, arrays: &[ArrayRef]) -> Result<HostArray, CudaError> {
         let sig = &self.signature;
         let size = check_arguments(sig, arrays)?;
+        let (rows, inner) = size.rows_and_inner(sig.axis);
+        let split = InnerSplit::choose(
+            rows,
+            inner,
+            self.launch.block as usize,
+            sig.reduction.acc_dim(),
+            self.multiprocessors,
+        );
+        self.run_split(arrays, split)
+    }
+
+    /// [`CudaKernel::run`] with the inner range cut by `split` (one part: the 1-D schedule;
+    /// more: the 2-D one, the parts' accumulators merged here in order).
+    pub fn run_split(
+        &self,
+        arrays: &[ArrayRef],
+        split: InnerSplit,
+    ) -> Result<HostArray, CudaError> {
+        let sig = &self.signature;
+        let size = check_arguments(sig, arrays)?;
         size.check_compiled_dtype(sig, self.dtype)?;
         let (rows, inner) = size.rows_and_inner(sig.axis);
         let red = &sig.reduction;
         let (acc_dim, out_dim) = (red.acc_dim(), red.output_dim());
+        let parts = split.parts.max(1);
         let blocks = self.launch.grid(rows);
         if blocks > i32::MAX as usize {
             return Err(CudaError::TooManyRows { rows, blocks });
+        }
+        if parts > u16::MAX as usize {
+            return Err(CudaError::Driver {
+                doing: "launching the kernel",
+                message: format!(
+                    "{parts} parts of the inner range: a grid has at most 65535 block rows"
+                ),
+            });
         }
         let mut acc_host = vec![0.0f64; rows * acc_dim];
         if rows > 0 && acc_dim > 0 {
@@ -174,9 +217,10 @@ impl CudaKernel {
                 .collect::<Result<_, _>>()?;
             let mut acc = self
                 .stream
-                .alloc_zeros::<f64>(rows * acc_dim)
+                .alloc_zeros::<f64>(parts * rows * acc_dim)
                 .map_err(driver("allocating the accumulators"))?;
-            let (rows_arg, inner_arg) = (rows as i64, inner as i64);
+            let (rows_arg, inner_arg, chunk_arg) =
+                (rows as i64, inner as i64, split.chunk.max(1) as i64);
             let mut launch = self.stream.launch_builder(&self.function);
             for input in &inputs {
                 match input {
@@ -184,20 +228,26 @@ impl CudaKernel {
                     DeviceArray::F64(s) => launch.arg(s),
                 };
             }
-            launch.arg(&rows_arg).arg(&inner_arg).arg(&mut acc);
+            launch
+                .arg(&rows_arg)
+                .arg(&inner_arg)
+                .arg(&chunk_arg)
+                .arg(&mut acc);
             let config = LaunchConfig {
-                grid_dim: (blocks as u32, 1, 1),
+                grid_dim: (blocks as u32, parts as u32, 1),
                 block_dim: (self.launch.block, 1, 1),
                 shared_mem_bytes: 0,
             };
             // SAFETY: the kernel was compiled for this signature, dtype and block size
             // (`load`); its parameters are one device buffer per argument holding the checked
-            // arrays, the row count, the inner size and `rows x acc_dim` f64 accumulators.
+            // arrays, the row count, the inner size, the part length and
+            // `parts x rows x acc_dim` f64 accumulators, for a grid of `parts` block rows.
             unsafe { launch.launch(config) }.map_err(driver("launching the kernel"))?;
-            acc_host = self
+            let partial = self
                 .stream
                 .clone_dtoh(&acc)
                 .map_err(driver("copying the accumulators back"))?;
+            acc_host = merge_parts(red, &partial, parts, rows);
         } else {
             for row in acc_host.chunks_mut(acc_dim.max(1)) {
                 red.init(row);

@@ -4,41 +4,48 @@
 //! GPUs); this module says how to launch one and what it computes, so that machines without
 //! a GPU can test the schedule against the interpreter.
 //!
-//! # The 1-D kernel (`GpuTileFn`)
+//! # The kernel (`GpuTileFn`)
 //!
 //! As KeOps's `GpuConv1D`: one thread per output row, the reduced (inner) index walked in tiles
-//! of `block` indices staged through shared memory.
+//! of `block` indices staged through shared memory; and, with the grid's second dimension, as
+//! its `GpuConv2D`: the inner range split into parts, one per block row, whose partial results
+//! the caller merges (for few output rows, or long reductions, which would leave most of the
+//! GPU idle).
 //!
 //! ```text
 //! .entry keops_gpu_tile_1d(
 //!     .param .u64 arg_0, ..., .param .u64 arg_{n-1},   // global pointers, in signature order
 //!     .param .u64 rows, .param .u64 inner,             // i64: output rows, inner size
+//!     .param .u64 chunk,                               // i64: inner indices per part
 //!     .param .u64 acc)                                  // global pointer, f64
 //! ```
 //!
 //! - **Launch.** `blockDim = (block, 1, 1)` exactly (the kernel's tile size is compiled in,
-//!   see [`GpuLaunch1D`]), `gridDim = (ceil(rows / block), 1, 1)`, no dynamic shared memory
-//!   (the tile is a static `.shared` array of [`GpuLaunch1D::shared_bytes`]). Not launched
-//!   when `rows == 0`.
+//!   see [`GpuLaunch1D`]), `gridDim = (ceil(rows / block), parts, 1)` with
+//!   `parts = ceil(inner / chunk)` ([`InnerSplit`]; `parts = 1`, `chunk >= inner` is the 1-D
+//!   schedule), no dynamic shared memory (the tile is a static `.shared` array of
+//!   [`GpuLaunch1D::shared_bytes`]). Not launched when `rows == 0`.
 //! - **Inputs read.** `arg_k` points at argument `k` of the signature, row-major (`rows x dim`
 //!   for row-indexed arguments, `inner x dim` for inner-indexed ones, `dim` numbers for
 //!   parameters) in the kernel's dtype, naturally aligned: the layout of the caller's arrays,
 //!   so device buffers of other frameworks are read in place. Nothing behind them is written.
-//! - **Output written.** `acc` holds `rows x acc_dim` f64 numbers, the reduction's accumulator
-//!   layout ([`Reduction::acc_dim`]) with absolute indices; thread `t` of block `b` writes row
-//!   `b * block + t` when it is below `rows`, the whole row, and nothing else. The caller
-//!   finalizes the rows ([`Reduction::finalize`]), as the CPU's tiles do. `acc` must not
-//!   overlap the inputs.
+//! - **Output written.** `acc` holds `parts x rows x acc_dim` f64 numbers: for each part, the
+//!   reduction's accumulator layout ([`Reduction::acc_dim`]) with absolute indices, of the
+//!   pairs of that part's inner range `[y chunk, min((y + 1) chunk, inner))`; thread `t` of block
+//!   `(b, y)` writes row `b * block + t` of part `y` when it is below `rows`, the whole row, and
+//!   nothing else. The caller merges the parts in order ([`merge_parts`]: the reduction's merge,
+//!   ties to the smaller index) and finalizes the rows ([`Reduction::finalize`]), as the CPU's
+//!   tiles do. `acc` must not overlap the inputs.
 //! - **Schedule.** A thread computes its row's parts of the formula once, then for each tile
-//!   `[jt, jt + block)` of the inner range: thread `t` computes the inner-only parts of index
-//!   `jt + t` (when below `inner`) into shared memory; after a barrier, every thread folds the
-//!   tile's indices in increasing order into accumulators of the element type started from
+//!   `[jt, jt + block)` of its part's inner range: thread `t` computes the inner-only parts of
+//!   index `jt + t` (when in the range) into shared memory; after a barrier, every thread folds
+//!   the tile's indices in increasing order into accumulators of the element type started from
 //!   the reduction's initial value (indices relative to `jt`), then merges them into its f64
 //!   accumulator row (indices made absolute) with the reduction's merge, ties to the smaller
 //!   index; a second barrier guards the shared tile. Threads past the last row fold the last
 //!   row (their loads stay in bounds and they reach every barrier) and write nothing.
 //!
-//! [`emulate_1d`] runs exactly this on the CPU.
+//! [`emulate_2d`] (and [`emulate_1d`], one part) runs exactly this on the CPU.
 
 use crate::reduction::Reduction;
 use num_traits::Float;
@@ -81,6 +88,94 @@ impl GpuLaunch1D {
     }
 }
 
+/// How the inner range is cut into parts along the grid's second dimension: `parts` ranges
+/// of `chunk` indices (the last one shorter).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InnerSplit {
+    pub chunk: usize,
+    pub parts: usize,
+}
+
+impl InnerSplit {
+    /// One part: the 1-D schedule.
+    pub fn whole(inner: usize) -> InnerSplit {
+        InnerSplit {
+            chunk: inner.max(1),
+            parts: 1,
+        }
+    }
+
+    /// About `parts` parts of whole tiles of `block` indices.
+    pub fn with_parts(inner: usize, parts: usize, block: usize) -> InnerSplit {
+        let block = block.max(1);
+        let tiles = inner.div_ceil(block).max(1);
+        let per_part = tiles.div_ceil(parts.clamp(1, tiles));
+        let chunk = per_part * block;
+        InnerSplit {
+            chunk,
+            parts: inner.div_ceil(chunk).max(1),
+        }
+    }
+
+    /// The split for `rows` output rows and an inner range of `inner` on a GPU of
+    /// `multiprocessors` streaming multiprocessors: one part while the rows alone give every
+    /// multiprocessor two blocks; otherwise enough parts for about four blocks each, every
+    /// part at least four tiles long, and the partial accumulators at most 2^26 numbers.
+    pub fn choose(
+        rows: usize,
+        inner: usize,
+        block: usize,
+        acc_dim: usize,
+        multiprocessors: usize,
+    ) -> InnerSplit {
+        let block = block.max(1);
+        let row_blocks = rows.div_ceil(block).max(1);
+        let target = 4 * multiprocessors.max(1);
+        if 2 * row_blocks >= target {
+            return InnerSplit::whole(inner);
+        }
+        let by_occupancy = target.div_ceil(row_blocks);
+        let by_length = inner / (4 * block);
+        let by_memory = (1usize << 26) / (rows * acc_dim.max(1)).max(1);
+        let parts = by_occupancy.min(by_length).min(by_memory);
+        if parts <= 1 {
+            InnerSplit::whole(inner)
+        } else {
+            InnerSplit::with_parts(inner, parts, block)
+        }
+    }
+
+    /// The inner range `[start, end)` of part `part`.
+    pub fn range(&self, part: usize, inner: usize) -> (usize, usize) {
+        let start = (part * self.chunk).min(inner);
+        (start, (start + self.chunk).min(inner))
+    }
+}
+
+/// The rows' accumulators from the parts' (`parts x rows x acc_dim`, part after part): each
+/// row's parts merged in order with the reduction's merge (ties to the smaller index, since
+/// later parts hold later indices).
+pub fn merge_parts(reduction: &Reduction, partial: &[f64], parts: usize, rows: usize) -> Vec<f64> {
+    let acc_dim = reduction.acc_dim();
+    let size = rows * acc_dim;
+    assert_eq!(
+        partial.len(),
+        parts * size,
+        "parts x rows x acc_dim accumulators"
+    );
+    let mut acc = partial[..size].to_vec();
+    for part in 1..parts {
+        let from = &partial[part * size..(part + 1) * size];
+        for (row, other) in acc
+            .chunks_mut(acc_dim.max(1))
+            .zip(from.chunks(acc_dim.max(1)))
+        {
+            reduction.merge(row, other);
+        }
+    }
+    acc
+}
+
 /// Runs the 1-D schedule of [`GpuLaunch1D`] on the CPU: every block, every thread, every tile,
 /// the per-thread fold in the element type `T` and the merge into f64 accumulators, and the
 /// final write, as the kernel does them. `pair(row, inner_index, value)` writes the formula's
@@ -96,21 +191,45 @@ pub fn emulate_1d<T: Float>(
     launch: GpuLaunch1D,
     rows: usize,
     inner: usize,
+    pair: impl FnMut(usize, usize, &mut [f64]),
+) -> Vec<f64> {
+    emulate_2d::<T>(
+        reduction,
+        launch,
+        InnerSplit::whole(inner),
+        rows,
+        inner,
+        pair,
+    )
+}
+
+/// [`emulate_1d`] with the inner range cut by `split`: every block `(b, y)` of the grid folds
+/// part `y`'s range into its own accumulators. Returns the `parts x rows x acc_dim` buffer the
+/// kernel would write (merge it with [`merge_parts`]).
+pub fn emulate_2d<T: Float>(
+    reduction: &Reduction,
+    launch: GpuLaunch1D,
+    split: InnerSplit,
+    rows: usize,
+    inner: usize,
     mut pair: impl FnMut(usize, usize, &mut [f64]),
 ) -> Vec<f64> {
     let acc_dim = reduction.acc_dim();
     let block = launch.block as usize;
-    let mut acc_out = vec![f64::NAN; rows * acc_dim];
+    let mut acc_out = vec![f64::NAN; split.parts * rows * acc_dim];
     let mut value = vec![0.0f64; reduction.formula_dim()];
     let mut value_t = vec![T::zero(); reduction.formula_dim()];
-    for block_index in 0..launch.grid(rows) {
+    for (part, block_index) in
+        (0..split.parts).flat_map(|y| (0..launch.grid(rows)).map(move |b| (y, b)))
+    {
+        let (lo, hi) = split.range(part, inner);
         for thread in 0..block {
             let row = block_index * block + thread;
             // Threads past the last row compute the last row and write nothing.
             let computed_row = row.min(rows - 1);
             let mut acc = vec![0.0f64; acc_dim];
             reduction.init(&mut acc);
-            for (start, end) in launch.tiles(inner) {
+            for (start, end) in launch.tiles(hi - lo).map(|(s, e)| (s + lo, e + lo)) {
                 let mut tile_acc = vec![T::zero(); acc_dim];
                 reduction.init(&mut tile_acc);
                 for t in 0..end - start {
@@ -135,7 +254,8 @@ pub fn emulate_1d<T: Float>(
                 reduction.merge(&mut acc, &tile_acc);
             }
             if row < rows {
-                acc_out[row * acc_dim..(row + 1) * acc_dim].copy_from_slice(&acc);
+                let first = (part * rows + row) * acc_dim;
+                acc_out[first..first + acc_dim].copy_from_slice(&acc);
             }
         }
     }
@@ -158,6 +278,49 @@ mod tests {
         assert_eq!(launch.tiles(0).count(), 0);
         assert_eq!(launch.grid(0), 0);
         assert_eq!(launch.grid(33), 2);
+    }
+
+    #[test]
+    fn splits_cover_the_inner_range_in_whole_tiles() {
+        let split = InnerSplit::with_parts(1000, 3, 32);
+        assert_eq!(split.chunk % 32, 0);
+        let ranges: Vec<_> = (0..split.parts).map(|p| split.range(p, 1000)).collect();
+        assert_eq!(ranges.first().map(|r| r.0), Some(0));
+        assert_eq!(ranges.last().map(|r| r.1), Some(1000));
+        assert!(ranges
+            .windows(2)
+            .all(|w| w[0].1 == w[1].0 && w[0].0 < w[0].1));
+        assert_eq!(InnerSplit::with_parts(10, 5, 32).parts, 1);
+        assert_eq!(InnerSplit::whole(0).range(0, 0), (0, 0));
+        // Many rows: one part. Few rows and a long range: parts of at least four tiles.
+        assert_eq!(
+            InnerSplit::choose(1_000_000, 1_000_000, 256, 1, 132).parts,
+            1
+        );
+        let few = InnerSplit::choose(100, 1_000_000, 256, 1, 132);
+        assert!(few.parts > 100 && few.chunk >= 4 * 256, "{few:?}");
+        assert_eq!(InnerSplit::choose(100, 2000, 256, 1, 132).parts, 1);
+    }
+
+    #[test]
+    fn split_argmin_keeps_the_first_index_across_parts() {
+        let red = Reduction::new(ReductionKind::ArgMin, 1);
+        let launch = GpuLaunch1D {
+            block: 4,
+            shared_bytes: 0,
+        };
+        // The minimum 0 at j = 4 and 13: parts of 8 indices put them in different parts.
+        let split = InnerSplit::with_parts(17, 3, 4);
+        assert_eq!(split.parts, 3);
+        let partial = emulate_2d::<f32>(&red, launch, split, 2, 17, |_, j, v| {
+            v[0] = if j == 4 || j == 13 {
+                0.0
+            } else {
+                1.0 + j as f64
+            };
+        });
+        let acc = merge_parts(&red, &partial, split.parts, 2);
+        assert_eq!(acc, vec![0.0, 4.0, 0.0, 4.0]);
     }
 
     #[test]

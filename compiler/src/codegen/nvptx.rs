@@ -35,7 +35,7 @@ use inkwell::targets::{
 use inkwell::types::BasicMetadataTypeEnum;
 use inkwell::values::{BasicMetadataValueEnum, FunctionValue, IntValue, PointerValue};
 use inkwell::{AddressSpace, IntPredicate, OptimizationLevel};
-use keops_runtime::gpu::GpuLaunch1D;
+use keops_runtime::gpu::{GpuLaunch1D, InnerSplit};
 use keops_runtime::{Category, DType, Signature};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -391,15 +391,19 @@ impl<'ctx> GpuTileEmitter<'_, '_, 'ctx> {
         let i64t = ctx.i64_type();
         let n_args = self.formula.vars.len();
         let mut params: Vec<BasicMetadataTypeEnum> = (0..n_args).map(|_| global.into()).collect();
+        // rows, inner, chunk, acc.
         params.extend([
             BasicMetadataTypeEnum::from(i64t),
+            i64t.into(),
             i64t.into(),
             global.into(),
         ]);
         if self.twin {
-            // The special registers and the shared tile, as parameters.
+            // The special registers (thread, block x, block y) and the shared tile, as
+            // parameters.
             params.extend([
                 BasicMetadataTypeEnum::from(i64t),
+                i64t.into(),
                 i64t.into(),
                 global.into(),
             ]);
@@ -414,7 +418,7 @@ impl<'ctx> GpuTileEmitter<'_, '_, 'ctx> {
         }
         // The buffers are distinct (the calling convention): loads may use the read-only path.
         let noalias = ctx.create_enum_attribute(Attribute::get_named_enum_kind_id("noalias"), 0);
-        for k in (0..n_args).chain([n_args + 2]) {
+        for k in (0..n_args).chain([n_args + 3]) {
             function.add_attribute(AttributeLoc::Param(k as u32), noalias);
         }
         let param = |k: usize| function.get_nth_param(k as u32).expect("declared above");
@@ -422,7 +426,8 @@ impl<'ctx> GpuTileEmitter<'_, '_, 'ctx> {
             (0..n_args).map(|k| param(k).into_pointer_value()).collect();
         let rows = param(n_args).into_int_value();
         let inner = param(n_args + 1).into_int_value();
-        let acc_out = param(n_args + 2).into_pointer_value();
+        let chunk = param(n_args + 2).into_int_value();
+        let acc_out = param(n_args + 3).into_pointer_value();
 
         em.builder
             .position_at_end(ctx.append_basic_block(function, "entry"));
@@ -440,11 +445,12 @@ impl<'ctx> GpuTileEmitter<'_, '_, 'ctx> {
             .map(|_| built(em.builder.build_alloca(i64t, "counter")))
             .collect();
         let (tile_counter, pair_counter, lane_counter) = (counters[0], counters[1], counters[2]);
-        let (thread, block_index, shared) = if self.twin {
-            let tile = param(n_args + 5).into_pointer_value();
+        let (thread, block_index, part, shared) = if self.twin {
+            let tile = param(n_args + 7).into_pointer_value();
             (
-                param(n_args + 3).into_int_value(),
                 param(n_args + 4).into_int_value(),
+                param(n_args + 5).into_int_value(),
+                param(n_args + 6).into_int_value(),
                 self.shared_tile(tile),
             )
         } else {
@@ -452,9 +458,13 @@ impl<'ctx> GpuTileEmitter<'_, '_, 'ctx> {
             (
                 self.special_register("llvm.nvvm.read.ptx.sreg.tid.x"),
                 self.special_register("llvm.nvvm.read.ptx.sreg.ctaid.x"),
+                self.special_register("llvm.nvvm.read.ptx.sreg.ctaid.y"),
                 self.shared_tile(none),
             )
         };
+        // This block's part of the inner range (the whole range in the 1-D schedule).
+        let lo = self.min(self.mul(part, chunk), inner);
+        let hi = self.min(self.add(lo, chunk), inner);
         let block = self.schedule.launch.block as i64;
         let row = self.add(self.mul(block_index, self.i64(block)), thread);
         let active = self.less(row, rows);
@@ -480,10 +490,10 @@ impl<'ctx> GpuTileEmitter<'_, '_, 'ctx> {
         self.emit_level(Level::Call, &mut values, &args, None);
         self.emit_level(Level::Row, &mut values, &args, Some(computed_row));
 
-        self.emit_loop(function, tile_counter, self.i64(0), inner, block, |start| {
+        self.emit_loop(function, tile_counter, lo, hi, block, |start| {
             if let Some(shared) = shared {
                 let index = self.add(start, thread);
-                self.emit_if(function, self.less(index, inner), || {
+                self.emit_if(function, self.less(index, hi), || {
                     let mut own = values.clone();
                     self.emit_level(Level::Inner, &mut own, &args, Some(index));
                     self.stage(&own, shared, thread);
@@ -492,7 +502,7 @@ impl<'ctx> GpuTileEmitter<'_, '_, 'ctx> {
             }
             let count = self.min(
                 self.i64(block),
-                built(em.builder.build_int_sub(inner, start, "left")),
+                built(em.builder.build_int_sub(hi, start, "left")),
             );
             tile_acc.init(em, self.wide, acc_row);
             self.emit_loop(function, pair_counter, self.i64(0), count, 1, |t| {
@@ -526,7 +536,8 @@ impl<'ctx> GpuTileEmitter<'_, '_, 'ctx> {
         });
 
         self.emit_if(function, active, || {
-            let first = self.mul(row, self.i64(acc_dim as i64));
+            let part_row = self.add(self.mul(part, rows), row);
+            let first = self.mul(part_row, self.i64(acc_dim as i64));
             for k in 0..acc_dim {
                 let from = unsafe {
                     built(em.builder.build_in_bounds_gep(
@@ -934,46 +945,70 @@ impl HostTwin {
         inner: usize,
         acc_dim: usize,
     ) -> Vec<f64> {
+        // SAFETY: the caller's contract.
+        unsafe { self.run_split(args, rows, inner, acc_dim, InnerSplit::whole(inner)) }
+    }
+
+    /// [`HostTwin::run`] with the inner range cut by `split` (the 2-D schedule): every block
+    /// `(b, y)` of the grid in turn; returns the `parts x rows x acc_dim` partial accumulators
+    /// the kernel writes (`keops_runtime::gpu::merge_parts` merges them).
+    ///
+    /// # Safety
+    ///
+    /// As [`HostTwin::run`].
+    pub unsafe fn run_split(
+        &self,
+        args: &[*const u8],
+        rows: usize,
+        inner: usize,
+        acc_dim: usize,
+        split: InnerSplit,
+    ) -> Vec<f64> {
         assert_eq!(args.len(), self.n_args, "one pointer per argument");
         let launch = self.schedule.launch;
         let block = launch.block as usize;
-        let mut acc = vec![f64::NAN; rows * acc_dim];
+        let mut acc = vec![f64::NAN; split.parts * rows * acc_dim];
         let acc_ptr = acc.as_mut_ptr() as usize;
         let elem = elem_bytes(scalar_of(self.dtype));
         let address = self.address;
-        for block_index in 0..launch.grid(rows) {
-            let mut shared = vec![0u8; (self.schedule.staged_dim * block * elem).max(8)];
-            let shared_ptr = shared.as_mut_ptr() as usize;
-            let barrier = std::sync::Barrier::new(block);
-            std::thread::scope(|scope| {
-                for thread in 0..block {
-                    let barrier = &barrier;
-                    let args: Vec<usize> = args.iter().map(|&p| p as usize).collect();
-                    scope.spawn(move || {
-                        TWIN_BLOCK_BARRIER.with(|b| b.set(barrier));
-                        let mut call: Vec<u64> = args.iter().map(|&p| p as u64).collect();
-                        call.extend([
-                            rows as u64,
-                            inner as u64,
-                            acc_ptr as u64,
-                            thread as u64,
-                            block_index as u64,
-                            shared_ptr as u64,
-                        ]);
-                        // SAFETY: the twin takes `n_args + 6` 64-bit integer-class
-                        // parameters (pointers and i64), passed here in order; the buffers
-                        // are the caller's (see `run`), the block's shared tile and `acc`.
-                        unsafe { call_with_u64s(address, &call) };
-                        TWIN_BLOCK_BARRIER.with(|b| b.set(std::ptr::null()));
-                    });
-                }
-            });
+        for part in 0..split.parts {
+            for block_index in 0..launch.grid(rows) {
+                let mut shared = vec![0u8; (self.schedule.staged_dim * block * elem).max(8)];
+                let shared_ptr = shared.as_mut_ptr() as usize;
+                let barrier = std::sync::Barrier::new(block);
+                std::thread::scope(|scope| {
+                    for thread in 0..block {
+                        let barrier = &barrier;
+                        let args: Vec<usize> = args.iter().map(|&p| p as usize).collect();
+                        scope.spawn(move || {
+                            TWIN_BLOCK_BARRIER.with(|b| b.set(barrier));
+                            let mut call: Vec<u64> = args.iter().map(|&p| p as u64).collect();
+                            call.extend([
+                                rows as u64,
+                                inner as u64,
+                                split.chunk as u64,
+                                acc_ptr as u64,
+                                thread as u64,
+                                block_index as u64,
+                                part as u64,
+                                shared_ptr as u64,
+                            ]);
+                            // SAFETY: the twin takes `n_args + 8` 64-bit integer-class
+                            // parameters (pointers and i64), passed here in order; the
+                            // buffers are the caller's (see `run`), the block's shared tile
+                            // and `acc`.
+                            unsafe { call_with_u64s(address, &call) };
+                            TWIN_BLOCK_BARRIER.with(|b| b.set(std::ptr::null()));
+                        });
+                    }
+                });
+            }
         }
         acc
     }
 }
 
-/// Arguments of a kernel the host twin runs: [`call_with_u64s`] calls up to 14 parameters.
+/// Arguments of a kernel the host twin runs: [`call_with_u64s`] calls up to 16 parameters.
 const MAX_TWIN_ARGS: usize = 8;
 
 /// Calls `extern "C" fn(u64, ...)` at `address` with `args` (pointers and i64 alike are
@@ -991,8 +1026,6 @@ unsafe fn call_with_u64s(address: usize, args: &[u64]) {
         (@ty $i:literal) => { u64 };
     }
     match args.len() {
-        6 => call!(0, 1, 2, 3, 4, 5),
-        7 => call!(0, 1, 2, 3, 4, 5, 6),
         8 => call!(0, 1, 2, 3, 4, 5, 6, 7),
         9 => call!(0, 1, 2, 3, 4, 5, 6, 7, 8),
         10 => call!(0, 1, 2, 3, 4, 5, 6, 7, 8, 9),
@@ -1000,6 +1033,8 @@ unsafe fn call_with_u64s(address: usize, args: &[u64]) {
         12 => call!(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11),
         13 => call!(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12),
         14 => call!(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13),
-        n => unreachable!("HostTwin::compile refuses kernels of {n} - 6 arguments"),
+        15 => call!(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14),
+        16 => call!(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        n => unreachable!("HostTwin::compile refuses kernels of {n} - 8 arguments"),
     }
 }

@@ -187,7 +187,7 @@ fn every_elementwise_operator_compiles_to_ptx() {
 
 // ---- The 1-D reduction kernels (`keopsc::codegen::nvptx`) ----
 
-use keops_runtime::gpu::{emulate_1d, GpuLaunch1D};
+use keops_runtime::gpu::{emulate_1d, emulate_2d, merge_parts, GpuLaunch1D, InnerSplit};
 use keops_runtime::{Axis, Category, DType, ProblemSize};
 use keopsc::codegen::nvptx::{
     assemble, compile_ptx, find_ptxas, GpuSchedule, HostTwin, PtxasReport,
@@ -402,7 +402,16 @@ fn the_emulated_1d_schedule_matches_the_interpreter_for_every_reduction() {
                     block: 32,
                     ..schedule.launch
                 };
-                for launch in [schedule.launch, small] {
+                let splits = |launch: GpuLaunch1D| {
+                    [
+                        None,
+                        Some(InnerSplit::with_parts(inner, 3, launch.block as usize)),
+                    ]
+                };
+                let runs = [schedule.launch, small]
+                    .into_iter()
+                    .flat_map(|l| splits(l).map(move |s| (l, s)));
+                for (launch, split) in runs {
                     let pair = |row: usize, t: usize, out: &mut [f64]| {
                         let (i, j) = match sig.axis {
                             Axis::I => (row, t),
@@ -420,9 +429,21 @@ fn the_emulated_1d_schedule_matches_the_interpreter_for_every_reduction() {
                         });
                         out.copy_from_slice(value);
                     };
-                    let acc = match dtype {
-                        DType::F32 => emulate_1d::<f32>(&red, launch, rows, inner, pair),
-                        DType::F64 => emulate_1d::<f64>(&red, launch, rows, inner, pair),
+                    let acc = match (split, dtype) {
+                        (None, DType::F32) => emulate_1d::<f32>(&red, launch, rows, inner, pair),
+                        (None, DType::F64) => emulate_1d::<f64>(&red, launch, rows, inner, pair),
+                        (Some(split), DType::F32) => merge_parts(
+                            &red,
+                            &emulate_2d::<f32>(&red, launch, split, rows, inner, pair),
+                            split.parts,
+                            rows,
+                        ),
+                        (Some(split), DType::F64) => merge_parts(
+                            &red,
+                            &emulate_2d::<f64>(&red, launch, split, rows, inner, pair),
+                            split.parts,
+                            rows,
+                        ),
                     };
                     let mut got = vec![0.0; rows * red.output_dim()];
                     for (a, o) in acc
@@ -435,8 +456,10 @@ fn the_emulated_1d_schedule_matches_the_interpreter_for_every_reduction() {
                         DType::F32 => 2e-4,
                         DType::F64 => 1e-11,
                     };
-                    let what =
-                        format!("{} {dtype} N={n} M={m} block {}", kernel.name, launch.block);
+                    let what = format!(
+                        "{} {dtype} N={n} M={m} block {} split {split:?}",
+                        kernel.name, launch.block
+                    );
                     assert_eq!(got.len(), want.len(), "{what}");
                     for (k, (&g, &w)) in got.iter().zip(&want).enumerate() {
                         let close = g == w || (g - w).abs() <= tol * (1.0 + w.abs());
@@ -485,24 +508,36 @@ fn the_generated_1d_kernel_run_on_the_host_matches_the_interpreter_for_every_red
                     Axis::I => (n, m),
                     Axis::J => (m, n),
                 };
-                // SAFETY: one row-major buffer per argument, in the twin's dtype, for n and m.
-                let acc = unsafe { twin.run(&pointers, rows, inner, red.acc_dim()) };
-                let mut got = vec![0.0; rows * red.output_dim()];
-                for (a, o) in acc
-                    .chunks(red.acc_dim())
-                    .zip(got.chunks_mut(red.output_dim().max(1)))
-                {
-                    red.finalize(a, o);
-                }
-                let tol = match dtype {
-                    DType::F32 => 2e-4,
-                    DType::F64 => 1e-11,
-                };
-                let what = format!("{} {dtype} N={n} M={m}", kernel.name);
-                assert_eq!(got.len(), want.len(), "{what}");
-                for (k, (&g, &w)) in got.iter().zip(&want).enumerate() {
-                    let close = g == w || (g - w).abs() <= tol * (1.0 + w.abs());
-                    assert!(close, "{what}: output {k}: {g} against {w}");
+                // The 1-D schedule, then the inner range in parts of whole tiles (the 2-D one).
+                for split in [None, Some(InnerSplit::with_parts(inner, 2, 32))] {
+                    // SAFETY: one row-major buffer per argument, in the twin's dtype, for n
+                    // and m.
+                    let acc = match split {
+                        None => unsafe { twin.run(&pointers, rows, inner, red.acc_dim()) },
+                        Some(split) => {
+                            let partial = unsafe {
+                                twin.run_split(&pointers, rows, inner, red.acc_dim(), split)
+                            };
+                            merge_parts(&red, &partial, split.parts, rows)
+                        }
+                    };
+                    let mut got = vec![0.0; rows * red.output_dim()];
+                    for (a, o) in acc
+                        .chunks(red.acc_dim())
+                        .zip(got.chunks_mut(red.output_dim().max(1)))
+                    {
+                        red.finalize(a, o);
+                    }
+                    let tol = match dtype {
+                        DType::F32 => 2e-4,
+                        DType::F64 => 1e-11,
+                    };
+                    let what = format!("{} {dtype} N={n} M={m} split {split:?}", kernel.name);
+                    assert_eq!(got.len(), want.len(), "{what}");
+                    for (k, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                        let close = g == w || (g - w).abs() <= tol * (1.0 + w.abs());
+                        assert!(close, "{what}: output {k}: {g} against {w}");
+                    }
                 }
             }
         }
