@@ -3,8 +3,10 @@
 //! fewer batch axes (or none), broadcast as in numpy (aligned on the right). The output gets
 //! the broadcast batch axes in front of its own: `(B..., rows, Dout)`.
 //!
-//! Batches run one after another: each is a 2-D problem sliced out of the arrays and handed
-//! to the ordinary evaluation, with the kernel compiled once for all of them. This module
+//! On the CPU every batch runs in one parallel region, the kernel compiled once for all of
+//! them (`keops_runtime::run_tiles_batched`: many small problems keep every core busy, one
+//! per thread); other backends take them one after another, each a 2-D problem sliced out of
+//! the arrays and handed to the ordinary evaluation. This module
 //! holds the shape analysis ([`BatchLayout`]), the slicing, the stacking of the outputs and
 //! the reduction of a broadcast input's gradient over the batches it was broadcast to
 //! ([`GradientSum`]); `keopsc eval`/`vjp` use it, and so can any other front end.
@@ -12,8 +14,8 @@
 use crate::check::CheckedKernel;
 use crate::driver::{compile_cpu, evaluate_bound, Backend, EvalError, EvalTimings};
 use keops_runtime::{
-    check_all_arguments, run_tiles, shape_text, ArgSpec, ArgumentError, ArrayData, ArrayRef, Axis,
-    Category, DataRef, HostArray, ProblemSize, Signature,
+    check_all_arguments, run_tiles_batched, shape_text, ArgSpec, ArgumentError, ArrayData,
+    ArrayRef, Axis, Category, DataRef, HostArray, ProblemSize, Signature,
 };
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -141,6 +143,12 @@ impl BatchLayout {
 
     /// Views of batch `k` of `arrays` (in argument order), each of its core shape: no copy.
     pub fn views<'a>(&'a self, arrays: &[&'a HostArray], k: usize) -> Vec<ArrayRef<'a>> {
+        let whole: Vec<ArrayRef<'a>> = arrays.iter().map(|a| a.view()).collect();
+        self.batch_views(&whole, k)
+    }
+
+    /// [`BatchLayout::views`] of arrays given as views (a caller's own buffers).
+    pub fn batch_views<'a>(&'a self, arrays: &[ArrayRef<'a>], k: usize) -> Vec<ArrayRef<'a>> {
         arrays
             .iter()
             .enumerate()
@@ -148,9 +156,9 @@ impl BatchLayout {
                 let range = self.start(arg, k)..self.start(arg, k) + self.args[arg].core_len();
                 ArrayRef {
                     shape: &self.args[arg].core,
-                    data: match &array.data {
-                        ArrayData::F32(v) => DataRef::F32(&v[range]),
-                        ArrayData::F64(v) => DataRef::F64(&v[range]),
+                    data: match array.data {
+                        DataRef::F32(v) => DataRef::F32(&v[range]),
+                        DataRef::F64(v) => DataRef::F64(&v[range]),
                     },
                 }
             })
@@ -485,9 +493,10 @@ pub fn check_backend(backend: Backend) -> Result<(), EvalError> {
 }
 
 /// Evaluates a kernel on every batch of `arrays` (in argument order, checked by
-/// [`check_batched_arguments`]), one batch after another, and stacks the outputs:
-/// `(batch..., rows, Dout)`. On the CPU the kernel is compiled once for all batches; the
-/// timings add up the runs (`size` is one batch's).
+/// [`check_batched_arguments`]) and stacks the outputs: `(batch..., rows, Dout)`. On the CPU
+/// the kernel is compiled once and every batch runs in one parallel region
+/// (`run_tiles_batched`); other backends take the batches one after another, and the timings
+/// add up their runs (`size` is one batch's).
 pub fn evaluate_batches(
     kernel: &CheckedKernel,
     arrays: &[&HostArray],
@@ -509,9 +518,8 @@ pub fn evaluate_batches(
         timings.compile = start.elapsed();
         let tiles = compiled.tile_kernel();
         let start = Instant::now();
-        for k in 0..count {
-            outputs.push(run_tiles(&tiles, &layout.views(arrays, k), None)?);
-        }
+        let problems: Vec<Vec<ArrayRef>> = (0..count).map(|k| layout.views(arrays, k)).collect();
+        outputs = run_tiles_batched(&tiles, &problems)?;
         timings.run = start.elapsed();
     } else {
         for k in 0..count {

@@ -110,14 +110,86 @@ pub const BACKWARD_WORKLOADS: &[BackwardWorkload] = &[
 /// diffusion step), each unordered pair once, against the full evaluation in the same run.
 pub const SYMMETRIC_WORKLOAD: &str = "W1sym";
 
+/// The batch workload: W1 on 1000 problems of N = M = 200 (f32 or f64), in one batched call
+/// against a loop of calls, in the same run.
+pub const BATCH_WORKLOAD: &str = "B1";
+
 /// Every workload id `keopsc bench --workload` accepts.
 pub fn workload_ids() -> Vec<&'static str> {
     WORKLOADS
         .iter()
         .map(|w| w.id)
         .chain(BACKWARD_WORKLOADS.iter().map(|w| w.id))
-        .chain(std::iter::once(SYMMETRIC_WORKLOAD))
+        .chain([SYMMETRIC_WORKLOAD, BATCH_WORKLOAD])
         .collect()
+}
+
+/// W1 on `count` problems of N = M = `n`, their arrays stacked as `(count, n, D)`: one call of
+/// the batched evaluation ([`crate::batch::evaluate_batches`]'s runner, every problem in one
+/// parallel region) against a loop of `count` calls of the compiled kernel
+/// (`keops_runtime::Kernel::call`, what a program without batch axes does), alternating,
+/// compiled once (untimed). Returns (batched seconds, loop seconds), medians.
+pub fn measure_batches(
+    source: &str,
+    count: usize,
+    n: usize,
+    dtype: DType,
+    repeats: usize,
+    param: f64,
+) -> Result<(f64, f64), String> {
+    let compiled = driver::compile(SourceFile::new("<bench>", source))
+        .map_err(|_| "workload does not compile".to_string())?;
+    let kernel = &compiled.kernels[0];
+    let inputs = uniform_inputs(source, count * n, dtype, 1, param)?;
+    let sig = &kernel.signature;
+    // (count, n, D) per point array: the uniform inputs of count x n points, regrouped.
+    let stacked: Vec<HostArray> = inputs
+        .iter()
+        .zip(&sig.args)
+        .map(|((_, a), spec)| match spec.category {
+            keops_runtime::Category::Param => a.clone(),
+            _ => HostArray {
+                shape: vec![count, n, spec.dim],
+                data: a.data.clone(),
+            },
+        })
+        .collect();
+    let refs: Vec<&HostArray> = stacked.iter().collect();
+    let views: Vec<Option<keops_runtime::ArrayRef>> = refs.iter().map(|a| Some(a.view())).collect();
+    let layout = crate::batch::check_batched_arguments(sig, &views)
+        .map_err(|e| {
+            e.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?
+        .0;
+    let code = driver::jit_kernel(kernel, &[dtype]).map_err(|e| e.to_string())?;
+    let tile = driver::compile_cpu(kernel, dtype).map_err(|e| e.to_string())?;
+    let tiles = tile.tile_kernel();
+    let problems: Vec<Vec<keops_runtime::ArrayRef>> =
+        (0..count).map(|k| layout.views(&refs, k)).collect();
+    let batched = || keops_runtime::run_tiles_batched(&tiles, &problems).map_err(|e| e.to_string());
+    let looped = || -> Result<Vec<HostArray>, String> {
+        problems
+            .iter()
+            .map(|p| code.call(p).map_err(|e| e.to_string()))
+            .collect()
+    };
+    let (a, b) = (batched()?, looped()?);
+    if a.iter().zip(&b).any(|(x, y)| x.to_f64() != y.to_f64()) {
+        return Err("the batched outputs differ from the looped ones".into());
+    }
+    let (mut batched_times, mut loop_times) = (Vec::new(), Vec::new());
+    for _ in 0..repeats.max(1) {
+        let start = Instant::now();
+        std::hint::black_box(batched()?);
+        batched_times.push(start.elapsed().as_secs_f64());
+        let start = Instant::now();
+        std::hint::black_box(looped()?);
+        loop_times.push(start.elapsed().as_secs_f64());
+    }
+    Ok((median(batched_times), median(loop_times)))
 }
 
 /// W1 with `y` holding `x`'s data at N = M = n: the symmetric evaluation
@@ -595,6 +667,45 @@ pub fn run(
                     baseline: Some(("W1 full".to_string(), (n as f64) * (n as f64) / full)),
                 });
             }
+        }
+    }
+    if selected(BATCH_WORKLOAD) {
+        let w1 = WORKLOADS
+            .iter()
+            .find(|w| w.id == "W1")
+            .expect("W1 is a workload");
+        let d = w1.dims[0];
+        let source = w1.source.replace("{D}", &d.to_string());
+        let (count, n) = (1000, 200);
+        for &dtype in &options.dtypes {
+            let (batched, looped) =
+                measure_batches(&source, count, n, dtype, options.repeats.max(5), w1.param)?;
+            let rate = (count * n * n) as f64 / batched;
+            writeln!(
+                out,
+                "{:<4} {:<22} {:>3} {:>4} {:>8} {:>10.3e}  {:.1}x faster than a loop of {count} calls ({:.2} ms against {:.2} ms, alternating)",
+                BATCH_WORKLOAD,
+                format!("W1, {count} x N=M={n}"),
+                d,
+                dtype_name(dtype),
+                n,
+                rate,
+                looped / batched,
+                batched * 1e3,
+                looped * 1e3
+            )
+            .ok();
+            results.push(BenchResult {
+                label: format!("{BATCH_WORKLOAD} D={d}"),
+                dtype,
+                n,
+                pairs_per_second: rate,
+                compile_ms: 0.0,
+                baseline: Some((
+                    format!("a loop of {count} calls"),
+                    (count * n * n) as f64 / looped,
+                )),
+            });
         }
     }
     if options.cache {

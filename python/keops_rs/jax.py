@@ -10,9 +10,10 @@
 Both work under ``jax.jit`` (the compiled program calls the kernel through an XLA FFI custom
 call on the CPU: no Python, no host callback), ``jax.grad`` / ``jax.vjp`` with respect to any
 float input (a ``jax.custom_vjp`` whose backward is one more custom call running the generated
-backward kernels of exactly the inputs being differentiated), and ``jax.vmap`` over a leading
-batch axis of any inputs (the custom calls run one batch element after another:
-``vmap_method="sequential"``). float32, and float64 with ``jax_enable_x64``.
+backward kernels of exactly the inputs being differentiated), and ``jax.vmap`` over leading
+batch axes of any inputs: the forward is one custom call for the whole batch (its arrays carry
+the batch axes, every batch in one parallel region), the backward one call per batch element
+(``vmap_method="sequential"``). float32, and float64 with ``jax_enable_x64``.
 
 Errors are raised at trace time, where shapes are known, as in the numpy API: ``KfError`` for
 source that does not compile, ``TypeError``/``ValueError`` naming the argument.
@@ -92,6 +93,12 @@ class Kernel:
             raise TypeError(f"kernel `{self.name}` (arguments {names}): {e}") from None
         values = [bound.arguments[a[0]] for a in self.arguments]
         arrays = _as_arrays([a[0] for a in self.arguments], values)
+        # The 2-D forms, `(N, 1)` for a dimension-1 variable given as `(N,)` and `(1,)` for a
+        # scalar parameter: under vmap, a batch axis is then told apart from the rows.
+        arrays = [
+            a[:, None] if cat in ("Vi", "Vj") and a.ndim == 1 else a[None] if a.ndim == 0 else a
+            for a, (_, cat, _) in zip(arrays, self.arguments)
+        ]
         # Checked here, at trace time, with the messages of the numpy API.
         self._output_shape(arrays)
         return self._call(*arrays)
@@ -104,7 +111,9 @@ class Kernel:
     def _forward(self, *arrays):
         dtype = arrays[0].dtype if arrays else jnp.result_type(float)
         out = jax.ShapeDtypeStruct(self._output_shape(arrays), dtype)
-        call = jax.ffi.ffi_call("keops_rs_call", out, vmap_method="sequential")
+        # Under vmap the arrays get the batch axes (1 for an input not mapped over), which
+        # the handler broadcasts: one call for the whole batch.
+        call = jax.ffi.ffi_call("keops_rs_call", out, vmap_method="expand_dims")
         return call(*arrays, kernel=np.int64(self._id))
 
     def _forward_saving(self, *primals):

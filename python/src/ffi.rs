@@ -20,7 +20,8 @@
 
 use crate::{argument_error, panic_text, Compiled, Kernel, PyErrText};
 use c_api::*;
-use keops_runtime::{ArrayRef, DType, HostArray, OutputRef};
+use keops_runtime::{ArrayData, ArrayRef, DType, HostArray, OutputRef};
+use keopsc::batch;
 use keopsc::driver::{Backend, EvalError};
 use keopsc::jit_cache::JitCache;
 use keopsc::vjp::{self as kvjp, SavedForward, VjpError, VjpManyPlan};
@@ -600,11 +601,50 @@ unsafe fn run_forward(frame: &XLA_FFI_CallFrame) -> Result<(), HandlerError> {
         .zip(&sig.args)
         .map(|(b, spec)| unsafe { b.view(&spec.name) })
         .collect::<Result<Vec<_>, _>>()?;
-    let out = unsafe { rets[0].output("the result")? };
-    kernel
+    let mut out = unsafe { rets[0].output("the result")? };
+    // Under `jax.vmap` (vmap_method="expand_dims") the arrays carry batch axes, 1 for an
+    // input not mapped over: every batch in one parallel region.
+    let batched = views
+        .iter()
+        .zip(&sig.args)
+        .any(|(v, spec)| !batch::ArgumentLayout::of(spec, v.shape).batch.is_empty());
+    if !batched {
+        return kernel
+            .code
+            .call_into(&views, out)
+            .map_err(|e| HandlerError::from(e.to_string()));
+    }
+    let maybe: Vec<Option<ArrayRef>> = views.iter().copied().map(Some).collect();
+    let (layout, _) = batch::check_batched_arguments(sig, &maybe).map_err(|errors| {
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        HandlerError::from(text.join("; "))
+    })?;
+    let problems: Vec<Vec<ArrayRef>> = (0..layout.batch.count())
+        .map(|k| layout.batch_views(&views, k))
+        .collect();
+    let outputs = kernel
         .code
-        .call_into(&views, out)
-        .map_err(|e| HandlerError::from(e.to_string()))
+        .call_batched(&problems)
+        .map_err(|e| HandlerError::from(e.to_string()))?;
+    let total: usize = outputs.iter().map(HostArray::len).sum();
+    if total != out.len() {
+        return Err(format!(
+            "the result holds {} numbers; the batches give {total}",
+            out.len()
+        )
+        .into());
+    }
+    // The batches' outputs, in order, are the result's row-major layout.
+    let mut at = 0;
+    for part in &outputs {
+        match (&part.data, &mut out) {
+            (ArrayData::F32(v), OutputRef::F32(o)) => o[at..at + v.len()].copy_from_slice(v),
+            (ArrayData::F64(v), OutputRef::F64(o)) => o[at..at + v.len()].copy_from_slice(v),
+            _ => return Err("the result's dtype is not the inputs'".to_string().into()),
+        }
+        at += part.len();
+    }
+    Ok(())
 }
 
 /// `keops_rs_vjp`: the gradients a backward plan computes, one result per input it names.

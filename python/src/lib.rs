@@ -18,6 +18,7 @@ use keops_runtime::{
     ArgumentError, ArrayData, ArrayRef, Category, DType, HostArray, Kernel as RtKernel, Signature,
 };
 use keopsc::artifact::cache::{CompileCache, CompileError};
+use keopsc::batch;
 use keopsc::check::CheckedKernel;
 use keopsc::diagnostic::render_all;
 use keopsc::driver::{self, Backend};
@@ -341,6 +342,33 @@ fn inputs<'py>(sig: &Signature, objs: &[Bound<'py, PyAny>]) -> PyResult<Vec<Inpu
         .collect()
 }
 
+/// A call whose arrays carry batch axes (`(B..., N, D)`, broadcast as numpy does,
+/// `keopsc::batch`): every batch in one parallel region, the outputs stacked
+/// `(B..., rows, Dout)`.
+fn call_batched(py: Python<'_>, code: &RtKernel, views: &[ArrayRef]) -> PyResult<HostArray> {
+    let sig = code.signature();
+    let maybe: Vec<Option<ArrayRef>> = views.iter().copied().map(Some).collect();
+    let (layout, size) = batch::check_batched_arguments(sig, &maybe).map_err(|errors| {
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        PyValueError::new_err(text.join("; "))
+    })?;
+    let rows = batch::RowsShape::of(sig, size, sig.output_dim());
+    let outputs = py.detach(|| {
+        guarded("running the kernel", || {
+            let problems: Vec<Vec<ArrayRef>> = (0..layout.batch.count())
+                .map(|k| layout.batch_views(views, k))
+                .collect();
+            code.call_batched(&problems).map_err(argument_error)
+        })
+    })?;
+    Ok(batch::stack(
+        &layout.batch,
+        outputs,
+        &[rows.rows, rows.dim],
+        size.dtype,
+    ))
+}
+
 /// A compiled `.kf` kernel.
 #[pyclass(frozen, module = "keops_rs")]
 struct Kernel {
@@ -471,6 +499,13 @@ impl Kernel {
         let held = inputs(sig, &objs)?;
         let views: Vec<ArrayRef> = held.iter().map(Input::view).collect();
         let code = &self.compiled.code;
+        let batched = views
+            .iter()
+            .zip(&sig.args)
+            .any(|(v, spec)| !batch::ArgumentLayout::of(spec, v.shape).batch.is_empty());
+        if batched {
+            return call_batched(py, code, &views).and_then(|out| output(py, out));
+        }
         let out = py.detach(|| {
             guarded("running the kernel", || {
                 code.call(&views).map_err(argument_error)

@@ -360,3 +360,22 @@ def test_kernel_operator_in_jax_solves_normalises_and_differentiates():
         kj.KernelOperator(LINEAR.replace("Sum_Reduction", "Max_Reduction"), x=x, y=x, s=s)
     with pytest.raises(ValueError, match="unknown step"):
         kj.KernelOperator(LINEAR, normalize="rows", x=x, y=x, s=s)
+
+
+def test_vmap_runs_the_forward_as_one_batched_call(kernels):
+    # Nested vmap over two axes, an input mapped over one of them only, a dimension-1 input
+    # given as (N,): one custom call whose arrays carry the batch axes.
+    rng = np.random.default_rng(11)
+    k = kernels["gauss"]
+    xs = jnp.asarray(rng.standard_normal((3, 2, 11, 3)))
+    y, _, s = data(rng, [(9, 3), (9, 1), (1,)])
+    bs = jnp.asarray(rng.standard_normal((2, 9)))
+    inner = jax.vmap(k, in_axes=(0, None, 0, None))
+    out = jax.jit(jax.vmap(inner, in_axes=(0, None, None, None)))(xs, y, bs, s)
+    assert out.shape == (3, 2, 11, 1)
+    for i in range(3):
+        for j in range(2):
+            want = gauss_dense(xs[i, j], y, bs[j][:, None], s)
+            np.testing.assert_allclose(np.asarray(out[i, j]), np.asarray(want), rtol=1e-12)
+    text = jax.jit(jax.vmap(inner, in_axes=(0, None, None, None))).lower(xs, y, bs, s).as_text()
+    assert text.count("keops_rs_call") == 1, "one custom call for the whole batch"

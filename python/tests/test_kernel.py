@@ -186,3 +186,26 @@ def test_threads_compile_concurrently(rng):
     y = rng.standard_normal((5, 1))
     for t in range(3):
         np.testing.assert_allclose(out[t](x, y), x * y.sum() + 5 * t, rtol=1e-12)
+
+
+def test_batch_axes_run_every_batch_in_one_call(rng):
+    # (B1, B2, N, D) points, a weight broadcast over the first batch axis, a shared parameter.
+    k = keops_rs.Kernel(GAUSS)
+    x = rng.random((3, 4, 50, 3))
+    y = rng.random((3, 4, 70, 3))
+    b = rng.random((1, 4, 70, 1))
+    s = np.array([0.4])
+    out = k(x, y, b, s)
+    assert out.shape == (3, 4, 50, 1)
+    for i in range(3):
+        for j in range(4):
+            np.testing.assert_array_equal(out[i, j], k(x[i, j], y[i, j], b[0, j], s))
+    # float32, and many small problems (each on one thread).
+    xs = rng.random((200, 20, 3)).astype(np.float32)
+    ys = rng.random((200, 30, 3)).astype(np.float32)
+    bs = rng.random((200, 30, 1)).astype(np.float32)
+    out = k(xs, ys, bs, s.astype(np.float32))
+    assert out.shape == (200, 20, 1) and out.dtype == np.float32
+    np.testing.assert_array_equal(out[17], k(xs[17], ys[17], bs[17], s.astype(np.float32)))
+    with pytest.raises(ValueError, match="do not broadcast"):
+        k(x, y[:2], b, s)

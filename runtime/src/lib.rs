@@ -30,4 +30,4 @@ pub use module::{Kernel, LoadError, Manifest, Module};
 pub use ndarray;
 pub use reduction::{Family, Order, Reduction, ReductionArgs, ReductionKind};
 pub use symmetric::SymmetricPass;
-pub use tiles::{run_tiles, run_tiles_into, TileFn, TileKernel, TileSchedule};
+pub use tiles::{run_tiles, run_tiles_batched, run_tiles_into, TileFn, TileKernel, TileSchedule};

@@ -138,22 +138,67 @@ pub fn run_tiles(
     schedule: Option<TileSchedule>,
 ) -> Result<HostArray, ArgumentError> {
     let size = check_arguments(kernel.signature, arrays)?;
+    let mut out = output_for(kernel, size);
+    let target = match &mut out.data {
+        ArrayData::F32(v) => OutputRef::F32(v),
+        ArrayData::F64(v) => OutputRef::F64(v),
+    };
+    run_checked(kernel, arrays, size, schedule, target, true)?;
+    Ok(out)
+}
+
+/// A zero output of the kernel's shape for a problem of `size`, in its dtype.
+fn output_for(kernel: &TileKernel, size: ProblemSize) -> HostArray {
     let rows = match kernel.signature.axis {
         Axis::I => size.n,
         Axis::J => size.m,
     };
     let shape = vec![rows, kernel.signature.output_dim()];
     let len = shape[0] * shape[1];
-    let mut out = match kernel.dtype {
+    match kernel.dtype {
         DType::F32 => HostArray::from_f32(shape, vec![0.0; len]),
         DType::F64 => HostArray::from_f64(shape, vec![0.0; len]),
+    }
+}
+
+/// Runs a tiled kernel on many problems in one parallel region (a batch: `problems[k]` the
+/// arrays of problem `k`, in signature order, each checked as by [`run_tiles`] before any
+/// runs) and returns their outputs in order. With at least as many problems as threads, each
+/// problem runs on one thread in blocks of up to 256 rows and its inner range whole: a batch of
+/// small problems keeps every core busy without paying for each problem's own split over the
+/// threads, which costs more than the problem itself at a few hundred points. With fewer
+/// problems, each is split as [`run_tiles`] splits it.
+pub fn run_tiles_batched(
+    kernel: &TileKernel,
+    problems: &[Vec<ArrayRef>],
+) -> Result<Vec<HostArray>, ArgumentError> {
+    for arrays in problems {
+        check_arguments(kernel.signature, arrays)?;
+    }
+    let threads = rayon::current_num_threads();
+    if problems.len() < threads {
+        return problems
+            .iter()
+            .map(|arrays| run_tiles(kernel, arrays, None))
+            .collect();
+    }
+    let one_thread = TileSchedule {
+        row_block: 256,
+        inner_chunks: 1,
     };
-    let target = match &mut out.data {
-        ArrayData::F32(v) => OutputRef::F32(v),
-        ArrayData::F64(v) => OutputRef::F64(v),
-    };
-    run_checked(kernel, arrays, size, schedule, target)?;
-    Ok(out)
+    problems
+        .par_iter()
+        .map(|arrays| {
+            let size = check_arguments(kernel.signature, arrays)?;
+            let mut out = output_for(kernel, size);
+            let target = match &mut out.data {
+                ArrayData::F32(v) => OutputRef::F32(v),
+                ArrayData::F64(v) => OutputRef::F64(v),
+            };
+            run_checked(kernel, arrays, size, Some(one_thread), target, false)?;
+            Ok(out)
+        })
+        .collect()
 }
 
 /// Runs a tiled kernel on `arrays` (in signature order, checked as by [`run_tiles`]) and
@@ -165,16 +210,19 @@ pub fn run_tiles_into(
     out: OutputRef,
 ) -> Result<(), ArgumentError> {
     let size = check_arguments(kernel.signature, arrays)?;
-    run_checked(kernel, arrays, size, schedule, out)
+    run_checked(kernel, arrays, size, schedule, out, true)
 }
 
-/// `size` is what [`check_arguments`] found for these very `arrays`.
+/// `size` is what [`check_arguments`] found for these very `arrays`. `parallel`: the row
+/// blocks (and inner chunks) spread over the threads; otherwise they run on the calling
+/// thread, one after another (a batch's problems, each on a thread of its own).
 fn run_checked(
     kernel: &TileKernel,
     arrays: &[ArrayRef],
     size: ProblemSize,
     schedule: Option<TileSchedule>,
     out: OutputRef,
+    parallel: bool,
 ) -> Result<(), ArgumentError> {
     let sig = kernel.signature;
     size.check_compiled_dtype(sig, kernel.dtype)?;
@@ -256,15 +304,29 @@ fn run_checked(
         return Ok(());
     }
     match out {
-        OutputRef::F64(o) => run_blocks(o, out_dim, acc_dim, block, &accumulate, |a, row, _| {
-            red.finalize(a, row)
-        }),
-        OutputRef::F32(o) => run_blocks(o, out_dim, acc_dim, block, &accumulate, |a, row, wide| {
-            red.finalize(a, wide);
-            for (o, &x) in row.iter_mut().zip(wide.iter()) {
-                *o = x as f32;
-            }
-        }),
+        OutputRef::F64(o) => run_blocks(
+            o,
+            out_dim,
+            acc_dim,
+            block,
+            parallel,
+            &accumulate,
+            |a, row, _| red.finalize(a, row),
+        ),
+        OutputRef::F32(o) => run_blocks(
+            o,
+            out_dim,
+            acc_dim,
+            block,
+            parallel,
+            &accumulate,
+            |a, row, wide| {
+                red.finalize(a, wide);
+                for (o, &x) in row.iter_mut().zip(wide.iter()) {
+                    *o = x as f32;
+                }
+            },
+        ),
     }
     Ok(())
 }
@@ -276,19 +338,27 @@ fn run_blocks<T: Send>(
     out_dim: usize,
     acc_dim: usize,
     block: usize,
+    parallel: bool,
     accumulate: &(impl Fn(usize, usize) -> Vec<f64> + Sync),
     finalize: impl Fn(&[f64], &mut [T], &mut [f64]) + Sync,
 ) {
-    out.par_chunks_mut(block * out_dim)
-        .enumerate()
-        .for_each(|(b, out_block)| {
-            let start = b * block;
-            let acc = accumulate(start, start + out_block.len() / out_dim);
-            let mut scratch = vec![0.0f64; out_dim];
-            for (r, row) in out_block.chunks_mut(out_dim).enumerate() {
-                finalize(&acc[r * acc_dim..(r + 1) * acc_dim], row, &mut scratch);
-            }
-        });
+    let one_block = |(b, out_block): (usize, &mut [T])| {
+        let start = b * block;
+        let acc = accumulate(start, start + out_block.len() / out_dim);
+        let mut scratch = vec![0.0f64; out_dim];
+        for (r, row) in out_block.chunks_mut(out_dim).enumerate() {
+            finalize(&acc[r * acc_dim..(r + 1) * acc_dim], row, &mut scratch);
+        }
+    };
+    if parallel {
+        out.par_chunks_mut(block * out_dim)
+            .enumerate()
+            .for_each(one_block);
+    } else {
+        out.chunks_mut(block * out_dim)
+            .enumerate()
+            .for_each(one_block);
+    }
 }
 
 /// `rows x dim` row-major to `dim x stride` component-major, zero-padded.

@@ -831,3 +831,65 @@ fn a_module_built_with_gpu_code_carries_its_ptx() {
     let err = Module::load(&out).err().expect("refused");
     assert!(err.to_string().contains("gpu_gauss_float32.ptx"), "{err}");
 }
+
+/// `Kernel::call_batched`: many problems in one parallel region give, bit for bit, what a
+/// call per problem gives: few problems (each split over the threads) and many (each on one
+/// thread), of different sizes, every kernel of the module; a bad problem is refused before
+/// any runs, with its argument's name.
+#[test]
+fn batched_calls_give_each_problems_own_result() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let module = Module::load(build(dir.path(), &CpuTarget::host_level())).expect("loads");
+    for kernel in module.kernels() {
+        for count in [1, 37] {
+            let arrays: Vec<Vec<HostArray>> = (0..count)
+                .map(|k| {
+                    let (n, m) = (1 + (k * 7) % 50, 3 + (k * 13) % 300);
+                    kernel
+                        .signature()
+                        .args
+                        .iter()
+                        .enumerate()
+                        .map(|(a, spec)| {
+                            let rows = match spec.category {
+                                keops_runtime::Category::I => n,
+                                keops_runtime::Category::J => m,
+                                keops_runtime::Category::Param => 1,
+                            };
+                            let data = random(rows * spec.dim, (k * 10 + a) as u64);
+                            let shape = match spec.category {
+                                keops_runtime::Category::Param => vec![spec.dim],
+                                _ => vec![rows, spec.dim],
+                            };
+                            HostArray::from_f32(shape, data.iter().map(|&v| v as f32).collect())
+                        })
+                        .collect()
+                })
+                .collect();
+            let problems: Vec<Vec<ArrayRef>> = arrays
+                .iter()
+                .map(|p| p.iter().map(HostArray::view).collect())
+                .collect();
+            let batched = kernel.call_batched(&problems).expect("runs");
+            for (p, out) in problems.iter().zip(&batched) {
+                let single = kernel.call(p).expect("runs");
+                assert_eq!(out.shape, single.shape);
+                assert_eq!(out.to_f64(), single.to_f64(), "{} x{count}", kernel.name());
+            }
+        }
+    }
+    // The second problem's x has the wrong dimension.
+    let gauss = module.kernel("gauss").unwrap();
+    let good = [
+        HostArray::from_f32(vec![4, 3], vec![0.5; 12]),
+        HostArray::from_f32(vec![5, 3], vec![0.5; 15]),
+        HostArray::from_f32(vec![5, 1], vec![1.0; 5]),
+        HostArray::from_f32(vec![1], vec![1.0]),
+    ];
+    let bad_x = HostArray::from_f32(vec![4, 2], vec![0.5; 8]);
+    let first: Vec<ArrayRef> = good.iter().map(HostArray::view).collect();
+    let mut second = first.clone();
+    second[0] = bad_x.view();
+    let err = gauss.call_batched(&[first, second]).expect_err("refused");
+    assert!(err.to_string().contains("`x`"), "{err}");
+}
