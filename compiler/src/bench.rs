@@ -180,16 +180,11 @@ pub fn measure_batches(
     if a.iter().zip(&b).any(|(x, y)| x.to_f64() != y.to_f64()) {
         return Err("the batched outputs differ from the looped ones".into());
     }
-    let (mut batched_times, mut loop_times) = (Vec::new(), Vec::new());
-    for _ in 0..repeats.max(1) {
-        let start = Instant::now();
-        std::hint::black_box(batched()?);
-        batched_times.push(start.elapsed().as_secs_f64());
-        let start = Instant::now();
-        std::hint::black_box(looped()?);
-        loop_times.push(start.elapsed().as_secs_f64());
-    }
-    Ok((median(batched_times), median(loop_times)))
+    alternate(
+        repeats,
+        || batched().map(|o| drop(std::hint::black_box(o))),
+        || looped().map(|o| drop(std::hint::black_box(o))),
+    )
 }
 
 /// W1 with `y` holding `x`'s data at N = M = n: the symmetric evaluation
@@ -220,16 +215,30 @@ pub fn measure_symmetric(
     let run_full = || driver::evaluate_cached(kernel, &arrays, driver::Backend::Cpu);
     run_same().map_err(|e| e.to_string())?;
     run_full().map_err(|e| e.to_string())?;
-    let (mut same_times, mut full_times) = (Vec::new(), Vec::new());
+    alternate(
+        repeats,
+        || run_same().map(|_| ()).map_err(|e| e.to_string()),
+        || run_full().map(|_| ()).map_err(|e| e.to_string()),
+    )
+}
+
+/// Runs `a` and `b` in turn `repeats` times: their median seconds, each measured under the
+/// load the other met.
+fn alternate(
+    repeats: usize,
+    mut a: impl FnMut() -> Result<(), String>,
+    mut b: impl FnMut() -> Result<(), String>,
+) -> Result<(f64, f64), String> {
+    let (mut a_times, mut b_times) = (Vec::new(), Vec::new());
     for _ in 0..repeats.max(1) {
         let start = Instant::now();
-        std::hint::black_box(run_same().map_err(|e| e.to_string())?);
-        same_times.push(start.elapsed().as_secs_f64());
+        std::hint::black_box(a()?);
+        a_times.push(start.elapsed().as_secs_f64());
         let start = Instant::now();
-        std::hint::black_box(run_full().map_err(|e| e.to_string())?);
-        full_times.push(start.elapsed().as_secs_f64());
+        std::hint::black_box(b()?);
+        b_times.push(start.elapsed().as_secs_f64());
     }
-    Ok((median(same_times), median(full_times)))
+    Ok((median(a_times), median(b_times)))
 }
 
 /// What to run.

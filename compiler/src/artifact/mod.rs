@@ -79,7 +79,7 @@ pub fn build(
     placement: Placement,
 ) -> Result<BuildReport, BuildError> {
     let options = BuildOptions::default();
-    build_module(file, dtypes, target, out, extra, placement, &options)
+    build_with_options(file, dtypes, target, out, extra, placement, &options)
 }
 
 /// [`build`], with the gradients of every kernel (`keopsc build --grad`): the backward plans
@@ -98,7 +98,7 @@ pub fn build_with_gradients(
         gradients: true,
         ..BuildOptions::default()
     };
-    build_module(file, dtypes, target, out, extra, placement, &options)
+    build_with_options(file, dtypes, target, out, extra, placement, &options)
 }
 
 /// What a module stores beside each kernel's tile functions.
@@ -123,19 +123,6 @@ pub fn symmetric_tile_symbol(kernel: &str, dtype: DType) -> String {
     format!("keops_symmetric_tile_{kernel}_{}", dtype_name(dtype))
 }
 
-/// [`build`] with what `options` asks to store besides.
-pub fn build_with_options(
-    file: &CompiledFile,
-    dtypes: &[DType],
-    target: &CpuTarget,
-    out: &Path,
-    extra: &[(&str, &str)],
-    placement: Placement,
-    options: &BuildOptions,
-) -> Result<BuildReport, BuildError> {
-    build_module(file, dtypes, target, out, extra, placement, options)
-}
-
 /// The argument pairs of `kernel` that `same` names: a j-variable and an i-variable of one
 /// dimension each; empty when the kernel has no such pair.
 pub fn pairs_of(
@@ -155,7 +142,8 @@ pub fn pairs_of(
         .collect()
 }
 
-fn build_module(
+/// [`build`] with what `options` asks to store besides.
+pub fn build_with_options(
     file: &CompiledFile,
     dtypes: &[DType],
     target: &CpuTarget,
