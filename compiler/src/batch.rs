@@ -165,6 +165,11 @@ impl BatchLayout {
             .collect()
     }
 
+    /// Batch `k` of arrays given as views, copied out.
+    pub fn slice_views(&self, arrays: &[ArrayRef], k: usize) -> Vec<HostArray> {
+        self.batch_views(arrays, k).iter().map(owned).collect()
+    }
+
     /// Batch `k` of `arrays` copied out, for the interfaces that take whole arrays.
     pub fn slice(&self, arrays: &[&HostArray], k: usize) -> Vec<HostArray> {
         self.views(arrays, k).iter().map(owned).collect()

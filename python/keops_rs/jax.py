@@ -12,8 +12,8 @@ call on the CPU: no Python, no host callback), ``jax.grad`` / ``jax.vjp`` with r
 float input (a ``jax.custom_vjp`` whose backward is one more custom call running the generated
 backward kernels of exactly the inputs being differentiated), and ``jax.vmap`` over leading
 batch axes of any inputs: the forward is one custom call for the whole batch (its arrays carry
-the batch axes, every batch in one parallel region), the backward one call per batch element
-(``vmap_method="sequential"``). float32, and float64 with ``jax_enable_x64``.
+the batch axes, every batch in one parallel region), and so is the backward. float32, and
+float64 with ``jax_enable_x64``.
 
 Errors are raised at trace time, where shapes are known, as in the numpy API: ``KfError`` for
 source that does not compile, ``TypeError``/``ValueError`` naming the argument.
@@ -137,7 +137,8 @@ class Kernel:
         if reads_output:
             args.append(residuals.output)
         shapes = [jax.ShapeDtypeStruct(inputs[k].shape, dtype) for k in wrt]
-        call = jax.ffi.ffi_call("keops_rs_vjp", shapes, vmap_method="sequential")
+        # Under vmap, one call for the whole batch too (the handler reads the batch axes).
+        call = jax.ffi.ffi_call("keops_rs_vjp", shapes, vmap_method="expand_dims")
         for k, grad in zip(wrt, call(*args, plan=np.int64(plan))):
             grads[k] = grad
         return tuple(grads)

@@ -680,6 +680,18 @@ unsafe fn run_backward(frame: &XLA_FFI_CallFrame) -> Result<(), HandlerError> {
         )
         .into());
     }
+    let views = args[..n]
+        .iter()
+        .zip(&forward.args)
+        .map(|(b, spec)| unsafe { b.view(&spec.name) })
+        .collect::<Result<Vec<_>, _>>()?;
+    let batched = views
+        .iter()
+        .zip(&forward.args)
+        .any(|(v, spec)| !batch::ArgumentLayout::of(spec, v.shape).batch.is_empty());
+    if batched {
+        return unsafe { run_backward_batched(&backward, &args, &rets, &views) };
+    }
     // The backward passes read host arrays: the inputs are copied once (O(N + M)), the
     // passes themselves are O(N M).
     let inputs = args[..n]
@@ -712,6 +724,108 @@ unsafe fn run_backward(frame: &XLA_FFI_CallFrame) -> Result<(), HandlerError> {
                 )
                 .into())
             }
+        }
+    }
+    Ok(())
+}
+
+/// The backward under `jax.vmap` (vmap_method="expand_dims"): the inputs carry batch axes (1
+/// for an input not mapped over), the cotangent and the saved output the batch axes or ones,
+/// and each result the batch axes before its input's shape. Every batch's backward runs in one
+/// parallel region; each writes its part of the results.
+///
+/// # Safety
+/// As [`run_backward`]: `args` and `rets` are the call frame's buffers, `views` the inputs'.
+unsafe fn run_backward_batched(
+    backward: &Backward,
+    args: &[Buffer],
+    rets: &[Buffer],
+    views: &[ArrayRef],
+) -> Result<(), HandlerError> {
+    use rayon::prelude::*;
+    let plan = &backward.plan;
+    let forward = &plan.forward;
+    let n = forward.args.len();
+    let maybe: Vec<Option<ArrayRef>> = views.iter().copied().map(Some).collect();
+    let (layout, _) = batch::check_batched_arguments(forward, &maybe).map_err(|errors| {
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        HandlerError::from(text.join("; "))
+    })?;
+    let count = layout.batch.count();
+    // The cotangent and the saved output: one block of `len / parts` numbers per batch, or one
+    // block for all (a batch axis of 1).
+    let per_batch = |buffer: &Buffer, what: &str| -> Result<HostArray, String> {
+        let whole = unsafe { buffer.to_host(what)? };
+        let core = buffer.shape.len().saturating_sub(2);
+        let parts: usize = buffer.shape[..core].iter().product();
+        if parts != count && parts != 1 {
+            return Err(format!(
+                "{what} has batch axes {:?}; the inputs' are {}",
+                &buffer.shape[..core],
+                layout.batch
+            ));
+        }
+        Ok(HostArray {
+            shape: std::iter::once(parts)
+                .chain(buffer.shape[core..].iter().copied())
+                .collect(),
+            data: whole.data,
+        })
+    };
+    let cotangent = per_batch(&args[n], "the cotangent")?;
+    let saved = match backward.reads_output {
+        true => Some(per_batch(&args[n + 1], "the saved forward output")?),
+        false => None,
+    };
+    let slice = |array: &HostArray, k: usize| -> HostArray {
+        let parts = array.shape[0];
+        let core: Vec<usize> = array.shape[1..].to_vec();
+        let len: usize = core.iter().product();
+        let at = if parts == 1 { 0 } else { k * len };
+        match &array.data {
+            ArrayData::F32(v) => HostArray::from_f32(core, v[at..at + len].to_vec()),
+            ArrayData::F64(v) => HostArray::from_f64(core, v[at..at + len].to_vec()),
+        }
+    };
+    let grads: Vec<Vec<HostArray>> = (0..count)
+        .into_par_iter()
+        .map(|k| {
+            let inputs = layout.slice_views(views, k);
+            let g = slice(&cotangent, k);
+            let s = saved.as_ref().map(|s| slice(s, k));
+            backward.gradients(&inputs, &g, s.as_ref())
+        })
+        .collect::<Result<_, String>>()
+        .map_err(HandlerError::from)?;
+    for (r, (ret, &w)) in rets.iter().zip(&plan.wrt).enumerate() {
+        let what = format!("the gradient of `{}`", forward.args[w].name);
+        let mut out = unsafe { ret.output(&what)? };
+        let mut at = 0;
+        for batch_grads in &grads {
+            let grad = &batch_grads[r];
+            match (&grad.data, &mut out) {
+                (ArrayData::F32(g), OutputRef::F32(o)) if at + g.len() <= o.len() => {
+                    o[at..at + g.len()].copy_from_slice(&g[..])
+                }
+                (ArrayData::F64(g), OutputRef::F64(o)) if at + g.len() <= o.len() => {
+                    o[at..at + g.len()].copy_from_slice(&g[..])
+                }
+                _ => {
+                    return Err(format!(
+                        "{what}: the result buffer does not hold {count} batches of the input's shape in {}",
+                        backward.dtype
+                    )
+                    .into())
+                }
+            }
+            at += grad.len();
+        }
+        if at != out.len() {
+            return Err(format!(
+                "{what}: the result holds {} numbers; the batches give {at}",
+                out.len()
+            )
+            .into());
         }
     }
     Ok(())

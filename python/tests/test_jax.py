@@ -379,3 +379,27 @@ def test_vmap_runs_the_forward_as_one_batched_call(kernels):
             np.testing.assert_allclose(np.asarray(out[i, j]), np.asarray(want), rtol=1e-12)
     text = jax.jit(jax.vmap(inner, in_axes=(0, None, None, None))).lower(xs, y, bs, s).as_text()
     assert text.count("keops_rs_call") == 1, "one custom call for the whole batch"
+
+
+def test_vmap_of_grad_runs_one_backward_call(kernels):
+    # x mapped over, y not (its gradient summed over the batch by JAX), s mapped: one forward
+    # and one backward custom call for the whole batch, against dense JAX.
+    rng = np.random.default_rng(12)
+    k = kernels["gauss"]
+    xs = jnp.asarray(rng.standard_normal((5, 11, 3)))
+    y, b, _ = data(rng, [(9, 3), (9, 1), (1,)])
+    ss = jnp.asarray(np.abs(rng.standard_normal((5, 1))) + 0.5)
+
+    def loss(x, y, s):
+        return jnp.sum(k(x, y, b, s) ** 2)
+
+    def dense_loss(x, y, s):
+        return jnp.sum(gauss_dense(x, y, b, s) ** 2)
+
+    batched = jax.vmap(jax.grad(loss, argnums=(0, 1, 2)), in_axes=(0, None, 0))
+    got = jax.jit(batched)(xs, y, ss)
+    want = jax.vmap(jax.grad(dense_loss, argnums=(0, 1, 2)), in_axes=(0, None, 0))(xs, y, ss)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-9, atol=1e-12)
+    text = jax.jit(batched).lower(xs, y, ss).as_text()
+    assert text.count("keops_rs_vjp") == 1 and text.count("keops_rs_call") == 1, text
