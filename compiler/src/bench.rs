@@ -114,13 +114,122 @@ pub const SYMMETRIC_WORKLOAD: &str = "W1sym";
 /// against a loop of calls, in the same run.
 pub const BATCH_WORKLOAD: &str = "B1";
 
+/// The block-sparse workload: W1 on points sorted into grid cells, only the pairs of cells
+/// whose centres are close (about 2% of the blocks), against the dense evaluation.
+pub const RANGES_WORKLOAD: &str = "R1";
+
+/// W1 at N = M = n on points uniform in the unit cube, sorted by cell of a grid of side 1/20
+/// (8000 cells), keeping the pairs of cells whose centres lie within 0.16 of each other
+/// (KeOps's `ranges`, `keops_runtime::Ranges`): (ranged seconds, dense seconds, the fraction
+/// of the pairs kept), medians, alternating, compiled once (untimed). The dense evaluation is
+/// timed once when it would take long.
+pub fn measure_ranges(
+    source: &str,
+    n: usize,
+    dtype: DType,
+    repeats: usize,
+    param: f64,
+) -> Result<(f64, f64, f64), String> {
+    const CELLS: usize = 20;
+    const CUTOFF: f64 = 0.16;
+    let compiled = driver::compile(SourceFile::new("<bench>", source))
+        .map_err(|_| "workload does not compile".to_string())?;
+    let kernel = &compiled.kernels[0];
+    let mut inputs = uniform_inputs(source, n, dtype, 1, param)?;
+    let cell_of = |p: &[f64]| -> usize {
+        let c = |v: f64| ((v * CELLS as f64) as usize).min(CELLS - 1);
+        (c(p[0]) * CELLS + c(p[1])) * CELLS + c(p[2])
+    };
+    // Sort both clouds by cell; the cells' ranges.
+    let mut cell_ranges = |name: &str| -> Result<Vec<(usize, usize)>, String> {
+        let (_, array) = inputs
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .ok_or_else(|| format!("the workload has no `{name}`"))?;
+        let points = array.to_f64();
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&i| cell_of(&points[i * 3..i * 3 + 3]));
+        let sorted: Vec<f64> = order
+            .iter()
+            .flat_map(|&i| points[i * 3..i * 3 + 3].to_vec())
+            .collect();
+        let mut ranges = vec![(0, 0); CELLS * CELLS * CELLS];
+        let mut start = 0;
+        for (cell, range) in ranges.iter_mut().enumerate() {
+            let mut end = start;
+            while end < n && cell_of(&sorted[end * 3..end * 3 + 3]) == cell {
+                end += 1;
+            }
+            *range = (start, end);
+            start = end;
+        }
+        *array = match dtype {
+            DType::F32 => {
+                HostArray::from_f32(vec![n, 3], sorted.iter().map(|&v| v as f32).collect())
+            }
+            DType::F64 => HostArray::from_f64(vec![n, 3], sorted),
+        };
+        Ok(ranges)
+    };
+    let (x_cells, y_cells) = (cell_ranges("x")?, cell_ranges("y")?);
+    let centre = |cell: usize| -> [f64; 3] {
+        let (a, b, c) = (cell / (CELLS * CELLS), (cell / CELLS) % CELLS, cell % CELLS);
+        [a, b, c].map(|k| (k as f64 + 0.5) / CELLS as f64)
+    };
+    let mut ranges = keops_runtime::Ranges {
+        rows: Vec::new(),
+        slices: Vec::new(),
+        inner: Vec::new(),
+    };
+    for (cx, &rows) in x_cells.iter().enumerate() {
+        if rows.0 == rows.1 {
+            continue;
+        }
+        let p = centre(cx);
+        for (cy, &cols) in y_cells.iter().enumerate() {
+            let q = centre(cy);
+            let d2: f64 = (0..3).map(|k| (p[k] - q[k]).powi(2)).sum();
+            if d2 <= CUTOFF * CUTOFF && cols.0 < cols.1 {
+                // Adjacent cells of one row cluster: one range.
+                let own = ranges.inner.len() > ranges.slices.last().copied().unwrap_or(0);
+                match ranges.inner.last_mut() {
+                    Some(last) if own && last.1 == cols.0 => last.1 = cols.1,
+                    _ => ranges.inner.push(cols),
+                }
+            }
+        }
+        ranges.rows.push(rows);
+        ranges.slices.push(ranges.inner.len());
+    }
+    let kept = ranges.kept_pairs() as f64 / (n as f64 * n as f64);
+    let code = driver::jit_kernel(kernel, &[dtype]).map_err(|e| e.to_string())?;
+    let arrays: Vec<keops_runtime::ArrayRef> = inputs.iter().map(|(_, a)| a.view()).collect();
+    let ranged = || {
+        code.call_ranges(&arrays, &ranges)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let dense = || code.call(&arrays).map(|_| ()).map_err(|e| e.to_string());
+    ranged()?;
+    let start = Instant::now();
+    dense()?;
+    let once = start.elapsed().as_secs_f64();
+    if once > 20.0 {
+        let start = Instant::now();
+        ranged()?;
+        return Ok((start.elapsed().as_secs_f64(), once, kept));
+    }
+    let (r, d) = alternate(repeats, ranged, dense)?;
+    Ok((r, d, kept))
+}
+
 /// Every workload id `keopsc bench --workload` accepts.
 pub fn workload_ids() -> Vec<&'static str> {
     WORKLOADS
         .iter()
         .map(|w| w.id)
         .chain(BACKWARD_WORKLOADS.iter().map(|w| w.id))
-        .chain([SYMMETRIC_WORKLOAD, BATCH_WORKLOAD])
+        .chain([SYMMETRIC_WORKLOAD, BATCH_WORKLOAD, RANGES_WORKLOAD])
         .collect()
 }
 
@@ -715,6 +824,45 @@ pub fn run(
                     (count * n * n) as f64 / looped,
                 )),
             });
+        }
+    }
+    if selected(RANGES_WORKLOAD) {
+        let w1 = WORKLOADS
+            .iter()
+            .find(|w| w.id == "W1")
+            .expect("W1 is a workload");
+        let d = w1.dims[0];
+        let source = w1.source.replace("{D}", &d.to_string());
+        for &dtype in &options.dtypes {
+            for &n in &options.sizes {
+                let (ranged, dense, kept) =
+                    measure_ranges(&source, n, dtype, options.repeats, w1.param)?;
+                let rate = kept * (n as f64) * (n as f64) / ranged;
+                writeln!(
+                    out,
+                    "{:<4} {:<22} {:>3} {:>4} {:>8} {:>10.3e}  {:.4}x the dense time ({:.1} ms against {:.1} ms) for {:.2}% of the pairs: {:.2}x the kept fraction; pairs/s counts the kept pairs",
+                    RANGES_WORKLOAD,
+                    "W1, grid cells, ranges",
+                    d,
+                    dtype_name(dtype),
+                    n,
+                    rate,
+                    ranged / dense,
+                    ranged * 1e3,
+                    dense * 1e3,
+                    kept * 100.0,
+                    ranged / dense / kept
+                )
+                .ok();
+                results.push(BenchResult {
+                    label: format!("{RANGES_WORKLOAD} D={d}"),
+                    dtype,
+                    n,
+                    pairs_per_second: rate,
+                    compile_ms: 0.0,
+                    baseline: Some(("W1 dense".to_string(), (n as f64) * (n as f64) / dense)),
+                });
+            }
         }
     }
     if options.cache {

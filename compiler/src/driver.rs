@@ -269,6 +269,34 @@ pub fn evaluate_same(
     }
 }
 
+/// Evaluates `kernel` on the CPU over the pairs `ranges` keeps (block-sparse, KeOps's
+/// `ranges`; `keops_runtime::ranges`), its code from the process-wide
+/// [`JitCache`](crate::jit_cache::JitCache).
+pub fn evaluate_ranges(
+    kernel: &CheckedKernel,
+    arrays: &[&HostArray],
+    ranges: &keops_runtime::Ranges,
+) -> Result<(HostArray, EvalTimings), String> {
+    let views: Vec<_> = arrays.iter().map(|a| a.view()).collect();
+    let size = check_arguments(&kernel.signature, &views).map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    let (compiled, _) = crate::jit_cache::JitCache::global()
+        .get(kernel, size.dtype)
+        .map_err(|e| e.to_string())?;
+    let compile = start.elapsed();
+    let start = Instant::now();
+    let out = keops_runtime::run_tiles_ranges(&compiled.tile_kernel(), &views, ranges)
+        .map_err(|e| e.to_string())?;
+    Ok((
+        out,
+        EvalTimings {
+            size,
+            compile,
+            run: start.elapsed(),
+        },
+    ))
+}
+
 /// Runs `plan` (the kernel's pass over unordered pairs, whether it pays or not) on the CPU:
 /// the arrays must hold the same data where the plan pairs them.
 pub fn evaluate_symmetric(

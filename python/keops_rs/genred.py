@@ -121,7 +121,30 @@ def check_backend(backend, device_id=-1, ranges=None):
     if backend not in ("auto", "CPU", "cpu"):
         raise ValueError(f"backend: {backend!r} is not available; keops_rs runs on the CPU (backend=\"auto\" or \"CPU\")")
     if ranges is not None:
-        raise NotImplementedError("ranges: block-sparse reductions are not supported by keops_rs yet")
+        raise NotImplementedError("ranges: block-sparse reductions run through the numpy Genred, not here yet")
+
+
+def ranges_for(ranges, reduces_over_j):
+    """The three arrays of KeOps's 6-tuple ``(ranges_i, slices_i, redranges_j, ranges_j,
+    slices_j, redranges_i)`` that a reduction over j (or over i) reads, as lists of ints."""
+    if not isinstance(ranges, (tuple, list)) or len(ranges) != 6:
+        raise ValueError("ranges: expected KeOps's 6-tuple (ranges_i, slices_i, redranges_j, "
+                         "ranges_j, slices_j, redranges_i)")
+    names = ("ranges_i", "slices_i", "redranges_j", "ranges_j", "slices_j", "redranges_i")
+    arrays = []
+    for name, a in zip(names, ranges):
+        a = np.asarray(a)
+        if a.dtype.kind not in "iu":
+            raise TypeError(f"ranges: {name} has dtype {a.dtype}; expected integers")
+        if (a < 0).any():
+            raise ValueError(f"ranges: {name} holds a negative number")
+        arrays.append(a)
+    rows, slices, inner = arrays[:3] if reduces_over_j else arrays[3:]
+    for name, a, shape in ((names[0 if reduces_over_j else 3], rows, 2), (names[2 if reduces_over_j else 5], inner, 2)):
+        if a.ndim != 2 or a.shape[1] != shape:
+            raise ValueError(f"ranges: {name} has shape {a.shape}; expected (n, 2)")
+    return ([tuple(map(int, r)) for r in rows], [int(s) for s in slices.reshape(-1)],
+            [tuple(map(int, r)) for r in inner])
 
 
 class Genred:
@@ -151,8 +174,13 @@ class Genred:
         self.source = self.kernel.source
 
     def __call__(self, *args, backend="auto", device_id=-1, ranges=None, out=None):
-        check_backend(backend, device_id, ranges)
-        result = postprocess(self.reduction_op, self.kernel(*args))
+        check_backend(backend, device_id)
+        if ranges is None:
+            raw = self.kernel(*args)
+        else:
+            # pykeops's axis=1 reduces over j.
+            raw = self.kernel.call_ranges(ranges_for(ranges, self.axis == 1), *args)
+        result = postprocess(self.reduction_op, raw)
         if out is not None:
             out[...] = result
             return out

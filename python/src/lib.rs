@@ -369,6 +369,9 @@ fn call_batched(py: Python<'_>, code: &RtKernel, views: &[ArrayRef]) -> PyResult
     ))
 }
 
+/// KeOps's three range arrays of one axis, as Python passes them.
+type RangesArg = (Vec<(usize, usize)>, Vec<usize>, Vec<(usize, usize)>);
+
 /// A compiled `.kf` kernel.
 #[pyclass(frozen, module = "keops_rs")]
 struct Kernel {
@@ -548,6 +551,42 @@ impl Kernel {
     fn walks_pairs_once(&self, py: Python<'_>, same: HashMap<String, String>) -> PyResult<bool> {
         let code = py.detach(|| self.symmetric_code(&same))?;
         Ok(code.symmetric().is_some())
+    }
+
+    /// Runs the kernel over the pairs `ranges` keeps (block-sparse, KeOps's `ranges`): for
+    /// a reduction over j, `(ranges_i, slices_i, redranges_j)` as integer arrays of shapes
+    /// `(C, 2)`, `(C,)`, `(R, 2)` (over i: `(ranges_j, slices_j, redranges_i)`). Arrays as in
+    /// a call, without batch axes.
+    #[pyo3(signature = (ranges, *args, **kwargs))]
+    fn call_ranges<'py>(
+        &self,
+        py: Python<'py>,
+        ranges: RangesArg,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let sig = self.compiled.code.signature();
+        let objs: Vec<Bound<'py, PyAny>> = args.iter().collect();
+        let objs = bind(sig, &objs, kwargs)?;
+        let held = inputs(sig, &objs)?;
+        let views: Vec<ArrayRef> = held.iter().map(Input::view).collect();
+        let ranges = keops_runtime::Ranges {
+            rows: ranges.0,
+            slices: ranges.1,
+            inner: ranges.2,
+        };
+        let code = &self.compiled.code;
+        let out = py.detach(|| {
+            guarded("running the kernel", || {
+                code.call_ranges(&views, &ranges).map_err(|e| match e {
+                    keops_runtime::RangesRunError::Argument(e) => argument_error(e),
+                    keops_runtime::RangesRunError::Ranges(e) => {
+                        PyErrText::Value(format!("ranges: {e}"))
+                    }
+                })
+            })
+        })?;
+        output(py, out)
     }
 
     /// The same reduction evaluated by another backend: "interp" (the f64 reference

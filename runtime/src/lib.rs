@@ -12,6 +12,7 @@ pub mod gpu;
 pub mod gradient;
 pub mod linalg;
 pub mod module;
+pub mod ranges;
 pub mod reduction;
 pub mod symmetric;
 pub mod tiles;
@@ -28,6 +29,7 @@ pub use cross::{
 pub use gradient::GradientError;
 pub use module::{Kernel, LoadError, Manifest, Module};
 pub use ndarray;
+pub use ranges::{run_tiles_ranges, Ranges, RangesError, RangesRunError};
 pub use reduction::{Family, Order, Reduction, ReductionArgs, ReductionKind};
 pub use symmetric::SymmetricPass;
 pub use tiles::{run_tiles, run_tiles_batched, run_tiles_into, TileFn, TileKernel, TileSchedule};

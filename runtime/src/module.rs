@@ -583,6 +583,17 @@ impl Kernel {
         crate::tiles::run_tiles_batched(&kernel, problems)
     }
 
+    /// Runs over the pairs `ranges` keeps (block-sparse, KeOps's `ranges`;
+    /// [`crate::ranges`]): the full evaluation with every other pair left out.
+    pub fn call_ranges(
+        &self,
+        inputs: &[ArrayRef],
+        ranges: &crate::ranges::Ranges,
+    ) -> Result<HostArray, crate::ranges::RangesRunError> {
+        let kernel = self.prepare(inputs)?;
+        crate::ranges::run_tiles_ranges(&kernel, inputs, ranges)
+    }
+
     /// Runs on inputs given by name, in any order.
     pub fn call_named(&self, inputs: &[(&str, ArrayRef)]) -> Result<HostArray, ArgumentError> {
         let ordered = bind_named(&self.signature, inputs)?;

@@ -1918,3 +1918,62 @@ fn batched_vjp_reads_batched_saved_rows_and_keeps_float32() {
     );
     assert_close(&dy.to_f64(), &computed.to_f64(), 1e-4, "float32");
 }
+
+/// `keopsc eval --ranges`: a block-sparse reduction gives the dense result restricted to the
+/// kept blocks; malformed ranges and ranges of the wrong dtype are errors naming the array.
+#[test]
+fn eval_with_ranges_keeps_only_the_kept_blocks() {
+    let f = Fixture::new();
+    let ints = |name: &str, shape: Vec<usize>, data: Vec<i64>| {
+        IndexArray { shape, data }
+            .write_npy(&f.path(name))
+            .expect("write npy");
+    };
+    // Rows 0..2 see y 1..3; rows 2..4 see y 0..1 and 4..5.
+    ints("r.npy", vec![2, 2], vec![0, 2, 2, 4]);
+    ints("s_.npy", vec![2], vec![1, 3]);
+    ints("j.npy", vec![3, 2], vec![1, 3, 0, 1, 4, 5]);
+    let ranges = [f.p("r.npy"), f.p("s_.npy"), f.p("j.npy")];
+    let mut extra = vec!["--ranges"];
+    extra.extend(ranges.iter().map(String::as_str));
+    let run = f.run_eval("gauss.kf", &ALL_ARGS, &extra);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let got = HostArray::read_npy(&f.path("out.npy")).unwrap().to_f64();
+    let x: Vec<f64> = (0..12).map(|k| k as f64 * 0.1).collect();
+    let y: Vec<f64> = (0..15).map(|k| 1.0 - k as f64 * 0.05).collect();
+    let kept = |i: usize, j: usize| {
+        if i < 2 {
+            (1..3).contains(&j)
+        } else {
+            j == 0 || j == 4
+        }
+    };
+    for i in 0..4 {
+        let want: f64 = (0..5)
+            .filter(|&j| kept(i, j))
+            .map(|j| {
+                let d2: f64 = (0..3).map(|c| (x[i * 3 + c] - y[j * 3 + c]).powi(2)).sum();
+                (-d2 / (2.0 * 0.7 * 0.7)).exp() * (j as f64 + 1.0)
+            })
+            .sum();
+        assert!(
+            (got[i] - want).abs() < 1e-12,
+            "row {i}: {} against {want}",
+            got[i]
+        );
+    }
+    // Out of bounds: named.
+    ints("j.npy", vec![3, 2], vec![1, 3, 0, 1, 4, 6]);
+    let run = f.run_eval("gauss.kf", &ALL_ARGS, &extra);
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("redranges_j[2]"), "{}", run.stderr);
+    // Floats instead of int64.
+    f.npy("j.npy", HostArray::from_f64(vec![3, 2], vec![1.0; 6]));
+    let run = f.run_eval("gauss.kf", &ALL_ARGS, &extra);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("redranges_j") && run.stderr.contains("int64"),
+        "{}",
+        run.stderr
+    );
+}

@@ -27,6 +27,8 @@ pub struct EvalRequest<'a> {
     pub indices_out: Option<&'a Path>,
     pub index_dtype: Option<&'a str>,
     pub backend: Option<&'a str>,
+    /// `--ranges ROWS SLICES INNER`: a block-sparse reduction.
+    pub ranges: Option<&'a [PathBuf]>,
     pub timings: bool,
 }
 
@@ -143,16 +145,52 @@ pub fn eval(request: &EvalRequest) -> Result<(), Reported> {
     let (Some(plan), Some(inputs), true) = (plan, inputs, problems.is_empty()) else {
         return Err(argument_problems(&problems, &kernel.name));
     };
+    let ranges = match request.ranges {
+        None => None,
+        Some(paths) => {
+            if !inputs.layout.batch.is_empty() {
+                return Err(fail(
+                    "--ranges: not with batch axes (one block-sparsity pattern per call)",
+                ));
+            }
+            if backend != driver::Backend::Cpu {
+                return Err(fail(format!(
+                    "--ranges runs on the cpu backend, not {backend}"
+                )));
+            }
+            let names = keops_runtime::Ranges::names(kernel.signature.axis);
+            let mut read = Vec::new();
+            for (path, name) in paths.iter().zip(names) {
+                read.push(keops_runtime::IndexArray::read_npy(path).map_err(|e| {
+                    fail(format!(
+                        "--ranges {name} `{}`: {e} (an int64 array)",
+                        path.display()
+                    ))
+                })?);
+            }
+            Some(
+                keops_runtime::Ranges::from_arrays(
+                    kernel.signature.axis,
+                    &read[0],
+                    &read[1],
+                    &read[2],
+                )
+                .map_err(|e| fail(format!("--ranges: {e}")))?,
+            )
+        }
+    };
 
     let bound = inputs.bound();
     // With `--same`, a Sum on the CPU walks each unordered pair once (lang-spec/cli.md).
     let pairs: Vec<(usize, usize)> = same.iter().map(|s| (s.j, s.i)).collect();
-    let (out, timings) = if inputs.layout.batch.is_empty() {
-        driver::evaluate_same(kernel, &bound, &pairs, backend)
-    } else {
-        batch::evaluate_batches(kernel, &bound, &inputs.layout, inputs.size, backend)
-    }
-    .map_err(fail)?;
+    let (out, timings) = match &ranges {
+        Some(ranges) => driver::evaluate_ranges(kernel, &bound, ranges).map_err(fail)?,
+        None if inputs.layout.batch.is_empty() => {
+            driver::evaluate_same(kernel, &bound, &pairs, backend).map_err(fail)?
+        }
+        None => batch::evaluate_batches(kernel, &bound, &inputs.layout, inputs.size, backend)
+            .map_err(fail)?,
+    };
 
     let start = Instant::now();
     let written = match plan {

@@ -98,6 +98,11 @@ enum Command {
         /// interp, cpu or cuda; the fastest available when left out.
         #[arg(long)]
         backend: Option<String>,
+        /// Block-sparse reduction (KeOps's ranges): three int64 .npy arrays, for a reduction
+        /// over j `ranges_i` (C, 2), `slices_i` (C,), `redranges_j` (R, 2) (over i:
+        /// ranges_j, slices_j, redranges_i); only the kept pairs are visited (cpu backend).
+        #[arg(long, num_args = 3, value_names = ["ROWS.npy", "SLICES.npy", "INNER.npy"])]
+        ranges: Option<Vec<PathBuf>>,
         /// Print to stderr the time of each step (front end, reading, compiling, running,
         /// writing) and the speed in (i, j) pairs per second.
         #[arg(long, short = 'v', visible_alias = "verbose")]
@@ -280,6 +285,7 @@ fn run(cli: Cli) -> ExitCode {
             indices_out,
             index_dtype,
             backend,
+            ranges,
             timings,
         } => eval::eval(&eval::EvalRequest {
             file: &file,
@@ -290,6 +296,7 @@ fn run(cli: Cli) -> ExitCode {
             indices_out: indices_out.as_deref(),
             index_dtype: index_dtype.as_deref(),
             backend: backend.as_deref(),
+            ranges: ranges.as_deref(),
             timings,
         }),
         Command::Vjp {
