@@ -457,9 +457,14 @@ impl fmt::Display for TimingReport<'_> {
         } else {
             writeln!(
                 f,
-                ", batch axes {} ({} batches, one after another)",
+                ", batch axes {} ({} batches, {})",
                 self.batch,
-                self.batch.count()
+                self.batch.count(),
+                if self.backend == Backend::Cpu {
+                    "in one parallel region"
+                } else {
+                    "one after another"
+                }
             )?;
         }
         writeln!(

@@ -75,7 +75,7 @@ enum Command {
         kernel: Option<String>,
         /// NAME=FILE.npy, once per argument (inline `Vi(pos, dim)` variables are named by pos).
         /// Arrays may carry leading batch axes, broadcast as in numpy: `(B..., N, D)`,
-        /// `(B..., M, D)`, `(B..., D)`; the batches run one after another.
+        /// `(B..., M, D)`, `(B..., D)`; on the CPU every batch runs in one parallel region.
         #[arg(long = "arg", value_name = "NAME=FILE.npy")]
         args: Vec<String>,
         /// J=I: the j-variable J takes the data of the i-variable I (no `--arg J`; M = N).

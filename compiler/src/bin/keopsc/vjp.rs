@@ -10,6 +10,7 @@ use crate::{fail, load, Reported};
 use keops_runtime::HostArray;
 use keopsc::batch::{check_batched_rows, rows_of_batch, GradientSum, RowsShape};
 use keopsc::vjp::{self as backward, VjpError, VjpManyPlan, VjpRunError};
+use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -150,7 +151,7 @@ pub fn vjp(request: &VjpRequest) -> Result<(), Reported> {
                 String::new()
             } else {
                 format!(
-                    " ({batches} batches {}, one after another)",
+                    " ({batches} batches {}, in one parallel region)",
                     inputs.layout.batch
                 )
             },
@@ -172,7 +173,7 @@ fn check_rows(
     check_batched_rows(&inputs.layout.batch, rows, array, inputs.size.dtype)
 }
 
-/// Runs the plan on every batch, one after another, and sums each gradient over the batches
+/// Runs the plan on every batch, in one parallel region, and sums each gradient over the batches
 /// and the arguments that read its array (a broadcast input, a `--same` variable): the first
 /// `asked` inputs of the plan get one gradient each, shaped like their arrays.
 fn run_batches(
@@ -205,17 +206,24 @@ fn run_batches(
                 .expect("a `--same` variable is differentiated with its i-variable")
         })
         .collect();
-    for k in 0..layout.batch.count() {
-        let (arrays, g, s);
-        let (batch_arrays, batch_cotangent, batch_saved) = if layout.batch.is_empty() {
-            (bound.clone(), cotangent, saved)
-        } else {
-            arrays = layout.slice(&bound, k);
-            g = rows_of_batch(&layout.batch, cotangent, k);
-            s = saved.map(|rows| rows_of_batch(&layout.batch, rows, k));
-            (arrays.iter().collect(), &g, s.as_ref())
-        };
-        let grads = backward::run_many(plan, &batch_arrays, batch_cotangent, batch_saved, backend)?;
+    // Every batch's backward in one parallel region; their gradients added up in batch order
+    // (the same sums whatever the threads did).
+    let per_batch: Vec<Vec<HostArray>> = (0..layout.batch.count())
+        .into_par_iter()
+        .map(|k| {
+            let (arrays, g, s);
+            let (batch_arrays, batch_cotangent, batch_saved) = if layout.batch.is_empty() {
+                (bound.clone(), cotangent, saved)
+            } else {
+                arrays = layout.slice(&bound, k);
+                g = rows_of_batch(&layout.batch, cotangent, k);
+                s = saved.map(|rows| rows_of_batch(&layout.batch, rows, k));
+                (arrays.iter().collect(), &g, s.as_ref())
+            };
+            backward::run_many(plan, &batch_arrays, batch_cotangent, batch_saved, backend)
+        })
+        .collect::<Result<_, _>>()?;
+    for (k, grads) in per_batch.iter().enumerate() {
         for ((grad, &p), &target) in grads.iter().zip(&plan.wrt).zip(&targets) {
             sums[target].add(layout, p, k, grad);
         }
