@@ -93,6 +93,15 @@ impl ArgumentLayout {
     }
 }
 
+/// Whether any of a call's arrays (in argument order) carries batch axes
+/// ([`ArgumentLayout::of`]).
+pub fn has_batch_axes(sig: &Signature, arrays: &[ArrayRef]) -> bool {
+    arrays
+        .iter()
+        .zip(&sig.args)
+        .any(|(a, spec)| !ArgumentLayout::of(spec, a.shape).batch.is_empty())
+}
+
 /// Batch axes that cannot be broadcast together, or core shapes that do not fit the kernel.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum BatchError {

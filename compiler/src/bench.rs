@@ -223,6 +223,17 @@ pub fn measure_ranges(
     Ok((r, d, kept))
 }
 
+/// W1, its dimension and its source: what the symmetric, batch, ranges and vjp-latency
+/// measurements run.
+fn w1_source() -> (&'static Workload, usize, String) {
+    let w1 = WORKLOADS
+        .iter()
+        .find(|w| w.id == "W1")
+        .expect("W1 is a workload");
+    let d = w1.dims[0];
+    (w1, d, w1.source.replace("{D}", &d.to_string()))
+}
+
 /// Every workload id `keopsc bench --workload` accepts.
 pub fn workload_ids() -> Vec<&'static str> {
     WORKLOADS
@@ -297,7 +308,7 @@ pub fn measure_batches(
 }
 
 /// W1 with `y` holding `x`'s data at N = M = n: the symmetric evaluation
-/// ([`driver::evaluate_same`]) and the full one, alternating, compiled once (untimed).
+/// ([`driver::evaluate_symmetric`] of the plan `evaluate_same` chooses) and the full one, alternating, compiled once (untimed).
 /// Returns (symmetric seconds, full seconds), medians.
 pub fn measure_symmetric(
     source: &str,
@@ -319,8 +330,9 @@ pub fn measure_symmetric(
     let (x, y) = (position("x")?, position("y")?);
     inputs[y].1 = inputs[x].1.clone();
     let arrays: Vec<&HostArray> = inputs.iter().map(|(_, a)| a).collect();
-    let same = [(y, x)];
-    let run_same = || driver::evaluate_same(kernel, &arrays, &same, driver::Backend::Cpu);
+    // The schedule is chosen once (what evaluate_same does on each call), the pass timed.
+    let plan = crate::symmetric::plan_if_it_pays(kernel, &[(y, x)]).map_err(|e| e.to_string())?;
+    let run_same = || driver::evaluate_symmetric(kernel, &arrays, &plan);
     let run_full = || driver::evaluate_cached(kernel, &arrays, driver::Backend::Cpu);
     run_same().map_err(|e| e.to_string())?;
     run_full().map_err(|e| e.to_string())?;
@@ -752,12 +764,7 @@ pub fn run(
         }
     }
     if selected(SYMMETRIC_WORKLOAD) {
-        let w1 = WORKLOADS
-            .iter()
-            .find(|w| w.id == "W1")
-            .expect("W1 is a workload");
-        let d = w1.dims[0];
-        let source = w1.source.replace("{D}", &d.to_string());
+        let (w1, d, source) = w1_source();
         for &dtype in &options.dtypes {
             for &n in &options.sizes {
                 let (same, full) = measure_symmetric(&source, n, dtype, options.repeats, w1.param)?;
@@ -788,12 +795,7 @@ pub fn run(
         }
     }
     if selected(BATCH_WORKLOAD) {
-        let w1 = WORKLOADS
-            .iter()
-            .find(|w| w.id == "W1")
-            .expect("W1 is a workload");
-        let d = w1.dims[0];
-        let source = w1.source.replace("{D}", &d.to_string());
+        let (w1, d, source) = w1_source();
         let (count, n) = (1000, 200);
         for &dtype in &options.dtypes {
             let (batched, looped) =
@@ -827,12 +829,7 @@ pub fn run(
         }
     }
     if selected(RANGES_WORKLOAD) {
-        let w1 = WORKLOADS
-            .iter()
-            .find(|w| w.id == "W1")
-            .expect("W1 is a workload");
-        let d = w1.dims[0];
-        let source = w1.source.replace("{D}", &d.to_string());
+        let (w1, d, source) = w1_source();
         for &dtype in &options.dtypes {
             for &n in &options.sizes {
                 let (ranged, dense, kept) =
@@ -886,11 +883,7 @@ pub fn run(
         }
     }
     if options.cache {
-        let w1 = WORKLOADS
-            .iter()
-            .find(|w| w.id == "W1")
-            .expect("W1 is a workload");
-        let source = w1.source.replace("{D}", &w1.dims[0].to_string());
+        let (w1, _, source) = w1_source();
         let n = 16;
         let (uncached, cached) =
             measure_vjp_latency(&source, n, options.repeats.max(5), w1.param, &["x"])?;

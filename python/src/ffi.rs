@@ -604,10 +604,7 @@ unsafe fn run_forward(frame: &XLA_FFI_CallFrame) -> Result<(), HandlerError> {
     let mut out = unsafe { rets[0].output("the result")? };
     // Under `jax.vmap` (vmap_method="expand_dims") the arrays carry batch axes, 1 for an
     // input not mapped over: every batch in one parallel region.
-    let batched = views
-        .iter()
-        .zip(&sig.args)
-        .any(|(v, spec)| !batch::ArgumentLayout::of(spec, v.shape).batch.is_empty());
+    let batched = batch::has_batch_axes(sig, &views);
     if !batched {
         return kernel
             .code
@@ -685,10 +682,7 @@ unsafe fn run_backward(frame: &XLA_FFI_CallFrame) -> Result<(), HandlerError> {
         .zip(&forward.args)
         .map(|(b, spec)| unsafe { b.view(&spec.name) })
         .collect::<Result<Vec<_>, _>>()?;
-    let batched = views
-        .iter()
-        .zip(&forward.args)
-        .any(|(v, spec)| !batch::ArgumentLayout::of(spec, v.shape).batch.is_empty());
+    let batched = batch::has_batch_axes(forward, &views);
     if batched {
         return unsafe { run_backward_batched(&backward, &args, &rets, &views) };
     }

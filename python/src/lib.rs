@@ -335,6 +335,17 @@ fn bind<'a, 'py>(
         .collect()
 }
 
+/// The arrays of a call, positional and by keyword, matched to the signature and read.
+fn bound_inputs<'py>(
+    sig: &Signature,
+    args: &Bound<'py, PyTuple>,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Vec<Input<'py>>> {
+    let objs: Vec<Bound<'py, PyAny>> = args.iter().collect();
+    let objs = bind(sig, &objs, kwargs)?;
+    inputs(sig, &objs)
+}
+
 fn inputs<'py>(sig: &Signature, objs: &[Bound<'py, PyAny>]) -> PyResult<Vec<Input<'py>>> {
     objs.iter()
         .zip(&sig.args)
@@ -497,15 +508,10 @@ impl Kernel {
         kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let sig = self.compiled.code.signature();
-        let objs: Vec<Bound<'py, PyAny>> = args.iter().collect();
-        let objs = bind(sig, &objs, kwargs)?;
-        let held = inputs(sig, &objs)?;
+        let held = bound_inputs(sig, args, kwargs)?;
         let views: Vec<ArrayRef> = held.iter().map(Input::view).collect();
         let code = &self.compiled.code;
-        let batched = views
-            .iter()
-            .zip(&sig.args)
-            .any(|(v, spec)| !batch::ArgumentLayout::of(spec, v.shape).batch.is_empty());
+        let batched = batch::has_batch_axes(sig, &views);
         if batched {
             return call_batched(py, code, &views).and_then(|out| output(py, out));
         }
@@ -533,9 +539,7 @@ impl Kernel {
     ) -> PyResult<Bound<'py, PyAny>> {
         let code = py.detach(|| self.symmetric_code(&same))?;
         let sig = code.signature();
-        let objs: Vec<Bound<'py, PyAny>> = args.iter().collect();
-        let objs = bind(sig, &objs, kwargs)?;
-        let held = inputs(sig, &objs)?;
+        let held = bound_inputs(sig, args, kwargs)?;
         let views: Vec<ArrayRef> = held.iter().map(Input::view).collect();
         let out = py.detach(|| {
             guarded("running the kernel", || {
@@ -566,9 +570,7 @@ impl Kernel {
         kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let sig = self.compiled.code.signature();
-        let objs: Vec<Bound<'py, PyAny>> = args.iter().collect();
-        let objs = bind(sig, &objs, kwargs)?;
-        let held = inputs(sig, &objs)?;
+        let held = bound_inputs(sig, args, kwargs)?;
         let views: Vec<ArrayRef> = held.iter().map(Input::view).collect();
         let ranges = keops_runtime::Ranges {
             rows: ranges.0,
@@ -601,9 +603,7 @@ impl Kernel {
     ) -> PyResult<Bound<'py, PyAny>> {
         let backend = parse_backend(backend)?;
         let checked = &self.compiled.checked;
-        let objs: Vec<Bound<'py, PyAny>> = args.iter().collect();
-        let objs = bind(&checked.signature, &objs, kwargs)?;
-        let held = inputs(&checked.signature, &objs)?;
+        let held = bound_inputs(&checked.signature, args, kwargs)?;
         let hosts: Vec<HostArray> = held.iter().map(Input::to_host).collect();
         let out = py.detach(|| {
             guarded("evaluating the kernel", || {
@@ -633,9 +633,7 @@ impl Kernel {
     ) -> PyResult<Bound<'py, PyAny>> {
         let backend = parse_backend(backend)?;
         let sig = &self.compiled.checked.signature;
-        let objs: Vec<Bound<'py, PyAny>> = args.iter().collect();
-        let objs = bind(sig, &objs, kwargs)?;
-        let held = inputs(sig, &objs)?;
+        let held = bound_inputs(sig, args, kwargs)?;
         let g = input("g", g)?.to_host();
         let hosts: Vec<HostArray> = held.iter().map(Input::to_host).collect();
         let out = py.detach(|| {
@@ -670,9 +668,7 @@ impl Kernel {
         repeats: usize,
     ) -> PyResult<f64> {
         let sig = self.compiled.code.signature();
-        let objs: Vec<Bound<'py, PyAny>> = args.iter().collect();
-        let objs = bind(sig, &objs, None)?;
-        let held = inputs(sig, &objs)?;
+        let held = bound_inputs(sig, args, None)?;
         let views: Vec<ArrayRef> = held.iter().map(Input::view).collect();
         let code = &self.compiled.code;
         let best = py.detach(|| {

@@ -138,12 +138,23 @@ pub fn run_tiles(
     schedule: Option<TileSchedule>,
 ) -> Result<HostArray, ArgumentError> {
     let size = check_arguments(kernel.signature, arrays)?;
+    run_into_new(kernel, arrays, size, schedule, true)
+}
+
+/// [`run_checked`] into a new output array.
+fn run_into_new(
+    kernel: &TileKernel,
+    arrays: &[ArrayRef],
+    size: ProblemSize,
+    schedule: Option<TileSchedule>,
+    parallel: bool,
+) -> Result<HostArray, ArgumentError> {
     let mut out = output_for(kernel, size);
     let target = match &mut out.data {
         ArrayData::F32(v) => OutputRef::F32(v),
         ArrayData::F64(v) => OutputRef::F64(v),
     };
-    run_checked(kernel, arrays, size, schedule, target, true)?;
+    run_checked(kernel, arrays, size, schedule, target, parallel)?;
     Ok(out)
 }
 
@@ -172,14 +183,16 @@ pub fn run_tiles_batched(
     kernel: &TileKernel,
     problems: &[Vec<ArrayRef>],
 ) -> Result<Vec<HostArray>, ArgumentError> {
-    for arrays in problems {
-        check_arguments(kernel.signature, arrays)?;
-    }
-    let threads = rayon::current_num_threads();
-    if problems.len() < threads {
+    // Every problem checked before any runs; each check's size is its run's.
+    let sizes = problems
+        .iter()
+        .map(|arrays| check_arguments(kernel.signature, arrays))
+        .collect::<Result<Vec<_>, _>>()?;
+    if problems.len() < rayon::current_num_threads() {
         return problems
             .iter()
-            .map(|arrays| run_tiles(kernel, arrays, None))
+            .zip(&sizes)
+            .map(|(arrays, &size)| run_into_new(kernel, arrays, size, None, true))
             .collect();
     }
     let one_thread = TileSchedule {
@@ -188,16 +201,8 @@ pub fn run_tiles_batched(
     };
     problems
         .par_iter()
-        .map(|arrays| {
-            let size = check_arguments(kernel.signature, arrays)?;
-            let mut out = output_for(kernel, size);
-            let target = match &mut out.data {
-                ArrayData::F32(v) => OutputRef::F32(v),
-                ArrayData::F64(v) => OutputRef::F64(v),
-            };
-            run_checked(kernel, arrays, size, Some(one_thread), target, false)?;
-            Ok(out)
-        })
+        .zip(&sizes)
+        .map(|(arrays, &size)| run_into_new(kernel, arrays, size, Some(one_thread), false))
         .collect()
 }
 
