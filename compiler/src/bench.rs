@@ -20,6 +20,9 @@ pub struct Workload {
     pub dims: &'static [usize],
     /// The value of every `Pm` argument (the bandwidth factor `g` of the Gaussian workloads).
     pub param: f64,
+    /// The largest N = M measured (larger `--size`s are cut to it), so that a default run of
+    /// every workload stays short.
+    pub max_n: usize,
 }
 
 /// The Gaussian kernel sum of W1 and W2.
@@ -32,6 +35,7 @@ pub const WORKLOADS: &[Workload] = &[
         source: GAUSSIAN_SUM,
         dims: &[3],
         param: 0.5,
+        max_n: usize::MAX,
     },
     // W1 with a small bandwidth (sigma = 0.01 in the unit cube), as in density estimation and
     // diffusion operators: most exponentials underflow to 0 (about 99% in f32, 80% in f64) and
@@ -42,6 +46,7 @@ pub const WORKLOADS: &[Workload] = &[
         source: GAUSSIAN_SUM,
         dims: &[3],
         param: 5000.0,
+        max_n: usize::MAX,
     },
     Workload {
         id: "W2",
@@ -49,6 +54,17 @@ pub const WORKLOADS: &[Workload] = &[
         source: GAUSSIAN_SUM,
         dims: &[64],
         param: 0.5,
+        max_n: usize::MAX,
+    },
+    // W2 at large dimensions: pairs/s and compile time (which does not grow with D: the
+    // squared distance is a Gram product, looped over components).
+    Workload {
+        id: "W2L",
+        title: "Gaussian sum, large D",
+        source: GAUSSIAN_SUM,
+        dims: &[256, 1024],
+        param: 0.5,
+        max_n: 10_000,
     },
     Workload {
         id: "W3",
@@ -56,6 +72,7 @@ pub const WORKLOADS: &[Workload] = &[
         source: "kernel w {\n x = Vi({D})\n y = Vj({D})\n h = Vj(1)\n g = Pm(1)\n LogSumExp_Reduction(-SqDist(x, y) * g + h, 0)\n}\n",
         dims: &[3],
         param: 0.5,
+        max_n: usize::MAX,
     },
     Workload {
         id: "W4",
@@ -63,6 +80,7 @@ pub const WORKLOADS: &[Workload] = &[
         source: "kernel w {\n x = Vi({D})\n y = Vj({D})\n ArgKMin_Reduction(SqDist(x, y), 10, 0)\n}\n",
         dims: &[3, 32],
         param: 0.5,
+        max_n: usize::MAX,
     },
     Workload {
         id: "W5",
@@ -70,6 +88,7 @@ pub const WORKLOADS: &[Workload] = &[
         source: "kernel w {\n x = Vi({D})\n y = Vj({D})\n b = Vj(1)\n g = Pm(1)\n e = Vi(1)\n Sum_Reduction(Grad(Exp(-SqDist(x, y) * g) * b, x, e), 0)\n}\n",
         dims: &[3],
         param: 0.5,
+        max_n: usize::MAX,
     },
 ];
 
@@ -682,7 +701,9 @@ pub fn run(
         for &d in w.dims {
             let source = w.source.replace("{D}", &d.to_string());
             for &dtype in &options.dtypes {
-                for &n in &options.sizes {
+                let mut sizes: Vec<usize> = options.sizes.iter().map(|&n| n.min(w.max_n)).collect();
+                sizes.dedup();
+                for n in sizes {
                     let (rate, compile_ms) = measure(&source, n, dtype, options.repeats, w.param)?;
                     let mut baseline = None;
                     if w.id == "W1" && dtype == DType::F32 {

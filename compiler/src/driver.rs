@@ -604,7 +604,7 @@ pub struct CpuCode {
 pub fn cpu_code(optimized: &opt::OptimizedKernel, dtype: DType) -> Result<CpuCode, CodegenError> {
     let target = CpuTarget::host();
     let scalar = crate::codegen::jit::scalar_of(dtype);
-    let schedule = crate::schedule::Schedule::new(
+    let schedule = crate::schedule::Schedule::cpu(
         &optimized.formula,
         &optimized.signature,
         target.lanes(scalar),

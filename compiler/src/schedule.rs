@@ -44,7 +44,50 @@ pub struct Schedule {
     pub scratch_slots: Vec<Option<usize>>,
     /// Rows of the tile's stack buffer (the sum of the stored parts' dimensions).
     pub scratch_dim: usize,
+    /// Products of a row variable with an inner variable of many components, computed for a
+    /// block of rows against a whole inner tile at once (see [`GramProduct`]).
+    pub gram: Vec<GramProduct>,
+    /// Rows per block of the Gram products (when there are some).
+    pub gram_rows: usize,
+    /// Nodes the generated code computes: those the root reads, except what only Gram
+    /// products read.
+    pub live: Vec<bool>,
 }
+
+/// What a Gram product computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GramKind {
+    /// `SqDist(x, y)`, as `|x'|^2 + |y'|^2 - 2 <x', y'>` on points moved by a centre (the
+    /// tile's first inner point), recomputed as `sum (x - y)^2` for the pairs where that form
+    /// could lose accuracy (see `codegen::cpu::gram`).
+    SqDist,
+    /// `(x | y)`.
+    Dot,
+}
+
+/// A pair-level `SqDist` or scalar product of a row variable and an inner variable of at least
+/// [`GRAM_MIN_DIM`] components: a matrix product of a block of rows with an inner tile,
+/// register-tiled so that each loaded component feeds several rows' FMAs, and looped over
+/// the components (compile time independent of the dimension). Pair code reads its values
+/// from a buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GramProduct {
+    pub node: usize,
+    pub kind: GramKind,
+    /// Index of the row variable in the formula's variables.
+    pub row_var: usize,
+    /// Index of the inner variable.
+    pub inner_var: usize,
+    pub dim: usize,
+}
+
+/// Dimension from which `SqDist` and scalar products of variables are computed as Gram
+/// products. Measured on W2-like Gaussian sums (see `keopsc bench --workload W2`).
+pub const GRAM_MIN_DIM: usize = 16;
+/// Rows of a Gram block: each loaded inner vector feeds this many FMAs.
+const GRAM_ROWS: usize = 12;
+/// Bound on the centred copy of a tile's inner points for `SqDist` products (stack).
+const GRAM_INNER_BYTES: usize = 128 * 1024;
 
 /// Bytes of inner data a tile aims to keep in cache: within L2 (512 KiB to 1 MiB per core on
 /// the machines targeted), and large enough that the per-row work of a tile (row-only parts,
@@ -72,11 +115,33 @@ impl Schedule {
         self
     }
 
+    /// The schedule of the GPU kernels and of `explain`'s levels: no Gram products.
     pub fn new(
         formula: &Formula,
         signature: &Signature,
         lanes: u32,
         elem_bytes: usize,
+    ) -> Schedule {
+        Schedule::build(formula, signature, lanes, elem_bytes, false)
+    }
+
+    /// The schedule of CPU tile functions: large `SqDist` and scalar products of variables
+    /// become Gram products.
+    pub fn cpu(
+        formula: &Formula,
+        signature: &Signature,
+        lanes: u32,
+        elem_bytes: usize,
+    ) -> Schedule {
+        Schedule::build(formula, signature, lanes, elem_bytes, true)
+    }
+
+    fn build(
+        formula: &Formula,
+        signature: &Signature,
+        lanes: u32,
+        elem_bytes: usize,
+        with_gram: bool,
     ) -> Schedule {
         let levels: Vec<Level> = formula
             .info
@@ -94,8 +159,27 @@ impl Schedule {
                 }
             })
             .collect();
+        let gram = if with_gram {
+            gram_products(formula, &levels, lanes, elem_bytes)
+        } else {
+            Vec::new()
+        };
+        let is_gram = |k: usize| gram.iter().any(|g| g.node == k);
+        let nodes = formula.nodes.as_ref();
+        let mut live = vec![false; formula.len()];
+        live[usize::from(formula.root())] = true;
+        for k in (0..nodes.len()).rev() {
+            if live[k] && !is_gram(k) {
+                for &c in &nodes[k].children {
+                    live[usize::from(c)] = true;
+                }
+            }
+        }
         let mut needed_wide = vec![false; formula.len()];
         for (k, node) in formula.nodes.as_ref().iter().enumerate() {
+            if !live[k] || is_gram(k) {
+                continue;
+            }
             for &c in &node.children {
                 let c = usize::from(c);
                 let reads_wide = match levels[c] {
@@ -112,7 +196,11 @@ impl Schedule {
         let mut scratch_slots = vec![None; formula.len()];
         let mut scratch_dim = 0;
         for (k, node) in formula.nodes.as_ref().iter().enumerate() {
-            if levels[k] == Level::Inner && needed_wide[k] && !matches!(node.op, Op::Var(_)) {
+            if live[k]
+                && levels[k] == Level::Inner
+                && needed_wide[k]
+                && !matches!(node.op, Op::Var(_))
+            {
                 scratch_slots[k] = Some(scratch_dim);
                 scratch_dim += formula.info[k].dim;
             }
@@ -132,6 +220,14 @@ impl Schedule {
         if scratch_dim > 0 {
             tile = tile.min(SCRATCH_BYTES / (scratch_dim * elem_bytes));
         }
+        let centred_dims: usize = gram
+            .iter()
+            .filter(|g| g.kind == GramKind::SqDist)
+            .map(|g| g.dim)
+            .sum();
+        if centred_dims > 0 {
+            tile = tile.min(GRAM_INNER_BYTES / (centred_dims * elem_bytes));
+        }
         let lanes_usize = lanes as usize;
         let inner_tile = (tile / lanes_usize * lanes_usize).max(lanes_usize);
         Schedule {
@@ -141,8 +237,65 @@ impl Schedule {
             needed_wide,
             scratch_slots,
             scratch_dim,
+            gram_rows: GRAM_ROWS,
+            gram,
+            live,
         }
     }
+}
+
+/// The pair-level `SqDist` and scalar products of a row variable with an inner variable of at
+/// least [`GRAM_MIN_DIM`] components, while the centred inner points of one vector of lanes
+/// fit [`GRAM_INNER_BYTES`].
+fn gram_products(
+    formula: &Formula,
+    levels: &[Level],
+    lanes: u32,
+    elem_bytes: usize,
+) -> Vec<GramProduct> {
+    let nodes = formula.nodes.as_ref();
+    let var_at = |c: egg::Id, level: Level| {
+        let c = usize::from(c);
+        match nodes[c].op {
+            Op::Var(v) if levels[c] == level => Some(v as usize),
+            _ => None,
+        }
+    };
+    let mut products = Vec::new();
+    let mut centred = 0;
+    for (k, node) in nodes.iter().enumerate() {
+        let kind = match node.op {
+            Op::SqDist => GramKind::SqDist,
+            Op::Scalprod => GramKind::Dot,
+            _ => continue,
+        };
+        let dim = formula.info[usize::from(node.children[0])].dim;
+        if levels[k] != Level::Pair || dim < GRAM_MIN_DIM {
+            continue;
+        }
+        let (a, b) = (node.children[0], node.children[1]);
+        let (row_var, inner_var) = match (var_at(a, Level::Row), var_at(b, Level::Inner)) {
+            (Some(r), Some(i)) => (r, i),
+            _ => match (var_at(b, Level::Row), var_at(a, Level::Inner)) {
+                (Some(r), Some(i)) => (r, i),
+                _ => continue,
+            },
+        };
+        if kind == GramKind::SqDist {
+            if (centred + dim) * lanes as usize * elem_bytes > GRAM_INNER_BYTES {
+                continue;
+            }
+            centred += dim;
+        }
+        products.push(GramProduct {
+            node: k,
+            kind,
+            row_var,
+            inner_var,
+            dim,
+        });
+    }
+    products
 }
 
 /// A formula with its schedule, printed as the loop nest the CPU code runs.
@@ -168,6 +321,8 @@ impl fmt::Display for ScheduledFormula<'_> {
                 .enumerate()
                 .filter(|(k, node)| {
                     s.levels[*k] == level
+                        && s.live[*k]
+                        && !s.gram.iter().any(|g| g.node == *k)
                         && !node.children.is_empty()
                         && (s.needed_wide[*k] || *k == usize::from(self.formula.root()))
                 })
@@ -175,6 +330,27 @@ impl fmt::Display for ScheduledFormula<'_> {
                 .collect();
             if !parts.is_empty() {
                 writeln!(f, "{level}: {}", parts.join("; "))?;
+            }
+            if level == Level::Inner && !s.gram.is_empty() {
+                let products: Vec<String> = s
+                    .gram
+                    .iter()
+                    .map(|g| {
+                        let text = self.formula.to_text(egg::Id::from(g.node));
+                        match g.kind {
+                            GramKind::SqDist => format!(
+                                "{text} (centred scalar-product form, exact where pairs are close)"
+                            ),
+                            GramKind::Dot => text,
+                        }
+                    })
+                    .collect();
+                writeln!(
+                    f,
+                    "per block of {} rows x inner tile, looped over components: {}",
+                    s.gram_rows,
+                    products.join("; ")
+                )?;
             }
         }
         Ok(())

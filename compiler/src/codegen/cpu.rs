@@ -28,6 +28,8 @@
 //! inner tile of its rows at once (saving the rows' accumulators first, at most 256 rows) and
 //! redoes that tile with the exact one when a lane needed it.
 
+mod gram;
+
 use super::formula::{Emitter, Value};
 use super::math::SmallExpFlag;
 use super::reduce::{reduce_or, LaneAccumulators};
@@ -322,6 +324,7 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         });
         let flush_counter =
             (self.columns > 0).then(|| built(em.builder.build_alloca(i64t, "column")));
+        let gram = self.allocate_gram();
         let scratch = (sched.scratch_dim > 0).then(|| {
             let len = self.i64((sched.scratch_dim * sched.inner_tile) as i64);
             built(
@@ -401,6 +404,16 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                         },
                     );
                 }
+                if let Some(slots) = &gram {
+                    self.emit_gram_tile(
+                        function,
+                        slots,
+                        &arg_ptrs,
+                        params.inner_stride,
+                        jt,
+                        jt_end,
+                    );
+                }
                 // The rows against this inner tile; `fast`: with the normal-range `exp`,
                 // reporting small arguments there (cross tiles, see `rows_with_fast_exp`).
                 let rows_pass = |fast: Option<SmallExpFlag<'ctx>>| {
@@ -416,6 +429,136 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                             |k| self.store(tile, k, zero),
                         );
                     }
+                    let row_body = |r: IntValue<'ctx>| {
+                        let mut row = NodeValues {
+                            narrow: values.narrow.clone(),
+                            wide: values.wide.clone(),
+                        };
+                        self.emit_level(
+                            Level::Row,
+                            &mut row,
+                            &arg_ptrs,
+                            Some((r, params.inner_stride)),
+                        );
+                        self.broadcast(Level::Row, &mut row);
+                        let row_offset = self.mul(self.sub(r, params.row_start), self.i64(acc_dim));
+                        let acc_row = unsafe {
+                            built(em.builder.build_in_bounds_gep(
+                                ctx.f64_type(),
+                                params.acc,
+                                &[row_offset],
+                                "acc_row",
+                            ))
+                        };
+                        let pair = |jv: IntValue<'ctx>, mask: Option<Value<'ctx>>| {
+                            let mut pair = NodeValues {
+                                narrow: row.narrow.clone(),
+                                wide: row.wide.clone(),
+                            };
+                            self.load_inner(
+                                &mut pair,
+                                &arg_ptrs,
+                                scratch,
+                                jv,
+                                jt,
+                                params.inner_stride,
+                            );
+                            if let Some(slots) = &gram {
+                                self.load_gram(&mut pair.wide, slots, r, jv, jt);
+                            }
+                            self.emit_level(
+                                Level::Pair,
+                                &mut pair,
+                                &arg_ptrs,
+                                Some((jv, params.inner_stride)),
+                            );
+                            let root = usize::from(self.formula.root());
+                            let value =
+                                pair.wide[root].clone().expect("the root is available wide");
+                            let offset = self.sub(jv, jt);
+                            let index = em.add(
+                                em.splat(
+                                    em.from_scalar(built(em.builder.build_signed_int_to_float(
+                                        offset,
+                                        em.float_type(),
+                                        "rel",
+                                    ))),
+                                    lanes,
+                                ),
+                                self.iota(lanes),
+                            );
+                            lane_acc.fold(
+                                em,
+                                self.wide_f64,
+                                function,
+                                &value,
+                                index,
+                                mask,
+                                (acc_row, jt),
+                            );
+                            if let Some(tile) = column_tile {
+                                let first = value.len() - self.columns;
+                                for (k, &v) in value[first..].iter().enumerate() {
+                                    let v = match mask {
+                                        Some(m) => em.select(m, v, em.constant(0.0, lanes)),
+                                        None => v,
+                                    };
+                                    let at = self
+                                        .add(offset, self.i64((k * self.column_stride()) as i64));
+                                    let sum = em.add(self.load(tile, at, lanes), v);
+                                    self.store(tile, at, sum);
+                                }
+                            }
+                        };
+                        // Whole vectors, then one masked remainder (always with the exact
+                        // `exp`: its masked-off lanes must not ask for a redo).
+                        let whole_vectors = || {
+                            lane_acc.init(em, self.wide_f64, acc_row);
+                            let last_full = self.sub(jt_end, self.i64(lanes as i64 - 1));
+                            self.emit_loop(
+                                function,
+                                jv_counter,
+                                jt,
+                                lanes as i64,
+                                |jv| self.less(jv, last_full),
+                                |jv| pair(jv, None),
+                            );
+                        };
+                        match (exp_paths, fast) {
+                            (Some(paths), _) => {
+                                self.whole_vectors_with_fast_exp(function, paths, &whole_vectors)
+                            }
+                            (None, Some(flag)) => {
+                                em.math.report_small_exp_into(Some(flag));
+                                whole_vectors();
+                                em.math.report_small_exp_into(None);
+                            }
+                            (None, None) => whole_vectors(),
+                        }
+                        let jv =
+                            built(em.builder.build_load(i64t, jv_counter, "jv")).into_int_value();
+                        let remaining = self.less(jv, jt_end);
+                        let tail = ctx.append_basic_block(function, "tail");
+                        let after = ctx.append_basic_block(function, "tail_done");
+                        built(em.builder.build_conditional_branch(remaining, tail, after));
+                        em.builder.position_at_end(tail);
+                        let mask = self.lane_mask(jv, jt_end, lanes);
+                        pair(jv, Some(mask));
+                        built(em.builder.build_unconditional_branch(after));
+                        em.builder.position_at_end(after);
+
+                        lane_acc.merge_lanes_into(
+                            em,
+                            self.wide_f64,
+                            function,
+                            acc_row,
+                            jt,
+                            lane_counter,
+                        );
+                    };
+                    // With Gram products, each block of `gram_rows` rows starts with their
+                    // values (one row loop all the same: a loop over the rows of a block
+                    // would be unrolled, copying the pair code).
                     self.emit_loop(
                         function,
                         row_counter,
@@ -423,135 +566,17 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                         1,
                         |r| self.less(r, params.row_end),
                         |r| {
-                            let mut row = NodeValues {
-                                narrow: values.narrow.clone(),
-                                wide: values.wide.clone(),
-                            };
-                            self.emit_level(
-                                Level::Row,
-                                &mut row,
-                                &arg_ptrs,
-                                Some((r, params.inner_stride)),
-                            );
-                            self.broadcast(Level::Row, &mut row);
-                            let row_offset =
-                                self.mul(self.sub(r, params.row_start), self.i64(acc_dim));
-                            let acc_row = unsafe {
-                                built(em.builder.build_in_bounds_gep(
-                                    ctx.f64_type(),
-                                    params.acc,
-                                    &[row_offset],
-                                    "acc_row",
-                                ))
-                            };
-                            let pair = |jv: IntValue<'ctx>, mask: Option<Value<'ctx>>| {
-                                let mut pair = NodeValues {
-                                    narrow: row.narrow.clone(),
-                                    wide: row.wide.clone(),
-                                };
-                                self.load_inner(
-                                    &mut pair,
+                            if let Some(slots) = &gram {
+                                self.gram_block_if_first_row(
+                                    function,
+                                    slots,
                                     &arg_ptrs,
-                                    scratch,
-                                    jv,
-                                    jt,
-                                    params.inner_stride,
+                                    &params,
+                                    r,
+                                    (jt, jt_end),
                                 );
-                                self.emit_level(
-                                    Level::Pair,
-                                    &mut pair,
-                                    &arg_ptrs,
-                                    Some((jv, params.inner_stride)),
-                                );
-                                let root = usize::from(self.formula.root());
-                                let value =
-                                    pair.wide[root].clone().expect("the root is available wide");
-                                let offset = self.sub(jv, jt);
-                                let index = em.add(
-                                    em.splat(
-                                        em.from_scalar(built(
-                                            em.builder.build_signed_int_to_float(
-                                                offset,
-                                                em.float_type(),
-                                                "rel",
-                                            ),
-                                        )),
-                                        lanes,
-                                    ),
-                                    self.iota(lanes),
-                                );
-                                lane_acc.fold(
-                                    em,
-                                    self.wide_f64,
-                                    function,
-                                    &value,
-                                    index,
-                                    mask,
-                                    (acc_row, jt),
-                                );
-                                if let Some(tile) = column_tile {
-                                    let first = value.len() - self.columns;
-                                    for (k, &v) in value[first..].iter().enumerate() {
-                                        let v = match mask {
-                                            Some(m) => em.select(m, v, em.constant(0.0, lanes)),
-                                            None => v,
-                                        };
-                                        let at = self.add(
-                                            offset,
-                                            self.i64((k * self.column_stride()) as i64),
-                                        );
-                                        let sum = em.add(self.load(tile, at, lanes), v);
-                                        self.store(tile, at, sum);
-                                    }
-                                }
-                            };
-                            // Whole vectors, then one masked remainder (always with the exact
-                            // `exp`: its masked-off lanes must not ask for a redo).
-                            let whole_vectors = || {
-                                lane_acc.init(em, self.wide_f64, acc_row);
-                                let last_full = self.sub(jt_end, self.i64(lanes as i64 - 1));
-                                self.emit_loop(
-                                    function,
-                                    jv_counter,
-                                    jt,
-                                    lanes as i64,
-                                    |jv| self.less(jv, last_full),
-                                    |jv| pair(jv, None),
-                                );
-                            };
-                            match (exp_paths, fast) {
-                                (Some(paths), _) => self.whole_vectors_with_fast_exp(
-                                    function,
-                                    paths,
-                                    &whole_vectors,
-                                ),
-                                (None, Some(flag)) => {
-                                    em.math.report_small_exp_into(Some(flag));
-                                    whole_vectors();
-                                    em.math.report_small_exp_into(None);
-                                }
-                                (None, None) => whole_vectors(),
                             }
-                            let jv = built(em.builder.build_load(i64t, jv_counter, "jv"))
-                                .into_int_value();
-                            let remaining = self.less(jv, jt_end);
-                            let tail = ctx.append_basic_block(function, "tail");
-                            let after = ctx.append_basic_block(function, "tail_done");
-                            built(em.builder.build_conditional_branch(remaining, tail, after));
-                            em.builder.position_at_end(tail);
-                            let mask = self.lane_mask(jv, jt_end, lanes);
-                            pair(jv, Some(mask));
-                            built(em.builder.build_unconditional_branch(after));
-                            em.builder.position_at_end(after);
-
-                            lane_acc.merge_lanes_into(
-                                em,
-                                self.wide_f64,
-                                function,
-                                acc_row,
-                                jt,
-                                lane_counter,
-                            );
+                            row_body(r)
                         },
                     );
                 };
@@ -858,7 +883,7 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         let sched = self.schedule;
         let lanes = sched.lanes;
         for (k, node) in self.formula.nodes.as_ref().iter().enumerate() {
-            if sched.levels[k] != Level::Inner || !sched.needed_wide[k] {
+            if sched.levels[k] != Level::Inner || !sched.needed_wide[k] || !sched.live[k] {
                 continue;
             }
             let dim = self.formula.info[k].dim;
@@ -912,7 +937,10 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         let narrow = matches!(level, Level::Call | Level::Row);
         let lanes = if narrow { 1 } else { sched.lanes };
         for (k, node) in self.formula.nodes.as_ref().iter().enumerate() {
-            if sched.levels[k] != level {
+            // Gram products are read from their buffer (`load_gram`), and what only they
+            // read is not computed.
+            if sched.levels[k] != level || !sched.live[k] || sched.gram.iter().any(|g| g.node == k)
+            {
                 continue;
             }
             let dim = self.formula.info[k].dim;

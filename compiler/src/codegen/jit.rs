@@ -200,7 +200,7 @@ pub struct TileSpec<'a> {
 impl TileSpec<'_> {
     pub fn schedule(&self, target: &CpuTarget) -> Schedule {
         let scalar = scalar_of(self.dtype);
-        Schedule::new(
+        Schedule::cpu(
             self.formula,
             self.signature,
             target.lanes(scalar),

@@ -5,6 +5,7 @@ mod cpu;
 mod derivatives;
 mod entry_points;
 mod frontend;
+mod gram;
 mod interp;
 mod linalg;
 mod math;

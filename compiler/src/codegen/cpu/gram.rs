@@ -1,0 +1,597 @@
+//! Gram products ([`GramProduct`]): a pair-level `SqDist(x, y)` or `(x | y)` of a row variable
+//! and an inner variable of many components, computed for a block of rows against the whole
+//! inner tile before the rows' pair loops, which then read one value per pair from a buffer.
+//!
+//! ```text
+//! per inner tile:  centred copy y' = y - c of the tile's points (c: its first point), |y'|^2
+//! per row block:   centred rows x' = x - c, |x'|^2
+//!   for each vector of inner indices:
+//!     for each component:   one vector load of y', then one FMA per row of the block
+//!     SqDist = |x'|^2 + |y'|^2 - 2 <x', y'>, then sum (x - y)^2 where that could be inexact
+//! ```
+//! Each loaded component feeds a block's worth of FMAs (the direct loop loads one per FMA and
+//! one subtraction), and the component loop is a loop: the code's size does not grow with the
+//! dimension.
+//!
+//! **Accuracy.** In the scalar-product form the absolute error of a squared distance is
+//! bounded by about `2 (D + 2) u (|x'|^2 + |y'|^2)` (`u` the unit roundoff), against
+//! `(D / 4 + 2) u |x - y|^2` for the direct sum. Centring on a point of the tile keeps the
+//! norms near the squared distances of the cloud; a pair whose result is below
+//! [`CLOSE_FRACTION`] of `|x'|^2 + |y'|^2` (or not a number: infinities, overflow) is
+//! recomputed directly, so every squared distance keeps a relative error within about 16
+//! times the direct sum's bound. A vector of lanes with one such pair is recomputed whole.
+
+use super::{built, Params, TileEmitter};
+use crate::codegen::formula::Value;
+use crate::codegen::reduce::reduce_or;
+use crate::schedule::{GramKind, GramProduct};
+use inkwell::values::{FunctionValue, IntValue, PointerValue};
+use inkwell::{FloatPredicate, IntPredicate};
+
+/// Pairs whose scalar-product-form squared distance is below this fraction of the centred
+/// norms' sum are recomputed directly (see the module documentation).
+const CLOSE_FRACTION: f64 = 0.125;
+
+/// The stack buffers and loop counters of one Gram product.
+#[derive(Clone, Copy)]
+struct ProductSlots<'ctx> {
+    /// The product's values for a block of rows: `gram_rows x inner_tile`.
+    values: PointerValue<'ctx>,
+    /// `SqDist`: the tile's centred inner points (`dim x inner_tile`) and their squared norms.
+    centred: Option<(PointerValue<'ctx>, PointerValue<'ctx>)>,
+    /// `SqDist`: the block's centred rows (`gram_rows x dim`) and their squared norms.
+    rows: Option<(PointerValue<'ctx>, PointerValue<'ctx>)>,
+    /// `SqDist`: the tile's centre, its first inner point (`dim` components).
+    centre: Option<PointerValue<'ctx>>,
+}
+
+/// Stack slots of a tile function's Gram products.
+#[derive(Clone)]
+pub(super) struct GramSlots<'ctx> {
+    products: Vec<ProductSlots<'ctx>>,
+    /// The first row of the current block.
+    block_start: PointerValue<'ctx>,
+    /// Loop counters: components, vectors of inner indices, rows of the block, and the
+    /// direct recomputation's components.
+    component: PointerValue<'ctx>,
+    vector: PointerValue<'ctx>,
+    row: PointerValue<'ctx>,
+    exact_component: PointerValue<'ctx>,
+    /// One accumulator vector per row of a block, and the direct recomputation's.
+    acc: Vec<PointerValue<'ctx>>,
+    exact_acc: PointerValue<'ctx>,
+}
+
+impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
+    /// Allocates the Gram products' buffers (in the entry block), if there are any.
+    pub(super) fn allocate_gram(&self) -> Option<GramSlots<'ctx>> {
+        let sched = self.schedule;
+        if sched.gram.is_empty() {
+            return None;
+        }
+        let em = self.em;
+        let b = em.builder;
+        let i64t = em.context.i64_type();
+        let ft = em.float_type();
+        let tile = sched.inner_tile as i64;
+        let rows = sched.gram_rows as i64;
+        let array = |len: i64, name: &str| built(b.build_array_alloca(ft, self.i64(len), name));
+        let products = sched
+            .gram
+            .iter()
+            .map(|g| {
+                let centred = g.kind == GramKind::SqDist;
+                ProductSlots {
+                    values: array(rows * tile, "gram_values"),
+                    centred: centred.then(|| {
+                        (
+                            array(g.dim as i64 * tile, "gram_inner"),
+                            array(tile, "gram_inner_norms"),
+                        )
+                    }),
+                    rows: centred.then(|| {
+                        (
+                            array(rows * g.dim as i64, "gram_rows"),
+                            array(rows, "gram_row_norms"),
+                        )
+                    }),
+                    centre: centred.then(|| array(g.dim as i64, "gram_centre")),
+                }
+            })
+            .collect();
+        let counter = |name: &str| built(b.build_alloca(i64t, name));
+        let vector = em.vector_type(sched.lanes);
+        Some(GramSlots {
+            products,
+            block_start: counter("gram_block"),
+            component: counter("gram_component"),
+            vector: counter("gram_vector"),
+            row: counter("gram_row"),
+            exact_component: counter("gram_exact_component"),
+            acc: (0..rows)
+                .map(|_| built(b.build_alloca(vector, "gram_acc")))
+                .collect(),
+            exact_acc: built(b.build_alloca(vector, "gram_exact_acc")),
+        })
+    }
+
+    /// `jt` rounded up to the vectors that cover `[jt, jt_end)` (the inputs are padded).
+    fn vectors_end(&self, jt: IntValue<'ctx>, jt_end: IntValue<'ctx>) -> IntValue<'ctx> {
+        let lanes = self.schedule.lanes as i64;
+        let len = self.sub(jt_end, jt);
+        let rounded = built(self.em.builder.build_int_signed_div(
+            self.add(len, self.i64(lanes - 1)),
+            self.i64(lanes),
+            "vectors",
+        ));
+        self.add(jt, self.mul(rounded, self.i64(lanes)))
+    }
+
+    /// The component loops' bound: the dimension, in a form LLVM cannot fold (the stride is
+    /// never negative), so that it does not unroll the loops whole (measured: a fully unrolled
+    /// D = 32 product took 5x the compile time and ran slower).
+    fn component_bound(&self, g: &GramProduct, inner_stride: IntValue<'ctx>) -> IntValue<'ctx> {
+        let b = self.em.builder;
+        let negative = self.less(inner_stride, self.i64(0));
+        built(b.build_select(negative, self.i64(0), self.i64(g.dim as i64), "components"))
+            .into_int_value()
+    }
+
+    fn load_scalar(&self, base: PointerValue<'ctx>, index: IntValue<'ctx>) -> Value<'ctx> {
+        self.load(base, index, 1)
+    }
+
+    fn load_vector_slot(&self, slot: PointerValue<'ctx>) -> Value<'ctx> {
+        let em = self.em;
+        built(
+            em.builder
+                .build_load(em.vector_type(self.schedule.lanes), slot, "acc"),
+        )
+        .into_vector_value()
+    }
+
+    /// Per inner tile: each `SqDist` product's centred copy of the tile's inner points and
+    /// their squared norms.
+    pub(super) fn emit_gram_tile(
+        &self,
+        function: FunctionValue<'ctx>,
+        slots: &GramSlots<'ctx>,
+        arg_ptrs: &[PointerValue<'ctx>],
+        inner_stride: IntValue<'ctx>,
+        jt: IntValue<'ctx>,
+        jt_end: IntValue<'ctx>,
+    ) {
+        let em = self.em;
+        let lanes = self.schedule.lanes;
+        let tile = self.schedule.inner_tile as i64;
+        let end = self.vectors_end(jt, jt_end);
+        for (g, product) in self.schedule.gram.iter().zip(&slots.products) {
+            let Some((centred, norms)) = product.centred else {
+                continue;
+            };
+            let y = arg_ptrs[g.inner_var];
+            let bound = self.component_bound(g, inner_stride);
+            self.emit_loop(
+                function,
+                slots.vector,
+                jt,
+                lanes as i64,
+                |v| self.less(v, end),
+                |v| self.store(norms, self.sub(v, jt), em.constant(0.0, lanes)),
+            );
+            self.emit_loop(
+                function,
+                slots.component,
+                self.i64(0),
+                1,
+                |c| self.less(c, bound),
+                |c| {
+                    let row = self.mul(c, inner_stride);
+                    let first = self.load_scalar(y, self.add(row, jt));
+                    if let Some(centre) = product.centre {
+                        self.store(centre, c, first);
+                    }
+                    let centre = em.splat(first, lanes);
+                    let into = self.mul(c, self.i64(tile));
+                    self.emit_loop(
+                        function,
+                        slots.vector,
+                        jt,
+                        lanes as i64,
+                        |v| self.less(v, end),
+                        |v| {
+                            let x = em.sub(self.load(y, self.add(row, v), lanes), centre);
+                            let at = self.sub(v, jt);
+                            self.store(centred, self.add(into, at), x);
+                            let n = em.fma(x, x, self.load(norms, at, lanes));
+                            self.store(norms, at, n);
+                        },
+                    );
+                },
+            );
+        }
+    }
+
+    /// At the first row `r` of a block (`r - row_start` a multiple of `gram_rows`): the block's
+    /// Gram products.
+    pub(super) fn gram_block_if_first_row(
+        &self,
+        function: FunctionValue<'ctx>,
+        slots: &GramSlots<'ctx>,
+        arg_ptrs: &[PointerValue<'ctx>],
+        params: &Params<'ctx>,
+        r: IntValue<'ctx>,
+        (jt, jt_end): (IntValue<'ctx>, IntValue<'ctx>),
+    ) {
+        let em = self.em;
+        let b = em.builder;
+        let ctx = em.context;
+        let offset = self.sub(r, params.row_start);
+        let within = built(b.build_int_signed_rem(
+            offset,
+            self.i64(self.schedule.gram_rows as i64),
+            "within_block",
+        ));
+        let first = built(b.build_int_compare(IntPredicate::EQ, within, self.i64(0), "first"));
+        let block = ctx.append_basic_block(function, "gram_block");
+        let rows = ctx.append_basic_block(function, "gram_block_done");
+        built(b.build_conditional_branch(first, block, rows));
+        b.position_at_end(block);
+        built(b.build_store(slots.block_start, r));
+        self.emit_gram_block(
+            function,
+            slots,
+            arg_ptrs,
+            params.inner_stride,
+            r,
+            params.row_end,
+            jt,
+            jt_end,
+        );
+        built(b.build_unconditional_branch(rows));
+        b.position_at_end(rows);
+    }
+
+    /// Per block of rows `[rb, rb + gram_rows)` (rows past `row_end` repeat the last one):
+    /// every product's values against the tile `[jt, jt_end)`, into its buffer.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn emit_gram_block(
+        &self,
+        function: FunctionValue<'ctx>,
+        slots: &GramSlots<'ctx>,
+        arg_ptrs: &[PointerValue<'ctx>],
+        inner_stride: IntValue<'ctx>,
+        rb: IntValue<'ctx>,
+        row_end: IntValue<'ctx>,
+        jt: IntValue<'ctx>,
+        jt_end: IntValue<'ctx>,
+    ) {
+        let rows: Vec<IntValue<'ctx>> = (0..self.schedule.gram_rows as i64)
+            .map(|k| self.block_row(rb, self.i64(k), row_end))
+            .collect();
+        for (g, product) in self.schedule.gram.iter().zip(&slots.products) {
+            self.centre_rows(
+                function,
+                slots,
+                g,
+                *product,
+                arg_ptrs[g.row_var],
+                (rb, row_end),
+            );
+            self.gram_vectors(
+                function,
+                slots,
+                g,
+                *product,
+                arg_ptrs,
+                inner_stride,
+                (&rows, rb, row_end),
+                jt,
+                jt_end,
+            );
+        }
+    }
+
+    /// The block's rows of a `SqDist` product, moved by the tile's centre, and their squared
+    /// norms: whole vectors of components, then the remaining components one by one.
+    fn centre_rows(
+        &self,
+        function: FunctionValue<'ctx>,
+        slots: &GramSlots<'ctx>,
+        g: &GramProduct,
+        product: ProductSlots<'ctx>,
+        x: PointerValue<'ctx>,
+        (rb, row_end): (IntValue<'ctx>, IntValue<'ctx>),
+    ) {
+        let (Some((centred, norms)), Some(centre)) = (product.rows, product.centre) else {
+            return;
+        };
+        let em = self.em;
+        let b = em.builder;
+        let lanes = self.schedule.lanes;
+        let dim = self.i64(g.dim as i64);
+        let whole = (g.dim / lanes as usize * lanes as usize) as i64;
+        self.emit_loop(
+            function,
+            slots.row,
+            self.i64(0),
+            1,
+            |k| self.less(k, self.i64(self.schedule.gram_rows as i64)),
+            |k| {
+                let first = self.mul(self.block_row(rb, k, row_end), dim);
+                let into = self.mul(k, dim);
+                built(b.build_store(slots.exact_acc, em.constant(0.0, lanes)));
+                self.emit_loop(
+                    function,
+                    slots.component,
+                    self.i64(0),
+                    lanes as i64,
+                    |c| self.less(c, self.i64(whole)),
+                    |c| {
+                        let v = em.sub(
+                            self.load(x, self.add(first, c), lanes),
+                            self.load(centre, c, lanes),
+                        );
+                        self.store(centred, self.add(into, c), v);
+                        let n = em.fma(v, v, self.load_vector_slot(slots.exact_acc));
+                        built(b.build_store(slots.exact_acc, n));
+                    },
+                );
+                let partial = self.load_vector_slot(slots.exact_acc);
+                let lane = |l: u64| {
+                    let index = em.context.i64_type().const_int(l, false);
+                    let x = built(b.build_extract_element(partial, index, "lane"));
+                    em.from_scalar(x.into_float_value())
+                };
+                let lane_sums: Vec<Value<'ctx>> = (0..lanes as u64).map(lane).collect();
+                self.store(norms, k, em.sum(&lane_sums));
+                self.emit_loop(
+                    function,
+                    slots.component,
+                    self.i64(whole),
+                    1,
+                    |c| self.less(c, dim),
+                    |c| {
+                        let v = em.sub(
+                            self.load_scalar(x, self.add(first, c)),
+                            self.load_scalar(centre, c),
+                        );
+                        self.store(centred, self.add(into, c), v);
+                        let n = em.fma(v, v, self.load_scalar(norms, k));
+                        self.store(norms, k, n);
+                    },
+                );
+            },
+        );
+    }
+
+    /// Row `rb + k` of a block, or the last row when that is past `row_end`.
+    fn block_row(
+        &self,
+        rb: IntValue<'ctx>,
+        k: IntValue<'ctx>,
+        row_end: IntValue<'ctx>,
+    ) -> IntValue<'ctx> {
+        let r = self.add(rb, k);
+        let last = self.sub(row_end, self.i64(1));
+        built(
+            self.em
+                .builder
+                .build_select(self.less(r, row_end), r, last, "gram_row"),
+        )
+        .into_int_value()
+    }
+
+    /// The register-tiled product of the block's rows with every vector of the tile.
+    #[allow(clippy::too_many_arguments)]
+    fn gram_vectors(
+        &self,
+        function: FunctionValue<'ctx>,
+        slots: &GramSlots<'ctx>,
+        g: &GramProduct,
+        product: ProductSlots<'ctx>,
+        arg_ptrs: &[PointerValue<'ctx>],
+        inner_stride: IntValue<'ctx>,
+        (rows, rb, row_end): (&[IntValue<'ctx>], IntValue<'ctx>, IntValue<'ctx>),
+        jt: IntValue<'ctx>,
+        jt_end: IntValue<'ctx>,
+    ) {
+        let em = self.em;
+        let b = em.builder;
+        let lanes = self.schedule.lanes;
+        let tile = self.schedule.inner_tile as i64;
+        let dim = self.i64(g.dim as i64);
+        let (x, y) = (arg_ptrs[g.row_var], arg_ptrs[g.inner_var]);
+        let end = self.vectors_end(jt, jt_end);
+        let bound = self.component_bound(g, inner_stride);
+        let zero = em.constant(0.0, lanes);
+        self.emit_loop(
+            function,
+            slots.vector,
+            jt,
+            lanes as i64,
+            |v| self.less(v, end),
+            |v| {
+                let at = self.sub(v, jt);
+                for &acc in &slots.acc {
+                    built(b.build_store(acc, zero));
+                }
+                self.emit_loop(
+                    function,
+                    slots.component,
+                    self.i64(0),
+                    1,
+                    |c| self.less(c, bound),
+                    |c| {
+                        let column = match product.centred {
+                            Some((centred, _)) => {
+                                self.load(centred, self.add(self.mul(c, self.i64(tile)), at), lanes)
+                            }
+                            None => self.load(y, self.add(self.mul(c, inner_stride), v), lanes),
+                        };
+                        for (k, (&acc, &row)) in slots.acc.iter().zip(rows).enumerate() {
+                            let xs = match product.rows {
+                                Some((centred, _)) => self.load_scalar(
+                                    centred,
+                                    self.add(self.i64((k * g.dim) as i64), c),
+                                ),
+                                None => self.load_scalar(x, self.add(self.mul(row, dim), c)),
+                            };
+                            let sum =
+                                em.fma(em.splat(xs, lanes), column, self.load_vector_slot(acc));
+                            built(b.build_store(acc, sum));
+                        }
+                    },
+                );
+                let mut any_close: Option<Value<'ctx>> = None;
+                for (k, &acc) in slots.acc.iter().enumerate() {
+                    let into = self.add(self.i64(k as i64 * tile), at);
+                    let dot = self.load_vector_slot(acc);
+                    let (Some((_, inner_norms)), Some((_, row_norms))) =
+                        (product.centred, product.rows)
+                    else {
+                        self.store(product.values, into, dot);
+                        continue;
+                    };
+                    let norms = self.centred_norms(inner_norms, row_norms, self.i64(k as i64), at);
+                    let sq = em.fma(em.constant(-2.0, lanes), dot, norms);
+                    let negative = em.compare(FloatPredicate::OLT, sq, zero);
+                    let sq = em.select(negative, zero, sq);
+                    self.store(product.values, into, sq);
+                    let close = self.close_pairs(sq, norms);
+                    any_close = Some(match any_close {
+                        None => close,
+                        Some(c) => built(b.build_or(c, close, "any_close")),
+                    });
+                }
+                // One loop over the rows for the direct recomputation, rather than one copy
+                // per row, entered when a row of the block needs it: it rarely runs.
+                if let (Some((_, inner_norms)), Some((_, row_norms)), Some(any_close)) =
+                    (product.centred, product.rows, any_close)
+                {
+                    let ctx = em.context;
+                    let rows_direct = ctx.append_basic_block(function, "gram_close_rows");
+                    let done = ctx.append_basic_block(function, "gram_close_rows_done");
+                    let any = reduce_or(em, any_close);
+                    built(b.build_conditional_branch(any, rows_direct, done));
+                    b.position_at_end(rows_direct);
+                    self.emit_loop(
+                        function,
+                        slots.row,
+                        self.i64(0),
+                        1,
+                        |k| self.less(k, self.i64(self.schedule.gram_rows as i64)),
+                        |k| {
+                            let into = self.add(self.mul(k, self.i64(tile)), at);
+                            let sq = self.load(product.values, into, lanes);
+                            let norms = self.centred_norms(inner_norms, row_norms, k, at);
+                            let close = self.close_pairs(sq, norms);
+                            let row = self.block_row(rb, k, row_end);
+                            self.direct_sqdist_if(
+                                function,
+                                slots,
+                                g,
+                                reduce_or(em, close),
+                                (x, y),
+                                row,
+                                v,
+                                inner_stride,
+                                (product.values, into),
+                            );
+                        },
+                    );
+                    built(b.build_unconditional_branch(done));
+                    b.position_at_end(done);
+                }
+            },
+        );
+    }
+
+    /// The lanes whose squared distance `sq` in the scalar-product form may have lost
+    /// accuracy, given the centred norms' sum: small against it, or not a number.
+    fn close_pairs(&self, sq: Value<'ctx>, norms: Value<'ctx>) -> Value<'ctx> {
+        let em = self.em;
+        let lanes = self.schedule.lanes;
+        let bound = em.mul(norms, em.constant(CLOSE_FRACTION, lanes));
+        em.compare(FloatPredicate::ULT, sq, bound)
+    }
+
+    /// `|x'_k|^2 + |y'|^2` for row `k` of the block and the vector at `at` in the tile.
+    fn centred_norms(
+        &self,
+        inner_norms: PointerValue<'ctx>,
+        row_norms: PointerValue<'ctx>,
+        k: IntValue<'ctx>,
+        at: IntValue<'ctx>,
+    ) -> Value<'ctx> {
+        let lanes = self.schedule.lanes;
+        self.em.add(
+            self.em.splat(self.load_scalar(row_norms, k), lanes),
+            self.load(inner_norms, at, lanes),
+        )
+    }
+
+    /// When `any` holds: `sum_c (x[row, c] - y[c, v..])^2` into `values[into..]`.
+    #[allow(clippy::too_many_arguments)]
+    fn direct_sqdist_if(
+        &self,
+        function: FunctionValue<'ctx>,
+        slots: &GramSlots<'ctx>,
+        g: &GramProduct,
+        any: IntValue<'ctx>,
+        (x, y): (PointerValue<'ctx>, PointerValue<'ctx>),
+        row: IntValue<'ctx>,
+        v: IntValue<'ctx>,
+        inner_stride: IntValue<'ctx>,
+        (values, into): (PointerValue<'ctx>, IntValue<'ctx>),
+    ) {
+        let em = self.em;
+        let b = em.builder;
+        let ctx = em.context;
+        let lanes = self.schedule.lanes;
+        let dim = self.i64(g.dim as i64);
+        let direct = ctx.append_basic_block(function, "gram_direct");
+        let done = ctx.append_basic_block(function, "gram_direct_done");
+        built(b.build_conditional_branch(any, direct, done));
+        b.position_at_end(direct);
+        built(b.build_store(slots.exact_acc, em.constant(0.0, lanes)));
+        let first = self.mul(row, dim);
+        let bound = self.component_bound(g, inner_stride);
+        self.emit_loop(
+            function,
+            slots.exact_component,
+            self.i64(0),
+            1,
+            |c| self.less(c, bound),
+            |c| {
+                let xs = em.splat(self.load_scalar(x, self.add(first, c)), lanes);
+                let ys = self.load(y, self.add(self.mul(c, inner_stride), v), lanes);
+                let d = em.sub(xs, ys);
+                let s = em.fma(d, d, self.load_vector_slot(slots.exact_acc));
+                built(b.build_store(slots.exact_acc, s));
+            },
+        );
+        self.store(values, into, self.load_vector_slot(slots.exact_acc));
+        built(b.build_unconditional_branch(done));
+        b.position_at_end(done);
+    }
+
+    /// Pair code's values of the Gram products for row `r` and the vector at `jv`.
+    pub(super) fn load_gram(
+        &self,
+        values: &mut [Option<Vec<Value<'ctx>>>],
+        slots: &GramSlots<'ctx>,
+        r: IntValue<'ctx>,
+        jv: IntValue<'ctx>,
+        jt: IntValue<'ctx>,
+    ) {
+        let b = self.em.builder;
+        let i64t = self.em.context.i64_type();
+        let rb = built(b.build_load(i64t, slots.block_start, "gram_block")).into_int_value();
+        let tile = self.i64(self.schedule.inner_tile as i64);
+        let at = self.add(self.mul(self.sub(r, rb), tile), self.sub(jv, jt));
+        for (g, product) in self.schedule.gram.iter().zip(&slots.products) {
+            values[g.node] = Some(vec![self.load(product.values, at, self.schedule.lanes)]);
+        }
+    }
+}

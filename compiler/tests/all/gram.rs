@@ -1,0 +1,250 @@
+//! Gram products (`SqDist` and scalar products of many-component variables, computed a block
+//! of rows against a tile at once; `schedule::GramProduct`) against the interpreter: odd
+//! dimensions and sizes (partial row blocks, inner remainders), both axes and dtypes, data far
+//! from the origin, exact duplicates, NaN and infinities, several products in one formula,
+//! and formulas that also read the variables elsewhere.
+
+use keops_runtime::{DType, HostArray};
+use keopsc::driver::{self, Backend};
+use keopsc::opt::{optimize, OptBudget};
+use keopsc::source::SourceFile;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+struct Case {
+    /// The kernel's text, `{D}` standing for the dimension.
+    text: &'static str,
+    /// The same kernel with every term made non-negative (the scale of the rounding error of
+    /// a sum), or None for reductions that are not sums.
+    scale: Option<&'static str>,
+}
+
+fn source(text: &str, dim: usize) -> String {
+    text.replace("{D}", &dim.to_string())
+}
+
+/// Points `centre + spread * uniform(-1, 1)`, `rows x dim`, with row 0 of `x` repeated in
+/// `y` (an exact duplicate) when both have rows.
+fn inputs(
+    n: usize,
+    m: usize,
+    dim: usize,
+    dtype: DType,
+    (centre, spread): (f64, f64),
+    seed: u64,
+) -> Vec<(String, HostArray)> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut points = |rows: usize, dim: usize, centre: f64, spread: f64| -> Vec<f64> {
+        (0..rows * dim)
+            .map(|_| centre + spread * rng.random_range(-1.0..1.0))
+            .collect()
+    };
+    let x = points(n, dim, centre, spread);
+    let mut y = points(m, dim, centre, spread);
+    let z = points(m, dim, 0.0, 1.0);
+    if m > 2 {
+        y[2 * dim..3 * dim].copy_from_slice(&x[..dim]);
+    }
+    let v = points(m, 1, 0.0, 1.0);
+    let g = vec![0.5 / (dim as f64 * spread * spread).max(1e-12)];
+    let array = |rows: usize, dim: usize, data: Vec<f64>| match dtype {
+        DType::F64 => HostArray::from_f64(vec![rows, dim], data),
+        DType::F32 => {
+            HostArray::from_f32(vec![rows, dim], data.iter().map(|&x| x as f32).collect())
+        }
+    };
+    vec![
+        ("x".into(), array(n, dim, x)),
+        ("y".into(), array(m, dim, y)),
+        ("z".into(), array(m, dim, z)),
+        ("v".into(), array(m, 1, v)),
+        ("g".into(), array(1, 1, g)),
+    ]
+}
+
+const DECLS: &str = "x = Vi({D})\n y = Vj({D})\n z = Vj({D})\n v = Vj(1)\n g = Pm(1)\n";
+
+fn kernel(body: &str) -> String {
+    format!("kernel t {{\n {DECLS} {body}\n}}\n")
+}
+
+fn evaluate(text: &str, inputs: &[(String, HostArray)], backend: Backend) -> Vec<f64> {
+    let compiled = driver::compile(SourceFile::new("<gram test>", text))
+        .unwrap_or_else(|_| panic!("compiles:\n{text}"));
+    driver::evaluate(&compiled.kernels[0], inputs, backend)
+        .unwrap_or_else(|e| panic!("{backend}: {e}\n{text}"))
+        .to_f64()
+}
+
+/// The CPU code's schedule text for `text` in `dtype`.
+fn schedule_of(text: &str, dtype: DType) -> String {
+    let compiled = driver::compile(SourceFile::new("<gram test>", text)).expect("compiles");
+    let optimized = optimize(&compiled.kernels[0], &OptBudget::default()).expect("optimizes");
+    driver::cpu_code(&optimized, dtype)
+        .expect("compiles for the CPU")
+        .schedule_text
+}
+
+#[track_caller]
+fn assert_close(got: &[f64], want: &[f64], scale: &[f64], tol: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (k, ((&g, &w), &s)) in got.iter().zip(want).zip(scale).enumerate() {
+        let ok = if w.is_nan() || g.is_nan() {
+            w.is_nan() && g.is_nan()
+        } else if w.is_infinite() || g.is_infinite() {
+            g == w
+        } else {
+            (g - w).abs() <= tol * s.abs().max(w.abs()).max(1e-6)
+        };
+        assert!(ok, "{what}: output {k}: cpu {g:?}, interpreter {w:?}");
+    }
+}
+
+const CASES: &[Case] = &[
+    Case {
+        text: "Sum_Reduction(Exp(-SqDist(x, y) * g) * v, 0)",
+        scale: Some("Sum_Reduction(Exp(-SqDist(x, y) * g) * Abs(v), 0)"),
+    },
+    Case {
+        text: "Sum_Reduction(Exp(-SqDist(y, x) * g) * v, 1)",
+        scale: Some("Sum_Reduction(Exp(-SqDist(y, x) * g) * Abs(v), 1)"),
+    },
+    Case {
+        text: "Min_Reduction(SqDist(x, y), 0)",
+        scale: None,
+    },
+    Case {
+        text: "Max_Reduction((x | y) * g, 1)",
+        scale: None,
+    },
+    Case {
+        text: "LogSumExp_Reduction((x | z) * g - SqDist(x, y) * g, 0)",
+        scale: None,
+    },
+    // The gradient reads `x - y` besides the squared distance.
+    Case {
+        text: "Sum_Reduction(Grad(Exp(-SqDist(x, y) * g) * v, x, v), 0)",
+        scale: Some("Sum_Reduction(Abs(Grad(Exp(-SqDist(x, y) * g) * v, x, v)), 0)"),
+    },
+];
+
+fn tolerance(dtype: DType) -> f64 {
+    match dtype {
+        DType::F32 => 2e-4,
+        DType::F64 => 1e-10,
+    }
+}
+
+#[test]
+fn large_dimensions_use_gram_products_and_small_ones_do_not() {
+    let text = kernel(CASES[0].text);
+    for dtype in [DType::F32, DType::F64] {
+        let large = schedule_of(&source(&text, 64), dtype);
+        assert!(
+            large.contains("looped over components: SqDist(x, y)"),
+            "{large}"
+        );
+        let small = schedule_of(&source(&text, 3), dtype);
+        assert!(!small.contains("looped over components"), "{small}");
+    }
+    let dot = schedule_of(&source(&kernel(CASES[3].text), 40), DType::F32);
+    assert!(dot.contains("looped over components: Scalprod("), "{dot}");
+}
+
+#[test]
+fn gram_products_match_the_interpreter() {
+    // (N, M, D): partial blocks of rows, remainders of lanes and tiles, odd dimensions.
+    let sizes = [(13, 37, 16), (1, 7, 17), (29, 300, 64), (40, 1037, 131)];
+    for case in CASES {
+        for dtype in [DType::F32, DType::F64] {
+            for (k, &(n, m, dim)) in sizes.iter().enumerate() {
+                let inputs = inputs(n, m, dim, dtype, (0.0, 1.0), k as u64);
+                // The axis-1 cases reduce over x: the rows are y's.
+                let text = source(&kernel(case.text), dim);
+                let want = evaluate(&text, &inputs, Backend::Interp);
+                let got = evaluate(&text, &inputs, Backend::Cpu);
+                let scale = match case.scale {
+                    Some(s) => evaluate(&source(&kernel(s), dim), &inputs, Backend::Interp),
+                    None => want.clone(),
+                };
+                let what = format!("{} ({dtype}, N {n}, M {m}, D {dim})", case.text);
+                assert_close(&got, &want, &scale, tolerance(dtype), &what);
+            }
+        }
+    }
+}
+
+/// Points far from the origin against their spread: the scalar-product form without centring
+/// would lose every digit in f32 (|x|^2 = 1e6 D, distances about D).
+#[test]
+fn points_far_from_the_origin_keep_their_accuracy() {
+    for dtype in [DType::F32, DType::F64] {
+        let inputs = inputs(50, 333, 48, dtype, (1000.0, 1.0), 7);
+        for case in &CASES[..3] {
+            let text = source(&kernel(case.text), 48);
+            let want = evaluate(&text, &inputs, Backend::Interp);
+            let got = evaluate(&text, &inputs, Backend::Cpu);
+            let scale = match case.scale {
+                Some(s) => evaluate(&source(&kernel(s), 48), &inputs, Backend::Interp),
+                None => want.clone(),
+            };
+            let what = format!("{} far from the origin ({dtype})", case.text);
+            assert_close(&got, &want, &scale, tolerance(dtype), &what);
+        }
+    }
+}
+
+/// A point of `y` equal to `x[0]` is at distance exactly 0 (the direct recomputation), and the
+/// nearest neighbour of x[0] is found with distance 0.
+#[test]
+fn exact_duplicates_are_at_distance_zero() {
+    for dtype in [DType::F32, DType::F64] {
+        let inputs = inputs(20, 100, 64, dtype, (3.0, 1.0), 3);
+        let text = source(&kernel("Min_ArgMin_Reduction(SqDist(x, y), 0)"), 64);
+        let got = evaluate(&text, &inputs, Backend::Cpu);
+        assert_eq!(got[0], 0.0, "{dtype}: min distance of x[0]");
+        assert_eq!(got[1], 2.0, "{dtype}: its index");
+        let want = evaluate(&text, &inputs, Backend::Interp);
+        let indices = |v: &[f64]| v.iter().skip(1).step_by(2).copied().collect::<Vec<_>>();
+        assert_eq!(
+            indices(&got),
+            indices(&want),
+            "{dtype}: every row's nearest point"
+        );
+        assert_close(&got, &want, &want, tolerance(dtype), &format!("{dtype}"));
+    }
+}
+
+#[test]
+fn nan_propagates_and_infinities_are_exact() {
+    for dtype in [DType::F32, DType::F64] {
+        let mut inputs = inputs(17, 45, 32, dtype, (0.0, 1.0), 11);
+        let set = |array: &mut HostArray, at: usize, value: f64| match &mut array.data {
+            keops_runtime::ArrayData::F64(d) => d[at] = value,
+            keops_runtime::ArrayData::F32(d) => d[at] = value as f32,
+        };
+        set(&mut inputs[0].1, 3 * 32 + 5, f64::NAN); // x[3]: NaN
+        set(&mut inputs[0].1, 4 * 32 + 1, f64::INFINITY); // x[4]: +inf
+        set(&mut inputs[0].1, 5 * 32 + 7, 1e30); // x[5]: overflows in f32 once squared
+        for body in [
+            "Min_Reduction(SqDist(x, y), 0)",
+            "Sum_Reduction(SqDist(x, y) * Abs(v), 0)",
+        ] {
+            let text = source(&kernel(body), 32);
+            let want = evaluate(&text, &inputs, Backend::Interp);
+            let got = evaluate(&text, &inputs, Backend::Cpu);
+            assert_close(
+                &got,
+                &want,
+                &want,
+                tolerance(dtype),
+                &format!("{body} ({dtype})"),
+            );
+            if body.starts_with("Sum") {
+                assert!(got[3].is_nan(), "{dtype}: {:?}", got[3]);
+            } else {
+                assert_eq!(got[4], f64::INFINITY, "{dtype}");
+            }
+        }
+    }
+}
