@@ -609,6 +609,7 @@ pub fn cpu_code(optimized: &opt::OptimizedKernel, dtype: DType) -> Result<CpuCod
         &optimized.signature,
         target.lanes(scalar),
         crate::codegen::jit::elem_bytes(scalar),
+        0,
     );
     let schedule_text = crate::schedule::ScheduledFormula {
         formula: &optimized.formula,

@@ -47,7 +47,10 @@ pub struct Schedule {
     /// Products of a row variable with an inner variable of many components, computed for a
     /// block of rows against a whole inner tile at once (see [`GramProduct`]).
     pub gram: Vec<GramProduct>,
-    /// Rows per block of the Gram products (when there are some).
+    /// A `Sum` of a pair-level scalar times a many-component inner variable, accumulated as
+    /// a matrix product (see [`WideProduct`]).
+    pub wide: Option<WideProduct>,
+    /// Rows per block of the Gram products and of the wide product (when there are some).
     pub gram_rows: usize,
     /// Nodes the generated code computes: those the root reads, except what only Gram
     /// products read.
@@ -80,6 +83,26 @@ pub struct GramProduct {
     pub inner_var: usize,
     pub dim: usize,
 }
+
+/// `Sum_Reduction(s * b)` with `s` a pair-level scalar and `b` an inner variable of at least
+/// [`WIDE_MIN_DIM`] components: `out[i] += sum_j s[i, j] b[j]`. The pair code stores `s` for a
+/// block of rows against the inner tile; then a register-tiled product of that block with the
+/// tile's `b` adds into the rows' accumulators, looped over components: no per-lane
+/// accumulator per component (whose size would bound `b`'s dimension) and no code per
+/// component.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WideProduct {
+    /// The formula's root, `s * b`.
+    pub node: usize,
+    /// The scalar factor's node.
+    pub scalar: usize,
+    /// Index of `b` in the formula's variables.
+    pub inner_var: usize,
+    pub dim: usize,
+}
+
+/// Dimension from which a `Sum` of a scalar times an inner variable is a [`WideProduct`].
+pub const WIDE_MIN_DIM: usize = 16;
 
 /// Dimension from which `SqDist` and scalar products of variables are computed as Gram
 /// products. Measured on W2-like Gaussian sums (see `keopsc bench --workload W2`).
@@ -122,18 +145,20 @@ impl Schedule {
         lanes: u32,
         elem_bytes: usize,
     ) -> Schedule {
-        Schedule::build(formula, signature, lanes, elem_bytes, false)
+        Schedule::build(formula, signature, lanes, elem_bytes, None)
     }
 
     /// The schedule of CPU tile functions: large `SqDist` and scalar products of variables
-    /// become Gram products.
+    /// become Gram products, and the sum of a scalar times a large inner variable a wide
+    /// product (except in cross tile functions, `columns > 0`, whose formula has more).
     pub fn cpu(
         formula: &Formula,
         signature: &Signature,
         lanes: u32,
         elem_bytes: usize,
+        columns: usize,
     ) -> Schedule {
-        Schedule::build(formula, signature, lanes, elem_bytes, true)
+        Schedule::build(formula, signature, lanes, elem_bytes, Some(columns))
     }
 
     fn build(
@@ -141,7 +166,7 @@ impl Schedule {
         signature: &Signature,
         lanes: u32,
         elem_bytes: usize,
-        with_gram: bool,
+        cpu_columns: Option<usize>,
     ) -> Schedule {
         let levels: Vec<Level> = formula
             .info
@@ -159,15 +184,24 @@ impl Schedule {
                 }
             })
             .collect();
-        let gram = if with_gram {
+        let gram = if cpu_columns.is_some() {
             gram_products(formula, &levels, lanes, elem_bytes)
         } else {
             Vec::new()
         };
+        let wide = match cpu_columns {
+            Some(0) => wide_product(formula, signature, &levels),
+            _ => None,
+        };
         let is_gram = |k: usize| gram.iter().any(|g| g.node == k);
         let nodes = formula.nodes.as_ref();
         let mut live = vec![false; formula.len()];
-        live[usize::from(formula.root())] = true;
+        let root = usize::from(formula.root());
+        match &wide {
+            // The root is not computed: its scalar factor is.
+            Some(w) => live[w.scalar] = true,
+            None => live[root] = true,
+        }
         for k in (0..nodes.len()).rev() {
             if live[k] && !is_gram(k) {
                 for &c in &nodes[k].children {
@@ -190,8 +224,7 @@ impl Schedule {
                 needed_wide[c] |= reads_wide;
             }
         }
-        let root = usize::from(formula.root());
-        needed_wide[root] |= levels[root] != Level::Pair;
+        needed_wide[root] |= wide.is_none() && levels[root] != Level::Pair;
 
         let mut scratch_slots = vec![None; formula.len()];
         let mut scratch_dim = 0;
@@ -239,9 +272,43 @@ impl Schedule {
             scratch_dim,
             gram_rows: GRAM_ROWS,
             gram,
+            wide,
             live,
         }
     }
+}
+
+/// The formula as a [`WideProduct`], if it is one: a `Sum` of `s * b` or `b * s`.
+fn wide_product(formula: &Formula, signature: &Signature, levels: &[Level]) -> Option<WideProduct> {
+    if signature.reduction.kind != keops_runtime::ReductionKind::Sum {
+        return None;
+    }
+    let nodes = formula.nodes.as_ref();
+    let root = usize::from(formula.root());
+    if nodes[root].op != Op::Mul || levels[root] != Level::Pair {
+        return None;
+    }
+    let (a, b) = (
+        usize::from(nodes[root].children[0]),
+        usize::from(nodes[root].children[1]),
+    );
+    let factors = |scalar: usize, vector: usize| match nodes[vector].op {
+        Op::Var(v)
+            if levels[vector] == Level::Inner
+                && levels[scalar] == Level::Pair
+                && formula.info[scalar].dim == 1
+                && formula.info[vector].dim >= WIDE_MIN_DIM =>
+        {
+            Some(WideProduct {
+                node: root,
+                scalar,
+                inner_var: v as usize,
+                dim: formula.info[vector].dim,
+            })
+        }
+        _ => None,
+    };
+    factors(a, b).or_else(|| factors(b, a))
 }
 
 /// The pair-level `SqDist` and scalar products of a row variable with an inner variable of at
@@ -324,12 +391,24 @@ impl fmt::Display for ScheduledFormula<'_> {
                         && s.live[*k]
                         && !s.gram.iter().any(|g| g.node == *k)
                         && !node.children.is_empty()
-                        && (s.needed_wide[*k] || *k == usize::from(self.formula.root()))
+                        && (s.needed_wide[*k]
+                            || *k == usize::from(self.formula.root())
+                            || s.wide.as_ref().is_some_and(|w| w.scalar == *k))
                 })
                 .map(|(k, _)| self.formula.to_text(egg::Id::from(k)))
                 .collect();
             if !parts.is_empty() {
                 writeln!(f, "{level}: {}", parts.join("; "))?;
+            }
+            if let (Level::Pair, Some(w)) = (level, &s.wide) {
+                let b = &self.formula.vars[w.inner_var].name;
+                writeln!(
+                    f,
+                    "per block of {} rows x inner tile: {} accumulated as a matrix product with {b} ({} components)",
+                    s.gram_rows,
+                    self.formula.to_text(egg::Id::from(w.node)),
+                    w.dim
+                )?;
             }
             if level == Level::Inner && !s.gram.is_empty() {
                 let products: Vec<String> = s

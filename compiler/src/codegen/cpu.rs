@@ -29,6 +29,7 @@
 //! redoes that tile with the exact one when a lane needed it.
 
 mod gram;
+mod wide;
 
 use super::formula::{Emitter, Value};
 use super::math::SmallExpFlag;
@@ -325,6 +326,7 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         let flush_counter =
             (self.columns > 0).then(|| built(em.builder.build_alloca(i64t, "column")));
         let gram = self.allocate_gram();
+        let wide = self.allocate_wide();
         let scratch = (sched.scratch_dim > 0).then(|| {
             let len = self.i64((sched.scratch_dim * sched.inner_tile) as i64);
             built(
@@ -472,6 +474,15 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                                 &arg_ptrs,
                                 Some((jv, params.inner_stride)),
                             );
+                            if let (Some(product), Some(slots), Some(wide)) =
+                                (&sched.wide, &gram, &wide)
+                            {
+                                let scalar = pair.wide[product.scalar]
+                                    .as_ref()
+                                    .expect("the scalar factor is computed")[0];
+                                self.store_wide_scalar(slots, wide, scalar, mask, r, jv, jt);
+                                return;
+                            }
                             let root = usize::from(self.formula.root());
                             let value =
                                 pair.wide[root].clone().expect("the root is available wide");
@@ -513,7 +524,9 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                         // Whole vectors, then one masked remainder (always with the exact
                         // `exp`: its masked-off lanes must not ask for a redo).
                         let whole_vectors = || {
-                            lane_acc.init(em, self.wide_f64, acc_row);
+                            if wide.is_none() {
+                                lane_acc.init(em, self.wide_f64, acc_row);
+                            }
                             let last_full = self.sub(jt_end, self.i64(lanes as i64 - 1));
                             self.emit_loop(
                                 function,
@@ -547,14 +560,17 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                         built(em.builder.build_unconditional_branch(after));
                         em.builder.position_at_end(after);
 
-                        lane_acc.merge_lanes_into(
-                            em,
-                            self.wide_f64,
-                            function,
-                            acc_row,
-                            jt,
-                            lane_counter,
-                        );
+                        // A wide product adds into the rows after the block's last.
+                        if wide.is_none() {
+                            lane_acc.merge_lanes_into(
+                                em,
+                                self.wide_f64,
+                                function,
+                                acc_row,
+                                jt,
+                                lane_counter,
+                            );
+                        }
                     };
                     // With Gram products, each block of `gram_rows` rows starts with their
                     // values (one row loop all the same: a loop over the rows of a block
@@ -576,7 +592,18 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                                     (jt, jt_end),
                                 );
                             }
-                            row_body(r)
+                            row_body(r);
+                            if let (Some(slots), Some(wide)) = (&gram, &wide) {
+                                self.wide_block_if_last_row(
+                                    function,
+                                    slots,
+                                    wide,
+                                    &arg_ptrs,
+                                    &params,
+                                    r,
+                                    (jt, jt_end),
+                                );
+                            }
                         },
                     );
                 };

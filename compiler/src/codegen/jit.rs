@@ -205,6 +205,7 @@ impl TileSpec<'_> {
             self.signature,
             target.lanes(scalar),
             elem_bytes(scalar),
+            self.columns,
         )
         .with_columns(self.columns, elem_bytes(scalar))
     }
@@ -223,9 +224,11 @@ pub fn build_module<'ctx>(
     for spec in specs {
         let scalar = scalar_of(spec.dtype);
         let red = &spec.signature.reduction;
+        let schedule = spec.schedule(target);
         let lane_bytes =
             super::reduce::lane_slots(red) * target.lanes(scalar) as usize * elem_bytes(scalar);
-        if lane_bytes > LANE_ACCUMULATOR_BYTES {
+        // A wide product has no per-lane accumulator per component.
+        if lane_bytes > LANE_ACCUMULATOR_BYTES && schedule.wide.is_none() {
             return Err(CodegenError::Unsupported {
                 kernel: spec.signature.name.clone(),
                 reason: format!(
@@ -248,7 +251,6 @@ pub fn build_module<'ctx>(
             scalar: Scalar::F64,
             ..em
         };
-        let schedule = spec.schedule(target);
         TileEmitter::new(&em, &wide, spec.formula, spec.signature, &schedule)
             .with_columns(spec.columns)
             .emit(&spec.symbol);

@@ -1,4 +1,4 @@
-//! Gram products ([`GramProduct`]): a pair-level `SqDist(x, y)` or `(x | y)` of a row variable
+//! Blocks of rows, and Gram products ([`GramProduct`]): a pair-level `SqDist(x, y)` or `(x | y)` of a row variable
 //! and an inner variable of many components, computed for a block of rows against the whole
 //! inner tile before the rows' pair loops, which then read one value per pair from a buffer.
 //!
@@ -66,7 +66,7 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
     /// Allocates the Gram products' buffers (in the entry block), if there are any.
     pub(super) fn allocate_gram(&self) -> Option<GramSlots<'ctx>> {
         let sched = self.schedule;
-        if sched.gram.is_empty() {
+        if sched.gram.is_empty() && sched.wide.is_none() {
             return None;
         }
         let em = self.em;
@@ -116,7 +116,7 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
     }
 
     /// `jt` rounded up to the vectors that cover `[jt, jt_end)` (the inputs are padded).
-    fn vectors_end(&self, jt: IntValue<'ctx>, jt_end: IntValue<'ctx>) -> IntValue<'ctx> {
+    pub(super) fn vectors_end(&self, jt: IntValue<'ctx>, jt_end: IntValue<'ctx>) -> IntValue<'ctx> {
         let lanes = self.schedule.lanes as i64;
         let len = self.sub(jt_end, jt);
         let rounded = built(self.em.builder.build_int_signed_div(
@@ -141,7 +141,7 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         self.load(base, index, 1)
     }
 
-    fn load_vector_slot(&self, slot: PointerValue<'ctx>) -> Value<'ctx> {
+    pub(super) fn load_vector_slot(&self, slot: PointerValue<'ctx>) -> Value<'ctx> {
         let em = self.em;
         built(
             em.builder
@@ -576,6 +576,25 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         b.position_at_end(done);
     }
 
+    /// The first row of the current block.
+    pub(super) fn block_first_row(&self, slots: &GramSlots<'ctx>) -> IntValue<'ctx> {
+        let i64t = self.em.context.i64_type();
+        built(self.em.builder.build_load(i64t, slots.block_start, "block")).into_int_value()
+    }
+
+    /// Where row `r` and the vector at `jv` are in a block's `gram_rows x inner_tile` buffer.
+    pub(super) fn block_offset(
+        &self,
+        slots: &GramSlots<'ctx>,
+        r: IntValue<'ctx>,
+        jv: IntValue<'ctx>,
+        jt: IntValue<'ctx>,
+    ) -> IntValue<'ctx> {
+        let rb = self.block_first_row(slots);
+        let tile = self.i64(self.schedule.inner_tile as i64);
+        self.add(self.mul(self.sub(r, rb), tile), self.sub(jv, jt))
+    }
+
     /// Pair code's values of the Gram products for row `r` and the vector at `jv`.
     pub(super) fn load_gram(
         &self,
@@ -585,11 +604,7 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         jv: IntValue<'ctx>,
         jt: IntValue<'ctx>,
     ) {
-        let b = self.em.builder;
-        let i64t = self.em.context.i64_type();
-        let rb = built(b.build_load(i64t, slots.block_start, "gram_block")).into_int_value();
-        let tile = self.i64(self.schedule.inner_tile as i64);
-        let at = self.add(self.mul(self.sub(r, rb), tile), self.sub(jv, jt));
+        let at = self.block_offset(slots, r, jv, jt);
         for (g, product) in self.schedule.gram.iter().zip(&slots.products) {
             values[g.node] = Some(vec![self.load(product.values, at, self.schedule.lanes)]);
         }

@@ -1,8 +1,10 @@
-//! Gram products (`SqDist` and scalar products of many-component variables, computed a block
-//! of rows against a tile at once; `schedule::GramProduct`) against the interpreter: odd
-//! dimensions and sizes (partial row blocks, inner remainders), both axes and dtypes, data far
-//! from the origin, exact duplicates, NaN and infinities, several products in one formula,
-//! and formulas that also read the variables elsewhere.
+//! Large dimensions against the interpreter: Gram products (`SqDist` and scalar products of
+//! many-component variables, computed a block of rows against a tile at once;
+//! `schedule::GramProduct`) and wide products (a sum of a scalar times a many-component inner
+//! variable, `schedule::WideProduct`). Odd dimensions and sizes (partial row blocks, inner
+//! remainders, components left over by the register tile), both axes and dtypes, data far from
+//! the origin, exact duplicates, NaN and infinities, several products in one formula, formulas
+//! that also read the variables elsewhere, and a 4001-component sum.
 
 use keops_runtime::{DType, HostArray};
 use keopsc::driver::{self, Backend};
@@ -121,6 +123,19 @@ const CASES: &[Case] = &[
         text: "LogSumExp_Reduction((x | z) * g - SqDist(x, y) * g, 0)",
         scale: None,
     },
+    // Wide products (with a Gram product inside).
+    Case {
+        text: "Sum_Reduction(Exp(-SqDist(x, y) * g) * z, 0)",
+        scale: Some("Sum_Reduction(Exp(-SqDist(x, y) * g) * Abs(z), 0)"),
+    },
+    Case {
+        text: "Sum_Reduction(x * Exp(-SqDist(x, y) * g), 1)",
+        scale: Some("Sum_Reduction(Abs(x) * Exp(-SqDist(x, y) * g), 1)"),
+    },
+    Case {
+        text: "Sum_Reduction(Sin(Sum(x) * v) * z, 0)",
+        scale: Some("Sum_Reduction(Abs(Sin(Sum(x) * v) * z), 0)"),
+    },
     // The gradient reads `x - y` besides the squared distance.
     Case {
         text: "Sum_Reduction(Grad(Exp(-SqDist(x, y) * g) * v, x, v), 0)",
@@ -147,6 +162,10 @@ fn large_dimensions_use_gram_products_and_small_ones_do_not() {
         let small = schedule_of(&source(&text, 3), dtype);
         assert!(!small.contains("looped over components"), "{small}");
     }
+    let wide = schedule_of(&source(&kernel(CASES[5].text), 16), DType::F32);
+    assert!(wide.contains("accumulated as a matrix product"), "{wide}");
+    let narrow = schedule_of(&source(&kernel(CASES[5].text), 15), DType::F32);
+    assert!(!narrow.contains("matrix product"), "{narrow}");
     let dot = schedule_of(&source(&kernel(CASES[3].text), 40), DType::F32);
     assert!(dot.contains("looped over components: Scalprod("), "{dot}");
 }
@@ -244,6 +263,94 @@ fn nan_propagates_and_infinities_are_exact() {
                 assert!(got[3].is_nan(), "{dtype}: {:?}", got[3]);
             } else {
                 assert_eq!(got[4], f64::INFINITY, "{dtype}");
+            }
+        }
+    }
+}
+
+/// A sum of 4001 components per row (more per-lane accumulators than a tile may hold: the wide
+/// product needs none), with NaN and infinity in some components of `b`.
+#[test]
+fn sums_of_thousands_of_components_run() {
+    let text = "kernel t {\n x = Vi(3)\n y = Vj(3)\n b = Vj(4001)\n g = Pm(1)\n Sum_Reduction(Exp(-SqDist(x, y) * g) * b, 0)\n}\n";
+    let scale_text = text.replace("* b, 0)", "* Abs(b), 0)");
+    for dtype in [DType::F32, DType::F64] {
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut points = |rows: usize, dim: usize| -> Vec<f64> {
+            (0..rows * dim)
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect()
+        };
+        let (n, m) = (23, 101);
+        let mut b = points(m, 4001);
+        b[7 * 4001 + 10] = f64::NAN;
+        b[9 * 4001 + 4000] = f64::INFINITY;
+        let array = |rows: usize, dim: usize, data: Vec<f64>| match dtype {
+            DType::F64 => HostArray::from_f64(vec![rows, dim], data),
+            DType::F32 => {
+                HostArray::from_f32(vec![rows, dim], data.iter().map(|&x| x as f32).collect())
+            }
+        };
+        let inputs = vec![
+            ("x".to_string(), array(n, 3, points(n, 3))),
+            ("y".to_string(), array(m, 3, points(m, 3))),
+            ("b".to_string(), array(m, 4001, b)),
+            ("g".to_string(), array(1, 1, vec![0.7])),
+        ];
+        let want = evaluate(text, &inputs, Backend::Interp);
+        let got = evaluate(text, &inputs, Backend::Cpu);
+        let scale = evaluate(&scale_text, &inputs, Backend::Interp);
+        assert!(got[10].is_nan() && got[4000] == f64::INFINITY, "{dtype}");
+        assert_close(
+            &got,
+            &want,
+            &scale,
+            tolerance(dtype),
+            &format!("4001 components ({dtype})"),
+        );
+    }
+}
+
+/// The pass over unordered pairs (a cross tile function, whose formula holds `F` and `F` with
+/// the variables swapped) with Gram products in it, against the interpreter.
+#[test]
+fn symmetric_passes_with_gram_products_match_the_interpreter() {
+    for formula in [
+        "Sum_Reduction(Exp(-SqDist(x, y) * s) * b, 0)",
+        "Sum_Reduction(Scalprod(x, y) * s * b + SqDist(x, y), 1)",
+    ] {
+        let text = format!("kernel t {{ x = Vi(24) y = Vj(24) b = Vj(1) s = Pm(1) {formula} }}\n");
+        let compiled = driver::compile(SourceFile::new("<gram test>", &text)).expect("compiles");
+        let k = &compiled.kernels[0];
+        let plan = keopsc::symmetric::plan(k, &[(1, 0)]).expect("a symmetric plan");
+        for n in [1, 13, 300] {
+            let mut rng = StdRng::seed_from_u64(n as u64);
+            let mut array = |rows: usize, dim: usize| -> Vec<f64> {
+                (0..rows * dim)
+                    .map(|_| rng.random_range(-1.0..1.0))
+                    .collect()
+            };
+            let (x, b) = (array(n, 24), array(n, 1));
+            for dtype in [DType::F64, DType::F32] {
+                let make = |shape: Vec<usize>, data: &[f64]| match dtype {
+                    DType::F64 => HostArray::from_f64(shape, data.to_vec()),
+                    DType::F32 => {
+                        HostArray::from_f32(shape, data.iter().map(|&v| v as f32).collect())
+                    }
+                };
+                let arrays = [
+                    make(vec![n, 24], &x),
+                    make(vec![n, 24], &x),
+                    make(vec![n, 1], &b),
+                    make(vec![1], &[0.05]),
+                ];
+                let refs: Vec<&HostArray> = arrays.iter().collect();
+                let (got, _) = driver::evaluate_symmetric(k, &refs, &plan).expect("runs");
+                let (want, _) = driver::evaluate_bound(k, &refs, Backend::Interp).expect("runs");
+                let want = want.to_f64();
+                let scale: Vec<f64> = want.iter().map(|_| 24.0 * n as f64).collect();
+                let what = format!("{formula} over unordered pairs ({dtype}, N {n})");
+                assert_close(&got.to_f64(), &want, &scale, tolerance(dtype), &what);
             }
         }
     }

@@ -1,0 +1,244 @@
+//! The wide product ([`crate::schedule::WideProduct`]): `Sum_Reduction(s * b)` with `b` an
+//! inner variable of many components. The pair code stores the scalar `s` for a block of rows
+//! against the inner tile (instead of folding `s * b` into per-lane accumulators, one per
+//! component); after the block's last row, a register-tiled product adds
+//! `sum_j s[r, j] b[j, c]` into the rows' f64 accumulators:
+//!
+//! ```text
+//! for each group of 4 rows of the block, each group of 4 components of b:
+//!   16 lane accumulators := 0
+//!   for each vector of inner indices: 4 loads of s, 4 of b, 16 FMAs
+//!   each accumulator's lanes summed (a pairwise tree), added in f64 to its row and component
+//! ```
+//! As elsewhere, lanes accumulate in the element type over one inner tile and are merged in
+//! f64. The loops over components keep the code's size independent of `b`'s dimension, and
+//! the accumulators' size too, so any dimension runs.
+
+use super::gram::GramSlots;
+use super::{built, Params, TileEmitter};
+use crate::codegen::formula::Value;
+use inkwell::values::{FunctionValue, IntValue, PointerValue};
+use inkwell::IntPredicate;
+
+/// Rows and components of the register tile.
+const TILE_ROWS: usize = 4;
+const TILE_COMPONENTS: usize = 4;
+
+/// Stack slots of a wide product.
+#[derive(Clone)]
+pub(super) struct WideSlots<'ctx> {
+    /// The scalar factor for a block of rows: `gram_rows x inner_tile`.
+    scalars: PointerValue<'ctx>,
+    /// Loop counters: groups of rows, groups of components, vectors of inner indices.
+    row_group: PointerValue<'ctx>,
+    component_group: PointerValue<'ctx>,
+    vector: PointerValue<'ctx>,
+    /// `TILE_ROWS x TILE_COMPONENTS` lane accumulators.
+    acc: Vec<PointerValue<'ctx>>,
+}
+
+impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
+    /// Allocates the wide product's buffers (in the entry block), if the schedule has one.
+    pub(super) fn allocate_wide(&self) -> Option<WideSlots<'ctx>> {
+        self.schedule.wide.as_ref()?;
+        let em = self.em;
+        let b = em.builder;
+        let i64t = em.context.i64_type();
+        let len = (self.schedule.gram_rows * self.schedule.inner_tile) as i64;
+        let vector = em.vector_type(self.schedule.lanes);
+        Some(WideSlots {
+            scalars: built(b.build_array_alloca(em.float_type(), self.i64(len), "wide_scalars")),
+            row_group: built(b.build_alloca(i64t, "wide_rows")),
+            component_group: built(b.build_alloca(i64t, "wide_components")),
+            vector: built(b.build_alloca(i64t, "wide_vector")),
+            acc: (0..TILE_ROWS * TILE_COMPONENTS)
+                .map(|_| built(b.build_alloca(vector, "wide_acc")))
+                .collect(),
+        })
+    }
+
+    /// Pair code's end with a wide product: the scalar factor of row `r` and the vector at
+    /// `jv` (masked-off lanes 0) into the block's buffer.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn store_wide_scalar(
+        &self,
+        slots: &GramSlots<'ctx>,
+        wide: &WideSlots<'ctx>,
+        scalar: Value<'ctx>,
+        mask: Option<Value<'ctx>>,
+        r: IntValue<'ctx>,
+        jv: IntValue<'ctx>,
+        jt: IntValue<'ctx>,
+    ) {
+        let em = self.em;
+        let lanes = self.schedule.lanes;
+        let scalar = match mask {
+            Some(m) => em.select(m, scalar, em.constant(0.0, lanes)),
+            None => scalar,
+        };
+        let at = self.block_offset(slots, r, jv, jt);
+        self.store(wide.scalars, at, scalar);
+    }
+
+    /// After row `r`, when it ends its block: the block's products with the tile's `b`, added
+    /// into the rows' accumulators.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn wide_block_if_last_row(
+        &self,
+        function: FunctionValue<'ctx>,
+        slots: &GramSlots<'ctx>,
+        wide: &WideSlots<'ctx>,
+        arg_ptrs: &[PointerValue<'ctx>],
+        params: &Params<'ctx>,
+        r: IntValue<'ctx>,
+        (jt, jt_end): (IntValue<'ctx>, IntValue<'ctx>),
+    ) {
+        let product = self.schedule.wide.as_ref().expect("a wide product");
+        let em = self.em;
+        let b = em.builder;
+        let ctx = em.context;
+        let lanes = self.schedule.lanes;
+        let tile = self.i64(self.schedule.inner_tile as i64);
+        let dim = self.i64(product.dim as i64);
+        let rb = self.block_first_row(slots);
+        let next = self.add(rb, self.i64(self.schedule.gram_rows as i64));
+        let block_end = built(b.build_select(
+            self.less(next, params.row_end),
+            next,
+            params.row_end,
+            "block_end",
+        ))
+        .into_int_value();
+        let last = built(b.build_int_compare(
+            IntPredicate::EQ,
+            self.add(r, self.i64(1)),
+            block_end,
+            "last_row",
+        ));
+        let product_block = ctx.append_basic_block(function, "wide_block");
+        let done = ctx.append_basic_block(function, "wide_block_done");
+        built(b.build_conditional_branch(last, product_block, done));
+        b.position_at_end(product_block);
+
+        let y = arg_ptrs[product.inner_var];
+        let end = self.vectors_end(jt, jt_end);
+        let rows_in_block = self.sub(block_end, rb);
+        let zero = em.constant(0.0, lanes);
+        self.emit_loop(
+            function,
+            wide.row_group,
+            self.i64(0),
+            TILE_ROWS as i64,
+            |g| self.less(g, rows_in_block),
+            |g| {
+                self.emit_loop(
+                    function,
+                    wide.component_group,
+                    self.i64(0),
+                    TILE_COMPONENTS as i64,
+                    |c| self.less(c, dim),
+                    |c| {
+                        for &acc in &wide.acc {
+                            built(b.build_store(acc, zero));
+                        }
+                        // Components past the last read the last one (their sums are dropped).
+                        let last_component = self.i64(product.dim as i64 - 1);
+                        let components: Vec<IntValue<'ctx>> = (0..TILE_COMPONENTS as i64)
+                            .map(|k| {
+                                let comp = self.add(c, self.i64(k));
+                                built(b.build_select(
+                                    self.less(comp, dim),
+                                    comp,
+                                    last_component,
+                                    "component",
+                                ))
+                                .into_int_value()
+                            })
+                            .collect();
+                        self.emit_loop(
+                            function,
+                            wide.vector,
+                            jt,
+                            lanes as i64,
+                            |v| self.less(v, end),
+                            |v| {
+                                let at = self.sub(v, jt);
+                                let scalars: Vec<Value<'ctx>> = (0..TILE_ROWS as i64)
+                                    .map(|k| {
+                                        let row = self.mul(self.add(g, self.i64(k)), tile);
+                                        self.load(wide.scalars, self.add(row, at), lanes)
+                                    })
+                                    .collect();
+                                let columns: Vec<Value<'ctx>> = components
+                                    .iter()
+                                    .map(|&comp| {
+                                        let first = self.mul(comp, params.inner_stride);
+                                        self.load(y, self.add(first, v), lanes)
+                                    })
+                                    .collect();
+                                for (k, &s) in scalars.iter().enumerate() {
+                                    for (l, &x) in columns.iter().enumerate() {
+                                        let acc = wide.acc[k * TILE_COMPONENTS + l];
+                                        let sum = em.fma(s, x, self.load_vector_slot(acc));
+                                        built(b.build_store(acc, sum));
+                                    }
+                                }
+                            },
+                        );
+                        for k in 0..TILE_ROWS {
+                            for l in 0..TILE_COMPONENTS {
+                                let row = self.add(self.add(rb, g), self.i64(k as i64));
+                                let comp = self.add(c, self.i64(l as i64));
+                                let acc = wide.acc[k * TILE_COMPONENTS + l];
+                                self.add_to_accumulator_if(
+                                    function,
+                                    params,
+                                    (row, block_end),
+                                    (comp, dim),
+                                    self.load_vector_slot(acc),
+                                );
+                            }
+                        }
+                    },
+                );
+            },
+        );
+        built(b.build_unconditional_branch(done));
+        b.position_at_end(done);
+    }
+
+    /// `acc[row, comp] += sum of the lanes of v` (in f64) when `row < row_end` and
+    /// `comp < dim` (a `Sum`'s accumulator row is its formula's `dim` components).
+    fn add_to_accumulator_if(
+        &self,
+        function: FunctionValue<'ctx>,
+        params: &Params<'ctx>,
+        (row, row_end): (IntValue<'ctx>, IntValue<'ctx>),
+        (comp, dim): (IntValue<'ctx>, IntValue<'ctx>),
+        v: Value<'ctx>,
+    ) {
+        let em = self.em;
+        let b = em.builder;
+        let ctx = em.context;
+        let f64t = ctx.f64_type();
+        let inside = built(b.build_and(self.less(row, row_end), self.less(comp, dim), "inside"));
+        let add = ctx.append_basic_block(function, "wide_add");
+        let done = ctx.append_basic_block(function, "wide_add_done");
+        built(b.build_conditional_branch(inside, add, done));
+        b.position_at_end(add);
+        let sum = em.horizontal_sum(v);
+        let sum = if em.float_type() == f64t {
+            sum
+        } else {
+            built(b.build_float_ext(sum, f64t, "wide"))
+        };
+        let at = self.add(self.mul(self.sub(row, params.row_start), dim), comp);
+        // SAFETY (of the generated code): `row` is in `[row_start, row_end)` and `comp` below
+        // the accumulator's dimension.
+        let slot = unsafe { built(b.build_in_bounds_gep(f64t, params.acc, &[at], "acc")) };
+        let old = built(b.build_load(f64t, slot, "acc")).into_float_value();
+        built(b.build_store(slot, built(b.build_float_add(old, sum, "acc"))));
+        built(b.build_unconditional_branch(done));
+        b.position_at_end(done);
+    }
+}
