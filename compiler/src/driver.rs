@@ -133,6 +133,9 @@ pub enum EvalError {
     Codegen(#[from] CodegenError),
     #[error(transparent)]
     NotSymmetric(#[from] crate::symmetric::NotSymmetric),
+    /// A block-sparse evaluation failed (its ranges, or its arrays): the message says how.
+    #[error("{0}")]
+    Ranges(String),
     #[cfg(feature = "cuda")]
     #[error(transparent)]
     Cuda(#[from] keops_runtime::cuda::CudaError),

@@ -34,8 +34,12 @@ def grid_cluster(x, size):
 
 
 def sort_clusters(x, labels):
-    """``x`` and ``labels`` sorted by label (stable), so that each cluster is contiguous."""
+    """``x`` and ``labels`` sorted by label (stable), so that each cluster is contiguous. As
+    in KeOps, ``x`` may be a tuple (or list) of arrays with as many rows: each is sorted the
+    same way, and a tuple comes back."""
     order = np.argsort(labels, kind="stable")
+    if isinstance(x, (tuple, list)):
+        return tuple(np.asarray(a)[order] for a in x), np.asarray(labels)[order]
     return np.asarray(x)[order], np.asarray(labels)[order]
 
 

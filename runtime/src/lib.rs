@@ -29,7 +29,7 @@ pub use cross::{
 pub use gradient::GradientError;
 pub use module::{Kernel, LoadError, Manifest, Module};
 pub use ndarray;
-pub use ranges::{run_tiles_ranges, Ranges, RangesError, RangesRunError};
+pub use ranges::{run_tiles_ranges, Ranges, RangesError, RangesPair, RangesRunError};
 pub use reduction::{Family, Order, Reduction, ReductionArgs, ReductionKind};
 pub use symmetric::SymmetricPass;
 pub use tiles::{run_tiles, run_tiles_batched, run_tiles_into, TileFn, TileKernel, TileSchedule};

@@ -221,6 +221,65 @@ impl Ranges {
     }
 }
 
+/// KeOps's 6-tuple `(ranges_i, slices_i, redranges_j, ranges_j, slices_j, redranges_i)`: one
+/// block-sparsity pattern written for both reductions, over j and over i. A gradient needs
+/// both: the backward pass of an input indexed like the output reduces over the forward's
+/// axis, that of an input indexed like the reduced index over the other.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangesPair {
+    /// For a reduction over j (axis 0): `(ranges_i, slices_i, redranges_j)`.
+    pub over_j: Ranges,
+    /// For a reduction over i (axis 1): `(ranges_j, slices_j, redranges_i)`.
+    pub over_i: Ranges,
+}
+
+impl RangesPair {
+    /// KeOps's names of the six arrays, in order.
+    pub const NAMES: [&'static str; 6] = [
+        "ranges_i",
+        "slices_i",
+        "redranges_j",
+        "ranges_j",
+        "slices_j",
+        "redranges_i",
+    ];
+
+    /// The six arrays in KeOps's order; the error names the array.
+    pub fn from_arrays(arrays: [&crate::arrays::IndexArray; 6]) -> Result<RangesPair, RangesError> {
+        Ok(RangesPair {
+            over_j: Ranges::from_arrays(Axis::I, arrays[0], arrays[1], arrays[2])?,
+            over_i: Ranges::from_arrays(Axis::J, arrays[3], arrays[4], arrays[5])?,
+        })
+    }
+
+    /// The ranges of a reduction over `axis`.
+    pub fn for_axis(&self, axis: Axis) -> &Ranges {
+        match axis {
+            Axis::I => &self.over_j,
+            Axis::J => &self.over_i,
+        }
+    }
+
+    /// Checks both halves against `n` i-indices and `m` j-indices, and that they keep as many
+    /// pairs (two halves of one pattern keep the same pairs; a count that differs shows they
+    /// do not).
+    pub fn check(&self, n: usize, m: usize) -> Result<(), RangesError> {
+        self.over_j.check(Axis::I, n, m)?;
+        self.over_i.check(Axis::J, m, n)?;
+        let (a, b) = (self.over_j.kept_pairs(), self.over_i.kept_pairs());
+        if a != b {
+            return Err(RangesError {
+                array: "ranges_j".to_string(),
+                index: 0,
+                problem: format!(
+                    "(ranges_j, slices_j, redranges_i) keep {b} pairs and (ranges_i, slices_i, redranges_j) {a}: the two halves must describe the same pairs"
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Where each distinct inner range sits in the gathered layout: `(original start, length,
 /// gathered start)`, sorted by original start.
 struct Gathered {

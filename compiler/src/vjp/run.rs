@@ -152,6 +152,35 @@ pub fn run_many(
     }
 }
 
+/// [`run_many`] over the pairs `ranges` keeps (block-sparse, KeOps's 6-tuple; CPU): each pass
+/// reads the half of `ranges` for its axis (the forward's for inputs indexed like the output,
+/// the other for those indexed like the reduced index), the saved forward and the search of
+/// selected entries the forward's half; the selected entries' own kernel runs on them alone.
+/// The gradients are those of the block-sparse forward.
+pub fn run_many_ranges(
+    plan: &VjpManyPlan,
+    arrays: &[&HostArray],
+    cotangent: &HostArray,
+    saved: Option<&HostArray>,
+    ranges: &keops_runtime::RangesPair,
+) -> Result<Vec<HostArray>, VjpRunError> {
+    let views: Vec<_> = arrays.iter().map(|a| a.view()).collect();
+    let size = keops_runtime::check_arguments(&plan.forward, &views)?;
+    ranges
+        .check(size.n, size.m)
+        .map_err(|e| EvalError::Ranges(format!("ranges: {e}")))?;
+    let entries = plan.selected.as_ref().map(|s| &s.kernel);
+    run_many_with(plan, arrays, cotangent, saved, &mut |kernel, args| {
+        if entries.is_some_and(|k| std::ptr::eq(k, kernel)) {
+            return evaluate_cached(kernel, args, Backend::Cpu);
+        }
+        let half = ranges.for_axis(kernel.signature.axis);
+        crate::driver::evaluate_ranges(kernel, args, half)
+            .map(|(out, _)| out)
+            .map_err(EvalError::Ranges)
+    })
+}
+
 /// Runs a plan's two dense passes as its cross pass: asked for either dense kernel (both take
 /// the same arguments), it runs the cross pass once and gives each its part; other kernels go
 /// to `other`.

@@ -1977,3 +1977,81 @@ fn eval_with_ranges_keeps_only_the_kept_blocks() {
         run.stderr
     );
 }
+
+/// `keopsc vjp --ranges` (KeOps's 6-tuple): the gradients of the block-sparse reduction, that
+/// is those of `vjp::run_many_ranges`; with a pattern keeping every pair, the dense ones;
+/// halves that disagree and unreadable arrays are errors naming the array.
+#[test]
+fn vjp_with_ranges_differentiates_the_block_sparse_reduction() {
+    let f = Fixture::new();
+    let ints = |name: &str, shape: Vec<usize>, data: Vec<i64>| {
+        IndexArray { shape, data }
+            .write_npy(&f.path(name))
+            .expect("write npy");
+    };
+    f.npy(
+        "g.npy",
+        HostArray::from_f64(vec![4, 1], vec![1.0, -2.0, 0.5, 3.0]),
+    );
+    // Rows 0..2 see y 1..3; rows 2..4 see y 0..1 and 4..5; and the same pattern over i.
+    ints("ri.npy", vec![2, 2], vec![0, 2, 2, 4]);
+    ints("si.npy", vec![2], vec![1, 3]);
+    ints("rj_.npy", vec![3, 2], vec![1, 3, 0, 1, 4, 5]);
+    ints("rj.npy", vec![3, 2], vec![0, 1, 1, 3, 4, 5]);
+    ints("sj.npy", vec![3], vec![1, 2, 3]);
+    ints("ri_.npy", vec![3, 2], vec![2, 4, 0, 2, 2, 4]);
+    let six = ["ri.npy", "si.npy", "rj_.npy", "rj.npy", "sj.npy", "ri_.npy"].map(|n| f.p(n));
+    let compiled = keopsc::driver::compile(keopsc::source::SourceFile::new("g", GAUSS)).unwrap();
+    let kernel = &compiled.kernels[0];
+    let inputs: Vec<HostArray> = ALL_ARGS
+        .iter()
+        .map(|(_, file)| HostArray::read_npy(&f.path(file)).unwrap())
+        .collect();
+    let refs: Vec<&HostArray> = inputs.iter().collect();
+    let g = HostArray::read_npy(&f.path("g.npy")).unwrap();
+    let ranges = keops_runtime::RangesPair::from_arrays(
+        six.clone()
+            .map(|p| IndexArray::read_npy(std::path::Path::new(&p)).unwrap())
+            .each_ref(),
+    )
+    .unwrap();
+    for wrt in ["x", "y", "s"] {
+        let mut extra = vec!["--ranges"];
+        extra.extend(six.iter().map(String::as_str));
+        let run = run_vjp(&f, "gauss.kf", wrt, "g.npy", &extra);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let out = HostArray::read_npy(&f.path("out.npy")).unwrap();
+        let plan = keopsc::vjp::plan_many(kernel, &[wrt]).unwrap();
+        let want = keopsc::vjp::run_many_ranges(&plan, &refs, &g, None, &ranges).unwrap();
+        assert_eq!(out.to_f64(), want[0].to_f64(), "d{wrt}");
+        let dense = keopsc::vjp::vjp(
+            kernel,
+            wrt,
+            &ALL_ARGS
+                .iter()
+                .map(|(n, file)| (n.to_string(), HostArray::read_npy(&f.path(file)).unwrap()))
+                .collect::<Vec<_>>(),
+            &g,
+            keopsc::driver::Backend::Cpu,
+        )
+        .unwrap();
+        assert_ne!(
+            out.to_f64(),
+            dense.to_f64(),
+            "d{wrt}: the ranges leave pairs out"
+        );
+    }
+    // Halves that describe other pairs.
+    ints("bad.npy", vec![3], vec![1, 2, 2]);
+    let mut extra = vec!["--ranges"];
+    let bad = [&six[0], &six[1], &six[2], &six[3], &f.p("bad.npy"), &six[5]];
+    extra.extend(bad.iter().map(|s| s.as_str()));
+    let run = run_vjp(&f, "gauss.kf", "x", "g.npy", &extra);
+    assert_fails_with(&run, &["the two halves must describe the same pairs"]);
+    let mut extra = vec!["--ranges"];
+    let missing = f.p("missing.npy");
+    let bad = [&six[0], &six[1], &six[2], &missing, &six[4], &six[5]];
+    extra.extend(bad.iter().map(|s| s.as_str()));
+    let run = run_vjp(&f, "gauss.kf", "x", "g.npy", &extra);
+    assert_fails_with(&run, &["ranges_j", "missing.npy"]);
+}

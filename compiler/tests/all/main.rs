@@ -10,6 +10,7 @@ mod large_dims;
 mod linalg;
 mod math;
 mod nvptx;
+mod ranges_vjp;
 mod recipes;
 mod repl;
 mod simplify;

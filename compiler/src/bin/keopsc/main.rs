@@ -144,6 +144,11 @@ enum Command {
         /// interp, cpu or cuda; the fastest available when left out.
         #[arg(long)]
         backend: Option<String>,
+        /// The gradient of a block-sparse reduction (KeOps's ranges): the six int64 .npy
+        /// arrays of KeOps's 6-tuple, `ranges_i` `slices_i` `redranges_j` `ranges_j` `slices_j`
+        /// `redranges_i` (both halves: the backward passes reduce over both axes; cpu backend).
+        #[arg(long, num_args = 6, value_names = ["RANGES_I.npy", "SLICES_I.npy", "REDRANGES_J.npy", "RANGES_J.npy", "SLICES_J.npy", "REDRANGES_I.npy"])]
+        ranges: Option<Vec<PathBuf>>,
         /// Print to stderr the time of the whole computation.
         #[arg(long, short = 'v', visible_alias = "verbose")]
         timings: bool,
@@ -309,6 +314,7 @@ fn run(cli: Cli) -> ExitCode {
             saved,
             output,
             backend,
+            ranges,
             timings,
         } => vjp::vjp(&vjp::VjpRequest {
             file: &file,
@@ -320,6 +326,7 @@ fn run(cli: Cli) -> ExitCode {
             saved: saved.as_deref(),
             outputs: &output,
             backend: backend.as_deref(),
+            ranges: ranges.as_deref(),
             timings,
         }),
         Command::Linalg { command } => linalg::run(command),

@@ -28,6 +28,8 @@ pub struct VjpRequest<'a> {
     pub saved: Option<&'a Path>,
     pub outputs: &'a [PathBuf],
     pub backend: Option<&'a str>,
+    /// `--ranges`: KeOps's 6-tuple, six int64 `.npy` files.
+    pub ranges: Option<&'a [PathBuf]>,
     pub timings: bool,
 }
 
@@ -124,9 +126,59 @@ pub fn vjp(request: &VjpRequest) -> Result<(), Reported> {
             }
         }
     });
+    let ranges = request.ranges.and_then(|paths| {
+        let mut read = Vec::new();
+        for (path, name) in paths.iter().zip(keops_runtime::RangesPair::NAMES) {
+            match keops_runtime::IndexArray::read_npy(path) {
+                Ok(a) => read.push(a),
+                Err(e) => problems.push(format!(
+                    "`--ranges` {name} `{}`: {e} (an int64 array)",
+                    path.display()
+                )),
+            }
+        }
+        let read: [&keops_runtime::IndexArray; 6] =
+            read.iter().collect::<Vec<_>>().try_into().ok()?;
+        keops_runtime::RangesPair::from_arrays(read)
+            .map_err(|e| problems.push(format!("`--ranges`: {e}")))
+            .ok()
+    });
     let (Some(inputs), Some(cotangent), true) = (inputs, cotangent, problems.is_empty()) else {
         return Err(argument_problems(&problems, &kernel.name));
     };
+    if let Some(ranges) = &ranges {
+        if !inputs.layout.batch.is_empty() || !same.is_empty() {
+            return Err(fail(
+                "`--ranges`: not with batch axes or `--same` (one block-sparsity pattern per call)",
+            ));
+        }
+        if backend != keopsc::driver::Backend::Cpu {
+            return Err(fail(format!(
+                "`--ranges` runs on the cpu backend, not {backend}"
+            )));
+        }
+        let start = Instant::now();
+        let bound = inputs.bound();
+        let grads = backward::run_many_ranges(&plan, &bound, &cotangent, saved.as_ref(), ranges)
+            .map_err(|e| match e {
+                VjpRunError::Cotangent(_) => fail(format!("{cotangent_flag}: {e}")),
+                VjpRunError::Saved(_) => fail(format!("`--saved`: {e}")),
+                e => fail(e),
+            })?;
+        for (output, grad) in outputs.into_iter().zip(&grads) {
+            output.commit(|f| grad.write_npy_to(f))?;
+        }
+        if request.timings {
+            eprintln!(
+                "vjp of `{}` with respect to `{}` on the pairs the ranges keep: {:.1} ms computing, {:.1} ms in all",
+                kernel.name,
+                request.wrt.join("`, `"),
+                start.elapsed().as_secs_f64() * 1e3,
+                started.elapsed().as_secs_f64() * 1e3
+            );
+        }
+        return Ok(());
+    }
 
     let start = Instant::now();
     let grads = run_batches(&plan, &inputs, &cotangent, saved.as_ref(), backend, asked).map_err(
