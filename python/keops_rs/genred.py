@@ -117,11 +117,9 @@ def postprocess(reduction_op, out):
     return out
 
 
-def check_backend(backend, device_id=-1, ranges=None):
+def check_backend(backend, device_id=-1):
     if backend not in ("auto", "CPU", "cpu"):
         raise ValueError(f"backend: {backend!r} is not available; keops_rs runs on the CPU (backend=\"auto\" or \"CPU\")")
-    if ranges is not None:
-        raise NotImplementedError("ranges: block-sparse reductions run through the numpy Genred, not here yet")
 
 
 def ranges_for(ranges, reduces_over_j):

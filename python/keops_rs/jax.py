@@ -30,7 +30,7 @@ from . import _keops_rs
 from ._keops_rs import Kernel as _NumpyKernel
 from ._keops_rs import KfError
 from .genred import Genred as _NumpyGenred
-from .genred import _INDICES, _REDUCTIONS, _VALUES_AND_INDICES, check_backend
+from .genred import _INDICES, _REDUCTIONS, _VALUES_AND_INDICES, check_backend, ranges_for
 
 __all__ = ["Kernel", "Genred", "KernelOperator", "KfError"]
 
@@ -75,6 +75,10 @@ class Kernel:
         )
         self._call = jax.custom_vjp(self._forward)
         self._call.defvjp(self._forward_saving, self._backward, symbolic_zeros=True)
+        # Block-sparse calls: the pattern's id is static (not differentiated).
+        self._call_ranged = jax.custom_vjp(self._forward_ranged, nondiff_argnums=(0,))
+        self._call_ranged.defvjp(self._forward_ranged_saving, self._backward_ranged,
+                                 symbolic_zeros=True)
 
     name = property(lambda self: self._kernel.name, doc="The kernel's name.")
     signature = property(lambda self: self._kernel.signature, doc="The signature, printable.")
@@ -86,6 +90,22 @@ class Kernel:
     reduction = property(lambda self: self._kernel.reduction, doc="The reduction, as .kf writes it.")
 
     def __call__(self, *args, **kwargs):
+        return self._call(*self._bind(args, kwargs))
+
+    def call_ranges(self, ranges, *args, **kwargs):
+        """The kernel over the pairs ``ranges`` keeps (block-sparse): KeOps's 6-tuple
+        ``(ranges_i, slices_i, redranges_j, ranges_j, slices_j, redranges_i)`` of numpy
+        integer arrays (``keops_rs.cluster.from_matrix``), both halves, since gradients reduce
+        over both axes. Differentiable as a plain call; under ``jax.vmap`` the batches run one
+        after the other. The ranges must be concrete (not traced) arrays."""
+        for a in ranges if isinstance(ranges, (tuple, list)) else ():
+            if isinstance(a, jax.core.Tracer):
+                raise TypeError("ranges: expected concrete (numpy) integer arrays, not traced values")
+        over_j, over_i = ranges_for(ranges, True), ranges_for(ranges, False)
+        pattern = _keops_rs._jax_ranges(over_j, over_i)
+        return self._call_ranged(pattern, *self._bind(args, kwargs))
+
+    def _bind(self, args, kwargs):
         try:
             bound = self._python_signature.bind(*args, **kwargs)
         except TypeError as e:
@@ -101,28 +121,39 @@ class Kernel:
         ]
         # Checked here, at trace time, with the messages of the numpy API.
         self._output_shape(arrays)
-        return self._call(*arrays)
+        return arrays
 
     def _output_shape(self, arrays):
         return _keops_rs._jax_output_shape(
             self._id, [tuple(a.shape) for a in arrays], [str(a.dtype) for a in arrays]
         )
 
-    def _forward(self, *arrays):
+    def _forward(self, *arrays, ranges=-1):
         dtype = arrays[0].dtype if arrays else jnp.result_type(float)
         out = jax.ShapeDtypeStruct(self._output_shape(arrays), dtype)
         # Under vmap the arrays get the batch axes (1 for an input not mapped over), which
-        # the handler broadcasts: one call for the whole batch.
-        call = jax.ffi.ffi_call("keops_rs_call", out, vmap_method="expand_dims")
-        return call(*arrays, kernel=np.int64(self._id))
+        # the handler broadcasts: one call for the whole batch. Block-sparse calls take one
+        # batch at a time.
+        vmap_method = "expand_dims" if ranges < 0 else "sequential"
+        call = jax.ffi.ffi_call("keops_rs_call", out, vmap_method=vmap_method)
+        return call(*arrays, kernel=np.int64(self._id), ranges=np.int64(ranges))
 
-    def _forward_saving(self, *primals):
+    def _forward_saving(self, *primals, ranges=-1):
         inputs = tuple(p.value for p in primals)
         wrt = tuple(k for k, p in enumerate(primals) if p.perturbed)
-        out = self._forward(*inputs)
+        out = self._forward(*inputs, ranges=ranges)
         return out, _Residuals(inputs, out, wrt)
 
-    def _backward(self, residuals, g):
+    def _forward_ranged(self, pattern, *arrays):
+        return self._forward(*arrays, ranges=pattern)
+
+    def _forward_ranged_saving(self, pattern, *primals):
+        return self._forward_saving(*primals, ranges=pattern)
+
+    def _backward_ranged(self, pattern, residuals, g):
+        return self._backward(residuals, g, ranges=pattern)
+
+    def _backward(self, residuals, g, ranges=-1):
         inputs, wrt = residuals.inputs, residuals.wrt
         grads = [None] * len(inputs)
         if not wrt or isinstance(g, SymbolicZero):
@@ -137,9 +168,11 @@ class Kernel:
         if reads_output:
             args.append(residuals.output)
         shapes = [jax.ShapeDtypeStruct(inputs[k].shape, dtype) for k in wrt]
-        # Under vmap, one call for the whole batch too (the handler reads the batch axes).
-        call = jax.ffi.ffi_call("keops_rs_vjp", shapes, vmap_method="expand_dims")
-        for k, grad in zip(wrt, call(*args, plan=np.int64(plan))):
+        # Under vmap, one call for the whole batch too (the handler reads the batch axes);
+        # block-sparse ones one batch at a time.
+        vmap_method = "expand_dims" if ranges < 0 else "sequential"
+        call = jax.ffi.ffi_call("keops_rs_vjp", shapes, vmap_method=vmap_method)
+        for k, grad in zip(wrt, call(*args, plan=np.int64(plan), ranges=np.int64(ranges))):
             grads[k] = grad
         return tuple(grads)
 
@@ -191,8 +224,10 @@ class Genred:
         self.kernel = Kernel(numpy_genred.kernel)
 
     def __call__(self, *args, backend="auto", device_id=-1, ranges=None):
-        check_backend(backend, device_id, ranges)
-        out = self.kernel(*args)
+        """``ranges``: KeOps's 6-tuple of numpy integer arrays (block-sparse, differentiable;
+        see ``Kernel.call_ranges``)."""
+        check_backend(backend, device_id)
+        out = self.kernel(*args) if ranges is None else self.kernel.call_ranges(ranges, *args)
         kf_name = _REDUCTIONS[self.reduction_op][0]
         index_dtype = jax.dtypes.canonicalize_dtype(np.int64)
         if kf_name in _INDICES:

@@ -15,7 +15,7 @@ import numbers
 import numpy as np
 
 from ._keops_rs import build_kernel
-from .genred import axis_tag, postprocess, reduction_spec, check_backend
+from .genred import axis_tag, check_backend, postprocess, ranges_for, reduction_spec
 
 _I, _J, _P = "Vi", "Vj", "Pm"
 
@@ -228,7 +228,11 @@ class LazyTensor:
         return out.reshape(-1) if v.ndim == 1 else out
 
     def _reduce(self, op, dim, kw, opt_arg=None, weight=None):
-        check_backend(kw.pop("backend", "auto"), kw.pop("device_id", -1), kw.pop("ranges", None))
+        check_backend(kw.pop("backend", "auto"), kw.pop("device_id", -1))
+        # KeOps's block-sparse 6-tuple, given to the reduction or set as `K.ranges = ...`.
+        ranges = kw.pop("ranges", None)
+        if ranges is None:
+            ranges = getattr(self, "ranges", None)
         if kw:
             raise TypeError(f"unsupported options: {', '.join(sorted(kw))}")
         if dim not in (0, 1, -2, -3):
@@ -250,7 +254,10 @@ class LazyTensor:
             raise TypeError("LazyTensor: all arrays must share one dtype (float32 or float64)")
         dtype = dtypes.pop() if dtypes else np.float64
         args = [np.array([l.data], dtype=dtype) if isinstance(l.data, float) else l.data for l in leaves]
-        return postprocess(op, kernel(*args))
+        if ranges is None:
+            return postprocess(op, kernel(*args))
+        # dim=1 reduces over j.
+        return postprocess(op, kernel.call_ranges(ranges_for(ranges, axis == 1), *args))
 
     def __repr__(self):
         return f"LazyTensor({_tree(self._node, {id(l): n for n, l in enumerate(self._leaves)})!r}, dim={self.ndim})"

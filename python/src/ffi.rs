@@ -295,6 +295,8 @@ impl Backward {
 #[derive(Default)]
 struct Registry {
     kernels: Vec<Arc<Compiled>>,
+    /// Block-sparsity patterns (KeOps's 6-tuples), the `ranges` attribute of both calls.
+    ranges: Vec<Arc<keops_runtime::RangesPair>>,
     backward: Vec<Arc<Backward>>,
     /// (kernel id, inputs differentiated by position, dtype is f64) -> backward id.
     backward_ids: HashMap<(usize, Vec<usize>, bool), usize>,
@@ -318,6 +320,40 @@ fn registered_kernel(id: i64) -> Result<Arc<Compiled>, String> {
         .ok()
         .and_then(|i| read_registry().kernels.get(i).cloned())
         .ok_or_else(|| format!("keops_rs: no compiled kernel with id {id} in this process"))
+}
+
+/// The pattern of a call's `ranges` attribute: none for a missing or negative one.
+fn registered_ranges(
+    attrs: &XLA_FFI_Attrs,
+) -> Result<Option<Arc<keops_runtime::RangesPair>>, String> {
+    // SAFETY: `attrs` are a call frame's attributes.
+    let id = match unsafe { attr_i64(attrs, "ranges") } {
+        Ok(id) => id,
+        Err(e) if e.starts_with("missing") => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if id < 0 {
+        return Ok(None);
+    }
+    usize::try_from(id)
+        .ok()
+        .and_then(|i| read_registry().ranges.get(i).cloned())
+        .map(Some)
+        .ok_or_else(|| format!("no block-sparsity pattern has id {id}"))
+}
+
+/// Copies `array` into a result buffer of its size and dtype.
+fn copy_into(array: &HostArray, out: OutputRef, what: &str) -> Result<(), HandlerError> {
+    match (&array.data, out) {
+        (ArrayData::F32(v), OutputRef::F32(o)) if v.len() == o.len() => o.copy_from_slice(v),
+        (ArrayData::F64(v), OutputRef::F64(o)) if v.len() == o.len() => o.copy_from_slice(v),
+        _ => {
+            return Err(
+                format!("{what}: the buffer does not match the computed shape and dtype").into(),
+            )
+        }
+    }
+    Ok(())
 }
 
 fn registered_backward(id: i64) -> Result<Arc<Backward>, String> {
@@ -602,6 +638,14 @@ unsafe fn run_forward(frame: &XLA_FFI_CallFrame) -> Result<(), HandlerError> {
         .map(|(b, spec)| unsafe { b.view(&spec.name) })
         .collect::<Result<Vec<_>, _>>()?;
     let mut out = unsafe { rets[0].output("the result")? };
+    if let Some(ranges) = registered_ranges(&frame.attrs)? {
+        // Ranged calls are mapped by jax.vmap one batch at a time ("sequential").
+        let result = kernel
+            .code
+            .call_ranges(&views, ranges.for_axis(sig.axis))
+            .map_err(|e| HandlerError::from(format!("ranges: {e}")))?;
+        return copy_into(&result, out, "the result");
+    }
     // Under `jax.vmap` (vmap_method="expand_dims") the arrays carry batch axes, 1 for an
     // input not mapped over: every batch in one parallel region.
     let batched = batch::has_batch_axes(sig, &views);
@@ -682,8 +726,9 @@ unsafe fn run_backward(frame: &XLA_FFI_CallFrame) -> Result<(), HandlerError> {
         .zip(&forward.args)
         .map(|(b, spec)| unsafe { b.view(&spec.name) })
         .collect::<Result<Vec<_>, _>>()?;
+    let ranges = registered_ranges(&frame.attrs)?;
     let batched = batch::has_batch_axes(forward, &views);
-    if batched {
+    if batched && ranges.is_none() {
         return unsafe { run_backward_batched(&backward, &args, &rets, &views) };
     }
     // The backward passes read host arrays: the inputs are copied once (O(N + M)), the
@@ -698,9 +743,16 @@ unsafe fn run_backward(frame: &XLA_FFI_CallFrame) -> Result<(), HandlerError> {
         true => Some(unsafe { args[n + 1].to_host("the saved forward output")? }),
         false => None,
     };
-    let grads = backward
-        .gradients(&inputs, &cotangent, saved.as_ref())
-        .map_err(HandlerError::from)?;
+    let grads = match &ranges {
+        Some(ranges) => {
+            let refs: Vec<&HostArray> = inputs.iter().collect();
+            kvjp::run_many_ranges(plan, &refs, &cotangent, saved.as_ref(), ranges)
+                .map_err(|e| HandlerError::from(e.to_string()))?
+        }
+        None => backward
+            .gradients(&inputs, &cotangent, saved.as_ref())
+            .map_err(HandlerError::from)?,
+    };
     for ((grad, ret), &w) in grads.iter().zip(&rets).zip(&plan.wrt) {
         let what = format!("the gradient of `{}`", forward.args[w].name);
         let out = unsafe { ret.output(&what)? };
@@ -842,6 +894,28 @@ fn _jax_targets(py: Python<'_>) -> PyResult<Vec<(&'static str, Bound<'_, PyCapsu
         ("keops_rs_call", capsule(keops_rs_call)?),
         ("keops_rs_vjp", capsule(keops_rs_vjp)?),
     ])
+}
+
+/// The id both custom calls take as their `ranges` attribute for this block-sparsity
+/// pattern (KeOps's 6-tuple, as its halves over j and over i), checked against nothing yet:
+/// each call checks it against its arrays. The same pattern gets the same id.
+#[pyfunction]
+fn _jax_ranges(over_j: crate::RangesArg, over_i: crate::RangesArg) -> usize {
+    let half = |(rows, slices, inner): crate::RangesArg| keops_runtime::Ranges {
+        rows,
+        slices,
+        inner,
+    };
+    let pattern = keops_runtime::RangesPair {
+        over_j: half(over_j),
+        over_i: half(over_i),
+    };
+    let mut registry = write_registry();
+    if let Some(id) = registry.ranges.iter().position(|r| **r == pattern) {
+        return id;
+    }
+    registry.ranges.push(Arc::new(pattern));
+    registry.ranges.len() - 1
 }
 
 /// The id the custom call `keops_rs_call` takes as its `kernel` attribute for this kernel
@@ -1069,6 +1143,7 @@ fn _ffi_layout() -> HashMap<&'static str, usize> {
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_jax_targets, m)?)?;
     m.add_function(wrap_pyfunction!(_jax_kernel, m)?)?;
+    m.add_function(wrap_pyfunction!(_jax_ranges, m)?)?;
     m.add_function(wrap_pyfunction!(_jax_output_shape, m)?)?;
     m.add_function(wrap_pyfunction!(_jax_backward, m)?)?;
     m.add_function(wrap_pyfunction!(_jax_rust_backward_seconds, m)?)?;

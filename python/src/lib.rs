@@ -381,7 +381,7 @@ fn call_batched(py: Python<'_>, code: &RtKernel, views: &[ArrayRef]) -> PyResult
 }
 
 /// KeOps's three range arrays of one axis, as Python passes them.
-type RangesArg = (Vec<(usize, usize)>, Vec<usize>, Vec<(usize, usize)>);
+pub(crate) type RangesArg = (Vec<(usize, usize)>, Vec<usize>, Vec<(usize, usize)>);
 
 /// A compiled `.kf` kernel.
 #[pyclass(frozen, module = "keops_rs")]
