@@ -21,18 +21,20 @@ _I, _J, _P = "Vi", "Vj", "Pm"
 
 
 class _Leaf:
-    """One variable: its data (2-D for Vi/Vj, 1-D for Pm), or a Python float to be made a
-    parameter in the call's dtype."""
+    """One variable: its data (``(B..., rows, D)`` for Vi/Vj, ``(B..., D)`` for Pm, ``B...``
+    its batch axes, none for a plain array), or a Python float to be made a parameter in the
+    call's dtype."""
 
-    def __init__(self, category, data, dim):
+    def __init__(self, category, data, dim, batch=()):
         self.category = category
         self.data = data
         self.dim = dim
+        self.batch = batch
 
 
-def _leaf_tensor(category, data, dim):
+def _leaf_tensor(category, data, dim, batch=()):
     t = LazyTensor.__new__(LazyTensor)
-    leaf = _Leaf(category, data, dim)
+    leaf = _Leaf(category, data, dim, batch)
     t._node = ("leaf", leaf)
     t._leaves = [leaf]
     t.ndim = dim
@@ -42,7 +44,10 @@ def _leaf_tensor(category, data, dim):
 class LazyTensor:
     """``LazyTensor(x, axis=None)``: ``x`` of shape ``(N, 1, D)`` is an i-variable, ``(1, M, D)``
     a j-variable, ``(D,)`` (or ``(1, 1, D)``) a parameter, a Python number a constant. A 2-D
-    ``(N, D)`` array needs ``axis``: 0 for i, 1 for j."""
+    ``(N, D)`` array needs ``axis``: 0 for i, 1 for j. Leading batch axes, as pykeops:
+    ``(B..., N, 1, D)``, ``(B..., 1, M, D)``, ``(B..., 1, 1, D)``, broadcast between the
+    variables (size 1 or missing); a reduction then gives ``(B..., rows, Dout)``, every batch
+    in one call."""
 
     def __init__(self, x, axis=None):
         if isinstance(x, LazyTensor):
@@ -76,7 +81,21 @@ class LazyTensor:
         elif x.ndim == 3 and x.shape[0] == 1:
             category, data, dim = _J, x[0], x.shape[2]
         elif x.ndim > 3:
-            raise ValueError(f"x: shape {x.shape}: batch dimensions are not supported by keops_rs yet")
+            batch, (n, m, dim) = x.shape[:-3], x.shape[-3:]
+            if n == 1 and m == 1:
+                category, data = _P, x[..., 0, 0, :]
+            elif m == 1:
+                category, data = _I, x[..., :, 0, :]
+            elif n == 1:
+                category, data = _J, x[..., 0, :, :]
+            else:
+                raise ValueError(
+                    f"x: shape {x.shape}: the last three axes must be (N, 1, D) (i-variable), "
+                    "(1, M, D) (j-variable) or (1, 1, D) (parameter), after the batch axes"
+                )
+            other = _leaf_tensor(category, data, dim, tuple(batch))
+            self._node, self._leaves, self.ndim = other._node, other._leaves, dim
+            return
         else:
             raise ValueError(
                 f"x: shape {x.shape} is not (N, 1, D) (i-variable), (1, M, D) (j-variable) or (D,) "
@@ -175,9 +194,22 @@ class LazyTensor:
 
     # pykeops names the reduced axis `axis` or `dim`; -1 (the vector's own components) stays
     # symbolic, 0 reduces over i and 1 over j.
+    def _batch(self, leaves=None):
+        """The batch axes of the expression: those of its leaves, broadcast."""
+        leaves = self._leaves if leaves is None else leaves
+        try:
+            return np.broadcast_shapes(*[l.batch for l in leaves])
+        except ValueError:
+            shapes = ", ".join(str(l.batch) for l in leaves if l.batch)
+            raise ValueError(f"LazyTensor: batch axes {shapes} do not broadcast") from None
+
+    def _is_feature_axis(self, axis):
+        """-1, or the axis after the batch axes, i and j (2 without batch axes)."""
+        return axis == -1 or axis == len(self._batch()) + 2
+
     def sum(self, axis=-1, dim=None, **kw):
         axis = _pick_axis(axis, dim, "sum")
-        if axis in (-1, 2):
+        if self._is_feature_axis(axis):
             return self._unary("Sum", 1)
         return self._reduce("Sum", axis, kw)
 
@@ -186,7 +218,7 @@ class LazyTensor:
 
     def _inner_or_reduce(self, op, axis, dim, kw):
         axis = _pick_axis(axis, dim, op.lower())
-        if axis in (-1, 2):
+        if self._is_feature_axis(axis):
             return self._unary(op, 1)
         return self._reduce(op, axis, kw)
 
@@ -235,12 +267,17 @@ class LazyTensor:
             ranges = getattr(self, "ranges", None)
         if kw:
             raise TypeError(f"unsupported options: {', '.join(sorted(kw))}")
-        if dim not in (0, 1, -2, -3):
-            raise ValueError(f"dim: expected 0 (reduce over i) or 1 (reduce over j), got {dim!r}")
-        axis = {0: 0, 1: 1, -3: 0, -2: 1}[dim]
         leaves = list(self._leaves)
         if weight is not None:
             leaves += [l for l in weight._leaves if all(l is not k for k in leaves)]
+        batch = self._batch(leaves)
+        # With batch axes B..., the i and j axes come after them (dim = len(B) or len(B) + 1).
+        nb = len(batch)
+        if dim not in (nb, nb + 1, -2, -3):
+            raise ValueError(f"dim: expected {nb} (reduce over i) or {nb + 1} (reduce over j), got {dim!r}")
+        axis = 0 if dim in (nb, -3) else 1
+        if batch and ranges is not None:
+            raise ValueError("ranges: not with batch axes (one block-sparsity pattern per call)")
         position = {id(l): n for n, l in enumerate(leaves)}
         formula = _tree(self._node, position)
         formula2 = None if weight is None else _tree(weight._node, position)

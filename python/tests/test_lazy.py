@@ -118,3 +118,34 @@ def test_axis_and_dim_keywords_and_inner_reductions(rng):
     np.testing.assert_allclose((Vi(x) - Vj(y)).max().sum(dim=1)[:, 0], diff.max(-1).sum(1), rtol=1e-12)
     with pytest.raises(TypeError, match="dim"):
         D.logsumexp()
+
+
+def test_batch_axes_reduce_every_batch_in_one_call(rng):
+    """pykeops's batched LazyTensors: (B, N, 1, D), (B, 1, M, D), (B, 1, 1, D), broadcast over
+    batch axes of size 1; dim counts the batch axes (or -3 / -2)."""
+    B, N, M, D = 3, 40, 31, 2
+    x = rng.random((B, N, 1, D))
+    y = rng.random((1, 1, M, D))  # one cloud for every batch
+    s = rng.random((B, 1, 1, 1)) + 0.5  # a bandwidth per batch
+    b = rng.random((B, 1, M, 1))
+    x_i, y_j, s_b, b_j = (LazyTensor(a) for a in (x, y, s, b))
+    K = (-((x_i - y_j) ** 2).sum(-1) * s_b).exp() * b_j
+    want = np.stack([
+        np.exp(-((x[k, :, 0, None, :] - y[0, 0][None]) ** 2).sum(-1) * s[k, 0, 0, 0]) @ b[k, 0]
+        for k in range(B)
+    ])
+    for dim in (2, -2):
+        got = K.sum(dim=dim)
+        assert got.shape == (B, N, 1)
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+    # Over i, and an arg-reduction.
+    over_i = K.sum(dim=1)
+    assert over_i.shape == (B, M, 1)
+    nearest = ((x_i - y_j) ** 2).sum(-1).argmin(dim=2)
+    assert nearest.shape == (B, N, 1)
+    d = ((x[:, :, 0, None, :] - y[0, 0][None, None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(nearest[..., 0], d.argmin(-1))
+    with pytest.raises(ValueError, match="do not broadcast"):
+        (LazyTensor(rng.random((2, N, 1, D))) - LazyTensor(rng.random((3, 1, M, D)))).sum(dim=2)
+    with pytest.raises(ValueError, match="dim: expected 1"):
+        K.sum(dim=0)
