@@ -84,21 +84,33 @@ pub struct GramProduct {
     pub dim: usize,
 }
 
-/// `Sum_Reduction(s * b)` with `s` a pair-level scalar and `b` an inner variable of at least
-/// [`WIDE_MIN_DIM`] components: `out[i] += sum_j s[i, j] b[j]`. The pair code stores `s` for a
-/// block of rows against the inner tile; then a register-tiled product of that block with the
-/// tile's `b` adds into the rows' accumulators, looped over components: no per-lane
-/// accumulator per component (whose size would bound `b`'s dimension) and no code per
-/// component.
+/// `Sum_Reduction(s * v)` with `s` a pair-level scalar and `v` a vector of at least
+/// [`WIDE_MIN_DIM`] components, an inner variable `b` or an element-wise formula of variables
+/// (`x - y`, the gradient of a radial kernel): `out[i] += sum_j s[i, j] v[i, j]`. The pair code
+/// stores `s` for a block of rows against the inner tile; then a register-tiled loop over the
+/// block's rows, `v`'s components and the tile adds into the rows' accumulators: no per-lane
+/// accumulator per component (whose size would bound the dimension) and no code per
+/// component. With `v = b` the loop is a matrix product.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WideProduct {
-    /// The formula's root, `s * b`.
+    /// The formula's root, `s * v`.
     pub node: usize,
     /// The scalar factor's node.
     pub scalar: usize,
-    /// Index of `b` in the formula's variables.
-    pub inner_var: usize,
+    /// The vector factor's node.
+    pub vector: usize,
     pub dim: usize,
+    pub kind: WideKind,
+}
+
+/// The vector factor of a [`WideProduct`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WideKind {
+    /// An inner variable (its index in the formula's variables).
+    Variable(usize),
+    /// Element-wise operators over variables (of the vector's dimension or 1) and constants:
+    /// the subformula's nodes, in order, evaluated one component at a time.
+    Elementwise(Vec<usize>),
 }
 
 /// Dimension from which a `Sum` of a scalar times an inner variable is a [`WideProduct`].
@@ -284,7 +296,7 @@ impl Schedule {
     }
 }
 
-/// The formula as a [`WideProduct`], if it is one: a `Sum` of `s * b` or `b * s`.
+/// The formula as a [`WideProduct`], if it is one: a `Sum` of `s * v` or `v * s`.
 fn wide_product(formula: &Formula, signature: &Signature, levels: &[Level]) -> Option<WideProduct> {
     if signature.reduction.kind != keops_runtime::ReductionKind::Sum {
         return None;
@@ -298,23 +310,50 @@ fn wide_product(formula: &Formula, signature: &Signature, levels: &[Level]) -> O
         usize::from(nodes[root].children[0]),
         usize::from(nodes[root].children[1]),
     );
-    let factors = |scalar: usize, vector: usize| match nodes[vector].op {
-        Op::Var(v)
-            if levels[vector] == Level::Inner
-                && levels[scalar] == Level::Pair
-                && formula.info[scalar].dim == 1
-                && formula.info[vector].dim >= WIDE_MIN_DIM =>
-        {
-            Some(WideProduct {
-                node: root,
-                scalar,
-                inner_var: v as usize,
-                dim: formula.info[vector].dim,
-            })
+    let factors = |scalar: usize, vector: usize| {
+        let dim = formula.info[vector].dim;
+        if levels[scalar] != Level::Pair || formula.info[scalar].dim != 1 || dim < WIDE_MIN_DIM {
+            return None;
         }
-        _ => None,
+        let kind = match nodes[vector].op {
+            Op::Var(v) if levels[vector] == Level::Inner => WideKind::Variable(v as usize),
+            _ => WideKind::Elementwise(elementwise_subformula(formula, vector, dim)?),
+        };
+        Some(WideProduct {
+            node: root,
+            scalar,
+            vector,
+            dim,
+            kind,
+        })
     };
     factors(a, b).or_else(|| factors(b, a))
+}
+
+/// The nodes of the subformula at `top`, in order, when it is made of element-wise operators
+/// over variables and constants, every node of dimension `dim` or 1.
+fn elementwise_subformula(formula: &Formula, top: usize, dim: usize) -> Option<Vec<usize>> {
+    let nodes = formula.nodes.as_ref();
+    let mut inside = vec![false; top + 1];
+    inside[top] = true;
+    for k in (0..=top).rev() {
+        if !inside[k] {
+            continue;
+        }
+        let node = &nodes[k];
+        let fits = formula.info[k].dim == dim || formula.info[k].dim == 1;
+        let allowed = match node.op {
+            Op::Var(_) | Op::Const(_) | Op::IntCst(_) => true,
+            ref op => op.is_elementwise(),
+        };
+        if !fits || !allowed {
+            return None;
+        }
+        for &c in &node.children {
+            inside[usize::from(c)] = true;
+        }
+    }
+    Some((0..=top).filter(|&k| inside[k]).collect())
 }
 
 /// The pair-level `SqDist` and scalar products of a row variable with an inner variable of at
@@ -407,10 +446,19 @@ impl fmt::Display for ScheduledFormula<'_> {
                 writeln!(f, "{level}: {}", parts.join("; "))?;
             }
             if let (Level::Pair, Some(w)) = (level, &s.wide) {
-                let b = &self.formula.vars[w.inner_var].name;
+                let how = match &w.kind {
+                    WideKind::Variable(b) => format!(
+                        "accumulated as a matrix product with {}",
+                        self.formula.vars[*b].name
+                    ),
+                    WideKind::Elementwise(_) => format!(
+                        "accumulated component by component, {} computed in the loop",
+                        self.formula.to_text(egg::Id::from(w.vector))
+                    ),
+                };
                 writeln!(
                     f,
-                    "per block of {} rows x inner tile: {} accumulated as a matrix product with {b} ({} components)",
+                    "per block of {} rows x inner tile: {} {how} ({} components)",
                     s.gram_rows,
                     self.formula.to_text(egg::Id::from(w.node)),
                     w.dim

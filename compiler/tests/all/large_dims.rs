@@ -136,6 +136,15 @@ const CASES: &[Case] = &[
         text: "Sum_Reduction(Sin(Sum(x) * v) * z, 0)",
         scale: Some("Sum_Reduction(Abs(Sin(Sum(x) * v) * z), 0)"),
     },
+    // Element-wise vectors accumulated component by component (wide products too).
+    Case {
+        text: "Sum_Reduction(Exp(-SqDist(x, y) * g) * (x * 2 - Abs(y) + z * v), 0)",
+        scale: Some("Sum_Reduction(Exp(-SqDist(x, y) * g) * Abs(x * 2 - Abs(y) + z * v), 0)"),
+    },
+    Case {
+        text: "Sum_Reduction(Grad(Exp(-SqDist(x, y) * g) * v, y, v), 1)",
+        scale: Some("Sum_Reduction(Abs(Grad(Exp(-SqDist(x, y) * g) * v, y, v)), 1)"),
+    },
     // The gradient reads `x - y` besides the squared distance.
     Case {
         text: "Sum_Reduction(Grad(Exp(-SqDist(x, y) * g) * v, x, v), 0)",
@@ -164,6 +173,13 @@ fn large_dimensions_use_gram_products_and_small_ones_do_not() {
     }
     let wide = schedule_of(&source(&kernel(CASES[5].text), 16), DType::F32);
     assert!(wide.contains("accumulated as a matrix product"), "{wide}");
+    for case in &CASES[8..] {
+        let elementwise = schedule_of(&source(&kernel(case.text), 16), DType::F32);
+        assert!(
+            elementwise.contains("accumulated component by component"),
+            "{elementwise}"
+        );
+    }
     let narrow = schedule_of(&source(&kernel(CASES[5].text), 15), DType::F32);
     assert!(!narrow.contains("matrix product"), "{narrow}");
     let dot = schedule_of(&source(&kernel(CASES[3].text), 40), DType::F32);

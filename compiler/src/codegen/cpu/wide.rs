@@ -17,6 +17,8 @@
 use super::gram::GramSlots;
 use super::{built, Params, TileEmitter};
 use crate::codegen::formula::Value;
+use crate::formula::Op;
+use crate::schedule::{Level, WideKind};
 use inkwell::values::{FunctionValue, IntValue, PointerValue};
 use inkwell::IntPredicate;
 
@@ -120,10 +122,15 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         built(b.build_conditional_branch(last, product_block, done));
         b.position_at_end(product_block);
 
-        let y = arg_ptrs[product.inner_var];
         let end = self.vectors_end(jt, jt_end);
         let rows_in_block = self.sub(block_end, rb);
         let zero = em.constant(0.0, lanes);
+        let last_row = self.sub(params.row_end, self.i64(1));
+        // An element-wise vector keeps its row operands in registers too: fewer components.
+        let components_per_tile = match product.kind {
+            WideKind::Variable(_) => TILE_COMPONENTS,
+            WideKind::Elementwise(_) => TILE_COMPONENTS / 2,
+        };
         self.emit_loop(
             function,
             wide.row_group,
@@ -131,11 +138,19 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
             TILE_ROWS as i64,
             |g| self.less(g, rows_in_block),
             |g| {
+                // Rows past the block's end read its last row (their sums are dropped).
+                let rows: Vec<IntValue<'ctx>> = (0..TILE_ROWS as i64)
+                    .map(|k| {
+                        let r = self.add(self.add(rb, g), self.i64(k));
+                        built(b.build_select(self.less(r, params.row_end), r, last_row, "row"))
+                            .into_int_value()
+                    })
+                    .collect();
                 self.emit_loop(
                     function,
                     wide.component_group,
                     self.i64(0),
-                    TILE_COMPONENTS as i64,
+                    components_per_tile as i64,
                     |c| self.less(c, dim),
                     |c| {
                         for &acc in &wide.acc {
@@ -143,7 +158,7 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                         }
                         // Components past the last read the last one (their sums are dropped).
                         let last_component = self.i64(product.dim as i64 - 1);
-                        let components: Vec<IntValue<'ctx>> = (0..TILE_COMPONENTS as i64)
+                        let components: Vec<IntValue<'ctx>> = (0..components_per_tile as i64)
                             .map(|k| {
                                 let comp = self.add(c, self.i64(k));
                                 built(b.build_select(
@@ -169,15 +184,21 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                                         self.load(wide.scalars, self.add(row, at), lanes)
                                     })
                                     .collect();
-                                let columns: Vec<Value<'ctx>> = components
-                                    .iter()
-                                    .map(|&comp| {
-                                        let first = self.mul(comp, params.inner_stride);
-                                        self.load(y, self.add(first, v), lanes)
-                                    })
-                                    .collect();
-                                for (k, &s) in scalars.iter().enumerate() {
-                                    for (l, &x) in columns.iter().enumerate() {
+                                for (k, (&s, &row)) in scalars.iter().zip(&rows).enumerate() {
+                                    for (l, &comp) in components.iter().enumerate() {
+                                        let x = match &product.kind {
+                                            WideKind::Variable(var) => {
+                                                let first = self.mul(comp, params.inner_stride);
+                                                self.load(arg_ptrs[*var], self.add(first, v), lanes)
+                                            }
+                                            WideKind::Elementwise(nodes) => self
+                                                .elementwise_component(
+                                                    nodes,
+                                                    arg_ptrs,
+                                                    params.inner_stride,
+                                                    (row, comp, v),
+                                                ),
+                                        };
                                         let acc = wide.acc[k * TILE_COMPONENTS + l];
                                         let sum = em.fma(s, x, self.load_vector_slot(acc));
                                         built(b.build_store(acc, sum));
@@ -186,7 +207,7 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                             },
                         );
                         for k in 0..TILE_ROWS {
-                            for l in 0..TILE_COMPONENTS {
+                            for l in 0..components_per_tile {
                                 let row = self.add(self.add(rb, g), self.i64(k as i64));
                                 let comp = self.add(c, self.i64(l as i64));
                                 let acc = wide.acc[k * TILE_COMPONENTS + l];
@@ -205,6 +226,54 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         );
         built(b.build_unconditional_branch(done));
         b.position_at_end(done);
+    }
+
+    /// Component `comp` of an element-wise vector for row `row` and the inner vector at `v`:
+    /// its nodes evaluated on that component of each variable (component 0 of a variable of
+    /// dimension 1), the same operations as the unrolled code's for that component.
+    fn elementwise_component(
+        &self,
+        nodes: &[usize],
+        arg_ptrs: &[PointerValue<'ctx>],
+        inner_stride: IntValue<'ctx>,
+        (row, comp, v): (IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>),
+    ) -> Value<'ctx> {
+        let em = self.em;
+        let lanes = self.schedule.lanes;
+        let formula = self.formula;
+        let mut values: Vec<Option<Value<'ctx>>> = vec![None; formula.len()];
+        for &k in nodes {
+            let node = &formula.nodes.as_ref()[k];
+            let dim = formula.info[k].dim;
+            let c = if dim == 1 { self.i64(0) } else { comp };
+            let value = match node.op {
+                Op::Var(var) => {
+                    let base = arg_ptrs[var as usize];
+                    match self.schedule.levels[k] {
+                        Level::Inner => {
+                            self.load(base, self.add(self.mul(c, inner_stride), v), lanes)
+                        }
+                        Level::Row => {
+                            let at = self.add(self.mul(row, self.i64(dim as i64)), c);
+                            em.splat(self.load(base, at, 1), lanes)
+                        }
+                        _ => em.splat(self.load(base, c, 1), lanes),
+                    }
+                }
+                ref op => {
+                    let operands: Vec<Value<'ctx>> = node
+                        .children
+                        .iter()
+                        .map(|&child| values[usize::from(child)].expect("computed before"))
+                        .collect();
+                    let slices: Vec<&[Value<'ctx>]> =
+                        operands.iter().map(std::slice::from_ref).collect();
+                    em.emit(op, &slices, 1, lanes)[0]
+                }
+            };
+            values[k] = Some(value);
+        }
+        values[*nodes.last().expect("a vector node")].expect("computed above")
     }
 
     /// `acc[row, comp] += sum of the lanes of v` (in f64) when `row < row_end` and
