@@ -1125,3 +1125,84 @@ fn block_sparse_reductions_keep_exactly_their_pairs() {
         "redranges_j[1]",
     );
 }
+
+/// Kernels of large dimensions in modules (Gram and wide products, `codegen/cpu/gram.rs` and
+/// `wide.rs`), for the host and for plain x86-64 (4 and 2 lanes), against the interpreter.
+#[test]
+fn modules_of_large_dimensions_give_the_interpreters_results() {
+    const LARGE: &str = "
+kernel gauss {
+    x = Vi(40)
+    y = Vj(40)
+    b = Vj(20)
+    s = Pm(1)
+    Sum_Reduction(Exp(-SqDist(x, y) * s) * b, 0)
+}
+kernel gradient {
+    x = Vi(40)
+    y = Vj(40)
+    s = Pm(1)
+    Sum_Reduction(Grad(Exp(-SqDist(x, y) * s), y, s), 1)
+}
+";
+    let dir = tempfile::tempdir().expect("temp dir");
+    for target in [
+        CpuTarget::host_level(),
+        CpuTarget::level("x86-64").expect("a level"),
+    ] {
+        let out = dir.path().join(format!("large-{}.kmod", target.cpu));
+        let file = compiled(LARGE);
+        keopsc::artifact::build(
+            &file,
+            &[DType::F32, DType::F64],
+            &target,
+            &out,
+            &[],
+            keopsc::artifact::Placement::Replace,
+        )
+        .expect("builds");
+        let module = Module::load(&out).expect("loads");
+        let (n, m) = (29, 203);
+        for dtype in [DType::F32, DType::F64] {
+            let make = |shape: Vec<usize>, seed| {
+                let data = random(shape.iter().product(), seed);
+                match dtype {
+                    DType::F64 => HostArray::from_f64(shape, data),
+                    DType::F32 => {
+                        HostArray::from_f32(shape, data.iter().map(|&v| v as f32).collect())
+                    }
+                }
+            };
+            let inputs = [
+                ("x".to_string(), make(vec![n, 40], 5)),
+                ("y".to_string(), make(vec![m, 40], 6)),
+                ("b".to_string(), make(vec![m, 20], 7)),
+                ("s".to_string(), make(vec![1], 8)),
+            ];
+            for checked in &file.kernels {
+                let used: Vec<(String, HostArray)> = inputs
+                    .iter()
+                    .filter(|(name, _)| checked.signature.args.iter().any(|a| &a.name == name))
+                    .cloned()
+                    .collect();
+                let want = driver::evaluate(checked, &used, Backend::Interp)
+                    .expect("runs")
+                    .to_f64();
+                let kernel = module.kernel(&checked.name).expect("present");
+                let named: Vec<(&str, ArrayRef)> =
+                    used.iter().map(|(n, a)| (n.as_str(), a.view())).collect();
+                let got = kernel.call_named(&named).expect("runs").to_f64();
+                let scale = want.iter().fold(1.0f64, |a, w| a.max(w.abs()));
+                let tol = if dtype == DType::F32 { 1e-4 } else { 1e-11 };
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (g - w).abs() <= tol * scale,
+                        "{} ({dtype}, {}): {g} vs {w}",
+                        checked.name,
+                        target.cpu
+                    );
+                }
+            }
+        }
+    }
+}
