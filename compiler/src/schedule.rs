@@ -101,6 +101,10 @@ pub struct WideProduct {
     pub vector: usize,
     pub dim: usize,
     pub kind: WideKind,
+    /// The softmax family (`SumSoftMaxWeight`, `LogSumExpWeight`, `Max_SumShiftExpWeight`):
+    /// the root is `Concat(s, v)`, the stored scalars become `exp(s - m)` against the rows'
+    /// running maximum before the product, and the rows' sums are rescaled as it moves.
+    pub shifted: bool,
 }
 
 /// The vector factor of a [`WideProduct`].
@@ -298,12 +302,22 @@ impl Schedule {
 
 /// The formula as a [`WideProduct`], if it is one: a `Sum` of `s * v` or `v * s`.
 fn wide_product(formula: &Formula, signature: &Signature, levels: &[Level]) -> Option<WideProduct> {
-    if signature.reduction.kind != keops_runtime::ReductionKind::Sum {
-        return None;
-    }
+    let red = &signature.reduction;
+    let shifted = match red.kind {
+        keops_runtime::ReductionKind::Sum => false,
+        keops_runtime::ReductionKind::SumSoftMaxWeight
+        | keops_runtime::ReductionKind::LogSumExpWeight
+        | keops_runtime::ReductionKind::MaxSumShiftExpWeight
+            if red.fdim == 1 =>
+        {
+            true
+        }
+        _ => return None,
+    };
     let nodes = formula.nodes.as_ref();
     let root = usize::from(formula.root());
-    if nodes[root].op != Op::Mul || levels[root] != Level::Pair {
+    let shape = if shifted { Op::Concat } else { Op::Mul };
+    if nodes[root].op != shape || levels[root] != Level::Pair {
         return None;
     }
     let (a, b) = (
@@ -325,8 +339,13 @@ fn wide_product(formula: &Formula, signature: &Signature, levels: &[Level]) -> O
             vector,
             dim,
             kind,
+            shifted,
         })
     };
+    if shifted {
+        // Concat(F, V): the order is the reduction's.
+        return factors(a, b);
+    }
     factors(a, b).or_else(|| factors(b, a))
 }
 

@@ -807,7 +807,8 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
 
     /// Whether the pair code (formula or fold) calls `exp`.
     fn pair_code_calls_exp(&self, lane_acc: &LaneAccumulators<'ctx>) -> bool {
-        lane_acc.folds_with_exp()
+        // A wide product folds outside the pair code.
+        (lane_acc.folds_with_exp() && self.schedule.wide.is_none())
             || self
                 .formula
                 .nodes

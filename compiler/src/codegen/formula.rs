@@ -197,6 +197,29 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
         built(self.builder.build_extract_element(v, zero, "sum")).into_float_value()
     }
 
+    /// The largest of a vector's lanes, as a scalar (a tree of halves; NaN lanes lose).
+    pub fn horizontal_max(&self, v: Value<'ctx>) -> FloatValue<'ctx> {
+        let i32t = self.context.i32_type();
+        let half = |v: Value<'ctx>, from: u32, n: u32| {
+            let mask: Vec<_> = (from..from + n)
+                .map(|k| i32t.const_int(k as u64, false))
+                .collect();
+            let mask = VectorType::const_vector(&mask);
+            built(self.builder.build_shuffle_vector(v, v, mask, "half"))
+        };
+        let mut v = v;
+        let mut n = Self::lanes(v);
+        debug_assert!(n.is_power_of_two(), "vectors have a power of two of lanes");
+        while n > 1 {
+            n /= 2;
+            let (low, high) = (half(v, 0, n), half(v, n, n));
+            let larger = self.compare(FloatPredicate::OGT, high, low);
+            v = self.select(larger, high, low);
+        }
+        let zero = self.context.i64_type().const_zero();
+        built(self.builder.build_extract_element(v, zero, "max")).into_float_value()
+    }
+
     fn rsqrt(&self, x: Value<'ctx>) -> Value<'ctx> {
         // KeOps's Rsqrt(0) = 0.
         let lanes = Self::lanes(x);

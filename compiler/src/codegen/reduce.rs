@@ -663,7 +663,11 @@ fn keep<'ctx>(
 
 /// keops_runtime's `shifted_exp_term(v, m)`: `exp(v - m)`, exactly 1 where `v == m` (+inf
 /// included) and 0 where `v = -inf`.
-fn shifted_exp_term<'ctx>(em: &Emitter<'_, 'ctx>, v: Value<'ctx>, m: Value<'ctx>) -> Value<'ctx> {
+pub(super) fn shifted_exp_term<'ctx>(
+    em: &Emitter<'_, 'ctx>,
+    v: Value<'ctx>,
+    m: Value<'ctx>,
+) -> Value<'ctx> {
     let lanes = v.get_type().get_size();
     let c = |x: f64| em.constant(x, lanes);
     let e = em.call_math(super::math::MathFn::Exp, &[em.sub(v, m)]);
@@ -677,7 +681,11 @@ fn shifted_exp_term<'ctx>(em: &Emitter<'_, 'ctx>, v: Value<'ctx>, m: Value<'ctx>
 
 /// keops_runtime's `rescale_factor(from, to)`: `exp(from - to)`, exactly 1 where the two are
 /// equal (infinite or not).
-fn rescale_factor<'ctx>(em: &Emitter<'_, 'ctx>, from: Value<'ctx>, to: Value<'ctx>) -> Value<'ctx> {
+pub(super) fn rescale_factor<'ctx>(
+    em: &Emitter<'_, 'ctx>,
+    from: Value<'ctx>,
+    to: Value<'ctx>,
+) -> Value<'ctx> {
     let lanes = from.get_type().get_size();
     let e = em.call_math(super::math::MathFn::Exp, &[em.sub(from, to)]);
     em.select(

@@ -145,10 +145,38 @@ const CASES: &[Case] = &[
         text: "Sum_Reduction(Grad(Exp(-SqDist(x, y) * g) * v, y, v), 1)",
         scale: Some("Sum_Reduction(Abs(Grad(Exp(-SqDist(x, y) * g) * v, y, v)), 1)"),
     },
+    // The softmax family with a weight of many components (attention): wide products of
+    // `exp(s - m)` against the rows' running maximum.
+    Case {
+        text: "SumSoftMaxWeight_Reduction((x | y) * g * 4, z, 0)",
+        scale: Some("SumSoftMaxWeight_Reduction((x | y) * g * 4, Abs(z), 0)"),
+    },
+    Case {
+        text: "LogSumExpWeight_Reduction(-SqDist(x, y) * g, Abs(z) + 1, 0)",
+        scale: None,
+    },
+    Case {
+        text: "Max_SumShiftExpWeight_Reduction(-SqDist(y, x) * g, x - y, 1)",
+        scale: Some("Max_SumShiftExpWeight_Reduction(-SqDist(y, x) * g, Abs(x - y), 1)"),
+    },
     // The gradient reads `x - y` besides the squared distance.
     Case {
         text: "Sum_Reduction(Grad(Exp(-SqDist(x, y) * g) * v, x, v), 0)",
         scale: Some("Sum_Reduction(Abs(Grad(Exp(-SqDist(x, y) * g) * v, x, v)), 0)"),
+    },
+    // Infinite scalars in the softmax family: -inf adds nothing, rows where every value is
+    // -inf, +inf values that count once each.
+    Case {
+        text: "SumSoftMaxWeight_Reduction(Log(Step(v)) + (x | y) * g, z, 0)",
+        scale: Some("SumSoftMaxWeight_Reduction(Log(Step(v)) + (x | y) * g, Abs(z), 0)"),
+    },
+    Case {
+        text: "SumSoftMaxWeight_Reduction(Log(Step(v - 2)) + (x | y) * g, z, 0)",
+        scale: None,
+    },
+    Case {
+        text: "Max_SumShiftExpWeight_Reduction(-Log(Step(v)) + (x | y) * g, z + 2, 0)",
+        scale: None,
     },
 ];
 
@@ -173,12 +201,16 @@ fn large_dimensions_use_gram_products_and_small_ones_do_not() {
     }
     let wide = schedule_of(&source(&kernel(CASES[5].text), 16), DType::F32);
     assert!(wide.contains("accumulated as a matrix product"), "{wide}");
-    for case in &CASES[8..] {
-        let elementwise = schedule_of(&source(&kernel(case.text), 16), DType::F32);
-        assert!(
-            elementwise.contains("accumulated component by component"),
-            "{elementwise}"
-        );
+    for (k, how) in [
+        (8, "accumulated component by component"),
+        (9, "accumulated component by component"),
+        (10, "accumulated as a matrix product"),
+        (11, "accumulated component by component"),
+        (12, "accumulated component by component"),
+        (13, "accumulated component by component"),
+    ] {
+        let schedule = schedule_of(&source(&kernel(CASES[k].text), 16), DType::F32);
+        assert!(schedule.contains(how), "{}: {schedule}", CASES[k].text);
     }
     let narrow = schedule_of(&source(&kernel(CASES[5].text), 15), DType::F32);
     assert!(!narrow.contains("matrix product"), "{narrow}");

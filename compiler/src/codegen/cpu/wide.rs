@@ -17,10 +17,11 @@
 use super::gram::GramSlots;
 use super::{built, Params, TileEmitter};
 use crate::codegen::formula::Value;
+use crate::codegen::reduce::{rescale_factor, shifted_exp_term};
 use crate::formula::Op;
 use crate::schedule::{Level, WideKind};
 use inkwell::values::{FunctionValue, IntValue, PointerValue};
-use inkwell::IntPredicate;
+use inkwell::{FloatPredicate, IntPredicate};
 
 /// Rows and components of the register tile.
 const TILE_ROWS: usize = 4;
@@ -35,6 +36,8 @@ pub(super) struct WideSlots<'ctx> {
     row_group: PointerValue<'ctx>,
     component_group: PointerValue<'ctx>,
     vector: PointerValue<'ctx>,
+    /// The softmax family's loop over the block's rows.
+    row: PointerValue<'ctx>,
     /// `TILE_ROWS x TILE_COMPONENTS` lane accumulators.
     acc: Vec<PointerValue<'ctx>>,
 }
@@ -53,6 +56,7 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
             row_group: built(b.build_alloca(i64t, "wide_rows")),
             component_group: built(b.build_alloca(i64t, "wide_components")),
             vector: built(b.build_alloca(i64t, "wide_vector")),
+            row: built(b.build_alloca(i64t, "wide_row")),
             acc: (0..TILE_ROWS * TILE_COMPONENTS)
                 .map(|_| built(b.build_alloca(vector, "wide_acc")))
                 .collect(),
@@ -75,7 +79,12 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         let em = self.em;
         let lanes = self.schedule.lanes;
         let scalar = match mask {
-            Some(m) => em.select(m, scalar, em.constant(0.0, lanes)),
+            // Masked-off lanes add nothing: 0 to a sum, exp(-inf) = 0 to a softmax.
+            Some(m) => {
+                let shifted = self.schedule.wide.as_ref().is_some_and(|w| w.shifted);
+                let nothing = if shifted { f64::NEG_INFINITY } else { 0.0 };
+                em.select(m, scalar, em.constant(nothing, lanes))
+            }
             None => scalar,
         };
         let at = self.block_offset(slots, r, jv, jt);
@@ -126,6 +135,21 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         let rows_in_block = self.sub(block_end, rb);
         let zero = em.constant(0.0, lanes);
         let last_row = self.sub(params.row_end, self.i64(1));
+        // The rows' accumulators: `dim` sums, or `(m, s, dim weighted sums)` for a softmax.
+        let (acc_dim, first_sum) = match product.shifted {
+            true => (product.dim as i64 + 2, 2),
+            false => (product.dim as i64, 0),
+        };
+        if product.shifted {
+            self.exp_against_running_max(
+                function,
+                wide,
+                params,
+                (rb, block_end),
+                (jt, end),
+                acc_dim,
+            );
+        }
         // An element-wise vector keeps its row operands in registers too: fewer components.
         let components_per_tile = match product.kind {
             WideKind::Variable(_) => TILE_COMPONENTS,
@@ -216,6 +240,7 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                                     params,
                                     (row, block_end),
                                     (comp, dim),
+                                    (acc_dim, first_sum),
                                     self.load_vector_slot(acc),
                                 );
                             }
@@ -276,14 +301,131 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         values[*nodes.last().expect("a vector node")].expect("computed above")
     }
 
-    /// `acc[row, comp] += sum of the lanes of v` (in f64) when `row < row_end` and
-    /// `comp < dim` (a `Sum`'s accumulator row is its formula's `dim` components).
+    /// The softmax family, for each row of the block `[rb, block_end)`: the tile's maximum of
+    /// the stored scalars joins the row's running maximum `m` (its sums rescaled by
+    /// `exp(m - m')`, exactly 1 when it does not move), the scalars become
+    /// `exp(s - m')` (the runtime's `shifted_exp_term`: `-inf` gives 0, `s = m'` exactly 1, NaN
+    /// stays), and their sum is added to the row's `s`. The product with `v` then adds the
+    /// weighted sums.
+    fn exp_against_running_max(
+        &self,
+        function: FunctionValue<'ctx>,
+        wide: &WideSlots<'ctx>,
+        params: &Params<'ctx>,
+        (rb, block_end): (IntValue<'ctx>, IntValue<'ctx>),
+        (jt, end): (IntValue<'ctx>, IntValue<'ctx>),
+        acc_dim: i64,
+    ) {
+        let em = self.em;
+        let wide_f64 = self.wide_f64;
+        let b = em.builder;
+        let ctx = em.context;
+        let f64t = ctx.f64_type();
+        let lanes = self.schedule.lanes;
+        let tile = self.i64(self.schedule.inner_tile as i64);
+        let acc_slot = |row: IntValue<'ctx>, k: i64| {
+            let at = self.add(
+                self.mul(self.sub(row, params.row_start), self.i64(acc_dim)),
+                self.i64(k),
+            );
+            // SAFETY (of the generated code): `row` is in `[row_start, row_end)` and `k` below
+            // the accumulator's dimension.
+            unsafe { built(b.build_in_bounds_gep(f64t, params.acc, &[at], "acc")) }
+        };
+        let load_f64 =
+            |slot| wide_f64.from_scalar(built(b.build_load(f64t, slot, "acc")).into_float_value());
+        let store_f64 = |slot, v: Value<'ctx>| {
+            let x = built(b.build_extract_element(v, ctx.i64_type().const_zero(), "x"));
+            built(b.build_store(slot, x));
+        };
+        self.emit_loop(
+            function,
+            wide.row,
+            rb,
+            1,
+            |r| self.less(r, block_end),
+            |r| {
+                let first = self.mul(self.sub(r, rb), tile);
+                // The tile's maximum (masked-off lanes hold -inf).
+                built(b.build_store(wide.acc[0], em.constant(f64::NEG_INFINITY, lanes)));
+                self.emit_loop(
+                    function,
+                    wide.vector,
+                    jt,
+                    lanes as i64,
+                    |v| self.less(v, end),
+                    |v| {
+                        let s = self.load(wide.scalars, self.add(first, self.sub(v, jt)), lanes);
+                        let m = self.load_vector_slot(wide.acc[0]);
+                        let larger = em.compare(FloatPredicate::OGT, s, m);
+                        built(b.build_store(wide.acc[0], em.select(larger, s, m)));
+                    },
+                );
+                let tile_max = em.horizontal_max(self.load_vector_slot(wide.acc[0]));
+                let tile_max = if em.float_type() == f64t {
+                    tile_max
+                } else {
+                    built(b.build_float_ext(tile_max, f64t, "max"))
+                };
+                let tile_max = wide_f64.from_scalar(tile_max);
+                let m = load_f64(acc_slot(r, 0));
+                let grows = wide_f64.compare(FloatPredicate::OGT, tile_max, m);
+                let m_new = wide_f64.select(grows, tile_max, m);
+                let scale = rescale_factor(wide_f64, m, m_new);
+                for k in 1..acc_dim {
+                    let slot = acc_slot(r, k);
+                    store_f64(slot, wide_f64.mul(load_f64(slot), scale));
+                }
+                store_f64(acc_slot(r, 0), m_new);
+                // The running maximum is a value of the element type (or -inf): exact there.
+                let m_elem =
+                    built(b.build_extract_element(m_new, ctx.i64_type().const_zero(), "m"))
+                        .into_float_value();
+                let m_elem = if em.float_type() == f64t {
+                    m_elem
+                } else {
+                    built(b.build_float_trunc(m_elem, em.float_type(), "m"))
+                };
+                let m_vec = em.splat(em.from_scalar(m_elem), lanes);
+                built(b.build_store(wide.acc[0], em.constant(0.0, lanes)));
+                self.emit_loop(
+                    function,
+                    wide.vector,
+                    jt,
+                    lanes as i64,
+                    |v| self.less(v, end),
+                    |v| {
+                        let at = self.add(first, self.sub(v, jt));
+                        let e = shifted_exp_term(em, self.load(wide.scalars, at, lanes), m_vec);
+                        self.store(wide.scalars, at, e);
+                        let sum = em.add(self.load_vector_slot(wide.acc[0]), e);
+                        built(b.build_store(wide.acc[0], sum));
+                    },
+                );
+                let sum = em.horizontal_sum(self.load_vector_slot(wide.acc[0]));
+                let sum = if em.float_type() == f64t {
+                    sum
+                } else {
+                    built(b.build_float_ext(sum, f64t, "sum"))
+                };
+                let slot = acc_slot(r, 1);
+                store_f64(
+                    slot,
+                    wide_f64.add(load_f64(slot), wide_f64.from_scalar(sum)),
+                );
+            },
+        );
+    }
+
+    /// `acc[row, first_sum + comp] += sum of the lanes of v` (in f64) when `row < row_end` and
+    /// `comp < dim`, rows of `acc_dim` accumulators.
     fn add_to_accumulator_if(
         &self,
         function: FunctionValue<'ctx>,
         params: &Params<'ctx>,
         (row, row_end): (IntValue<'ctx>, IntValue<'ctx>),
         (comp, dim): (IntValue<'ctx>, IntValue<'ctx>),
+        (acc_dim, first_sum): (i64, i64),
         v: Value<'ctx>,
     ) {
         let em = self.em;
@@ -301,7 +443,8 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         } else {
             built(b.build_float_ext(sum, f64t, "wide"))
         };
-        let at = self.add(self.mul(self.sub(row, params.row_start), dim), comp);
+        let row_first = self.mul(self.sub(row, params.row_start), self.i64(acc_dim));
+        let at = self.add(self.add(row_first, self.i64(first_sum)), comp);
         // SAFETY (of the generated code): `row` is in `[row_start, row_end)` and `comp` below
         // the accumulator's dimension.
         let slot = unsafe { built(b.build_in_bounds_gep(f64t, params.acc, &[at], "acc")) };
