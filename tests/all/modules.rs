@@ -45,6 +45,15 @@ fn build(dir: &Path, target: &CpuTarget) -> std::path::PathBuf {
     out
 }
 
+/// Numbers in [0, 1) of `shape` in `dtype`.
+fn random_array(dtype: DType, shape: Vec<usize>, seed: u64) -> HostArray {
+    let data = random(shape.iter().product(), seed);
+    match dtype {
+        DType::F64 => HostArray::from_f64(shape, data),
+        DType::F32 => HostArray::from_f32(shape, data.iter().map(|&v| v as f32).collect()),
+    }
+}
+
 fn random(len: usize, seed: u64) -> Vec<f64> {
     let mut state = seed;
     (0..len)
@@ -68,46 +77,48 @@ fn a_module_gives_the_interpreters_results_for_every_kernel_and_dtype() {
         let file = compiled(SOURCE);
         let (n, m) = (37, 1001);
         for dtype in [DType::F32, DType::F64] {
-            let make = |shape: Vec<usize>, seed| {
-                let data = random(shape.iter().product(), seed);
-                match dtype {
-                    DType::F64 => HostArray::from_f64(shape, data),
-                    DType::F32 => {
-                        HostArray::from_f32(shape, data.iter().map(|&v| v as f32).collect())
-                    }
-                }
-            };
+            let make = |shape: Vec<usize>, seed| random_array(dtype, shape, seed);
             let inputs = [
                 ("x".to_string(), make(vec![n, 3], 1)),
                 ("y".to_string(), make(vec![m, 3], 2)),
                 ("b".to_string(), make(vec![m, 1], 3)),
                 ("s".to_string(), make(vec![1], 4)),
             ];
-            for checked in &file.kernels {
-                let used: Vec<(String, HostArray)> = inputs
-                    .iter()
-                    .filter(|(name, _)| checked.signature.args.iter().any(|a| &a.name == name))
-                    .cloned()
-                    .collect();
-                let want = driver::evaluate(checked, &used, Backend::Interp)
-                    .expect("runs")
-                    .to_f64();
-                let kernel = module.kernel(&checked.name).expect("present");
-                let named: Vec<(&str, ArrayRef)> =
-                    used.iter().map(|(n, a)| (n.as_str(), a.view())).collect();
-                let got = kernel.call_named(&named).expect("runs");
-                assert_eq!(got.dtype(), dtype);
-                let got = got.to_f64();
-                let tol = if dtype == DType::F32 { 1e-4 } else { 1e-11 };
-                for (g, w) in got.iter().zip(&want) {
-                    assert!(
-                        (g - w).abs() <= tol * w.abs().max(1.0),
-                        "{} ({dtype}, {}): {g} vs {w}",
-                        checked.name,
-                        target.cpu
-                    );
-                }
-            }
+            check_every_kernel(&module, &file, &inputs, dtype, &target.cpu);
+        }
+    }
+}
+
+/// Every kernel of `file` in `module` against the interpreter on `inputs` (those it reads).
+fn check_every_kernel(
+    module: &Module,
+    file: &CompiledFile,
+    inputs: &[(String, HostArray)],
+    dtype: DType,
+    cpu: &str,
+) {
+    for checked in &file.kernels {
+        let used: Vec<(String, HostArray)> = inputs
+            .iter()
+            .filter(|(name, _)| checked.signature.args.iter().any(|a| &a.name == name))
+            .cloned()
+            .collect();
+        let want = driver::evaluate(checked, &used, Backend::Interp)
+            .expect("runs")
+            .to_f64();
+        let kernel = module.kernel(&checked.name).expect("present");
+        let named: Vec<(&str, ArrayRef)> =
+            used.iter().map(|(n, a)| (n.as_str(), a.view())).collect();
+        let got = kernel.call_named(&named).expect("runs");
+        assert_eq!(got.dtype(), dtype);
+        let got = got.to_f64();
+        let tol = if dtype == DType::F32 { 1e-4 } else { 1e-11 };
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= tol * w.abs().max(1.0),
+                "{} ({dtype}, {cpu}): {g} vs {w}",
+                checked.name
+            );
         }
     }
 }
@@ -1164,45 +1175,14 @@ kernel gradient {
         let module = Module::load(&out).expect("loads");
         let (n, m) = (29, 203);
         for dtype in [DType::F32, DType::F64] {
-            let make = |shape: Vec<usize>, seed| {
-                let data = random(shape.iter().product(), seed);
-                match dtype {
-                    DType::F64 => HostArray::from_f64(shape, data),
-                    DType::F32 => {
-                        HostArray::from_f32(shape, data.iter().map(|&v| v as f32).collect())
-                    }
-                }
-            };
+            let make = |shape: Vec<usize>, seed| random_array(dtype, shape, seed);
             let inputs = [
                 ("x".to_string(), make(vec![n, 40], 5)),
                 ("y".to_string(), make(vec![m, 40], 6)),
                 ("b".to_string(), make(vec![m, 20], 7)),
                 ("s".to_string(), make(vec![1], 8)),
             ];
-            for checked in &file.kernels {
-                let used: Vec<(String, HostArray)> = inputs
-                    .iter()
-                    .filter(|(name, _)| checked.signature.args.iter().any(|a| &a.name == name))
-                    .cloned()
-                    .collect();
-                let want = driver::evaluate(checked, &used, Backend::Interp)
-                    .expect("runs")
-                    .to_f64();
-                let kernel = module.kernel(&checked.name).expect("present");
-                let named: Vec<(&str, ArrayRef)> =
-                    used.iter().map(|(n, a)| (n.as_str(), a.view())).collect();
-                let got = kernel.call_named(&named).expect("runs").to_f64();
-                let scale = want.iter().fold(1.0f64, |a, w| a.max(w.abs()));
-                let tol = if dtype == DType::F32 { 1e-4 } else { 1e-11 };
-                for (g, w) in got.iter().zip(&want) {
-                    assert!(
-                        (g - w).abs() <= tol * scale,
-                        "{} ({dtype}, {}): {g} vs {w}",
-                        checked.name,
-                        target.cpu
-                    );
-                }
-            }
+            check_every_kernel(&module, &file, &inputs, dtype, &target.cpu);
         }
     }
 }

@@ -222,6 +222,19 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         b.position_at_end(exit);
     }
 
+    /// `for (v = start; v < end; v += lanes) body(v)`: the vectors of inner indices.
+    fn emit_vector_loop(
+        &self,
+        function: FunctionValue<'ctx>,
+        counter: PointerValue<'ctx>,
+        start: IntValue<'ctx>,
+        end: IntValue<'ctx>,
+        body: impl FnOnce(IntValue<'ctx>),
+    ) {
+        let lanes = self.schedule.lanes as i64;
+        self.emit_loop(function, counter, start, lanes, |v| self.less(v, end), body);
+    }
+
     /// Defines the tile function `name` in the emitter's module.
     pub fn emit(&self, name: &str) -> FunctionValue<'ctx> {
         let em = self.em;

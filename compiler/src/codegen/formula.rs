@@ -178,27 +178,23 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
 
     /// The sum of a vector's lanes, as a scalar: a pairwise tree of halves.
     pub fn horizontal_sum(&self, v: Value<'ctx>) -> FloatValue<'ctx> {
-        let i32t = self.context.i32_type();
-        let half = |v: Value<'ctx>, from: u32, n: u32| {
-            let mask: Vec<_> = (from..from + n)
-                .map(|k| i32t.const_int(k as u64, false))
-                .collect();
-            let mask = VectorType::const_vector(&mask);
-            built(self.builder.build_shuffle_vector(v, v, mask, "half"))
-        };
-        let mut v = v;
-        let mut n = Self::lanes(v);
-        debug_assert!(n.is_power_of_two(), "vectors have a power of two of lanes");
-        while n > 1 {
-            n /= 2;
-            v = self.add(half(v, 0, n), half(v, n, n));
-        }
-        let zero = self.context.i64_type().const_zero();
-        built(self.builder.build_extract_element(v, zero, "sum")).into_float_value()
+        self.halving(v, |low, high| self.add(low, high))
     }
 
     /// The largest of a vector's lanes, as a scalar (a tree of halves; NaN lanes lose).
     pub fn horizontal_max(&self, v: Value<'ctx>) -> FloatValue<'ctx> {
+        self.halving(v, |low, high| {
+            let larger = self.compare(FloatPredicate::OGT, high, low);
+            self.select(larger, high, low)
+        })
+    }
+
+    /// Combines the two halves of `v` until one lane is left.
+    fn halving(
+        &self,
+        v: Value<'ctx>,
+        combine: impl Fn(Value<'ctx>, Value<'ctx>) -> Value<'ctx>,
+    ) -> FloatValue<'ctx> {
         let i32t = self.context.i32_type();
         let half = |v: Value<'ctx>, from: u32, n: u32| {
             let mask: Vec<_> = (from..from + n)
@@ -212,12 +208,20 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
         debug_assert!(n.is_power_of_two(), "vectors have a power of two of lanes");
         while n > 1 {
             n /= 2;
-            let (low, high) = (half(v, 0, n), half(v, n, n));
-            let larger = self.compare(FloatPredicate::OGT, high, low);
-            v = self.select(larger, high, low);
+            v = combine(half(v, 0, n), half(v, n, n));
         }
         let zero = self.context.i64_type().const_zero();
-        built(self.builder.build_extract_element(v, zero, "max")).into_float_value()
+        built(self.builder.build_extract_element(v, zero, "lane")).into_float_value()
+    }
+
+    /// A scalar of the element type as f64 (exact).
+    pub fn to_f64(&self, x: FloatValue<'ctx>) -> FloatValue<'ctx> {
+        let f64t = self.context.f64_type();
+        if x.get_type() == f64t {
+            x
+        } else {
+            built(self.builder.build_float_ext(x, f64t, "wide"))
+        }
     }
 
     fn rsqrt(&self, x: Value<'ctx>) -> Value<'ctx> {

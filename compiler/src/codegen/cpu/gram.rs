@@ -170,14 +170,9 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
             };
             let y = arg_ptrs[g.inner_var];
             let bound = self.component_bound(g, inner_stride);
-            self.emit_loop(
-                function,
-                slots.vector,
-                jt,
-                lanes as i64,
-                |v| self.less(v, end),
-                |v| self.store(norms, self.sub(v, jt), em.constant(0.0, lanes)),
-            );
+            self.emit_vector_loop(function, slots.vector, jt, end, |v| {
+                self.store(norms, self.sub(v, jt), em.constant(0.0, lanes))
+            });
             self.emit_loop(
                 function,
                 slots.component,
@@ -192,20 +187,13 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                     }
                     let centre = em.splat(first, lanes);
                     let into = self.mul(c, self.i64(tile));
-                    self.emit_loop(
-                        function,
-                        slots.vector,
-                        jt,
-                        lanes as i64,
-                        |v| self.less(v, end),
-                        |v| {
-                            let x = em.sub(self.load(y, self.add(row, v), lanes), centre);
-                            let at = self.sub(v, jt);
-                            self.store(centred, self.add(into, at), x);
-                            let n = em.fma(x, x, self.load(norms, at, lanes));
-                            self.store(norms, at, n);
-                        },
-                    );
+                    self.emit_vector_loop(function, slots.vector, jt, end, |v| {
+                        let x = em.sub(self.load(y, self.add(row, v), lanes), centre);
+                        let at = self.sub(v, jt);
+                        self.store(centred, self.add(into, at), x);
+                        let n = em.fma(x, x, self.load(norms, at, lanes));
+                        self.store(norms, at, n);
+                    });
                 },
             );
         }
@@ -400,101 +388,93 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         let end = self.vectors_end(jt, jt_end);
         let bound = self.component_bound(g, inner_stride);
         let zero = em.constant(0.0, lanes);
-        self.emit_loop(
-            function,
-            slots.vector,
-            jt,
-            lanes as i64,
-            |v| self.less(v, end),
-            |v| {
-                let at = self.sub(v, jt);
-                for &acc in &slots.acc {
-                    built(b.build_store(acc, zero));
-                }
+        self.emit_vector_loop(function, slots.vector, jt, end, |v| {
+            let at = self.sub(v, jt);
+            for &acc in &slots.acc {
+                built(b.build_store(acc, zero));
+            }
+            self.emit_loop(
+                function,
+                slots.component,
+                self.i64(0),
+                1,
+                |c| self.less(c, bound),
+                |c| {
+                    let column = match product.centred {
+                        Some((centred, _)) => {
+                            self.load(centred, self.add(self.mul(c, self.i64(tile)), at), lanes)
+                        }
+                        None => self.load(y, self.add(self.mul(c, inner_stride), v), lanes),
+                    };
+                    for (k, &acc) in slots.acc.iter().enumerate() {
+                        let first = self.i64(k as i64 * row_stride(g, lanes));
+                        let xs = self.load_scalar(product.rows.0, self.add(first, c));
+                        let sum = em.fma(em.splat(xs, lanes), column, self.load_vector_slot(acc));
+                        built(b.build_store(acc, sum));
+                    }
+                },
+            );
+            let mut any_close: Option<Value<'ctx>> = None;
+            for (k, &acc) in slots.acc.iter().enumerate() {
+                let into = self.add(self.i64(k as i64 * tile), at);
+                let dot = self.load_vector_slot(acc);
+                let (Some((_, inner_norms)), Some((_, row_norms))) =
+                    (product.centred, Some(product.rows))
+                else {
+                    self.store(product.values, into, dot);
+                    continue;
+                };
+                let norms = self.centred_norms(inner_norms, row_norms, self.i64(k as i64), at);
+                let sq = em.fma(em.constant(-2.0, lanes), dot, norms);
+                let negative = em.compare(FloatPredicate::OLT, sq, zero);
+                let sq = em.select(negative, zero, sq);
+                self.store(product.values, into, sq);
+                let close = self.close_pairs(sq, norms);
+                any_close = Some(match any_close {
+                    None => close,
+                    Some(c) => built(b.build_or(c, close, "any_close")),
+                });
+            }
+            // One loop over the rows for the direct recomputation, rather than one copy
+            // per row, entered when a row of the block needs it: it rarely runs.
+            if let (Some((_, inner_norms)), Some((_, row_norms)), Some(any_close)) =
+                (product.centred, Some(product.rows), any_close)
+            {
+                let ctx = em.context;
+                let rows_direct = ctx.append_basic_block(function, "gram_close_rows");
+                let done = ctx.append_basic_block(function, "gram_close_rows_done");
+                let any = reduce_or(em, any_close);
+                built(b.build_conditional_branch(any, rows_direct, done));
+                b.position_at_end(rows_direct);
                 self.emit_loop(
                     function,
-                    slots.component,
+                    slots.row,
                     self.i64(0),
                     1,
-                    |c| self.less(c, bound),
-                    |c| {
-                        let column = match product.centred {
-                            Some((centred, _)) => {
-                                self.load(centred, self.add(self.mul(c, self.i64(tile)), at), lanes)
-                            }
-                            None => self.load(y, self.add(self.mul(c, inner_stride), v), lanes),
-                        };
-                        for (k, &acc) in slots.acc.iter().enumerate() {
-                            let first = self.i64(k as i64 * row_stride(g, lanes));
-                            let xs = self.load_scalar(product.rows.0, self.add(first, c));
-                            let sum =
-                                em.fma(em.splat(xs, lanes), column, self.load_vector_slot(acc));
-                            built(b.build_store(acc, sum));
-                        }
+                    |k| self.less(k, self.i64(self.schedule.gram_rows as i64)),
+                    |k| {
+                        let into = self.add(self.mul(k, self.i64(tile)), at);
+                        let sq = self.load(product.values, into, lanes);
+                        let norms = self.centred_norms(inner_norms, row_norms, k, at);
+                        let close = self.close_pairs(sq, norms);
+                        let row = self.block_row(rb, k, row_end);
+                        self.direct_sqdist_if(
+                            function,
+                            slots,
+                            g,
+                            reduce_or(em, close),
+                            (x, y),
+                            row,
+                            v,
+                            inner_stride,
+                            (product.values, into),
+                        );
                     },
                 );
-                let mut any_close: Option<Value<'ctx>> = None;
-                for (k, &acc) in slots.acc.iter().enumerate() {
-                    let into = self.add(self.i64(k as i64 * tile), at);
-                    let dot = self.load_vector_slot(acc);
-                    let (Some((_, inner_norms)), Some((_, row_norms))) =
-                        (product.centred, Some(product.rows))
-                    else {
-                        self.store(product.values, into, dot);
-                        continue;
-                    };
-                    let norms = self.centred_norms(inner_norms, row_norms, self.i64(k as i64), at);
-                    let sq = em.fma(em.constant(-2.0, lanes), dot, norms);
-                    let negative = em.compare(FloatPredicate::OLT, sq, zero);
-                    let sq = em.select(negative, zero, sq);
-                    self.store(product.values, into, sq);
-                    let close = self.close_pairs(sq, norms);
-                    any_close = Some(match any_close {
-                        None => close,
-                        Some(c) => built(b.build_or(c, close, "any_close")),
-                    });
-                }
-                // One loop over the rows for the direct recomputation, rather than one copy
-                // per row, entered when a row of the block needs it: it rarely runs.
-                if let (Some((_, inner_norms)), Some((_, row_norms)), Some(any_close)) =
-                    (product.centred, Some(product.rows), any_close)
-                {
-                    let ctx = em.context;
-                    let rows_direct = ctx.append_basic_block(function, "gram_close_rows");
-                    let done = ctx.append_basic_block(function, "gram_close_rows_done");
-                    let any = reduce_or(em, any_close);
-                    built(b.build_conditional_branch(any, rows_direct, done));
-                    b.position_at_end(rows_direct);
-                    self.emit_loop(
-                        function,
-                        slots.row,
-                        self.i64(0),
-                        1,
-                        |k| self.less(k, self.i64(self.schedule.gram_rows as i64)),
-                        |k| {
-                            let into = self.add(self.mul(k, self.i64(tile)), at);
-                            let sq = self.load(product.values, into, lanes);
-                            let norms = self.centred_norms(inner_norms, row_norms, k, at);
-                            let close = self.close_pairs(sq, norms);
-                            let row = self.block_row(rb, k, row_end);
-                            self.direct_sqdist_if(
-                                function,
-                                slots,
-                                g,
-                                reduce_or(em, close),
-                                (x, y),
-                                row,
-                                v,
-                                inner_stride,
-                                (product.values, into),
-                            );
-                        },
-                    );
-                    built(b.build_unconditional_branch(done));
-                    b.position_at_end(done);
-                }
-            },
-        );
+                built(b.build_unconditional_branch(done));
+                b.position_at_end(done);
+            }
+        });
     }
 
     /// The lanes whose squared distance `sq` in the scalar-product form may have lost

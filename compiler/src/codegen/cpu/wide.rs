@@ -194,42 +194,34 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                                 .into_int_value()
                             })
                             .collect();
-                        self.emit_loop(
-                            function,
-                            wide.vector,
-                            jt,
-                            lanes as i64,
-                            |v| self.less(v, end),
-                            |v| {
-                                let at = self.sub(v, jt);
-                                let scalars: Vec<Value<'ctx>> = (0..TILE_ROWS as i64)
-                                    .map(|k| {
-                                        let row = self.mul(self.add(g, self.i64(k)), tile);
-                                        self.load(wide.scalars, self.add(row, at), lanes)
-                                    })
-                                    .collect();
-                                for (k, (&s, &row)) in scalars.iter().zip(&rows).enumerate() {
-                                    for (l, &comp) in components.iter().enumerate() {
-                                        let x = match &product.kind {
-                                            WideKind::Variable(var) => {
-                                                let first = self.mul(comp, params.inner_stride);
-                                                self.load(arg_ptrs[*var], self.add(first, v), lanes)
-                                            }
-                                            WideKind::Elementwise(nodes) => self
-                                                .elementwise_component(
-                                                    nodes,
-                                                    arg_ptrs,
-                                                    params.inner_stride,
-                                                    (row, comp, v),
-                                                ),
-                                        };
-                                        let acc = wide.acc[k * TILE_COMPONENTS + l];
-                                        let sum = em.fma(s, x, self.load_vector_slot(acc));
-                                        built(b.build_store(acc, sum));
-                                    }
+                        self.emit_vector_loop(function, wide.vector, jt, end, |v| {
+                            let at = self.sub(v, jt);
+                            let scalars: Vec<Value<'ctx>> = (0..TILE_ROWS as i64)
+                                .map(|k| {
+                                    let row = self.mul(self.add(g, self.i64(k)), tile);
+                                    self.load(wide.scalars, self.add(row, at), lanes)
+                                })
+                                .collect();
+                            for (k, (&s, &row)) in scalars.iter().zip(&rows).enumerate() {
+                                for (l, &comp) in components.iter().enumerate() {
+                                    let x = match &product.kind {
+                                        WideKind::Variable(var) => {
+                                            let first = self.mul(comp, params.inner_stride);
+                                            self.load(arg_ptrs[*var], self.add(first, v), lanes)
+                                        }
+                                        WideKind::Elementwise(nodes) => self.elementwise_component(
+                                            nodes,
+                                            arg_ptrs,
+                                            params.inner_stride,
+                                            (row, comp, v),
+                                        ),
+                                    };
+                                    let acc = wide.acc[k * TILE_COMPONENTS + l];
+                                    let sum = em.fma(s, x, self.load_vector_slot(acc));
+                                    built(b.build_store(acc, sum));
                                 }
-                            },
-                        );
+                            }
+                        });
                         for k in 0..TILE_ROWS {
                             for l in 0..components_per_tile {
                                 let row = self.add(self.add(rb, g), self.i64(k as i64));
@@ -348,26 +340,14 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                 let first = self.mul(self.sub(r, rb), tile);
                 // The tile's maximum (masked-off lanes hold -inf).
                 built(b.build_store(wide.acc[0], em.constant(f64::NEG_INFINITY, lanes)));
-                self.emit_loop(
-                    function,
-                    wide.vector,
-                    jt,
-                    lanes as i64,
-                    |v| self.less(v, end),
-                    |v| {
-                        let s = self.load(wide.scalars, self.add(first, self.sub(v, jt)), lanes);
-                        let m = self.load_vector_slot(wide.acc[0]);
-                        let larger = em.compare(FloatPredicate::OGT, s, m);
-                        built(b.build_store(wide.acc[0], em.select(larger, s, m)));
-                    },
-                );
+                self.emit_vector_loop(function, wide.vector, jt, end, |v| {
+                    let s = self.load(wide.scalars, self.add(first, self.sub(v, jt)), lanes);
+                    let m = self.load_vector_slot(wide.acc[0]);
+                    let larger = em.compare(FloatPredicate::OGT, s, m);
+                    built(b.build_store(wide.acc[0], em.select(larger, s, m)));
+                });
                 let tile_max = em.horizontal_max(self.load_vector_slot(wide.acc[0]));
-                let tile_max = if em.float_type() == f64t {
-                    tile_max
-                } else {
-                    built(b.build_float_ext(tile_max, f64t, "max"))
-                };
-                let tile_max = wide_f64.from_scalar(tile_max);
+                let tile_max = wide_f64.from_scalar(em.to_f64(tile_max));
                 let m = load_f64(acc_slot(r, 0));
                 let grows = wide_f64.compare(FloatPredicate::OGT, tile_max, m);
                 let m_new = wide_f64.select(grows, tile_max, m);
@@ -388,26 +368,14 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                 };
                 let m_vec = em.splat(em.from_scalar(m_elem), lanes);
                 built(b.build_store(wide.acc[0], em.constant(0.0, lanes)));
-                self.emit_loop(
-                    function,
-                    wide.vector,
-                    jt,
-                    lanes as i64,
-                    |v| self.less(v, end),
-                    |v| {
-                        let at = self.add(first, self.sub(v, jt));
-                        let e = shifted_exp_term(em, self.load(wide.scalars, at, lanes), m_vec);
-                        self.store(wide.scalars, at, e);
-                        let sum = em.add(self.load_vector_slot(wide.acc[0]), e);
-                        built(b.build_store(wide.acc[0], sum));
-                    },
-                );
-                let sum = em.horizontal_sum(self.load_vector_slot(wide.acc[0]));
-                let sum = if em.float_type() == f64t {
-                    sum
-                } else {
-                    built(b.build_float_ext(sum, f64t, "sum"))
-                };
+                self.emit_vector_loop(function, wide.vector, jt, end, |v| {
+                    let at = self.add(first, self.sub(v, jt));
+                    let e = shifted_exp_term(em, self.load(wide.scalars, at, lanes), m_vec);
+                    self.store(wide.scalars, at, e);
+                    let sum = em.add(self.load_vector_slot(wide.acc[0]), e);
+                    built(b.build_store(wide.acc[0], sum));
+                });
+                let sum = em.to_f64(em.horizontal_sum(self.load_vector_slot(wide.acc[0])));
                 let slot = acc_slot(r, 1);
                 store_f64(
                     slot,
@@ -437,12 +405,7 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         let done = ctx.append_basic_block(function, "wide_add_done");
         built(b.build_conditional_branch(inside, add, done));
         b.position_at_end(add);
-        let sum = em.horizontal_sum(v);
-        let sum = if em.float_type() == f64t {
-            sum
-        } else {
-            built(b.build_float_ext(sum, f64t, "wide"))
-        };
+        let sum = em.to_f64(em.horizontal_sum(v));
         let row_first = self.mul(self.sub(row, params.row_start), self.i64(acc_dim));
         let at = self.add(self.add(row_first, self.i64(first_sum)), comp);
         // SAFETY (of the generated code): `row` is in `[row_start, row_end)` and `comp` below
