@@ -73,9 +73,10 @@ fn gradients_of_block_sparse_reductions_are_those_of_the_kept_blocks() {
         "LogSumExp_Reduction(-SqDist(x, y) * g + Sum(b), {axis})",
     ];
     for (c, case) in cases.iter().enumerate() {
-        for axis in [0usize, 1] {
+        // Dimension 20: the compiled passes use Gram and wide products.
+        for (axis, dim) in [(0usize, 3usize), (1, 3), (0, 20), (1, 20)] {
             let text = format!(
-                "kernel t {{ x = Vi(3) y = Vj(3) b = Vj(2) g = Pm(1) {} }}\n",
+                "kernel t {{ x = Vi({dim}) y = Vj({dim}) b = Vj(2) g = Pm(1) {} }}\n",
                 case.replace("{axis}", &axis.to_string())
             );
             let compiled =
@@ -103,7 +104,7 @@ fn gradients_of_block_sparse_reductions_are_those_of_the_kept_blocks() {
                         ),
                     }
                 };
-                let (x, y, b) = (random(n, 3), random(m, 3), random(m, 2));
+                let (x, y, b) = (random(n, dim), random(m, dim), random(m, 2));
                 let g = match dtype {
                     DType::F64 => HostArray::from_f64(vec![1], vec![2.0]),
                     DType::F32 => HostArray::from_f32(vec![1], vec![2.0]),
@@ -140,7 +141,7 @@ fn gradients_of_block_sparse_reductions_are_those_of_the_kept_blocks() {
                             .expect("dense backward of a block");
                         for (k, (grad, offset)) in grads
                             .iter()
-                            .zip([rx.0 * 3, ry.0 * 3, ry.0 * 2, 0])
+                            .zip([rx.0 * dim, ry.0 * dim, ry.0 * 2, 0])
                             .enumerate()
                         {
                             for (t, v) in grad.to_f64().iter().enumerate() {
