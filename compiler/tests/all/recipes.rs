@@ -54,15 +54,19 @@ fn blocks(page: &str) -> Vec<(String, Block)> {
     out
 }
 
-/// The two numbers of `name(R, C)`.
-fn shape(call: &str, name: &str) -> Option<(usize, usize)> {
+/// The shape of `name(R, C)`, or with leading batch axes `name(B, R, C)`: two numbers or more.
+fn shape(call: &str, name: &str) -> Option<Vec<usize>> {
     let inner = call.strip_prefix(name)?.trim().strip_prefix('(')?;
-    let (r, c) = inner.strip_suffix(')')?.split_once(',')?;
-    Some((r.trim().parse().ok()?, c.trim().parse().ok()?))
+    let dims: Vec<usize> = inner
+        .strip_suffix(')')?
+        .split(',')
+        .map(|d| d.trim().parse().ok())
+        .collect::<Option<_>>()?;
+    (dims.len() >= 2).then_some(dims)
 }
 
 /// One line of a `recipe-data` block: `NAME.npy = uniform(R, C)` (or `normal`, `zeros`,
-/// `ones`, or `[v, ...]`), as a float32 array.
+/// `ones`, with batch axes `uniform(B, R, C)`, or `[v, ...]`), as a float32 array.
 fn data_array(spec: &str, rng: &mut StdRng) -> Result<HostArray, String> {
     let spec = spec.trim();
     if let Some(list) = spec.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
@@ -73,8 +77,8 @@ fn data_array(spec: &str, rng: &mut StdRng) -> Result<HostArray, String> {
         return Ok(HostArray::from_f32(vec![values.len()], values));
     }
     for (name, draw) in [("uniform", 0u8), ("normal", 1), ("zeros", 2), ("ones", 3)] {
-        if let Some((rows, cols)) = shape(spec, name) {
-            let values = (0..rows * cols)
+        if let Some(dims) = shape(spec, name) {
+            let values = (0..dims.iter().product())
                 .map(|_| match draw {
                     0 => rng.random::<f32>(),
                     1 => {
@@ -86,7 +90,7 @@ fn data_array(spec: &str, rng: &mut StdRng) -> Result<HostArray, String> {
                     _ => 1.0,
                 })
                 .collect();
-            return Ok(HostArray::from_f32(vec![rows, cols], values));
+            return Ok(HostArray::from_f32(dims, values));
         }
     }
     Err(format!(
