@@ -66,6 +66,22 @@ pub enum GramKind {
     SqDist,
     /// `(x | y)`.
     Dot,
+    /// A sum over the components of element-wise formulas of variables
+    /// ([`GramProduct::components`]): `Sum(e)`, `SqNorm2(e)`, `(a | b)`, `SqDist(a, b)` with
+    /// `e = Abs(x - y)`, `x * w`, ...: evaluated component by component for the block's rows,
+    /// the same operations as the unrolled code's, in a loop.
+    Components,
+}
+
+/// The element-wise formulas a [`GramKind::Components`] product sums over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ComponentSum {
+    /// The product's operator: `Sum`, `SqNorm2`, `Scalprod` or `SqDist`.
+    pub op: Op,
+    /// Its operands' nodes (one or two).
+    pub operands: Vec<usize>,
+    /// Every node of the operands' subformulas, in order.
+    pub nodes: Vec<usize>,
 }
 
 /// A pair-level `SqDist` or scalar product of a row variable and an inner variable of at least
@@ -82,6 +98,8 @@ pub struct GramProduct {
     /// Index of the inner variable.
     pub inner_var: usize,
     pub dim: usize,
+    /// For [`GramKind::Components`], what is summed (the variables above are then unused).
+    pub components: Option<ComponentSum>,
 }
 
 /// `Sum_Reduction(s * v)` with `s` a pair-level scalar and `v` a vector of at least
@@ -398,19 +416,45 @@ fn gram_products(
         let kind = match node.op {
             Op::SqDist => GramKind::SqDist,
             Op::Scalprod => GramKind::Dot,
+            Op::Sum | Op::SqNorm2 => GramKind::Components,
             _ => continue,
         };
         let dim = formula.info[usize::from(node.children[0])].dim;
         if levels[k] != Level::Pair || dim < GRAM_MIN_DIM {
             continue;
         }
-        let (a, b) = (node.children[0], node.children[1]);
-        let (row_var, inner_var) = match (var_at(a, Level::Row), var_at(b, Level::Inner)) {
-            (Some(r), Some(i)) => (r, i),
+        let (a, b) = (node.children[0], *node.children.last().expect("an operand"));
+        let vars = match (var_at(a, Level::Row), var_at(b, Level::Inner)) {
+            (Some(r), Some(i)) => Some((r, i)),
             _ => match (var_at(b, Level::Row), var_at(a, Level::Inner)) {
-                (Some(r), Some(i)) => (r, i),
-                _ => continue,
+                (Some(r), Some(i)) => Some((r, i)),
+                _ => None,
             },
+        };
+        let (kind, (row_var, inner_var), components) = match vars {
+            Some(vars) if kind != GramKind::Components => (kind, vars, None),
+            // Element-wise operands: summed component by component.
+            _ => {
+                let operands: Vec<usize> = node.children.iter().map(|&c| usize::from(c)).collect();
+                let mut inside = Vec::new();
+                for &operand in &operands {
+                    match elementwise_subformula(formula, operand, dim) {
+                        Some(sub) => inside.extend(sub),
+                        None => break,
+                    }
+                }
+                if inside.is_empty() || operands.iter().any(|o| !inside.contains(o)) {
+                    continue;
+                }
+                inside.sort_unstable();
+                inside.dedup();
+                let sum = ComponentSum {
+                    op: node.op.clone(),
+                    operands,
+                    nodes: inside,
+                };
+                (GramKind::Components, (0, 0), Some(sum))
+            }
         };
         if kind == GramKind::SqDist {
             if (centred + dim) * lanes as usize * elem_bytes > 2 * GRAM_INNER_BYTES {
@@ -424,6 +468,7 @@ fn gram_products(
             row_var,
             inner_var,
             dim,
+            components,
         });
     }
     products
@@ -494,6 +539,9 @@ impl fmt::Display for ScheduledFormula<'_> {
                                 "{text} (centred scalar-product form, exact where pairs are close)"
                             ),
                             GramKind::Dot => text,
+                            GramKind::Components => {
+                                format!("{text} (component by component)")
+                            }
                         }
                     })
                     .collect();

@@ -28,6 +28,7 @@
 //! inner tile of its rows at once (saving the rows' accumulators first, at most 256 rows) and
 //! redoes that tile with the exact one when a lane needed it.
 
+mod components;
 mod gram;
 mod wide;
 

@@ -178,6 +178,24 @@ const CASES: &[Case] = &[
         text: "Max_SumShiftExpWeight_Reduction(-Log(Step(v)) + (x | y) * g, z + 2, 0)",
         scale: None,
     },
+    // Sums over the components of element-wise formulas (Gram products evaluated component
+    // by component): L1 distances, weighted norms, scalar products of products.
+    Case {
+        text: "Sum_Reduction(Exp(-Sum(Abs(x - y)) * g) * v, 0)",
+        scale: Some("Sum_Reduction(Exp(-Sum(Abs(x - y)) * g) * Abs(v), 0)"),
+    },
+    Case {
+        text: "Min_Reduction(SqNorm2(x * 2 - y), 1)",
+        scale: None,
+    },
+    Case {
+        text: "Max_Reduction((x * z | y) * g, 0)",
+        scale: None,
+    },
+    Case {
+        text: "ArgKMin_Reduction(SqDist(x * 2, y) + Sum(x * 0.5 - z), 3, 0)",
+        scale: None,
+    },
 ];
 
 fn tolerance(dtype: DType) -> f64 {
@@ -208,6 +226,10 @@ fn large_dimensions_use_gram_products_and_small_ones_do_not() {
         (11, "accumulated component by component"),
         (12, "accumulated component by component"),
         (13, "accumulated component by component"),
+        (17, "(component by component)"),
+        (18, "(component by component)"),
+        (19, "(component by component)"),
+        (20, "(component by component)"),
     ] {
         let schedule = schedule_of(&source(&kernel(CASES[k].text), 16), DType::F32);
         assert!(schedule.contains(how), "{}: {schedule}", CASES[k].text);

@@ -24,7 +24,8 @@
 use super::{built, Params, TileEmitter};
 use crate::codegen::formula::Value;
 use crate::codegen::reduce::reduce_or;
-use crate::schedule::{GramKind, GramProduct};
+use crate::formula::Op;
+use crate::schedule::{ComponentSum, GramKind, GramProduct};
 use inkwell::values::{FunctionValue, IntValue, PointerValue};
 use inkwell::{FloatPredicate, IntPredicate};
 
@@ -254,6 +255,18 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         jt_end: IntValue<'ctx>,
     ) {
         for (g, product) in self.schedule.gram.iter().zip(&slots.products) {
+            if let Some(sum) = &g.components {
+                self.component_sums(
+                    function,
+                    slots,
+                    (g, sum),
+                    product.values,
+                    (arg_ptrs, inner_stride),
+                    (rb, row_end),
+                    (jt, jt_end),
+                );
+                continue;
+            }
             self.centre_rows(
                 function,
                 slots,
@@ -274,6 +287,66 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                 jt_end,
             );
         }
+    }
+
+    /// A [`ComponentSum`] for the block's rows against every vector of the tile: one
+    /// accumulator per row, a loop over the components evaluating the summed formulas (each
+    /// inner operand loaded once for all the rows), the sums into the product's buffer.
+    #[allow(clippy::too_many_arguments)]
+    fn component_sums(
+        &self,
+        function: FunctionValue<'ctx>,
+        slots: &GramSlots<'ctx>,
+        (g, sum): (&GramProduct, &ComponentSum),
+        values: PointerValue<'ctx>,
+        (arg_ptrs, inner_stride): (&[PointerValue<'ctx>], IntValue<'ctx>),
+        (rb, row_end): (IntValue<'ctx>, IntValue<'ctx>),
+        (jt, jt_end): (IntValue<'ctx>, IntValue<'ctx>),
+    ) {
+        let em = self.em;
+        let b = em.builder;
+        let lanes = self.schedule.lanes;
+        let tile = self.schedule.inner_tile as i64;
+        let end = self.vectors_end(jt, jt_end);
+        let bound = self.component_bound(g, inner_stride);
+        let rows: Vec<IntValue<'ctx>> = (0..self.schedule.gram_rows as i64)
+            .map(|k| self.block_row(rb, self.i64(k), row_end))
+            .collect();
+        self.emit_vector_loop(function, slots.vector, jt, end, |v| {
+            let at = self.sub(v, jt);
+            for &acc in &slots.acc {
+                built(b.build_store(acc, em.constant(0.0, lanes)));
+            }
+            self.emit_loop(
+                function,
+                slots.component,
+                self.i64(0),
+                1,
+                |c| self.less(c, bound),
+                |c| {
+                    for (&acc, &row) in slots.acc.iter().zip(&rows) {
+                        let values =
+                            self.component_values(&sum.nodes, arg_ptrs, inner_stride, (row, c, v));
+                        let operand = |k: usize| values[sum.operands[k]].expect("computed");
+                        let total = self.load_vector_slot(acc);
+                        let total = match sum.op {
+                            Op::Sum => em.add(total, operand(0)),
+                            Op::SqNorm2 => em.fma(operand(0), operand(0), total),
+                            Op::Scalprod => em.fma(operand(0), operand(1), total),
+                            _ => {
+                                let d = em.sub(operand(0), operand(1));
+                                em.fma(d, d, total)
+                            }
+                        };
+                        built(b.build_store(acc, total));
+                    }
+                },
+            );
+            for (k, &acc) in slots.acc.iter().enumerate() {
+                let into = self.add(self.i64(k as i64 * tile), at);
+                self.store(values, into, self.load_vector_slot(acc));
+            }
+        });
     }
 
     /// The block's rows, copied (a `SqDist` product's moved by the tile's centre, with their

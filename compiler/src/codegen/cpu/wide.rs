@@ -18,8 +18,7 @@ use super::gram::GramSlots;
 use super::{built, Params, TileEmitter};
 use crate::codegen::formula::Value;
 use crate::codegen::reduce::{rescale_factor, shifted_exp_term};
-use crate::formula::Op;
-use crate::schedule::{Level, WideKind};
+use crate::schedule::WideKind;
 use inkwell::values::{FunctionValue, IntValue, PointerValue};
 use inkwell::{FloatPredicate, IntPredicate};
 
@@ -209,12 +208,16 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                                             let first = self.mul(comp, params.inner_stride);
                                             self.load(arg_ptrs[*var], self.add(first, v), lanes)
                                         }
-                                        WideKind::Elementwise(nodes) => self.elementwise_component(
-                                            nodes,
-                                            arg_ptrs,
-                                            params.inner_stride,
-                                            (row, comp, v),
-                                        ),
+                                        WideKind::Elementwise(nodes) => {
+                                            let values = self.component_values(
+                                                nodes,
+                                                arg_ptrs,
+                                                params.inner_stride,
+                                                (row, comp, v),
+                                            );
+                                            values[*nodes.last().expect("a vector node")]
+                                                .expect("computed above")
+                                        }
                                     };
                                     let acc = wide.acc[k * TILE_COMPONENTS + l];
                                     let sum = em.fma(s, x, self.load_vector_slot(acc));
@@ -243,54 +246,6 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         );
         built(b.build_unconditional_branch(done));
         b.position_at_end(done);
-    }
-
-    /// Component `comp` of an element-wise vector for row `row` and the inner vector at `v`:
-    /// its nodes evaluated on that component of each variable (component 0 of a variable of
-    /// dimension 1), the same operations as the unrolled code's for that component.
-    fn elementwise_component(
-        &self,
-        nodes: &[usize],
-        arg_ptrs: &[PointerValue<'ctx>],
-        inner_stride: IntValue<'ctx>,
-        (row, comp, v): (IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>),
-    ) -> Value<'ctx> {
-        let em = self.em;
-        let lanes = self.schedule.lanes;
-        let formula = self.formula;
-        let mut values: Vec<Option<Value<'ctx>>> = vec![None; formula.len()];
-        for &k in nodes {
-            let node = &formula.nodes.as_ref()[k];
-            let dim = formula.info[k].dim;
-            let c = if dim == 1 { self.i64(0) } else { comp };
-            let value = match node.op {
-                Op::Var(var) => {
-                    let base = arg_ptrs[var as usize];
-                    match self.schedule.levels[k] {
-                        Level::Inner => {
-                            self.load(base, self.add(self.mul(c, inner_stride), v), lanes)
-                        }
-                        Level::Row => {
-                            let at = self.add(self.mul(row, self.i64(dim as i64)), c);
-                            em.splat(self.load(base, at, 1), lanes)
-                        }
-                        _ => em.splat(self.load(base, c, 1), lanes),
-                    }
-                }
-                ref op => {
-                    let operands: Vec<Value<'ctx>> = node
-                        .children
-                        .iter()
-                        .map(|&child| values[usize::from(child)].expect("computed before"))
-                        .collect();
-                    let slices: Vec<&[Value<'ctx>]> =
-                        operands.iter().map(std::slice::from_ref).collect();
-                    em.emit(op, &slices, 1, lanes)[0]
-                }
-            };
-            values[k] = Some(value);
-        }
-        values[*nodes.last().expect("a vector node")].expect("computed above")
     }
 
     /// The softmax family, for each row of the block `[rb, block_end)`: the tile's maximum of
