@@ -142,7 +142,10 @@ pub const WIDE_MIN_DIM: usize = 16;
 /// products. Measured on W2-like Gaussian sums (see `keopsc bench --workload W2`).
 pub const GRAM_MIN_DIM: usize = 16;
 /// Rows of a Gram block: each loaded inner vector feeds this many FMAs.
-const GRAM_ROWS: usize = 12;
+pub const GRAM_ROWS: usize = 12;
+/// Bound on the buffers of a block's values (one per Gram product and wide product, each
+/// `GRAM_ROWS x inner_tile` numbers), on the stack with the others above.
+const BLOCK_VALUES_BYTES: usize = 256 * 1024;
 /// Bound on the centred copy of a tile's inner points for `SqDist` products (stack), exceeded
 /// up to twice for tiles of 64 indices.
 const GRAM_INNER_BYTES: usize = 128 * 1024;
@@ -300,6 +303,10 @@ impl Schedule {
             let bytes = centred_dims * elem_bytes;
             let fit = GRAM_INNER_BYTES / bytes;
             tile = tile.min(fit.max((2 * GRAM_INNER_BYTES / bytes).min(64)));
+        }
+        let block_buffers = gram.len() + usize::from(wide.is_some());
+        if block_buffers > 0 {
+            tile = tile.min(BLOCK_VALUES_BYTES / (block_buffers * GRAM_ROWS * elem_bytes));
         }
         let lanes_usize = lanes as usize;
         let inner_tile = (tile / lanes_usize * lanes_usize).max(lanes_usize);

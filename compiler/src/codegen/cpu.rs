@@ -829,7 +829,11 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                 .as_ref()
                 .iter()
                 .enumerate()
-                .any(|(k, node)| self.schedule.levels[k] == Level::Pair && node.op == Op::Exp)
+                .any(|(k, node)| {
+                    self.schedule.levels[k] == Level::Pair
+                        && self.schedule.live[k]
+                        && node.op == Op::Exp
+                })
     }
 
     /// One row's whole vectors of a tile (`whole_vectors`: lane accumulators from `init`, then

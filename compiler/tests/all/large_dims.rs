@@ -196,6 +196,12 @@ const CASES: &[Case] = &[
         text: "ArgKMin_Reduction(SqDist(x * 2, y) + Sum(x * 0.5 - z), 3, 0)",
         scale: None,
     },
+    // A vector infinite on the zero padding past the inner size (`Log(0)`): the tail's lanes
+    // must not multiply it.
+    Case {
+        text: "Sum_Reduction(Exp(-SqDist(x, y) * g) * Log(Abs(z) + z * z), 0)",
+        scale: Some("Sum_Reduction(Exp(-SqDist(x, y) * g) * Abs(Log(Abs(z) + z * z)), 0)"),
+    },
 ];
 
 fn tolerance(dtype: DType) -> f64 {
@@ -315,6 +321,10 @@ fn nan_propagates_and_infinities_are_exact() {
         set(&mut inputs[0].1, 3 * 32 + 5, f64::NAN); // x[3]: NaN
         set(&mut inputs[0].1, 4 * 32 + 1, f64::INFINITY); // x[4]: +inf
         set(&mut inputs[0].1, 5 * 32 + 7, 1e30); // x[5]: overflows in f32 once squared
+                                                 // x[6] and y[3] both 1.8e19 in component 0 (y[0], the tile's centre, near 0): their
+                                                 // centred norms overflow in f32 (2 x 3.2e38) while their distance is small.
+        set(&mut inputs[0].1, 6 * 32, 1.8e19);
+        set(&mut inputs[1].1, 3 * 32, 1.8e19);
         for body in [
             "Min_Reduction(SqDist(x, y), 0)",
             "Sum_Reduction(SqDist(x, y) * Abs(v), 0)",

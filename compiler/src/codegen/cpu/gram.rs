@@ -556,7 +556,14 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         let em = self.em;
         let lanes = self.schedule.lanes;
         let bound = em.mul(norms, em.constant(CLOSE_FRACTION, lanes));
-        em.compare(FloatPredicate::ULT, sq, bound)
+        let close = em.compare(FloatPredicate::ULT, sq, bound);
+        // Norms that overflowed give `inf` where the direct sum may be finite.
+        let overflow = em.compare(
+            FloatPredicate::OEQ,
+            norms,
+            em.constant(f64::INFINITY, lanes),
+        );
+        built(em.builder.build_or(close, overflow, "close"))
     }
 
     /// `|x'_k|^2 + |y'|^2` for row `k` of the block and the vector at `at` in the tile.

@@ -25,6 +25,9 @@ use inkwell::{FloatPredicate, IntPredicate};
 /// Rows and components of the register tile.
 const TILE_ROWS: usize = 4;
 const TILE_COMPONENTS: usize = 4;
+// A block's rows come in whole groups of the register tile's rows: the scalars read for rows
+// past the block stay inside its buffer.
+const _: () = assert!(crate::schedule::GRAM_ROWS.is_multiple_of(TILE_ROWS));
 
 /// Stack slots of a wide product.
 #[derive(Clone)]
@@ -131,6 +134,13 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         b.position_at_end(product_block);
 
         let end = self.vectors_end(jt, jt_end);
+        // The start of the last, partial vector of the tile (or its end).
+        let whole_end = {
+            let len = self.sub(jt_end, jt);
+            let lanes_i = self.i64(lanes as i64);
+            let whole = built(b.build_int_signed_div(len, lanes_i, "whole"));
+            self.add(jt, self.mul(whole, lanes_i))
+        };
         let rows_in_block = self.sub(block_end, rb);
         let zero = em.constant(0.0, lanes);
         let last_row = self.sub(params.row_end, self.i64(1));
@@ -193,7 +203,10 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                                 .into_int_value()
                             })
                             .collect();
-                        self.emit_vector_loop(function, wide.vector, jt, end, |v| {
+                        // Whole vectors, then the last one with the lanes past `jt_end` masked:
+                        // there the scalars are 0 but `v` is computed from the padding (or the
+                        // next chunk's data), possibly infinite, and 0 * inf is NaN.
+                        let step = |v: IntValue<'ctx>, mask: Option<Value<'ctx>>| {
                             let at = self.sub(v, jt);
                             let scalars: Vec<Value<'ctx>> = (0..TILE_ROWS as i64)
                                 .map(|k| {
@@ -219,12 +232,27 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                                                 .expect("computed above")
                                         }
                                     };
+                                    let x = match mask {
+                                        Some(m) => em.select(m, x, zero),
+                                        None => x,
+                                    };
                                     let acc = wide.acc[k * TILE_COMPONENTS + l];
                                     let sum = em.fma(s, x, self.load_vector_slot(acc));
                                     built(b.build_store(acc, sum));
                                 }
                             }
+                        };
+                        self.emit_vector_loop(function, wide.vector, jt, whole_end, |v| {
+                            step(v, None)
                         });
+                        let tail = ctx.append_basic_block(function, "wide_tail");
+                        let tail_done = ctx.append_basic_block(function, "wide_tail_done");
+                        let partial = self.less(whole_end, jt_end);
+                        built(b.build_conditional_branch(partial, tail, tail_done));
+                        b.position_at_end(tail);
+                        step(whole_end, Some(self.lane_mask(whole_end, jt_end, lanes)));
+                        built(b.build_unconditional_branch(tail_done));
+                        b.position_at_end(tail_done);
                         for k in 0..TILE_ROWS {
                             for l in 0..components_per_tile {
                                 let row = self.add(self.add(rb, g), self.i64(k as i64));
