@@ -100,6 +100,13 @@ pub struct GramProduct {
     pub dim: usize,
     /// For [`GramKind::Components`], what is summed (the variables above are then unused).
     pub components: Option<ComponentSum>,
+    /// A `Dot` whose row operand is a subformula depending on the row only (`Normalize(x)` of
+    /// a cosine similarity) rather than a variable: its nodes, in order, the operand last,
+    /// computed for each row of a block before the product.
+    pub row_operand: Option<Vec<usize>>,
+    /// A `Dot` whose inner operand is a subformula depending on the inner index only: that
+    /// node, computed per inner index into the tile's stack buffer like any inner part.
+    pub inner_operand: Option<usize>,
 }
 
 /// `Sum_Reduction(s * v)` with `s` a pair-level scalar and `v` a vector of at least
@@ -246,6 +253,16 @@ impl Schedule {
                     live[usize::from(c)] = true;
                 }
             }
+            // A computed inner operand is an inner part like any other.
+            if live[k] {
+                if let Some(n) = gram
+                    .iter()
+                    .find(|g| g.node == k)
+                    .and_then(|g| g.inner_operand)
+                {
+                    live[n] = true;
+                }
+            }
         }
         let mut needed_wide = vec![false; formula.len()];
         for (k, node) in formula.nodes.as_ref().iter().enumerate() {
@@ -267,9 +284,12 @@ impl Schedule {
         let mut scratch_slots = vec![None; formula.len()];
         let mut scratch_dim = 0;
         for (k, node) in formula.nodes.as_ref().iter().enumerate() {
+            // Computed inner operands of Gram products are stored for them, not read by the
+            // pair code.
+            let gram_operand = gram.iter().any(|g| g.inner_operand == Some(k));
             if live[k]
                 && levels[k] == Level::Inner
-                && needed_wide[k]
+                && (needed_wide[k] || gram_operand)
                 && !matches!(node.op, Op::Var(_))
             {
                 scratch_slots[k] = Some(scratch_dim);
@@ -374,6 +394,21 @@ fn wide_product(formula: &Formula, signature: &Signature, levels: &[Level]) -> O
     factors(a, b).or_else(|| factors(b, a))
 }
 
+/// Every node of the subformula at `top`, in order.
+fn subformula(formula: &Formula, top: usize) -> Vec<usize> {
+    let nodes = formula.nodes.as_ref();
+    let mut inside = vec![false; top + 1];
+    inside[top] = true;
+    for k in (0..=top).rev() {
+        if inside[k] {
+            for &c in &nodes[k].children {
+                inside[usize::from(c)] = true;
+            }
+        }
+    }
+    (0..=top).filter(|&k| inside[k]).collect()
+}
+
 /// The nodes of the subformula at `top`, in order, when it is made of element-wise operators
 /// over variables and constants, every node of dimension `dim` or 1.
 fn elementwise_subformula(formula: &Formula, top: usize, dim: usize) -> Option<Vec<usize>> {
@@ -438,6 +473,39 @@ fn gram_products(
                 _ => None,
             },
         };
+        // A scalar product of a row-only and an inner-only subformula (Normalize(x) and
+        // Normalize(y)): a Gram product reading them computed.
+        let level_of = |c: egg::Id| levels[usize::from(c)];
+        if vars.is_none() && kind == GramKind::Dot {
+            let (row, inner) = match (level_of(a), level_of(b)) {
+                (Level::Row, Level::Inner) => (a, b),
+                (Level::Inner, Level::Row) => (b, a),
+                _ => (a, a),
+            };
+            if row != inner {
+                let (row, inner) = (usize::from(row), usize::from(inner));
+                let row_nodes = subformula(formula, row);
+                let inner_var = match nodes[inner].op {
+                    Op::Var(v) => Some(v as usize),
+                    _ => None,
+                };
+                let row_var = match nodes[row].op {
+                    Op::Var(v) => Some(v as usize),
+                    _ => None,
+                };
+                products.push(GramProduct {
+                    node: k,
+                    kind,
+                    row_var: row_var.unwrap_or(0),
+                    inner_var: inner_var.unwrap_or(0),
+                    dim,
+                    components: None,
+                    row_operand: row_var.is_none().then_some(row_nodes),
+                    inner_operand: inner_var.is_none().then_some(inner),
+                });
+                continue;
+            }
+        }
         let (kind, (row_var, inner_var), components) = match vars {
             Some(vars) if kind != GramKind::Components => (kind, vars, None),
             // Element-wise operands: summed component by component.
@@ -476,6 +544,8 @@ fn gram_products(
             inner_var,
             dim,
             components,
+            row_operand: None,
+            inner_operand: None,
         });
     }
     products

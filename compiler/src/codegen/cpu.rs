@@ -604,6 +604,7 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                                     &params,
                                     r,
                                     (jt, jt_end),
+                                    (&values, scratch),
                                 );
                             }
                             row_body(r);

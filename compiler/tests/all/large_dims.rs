@@ -202,6 +202,16 @@ const CASES: &[Case] = &[
         text: "Sum_Reduction(Exp(-SqDist(x, y) * g) * Log(Abs(z) + z * z), 0)",
         scale: Some("Sum_Reduction(Exp(-SqDist(x, y) * g) * Abs(Log(Abs(z) + z * z)), 0)"),
     },
+    // Scalar products of computed operands (cosine similarities): Gram products reading the
+    // row operand computed per row of a block and the inner one from the tile's buffer.
+    Case {
+        text: "Max_Reduction((Normalize(x) | Normalize(y)), 0)",
+        scale: None,
+    },
+    Case {
+        text: "Sum_Reduction(Exp((x * 2 | Normalize(z)) * g) * v, 1)",
+        scale: Some("Sum_Reduction(Exp((x * 2 | Normalize(z)) * g) * Abs(v), 1)"),
+    },
 ];
 
 fn tolerance(dtype: DType) -> f64 {
@@ -236,6 +246,10 @@ fn large_dimensions_use_gram_products_and_small_ones_do_not() {
         (18, "(component by component)"),
         (19, "(component by component)"),
         (20, "(component by component)"),
+        (
+            22,
+            "looped over components: Scalprod(Normalize(x), Normalize(y))",
+        ),
     ] {
         let schedule = schedule_of(&source(&kernel(CASES[k].text), 16), DType::F32);
         assert!(schedule.contains(how), "{}: {schedule}", CASES[k].text);

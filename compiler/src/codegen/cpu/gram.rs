@@ -21,11 +21,11 @@
 //! recomputed directly, so every squared distance keeps a relative error within about 16
 //! times the direct sum's bound. A vector of lanes with one such pair is recomputed whole.
 
-use super::{built, Params, TileEmitter};
+use super::{built, NodeValues, Params, TileEmitter};
 use crate::codegen::formula::Value;
 use crate::codegen::reduce::reduce_or;
 use crate::formula::Op;
-use crate::schedule::{ComponentSum, GramKind, GramProduct};
+use crate::schedule::{ComponentSum, GramKind, GramProduct, Level};
 use inkwell::values::{FunctionValue, IntValue, PointerValue};
 use inkwell::{FloatPredicate, IntPredicate};
 
@@ -210,6 +210,7 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         params: &Params<'ctx>,
         r: IntValue<'ctx>,
         (jt, jt_end): (IntValue<'ctx>, IntValue<'ctx>),
+        computed: (&NodeValues<'ctx>, Option<PointerValue<'ctx>>),
     ) {
         let em = self.em;
         let b = em.builder;
@@ -235,6 +236,7 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
             params.row_end,
             jt,
             jt_end,
+            computed,
         );
         built(b.build_unconditional_branch(rows));
         b.position_at_end(rows);
@@ -253,6 +255,7 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         row_end: IntValue<'ctx>,
         jt: IntValue<'ctx>,
         jt_end: IntValue<'ctx>,
+        (call, scratch): (&NodeValues<'ctx>, Option<PointerValue<'ctx>>),
     ) {
         for (g, product) in self.schedule.gram.iter().zip(&slots.products) {
             if let Some(sum) = &g.components {
@@ -267,14 +270,24 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                 );
                 continue;
             }
-            self.centre_rows(
-                function,
-                slots,
-                g,
-                *product,
-                arg_ptrs[g.row_var],
-                (rb, row_end),
-            );
+            match &g.row_operand {
+                Some(nodes) => self.computed_rows(
+                    function,
+                    slots,
+                    g,
+                    *product,
+                    (nodes, call, arg_ptrs),
+                    (rb, row_end),
+                ),
+                None => self.centre_rows(
+                    function,
+                    slots,
+                    g,
+                    *product,
+                    arg_ptrs[g.row_var],
+                    (rb, row_end),
+                ),
+            }
             self.gram_vectors(
                 function,
                 slots,
@@ -285,8 +298,71 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                 (rb, row_end),
                 jt,
                 jt_end,
+                scratch,
             );
         }
+    }
+
+    /// A row operand computed from the row's variables (`Normalize(x)`), for each row of the
+    /// block, into the block's row copies: the row code's operations, once per row.
+    fn computed_rows(
+        &self,
+        function: FunctionValue<'ctx>,
+        slots: &GramSlots<'ctx>,
+        g: &GramProduct,
+        product: ProductSlots<'ctx>,
+        (nodes, call, arg_ptrs): (&[usize], &NodeValues<'ctx>, &[PointerValue<'ctx>]),
+        (rb, row_end): (IntValue<'ctx>, IntValue<'ctx>),
+    ) {
+        let em = self.em;
+        let formula = self.formula;
+        let lanes = self.schedule.lanes;
+        self.emit_loop(
+            function,
+            slots.row,
+            self.i64(0),
+            1,
+            |k| self.less(k, self.i64(self.schedule.gram_rows as i64)),
+            |k| {
+                let row = self.block_row(rb, k, row_end);
+                let mut narrow = call.narrow.clone();
+                for &n in nodes {
+                    if narrow[n].is_some() {
+                        continue;
+                    }
+                    let node = &formula.nodes.as_ref()[n];
+                    let dim = formula.info[n].dim;
+                    let value: Vec<Value<'ctx>> = match node.op {
+                        Op::Var(var) => {
+                            let base = arg_ptrs[var as usize];
+                            let first = match self.schedule.levels[n] {
+                                Level::Row => self.mul(row, self.i64(dim as i64)),
+                                _ => self.i64(0),
+                            };
+                            (0..dim)
+                                .map(|c| self.load(base, self.add(first, self.i64(c as i64)), 1))
+                                .collect()
+                        }
+                        ref op => {
+                            let operands: Vec<&[Value<'ctx>]> = node
+                                .children
+                                .iter()
+                                .map(|&c| narrow[usize::from(c)].as_deref().expect("computed"))
+                                .collect();
+                            em.emit(op, &operands, dim, 1)
+                        }
+                    };
+                    narrow[n] = Some(value);
+                }
+                let operand = narrow[*nodes.last().expect("an operand")]
+                    .as_ref()
+                    .expect("computed above");
+                let into = self.mul(k, self.i64(row_stride(g, lanes)));
+                for (c, &x) in operand.iter().enumerate() {
+                    self.store(product.rows.0, self.add(into, self.i64(c as i64)), x);
+                }
+            },
+        );
     }
 
     /// A [`ComponentSum`] for the block's rows against every vector of the tile: one
@@ -452,6 +528,7 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         (rb, row_end): (IntValue<'ctx>, IntValue<'ctx>),
         jt: IntValue<'ctx>,
         jt_end: IntValue<'ctx>,
+        scratch: Option<PointerValue<'ctx>>,
     ) {
         let em = self.em;
         let b = em.builder;
@@ -473,11 +550,19 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                 1,
                 |c| self.less(c, bound),
                 |c| {
-                    let column = match product.centred {
-                        Some((centred, _)) => {
+                    let column = match (product.centred, g.inner_operand) {
+                        (Some((centred, _)), _) => {
                             self.load(centred, self.add(self.mul(c, self.i64(tile)), at), lanes)
                         }
-                        None => self.load(y, self.add(self.mul(c, inner_stride), v), lanes),
+                        // A computed inner operand, in the tile's stack buffer.
+                        (None, Some(n)) => {
+                            let slot = self.schedule.scratch_slots[n].expect("a stored inner part");
+                            let scratch = scratch.expect("a tile buffer");
+                            let first =
+                                self.mul(self.add(c, self.i64(slot as i64)), self.i64(tile));
+                            self.load(scratch, self.add(first, at), lanes)
+                        }
+                        (None, None) => self.load(y, self.add(self.mul(c, inner_stride), v), lanes),
                     };
                     for (k, &acc) in slots.acc.iter().enumerate() {
                         let first = self.i64(k as i64 * row_stride(g, lanes));
