@@ -202,6 +202,7 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
 
     /// At the first row `r` of a block (`r - row_start` a multiple of `gram_rows`): the block's
     /// Gram products.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn gram_block_if_first_row(
         &self,
         function: FunctionValue<'ctx>,
