@@ -105,8 +105,12 @@ pub struct GramProduct {
     /// computed for each row of a block before the product.
     pub row_operand: Option<Vec<usize>>,
     /// A `Dot` whose inner operand is a subformula depending on the inner index only: that
-    /// node, computed per inner index into the tile's stack buffer like any inner part.
+    /// node, computed per inner index into the tile's stack buffer.
     pub inner_operand: Option<usize>,
+    /// The computed operands are evaluated in loops over their components (see
+    /// [`loopable`]) rather than unrolled: the row operand per row of a block, the inner one
+    /// per inner tile, before the product.
+    pub looped: bool,
 }
 
 /// `Sum_Reduction(s * v)` with `s` a pair-level scalar and `v` a vector of at least
@@ -253,11 +257,12 @@ impl Schedule {
                     live[usize::from(c)] = true;
                 }
             }
-            // A computed inner operand is an inner part like any other.
+            // A computed inner operand unrolled is an inner part like any other (a looped one is
+            // computed by the Gram product's own loops).
             if live[k] {
                 if let Some(n) = gram
                     .iter()
-                    .find(|g| g.node == k)
+                    .find(|g| g.node == k && !g.looped)
                     .and_then(|g| g.inner_operand)
                 {
                     live[n] = true;
@@ -287,7 +292,7 @@ impl Schedule {
             // Computed inner operands of Gram products are stored for them, not read by the
             // pair code.
             let gram_operand = gram.iter().any(|g| g.inner_operand == Some(k));
-            if live[k]
+            if (live[k] || gram_operand)
                 && levels[k] == Level::Inner
                 && (needed_wide[k] || gram_operand)
                 && !matches!(node.op, Op::Var(_))
@@ -394,8 +399,37 @@ fn wide_product(formula: &Formula, signature: &Signature, levels: &[Level]) -> O
     factors(a, b).or_else(|| factors(b, a))
 }
 
+/// Whether the subformula `nodes` (in order, its top last) can be evaluated with loops over
+/// its `dim` components: nodes of `dim` components are variables, element-wise operators
+/// and `Normalize`; nodes of one component are variables, constants, element-wise operators
+/// of such nodes, and `Sum`, `SqNorm2`, `Norm2`, `Scalprod`, `SqDist` of `dim`-component ones.
+pub fn loopable(formula: &Formula, nodes: &[usize], dim: usize) -> bool {
+    let all = formula.nodes.as_ref();
+    nodes.iter().all(|&k| {
+        let node = &all[k];
+        let d = formula.info[k].dim;
+        let child_dims = || {
+            node.children
+                .iter()
+                .map(|&c| formula.info[usize::from(c)].dim)
+        };
+        match &node.op {
+            Op::Var(_) | Op::Const(_) | Op::IntCst(_) => d == dim || d == 1,
+            Op::Normalize => d == dim,
+            Op::Sum | Op::SqNorm2 | Op::Norm2 | Op::Scalprod | Op::SqDist => {
+                d == 1 && child_dims().all(|cd| cd == dim)
+            }
+            op if op.is_elementwise() => {
+                (d == dim && child_dims().all(|cd| cd == dim || cd == 1))
+                    || (d == 1 && child_dims().all(|cd| cd == 1))
+            }
+            _ => false,
+        }
+    })
+}
+
 /// Every node of the subformula at `top`, in order.
-fn subformula(formula: &Formula, top: usize) -> Vec<usize> {
+pub fn subformula(formula: &Formula, top: usize) -> Vec<usize> {
     let nodes = formula.nodes.as_ref();
     let mut inside = vec![false; top + 1];
     inside[top] = true;
@@ -493,6 +527,8 @@ fn gram_products(
                     Op::Var(v) => Some(v as usize),
                     _ => None,
                 };
+                let looped = loopable(formula, &row_nodes, dim)
+                    && loopable(formula, &subformula(formula, inner), dim);
                 products.push(GramProduct {
                     node: k,
                     kind,
@@ -502,6 +538,7 @@ fn gram_products(
                     components: None,
                     row_operand: row_var.is_none().then_some(row_nodes),
                     inner_operand: inner_var.is_none().then_some(inner),
+                    looped,
                 });
                 continue;
             }
@@ -546,6 +583,7 @@ fn gram_products(
             components,
             row_operand: None,
             inner_operand: None,
+            looped: false,
         });
     }
     products
@@ -579,7 +617,8 @@ impl fmt::Display for ScheduledFormula<'_> {
                         && !node.children.is_empty()
                         && (s.needed_wide[*k]
                             || *k == usize::from(self.formula.root())
-                            || s.wide.as_ref().is_some_and(|w| w.scalar == *k))
+                            || s.wide.as_ref().is_some_and(|w| w.scalar == *k)
+                            || s.gram.iter().any(|g| g.inner_operand == Some(*k)))
                 })
                 .map(|(k, _)| self.formula.to_text(egg::Id::from(k)))
                 .collect();
@@ -615,6 +654,9 @@ impl fmt::Display for ScheduledFormula<'_> {
                             GramKind::SqDist => format!(
                                 "{text} (centred scalar-product form, exact where pairs are close)"
                             ),
+                            GramKind::Dot if g.looped => {
+                                format!("{text} (operands computed in loops over components)")
+                            }
                             GramKind::Dot => text,
                             GramKind::Components => {
                                 format!("{text} (component by component)")

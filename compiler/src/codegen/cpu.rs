@@ -406,7 +406,8 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                             self.emit_level(Level::Inner, &mut inner, &arg_ptrs, at);
                             let offset = self.sub(jv, jt);
                             for (k, slot) in sched.scratch_slots.iter().enumerate() {
-                                if let Some(slot) = slot {
+                                // Looped Gram operands are stored by the Gram product's loops.
+                                if let (Some(slot), true) = (slot, sched.live[k]) {
                                     let v = inner.wide[k].as_ref().expect("computed above");
                                     for (c, &x) in v.iter().enumerate() {
                                         let at = self.add(
@@ -428,6 +429,7 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                         params.inner_stride,
                         jt,
                         jt_end,
+                        scratch,
                     );
                 }
                 // The rows against this inner tile; `fast`: with the normal-range `exp`,

@@ -212,6 +212,11 @@ const CASES: &[Case] = &[
         text: "Sum_Reduction(Exp((x * 2 | Normalize(z)) * g) * v, 1)",
         scale: Some("Sum_Reduction(Exp((x * 2 | Normalize(z)) * g) * Abs(v), 1)"),
     },
+    // A computed operand that is not evaluated in loops (Concat): unrolled, once per row.
+    Case {
+        text: "Max_Reduction((Extract(Concat(x, x * 2), 1, {D}) | Normalize(y)), 0)",
+        scale: None,
+    },
 ];
 
 fn tolerance(dtype: DType) -> f64 {

@@ -21,6 +21,7 @@
 //! recomputed directly, so every squared distance keeps a relative error within about 16
 //! times the direct sum's bound. A vector of lanes with one such pair is recomputed whole.
 
+use super::components::LoopedOperand;
 use super::{built, NodeValues, Params, TileEmitter};
 use crate::codegen::formula::Value;
 use crate::codegen::reduce::reduce_or;
@@ -62,6 +63,8 @@ pub(super) struct GramSlots<'ctx> {
     /// One accumulator vector per row of a block, and the direct recomputation's.
     acc: Vec<PointerValue<'ctx>>,
     exact_acc: PointerValue<'ctx>,
+    /// One number: the row side's sums of a looped operand.
+    narrow_acc: PointerValue<'ctx>,
 }
 
 impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
@@ -112,6 +115,7 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                 .map(|_| built(b.build_alloca(vector, "gram_acc")))
                 .collect(),
             exact_acc: built(b.build_alloca(vector, "gram_exact_acc")),
+            narrow_acc: built(b.build_alloca(em.vector_type(1), "gram_narrow_acc")),
         })
     }
 
@@ -152,6 +156,7 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
 
     /// Per inner tile: each `SqDist` product's centred copy of the tile's inner points and
     /// their squared norms.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn emit_gram_tile(
         &self,
         function: FunctionValue<'ctx>,
@@ -160,11 +165,56 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         inner_stride: IntValue<'ctx>,
         jt: IntValue<'ctx>,
         jt_end: IntValue<'ctx>,
+        scratch: Option<PointerValue<'ctx>>,
     ) {
         let em = self.em;
         let lanes = self.schedule.lanes;
         let tile = self.schedule.inner_tile as i64;
         let end = self.vectors_end(jt, jt_end);
+        for g in self.schedule.gram.iter().filter(|g| g.looped) {
+            let Some(n) = g.inner_operand else {
+                continue;
+            };
+            let nodes = crate::schedule::subformula(self.formula, n);
+            let slot = self.schedule.scratch_slots[n].expect("a stored inner part") as i64;
+            let scratch = scratch.expect("a tile buffer");
+            self.emit_vector_loop(function, slots.vector, jt, end, |v| {
+                let leaf = |m: usize, c: IntValue<'ctx>| {
+                    let c = if self.formula.info[m].dim == 1 {
+                        self.i64(0)
+                    } else {
+                        c
+                    };
+                    let Op::Var(var) = self.formula.nodes.as_ref()[m].op else {
+                        unreachable!("leaves are variables")
+                    };
+                    let base = arg_ptrs[var as usize];
+                    match self.schedule.levels[m] {
+                        Level::Inner => {
+                            self.load(base, self.add(self.mul(c, inner_stride), v), lanes)
+                        }
+                        _ => em.splat(self.load(base, c, 1), lanes),
+                    }
+                };
+                let at = self.sub(v, jt);
+                let store = |c: IntValue<'ctx>, x: Value<'ctx>| {
+                    let first = self.mul(self.add(c, self.i64(slot)), self.i64(tile));
+                    self.store(scratch, self.add(first, at), x)
+                };
+                self.emit_looped_operand(
+                    function,
+                    &LoopedOperand {
+                        nodes: &nodes,
+                        dim: g.dim,
+                        lanes,
+                        leaf: &leaf,
+                        store: &store,
+                        counter: slots.component,
+                        acc: slots.exact_acc,
+                    },
+                );
+            });
+        }
         for (g, product) in self.schedule.gram.iter().zip(&slots.products) {
             let Some((centred, norms)) = product.centred else {
                 continue;
@@ -326,6 +376,37 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
             |k| self.less(k, self.i64(self.schedule.gram_rows as i64)),
             |k| {
                 let row = self.block_row(rb, k, row_end);
+                let into = self.mul(k, self.i64(row_stride(g, lanes)));
+                if g.looped {
+                    let leaf = |m: usize, c: IntValue<'ctx>| {
+                        let dim = formula.info[m].dim;
+                        let c = if dim == 1 { self.i64(0) } else { c };
+                        let Op::Var(var) = formula.nodes.as_ref()[m].op else {
+                            unreachable!("leaves are variables")
+                        };
+                        let first = match self.schedule.levels[m] {
+                            Level::Row => self.mul(row, self.i64(dim as i64)),
+                            _ => self.i64(0),
+                        };
+                        self.load(arg_ptrs[var as usize], self.add(first, c), 1)
+                    };
+                    let store = |c: IntValue<'ctx>, x: Value<'ctx>| {
+                        self.store(product.rows.0, self.add(into, c), x)
+                    };
+                    self.emit_looped_operand(
+                        function,
+                        &LoopedOperand {
+                            nodes,
+                            dim: g.dim,
+                            lanes: 1,
+                            leaf: &leaf,
+                            store: &store,
+                            counter: slots.component,
+                            acc: slots.narrow_acc,
+                        },
+                    );
+                    return;
+                }
                 let mut narrow = call.narrow.clone();
                 for &n in nodes {
                     if narrow[n].is_some() {
@@ -358,7 +439,6 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                 let operand = narrow[*nodes.last().expect("an operand")]
                     .as_ref()
                     .expect("computed above");
-                let into = self.mul(k, self.i64(row_stride(g, lanes)));
                 for (c, &x) in operand.iter().enumerate() {
                     self.store(product.rows.0, self.add(into, self.i64(c as i64)), x);
                 }
