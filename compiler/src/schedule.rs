@@ -446,27 +446,15 @@ pub fn subformula(formula: &Formula, top: usize) -> Vec<usize> {
 /// The nodes of the subformula at `top`, in order, when it is made of element-wise operators
 /// over variables and constants, every node of dimension `dim` or 1.
 fn elementwise_subformula(formula: &Formula, top: usize, dim: usize) -> Option<Vec<usize>> {
-    let nodes = formula.nodes.as_ref();
-    let mut inside = vec![false; top + 1];
-    inside[top] = true;
-    for k in (0..=top).rev() {
-        if !inside[k] {
-            continue;
-        }
-        let node = &nodes[k];
-        let fits = formula.info[k].dim == dim || formula.info[k].dim == 1;
-        let allowed = match node.op {
+    let nodes = subformula(formula, top);
+    let fits = |&k: &usize| {
+        let allowed = match formula.nodes.as_ref()[k].op {
             Op::Var(_) | Op::Const(_) | Op::IntCst(_) => true,
             ref op => op.is_elementwise(),
         };
-        if !fits || !allowed {
-            return None;
-        }
-        for &c in &node.children {
-            inside[usize::from(c)] = true;
-        }
-    }
-    Some((0..=top).filter(|&k| inside[k]).collect())
+        allowed && (formula.info[k].dim == dim || formula.info[k].dim == 1)
+    };
+    nodes.iter().all(fits).then_some(nodes)
 }
 
 /// The pair-level `SqDist` and scalar products of a row variable with an inner variable of at

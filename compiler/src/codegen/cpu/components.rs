@@ -26,21 +26,9 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         let mut values: Vec<Option<Value<'ctx>>> = vec![None; formula.len()];
         for &k in nodes {
             let node = &formula.nodes.as_ref()[k];
-            let dim = formula.info[k].dim;
-            let c = if dim == 1 { self.i64(0) } else { comp };
             let value = match node.op {
-                Op::Var(var) => {
-                    let base = arg_ptrs[var as usize];
-                    match self.schedule.levels[k] {
-                        Level::Inner => {
-                            self.load(base, self.add(self.mul(c, inner_stride), v), lanes)
-                        }
-                        Level::Row => {
-                            let at = self.add(self.mul(row, self.i64(dim as i64)), c);
-                            em.splat(self.load(base, at, 1), lanes)
-                        }
-                        _ => em.splat(self.load(base, c, 1), lanes),
-                    }
+                Op::Var(_) => {
+                    self.variable_component(k, arg_ptrs, inner_stride, (row, comp, v), lanes)
                 }
                 ref op => {
                     let operands: Vec<Value<'ctx>> = node
@@ -56,6 +44,34 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
             values[k] = Some(value);
         }
         values
+    }
+
+    /// Component `c` of the variable at node `k` (component 0 of a variable of dimension 1)
+    /// for row `row` and the inner vector at `v`, on `lanes` lanes: an inner variable's
+    /// vector, a row variable's or a parameter's number broadcast.
+    pub(super) fn variable_component(
+        &self,
+        k: usize,
+        arg_ptrs: &[PointerValue<'ctx>],
+        inner_stride: IntValue<'ctx>,
+        (row, c, v): (IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>),
+        lanes: u32,
+    ) -> Value<'ctx> {
+        let formula = self.formula;
+        let Op::Var(var) = formula.nodes.as_ref()[k].op else {
+            unreachable!("node {k} is a variable")
+        };
+        let dim = formula.info[k].dim;
+        let c = if dim == 1 { self.i64(0) } else { c };
+        let base = arg_ptrs[var as usize];
+        match self.schedule.levels[k] {
+            Level::Inner => self.load(base, self.add(self.mul(c, inner_stride), v), lanes),
+            Level::Row => {
+                let at = self.add(self.mul(row, self.i64(dim as i64)), c);
+                self.em.splat(self.load(base, at, 1), lanes)
+            }
+            _ => self.em.splat(self.load(base, c, 1), lanes),
+        }
     }
 }
 

@@ -154,8 +154,9 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         .into_vector_value()
     }
 
-    /// Per inner tile: each `SqDist` product's centred copy of the tile's inner points and
-    /// their squared norms.
+    /// Per inner tile: the inner operands computed in loops (`looped` products) into the
+    /// tile's stack buffer, and each `SqDist` product's centred copy of the tile's inner points
+    /// and their squared norms.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn emit_gram_tile(
         &self,
@@ -179,22 +180,9 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
             let slot = self.schedule.scratch_slots[n].expect("a stored inner part") as i64;
             let scratch = scratch.expect("a tile buffer");
             self.emit_vector_loop(function, slots.vector, jt, end, |v| {
+                // No row variable in an inner operand: the row is never read.
                 let leaf = |m: usize, c: IntValue<'ctx>| {
-                    let c = if self.formula.info[m].dim == 1 {
-                        self.i64(0)
-                    } else {
-                        c
-                    };
-                    let Op::Var(var) = self.formula.nodes.as_ref()[m].op else {
-                        unreachable!("leaves are variables")
-                    };
-                    let base = arg_ptrs[var as usize];
-                    match self.schedule.levels[m] {
-                        Level::Inner => {
-                            self.load(base, self.add(self.mul(c, inner_stride), v), lanes)
-                        }
-                        _ => em.splat(self.load(base, c, 1), lanes),
-                    }
+                    self.variable_component(m, arg_ptrs, inner_stride, (v, c, v), lanes)
                 };
                 let at = self.sub(v, jt);
                 let store = |c: IntValue<'ctx>, x: Value<'ctx>| {
@@ -378,17 +366,9 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                 let row = self.block_row(rb, k, row_end);
                 let into = self.mul(k, self.i64(row_stride(g, lanes)));
                 if g.looped {
+                    // No inner variable in a row operand: the inner vector is never read.
                     let leaf = |m: usize, c: IntValue<'ctx>| {
-                        let dim = formula.info[m].dim;
-                        let c = if dim == 1 { self.i64(0) } else { c };
-                        let Op::Var(var) = formula.nodes.as_ref()[m].op else {
-                            unreachable!("leaves are variables")
-                        };
-                        let first = match self.schedule.levels[m] {
-                            Level::Row => self.mul(row, self.i64(dim as i64)),
-                            _ => self.i64(0),
-                        };
-                        self.load(arg_ptrs[var as usize], self.add(first, c), 1)
+                        self.variable_component(m, arg_ptrs, row, (row, c, row), 1)
                     };
                     let store = |c: IntValue<'ctx>, x: Value<'ctx>| {
                         self.store(product.rows.0, self.add(into, c), x)
