@@ -8,6 +8,7 @@ use crate::interp::{self, InterpError};
 use crate::opt;
 use crate::source::SourceFile;
 use crate::syntax::{ast, parse};
+use crate::target::{GpuTarget, Target};
 use keops_runtime::module::bind_all_named;
 use keops_runtime::{
     check_all_arguments, check_arguments, run_tiles, ArgumentError, Axis, DType, HostArray, Kernel,
@@ -443,18 +444,25 @@ pub fn compile_cpu(kernel: &CheckedKernel, dtype: DType) -> Result<JitKernel, Ev
     })
 }
 
-/// Optimises `kernel` and hands its formula to `compile`, on the compiler's own stack: a
-/// panic (a broken invariant) becomes an internal error.
+/// Optimises `kernel` at the CPU's prices and hands its formula to `compile`, on the
+/// compiler's own stack: a panic (a broken invariant) becomes an internal error.
 fn optimized_then<T: Send>(
     kernel: &CheckedKernel,
     compile: impl FnOnce(&crate::formula::Formula) -> Result<T, CodegenError> + Send,
 ) -> Result<T, EvalError> {
+    optimized_for_then(kernel, &opt::OptBudget::default(), compile)
+}
+
+/// [`optimized_then`] within `budget` (and at its prices).
+fn optimized_for_then<T: Send>(
+    kernel: &CheckedKernel,
+    budget: &opt::OptBudget,
+    compile: impl FnOnce(&crate::formula::Formula) -> Result<T, CodegenError> + Send,
+) -> Result<T, EvalError> {
     crate::isolate::on_compiler_stack(|| {
-        let optimized = opt::optimize(kernel, &opt::OptBudget::default()).map_err(|d| {
-            CodegenError::Internal {
-                stage: d.internal.unwrap_or("optimiser"),
-                message: d.message,
-            }
+        let optimized = opt::optimize(kernel, budget).map_err(|d| CodegenError::Internal {
+            stage: d.internal.unwrap_or("optimiser"),
+            message: d.message,
         })?;
         Ok(compile(&optimized.formula)?)
     })
@@ -466,29 +474,33 @@ fn optimized_then<T: Send>(
     })
 }
 
-/// Optimises a checked kernel and compiles its 1-D GPU kernel to PTX for `dtype`.
+/// The GPU target kernels are compiled for, with the optimiser's budget at its prices.
+pub fn gpu_target() -> (GpuTarget, opt::OptBudget) {
+    let target = GpuTarget::default();
+    let budget = opt::OptBudget::for_target(&Target::Gpu(target));
+    (target, budget)
+}
+
+/// Optimises a checked kernel at the GPU's prices and compiles its 1-D GPU kernel to PTX for
+/// `dtype`, its block size from occupancy when `ptxas` is found
+/// ([`crate::codegen::nvptx::compile_ptx_tuned`]).
 pub fn compile_gpu(
     kernel: &CheckedKernel,
     dtype: DType,
 ) -> Result<crate::codegen::nvptx::PtxKernel, EvalError> {
-    crate::isolate::on_compiler_stack(|| {
-        let optimized = opt::optimize(kernel, &opt::OptBudget::default()).map_err(|d| {
-            CodegenError::Internal {
-                stage: d.internal.unwrap_or("optimiser"),
-                message: d.message,
-            }
-        })?;
-        Ok(crate::codegen::nvptx::compile_ptx(
-            &optimized.formula,
-            &kernel.signature,
-            dtype,
-        )?)
+    let (target, budget) = gpu_target();
+    optimized_for_then(kernel, &budget, |formula| {
+        crate::codegen::nvptx::compile_ptx_tuned(formula, &kernel.signature, dtype, &target)
     })
-    .unwrap_or_else(|panic| {
-        Err(EvalError::Codegen(CodegenError::Internal {
-            stage: "the optimiser or GPU code generation",
-            message: panic,
-        }))
+}
+
+/// What `keopsc explain --ptx` and the REPL's `:ptx` show: the kernel optimised at the GPU's
+/// prices, its GPU schedule, PTX and ptxas's report ([`crate::codegen::nvptx::explain_ptx`]).
+pub fn explain_gpu(kernel: &CheckedKernel, dtype: DType) -> Result<String, EvalError> {
+    let (target, budget) = gpu_target();
+    optimized_for_then(kernel, &budget, |formula| {
+        let text = crate::codegen::nvptx::explain_ptx(formula, &kernel.signature, dtype, &target)?;
+        Ok(format!("-- formula (gpu prices) --\n{formula}\n{text}"))
     })
 }
 

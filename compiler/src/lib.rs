@@ -26,4 +26,5 @@ pub mod schedule;
 pub mod source;
 pub mod symmetric;
 pub mod syntax;
+pub mod target;
 pub mod vjp;

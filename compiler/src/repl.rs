@@ -523,9 +523,7 @@ impl Repl {
             _ => return Err("usage: :ptx [NAME] [f32|f64]".to_string()),
         };
         let (k, _) = self.explain_source(&defined.source)?;
-        let o = &k.optimized;
-        let text = crate::codegen::nvptx::explain_ptx(&o.formula, &o.signature, dtype)
-            .map_err(|e| e.to_string())?;
+        let text = crate::driver::explain_gpu(&k.checked, dtype).map_err(|e| e.to_string())?;
         out.push_str(&text);
         Ok(())
     }

@@ -210,8 +210,22 @@ pub fn build_with_options(
         let mut entry = describe(k, tile_symbol, dtypes, target, &mut specs);
         entry.gradients = gradients;
         if options.gpu {
+            // The GPU's own optimisation (its prices), and its block size from occupancy.
+            let (gpu_target, gpu_budget) = crate::driver::gpu_target();
+            let checked = &file.kernels[kernels.len()];
+            let gpu_formula = opt::optimize(checked, &gpu_budget)
+                .map_err(|d| CodegenError::Internal {
+                    stage: "optimiser",
+                    message: d.message,
+                })?
+                .formula;
             for &dtype in dtypes {
-                let ptx = crate::codegen::nvptx::compile_ptx(&k.formula, &k.signature, dtype)?;
+                let ptx = crate::codegen::nvptx::compile_ptx_tuned(
+                    &gpu_formula,
+                    &k.signature,
+                    dtype,
+                    &gpu_target,
+                )?;
                 let file = format!("gpu_{}_{}.ptx", k.name, dtype_name(dtype));
                 entry.gpu.push(keops_runtime::module::ManifestGpuEntry {
                     dtype: dtype_name(dtype).to_string(),
@@ -219,7 +233,7 @@ pub fn build_with_options(
                     symbol: ptx.symbol.clone(),
                     block: ptx.schedule.launch.block,
                     shared_bytes: ptx.schedule.launch.shared_bytes,
-                    arch: crate::codegen::nvptx::PTX_ARCH.to_string(),
+                    arch: gpu_target.ptx_arch.to_string(),
                     hash: format!("{:016x}", fnv1a64(ptx.ptx.as_bytes())),
                 });
                 ptx_files.push((file, ptx.ptx));

@@ -24,14 +24,13 @@ use super::math::{MathLib, Scalar};
 use super::reduce::LaneAccumulators;
 use crate::formula::{Formula, Op};
 use crate::schedule::{Level, Schedule};
+use crate::target::gpu::{self, GpuTarget};
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::context::Context;
 use inkwell::intrinsics::Intrinsic;
 use inkwell::module::{Linkage, Module};
 use inkwell::passes::PassBuilderOptions;
-use inkwell::targets::{
-    CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetMachine, TargetTriple,
-};
+use inkwell::targets::{FileType, InitializationConfig, Target, TargetTriple};
 use inkwell::types::BasicMetadataTypeEnum;
 use inkwell::values::{BasicMetadataValueEnum, FunctionValue, IntValue, PointerValue};
 use inkwell::{AddressSpace, IntPredicate, OptimizationLevel};
@@ -40,21 +39,9 @@ use keops_runtime::{Category, DType, Signature};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// LLVM's triple for CUDA devices.
-pub const NVPTX_TRIPLE: &str = "nvptx64-nvidia-cuda";
-/// The architecture PTX is generated for: Ampere's, which Hopper's driver also JIT-compiles.
-pub const PTX_ARCH: &str = "sm_80";
+pub use crate::target::gpu::{NVPTX_TRIPLE, PTX_ARCH};
 /// The 1-D kernel's entry point.
 pub const GPU_TILE_SYMBOL: &str = "keops_gpu_tile_1d";
-
-/// Threads per block at most: KeOps uses 192; 256 keeps 8 warps per block and leaves ptxas up
-/// to 255 registers per thread (65536 / 256).
-const MAX_BLOCK: usize = 256;
-/// A block is at least one warp.
-const WARP: usize = 32;
-/// Static shared memory a kernel may declare without opting in (48 KiB on every GPU since
-/// Kepler).
-const MAX_SHARED_BYTES: usize = 48 << 10;
 
 fn built<T, E: std::fmt::Debug>(r: Result<T, E>) -> T {
     r.expect("the builder is positioned inside a function")
@@ -77,10 +64,24 @@ pub struct GpuSchedule {
 }
 
 impl GpuSchedule {
+    /// The schedule with the largest block whose shared tile fits ([`GpuTarget::largest_block`]).
     pub fn new(
         formula: &Formula,
         signature: &Signature,
         dtype: DType,
+        target: &GpuTarget,
+    ) -> Result<GpuSchedule, CodegenError> {
+        GpuSchedule::with_block(formula, signature, dtype, target, None)
+    }
+
+    /// The schedule with `block` threads per block (whole warps, no larger than the largest
+    /// that fits), or the largest that fits when `None`.
+    pub fn with_block(
+        formula: &Formula,
+        signature: &Signature,
+        dtype: DType,
+        target: &GpuTarget,
+        block: Option<u32>,
     ) -> Result<GpuSchedule, CodegenError> {
         let bytes = elem_bytes(scalar_of(dtype));
         let levels = Schedule::new(formula, signature, 1, bytes);
@@ -93,28 +94,32 @@ impl GpuSchedule {
             }
         }
         let per_index = staged_dim * bytes;
-        // The largest block of whole warps whose tile fits the static shared memory.
-        let block = MAX_SHARED_BYTES
-            .checked_div(per_index)
-            .map_or(MAX_BLOCK, |b| b.min(MAX_BLOCK) / WARP * WARP);
-        if block == 0 {
+        let Some(largest) = target.largest_block(per_index) else {
             return Err(CodegenError::Unsupported {
                 kernel: signature.name.clone(),
                 reason: format!(
                     "the GPU kernel stages {staged_dim} numbers per inner index, more than a warp's tile of {} KiB of shared memory holds",
-                    MAX_SHARED_BYTES >> 10
+                    gpu::MAX_STATIC_SHARED_BYTES >> 10
                 ),
             });
-        }
+        };
+        let block = block.map_or(largest, |b| {
+            (b / gpu::WARP * gpu::WARP).clamp(gpu::WARP, largest)
+        });
         Ok(GpuSchedule {
             levels,
             staged,
             staged_dim,
             launch: GpuLaunch1D {
-                block: block as u32,
-                shared_bytes: (block * per_index) as u32,
+                block,
+                shared_bytes: block * per_index as u32,
             },
         })
+    }
+
+    /// Bytes of shared tile per thread (per inner index of a tile).
+    pub fn shared_bytes_per_thread(&self) -> usize {
+        self.launch.shared_bytes as usize / self.launch.block.max(1) as usize
     }
 }
 
@@ -136,19 +141,89 @@ pub struct PtxKernel {
     pub symbol: String,
     pub schedule: GpuSchedule,
     pub ptx: String,
+    /// Registers per thread `ptxas` gave the code for each architecture tuned for, when it
+    /// ran ([`compile_ptx_tuned`]).
+    pub registers: Vec<PtxasReport>,
 }
 
-/// Compiles one kernel's 1-D GPU code to PTX text.
+/// Compiles one kernel's 1-D GPU code to PTX text, with the largest block whose shared tile
+/// fits.
 pub fn compile_ptx(
     formula: &Formula,
     signature: &Signature,
     dtype: DType,
+    target: &GpuTarget,
 ) -> Result<PtxKernel, CodegenError> {
-    let schedule = GpuSchedule::new(formula, signature, dtype)?;
+    let schedule = GpuSchedule::new(formula, signature, dtype, target)?;
+    compile_with_schedule(formula, signature, dtype, target, schedule)
+}
+
+/// [`compile_ptx`], then, when `ptxas` is found, the block size from occupancy: ptxas reports
+/// the registers of the code for each architecture the target is tuned for, and when a smaller
+/// block keeps clearly more warps resident ([`GpuTarget::block_for_occupancy`]) the kernel is
+/// compiled again for it (the registers of this code do not depend on the block below 256
+/// threads: ptxas may use 255 either way). Without ptxas the kernel is [`compile_ptx`]'s.
+pub fn compile_ptx_tuned(
+    formula: &Formula,
+    signature: &Signature,
+    dtype: DType,
+    target: &GpuTarget,
+) -> Result<PtxKernel, CodegenError> {
+    let mut kernel = compile_ptx(formula, signature, dtype, target)?;
+    let Some(ptxas) = cached_ptxas() else {
+        return Ok(kernel);
+    };
+    let reports = |kernel: &PtxKernel| -> Result<Vec<PtxasReport>, CodegenError> {
+        target
+            .tuned_for
+            .iter()
+            .map(|arch| {
+                assemble(ptxas, &kernel.ptx, arch.name).map_err(|messages| {
+                    internal("ptxas")(format!(
+                        "ptxas rejects the PTX of `{}` for {}: {messages}",
+                        signature.name, arch.name
+                    ))
+                })
+            })
+            .collect()
+    };
+    kernel.registers = reports(&kernel)?;
+    let registers = kernel
+        .registers
+        .iter()
+        .map(|r| r.registers)
+        .max()
+        .unwrap_or(0);
+    let block = target.block_for_occupancy(
+        kernel.schedule.launch.block,
+        registers,
+        kernel.schedule.shared_bytes_per_thread(),
+    );
+    if block != kernel.schedule.launch.block {
+        let schedule = GpuSchedule::with_block(formula, signature, dtype, target, Some(block))?;
+        kernel = compile_with_schedule(formula, signature, dtype, target, schedule)?;
+        kernel.registers = reports(&kernel)?;
+    }
+    Ok(kernel)
+}
+
+/// [`find_ptxas`], looked for once per process.
+fn cached_ptxas() -> Option<&'static Path> {
+    static PTXAS: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    PTXAS.get_or_init(find_ptxas).as_deref()
+}
+
+fn compile_with_schedule(
+    formula: &Formula,
+    signature: &Signature,
+    dtype: DType,
+    target: &GpuTarget,
+    schedule: GpuSchedule,
+) -> Result<PtxKernel, CodegenError> {
     let context = Context::create();
     let module = context.create_module(&signature.name);
     let builder = context.create_builder();
-    let math = MathLib::new(&context);
+    let math = MathLib::new(&context).with_fast_exp(target.fast_exp);
     let em = Emitter {
         context: &context,
         module: &module,
@@ -169,36 +244,20 @@ pub fn compile_ptx(
         twin: false,
     }
     .emit(GPU_TILE_SYMBOL);
-    let ptx = emit_ptx(&module)?;
+    let ptx = emit_ptx(&module, target)?;
     Ok(PtxKernel {
         signature: signature.clone(),
         dtype,
         symbol: GPU_TILE_SYMBOL.to_string(),
         schedule,
         ptx,
+        registers: Vec::new(),
     })
 }
 
-fn machine() -> Result<TargetMachine, CodegenError> {
-    static INIT: std::sync::Once = std::sync::Once::new();
-    INIT.call_once(|| Target::initialize_nvptx(&InitializationConfig::default()));
-    let triple = TargetTriple::create(NVPTX_TRIPLE);
-    Target::from_triple(&triple)
-        .map_err(|e| internal("NVPTX target")(e.to_string()))?
-        .create_target_machine(
-            &triple,
-            PTX_ARCH,
-            "",
-            OptimizationLevel::Aggressive,
-            RelocMode::Default,
-            CodeModel::Default,
-        )
-        .ok_or_else(|| internal("NVPTX target")(format!("LLVM has no {PTX_ARCH} target machine")))
-}
-
 /// Verifies, optimises and prints a module as PTX.
-fn emit_ptx(module: &Module) -> Result<String, CodegenError> {
-    let machine = machine()?;
+fn emit_ptx(module: &Module, target: &GpuTarget) -> Result<String, CodegenError> {
+    let machine = target.machine()?;
     module.set_triple(&TargetTriple::create(NVPTX_TRIPLE));
     module.set_data_layout(&machine.get_target_data().get_data_layout());
     module
@@ -789,25 +848,44 @@ pub fn explain_ptx(
     formula: &Formula,
     signature: &Signature,
     dtype: DType,
+    target: &GpuTarget,
 ) -> Result<String, CodegenError> {
-    let kernel = compile_ptx(formula, signature, dtype)?;
+    let (kernel, rejected) = match compile_ptx_tuned(formula, signature, dtype, target) {
+        Ok(kernel) => (kernel, None),
+        Err(CodegenError::Internal {
+            stage: "ptxas",
+            message,
+        }) => (
+            compile_ptx(formula, signature, dtype, target)?,
+            Some(message),
+        ),
+        Err(e) => return Err(e),
+    };
     let mut text = format!(
-        "-- gpu schedule ({dtype}) --\n{}\n-- ptx ({PTX_ARCH}) --\n{}",
-        kernel.schedule, kernel.ptx
+        "-- gpu schedule ({dtype}, {target}) --\n{}\n-- ptx ({}) --\n{}",
+        kernel.schedule, target.ptx_arch, kernel.ptx
     );
     text += "-- ptxas --\n";
-    match find_ptxas() {
-        None => text +=
-            "ptxas not found (scripts/python.sh venv installs nvidia-cuda-nvcc-cu12 into .venv)\n",
-        Some(ptxas) => {
-            for arch in ["sm_80", "sm_90"] {
-                match assemble(&ptxas, &kernel.ptx, arch) {
-                    Ok(report) => text += &format!("{report}\n"),
-                    Err(messages) => {
-                        text += &format!("{arch}: ptxas rejects the PTX:\n{messages}\n")
-                    }
-                }
-            }
+    if let Some(message) = rejected {
+        text += &format!("{message}\n");
+    } else if kernel.registers.is_empty() {
+        text +=
+            "ptxas not found (scripts/python.sh venv installs nvidia-cuda-nvcc-cu12 into .venv)\n";
+    }
+    let launch = kernel.schedule.launch;
+    for report in &kernel.registers {
+        text += &format!("{report}\n");
+        if let Some(arch) = gpu::GpuArch::by_name(&report.arch) {
+            let o = arch.occupancy(launch.block, report.registers, launch.shared_bytes);
+            text += &format!(
+                "{}: {} blocks of {} threads per multiprocessor, {} warps ({:.0}% occupancy, bounded by {:?})\n",
+                arch.name,
+                o.blocks_per_sm,
+                launch.block,
+                o.warps_per_sm,
+                100.0 * o.fraction(arch),
+                o.limit
+            );
         }
     }
     Ok(text)
@@ -872,8 +950,9 @@ impl HostTwin {
                 ),
             });
         }
-        let mut schedule = GpuSchedule::new(formula, signature, dtype)?;
+        let mut schedule = GpuSchedule::new(formula, signature, dtype, &GpuTarget::default())?;
         if let Some(block) = block {
+            // Any block, even one no GPU would take: the twin checks the index arithmetic.
             schedule.launch = GpuLaunch1D {
                 block,
                 shared_bytes: block * (schedule.staged_dim * elem_bytes(scalar_of(dtype))) as u32,

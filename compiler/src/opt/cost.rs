@@ -5,6 +5,7 @@
 
 use super::analysis::FormulaGraph;
 use crate::formula::{Deps, Formula, Node, Op};
+use crate::target::OpPrices;
 use egg::{CostFunction, Id, Language};
 
 /// Weight of one per-pair operation against one hoisted operation.
@@ -12,38 +13,16 @@ pub const PAIR_WEIGHT: u64 = 1000;
 /// What a leftover `Grad`/`Diff` costs: more than any formula without one.
 pub const UNEXPANDED: u64 = u64::MAX / 4;
 
-/// The relative price of one component of an operator: transcendental functions and division
-/// cost more than additions and products.
-pub fn op_cost(op: &Op) -> u64 {
-    match op {
-        Op::Var(_) | Op::Const(_) | Op::IntCst(_) | Op::Zero(_) => 0,
-        Op::Neg | Op::Add | Op::Sub | Op::Mul | Op::Abs | Op::Square => 1,
-        Op::Sign | Op::Step | Op::ReLU | Op::Floor | Op::Round(_) | Op::ClampInt(..) => 1,
-        Op::Equal | Op::NotEqual | Op::LessThan | Op::LessOrEqual | Op::Clamp | Op::IfElse => 1,
-        Op::Sum | Op::SumT(_) | Op::Max | Op::Min | Op::ArgMax | Op::ArgMin => 1,
-        Op::SqNorm2 | Op::SqDist | Op::Scalprod | Op::Concat | Op::Elem(_) | Op::ElemT(..) => 1,
-        Op::Extract(..) | Op::ExtractT(..) | Op::OneHot(_) => 1,
-        Op::Pow(m) => 1 + (m.unsigned_abs() as u64).max(1).ilog2() as u64 + u64::from(*m < 0) * 4,
-        Op::Div | Op::Inv | Op::Sqrt | Op::Rsqrt | Op::Mod => 4,
-        Op::Norm2 | Op::Normalize => 5,
-        Op::Exp | Op::Log | Op::XLogX => 8,
-        Op::Sin | Op::Cos | Op::Atan | Op::SinXDivX => 10,
-        Op::Asin | Op::Acos | Op::Atan2 => 12,
-        Op::Powf => 20,
-        Op::MatVecMult | Op::VecMatMult | Op::TensorProd | Op::TensorDot(_) => 1,
-        Op::WeightedSqNorm
-        | Op::WeightedSqDist
-        | Op::SqNormDiag
-        | Op::SqNormIso
-        | Op::SymSqNorm => 2,
-        Op::Grad | Op::Diff => UNEXPANDED,
-    }
-}
-
 /// The work of one node: price times the components it touches, times [`PAIR_WEIGHT`] when it
 /// is computed for every pair.
-pub fn node_cost(op: &Op, out_dim: usize, operand_dims: &[usize], deps: Deps) -> u64 {
-    let base = op_cost(op);
+pub fn node_cost(
+    prices: &OpPrices,
+    op: &Op,
+    out_dim: usize,
+    operand_dims: &[usize],
+    deps: Deps,
+) -> u64 {
+    let base = prices.price(op);
     if base == UNEXPANDED {
         return UNEXPANDED;
     }
@@ -68,11 +47,12 @@ pub fn node_cost(op: &Op, out_dim: usize, operand_dims: &[usize], deps: Deps) ->
 /// Extraction cost over an e-graph.
 pub struct PairCost<'g> {
     egraph: &'g FormulaGraph,
+    prices: &'static OpPrices,
 }
 
 impl<'g> PairCost<'g> {
-    pub fn new(egraph: &'g FormulaGraph) -> PairCost<'g> {
-        PairCost { egraph }
+    pub fn new(egraph: &'g FormulaGraph, prices: &'static OpPrices) -> PairCost<'g> {
+        PairCost { egraph, prices }
     }
 }
 
@@ -103,7 +83,7 @@ impl CostFunction<Node> for PairCost<'_> {
                 (enode.op.output_dim(dims).unwrap_or(1), deps)
             }
         };
-        let own = node_cost(&enode.op, out_dim, dims, deps);
+        let own = node_cost(self.prices, &enode.op, out_dim, dims, deps);
         enode.fold(own, |total, child| total.saturating_add(costs(child)))
     }
 }
@@ -119,11 +99,16 @@ pub struct FormulaCost {
 }
 
 impl FormulaCost {
+    /// At the CPU's prices.
     pub fn of(formula: &Formula) -> FormulaCost {
+        FormulaCost::priced(formula, &crate::target::prices::CPU)
+    }
+
+    pub fn priced(formula: &Formula, prices: &OpPrices) -> FormulaCost {
         let mut cost = FormulaCost::default();
         for (node, info) in formula.nodes.as_ref().iter().zip(&formula.info) {
             let dims: Vec<usize> = node.children.iter().map(|&c| formula.info(c).dim).collect();
-            let c = node_cost(&node.op, info.dim, &dims, Deps::NONE);
+            let c = node_cost(prices, &node.op, info.dim, &dims, Deps::NONE);
             if info.deps.i && info.deps.j {
                 cost.per_pair = cost.per_pair.saturating_add(c);
             } else {

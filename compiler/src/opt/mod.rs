@@ -17,6 +17,7 @@ pub mod rules;
 use crate::check::CheckedKernel;
 use crate::diagnostic::Diagnostic;
 use crate::formula::{Formula, Node, Op};
+use crate::target::OpPrices;
 use analysis::{FormulaAnalysis, FormulaGraph};
 use cost::{FormulaCost, PairCost};
 use egg::{Extractor, Id, RecExpr, Runner, StopReason};
@@ -36,6 +37,9 @@ pub struct OptBudget {
     pub iter_limit: usize,
     pub time_limit: Duration,
     pub rules: RuleSet,
+    /// The operator prices of the target the formula is extracted for
+    /// ([`crate::target::Target::prices`]).
+    pub prices: &'static OpPrices,
 }
 
 impl Default for OptBudget {
@@ -45,6 +49,17 @@ impl Default for OptBudget {
             iter_limit: 8,
             time_limit: RUNAWAY_TIME_LIMIT,
             rules: RuleSet::Default,
+            prices: &crate::target::prices::CPU,
+        }
+    }
+}
+
+impl OptBudget {
+    /// The default limits, extracting at `target`'s prices.
+    pub fn for_target(target: &crate::target::Target) -> OptBudget {
+        OptBudget {
+            prices: target.prices(),
+            ..OptBudget::default()
         }
     }
 }
@@ -175,12 +190,12 @@ pub fn hoisted_parts(formula: &Formula) -> HoistedParts {
 /// Runs both phases on a checked kernel.
 pub fn optimize(kernel: &CheckedKernel, budget: &OptBudget) -> Result<OptimizedKernel, Diagnostic> {
     let (expanded, differentiation) = differentiate(&kernel.formula)?;
-    let before = FormulaCost::of(&expanded);
+    let before = FormulaCost::priced(&expanded, budget.prices);
     let (formula, simplification) = simplify(&expanded, budget);
     if simplification.stop.starts_with("time limit") {
         return Err(runaway("simplification", budget.time_limit));
     }
-    let after = FormulaCost::of(&formula);
+    let after = FormulaCost::priced(&formula, budget.prices);
     // Extraction never picks a costlier formula than the one it started from; keep the input
     // when rounding of ties would.
     let (formula, after) = if after.per_pair > before.per_pair {
@@ -244,7 +259,9 @@ fn differentiate(formula: &Formula) -> Result<(Formula, Option<PhaseReport>), Di
         return Err(runaway("differentiation", RUNAWAY_TIME_LIMIT));
     }
     let root = runner.egraph.find(root);
-    let (_, best) = Extractor::new(&runner.egraph, PairCost::new(&runner.egraph)).find_best(root);
+    // Expansion is the same for every target (the interpreter evaluates its result).
+    let cost = PairCost::new(&runner.egraph, &crate::target::prices::CPU);
+    let (_, best) = Extractor::new(&runner.egraph, cost).find_best(root);
     if best.as_ref().iter().any(|n| n.op == Op::Grad) {
         // Every operator has a derivative rule, so only the budget can leave a gradient.
         return Err(Diagnostic::error(
@@ -338,7 +355,7 @@ fn simplify(formula: &Formula, budget: &OptBudget) -> (Formula, PhaseReport) {
         return (formula.clone(), report);
     }
     let mut current = formula.clone();
-    let mut current_cost = cost_key(&current);
+    let mut current_cost = cost_key(&current, budget.prices);
     let mut report = PhaseReport {
         stop: String::new(),
         iterations: 0,
@@ -362,7 +379,8 @@ fn simplify(formula: &Formula, budget: &OptBudget) -> (Formula, PhaseReport) {
             .run(simplification_rules(budget.rules));
         let root = runner.egraph.find(root);
         let (_, best) =
-            Extractor::new(&runner.egraph, PairCost::new(&runner.egraph)).find_best(root);
+            Extractor::new(&runner.egraph, PairCost::new(&runner.egraph, budget.prices))
+                .find_best(root);
         let round = phase_report(&runner, start);
         report.stop = round.stop;
         report.iterations += round.iterations;
@@ -372,7 +390,7 @@ fn simplify(formula: &Formula, budget: &OptBudget) -> (Formula, PhaseReport) {
             break;
         }
         let extracted = from_recexpr(&best, current.vars.clone());
-        let extracted_cost = cost_key(&extracted);
+        let extracted_cost = cost_key(&extracted, budget.prices);
         let improved = extracted_cost < current_cost;
         if improved || rounds == 1 {
             current = extracted;
@@ -396,8 +414,8 @@ pub const SIMPLIFICATION_ROUNDS: usize = 3;
 
 /// What a round must lower to count as progress: the work per pair, then the hoisted work, then
 /// the size of the formula.
-fn cost_key(formula: &Formula) -> (u64, u64, usize) {
-    let cost = FormulaCost::of(formula);
+fn cost_key(formula: &Formula, prices: &OpPrices) -> (u64, u64, usize) {
+    let cost = FormulaCost::priced(formula, prices);
     (cost.per_pair, cost.hoisted, formula.len())
 }
 

@@ -10,9 +10,9 @@ use std::f64::consts::{FRAC_1_SQRT_2, FRAC_PI_2, FRAC_PI_4, LN_2, SQRT_2};
 
 use inkwell::context::Context;
 use inkwell::module::Linkage;
-use keopsc::codegen::jit::LEVELS;
 use keopsc::codegen::math::{evaluate_on_host, MathFn, MathLib, Scalar};
 use keopsc::codegen::CpuTarget;
+use keopsc::target::cpu::LEVELS;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

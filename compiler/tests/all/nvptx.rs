@@ -190,10 +190,11 @@ fn every_elementwise_operator_compiles_to_ptx() {
 use keops_runtime::gpu::{emulate_1d, emulate_2d, merge_parts, GpuLaunch1D, InnerSplit};
 use keops_runtime::{Axis, Category, DType, ProblemSize};
 use keopsc::codegen::nvptx::{
-    assemble, compile_ptx, find_ptxas, GpuSchedule, HostTwin, PtxasReport,
+    assemble, compile_ptx, compile_ptx_tuned, find_ptxas, GpuSchedule, HostTwin, PtxasReport,
 };
 use keopsc::opt::{optimize, OptBudget, OptimizedKernel};
 use keopsc::source::SourceFile;
+use keopsc::target::GpuTarget;
 
 fn optimized(text: &str) -> Vec<OptimizedKernel> {
     let compiled = match keopsc::driver::compile(SourceFile::new("<nvptx test>", text)) {
@@ -267,8 +268,13 @@ fn every_reduction_kind_on_both_axes_compiles_to_a_ptx_kernel_that_ptxas_assembl
     for kernel in optimized(&every_reduction()) {
         for dtype in [DType::F32, DType::F64] {
             let name = format!("{} {dtype}", kernel.name);
-            let compiled = compile_ptx(&kernel.formula, &kernel.signature, dtype)
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let compiled = compile_ptx(
+                &kernel.formula,
+                &kernel.signature,
+                dtype,
+                &GpuTarget::default(),
+            )
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
             let ptx = &compiled.ptx;
             assert!(ptx.contains(".entry keops_gpu_tile_1d"), "{name}:\n{ptx}");
             assert!(!ptx.contains(".extern"), "{name} calls outside:\n{ptx}");
@@ -296,8 +302,13 @@ fn workload_kernels_assemble_without_spills() {
             let kernel = &optimized(&text)[0];
             for dtype in [DType::F32, DType::F64] {
                 let name = format!("{} D={dim} {dtype}", workload.id);
-                let compiled = compile_ptx(&kernel.formula, &kernel.signature, dtype)
-                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+                let compiled = compile_ptx(
+                    &kernel.formula,
+                    &kernel.signature,
+                    dtype,
+                    &GpuTarget::default(),
+                )
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
                 let Some(ptxas) = &ptxas else { continue };
                 for report in assembled(ptxas, &name, &compiled.ptx) {
                     eprintln!("{name}: {}; {report}", compiled.schedule);
@@ -333,15 +344,104 @@ fn ptxas_reports_are_read_from_its_messages() {
     );
 }
 
+/// With ptxas, the block comes from the registers it reports: the tuned kernel's block is the
+/// target's choice for them, and both architectures' reports come with it.
+#[test]
+fn the_tuned_block_is_the_occupancy_choice_for_the_registers_ptxas_reports() {
+    let Some(ptxas) = ptxas_or_say_skipped("block size from occupancy") else {
+        return;
+    };
+    let target = GpuTarget::default();
+    let text = "kernel w1 { x = Vi(3) y = Vj(3) b = Vj(1) g = Pm(1) Sum_Reduction(Exp(-g * SqDist(x, y)) * b, 0) }\n\
+        kernel wide { x = Vi(24) y = Vj(24) b = Vj(24) Max_SumShiftExpWeight_Reduction(Scalprod(x, y), b * Exp(x - y), 0) }";
+    let mut moved = 0;
+    for kernel in optimized(text) {
+        for dtype in [DType::F32, DType::F64] {
+            let name = format!("{} {dtype}", kernel.name);
+            let plain = compile_ptx(&kernel.formula, &kernel.signature, dtype, &target).unwrap();
+            let registers = assembled(&ptxas, &name, &plain.ptx)
+                .iter()
+                .map(|r| r.registers)
+                .max()
+                .unwrap();
+            let launch = plain.schedule.launch;
+            let per_thread = plain.schedule.shared_bytes_per_thread();
+            let block = target.block_for_occupancy(launch.block, registers, per_thread);
+            let tuned = compile_ptx_tuned(&kernel.formula, &kernel.signature, dtype, &target)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(
+                tuned.registers.len(),
+                2,
+                "{name}: one report per architecture"
+            );
+            assert_eq!(
+                tuned.schedule.launch.block, block,
+                "{name}: {registers} registers"
+            );
+            assert!(
+                tuned.ptx.contains(&format!(".maxntid {block}, 1, 1")),
+                "{name}"
+            );
+            moved += usize::from(block != launch.block);
+            eprintln!(
+                "{name}: {registers} registers, block {} -> {block}",
+                launch.block
+            );
+        }
+    }
+    // The wide f32 kernel's 168 registers leave one block of 256 threads per multiprocessor
+    // (8 warps) against two of 192 (12).
+    assert!(moved >= 1, "some kernel changes block");
+}
+
+/// f32 `exp` on the GPU goes through the special-function unit (`ex2.approx`); f64 keeps the
+/// polynomial, and so does a target that asks for it.
+#[test]
+fn f32_exp_on_the_gpu_uses_ex2_approx() {
+    let kernel = &optimized(
+        "kernel g { x = Vi(3) y = Vj(3) b = Vj(1) Sum_Reduction(Exp(-SqDist(x, y)) * b, 0) }",
+    )[0];
+    let fast = GpuTarget::default();
+    let exact = GpuTarget {
+        fast_exp: false,
+        ..GpuTarget::default()
+    };
+    let ptx = |dtype, target: &GpuTarget| {
+        compile_ptx(&kernel.formula, &kernel.signature, dtype, target)
+            .unwrap()
+            .ptx
+    };
+    assert!(ptx(DType::F32, &fast).contains("ex2.approx.ftz.f32"));
+    assert!(!ptx(DType::F64, &fast).contains("ex2.approx"));
+    let polynomial = ptx(DType::F32, &exact);
+    assert!(!polynomial.contains("ex2.approx"));
+    let fmas = |text: &str| text.matches("fma.rn.f32").count();
+    assert!(
+        fmas(&ptx(DType::F32, &fast)) + 5 <= fmas(&polynomial),
+        "the polynomial's FMAs are gone"
+    );
+}
+
 #[test]
 fn a_kernel_staging_too_much_per_inner_index_is_refused_with_its_reason() {
     let kernel = &optimized("kernel big { x = Vi(400) y = Vj(400) Sum_Reduction(x * y, 0) }")[0];
-    let err = GpuSchedule::new(&kernel.formula, &kernel.signature, DType::F64)
-        .expect_err("400 f64 per index leave no room for a warp");
+    let err = GpuSchedule::new(
+        &kernel.formula,
+        &kernel.signature,
+        DType::F64,
+        &GpuTarget::default(),
+    )
+    .expect_err("400 f64 per index leave no room for a warp");
     assert!(err.to_string().contains("shared memory"), "{err}");
     // f32 with D = 64: the block shrinks to fit 48 KiB.
     let kernel = &optimized("kernel w { x = Vi(64) y = Vj(64) Sum_Reduction(x * y, 0) }")[0];
-    let schedule = GpuSchedule::new(&kernel.formula, &kernel.signature, DType::F32).unwrap();
+    let schedule = GpuSchedule::new(
+        &kernel.formula,
+        &kernel.signature,
+        DType::F32,
+        &GpuTarget::default(),
+    )
+    .unwrap();
     assert_eq!(schedule.launch.block, 192);
     assert!(schedule.launch.shared_bytes <= 48 << 10);
 }
@@ -399,7 +499,8 @@ fn the_emulated_1d_schedule_matches_the_interpreter_for_every_reduction() {
             };
             let evaluator = keopsc::interp::PointEvaluator::new(&kernel.formula).unwrap();
             for dtype in [DType::F32, DType::F64] {
-                let schedule = GpuSchedule::new(&kernel.formula, sig, dtype).unwrap();
+                let schedule =
+                    GpuSchedule::new(&kernel.formula, sig, dtype, &GpuTarget::default()).unwrap();
                 let small = GpuLaunch1D {
                     block: 32,
                     ..schedule.launch

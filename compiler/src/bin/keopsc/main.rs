@@ -454,9 +454,7 @@ fn explain(
             }
         }
         if code.ptx {
-            let o = &k.optimized;
-            let text = keopsc::codegen::nvptx::explain_ptx(&o.formula, &o.signature, dtype)
-                .map_err(|e| fail(e.to_string()))?;
+            let text = driver::explain_gpu(&k.checked, dtype).map_err(|e| fail(e.to_string()))?;
             print!("{text}");
         }
         shown += 1;
@@ -568,7 +566,7 @@ fn build(
         keopsc::codegen::CpuTarget::level(target).ok_or_else(|| {
             fail(format!(
                 "unknown target `{target}` (expected host, {})",
-                keopsc::codegen::jit::LEVELS.join(", ")
+                keopsc::target::cpu::LEVELS.join(", ")
             ))
         })?
     };

@@ -248,7 +248,7 @@ pub(crate) fn rewrite_text(
         .with_iter_limit(20)
         .with_node_limit(20_000)
         .run(rules);
-    let cost = super::cost::PairCost::new(&runner.egraph);
+    let cost = super::cost::PairCost::new(&runner.egraph, &crate::target::prices::CPU);
     let (_, best) = egg::Extractor::new(&runner.egraph, cost).find_best(runner.egraph.find(root));
     best.to_string()
 }
