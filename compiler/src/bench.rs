@@ -394,6 +394,9 @@ pub struct BenchOptions {
     /// Also measure the compile cache: cold (empty) and warm latency per workload; and a vjp
     /// call on a tiny problem, compiling its kernels or taking them from the JIT cache.
     pub cache: bool,
+    /// Where the forward workloads run: the CPU (every workload, with the C baseline), or
+    /// another backend beside the CPU ([`run_beside_cpu`]).
+    pub backend: driver::Backend,
 }
 
 /// One measurement.
@@ -462,8 +465,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Compiles (timed, from text) and runs one workload, with `param` for every `Pm` argument;
-/// returns (pairs/s, compile ms).
+/// Compiles (timed, from text) and runs one workload on the CPU, with `param` for every `Pm`
+/// argument; returns (pairs/s, compile ms).
 pub fn measure(
     source: &str,
     n: usize,
@@ -471,24 +474,104 @@ pub fn measure(
     repeats: usize,
     param: f64,
 ) -> Result<(f64, f64), String> {
+    measure_on(source, n, dtype, repeats, param, driver::Backend::Cpu)
+}
+
+/// [`measure`] on `backend`'s executor ([`driver::executor`]): compiled (and, on a GPU,
+/// loaded) timed, then `repeats` calls, each from host arrays to the host output (a GPU call
+/// copies the inputs in and the output back; one untimed call first, where the driver
+/// finishes its set-up).
+pub fn measure_on(
+    source: &str,
+    n: usize,
+    dtype: DType,
+    repeats: usize,
+    param: f64,
+    backend: driver::Backend,
+) -> Result<(f64, f64), String> {
     let start = Instant::now();
     let compiled = driver::compile(SourceFile::new("<bench>", source))
         .map_err(|_| "workload does not compile".to_string())?;
     let kernel = &compiled.kernels[0];
-    let jit = compile_cpu(kernel, dtype).map_err(|e| e.to_string())?;
+    let executor = driver::executor(kernel, dtype, backend).map_err(|e| e.to_string())?;
     let compile_ms = start.elapsed().as_secs_f64() * 1e3;
     let inputs = uniform_inputs(source, n, dtype, 1, param)?;
     let arrays: Vec<_> = inputs.iter().map(|(_, a)| a.view()).collect();
     check_arguments(&kernel.signature, &arrays).map_err(|e| e.to_string())?;
+    if backend != driver::Backend::Cpu {
+        executor.reduce(&arrays).map_err(|e| e.to_string())?;
+    }
     let mut rates = Vec::new();
     for _ in 0..repeats.max(1) {
         let start = Instant::now();
-        let out = run_tiles(&jit.tile_kernel(), &arrays, None).map_err(|e| e.to_string())?;
+        let out = executor.reduce(&arrays).map_err(|e| e.to_string())?;
         let seconds = start.elapsed().as_secs_f64();
         std::hint::black_box(out);
         rates.push((n as f64) * (n as f64) / seconds);
     }
     Ok((median(rates), compile_ms))
+}
+
+/// Largest N = M at which `bench --backend cuda` measures the CPU beside the GPU: past it the
+/// CPU's pairs/s no longer change, and its run would take minutes.
+pub const CPU_BESIDE_GPU_MAX_N: usize = 20_000;
+
+/// `keopsc bench --backend cuda` (or any backend but the CPU): the forward workloads on that
+/// backend, each beside the CPU's pairs/s on the same workload in the same run (at N = M up
+/// to [`CPU_BESIDE_GPU_MAX_N`]). The backward, symmetric, batched and block-sparse workloads
+/// run on the CPU only and are left out.
+fn run_beside_cpu(
+    options: &BenchOptions,
+    out: &mut dyn std::io::Write,
+) -> Result<Vec<BenchResult>, String> {
+    let backend = options.backend;
+    let mut results = Vec::new();
+    writeln!(
+        out,
+        "{:<4} {:<22} {:>3} {:>4} {:>8} {:>10} {:>10}  baseline",
+        "", "workload", "D", "type", "N=M", "pairs/s", "compile"
+    )
+    .ok();
+    for w in WORKLOADS
+        .iter()
+        .filter(|w| options.workloads.is_empty() || options.workloads.iter().any(|s| s == w.id))
+    {
+        for &d in w.dims {
+            let source = w.source.replace("{D}", &d.to_string());
+            for &dtype in &options.dtypes {
+                let mut sizes: Vec<usize> = options.sizes.iter().map(|&n| n.min(w.max_n)).collect();
+                sizes.dedup();
+                for n in sizes {
+                    let (rate, compile_ms) =
+                        measure_on(&source, n, dtype, options.repeats, w.param, backend)?;
+                    let cpu_n = n.min(CPU_BESIDE_GPU_MAX_N);
+                    let (cpu, _) = measure(&source, cpu_n, dtype, options.repeats, w.param)?;
+                    writeln!(
+                        out,
+                        "{:<4} {:<22} {:>3} {:>4} {:>8} {:>10.3e} {:>8.1}ms  {:.1}x the cpu at {cpu:.3e} (N=M={cpu_n})",
+                        w.id,
+                        w.title,
+                        d,
+                        dtype_name(dtype),
+                        n,
+                        rate,
+                        compile_ms,
+                        rate / cpu
+                    )
+                    .ok();
+                    results.push(BenchResult {
+                        label: format!("{} D={d} {backend}", w.id),
+                        dtype,
+                        n,
+                        pairs_per_second: rate,
+                        compile_ms,
+                        baseline: Some((format!("cpu at N=M={cpu_n}"), cpu)),
+                    });
+                }
+            }
+        }
+    }
+    Ok(results)
 }
 
 /// Runs the backward pass of a workload with respect to `wrt` (together, one plan) at
@@ -677,6 +760,9 @@ pub fn run(
     options: &BenchOptions,
     out: &mut dyn std::io::Write,
 ) -> Result<Vec<BenchResult>, String> {
+    if options.backend != driver::Backend::Cpu {
+        return run_beside_cpu(options, out);
+    }
     let c_exe = match &options.c_baseline {
         Some(path) => match build_c_baseline(path) {
             Ok(exe) => Some(exe),

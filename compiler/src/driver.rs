@@ -10,6 +10,7 @@ use crate::source::SourceFile;
 use crate::syntax::{ast, parse};
 use crate::target::{GpuTarget, Target};
 use keops_runtime::module::bind_all_named;
+use keops_runtime::Executor;
 use keops_runtime::{
     check_all_arguments, check_arguments, run_tiles, ArgumentError, Axis, DType, HostArray, Kernel,
     NpyError, ProblemSize, Reduction, ReductionKind,
@@ -193,42 +194,14 @@ pub fn evaluate_bound(
         compile: Duration::ZERO,
         run: Duration::ZERO,
     };
-    match backend {
-        Backend::Interp => {}
-        Backend::Cpu => {
-            let start = Instant::now();
-            let compiled = compile_cpu(kernel, size.dtype)?;
-            timings.compile = start.elapsed();
-            let start = Instant::now();
-            let out = run_tiles(&compiled.tile_kernel(), &views, None)?;
-            timings.run = start.elapsed();
-            return Ok((out, timings));
-        }
-        #[cfg(feature = "cuda")]
-        Backend::Cuda => {
-            let start = Instant::now();
-            let device = keops_runtime::cuda::CudaDevice::new(0)?;
-            let compiled = compile_gpu(kernel, size.dtype)?;
-            let loaded = keops_runtime::cuda::CudaKernel::load(
-                &device,
-                &compiled.ptx,
-                &compiled.symbol,
-                compiled.signature.clone(),
-                size.dtype,
-                compiled.schedule.launch,
-            )?;
-            timings.compile = start.elapsed();
-            let start = Instant::now();
-            let out = loaded.run(&views)?;
-            timings.run = start.elapsed();
-            return Ok((out, timings));
-        }
-        #[cfg(not(feature = "cuda"))]
-        Backend::Cuda => {
-            let available: Vec<String> =
-                Backend::available().iter().map(|b| b.to_string()).collect();
-            return Err(EvalError::BackendUnavailable(backend, available.join(", ")));
-        }
+    if backend != Backend::Interp {
+        let start = Instant::now();
+        let executor = executor(kernel, size.dtype, backend)?;
+        timings.compile = start.elapsed();
+        let start = Instant::now();
+        let out = executor.reduce(&views)?;
+        timings.run = start.elapsed();
+        return Ok((out, timings));
     }
     let start = Instant::now();
     let data: Vec<Vec<f64>> = arrays.iter().map(|a| a.to_f64()).collect();
@@ -246,6 +219,98 @@ pub fn evaluate_bound(
     };
     timings.run = start.elapsed();
     Ok((out, timings))
+}
+
+/// `kernel` compiled for `dtype` on `backend` (CPU or CUDA), behind the runtime's executor
+/// boundary. The interpreter is no executor: it is the oracle, run by [`evaluate_bound`].
+pub fn executor(
+    kernel: &CheckedKernel,
+    dtype: DType,
+    backend: Backend,
+) -> Result<Box<dyn Executor>, EvalError> {
+    match backend {
+        Backend::Cpu => Ok(Box::new(compile_cpu(kernel, dtype)?)),
+        #[cfg(feature = "cuda")]
+        Backend::Cuda => Ok(Box::new(load_gpu(kernel, dtype)?)),
+        #[cfg(not(feature = "cuda"))]
+        Backend::Cuda => unavailable(backend),
+        Backend::Interp => unavailable(backend),
+    }
+}
+
+/// No executor for `backend` in this build: the error names those there are.
+fn unavailable<T>(backend: Backend) -> Result<T, EvalError> {
+    let available: Vec<String> = Backend::available()
+        .iter()
+        .filter(|&&b| b != Backend::Interp)
+        .map(|b| b.to_string())
+        .collect();
+    Err(EvalError::BackendUnavailable(backend, available.join(", ")))
+}
+
+impl From<keops_runtime::ExecError> for EvalError {
+    fn from(e: keops_runtime::ExecError) -> EvalError {
+        match e {
+            keops_runtime::ExecError::Argument(a) => EvalError::Argument(a),
+            #[cfg(feature = "cuda")]
+            keops_runtime::ExecError::Cuda(c) => EvalError::Cuda(c),
+        }
+    }
+}
+
+/// `kernel`'s GPU code for `dtype` loaded on the first GPU. When ptxas was not found at
+/// compile time, the block size comes from the registers the driver's own compilation uses:
+/// if another block keeps clearly more warps resident, the kernel is compiled and loaded again
+/// for it.
+#[cfg(feature = "cuda")]
+pub fn load_gpu(
+    kernel: &CheckedKernel,
+    dtype: DType,
+) -> Result<keops_runtime::cuda::CudaKernel, EvalError> {
+    use keops_runtime::cuda::{CudaDevice, CudaKernel};
+    let device = CudaDevice::new(0)?;
+    let load = |compiled: &crate::codegen::nvptx::PtxKernel| {
+        CudaKernel::load(
+            &device,
+            &compiled.ptx,
+            &compiled.symbol,
+            compiled.signature.clone(),
+            dtype,
+            compiled.schedule.launch,
+        )
+    };
+    let compiled = compile_gpu(kernel, dtype)?;
+    let loaded = load(&compiled)?;
+    if !compiled.registers.is_empty() {
+        return Ok(loaded);
+    }
+    let (target, budget) = gpu_target();
+    let launch = compiled.schedule.launch;
+    let block = target.block_for_occupancy(
+        launch.block,
+        loaded.registers()?,
+        compiled.schedule.shared_bytes_per_thread(),
+    );
+    if block == launch.block {
+        return Ok(loaded);
+    }
+    let retuned = optimized_for_then(kernel, &budget, |formula| {
+        let schedule = crate::codegen::nvptx::GpuSchedule::with_block(
+            formula,
+            &kernel.signature,
+            dtype,
+            &target,
+            Some(block),
+        )?;
+        crate::codegen::nvptx::compile_ptx_with_schedule(
+            formula,
+            &kernel.signature,
+            dtype,
+            &target,
+            schedule,
+        )
+    })?;
+    Ok(load(&retuned)?)
 }
 
 /// [`evaluate_bound`] for arrays where each `(j, i)` of `same` (argument positions) says that
@@ -332,18 +397,24 @@ pub fn evaluate_symmetric(
     Ok((out, timings))
 }
 
-/// [`evaluate_bound`] without the timings, with the CPU backend's code taken from the
+/// [`evaluate_bound`] without the timings, with the CPU's (and the GPU's) code taken from the
 /// process-wide [`JitCache`](crate::jit_cache::JitCache): a kernel run again is not compiled
-/// again. What the vjp runs by default.
+/// (or loaded) again. What the vjp runs by default.
 pub fn evaluate_cached(
     kernel: &CheckedKernel,
     arrays: &[&HostArray],
     backend: Backend,
 ) -> Result<HostArray, EvalError> {
+    let views: Vec<_> = arrays.iter().map(|a| a.view()).collect();
+    #[cfg(feature = "cuda")]
+    if backend == Backend::Cuda {
+        let size = check_arguments(&kernel.signature, &views)?;
+        let (loaded, _) = crate::jit_cache::JitCache::global().get_gpu(kernel, size.dtype)?;
+        return Ok(loaded.run(&views)?);
+    }
     if backend != Backend::Cpu {
         return Ok(evaluate_bound(kernel, arrays, backend)?.0);
     }
-    let views: Vec<_> = arrays.iter().map(|a| a.view()).collect();
     let size = check_arguments(&kernel.signature, &views)?;
     let (compiled, _) = crate::jit_cache::JitCache::global().get(kernel, size.dtype)?;
     Ok(run_tiles(&compiled.tile_kernel(), &views, None)?)

@@ -9,6 +9,9 @@
 //! f64), plus the dtype. The target is this machine's CPU, the same for the whole process, and
 //! the optimiser's budget is the default one, a count (the result never depends on load).
 //!
+//! With the `cuda` feature it also holds GPU kernels loaded on the first GPU ([`JitCache::get_gpu`]),
+//! under keys of their own.
+//!
 //! The table is bounded: past [`JitCache::DEFAULT_CAPACITY`] entries the least recently used
 //! one is dropped (a caller still holding it keeps it alive through its `Arc`). Compilation
 //! runs outside the lock, so callers on other threads are not held up by it; two threads that
@@ -115,6 +118,18 @@ impl JitCache {
             JitCache::key(kernel, dtype)
         );
         self.get_or_compile(key, || compile_cpu_cross(kernel, columns, dtype))
+    }
+
+    /// `kernel`'s GPU code for `dtype` loaded on the first GPU ([`crate::driver::load_gpu`]):
+    /// from the table, or compiled and loaded now and stored.
+    #[cfg(feature = "cuda")]
+    pub fn get_gpu(
+        &self,
+        kernel: &CheckedKernel,
+        dtype: DType,
+    ) -> Result<(Arc<keops_runtime::cuda::CudaKernel>, JitOutcome), EvalError> {
+        let key = format!("cuda\n{}", JitCache::key(kernel, dtype));
+        self.get_or_compile(key, || crate::driver::load_gpu(kernel, dtype))
     }
 
     fn get_or_compile<T: Any + Send + Sync>(

@@ -497,6 +497,38 @@ pub fn check_all_arguments(
     sig: &Signature,
     arrays: &[Option<ArrayRef>],
 ) -> Result<ProblemSize, Vec<ArgumentError>> {
+    let layouts: Vec<Option<ArgumentLayout>> = arrays
+        .iter()
+        .map(|a| a.as_ref().map(ArrayRef::layout))
+        .collect();
+    check_layouts(sig, &layouts)
+}
+
+/// What the argument checks read of an array: its shape, dtype and number of elements. Host
+/// arrays have one ([`ArrayRef::layout`]); so do buffers in device memory, which are checked
+/// without being read (`cuda::DeviceArg`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArgumentLayout<'a> {
+    pub shape: &'a [usize],
+    pub dtype: DType,
+    pub len: usize,
+}
+
+impl ArrayRef<'_> {
+    pub fn layout(&self) -> ArgumentLayout<'_> {
+        ArgumentLayout {
+            shape: self.shape,
+            dtype: self.dtype(),
+            len: self.data.len(),
+        }
+    }
+}
+
+/// [`check_all_arguments`] on the layouts of the arguments.
+pub fn check_layouts(
+    sig: &Signature,
+    arrays: &[Option<ArgumentLayout>],
+) -> Result<ProblemSize, Vec<ArgumentError>> {
     if arrays.len() != sig.args.len() {
         return Err(vec![argument_count_error(sig, arrays.len())]);
     }
@@ -507,22 +539,22 @@ pub fn check_all_arguments(
     for (spec, array) in sig.args.iter().zip(arrays) {
         let Some(array) = array else { continue };
         if let Some((first_dtype, first)) = dtype {
-            if array.dtype() != first_dtype {
+            if array.dtype != first_dtype {
                 errors.push(ArgumentError::MixedDType {
                     name: spec.name.clone(),
-                    dtype: array.dtype(),
+                    dtype: array.dtype,
                     first: first.to_string(),
                     first_dtype,
                 });
             }
         } else {
-            dtype = Some((array.dtype(), &spec.name));
+            dtype = Some((array.dtype, &spec.name));
         }
         let shape: &[usize] = array.shape;
-        if array.data.len() != shape.iter().product::<usize>() {
+        if array.len != shape.iter().product::<usize>() {
             errors.push(ArgumentError::DataLength {
                 name: spec.name.clone(),
-                len: array.data.len(),
+                len: array.len,
                 shape: shape.to_vec(),
             });
             continue;

@@ -1,11 +1,19 @@
 //! The CUDA runtime (feature `cuda`): loads a 1-D kernel's PTX into the driver (which
-//! JIT-compiles it for the GPU), copies host arrays to the device, launches the kernel in the
-//! calling convention of [`crate::gpu`] and finalizes the accumulators it returns. The driver
-//! library is loaded at run time: a machine without it gets [`CudaError::NoDriver`], never a
-//! panic (cudarc panics when `libcuda` is missing, so every entry checks for it first).
+//! JIT-compiles it for the GPU), copies host arrays to the device or reads buffers already
+//! there ([`DeviceArg`]: a framework's tensors, in place), launches the kernel in the calling
+//! convention of [`crate::gpu`] and finalizes the accumulators it returns. The copies in, the
+//! launch and the copy of the accumulators back are queued on one stream and the host waits
+//! once, for the accumulators (the inputs are O(N + M), the work O(N M): overlapping them
+//! further would save nothing measurable). The driver library is loaded at run time: a machine
+//! without it gets [`CudaError::NoDriver`], never a panic (cudarc panics when `libcuda` is
+//! missing, so every entry checks for it first).
 
 use crate::abi::Signature;
-use crate::arrays::{check_arguments, ArgumentError, ArrayRef, DType, DataRef, HostArray};
+use crate::arrays::{
+    check_arguments, check_layouts, ArgumentError, ArgumentLayout, ArrayRef, DType, DataRef,
+    HostArray, ProblemSize,
+};
+use crate::executor::{ExecError, Executor};
 use crate::gpu::{merge_parts, GpuLaunch1D, InnerSplit};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
@@ -80,6 +88,47 @@ impl CudaDevice {
     pub fn multiprocessors(&self) -> usize {
         self.multiprocessors
     }
+
+    /// Copies `array` to the device once, for calls that read it in place
+    /// ([`CudaKernel::run_device`] through [`DeviceArray::arg`]): inputs that stay the same
+    /// across calls (the points of an operator applied many times) are not copied again.
+    pub fn upload(&self, array: ArrayRef) -> Result<DeviceArray, CudaError> {
+        let data = match array.data {
+            DataRef::F32(v) => DeviceInput::F32(upload(&self.stream, v)?),
+            DataRef::F64(v) => DeviceInput::F64(upload(&self.stream, v)?),
+        };
+        Ok(DeviceArray {
+            data,
+            shape: array.shape.to_vec(),
+            dtype: array.dtype(),
+            stream: self.stream.clone(),
+        })
+    }
+}
+
+/// An array this runtime copied to the device ([`CudaDevice::upload`]), freed when dropped.
+pub struct DeviceArray {
+    data: DeviceInput,
+    shape: Vec<usize>,
+    dtype: DType,
+    stream: Arc<CudaStream>,
+}
+
+impl DeviceArray {
+    /// The array as an argument read in place.
+    pub fn arg(&self) -> DeviceArg<'_> {
+        use cudarc::driver::DevicePtr;
+        let pointer = match &self.data {
+            DeviceInput::F32(s) => s.device_ptr(&self.stream).0,
+            DeviceInput::F64(s) => s.device_ptr(&self.stream).0,
+            DeviceInput::Borrowed(p) => *p,
+        };
+        DeviceArg {
+            pointer,
+            shape: &self.shape,
+            dtype: self.dtype,
+        }
+    }
 }
 
 /// A 1-D kernel loaded on a device.
@@ -92,10 +141,21 @@ pub struct CudaKernel {
     multiprocessors: usize,
 }
 
-/// An input on the device.
-enum DeviceArray {
+/// An input on the device: copied there by this call, or the caller's buffer.
+enum DeviceInput {
     F32(CudaSlice<f32>),
     F64(CudaSlice<f64>),
+    Borrowed(u64),
+}
+
+/// An argument already in device memory, read in place: the address of its first element (a
+/// `CUdeviceptr` in the device's primary context, where CUDA frameworks allocate), its shape
+/// and dtype, row-major and naturally aligned as a host array would be.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceArg<'a> {
+    pub pointer: u64,
+    pub shape: &'a [usize],
+    pub dtype: DType,
 }
 
 /// Copies `data` to the device (one element at least: the driver allocates no empty buffer).
@@ -164,20 +224,80 @@ impl CudaKernel {
             .map_err(driver("waiting for the stream"))
     }
 
-    /// Runs the kernel on host arrays (signature order, checked as the CPU's are) and returns
-    /// the output, `(rows, output_dim)` in the kernel's dtype.
-    pub fn run(&self, arrays: &[ArrayRef]) -> Result<HostArray, CudaError> {
+    /// Registers per thread of the code the driver compiled (what ptxas would report).
+    pub fn registers(&self) -> Result<u32, CudaError> {
+        let n = self
+            .function
+            .num_regs()
+            .map_err(driver("reading the kernel's registers"))?;
+        Ok(u32::try_from(n).unwrap_or(0))
+    }
+
+    /// Blocks of the kernel a multiprocessor holds at once, as the driver computes it.
+    pub fn resident_blocks(&self) -> Result<u32, CudaError> {
+        self.function
+            .occupancy_max_active_blocks_per_multiprocessor(self.launch.block, 0, None)
+            .map_err(driver("computing the occupancy"))
+    }
+
+    /// The launch shape the kernel was compiled for.
+    pub fn launch(&self) -> GpuLaunch1D {
+        self.launch
+    }
+
+    /// The split of the inner range for a problem of `size` on this device.
+    fn split_for(&self, size: ProblemSize) -> InnerSplit {
         let sig = &self.signature;
-        let size = check_arguments(sig, arrays)?;
         let (rows, inner) = size.rows_and_inner(sig.axis);
-        let split = InnerSplit::choose(
+        InnerSplit::choose(
             rows,
             inner,
             self.launch.block as usize,
             sig.reduction.acc_dim(),
             self.multiprocessors,
-        );
-        self.run_split(arrays, split)
+        )
+    }
+
+    /// Runs the kernel on host arrays (signature order, checked as the CPU's are) and returns
+    /// the output, `(rows, output_dim)` in the kernel's dtype.
+    pub fn run(&self, arrays: &[ArrayRef]) -> Result<HostArray, CudaError> {
+        let size = check_arguments(&self.signature, arrays)?;
+        self.run_split(arrays, self.split_for(size))
+    }
+
+    /// Runs the kernel on buffers already in device memory (signature order; their shapes and
+    /// dtypes are checked as host arrays' are, their contents are not read by the host), and
+    /// returns the output on the host. The kernel runs on this runtime's stream: work the
+    /// caller queued on other streams to produce the buffers must be finished first.
+    ///
+    /// # Safety
+    ///
+    /// Each `pointer` must address `shape.iter().product()` elements of `dtype` in device
+    /// memory of this device's primary context, naturally aligned, not written until the
+    /// call returns.
+    pub unsafe fn run_device(&self, args: &[DeviceArg]) -> Result<HostArray, CudaError> {
+        let layouts: Vec<Option<ArgumentLayout>> = args
+            .iter()
+            .map(|a| {
+                Some(ArgumentLayout {
+                    shape: a.shape,
+                    dtype: a.dtype,
+                    len: a.shape.iter().product(),
+                })
+            })
+            .collect();
+        let size = check_layouts(&self.signature, &layouts).map_err(|errors| {
+            errors
+                .into_iter()
+                .next()
+                .expect("a failed check has an error")
+        })?;
+        size.check_compiled_dtype(&self.signature, self.dtype)?;
+        let inputs: Vec<DeviceInput> = args
+            .iter()
+            .map(|a| DeviceInput::Borrowed(a.pointer))
+            .collect();
+        self.launch_and_finalize(&inputs, size, self.split_for(size))
     }
 
     /// [`CudaKernel::run`] with the inner range cut by `split` (one part: the 1-D schedule;
@@ -187,9 +307,33 @@ impl CudaKernel {
         arrays: &[ArrayRef],
         split: InnerSplit,
     ) -> Result<HostArray, CudaError> {
+        let size = check_arguments(&self.signature, arrays)?;
+        size.check_compiled_dtype(&self.signature, self.dtype)?;
+        let (rows, _) = size.rows_and_inner(self.signature.axis);
+        let inputs: Vec<DeviceInput> = if rows > 0 && self.signature.reduction.acc_dim() > 0 {
+            arrays
+                .iter()
+                .map(|a| match a.data {
+                    DataRef::F32(v) => upload(&self.stream, v).map(DeviceInput::F32),
+                    DataRef::F64(v) => upload(&self.stream, v).map(DeviceInput::F64),
+                })
+                .collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
+        self.launch_and_finalize(&inputs, size, split)
+    }
+
+    /// Launches the kernel on `inputs` (in device memory) for a problem of `size` with the
+    /// inner range cut by `split`, copies the accumulators back, merges the parts and
+    /// finalizes the rows.
+    fn launch_and_finalize(
+        &self,
+        inputs: &[DeviceInput],
+        size: ProblemSize,
+        split: InnerSplit,
+    ) -> Result<HostArray, CudaError> {
         let sig = &self.signature;
-        let size = check_arguments(sig, arrays)?;
-        size.check_compiled_dtype(sig, self.dtype)?;
         let (rows, inner) = size.rows_and_inner(sig.axis);
         let red = &sig.reduction;
         let (acc_dim, out_dim) = (red.acc_dim(), red.output_dim());
@@ -208,13 +352,6 @@ impl CudaKernel {
         }
         let mut acc_host = vec![0.0f64; rows * acc_dim];
         if rows > 0 && acc_dim > 0 {
-            let inputs: Vec<DeviceArray> = arrays
-                .iter()
-                .map(|a| match a.data {
-                    DataRef::F32(v) => upload(&self.stream, v).map(DeviceArray::F32),
-                    DataRef::F64(v) => upload(&self.stream, v).map(DeviceArray::F64),
-                })
-                .collect::<Result<_, _>>()?;
             let mut acc = self
                 .stream
                 .alloc_zeros::<f64>(parts * rows * acc_dim)
@@ -222,10 +359,11 @@ impl CudaKernel {
             let (rows_arg, inner_arg, chunk_arg) =
                 (rows as i64, inner as i64, split.chunk.max(1) as i64);
             let mut launch = self.stream.launch_builder(&self.function);
-            for input in &inputs {
+            for input in inputs {
                 match input {
-                    DeviceArray::F32(s) => launch.arg(s),
-                    DeviceArray::F64(s) => launch.arg(s),
+                    DeviceInput::F32(s) => launch.arg(s),
+                    DeviceInput::F64(s) => launch.arg(s),
+                    DeviceInput::Borrowed(pointer) => launch.arg(pointer),
                 };
             }
             launch
@@ -240,8 +378,9 @@ impl CudaKernel {
             };
             // SAFETY: the kernel was compiled for this signature, dtype and block size
             // (`load`); its parameters are one device buffer per argument holding the checked
-            // arrays, the row count, the inner size, the part length and
-            // `parts x rows x acc_dim` f64 accumulators, for a grid of `parts` block rows.
+            // arrays (copied here, or the caller's under `run_device`'s contract), the row
+            // count, the inner size, the part length and `parts x rows x acc_dim` f64
+            // accumulators, for a grid of `parts` block rows.
             unsafe { launch.launch(config) }.map_err(driver("launching the kernel"))?;
             let partial = self
                 .stream
@@ -264,6 +403,17 @@ impl CudaKernel {
             DType::F32 => HostArray::from_f32(shape, out.iter().map(|&x| x as f32).collect()),
             DType::F64 => HostArray::from_f64(shape, out),
         })
+    }
+}
+
+impl Executor for CudaKernel {
+    fn backend(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn reduce(&self, arrays: &[ArrayRef]) -> Result<HostArray, ExecError> {
+        let out = self.run(arrays)?;
+        Ok(out)
     }
 }
 

@@ -8,6 +8,7 @@ pub mod backward;
 pub mod cross;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod executor;
 pub mod gpu;
 pub mod gradient;
 pub mod linalg;
@@ -26,6 +27,7 @@ pub use cross::{
     run_cross_tiles, run_symmetric_tiles, CrossSchedule, CrossTileFn, CrossTileKernel,
     SYMMETRIC_BLOCK,
 };
+pub use executor::{ExecError, Executor};
 pub use gradient::GradientError;
 pub use module::{Kernel, LoadError, Manifest, Module};
 pub use ndarray;

@@ -271,6 +271,20 @@ impl Drop for JitKernel {
 unsafe impl Send for JitKernel {}
 unsafe impl Sync for JitKernel {}
 
+/// JIT-compiled CPU code behind the runtime's executor boundary.
+impl keops_runtime::Executor for JitKernel {
+    fn backend(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn reduce(
+        &self,
+        arrays: &[keops_runtime::ArrayRef],
+    ) -> Result<keops_runtime::HostArray, keops_runtime::ExecError> {
+        Ok(keops_runtime::run_tiles(&self.tile_kernel(), arrays, None)?)
+    }
+}
+
 impl JitKernel {
     pub fn compile(
         formula: &Formula,

@@ -155,7 +155,7 @@ pub fn compile_ptx(
     target: &GpuTarget,
 ) -> Result<PtxKernel, CodegenError> {
     let schedule = GpuSchedule::new(formula, signature, dtype, target)?;
-    compile_with_schedule(formula, signature, dtype, target, schedule)
+    compile_ptx_with_schedule(formula, signature, dtype, target, schedule)
 }
 
 /// [`compile_ptx`], then, when `ptxas` is found, the block size from occupancy: ptxas reports
@@ -201,7 +201,7 @@ pub fn compile_ptx_tuned(
     );
     if block != kernel.schedule.launch.block {
         let schedule = GpuSchedule::with_block(formula, signature, dtype, target, Some(block))?;
-        kernel = compile_with_schedule(formula, signature, dtype, target, schedule)?;
+        kernel = compile_ptx_with_schedule(formula, signature, dtype, target, schedule)?;
         kernel.registers = reports(&kernel)?;
     }
     Ok(kernel)
@@ -213,7 +213,9 @@ fn cached_ptxas() -> Option<&'static Path> {
     PTXAS.get_or_init(find_ptxas).as_deref()
 }
 
-fn compile_with_schedule(
+/// Compiles one kernel's 1-D GPU code with a given schedule (a block chosen elsewhere, from the
+/// registers the driver reports).
+pub fn compile_ptx_with_schedule(
     formula: &Formula,
     signature: &Signature,
     dtype: DType,

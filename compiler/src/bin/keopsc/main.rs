@@ -222,6 +222,10 @@ enum Command {
         /// vjp call on a tiny problem with and without the process's compiled backward kernels.
         #[arg(long)]
         cache: bool,
+        /// cpu (every workload) or cuda (the forward workloads on the first GPU, beside the
+        /// CPU's figures in the same run; a build with the `cuda` feature).
+        #[arg(long, default_value = "cpu")]
+        backend: String,
     },
 }
 
@@ -349,14 +353,15 @@ fn run(cli: Cli) -> ExitCode {
             no_c,
             pykeops,
             cache,
+            backend,
         } => bench(
             workloads,
             sizes,
             &dtypes,
             repeat,
             (!no_c).then_some(c_baseline),
-            pykeops,
-            cache,
+            (pykeops, cache),
+            &backend,
         ),
     };
     match result {
@@ -504,9 +509,20 @@ fn bench(
     dtypes: &[String],
     repeats: usize,
     c_baseline: Option<PathBuf>,
-    pykeops: bool,
-    cache: bool,
+    (pykeops, cache): (bool, bool),
+    backend: &str,
 ) -> Result<(), Reported> {
+    let backend = match driver::Backend::parse(backend) {
+        Some(b @ (driver::Backend::Cpu | driver::Backend::Cuda)) => b,
+        _ => {
+            eprintln!("error: `keopsc bench --backend {backend}`: choose cpu or cuda");
+            return Err(Reported);
+        }
+    };
+    if let Err(e) = keopsc::batch::check_backend(backend) {
+        eprintln!("error: {e}");
+        return Err(Reported);
+    }
     let mut parsed = Vec::new();
     for d in dtypes {
         parsed.push(parse_dtype(d)?);
@@ -529,6 +545,7 @@ fn bench(
         c_baseline,
         pykeops,
         cache,
+        backend,
     };
     let mut stdout = std::io::stdout();
     keopsc::bench::run(&options, &mut stdout).map_err(|e| {
