@@ -190,7 +190,7 @@ struct Compiled {
 /// The host's own CPU, then each lower x86-64 level the host can run whose vector width differs.
 fn targets() -> Vec<CpuTarget> {
     let mut out = vec![CpuTarget::host()];
-    for level in keopsc::codegen::jit::LEVELS.iter().rev() {
+    for level in keopsc::target::cpu::LEVELS.iter().rev() {
         let Some(t) = CpuTarget::level(level) else {
             continue;
         };

@@ -488,6 +488,29 @@ fn explain_shows_every_stage() {
         &keopsc(&["explain", &f.p("gauss.kf"), "--kernel", "nope"]),
         &["no kernel `nope`"],
     );
+    // The GPU code: optimised at the GPU's prices, its schedule, the PTX with ex2.approx for
+    // f32 exp, and ptxas's report with the occupancy it gives (where ptxas is installed).
+    let run = keopsc(&["explain", &f.p("gauss.kf"), "--ptx"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for section in [
+        "-- formula (gpu prices) --",
+        "-- gpu schedule (float32, nvptx64-nvidia-cuda sm_80",
+        "ex2.approx.ftz.f32",
+        "-- ptxas --",
+    ] {
+        assert!(
+            run.stdout.contains(section),
+            "lacks `{section}`:\n{}",
+            run.stdout
+        );
+    }
+    if keopsc::codegen::nvptx::find_ptxas().is_some() {
+        assert!(
+            run.stdout.contains("% occupancy, bounded by"),
+            "{}",
+            run.stdout
+        );
+    }
 }
 
 /// A long generated formula (a sum of thousands of terms is a left-deep tree) and deeply
@@ -574,6 +597,15 @@ fn bench_rejects_unknown_workloads_and_dtypes() {
     assert_fails_with(
         &keopsc(&["bench", "--dtype", "f16"]),
         &["unknown dtype `f16`"],
+    );
+    assert_fails_with(
+        &keopsc(&["bench", "--backend", "interp"]),
+        &["choose cpu or cuda"],
+    );
+    // This test binary is built without the `cuda` feature: the backend is not in the build.
+    assert_fails_with(
+        &keopsc(&["bench", "--backend", "cuda", "--workload", "W1"]),
+        &["`cuda` backend is not available in this build"],
     );
     let run = keopsc(&[
         "bench",

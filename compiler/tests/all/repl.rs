@@ -319,7 +319,8 @@ fn ptx_shows_the_gpu_kernel_of_a_defined_kernel() {
     );
     out.clear();
     repl.handle_line(":ptx g f64", &mut out);
-    assert!(out.contains("-- gpu schedule (float64) --"), "{out}");
+    assert!(out.contains("-- gpu schedule (float64, nvptx64"), "{out}");
+    assert!(out.contains("-- formula (gpu prices) --"), "{out}");
     assert!(out.contains(".entry keops_gpu_tile_1d"), "{out}");
     assert!(out.contains("-- ptxas --"), "{out}");
     out.clear();
