@@ -178,8 +178,22 @@ pub struct MathLib<'ctx> {
     /// While set, `exp` on vectors of its width is the normal-range variant, and the lanes
     /// that may need the exact one are OR-ed into it (see [`MathLib::report_small_exp_into`]).
     small_exp_flag: Cell<Option<SmallExpFlag<'ctx>>>,
-    /// f32 `exp` through NVPTX's `ex2.approx` (see [`MathLib::with_fast_exp`]).
-    fast_exp: bool,
+    /// How f32 `exp` computes the power of two of its reduced argument (see
+    /// [`MathLib::with_fast_exp`]).
+    exp2: Exp2,
+}
+
+/// How f32 `exp` computes `exp(r)` of its reduced argument, |r| <= ln 2 / 2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exp2 {
+    /// The degree-5 polynomial (1 ULP), on every target.
+    Polynomial,
+    /// NVPTX's `ex2.approx.ftz.f32` of `r log2 e` (NVPTX modules only).
+    Ex2Approx,
+    /// LLVM's `exp2` of `r log2 e` in `ex2.approx`'s place (a libm call on the host): the
+    /// same reduction, scaling and special values as `Ex2Approx`, so that tests on a machine
+    /// without a GPU check everything of the fast path but the special-function unit.
+    HostExp2,
 }
 
 /// A `<lanes x i1>` stack slot where fast exponentials mark the lanes whose argument is below
@@ -195,7 +209,7 @@ impl<'ctx> MathLib<'ctx> {
         MathLib {
             context,
             small_exp_flag: Cell::new(None),
-            fast_exp: false,
+            exp2: Exp2::Polynomial,
         }
     }
 
@@ -205,8 +219,17 @@ impl<'ctx> MathLib<'ctx> {
     /// saves six FMAs per call; the rest (clamping, NaN, reduction, scaling, denormal results)
     /// is unchanged. Error: `ex2.approx`'s (2 ULP, the bound CUDA states for `exp2f`, which it
     /// implements) plus the reduction's half ULP, so about 3 ULP against 1; f64 is unchanged.
-    pub fn with_fast_exp(mut self, fast_exp: bool) -> MathLib<'ctx> {
-        self.fast_exp = fast_exp;
+    pub fn with_fast_exp(self, fast_exp: bool) -> MathLib<'ctx> {
+        self.with_exp2(if fast_exp {
+            Exp2::Ex2Approx
+        } else {
+            Exp2::Polynomial
+        })
+    }
+
+    /// f32 `exp`'s power of two as `exp2` says ([`MathLib::with_fast_exp`] for NVPTX).
+    pub fn with_exp2(mut self, exp2: Exp2) -> MathLib<'ctx> {
+        self.exp2 = exp2;
         self
     }
 
@@ -402,7 +425,7 @@ impl<'ctx> MathLib<'ctx> {
             builder: &builder,
             scalar,
             lanes,
-            fast_exp: self.fast_exp,
+            exp2: self.exp2,
         };
         let ty = em.float_type();
         let fn_type = ty.fn_type(&vec![ty.into(); arity], false);
@@ -437,8 +460,8 @@ struct Emitter<'a, 'ctx> {
     builder: &'a Builder<'ctx>,
     scalar: Scalar,
     lanes: Option<u32>,
-    /// See [`MathLib::with_fast_exp`].
-    fast_exp: bool,
+    /// See [`MathLib::with_exp2`].
+    exp2: Exp2,
 }
 
 // Primitive operations.
@@ -576,6 +599,9 @@ impl<'ctx> Emitter<'_, 'ctx> {
     /// NVPTX's `ex2.approx.ftz.f32` of an f32 scalar or one-lane vector (only in modules for
     /// NVPTX, whose code is one lane wide).
     fn ex2_approx(&self, a: Val<'ctx>) -> Val<'ctx> {
+        if self.exp2 == Exp2::HostExp2 {
+            return self.intrinsic("llvm.exp2", &[a]);
+        }
         let name = "llvm.nvvm.ex2.approx.ftz.f";
         let declaration = Intrinsic::find(name)
             .and_then(|i| i.get_declaration(self.module, &[]))
@@ -817,7 +843,8 @@ impl<'ctx> Emitter<'_, 'ctx> {
         // (scaling by 2 commutes with rounding), so this is bit for bit twice the rounded
         // exp(r), for the same number of operations (2r is off the critical path).
         let one_lane = self.lanes.is_none_or(|n| n == 1);
-        let twice_p = if self.fast_exp && s == Scalar::F32 && one_lane && tail.is_none() {
+        let fast = self.exp2 != Exp2::Polynomial;
+        let twice_p = if fast && s == Scalar::F32 && one_lane && tail.is_none() {
             // exp(r) = 2^(r log2 e), |r log2 e| <= 1/2: the product is within half an ULP,
             // the doubling exact.
             let power = self.ex2_approx(self.mul(r, self.f(LOG2_E)));
@@ -1481,6 +1508,18 @@ pub fn evaluate_on_host(
     width: u32,
     args: &[Vec<f64>],
 ) -> Result<Vec<f64>, String> {
+    evaluate_on_host_with(f, scalar, width, args, Exp2::Polynomial)
+}
+
+/// [`evaluate_on_host`] with f32 `exp`'s power of two computed as `exp2` says
+/// ([`Exp2::HostExp2`] checks the GPU's fast `exp` path on the host).
+pub fn evaluate_on_host_with(
+    f: MathFn,
+    scalar: Scalar,
+    width: u32,
+    args: &[Vec<f64>],
+    exp2: Exp2,
+) -> Result<Vec<f64>, String> {
     if args.len() != f.arity() {
         return Err(format!(
             "{} takes {} argument(s), got {}",
@@ -1548,7 +1587,9 @@ pub fn evaluate_on_host(
             .map_err(|e| e.to_string())?;
         operands.push(value);
     }
-    let result = MathLib::new(&context).call(&module, &builder, f, &operands);
+    let result = MathLib::new(&context)
+        .with_exp2(exp2)
+        .call(&module, &builder, f, &operands);
     builder
         .build_store(param(0), result)
         .map_err(build_err)?

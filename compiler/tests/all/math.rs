@@ -10,7 +10,9 @@ use std::f64::consts::{FRAC_1_SQRT_2, FRAC_PI_2, FRAC_PI_4, LN_2, SQRT_2};
 
 use inkwell::context::Context;
 use inkwell::module::Linkage;
-use keopsc::codegen::math::{evaluate_on_host, MathFn, MathLib, Scalar};
+use keopsc::codegen::math::{
+    evaluate_on_host, evaluate_on_host_with, Exp2, MathFn, MathLib, Scalar,
+};
 use keopsc::codegen::CpuTarget;
 use keopsc::target::cpu::LEVELS;
 use rand::rngs::StdRng;
@@ -399,6 +401,50 @@ fn exp() {
             Expect::Ulp(bound)
         });
     }
+}
+
+/// The GPU's fast f32 `exp` (`ex2.approx` of the reduced argument times log2 e) with the
+/// host's `exp2` in the special-function unit's place: its reduction, scaling, clamping and
+/// special values are all checked here; on a GPU, `ex2.approx`'s own 2 ULP come on top.
+#[test]
+fn the_gpu_fast_exp_path_is_right_but_for_ex2_approx() {
+    let s = Scalar::F32;
+    let mut rng = rng(MathFn::Exp, s);
+    let mut x = uniform(&mut rng, 100_000, -104.0, 89.0);
+    x.extend(uniform(&mut rng, 20_000, -2.0, 2.0));
+    x.extend(uniform(&mut rng, 20_000, -103.972, -86.3));
+    for t in [
+        88.722_839_052_068_35,
+        -103.972_077_083_991_8,
+        -87.336_544_750_553_1,
+    ] {
+        x.extend(around(s, t, 40));
+    }
+    x.extend([1000.0, -1000.0, 0.0, -0.0, 1e-30, -1e-30]);
+    let x: Vec<f64> = x.into_iter().map(|v| round_to(s, v)).collect();
+    let got =
+        evaluate_on_host_with(MathFn::Exp, s, 1, &[x.clone()], Exp2::HostExp2).expect("compiles");
+    let mut worst = 0.0f64;
+    for (&a, &g) in x.iter().zip(&got) {
+        let want = round_to(s, a.exp());
+        let d = ulp_distance(s, g, want);
+        assert!(
+            d <= 2.0,
+            "fast exp({a:e}) = {g:e}, reference {want:e}: {d} ULP"
+        );
+        worst = worst.max(d);
+    }
+    eprintln!("fast f32 exp with the host's exp2: {worst} ULP at most");
+    let special = evaluate_on_host_with(
+        MathFn::Exp,
+        s,
+        1,
+        &[vec![f64::NAN, f64::INFINITY, f64::NEG_INFINITY]],
+        Exp2::HostExp2,
+    )
+    .unwrap();
+    assert!(special[0].is_nan());
+    assert_eq!(&special[1..], &[f64::INFINITY, 0.0]);
 }
 
 #[test]
