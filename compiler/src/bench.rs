@@ -512,6 +512,38 @@ pub fn measure_on(
     Ok((median(rates), compile_ms))
 }
 
+/// The table's header.
+fn write_header(out: &mut dyn std::io::Write) {
+    writeln!(
+        out,
+        "{:<4} {:<22} {:>3} {:>4} {:>8} {:>10} {:>10}  baseline",
+        "", "workload", "D", "type", "N=M", "pairs/s", "compile"
+    )
+    .ok();
+}
+
+/// The forward measurements `options` asks for: each selected workload at each of its
+/// dimensions (its source), dtype and size (capped at the workload's largest).
+fn forward_cases(options: &BenchOptions) -> Vec<(&'static Workload, usize, String, DType, usize)> {
+    let mut cases = Vec::new();
+    for w in WORKLOADS
+        .iter()
+        .filter(|w| options.workloads.is_empty() || options.workloads.iter().any(|s| s == w.id))
+    {
+        for &d in w.dims {
+            let source = w.source.replace("{D}", &d.to_string());
+            for &dtype in &options.dtypes {
+                let mut sizes: Vec<usize> = options.sizes.iter().map(|&n| n.min(w.max_n)).collect();
+                sizes.dedup();
+                for n in sizes {
+                    cases.push((w, d, source.clone(), dtype, n));
+                }
+            }
+        }
+    }
+    cases
+}
+
 /// Largest N = M at which `bench --backend cuda` measures the CPU beside the GPU: past it the
 /// CPU's pairs/s no longer change, and its run would take minutes.
 pub const CPU_BESIDE_GPU_MAX_N: usize = 20_000;
@@ -526,27 +558,12 @@ fn run_beside_cpu(
 ) -> Result<Vec<BenchResult>, String> {
     let backend = options.backend;
     let mut results = Vec::new();
-    writeln!(
-        out,
-        "{:<4} {:<22} {:>3} {:>4} {:>8} {:>10} {:>10}  baseline",
-        "", "workload", "D", "type", "N=M", "pairs/s", "compile"
-    )
-    .ok();
-    for w in WORKLOADS
-        .iter()
-        .filter(|w| options.workloads.is_empty() || options.workloads.iter().any(|s| s == w.id))
-    {
-        for &d in w.dims {
-            let source = w.source.replace("{D}", &d.to_string());
-            for &dtype in &options.dtypes {
-                let mut sizes: Vec<usize> = options.sizes.iter().map(|&n| n.min(w.max_n)).collect();
-                sizes.dedup();
-                for n in sizes {
-                    let (rate, compile_ms) =
-                        measure_on(&source, n, dtype, options.repeats, w.param, backend)?;
-                    let cpu_n = n.min(CPU_BESIDE_GPU_MAX_N);
-                    let (cpu, _) = measure(&source, cpu_n, dtype, options.repeats, w.param)?;
-                    writeln!(
+    write_header(out);
+    for (w, d, source, dtype, n) in forward_cases(options) {
+        let (rate, compile_ms) = measure_on(&source, n, dtype, options.repeats, w.param, backend)?;
+        let cpu_n = n.min(CPU_BESIDE_GPU_MAX_N);
+        let (cpu, _) = measure(&source, cpu_n, dtype, options.repeats, w.param)?;
+        writeln!(
                         out,
                         "{:<4} {:<22} {:>3} {:>4} {:>8} {:>10.3e} {:>8.1}ms  {:.1}x the cpu at {cpu:.3e} (N=M={cpu_n})",
                         w.id,
@@ -559,17 +576,14 @@ fn run_beside_cpu(
                         rate / cpu
                     )
                     .ok();
-                    results.push(BenchResult {
-                        label: format!("{} D={d} {backend}", w.id),
-                        dtype,
-                        n,
-                        pairs_per_second: rate,
-                        compile_ms,
-                        baseline: Some((format!("cpu at N=M={cpu_n}"), cpu)),
-                    });
-                }
-            }
-        }
+        results.push(BenchResult {
+            label: format!("{} D={d} {backend}", w.id),
+            dtype,
+            n,
+            pairs_per_second: rate,
+            compile_ms,
+            baseline: Some((format!("cpu at N=M={cpu_n}"), cpu)),
+        });
     }
     Ok(results)
 }
@@ -774,59 +788,41 @@ pub fn run(
         None => None,
     };
     let mut results = Vec::new();
-    writeln!(
-        out,
-        "{:<4} {:<22} {:>3} {:>4} {:>8} {:>10} {:>10}  baseline",
-        "", "workload", "D", "type", "N=M", "pairs/s", "compile"
-    )
-    .ok();
-    for w in WORKLOADS
-        .iter()
-        .filter(|w| options.workloads.is_empty() || options.workloads.iter().any(|s| s == w.id))
-    {
-        for &d in w.dims {
-            let source = w.source.replace("{D}", &d.to_string());
-            for &dtype in &options.dtypes {
-                let mut sizes: Vec<usize> = options.sizes.iter().map(|&n| n.min(w.max_n)).collect();
-                sizes.dedup();
-                for n in sizes {
-                    let (rate, compile_ms) = measure(&source, n, dtype, options.repeats, w.param)?;
-                    let mut baseline = None;
-                    if w.id == "W1" && dtype == DType::F32 {
-                        if let Some(exe) = &c_exe {
-                            if let Ok(c) = run_c_baseline(exe, n) {
-                                baseline =
-                                    Some(("C (gcc -O3 -ffast-math, libmvec)".to_string(), c));
-                            }
-                        }
-                    }
-                    let base_text = match &baseline {
-                        Some((name, b)) => format!("{:.2}x {name} at {b:.3e}", rate / b),
-                        None => String::new(),
-                    };
-                    writeln!(
-                        out,
-                        "{:<4} {:<22} {:>3} {:>4} {:>8} {:>10.3e} {:>8.1}ms  {base_text}",
-                        w.id,
-                        w.title,
-                        d,
-                        dtype_name(dtype),
-                        n,
-                        rate,
-                        compile_ms
-                    )
-                    .ok();
-                    results.push(BenchResult {
-                        label: format!("{} D={d}", w.id),
-                        dtype,
-                        n,
-                        pairs_per_second: rate,
-                        compile_ms,
-                        baseline,
-                    });
+    write_header(out);
+    for (w, d, source, dtype, n) in forward_cases(options) {
+        let (rate, compile_ms) = measure(&source, n, dtype, options.repeats, w.param)?;
+        let mut baseline = None;
+        if w.id == "W1" && dtype == DType::F32 {
+            if let Some(exe) = &c_exe {
+                if let Ok(c) = run_c_baseline(exe, n) {
+                    baseline = Some(("C (gcc -O3 -ffast-math, libmvec)".to_string(), c));
                 }
             }
         }
+        let base_text = match &baseline {
+            Some((name, b)) => format!("{:.2}x {name} at {b:.3e}", rate / b),
+            None => String::new(),
+        };
+        writeln!(
+            out,
+            "{:<4} {:<22} {:>3} {:>4} {:>8} {:>10.3e} {:>8.1}ms  {base_text}",
+            w.id,
+            w.title,
+            d,
+            dtype_name(dtype),
+            n,
+            rate,
+            compile_ms
+        )
+        .ok();
+        results.push(BenchResult {
+            label: format!("{} D={d}", w.id),
+            dtype,
+            n,
+            pairs_per_second: rate,
+            compile_ms,
+            baseline,
+        });
     }
     let selected =
         |id: &str| options.workloads.is_empty() || options.workloads.iter().any(|s| s == id);

@@ -152,6 +152,15 @@ fn check_module(device: &CudaDevice, path: &PathBuf) -> Result<(usize, usize), S
     Ok((passed, failed))
 }
 
+/// Every array of `views` copied to the device.
+fn upload_all(device: &CudaDevice, views: &[ArrayRef]) -> Result<Vec<DeviceArray>, String> {
+    views
+        .iter()
+        .map(|v| device.upload(*v))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())
+}
+
 /// `views` copied to the device once, then the kernel run on them in place
 /// ([`CudaKernel::run_device`]).
 fn run_resident(
@@ -159,11 +168,7 @@ fn run_resident(
     gpu: &CudaKernel,
     views: &[ArrayRef],
 ) -> Result<HostArray, String> {
-    let resident: Vec<DeviceArray> = views
-        .iter()
-        .map(|v| device.upload(*v))
-        .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
+    let resident = upload_all(device, views)?;
     let args: Vec<DeviceArg> = resident.iter().map(DeviceArray::arg).collect();
     // SAFETY: every pointer is a buffer this runtime allocated and filled with the array of
     // the argument's shape and dtype; they live until the call returns.
@@ -222,11 +227,7 @@ fn bench(device: &CudaDevice, args: &Args, path: &PathBuf) -> Result<(), String>
                 let pairs = (n as f64) * (n as f64);
                 // The inputs already on the device: the kernel alone (and the accumulators'
                 // copy back).
-                let resident: Vec<DeviceArray> = views
-                    .iter()
-                    .map(|v| device.upload(*v))
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| e.to_string())?;
+                let resident = upload_all(device, &views)?;
                 let resident_args: Vec<DeviceArg> = resident.iter().map(DeviceArray::arg).collect();
                 let in_place = best_of(args.repeat, || {
                     // SAFETY: buffers this runtime filled with the arguments, alive here.
