@@ -356,74 +356,67 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         let em = self.em;
         let formula = self.formula;
         let lanes = self.schedule.lanes;
-        self.emit_loop(
-            function,
-            slots.row,
-            self.i64(0),
-            1,
-            |k| self.less(k, self.i64(self.schedule.gram_rows as i64)),
-            |k| {
-                let row = self.block_row(rb, k, row_end);
-                let into = self.mul(k, self.i64(row_stride(g, lanes)));
-                if g.looped {
-                    // No inner variable in a row operand: the inner vector is never read.
-                    let leaf = |m: usize, c: IntValue<'ctx>| {
-                        self.variable_component(m, arg_ptrs, row, (row, c, row), 1)
-                    };
-                    let store = |c: IntValue<'ctx>, x: Value<'ctx>| {
-                        self.store(product.rows.0, self.add(into, c), x)
-                    };
-                    self.emit_looped_operand(
-                        function,
-                        &LoopedOperand {
-                            nodes,
-                            dim: g.dim,
-                            lanes: 1,
-                            leaf: &leaf,
-                            store: &store,
-                            counter: slots.component,
-                            acc: slots.narrow_acc,
-                        },
-                    );
-                    return;
+        self.for_each_block_row(function, slots.row, |k| {
+            let row = self.block_row(rb, k, row_end);
+            let into = self.mul(k, self.i64(row_stride(g, lanes)));
+            if g.looped {
+                // No inner variable in a row operand: the inner vector is never read.
+                let leaf = |m: usize, c: IntValue<'ctx>| {
+                    self.variable_component(m, arg_ptrs, row, (row, c, row), 1)
+                };
+                let store = |c: IntValue<'ctx>, x: Value<'ctx>| {
+                    self.store(product.rows.0, self.add(into, c), x)
+                };
+                self.emit_looped_operand(
+                    function,
+                    &LoopedOperand {
+                        nodes,
+                        dim: g.dim,
+                        lanes: 1,
+                        leaf: &leaf,
+                        store: &store,
+                        counter: slots.component,
+                        acc: slots.narrow_acc,
+                    },
+                );
+                return;
+            }
+            let mut narrow = call.narrow.clone();
+            for &n in nodes {
+                if narrow[n].is_some() {
+                    continue;
                 }
-                let mut narrow = call.narrow.clone();
-                for &n in nodes {
-                    if narrow[n].is_some() {
-                        continue;
+                let node = &formula.nodes.as_ref()[n];
+                let dim = formula.info[n].dim;
+                let value: Vec<Value<'ctx>> = match node.op {
+                    Op::Var(var) => {
+                        let base = arg_ptrs[var as usize];
+                        let first = match self.schedule.levels[n] {
+                            Level::Row => self.mul(row, self.i64(dim as i64)),
+                            _ => self.i64(0),
+                        };
+                        (0..dim)
+                            .map(|c| self.load(base, self.add(first, self.i64(c as i64)), 1))
+                            .collect()
                     }
-                    let node = &formula.nodes.as_ref()[n];
-                    let dim = formula.info[n].dim;
-                    let value: Vec<Value<'ctx>> = match node.op {
-                        Op::Var(var) => {
-                            let base = arg_ptrs[var as usize];
-                            let first = match self.schedule.levels[n] {
-                                Level::Row => self.mul(row, self.i64(dim as i64)),
-                                _ => self.i64(0),
-                            };
-                            (0..dim)
-                                .map(|c| self.load(base, self.add(first, self.i64(c as i64)), 1))
-                                .collect()
-                        }
-                        ref op => {
-                            let operands: Vec<&[Value<'ctx>]> = node
-                                .children
-                                .iter()
-                                .map(|&c| narrow[usize::from(c)].as_deref().expect("computed"))
-                                .collect();
-                            em.emit(op, &operands, dim, 1)
-                        }
-                    };
-                    narrow[n] = Some(value);
-                }
-                let operand = narrow[*nodes.last().expect("an operand")]
-                    .as_ref()
-                    .expect("computed above");
-                for (c, &x) in operand.iter().enumerate() {
-                    self.store(product.rows.0, self.add(into, self.i64(c as i64)), x);
-                }
-            },
-        );
+                    ref op => {
+                        let operands: Vec<&[Value<'ctx>]> = node
+                            .children
+                            .iter()
+                            .map(|&c| narrow[usize::from(c)].as_deref().expect("computed"))
+                            .collect();
+                        em.emit(op, &operands, dim, 1)
+                    }
+                };
+                narrow[n] = Some(value);
+            }
+            let operand = narrow[*nodes.last().expect("an operand")]
+                .as_ref()
+                .expect("computed above");
+            for (c, &x) in operand.iter().enumerate() {
+                self.store(product.rows.0, self.add(into, self.i64(c as i64)), x);
+            }
+        });
     }
 
     /// A [`ComponentSum`] for the block's rows against every vector of the tile: one
@@ -503,63 +496,74 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         let lanes = self.schedule.lanes;
         let dim = self.i64(g.dim as i64);
         let whole = (g.dim / lanes as usize * lanes as usize) as i64;
-        self.emit_loop(
-            function,
-            slots.row,
-            self.i64(0),
-            1,
-            |k| self.less(k, self.i64(self.schedule.gram_rows as i64)),
-            |k| {
-                let first = self.mul(self.block_row(rb, k, row_end), dim);
-                let into = self.mul(k, self.i64(row_stride(g, lanes)));
-                built(b.build_store(slots.exact_acc, em.constant(0.0, lanes)));
-                self.emit_loop(
-                    function,
-                    slots.component,
-                    self.i64(0),
-                    lanes as i64,
-                    |c| self.less(c, self.i64(whole)),
-                    |c| {
-                        let v = self.load(x, self.add(first, c), lanes);
-                        let v = match product.centre {
-                            Some(centre) => em.sub(v, self.load(centre, c, lanes)),
-                            None => v,
-                        };
-                        self.store(centred, self.add(into, c), v);
-                        let n = em.fma(v, v, self.load_vector_slot(slots.exact_acc));
-                        built(b.build_store(slots.exact_acc, n));
-                    },
-                );
-                let partial = self.load_vector_slot(slots.exact_acc);
-                let lane = |l: u64| {
-                    let index = em.context.i64_type().const_int(l, false);
-                    let x = built(b.build_extract_element(partial, index, "lane"));
-                    em.from_scalar(x.into_float_value())
-                };
-                let lane_sums: Vec<Value<'ctx>> = (0..lanes as u64).map(lane).collect();
-                self.store(norms, k, em.sum(&lane_sums));
-                self.emit_loop(
-                    function,
-                    slots.component,
-                    self.i64(whole),
-                    1,
-                    |c| self.less(c, dim),
-                    |c| {
-                        let v = self.load_scalar(x, self.add(first, c));
-                        let v = match product.centre {
-                            Some(centre) => em.sub(v, self.load_scalar(centre, c)),
-                            None => v,
-                        };
-                        self.store(centred, self.add(into, c), v);
-                        let n = em.fma(v, v, self.load_scalar(norms, k));
-                        self.store(norms, k, n);
-                    },
-                );
-            },
-        );
+        self.for_each_block_row(function, slots.row, |k| {
+            let first = self.mul(self.block_row(rb, k, row_end), dim);
+            let into = self.mul(k, self.i64(row_stride(g, lanes)));
+            built(b.build_store(slots.exact_acc, em.constant(0.0, lanes)));
+            self.emit_loop(
+                function,
+                slots.component,
+                self.i64(0),
+                lanes as i64,
+                |c| self.less(c, self.i64(whole)),
+                |c| {
+                    let v = self.load(x, self.add(first, c), lanes);
+                    let v = match product.centre {
+                        Some(centre) => em.sub(v, self.load(centre, c, lanes)),
+                        None => v,
+                    };
+                    self.store(centred, self.add(into, c), v);
+                    let n = em.fma(v, v, self.load_vector_slot(slots.exact_acc));
+                    built(b.build_store(slots.exact_acc, n));
+                },
+            );
+            let partial = self.load_vector_slot(slots.exact_acc);
+            let lane = |l: u64| {
+                let index = em.context.i64_type().const_int(l, false);
+                let x = built(b.build_extract_element(partial, index, "lane"));
+                em.from_scalar(x.into_float_value())
+            };
+            let lane_sums: Vec<Value<'ctx>> = (0..lanes as u64).map(lane).collect();
+            self.store(norms, k, em.sum(&lane_sums));
+            self.emit_loop(
+                function,
+                slots.component,
+                self.i64(whole),
+                1,
+                |c| self.less(c, dim),
+                |c| {
+                    let v = self.load_scalar(x, self.add(first, c));
+                    let v = match product.centre {
+                        Some(centre) => em.sub(v, self.load_scalar(centre, c)),
+                        None => v,
+                    };
+                    self.store(centred, self.add(into, c), v);
+                    let n = em.fma(v, v, self.load_scalar(norms, k));
+                    self.store(norms, k, n);
+                },
+            );
+        });
     }
 
     /// Row `rb + k` of a block, or the last row when that is past `row_end`.
+    /// `for k in 0..gram_rows { body(k) }`: the rows of a block, `k` counted in `counter`.
+    fn for_each_block_row(
+        &self,
+        function: FunctionValue<'ctx>,
+        counter: PointerValue<'ctx>,
+        body: impl FnOnce(IntValue<'ctx>),
+    ) {
+        let rows = self.i64(self.schedule.gram_rows as i64);
+        self.emit_loop(
+            function,
+            counter,
+            self.i64(0),
+            1,
+            |k| self.less(k, rows),
+            body,
+        );
+    }
+
     fn block_row(
         &self,
         rb: IntValue<'ctx>,
@@ -665,31 +669,24 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                 let any = reduce_or(em, any_close);
                 built(b.build_conditional_branch(any, rows_direct, done));
                 b.position_at_end(rows_direct);
-                self.emit_loop(
-                    function,
-                    slots.row,
-                    self.i64(0),
-                    1,
-                    |k| self.less(k, self.i64(self.schedule.gram_rows as i64)),
-                    |k| {
-                        let into = self.add(self.mul(k, self.i64(tile)), at);
-                        let sq = self.load(product.values, into, lanes);
-                        let norms = self.centred_norms(inner_norms, row_norms, k, at);
-                        let close = self.close_pairs(sq, norms);
-                        let row = self.block_row(rb, k, row_end);
-                        self.direct_sqdist_if(
-                            function,
-                            slots,
-                            g,
-                            reduce_or(em, close),
-                            (x, y),
-                            row,
-                            v,
-                            inner_stride,
-                            (product.values, into),
-                        );
-                    },
-                );
+                self.for_each_block_row(function, slots.row, |k| {
+                    let into = self.add(self.mul(k, self.i64(tile)), at);
+                    let sq = self.load(product.values, into, lanes);
+                    let norms = self.centred_norms(inner_norms, row_norms, k, at);
+                    let close = self.close_pairs(sq, norms);
+                    let row = self.block_row(rb, k, row_end);
+                    self.direct_sqdist_if(
+                        function,
+                        slots,
+                        g,
+                        reduce_or(em, close),
+                        (x, y),
+                        row,
+                        v,
+                        inner_stride,
+                        (product.values, into),
+                    );
+                });
                 built(b.build_unconditional_branch(done));
                 b.position_at_end(done);
             }
