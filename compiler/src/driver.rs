@@ -141,6 +141,10 @@ pub enum EvalError {
     #[cfg(feature = "cuda")]
     #[error(transparent)]
     Cuda(#[from] keops_runtime::cuda::CudaError),
+    /// An executor's error this build has no variant for: the runtime may be built with more
+    /// back ends than this crate (features unify across a workspace build).
+    #[error(transparent)]
+    Exec(keops_runtime::ExecError),
 }
 
 /// Matches `--arg name=...` inputs to the kernel's arguments: by name, or by position for
@@ -254,6 +258,8 @@ impl From<keops_runtime::ExecError> for EvalError {
             keops_runtime::ExecError::Argument(a) => EvalError::Argument(a),
             #[cfg(feature = "cuda")]
             keops_runtime::ExecError::Cuda(c) => EvalError::Cuda(c),
+            #[allow(unreachable_patterns)]
+            other => EvalError::Exec(other),
         }
     }
 }
