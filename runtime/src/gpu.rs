@@ -46,7 +46,38 @@
 //!   row (their loads stay in bounds and they reach every barrier) and write nothing.
 //!
 //! [`emulate_2d`] (and [`emulate_1d`], one part) runs exactly this on the CPU.
+//!
+//! # The block-sparse kernel
+//!
+//! For KeOps's `ranges` ([`Ranges`]), as its `GpuConv1D_ranges`: the same thread code, but a
+//! block's rows and inner ranges come from a work list ([`GpuRangesTable`]) instead of the
+//! grid's shape, so only the kept pairs are visited.
+//!
+//! ```text
+//! .entry keops_gpu_tile_ranges(
+//!     .param .u64 arg_0, ..., .param .u64 arg_{n-1},   // as above
+//!     .param .u64 blocks,                              // global pointer, i64: 4 per block
+//!     .param .u64 ranges,                              // global pointer, i64: 2 per range
+//!     .param .u64 acc)                                  // global pointer, f64
+//! ```
+//!
+//! - **Launch.** `blockDim = (block, 1, 1)` (the kernel's compiled block), `gridDim =
+//!   (table.block_count(), 1, 1)`; not launched when the table has no block.
+//! - **Work list.** Block `b` reads `blocks[4b .. 4b + 4]`: rows `[first, end)` (at most
+//!   `block` of them, within one cluster) and the entries `[from, to)` of `ranges`, each an inner
+//!   range `[start, end)`.
+//! - **Output written.** `acc` holds `rows x acc_dim` f64 numbers that the caller set to the
+//!   reduction's initial value ([`GpuRangesTable::initial_accumulators`]); thread `t` of block
+//!   `b` writes row `first + t` when it is below `end`, and nothing else: rows in no block keep
+//!   the initial value.
+//! - **Schedule.** As the 1-D kernel's, the block's ranges walked in order, each in tiles of
+//!   `block` indices starting at the range's start (index slots made absolute); every thread of
+//!   a block reads the same entry, so all reach the same barriers. Threads past `end` compute
+//!   row `end - 1`.
+//!
+//! [`emulate_ranges`] runs exactly this on the CPU.
 
+use crate::ranges::Ranges;
 use crate::reduction::Reduction;
 use num_traits::Float;
 
@@ -152,6 +183,72 @@ impl InnerSplit {
     }
 }
 
+/// The work list of the block-sparse kernel (`keops_gpu_tile_ranges`): each row cluster of a
+/// [`Ranges`] cut into blocks of at most `block` rows, every block with its cluster's slice of
+/// inner ranges. Clusters that visit no range get no block (their rows keep the initial
+/// value, as the CPU's do).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GpuRangesTable {
+    /// Four numbers per block: its first row, its end row, and the first and end entries of
+    /// `inner` it visits.
+    pub blocks: Vec<i64>,
+    /// Two numbers per inner range, `[start, end)`, the ranges' own order.
+    pub inner: Vec<i64>,
+}
+
+impl GpuRangesTable {
+    /// The table of `ranges` (checked: [`Ranges::check`]) for blocks of `block` threads.
+    pub fn new(ranges: &Ranges, block: usize) -> GpuRangesTable {
+        let block = block.max(1);
+        let mut blocks = Vec::new();
+        let mut from = 0;
+        for (&(row_start, row_end), &to) in ranges.rows.iter().zip(&ranges.slices) {
+            if to > from {
+                for first in (row_start..row_end).step_by(block) {
+                    let end = (first + block).min(row_end);
+                    blocks.extend([first, end, from, to].map(|v| v as i64));
+                }
+            }
+            from = to;
+        }
+        let inner = ranges
+            .inner
+            .iter()
+            .flat_map(|&(start, end)| [start as i64, end as i64])
+            .collect();
+        GpuRangesTable { blocks, inner }
+    }
+
+    /// Blocks of the launch (its grid).
+    pub fn block_count(&self) -> usize {
+        self.blocks.len() / 4
+    }
+
+    /// Block `b`: `(first row, end row, first range, end range)`.
+    pub fn block(&self, b: usize) -> (usize, usize, usize, usize) {
+        let e = &self.blocks[4 * b..4 * b + 4];
+        (e[0] as usize, e[1] as usize, e[2] as usize, e[3] as usize)
+    }
+
+    /// Inner range `k`, `[start, end)`.
+    pub fn range(&self, k: usize) -> (usize, usize) {
+        (self.inner[2 * k] as usize, self.inner[2 * k + 1] as usize)
+    }
+
+    /// The accumulators the caller hands the kernel: every row at the reduction's initial
+    /// value (`rows x acc_dim`).
+    pub fn initial_accumulators(&self, reduction: &Reduction, rows: usize) -> Vec<f64> {
+        let acc_dim = reduction.acc_dim();
+        let mut acc = vec![0.0f64; rows * acc_dim];
+        if acc_dim > 0 {
+            for row in acc.chunks_mut(acc_dim) {
+                reduction.init(row);
+            }
+        }
+        acc
+    }
+}
+
 /// The rows' accumulators from the parts' (`parts x rows x acc_dim`, part after part): each
 /// row's parts merged in order with the reduction's merge (ties to the smaller index, since
 /// later parts hold later indices).
@@ -217,8 +314,7 @@ pub fn emulate_2d<T: Float>(
     let acc_dim = reduction.acc_dim();
     let block = launch.block as usize;
     let mut acc_out = vec![f64::NAN; split.parts * rows * acc_dim];
-    let mut value = vec![0.0f64; reduction.formula_dim()];
-    let mut value_t = vec![T::zero(); reduction.formula_dim()];
+    let mut scratch = PairScratch::<T>::new(reduction);
     for (part, block_index) in
         (0..split.parts).flat_map(|y| (0..launch.grid(rows)).map(move |b| (y, b)))
     {
@@ -229,30 +325,15 @@ pub fn emulate_2d<T: Float>(
             let computed_row = row.min(rows - 1);
             let mut acc = vec![0.0f64; acc_dim];
             reduction.init(&mut acc);
-            for (start, end) in launch.tiles(hi - lo).map(|(s, e)| (s + lo, e + lo)) {
-                let mut tile_acc = vec![T::zero(); acc_dim];
-                reduction.init(&mut tile_acc);
-                for t in 0..end - start {
-                    pair(computed_row, start + t, &mut value);
-                    for (x, &v) in value_t.iter_mut().zip(&value) {
-                        *x = T::from(v).unwrap_or_else(T::nan);
-                    }
-                    reduction.fold(&mut tile_acc, &value_t, t);
-                }
-                let tile_acc: Vec<f64> = tile_acc
-                    .iter()
-                    .enumerate()
-                    .map(|(k, x)| {
-                        let x = x.to_f64().unwrap_or(f64::NAN);
-                        if reduction.is_index_slot(k) {
-                            x + start as f64
-                        } else {
-                            x
-                        }
-                    })
-                    .collect();
-                reduction.merge(&mut acc, &tile_acc);
-            }
+            fold_tiles(
+                reduction,
+                launch,
+                computed_row,
+                (lo, hi),
+                &mut pair,
+                &mut scratch,
+                &mut acc,
+            );
             if row < rows {
                 let first = (part * rows + row) * acc_dim;
                 acc_out[first..first + acc_dim].copy_from_slice(&acc);
@@ -260,6 +341,101 @@ pub fn emulate_2d<T: Float>(
         }
     }
     acc_out
+}
+
+/// Runs the block-sparse kernel (`keops_gpu_tile_ranges`, see the module's documentation) on
+/// the CPU: every block of `table`, every thread, each inner range of the block's slice in
+/// order with the tiles of [`emulate_1d`] inside it. Returns the `rows x acc_dim` buffer the
+/// kernel leaves (its rows start from the reduction's initial value, as the caller uploads
+/// them: rows in no block keep it).
+pub fn emulate_ranges<T: Float>(
+    reduction: &Reduction,
+    launch: GpuLaunch1D,
+    table: &GpuRangesTable,
+    rows: usize,
+    mut pair: impl FnMut(usize, usize, &mut [f64]),
+) -> Vec<f64> {
+    let mut acc_out = table.initial_accumulators(reduction, rows);
+    let acc_dim = reduction.acc_dim();
+    let mut scratch = PairScratch::<T>::new(reduction);
+    for b in 0..table.block_count() {
+        let (row_start, row_end, slice_start, slice_end) = table.block(b);
+        for thread in 0..launch.block as usize {
+            let row = row_start + thread;
+            let computed_row = row.min(row_end - 1);
+            let mut acc = vec![0.0f64; acc_dim];
+            reduction.init(&mut acc);
+            for k in slice_start..slice_end {
+                fold_tiles(
+                    reduction,
+                    launch,
+                    computed_row,
+                    table.range(k),
+                    &mut pair,
+                    &mut scratch,
+                    &mut acc,
+                );
+            }
+            if row < row_end {
+                acc_out[row * acc_dim..(row + 1) * acc_dim].copy_from_slice(&acc);
+            }
+        }
+    }
+    acc_out
+}
+
+/// One pair's value, in f64 as `pair` writes it and in the element type the kernel folds.
+struct PairScratch<T> {
+    value: Vec<f64>,
+    value_t: Vec<T>,
+}
+
+impl<T: Float> PairScratch<T> {
+    fn new(reduction: &Reduction) -> PairScratch<T> {
+        PairScratch {
+            value: vec![0.0; reduction.formula_dim()],
+            value_t: vec![T::zero(); reduction.formula_dim()],
+        }
+    }
+}
+
+/// One thread's walk over the inner range `[lo, hi)`: tiles of `launch.block` indices, each
+/// folded in the element type from the initial value (indices relative to the tile) and
+/// merged into the f64 accumulators `acc` (indices made absolute).
+fn fold_tiles<T: Float>(
+    reduction: &Reduction,
+    launch: GpuLaunch1D,
+    row: usize,
+    (lo, hi): (usize, usize),
+    pair: &mut impl FnMut(usize, usize, &mut [f64]),
+    scratch: &mut PairScratch<T>,
+    acc: &mut [f64],
+) {
+    let acc_dim = reduction.acc_dim();
+    for (start, end) in launch.tiles(hi - lo).map(|(s, e)| (s + lo, e + lo)) {
+        let mut tile_acc = vec![T::zero(); acc_dim];
+        reduction.init(&mut tile_acc);
+        for t in 0..end - start {
+            pair(row, start + t, &mut scratch.value);
+            for (x, &v) in scratch.value_t.iter_mut().zip(&scratch.value) {
+                *x = T::from(v).unwrap_or_else(T::nan);
+            }
+            reduction.fold(&mut tile_acc, &scratch.value_t, t);
+        }
+        let tile_acc: Vec<f64> = tile_acc
+            .iter()
+            .enumerate()
+            .map(|(k, x)| {
+                let x = x.to_f64().unwrap_or(f64::NAN);
+                if reduction.is_index_slot(k) {
+                    x + start as f64
+                } else {
+                    x
+                }
+            })
+            .collect();
+        reduction.merge(acc, &tile_acc);
+    }
 }
 
 #[cfg(test)]
@@ -321,6 +497,73 @@ mod tests {
         });
         let acc = merge_parts(&red, &partial, split.parts, 2);
         assert_eq!(acc, vec![0.0, 4.0, 0.0, 4.0]);
+    }
+
+    #[test]
+    fn ranges_tables_cut_clusters_into_blocks_and_skip_empty_ones() {
+        let ranges = Ranges {
+            rows: vec![(0, 5), (5, 5), (7, 9), (9, 12)],
+            slices: vec![2, 3, 3, 4],
+            inner: vec![(0, 3), (6, 8), (2, 2), (1, 9)],
+        };
+        let table = GpuRangesTable::new(&ranges, 4);
+        // Cluster 0 (5 rows) in two blocks; the empty cluster and the one without ranges
+        // none; the last one in one.
+        assert_eq!(table.block_count(), 3);
+        assert_eq!(table.block(0), (0, 4, 0, 2));
+        assert_eq!(table.block(1), (4, 5, 0, 2));
+        assert_eq!(table.block(2), (9, 12, 3, 4));
+        assert_eq!(table.range(1), (6, 8));
+    }
+
+    #[test]
+    fn emulated_ranges_visit_the_kept_pairs_and_keep_the_first_index() {
+        // Rows 0..7 in clusters; row r's value at j is |j - 2r| (ties of the minimum at equal
+        // distance on both sides: the smaller index must win).
+        let ranges = Ranges {
+            rows: vec![(0, 3), (3, 4), (5, 7)],
+            slices: vec![2, 2, 4],
+            inner: vec![(0, 2), (3, 9), (4, 6), (10, 17)],
+        };
+        let value = |r: usize, j: usize| (j as f64 - 2.0 * r as f64).abs();
+        let launch = GpuLaunch1D {
+            block: 2,
+            shared_bytes: 0,
+        };
+        let table = GpuRangesTable::new(&ranges, 2);
+        let kinds = [
+            Reduction::new(ReductionKind::Sum, 1),
+            Reduction::new(ReductionKind::ArgMin, 1),
+        ];
+        for red in kinds {
+            let acc = emulate_ranges::<f32>(&red, launch, &table, 8, |r, j, v| v[0] = value(r, j));
+            let acc_dim = red.acc_dim();
+            for r in 0..8 {
+                let mut expected = vec![0.0; acc_dim];
+                red.init(&mut expected);
+                for (c, &(a, b)) in ranges.rows.iter().enumerate() {
+                    let from = if c == 0 { 0 } else { ranges.slices[c - 1] };
+                    if (a..b).contains(&r) {
+                        for &(s, e) in &ranges.inner[from..ranges.slices[c]] {
+                            for j in s..e {
+                                let mut one = vec![0.0; acc_dim];
+                                red.init(&mut one);
+                                red.fold(&mut one, &[value(r, j)], 0);
+                                if red.is_index_slot(1) {
+                                    one[1] += j as f64;
+                                }
+                                red.merge(&mut expected, &one);
+                            }
+                        }
+                    }
+                }
+                assert_eq!(
+                    &acc[r * acc_dim..(r + 1) * acc_dim],
+                    &expected[..],
+                    "{red:?} row {r}"
+                );
+            }
+        }
     }
 
     #[test]

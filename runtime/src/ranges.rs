@@ -136,7 +136,9 @@ impl Ranges {
     }
 
     /// Each row cluster with its inner ranges (assumes [`Ranges::check`] passed).
-    fn clusters(&self) -> impl Iterator<Item = ((usize, usize), &[(usize, usize)])> + '_ {
+    pub(crate) fn clusters(
+        &self,
+    ) -> impl Iterator<Item = ((usize, usize), &[(usize, usize)])> + '_ {
         self.rows.iter().enumerate().map(|(c, &r)| {
             let from = if c == 0 { 0 } else { self.slices[c - 1] };
             (r, &self.inner[from..self.slices[c]])

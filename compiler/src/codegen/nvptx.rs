@@ -34,7 +34,7 @@ use inkwell::targets::{FileType, InitializationConfig, Target, TargetTriple};
 use inkwell::types::BasicMetadataTypeEnum;
 use inkwell::values::{BasicMetadataValueEnum, FunctionValue, IntValue, PointerValue};
 use inkwell::{AddressSpace, IntPredicate, OptimizationLevel};
-use keops_runtime::gpu::{GpuLaunch1D, InnerSplit};
+use keops_runtime::gpu::{GpuLaunch1D, GpuRangesTable, InnerSplit};
 use keops_runtime::{Category, DType, Signature};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -42,6 +42,36 @@ use std::path::{Path, PathBuf};
 pub use crate::target::gpu::{NVPTX_TRIPLE, PTX_ARCH};
 /// The 1-D kernel's entry point.
 pub const GPU_TILE_SYMBOL: &str = "keops_gpu_tile_1d";
+/// The block-sparse kernel's entry point.
+pub const GPU_RANGES_SYMBOL: &str = "keops_gpu_tile_ranges";
+
+/// Which of the two kernels of `keops_runtime::gpu`'s calling conventions is emitted: they
+/// share the thread code and differ in where a block finds its rows and inner ranges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GpuEntry {
+    /// `keops_gpu_tile_1d`: rows from the grid's first dimension, the inner range cut into
+    /// parts along its second.
+    Tiles,
+    /// `keops_gpu_tile_ranges`: rows and inner ranges from a work list (block-sparse).
+    Ranges,
+}
+
+impl GpuEntry {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            GpuEntry::Tiles => GPU_TILE_SYMBOL,
+            GpuEntry::Ranges => GPU_RANGES_SYMBOL,
+        }
+    }
+
+    /// Parameters after the arguments: `rows, inner, chunk, acc` or `blocks, ranges, acc`.
+    fn fixed_params(self) -> usize {
+        match self {
+            GpuEntry::Tiles => 4,
+            GpuEntry::Ranges => 3,
+        }
+    }
+}
 
 fn built<T, E: std::fmt::Debug>(r: Result<T, E>) -> T {
     r.expect("the builder is positioned inside a function")
@@ -169,7 +199,20 @@ pub fn compile_ptx_tuned(
     dtype: DType,
     target: &GpuTarget,
 ) -> Result<PtxKernel, CodegenError> {
-    let mut kernel = compile_ptx(formula, signature, dtype, target)?;
+    compile_entry_tuned(formula, signature, dtype, target, GpuEntry::Tiles)
+}
+
+/// [`compile_ptx_tuned`] for either kernel: the block-sparse one is tuned on its own registers.
+pub fn compile_entry_tuned(
+    formula: &Formula,
+    signature: &Signature,
+    dtype: DType,
+    target: &GpuTarget,
+    entry: GpuEntry,
+) -> Result<PtxKernel, CodegenError> {
+    let schedule = GpuSchedule::new(formula, signature, dtype, target)?;
+    let mut kernel =
+        compile_entry_with_schedule(formula, signature, dtype, target, schedule, entry)?;
     let Some(ptxas) = cached_ptxas() else {
         return Ok(kernel);
     };
@@ -201,7 +244,7 @@ pub fn compile_ptx_tuned(
     );
     if block != kernel.schedule.launch.block {
         let schedule = GpuSchedule::with_block(formula, signature, dtype, target, Some(block))?;
-        kernel = compile_ptx_with_schedule(formula, signature, dtype, target, schedule)?;
+        kernel = compile_entry_with_schedule(formula, signature, dtype, target, schedule, entry)?;
         kernel.registers = reports(&kernel)?;
     }
     Ok(kernel)
@@ -221,6 +264,18 @@ pub fn compile_ptx_with_schedule(
     dtype: DType,
     target: &GpuTarget,
     schedule: GpuSchedule,
+) -> Result<PtxKernel, CodegenError> {
+    compile_entry_with_schedule(formula, signature, dtype, target, schedule, GpuEntry::Tiles)
+}
+
+/// [`compile_ptx_with_schedule`] for either kernel.
+pub fn compile_entry_with_schedule(
+    formula: &Formula,
+    signature: &Signature,
+    dtype: DType,
+    target: &GpuTarget,
+    schedule: GpuSchedule,
+    entry: GpuEntry,
 ) -> Result<PtxKernel, CodegenError> {
     let context = Context::create();
     let module = context.create_module(&signature.name);
@@ -243,14 +298,15 @@ pub fn compile_ptx_with_schedule(
         formula,
         signature,
         schedule: &schedule,
+        entry,
         twin: false,
     }
-    .emit(GPU_TILE_SYMBOL);
+    .emit(entry.symbol());
     let ptx = emit_ptx(&module, target)?;
     Ok(PtxKernel {
         signature: signature.clone(),
         dtype,
-        symbol: GPU_TILE_SYMBOL.to_string(),
+        symbol: entry.symbol().to_string(),
         schedule,
         ptx,
         registers: Vec::new(),
@@ -284,8 +340,18 @@ struct GpuTileEmitter<'e, 'a, 'ctx> {
     formula: &'e Formula,
     signature: &'e Signature,
     schedule: &'e GpuSchedule,
+    entry: GpuEntry,
     /// Emit the host twin ([`HostTwin`]) instead of the NVPTX kernel.
     twin: bool,
+}
+
+/// The stack slots the tile loop works in (allocated in the entry block).
+struct TileLoopState<'l, 'ctx> {
+    tile_counter: PointerValue<'ctx>,
+    pair_counter: PointerValue<'ctx>,
+    lane_counter: PointerValue<'ctx>,
+    acc_row: PointerValue<'ctx>,
+    tile_acc: &'l LaneAccumulators<'ctx>,
 }
 
 /// Values of the nodes computed so far, one lane wide.
@@ -346,6 +412,26 @@ impl<'ctx> GpuTileEmitter<'_, '_, 'ctx> {
         built(self.em.builder.build_store(self.elem_ptr(base, index), v))
             .set_alignment(elem_bytes(self.em.scalar) as u32)
             .expect("valid alignment");
+    }
+
+    /// An i64 of a work list (the block-sparse kernel's `blocks` and `ranges`).
+    fn load_i64(&self, base: PointerValue<'ctx>, index: IntValue<'ctx>) -> IntValue<'ctx> {
+        let i64t = self.em.context.i64_type();
+        // SAFETY (of the generated code): the work list holds the entries read (the calling
+        // convention of `keops_runtime::gpu`).
+        let at = unsafe {
+            built(
+                self.em
+                    .builder
+                    .build_in_bounds_gep(i64t, base, &[index], "entry"),
+            )
+        };
+        let v = built(self.em.builder.build_load(i64t, at, "entry")).into_int_value();
+        v.as_instruction()
+            .expect("a load")
+            .set_alignment(8)
+            .expect("valid alignment");
+        v
     }
 
     fn special_register(&self, name: &str) -> IntValue<'ctx> {
@@ -452,13 +538,22 @@ impl<'ctx> GpuTileEmitter<'_, '_, 'ctx> {
         let i64t = ctx.i64_type();
         let n_args = self.formula.vars.len();
         let mut params: Vec<BasicMetadataTypeEnum> = (0..n_args).map(|_| global.into()).collect();
-        // rows, inner, chunk, acc.
-        params.extend([
-            BasicMetadataTypeEnum::from(i64t),
-            i64t.into(),
-            i64t.into(),
-            global.into(),
-        ]);
+        match self.entry {
+            // rows, inner, chunk, acc.
+            GpuEntry::Tiles => params.extend([
+                BasicMetadataTypeEnum::from(i64t),
+                i64t.into(),
+                i64t.into(),
+                global.into(),
+            ]),
+            // blocks, ranges, acc.
+            GpuEntry::Ranges => params.extend([
+                BasicMetadataTypeEnum::from(global),
+                global.into(),
+                global.into(),
+            ]),
+        }
+        let fixed = self.entry.fixed_params();
         if self.twin {
             // The special registers (thread, block x, block y) and the shared tile, as
             // parameters.
@@ -479,16 +574,13 @@ impl<'ctx> GpuTileEmitter<'_, '_, 'ctx> {
         }
         // The buffers are distinct (the calling convention): loads may use the read-only path.
         let noalias = ctx.create_enum_attribute(Attribute::get_named_enum_kind_id("noalias"), 0);
-        for k in (0..n_args).chain([n_args + 3]) {
+        for k in (0..n_args).chain([n_args + fixed - 1]) {
             function.add_attribute(AttributeLoc::Param(k as u32), noalias);
         }
         let param = |k: usize| function.get_nth_param(k as u32).expect("declared above");
         let args: Vec<PointerValue<'ctx>> =
             (0..n_args).map(|k| param(k).into_pointer_value()).collect();
-        let rows = param(n_args).into_int_value();
-        let inner = param(n_args + 1).into_int_value();
-        let chunk = param(n_args + 2).into_int_value();
-        let acc_out = param(n_args + 3).into_pointer_value();
+        let acc_out = param(n_args + fixed - 1).into_pointer_value();
 
         em.builder
             .position_at_end(ctx.append_basic_block(function, "entry"));
@@ -502,16 +594,23 @@ impl<'ctx> GpuTileEmitter<'_, '_, 'ctx> {
             "acc_row",
         ));
         let tile_acc = LaneAccumulators::allocate(em, red, 1);
-        let counters: Vec<PointerValue<'ctx>> = (0..3)
+        let counters: Vec<PointerValue<'ctx>> = (0..4)
             .map(|_| built(em.builder.build_alloca(i64t, "counter")))
             .collect();
-        let (tile_counter, pair_counter, lane_counter) = (counters[0], counters[1], counters[2]);
+        let loop_state = TileLoopState {
+            tile_counter: counters[0],
+            pair_counter: counters[1],
+            lane_counter: counters[2],
+            acc_row,
+            tile_acc: &tile_acc,
+        };
+        let range_counter = counters[3];
         let (thread, block_index, part, shared) = if self.twin {
-            let tile = param(n_args + 7).into_pointer_value();
+            let tile = param(n_args + fixed + 3).into_pointer_value();
             (
-                param(n_args + 4).into_int_value(),
-                param(n_args + 5).into_int_value(),
-                param(n_args + 6).into_int_value(),
+                param(n_args + fixed).into_int_value(),
+                param(n_args + fixed + 1).into_int_value(),
+                param(n_args + fixed + 2).into_int_value(),
                 self.shared_tile(tile),
             )
         } else {
@@ -523,15 +622,28 @@ impl<'ctx> GpuTileEmitter<'_, '_, 'ctx> {
                 self.shared_tile(none),
             )
         };
-        // This block's part of the inner range (the whole range in the 1-D schedule).
-        let lo = self.min(self.mul(part, chunk), inner);
-        let hi = self.min(self.add(lo, chunk), inner);
+        // The block's rows (and, for the 1-D kernel, its part of the inner range).
         let block = self.schedule.launch.block as i64;
-        let row = self.add(self.mul(block_index, self.i64(block)), thread);
-        let active = self.less(row, rows);
-        // Threads past the last row compute the last row: they reach every barrier and their
-        // loads stay in bounds (the kernel is launched only when rows > 0).
-        let last = built(em.builder.build_int_sub(rows, self.i64(1), "last"));
+        let (first_row, end_row, output_row) = match self.entry {
+            GpuEntry::Tiles => {
+                let rows = param(n_args).into_int_value();
+                let first = self.mul(block_index, self.i64(block));
+                let part_rows = self.mul(part, rows);
+                (first, rows, part_rows)
+            }
+            GpuEntry::Ranges => {
+                let blocks = param(n_args).into_pointer_value();
+                let entry = self.mul(block_index, self.i64(4));
+                let first = self.load_i64(blocks, entry);
+                let end = self.load_i64(blocks, self.add(entry, self.i64(1)));
+                (first, end, self.i64(0))
+            }
+        };
+        let row = self.add(first_row, thread);
+        let active = self.less(row, end_row);
+        // Threads past the block's last row compute that row: they reach every barrier and
+        // their loads stay in bounds (a block has one row at least).
+        let last = built(em.builder.build_int_sub(end_row, self.i64(1), "last"));
         let computed_row =
             built(em.builder.build_select(active, row, last, "row")).into_int_value();
 
@@ -551,54 +663,46 @@ impl<'ctx> GpuTileEmitter<'_, '_, 'ctx> {
         self.emit_level(Level::Call, &mut values, &args, None);
         self.emit_level(Level::Row, &mut values, &args, Some(computed_row));
 
-        self.emit_loop(function, tile_counter, lo, hi, block, |start| {
-            if let Some(shared) = shared {
-                let index = self.add(start, thread);
-                self.emit_if(function, self.less(index, hi), || {
-                    let mut own = values.clone();
-                    self.emit_level(Level::Inner, &mut own, &args, Some(index));
-                    self.stage(&own, shared, thread);
-                });
-                self.barrier();
-            }
-            let count = self.min(
-                self.i64(block),
-                built(em.builder.build_int_sub(hi, start, "left")),
-            );
-            tile_acc.init(em, self.wide, acc_row);
-            self.emit_loop(function, pair_counter, self.i64(0), count, 1, |t| {
-                let mut pair = values.clone();
-                if let Some(shared) = shared {
-                    self.unstage(&mut pair, shared, t);
-                }
-                self.emit_level(Level::Pair, &mut pair, &args, None);
-                let root = usize::from(self.formula.root());
-                let value = pair[root].as_deref().expect("the root is computed");
-                let index = built(em.builder.build_signed_int_to_float(
-                    t,
-                    em.float_type(),
-                    "index",
-                ));
-                let index = em.from_scalar(index);
-                tile_acc.fold(
-                    em,
-                    self.wide,
+        match self.entry {
+            GpuEntry::Tiles => {
+                // This block's part of the inner range (the whole range in the 1-D schedule).
+                let inner = param(n_args + 1).into_int_value();
+                let chunk = param(n_args + 2).into_int_value();
+                let lo = self.min(self.mul(part, chunk), inner);
+                let hi = self.min(self.add(lo, chunk), inner);
+                self.emit_tiles(
                     function,
-                    value,
-                    index,
-                    None,
-                    (acc_row, start),
+                    &loop_state,
+                    &values,
+                    &args,
+                    (thread, shared),
+                    (lo, hi),
                 );
-            });
-            tile_acc.merge_lanes_into(em, self.wide, function, acc_row, start, lane_counter);
-            if shared.is_some() {
-                self.barrier();
             }
-        });
+            GpuEntry::Ranges => {
+                let blocks = param(n_args).into_pointer_value();
+                let ranges = param(n_args + 1).into_pointer_value();
+                let entry = self.mul(block_index, self.i64(4));
+                let from = self.load_i64(blocks, self.add(entry, self.i64(2)));
+                let to = self.load_i64(blocks, self.add(entry, self.i64(3)));
+                self.emit_loop(function, range_counter, from, to, 1, |k| {
+                    let at = self.mul(k, self.i64(2));
+                    let lo = self.load_i64(ranges, at);
+                    let hi = self.load_i64(ranges, self.add(at, self.i64(1)));
+                    self.emit_tiles(
+                        function,
+                        &loop_state,
+                        &values,
+                        &args,
+                        (thread, shared),
+                        (lo, hi),
+                    );
+                });
+            }
+        }
 
         self.emit_if(function, active, || {
-            let part_row = self.add(self.mul(part, rows), row);
-            let first = self.mul(part_row, self.i64(acc_dim as i64));
+            let first = self.mul(self.add(output_row, row), self.i64(acc_dim as i64));
             for k in 0..acc_dim {
                 let from = unsafe {
                     built(em.builder.build_in_bounds_gep(
@@ -622,6 +726,72 @@ impl<'ctx> GpuTileEmitter<'_, '_, 'ctx> {
         });
         built(em.builder.build_return(None));
         function
+    }
+
+    /// The tiles of the inner range `[lo, hi)`: each staged through shared memory by the
+    /// block's threads, folded from the initial value and merged into the f64 accumulators.
+    fn emit_tiles(
+        &self,
+        function: FunctionValue<'ctx>,
+        state: &TileLoopState<'_, 'ctx>,
+        values: &NodeValues<'ctx>,
+        args: &[PointerValue<'ctx>],
+        (thread, shared): (IntValue<'ctx>, Option<PointerValue<'ctx>>),
+        (lo, hi): (IntValue<'ctx>, IntValue<'ctx>),
+    ) {
+        let em = self.em;
+        let block = self.schedule.launch.block as i64;
+        self.emit_loop(function, state.tile_counter, lo, hi, block, |start| {
+            if let Some(shared) = shared {
+                let index = self.add(start, thread);
+                self.emit_if(function, self.less(index, hi), || {
+                    let mut own = values.clone();
+                    self.emit_level(Level::Inner, &mut own, args, Some(index));
+                    self.stage(&own, shared, thread);
+                });
+                self.barrier();
+            }
+            let count = self.min(
+                self.i64(block),
+                built(em.builder.build_int_sub(hi, start, "left")),
+            );
+            state.tile_acc.init(em, self.wide, state.acc_row);
+            self.emit_loop(function, state.pair_counter, self.i64(0), count, 1, |t| {
+                let mut pair = values.clone();
+                if let Some(shared) = shared {
+                    self.unstage(&mut pair, shared, t);
+                }
+                self.emit_level(Level::Pair, &mut pair, args, None);
+                let root = usize::from(self.formula.root());
+                let value = pair[root].as_deref().expect("the root is computed");
+                let index = built(em.builder.build_signed_int_to_float(
+                    t,
+                    em.float_type(),
+                    "index",
+                ));
+                let index = em.from_scalar(index);
+                state.tile_acc.fold(
+                    em,
+                    self.wide,
+                    function,
+                    value,
+                    index,
+                    None,
+                    (state.acc_row, start),
+                );
+            });
+            state.tile_acc.merge_lanes_into(
+                em,
+                self.wide,
+                function,
+                state.acc_row,
+                start,
+                state.lane_counter,
+            );
+            if shared.is_some() {
+                self.barrier();
+            }
+        });
     }
 
     /// `.maxntid block, 1, 1`: ptxas may then give each thread up to `65536 / block` registers.
@@ -922,6 +1092,7 @@ pub struct HostTwin {
     address: usize,
     pub schedule: GpuSchedule,
     pub dtype: DType,
+    pub entry: GpuEntry,
     n_args: usize,
 }
 
@@ -936,12 +1107,24 @@ impl Drop for HostTwin {
 }
 
 impl HostTwin {
-    /// Compiles the twin with `block` threads per block (the kernel's own when `None`).
+    /// Compiles the 1-D kernel's twin with `block` threads per block (the kernel's own when
+    /// `None`).
     pub fn compile(
         formula: &Formula,
         signature: &Signature,
         dtype: DType,
         block: Option<u32>,
+    ) -> Result<HostTwin, CodegenError> {
+        HostTwin::compile_entry(formula, signature, dtype, block, GpuEntry::Tiles)
+    }
+
+    /// [`HostTwin::compile`] for either kernel.
+    pub fn compile_entry(
+        formula: &Formula,
+        signature: &Signature,
+        dtype: DType,
+        block: Option<u32>,
+        entry: GpuEntry,
     ) -> Result<HostTwin, CodegenError> {
         if signature.args.len() > MAX_TWIN_ARGS {
             return Err(CodegenError::Unsupported {
@@ -984,9 +1167,10 @@ impl HostTwin {
             formula,
             signature,
             schedule: &schedule,
+            entry,
             twin: true,
         }
-        .emit(GPU_TILE_SYMBOL);
+        .emit(entry.symbol());
         module
             .verify()
             .map_err(|e| internal("LLVM verification")(e.to_string()))?;
@@ -999,7 +1183,7 @@ impl HostTwin {
             engine.add_global_mapping(&barrier, twin_barrier as *const () as usize);
         }
         let address = engine
-            .get_function_address(GPU_TILE_SYMBOL)
+            .get_function_address(entry.symbol())
             .map_err(|e| internal("JIT")(e.to_string()))?;
         Ok(HostTwin {
             engine: std::mem::ManuallyDrop::new(engine),
@@ -1007,6 +1191,7 @@ impl HostTwin {
             address,
             schedule,
             dtype,
+            entry,
             n_args: signature.args.len(),
         })
     }
@@ -1045,47 +1230,91 @@ impl HostTwin {
         acc_dim: usize,
         split: InnerSplit,
     ) -> Vec<f64> {
+        assert_eq!(self.entry, GpuEntry::Tiles, "the 1-D kernel's twin");
         assert_eq!(args.len(), self.n_args, "one pointer per argument");
-        let launch = self.schedule.launch;
-        let block = launch.block as usize;
         let mut acc = vec![f64::NAN; split.parts * rows * acc_dim];
-        let acc_ptr = acc.as_mut_ptr() as usize;
-        let elem = elem_bytes(scalar_of(self.dtype));
-        let address = self.address;
+        let fixed = [rows as u64, inner as u64, split.chunk as u64];
         for part in 0..split.parts {
-            for block_index in 0..launch.grid(rows) {
-                let mut shared = vec![0u8; (self.schedule.staged_dim * block * elem).max(8)];
-                let shared_ptr = shared.as_mut_ptr() as usize;
-                let barrier = std::sync::Barrier::new(block);
-                std::thread::scope(|scope| {
-                    for thread in 0..block {
-                        let barrier = &barrier;
-                        let args: Vec<usize> = args.iter().map(|&p| p as usize).collect();
-                        scope.spawn(move || {
-                            TWIN_BLOCK_BARRIER.with(|b| b.set(barrier));
-                            let mut call: Vec<u64> = args.iter().map(|&p| p as u64).collect();
-                            call.extend([
-                                rows as u64,
-                                inner as u64,
-                                split.chunk as u64,
-                                acc_ptr as u64,
-                                thread as u64,
-                                block_index as u64,
-                                part as u64,
-                                shared_ptr as u64,
-                            ]);
-                            // SAFETY: the twin takes `n_args + 8` 64-bit integer-class
-                            // parameters (pointers and i64), passed here in order; the
-                            // buffers are the caller's (see `run`), the block's shared tile
-                            // and `acc`.
-                            unsafe { call_with_u64s(address, &call) };
-                            TWIN_BLOCK_BARRIER.with(|b| b.set(std::ptr::null()));
-                        });
-                    }
-                });
+            for block_index in 0..self.schedule.launch.grid(rows) {
+                // SAFETY: the caller's contract; `acc` holds `parts x rows x acc_dim`.
+                unsafe { self.run_block(args, &fixed, acc.as_mut_ptr(), block_index, part) };
             }
         }
         acc
+    }
+
+    /// Runs the block-sparse kernel's twin over the work list `table` as a GPU would; returns
+    /// the `rows x acc_dim` accumulators, started from the reduction's initial value.
+    ///
+    /// # Safety
+    ///
+    /// As [`HostTwin::run`], `table` made for these `rows` and the arguments' inner size.
+    pub unsafe fn run_ranges(
+        &self,
+        args: &[*const u8],
+        reduction: &keops_runtime::Reduction,
+        rows: usize,
+        table: &GpuRangesTable,
+    ) -> Vec<f64> {
+        assert_eq!(
+            self.entry,
+            GpuEntry::Ranges,
+            "the block-sparse kernel's twin"
+        );
+        assert_eq!(args.len(), self.n_args, "one pointer per argument");
+        let mut acc = table.initial_accumulators(reduction, rows);
+        let fixed = [table.blocks.as_ptr() as u64, table.inner.as_ptr() as u64];
+        for block_index in 0..table.block_count() {
+            // SAFETY: the caller's contract; the table outlives the calls.
+            unsafe { self.run_block(args, &fixed, acc.as_mut_ptr(), block_index, 0) };
+        }
+        acc
+    }
+
+    /// Block `(block_index, part)` of a launch: its threads as OS threads, sharing a tile and
+    /// a barrier; `fixed` are the parameters between the arguments and `acc`.
+    ///
+    /// # Safety
+    ///
+    /// The twin's calling convention: `args` and `fixed` as its entry takes them, `acc`
+    /// large enough for every row the block writes.
+    unsafe fn run_block(
+        &self,
+        args: &[*const u8],
+        fixed: &[u64],
+        acc: *mut f64,
+        block_index: usize,
+        part: usize,
+    ) {
+        let block = self.schedule.launch.block as usize;
+        let elem = elem_bytes(scalar_of(self.dtype));
+        let mut shared = vec![0u8; (self.schedule.staged_dim * block * elem).max(8)];
+        let shared_ptr = shared.as_mut_ptr() as usize;
+        let acc_ptr = acc as usize;
+        let address = self.address;
+        let barrier = std::sync::Barrier::new(block);
+        std::thread::scope(|scope| {
+            for thread in 0..block {
+                let barrier = &barrier;
+                let mut call: Vec<u64> = args.iter().map(|&p| p as u64).collect();
+                call.extend(fixed);
+                call.extend([
+                    acc_ptr as u64,
+                    thread as u64,
+                    block_index as u64,
+                    part as u64,
+                    shared_ptr as u64,
+                ]);
+                scope.spawn(move || {
+                    TWIN_BLOCK_BARRIER.with(|b| b.set(barrier));
+                    // SAFETY: the twin takes `n_args + fixed + 5` 64-bit integer-class
+                    // parameters (pointers and i64), passed here in order; the buffers are the
+                    // caller's (see `run_block`), the block's shared tile and `acc`.
+                    unsafe { call_with_u64s(address, &call) };
+                    TWIN_BLOCK_BARRIER.with(|b| b.set(std::ptr::null()));
+                });
+            }
+        });
     }
 }
 

@@ -187,10 +187,13 @@ fn every_elementwise_operator_compiles_to_ptx() {
 
 // ---- The 1-D reduction kernels (`keopsc::codegen::nvptx`) ----
 
-use keops_runtime::gpu::{emulate_1d, emulate_2d, merge_parts, GpuLaunch1D, InnerSplit};
+use keops_runtime::gpu::{
+    emulate_1d, emulate_2d, emulate_ranges, merge_parts, GpuLaunch1D, GpuRangesTable, InnerSplit,
+};
 use keops_runtime::{Axis, Category, DType, ProblemSize};
 use keopsc::codegen::nvptx::{
-    assemble, compile_ptx, compile_ptx_tuned, find_ptxas, GpuSchedule, HostTwin, PtxasReport,
+    assemble, compile_entry_tuned, compile_ptx, compile_ptx_tuned, find_ptxas, GpuEntry,
+    GpuSchedule, HostTwin, PtxasReport,
 };
 use keopsc::opt::{optimize, OptBudget, OptimizedKernel};
 use keopsc::source::SourceFile;
@@ -641,6 +644,166 @@ fn the_generated_1d_kernel_run_on_the_host_matches_the_interpreter_for_every_red
                         let close = g == w || (g - w).abs() <= tol * (1.0 + w.abs());
                         assert!(close, "{what}: output {k}: {g} against {w}");
                     }
+                }
+            }
+        }
+    }
+}
+
+/// A block-sparsity pattern over `rows` output rows (at least 8) and `inner` indices (at
+/// least 6) with what the kernels must handle: a cluster longer than a block with two ranges,
+/// an empty cluster, a cluster visiting no range, rows in no cluster, an empty range, and
+/// ranges that end where the next starts.
+fn test_ranges(rows: usize, inner: usize) -> keops_runtime::Ranges {
+    let (a, b, c) = (rows / 4, rows / 2, 3 * rows / 4);
+    keops_runtime::Ranges {
+        rows: vec![(0, a), (a, a), (a, b), (c, rows)],
+        slices: vec![2, 3, 3, 6],
+        inner: vec![
+            (0, inner / 3),
+            (inner / 2, inner),
+            (1, 2),
+            (2, 3),
+            (3, 3),
+            (3, inner),
+        ],
+    }
+}
+
+/// `args` (row-major, f64) as arrays of `dtype` for `kernel`'s signature.
+fn host_arrays(
+    kernel: &OptimizedKernel,
+    args: &[Vec<f64>],
+    dtype: DType,
+) -> Vec<keops_runtime::HostArray> {
+    args.iter()
+        .zip(&kernel.signature.args)
+        .map(|(a, spec)| {
+            let shape = vec![a.len() / spec.dim, spec.dim];
+            match dtype {
+                DType::F32 => {
+                    keops_runtime::HostArray::from_f32(shape, a.iter().map(|&x| x as f32).collect())
+                }
+                DType::F64 => keops_runtime::HostArray::from_f64(shape, a.clone()),
+            }
+        })
+        .collect()
+}
+
+/// The block-sparse kernel's generated code run on the host ([`HostTwin::run_ranges`]) and
+/// its emulator ([`emulate_ranges`]) against the CPU's block-sparse evaluation, for every
+/// reduction on both axes, f32 and f64, blocks of 32 threads.
+#[test]
+fn the_generated_ranges_kernel_run_on_the_host_matches_the_cpu_for_every_reduction() {
+    let compiled = keopsc::driver::compile(SourceFile::new("<ranges test>", every_reduction()))
+        .unwrap_or_else(|_| panic!("the test kernels compile"));
+    let kernels = optimized(&every_reduction());
+    for (checked, kernel) in compiled.kernels.iter().zip(&kernels) {
+        let sig = &kernel.signature;
+        let red = sig.reduction;
+        for dtype in [DType::F32, DType::F64] {
+            let twin =
+                HostTwin::compile_entry(&kernel.formula, sig, dtype, Some(32), GpuEntry::Ranges)
+                    .unwrap_or_else(|e| panic!("{}: {e}", kernel.name));
+            for (n, m) in [(75, 41), (41, 75)] {
+                let (rows, inner) = match sig.axis {
+                    Axis::I => (n, m),
+                    Axis::J => (m, n),
+                };
+                let ranges = test_ranges(rows, inner);
+                let arrays = host_arrays(kernel, &inputs(kernel, n, m, (5 * n + m) as u64), dtype);
+                let refs: Vec<&keops_runtime::HostArray> = arrays.iter().collect();
+                let want = keopsc::driver::evaluate_ranges(checked, &refs, &ranges)
+                    .unwrap_or_else(|e| panic!("{}: {e}", kernel.name))
+                    .0
+                    .to_f64();
+                let table = GpuRangesTable::new(&ranges, 32);
+                let pointers: Vec<*const u8> = arrays
+                    .iter()
+                    .map(|a| match &a.data {
+                        keops_runtime::ArrayData::F32(v) => v.as_ptr().cast(),
+                        keops_runtime::ArrayData::F64(v) => v.as_ptr().cast(),
+                    })
+                    .collect();
+                // SAFETY: one row-major buffer per argument, in the twin's dtype, for n and m;
+                // the table is made for these ranges, checked by the CPU's run above.
+                let twin_acc = unsafe { twin.run_ranges(&pointers, &red, rows, &table) };
+                let values: Vec<Vec<f64>> = arrays.iter().map(|a| a.to_f64()).collect();
+                let evaluator = keopsc::interp::PointEvaluator::new(&kernel.formula).unwrap();
+                let pair = |row: usize, t: usize, out: &mut [f64]| {
+                    let (i, j) = match sig.axis {
+                        Axis::I => (row, t),
+                        Axis::J => (t, row),
+                    };
+                    let mut scratch = evaluator.scratch();
+                    let value = evaluator.eval(&mut scratch, |v| {
+                        let dim = kernel.formula.vars[v].dim;
+                        let at = match kernel.formula.vars[v].category {
+                            Category::I => i,
+                            Category::J => j,
+                            Category::Param => 0,
+                        };
+                        &values[v][at * dim..(at + 1) * dim]
+                    });
+                    out.copy_from_slice(value);
+                };
+                let launch = twin.schedule.launch;
+                let emulated = match dtype {
+                    DType::F32 => emulate_ranges::<f32>(&red, launch, &table, rows, pair),
+                    DType::F64 => emulate_ranges::<f64>(&red, launch, &table, rows, pair),
+                };
+                for (source, acc) in [("twin", twin_acc), ("emulator", emulated)] {
+                    let mut got = vec![0.0; rows * red.output_dim()];
+                    for (a, o) in acc
+                        .chunks(red.acc_dim())
+                        .zip(got.chunks_mut(red.output_dim().max(1)))
+                    {
+                        red.finalize(a, o);
+                    }
+                    let tol = match dtype {
+                        DType::F32 => 2e-4,
+                        DType::F64 => 1e-11,
+                    };
+                    let what = format!("{} {dtype} N={n} M={m} ({source})", kernel.name);
+                    assert_eq!(got.len(), want.len(), "{what}");
+                    for (k, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                        let close = g == w
+                            || (g - w).abs() <= tol * (1.0 + w.abs())
+                            || (g.is_nan() && w.is_nan());
+                        assert!(close, "{what}: output {k}: {g} against {w}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The block-sparse kernel's PTX: one entry point, no outside calls, assembled by ptxas.
+#[test]
+fn the_ranges_kernel_compiles_to_ptx_that_ptxas_assembles() {
+    let ptxas = ptxas_or_say_skipped("assembly of the block-sparse kernels");
+    for kernel in optimized(&every_reduction()) {
+        for dtype in [DType::F32, DType::F64] {
+            let name = format!("{} {dtype} (ranges)", kernel.name);
+            let compiled = compile_entry_tuned(
+                &kernel.formula,
+                &kernel.signature,
+                dtype,
+                &GpuTarget::default(),
+                GpuEntry::Ranges,
+            )
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let ptx = &compiled.ptx;
+            assert_eq!(compiled.symbol, "keops_gpu_tile_ranges");
+            assert!(
+                ptx.contains(".entry keops_gpu_tile_ranges"),
+                "{name}:\n{ptx}"
+            );
+            assert!(!ptx.contains(".entry keops_gpu_tile_1d"), "{name}:\n{ptx}");
+            assert!(!ptx.contains(".extern"), "{name} calls outside:\n{ptx}");
+            if let Some(ptxas) = &ptxas {
+                for report in assembled(ptxas, &name, ptx) {
+                    assert!(report.registers > 0, "{name}: {report}");
                 }
             }
         }
