@@ -273,6 +273,16 @@ pub fn load_gpu(
     kernel: &CheckedKernel,
     dtype: DType,
 ) -> Result<keops_runtime::cuda::CudaKernel, EvalError> {
+    load_gpu_entry(kernel, dtype, crate::codegen::nvptx::GpuEntry::Tiles)
+}
+
+/// [`load_gpu`] for either GPU kernel (the block-sparse one for ranges).
+#[cfg(feature = "cuda")]
+pub fn load_gpu_entry(
+    kernel: &CheckedKernel,
+    dtype: DType,
+    entry: crate::codegen::nvptx::GpuEntry,
+) -> Result<keops_runtime::cuda::CudaKernel, EvalError> {
     use keops_runtime::cuda::{CudaDevice, CudaKernel};
     let device = CudaDevice::new(0)?;
     let load = |compiled: &crate::codegen::nvptx::PtxKernel| {
@@ -285,7 +295,7 @@ pub fn load_gpu(
             compiled.schedule.launch,
         )
     };
-    let compiled = compile_gpu(kernel, dtype)?;
+    let compiled = compile_gpu_entry(kernel, dtype, entry)?;
     let loaded = load(&compiled)?;
     if !compiled.registers.is_empty() {
         return Ok(loaded);
@@ -308,12 +318,13 @@ pub fn load_gpu(
             &target,
             Some(block),
         )?;
-        crate::codegen::nvptx::compile_ptx_with_schedule(
+        crate::codegen::nvptx::compile_entry_with_schedule(
             formula,
             &kernel.signature,
             dtype,
             &target,
             schedule,
+            entry,
         )
     })?;
     Ok(load(&retuned)?)
@@ -352,8 +363,45 @@ pub fn evaluate_ranges(
     arrays: &[&HostArray],
     ranges: &keops_runtime::Ranges,
 ) -> Result<(HostArray, EvalTimings), String> {
+    evaluate_ranges_on(kernel, arrays, ranges, Backend::Cpu)
+}
+
+/// [`evaluate_ranges`] on `backend`: `cpu`, or `cuda` (the block-sparse GPU kernel,
+/// `keops_runtime::gpu`). The interpreter has no block-sparse evaluation.
+pub fn evaluate_ranges_on(
+    kernel: &CheckedKernel,
+    arrays: &[&HostArray],
+    ranges: &keops_runtime::Ranges,
+    backend: Backend,
+) -> Result<(HostArray, EvalTimings), String> {
     let views: Vec<_> = arrays.iter().map(|a| a.view()).collect();
     let size = check_arguments(&kernel.signature, &views).map_err(|e| e.to_string())?;
+    match backend {
+        Backend::Cpu => {}
+        #[cfg(feature = "cuda")]
+        Backend::Cuda => {
+            let start = Instant::now();
+            let (gpu, _) = crate::jit_cache::JitCache::global()
+                .get_gpu_ranges(kernel, size.dtype)
+                .map_err(|e| e.to_string())?;
+            let compile = start.elapsed();
+            let start = Instant::now();
+            let out = gpu.run_ranges(&views, ranges).map_err(|e| e.to_string())?;
+            return Ok((
+                out,
+                EvalTimings {
+                    size,
+                    compile,
+                    run: start.elapsed(),
+                },
+            ));
+        }
+        Backend::Interp => {
+            return Err("block-sparse reductions run on the cpu or cuda backend, not interp".into())
+        }
+        #[allow(unreachable_patterns)]
+        other => return unavailable(other).map_err(|e| e.to_string()),
+    }
     let start = Instant::now();
     let (compiled, _) = crate::jit_cache::JitCache::global()
         .get(kernel, size.dtype)
@@ -565,9 +613,24 @@ pub fn compile_gpu(
     kernel: &CheckedKernel,
     dtype: DType,
 ) -> Result<crate::codegen::nvptx::PtxKernel, EvalError> {
+    compile_gpu_entry(kernel, dtype, crate::codegen::nvptx::GpuEntry::Tiles)
+}
+
+/// [`compile_gpu`] for either GPU kernel.
+pub fn compile_gpu_entry(
+    kernel: &CheckedKernel,
+    dtype: DType,
+    entry: crate::codegen::nvptx::GpuEntry,
+) -> Result<crate::codegen::nvptx::PtxKernel, EvalError> {
     let (target, budget) = gpu_target();
     optimized_for_then(kernel, &budget, |formula| {
-        crate::codegen::nvptx::compile_ptx_tuned(formula, &kernel.signature, dtype, &target)
+        crate::codegen::nvptx::compile_entry_tuned(
+            formula,
+            &kernel.signature,
+            dtype,
+            &target,
+            entry,
+        )
     })
 }
 

@@ -132,6 +132,19 @@ impl JitCache {
         self.get_or_compile(key, || crate::driver::load_gpu(kernel, dtype))
     }
 
+    /// [`JitCache::get_gpu`] for the block-sparse GPU kernel (KeOps's ranges).
+    #[cfg(feature = "cuda")]
+    pub fn get_gpu_ranges(
+        &self,
+        kernel: &CheckedKernel,
+        dtype: DType,
+    ) -> Result<(Arc<keops_runtime::cuda::CudaKernel>, JitOutcome), EvalError> {
+        let key = format!("cuda ranges\n{}", JitCache::key(kernel, dtype));
+        self.get_or_compile(key, || {
+            crate::driver::load_gpu_entry(kernel, dtype, crate::codegen::nvptx::GpuEntry::Ranges)
+        })
+    }
+
     fn get_or_compile<T: Any + Send + Sync>(
         &self,
         key: String,

@@ -14,7 +14,9 @@ use crate::arrays::{
     HostArray, ProblemSize,
 };
 use crate::executor::{ExecError, Executor};
-use crate::gpu::{merge_parts, GpuLaunch1D, InnerSplit};
+use crate::gpu::{merge_parts, GpuLaunch1D, GpuRangesTable, InnerSplit, GPU_RANGES_SYMBOL};
+use crate::ranges::Ranges;
+use crate::reduction::Reduction;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
 };
@@ -35,6 +37,12 @@ pub enum CudaError {
     Argument(#[from] ArgumentError),
     #[error("{rows} output rows need {blocks} blocks, more than a launch may have (2^31 - 1)")]
     TooManyRows { rows: usize, blocks: usize },
+    #[error(transparent)]
+    Ranges(#[from] crate::ranges::RangesError),
+    #[error(
+        "this GPU kernel is `{0}`; block-sparse runs need the `keops_gpu_tile_ranges` entry point"
+    )]
+    NotRangesKernel(String),
     #[error("kernel `{kernel}` carries no GPU code for {dtype}: build its module with `keopsc build --gpu`")]
     NoGpuCode {
         kernel: String,
@@ -136,6 +144,7 @@ pub struct CudaKernel {
     signature: Signature,
     dtype: DType,
     launch: GpuLaunch1D,
+    symbol: String,
     function: CudaFunction,
     stream: Arc<CudaStream>,
     multiprocessors: usize,
@@ -190,6 +199,7 @@ impl CudaKernel {
             signature,
             dtype,
             launch,
+            symbol: symbol.to_string(),
             function,
             stream: device.stream.clone(),
             multiprocessors: device.multiprocessors,
@@ -311,17 +321,78 @@ impl CudaKernel {
         size.check_compiled_dtype(&self.signature, self.dtype)?;
         let (rows, _) = size.rows_and_inner(self.signature.axis);
         let inputs: Vec<DeviceInput> = if rows > 0 && self.signature.reduction.acc_dim() > 0 {
-            arrays
-                .iter()
-                .map(|a| match a.data {
-                    DataRef::F32(v) => upload(&self.stream, v).map(DeviceInput::F32),
-                    DataRef::F64(v) => upload(&self.stream, v).map(DeviceInput::F64),
-                })
-                .collect::<Result<_, _>>()?
+            self.upload_inputs(arrays)?
         } else {
             Vec::new()
         };
         self.launch_and_finalize(&inputs, size, split)
+    }
+
+    /// Copies the arrays to the device, in order.
+    fn upload_inputs(&self, arrays: &[ArrayRef]) -> Result<Vec<DeviceInput>, CudaError> {
+        arrays
+            .iter()
+            .map(|a| match a.data {
+                DataRef::F32(v) => upload(&self.stream, v).map(DeviceInput::F32),
+                DataRef::F64(v) => upload(&self.stream, v).map(DeviceInput::F64),
+            })
+            .collect()
+    }
+
+    /// Runs the block-sparse kernel (loaded from `keops_gpu_tile_ranges`: see
+    /// [`crate::gpu`]) over the pairs `ranges` keeps, on host arrays (signature order, checked
+    /// as the CPU's are, and the ranges against their sizes); returns the output as
+    /// [`CudaKernel::run`] does. Rows in no cluster reduce over nothing, as on the CPU.
+    pub fn run_ranges(&self, arrays: &[ArrayRef], ranges: &Ranges) -> Result<HostArray, CudaError> {
+        if self.symbol != GPU_RANGES_SYMBOL {
+            return Err(CudaError::NotRangesKernel(self.symbol.clone()));
+        }
+        let sig = &self.signature;
+        let size = check_arguments(sig, arrays)?;
+        size.check_compiled_dtype(sig, self.dtype)?;
+        let (rows, inner) = size.rows_and_inner(sig.axis);
+        ranges.check(sig.axis, rows, inner)?;
+        let red = &sig.reduction;
+        let table = GpuRangesTable::new(ranges, self.launch.block as usize);
+        let mut acc_host = table.initial_accumulators(red, rows);
+        let blocks = table.block_count();
+        if blocks > i32::MAX as usize {
+            return Err(CudaError::TooManyRows { rows, blocks });
+        }
+        if blocks > 0 && red.acc_dim() > 0 {
+            let inputs = self.upload_inputs(arrays)?;
+            let blocks_dev = upload(&self.stream, &table.blocks)?;
+            let ranges_dev = upload(&self.stream, &table.inner)?;
+            let mut acc = self
+                .stream
+                .clone_htod(&acc_host)
+                .map_err(driver("copying the accumulators"))?;
+            let mut launch = self.stream.launch_builder(&self.function);
+            for input in &inputs {
+                match input {
+                    DeviceInput::F32(s) => launch.arg(s),
+                    DeviceInput::F64(s) => launch.arg(s),
+                    DeviceInput::Borrowed(pointer) => launch.arg(pointer),
+                };
+            }
+            launch.arg(&blocks_dev).arg(&ranges_dev).arg(&mut acc);
+            let config = LaunchConfig {
+                grid_dim: (blocks as u32, 1, 1),
+                block_dim: (self.launch.block, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: the block-sparse kernel compiled for this signature, dtype and block
+            // size (its symbol checked above); its parameters are one device buffer per
+            // argument holding the checked arrays, the work list of the checked ranges for
+            // this block size (4 i64 per block, one block of the grid each), its inner ranges
+            // (2 i64 each) and `rows x acc_dim` f64 accumulators.
+            unsafe { launch.launch(config) }.map_err(driver("launching the kernel"))?;
+            acc_host = self
+                .stream
+                .clone_dtoh(&acc)
+                .map_err(driver("copying the accumulators back"))?;
+        }
+        Ok(finalized(red, &acc_host, rows, self.dtype))
     }
 
     /// Launches the kernel on `inputs` (in device memory) for a problem of `size` with the
@@ -336,7 +407,7 @@ impl CudaKernel {
         let sig = &self.signature;
         let (rows, inner) = size.rows_and_inner(sig.axis);
         let red = &sig.reduction;
-        let (acc_dim, out_dim) = (red.acc_dim(), red.output_dim());
+        let acc_dim = red.acc_dim();
         let parts = split.parts.max(1);
         let blocks = self.launch.grid(rows);
         if blocks > i32::MAX as usize {
@@ -392,17 +463,23 @@ impl CudaKernel {
                 red.init(row);
             }
         }
-        let mut out = vec![0.0f64; rows * out_dim];
-        if out_dim > 0 {
-            for (acc, row) in acc_host.chunks(acc_dim.max(1)).zip(out.chunks_mut(out_dim)) {
-                red.finalize(acc, row);
-            }
+        Ok(finalized(red, &acc_host, rows, self.dtype))
+    }
+}
+
+/// The output rows (`rows x output_dim`, in `dtype`) of the rows' accumulators.
+fn finalized(red: &Reduction, acc_host: &[f64], rows: usize, dtype: DType) -> HostArray {
+    let (acc_dim, out_dim) = (red.acc_dim(), red.output_dim());
+    let mut out = vec![0.0f64; rows * out_dim];
+    if out_dim > 0 {
+        for (acc, row) in acc_host.chunks(acc_dim.max(1)).zip(out.chunks_mut(out_dim)) {
+            red.finalize(acc, row);
         }
-        let shape = vec![rows, out_dim];
-        Ok(match self.dtype {
-            DType::F32 => HostArray::from_f32(shape, out.iter().map(|&x| x as f32).collect()),
-            DType::F64 => HostArray::from_f64(shape, out),
-        })
+    }
+    let shape = vec![rows, out_dim];
+    match dtype {
+        DType::F32 => HostArray::from_f32(shape, out.iter().map(|&x| x as f32).collect()),
+        DType::F64 => HostArray::from_f64(shape, out),
     }
 }
 

@@ -81,6 +81,11 @@ use crate::ranges::Ranges;
 use crate::reduction::Reduction;
 use num_traits::Float;
 
+/// The 1-D kernel's entry point.
+pub const GPU_TILE_SYMBOL: &str = "keops_gpu_tile_1d";
+/// The block-sparse kernel's entry point.
+pub const GPU_RANGES_SYMBOL: &str = "keops_gpu_tile_ranges";
+
 /// A kernel's GPU code for one dtype, as a module stores it (`keopsc build --gpu`): the PTX
 /// text of its 1-D kernel, the entry point and the launch shape it was compiled for. Loading
 /// it needs the CUDA driver (`keops_runtime::cuda`, feature `cuda`); holding it does not.

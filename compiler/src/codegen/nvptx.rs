@@ -40,10 +40,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use crate::target::gpu::{NVPTX_TRIPLE, PTX_ARCH};
-/// The 1-D kernel's entry point.
-pub const GPU_TILE_SYMBOL: &str = "keops_gpu_tile_1d";
-/// The block-sparse kernel's entry point.
-pub const GPU_RANGES_SYMBOL: &str = "keops_gpu_tile_ranges";
+pub use keops_runtime::gpu::{GPU_RANGES_SYMBOL, GPU_TILE_SYMBOL};
 
 /// Which of the two kernels of `keops_runtime::gpu`'s calling conventions is emitted: they
 /// share the thread code and differ in where a block finds its rows and inner ranges.

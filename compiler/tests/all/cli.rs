@@ -1994,6 +1994,29 @@ fn eval_with_ranges_keeps_only_the_kept_blocks() {
             got[i]
         );
     }
+    // The interpreter has no block-sparse evaluation; the GPU runs it, or says why not here
+    // (a build without `cuda`, a machine without the driver).
+    let mut on = |backend: &str| {
+        let mut extra = extra.clone();
+        extra.extend(["--backend", backend]);
+        f.run_eval("gauss.kf", &ALL_ARGS, &extra)
+    };
+    let run = on("interp");
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("cpu or cuda backend"), "{}", run.stderr);
+    let run = on("cuda");
+    if run.code == 0 {
+        let gpu = HostArray::read_npy(&f.path("out.npy")).unwrap().to_f64();
+        assert_close(&gpu, &got, 1e-12, "cuda against cpu");
+    } else {
+        assert!(
+            run.stderr.contains("not available in this build")
+                || run.stderr.contains("no CUDA driver"),
+            "{}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    }
     // Out of bounds: named.
     ints("j.npy", vec![3, 2], vec![1, 3, 0, 1, 4, 6]);
     let run = f.run_eval("gauss.kf", &ALL_ARGS, &extra);

@@ -861,3 +861,48 @@ fn the_cuda_backend_matches_the_interpreter_or_says_there_is_no_driver() {
         }
     }
 }
+
+/// `evaluate_ranges_on(.., Backend::Cuda)` (built with the `cuda` feature): on a machine
+/// without the driver, the error that says so; with a GPU, every reduction on both axes
+/// against the CPU's block-sparse evaluation.
+#[cfg(feature = "cuda")]
+#[test]
+fn the_cuda_ranges_kernel_matches_the_cpu_or_says_there_is_no_driver() {
+    use keopsc::driver::{evaluate_ranges_on, Backend};
+    let compiled = keopsc::driver::compile(SourceFile::new("<cuda test>", every_reduction()))
+        .unwrap_or_else(|_| panic!("the test kernels compile"));
+    let kernels = optimized(&every_reduction());
+    for (checked, kernel) in compiled.kernels.iter().zip(&kernels) {
+        for dtype in [DType::F32, DType::F64] {
+            let (n, m) = (1000, 777);
+            let (rows, inner) = match kernel.signature.axis {
+                Axis::I => (n, m),
+                Axis::J => (m, n),
+            };
+            let ranges = test_ranges(rows, inner);
+            let arrays = host_arrays(kernel, &inputs(kernel, n, m, 11), dtype);
+            let refs: Vec<&keops_runtime::HostArray> = arrays.iter().collect();
+            let got = match evaluate_ranges_on(checked, &refs, &ranges, Backend::Cuda) {
+                Err(e) if e.contains("no CUDA driver") => {
+                    eprintln!("SKIPPED (CUDA block-sparse runs): no CUDA driver on this machine");
+                    return;
+                }
+                other => other.unwrap_or_else(|e| panic!("{}: {e}", checked.name)).0,
+            };
+            let want = evaluate_ranges_on(checked, &refs, &ranges, Backend::Cpu)
+                .unwrap()
+                .0;
+            let (got, want) = (got.to_f64(), want.to_f64());
+            let tol = match dtype {
+                DType::F32 => 2e-4,
+                DType::F64 => 1e-11,
+            };
+            let what = format!("{} {dtype} ranges", checked.name);
+            assert_eq!(got.len(), want.len(), "{what}");
+            for (k, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                let close = g == w || (g - w).abs() <= tol * (1.0 + w.abs());
+                assert!(close, "{what}: output {k}: {g} against {w}");
+            }
+        }
+    }
+}

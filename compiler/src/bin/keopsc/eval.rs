@@ -153,9 +153,9 @@ pub fn eval(request: &EvalRequest) -> Result<(), Reported> {
                     "--ranges: not with batch axes (one block-sparsity pattern per call)",
                 ));
             }
-            if backend != driver::Backend::Cpu {
+            if backend == driver::Backend::Interp {
                 return Err(fail(format!(
-                    "--ranges runs on the cpu backend, not {backend}"
+                    "--ranges runs on the cpu or cuda backend, not {backend}"
                 )));
             }
             let names = keops_runtime::Ranges::names(kernel.signature.axis);
@@ -184,7 +184,9 @@ pub fn eval(request: &EvalRequest) -> Result<(), Reported> {
     // With `--same`, a Sum on the CPU walks each unordered pair once (lang-spec/cli.md).
     let pairs: Vec<(usize, usize)> = same.iter().map(|s| (s.j, s.i)).collect();
     let (out, timings) = match &ranges {
-        Some(ranges) => driver::evaluate_ranges(kernel, &bound, ranges).map_err(fail)?,
+        Some(ranges) => {
+            driver::evaluate_ranges_on(kernel, &bound, ranges, backend).map_err(fail)?
+        }
         None if inputs.layout.batch.is_empty() => {
             driver::evaluate_same(kernel, &bound, &pairs, backend).map_err(fail)?
         }
