@@ -227,6 +227,29 @@ impl CudaKernel {
         )
     }
 
+    /// Loads the block-sparse GPU kernel a kernel carries for `dtype` (modules built with
+    /// `keopsc build --gpu`), which [`CudaKernel::run_ranges`] runs.
+    pub fn from_kernel_ranges(
+        device: &CudaDevice,
+        kernel: &crate::Kernel,
+        dtype: DType,
+    ) -> Result<CudaKernel, CudaError> {
+        let code = kernel
+            .gpu_ranges_code(dtype)
+            .ok_or_else(|| CudaError::NoGpuCode {
+                kernel: kernel.name().to_string(),
+                dtype,
+            })?;
+        CudaKernel::load(
+            device,
+            &code.ptx,
+            &code.symbol,
+            kernel.signature().clone(),
+            dtype,
+            code.launch,
+        )
+    }
+
     /// Waits until the work queued on the kernel's stream is done (for timings).
     pub fn synchronize(&self) -> Result<(), CudaError> {
         self.stream

@@ -109,9 +109,9 @@ pub struct ManifestKernel {
     pub gpu: Vec<ManifestGpuEntry>,
 }
 
-/// One PTX file of a kernel: the 1-D kernel for `dtype` (`keops_runtime::gpu`'s calling
-/// convention), its entry point, the launch shape it was compiled for, its architecture and
-/// the file's FNV-1a 64 checksum.
+/// One PTX file of a kernel: its 1-D kernel or its block-sparse one for `dtype`
+/// (`keops_runtime::gpu`'s calling conventions; the entry point says which), the launch shape
+/// it was compiled for, its architecture and the file's FNV-1a 64 checksum.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestGpuEntry {
     pub dtype: String,
@@ -450,8 +450,14 @@ impl Kernel {
                     c.dtype
                 ));
             }
-            if code[..k].iter().any(|o| o.dtype == c.dtype) {
-                return Err(format!("GPU code for {} given twice", c.dtype));
+            if code[..k]
+                .iter()
+                .any(|o| o.dtype == c.dtype && o.symbol == c.symbol)
+            {
+                return Err(format!(
+                    "GPU code for {} (`{}`) given twice",
+                    c.dtype, c.symbol
+                ));
             }
         }
         Ok(Kernel {
@@ -460,9 +466,18 @@ impl Kernel {
         })
     }
 
-    /// Its GPU code for `dtype`, if it carries some.
+    /// Its GPU code for `dtype` (the 1-D kernel), if it carries some.
     pub fn gpu_code(&self, dtype: DType) -> Option<&GpuCode> {
-        self.gpu.iter().find(|c| c.dtype == dtype)
+        self.gpu
+            .iter()
+            .find(|c| c.dtype == dtype && c.symbol != crate::gpu::GPU_RANGES_SYMBOL)
+    }
+
+    /// Its block-sparse GPU kernel for `dtype` (KeOps's ranges), if it carries one.
+    pub fn gpu_ranges_code(&self, dtype: DType) -> Option<&GpuCode> {
+        self.gpu
+            .iter()
+            .find(|c| c.dtype == dtype && c.symbol == crate::gpu::GPU_RANGES_SYMBOL)
     }
 
     /// The same kernel carrying `pass`, which [`Kernel::call_symmetric`] then runs when the

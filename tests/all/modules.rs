@@ -7,6 +7,7 @@ use keops_runtime::module::MANIFEST_FILE;
 use keops_runtime::ndarray::Array2;
 use keops_runtime::{ArgumentError, ArrayRef, DType, HostArray, LoadError, Module, OutputRef};
 use keopsc::artifact::cache::{CacheOutcome, CompileCache};
+use keopsc::codegen::nvptx::GpuEntry;
 use keopsc::codegen::CpuTarget;
 use keopsc::driver::{self, Backend, CompiledFile};
 use keopsc::source::SourceFile;
@@ -827,11 +828,26 @@ fn a_module_built_with_gpu_code_carries_its_ptx() {
             assert_eq!(code.launch, emitted.schedule.launch);
             assert_eq!(code.arch, "sm_80");
             assert!(code.ptx.contains(".entry"));
+            // The block-sparse kernel beside it, the one `eval --ranges --backend cuda` loads.
+            let ranges = kernel
+                .gpu_ranges_code(dtype)
+                .expect("block-sparse GPU code");
+            let emitted = driver::compile_gpu_entry(checked, dtype, GpuEntry::Ranges).expect("PTX");
+            assert_eq!(
+                &*ranges.ptx,
+                emitted.ptx.as_str(),
+                "{} {dtype}",
+                kernel.name()
+            );
+            assert_eq!(ranges.symbol, keops_runtime::gpu::GPU_RANGES_SYMBOL);
+            assert_ne!(ranges.symbol, code.symbol);
+            assert_eq!(ranges.launch, emitted.schedule.launch);
         }
     }
     // Without --gpu: none.
     let plain = Module::load(build(dir.path(), &CpuTarget::host_level())).unwrap();
     assert!(plain.kernels()[0].gpu_code(DType::F32).is_none());
+    assert!(plain.kernels()[0].gpu_ranges_code(DType::F32).is_none());
     // A PTX file changed by one byte, then missing.
     let ptx = out.join("gpu_gauss_float32.ptx");
     let text = std::fs::read_to_string(&ptx).expect("the PTX file");

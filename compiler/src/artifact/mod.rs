@@ -112,9 +112,10 @@ pub struct BuildOptions {
     /// `Kernel::call_symmetric` and the linear operators built on it run when `j`'s array
     /// holds `i`'s data.
     pub same: Vec<(String, String)>,
-    /// Every kernel's GPU code too (`keopsc build --gpu`): its 1-D kernel as PTX for
-    /// `sm_80` (which the driver JIT-compiles for later GPUs), one file per dtype, which
-    /// `keops_runtime::cuda::CudaKernel::from_kernel` loads without the compiler.
+    /// Every kernel's GPU code too (`keopsc build --gpu`): its 1-D kernel and its block-sparse
+    /// kernel as PTX for `sm_80` (which the driver JIT-compiles for later GPUs), a file each per
+    /// dtype, which `keops_runtime::cuda::CudaKernel::from_kernel` and `from_kernel_ranges`
+    /// load without the compiler.
     pub gpu: bool,
 }
 
@@ -219,14 +220,22 @@ pub fn build_with_options(
                     message: d.message,
                 })?
                 .formula;
-            for &dtype in dtypes {
-                let ptx = crate::codegen::nvptx::compile_ptx_tuned(
+            let entries = [
+                (crate::codegen::nvptx::GpuEntry::Tiles, ""),
+                (crate::codegen::nvptx::GpuEntry::Ranges, "_ranges"),
+            ];
+            for (&dtype, (gpu_entry, suffix)) in dtypes
+                .iter()
+                .flat_map(|d| entries.iter().map(move |e| (d, *e)))
+            {
+                let ptx = crate::codegen::nvptx::compile_entry_tuned(
                     &gpu_formula,
                     &k.signature,
                     dtype,
                     &gpu_target,
+                    gpu_entry,
                 )?;
-                let file = format!("gpu_{}_{}.ptx", k.name, dtype_name(dtype));
+                let file = format!("gpu_{}_{}{suffix}.ptx", k.name, dtype_name(dtype));
                 entry.gpu.push(keops_runtime::module::ManifestGpuEntry {
                     dtype: dtype_name(dtype).to_string(),
                     file: file.clone(),

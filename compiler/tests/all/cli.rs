@@ -1996,7 +1996,7 @@ fn eval_with_ranges_keeps_only_the_kept_blocks() {
     }
     // The interpreter has no block-sparse evaluation; the GPU runs it, or says why not here
     // (a build without `cuda`, a machine without the driver).
-    let mut on = |backend: &str| {
+    let on = |backend: &str| {
         let mut extra = extra.clone();
         extra.extend(["--backend", backend]);
         f.run_eval("gauss.kf", &ALL_ARGS, &extra)

@@ -6,7 +6,9 @@
 use clap::Parser;
 use keops_examples::SplitMix;
 use keops_runtime::cuda::{driver_present, CudaDevice, CudaKernel, DeviceArg, DeviceArray};
-use keops_runtime::{index_columns, ArrayRef, Category, DType, HostArray, Kernel, Module};
+use keops_runtime::{
+    index_columns, ArrayRef, Axis, Category, DType, HostArray, Kernel, Module, Ranges,
+};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -147,7 +149,75 @@ fn check_module(device: &CudaDevice, path: &PathBuf) -> Result<(usize, usize), S
                     }
                 );
             }
+            let (p, f) = check_ranges(device, kernel, dtype, tol)?;
+            passed += p;
+            failed += f;
         }
+    }
+    Ok((passed, failed))
+}
+
+/// A block-sparsity pattern over `rows` output rows and `inner` reduced indices: an empty
+/// cluster, a cluster with no inner range, one-index ranges, an empty range and rows no
+/// cluster covers (which keep the reduction's initial value).
+fn test_ranges(rows: usize, inner: usize) -> Ranges {
+    let (a, b, c) = (rows / 4, rows / 2, 3 * rows / 4);
+    Ranges {
+        rows: vec![(0, a), (a, a), (a, b), (c, rows)],
+        slices: vec![2, 3, 3, 6],
+        inner: vec![
+            (0, inner / 3),
+            (inner / 2, inner),
+            (1.min(inner), 2.min(inner)),
+            (2.min(inner), 3.min(inner)),
+            (3.min(inner), 3.min(inner)),
+            (3.min(inner), inner),
+        ],
+    }
+}
+
+/// The kernel's block-sparse GPU code against its CPU code on [`test_ranges`].
+fn check_ranges(
+    device: &CudaDevice,
+    kernel: &Kernel,
+    dtype: DType,
+    tol: f64,
+) -> Result<(usize, usize), String> {
+    if kernel.gpu_ranges_code(dtype).is_none() {
+        println!("  {} {dtype}: no block-sparse GPU code", kernel.name());
+        return Ok((0, 0));
+    }
+    let gpu = CudaKernel::from_kernel_ranges(device, kernel, dtype).map_err(|e| e.to_string())?;
+    let (mut passed, mut failed) = (0, 0);
+    for (case, &(n, m)) in [(9, 300), (5000, 1537), (257, 20_000)].iter().enumerate() {
+        let arrays = inputs(kernel, n, m, dtype, 100 + case as u64);
+        let views: Vec<ArrayRef> = arrays.iter().map(|a| a.view()).collect();
+        let (rows, inner) = match kernel.signature().axis {
+            Axis::I => (n, m),
+            Axis::J => (m, n),
+        };
+        let ranges = test_ranges(rows, inner);
+        let want = kernel
+            .call_ranges(&views, &ranges)
+            .map_err(|e| e.to_string())?;
+        let got = gpu.run_ranges(&views, &ranges).map_err(|e| e.to_string())?;
+        let (worst, moved) = compare(kernel, &got, &want);
+        let ok = got.shape == want.shape && worst <= tol && moved <= 0.002;
+        if ok {
+            passed += 1;
+        } else {
+            failed += 1;
+        }
+        println!(
+            "  {:<6} {} {dtype} ranges N = {n}, M = {m} ({ranges}): largest difference {worst:.2e} of the scale{}",
+            if ok { "ok" } else { "FAILED" },
+            kernel.name(),
+            if moved > 0.0 {
+                format!(", {:.2}% of the indices differ", moved * 100.0)
+            } else {
+                String::new()
+            },
+        );
     }
     Ok((passed, failed))
 }
