@@ -100,7 +100,7 @@ enum Command {
         backend: Option<String>,
         /// Block-sparse reduction (KeOps's ranges): three int64 .npy arrays, for a reduction
         /// over j `ranges_i` (C, 2), `slices_i` (C,), `redranges_j` (R, 2) (over i:
-        /// ranges_j, slices_j, redranges_i); only the kept pairs are visited (cpu backend).
+        /// ranges_j, slices_j, redranges_i); only the kept pairs are visited (cpu or cuda backend).
         #[arg(long, num_args = 3, value_names = ["ROWS.npy", "SLICES.npy", "INNER.npy"])]
         ranges: Option<Vec<PathBuf>>,
         /// Print to stderr the time of each step (front end, reading, compiling, running,
