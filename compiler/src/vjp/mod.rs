@@ -30,8 +30,9 @@ use std::fmt;
 
 mod run;
 pub use run::{
-    check_cotangent, check_output_rows, check_saved_rows, run_many, run_many_ranges, run_many_with,
-    run_plan, run_plan_with_saved, saved_rows, vjp, vjp_many, PassRunner, VjpRunError,
+    check_cotangent, check_output_rows, check_saved_rows, run_many, run_many_ranges,
+    run_many_ranges_on, run_many_with, run_plan, run_plan_with_saved, saved_rows, vjp, vjp_many,
+    PassRunner, VjpRunError,
 };
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

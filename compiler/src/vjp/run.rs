@@ -164,6 +164,27 @@ pub fn run_many_ranges(
     saved: Option<&HostArray>,
     ranges: &keops_runtime::RangesPair,
 ) -> Result<Vec<HostArray>, VjpRunError> {
+    run_many_ranges_on(plan, arrays, cotangent, saved, ranges, Backend::Cpu)
+}
+
+/// [`run_many_ranges`] on `backend`: `cpu`, or `cuda`, where every pass runs as the
+/// block-sparse GPU kernel ([`crate::driver::evaluate_ranges_on`]). The interpreter has no
+/// block-sparse evaluation.
+pub fn run_many_ranges_on(
+    plan: &VjpManyPlan,
+    arrays: &[&HostArray],
+    cotangent: &HostArray,
+    saved: Option<&HostArray>,
+    ranges: &keops_runtime::RangesPair,
+    backend: Backend,
+) -> Result<Vec<HostArray>, VjpRunError> {
+    if backend == Backend::Interp {
+        return Err(EvalError::Ranges(
+            "the gradients of block-sparse reductions run on the cpu or cuda backend, not interp"
+                .into(),
+        )
+        .into());
+    }
     let views: Vec<_> = arrays.iter().map(|a| a.view()).collect();
     let size = keops_runtime::check_arguments(&plan.forward, &views)?;
     ranges
@@ -172,10 +193,10 @@ pub fn run_many_ranges(
     let entries = plan.selected.as_ref().map(|s| &s.kernel);
     run_many_with(plan, arrays, cotangent, saved, &mut |kernel, args| {
         if entries.is_some_and(|k| std::ptr::eq(k, kernel)) {
-            return evaluate_cached(kernel, args, Backend::Cpu);
+            return evaluate_cached(kernel, args, backend);
         }
         let half = ranges.for_axis(kernel.signature.axis);
-        crate::driver::evaluate_ranges(kernel, args, half)
+        crate::driver::evaluate_ranges_on(kernel, args, half, backend)
             .map(|(out, _)| out)
             .map_err(EvalError::Ranges)
     })

@@ -2079,6 +2079,27 @@ fn vjp_with_ranges_differentiates_the_block_sparse_reduction() {
         let plan = keopsc::vjp::plan_many(kernel, &[wrt]).unwrap();
         let want = keopsc::vjp::run_many_ranges(&plan, &refs, &g, None, &ranges).unwrap();
         assert_eq!(out.to_f64(), want[0].to_f64(), "d{wrt}");
+        // Every pass as the block-sparse GPU kernel, or the reason why not here; never the
+        // interpreter, which has no block-sparse evaluation.
+        let on = |backend: &str| {
+            let mut extra = extra.clone();
+            extra.extend(["--backend", backend]);
+            run_vjp(&f, "gauss.kf", wrt, "g.npy", &extra)
+        };
+        assert_fails_with(&on("interp"), &["cpu or cuda backend"]);
+        let run = on("cuda");
+        if run.code == 0 {
+            let gpu = HostArray::read_npy(&f.path("out.npy")).unwrap().to_f64();
+            assert_close(&gpu, &want[0].to_f64(), 1e-12, "cuda against cpu");
+        } else {
+            assert!(
+                run.stderr.contains("not available in this build")
+                    || run.stderr.contains("no CUDA driver"),
+                "{}",
+                run.stderr
+            );
+            assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+        }
         let dense = keopsc::vjp::vjp(
             kernel,
             wrt,

@@ -217,4 +217,90 @@ fn halves_that_keep_other_pairs_are_refused() {
             .contains("the two halves must describe the same pairs"),
         "{err}"
     );
+    // The interpreter has no block-sparse evaluation: refused before any pass runs.
+    let all = pattern(&[(0, 4)], &[(0, 4)], &[vec![true]]);
+    let err =
+        vjp::run_many_ranges_on(&plan, &[&x, &y], &cot, None, &all, Backend::Interp).unwrap_err();
+    assert!(err.to_string().contains("cpu or cuda backend"), "{err}");
+}
+
+/// The gradients with every pass as the block-sparse GPU kernel (`Backend::Cuda`) against the
+/// CPU's, for a sum and a LogSumExp on both axes, in f32 and f64 (the Min_ArgMin's selected
+/// entries through the GPU's dense kernel); skipped, visibly, without a driver.
+#[cfg(feature = "cuda")]
+#[test]
+fn block_sparse_gradients_on_the_gpu_match_the_cpu_or_say_there_is_no_driver() {
+    let cases = [
+        "Sum_Reduction(Exp(-SqDist(x, y) * g) * b, {axis})",
+        "LogSumExp_Reduction(-SqDist(x, y) * g + Sum(b), {axis})",
+        "Min_ArgMin_Reduction(SqDist(x, y) + Sum(b) * g, {axis})",
+    ];
+    for case in cases {
+        for axis in [0usize, 1] {
+            let text = format!(
+                "kernel t {{ x = Vi(3) y = Vj(3) b = Vj(2) g = Pm(1) {} }}\n",
+                case.replace("{axis}", &axis.to_string())
+            );
+            let compiled =
+                driver::compile(SourceFile::new("<ranges vjp>", &text)).expect("compiles");
+            let kernel = &compiled.kernels[0];
+            let plan = vjp::plan_many(kernel, &["x", "y", "b", "g"]).expect("differentiable");
+            let (n, m) = (1000, 777);
+            let (ci, cj) = (clusters(n, 4), clusters(m, 5));
+            let mut rng = StdRng::seed_from_u64(6);
+            let keep: Vec<Vec<bool>> = ci
+                .iter()
+                .map(|_| cj.iter().map(|_| rng.random_bool(0.3)).collect())
+                .collect();
+            let ranges = pattern(&ci, &cj, &keep);
+            for dtype in [DType::F64, DType::F32] {
+                let mut random = |rows: usize, dim: usize| -> HostArray {
+                    let data: Vec<f64> = (0..rows * dim)
+                        .map(|_| rng.random_range(-1.0..1.0))
+                        .collect();
+                    match dtype {
+                        DType::F64 => HostArray::from_f64(vec![rows, dim], data),
+                        DType::F32 => HostArray::from_f32(
+                            vec![rows, dim],
+                            data.iter().map(|&v| v as f32).collect(),
+                        ),
+                    }
+                };
+                let (x, y, b, g) = (random(n, 3), random(m, 3), random(m, 2), random(1, 1));
+                let cot = random(if axis == 0 { n } else { m }, kernel.signature.output_dim());
+                let arrays = [&x, &y, &b, &g];
+                let want = vjp::run_many_ranges(&plan, &arrays, &cot, None, &ranges).expect("cpu");
+                let got = match vjp::run_many_ranges_on(
+                    &plan,
+                    &arrays,
+                    &cot,
+                    None,
+                    &ranges,
+                    Backend::Cuda,
+                ) {
+                    Err(e) if e.to_string().contains("no CUDA driver") => {
+                        eprintln!(
+                            "SKIPPED (block-sparse gradients on the GPU): no CUDA driver on this machine"
+                        );
+                        return;
+                    }
+                    other => other.unwrap_or_else(|e| panic!("{case} axis {axis} {dtype}: {e}")),
+                };
+                let tol = match dtype {
+                    DType::F64 => 1e-10,
+                    DType::F32 => 2e-4,
+                };
+                for (k, name) in ["x", "y", "b", "g"].iter().enumerate() {
+                    let (got, want) = (got[k].to_f64(), want[k].to_f64());
+                    let scale = want.iter().map(|v| v.abs()).fold(1.0, f64::max);
+                    for (t, (a, w)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (a - w).abs() <= tol * scale,
+                            "{case} axis {axis} {dtype}: d{name}[{t}] {a} against {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

@@ -146,7 +146,7 @@ enum Command {
         backend: Option<String>,
         /// The gradient of a block-sparse reduction (KeOps's ranges): the six int64 .npy
         /// arrays of KeOps's 6-tuple, `ranges_i` `slices_i` `redranges_j` `ranges_j` `slices_j`
-        /// `redranges_i` (both halves: the backward passes reduce over both axes; cpu backend).
+        /// `redranges_i` (both halves: the backward passes reduce over both axes; cpu or cuda backend).
         #[arg(long, num_args = 6, value_names = ["RANGES_I.npy", "SLICES_I.npy", "REDRANGES_J.npy", "RANGES_J.npy", "SLICES_J.npy", "REDRANGES_I.npy"])]
         ranges: Option<Vec<PathBuf>>,
         /// Print to stderr the time of the whole computation.

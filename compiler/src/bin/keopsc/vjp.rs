@@ -152,19 +152,26 @@ pub fn vjp(request: &VjpRequest) -> Result<(), Reported> {
                 "`--ranges`: not with batch axes or `--same` (one block-sparsity pattern per call)",
             ));
         }
-        if backend != keopsc::driver::Backend::Cpu {
+        if backend == keopsc::driver::Backend::Interp {
             return Err(fail(format!(
-                "`--ranges` runs on the cpu backend, not {backend}"
+                "`--ranges` runs on the cpu or cuda backend, not {backend}"
             )));
         }
         let start = Instant::now();
         let bound = inputs.bound();
-        let grads = backward::run_many_ranges(&plan, &bound, &cotangent, saved.as_ref(), ranges)
-            .map_err(|e| match e {
-                VjpRunError::Cotangent(_) => fail(format!("{cotangent_flag}: {e}")),
-                VjpRunError::Saved(_) => fail(format!("`--saved`: {e}")),
-                e => fail(e),
-            })?;
+        let grads = backward::run_many_ranges_on(
+            &plan,
+            &bound,
+            &cotangent,
+            saved.as_ref(),
+            ranges,
+            backend,
+        )
+        .map_err(|e| match e {
+            VjpRunError::Cotangent(_) => fail(format!("{cotangent_flag}: {e}")),
+            VjpRunError::Saved(_) => fail(format!("`--saved`: {e}")),
+            e => fail(e),
+        })?;
         for (output, grad) in outputs.into_iter().zip(&grads) {
             output.commit(|f| grad.write_npy_to(f))?;
         }
