@@ -43,6 +43,15 @@ pub enum CudaError {
         "this GPU kernel is `{0}`; block-sparse runs need the `keops_gpu_tile_ranges` entry point"
     )]
     NotRangesKernel(String),
+    #[error(
+        "this GPU kernel is the block-sparse one (`keops_gpu_tile_ranges`): run it with `run_ranges`"
+    )]
+    NotTilesKernel,
+    #[error("kernel `{kernel}` carries no block-sparse GPU code for {dtype}: build its module with `keopsc build --gpu` (modules built before the block-sparse kernel carry only the 1-D one)")]
+    NoGpuRangesCode {
+        kernel: String,
+        dtype: crate::arrays::DType,
+    },
     #[error("kernel `{kernel}` carries no GPU code for {dtype}: build its module with `keopsc build --gpu`")]
     NoGpuCode {
         kernel: String,
@@ -236,7 +245,7 @@ impl CudaKernel {
     ) -> Result<CudaKernel, CudaError> {
         let code = kernel
             .gpu_ranges_code(dtype)
-            .ok_or_else(|| CudaError::NoGpuCode {
+            .ok_or_else(|| CudaError::NoGpuRangesCode {
                 kernel: kernel.name().to_string(),
                 dtype,
             })?;
@@ -427,6 +436,11 @@ impl CudaKernel {
         size: ProblemSize,
         split: InnerSplit,
     ) -> Result<HostArray, CudaError> {
+        // The block-sparse kernel takes a work list where this launch passes sizes: it would
+        // read them as pointers.
+        if self.symbol == GPU_RANGES_SYMBOL {
+            return Err(CudaError::NotTilesKernel);
+        }
         let sig = &self.signature;
         let (rows, inner) = size.rows_and_inner(sig.axis);
         let red = &sig.reduction;

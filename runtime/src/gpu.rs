@@ -87,7 +87,8 @@ pub const GPU_TILE_SYMBOL: &str = "keops_gpu_tile_1d";
 pub const GPU_RANGES_SYMBOL: &str = "keops_gpu_tile_ranges";
 
 /// A kernel's GPU code for one dtype, as a module stores it (`keopsc build --gpu`): the PTX
-/// text of its 1-D kernel, the entry point and the launch shape it was compiled for. Loading
+/// text of its 1-D kernel or of its block-sparse one, the entry point (which says which:
+/// [`GPU_TILE_SYMBOL`] or [`GPU_RANGES_SYMBOL`]) and the launch shape it was compiled for. Loading
 /// it needs the CUDA driver (`keops_runtime::cuda`, feature `cuda`); holding it does not.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GpuCode {

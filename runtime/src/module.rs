@@ -450,6 +450,15 @@ impl Kernel {
                     c.dtype
                 ));
             }
+            if ![crate::gpu::GPU_TILE_SYMBOL, crate::gpu::GPU_RANGES_SYMBOL].contains(&&*c.symbol) {
+                return Err(format!(
+                    "GPU code for {}: unknown entry point `{}` (`{}` or `{}`)",
+                    c.dtype,
+                    c.symbol,
+                    crate::gpu::GPU_TILE_SYMBOL,
+                    crate::gpu::GPU_RANGES_SYMBOL
+                ));
+            }
             if code[..k]
                 .iter()
                 .any(|o| o.dtype == c.dtype && o.symbol == c.symbol)
@@ -470,7 +479,7 @@ impl Kernel {
     pub fn gpu_code(&self, dtype: DType) -> Option<&GpuCode> {
         self.gpu
             .iter()
-            .find(|c| c.dtype == dtype && c.symbol != crate::gpu::GPU_RANGES_SYMBOL)
+            .find(|c| c.dtype == dtype && c.symbol == crate::gpu::GPU_TILE_SYMBOL)
     }
 
     /// Its block-sparse GPU kernel for `dtype` (KeOps's ranges), if it carries one.

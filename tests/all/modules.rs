@@ -848,6 +848,22 @@ fn a_module_built_with_gpu_code_carries_its_ptx() {
     let plain = Module::load(build(dir.path(), &CpuTarget::host_level())).unwrap();
     assert!(plain.kernels()[0].gpu_code(DType::F32).is_none());
     assert!(plain.kernels()[0].gpu_ranges_code(DType::F32).is_none());
+    // An entry point the runtime has no calling convention for, and one dtype's kernel twice:
+    // refused, named.
+    let kernel = &module.kernels()[0];
+    let mut other = kernel.gpu_code(DType::F32).expect("GPU code").clone();
+    other.symbol = "keops_gpu_tile_other".into();
+    let err = kernel.with_gpu_code(vec![other]).err().expect("refused");
+    assert!(
+        err.contains("unknown entry point `keops_gpu_tile_other`"),
+        "{err}"
+    );
+    let twice = kernel.gpu_code(DType::F32).expect("GPU code").clone();
+    let err = kernel
+        .with_gpu_code(vec![twice.clone(), twice])
+        .err()
+        .expect("refused");
+    assert!(err.contains("given twice"), "{err}");
     // A PTX file changed by one byte, then missing.
     let ptx = out.join("gpu_gauss_float32.ptx");
     let text = std::fs::read_to_string(&ptx).expect("the PTX file");

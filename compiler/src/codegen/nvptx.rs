@@ -1259,6 +1259,14 @@ impl HostTwin {
             "the block-sparse kernel's twin"
         );
         assert_eq!(args.len(), self.n_args, "one pointer per argument");
+        let block = self.schedule.launch.block as usize;
+        assert!(
+            (0..table.block_count()).all(|b| {
+                let (first, end, _, _) = table.block(b);
+                end - first <= block
+            }),
+            "a work list made for blocks of at most {block} rows"
+        );
         let mut acc = table.initial_accumulators(reduction, rows);
         let fixed = [table.blocks.as_ptr() as u64, table.inner.as_ptr() as u64];
         for block_index in 0..table.block_count() {
@@ -1342,6 +1350,6 @@ unsafe fn call_with_u64s(address: usize, args: &[u64]) {
         14 => call!(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13),
         15 => call!(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14),
         16 => call!(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-        n => unreachable!("HostTwin::compile refuses kernels of {n} - 8 arguments"),
+        n => unreachable!("HostTwin::compile refuses kernels of more than {MAX_TWIN_ARGS} arguments ({n} parameters)"),
     }
 }
