@@ -226,14 +226,7 @@ impl CudaKernel {
             kernel: kernel.name().to_string(),
             dtype,
         })?;
-        CudaKernel::load(
-            device,
-            &code.ptx,
-            &code.symbol,
-            kernel.signature().clone(),
-            dtype,
-            code.launch,
-        )
+        CudaKernel::load_code(device, kernel, code)
     }
 
     /// Loads the block-sparse GPU kernel a kernel carries for `dtype` (modules built with
@@ -249,12 +242,20 @@ impl CudaKernel {
                 kernel: kernel.name().to_string(),
                 dtype,
             })?;
+        CudaKernel::load_code(device, kernel, code)
+    }
+
+    fn load_code(
+        device: &CudaDevice,
+        kernel: &crate::Kernel,
+        code: &crate::gpu::GpuCode,
+    ) -> Result<CudaKernel, CudaError> {
         CudaKernel::load(
             device,
             &code.ptx,
             &code.symbol,
             kernel.signature().clone(),
-            dtype,
+            code.dtype,
             code.launch,
         )
     }

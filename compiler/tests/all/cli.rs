@@ -1340,6 +1340,24 @@ fn flags(f: &Fixture, args: &[(&str, &str)], extra: &[&str]) -> Vec<String> {
     v
 }
 
+/// A run with `--backend cuda` wrote `out.npy` close to the CPU's `want`, or failed saying
+/// why it cannot run here (a build without `cuda`, a machine without the driver), never
+/// with a panic.
+fn assert_cuda_matches_or_says_why(f: &Fixture, run: &Run, want: &[f64]) {
+    if run.code == 0 {
+        let gpu = HostArray::read_npy(&f.path("out.npy")).unwrap().to_f64();
+        assert_close(&gpu, want, 1e-12, "cuda against cpu");
+    } else {
+        assert!(
+            run.stderr.contains("not available in this build")
+                || run.stderr.contains("no CUDA driver"),
+            "{}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    }
+}
+
 fn assert_close(got: &[f64], want: &[f64], tolerance: f64, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
     for (k, (a, b)) in got.iter().zip(want).enumerate() {
@@ -2004,19 +2022,7 @@ fn eval_with_ranges_keeps_only_the_kept_blocks() {
     let run = on("interp");
     assert_ne!(run.code, 0);
     assert!(run.stderr.contains("cpu or cuda backend"), "{}", run.stderr);
-    let run = on("cuda");
-    if run.code == 0 {
-        let gpu = HostArray::read_npy(&f.path("out.npy")).unwrap().to_f64();
-        assert_close(&gpu, &got, 1e-12, "cuda against cpu");
-    } else {
-        assert!(
-            run.stderr.contains("not available in this build")
-                || run.stderr.contains("no CUDA driver"),
-            "{}",
-            run.stderr
-        );
-        assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
-    }
+    assert_cuda_matches_or_says_why(&f, &on("cuda"), &got);
     // Out of bounds: named.
     ints("j.npy", vec![3, 2], vec![1, 3, 0, 1, 4, 6]);
     let run = f.run_eval("gauss.kf", &ALL_ARGS, &extra);
@@ -2087,19 +2093,7 @@ fn vjp_with_ranges_differentiates_the_block_sparse_reduction() {
             run_vjp(&f, "gauss.kf", wrt, "g.npy", &extra)
         };
         assert_fails_with(&on("interp"), &["cpu or cuda backend"]);
-        let run = on("cuda");
-        if run.code == 0 {
-            let gpu = HostArray::read_npy(&f.path("out.npy")).unwrap().to_f64();
-            assert_close(&gpu, &want[0].to_f64(), 1e-12, "cuda against cpu");
-        } else {
-            assert!(
-                run.stderr.contains("not available in this build")
-                    || run.stderr.contains("no CUDA driver"),
-                "{}",
-                run.stderr
-            );
-            assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
-        }
+        assert_cuda_matches_or_says_why(&f, &on("cuda"), &want[0].to_f64());
         let dense = keopsc::vjp::vjp(
             kernel,
             wrt,

@@ -518,23 +518,7 @@ fn the_emulated_1d_schedule_matches_the_interpreter_for_every_reduction() {
                     .into_iter()
                     .flat_map(|l| splits(l).map(move |s| (l, s)));
                 for (launch, split) in runs {
-                    let pair = |row: usize, t: usize, out: &mut [f64]| {
-                        let (i, j) = match sig.axis {
-                            Axis::I => (row, t),
-                            Axis::J => (t, row),
-                        };
-                        let mut scratch = evaluator.scratch();
-                        let value = evaluator.eval(&mut scratch, |v| {
-                            let dim = kernel.formula.vars[v].dim;
-                            let at = match kernel.formula.vars[v].category {
-                                Category::I => i,
-                                Category::J => j,
-                                Category::Param => 0,
-                            };
-                            &refs[v][at * dim..(at + 1) * dim]
-                        });
-                        out.copy_from_slice(value);
-                    };
+                    let pair = pair_values(&kernel, &evaluator, &refs);
                     let acc = match (split, dtype) {
                         (None, DType::F32) => emulate_1d::<f32>(&red, launch, rows, inner, pair),
                         (None, DType::F64) => emulate_1d::<f64>(&red, launch, rows, inner, pair),
@@ -551,26 +535,11 @@ fn the_emulated_1d_schedule_matches_the_interpreter_for_every_reduction() {
                             rows,
                         ),
                     };
-                    let mut got = vec![0.0; rows * red.output_dim()];
-                    for (a, o) in acc
-                        .chunks(red.acc_dim())
-                        .zip(got.chunks_mut(red.output_dim().max(1)))
-                    {
-                        red.finalize(a, o);
-                    }
-                    let tol = match dtype {
-                        DType::F32 => 2e-4,
-                        DType::F64 => 1e-11,
-                    };
                     let what = format!(
                         "{} {dtype} N={n} M={m} block {} split {split:?}",
                         kernel.name, launch.block
                     );
-                    assert_eq!(got.len(), want.len(), "{what}");
-                    for (k, (&g, &w)) in got.iter().zip(&want).enumerate() {
-                        let close = g == w || (g - w).abs() <= tol * (1.0 + w.abs());
-                        assert!(close, "{what}: output {k}: {g} against {w}");
-                    }
+                    assert_finalized_close(&red, &acc, rows, &want, dtype, &what);
                 }
             }
         }
@@ -627,26 +596,65 @@ fn the_generated_1d_kernel_run_on_the_host_matches_the_interpreter_for_every_red
                             merge_parts(&red, &partial, split.parts, rows)
                         }
                     };
-                    let mut got = vec![0.0; rows * red.output_dim()];
-                    for (a, o) in acc
-                        .chunks(red.acc_dim())
-                        .zip(got.chunks_mut(red.output_dim().max(1)))
-                    {
-                        red.finalize(a, o);
-                    }
-                    let tol = match dtype {
-                        DType::F32 => 2e-4,
-                        DType::F64 => 1e-11,
-                    };
                     let what = format!("{} {dtype} N={n} M={m} split {split:?}", kernel.name);
-                    assert_eq!(got.len(), want.len(), "{what}");
-                    for (k, (&g, &w)) in got.iter().zip(&want).enumerate() {
-                        let close = g == w || (g - w).abs() <= tol * (1.0 + w.abs());
-                        assert!(close, "{what}: output {k}: {g} against {w}");
-                    }
+                    assert_finalized_close(&red, &acc, rows, &want, dtype, &what);
                 }
             }
         }
+    }
+}
+
+/// Finalizes `rows` accumulators of `red` and checks them against the interpreter's output
+/// `want`: equal, both NaN, or within 2e-4 (f32) or 1e-11 (f64) relative to 1 + |want|.
+fn assert_finalized_close(
+    red: &keops_runtime::Reduction,
+    acc: &[f64],
+    rows: usize,
+    want: &[f64],
+    dtype: DType,
+    what: &str,
+) {
+    let mut got = vec![0.0; rows * red.output_dim()];
+    for (a, o) in acc
+        .chunks(red.acc_dim())
+        .zip(got.chunks_mut(red.output_dim().max(1)))
+    {
+        red.finalize(a, o);
+    }
+    let tol = match dtype {
+        DType::F32 => 2e-4,
+        DType::F64 => 1e-11,
+    };
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (k, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let close = g == w || (g - w).abs() <= tol * (1.0 + w.abs()) || (g.is_nan() && w.is_nan());
+        assert!(close, "{what}: output {k}: {g} against {w}");
+    }
+}
+
+/// The emulators' pair function: the interpreter's value of the kernel's formula at output
+/// row `row` and reduced index `t`, on the arguments `args` (row-major, f64).
+fn pair_values<'a>(
+    kernel: &'a OptimizedKernel,
+    evaluator: &'a keopsc::interp::PointEvaluator<'a>,
+    args: &'a [&'a [f64]],
+) -> impl Fn(usize, usize, &mut [f64]) + 'a {
+    move |row, t, out| {
+        let (i, j) = match kernel.signature.axis {
+            Axis::I => (row, t),
+            Axis::J => (t, row),
+        };
+        let mut scratch = evaluator.scratch();
+        let value = evaluator.eval(&mut scratch, |v| {
+            let dim = kernel.formula.vars[v].dim;
+            let at = match kernel.formula.vars[v].category {
+                Category::I => i,
+                Category::J => j,
+                Category::Param => 0,
+            };
+            &args[v][at * dim..(at + 1) * dim]
+        });
+        out.copy_from_slice(value);
     }
 }
 
@@ -732,48 +740,16 @@ fn the_generated_ranges_kernel_run_on_the_host_matches_the_cpu_for_every_reducti
                 let twin_acc = unsafe { twin.run_ranges(&pointers, &red, rows, &table) };
                 let values: Vec<Vec<f64>> = arrays.iter().map(|a| a.to_f64()).collect();
                 let evaluator = keopsc::interp::PointEvaluator::new(&kernel.formula).unwrap();
-                let pair = |row: usize, t: usize, out: &mut [f64]| {
-                    let (i, j) = match sig.axis {
-                        Axis::I => (row, t),
-                        Axis::J => (t, row),
-                    };
-                    let mut scratch = evaluator.scratch();
-                    let value = evaluator.eval(&mut scratch, |v| {
-                        let dim = kernel.formula.vars[v].dim;
-                        let at = match kernel.formula.vars[v].category {
-                            Category::I => i,
-                            Category::J => j,
-                            Category::Param => 0,
-                        };
-                        &values[v][at * dim..(at + 1) * dim]
-                    });
-                    out.copy_from_slice(value);
-                };
+                let values: Vec<&[f64]> = values.iter().map(|v| &v[..]).collect();
+                let pair = pair_values(kernel, &evaluator, &values);
                 let launch = twin.schedule.launch;
                 let emulated = match dtype {
                     DType::F32 => emulate_ranges::<f32>(&red, launch, &table, rows, pair),
                     DType::F64 => emulate_ranges::<f64>(&red, launch, &table, rows, pair),
                 };
                 for (source, acc) in [("twin", twin_acc), ("emulator", emulated)] {
-                    let mut got = vec![0.0; rows * red.output_dim()];
-                    for (a, o) in acc
-                        .chunks(red.acc_dim())
-                        .zip(got.chunks_mut(red.output_dim().max(1)))
-                    {
-                        red.finalize(a, o);
-                    }
-                    let tol = match dtype {
-                        DType::F32 => 2e-4,
-                        DType::F64 => 1e-11,
-                    };
                     let what = format!("{} {dtype} N={n} M={m} ({source})", kernel.name);
-                    assert_eq!(got.len(), want.len(), "{what}");
-                    for (k, (&g, &w)) in got.iter().zip(&want).enumerate() {
-                        let close = g == w
-                            || (g - w).abs() <= tol * (1.0 + w.abs())
-                            || (g.is_nan() && w.is_nan());
-                        assert!(close, "{what}: output {k}: {g} against {w}");
-                    }
+                    assert_finalized_close(&red, &acc, rows, &want, dtype, &what);
                 }
             }
         }

@@ -56,6 +56,19 @@ fn pattern(ci: &[(usize, usize)], cj: &[(usize, usize)], keep: &[Vec<bool>]) -> 
     }
 }
 
+/// A `(rows, dim)` array of `dtype` drawn uniformly from [-1, 1).
+fn random_array(rng: &mut StdRng, rows: usize, dim: usize, dtype: DType) -> HostArray {
+    let data: Vec<f64> = (0..rows * dim)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    match dtype {
+        DType::F64 => HostArray::from_f64(vec![rows, dim], data),
+        DType::F32 => {
+            HostArray::from_f32(vec![rows, dim], data.iter().map(|&v| v as f32).collect())
+        }
+    }
+}
+
 fn rows_of(a: &HostArray, range: (usize, usize)) -> HostArray {
     let dim = a.shape.get(1).copied().unwrap_or(1);
     let data: Vec<f64> = a.to_f64()[range.0 * dim..range.1 * dim].to_vec();
@@ -92,18 +105,7 @@ fn gradients_of_block_sparse_reductions_are_those_of_the_kept_blocks() {
                 .collect();
             let ranges = pattern(&ci, &cj, &keep);
             for dtype in [DType::F64, DType::F32] {
-                let mut random = |rows: usize, dim: usize| -> HostArray {
-                    let data: Vec<f64> = (0..rows * dim)
-                        .map(|_| rng.random_range(-1.0..1.0))
-                        .collect();
-                    match dtype {
-                        DType::F64 => HostArray::from_f64(vec![rows, dim], data),
-                        DType::F32 => HostArray::from_f32(
-                            vec![rows, dim],
-                            data.iter().map(|&v| v as f32).collect(),
-                        ),
-                    }
-                };
+                let mut random = |rows: usize, dim: usize| random_array(&mut rng, rows, dim, dtype);
                 let (x, y, b) = (random(n, dim), random(m, dim), random(m, 2));
                 let g = match dtype {
                     DType::F64 => HostArray::from_f64(vec![1], vec![2.0]),
@@ -254,18 +256,7 @@ fn block_sparse_gradients_on_the_gpu_match_the_cpu_or_say_there_is_no_driver() {
                 .collect();
             let ranges = pattern(&ci, &cj, &keep);
             for dtype in [DType::F64, DType::F32] {
-                let mut random = |rows: usize, dim: usize| -> HostArray {
-                    let data: Vec<f64> = (0..rows * dim)
-                        .map(|_| rng.random_range(-1.0..1.0))
-                        .collect();
-                    match dtype {
-                        DType::F64 => HostArray::from_f64(vec![rows, dim], data),
-                        DType::F32 => HostArray::from_f32(
-                            vec![rows, dim],
-                            data.iter().map(|&v| v as f32).collect(),
-                        ),
-                    }
-                };
+                let mut random = |rows: usize, dim: usize| random_array(&mut rng, rows, dim, dtype);
                 let (x, y, b, g) = (random(n, 3), random(m, 3), random(m, 2), random(1, 1));
                 let cot = random(if axis == 0 { n } else { m }, kernel.signature.output_dim());
                 let arrays = [&x, &y, &b, &g];

@@ -91,6 +91,15 @@ fn compare(kernel: &Kernel, gpu: &HostArray, cpu: &HostArray) -> (f64, f64) {
     (worst, moved as f64 / counted.max(1) as f64)
 }
 
+/// What a report line says of the share of index columns that differ (none: nothing).
+fn indices_note(moved: f64) -> String {
+    if moved > 0.0 {
+        format!(", {:.2}% of the indices differ", moved * 100.0)
+    } else {
+        String::new()
+    }
+}
+
 fn check_module(device: &CudaDevice, path: &PathBuf) -> Result<(usize, usize), String> {
     let module = Module::load(path).map_err(|e| e.to_string())?;
     let (mut passed, mut failed) = (0, 0);
@@ -132,11 +141,7 @@ fn check_module(device: &CudaDevice, path: &PathBuf) -> Result<(usize, usize), S
                     "  {:<6} {} {dtype} N = {n}, M = {m}: largest difference {worst:.2e} of the scale{}{}{}",
                     if ok { "ok" } else { "FAILED" },
                     kernel.name(),
-                    if moved > 0.0 {
-                        format!(", {:.2}% of the indices differ", moved * 100.0)
-                    } else {
-                        String::new()
-                    },
+                    indices_note(moved),
                     if got.shape == want.shape {
                         String::new()
                     } else {
@@ -217,11 +222,7 @@ fn check_ranges(
             "  {:<6} {} {dtype} ranges N = {n}, M = {m} ({ranges}): largest difference {worst:.2e} of the scale{}",
             if ok { "ok" } else { "FAILED" },
             kernel.name(),
-            if moved > 0.0 {
-                format!(", {:.2}% of the indices differ", moved * 100.0)
-            } else {
-                String::new()
-            },
+            indices_note(moved),
         );
     }
     Ok((passed, failed))
