@@ -853,7 +853,7 @@ fn a_module_built_with_gpu_code_carries_its_ptx() {
     let kernel = &module.kernels()[0];
     let mut other = kernel.gpu_code(DType::F32).expect("GPU code").clone();
     other.symbol = "keops_gpu_tile_other".into();
-    let err = kernel.with_gpu_code(vec![other]).err().expect("refused");
+    let err = kernel.with_gpu_code(vec![other]).expect_err("refused");
     assert!(
         err.contains("unknown entry point `keops_gpu_tile_other`"),
         "{err}"
@@ -861,8 +861,7 @@ fn a_module_built_with_gpu_code_carries_its_ptx() {
     let twice = kernel.gpu_code(DType::F32).expect("GPU code").clone();
     let err = kernel
         .with_gpu_code(vec![twice.clone(), twice])
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert!(err.contains("given twice"), "{err}");
     // A PTX file changed by one byte, then missing.
     let ptx = out.join("gpu_gauss_float32.ptx");
