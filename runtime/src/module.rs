@@ -477,16 +477,18 @@ impl Kernel {
 
     /// Its GPU code for `dtype` (the 1-D kernel), if it carries some.
     pub fn gpu_code(&self, dtype: DType) -> Option<&GpuCode> {
-        self.gpu
-            .iter()
-            .find(|c| c.dtype == dtype && c.symbol == crate::gpu::GPU_TILE_SYMBOL)
+        self.gpu_entry(dtype, crate::gpu::GPU_TILE_SYMBOL)
     }
 
     /// Its block-sparse GPU kernel for `dtype` (KeOps's ranges), if it carries one.
     pub fn gpu_ranges_code(&self, dtype: DType) -> Option<&GpuCode> {
+        self.gpu_entry(dtype, crate::gpu::GPU_RANGES_SYMBOL)
+    }
+
+    fn gpu_entry(&self, dtype: DType, symbol: &str) -> Option<&GpuCode> {
         self.gpu
             .iter()
-            .find(|c| c.dtype == dtype && c.symbol == crate::gpu::GPU_RANGES_SYMBOL)
+            .find(|c| c.dtype == dtype && c.symbol == symbol)
     }
 
     /// The same kernel carrying `pass`, which [`Kernel::call_symmetric`] then runs when the

@@ -220,32 +220,28 @@ pub fn build_with_options(
                     message: d.message,
                 })?
                 .formula;
-            let entries = [
-                (crate::codegen::nvptx::GpuEntry::Tiles, ""),
-                (crate::codegen::nvptx::GpuEntry::Ranges, "_ranges"),
-            ];
-            for (&dtype, (gpu_entry, suffix)) in dtypes
-                .iter()
-                .flat_map(|d| entries.iter().map(move |e| (d, *e)))
-            {
-                let ptx = crate::codegen::nvptx::compile_entry_tuned(
-                    &gpu_formula,
-                    &k.signature,
-                    dtype,
-                    &gpu_target,
-                    gpu_entry,
-                )?;
-                let file = format!("gpu_{}_{}{suffix}.ptx", k.name, dtype_name(dtype));
-                entry.gpu.push(keops_runtime::module::ManifestGpuEntry {
-                    dtype: dtype_name(dtype).to_string(),
-                    file: file.clone(),
-                    symbol: ptx.symbol.clone(),
-                    block: ptx.schedule.launch.block,
-                    shared_bytes: ptx.schedule.launch.shared_bytes,
-                    arch: gpu_target.ptx_arch.to_string(),
-                    hash: format!("{:016x}", fnv1a64(ptx.ptx.as_bytes())),
-                });
-                ptx_files.push((file, ptx.ptx));
+            use crate::codegen::nvptx::GpuEntry;
+            for &dtype in dtypes {
+                for (gpu_entry, suffix) in [(GpuEntry::Tiles, ""), (GpuEntry::Ranges, "_ranges")] {
+                    let ptx = crate::codegen::nvptx::compile_entry_tuned(
+                        &gpu_formula,
+                        &k.signature,
+                        dtype,
+                        &gpu_target,
+                        gpu_entry,
+                    )?;
+                    let file = format!("gpu_{}_{}{suffix}.ptx", k.name, dtype_name(dtype));
+                    entry.gpu.push(keops_runtime::module::ManifestGpuEntry {
+                        dtype: dtype_name(dtype).to_string(),
+                        file: file.clone(),
+                        symbol: ptx.symbol.clone(),
+                        block: ptx.schedule.launch.block,
+                        shared_bytes: ptx.schedule.launch.shared_bytes,
+                        arch: gpu_target.ptx_arch.to_string(),
+                        hash: format!("{:016x}", fnv1a64(ptx.ptx.as_bytes())),
+                    });
+                    ptx_files.push((file, ptx.ptx));
+                }
             }
         }
         if let Some((plan, cross, rows)) = sym {
