@@ -9,7 +9,10 @@
 //! - `# run:` evaluates once per dtype (`dtype=`, both by default), on the interpreter and on
 //!   the compiled CPU backend for every vector width this host can run (the host's own and each
 //!   lower x86-64 level), each with the scheduler's own choice and with forced schedules
-//!   (`schedule=ROWSxCHUNKS,...`: row blocks and inner splits; `1x1` and `3x5` by default).
+//!   (`schedule=ROWSxCHUNKS,...`: row blocks and inner splits; `1x1` and `3x5` by default),
+//!   and on the GPU kernel's host twin (the generated NVPTX kernel's code run on the CPU, blocks
+//!   of [`TWIN_BLOCK`] threads) with the 1-D schedule and the inner range split in two and in
+//!   three parts (the 2-D schedule, parts merged as on a GPU).
 //!   Every other `NAME=DATA` gives a variable's data: a base (`uniform` in [-1, 1] by default,
 //!   `ints` in -3..3, `nat` in 0..3, `pos` in [0.5, 1.5]) followed by overlays `+KIND@ROWS`, where KIND is a
 //!   special value (`inf -inf nan huge -huge tiny denormal zero -zero`) and ROWS a list of row
@@ -19,10 +22,17 @@
 //!   in turn, with `ints` data (or `base`) elsewhere, and runs it as `# run:` does. Where M exceeds the compiled inner tile, the
 //!   pairs also straddle the tile boundary and the forced inner splits.
 //!
+//! - `# near-ties: REL`: an index output may differ from the interpreter's where the formula's
+//!   values at the two indices (as the interpreter computes them) are within REL of each other,
+//!   relative to the larger: the rule of lang-spec/reductions.md ("Which index") for values
+//!   that are equal in exact arithmetic but rounded differently by each backend's math.
+//!
 //! Outputs must match the interpreter: NaN where it gives NaN, the same infinities, the same
 //! indices, and finite values within the dtype's tolerance.
 
-use keops_runtime::{run_tiles, DType, HostArray, TileSchedule};
+use keops_runtime::gpu::{merge_parts, InnerSplit};
+use keops_runtime::{run_tiles, Axis, DType, HostArray, TileSchedule};
+use keopsc::codegen::nvptx::HostTwin;
 use keopsc::codegen::{CpuTarget, JitKernel};
 use keopsc::driver::{self, Backend};
 use keopsc::opt::{self, OptBudget};
@@ -181,10 +191,20 @@ impl RunSpec {
     }
 }
 
-/// A kernel compiled for every width this host runs, in one dtype.
+/// Threads per block of the GPU kernel's host twin: small, so that a few dozen inner indices
+/// already cross tile and part boundaries (37 is three tiles).
+const TWIN_BLOCK: u32 = 16;
+
+/// The longest swept range the host twin runs: each of its runs costs a thread switch per
+/// thread and tile (OS threads at a barrier), and a few tiles hold every kind of cut.
+const TWIN_SWEEP_MAX: usize = 8 * TWIN_BLOCK as usize;
+
+/// A kernel compiled for every width this host runs, and as the GPU kernel's host twin, in one
+/// dtype.
 struct Compiled {
     dtype: DType,
     widths: Vec<(String, JitKernel)>,
+    twin: HostTwin,
 }
 
 /// The host's own CPU, then each lower x86-64 level the host can run whose vector width differs.
@@ -209,13 +229,15 @@ struct RunFile {
     name: String,
     kernel: keopsc::check::CheckedKernel,
     compiled: Vec<Compiled>,
+    /// `# near-ties: REL`, when the file has it.
+    near_ties: Option<f64>,
 }
 
 impl RunFile {
     fn load(path: &Path) -> RunFile {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let text = std::fs::read_to_string(path).expect("readable");
-        let file = match driver::compile(SourceFile::new(name.clone(), text)) {
+        let file = match driver::compile(SourceFile::new(name.clone(), text.clone())) {
             Ok(f) => f,
             Err((s, d)) => panic!(
                 "{name} does not compile:\n{}",
@@ -238,12 +260,27 @@ impl RunFile {
                         (format!("{} ({} lanes)", t.cpu, jit.schedule.lanes), jit)
                     })
                     .collect(),
+                twin: HostTwin::compile(
+                    &optimized.formula,
+                    &kernel.signature,
+                    dtype,
+                    Some(TWIN_BLOCK),
+                )
+                .unwrap_or_else(|e| panic!("{name}: host twin: {e}")),
             })
             .collect();
+        let near_ties = text.lines().find_map(|l| {
+            let rel = l.trim().strip_prefix("# near-ties:")?.trim();
+            Some(
+                rel.parse::<f64>()
+                    .unwrap_or_else(|_| panic!("{name}: `# near-ties: {rel}`")),
+            )
+        });
         RunFile {
             name,
             kernel,
             compiled,
+            near_ties,
         }
     }
 
@@ -279,6 +316,11 @@ impl RunFile {
 
     /// Runs one spec everywhere; returns the first mismatch.
     fn run(&self, spec: &RunSpec, what: &str) -> Result<(), String> {
+        self.run_on(spec, what, true)
+    }
+
+    /// Runs one spec on the interpreter and the CPU, and on the GPU's host twin when `twin`.
+    fn run_on(&self, spec: &RunSpec, what: &str, twin: bool) -> Result<(), String> {
         for &dtype in &spec.dtypes {
             let inputs = self.inputs(spec, dtype);
             let want = driver::evaluate(&self.kernel, &inputs, Backend::Interp)
@@ -294,11 +336,101 @@ impl RunFile {
                         .map_err(|e| format!("{what}: {e}"))?
                         .to_f64();
                     let place = format!("{what}, {dtype}, {width}, schedule {schedule:?}");
-                    compare(&got, &want, dtype, &place)?;
+                    self.compare(&inputs, &got, &want, dtype, &place)?;
                 }
+            }
+            for parts in [1, 2, 3].into_iter().filter(|_| twin) {
+                let got = self.run_twin(&compiled.twin, &inputs, dtype, parts);
+                let place = format!("{what}, {dtype}, GPU host twin, {parts} part(s)");
+                self.compare(&inputs, &got, &want, dtype, &place)?;
             }
         }
         Ok(())
+    }
+
+    /// The GPU kernel's host twin on `inputs`, the inner range in `parts` parts of whole tiles
+    /// merged as the GPU's host code merges them; the finalized output.
+    fn run_twin(
+        &self,
+        twin: &HostTwin,
+        inputs: &[(String, HostArray)],
+        dtype: DType,
+        parts: usize,
+    ) -> Vec<f64> {
+        let sig = &self.kernel.signature;
+        let red = sig.reduction;
+        let arrays = driver::bind_arguments(&self.kernel, inputs).expect("run inputs bind");
+        let rows_of = |c| {
+            sig.args
+                .iter()
+                .zip(&arrays)
+                .find(|(a, _)| a.category == c)
+                .map_or(1, |(_, x)| x.shape[0])
+        };
+        let (n, m) = (
+            rows_of(keops_runtime::Category::I),
+            rows_of(keops_runtime::Category::J),
+        );
+        let (rows, inner) = match sig.axis {
+            Axis::I => (n, m),
+            Axis::J => (m, n),
+        };
+        let wide: Vec<Vec<f64>> = arrays.iter().map(|a| a.to_f64()).collect();
+        let narrow: Vec<Vec<f32>> = wide
+            .iter()
+            .map(|a| a.iter().map(|&x| x as f32).collect())
+            .collect();
+        let pointers: Vec<*const u8> = match dtype {
+            DType::F32 => narrow.iter().map(|a| a.as_ptr().cast()).collect(),
+            DType::F64 => wide.iter().map(|a| a.as_ptr().cast()).collect(),
+        };
+        let split = InnerSplit::with_parts(inner, parts, TWIN_BLOCK as usize);
+        // SAFETY: one row-major buffer per argument in the twin's dtype, for n and m rows.
+        let partial = unsafe { twin.run_split(&pointers, rows, inner, red.acc_dim(), split) };
+        let acc = merge_parts(&red, &partial, split.parts, rows);
+        let out_dim = red.output_dim().max(1);
+        let mut out = vec![0.0; rows * out_dim];
+        for (a, o) in acc.chunks(red.acc_dim()).zip(out.chunks_mut(out_dim)) {
+            red.finalize(a, o);
+        }
+        out
+    }
+
+    /// [`compare`], with the file's near-tie rule for index outputs.
+    fn compare(
+        &self,
+        inputs: &[(String, HostArray)],
+        got: &[f64],
+        want: &[f64],
+        dtype: DType,
+        what: &str,
+    ) -> Result<(), String> {
+        let Some(rel) = self.near_ties else {
+            return compare(got, want, dtype, what);
+        };
+        let out_dim = self.kernel.signature.reduction.output_dim().max(1);
+        let indices = keops_tests::fuzzing::differential::index_slots(&self.kernel);
+        let mut got = got.to_vec();
+        for (e, g) in got.iter_mut().enumerate() {
+            let (row, slot) = (e / out_dim, e % out_dim);
+            let w = want[e];
+            if indices[slot]
+                && *g != w
+                && keops_tests::fuzzing::differential::values_within(
+                    &self.kernel,
+                    inputs,
+                    row,
+                    slot,
+                    *g,
+                    w,
+                    rel,
+                )
+            {
+                // Another index of a near-tie: as good an answer as the interpreter's.
+                *g = w;
+            }
+        }
+        compare(&got, want, dtype, what)
     }
 }
 
@@ -390,14 +522,36 @@ fn sweep(file: &RunFile, line: &str) -> Result<usize, String> {
         .map(|(_, j)| (j.schedule.lanes as usize, j.schedule.inner_tile))
         .collect::<Vec<_>>();
     let mut all: Vec<Vec<usize>> = Vec::new();
-    for &(lanes, tile) in &widest {
-        // where the forced 3x5 schedule splits the inner range
-        let chunk = len.div_ceil(5).div_ceil(lanes) * lanes;
-        let chunks: Vec<usize> = (1..5).map(|c| c * chunk).collect();
-        for p in placements(len, lanes, tile, &chunks) {
+    let cuts: Vec<(usize, usize, Vec<usize>)> = widest
+        .iter()
+        .map(|&(lanes, tile)| {
+            // where the forced 3x5 schedule splits the inner range
+            let chunk = len.div_ceil(5).div_ceil(lanes) * lanes;
+            (lanes, tile, (1..5).map(|c| c * chunk).collect())
+        })
+        .collect();
+    // the host twin: a thread per row, tiles of TWIN_BLOCK, the inner range in 2 and 3 parts
+    let twin_chunks: Vec<usize> = [2, 3]
+        .iter()
+        .flat_map(|&parts| {
+            let chunk = InnerSplit::with_parts(len, parts, TWIN_BLOCK as usize).chunk;
+            (1..parts).map(move |c| c * chunk)
+        })
+        .collect();
+    for (lanes, tile, chunks) in &cuts {
+        for p in placements(len, *lanes, *tile, chunks) {
             if !all.contains(&p) {
                 all.push(p);
             }
+        }
+    }
+    // The host twin's threads are rows, each folding a tile's inner indices in order: its cuts
+    // are the tile and part boundaries, and it runs (slowly: see TWIN_SWEEP_MAX) only on the
+    // placements that touch them, in short ranges.
+    let twin_placements = placements(len, 1, TWIN_BLOCK as usize, &twin_chunks);
+    for p in &twin_placements {
+        if !all.contains(p) {
+            all.push(p.clone());
         }
     }
     for kind in SPECIALS {
@@ -412,7 +566,8 @@ fn sweep(file: &RunFile, line: &str) -> Result<usize, String> {
                     d.base = "ints".into();
                 }
             }
-            file.run(&spec, &format!("{}: sweep {var}={data}", file.name))?;
+            let twin = len <= TWIN_SWEEP_MAX && twin_placements.contains(rows);
+            file.run_on(&spec, &format!("{}: sweep {var}={data}", file.name), twin)?;
             runs += 1;
         }
     }

@@ -151,8 +151,8 @@ fn inputs_rows(inputs: &[(String, HostArray)], name: &str) -> usize {
         .map_or(1, |(_, a)| a.shape[0])
 }
 
-/// Which output components are indices (compared through the values they point at in f32).
-fn index_slots(k: &CheckedKernel) -> Vec<bool> {
+/// Which output components are indices (compared through the values they point at).
+pub fn index_slots(k: &CheckedKernel) -> Vec<bool> {
     let red = &k.signature.reduction;
     let out_dim = red.output_dim();
     (0..out_dim)
@@ -260,8 +260,8 @@ fn compare(
             w.is_nan() && g.is_nan()
         } else if w.is_infinite() || g.is_infinite() {
             g == w
-        } else if indices[slot] && dtype == DType::F32 {
-            g == w || same_value_at(k, inputs, row, slot, g, w, tol * floor.max(1e-3))
+        } else if indices[slot] {
+            g == w || same_value_at(k, inputs, dtype, row, slot, g, w, tol * floor.max(1e-3))
         } else {
             (g - w).abs() <= tol * s.abs().max(w.abs()).max(floor).max(1e-3)
         };
@@ -275,20 +275,60 @@ fn compare(
 }
 
 /// Whether the formula's values at inner indices `g` and `w` (component `slot` modulo the
-/// formula's dimension) are within `tol`: f32 may pick another index among near-ties.
+/// formula's dimension) are within `tol`, as the interpreter computes them: backends may pick
+/// another index among values that differ by no more than the rounding of their math
+/// functions (lang-spec/reductions.md, "Which index"), in f64 as in f32.
+#[allow(clippy::too_many_arguments)]
 fn same_value_at(
     k: &CheckedKernel,
     inputs: &[(String, HostArray)],
+    dtype: DType,
     row: usize,
     slot: usize,
     g: f64,
     w: f64,
     tol: f64,
 ) -> bool {
-    let inner = |t: f64| (t >= 0.0 && t.fract() == 0.0).then_some(t as usize);
-    let (Some(gi), Some(wi)) = (inner(g), inner(w)) else {
-        return false;
+    // f32 data also rounds the inputs, so an f32 near-tie is wider than the formula's rounding.
+    let floor = match dtype {
+        DType::F32 => 1e-5,
+        DType::F64 => 0.0,
     };
+    match values_at(k, inputs, row, slot, g, w) {
+        Some((vg, vw)) => (vg - vw).abs() <= tol.max(floor * vw.abs().max(1.0)),
+        None => false,
+    }
+}
+
+/// Whether the formula's values at inner indices `g` and `w` (as [`same_value_at`]) are within
+/// `rel` of each other, relative to the larger magnitude.
+pub fn values_within(
+    k: &CheckedKernel,
+    inputs: &[(String, HostArray)],
+    row: usize,
+    slot: usize,
+    g: f64,
+    w: f64,
+    rel: f64,
+) -> bool {
+    match values_at(k, inputs, row, slot, g, w) {
+        Some((vg, vw)) => (vg - vw).abs() <= rel * vg.abs().max(vw.abs()),
+        None => false,
+    }
+}
+
+/// The interpreter's values of the formula's component `slot` (modulo its dimension) for
+/// output row `row` at inner indices `g` and `w`, or `None` where either is not an index.
+fn values_at(
+    k: &CheckedKernel,
+    inputs: &[(String, HostArray)],
+    row: usize,
+    slot: usize,
+    g: f64,
+    w: f64,
+) -> Option<(f64, f64)> {
+    let inner = |t: f64| (t >= 0.0 && t.fract() == 0.0).then_some(t as usize);
+    let (gi, wi) = (inner(g)?, inner(w)?);
     let evaluator = PointEvaluator::new(&k.formula).expect("derivatives are expanded");
     let mut scratch = evaluator.scratch();
     let arrays = driver::bind_arguments(k, inputs).expect("generated inputs bind");
@@ -322,8 +362,5 @@ fn same_value_at(
         });
         value.get(slot % fdim).copied()
     };
-    match (value_at(gi), value_at(wi)) {
-        (Some(vg), Some(vw)) => (vg - vw).abs() <= tol.max(1e-5 * vw.abs().max(1.0)),
-        _ => false,
-    }
+    Some((value_at(gi)?, value_at(wi)?))
 }

@@ -8,6 +8,7 @@ mod reduction;
 mod variables;
 
 use crate::diagnostic::{closest_name, Diagnostic};
+use crate::formula::op::{too_large, MAX_DIM};
 use crate::formula::{Formula, Node, Op};
 use crate::source::Span;
 use crate::syntax::ast::{BinOp, Expr, ExprKind, File, Ident, KernelDef, Statement};
@@ -523,6 +524,14 @@ impl KernelChecker {
                 span,
             )),
             "Zero" => match usize::try_from(params.ints[0]) {
+                Ok(d) if d > MAX_DIM => {
+                    self.error(Diagnostic::error(
+                        "`Zero(dim)`'s dimension is too large",
+                        span.clone(),
+                        too_large("dimension", d),
+                    ));
+                    None
+                }
                 Ok(d) if d >= 1 => Some(self.push_leaf(Op::Zero(d), span)),
                 _ => {
                     self.error(Diagnostic::error(

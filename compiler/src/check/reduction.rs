@@ -3,6 +3,7 @@
 use super::operators;
 use super::KernelChecker;
 use crate::diagnostic::{closest_name, Diagnostic};
+use crate::formula::op::{too_large, MAX_DIM};
 use crate::formula::Op;
 use crate::syntax::ast::{Expr, ExprKind};
 use egg::Id;
@@ -114,6 +115,24 @@ impl KernelChecker {
                     format!("this has dimension {fdim}"),
                 )
                 .with_help("reduce one component with `Elem(F, k)`, or sum them with `Sum(F)`"),
+            );
+            return None;
+        }
+        if kind.args() == ReductionArgs::FormulaK && k.saturating_mul(fdim) > MAX_DIM / 2 {
+            // The accumulator holds K (value, index) pairs per component.
+            self.error(
+                Diagnostic::error(
+                    format!("`{kind}`'s K is too large"),
+                    args[1].span.clone(),
+                    format!(
+                        "K = {k} and a formula of dimension {fdim} make {}",
+                        too_large(
+                            "an accumulator of dimension",
+                            k.saturating_mul(fdim).saturating_mul(2)
+                        )
+                    ),
+                )
+                .with_note(format!("signature: {signature}")),
             );
             return None;
         }

@@ -4,6 +4,7 @@
 use super::operators::VARIABLE_CONSTRUCTORS;
 use super::{KernelChecker, VarDecl};
 use crate::diagnostic::Diagnostic;
+use crate::formula::op::{too_large, MAX_DIM};
 use crate::source::Span;
 use crate::syntax::ast::{Expr, ExprKind, Ident, KernelDef};
 use keops_runtime::Category;
@@ -124,6 +125,14 @@ impl KernelChecker {
             ));
             return None;
         }
+        if dim as u64 > MAX_DIM as u64 {
+            self.error(Diagnostic::error(
+                "a variable's dimension is too large",
+                span,
+                too_large("dimension", dim as usize),
+            ));
+            return None;
+        }
         let position = match position {
             Some(p) if p < 0 => {
                 self.error(Diagnostic::error(
@@ -199,7 +208,11 @@ impl KernelChecker {
     /// Gives every variable a position: explicit ones keep theirs, declarations without one
     /// take the lowest free positions in declaration order. Positions must be 0..n-1, once each.
     pub(super) fn resolve_positions(&mut self, kernel: &KernelDef) -> Option<Vec<usize>> {
-        let mut by_position: Vec<Option<usize>> = Vec::new();
+        // n variables take positions 0..n-1 exactly, so a position at or beyond n is an error
+        // at its variable, found before anything is sized by it (a source's position can be
+        // huge).
+        let count = self.vars.len();
+        let mut by_position: Vec<Option<usize>> = vec![None; count];
         let mut ok = true;
         let explicit: Vec<(usize, usize)> = self
             .vars
@@ -208,15 +221,33 @@ impl KernelChecker {
             .filter_map(|(v, d)| d.position.map(|p| (v, p)))
             .collect();
         for (v, p) in explicit {
-            if by_position.len() <= p {
-                by_position.resize(p + 1, None);
-            }
-            if let Some(other) = by_position[p] {
+            let var = &self.vars[v];
+            if p >= count {
+                // Inline variables are named by their position.
+                let what = if var.name == p.to_string() {
+                    "this variable".to_string()
+                } else {
+                    format!("`{}`", var.name)
+                };
+                let d = Diagnostic::error(
+                    format!("position {p} is beyond the kernel's arguments"),
+                    var.span.clone(),
+                    format!("{what} at position {p}"),
+                )
+                .with_help(format!(
+                    "kernel `{}` has {count} argument{}: positions run from 0 to {}, without gaps",
+                    kernel.name.name,
+                    if count == 1 { "" } else { "s" },
+                    count - 1
+                ));
+                self.error(d);
+                ok = false;
+            } else if let Some(other) = by_position[p] {
                 // Inline repeats of one position are merged earlier; this is a real clash.
                 let d = Diagnostic::error(
                     format!("two variables take position {p}"),
-                    self.vars[v].span.clone(),
-                    format!("`{}` at position {p}", self.vars[v].name),
+                    var.span.clone(),
+                    format!("`{}` at position {p}", var.name),
                 )
                 .with_label(
                     self.vars[other].span.clone(),
@@ -228,32 +259,23 @@ impl KernelChecker {
                 by_position[p] = Some(v);
             }
         }
-        for v in 0..self.vars.len() {
+        // Declarations without a position take the free ones in order (one pass: the free
+        // positions only ever move forward).
+        let mut free = 0;
+        for v in 0..count {
             if self.vars[v].position.is_none() {
-                match by_position.iter().position(Option::is_none) {
-                    Some(free) => by_position[free] = Some(v),
-                    None => by_position.push(Some(v)),
+                while by_position[free].is_some() {
+                    free += 1;
                 }
+                by_position[free] = Some(v);
             }
         }
-        if let Some(missing) = by_position.iter().position(Option::is_none) {
-            self.error(
-                Diagnostic::error(
-                    format!("no variable takes position {missing}"),
-                    kernel.name.span.clone(),
-                    format!(
-                        "kernel `{}` has a gap in its argument positions",
-                        kernel.name.name
-                    ),
-                )
-                .with_help("positions run from 0 without gaps: every argument must be declared"),
-            );
-            ok = false;
-        }
+        // Without an error above, n distinct positions below n and the rest filled in order
+        // leave no gap.
         ok.then(|| {
             by_position
                 .into_iter()
-                .map(|v| v.expect("no gaps"))
+                .map(|v| v.expect("n variables in n distinct positions"))
                 .collect()
         })
     }

@@ -6,6 +6,19 @@
 use ordered_float::OrderedFloat;
 use std::fmt;
 
+/// The largest dimension of any value: a variable, an operator's result, a reduction's output
+/// or accumulator. Sizes written in the source (dimensions, `K`, `SumT`, `OneHot`, `Zero`
+/// lengths) are checked against it before anything is sized by them, and every product or sum
+/// of dimensions below it fits in a `usize`. Compiled code unrolls or loops over components,
+/// so a formula near this bound is already far past what compiles in reasonable time; the
+/// bound exists so that a tiny source cannot ask for gigabytes.
+pub const MAX_DIM: usize = 1 << 24;
+
+/// The message for a dimension above [`MAX_DIM`].
+pub fn too_large(what: &str, dim: usize) -> String {
+    format!("{what} {dim}: more than the largest supported dimension, {MAX_DIM}")
+}
+
 /// Shapes and contractions of `TensorDot(f, g, dimsf, dimsg, contf, contg[, permute])`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TensorDotSpec {
@@ -129,7 +142,8 @@ impl TensorDotSpec {
 
     /// Checks the spec against the operand dimensions; the message says what is wrong.
     pub fn validate(&self, dim_f: usize, dim_g: usize) -> Result<usize, String> {
-        let prod = |v: &[usize]| v.iter().product::<usize>();
+        // Saturating: a product past usize (from the source's lists) is no operand's dimension.
+        let prod = |v: &[usize]| v.iter().fold(1usize, |a, &b| a.saturating_mul(b));
         if prod(&self.dims_f) != dim_f {
             return Err(format!(
                 "dimsf {:?} holds {} numbers but the first operand has dimension {dim_f}",
@@ -440,8 +454,20 @@ impl Op {
 
     /// The output dimension, given the operands' dimensions, or why they do not fit. Leaves
     /// other than `Zero` need the argument table and are resolved by the caller.
+    /// Operands are at most [`MAX_DIM`], and so is the result.
     pub fn output_dim(&self, dims: &[usize]) -> Result<usize, String> {
         debug_assert_eq!(dims.len(), self.arity(), "arity of {}", self.name());
+        let dim = self.unbounded_output_dim(dims)?;
+        if dim > MAX_DIM {
+            return Err(too_large(
+                &format!("the result of `{}` would have dimension", self.name()),
+                dim,
+            ));
+        }
+        Ok(dim)
+    }
+
+    fn unbounded_output_dim(&self, dims: &[usize]) -> Result<usize, String> {
         let name = self.name();
         match self.dim_rule() {
             DimRule::Leaf => Ok(match self {
@@ -513,20 +539,20 @@ impl Op {
                 }
             }
             Op::Extract(start, len) => {
-                if start + len <= dims[0] && *len > 0 {
+                if start.saturating_add(*len) <= dims[0] && *len > 0 {
                     Ok(*len)
                 } else if *len == 0 {
                     Err("`Extract` must take at least one component".into())
                 } else {
                     Err(format!(
                         "`Extract` of components {start}..{} is out of range for an operand of dimension {}",
-                        start + len,
+                        start.saturating_add(*len),
                         dims[0]
                     ))
                 }
             }
             Op::ExtractT(start, d) => {
-                if start + dims[0] <= *d {
+                if start.saturating_add(dims[0]) <= *d {
                     Ok(*d)
                 } else {
                     Err(format!(
