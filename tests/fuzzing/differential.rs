@@ -165,7 +165,27 @@ pub fn index_slots(k: &CheckedKernel) -> Vec<bool> {
         .collect()
 }
 
-/// Checks one case on both dtypes (f32 where the formula is continuous).
+/// Data sets each compiled case runs on: the case's own sizes and seed, then this many more
+/// derived from them. Compiling dominates an execution, so a few more data sets per compile
+/// multiply the checks per second.
+const EXTRA_DATA_SETS: u64 = 3;
+
+/// The case's problems: its own, then [`EXTRA_DATA_SETS`] with other sizes and seeds (in the
+/// generator's ranges, and across several inner tiles where the case already was).
+fn data_sets(case: &Case) -> Vec<Case> {
+    let mut out = vec![case.clone()];
+    for k in 1..=EXTRA_DATA_SETS {
+        let mut c = case.clone();
+        c.seed = case.seed.wrapping_mul(31).wrapping_add(1000 * k);
+        c.n = 1 + (case.n * 7 + 13 * k as usize) % 40;
+        c.m = 1 + (case.m * 5 + 29 * k as usize) % case.m.max(70);
+        out.push(c);
+    }
+    out
+}
+
+/// Checks one case on both dtypes (f32 where the formula is continuous), each compiled once
+/// and run on every data set of [`data_sets`].
 pub fn check_case(case: &Case) -> Result<(), String> {
     let k = compile(&case.kernel_text())?;
     let scale_kernel = match &case.scale_reduction {
@@ -178,52 +198,72 @@ pub fn check_case(case: &Case) -> Result<(), String> {
         &[DType::F64]
     };
     for &dtype in dtypes {
-        let context = || {
-            format!(
-                "{} ({dtype}, N = {}, M = {}, seed {})",
-                case.reduction, case.n, case.m, case.seed
-            )
-        };
-        let inputs = inputs(case, dtype);
-        let want = driver::evaluate(&k, &inputs, Backend::Interp)
-            .map_err(|e| format!("interpreter: {e}: {}", context()))?
-            .to_f64();
-        let scale = match &scale_kernel {
-            Some(s) => driver::evaluate(s, &inputs, Backend::Interp)
-                .map_err(|e| format!("interpreter (scale): {e}: {}", context()))?
-                .to_f64(),
-            None => want.clone(),
-        };
-        let floors = intermediate_magnitudes(&k, &inputs);
         let jit = match driver::compile_cpu(&k, dtype) {
             Ok(j) => j,
             // Refused with a clear error: the CPU backend's documented limits.
             Err(EvalError::Codegen(CodegenError::Unsupported { .. })) => continue,
-            Err(e) => return Err(format!("cpu compile: {e}: {}", context())),
-        };
-        let arrays: Vec<_> = driver::bind_arguments(&k, &inputs)
-            .map_err(|e| e.to_string())?
-            .iter()
-            .map(|a| a.view())
-            .collect();
-        let forced = [(1, 1), (2, 3), (5, 7), (1, 64)][(case.seed % 4) as usize];
-        let schedules = [
-            None,
-            Some(TileSchedule {
-                row_block: forced.0.min(case.n.max(case.m)),
-                inner_chunks: forced.1.min(case.n.min(case.m)),
-            }),
-        ];
-        for schedule in schedules {
-            let got = run_tiles(&jit.tile_kernel(), &arrays, schedule)
-                .map_err(|e| format!("cpu run: {e}: {}", context()))?;
-            if got.dtype() != dtype {
-                return Err(format!("cpu output dtype {}: {}", got.dtype(), context()));
+            Err(e) => {
+                return Err(format!(
+                    "cpu compile: {e}: {} ({dtype})",
+                    case.reduction
+                ))
             }
-            let got = got.to_f64();
-            compare(&k, &inputs, dtype, &got, &want, &scale, &floors)
-                .map_err(|e| format!("{e}\n{} with schedule {schedule:?}", context()))?;
+        };
+        for data in data_sets(case) {
+            check_data_set(&k, scale_kernel.as_ref(), &jit, &data, dtype)?;
         }
+    }
+    Ok(())
+}
+
+/// One data set of a case on the interpreter and on the compiled kernel `jit` (the default
+/// schedule and a forced one).
+fn check_data_set(
+    k: &CheckedKernel,
+    scale_kernel: Option<&CheckedKernel>,
+    jit: &keopsc::codegen::JitKernel,
+    case: &Case,
+    dtype: DType,
+) -> Result<(), String> {
+    let context = || {
+        format!(
+            "{} ({dtype}, N = {}, M = {}, seed {})",
+            case.reduction, case.n, case.m, case.seed
+        )
+    };
+    let inputs = inputs(case, dtype);
+    let want = driver::evaluate(k, &inputs, Backend::Interp)
+        .map_err(|e| format!("interpreter: {e}: {}", context()))?
+        .to_f64();
+    let scale = match scale_kernel {
+        Some(s) => driver::evaluate(s, &inputs, Backend::Interp)
+            .map_err(|e| format!("interpreter (scale): {e}: {}", context()))?
+            .to_f64(),
+        None => want.clone(),
+    };
+    let floors = intermediate_magnitudes(k, &inputs);
+    let arrays: Vec<_> = driver::bind_arguments(k, &inputs)
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(|a| a.view())
+        .collect();
+    let forced = [(1, 1), (2, 3), (5, 7), (1, 64)][(case.seed % 4) as usize];
+    let schedules = [
+        None,
+        Some(TileSchedule {
+            row_block: forced.0.min(case.n.max(case.m)),
+            inner_chunks: forced.1.min(case.n.min(case.m)),
+        }),
+    ];
+    for schedule in schedules {
+        let got = run_tiles(&jit.tile_kernel(), &arrays, schedule)
+            .map_err(|e| format!("cpu run: {e}: {}", context()))?;
+        if got.dtype() != dtype {
+            return Err(format!("cpu output dtype {}: {}", got.dtype(), context()));
+        }
+        let got = got.to_f64();
+        compare(k, &inputs, dtype, &got, &want, &scale, &floors)
+            .map_err(|e| format!("{e}\n{} with schedule {schedule:?}", context()))?;
     }
     Ok(())
 }
