@@ -129,6 +129,16 @@ pub const BACKWARD_WORKLOADS: &[BackwardWorkload] = &[
 /// diffusion step), each unordered pair once, against the full evaluation in the same run.
 pub const SYMMETRIC_WORKLOAD: &str = "W1sym";
 
+/// The bandwidth sweep: W1 at each factor of [`BANDWIDTHS`] in turn, each beside g = 1 in
+/// the same run. Small bandwidths (large g) are where density estimation and diffusion
+/// operators live: most exponentials underflow, some to subnormal numbers, which cost a
+/// microcode assist per operation on some x86 cores. The speed should not depend on g.
+pub const BANDWIDTH_WORKLOAD: &str = "W1g";
+
+/// The factors `g` of `Exp(-SqDist(x, y) * g)` the bandwidth sweep measures (points in the
+/// unit cube): from every pair counting (g = 1) to almost none (g = 5000).
+pub const BANDWIDTHS: [f64; 5] = [1.0, 30.0, 100.0, 500.0, 5000.0];
+
 /// The batch workload: W1 on 1000 problems of N = M = 200 (f32 or f64), in one batched call
 /// against a loop of calls, in the same run.
 pub const BATCH_WORKLOAD: &str = "B1";
@@ -259,7 +269,12 @@ pub fn workload_ids() -> Vec<&'static str> {
         .iter()
         .map(|w| w.id)
         .chain(BACKWARD_WORKLOADS.iter().map(|w| w.id))
-        .chain([SYMMETRIC_WORKLOAD, BATCH_WORKLOAD, RANGES_WORKLOAD])
+        .chain([
+            BANDWIDTH_WORKLOAD,
+            SYMMETRIC_WORKLOAD,
+            BATCH_WORKLOAD,
+            RANGES_WORKLOAD,
+        ])
         .collect()
 }
 
@@ -542,6 +557,48 @@ fn forward_cases(options: &BenchOptions) -> Vec<(&'static Workload, usize, Strin
         }
     }
     cases
+}
+
+/// The bandwidth sweep ([`BANDWIDTH_WORKLOAD`]): W1 at every g of [`BANDWIDTHS`], each row
+/// with its time against g = 1's, measured just before in the same run.
+fn run_bandwidth_sweep(
+    options: &BenchOptions,
+    out: &mut dyn std::io::Write,
+) -> Result<Vec<BenchResult>, String> {
+    let (_, d, source) = w1_source();
+    let mut results = Vec::new();
+    for &dtype in &options.dtypes {
+        for &n in &options.sizes {
+            let mut widest = None;
+            for g in BANDWIDTHS {
+                let (rate, compile_ms) = measure(&source, n, dtype, options.repeats, g)?;
+                let base = *widest.get_or_insert(rate);
+                writeln!(
+                    out,
+                    "{:<4} {:<22} {:>3} {:>4} {:>8} {:>10.3e} {:>8.1}ms  {:.2}x the time of g = {}",
+                    BANDWIDTH_WORKLOAD,
+                    format!("W1, g = {g}"),
+                    d,
+                    dtype_name(dtype),
+                    n,
+                    rate,
+                    compile_ms,
+                    base / rate,
+                    BANDWIDTHS[0]
+                )
+                .ok();
+                results.push(BenchResult {
+                    label: format!("{BANDWIDTH_WORKLOAD} D={d} g={g}"),
+                    dtype,
+                    n,
+                    pairs_per_second: rate,
+                    compile_ms,
+                    baseline: Some((format!("W1 g={}", BANDWIDTHS[0]), base)),
+                });
+            }
+        }
+    }
+    Ok(results)
 }
 
 /// Largest N = M at which `bench --backend cuda` measures the CPU beside the GPU: past it the
@@ -865,6 +922,9 @@ pub fn run(
                 }
             }
         }
+    }
+    if selected(BANDWIDTH_WORKLOAD) {
+        results.extend(run_bandwidth_sweep(options, out)?);
     }
     if selected(SYMMETRIC_WORKLOAD) {
         let (w1, d, source) = w1_source();

@@ -202,12 +202,7 @@ pub fn check_case(case: &Case) -> Result<(), String> {
             Ok(j) => j,
             // Refused with a clear error: the CPU backend's documented limits.
             Err(EvalError::Codegen(CodegenError::Unsupported { .. })) => continue,
-            Err(e) => {
-                return Err(format!(
-                    "cpu compile: {e}: {} ({dtype})",
-                    case.reduction
-                ))
-            }
+            Err(e) => return Err(format!("cpu compile: {e}: {} ({dtype})", case.reduction)),
         };
         for data in data_sets(case) {
             check_data_set(&k, scale_kernel.as_ref(), &jit, &data, dtype)?;

@@ -29,6 +29,7 @@
 //! redoes that tile with the exact one when a lane needed it.
 
 mod components;
+pub mod flush;
 mod gram;
 mod wide;
 

@@ -1,7 +1,7 @@
 //! Host code: the LLVM module of one kernel, optimised and JIT-compiled for this CPU, owned as
 //! a plain handle (the LLVM context lives as long as the code).
 
-use super::cpu::TileEmitter;
+use super::cpu::{flush, TileEmitter};
 use super::formula::Emitter;
 use super::math::{MathLib, Scalar};
 use crate::formula::Formula;
@@ -150,10 +150,17 @@ pub fn build_module<'ctx>(
             scalar: Scalar::F64,
             ..em
         };
-        TileEmitter::new(&em, &wide, spec.formula, spec.signature, &schedule)
+        let tile = TileEmitter::new(&em, &wide, spec.formula, spec.signature, &schedule)
             .with_columns(spec.columns)
             .emit(&spec.symbol);
+        if flush::flushes(&target.triple) {
+            flush::wrap_in_flushing_window(context, &module, tile);
+        }
     }
+    // Subnormals are flushed where the code runs (the window above): LLVM's constant folding
+    // must read them the same way.
+    let denormals =
+        context.create_string_attribute("denormal-fp-math", "preserve-sign,preserve-sign");
     // MCJIT compiles for a generic x86-64 unless each function names the CPU: without these,
     // vector FMAs become libm calls.
     let cpu = context.create_string_attribute("target-cpu", &target.cpu);
@@ -162,6 +169,9 @@ pub fn build_module<'ctx>(
         if function.count_basic_blocks() > 0 {
             function.add_attribute(AttributeLoc::Function, cpu);
             function.add_attribute(AttributeLoc::Function, features);
+            if flush::flushes(&target.triple) {
+                function.add_attribute(AttributeLoc::Function, denormals);
+            }
         }
     }
     module.set_triple(&inkwell::targets::TargetTriple::create(&target.triple));

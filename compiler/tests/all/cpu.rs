@@ -726,10 +726,11 @@ fn small_exponentials_in_runs_of_rows_match_the_interpreter() {
                     let got = run_tiles(&jit.tile_kernel(), &views, schedule)
                         .unwrap()
                         .to_f64();
-                    // Each term rounds once (to half a denormal step at worst), then sums.
+                    // Each term rounds once, or is flushed to zero below the smallest normal
+                    // number (lang-spec/backends.md, "Subnormal numbers"), then sums.
                     let (tol, step) = match dtype {
-                        DType::F32 => (1e-5, 2f64.powi(-149)),
-                        DType::F64 => (1e-12, 2f64.powi(-1074)),
+                        DType::F32 => (1e-5, f64::from(f32::MIN_POSITIVE)),
+                        DType::F64 => (1e-12, f64::MIN_POSITIVE),
                     };
                     for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
                         assert!(
@@ -862,5 +863,130 @@ fn symmetric_evaluation_matches_the_full_one() {
                 }
             }
         }
+    }
+}
+
+/// The x86 MXCSR of the calling thread.
+#[cfg(target_arch = "x86_64")]
+fn mxcsr() -> u32 {
+    let mut value = 0u32;
+    // SAFETY: stores the 32-bit MXCSR into `value`.
+    unsafe { std::arch::asm!("stmxcsr [{}]", in(reg) &mut value, options(nostack)) };
+    value
+}
+
+/// Sets the x86 MXCSR of the calling thread.
+#[cfg(target_arch = "x86_64")]
+fn set_mxcsr(value: u32) {
+    // SAFETY: loads a valid MXCSR (the tests pass values read from it, with bits 6 and 15).
+    unsafe { std::arch::asm!("ldmxcsr [{}]", in(reg) &value, options(nostack)) };
+}
+
+/// Compiled code flushes subnormal numbers to zero: a subnormal input reads as zero, a result
+/// below the smallest normal number is zero, a row of subnormal terms sums to exactly zero, in
+/// f32 and f64, on the caller's thread and rayon's workers alike (lang-spec/backends.md,
+/// "Subnormal numbers"); the interpreter does not.
+#[test]
+fn subnormal_inputs_and_results_are_flushed_to_zero() {
+    let k = compile("kernel t { x = Vi(1) y = Vj(1) Sum_Reduction(x * y, 0) }\n")
+        .kernels
+        .remove(0);
+    let e = compile("kernel t { u = Vi(1) v = Vj(1) Sum_Reduction(Exp(u + v * 0), 0) }\n")
+        .kernels
+        .remove(0);
+    for dtype in [DType::F32, DType::F64] {
+        let (tiny, subnormal, below) = match dtype {
+            // tiny * tiny is below the smallest normal; subnormal is one itself; exp(below) too
+            DType::F32 => (1e-20, 3e-39, -95.0),
+            DType::F64 => (1e-160, 3e-310, -720.0),
+        };
+        let array = |data: &[f64]| match dtype {
+            DType::F64 => HostArray::from_f64(vec![data.len(), 1], data.to_vec()),
+            DType::F32 => HostArray::from_f32(
+                vec![data.len(), 1],
+                data.iter().map(|&x| x as f32).collect(),
+            ),
+        };
+        // Rows: tiny (tiny * tiny flushed, tiny * 1 kept), subnormal, -subnormal, 1.
+        let inputs = vec![
+            ("x".to_string(), array(&[tiny, subnormal, -subnormal, 1.0])),
+            ("y".to_string(), array(&[tiny, 1.0])),
+        ];
+        let views: Vec<_> = inputs.iter().map(|(_, a)| a.view()).collect();
+        let jit = driver::compile_cpu(&k, dtype).unwrap();
+        let got = run_tiles(&jit.tile_kernel(), &views, None)
+            .unwrap()
+            .to_f64();
+        let tiny_kept = array(&[tiny]).to_f64()[0];
+        assert_eq!(got, vec![tiny_kept, 0.0, 0.0, 1.0 + tiny_kept], "{dtype}");
+        // The interpreter keeps them.
+        let exact = driver::evaluate(&k, &inputs, Backend::Interp)
+            .unwrap()
+            .to_f64();
+        assert!(exact[1] > 0.0 && exact[2] < 0.0, "{dtype}: {exact:?}");
+
+        // A row of 5000 subnormal exponentials sums to 0 (exactly: about 2e-38 in f32, a
+        // normal number, when each term is kept), across lanes, tiles and inner splits; the
+        // row of normal ones beside it does not change.
+        let m = 5000;
+        let inputs = vec![
+            ("u".to_string(), array(&[below, 0.0, below])),
+            ("v".to_string(), array(&vec![0.5; m])),
+        ];
+        let views: Vec<_> = inputs.iter().map(|(_, a)| a.view()).collect();
+        let jit = driver::compile_cpu(&e, dtype).unwrap();
+        for schedule in [
+            None,
+            Some(TileSchedule {
+                row_block: 1,
+                inner_chunks: 7,
+            }),
+        ] {
+            let got = run_tiles(&jit.tile_kernel(), &views, schedule)
+                .unwrap()
+                .to_f64();
+            assert_eq!(got, vec![0.0, m as f64, 0.0], "{dtype} {schedule:?}");
+        }
+        let exact = driver::evaluate(&e, &inputs, Backend::Interp)
+            .unwrap()
+            .to_f64();
+        assert!(
+            exact[0] > 0.0,
+            "{dtype}: the interpreter keeps subnormal terms"
+        );
+    }
+}
+
+/// The flushing window never leaks: after compiled code ran on the caller's thread and on
+/// rayon's workers, each thread's MXCSR is what it was, whether the caller flushed or not.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn compiled_code_restores_the_callers_floating_point_state() {
+    let k = compile("kernel t { x = Vi(1) y = Vj(1) Sum_Reduction(Exp(-x * y), 0) }\n")
+        .kernels
+        .remove(0);
+    let jit = driver::compile_cpu(&k, DType::F32).unwrap();
+    let data = |n: usize| HostArray::from_f32(vec![n, 1], (0..n).map(|i| i as f32).collect());
+    let (x, y) = (data(4000), data(3000));
+    let views = [x.view(), y.view()];
+    let original = mxcsr();
+    const FTZ_DAZ: u32 = 0x8040;
+    let workers_before = rayon::broadcast(|_| mxcsr());
+    for caller in [original & !FTZ_DAZ, original | FTZ_DAZ] {
+        set_mxcsr(caller);
+        // Many blocks and inner splits: the caller's thread runs some, the workers the rest.
+        let schedule = TileSchedule {
+            row_block: 16,
+            inner_chunks: 4,
+        };
+        run_tiles(&jit.tile_kernel(), &views, Some(schedule)).unwrap();
+        let after = mxcsr();
+        set_mxcsr(original);
+        assert_eq!(after, caller, "the caller's MXCSR after a call");
+        assert_eq!(
+            rayon::broadcast(|_| mxcsr()),
+            workers_before,
+            "rayon's workers"
+        );
     }
 }

@@ -399,6 +399,38 @@ fn the_tuned_block_is_the_occupancy_choice_for_the_registers_ptxas_reports() {
 
 /// f32 `exp` on the GPU goes through the special-function unit (`ex2.approx`); f64 keeps the
 /// polynomial, and so does a target that asks for it.
+/// f32 arithmetic flushes subnormals on the GPU as on the CPU (lang-spec/backends.md,
+/// "Subnormal numbers"): every f32 add, multiply and FMA of the PTX is its `.ftz` form; f64
+/// has none.
+#[test]
+fn f32_arithmetic_on_the_gpu_flushes_subnormals() {
+    let kernel = &optimized(
+        "kernel g { x = Vi(3) y = Vj(3) b = Vj(1) Sum_Reduction(Exp(-SqDist(x, y)) * b, 0) }",
+    )[0];
+    let ptx = |dtype| {
+        compile_ptx(
+            &kernel.formula,
+            &kernel.signature,
+            dtype,
+            &GpuTarget::default(),
+        )
+        .unwrap()
+        .ptx
+    };
+    let f32_code = ptx(DType::F32);
+    for op in ["add", "sub", "mul", "fma.rn"] {
+        let plain = format!("{op}.f32");
+        let plain_rn = format!("{op}.rn.f32");
+        assert!(
+            !f32_code.contains(&format!("\t{plain} "))
+                && !f32_code.contains(&format!("\t{plain_rn} ")),
+            "f32 {op} without .ftz:\n{f32_code}"
+        );
+    }
+    assert!(f32_code.contains("fma.rn.ftz.f32"), "{f32_code}");
+    assert!(!ptx(DType::F64).contains(".ftz.f64"));
+}
+
 #[test]
 fn f32_exp_on_the_gpu_uses_ex2_approx() {
     let kernel = &optimized(
@@ -418,7 +450,7 @@ fn f32_exp_on_the_gpu_uses_ex2_approx() {
     assert!(!ptx(DType::F64, &fast).contains("ex2.approx"));
     let polynomial = ptx(DType::F32, &exact);
     assert!(!polynomial.contains("ex2.approx"));
-    let fmas = |text: &str| text.matches("fma.rn.f32").count();
+    let fmas = |text: &str| text.matches("fma.rn.ftz.f32").count();
     assert!(
         fmas(&ptx(DType::F32, &fast)) + 5 <= fmas(&polynomial),
         "the polynomial's FMAs are gone"
