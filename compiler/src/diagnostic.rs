@@ -75,6 +75,13 @@ impl Diagnostic {
 
     /// Renders with ariadne. `color` is off for snapshots and non-terminals.
     pub fn render(&self, source: &SourceFile, color: bool) -> String {
+        self.render_in(source, &Source::from(source.text.as_str()), color)
+    }
+
+    /// [`render`](Self::render) with the source's lines already indexed (`lines`, made from
+    /// `source.text`): indexing them costs a pass over the whole text, once per file rather
+    /// than once per diagnostic.
+    fn render_in(&self, source: &SourceFile, lines: &Source<&str>, color: bool) -> String {
         if self.internal.is_some() {
             let mut out = format!("{self}\n");
             for note in &self.notes {
@@ -111,9 +118,7 @@ impl Diagnostic {
         }
         let mut out = Vec::new();
         // Writing into a Vec cannot fail.
-        let _ = report
-            .finish()
-            .write((id, Source::from(source.text.as_str())), &mut out);
+        let _ = report.finish().write((id, lines), &mut out);
         String::from_utf8_lossy(&out).into_owned()
     }
 }
@@ -131,7 +136,11 @@ impl fmt::Display for Diagnostic {
 pub fn render_all(diagnostics: &[Diagnostic], source: &SourceFile, color: bool) -> String {
     let mut sorted: Vec<&Diagnostic> = diagnostics.iter().collect();
     sorted.sort_by_key(|d| d.primary_span().start);
-    sorted.iter().map(|d| d.render(source, color)).collect()
+    let lines = Source::from(source.text.as_str());
+    sorted
+        .iter()
+        .map(|d| d.render_in(source, &lines, color))
+        .collect()
 }
 
 /// The candidate closest to `name` by edit distance, if it is close enough to be a likely typo.
