@@ -12,6 +12,17 @@ use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+/// `data` as an `(n, 1)` array of `dtype`.
+fn column(data: &[f64], dtype: DType) -> HostArray {
+    match dtype {
+        DType::F64 => HostArray::from_f64(vec![data.len(), 1], data.to_vec()),
+        DType::F32 => HostArray::from_f32(
+            vec![data.len(), 1],
+            data.iter().map(|&x| x as f32).collect(),
+        ),
+    }
+}
+
 fn compile(text: &str) -> CompiledFile {
     match driver::compile(SourceFile::new("<cpu test>", text)) {
         Ok(c) => c,
@@ -695,13 +706,7 @@ fn small_exponentials_in_runs_of_rows_match_the_interpreter() {
                     }
                 })
                 .collect();
-            let array = |data: &[f64]| match dtype {
-                DType::F64 => HostArray::from_f64(vec![data.len(), 1], data.to_vec()),
-                DType::F32 => HostArray::from_f32(
-                    vec![data.len(), 1],
-                    data.iter().map(|&x| x as f32).collect(),
-                ),
-            };
+            let array = |data: &[f64]| column(data, dtype);
             let inputs = vec![
                 ("u".to_string(), array(&u)),
                 ("a".to_string(), array(&a)),
@@ -900,13 +905,7 @@ fn subnormal_inputs_and_results_are_flushed_to_zero() {
             DType::F32 => (1e-20, 3e-39, -95.0),
             DType::F64 => (1e-160, 3e-310, -720.0),
         };
-        let array = |data: &[f64]| match dtype {
-            DType::F64 => HostArray::from_f64(vec![data.len(), 1], data.to_vec()),
-            DType::F32 => HostArray::from_f32(
-                vec![data.len(), 1],
-                data.iter().map(|&x| x as f32).collect(),
-            ),
-        };
+        let array = |data: &[f64]| column(data, dtype);
         // Rows: tiny (tiny * tiny flushed, tiny * 1 kept), subnormal, -subnormal, 1.
         let inputs = vec![
             ("x".to_string(), array(&[tiny, subnormal, -subnormal, 1.0])),
