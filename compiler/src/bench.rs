@@ -527,8 +527,33 @@ pub fn measure_on(
     Ok((median(rates), compile_ms))
 }
 
-/// The table's header.
+/// The machine the figures belong to: the CPU's model (from `/proc/cpuinfo` where there is
+/// one), the CPU LLVM compiles for, its x86-64 level and vector width, and the threads used.
+pub fn machine_line() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines().find_map(|l| {
+                l.strip_prefix("model name")?
+                    .split_once(':')
+                    .map(|(_, m)| m.trim().to_string())
+            })
+        })
+        .unwrap_or_else(|| "unknown model".to_string());
+    let host = crate::target::CpuTarget::host();
+    let level = crate::target::CpuTarget::host_level();
+    format!(
+        "machine: {model}; code for {} ({}, {}-bit vectors), {} threads",
+        host.cpu,
+        level.cpu,
+        host.vector_bits,
+        rayon::current_num_threads()
+    )
+}
+
+/// The table's header, after the machine's line.
 fn write_header(out: &mut dyn std::io::Write) {
+    writeln!(out, "{}", machine_line()).ok();
     writeln!(
         out,
         "{:<4} {:<22} {:>3} {:>4} {:>8} {:>10} {:>10}  baseline",

@@ -625,6 +625,34 @@ fn bench_rejects_unknown_workloads_and_dtypes() {
         "{}",
         run.stdout
     );
+    assert!(run.stdout.starts_with("machine: "), "{}", run.stdout);
+    // The bandwidth sweep: one row per g, each against g = 1.
+    let sweep = keopsc(&[
+        "bench",
+        "--workload",
+        "W1g",
+        "--size",
+        "300",
+        "--repeat",
+        "1",
+        "--dtype",
+        "f32",
+        "--no-c",
+    ]);
+    assert_eq!(sweep.code, 0, "{}", sweep.stderr);
+    for g in ["1", "30", "100", "500", "5000"] {
+        assert!(
+            sweep.stdout.contains(&format!("W1, g = {g} ")),
+            "g = {g}:\n{}",
+            sweep.stdout
+        );
+    }
+    assert_eq!(
+        sweep.stdout.matches("the time of g = 1").count(),
+        5,
+        "{}",
+        sweep.stdout
+    );
 }
 
 #[test]
