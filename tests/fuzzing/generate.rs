@@ -133,8 +133,11 @@ const TO_3: &[&str] = &[
     "Extract(Concat($3, $3), $k, 3)",
     "ExtractT($1, $k, 3)",
     "Concat($1, Concat($1, $1))",
-    "Normalize($3)",
-    "Normalize($3 + $1)",
+    // Normalize jumps at 0 (Normalize(0) = 0): an offset, as for Sign, keeps a sum of
+    // values that cancel exactly, but are rounded differently by each backend (1/sqrt(3) from
+    // two Normalizes), away from it.
+    "Normalize($3 + $o)",
+    "Normalize($3 + $1 + $o)",
     "OneHot(1 + 1.5 * Sin($1), 3)",
     "MatVecMult($9, $3)",
     "MatVecMult($3, $1)",
