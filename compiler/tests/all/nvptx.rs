@@ -14,6 +14,16 @@ use keopsc::codegen::math::{MathLib, Scalar};
 use keopsc::formula::Op;
 use std::path::PathBuf;
 
+/// A GPU check that cannot run here: says SKIPPED on stderr, or fails the test when
+/// `KEOPS_RS_REQUIRE_GPU=1` (the device check's setting), where a skip would hide a missing GPU
+/// or ptxas.
+fn skipped(why: &str) {
+    if std::env::var("KEOPS_RS_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+        panic!("KEOPS_RS_REQUIRE_GPU=1, but {why}");
+    }
+    eprintln!("SKIPPED {why}");
+}
+
 /// PTX of one kernel: `out[tid] = sum over operators of op(in[tid], ...)`.
 fn ptx(scalar: Scalar) -> String {
     Target::initialize_nvptx(&InitializationConfig::default());
@@ -157,7 +167,7 @@ fn every_elementwise_operator_compiles_to_ptx() {
     let dir = tempfile::tempdir().expect("temp dir");
     let assembler = ptxas();
     if assembler.is_none() {
-        eprintln!("SKIPPED (assembly only): ptxas not found; pip install nvidia-cuda-nvcc-cu12 to check the PTX with it");
+        skipped("(assembly only): ptxas not found; pip install nvidia-cuda-nvcc-cu12 to check the PTX with it");
     }
     for scalar in [Scalar::F32, Scalar::F64] {
         let text = ptx(scalar);
@@ -248,7 +258,9 @@ fn every_reduction() -> String {
 fn ptxas_or_say_skipped(what: &str) -> Option<std::path::PathBuf> {
     let found = find_ptxas();
     if found.is_none() {
-        eprintln!("SKIPPED ({what}): ptxas not found; scripts/python.sh venv installs it (nvidia-cuda-nvcc-cu12)");
+        skipped(&format!(
+            "({what}): ptxas not found; scripts/python.sh venv installs it (nvidia-cuda-nvcc-cu12)"
+        ));
     }
     found
 }
@@ -850,7 +862,7 @@ fn the_cuda_backend_matches_the_interpreter_or_says_there_is_no_driver() {
                 let refs: Vec<&keops_runtime::HostArray> = arrays.iter().collect();
                 let got = match evaluate_bound(checked, &refs, Backend::Cuda) {
                     Err(EvalError::Cuda(keops_runtime::cuda::CudaError::NoDriver)) => {
-                        eprintln!("SKIPPED (CUDA runs): no CUDA driver on this machine");
+                        skipped("(CUDA runs): no CUDA driver on this machine");
                         return;
                     }
                     other => other.unwrap_or_else(|e| panic!("{}: {e}", checked.name)).0,
@@ -894,7 +906,7 @@ fn the_cuda_ranges_kernel_matches_the_cpu_or_says_there_is_no_driver() {
             let refs: Vec<&keops_runtime::HostArray> = arrays.iter().collect();
             let got = match evaluate_ranges_on(checked, &refs, &ranges, Backend::Cuda) {
                 Err(e) if e.contains("no CUDA driver") => {
-                    eprintln!("SKIPPED (CUDA block-sparse runs): no CUDA driver on this machine");
+                    skipped("(CUDA block-sparse runs): no CUDA driver on this machine");
                     return;
                 }
                 other => other.unwrap_or_else(|e| panic!("{}: {e}", checked.name)).0,
