@@ -137,11 +137,24 @@ pub fn render_all(diagnostics: &[Diagnostic], source: &SourceFile, color: bool) 
     let mut sorted: Vec<&Diagnostic> = diagnostics.iter().collect();
     sorted.sort_by_key(|d| d.primary_span().start);
     let lines = Source::from(source.text.as_str());
-    sorted
+    let mut out: String = sorted
         .iter()
+        .take(MAX_RENDERED)
         .map(|d| d.render_in(source, &lines, color))
-        .collect()
+        .collect();
+    if sorted.len() > MAX_RENDERED {
+        out.push_str(&format!(
+            "error: {} more errors in `{}` not shown (the first {MAX_RENDERED} are above)\n",
+            sorted.len() - MAX_RENDERED,
+            source.name
+        ));
+    }
+    out
 }
+
+/// How many diagnostics of one file are rendered: past this, the first error's fix usually
+/// changes the rest, and a damaged file (binary data, a wrong file) would bury the first ones.
+pub const MAX_RENDERED: usize = 50;
 
 /// The candidate closest to `name` by edit distance, if it is close enough to be a likely typo.
 /// Case differences count little, since `sqdist` for `SqDist` is the common slip.
@@ -191,5 +204,21 @@ mod tests {
         assert_eq!(closest_name("sqdist", names), Some("SqDist"));
         assert_eq!(closest_name("Exq", names), Some("Exp"));
         assert_eq!(closest_name("Banana", names), None);
+    }
+
+    #[test]
+    fn renders_the_first_errors_of_a_file_and_counts_the_rest() {
+        let text = "% ".repeat(MAX_RENDERED + 7);
+        let source = SourceFile::new("many.kf", &text);
+        let diagnostics: Vec<Diagnostic> = (0..MAX_RENDERED + 7)
+            .map(|k| Diagnostic::error(format!("error number {k}"), 2 * k..2 * k + 1, "here"))
+            .collect();
+        let out = render_all(&diagnostics, &source, false);
+        assert!(out.contains("Error: error number 0\n"), "{out}");
+        assert!(out.contains(&format!("Error: error number {}\n", MAX_RENDERED - 1)));
+        assert!(!out.contains(&format!("Error: error number {}\n", MAX_RENDERED)));
+        assert!(out.ends_with(&format!(
+            "error: 7 more errors in `many.kf` not shown (the first {MAX_RENDERED} are above)\n"
+        )));
     }
 }

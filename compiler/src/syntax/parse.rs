@@ -15,25 +15,46 @@ use chumsky::pratt::{infix, left, prefix, right};
 use chumsky::prelude::*;
 use logos::Logos;
 
-/// Splits the source into tokens; unknown characters become diagnostics and are skipped.
+/// Splits the source into tokens; unknown characters become diagnostics and are skipped. A run
+/// of adjacent unknown characters (binary data, a pasted non-ASCII line) is one token and one
+/// diagnostic, not one per character.
 pub fn lex(text: &str) -> (Vec<Spanned<'_>>, Vec<Diagnostic>) {
-    let mut tokens = Vec::new();
+    let mut tokens: Vec<Spanned<'_>> = Vec::new();
     let mut errors = Vec::new();
     for (tok, span) in Token::lexer(text).spanned() {
         match tok {
             Ok(tok) => tokens.push((tok, span)),
-            Err(()) => {
-                tokens.push((Token::Error, span.clone()));
-                let ch = &text[span.clone()];
-                errors.push(Diagnostic::error(
-                    format!("unexpected character `{ch}`"),
-                    span,
-                    "not part of the .kf language",
-                ));
-            }
+            Err(()) => match tokens.last_mut() {
+                Some((Token::Error, run)) if run.end == span.start => run.end = span.end,
+                _ => tokens.push((Token::Error, span)),
+            },
+        }
+    }
+    for (tok, span) in &tokens {
+        if *tok == Token::Error {
+            errors.push(unexpected_characters(&text[span.clone()], span.clone()));
         }
     }
     (tokens, errors)
+}
+
+/// How many characters of an unknown run the message quotes.
+const QUOTED_CHARACTERS: usize = 16;
+
+fn unexpected_characters(run: &str, span: Span) -> Diagnostic {
+    // Escaped, so that control characters and NUL are visible in the message.
+    let quoted: String = run
+        .chars()
+        .take(QUOTED_CHARACTERS)
+        .flat_map(char::escape_debug)
+        .collect();
+    let count = run.chars().count();
+    let message = match count {
+        1 => format!("unexpected character `{quoted}`"),
+        n if n <= QUOTED_CHARACTERS => format!("unexpected characters `{quoted}`"),
+        n => format!("{n} unexpected characters, starting `{quoted}...`"),
+    };
+    Diagnostic::error(message, span, "not part of the .kf language")
 }
 
 /// How deeply brackets (and runs of unary signs) may nest. Every stage after the parser walks
