@@ -10,23 +10,13 @@
 //!                      the pair part; fold into the lane accumulators
 //!     merge the lanes into the row's f64 accumulator
 //! ```
-//! When the pair code calls `exp`, each row's pass over a tile first runs with the normal-range
-//! `exp` ([`MathLib::report_small_exp_into`]), which skips the exact rounding of denormal and
-//! zero results, and notes whether any lane needed it; if one did, the pass is redone with the
-//! exact `exp`. A row that needed the redo sends the next rows straight to the exact pass, for
-//! a number of rows that doubles at each failed try (up to [`MAX_EXACT_EXP_RUN`]), so data
-//! where small results are common costs a few percent over the exact pass alone, and data
-//! where they never occur runs the shorter code. The results are the same either way.
 //! Inner tiles are sized so that their inputs stay in the L1/L2 cache while the rows of a
 //! block pass over them.
 //!
 //! A *cross* tile function ([`keops_runtime::CrossTileFn`], `columns > 0`) also sums the last
 //! `columns` components of the formula over the rows: each inner tile keeps them in a stack
 //! buffer of the element type (one vector load, add and store per component and vector of
-//! pairs), zeroed before the rows and added into the caller's f64 columns after them. Since
-//! those sums are written as the pass goes, a cross tile tries the normal-range `exp` on a whole
-//! inner tile of its rows at once (saving the rows' accumulators first, at most 256 rows) and
-//! redoes that tile with the exact one when a lane needed it.
+//! pairs), zeroed before the rows and added into the caller's f64 columns after them.
 
 mod components;
 pub mod flush;
@@ -34,48 +24,15 @@ mod gram;
 mod wide;
 
 use super::formula::{Emitter, Value};
-use super::math::SmallExpFlag;
-use super::reduce::{reduce_or, LaneAccumulators};
+use super::reduce::LaneAccumulators;
 use crate::formula::{Formula, Op};
 use crate::schedule::{Level, Schedule};
-use inkwell::basic_block::BasicBlock;
 use inkwell::values::{FunctionValue, IntValue, PointerValue};
 use inkwell::{AddressSpace, IntPredicate};
 use keops_runtime::{Category, Signature};
 
 fn built<T, E: std::fmt::Debug>(r: Result<T, E>) -> T {
     r.expect("the builder is positioned inside a function")
-}
-
-/// The longest run of rows sent straight to the exact `exp` before the normal-range one is
-/// tried again.
-const MAX_EXACT_EXP_RUN: i64 = 128;
-
-/// A cross tile tries the normal-range `exp` on an inner tile only for calls of at most this
-/// many rows (the runtime's calls have 256), whose accumulators it saves first.
-const SAVED_ROWS: usize = 256;
-/// ... and rows of at most this many accumulators (the saved copy stays within 64 KiB).
-const MAX_SAVED_ACC_DIM: usize = 32;
-
-/// The stack slots of a cross tile's choice of `exp`: as [`ExpPaths`], counting inner tiles
-/// instead of rows, and the copy of the rows' accumulators taken before a try.
-#[derive(Clone, Copy)]
-struct CrossExpPaths<'ctx> {
-    paths: ExpPaths<'ctx>,
-    saved: PointerValue<'ctx>,
-    copy_counter: PointerValue<'ctx>,
-}
-
-/// Stack slots of the choice between the normal-range and the exact `exp` (see the module
-/// documentation).
-#[derive(Clone, Copy)]
-struct ExpPaths<'ctx> {
-    /// `<lanes x i1>`: the lanes of the current pass whose `exp` argument was small.
-    seen: PointerValue<'ctx>,
-    /// Rows still to run with the exact `exp` before the next try.
-    exact_rows_left: PointerValue<'ctx>,
-    /// The length of the next such run.
-    next_run: PointerValue<'ctx>,
 }
 
 /// The tile function's parameters, in order.
@@ -282,55 +239,6 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         let counters: Vec<PointerValue<'ctx>> = (0..4)
             .map(|_| built(em.builder.build_alloca(i64t, "counter")))
             .collect();
-        // A cross tile's columns are written during the pass: it cannot redo a row alone.
-        let fast_exp =
-            self.pair_code_calls_exp(&lane_acc) && lane_acc.folds_in_lanes() && self.columns == 0;
-        let exp_paths = fast_exp.then(|| {
-            let seen = built(
-                em.builder
-                    .build_alloca(ctx.bool_type().vec_type(lanes), "small_exp_seen"),
-            );
-            let exact_rows_left = built(em.builder.build_alloca(i64t, "exact_rows_left"));
-            let next_run = built(em.builder.build_alloca(i64t, "next_exact_run"));
-            built(em.builder.build_store(exact_rows_left, self.i64(0)));
-            built(em.builder.build_store(next_run, self.i64(1)));
-            ExpPaths {
-                seen,
-                exact_rows_left,
-                next_run,
-            }
-        });
-        // A cross tile writes its columns during the pass: it tries the normal-range `exp` on
-        // a whole inner tile of its rows at once, saving the rows' accumulators first.
-        let cross_fast = self.pair_code_calls_exp(&lane_acc)
-            && lane_acc.folds_in_lanes()
-            && self.columns > 0
-            && red.acc_dim() <= MAX_SAVED_ACC_DIM;
-        let cross_paths = cross_fast.then(|| {
-            let seen = built(
-                em.builder
-                    .build_alloca(ctx.bool_type().vec_type(lanes), "small_exp_seen"),
-            );
-            let exact_rows_left = built(em.builder.build_alloca(i64t, "exact_tiles_left"));
-            let next_run = built(em.builder.build_alloca(i64t, "next_exact_run"));
-            built(em.builder.build_store(exact_rows_left, self.i64(0)));
-            built(em.builder.build_store(next_run, self.i64(1)));
-            let len = self.i64((SAVED_ROWS * red.acc_dim()) as i64);
-            let saved = built(
-                em.builder
-                    .build_array_alloca(ctx.f64_type(), len, "saved_rows"),
-            );
-            let copy_counter = built(em.builder.build_alloca(i64t, "copied"));
-            CrossExpPaths {
-                paths: ExpPaths {
-                    seen,
-                    exact_rows_left,
-                    next_run,
-                },
-                saved,
-                copy_counter,
-            }
-        });
         let column_tile = (self.columns > 0).then(|| {
             let len = self.i64((self.columns * self.column_stride()) as i64);
             built(
@@ -433,204 +341,172 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                         scratch,
                     );
                 }
-                // The rows against this inner tile; `fast`: with the normal-range `exp`,
-                // reporting small arguments there (cross tiles, see `rows_with_fast_exp`).
-                let rows_pass = |fast: Option<SmallExpFlag<'ctx>>| {
-                    if let Some(tile) = column_tile {
-                        let zero = em.constant(0.0, lanes);
-                        let len = self.i64((self.columns * self.column_stride()) as i64);
-                        self.emit_loop(
-                            function,
-                            jv_counter,
-                            self.i64(0),
-                            lanes as i64,
-                            |k| self.less(k, len),
-                            |k| self.store(tile, k, zero),
-                        );
-                    }
-                    let row_body = |r: IntValue<'ctx>| {
-                        let mut row = NodeValues {
-                            narrow: values.narrow.clone(),
-                            wide: values.wide.clone(),
-                        };
-                        self.emit_level(
-                            Level::Row,
-                            &mut row,
-                            &arg_ptrs,
-                            Some((r, params.inner_stride)),
-                        );
-                        self.broadcast(Level::Row, &mut row);
-                        let row_offset = self.mul(self.sub(r, params.row_start), self.i64(acc_dim));
-                        let acc_row = unsafe {
-                            built(em.builder.build_in_bounds_gep(
-                                ctx.f64_type(),
-                                params.acc,
-                                &[row_offset],
-                                "acc_row",
-                            ))
-                        };
-                        let pair = |jv: IntValue<'ctx>, mask: Option<Value<'ctx>>| {
-                            let mut pair = NodeValues {
-                                narrow: row.narrow.clone(),
-                                wide: row.wide.clone(),
-                            };
-                            self.load_inner(
-                                &mut pair,
-                                &arg_ptrs,
-                                scratch,
-                                jv,
-                                jt,
-                                params.inner_stride,
-                            );
-                            if let Some(slots) = &gram {
-                                self.load_gram(&mut pair.wide, slots, r, jv, jt);
-                            }
-                            self.emit_level(
-                                Level::Pair,
-                                &mut pair,
-                                &arg_ptrs,
-                                Some((jv, params.inner_stride)),
-                            );
-                            if let (Some(product), Some(slots), Some(wide)) =
-                                (&sched.wide, &gram, &wide)
-                            {
-                                let scalar = pair.wide[product.scalar]
-                                    .as_ref()
-                                    .expect("the scalar factor is computed")[0];
-                                self.store_wide_scalar(slots, wide, scalar, mask, r, jv, jt);
-                                return;
-                            }
-                            let root = usize::from(self.formula.root());
-                            let value =
-                                pair.wide[root].clone().expect("the root is available wide");
-                            let offset = self.sub(jv, jt);
-                            let index = em.add(
-                                em.splat(
-                                    em.from_scalar(built(em.builder.build_signed_int_to_float(
-                                        offset,
-                                        em.float_type(),
-                                        "rel",
-                                    ))),
-                                    lanes,
-                                ),
-                                self.iota(lanes),
-                            );
-                            lane_acc.fold(
-                                em,
-                                self.wide_f64,
-                                function,
-                                &value,
-                                index,
-                                mask,
-                                (acc_row, jt),
-                            );
-                            if let Some(tile) = column_tile {
-                                let first = value.len() - self.columns;
-                                for (k, &v) in value[first..].iter().enumerate() {
-                                    let v = match mask {
-                                        Some(m) => em.select(m, v, em.constant(0.0, lanes)),
-                                        None => v,
-                                    };
-                                    let at = self
-                                        .add(offset, self.i64((k * self.column_stride()) as i64));
-                                    let sum = em.add(self.load(tile, at, lanes), v);
-                                    self.store(tile, at, sum);
-                                }
-                            }
-                        };
-                        // Whole vectors, then one masked remainder (always with the exact
-                        // `exp`: its masked-off lanes must not ask for a redo).
-                        let whole_vectors = || {
-                            if wide.is_none() {
-                                lane_acc.init(em, self.wide_f64, acc_row);
-                            }
-                            let last_full = self.sub(jt_end, self.i64(lanes as i64 - 1));
-                            self.emit_loop(
-                                function,
-                                jv_counter,
-                                jt,
-                                lanes as i64,
-                                |jv| self.less(jv, last_full),
-                                |jv| pair(jv, None),
-                            );
-                        };
-                        match (exp_paths, fast) {
-                            (Some(paths), _) => {
-                                self.whole_vectors_with_fast_exp(function, paths, &whole_vectors)
-                            }
-                            (None, Some(flag)) => {
-                                em.math.report_small_exp_into(Some(flag));
-                                whole_vectors();
-                                em.math.report_small_exp_into(None);
-                            }
-                            (None, None) => whole_vectors(),
-                        }
-                        let jv =
-                            built(em.builder.build_load(i64t, jv_counter, "jv")).into_int_value();
-                        let remaining = self.less(jv, jt_end);
-                        let tail = ctx.append_basic_block(function, "tail");
-                        let after = ctx.append_basic_block(function, "tail_done");
-                        built(em.builder.build_conditional_branch(remaining, tail, after));
-                        em.builder.position_at_end(tail);
-                        let mask = self.lane_mask(jv, jt_end, lanes);
-                        pair(jv, Some(mask));
-                        built(em.builder.build_unconditional_branch(after));
-                        em.builder.position_at_end(after);
-
-                        // A wide product adds into the rows after the block's last.
-                        if wide.is_none() {
-                            lane_acc.merge_lanes_into(
-                                em,
-                                self.wide_f64,
-                                function,
-                                acc_row,
-                                jt,
-                                lane_counter,
-                            );
-                        }
-                    };
-                    // With Gram products, each block of `gram_rows` rows starts with their
-                    // values (one row loop all the same: a loop over the rows of a block
-                    // would be unrolled, copying the pair code).
+                // The rows against this inner tile.
+                if let Some(tile) = column_tile {
+                    let zero = em.constant(0.0, lanes);
+                    let len = self.i64((self.columns * self.column_stride()) as i64);
                     self.emit_loop(
                         function,
-                        row_counter,
-                        params.row_start,
-                        1,
-                        |r| self.less(r, params.row_end),
-                        |r| {
-                            if let Some(slots) = &gram {
-                                self.gram_block_if_first_row(
-                                    function,
-                                    slots,
-                                    &arg_ptrs,
-                                    &params,
-                                    r,
-                                    (jt, jt_end),
-                                    (&values, scratch),
-                                );
-                            }
-                            row_body(r);
-                            if let (Some(slots), Some(wide)) = (&gram, &wide) {
-                                self.wide_block_if_last_row(
-                                    function,
-                                    slots,
-                                    wide,
-                                    &arg_ptrs,
-                                    &params,
-                                    r,
-                                    (jt, jt_end),
-                                );
-                            }
-                        },
+                        jv_counter,
+                        self.i64(0),
+                        lanes as i64,
+                        |k| self.less(k, len),
+                        |k| self.store(tile, k, zero),
                     );
-                };
-                match cross_paths {
-                    Some(paths) => {
-                        self.rows_with_fast_exp(function, paths, &params, acc_dim, &rows_pass)
-                    }
-                    None => rows_pass(None),
                 }
+                let row_body = |r: IntValue<'ctx>| {
+                    let mut row = NodeValues {
+                        narrow: values.narrow.clone(),
+                        wide: values.wide.clone(),
+                    };
+                    self.emit_level(
+                        Level::Row,
+                        &mut row,
+                        &arg_ptrs,
+                        Some((r, params.inner_stride)),
+                    );
+                    self.broadcast(Level::Row, &mut row);
+                    let row_offset = self.mul(self.sub(r, params.row_start), self.i64(acc_dim));
+                    let acc_row = unsafe {
+                        built(em.builder.build_in_bounds_gep(
+                            ctx.f64_type(),
+                            params.acc,
+                            &[row_offset],
+                            "acc_row",
+                        ))
+                    };
+                    let pair = |jv: IntValue<'ctx>, mask: Option<Value<'ctx>>| {
+                        let mut pair = NodeValues {
+                            narrow: row.narrow.clone(),
+                            wide: row.wide.clone(),
+                        };
+                        self.load_inner(&mut pair, &arg_ptrs, scratch, jv, jt, params.inner_stride);
+                        if let Some(slots) = &gram {
+                            self.load_gram(&mut pair.wide, slots, r, jv, jt);
+                        }
+                        self.emit_level(
+                            Level::Pair,
+                            &mut pair,
+                            &arg_ptrs,
+                            Some((jv, params.inner_stride)),
+                        );
+                        if let (Some(product), Some(slots), Some(wide)) =
+                            (&sched.wide, &gram, &wide)
+                        {
+                            let scalar = pair.wide[product.scalar]
+                                .as_ref()
+                                .expect("the scalar factor is computed")[0];
+                            self.store_wide_scalar(slots, wide, scalar, mask, r, jv, jt);
+                            return;
+                        }
+                        let root = usize::from(self.formula.root());
+                        let value = pair.wide[root].clone().expect("the root is available wide");
+                        let offset = self.sub(jv, jt);
+                        let index = em.add(
+                            em.splat(
+                                em.from_scalar(built(em.builder.build_signed_int_to_float(
+                                    offset,
+                                    em.float_type(),
+                                    "rel",
+                                ))),
+                                lanes,
+                            ),
+                            self.iota(lanes),
+                        );
+                        lane_acc.fold(
+                            em,
+                            self.wide_f64,
+                            function,
+                            &value,
+                            index,
+                            mask,
+                            (acc_row, jt),
+                        );
+                        if let Some(tile) = column_tile {
+                            let first = value.len() - self.columns;
+                            for (k, &v) in value[first..].iter().enumerate() {
+                                let v = match mask {
+                                    Some(m) => em.select(m, v, em.constant(0.0, lanes)),
+                                    None => v,
+                                };
+                                let at =
+                                    self.add(offset, self.i64((k * self.column_stride()) as i64));
+                                let sum = em.add(self.load(tile, at, lanes), v);
+                                self.store(tile, at, sum);
+                            }
+                        }
+                    };
+                    // Whole vectors, then one masked remainder.
+                    if wide.is_none() {
+                        lane_acc.init(em, self.wide_f64, acc_row);
+                    }
+                    let last_full = self.sub(jt_end, self.i64(lanes as i64 - 1));
+                    self.emit_loop(
+                        function,
+                        jv_counter,
+                        jt,
+                        lanes as i64,
+                        |jv| self.less(jv, last_full),
+                        |jv| pair(jv, None),
+                    );
+                    let jv = built(em.builder.build_load(i64t, jv_counter, "jv")).into_int_value();
+                    let remaining = self.less(jv, jt_end);
+                    let tail = ctx.append_basic_block(function, "tail");
+                    let after = ctx.append_basic_block(function, "tail_done");
+                    built(em.builder.build_conditional_branch(remaining, tail, after));
+                    em.builder.position_at_end(tail);
+                    let mask = self.lane_mask(jv, jt_end, lanes);
+                    pair(jv, Some(mask));
+                    built(em.builder.build_unconditional_branch(after));
+                    em.builder.position_at_end(after);
+
+                    // A wide product adds into the rows after the block's last.
+                    if wide.is_none() {
+                        lane_acc.merge_lanes_into(
+                            em,
+                            self.wide_f64,
+                            function,
+                            acc_row,
+                            jt,
+                            lane_counter,
+                        );
+                    }
+                };
+                // With Gram products, each block of `gram_rows` rows starts with their
+                // values (one row loop all the same: a loop over the rows of a block
+                // would be unrolled, copying the pair code).
+                self.emit_loop(
+                    function,
+                    row_counter,
+                    params.row_start,
+                    1,
+                    |r| self.less(r, params.row_end),
+                    |r| {
+                        if let Some(slots) = &gram {
+                            self.gram_block_if_first_row(
+                                function,
+                                slots,
+                                &arg_ptrs,
+                                &params,
+                                r,
+                                (jt, jt_end),
+                                (&values, scratch),
+                            );
+                        }
+                        row_body(r);
+                        if let (Some(slots), Some(wide)) = (&gram, &wide) {
+                            self.wide_block_if_last_row(
+                                function,
+                                slots,
+                                wide,
+                                &arg_ptrs,
+                                &params,
+                                r,
+                                (jt, jt_end),
+                            );
+                        }
+                    },
+                );
                 if let (Some(tile), Some(cols), Some(flush_counter)) =
                     (column_tile, cols, flush_counter)
                 {
@@ -640,132 +516,6 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         );
         built(em.builder.build_return(None));
         function
-    }
-
-    /// Branches to `exact` through `skip` (counting one down) while a run of exact passes is
-    /// on, else to `otherwise`.
-    fn skip_fast_during_exact_run(
-        &self,
-        paths: ExpPaths<'ctx>,
-        skip: BasicBlock<'ctx>,
-        otherwise: BasicBlock<'ctx>,
-        exact: BasicBlock<'ctx>,
-    ) {
-        let b = self.em.builder;
-        let i64t = self.em.context.i64_type();
-        let left = built(b.build_load(i64t, paths.exact_rows_left, "exact_left")).into_int_value();
-        let skipping = built(b.build_int_compare(IntPredicate::SGT, left, self.i64(0), "skip"));
-        built(b.build_conditional_branch(skipping, skip, otherwise));
-        b.position_at_end(skip);
-        built(b.build_store(paths.exact_rows_left, self.sub(left, self.i64(1))));
-        built(b.build_unconditional_branch(exact));
-    }
-
-    /// After a failed try: the next passes (as many as the current run length) go straight to
-    /// the exact `exp`, and the run after that is twice as long, up to [`MAX_EXACT_EXP_RUN`].
-    fn start_exact_run(&self, paths: ExpPaths<'ctx>) {
-        let b = self.em.builder;
-        let i64t = self.em.context.i64_type();
-        let run = built(b.build_load(i64t, paths.next_run, "run")).into_int_value();
-        built(b.build_store(paths.exact_rows_left, run));
-        let doubled = self.add(run, run);
-        let capped = built(b.build_select(
-            self.less(doubled, self.i64(MAX_EXACT_EXP_RUN)),
-            doubled,
-            self.i64(MAX_EXACT_EXP_RUN),
-            "next_run",
-        ));
-        built(b.build_store(paths.next_run, capped));
-    }
-
-    /// A cross tile's rows against one inner tile (`rows_pass`: the column sums zeroed, then
-    /// every row): with the normal-range `exp` first, unless a recent tile needed the exact
-    /// one or the call has more than [`SAVED_ROWS`] rows; when a lane needed it, the rows'
-    /// accumulators are put back as they were and the pass runs again with the exact `exp`
-    /// (the columns are zeroed again by the pass). Runs of exact tiles double as for rows.
-    fn rows_with_fast_exp(
-        &self,
-        function: FunctionValue<'ctx>,
-        cross: CrossExpPaths<'ctx>,
-        params: &Params<'ctx>,
-        acc_dim: i64,
-        rows_pass: &dyn Fn(Option<SmallExpFlag<'ctx>>),
-    ) {
-        let em = self.em;
-        let ctx = em.context;
-        let b = em.builder;
-        let f64t = ctx.f64_type();
-        let paths = cross.paths;
-        let lanes = self.schedule.lanes;
-        let skip_fast = ctx.append_basic_block(function, "skip_fast_exp");
-        let check_rows = ctx.append_basic_block(function, "few_enough_rows");
-        let try_fast = ctx.append_basic_block(function, "fast_exp");
-        let fast_failed = ctx.append_basic_block(function, "fast_exp_failed");
-        let fast_done = ctx.append_basic_block(function, "fast_exp_done");
-        let exact = ctx.append_basic_block(function, "exact_exp");
-        let done = ctx.append_basic_block(function, "rows_done");
-
-        self.skip_fast_during_exact_run(paths, skip_fast, check_rows, exact);
-
-        b.position_at_end(check_rows);
-        let count = self.mul(
-            self.sub(params.row_end, params.row_start),
-            self.i64(acc_dim),
-        );
-        let few = self.less(
-            self.sub(params.row_end, params.row_start),
-            self.i64(SAVED_ROWS as i64 + 1),
-        );
-        built(b.build_conditional_branch(few, try_fast, exact));
-
-        // Copies `count` f64 accumulators from `from` to `to`.
-        let copy = |from: PointerValue<'ctx>, to: PointerValue<'ctx>| {
-            self.emit_loop(
-                function,
-                cross.copy_counter,
-                self.i64(0),
-                1,
-                |k| self.less(k, count),
-                |k| {
-                    // SAFETY (of the generated code): `k` < rows x acc_dim, inside both.
-                    let (src, dst) = unsafe {
-                        (
-                            built(b.build_in_bounds_gep(f64t, from, &[k], "from")),
-                            built(b.build_in_bounds_gep(f64t, to, &[k], "to")),
-                        )
-                    };
-                    let x = built(b.build_load(f64t, src, "acc"));
-                    built(b.build_store(dst, x));
-                },
-            );
-        };
-
-        b.position_at_end(try_fast);
-        copy(params.acc, cross.saved);
-        let mask_type = ctx.bool_type().vec_type(lanes);
-        built(b.build_store(paths.seen, mask_type.const_zero()));
-        rows_pass(Some(SmallExpFlag {
-            slot: paths.seen,
-            lanes,
-        }));
-        let seen = built(b.build_load(mask_type, paths.seen, "seen")).into_vector_value();
-        let any_small = reduce_or(em, seen);
-        built(b.build_conditional_branch(any_small, fast_failed, fast_done));
-
-        b.position_at_end(fast_done);
-        built(b.build_store(paths.next_run, self.i64(1)));
-        built(b.build_unconditional_branch(done));
-
-        b.position_at_end(fast_failed);
-        copy(cross.saved, params.acc);
-        self.start_exact_run(paths);
-        built(b.build_unconditional_branch(exact));
-
-        b.position_at_end(exact);
-        rows_pass(None);
-        built(b.build_unconditional_branch(done));
-
-        b.position_at_end(done);
     }
 
     /// Adds the inner tile's column sums `[jt, jt_end)` (element type) into the caller's f64
@@ -821,73 +571,6 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
     /// addresses apart by those bits first).
     fn column_stride(&self) -> usize {
         self.schedule.inner_tile + 2 * self.schedule.lanes as usize
-    }
-
-    /// Whether the pair code (formula or fold) calls `exp`.
-    fn pair_code_calls_exp(&self, lane_acc: &LaneAccumulators<'ctx>) -> bool {
-        // A wide product folds outside the pair code.
-        (lane_acc.folds_with_exp() && self.schedule.wide.is_none())
-            || self
-                .formula
-                .nodes
-                .as_ref()
-                .iter()
-                .enumerate()
-                .any(|(k, node)| {
-                    self.schedule.levels[k] == Level::Pair
-                        && self.schedule.live[k]
-                        && node.op == Op::Exp
-                })
-    }
-
-    /// One row's whole vectors of a tile (`whole_vectors`: lane accumulators from `init`, then
-    /// the loop), first with the normal-range `exp` unless a recent row needed the exact one,
-    /// then again with the exact `exp` when a lane needed it (module documentation).
-    fn whole_vectors_with_fast_exp(
-        &self,
-        function: FunctionValue<'ctx>,
-        paths: ExpPaths<'ctx>,
-        whole_vectors: &dyn Fn(),
-    ) {
-        let em = self.em;
-        let ctx = em.context;
-        let b = em.builder;
-        let lanes = self.schedule.lanes;
-        let skip_fast = ctx.append_basic_block(function, "skip_fast_exp");
-        let try_fast = ctx.append_basic_block(function, "fast_exp");
-        let fast_failed = ctx.append_basic_block(function, "fast_exp_failed");
-        let fast_done = ctx.append_basic_block(function, "fast_exp_done");
-        let exact = ctx.append_basic_block(function, "exact_exp");
-        let done = ctx.append_basic_block(function, "whole_vectors_done");
-
-        self.skip_fast_during_exact_run(paths, skip_fast, try_fast, exact);
-
-        b.position_at_end(try_fast);
-        let mask_type = ctx.bool_type().vec_type(lanes);
-        built(b.build_store(paths.seen, mask_type.const_zero()));
-        em.math.report_small_exp_into(Some(SmallExpFlag {
-            slot: paths.seen,
-            lanes,
-        }));
-        whole_vectors();
-        em.math.report_small_exp_into(None);
-        let seen = built(b.build_load(mask_type, paths.seen, "seen")).into_vector_value();
-        let any_small = reduce_or(em, seen);
-        built(b.build_conditional_branch(any_small, fast_failed, fast_done));
-
-        b.position_at_end(fast_done);
-        built(b.build_store(paths.next_run, self.i64(1)));
-        built(b.build_unconditional_branch(done));
-
-        b.position_at_end(fast_failed);
-        self.start_exact_run(paths);
-        built(b.build_unconditional_branch(exact));
-
-        b.position_at_end(exact);
-        whole_vectors();
-        built(b.build_unconditional_branch(done));
-
-        b.position_at_end(done);
     }
 
     /// `[0, 1, ..., lanes - 1]`

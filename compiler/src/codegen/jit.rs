@@ -119,7 +119,7 @@ pub fn build_module<'ctx>(
 ) -> Result<Module<'ctx>, CodegenError> {
     let module = context.create_module(name);
     let builder = context.create_builder();
-    let math = MathLib::new(context);
+    let math = MathLib::new(context).with_flushing(flush::flushes(&target.triple));
     for spec in specs {
         let scalar = scalar_of(spec.dtype);
         let red = &spec.signature.reduction;

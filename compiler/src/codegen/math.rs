@@ -22,7 +22,6 @@
 //! `exp`, whose underflowing results come from integer rounding). The floating-point
 //! environment is left alone (flushing denormals to zero would change results).
 
-use std::cell::Cell;
 use std::f64::consts::{FRAC_2_PI, FRAC_PI_2, FRAC_PI_4, LOG2_E, PI};
 use std::sync::Once;
 
@@ -36,7 +35,6 @@ use inkwell::targets::{CodeModel, InitializationConfig, RelocMode, Target, Targe
 use inkwell::types::{BasicType, BasicTypeEnum, IntType, VectorType};
 use inkwell::values::{
     BasicMetadataValueEnum, BasicValue, BasicValueEnum, FunctionValue, InstructionOpcode,
-    PointerValue,
 };
 use inkwell::{AddressSpace, FloatPredicate, IntPredicate, OptimizationLevel};
 
@@ -175,12 +173,11 @@ fn pow2(k: i32) -> f64 {
 /// Emits (once per module, per function and per type) and calls the math functions.
 pub struct MathLib<'ctx> {
     context: &'ctx Context,
-    /// While set, `exp` on vectors of its width is the normal-range variant, and the lanes
-    /// that may need the exact one are OR-ed into it (see [`MathLib::report_small_exp_into`]).
-    small_exp_flag: Cell<Option<SmallExpFlag<'ctx>>>,
     /// How f32 `exp` computes the power of two of its reduced argument (see
     /// [`MathLib::with_fast_exp`]).
     exp2: Exp2,
+    /// Whether the code runs with subnormals flushed to zero (see [`MathLib::with_flushing`]).
+    flushes: bool,
 }
 
 /// How f32 `exp` computes `exp(r)` of its reduced argument, |r| <= ln 2 / 2.
@@ -196,20 +193,12 @@ pub enum Exp2 {
     HostExp2,
 }
 
-/// A `<lanes x i1>` stack slot where fast exponentials mark the lanes whose argument is below
-/// [`MathLib::exp_normal_bound`].
-#[derive(Clone, Copy, Debug)]
-pub struct SmallExpFlag<'ctx> {
-    pub slot: PointerValue<'ctx>,
-    pub lanes: u32,
-}
-
 impl<'ctx> MathLib<'ctx> {
     pub fn new(context: &'ctx Context) -> MathLib<'ctx> {
         MathLib {
             context,
-            small_exp_flag: Cell::new(None),
             exp2: Exp2::Polynomial,
+            flushes: false,
         }
     }
 
@@ -233,13 +222,15 @@ impl<'ctx> MathLib<'ctx> {
         self
     }
 
-    /// From now on (until called with `None`), `MathFn::Exp` on vectors of `flag.lanes`
-    /// lanes is the normal-range variant ([`Self::call_exp_normal_range`]): exact for
-    /// arguments at or above [`Self::exp_normal_bound`], and each call ORs the lanes below it
-    /// into `flag.slot`. The caller must then recompute with `exp` (with `None` set) whatever
-    /// used a value of a marked lane.
-    pub fn report_small_exp_into(&self, flag: Option<SmallExpFlag<'ctx>>) {
-        self.small_exp_flag.set(flag);
+    /// For code that runs with the x86 MXCSR's FTZ and DAZ bits set (`codegen::cpu::flush`):
+    /// `exp` (and `pow`, which ends with it) computes results down to the smallest normal
+    /// number and lets the hardware flush those below it, instead of rounding subnormal
+    /// results exactly with integer arithmetic (three operations fewer per call). Such code
+    /// must run with FTZ set: without it, results below the smallest normal number are neither
+    /// flushed nor exact (some value below it).
+    pub fn with_flushing(mut self, flushes: bool) -> MathLib<'ctx> {
+        self.flushes = flushes;
+        self
     }
 
     /// Calls `f` on arguments that are all f32 or f64, scalar or vector (any width): defines
@@ -278,11 +269,6 @@ impl<'ctx> MathLib<'ctx> {
                 f.name()
             )
         });
-        if let (MathFn::Exp, Some(flag)) = (f, self.small_exp_flag.get()) {
-            if lanes == Some(flag.lanes) {
-                return self.exp_reporting_small(module, builder, args[0], scalar, flag);
-            }
-        }
         let function = self.function(module, f, scalar, lanes);
         let args: Vec<BasicMetadataValueEnum<'ctx>> = args.iter().map(|&a| a.into()).collect();
         builder
@@ -291,68 +277,6 @@ impl<'ctx> MathLib<'ctx> {
             .try_as_basic_value()
             .basic()
             .expect("math functions return a value")
-    }
-
-    /// The normal-range `exp` of `x`, with `x < exp_normal_bound` (true for -inf, false for
-    /// NaN, whose result is right) OR-ed into the flag.
-    fn exp_reporting_small(
-        &self,
-        module: &Module<'ctx>,
-        builder: &Builder<'ctx>,
-        x: BasicValueEnum<'ctx>,
-        scalar: Scalar,
-        flag: SmallExpFlag<'ctx>,
-    ) -> BasicValueEnum<'ctx> {
-        let value = self.call_exp_normal_range(module, builder, x);
-        let x = x.into_vector_value();
-        let element = x.get_type().get_element_type().into_float_type();
-        let bound = element.const_float(Self::exp_normal_bound(scalar));
-        let bound = VectorType::const_vector(&vec![bound; flag.lanes as usize]);
-        let small = builder
-            .build_float_compare(FloatPredicate::OLT, x, bound, "small_exp")
-            .expect(POSITIONED_CALL);
-        let mask_type = self.context.bool_type().vec_type(flag.lanes);
-        let seen = builder
-            .build_load(mask_type, flag.slot, "small_seen")
-            .expect(POSITIONED_CALL)
-            .into_vector_value();
-        let seen = builder
-            .build_or(seen, small, "small_seen")
-            .expect(POSITIONED_CALL);
-        builder.build_store(flag.slot, seen).expect(POSITIONED_CALL);
-        value
-    }
-
-    /// `exp` on an f32/f64 vector or scalar, right only where `x >= exp_normal_bound(scalar)`
-    /// (results there are normal numbers or +inf, bit for bit those of [`MathFn::Exp`]); below,
-    /// the result is meaningless. Its scaling is one multiplication instead of `exp`'s exact
-    /// rounding of denormal results, so a caller that can tell when some lane fell below the
-    /// bound (and then use `exp`) runs the common case faster (see `codegen::cpu`).
-    pub fn call_exp_normal_range(
-        &self,
-        module: &Module<'ctx>,
-        builder: &Builder<'ctx>,
-        x: BasicValueEnum<'ctx>,
-    ) -> BasicValueEnum<'ctx> {
-        let (scalar, lanes) = self
-            .shape_of(x.get_type())
-            .unwrap_or_else(|| panic!("exp called on {}, not f32/f64", x.get_type()));
-        let function = self.define(module, "exp_normal_range", 1, scalar, lanes, |em, args| {
-            em.exp_normal_range(args[0])
-        });
-        builder
-            .build_call(function, &[x.into()], "exp")
-            .expect("the builder must be positioned")
-            .try_as_basic_value()
-            .basic()
-            .expect("math functions return a value")
-    }
-
-    /// The smallest `x` for which [`Self::call_exp_normal_range`] is exact: with margin, the
-    /// `exp` argument below which the reduced exponent may fall under `emin + 1`.
-    pub fn exp_normal_bound(scalar: Scalar) -> f64 {
-        let emin = 1 - scalar.exponent_bias();
-        (emin + 1) as f64 * std::f64::consts::LN_2
     }
 
     /// Element type and lane count (`None` for a scalar) of an f32/f64 scalar or vector type.
@@ -426,6 +350,7 @@ impl<'ctx> MathLib<'ctx> {
             scalar,
             lanes,
             exp2: self.exp2,
+            flushes: self.flushes,
         };
         let ty = em.float_type();
         let fn_type = ty.fn_type(&vec![ty.into(); arity], false);
@@ -446,7 +371,6 @@ impl<'ctx> MathLib<'ctx> {
 }
 
 const POSITIONED: &str = "the body builder is positioned";
-const POSITIONED_CALL: &str = "the builder must be positioned";
 
 type Val<'ctx> = BasicValueEnum<'ctx>;
 
@@ -462,6 +386,8 @@ struct Emitter<'a, 'ctx> {
     lanes: Option<u32>,
     /// See [`MathLib::with_exp2`].
     exp2: Exp2,
+    /// See [`MathLib::with_flushing`].
+    flushes: bool,
 }
 
 // Primitive operations.
@@ -747,41 +673,35 @@ impl<'ctx> Emitter<'_, 'ctx> {
     /// f64), then the scaling by 2^n (see `scale_by_power_of_two`), which never produces a
     /// denormal or underflowing intermediate: results that round to 0 or to a denormal come
     /// out of integer arithmetic, so the speed does not depend on the data (on x86 a floating
-    /// operation with such a result can cost a microcode assist of ~100 cycles).
+    /// operation with such a result can cost a microcode assist of ~100 cycles). In flushing
+    /// code ([`MathLib::with_flushing`]) the scaling is `scale_flushing`'s instead.
     ///
     /// Domain: all inputs. Error: <= 1 ULP for f32 and f64, denormal results included
-    /// (measured max: 1 and 1).
+    /// (measured max: 1 and 1); in flushing code, results below the smallest normal number
+    /// are zeros (measured: within 1 ULP of the flushed correctly rounded value).
     /// Special values: exp(NaN) = NaN, exp(+inf) = +inf, exp(-inf) = 0; results round to 0
     /// below ln(2^-150) (f32) / ln(2^-1075) (f64) and overflow to +inf above ln(MAX).
     fn exp(&self, x: Val<'ctx>) -> Val<'ctx> {
-        self.exp_with_tail(x, None, true)
-    }
-
-    /// `exp(x)` as [`Self::exp`] for `x >= MathLib::exp_normal_bound`, and wrong (but finite or
-    /// NaN, never a trap) below: the scaling by 2^n is one multiplication, without the integer
-    /// rounding of denormal and zero results. NaN and large inputs give exactly what `exp`
-    /// gives.
-    fn exp_normal_range(&self, x: Val<'ctx>) -> Val<'ctx> {
-        self.exp_with_tail(x, None, false)
+        self.exp_with_tail(x, None)
     }
 
     /// `exp(x + tail)` for a small tail (the low part of a double-double argument, in `pow`),
     /// which joins the reduced argument. It must be finite, and 0 when |x| > 750.
-    /// `small_results`: whether results below the smallest normal number are computed (else
-    /// only the normal range is right, see `exp_normal_range`).
-    fn exp_with_tail(
-        &self,
-        x: Val<'ctx>,
-        tail: Option<Val<'ctx>>,
-        small_results: bool,
-    ) -> Val<'ctx> {
+    fn exp_with_tail(&self, x: Val<'ctx>, tail: Option<Val<'ctx>>) -> Val<'ctx> {
         let s = self.scalar;
         // Beyond these, exp is 0 or +inf, and the clamped value still produces exactly that
         // through the scaling below; the comparisons are false for NaN, which passes through
         // (on x86 each compare-and-select is a single min/max).
-        let (low, high) = match s {
-            Scalar::F32 => (-104.0, 89.0),
-            Scalar::F64 => (-746.0, 710.0),
+        // Flushing code stops at n = emin (see `scale_flushing`): exp(x) is below the smallest
+        // normal number there, so the clamped value is flushed.
+        let low = match (s, self.flushes) {
+            (_, true) => ((1 - s.exponent_bias()) as f64 - 0.25) * std::f64::consts::LN_2,
+            (Scalar::F32, false) => -104.0,
+            (Scalar::F64, false) => -746.0,
+        };
+        let high = match s {
+            Scalar::F32 => 89.0,
+            Scalar::F64 => 710.0,
         };
         let x = self.select(
             self.fcmp(FloatPredicate::OGT, x, self.f(high)),
@@ -854,13 +774,27 @@ impl<'ctx> Emitter<'_, 'ctx> {
             let p = self.poly(r, &doubled);
             self.add(self.fma(self.mul(r, r), p, self.add(r, r)), self.f(2.0))
         };
-        if small_results {
-            self.scale_by_power_of_two(twice_p, n, t)
+        if self.flushes {
+            self.scale_flushing(twice_p, n, t)
         } else {
-            let m = i64::from(s.mantissa_bits());
-            let scale = self.bitcast_float(self.shl(self.bitcast_int(t), self.i(m)));
-            self.mul(twice_p, scale)
+            self.scale_by_power_of_two(twice_p, n, t)
         }
+    }
+
+    /// (q/2)·2^n as [`Self::scale_by_power_of_two`] for n > emin, in code that runs with FTZ
+    /// set, for n in [emin, emax + 1] (exp's flushing clamp): q·2^(n-1), one multiplication by
+    /// a normal power of two. At n = emin that power would be subnormal (its bits, from `t`,
+    /// are those of +0), so the lane takes q·2^emin, exact, and halves it: the hardware rounds
+    /// the half once, and flushes it when it is below the smallest normal number.
+    fn scale_flushing(&self, q: Val<'ctx>, n: Val<'ctx>, t: Val<'ctx>) -> Val<'ctx> {
+        let s = self.scalar;
+        let m = i64::from(s.mantissa_bits());
+        let emin = 1 - s.exponent_bias();
+        let normal_scale = self.bitcast_float(self.shl(self.bitcast_int(t), self.i(m)));
+        let at_emin = self.fcmp(FloatPredicate::OLT, n, self.f(emin as f64 + 0.5));
+        let scale = self.select(at_emin, self.f(pow2(emin as i32)), normal_scale);
+        let w = self.mul(q, scale);
+        self.select(at_emin, self.mul(w, self.f(0.5)), w)
     }
 
     /// (q/2)·2^n, correctly rounded (denormal and infinite results included), for q = 2·exp(r)
@@ -1091,7 +1025,7 @@ impl<'ctx> Emitter<'_, 'ctx> {
         // Outside ±750 the result is 0 or inf anyway, and the tail may be NaN or huge.
         let moderate = self.fcmp(FloatPredicate::OLT, self.fabs(w), self.f(750.0));
         let tail = self.select(moderate, tail, self.f(0.0));
-        let r = self.exp_with_tail(w_used, Some(tail), true);
+        let r = self.exp_with_tail(w_used, Some(tail));
 
         let y_nonint = self.fcmp(FloatPredicate::UNE, self.floor(y), y);
         let half = self.mul(y, self.f(0.5));
@@ -1520,6 +1454,30 @@ pub fn evaluate_on_host_with(
     args: &[Vec<f64>],
     exp2: Exp2,
 ) -> Result<Vec<f64>, String> {
+    evaluate_compiled(f, scalar, width, args, exp2, false)
+}
+
+/// [`evaluate_on_host`] as flushing CPU code computes: the library built
+/// [`MathLib::with_flushing`], called with the MXCSR's FTZ and DAZ bits set (the window of
+/// `codegen::cpu::flush`), so that subnormal operands read as zeros and subnormal results are
+/// flushed.
+pub fn evaluate_on_host_flushing(
+    f: MathFn,
+    scalar: Scalar,
+    width: u32,
+    args: &[Vec<f64>],
+) -> Result<Vec<f64>, String> {
+    evaluate_compiled(f, scalar, width, args, Exp2::Polynomial, true)
+}
+
+fn evaluate_compiled(
+    f: MathFn,
+    scalar: Scalar,
+    width: u32,
+    args: &[Vec<f64>],
+    exp2: Exp2,
+    flushes: bool,
+) -> Result<Vec<f64>, String> {
     if args.len() != f.arity() {
         return Err(format!(
             "{} takes {} argument(s), got {}",
@@ -1589,6 +1547,7 @@ pub fn evaluate_on_host_with(
     }
     let result = MathLib::new(&context)
         .with_exp2(exp2)
+        .with_flushing(flushes)
         .call(&module, &builder, f, &operands);
     builder
         .build_store(param(0), result)
@@ -1596,16 +1555,28 @@ pub fn evaluate_on_host_with(
         .set_alignment(element_bytes)
         .map_err(|e| e.to_string())?;
     builder.build_return(None).map_err(build_err)?;
+    if flushes {
+        super::cpu::flush::wrap_in_flushing_window(&context, &module, kernel);
+    }
 
     // MCJIT compiles for generic x86-64 unless each function names the host CPU.
     let cpu = TargetMachine::get_host_cpu_name().to_string();
     let features = TargetMachine::get_host_cpu_features().to_string();
     for function in module.get_functions() {
+        if function.count_basic_blocks() == 0 {
+            continue;
+        }
         for attribute in [
             context.create_string_attribute("target-cpu", &cpu),
             context.create_string_attribute("target-features", &features),
         ] {
             function.add_attribute(AttributeLoc::Function, attribute);
+        }
+        if flushes {
+            function.add_attribute(
+                AttributeLoc::Function,
+                context.create_string_attribute("denormal-fp-math", "preserve-sign,preserve-sign"),
+            );
         }
     }
     module.verify().map_err(|e| format!("invalid IR: {e}"))?;

@@ -644,10 +644,10 @@ fn logsumexp_of_large_values_does_not_overflow() {
 }
 
 /// Rows whose exponentials are all normal, all denormal, all zero, or mixed (some lanes
-/// underflow), in runs that make the CPU code switch between its normal-range `exp` and the
-/// exact one (codegen::cpu): every row must come out as the interpreter's, whichever path ran
-/// it and whatever the rows before it needed. A lane computed by the normal-range `exp` below
-/// its range would be off by a factor of 2^250 or more.
+/// underflow), in runs: every row must come out as the interpreter's (up to the flushed
+/// subnormals), whatever the rows before it were. A lane of the flushing `exp` scaled wrongly
+/// below the smallest normal number (`MathLib::with_flushing`) would be off by a factor of
+/// 2 or more, or not flushed.
 #[test]
 fn small_exponentials_in_runs_of_rows_match_the_interpreter() {
     #[derive(Clone, Copy)]
@@ -800,8 +800,8 @@ fn symmetric_evaluation_matches_the_full_one() {
         "Sum_Reduction(Exp(-SqDist(x, y) * s) * b, {axis})",
         "Sum_Reduction(Concat(Exp(-SqDist(x, y) * s) * b * u, (x - y) * Elem(y, 0) + u), {axis})",
         "Sum_Reduction(Scalprod(x, y) * u + Sin(Elem(y, 1)) * b, {axis})",
-        // Most exponentials underflow, some are denormal: the cross pass redoes tiles with
-        // the exact exp.
+        // Most exponentials underflow, some would be subnormal: flushed alike in the
+        // symmetric and the full evaluation.
         "Sum_Reduction(Exp(-SqDist(x, y) * s * 200) * b + Exp(u * 90 - 100), {axis})",
     ];
     for (f, formula) in formulas.iter().enumerate() {

@@ -11,7 +11,8 @@ use std::f64::consts::{FRAC_1_SQRT_2, FRAC_PI_2, FRAC_PI_4, LN_2, SQRT_2};
 use inkwell::context::Context;
 use inkwell::module::Linkage;
 use keopsc::codegen::math::{
-    evaluate_on_host, evaluate_on_host_with, Exp2, MathFn, MathLib, Scalar,
+    evaluate_on_host, evaluate_on_host_flushing, evaluate_on_host_with, Exp2, MathFn, MathLib,
+    Scalar,
 };
 use keopsc::codegen::CpuTarget;
 use keopsc::target::cpu::LEVELS;
@@ -53,6 +54,46 @@ fn sweeps_cover_the_host_widths() {
             Scalar::F64 => 2,
         };
         assert!(w.contains(&sse), "{s:?}: the x86-64 baseline width, {w:?}");
+    }
+}
+
+/// How the code under test treats subnormal numbers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    /// Computed exactly (the library as the GPU and the interpreter's tests see it).
+    Exact,
+    /// Built for and run with FTZ and DAZ (the CPU backend's code): subnormal operands read
+    /// as zeros, subnormal results are zeros.
+    Flushing,
+}
+
+impl Mode {
+    fn evaluate(self, f: MathFn, s: Scalar, width: u32, args: &[Vec<f64>]) -> Vec<f64> {
+        match self {
+            Mode::Exact => evaluate_on_host(f, s, width, args),
+            Mode::Flushing => evaluate_on_host_flushing(f, s, width, args),
+        }
+        .unwrap_or_else(|e| panic!("{} {s:?} width {width} {self:?}: {e}", f.name()))
+    }
+
+    /// `v` of type `s` as this mode reads or writes it.
+    fn flush(self, s: Scalar, v: f64) -> f64 {
+        let smallest_normal = match s {
+            Scalar::F32 => f64::from(f32::MIN_POSITIVE),
+            Scalar::F64 => f64::MIN_POSITIVE,
+        };
+        if self == Mode::Flushing && v.abs() < smallest_normal {
+            0.0f64.copysign(v)
+        } else {
+            v
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Exact => "",
+            Mode::Flushing => " flushing",
+        }
     }
 }
 
@@ -225,14 +266,26 @@ fn check(
     points: &[Point],
     expect: impl Fn(&[f64]) -> Expect,
 ) -> f64 {
+    check_in(Mode::Exact, f, s, what, points, expect)
+}
+
+/// [`check`] of the code `mode` builds, against the reference of the arguments and result as
+/// `mode` reads and writes them.
+fn check_in(
+    mode: Mode,
+    f: MathFn,
+    s: Scalar,
+    what: &str,
+    points: &[Point],
+    expect: impl Fn(&[f64]) -> Expect,
+) -> f64 {
     let arity = f.arity();
     let columns: Vec<Vec<f64>> = (0..arity)
         .map(|i| points.iter().map(|p| round_to(s, p.args[i])).collect())
         .collect();
     let mut results: Option<Vec<f64>> = None;
     for width in widths(s) {
-        let got = evaluate_on_host(f, s, width, &columns)
-            .unwrap_or_else(|e| panic!("{} {s:?} width {width}: {e}", f.name()));
+        let got = mode.evaluate(f, s, width, &columns);
         if let Some(first) = &results {
             for (i, (a, b)) in first.iter().zip(&got).enumerate() {
                 assert!(
@@ -253,7 +306,8 @@ fn check(
     let mut failures = Vec::new();
     for (i, (point, &got)) in points.iter().zip(&results).enumerate() {
         let args: Vec<f64> = columns.iter().map(|c| c[i]).collect();
-        let want = round_to(s, reference(f, &args));
+        let read: Vec<f64> = args.iter().map(|&a| mode.flush(s, a)).collect();
+        let want = mode.flush(s, round_to(s, reference(f, &read)));
         let describe = || format!("{}{args:?} = {got:e}, reference {want:e}", f.name());
         match expect(&args) {
             Expect::Ulp(bound) => {
@@ -282,15 +336,17 @@ fn check(
         }
     }
     println!(
-        "MEASURED {:>5} {s:?}{what}: max {max_ulp} ULP over {} points (worst at {worst:?}; max_ulp {})",
+        "MEASURED {:>5} {s:?}{}{what}: max {max_ulp} ULP over {} points (worst at {worst:?}; max_ulp {})",
         f.name(),
+        mode.label(),
         points.len(),
         f.max_ulp(s)
     );
     assert!(
         failures.is_empty(),
-        "{} {s:?}: {} failures, e.g.\n{}",
+        "{} {s:?}{}: {} failures, e.g.\n{}",
         f.name(),
+        mode.label(),
         failures.len(),
         failures
             .iter()
@@ -396,10 +452,20 @@ fn exp() {
                 .iter()
                 .map(|v| -v),
         );
+        // Flushing code's last n, whose results straddle the smallest normal number, and its
+        // clamp.
+        let flushing_clamp = (denormal / LN_2 - 0.25) * LN_2;
+        x.extend(uniform(
+            &mut rng,
+            20_000,
+            flushing_clamp - 0.4,
+            denormal + 0.4,
+        ));
         let bound = MathFn::Exp.max_ulp(s);
-        check(MathFn::Exp, s, "", &unary_points(s, x), |_| {
-            Expect::Ulp(bound)
-        });
+        let points = unary_points(s, x);
+        for mode in [Mode::Exact, Mode::Flushing] {
+            check_in(mode, MathFn::Exp, s, "", &points, |_| Expect::Ulp(bound));
+        }
     }
 }
 
@@ -689,19 +755,22 @@ fn pow() {
         let (near, far): (Vec<_>, Vec<_>) = binary_points(s, pairs)
             .into_iter()
             .partition(|p| w(&[round_to(s, p.args[0]), round_to(s, p.args[1])]) <= 1.0);
-        check(MathFn::Pow, s, " (|y ln x| <= 1)", &near, |_| {
-            Expect::Ulp(bound)
-        });
-        check(
-            MathFn::Pow,
-            s,
-            " (|y ln x| > 1: bound max_ulp + |y ln x|/16 for f64)",
-            &far,
-            |a| match s {
-                Scalar::F32 => Expect::Ulp(bound),
-                Scalar::F64 => Expect::Ulp(bound + w(a) * POW_F64_ULP_PER_UNIT),
-            },
-        );
+        for mode in [Mode::Exact, Mode::Flushing] {
+            check_in(mode, MathFn::Pow, s, " (|y ln x| <= 1)", &near, |_| {
+                Expect::Ulp(bound)
+            });
+            check_in(
+                mode,
+                MathFn::Pow,
+                s,
+                " (|y ln x| > 1: bound max_ulp + |y ln x|/16 for f64)",
+                &far,
+                |a| match s {
+                    Scalar::F32 => Expect::Ulp(bound),
+                    Scalar::F64 => Expect::Ulp(bound + w(a) * POW_F64_ULP_PER_UNIT),
+                },
+            );
+        }
     }
 }
 

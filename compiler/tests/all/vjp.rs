@@ -697,7 +697,7 @@ fn the_cross_pass_gives_the_two_dense_passes_results() {
     for reduction in [
         "Sum_Reduction(Exp(-SqDist(x, y) * s) * b, {axis})",
         "LogSumExp_Reduction(-SqDist(x, y) * s + Elem(b, 0) * 2, {axis})",
-        // Most exponentials underflow: the cross pass redoes tiles with the exact exp.
+        // Most exponentials underflow: flushed in the cross pass as in the two passes.
         "Sum_Reduction(Exp(-SqDist(x, y) * s * 200) * b, {axis})",
     ] {
         for axis in [0, 1] {
