@@ -23,6 +23,10 @@ pub struct Workload {
     /// The largest N = M measured (larger `--size`s are cut to it), so that a default run of
     /// every workload stays short.
     pub max_n: usize,
+    /// `(D, operations per pair)` where the workload has a bound: the FMA-pipe operations
+    /// (multiplies, adds, FMAs, the exponential's share) one pair costs at that dimension, so
+    /// that the machine's peak FMA rate over them bounds the pairs/s ([`FmaPeak`]).
+    pub fma_ops_per_pair: &'static [(usize, f64)],
 }
 
 /// The Gaussian kernel sum of W1 and W2.
@@ -36,6 +40,7 @@ pub const WORKLOADS: &[Workload] = &[
         dims: &[3],
         param: 0.5,
         max_n: usize::MAX,
+        fma_ops_per_pair: &[(3, 13.0)],
     },
     // W1 with a small bandwidth (sigma = 0.01 in the unit cube), as in density estimation and
     // diffusion operators: most exponentials underflow to 0 (about 99% in f32, 80% in f64) and
@@ -47,6 +52,7 @@ pub const WORKLOADS: &[Workload] = &[
         dims: &[3],
         param: 5000.0,
         max_n: usize::MAX,
+        fma_ops_per_pair: &[(3, 13.0)],
     },
     Workload {
         id: "W2",
@@ -55,6 +61,7 @@ pub const WORKLOADS: &[Workload] = &[
         dims: &[64],
         param: 0.5,
         max_n: usize::MAX,
+        fma_ops_per_pair: &[(64, 66.0)],
     },
     // W2 at large dimensions: pairs/s and compile time (which does not grow with D: the
     // squared distance is a Gram product, looped over components).
@@ -65,6 +72,7 @@ pub const WORKLOADS: &[Workload] = &[
         dims: &[256, 1024],
         param: 0.5,
         max_n: 10_000,
+        fma_ops_per_pair: &[],
     },
     Workload {
         id: "W3",
@@ -73,6 +81,7 @@ pub const WORKLOADS: &[Workload] = &[
         dims: &[3],
         param: 0.5,
         max_n: usize::MAX,
+        fma_ops_per_pair: &[],
     },
     Workload {
         id: "W4",
@@ -81,6 +90,7 @@ pub const WORKLOADS: &[Workload] = &[
         dims: &[3, 32],
         param: 0.5,
         max_n: usize::MAX,
+        fma_ops_per_pair: &[],
     },
     Workload {
         id: "W5",
@@ -89,6 +99,7 @@ pub const WORKLOADS: &[Workload] = &[
         dims: &[3],
         param: 0.5,
         max_n: usize::MAX,
+        fma_ops_per_pair: &[],
     },
 ];
 
@@ -551,9 +562,12 @@ pub fn machine_line() -> String {
     )
 }
 
-/// The table's header, after the machine's line.
-fn write_header(out: &mut dyn std::io::Write) {
+/// The table's header, after the machine's line and the bound's, if any.
+fn write_header(out: &mut dyn std::io::Write, bound: Option<&str>) {
     writeln!(out, "{}", machine_line()).ok();
+    if let Some(bound) = bound {
+        writeln!(out, "{bound}").ok();
+    }
     writeln!(
         out,
         "{:<4} {:<22} {:>3} {:>4} {:>8} {:>10} {:>10}  baseline",
@@ -640,7 +654,7 @@ fn run_beside_cpu(
 ) -> Result<Vec<BenchResult>, String> {
     let backend = options.backend;
     let mut results = Vec::new();
-    write_header(out);
+    write_header(out, None);
     for (w, d, source, dtype, n) in forward_cases(options) {
         let (rate, compile_ms) = measure_on(&source, n, dtype, options.repeats, w.param, backend)?;
         let cpu_n = n.min(CPU_BESIDE_GPU_MAX_N);
@@ -783,14 +797,24 @@ pub fn measure_vjp_latency(
 /// Builds the C baseline (gcc -O3 -march=native -ffast-math -fopenmp) into a temporary
 /// directory; `None` with the reason when it cannot.
 pub fn build_c_baseline(source: &Path) -> Result<std::path::PathBuf, String> {
+    build_c_program(source, "gauss_c", &["-ffast-math"])
+}
+
+/// `gcc -O3 -march=native -fopenmp EXTRA SOURCE -lm` into a temporary directory.
+fn build_c_program(
+    source: &Path,
+    name: &str,
+    extra: &[&str],
+) -> Result<std::path::PathBuf, String> {
     if !source.exists() {
         return Err(format!("{} not found", source.display()));
     }
     let dir = std::env::temp_dir().join(format!("keopsc-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let exe = dir.join("gauss_c");
+    let exe = dir.join(name);
     let status = Command::new("gcc")
-        .args(["-O3", "-march=native", "-ffast-math", "-fopenmp"])
+        .args(["-O3", "-march=native", "-fopenmp"])
+        .args(extra)
         .arg(source)
         .arg("-o")
         .arg(&exe)
@@ -801,6 +825,63 @@ pub fn build_c_baseline(source: &Path) -> Result<std::path::PathBuf, String> {
         return Err("gcc failed".into());
     }
     Ok(exe)
+}
+
+/// The machine's peak FMA rate, measured by `examples/bench/fma_peak.c` (beside the C
+/// baseline) on vectors as wide as the generated code's, all threads: the bound of the
+/// workloads that state their operations per pair (`Workload::fma_ops_per_pair`).
+#[derive(Clone, Copy, Debug)]
+pub struct FmaPeak {
+    /// f32 lane-operations per second (one FMA on one lane is one).
+    pub f32_lane_ops: f64,
+    pub lanes: u32,
+}
+
+impl FmaPeak {
+    /// Builds and runs the program; its source is `fma_peak.c` in the C baseline's folder.
+    pub fn measure(c_baseline: &Path) -> Result<FmaPeak, String> {
+        let lanes = crate::target::CpuTarget::host().vector_bits / 32;
+        let exe = build_c_program(
+            &c_baseline.with_file_name("fma_peak.c"),
+            "fma_peak",
+            &[&format!("-DLANES={lanes}")],
+        )?;
+        let out = Command::new(exe).output().map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let f32_lane_ops = text
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("lane-ops/s="))
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("unexpected output: {text}"))?;
+        Ok(FmaPeak {
+            f32_lane_ops,
+            lanes,
+        })
+    }
+
+    /// The pairs/s bound of a workload of `ops` FMA-pipe operations per pair: an f64 lane
+    /// costs two f32 lanes.
+    pub fn pairs_bound(&self, ops: f64, dtype: DType) -> f64 {
+        let per_lane = match dtype {
+            DType::F32 => 1.0,
+            DType::F64 => 2.0,
+        };
+        self.f32_lane_ops / (ops * per_lane)
+    }
+
+    /// The line printed under the machine's.
+    pub fn describe(&self) -> String {
+        format!(
+            "bound: {:.3e} f32 lane-ops/s (peak FMA rate of examples/bench/fma_peak.c, {}-lane vectors, all threads; half in f64); a workload's bound is that over its FMA-pipe operations per pair ({})",
+            self.f32_lane_ops,
+            self.lanes,
+            WORKLOADS
+                .iter()
+                .flat_map(|w| w.fma_ops_per_pair.iter().map(move |(d, ops)| format!("{} D={d}: {ops}", w.id)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
 }
 
 /// Runs the C baseline at N = M = n (it prints `pairs/s=...`, best of 3).
@@ -869,8 +950,15 @@ pub fn run(
         },
         None => None,
     };
+    let peak = options.c_baseline.as_deref().map(FmaPeak::measure);
+    let bound_line = match &peak {
+        Some(Ok(peak)) => Some(peak.describe()),
+        Some(Err(e)) => Some(format!("bound: not measured ({e})")),
+        None => None,
+    };
     let mut results = Vec::new();
-    write_header(out);
+    write_header(out, bound_line.as_deref());
+    let peak = peak.and_then(Result::ok);
     for (w, d, source, dtype, n) in forward_cases(options) {
         let (rate, compile_ms) = measure(&source, n, dtype, options.repeats, w.param)?;
         let mut baseline = None;
@@ -881,10 +969,21 @@ pub fn run(
                 }
             }
         }
-        let base_text = match &baseline {
+        let mut base_text = match &baseline {
             Some((name, b)) => format!("{:.2}x {name} at {b:.3e}", rate / b),
             None => String::new(),
         };
+        let ops = w.fma_ops_per_pair.iter().find(|(dim, _)| *dim == d);
+        if let (Some(peak), Some(&(_, ops))) = (&peak, ops) {
+            let bound = peak.pairs_bound(ops, dtype);
+            if !base_text.is_empty() {
+                base_text.push_str("; ");
+            }
+            base_text.push_str(&format!(
+                "{:.0}% of the bound {bound:.3e}",
+                100.0 * rate / bound
+            ));
+        }
         writeln!(
             out,
             "{:<4} {:<22} {:>3} {:>4} {:>8} {:>10.3e} {:>8.1}ms  {base_text}",

@@ -655,6 +655,46 @@ fn bench_rejects_unknown_workloads_and_dtypes() {
     );
 }
 
+/// With the C programs, the table has the machine's bound under the machine's line, and W1's
+/// row its share of it (with gcc; without, the line says why it is missing).
+#[test]
+fn bench_prints_the_bound_and_each_bounded_workloads_share() {
+    let run = keopsc(&[
+        "bench",
+        "--workload",
+        "W1",
+        "--size",
+        "300",
+        "--repeat",
+        "1",
+        "--dtype",
+        "f32",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert!(lines[0].starts_with("machine: "), "{}", run.stdout);
+    assert!(lines[1].starts_with("bound: "), "{}", run.stdout);
+    let gcc = std::process::Command::new("gcc").arg("--version").output();
+    if gcc.is_ok_and(|o| o.status.success()) {
+        assert!(
+            lines[1].contains("f32 lane-ops/s") && lines[1].contains("W1 D=3: 13"),
+            "{}",
+            lines[1]
+        );
+        let w1 = lines
+            .iter()
+            .find(|l| l.starts_with("W1 "))
+            .expect("a W1 row");
+        assert!(w1.contains("% of the bound "), "{w1}");
+    } else {
+        assert!(
+            lines[1].starts_with("bound: not measured ("),
+            "{}",
+            lines[1]
+        );
+    }
+}
+
 #[test]
 fn kernels_beyond_the_cpu_backend_are_refused_with_a_way_out() {
     let f = Fixture::new();

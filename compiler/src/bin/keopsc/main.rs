@@ -212,7 +212,7 @@ enum Command {
         /// The C baseline for W1 (built with gcc -O3 -march=native -ffast-math -fopenmp).
         #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/bench/gauss_c.c"))]
         c_baseline: PathBuf,
-        /// Skip the C baseline.
+        /// Skip the C programs: the baseline, and the peak FMA rate the bounds are taken from.
         #[arg(long)]
         no_c: bool,
         /// Also time pykeops (W1, f32) through python3, when it is installed.
