@@ -150,6 +150,68 @@ pub const BANDWIDTH_WORKLOAD: &str = "W1g";
 /// unit cube): from every pair counting (g = 1) to almost none (g = 5000).
 pub const BANDWIDTHS: [f64; 5] = [1.0, 30.0, 100.0, 500.0, 5000.0];
 
+/// The data-dependent cliffs: each kernel on adversarial data against the same kernel on the
+/// uniform data of the other workloads, alternating in the same run ([`CLIFFS`]).
+pub const CLIFF_WORKLOAD: &str = "C1";
+
+/// A kernel whose speed may depend on its data, and the data that would make it slowest.
+pub struct Cliff {
+    pub title: &'static str,
+    pub source: &'static str,
+    /// The value of every `Pm` argument.
+    pub param: f64,
+    /// Rewrites the uniform inputs (by argument name, `n` points of `dim` numbers, for the
+    /// dtype of the run) into the adversarial ones.
+    pub adversarial: fn(name: &str, n: usize, data: &mut [f64], dim: usize, dtype: DType),
+}
+
+pub const CLIFFS: &[Cliff] = &[
+    // The running maximum grows at every pair: every term rescales the lane's sum.
+    Cliff {
+        title: "LSE, max grows each j",
+        source: "kernel w {\n x = Vi(3)\n y = Vj(3)\n h = Vj(1)\n g = Pm(1)\n LogSumExp_Reduction(-SqDist(x, y) * g + h, 0)\n}\n",
+        param: 0.5,
+        adversarial: |name, _, data, _, _| {
+            if name == "h" {
+                // Steps of 2 exceed the spread of -SqDist * g (at most 1.5 in the unit cube).
+                for (j, h) in data.iter_mut().enumerate() {
+                    *h = 2.0 * j as f64;
+                }
+            }
+        },
+    },
+    // Every j is nearer to every x than the j before it: each pair enters the K-list.
+    Cliff {
+        title: "ArgKMin, all j enter",
+        source: "kernel w {\n x = Vi(3)\n y = Vj(3)\n ArgKMin_Reduction(SqDist(x, y), 10, 0)\n}\n",
+        param: 0.5,
+        adversarial: |name, n, data, dim, _| {
+            if name == "y" {
+                // On the diagonal beyond (1, 1, 1), coming closer to the unit cube with j.
+                for (j, point) in data.chunks_mut(dim).enumerate() {
+                    point.fill(2.0 + 1e-3 * (n - j) as f64);
+                }
+            }
+        },
+    },
+    // Products below the smallest normal number, read by `Log`.
+    Cliff {
+        title: "Log of tiny products",
+        source: "kernel w {\n x = Vi(1)\n y = Vj(1)\n g = Pm(1)\n Sum_Reduction(Log(x * y * g), 0)\n}\n",
+        param: 1.0,
+        adversarial: |name, _, data, _, dtype| {
+            // Most products (and some of the y) below the smallest normal number.
+            let tiny = match dtype {
+                DType::F32 => 1e-37,
+                DType::F64 => 1e-307,
+            };
+            if name == "y" {
+                data.iter_mut().for_each(|v| *v *= tiny);
+            }
+        },
+    },
+];
+
 /// The batch workload: W1 on 1000 problems of N = M = 200 (f32 or f64), in one batched call
 /// against a loop of calls, in the same run.
 pub const BATCH_WORKLOAD: &str = "B1";
@@ -285,6 +347,7 @@ pub fn workload_ids() -> Vec<&'static str> {
             SYMMETRIC_WORKLOAD,
             BATCH_WORKLOAD,
             RANGES_WORKLOAD,
+            CLIFF_WORKLOAD,
         ])
         .collect()
 }
@@ -596,6 +659,83 @@ fn forward_cases(options: &BenchOptions) -> Vec<(&'static Workload, usize, Strin
         }
     }
     cases
+}
+
+/// The cliffs ([`CLIFF_WORKLOAD`]): each of [`CLIFFS`] compiled once, its uniform and its
+/// adversarial inputs timed alternately, `repeats` calls each (medians).
+fn run_cliffs(
+    options: &BenchOptions,
+    out: &mut dyn std::io::Write,
+) -> Result<Vec<BenchResult>, String> {
+    let mut results = Vec::new();
+    for cliff in CLIFFS {
+        let compiled = driver::compile(SourceFile::new("<bench>", cliff.source))
+            .map_err(|_| "a cliff's kernel does not compile".to_string())?;
+        let kernel = &compiled.kernels[0];
+        for &dtype in &options.dtypes {
+            let executor =
+                driver::executor(kernel, dtype, driver::Backend::Cpu).map_err(|e| e.to_string())?;
+            for &n in &options.sizes {
+                let plain = uniform_inputs(cliff.source, n, dtype, 1, cliff.param)?;
+                let adversarial: Vec<HostArray> = plain
+                    .iter()
+                    .map(|(name, array)| {
+                        let mut data = array.to_f64();
+                        let dim = array.shape.last().copied().unwrap_or(1);
+                        (cliff.adversarial)(name, n, &mut data, dim, dtype);
+                        let shape = array.shape.to_vec();
+                        match dtype {
+                            DType::F32 => {
+                                HostArray::from_f32(shape, data.iter().map(|&v| v as f32).collect())
+                            }
+                            DType::F64 => HostArray::from_f64(shape, data),
+                        }
+                    })
+                    .collect();
+                let plain: Vec<_> = plain.iter().map(|(_, a)| a.view()).collect();
+                let adversarial: Vec<_> = adversarial.iter().map(HostArray::view).collect();
+                let (mut plain_s, mut adversarial_s) = (Vec::new(), Vec::new());
+                for _ in 0..options.repeats.max(1) {
+                    for (arrays, times) in
+                        [(&plain, &mut plain_s), (&adversarial, &mut adversarial_s)]
+                    {
+                        let start = Instant::now();
+                        let result = executor.reduce(arrays).map_err(|e| e.to_string())?;
+                        times.push(start.elapsed().as_secs_f64());
+                        std::hint::black_box(result);
+                    }
+                }
+                let (plain_s, adversarial_s) = (median(plain_s), median(adversarial_s));
+                let rate = (n as f64) * (n as f64) / adversarial_s;
+                writeln!(
+                    out,
+                    "{:<4} {:<22} {:>3} {:>4} {:>8} {:>10.3e} {:>10}  {:.2}x the time on uniform data ({:.3e} pairs/s, alternating)",
+                    CLIFF_WORKLOAD,
+                    cliff.title,
+                    kernel.signature.args[0].dim,
+                    dtype_name(dtype),
+                    n,
+                    rate,
+                    "",
+                    adversarial_s / plain_s,
+                    (n as f64) * (n as f64) / plain_s
+                )
+                .ok();
+                results.push(BenchResult {
+                    label: format!("{CLIFF_WORKLOAD} {}", cliff.title),
+                    dtype,
+                    n,
+                    pairs_per_second: rate,
+                    compile_ms: 0.0,
+                    baseline: Some((
+                        "uniform data".to_string(),
+                        (n as f64) * (n as f64) / plain_s,
+                    )),
+                });
+            }
+        }
+    }
+    Ok(results)
 }
 
 /// The bandwidth sweep ([`BANDWIDTH_WORKLOAD`]): W1 at every g of [`BANDWIDTHS`], each row
@@ -1049,6 +1189,9 @@ pub fn run(
     }
     if selected(BANDWIDTH_WORKLOAD) {
         results.extend(run_bandwidth_sweep(options, out)?);
+    }
+    if selected(CLIFF_WORKLOAD) {
+        results.extend(run_cliffs(options, out)?);
     }
     if selected(SYMMETRIC_WORKLOAD) {
         let (w1, d, source) = w1_source();

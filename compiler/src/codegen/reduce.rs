@@ -51,6 +51,31 @@ pub fn if_any<'ctx>(
     em.builder.position_at_end(after);
 }
 
+/// As [`if_any`], with `otherwise` run when no lane of `mask` is set.
+pub fn if_any_else<'ctx>(
+    em: &Emitter<'_, 'ctx>,
+    function: FunctionValue<'ctx>,
+    mask: Value<'ctx>,
+    then: impl FnOnce(),
+    otherwise: impl FnOnce(),
+) {
+    let any = reduce_or(em, mask);
+    let then_block: BasicBlock = em.context.append_basic_block(function, "any");
+    let else_block = em.context.append_basic_block(function, "none");
+    let after = em.context.append_basic_block(function, "after");
+    built(
+        em.builder
+            .build_conditional_branch(any, then_block, else_block),
+    );
+    em.builder.position_at_end(then_block);
+    then();
+    built(em.builder.build_unconditional_branch(after));
+    em.builder.position_at_end(else_block);
+    otherwise();
+    built(em.builder.build_unconditional_branch(after));
+    em.builder.position_at_end(after);
+}
+
 pub fn reduce_or<'ctx>(em: &Emitter<'_, 'ctx>, mask: Value<'ctx>) -> IntValue<'ctx> {
     let function = Intrinsic::find("llvm.vector.reduce.or")
         .and_then(|i| i.get_declaration(em.module, &[mask.get_type().into()]))
@@ -443,27 +468,48 @@ impl<'ctx> LaneAccumulators<'ctx> {
     ) {
         let m = self.load(em, 0);
         let grows = em.compare(FloatPredicate::OGT, f, m);
-        if_any(em, function, grows, || {
-            let m_new = em.select(grows, f, m);
-            // Lanes that do not grow keep their sums (rescale_factor(m, m) = 1).
-            let scale = rescale_factor(em, m, m_new);
-            for k in 1..self.slots.len() {
-                let s = self.load(em, k);
-                self.store(em, k, em.mul(s, scale));
-            }
-            self.store(em, 0, m_new);
-        });
-        let m = self.load(em, 0);
-        let e = shifted_exp_term(em, f, m);
-        let s = self.load(em, 1);
-        self.store(em, 1, em.add(s, e));
-        for (w, &x) in weights.iter().enumerate() {
-            let s = self.load(em, 2 + w);
-            self.store(em, 2 + w, em.fma(e, x, s));
-        }
+        // One exponential per pair either way: where the maximum grows, exp(m - f) both
+        // rescales the sums and is the old maximum's weight, so a run of growing maxima (data
+        // sorted by value) costs about what the plain case does.
+        if_any_else(
+            em,
+            function,
+            grows,
+            || {
+                let c = |x: f64| em.constant(x, self.lanes);
+                let below = em.select(grows, em.sub(m, f), em.sub(f, m));
+                let e = em.call_math(super::math::MathFn::Exp, &[below]);
+                // As `shifted_exp_term`: f = m (infinite too) weighs 1, f = -inf nothing.
+                let e = em.select(em.compare(FloatPredicate::OEQ, f, m), c(1.0), e);
+                let e = em.select(
+                    em.compare(FloatPredicate::OEQ, f, c(f64::NEG_INFINITY)),
+                    c(0.0),
+                    e,
+                );
+                let s = self.load(em, 1);
+                self.store(em, 1, em.select(grows, em.fma(s, e, c(1.0)), em.add(s, e)));
+                for (w, &x) in weights.iter().enumerate() {
+                    let s = self.load(em, 2 + w);
+                    self.store(
+                        em,
+                        2 + w,
+                        em.select(grows, em.fma(s, e, x), em.fma(e, x, s)),
+                    );
+                }
+                self.store(em, 0, em.select(grows, f, m));
+            },
+            || {
+                let e = shifted_exp_term(em, f, m);
+                let s = self.load(em, 1);
+                self.store(em, 1, em.add(s, e));
+                for (w, &x) in weights.iter().enumerate() {
+                    let s = self.load(em, 2 + w);
+                    self.store(em, 2 + w, em.fma(e, x, s));
+                }
+            },
+        );
     }
 
-    /// Which slots hold indices (made absolute by the merge).
     fn is_index_slot(&self, k: usize) -> bool {
         self.red.is_index_slot(k)
     }

@@ -653,6 +653,33 @@ fn bench_rejects_unknown_workloads_and_dtypes() {
         "{}",
         sweep.stdout
     );
+    // The cliffs: each kernel's adversarial data against uniform data.
+    let cliffs = keopsc(&[
+        "bench",
+        "--workload",
+        "C1",
+        "--size",
+        "300",
+        "--repeat",
+        "1",
+        "--dtype",
+        "f64",
+        "--no-c",
+    ]);
+    assert_eq!(cliffs.code, 0, "{}", cliffs.stderr);
+    for title in [
+        "LSE, max grows each j",
+        "ArgKMin, all j enter",
+        "Log of tiny products",
+    ] {
+        assert!(
+            cliffs.stdout.lines().any(|l| l.starts_with("C1")
+                && l.contains(title)
+                && l.contains("the time on uniform data")),
+            "{title}:\n{}",
+            cliffs.stdout
+        );
+    }
 }
 
 /// With the C programs, the table has the machine's bound under the machine's line, and W1's

@@ -643,6 +643,48 @@ fn logsumexp_of_large_values_does_not_overflow() {
     }
 }
 
+/// A maximum that grows at every pair (v sorted), in every lane or in some (rows whose u
+/// reverses the order), with -inf and +inf among the values: the folds that rescale and
+/// weigh with one exponential give the interpreter's results, weights included.
+#[test]
+fn logsumexp_with_a_maximum_growing_at_every_pair() {
+    for reduction in [
+        "LogSumExp_Reduction(v * u, 0)",
+        "LogSumExpWeight_Reduction(v * u, Concat(v, v * v), 0)",
+    ] {
+        check_growing_maxima(reduction);
+    }
+}
+
+fn check_growing_maxima(reduction: &str) {
+    let compiled = compile(&kernel(reduction));
+    let k = &compiled.kernels[0];
+    for dtype in [DType::F32, DType::F64] {
+        for m in [7, 64, 1001] {
+            let mut v: Vec<f64> = (0..m).map(|j| j as f64 * 0.75 - 3.0).collect();
+            // Rows: increasing (every pair grows), decreasing (never after the first), and
+            // a -inf and a +inf among the values of the last columns.
+            let u = [1.0, -1.0, 0.5, 2.0];
+            if m > 8 {
+                v[m - 3] = f64::NEG_INFINITY;
+                v[m / 2] = f64::INFINITY;
+            }
+            let mut problem = problem(u.len(), m, dtype, 5);
+            for (name, array) in problem.inputs.iter_mut() {
+                match name.as_str() {
+                    "u" => *array = column(&u, dtype),
+                    "v" => *array = column(&v, dtype),
+                    _ => {}
+                }
+            }
+            let want = eval(k, &problem, Backend::Interp).to_f64();
+            let got = eval(k, &problem, Backend::Cpu).to_f64();
+            let what = format!("{reduction} {dtype:?} M = {m}");
+            assert_matches(&got, &want, &want, tolerance(dtype), &what);
+        }
+    }
+}
+
 /// Rows whose exponentials are all normal, all denormal, all zero, or mixed (some lanes
 /// underflow), in runs: every row must come out as the interpreter's (up to the flushed
 /// subnormals), whatever the rows before it were. A lane of the flushing `exp` scaled wrongly

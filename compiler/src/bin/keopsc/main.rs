@@ -196,7 +196,7 @@ enum Command {
     /// Measure the CPU backend on the reference workloads (W1, W1s, W2, W2L, W3..W5), with the C
     /// baseline and pykeops measured in the same run.
     Bench {
-        /// Only these workloads (W1, W1s, W2, W2L, W3, W4, W5, the backward passes W1v, W3v, and W1g, W1sym, B1, R1);
+        /// Only these workloads (W1, W1s, W2, W2L, W3, W4, W5, the backward passes W1v, W3v, and W1g, W1sym, B1, R1, the cliffs C1);
         /// all when left out.
         #[arg(long = "workload")]
         workloads: Vec<String>,
