@@ -939,12 +939,20 @@ fn optimize_does_bounded_work_on_the_gaussian_kernel_and_its_gradient() {
          differentiation {d_iterations} iterations, {d_nodes} e-nodes, simplification \
          {g_iterations} iterations, {g_nodes} e-nodes"
     );
+    // The budget bounds any kernel's work (egg stops there); these kernels must stay far
+    // inside it, below its iterations and at about twice the e-nodes measured when this test
+    // was written (14 iterations and 198 e-nodes; 15 and 573 for the gradient): a rule that
+    // makes the graph grow or stops saturation fails here, long before the budget hides it.
     let budget = OptBudget::default();
-    // Each round of saturation is bounded by the budget; there are at most
-    // `SIMPLIFICATION_ROUNDS` of them.
     let most_iterations = opt::SIMPLIFICATION_ROUNDS * budget.iter_limit;
-    assert!(iterations <= most_iterations && nodes <= 2 * budget.node_limit);
-    assert!(g_iterations <= most_iterations && g_nodes <= 2 * budget.node_limit);
+    assert!(
+        iterations < most_iterations && nodes <= 400,
+        "{iterations} {nodes}"
+    );
+    assert!(
+        g_iterations < most_iterations && g_nodes <= 1_200,
+        "{g_iterations} {g_nodes}"
+    );
     // Differentiation saturates in a few rounds, on a small graph.
     assert!(
         d_iterations <= 20 && d_nodes <= 2_000,
