@@ -103,13 +103,8 @@ fn codegen_files_snapshot_schedule_and_ir() {
         let mut out = String::new();
         for k in &kernels {
             let o = &k.optimized;
-            let scalar = jit::scalar_of(dtype);
-            let schedule = keopsc::schedule::Schedule::new(
-                &o.formula,
-                &o.signature,
-                target.lanes(scalar),
-                jit::elem_bytes(scalar),
-            );
+            // The schedule the emitter uses for this tile function (Gram products included).
+            let schedule = jit::TileSpec::single(&o.formula, &o.signature, dtype).schedule(&target);
             let scheduled = keopsc::schedule::ScheduledFormula {
                 formula: &o.formula,
                 schedule: &schedule,
