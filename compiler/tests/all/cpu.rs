@@ -641,6 +641,27 @@ fn logsumexp_of_large_values_does_not_overflow() {
     }
 }
 
+/// Tiles of one accumulator run their rows two at a time (`codegen::cpu`, `rows_in_pairs`):
+/// odd and even row counts, one row, a block boundary, remainders of every length, and a Min
+/// (which pairs too) give the interpreter's results.
+#[test]
+fn rows_run_in_pairs_with_every_remainder() {
+    for dtype in [DType::F32, DType::F64] {
+        for n in [1, 2, 3, 5, 256, 257, 515] {
+            for m in [1, 7, 9, 17, 4099] {
+                check(
+                    "Sum_Reduction(Exp(-SqDist(x, y) * s) * v + u, 0)",
+                    Some("Sum_Reduction(Abs(Exp(-SqDist(x, y) * s) * v) + Abs(u), 0)"),
+                    n,
+                    m,
+                    dtype,
+                );
+                check("Min_Reduction(SqDist(x, y) - u * v, 1)", None, m, n, dtype);
+            }
+        }
+    }
+}
+
 /// A maximum that grows at every pair (v sorted), in every lane or in some (rows whose u
 /// reverses the order), with -inf and +inf among the values: the folds that rescale and
 /// weigh with one exponential give the interpreter's results, weights included.
