@@ -11,7 +11,10 @@
 //!     merge the lanes into the row's f64 accumulator
 //! ```
 //! Inner tiles are sized so that their inputs stay in the L1/L2 cache while the rows of a
-//! block pass over them.
+//! block pass over them. Tiles whose rows keep one accumulator number (W1's sum) run the row
+//! loop two rows at a time: each vector of inner indices is loaded once for both, whose pair
+//! code forms two independent dependency chains (the loop waits on latency, not on the FP
+//! pipes); an odd last row runs alone.
 //!
 //! A *cross* tile function ([`keops_runtime::CrossTileFn`], `columns > 0`) also sums the last
 //! `columns` components of the formula over the rows: each inner tile keeps them in a stack
