@@ -647,17 +647,21 @@ fn logsumexp_of_large_values_does_not_overflow() {
 #[test]
 fn rows_run_in_pairs_with_every_remainder() {
     for dtype in [DType::F32, DType::F64] {
-        for n in [1, 2, 3, 5, 256, 257, 515] {
-            for m in [1, 7, 9, 17, 4099] {
-                check(
-                    "Sum_Reduction(Exp(-SqDist(x, y) * s) * v + u, 0)",
-                    Some("Sum_Reduction(Abs(Exp(-SqDist(x, y) * s) * v) + Abs(u), 0)"),
-                    n,
-                    m,
-                    dtype,
-                );
-                check("Min_Reduction(SqDist(x, y) - u * v, 1)", None, m, n, dtype);
-            }
+        // Row counts around the pairs and the 256-row blocks; inner lengths around the vector
+        // width and, with few rows, the 4096-element inner tile.
+        let sizes = [1, 2, 3, 5, 256, 257, 515]
+            .into_iter()
+            .flat_map(|n| [1, 7, 9, 17].map(|m| (n, m)))
+            .chain([(1, 4099), (2, 4099), (5, 4099)]);
+        for (n, m) in sizes {
+            check(
+                "Sum_Reduction(Exp(-SqDist(x, y) * s) * v + u, 0)",
+                Some("Sum_Reduction(Abs(Exp(-SqDist(x, y) * s) * v) + Abs(u), 0)"),
+                n,
+                m,
+                dtype,
+            );
+            check("Min_Reduction(SqDist(x, y) - u * v, 1)", None, m, n, dtype);
         }
     }
 }
