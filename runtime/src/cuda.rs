@@ -536,11 +536,15 @@ impl Executor for CudaKernel {
 mod tests {
     use super::*;
 
-    /// On a machine without the driver the device is an error that says so, not a panic.
+    /// On a machine without the driver the device is an error that says so, not a panic; with
+    /// one, a device past the last is an error too (and device 0 opens where there is one).
     #[test]
-    fn a_machine_without_the_driver_gets_a_clear_error() {
+    fn devices_that_cannot_open_give_a_clear_error() {
         if driver_present() {
-            eprintln!("SKIPPED: this machine has a CUDA driver");
+            let err = CudaDevice::new(usize::MAX)
+                .err()
+                .expect("no device at the largest ordinal");
+            assert_ne!(err, CudaError::NoDriver, "{err}");
             return;
         }
         let err = CudaDevice::new(0)
