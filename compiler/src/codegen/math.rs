@@ -826,11 +826,14 @@ impl<'ctx> Emitter<'_, 'ctx> {
         let s = self.scalar;
         let m = i64::from(s.mantissa_bits());
         let emin = 1 - s.exponent_bias();
-        let normal_scale = self.bitcast_float(self.shl(self.bitcast_int(t), self.i(m)));
+        let normal_scale = self.shl(self.bitcast_int(t), self.i(m));
         let at_emin = self.fcmp(FloatPredicate::OLT, n, self.f(emin as f64 + 0.5));
-        let scale = self.select(at_emin, self.f(pow2(emin as i32)), normal_scale);
-        let w = self.mul(q, scale);
-        self.select(at_emin, self.mul(w, self.f(0.5)), w)
+        // 2^emin's bits and one step of q's exponent are both 1 << m: one constant raises the
+        // scale's bits (+0) to 2^emin and halves q (exactly: q >= √2 is normal).
+        let step = self.select(at_emin, self.i(1 << m), self.i(0));
+        let scale = self.bitcast_float(self.or(normal_scale, step));
+        let half_q = self.bitcast_float(self.isub(self.bitcast_int(q), step));
+        self.mul(half_q, scale)
     }
 
     /// (q/2)·2^n, correctly rounded (denormal and infinite results included), for q = 2·exp(r)
