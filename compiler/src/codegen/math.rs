@@ -820,8 +820,8 @@ impl<'ctx> Emitter<'_, 'ctx> {
     /// (q/2)·2^n as [`Self::scale_by_power_of_two`] for n > emin, in code that runs with FTZ
     /// set, for n in [emin, emax + 1] (exp's flushing clamp): q·2^(n-1), one multiplication by
     /// a normal power of two. At n = emin that power would be subnormal (its bits, from `t`,
-    /// are those of +0), so the lane takes q·2^emin, exact, and halves it: the hardware rounds
-    /// the half once, and flushes it when it is below the smallest normal number.
+    /// are those of +0), so the lane multiplies q/2 (exact) by 2^emin: the hardware rounds the
+    /// product once, and flushes it when it is below the smallest normal number.
     fn scale_flushing(&self, q: Val<'ctx>, n: Val<'ctx>, t: Val<'ctx>) -> Val<'ctx> {
         let s = self.scalar;
         let m = i64::from(s.mantissa_bits());
