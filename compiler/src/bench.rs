@@ -614,8 +614,8 @@ pub fn machine_line() -> String {
             })
         })
         .unwrap_or_else(|| "unknown model".to_string());
-    let host = crate::target::CpuTarget::host();
-    let level = crate::target::CpuTarget::host_level();
+    let host = crate::codegen::host_cpu();
+    let level = crate::codegen::host_cpu_level();
     format!(
         "machine: {model}; code for {} ({}, {}-bit vectors), {} threads",
         host.cpu,
@@ -980,7 +980,7 @@ pub struct FmaPeak {
 impl FmaPeak {
     /// Builds and runs the program; its source is `fma_peak.c` in the C baseline's folder.
     pub fn measure(c_baseline: &Path) -> Result<FmaPeak, String> {
-        let lanes = crate::target::CpuTarget::host().vector_bits / 32;
+        let lanes = crate::codegen::host_cpu().vector_bits / 32;
         let exe = build_c_program(
             &c_baseline.with_file_name("fma_peak.c"),
             "fma_peak",

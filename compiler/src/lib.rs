@@ -8,23 +8,12 @@
 //!
 //! `driver` runs the pipeline; `compiler/src/README.md` records the design decisions.
 
-pub mod artifact;
-pub mod batch;
 pub mod bench;
-pub mod check;
-pub mod codegen;
-pub mod diagnostic;
-pub mod driver;
-pub mod formula;
-pub mod interp;
-pub mod isolate;
-pub mod jit_cache;
-pub mod operator;
-pub mod opt;
 pub mod repl;
-pub mod schedule;
-pub mod source;
-pub mod symmetric;
-pub mod syntax;
-pub mod target;
-pub mod vjp;
+
+// The library beneath, re-exported under the names it has always had (`keopsc::driver`,
+// `keopsc::check`, ...).
+pub use keops_driver::{
+    artifact, batch, check, codegen, diagnostic, driver, formula, interp, isolate, jit_cache,
+    operator, opt, schedule, source, symmetric, syntax, target, vjp,
+};

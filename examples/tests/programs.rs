@@ -4,7 +4,6 @@
 
 use keops_runtime::{DType, HostArray, IndexArray};
 use keopsc::artifact::{build, Placement};
-use keopsc::codegen::CpuTarget;
 use keopsc::driver;
 use keopsc::source::SourceFile;
 use std::path::{Path, PathBuf};
@@ -19,7 +18,7 @@ fn build_example(kf: &str, dir: &Path) -> PathBuf {
     build(
         &compiled,
         &[DType::F32, DType::F64],
-        &CpuTarget::host_level(),
+        &keopsc::codegen::host_cpu_level(),
         &out,
         &[],
         Placement::Replace,
@@ -118,7 +117,7 @@ fn gauss_fit_recovers_the_bandwidth_with_the_modules_gradients() {
     keopsc::artifact::build_with_gradients(
         &compiled,
         &[DType::F64],
-        &CpuTarget::host_level(),
+        &keopsc::codegen::host_cpu_level(),
         &module,
         &[],
         Placement::Replace,
@@ -169,7 +168,7 @@ fn diffusion_curvature_finds_the_sign_of_each_surface() {
     keopsc::artifact::build_with_options(
         &compiled,
         &[DType::F32, DType::F64],
-        &CpuTarget::host_level(),
+        &keopsc::codegen::host_cpu_level(),
         &module,
         &[],
         Placement::Replace,

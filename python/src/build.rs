@@ -1,6 +1,6 @@
 //! Kernels built from structured data rather than `.kf` text: the arguments, the reduction and
 //! the formula as a tree of operator nodes. This is how `LazyTensor` and `Genred` reach the
-//! compiler: the tree becomes the compiler's syntax tree (`keopsc::syntax::ast`) directly, and
+//! compiler: the tree becomes the compiler's syntax tree (`keops_driver::syntax::ast`) directly, and
 //! the compiler's own checker builds the formula IR from it, so every error is the checker's
 //! diagnostic.
 //!
@@ -21,14 +21,14 @@
 //! runs on the compiler's own stack.
 
 use crate::{machine_code, remember, remembered, Compiled, Kernel, MakeError, PyErrText, TableKey};
+use keops_driver::check::check_file;
+use keops_driver::check::operators::{self, Param};
+use keops_driver::diagnostic::{render_all, Diagnostic};
+use keops_driver::opt::expand_derivatives;
+use keops_driver::source::{SourceFile, Span};
+use keops_driver::syntax::ast::{Expr, ExprKind, File, Ident, KernelDef, Statement};
+use keops_driver::syntax::parse;
 use keops_runtime::{ReductionArgs, ReductionKind};
-use keopsc::check::check_file;
-use keopsc::check::operators::{self, Param};
-use keopsc::diagnostic::{render_all, Diagnostic};
-use keopsc::opt::expand_derivatives;
-use keopsc::source::{SourceFile, Span};
-use keopsc::syntax::ast::{Expr, ExprKind, File, Ident, KernelDef, Statement};
-use keopsc::syntax::parse;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyFloat, PyInt, PyList, PySequence, PyString, PyTuple};
@@ -755,7 +755,7 @@ pub(crate) fn build_kernel(
         if let Some(found) = remembered(&key) {
             return Ok(found);
         }
-        let made = keopsc::isolate::on_compiler_stack(|| compile_plan(&plan, &layout))
+        let made = keops_driver::isolate::on_compiler_stack(|| compile_plan(&plan, &layout))
             .map_err(|panic| {
                 PyErrText::Runtime(format!(
                     "internal error in keops_rs while compiling: {panic}"

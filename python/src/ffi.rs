@@ -6,7 +6,7 @@
 //! - `keops_rs_call` (attribute `kernel`): the forward kernel on the input buffers, written
 //!   straight into XLA's output buffer: nothing is copied in or out.
 //! - `keops_rs_vjp` (attribute `plan`): the gradients of `sum(G * out)` with respect to the
-//!   inputs a backward plan names (`keopsc::vjp::plan_many`), from the inputs, `G`, and for the
+//!   inputs a backward plan names (`keops_driver::vjp::plan_many`), from the inputs, `G`, and for the
 //!   LogSumExp family the forward output saved by the forward pass. Its backward kernels are
 //!   compiled once, when Python asks for the plan at trace time.
 //!
@@ -20,11 +20,11 @@
 
 use crate::{argument_error, panic_text, Compiled, Kernel, PyErrText};
 use c_api::*;
+use keops_driver::batch;
+use keops_driver::driver::{Backend, EvalError};
+use keops_driver::jit_cache::JitCache;
+use keops_driver::vjp::{self as kvjp, SavedForward, VjpError, VjpManyPlan};
 use keops_runtime::{ArrayData, ArrayRef, DType, HostArray, OutputRef};
-use keopsc::batch;
-use keopsc::driver::{Backend, EvalError};
-use keopsc::jit_cache::JitCache;
-use keopsc::vjp::{self as kvjp, SavedForward, VjpError, VjpManyPlan};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyCapsule;
@@ -277,7 +277,7 @@ struct Backward {
 }
 
 impl Backward {
-    /// The gradients of the inputs the plan names, in its order, as `keopsc::vjp::run_many`
+    /// The gradients of the inputs the plan names, in its order, as `keops_driver::vjp::run_many`
     /// computes them on the CPU: the two dense passes as one cross pass where the plan has
     /// one, every kernel from the process-wide JIT table (compiled when the plan was made; a
     /// kernel the bounded table has dropped since is compiled again).
@@ -1073,13 +1073,12 @@ fn _jax_backward(
     // Planning expands derivatives recursively and compiling runs LLVM: on the compiler's own
     // stack, without the GIL.
     let backward = py.detach(|| {
-        keopsc::isolate::on_compiler_stack(|| compile_backward(&compiled, &wrt, dtype)).map_err(
-            |panic| {
+        keops_driver::isolate::on_compiler_stack(|| compile_backward(&compiled, &wrt, dtype))
+            .map_err(|panic| {
                 PyErrText::Runtime(format!(
                     "internal error in keops_rs while building the backward kernels: {panic}"
                 ))
-            },
-        )?
+            })?
     })?;
     let reads_output = backward.reads_output;
     let mut registry = write_registry();

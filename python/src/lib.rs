@@ -1,5 +1,5 @@
 //! The native part of the Python package `keops_rs`: `Kernel`, a compiled `.kf` kernel called on
-//! numpy arrays. Compilation goes through the workspace's compiler (`keopsc::driver`) and its
+//! numpy arrays. Compilation goes through the workspace's compiler (`keops_driver::driver`) and its
 //! on-disk compile cache, with an in-memory table in front; calls go through the runtime's
 //! `Kernel::call`, reading C-contiguous float32/float64 arrays in place.
 //!
@@ -14,17 +14,17 @@
 mod build;
 mod ffi;
 
+use keops_driver::artifact::cache::{CompileCache, CompileError};
+use keops_driver::batch;
+use keops_driver::check::CheckedKernel;
+use keops_driver::diagnostic::render_all;
+use keops_driver::driver::{self, Backend};
+use keops_driver::source::SourceFile;
+use keops_driver::symmetric::NotSymmetric;
+use keops_driver::vjp::{self as kvjp, VjpPlan, VjpRunError};
 use keops_runtime::{
     ArgumentError, ArrayData, ArrayRef, Category, DType, HostArray, Kernel as RtKernel, Signature,
 };
-use keopsc::artifact::cache::{CompileCache, CompileError};
-use keopsc::batch;
-use keopsc::check::CheckedKernel;
-use keopsc::diagnostic::render_all;
-use keopsc::driver::{self, Backend};
-use keopsc::source::SourceFile;
-use keopsc::symmetric::NotSymmetric;
-use keopsc::vjp::{self as kvjp, VjpPlan, VjpRunError};
 use numpy::{
     IxDyn, PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray,
     PyUntypedArrayMethods,
@@ -199,7 +199,7 @@ fn lookup(source: &str, name: Option<&str>) -> Result<Arc<Compiled>, PyErrText> 
     // On the compiler's own stack: every stage that walks the formula recursively (the
     // front end, the cache key printed from the syntax tree, dropping the tree) gets room
     // for deep formulas, whatever thread Python calls from. A panic comes back as text.
-    let made = keopsc::isolate::on_compiler_stack(|| compile_kernel(source, name))
+    let made = keops_driver::isolate::on_compiler_stack(|| compile_kernel(source, name))
         .map_err(|panic| {
             PyErrText::Runtime(format!(
                 "internal error in keops_rs while compiling: {panic}"
@@ -354,7 +354,7 @@ fn inputs<'py>(sig: &Signature, objs: &[Bound<'py, PyAny>]) -> PyResult<Vec<Inpu
 }
 
 /// A call whose arrays carry batch axes (`(B..., N, D)`, broadcast as numpy does,
-/// `keopsc::batch`): every batch in one parallel region, the outputs stacked
+/// `keops_driver::batch`): every batch in one parallel region, the outputs stacked
 /// `(B..., rows, Dout)`.
 fn call_batched(py: Python<'_>, code: &RtKernel, views: &[ArrayRef]) -> PyResult<HostArray> {
     let sig = code.signature();
@@ -450,7 +450,7 @@ impl Kernel {
         }
         let checked = &self.compiled.checked;
         let pass = guarded("compiling the symmetric pass", || {
-            keopsc::isolate::on_compiler_stack(|| {
+            keops_driver::isolate::on_compiler_stack(|| {
                 driver::jit_symmetric(checked, &pairs, &[DType::F32, DType::F64])
             })
             .map_err(PyErrText::Runtime)?

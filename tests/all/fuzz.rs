@@ -198,7 +198,7 @@ fn a_manifest_that_describes_its_library_wrongly_is_refused() {
     keopsc::artifact::build(
         &compiled,
         &[keops_runtime::DType::F32, keops_runtime::DType::F64],
-        &keopsc::codegen::CpuTarget::host(),
+        &keopsc::codegen::host_cpu(),
         &out,
         &[],
         keopsc::artifact::Placement::Replace,

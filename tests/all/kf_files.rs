@@ -83,7 +83,7 @@ fn fail_files_snapshot_diagnostics() {
 /// as a reviewed diff. The IR does not depend on the machine the test runs on.
 #[test]
 fn codegen_files_snapshot_schedule_and_ir() {
-    use keopsc::codegen::{jit, CpuTarget};
+    use keopsc::codegen::jit;
     insta::glob!("../kf/codegen", "*.kf", |path| {
         let src = source(path);
         let directive = |key: &str| {
@@ -92,7 +92,8 @@ fn codegen_files_snapshot_schedule_and_ir() {
                 .find_map(|l| l.trim().strip_prefix(key).map(|v| v.trim().to_string()))
                 .unwrap_or_else(|| panic!("{}: no `{key}` line", src.name))
         };
-        let target = CpuTarget::level(&directive("# target:")).expect("a known x86-64 level");
+        let target =
+            keopsc::codegen::cpu_level(&directive("# target:")).expect("a known x86-64 level");
         let dtype = match directive("# dtype:").as_str() {
             "f32" => keops_runtime::DType::F32,
             "f64" => keops_runtime::DType::F64,
@@ -134,7 +135,7 @@ fn codegen_files_snapshot_schedule_and_ir() {
 /// i64 inner_end, ptr acc)`.
 #[test]
 fn emitted_tile_function_has_the_runtime_type() {
-    use keopsc::codegen::{jit, CpuTarget};
+    use keopsc::codegen::jit;
     let src = SourceFile::new(
         "t.kf",
         "kernel t { x = Vi(2)\n y = Vj(2)\n Sum_Reduction(SqDist(x, y), 0) }",
@@ -142,8 +143,13 @@ fn emitted_tile_function_has_the_runtime_type() {
     let (kernels, _) = driver::explain(src, &OptBudget::default()).ok().unwrap();
     let o = &kernels[0].optimized;
     for dtype in [keops_runtime::DType::F32, keops_runtime::DType::F64] {
-        let ir =
-            jit::emit_unoptimized_ir(&o.formula, &o.signature, dtype, &CpuTarget::host()).unwrap();
+        let ir = jit::emit_unoptimized_ir(
+            &o.formula,
+            &o.signature,
+            dtype,
+            &keopsc::codegen::host_cpu(),
+        )
+        .unwrap();
         let define = ir
             .lines()
             .find(|l| l.starts_with("define") && l.contains(&format!("@{}(", jit::TILE_SYMBOL)))

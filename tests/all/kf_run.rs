@@ -209,9 +209,9 @@ struct Compiled {
 
 /// The host's own CPU, then each lower x86-64 level the host can run whose vector width differs.
 fn targets() -> Vec<CpuTarget> {
-    let mut out = vec![CpuTarget::host()];
+    let mut out = vec![keopsc::codegen::host_cpu()];
     for level in keopsc::target::cpu::LEVELS.iter().rev() {
-        let Some(t) = CpuTarget::level(level) else {
+        let Some(t) = keopsc::codegen::cpu_level(level) else {
             continue;
         };
         let runs_here = t

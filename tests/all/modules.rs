@@ -71,8 +71,8 @@ fn random(len: usize, seed: u64) -> Vec<f64> {
 fn a_module_gives_the_interpreters_results_for_every_kernel_and_dtype() {
     let dir = tempfile::tempdir().expect("temp dir");
     for target in [
-        CpuTarget::host_level(),
-        CpuTarget::level("x86-64").expect("a level"),
+        keopsc::codegen::host_cpu_level(),
+        keopsc::codegen::cpu_level("x86-64").expect("a level"),
     ] {
         let module = Module::load(build(dir.path(), &target)).expect("loads");
         let file = compiled(SOURCE);
@@ -127,7 +127,8 @@ fn check_every_kernel(
 #[test]
 fn arguments_are_checked_against_the_manifest_with_their_names() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let module = Module::load(build(dir.path(), &CpuTarget::host_level())).expect("loads");
+    let module =
+        Module::load(build(dir.path(), &keopsc::codegen::host_cpu_level())).expect("loads");
     let kernel = module.kernel("gauss").expect("present");
     let x = vec![0.0f32; 6];
     let (s2, s3, s1) = ([2, 3], [3, 3], [1]);
@@ -211,7 +212,7 @@ fn a_rebuilt_module_at_the_same_path_runs_its_new_code() {
         keopsc::artifact::build(
             &compiled(&text),
             &[DType::F64],
-            &CpuTarget::host_level(),
+            &keopsc::codegen::host_cpu_level(),
             &out,
             &[],
             keopsc::artifact::Placement::Replace,
@@ -240,7 +241,8 @@ fn a_rebuilt_module_at_the_same_path_runs_its_new_code() {
 #[test]
 fn many_threads_call_one_kernel() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let module = Module::load(build(dir.path(), &CpuTarget::host_level())).expect("loads");
+    let module =
+        Module::load(build(dir.path(), &keopsc::codegen::host_cpu_level())).expect("loads");
     let kernel = module.kernel("gauss").expect("present");
     let n = 300;
     let x = Array2::from_shape_vec((n, 3), random(n * 3, 5)).expect("shape");
@@ -285,7 +287,7 @@ fn rewrite_manifest(module: &Path, edit: impl Fn(String) -> String) {
 #[test]
 fn damaged_or_foreign_modules_are_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let target = CpuTarget::host_level();
+    let target = keopsc::codegen::host_cpu_level();
 
     let module = build(dir.path(), &target);
     let mut bytes = std::fs::read(library(&module)).expect("library");
@@ -482,7 +484,7 @@ fn build_gradients(dir: &Path, source: &str) -> std::path::PathBuf {
     let report = keopsc::artifact::build_with_gradients(
         &compiled(source),
         &[DType::F32, DType::F64],
-        &CpuTarget::host_level(),
+        &keopsc::codegen::host_cpu_level(),
         &out,
         &[],
         keopsc::artifact::Placement::Replace,
@@ -637,7 +639,7 @@ fn gradients_a_module_cannot_give_are_clear_errors() {
     assert!(matches!(err, GradientError::NotBuilt { .. }), "{err}");
     assert!(index.stored_gradients().is_empty());
     // Without --grad: no gradients, and the manifest has no gradient fields at all.
-    let plain = Module::load(build(dir.path(), &CpuTarget::host_level())).expect("loads");
+    let plain = Module::load(build(dir.path(), &keopsc::codegen::host_cpu_level())).expect("loads");
     let err = plain
         .kernel("gauss")
         .unwrap()
@@ -690,7 +692,7 @@ fn build_symmetric(dir: &Path) -> std::path::PathBuf {
     let report = keopsc::artifact::build_with_options(
         &compiled(SOURCE),
         &[DType::F32, DType::F64],
-        &CpuTarget::host_level(),
+        &keopsc::codegen::host_cpu_level(),
         &out,
         &[],
         keopsc::artifact::Placement::Replace,
@@ -806,7 +808,7 @@ fn a_module_built_with_gpu_code_carries_its_ptx() {
     keopsc::artifact::build_with_options(
         &file,
         &[DType::F32, DType::F64],
-        &CpuTarget::host_level(),
+        &keopsc::codegen::host_cpu_level(),
         &out,
         &[],
         keopsc::artifact::Placement::Replace,
@@ -845,7 +847,7 @@ fn a_module_built_with_gpu_code_carries_its_ptx() {
         }
     }
     // Without --gpu: none.
-    let plain = Module::load(build(dir.path(), &CpuTarget::host_level())).unwrap();
+    let plain = Module::load(build(dir.path(), &keopsc::codegen::host_cpu_level())).unwrap();
     assert!(plain.kernels()[0].gpu_code(DType::F32).is_none());
     assert!(plain.kernels()[0].gpu_ranges_code(DType::F32).is_none());
     // An entry point the runtime has no calling convention for, and one dtype's kernel twice:
@@ -881,7 +883,8 @@ fn a_module_built_with_gpu_code_carries_its_ptx() {
 #[test]
 fn batched_calls_give_each_problems_own_result() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let module = Module::load(build(dir.path(), &CpuTarget::host_level())).expect("loads");
+    let module =
+        Module::load(build(dir.path(), &keopsc::codegen::host_cpu_level())).expect("loads");
     for kernel in module.kernels() {
         for count in [1, 37] {
             let arrays: Vec<Vec<HostArray>> = (0..count)
@@ -980,7 +983,7 @@ fn block_sparse_reductions_keep_exactly_their_pairs() {
     keopsc::artifact::build(
         &compiled(RANGES_SOURCE),
         &[DType::F32, DType::F64],
-        &CpuTarget::host_level(),
+        &keopsc::codegen::host_cpu_level(),
         &out,
         &[],
         keopsc::artifact::Placement::Replace,
@@ -1189,8 +1192,8 @@ kernel gradient {
 ";
     let dir = tempfile::tempdir().expect("temp dir");
     for target in [
-        CpuTarget::host_level(),
-        CpuTarget::level("x86-64").expect("a level"),
+        keopsc::codegen::host_cpu_level(),
+        keopsc::codegen::cpu_level("x86-64").expect("a level"),
     ] {
         let out = dir.path().join(format!("large-{}.kmod", target.cpu));
         let file = compiled(LARGE);

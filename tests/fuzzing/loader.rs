@@ -9,7 +9,6 @@ use super::Tape;
 use keops_runtime::module::{Manifest, Module, MANIFEST_FILE};
 use keops_runtime::{DType, HostArray};
 use keopsc::artifact::{self, Placement};
-use keopsc::codegen::CpuTarget;
 use keopsc::driver;
 use keopsc::source::SourceFile;
 use std::path::{Path, PathBuf};
@@ -54,7 +53,7 @@ fn pristine() -> &'static Pristine {
         let report = artifact::build(
             &compiled,
             &[DType::F32, DType::F64],
-            &CpuTarget::host(),
+            &keopsc::codegen::host_cpu(),
             &built,
             &[],
             Placement::Replace,

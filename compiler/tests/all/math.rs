@@ -14,7 +14,6 @@ use keopsc::codegen::math::{
     evaluate_on_host, evaluate_on_host_flushing, evaluate_on_host_with, Exp2, MathFn, MathLib,
     Scalar,
 };
-use keopsc::codegen::CpuTarget;
 use keopsc::target::cpu::LEVELS;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -26,17 +25,19 @@ const SCALARS: [Scalar; 2] = [Scalar::F32, Scalar::F64];
 /// JIT), e.g. 1, 4, 8 and 16 lanes of f32 on an AVX-512 machine.
 fn widths(s: Scalar) -> Vec<u32> {
     // Levels are nested: the host satisfies every one up to its highest.
-    let host_level = CpuTarget::host_level().cpu;
+    let host_level = keopsc::codegen::host_cpu_level().cpu;
     let highest = LEVELS
         .iter()
         .position(|&l| l == host_level)
         .expect("the host level is a known level");
-    let levels = LEVELS[..=highest]
-        .iter()
-        .map(|l| CpuTarget::level(l).expect("a known level").lanes(s));
+    let levels = LEVELS[..=highest].iter().map(|l| {
+        keopsc::codegen::cpu_level(l)
+            .expect("a known level")
+            .lanes(s)
+    });
     let mut widths: Vec<u32> = std::iter::once(1)
         .chain(levels)
-        .chain(std::iter::once(CpuTarget::host().lanes(s)))
+        .chain(std::iter::once(keopsc::codegen::host_cpu().lanes(s)))
         .collect();
     widths.sort_unstable();
     widths.dedup();
@@ -48,7 +49,10 @@ fn sweeps_cover_the_host_widths() {
     for s in SCALARS {
         let w = widths(s);
         assert_eq!(w[0], 1, "{s:?}: scalar code first");
-        assert!(w.contains(&CpuTarget::host().lanes(s)), "{s:?}: {w:?}");
+        assert!(
+            w.contains(&keopsc::codegen::host_cpu().lanes(s)),
+            "{s:?}: {w:?}"
+        );
         let sse = match s {
             Scalar::F32 => 4,
             Scalar::F64 => 2,

@@ -578,9 +578,9 @@ fn build(
         }
     }
     let target = if target == "host" {
-        keopsc::codegen::CpuTarget::host_level()
+        keopsc::codegen::host_cpu_level()
     } else {
-        keopsc::codegen::CpuTarget::level(target).ok_or_else(|| {
+        keopsc::codegen::cpu_level(target).ok_or_else(|| {
             fail(format!(
                 "unknown target `{target}` (expected host, {})",
                 keopsc::target::cpu::LEVELS.join(", ")

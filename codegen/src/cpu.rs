@@ -1,0 +1,845 @@
+//! The CPU tile function: the loop nest around the formula, for the ABI of
+//! [`keops_runtime::TileFn`]. The inner (reduced) index runs on SIMD lanes; each subformula is
+//! computed at the outermost loop where its inputs are fixed (see [`Level`]):
+//!
+//! ```text
+//! per call:            constants and parameter-only parts
+//! for each inner tile: inner-only parts, for the whole tile, into a stack buffer
+//!   for each row:      row-only parts; lane accumulators := init
+//!     for each vector of inner indices (then one masked remainder):
+//!                      the pair part; fold into the lane accumulators
+//!     merge the lanes into the row's f64 accumulator
+//! ```
+//! Inner tiles are sized so that their inputs stay in the L1/L2 cache while the rows of a
+//! block pass over them. Tiles whose rows keep one accumulator number (W1's sum) run the row
+//! loop two rows at a time: each vector of inner indices is loaded once for both, whose pair
+//! code forms two independent dependency chains (the loop waits on latency, not on the FP
+//! pipes); an odd last row runs alone.
+//!
+//! A *cross* tile function ([`keops_runtime::CrossTileFn`], `columns > 0`) also sums the last
+//! `columns` components of the formula over the rows: each inner tile keeps them in a stack
+//! buffer of the element type (one vector load, add and store per component and vector of
+//! pairs), zeroed before the rows and added into the caller's f64 columns after them.
+
+mod components;
+pub mod flush;
+mod gram;
+mod wide;
+
+use super::formula::{Emitter, Value};
+use super::reduce::LaneAccumulators;
+use inkwell::values::{FunctionValue, IntValue, PointerValue};
+use inkwell::{AddressSpace, IntPredicate};
+use keops_front::formula::{Formula, Op};
+use keops_middle::schedule::{Level, Schedule};
+use keops_runtime::{Category, Signature};
+
+fn built<T, E: std::fmt::Debug>(r: Result<T, E>) -> T {
+    r.expect("the builder is positioned inside a function")
+}
+
+/// The most accumulator numbers per row for which a tile runs two rows at a time (each row's
+/// lane accumulators live in registers through the pass). Measured on AVX2 (16 vector
+/// registers, Zen 3): W1 and the gradient in b (one number) gain 5-20%, the gradients in x or y
+/// (three) lose 8-20% to spills.
+const MAX_PAIRED_ACC: usize = 1;
+
+/// The tile function's parameters, in order.
+struct Params<'ctx> {
+    args: PointerValue<'ctx>,
+    inner_stride: IntValue<'ctx>,
+    row_start: IntValue<'ctx>,
+    row_end: IntValue<'ctx>,
+    inner_start: IntValue<'ctx>,
+    inner_end: IntValue<'ctx>,
+    acc: PointerValue<'ctx>,
+}
+
+/// Values of the formula's nodes computed so far at each level. `narrow`: one lane (call and
+/// row levels); `wide`: the loop's lanes (broadcast call/row values, and pair values).
+struct NodeValues<'ctx> {
+    narrow: Vec<Option<Vec<Value<'ctx>>>>,
+    wide: Vec<Option<Vec<Value<'ctx>>>>,
+}
+
+pub struct TileEmitter<'e, 'a, 'ctx> {
+    em: &'e Emitter<'a, 'ctx>,
+    wide_f64: &'e Emitter<'a, 'ctx>,
+    formula: &'e Formula,
+    signature: &'e Signature,
+    schedule: &'e Schedule,
+    /// Components of the formula (its last ones) summed over the rows instead (cross tiles).
+    columns: usize,
+    /// `SqDist(a, b)` nodes to compute as `SqDist(b, a)` (the same value bit for bit), because
+    /// the formula also subtracts `b - a`: the differences are then computed once.
+    sqdist_reversed: Vec<bool>,
+}
+
+impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
+    pub fn new(
+        em: &'e Emitter<'a, 'ctx>,
+        wide_f64: &'e Emitter<'a, 'ctx>,
+        formula: &'e Formula,
+        signature: &'e Signature,
+        schedule: &'e Schedule,
+    ) -> Self {
+        TileEmitter {
+            em,
+            wide_f64,
+            formula,
+            signature,
+            schedule,
+            columns: 0,
+            sqdist_reversed: sqdist_reversed(formula),
+        }
+    }
+
+    /// A cross tile function: the last `columns` components of the formula are summed over
+    /// the rows, into the extra `cols` parameter of [`keops_runtime::CrossTileFn`].
+    pub fn with_columns(self, columns: usize) -> Self {
+        TileEmitter { columns, ..self }
+    }
+
+    fn i64(&self, v: i64) -> IntValue<'ctx> {
+        self.em.context.i64_type().const_int(v as u64, true)
+    }
+
+    fn elem_ptr(&self, base: PointerValue<'ctx>, index: IntValue<'ctx>) -> PointerValue<'ctx> {
+        // SAFETY (of the generated code): every index is inside the buffers the runtime passes,
+        // see `keops_runtime::TileFn`.
+        unsafe {
+            built(
+                self.em
+                    .builder
+                    .build_in_bounds_gep(self.em.float_type(), base, &[index], "p"),
+            )
+        }
+    }
+
+    /// A load of `lanes` consecutive elements, aligned only to the element.
+    fn load(&self, base: PointerValue<'ctx>, index: IntValue<'ctx>, lanes: u32) -> Value<'ctx> {
+        let v = built(self.em.builder.build_load(
+            self.em.vector_type(lanes),
+            self.elem_ptr(base, index),
+            "ld",
+        ));
+        let v = v.into_vector_value();
+        v.as_instruction()
+            .expect("a load")
+            .set_alignment(self.elem_bytes())
+            .expect("valid alignment");
+        v
+    }
+
+    fn store(&self, base: PointerValue<'ctx>, index: IntValue<'ctx>, v: Value<'ctx>) {
+        built(self.em.builder.build_store(self.elem_ptr(base, index), v))
+            .set_alignment(self.elem_bytes())
+            .expect("valid alignment");
+    }
+
+    fn elem_bytes(&self) -> u32 {
+        keops_middle::target::elem_bytes(self.em.scalar) as u32
+    }
+
+    fn add(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
+        built(self.em.builder.build_int_add(a, b, "add"))
+    }
+
+    fn mul(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
+        built(self.em.builder.build_int_mul(a, b, "mul"))
+    }
+
+    fn sub(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
+        built(self.em.builder.build_int_sub(a, b, "sub"))
+    }
+
+    fn less(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
+        built(
+            self.em
+                .builder
+                .build_int_compare(IntPredicate::SLT, a, b, "lt"),
+        )
+    }
+
+    /// `for (counter = start; cond(counter); counter += step) body(counter)`, through a stack
+    /// slot that LLVM promotes to a register.
+    fn emit_loop(
+        &self,
+        function: FunctionValue<'ctx>,
+        counter: PointerValue<'ctx>,
+        start: IntValue<'ctx>,
+        step: i64,
+        cond: impl FnOnce(IntValue<'ctx>) -> IntValue<'ctx>,
+        body: impl FnOnce(IntValue<'ctx>),
+    ) {
+        let ctx = self.em.context;
+        let b = self.em.builder;
+        let header = ctx.append_basic_block(function, "loop");
+        let inside = ctx.append_basic_block(function, "body");
+        let exit = ctx.append_basic_block(function, "exit");
+        built(b.build_store(counter, start));
+        built(b.build_unconditional_branch(header));
+        b.position_at_end(header);
+        let i = built(b.build_load(ctx.i64_type(), counter, "i")).into_int_value();
+        built(b.build_conditional_branch(cond(i), inside, exit));
+        b.position_at_end(inside);
+        body(i);
+        let i = built(b.build_load(ctx.i64_type(), counter, "i")).into_int_value();
+        built(b.build_store(counter, self.add(i, self.i64(step))));
+        built(b.build_unconditional_branch(header));
+        b.position_at_end(exit);
+    }
+
+    /// `for (v = start; v < end; v += lanes) body(v)`: the vectors of inner indices.
+    fn emit_vector_loop(
+        &self,
+        function: FunctionValue<'ctx>,
+        counter: PointerValue<'ctx>,
+        start: IntValue<'ctx>,
+        end: IntValue<'ctx>,
+        body: impl FnOnce(IntValue<'ctx>),
+    ) {
+        let lanes = self.schedule.lanes as i64;
+        self.emit_loop(function, counter, start, lanes, |v| self.less(v, end), body);
+    }
+
+    /// Defines the tile function `name` in the emitter's module.
+    pub fn emit(&self, name: &str) -> FunctionValue<'ctx> {
+        let em = self.em;
+        let ctx = em.context;
+        let ptr = ctx.ptr_type(AddressSpace::default());
+        let i64t = ctx.i64_type();
+        let mut params_types = vec![
+            ptr.into(),
+            i64t.into(),
+            i64t.into(),
+            i64t.into(),
+            i64t.into(),
+            i64t.into(),
+            ptr.into(),
+        ];
+        if self.columns > 0 {
+            params_types.push(ptr.into());
+        }
+        let fn_type = ctx.void_type().fn_type(&params_types, false);
+        let function = em.module.add_function(name, fn_type, None);
+        let param = |k: u32| function.get_nth_param(k).expect("declared above");
+        let params = Params {
+            args: param(0).into_pointer_value(),
+            inner_stride: param(1).into_int_value(),
+            row_start: param(2).into_int_value(),
+            row_end: param(3).into_int_value(),
+            inner_start: param(4).into_int_value(),
+            inner_end: param(5).into_int_value(),
+            acc: param(6).into_pointer_value(),
+        };
+        let cols = (self.columns > 0).then(|| param(7).into_pointer_value());
+        let entry = ctx.append_basic_block(function, "entry");
+        em.builder.position_at_end(entry);
+
+        let sched = self.schedule;
+        let lanes = sched.lanes;
+        let tile = sched.inner_tile as i64;
+        let red = self.signature.reduction;
+        let acc_dim = red.acc_dim() as i64;
+
+        // Stack slots first, in the entry block, so that LLVM promotes them.
+        let lane_acc = LaneAccumulators::allocate(em, red, lanes);
+        // Two rows per pass over the inner vectors where the pair code is plain (no Gram or
+        // wide product) and a second row's accumulators stay small.
+        let row_pairs = self.rows_in_pairs(&lane_acc);
+        let lane_acc_second = row_pairs.then(|| LaneAccumulators::allocate(em, red, lanes));
+        let counters: Vec<PointerValue<'ctx>> = (0..4)
+            .map(|_| built(em.builder.build_alloca(i64t, "counter")))
+            .collect();
+        let column_tile = (self.columns > 0).then(|| {
+            let len = self.i64((self.columns * self.column_stride()) as i64);
+            built(
+                em.builder
+                    .build_array_alloca(em.float_type(), len, "column_tile"),
+            )
+        });
+        let flush_counter =
+            (self.columns > 0).then(|| built(em.builder.build_alloca(i64t, "column")));
+        let gram = self.allocate_gram();
+        let wide = self.allocate_wide();
+        let scratch = (sched.scratch_dim > 0).then(|| {
+            let len = self.i64((sched.scratch_dim * sched.inner_tile) as i64);
+            built(
+                em.builder
+                    .build_array_alloca(em.float_type(), len, "inner_tile"),
+            )
+        });
+
+        let arg_ptrs: Vec<PointerValue<'ctx>> = (0..self.formula.vars.len())
+            .map(|k| {
+                let slot = unsafe {
+                    built(em.builder.build_in_bounds_gep(
+                        ptr,
+                        params.args,
+                        &[self.i64(k as i64)],
+                        "argp",
+                    ))
+                };
+                built(em.builder.build_load(ptr, slot, "arg")).into_pointer_value()
+            })
+            .collect();
+
+        let n_nodes = self.formula.len();
+        let mut values = NodeValues {
+            narrow: vec![None; n_nodes],
+            wide: vec![None; n_nodes],
+        };
+        // Per call: constants and parameters, narrow, broadcast once where wide code uses them.
+        self.emit_level(Level::Call, &mut values, &arg_ptrs, None);
+        self.broadcast(Level::Call, &mut values);
+
+        let (jt_counter, row_counter, jv_counter, lane_counter) =
+            (counters[0], counters[1], counters[2], counters[3]);
+        self.emit_loop(
+            function,
+            jt_counter,
+            params.inner_start,
+            tile,
+            |jt| self.less(jt, params.inner_end),
+            |jt| {
+                let next = self.add(jt, self.i64(tile));
+                let jt_end = built(em.builder.build_select(
+                    self.less(next, params.inner_end),
+                    next,
+                    params.inner_end,
+                    "jt_end",
+                ))
+                .into_int_value();
+                // Inner-only parts of the formula, once per inner index of the tile.
+                if let Some(scratch) = scratch {
+                    self.emit_loop(
+                        function,
+                        jv_counter,
+                        jt,
+                        lanes as i64,
+                        |jv| self.less(jv, jt_end),
+                        |jv| {
+                            let mut inner = NodeValues {
+                                narrow: values.narrow.clone(),
+                                wide: values.wide.clone(),
+                            };
+                            let at = Some((jv, params.inner_stride));
+                            self.emit_level(Level::Inner, &mut inner, &arg_ptrs, at);
+                            let offset = self.sub(jv, jt);
+                            for (k, slot) in sched.scratch_slots.iter().enumerate() {
+                                // Looped Gram operands are stored by the Gram product's loops.
+                                if let (Some(slot), true) = (slot, sched.live[k]) {
+                                    let v = inner.wide[k].as_ref().expect("computed above");
+                                    for (c, &x) in v.iter().enumerate() {
+                                        let at = self.add(
+                                            offset,
+                                            self.i64(((slot + c) * sched.inner_tile) as i64),
+                                        );
+                                        self.store(scratch, at, x);
+                                    }
+                                }
+                            }
+                        },
+                    );
+                }
+                if let Some(slots) = &gram {
+                    self.emit_gram_tile(
+                        function,
+                        slots,
+                        &arg_ptrs,
+                        params.inner_stride,
+                        jt,
+                        jt_end,
+                        scratch,
+                    );
+                }
+                // The rows against this inner tile.
+                if let Some(tile) = column_tile {
+                    let zero = em.constant(0.0, lanes);
+                    let len = self.i64((self.columns * self.column_stride()) as i64);
+                    self.emit_loop(
+                        function,
+                        jv_counter,
+                        self.i64(0),
+                        lanes as i64,
+                        |k| self.less(k, len),
+                        |k| self.store(tile, k, zero),
+                    );
+                }
+                // One row, or two rows at once (`row_pair`): their pair code shares the inner
+                // loads, and a cross tile adds both rows' values into its columns at once.
+                let rows_body = |rs: &[IntValue<'ctx>]| {
+                    let accs: Vec<&LaneAccumulators<'ctx>> = std::iter::once(&lane_acc)
+                        .chain(&lane_acc_second)
+                        .take(rs.len())
+                        .collect();
+                    let row_values: Vec<NodeValues<'ctx>> = rs
+                        .iter()
+                        .map(|&r| {
+                            let mut row = NodeValues {
+                                narrow: values.narrow.clone(),
+                                wide: values.wide.clone(),
+                            };
+                            self.emit_level(
+                                Level::Row,
+                                &mut row,
+                                &arg_ptrs,
+                                Some((r, params.inner_stride)),
+                            );
+                            self.broadcast(Level::Row, &mut row);
+                            row
+                        })
+                        .collect();
+                    let acc_rows: Vec<PointerValue<'ctx>> = rs
+                        .iter()
+                        .map(|&r| {
+                            let row_offset =
+                                self.mul(self.sub(r, params.row_start), self.i64(acc_dim));
+                            unsafe {
+                                built(em.builder.build_in_bounds_gep(
+                                    ctx.f64_type(),
+                                    params.acc,
+                                    &[row_offset],
+                                    "acc_row",
+                                ))
+                            }
+                        })
+                        .collect();
+                    let pair = |jv: IntValue<'ctx>, mask: Option<Value<'ctx>>| {
+                        let offset = self.sub(jv, jt);
+                        let index = em.add(
+                            em.splat(
+                                em.from_scalar(built(em.builder.build_signed_int_to_float(
+                                    offset,
+                                    em.float_type(),
+                                    "rel",
+                                ))),
+                                lanes,
+                            ),
+                            self.iota(lanes),
+                        );
+                        let mut column_sums: Vec<Value<'ctx>> = Vec::new();
+                        for (k, &r) in rs.iter().enumerate() {
+                            let mut pair = NodeValues {
+                                narrow: row_values[k].narrow.clone(),
+                                wide: row_values[k].wide.clone(),
+                            };
+                            self.load_inner(
+                                &mut pair,
+                                &arg_ptrs,
+                                scratch,
+                                jv,
+                                jt,
+                                params.inner_stride,
+                            );
+                            if let Some(slots) = &gram {
+                                self.load_gram(&mut pair.wide, slots, r, jv, jt);
+                            }
+                            self.emit_level(
+                                Level::Pair,
+                                &mut pair,
+                                &arg_ptrs,
+                                Some((jv, params.inner_stride)),
+                            );
+                            if let (Some(product), Some(slots), Some(wide)) =
+                                (&sched.wide, &gram, &wide)
+                            {
+                                let scalar = pair.wide[product.scalar]
+                                    .as_ref()
+                                    .expect("the scalar factor is computed")[0];
+                                self.store_wide_scalar(slots, wide, scalar, mask, r, jv, jt);
+                                continue;
+                            }
+                            let root = usize::from(self.formula.root());
+                            let value =
+                                pair.wide[root].clone().expect("the root is available wide");
+                            accs[k].fold(
+                                em,
+                                self.wide_f64,
+                                function,
+                                &value,
+                                index,
+                                mask,
+                                (acc_rows[k], jt),
+                            );
+                            if column_tile.is_some() {
+                                let first = value.len() - self.columns;
+                                let row_columns = value[first..].iter().map(|&v| match mask {
+                                    Some(m) => em.select(m, v, em.constant(0.0, lanes)),
+                                    None => v,
+                                });
+                                column_sums = if column_sums.is_empty() {
+                                    row_columns.collect()
+                                } else {
+                                    column_sums
+                                        .iter()
+                                        .zip(row_columns)
+                                        .map(|(&s, v)| em.add(s, v))
+                                        .collect()
+                                };
+                            }
+                        }
+                        if let Some(tile) = column_tile {
+                            for (k, &v) in column_sums.iter().enumerate() {
+                                let at =
+                                    self.add(offset, self.i64((k * self.column_stride()) as i64));
+                                let sum = em.add(self.load(tile, at, lanes), v);
+                                self.store(tile, at, sum);
+                            }
+                        }
+                    };
+                    // Whole vectors, then one masked remainder.
+                    if wide.is_none() {
+                        for (acc, &acc_row) in accs.iter().zip(&acc_rows) {
+                            acc.init(em, self.wide_f64, acc_row);
+                        }
+                    }
+                    let last_full = self.sub(jt_end, self.i64(lanes as i64 - 1));
+                    self.emit_loop(
+                        function,
+                        jv_counter,
+                        jt,
+                        lanes as i64,
+                        |jv| self.less(jv, last_full),
+                        |jv| pair(jv, None),
+                    );
+                    let jv = built(em.builder.build_load(i64t, jv_counter, "jv")).into_int_value();
+                    let remaining = self.less(jv, jt_end);
+                    let tail = ctx.append_basic_block(function, "tail");
+                    let after = ctx.append_basic_block(function, "tail_done");
+                    built(em.builder.build_conditional_branch(remaining, tail, after));
+                    em.builder.position_at_end(tail);
+                    let mask = self.lane_mask(jv, jt_end, lanes);
+                    pair(jv, Some(mask));
+                    built(em.builder.build_unconditional_branch(after));
+                    em.builder.position_at_end(after);
+
+                    // A wide product adds into the rows after the block's last.
+                    if wide.is_none() {
+                        for (acc, &acc_row) in accs.iter().zip(&acc_rows) {
+                            acc.merge_lanes_into(
+                                em,
+                                self.wide_f64,
+                                function,
+                                acc_row,
+                                jt,
+                                lane_counter,
+                            );
+                        }
+                    }
+                };
+                let row_body = |r: IntValue<'ctx>| rows_body(&[r]);
+                if row_pairs {
+                    self.emit_loop(
+                        function,
+                        row_counter,
+                        params.row_start,
+                        2,
+                        |r| self.less(self.add(r, self.i64(1)), params.row_end),
+                        |r| rows_body(&[r, self.add(r, self.i64(1))]),
+                    );
+                    // An odd row count leaves the last row.
+                    let r = built(em.builder.build_load(i64t, row_counter, "r")).into_int_value();
+                    let last = ctx.append_basic_block(function, "last_row");
+                    let rows_done = ctx.append_basic_block(function, "rows_done");
+                    built(em.builder.build_conditional_branch(
+                        self.less(r, params.row_end),
+                        last,
+                        rows_done,
+                    ));
+                    em.builder.position_at_end(last);
+                    row_body(r);
+                    built(em.builder.build_unconditional_branch(rows_done));
+                    em.builder.position_at_end(rows_done);
+                } else {
+                    // With Gram products, each block of `gram_rows` rows starts with their
+                    // values (one row loop all the same: a loop over the rows of a block
+                    // would be unrolled, copying the pair code).
+                    self.emit_loop(
+                        function,
+                        row_counter,
+                        params.row_start,
+                        1,
+                        |r| self.less(r, params.row_end),
+                        |r| {
+                            if let Some(slots) = &gram {
+                                self.gram_block_if_first_row(
+                                    function,
+                                    slots,
+                                    &arg_ptrs,
+                                    &params,
+                                    r,
+                                    (jt, jt_end),
+                                    (&values, scratch),
+                                );
+                            }
+                            row_body(r);
+                            if let (Some(slots), Some(wide)) = (&gram, &wide) {
+                                self.wide_block_if_last_row(
+                                    function,
+                                    slots,
+                                    wide,
+                                    &arg_ptrs,
+                                    &params,
+                                    r,
+                                    (jt, jt_end),
+                                );
+                            }
+                        },
+                    );
+                }
+                if let (Some(tile), Some(cols), Some(flush_counter)) =
+                    (column_tile, cols, flush_counter)
+                {
+                    self.flush_columns(function, tile, cols, &params, jt, jt_end, flush_counter);
+                }
+            },
+        );
+        built(em.builder.build_return(None));
+        function
+    }
+
+    /// Adds the inner tile's column sums `[jt, jt_end)` (element type) into the caller's f64
+    /// columns, `columns x (inner_end - inner_start)` from `inner_start`.
+    #[allow(clippy::too_many_arguments)]
+    fn flush_columns(
+        &self,
+        function: FunctionValue<'ctx>,
+        tile: PointerValue<'ctx>,
+        cols: PointerValue<'ctx>,
+        params: &Params<'ctx>,
+        jt: IntValue<'ctx>,
+        jt_end: IntValue<'ctx>,
+        counter: PointerValue<'ctx>,
+    ) {
+        let em = self.em;
+        let b = em.builder;
+        let f64t = em.context.f64_type();
+        let width = self.sub(params.inner_end, params.inner_start);
+        let stride = self.column_stride() as i64;
+        for k in 0..self.columns {
+            self.emit_loop(
+                function,
+                counter,
+                jt,
+                1,
+                |j| self.less(j, jt_end),
+                |j| {
+                    let from = self.add(self.sub(j, jt), self.i64(k as i64 * stride));
+                    let x = built(b.build_load(em.float_type(), self.elem_ptr(tile, from), "col"))
+                        .into_float_value();
+                    let x = if em.float_type() == f64t {
+                        x
+                    } else {
+                        built(b.build_float_ext(x, f64t, "col"))
+                    };
+                    let to = self.add(
+                        self.sub(j, params.inner_start),
+                        self.mul(self.i64(k as i64), width),
+                    );
+                    // SAFETY (of the generated code): `to` is inside the caller's columns.
+                    let slot = unsafe { built(b.build_in_bounds_gep(f64t, cols, &[to], "slot")) };
+                    let sum = built(b.build_load(f64t, slot, "sum")).into_float_value();
+                    built(b.build_store(slot, built(b.build_float_add(sum, x, "sum"))));
+                },
+            );
+        }
+    }
+
+    /// Elements between two components' sums in a cross tile's column buffer: a tile plus two
+    /// vectors, so that the components' addresses differ in their low 12 bits (at a multiple
+    /// of 4 KiB, a load of one component waits for the store to the previous one: x86 tells
+    /// addresses apart by those bits first).
+    fn column_stride(&self) -> usize {
+        self.schedule.inner_tile + 2 * self.schedule.lanes as usize
+    }
+
+    /// Whether the tile runs its rows two at a time: plain pair code (no Gram or wide
+    /// product), accumulators folded in the lanes, and at most [`MAX_PAIRED_ACC`] of them
+    /// (a cross tile's columns count: paired, W1's symmetric pass ran 11% slower).
+    fn rows_in_pairs(&self, lane_acc: &LaneAccumulators<'ctx>) -> bool {
+        self.schedule.gram.is_empty()
+            && self.schedule.wide.is_none()
+            && lane_acc.folds_in_lanes()
+            && self.signature.reduction.acc_dim() <= MAX_PAIRED_ACC
+    }
+
+    /// `[0, 1, ..., lanes - 1]`
+    fn iota(&self, lanes: u32) -> Value<'ctx> {
+        let t = self.em.float_type();
+        let items: Vec<_> = (0..lanes).map(|l| t.const_float(l as f64)).collect();
+        inkwell::types::VectorType::const_vector(&items)
+    }
+
+    /// Lanes `jv + l < end`.
+    fn lane_mask(&self, jv: IntValue<'ctx>, end: IntValue<'ctx>, lanes: u32) -> Value<'ctx> {
+        let em = self.em;
+        let i64t = em.context.i64_type();
+        let count = self.sub(end, jv);
+        let undef = i64t.vec_type(1).get_undef();
+        let one = built(
+            em.builder
+                .build_insert_element(undef, count, i64t.const_zero(), "n"),
+        );
+        let zeros = em.context.i32_type().vec_type(lanes).const_zero();
+        let counts = built(em.builder.build_shuffle_vector(one, one, zeros, "ns"));
+        let items: Vec<_> = (0..lanes)
+            .map(|l| i64t.const_int(l as u64, false))
+            .collect();
+        let iota = inkwell::types::VectorType::const_vector(&items);
+        built(
+            em.builder
+                .build_int_compare(IntPredicate::SLT, iota, counts, "mask"),
+        )
+    }
+
+    /// Inner-only values the pair code reads: variables from the transposed inputs, the other
+    /// parts from the tile's stack buffer.
+    fn load_inner(
+        &self,
+        values: &mut NodeValues<'ctx>,
+        arg_ptrs: &[PointerValue<'ctx>],
+        scratch: Option<PointerValue<'ctx>>,
+        jv: IntValue<'ctx>,
+        jt: IntValue<'ctx>,
+        inner_stride: IntValue<'ctx>,
+    ) {
+        let sched = self.schedule;
+        let lanes = sched.lanes;
+        for (k, node) in self.formula.nodes.as_ref().iter().enumerate() {
+            if sched.levels[k] != Level::Inner || !sched.needed_wide[k] || !sched.live[k] {
+                continue;
+            }
+            let dim = self.formula.info[k].dim;
+            let v: Vec<Value<'ctx>> = if let Op::Var(v) = node.op {
+                (0..dim)
+                    .map(|c| {
+                        let at = self.add(self.mul(self.i64(c as i64), inner_stride), jv);
+                        self.load(arg_ptrs[v as usize], at, lanes)
+                    })
+                    .collect()
+            } else {
+                let slot = sched.scratch_slots[k].expect("a stored inner part");
+                let scratch = scratch.expect("a tile buffer");
+                let offset = self.sub(jv, jt);
+                (0..dim)
+                    .map(|c| {
+                        let at = self.add(offset, self.i64(((slot + c) * sched.inner_tile) as i64));
+                        self.load(scratch, at, lanes)
+                    })
+                    .collect()
+            };
+            values.wide[k] = Some(v);
+        }
+    }
+
+    /// Broadcasts the level's values that wider code reads.
+    fn broadcast(&self, level: Level, values: &mut NodeValues<'ctx>) {
+        for k in 0..self.formula.len() {
+            if self.schedule.levels[k] == level && self.schedule.needed_wide[k] {
+                let narrow = values.narrow[k].as_ref().expect("computed at its level");
+                values.wide[k] = Some(
+                    narrow
+                        .iter()
+                        .map(|&v| self.em.splat(v, self.schedule.lanes))
+                        .collect(),
+                );
+            }
+        }
+    }
+
+    /// Computes the nodes of one level. `at`: for row code, `(row, _)`; for inner and pair
+    /// code, `(first inner index of the vector, inner stride)`.
+    fn emit_level(
+        &self,
+        level: Level,
+        values: &mut NodeValues<'ctx>,
+        arg_ptrs: &[PointerValue<'ctx>],
+        at: Option<(IntValue<'ctx>, IntValue<'ctx>)>,
+    ) {
+        let sched = self.schedule;
+        let narrow = matches!(level, Level::Call | Level::Row);
+        let lanes = if narrow { 1 } else { sched.lanes };
+        for (k, node) in self.formula.nodes.as_ref().iter().enumerate() {
+            // Gram products are read from their buffer (`load_gram`), and what only they
+            // read is not computed.
+            if sched.levels[k] != level || !sched.live[k] || sched.gram.iter().any(|g| g.node == k)
+            {
+                continue;
+            }
+            let dim = self.formula.info[k].dim;
+            let v: Vec<Value<'ctx>> = if let Op::Var(var) = node.op {
+                let spec = &self.formula.vars[var as usize];
+                let base = arg_ptrs[var as usize];
+                match spec.category {
+                    Category::Param => (0..dim)
+                        .map(|c| self.load(base, self.i64(c as i64), 1))
+                        .collect(),
+                    _ if level == Level::Row => {
+                        let (r, ..) = at.expect("row code knows its row");
+                        let first = self.mul(r, self.i64(dim as i64));
+                        (0..dim)
+                            .map(|c| self.load(base, self.add(first, self.i64(c as i64)), 1))
+                            .collect()
+                    }
+                    _ => {
+                        let (jv, stride, ..) = at.expect("inner code knows its index");
+                        (0..dim)
+                            .map(|c| {
+                                self.load(
+                                    base,
+                                    self.add(self.mul(self.i64(c as i64), stride), jv),
+                                    lanes,
+                                )
+                            })
+                            .collect()
+                    }
+                }
+            } else {
+                let operands: Vec<&[Value<'ctx>]> = node
+                    .children
+                    .iter()
+                    .map(|&c| {
+                        let c = usize::from(c);
+                        let table = if narrow { &values.narrow } else { &values.wide };
+                        table[c].as_deref().unwrap_or_else(|| {
+                            panic!("operand {c} of node {k} is computed before it")
+                        })
+                    })
+                    .collect();
+                let mut operands = operands;
+                if self.sqdist_reversed[k] {
+                    operands.swap(0, 1);
+                }
+                self.em.emit(&node.op, &operands, dim, lanes)
+            };
+            if narrow {
+                values.narrow[k] = Some(v);
+            } else {
+                values.wide[k] = Some(v);
+            }
+        }
+    }
+}
+
+/// The `SqDist(a, b)` nodes of `formula` whose operands' difference the formula computes the
+/// other way round (`b - a`) and not this way: squared, both differences give the same bits.
+fn sqdist_reversed(formula: &Formula) -> Vec<bool> {
+    let nodes = formula.nodes.as_ref();
+    let subtractions: std::collections::HashSet<(usize, usize)> = nodes
+        .iter()
+        .filter(|n| n.op == Op::Sub)
+        .map(|n| (usize::from(n.children[0]), usize::from(n.children[1])))
+        .collect();
+    nodes
+        .iter()
+        .map(|n| {
+            if n.op != Op::SqDist {
+                return false;
+            }
+            let (a, b) = (usize::from(n.children[0]), usize::from(n.children[1]));
+            !subtractions.contains(&(a, b)) && subtractions.contains(&(b, a))
+        })
+        .collect()
+}
