@@ -12,7 +12,9 @@
 //! ([`GradientSum`]); `keopsc eval`/`vjp` use it, and so can any other front end.
 
 use crate::check::CheckedKernel;
-use crate::driver::{compile_cpu, evaluate_bound, Backend, EvalError, EvalTimings};
+use crate::driver::backend::{Backend, EvalError};
+use crate::driver::evaluate::{evaluate_bound, EvalTimings};
+use crate::driver::pipeline::compile_cpu;
 use keops_runtime::{
     check_all_arguments, run_tiles_batched, shape_text, ArgSpec, ArgumentError, ArrayData,
     ArrayRef, Axis, Category, DataRef, HostArray, ProblemSize, Signature,

@@ -19,7 +19,8 @@
 
 use crate::check::CheckedKernel;
 use crate::codegen::{JitCrossKernel, JitKernel};
-use crate::driver::{compile_cpu, compile_cpu_cross, EvalError};
+use crate::driver::backend::EvalError;
+use crate::driver::pipeline::{compile_cpu, compile_cpu_cross};
 use keops_runtime::DType;
 use std::any::Any;
 use std::collections::HashMap;
@@ -120,7 +121,7 @@ impl JitCache {
         self.get_or_compile(key, || compile_cpu_cross(kernel, columns, dtype))
     }
 
-    /// `kernel`'s GPU code for `dtype` loaded on the first GPU ([`crate::driver::load_gpu`]):
+    /// `kernel`'s GPU code for `dtype` loaded on the first GPU ([`crate::driver::pipeline::load_gpu`]):
     /// from the table, or compiled and loaded now and stored.
     #[cfg(feature = "cuda")]
     pub fn get_gpu(
@@ -129,7 +130,7 @@ impl JitCache {
         dtype: DType,
     ) -> Result<(Arc<keops_runtime::cuda::CudaKernel>, JitOutcome), EvalError> {
         let key = format!("cuda\n{}", JitCache::key(kernel, dtype));
-        self.get_or_compile(key, || crate::driver::load_gpu(kernel, dtype))
+        self.get_or_compile(key, || crate::driver::pipeline::load_gpu(kernel, dtype))
     }
 
     /// [`JitCache::get_gpu`] for the block-sparse GPU kernel (KeOps's ranges).
@@ -141,7 +142,11 @@ impl JitCache {
     ) -> Result<(Arc<keops_runtime::cuda::CudaKernel>, JitOutcome), EvalError> {
         let key = format!("cuda ranges\n{}", JitCache::key(kernel, dtype));
         self.get_or_compile(key, || {
-            crate::driver::load_gpu_entry(kernel, dtype, crate::codegen::nvptx::GpuEntry::Ranges)
+            crate::driver::pipeline::load_gpu_entry(
+                kernel,
+                dtype,
+                crate::codegen::nvptx::GpuEntry::Ranges,
+            )
         })
     }
 

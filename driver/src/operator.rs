@@ -5,7 +5,8 @@
 //! REPL's `:power` share it.
 
 use crate::check::CheckedKernel;
-use crate::driver::{self, EvalError};
+use crate::driver::backend::EvalError;
+use crate::driver::kernels;
 use keops_runtime::linalg::{KernelOperator, LinearOperator};
 use keops_runtime::{ArrayData, Axis, Category, DType, HostArray, Kernel};
 
@@ -48,10 +49,10 @@ pub fn compile_operator_kernel(
     dtype: DType,
 ) -> Result<Kernel, EvalError> {
     if same.is_empty() {
-        return driver::jit_kernel(kernel, &[dtype]);
+        return kernels::jit_kernel(kernel, &[dtype]);
     }
-    match driver::jit_kernel_symmetric(kernel, same, &[dtype]) {
-        Err(EvalError::NotSymmetric(_)) => driver::jit_kernel(kernel, &[dtype]),
+    match kernels::jit_kernel_symmetric(kernel, same, &[dtype]) {
+        Err(EvalError::NotSymmetric(_)) => kernels::jit_kernel(kernel, &[dtype]),
         other => other,
     }
 }

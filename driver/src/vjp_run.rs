@@ -4,7 +4,8 @@
 //! same code with their stored kernels.
 
 use crate::check::CheckedKernel;
-use crate::driver::{bind_arguments, evaluate_cached, evaluate_cross_cached, Backend, EvalError};
+use crate::driver::backend::{Backend, EvalError};
+use crate::driver::evaluate::{bind_arguments, evaluate_cached, evaluate_cross_cached};
 use crate::vjp::{CrossPass, SavedForward, SelectedBackward, VjpError, VjpManyPlan, VjpPlan};
 use keops_runtime::backward::{self as combine, BackwardError, Passes};
 use keops_runtime::{ArgumentError, HostArray, ProblemSize, Signature};
@@ -168,7 +169,7 @@ pub fn run_many_ranges(
 }
 
 /// [`run_many_ranges`] on `backend`: `cpu`, or `cuda`, where every pass runs as the
-/// block-sparse GPU kernel ([`crate::driver::evaluate_ranges_on`]). The interpreter has no
+/// block-sparse GPU kernel ([`crate::driver::evaluate::evaluate_ranges_on`]). The interpreter has no
 /// block-sparse evaluation.
 pub fn run_many_ranges_on(
     plan: &VjpManyPlan,
@@ -196,7 +197,7 @@ pub fn run_many_ranges_on(
             return evaluate_cached(kernel, args, backend);
         }
         let half = ranges.for_axis(kernel.signature.axis);
-        crate::driver::evaluate_ranges_on(kernel, args, half, backend)
+        crate::driver::evaluate::evaluate_ranges_on(kernel, args, half, backend)
             .map(|(out, _)| out)
             .map_err(EvalError::Ranges)
     })

@@ -13,7 +13,7 @@ use crate::arrays::{
     check_arguments, check_layouts, ArgumentError, ArgumentLayout, ArrayRef, DType, DataRef,
     HostArray, ProblemSize,
 };
-use crate::executor::{ExecError, Executor};
+use crate::executor::{DeviceError, ExecError, Executor};
 use crate::gpu::{merge_parts, GpuLaunch1D, GpuRangesTable, InnerSplit, GPU_RANGES_SYMBOL};
 use crate::ranges::Ranges;
 use crate::reduction::Reduction;
@@ -527,8 +527,16 @@ impl Executor for CudaKernel {
     }
 
     fn reduce(&self, arrays: &[ArrayRef]) -> Result<HostArray, ExecError> {
-        let out = self.run(arrays)?;
-        Ok(out)
+        Ok(self.run(arrays)?)
+    }
+}
+
+impl From<CudaError> for ExecError {
+    fn from(e: CudaError) -> ExecError {
+        match e {
+            CudaError::Argument(a) => ExecError::Argument(a),
+            other => ExecError::Device(DeviceError::new("cuda", other)),
+        }
     }
 }
 

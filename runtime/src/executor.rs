@@ -8,6 +8,7 @@
 use crate::arrays::{ArgumentError, ArrayRef, HostArray};
 use crate::module::Kernel;
 use crate::tiles::{run_tiles, TileKernel};
+use std::sync::Arc;
 
 /// A reduction ready to run.
 pub trait Executor: Send + Sync {
@@ -19,14 +20,48 @@ pub trait Executor: Send + Sync {
     fn reduce(&self, arrays: &[ArrayRef]) -> Result<HostArray, ExecError>;
 }
 
-/// Why an executor did not run.
+/// Why an executor did not run: its arguments, or its device (the device's own error, kept
+/// whole: [`DeviceError::downcast_ref`] finds it). One shape whatever the features a build has,
+/// so that code matching it builds with and without them.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ExecError {
     #[error(transparent)]
     Argument(#[from] ArgumentError),
-    #[cfg(feature = "cuda")]
     #[error(transparent)]
-    Cuda(#[from] crate::cuda::CudaError),
+    Device(#[from] DeviceError),
+}
+
+/// A device's error (the CUDA driver's, ...), as the executor that met it gave it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{error}")]
+pub struct DeviceError {
+    /// Where it happened: the executor's [`Executor::backend`].
+    pub backend: &'static str,
+    error: Arc<dyn std::error::Error + Send + Sync>,
+}
+
+impl DeviceError {
+    pub fn new(
+        backend: &'static str,
+        error: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        DeviceError {
+            backend,
+            error: Arc::new(error),
+        }
+    }
+
+    /// The device's own error, if it is an `E`.
+    pub fn downcast_ref<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        self.error.downcast_ref()
+    }
+}
+
+/// Equal when they say the same thing on the same backend.
+impl PartialEq for DeviceError {
+    fn eq(&self, other: &DeviceError) -> bool {
+        self.backend == other.backend && self.error.to_string() == other.error.to_string()
+    }
 }
 
 /// The CPU: the tile function over rayon's threads.

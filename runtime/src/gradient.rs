@@ -1,26 +1,36 @@
 //! Gradients stored in a module (`keopsc build --grad`): the backward computations of a
 //! kernel, read from the manifest ([`ManifestGradient`]) into plans over the module's own
-//! kernels, and [`Kernel::vjp`], which runs them through [`crate::backward`]. Everything here
-//! runs without the compiler or LLVM.
+//! kernels, and run through [`crate::backward`] (`Kernel::vjp` calls [`vjp`]). Everything
+//! here runs without the compiler or LLVM. It is written over [`GradientKernel`], what it needs
+//! of a kernel, so that `module`'s `Kernel`, which holds its gradients, is the one to import.
 
-use crate::arrays::{ArgumentError, HostArray};
+use crate::abi::Signature;
+use crate::arrays::{ArgumentError, ArrayRef, HostArray};
 use crate::backward::{self, BackwardError, Passes, Saved, SelectedCotangent, SelectedPass};
-use crate::module::{Kernel, ManifestGradient};
+use crate::manifest::ManifestGradient;
+
+/// What stored gradients need of the kernels they run (the runtime's `Kernel`).
+pub(crate) trait GradientKernel: Clone {
+    fn signature(&self) -> &Signature;
+    fn call(&self, inputs: &[ArrayRef]) -> Result<HostArray, ArgumentError>;
+    /// The same code without the gradients stored with it.
+    fn without_gradients(&self) -> Self;
+}
 
 /// A backward computation of one kernel, over kernels of its module.
 #[derive(Clone)]
-pub(crate) struct StoredGradient {
+pub(crate) struct StoredGradient<K> {
     /// The inputs differentiated, by position.
     wrt: Vec<usize>,
-    saved: Saved<Kernel>,
-    dense: Vec<(Kernel, Vec<usize>)>,
-    selected: Option<StoredSelected>,
+    saved: Saved<K>,
+    dense: Vec<(K, Vec<usize>)>,
+    selected: Option<StoredSelected<K>>,
 }
 
 #[derive(Clone)]
-struct StoredSelected {
-    indices: Kernel,
-    kernel: Kernel,
+struct StoredSelected<K> {
+    indices: K,
+    kernel: K,
     k: usize,
     n: usize,
     cotangent: SelectedCotangent,
@@ -50,137 +60,125 @@ pub enum GradientError {
     Saved(String),
 }
 
-impl Kernel {
-    /// The sets of inputs whose gradients its module stores, by name: each input alone, then
-    /// all of them at once. Empty for a module built without `--grad`.
-    pub fn stored_gradients(&self) -> Vec<Vec<&str>> {
-        self.gradients
-            .iter()
-            .map(|g| {
-                g.wrt
-                    .iter()
-                    .map(|&w| self.signature().args[w].name.as_str())
-                    .collect()
-            })
-            .collect()
-    }
-
-    /// The gradients of `sum(G * out)` with respect to the inputs `wrt`, in that order, each
-    /// in the shape of the array passed for it and the inputs' dtype, computed by the backward
-    /// kernels its module stores (`keopsc build --grad`): the same plans, kernels and results
-    /// as `keopsc::vjp::vjp_many`, without the compiler. `inputs` in argument order;
-    /// `cotangent` shaped like the output; `saved`: the saved forward rows when already
-    /// computed (the forward output for the LogSumExp family, `(out, L)` for
-    /// SumSoftMaxWeight; see lang-spec/gradients.md), ignored by a reduction that reads none.
-    ///
-    /// One input runs its own plan (one dense pass, or the selected entries); several run the
-    /// plan of every input at once (two dense passes at most) and keep those asked for.
-    pub fn vjp(
-        &self,
-        wrt: &[&str],
-        inputs: &[&HostArray],
-        cotangent: &HostArray,
-        saved: Option<&HostArray>,
-    ) -> Result<Vec<HostArray>, GradientError> {
-        let sig = self.signature();
-        let kernel = || sig.name.clone();
-        if wrt.is_empty() {
-            return Err(GradientError::NoInput { kernel: kernel() });
-        }
-        let mut positions = Vec::with_capacity(wrt.len());
-        for &name in wrt {
-            let at = sig
-                .args
+/// The sets of inputs `gradients` differentiate, by `forward`'s names.
+pub(crate) fn input_sets<'k, K: GradientKernel>(
+    forward: &'k K,
+    gradients: &[StoredGradient<K>],
+) -> Vec<Vec<&'k str>> {
+    gradients
+        .iter()
+        .map(|g| {
+            g.wrt
                 .iter()
-                .position(|a| a.name == name)
-                .ok_or_else(|| {
-                    let names: Vec<String> =
-                        sig.args.iter().map(|a| format!("`{}`", a.name)).collect();
-                    GradientError::UnknownInput {
-                        kernel: kernel(),
-                        name: name.to_string(),
-                        inputs: names.join(", "),
-                    }
-                })?;
-            if positions.contains(&at) {
-                return Err(GradientError::DuplicateInput {
+                .map(|&w| forward.signature().args[w].name.as_str())
+                .collect()
+        })
+        .collect()
+}
+
+/// The gradients of `sum(G * out)` with respect to the inputs `wrt` of `forward`, from the
+/// first of `gradients` that computes them all (see `Kernel::vjp`).
+pub(crate) fn vjp<K: GradientKernel>(
+    forward: &K,
+    gradients: &[StoredGradient<K>],
+    wrt: &[&str],
+    inputs: &[&HostArray],
+    cotangent: &HostArray,
+    saved: Option<&HostArray>,
+) -> Result<Vec<HostArray>, GradientError> {
+    let sig = forward.signature();
+    let kernel = || sig.name.clone();
+    if wrt.is_empty() {
+        return Err(GradientError::NoInput { kernel: kernel() });
+    }
+    let mut positions = Vec::with_capacity(wrt.len());
+    for &name in wrt {
+        let at = sig
+            .args
+            .iter()
+            .position(|a| a.name == name)
+            .ok_or_else(|| {
+                let names: Vec<String> = sig.args.iter().map(|a| format!("`{}`", a.name)).collect();
+                GradientError::UnknownInput {
                     kernel: kernel(),
                     name: name.to_string(),
-                });
-            }
-            positions.push(at);
-        }
-        let stored = self
-            .gradients
-            .iter()
-            .find(|g| g.wrt == positions)
-            .or_else(|| {
-                self.gradients
-                    .iter()
-                    .find(|g| positions.iter().all(|w| g.wrt.contains(w)))
-            })
-            .ok_or_else(|| GradientError::NotBuilt { kernel: kernel() })?;
-        let passes = Passes {
-            forward: sig,
-            wrt: &stored.wrt,
-            saved: stored.saved.as_ref(),
-            dense: stored
-                .dense
-                .iter()
-                .map(|(k, outputs)| (k, outputs.as_slice()))
-                .collect(),
-            selected: stored.selected.as_ref().map(|s| SelectedPass {
-                indices: &s.indices,
-                kernel: &s.kernel,
-                k: s.k,
-                n: s.n,
-                cotangent: s.cotangent,
-                outputs: &s.outputs,
-            }),
-        };
-        let mut runner = |k: &Kernel, arrays: &[&HostArray]| {
-            let views: Vec<_> = arrays.iter().map(|a| a.view()).collect();
-            k.call(&views)
-        };
-        let grads =
-            backward::run_passes(&passes, inputs, cotangent, saved, &mut runner).map_err(|e| {
-                match e {
-                    BackwardError::Argument(e) | BackwardError::Pass(e) => {
-                        GradientError::Argument(e)
-                    }
-                    BackwardError::Cotangent(text) => GradientError::Cotangent(text),
-                    BackwardError::Saved(text) => GradientError::Saved(text),
+                    inputs: names.join(", "),
                 }
             })?;
-        let mut grads: Vec<Option<HostArray>> = grads.into_iter().map(Some).collect();
-        Ok(positions
-            .iter()
-            .map(|w| {
-                let slot = stored
-                    .wrt
-                    .iter()
-                    .position(|x| x == w)
-                    .expect("chosen above");
-                grads[slot].take().expect("each input once")
-            })
-            .collect())
+        if positions.contains(&at) {
+            return Err(GradientError::DuplicateInput {
+                kernel: kernel(),
+                name: name.to_string(),
+            });
+        }
+        positions.push(at);
     }
+    let stored = gradients
+        .iter()
+        .find(|g| g.wrt == positions)
+        .or_else(|| {
+            gradients
+                .iter()
+                .find(|g| positions.iter().all(|w| g.wrt.contains(w)))
+        })
+        .ok_or_else(|| GradientError::NotBuilt { kernel: kernel() })?;
+    let passes = Passes {
+        forward: sig,
+        wrt: &stored.wrt,
+        saved: stored.saved.as_ref(),
+        dense: stored
+            .dense
+            .iter()
+            .map(|(k, outputs)| (k, outputs.as_slice()))
+            .collect(),
+        selected: stored.selected.as_ref().map(|s| SelectedPass {
+            indices: &s.indices,
+            kernel: &s.kernel,
+            k: s.k,
+            n: s.n,
+            cotangent: s.cotangent,
+            outputs: &s.outputs,
+        }),
+    };
+    let mut runner = |k: &K, arrays: &[&HostArray]| {
+        let views: Vec<_> = arrays.iter().map(|a| a.view()).collect();
+        k.call(&views)
+    };
+    let grads = backward::run_passes(&passes, inputs, cotangent, saved, &mut runner).map_err(
+        |e| match e {
+            BackwardError::Argument(e) | BackwardError::Pass(e) => GradientError::Argument(e),
+            BackwardError::Cotangent(text) => GradientError::Cotangent(text),
+            BackwardError::Saved(text) => GradientError::Saved(text),
+        },
+    )?;
+    let mut grads: Vec<Option<HostArray>> = grads.into_iter().map(Some).collect();
+    Ok(positions
+        .iter()
+        .map(|w| {
+            let slot = stored
+                .wrt
+                .iter()
+                .position(|x| x == w)
+                .expect("chosen above");
+            grads[slot].take().expect("each input once")
+        })
+        .collect())
 }
 
 /// The gradients a manifest describes for `forward`, over the module's `backward` kernels,
 /// checked so that running them cannot index out of bounds: every name resolves, every
 /// kernel's output width is what the combination reads, every kernel takes the forward's
 /// arguments first.
-pub(crate) fn stored_gradients(
-    forward: &Kernel,
+pub(crate) fn stored_gradients<K: GradientKernel>(
+    forward: &K,
     described: &[ManifestGradient],
-    backward: &[Kernel],
-) -> Result<Vec<StoredGradient>, String> {
+    backward: &[K],
+) -> Result<Vec<StoredGradient<K>>, String> {
     let sig = forward.signature();
     let find = |name: &str| {
         backward
             .iter()
-            .find(|k| k.name() == name)
+            .find(|k| k.signature().name == name)
             .cloned()
             .ok_or_else(|| format!("its gradient names a kernel `{name}` the module lacks"))
     };
@@ -196,7 +194,7 @@ pub(crate) fn stored_gradients(
             .collect()
     };
     let width = |outputs: &[usize]| outputs.iter().map(|&w| sig.args[w].dim).sum::<usize>();
-    let takes_forward_args = |k: &Kernel, extra: usize| -> Result<(), String> {
+    let takes_forward_args = |k: &K, extra: usize| -> Result<(), String> {
         let args = &k.signature().args;
         let prefix_ok = args.len() == sig.args.len() + extra
             && args
@@ -208,17 +206,17 @@ pub(crate) fn stored_gradients(
         } else {
             Err(format!(
                 "backward kernel `{}` does not take the forward's arguments",
-                k.name()
+                k.signature().name
             ))
         }
     };
-    let expect_width = |k: &Kernel, expected: usize| -> Result<(), String> {
+    let expect_width = |k: &K, expected: usize| -> Result<(), String> {
         if k.signature().output_dim() == expected {
             Ok(())
         } else {
             Err(format!(
                 "backward kernel `{}` gives {} columns, the gradient reads {expected}",
-                k.name(),
+                k.signature().name,
                 k.signature().output_dim()
             ))
         }

@@ -12,6 +12,7 @@ pub mod executor;
 pub mod gpu;
 pub mod gradient;
 pub mod linalg;
+pub mod manifest;
 pub mod module;
 pub mod ranges;
 pub mod reduction;
@@ -27,9 +28,10 @@ pub use cross::{
     run_cross_tiles, run_symmetric_tiles, CrossSchedule, CrossTileFn, CrossTileKernel,
     SYMMETRIC_BLOCK,
 };
-pub use executor::{ExecError, Executor};
+pub use executor::{DeviceError, ExecError, Executor};
 pub use gradient::GradientError;
-pub use module::{Kernel, LoadError, Manifest, Module};
+pub use manifest::Manifest;
+pub use module::{Kernel, LoadError, Module};
 pub use ndarray;
 pub use ranges::{run_tiles_ranges, Ranges, RangesError, RangesPair, RangesRunError};
 pub use reduction::{Family, Order, Reduction, ReductionArgs, ReductionKind};

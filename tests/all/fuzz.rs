@@ -191,7 +191,8 @@ fn module_loader_refuses_damaged_modules() {
 /// bounds. The manifest's own checksum refuses it.
 #[test]
 fn a_manifest_that_describes_its_library_wrongly_is_refused() {
-    use keops_runtime::module::{LoadError, Module, MANIFEST_FILE};
+    use keops_runtime::manifest::MANIFEST_FILE;
+    use keops_runtime::module::{LoadError, Module};
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("m.kmod");
     let compiled = keops_tests::compile_ok("<loader>", loader::SOURCE);

@@ -3,7 +3,7 @@
 //! damaged files), argument errors that name the argument, many threads on one kernel, and
 //! cache entries that are damaged or raced for.
 
-use keops_runtime::module::MANIFEST_FILE;
+use keops_runtime::manifest::MANIFEST_FILE;
 use keops_runtime::ndarray::Array2;
 use keops_runtime::{ArgumentError, ArrayRef, DType, HostArray, LoadError, Module, OutputRef};
 use keopsc::artifact::cache::{CacheOutcome, CompileCache};
@@ -766,7 +766,7 @@ fn a_damaged_symmetric_pass_is_refused_at_load() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = build_symmetric(dir.path());
     let original = std::fs::read_to_string(path.join(MANIFEST_FILE)).unwrap();
-    let reseal = |edit: &dyn Fn(&mut keops_runtime::module::ManifestSymmetric)| {
+    let reseal = |edit: &dyn Fn(&mut keops_runtime::manifest::ManifestSymmetric)| {
         let mut manifest: keops_runtime::Manifest = serde_json::from_str(&original).unwrap();
         edit(manifest.kernels[0].symmetric.as_mut().unwrap());
         manifest.manifest_hash = manifest.checksum();
@@ -778,7 +778,7 @@ fn a_damaged_symmetric_pass_is_refused_at_load() {
     };
     // The swapped copy of `b` reading the parameter; a pair of two i-variables; a cross
     // kernel without its copy of `b`.
-    let damages: [&dyn Fn(&mut keops_runtime::module::ManifestSymmetric); 3] = [
+    let damages: [&dyn Fn(&mut keops_runtime::manifest::ManifestSymmetric); 3] = [
         &|s| *s.sources.last_mut().unwrap() = 3,
         &|s| s.same = vec![[0, 0]],
         &|s| {

@@ -6,7 +6,8 @@
 //! never opened (the checksum is verified first), so no damaged code runs.
 
 use super::Tape;
-use keops_runtime::module::{Manifest, Module, MANIFEST_FILE};
+use keops_runtime::manifest::{Manifest, MANIFEST_FILE};
+use keops_runtime::Module;
 use keops_runtime::{DType, HostArray};
 use keopsc::artifact::{self, Placement};
 use keopsc::driver;

@@ -12,9 +12,9 @@
 use super::{build, llvm_version, temporary_dir, BuildError, Placement};
 use crate::codegen::CpuTarget;
 use crate::diagnostic::render_all;
-use crate::driver;
+use crate::driver::pipeline;
 use crate::source::SourceFile;
-use keops_runtime::module::{dtype_name, fnv1a64, MODULE_FORMAT, VERSION};
+use keops_runtime::manifest::{dtype_name, fnv1a64, MODULE_FORMAT, VERSION};
 use keops_runtime::{DType, Kernel, Module};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -105,7 +105,7 @@ impl CompileCache {
         source: &str,
         name: Option<&str>,
     ) -> Result<(Kernel, CacheOutcome), CompileError> {
-        let compiled = driver::compile(SourceFile::new("<source>", source)).map_err(
+        let compiled = pipeline::compile(SourceFile::new("<source>", source)).map_err(
             |(file, diagnostics)| CompileError::Source(render_all(&diagnostics, &file, false)),
         )?;
         let names: Vec<String> = compiled

@@ -4,9 +4,9 @@
 //! The runtime reads them back (`keops_runtime::gradient`) and runs them without the compiler.
 
 use crate::check::CheckedKernel;
-use crate::driver::CompiledFile;
+use crate::driver::pipeline::CompiledFile;
 use crate::vjp::{plan_many, SavedForward, VjpError, VjpManyPlan};
-use keops_runtime::module::{ManifestGradient, ManifestPass, ManifestSelected};
+use keops_runtime::manifest::{ManifestGradient, ManifestPass, ManifestSelected};
 use std::collections::{HashMap, HashSet};
 
 /// What a module stores for the gradients of a file's kernels.

@@ -8,9 +8,9 @@ pub mod gradients;
 
 use crate::codegen::jit::{emit_object, TileSpec};
 use crate::codegen::{CodegenError, CpuTarget};
-use crate::driver::CompiledFile;
+use crate::driver::pipeline::CompiledFile;
 use crate::opt::{self, OptBudget};
-use keops_runtime::module::{
+use keops_runtime::manifest::{
     dtype_name, fnv1a64, library_file, Manifest, ManifestEntry, ManifestKernel, ModuleTarget,
     MANIFEST_FILE, MODULE_FORMAT, VERSION,
 };
@@ -209,7 +209,7 @@ pub fn build_with_options(
         entry.gradients = gradients;
         if options.gpu {
             // The GPU's own optimisation (its prices), and its block size from occupancy.
-            let (gpu_target, gpu_budget) = crate::driver::gpu_target();
+            let (gpu_target, gpu_budget) = crate::driver::pipeline::gpu_target();
             let checked = &file.kernels[kernels.len()];
             let gpu_formula = opt::optimize(checked, &gpu_budget)
                 .map_err(|d| CodegenError::Internal {
@@ -228,7 +228,7 @@ pub fn build_with_options(
                         gpu_entry,
                     )?;
                     let file = format!("gpu_{}_{}{suffix}.ptx", k.name, dtype_name(dtype));
-                    entry.gpu.push(keops_runtime::module::ManifestGpuEntry {
+                    entry.gpu.push(keops_runtime::manifest::ManifestGpuEntry {
                         dtype: dtype_name(dtype).to_string(),
                         file: file.clone(),
                         symbol: ptx.symbol.clone(),
@@ -242,7 +242,7 @@ pub fn build_with_options(
             }
         }
         if let Some((plan, cross, rows)) = sym {
-            let mut stored = keops_runtime::module::ManifestSymmetric {
+            let mut stored = keops_runtime::manifest::ManifestSymmetric {
                 args: ManifestKernel::describe(rows).args,
                 sources: plan.sources.clone(),
                 same: pairs_of(&file.kernels[kernels.len()], &options.same)
