@@ -1,7 +1,9 @@
 //! The operator emitter and the math library do not assume the CPU: a GPU kernel applying every
 //! element-wise operator, in f32 and f64, compiles for NVPTX into PTX with no calls to outside
-//! functions. Where `ptxas` is installed (`pip install nvidia-cuda-nvcc-cu12`; found on PATH or
-//! in that wheel), the PTX must also assemble; otherwise that step is skipped, visibly.
+//! functions, and assembles with `ptxas` (`scripts/python.sh venv` installs it: the
+//! nvidia-cuda-nvcc-cu12 wheel; found there or on PATH), which these tests require. The tests
+//! that run kernels on a GPU (feature `cuda`) are ignored unless asked for (`-- --ignored` on a
+//! machine with one), so that the test runner reports them as not run.
 
 use inkwell::context::Context;
 use inkwell::intrinsics::Intrinsic;
@@ -14,14 +16,16 @@ use keopsc::codegen::math::{MathLib, Scalar};
 use keopsc::formula::Op;
 use std::path::PathBuf;
 
-/// A GPU check that cannot run here: says SKIPPED on stderr, or fails the test when
-/// `KEOPS_RS_REQUIRE_GPU=1` (the device check's setting), where a skip would hide a missing GPU
-/// or ptxas.
-fn skipped(why: &str) {
-    if std::env::var("KEOPS_RS_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-        panic!("KEOPS_RS_REQUIRE_GPU=1, but {why}");
-    }
-    eprintln!("SKIPPED {why}");
+/// ptxas, which the tests of this file assemble every kernel with: `scripts/python.sh venv`
+/// (run by `./x setup` and `./x test`) installs it. Without it they fail, saying so, rather than
+/// pass without assembling anything.
+fn required_ptxas(what: &str) -> PathBuf {
+    find_ptxas().unwrap_or_else(|| {
+        panic!(
+            "{what} needs ptxas, which was not found: `scripts/python.sh venv` installs it \
+             (nvidia-cuda-nvcc-cu12 in .venv)"
+        )
+    })
 }
 
 /// PTX of one kernel: `out[tid] = sum over operators of op(in[tid], ...)`.
@@ -145,30 +149,10 @@ fn ptx(scalar: Scalar) -> String {
     String::from_utf8_lossy(ptx.as_slice()).into_owned()
 }
 
-fn ptxas() -> Option<PathBuf> {
-    if let Ok(out) = std::process::Command::new("ptxas")
-        .arg("--version")
-        .output()
-    {
-        if out.status.success() {
-            return Some(PathBuf::from("ptxas"));
-        }
-    }
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import nvidia.cuda_nvcc, os; print(os.path.join(list(nvidia.cuda_nvcc.__path__)[0], 'bin', 'ptxas'))"])
-        .output()
-        .ok()?;
-    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    path.exists().then_some(path)
-}
-
 #[test]
 fn every_elementwise_operator_compiles_to_ptx() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let assembler = ptxas();
-    if assembler.is_none() {
-        skipped("(assembly only): ptxas not found; pip install nvidia-cuda-nvcc-cu12 to check the PTX with it");
-    }
+    let assembler = required_ptxas("assembling the element-wise operators");
     for scalar in [Scalar::F32, Scalar::F64] {
         let text = ptx(scalar);
         assert!(text.contains(".entry elementwise"), "{text}");
@@ -176,7 +160,8 @@ fn every_elementwise_operator_compiles_to_ptx() {
             !text.contains(".extern"),
             "PTX calls an outside function:\n{text}"
         );
-        if let Some(ptxas) = &assembler {
+        {
+            let ptxas = &assembler;
             let file = dir.path().join(format!("{scalar:?}.ptx"));
             std::fs::write(&file, &text).expect("written");
             let out = std::process::Command::new(ptxas)
@@ -255,16 +240,6 @@ fn every_reduction() -> String {
     text
 }
 
-fn ptxas_or_say_skipped(what: &str) -> Option<std::path::PathBuf> {
-    let found = find_ptxas();
-    if found.is_none() {
-        skipped(&format!(
-            "({what}): ptxas not found; scripts/python.sh venv installs it (nvidia-cuda-nvcc-cu12)"
-        ));
-    }
-    found
-}
-
 /// Assembles `ptx` for sm_80 and sm_90, failing with ptxas's messages.
 fn assembled(ptxas: &std::path::Path, name: &str, ptx: &str) -> Vec<PtxasReport> {
     ["sm_80", "sm_90"]
@@ -279,7 +254,7 @@ fn assembled(ptxas: &std::path::Path, name: &str, ptx: &str) -> Vec<PtxasReport>
 
 #[test]
 fn every_reduction_kind_on_both_axes_compiles_to_a_ptx_kernel_that_ptxas_assembles() {
-    let ptxas = ptxas_or_say_skipped("assembly of the reduction kernels");
+    let ptxas = required_ptxas("assembling the reduction kernels");
     for kernel in optimized(&every_reduction()) {
         for dtype in [DType::F32, DType::F64] {
             let name = format!("{} {dtype}", kernel.name);
@@ -295,11 +270,9 @@ fn every_reduction_kind_on_both_axes_compiles_to_a_ptx_kernel_that_ptxas_assembl
             assert!(!ptx.contains(".extern"), "{name} calls outside:\n{ptx}");
             assert!(ptx.contains(".maxntid 256, 1, 1"), "{name}:\n{ptx}");
             assert!(ptx.contains("bar.sync"), "{name} stages no tile:\n{ptx}");
-            if let Some(ptxas) = &ptxas {
-                for report in assembled(ptxas, &name, ptx) {
-                    eprintln!("{name}: {report}");
-                    assert!(report.registers > 0, "{name}: {report}");
-                }
+            for report in assembled(&ptxas, &name, ptx) {
+                eprintln!("{name}: {report}");
+                assert!(report.registers > 0, "{name}: {report}");
             }
         }
     }
@@ -308,7 +281,7 @@ fn every_reduction_kind_on_both_axes_compiles_to_a_ptx_kernel_that_ptxas_assembl
 /// The reference workloads' kernels: assembled for both architectures, with no spills.
 #[test]
 fn workload_kernels_assemble_without_spills() {
-    let ptxas = ptxas_or_say_skipped("register and spill report of W1-W5");
+    let ptxas = required_ptxas("the register and spill report of W1-W5");
     // W2L (dimensions 256 and 1024): the GPU kernels unroll every component, and spill there;
     // the CPU's Gram products have no GPU counterpart yet.
     for workload in keopsc::bench::WORKLOADS.iter().filter(|w| w.id != "W2L") {
@@ -324,8 +297,7 @@ fn workload_kernels_assemble_without_spills() {
                     &GpuTarget::default(),
                 )
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
-                let Some(ptxas) = &ptxas else { continue };
-                for report in assembled(ptxas, &name, &compiled.ptx) {
+                for report in assembled(&ptxas, &name, &compiled.ptx) {
                     eprintln!("{name}: {}; {report}", compiled.schedule);
                     assert_eq!(
                         (report.spill_store_bytes, report.spill_load_bytes),
@@ -363,9 +335,7 @@ fn ptxas_reports_are_read_from_its_messages() {
 /// target's choice for them, and both architectures' reports come with it.
 #[test]
 fn the_tuned_block_is_the_occupancy_choice_for_the_registers_ptxas_reports() {
-    let Some(ptxas) = ptxas_or_say_skipped("block size from occupancy") else {
-        return;
-    };
+    let ptxas = required_ptxas("the block size from occupancy");
     let target = GpuTarget::default();
     let text = "kernel w1 { x = Vi(3) y = Vj(3) b = Vj(1) g = Pm(1) Sum_Reduction(Exp(-g * SqDist(x, y)) * b, 0) }\n\
         kernel wide { x = Vi(24) y = Vj(24) b = Vj(24) Max_SumShiftExpWeight_Reduction(Scalprod(x, y), b * Exp(x - y), 0) }";
@@ -803,7 +773,7 @@ fn the_generated_ranges_kernel_run_on_the_host_matches_the_cpu_for_every_reducti
 /// The block-sparse kernel's PTX: one entry point, no outside calls, assembled by ptxas.
 #[test]
 fn the_ranges_kernel_compiles_to_ptx_that_ptxas_assembles() {
-    let ptxas = ptxas_or_say_skipped("assembly of the block-sparse kernels");
+    let ptxas = required_ptxas("assembling the block-sparse kernels");
     for kernel in optimized(&every_reduction()) {
         for dtype in [DType::F32, DType::F64] {
             let name = format!("{} {dtype} (ranges)", kernel.name);
@@ -823,21 +793,20 @@ fn the_ranges_kernel_compiles_to_ptx_that_ptxas_assembles() {
             );
             assert!(!ptx.contains(".entry keops_gpu_tile_1d"), "{name}:\n{ptx}");
             assert!(!ptx.contains(".extern"), "{name} calls outside:\n{ptx}");
-            if let Some(ptxas) = &ptxas {
-                for report in assembled(ptxas, &name, ptx) {
-                    assert!(report.registers > 0, "{name}: {report}");
-                }
+            for report in assembled(&ptxas, &name, ptx) {
+                assert!(report.registers > 0, "{name}: {report}");
             }
         }
     }
 }
 
-/// `--backend cuda` (built with the `cuda` feature): on a machine without the driver, the
-/// error that says so; with a GPU, every reduction on both axes against the interpreter.
+/// `--backend cuda` (built with the `cuda` feature), on a GPU: every reduction on both axes
+/// against the interpreter.
 #[cfg(feature = "cuda")]
 #[test]
-fn the_cuda_backend_matches_the_interpreter_or_says_there_is_no_driver() {
-    use keopsc::driver::{evaluate_bound, Backend, EvalError};
+#[ignore = "runs on a CUDA GPU: cargo test -p keopsc --features cuda -- --ignored, on a machine with one"]
+fn the_cuda_backend_matches_the_interpreter() {
+    use keopsc::driver::{evaluate_bound, Backend};
     let compiled = keopsc::driver::compile(SourceFile::new("<cuda test>", every_reduction()))
         .unwrap_or_else(|_| panic!("the test kernels compile"));
     let kernels = optimized(&every_reduction());
@@ -860,13 +829,9 @@ fn the_cuda_backend_matches_the_interpreter_or_says_there_is_no_driver() {
                     })
                     .collect();
                 let refs: Vec<&keops_runtime::HostArray> = arrays.iter().collect();
-                let got = match evaluate_bound(checked, &refs, Backend::Cuda) {
-                    Err(EvalError::Cuda(keops_runtime::cuda::CudaError::NoDriver)) => {
-                        skipped("(CUDA runs): no CUDA driver on this machine");
-                        return;
-                    }
-                    other => other.unwrap_or_else(|e| panic!("{}: {e}", checked.name)).0,
-                };
+                let got = evaluate_bound(checked, &refs, Backend::Cuda)
+                    .unwrap_or_else(|e| panic!("{}: {e}", checked.name))
+                    .0;
                 let want = evaluate_bound(checked, &refs, Backend::Interp).unwrap().0;
                 let (got, want) = (got.to_f64(), want.to_f64());
                 let tol = match dtype {
@@ -884,12 +849,12 @@ fn the_cuda_backend_matches_the_interpreter_or_says_there_is_no_driver() {
     }
 }
 
-/// `evaluate_ranges_on(.., Backend::Cuda)` (built with the `cuda` feature): on a machine
-/// without the driver, the error that says so; with a GPU, every reduction on both axes
-/// against the CPU's block-sparse evaluation.
+/// `evaluate_ranges_on(.., Backend::Cuda)` (built with the `cuda` feature), on a GPU: every
+/// reduction on both axes against the CPU's block-sparse evaluation.
 #[cfg(feature = "cuda")]
 #[test]
-fn the_cuda_ranges_kernel_matches_the_cpu_or_says_there_is_no_driver() {
+#[ignore = "runs on a CUDA GPU: cargo test -p keopsc --features cuda -- --ignored, on a machine with one"]
+fn the_cuda_ranges_kernel_matches_the_cpu() {
     use keopsc::driver::{evaluate_ranges_on, Backend};
     let compiled = keopsc::driver::compile(SourceFile::new("<cuda test>", every_reduction()))
         .unwrap_or_else(|_| panic!("the test kernels compile"));
@@ -904,13 +869,9 @@ fn the_cuda_ranges_kernel_matches_the_cpu_or_says_there_is_no_driver() {
             let ranges = test_ranges(rows, inner);
             let arrays = host_arrays(kernel, &inputs(kernel, n, m, 11), dtype);
             let refs: Vec<&keops_runtime::HostArray> = arrays.iter().collect();
-            let got = match evaluate_ranges_on(checked, &refs, &ranges, Backend::Cuda) {
-                Err(e) if e.contains("no CUDA driver") => {
-                    skipped("(CUDA block-sparse runs): no CUDA driver on this machine");
-                    return;
-                }
-                other => other.unwrap_or_else(|e| panic!("{}: {e}", checked.name)).0,
-            };
+            let got = evaluate_ranges_on(checked, &refs, &ranges, Backend::Cuda)
+                .unwrap_or_else(|e| panic!("{}: {e}", checked.name))
+                .0;
             let want = evaluate_ranges_on(checked, &refs, &ranges, Backend::Cpu)
                 .unwrap()
                 .0;

@@ -82,8 +82,8 @@ impl Analysis<Node> for FormulaAnalysis {
         };
         let vars = a.vars & b.vars;
         let constant = a.constant.clone().or(b.constant.clone());
-        let changed_a = deps != a.deps || vars != a.vars || constant != a.constant;
-        let changed_b = deps != b.deps || vars != b.vars || constant != b.constant;
+        let changed_a = deps != a.deps || vars != a.vars || !same_values(&constant, &a.constant);
+        let changed_b = deps != b.deps || vars != b.vars || !same_values(&constant, &b.constant);
         a.deps = deps;
         a.vars = vars;
         a.constant = constant;
@@ -110,6 +110,19 @@ impl Analysis<Node> for FormulaAnalysis {
             };
         let leaf = egraph.add(node);
         egraph.union(id, leaf);
+    }
+}
+
+/// Whether two constants are the same numbers, bit for bit: a NaN constant is itself (with
+/// `==`, a class folded to NaN would read as changed at every merge, and egg's rebuild would
+/// never end).
+fn same_values(a: &Option<Vec<f64>>, b: &Option<Vec<f64>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+        }
+        (None, None) => true,
+        _ => false,
     }
 }
 

@@ -253,6 +253,28 @@ mod tests {
         rewrite_text(&test_vars(), text, &rules)
     }
 
+    /// A class whose constant folds to NaN: the analysis's merge once compared constants with
+    /// `==`, saw a NaN class as changed at every merge, and egg's rebuild never ended (found by
+    /// the per-rule test, `div-const-factor` alone on `0 / (2 * 0)`).
+    #[test]
+    fn a_nan_constant_class_rebuilds_once() {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rule: Vec<_> = rules()
+                .into_iter()
+                .filter(|r| r.rewrite.name.as_str() == "div-const-factor")
+                .map(|r| r.rewrite)
+                .collect();
+            let out = rewrite_text(&test_vars(), "(/ int:0 (* int:2 int:0))", &rule);
+            done.send(out).expect("the test waits");
+        });
+        // Which form comes out is the cost's choice; that one does, in time, is the test.
+        let out = finished
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the rewrite finishes");
+        assert!(out.starts_with("(/ int:0"), "{out}");
+    }
+
     // var:0 = x = Vi(3), var:1 = y = Vj(3), var:2 = b = Vj(1), var:3 = s = Pm(1), var:4 = t = Vi(1)
     #[test]
     fn neutral_and_absorbing_elements() {
