@@ -4,7 +4,7 @@
 //! generic over the element type and the width and uses only target-independent instructions
 //! and intrinsics, so the CPU loops and the GPU kernels share it.
 
-use super::math::{MathFn, MathLib, Scalar};
+use super::math::{MathFn, MathLib};
 use inkwell::builder::Builder;
 use inkwell::context::Context;
 use inkwell::intrinsics::Intrinsic;
@@ -15,6 +15,7 @@ use inkwell::values::{
 };
 use inkwell::FloatPredicate;
 use keops_front::formula::{Op, TensorDotSpec};
+use keops_runtime::DType;
 
 pub type Value<'ctx> = VectorValue<'ctx>;
 
@@ -24,7 +25,7 @@ pub struct Emitter<'a, 'ctx> {
     pub module: &'a Module<'ctx>,
     pub builder: &'a Builder<'ctx>,
     pub math: &'a MathLib<'ctx>,
-    pub scalar: Scalar,
+    pub scalar: DType,
 }
 
 /// Builder calls fail only when the builder has no position, which is a bug of the emitter.
@@ -35,8 +36,8 @@ fn built<T, E: std::fmt::Debug>(r: Result<T, E>) -> T {
 impl<'a, 'ctx> Emitter<'a, 'ctx> {
     pub fn float_type(&self) -> FloatType<'ctx> {
         match self.scalar {
-            Scalar::F32 => self.context.f32_type(),
-            Scalar::F64 => self.context.f64_type(),
+            DType::F32 => self.context.f32_type(),
+            DType::F64 => self.context.f64_type(),
         }
     }
 

@@ -3,7 +3,7 @@
 
 use super::cpu::{flush, TileEmitter};
 use super::formula::Emitter;
-use super::math::{MathLib, Scalar};
+use super::math::MathLib;
 use inkwell::attributes::AttributeLoc;
 use inkwell::context::Context;
 use inkwell::execution_engine::ExecutionEngine;
@@ -41,13 +41,6 @@ const LANE_ACCUMULATOR_BYTES: usize = 256 << 10;
 
 fn internal(stage: &'static str) -> impl Fn(String) -> CodegenError {
     move |message| CodegenError::Internal { stage, message }
-}
-
-pub fn scalar_of(dtype: DType) -> Scalar {
-    match dtype {
-        DType::F32 => Scalar::F32,
-        DType::F64 => Scalar::F64,
-    }
 }
 
 /// Time spent in each code generation stage.
@@ -98,7 +91,7 @@ pub struct TileSpec<'a> {
 
 impl TileSpec<'_> {
     pub fn schedule(&self, target: &CpuTarget) -> Schedule {
-        let scalar = scalar_of(self.dtype);
+        let scalar = self.dtype;
         Schedule::cpu(
             self.formula,
             self.signature,
@@ -121,7 +114,7 @@ pub fn build_module<'ctx>(
     let builder = context.create_builder();
     let math = MathLib::new(context).with_flushing(flush::flushes(&target.triple));
     for spec in specs {
-        let scalar = scalar_of(spec.dtype);
+        let scalar = spec.dtype;
         let red = &spec.signature.reduction;
         let schedule = spec.schedule(target);
         let lane_bytes =
@@ -147,7 +140,7 @@ pub fn build_module<'ctx>(
             scalar,
         };
         let wide = Emitter {
-            scalar: Scalar::F64,
+            scalar: DType::F64,
             ..em
         };
         let tile = TileEmitter::new(&em, &wide, spec.formula, spec.signature, &schedule)

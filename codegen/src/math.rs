@@ -25,7 +25,7 @@
 use std::f64::consts::{FRAC_2_PI, FRAC_PI_2, FRAC_PI_4, LOG2_E, PI};
 use std::sync::Once;
 
-pub use keops_middle::target::Scalar;
+use keops_runtime::DType;
 
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::builder::Builder;
@@ -39,6 +39,18 @@ use inkwell::values::{
     BasicMetadataValueEnum, BasicValue, BasicValueEnum, FunctionValue, InstructionOpcode,
 };
 use inkwell::{AddressSpace, FloatPredicate, IntPredicate, OptimizationLevel};
+
+/// Splits `hi + lo` (an f64 double-double) into a head exactly representable in `dtype` and
+/// the rest: both parts are exact for `F64`, and `hi + lo` is good to ~2^-48 for `F32`.
+fn split(dtype: DType, hi: f64, lo: f64) -> (f64, f64) {
+    match dtype {
+        DType::F32 => {
+            let head = f64::from(hi as f32);
+            (head, (hi - head) + lo)
+        }
+        DType::F64 => (hi, lo),
+    }
+}
 
 /// The functions of the library.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -90,7 +102,7 @@ impl MathFn {
 
     /// The stated maximum error in ULP (of the result, in the element type) over the domain
     /// described in the doc comment of the function's emitter; tests check it.
-    pub fn max_ulp(self, scalar: Scalar) -> f64 {
+    pub fn max_ulp(self, scalar: DType) -> f64 {
         // (f32, f64). The f32 bounds of the unary functions are the exhaustive maxima over
         // the ranges that matter (every f32 in ±[1e-4, 1e4] for atan, asin, acos, sin and
         // cos; |x| in [1e-6, 104] for exp; every 7th positive f32 for log); the others, and
@@ -103,8 +115,8 @@ impl MathFn {
             MathFn::Pow => (1.0, 2.0),
         };
         match scalar {
-            Scalar::F32 => f32_bound,
-            Scalar::F64 => f64_bound,
+            DType::F32 => f32_bound,
+            DType::F64 => f64_bound,
         }
     }
 }
@@ -224,15 +236,15 @@ impl<'ctx> MathLib<'ctx> {
     }
 
     /// Element type and lane count (`None` for a scalar) of an f32/f64 scalar or vector type.
-    fn shape_of(&self, ty: BasicTypeEnum<'ctx>) -> Option<(Scalar, Option<u32>)> {
+    fn shape_of(&self, ty: BasicTypeEnum<'ctx>) -> Option<(DType, Option<u32>)> {
         let (element, lanes) = match ty {
             BasicTypeEnum::VectorType(v) => (v.get_element_type(), Some(v.get_size())),
             other => (other, None),
         };
         let scalar = if element == BasicTypeEnum::from(self.context.f32_type()) {
-            Scalar::F32
+            DType::F32
         } else if element == BasicTypeEnum::from(self.context.f64_type()) {
-            Scalar::F64
+            DType::F64
         } else {
             return None;
         };
@@ -243,7 +255,7 @@ impl<'ctx> MathLib<'ctx> {
         &self,
         module: &Module<'ctx>,
         f: MathFn,
-        scalar: Scalar,
+        scalar: DType,
         lanes: Option<u32>,
     ) -> FunctionValue<'ctx> {
         self.define(
@@ -273,13 +285,13 @@ impl<'ctx> MathLib<'ctx> {
         module: &Module<'ctx>,
         name: &str,
         arity: usize,
-        scalar: Scalar,
+        scalar: DType,
         lanes: Option<u32>,
         body: impl FnOnce(&Emitter<'_, 'ctx>, &[Val<'ctx>]) -> Val<'ctx>,
     ) -> FunctionValue<'ctx> {
         let type_name = match lanes {
-            None => scalar.name().to_string(),
-            Some(n) => format!("v{n}{}", scalar.name()),
+            None => scalar.short_name().to_string(),
+            Some(n) => format!("v{n}{}", scalar.short_name()),
         };
         let name = format!("keops.{name}.{type_name}");
         if let Some(existing) = module.get_function(&name) {
@@ -326,7 +338,7 @@ struct Emitter<'a, 'ctx> {
     context: &'ctx Context,
     module: &'a Module<'ctx>,
     builder: &'a Builder<'ctx>,
-    scalar: Scalar,
+    scalar: DType,
     lanes: Option<u32>,
     /// See [`MathLib::with_exp2`].
     exp2: Exp2,
@@ -337,7 +349,7 @@ struct Emitter<'a, 'ctx> {
 // Primitive operations.
 impl<'ctx> Emitter<'_, 'ctx> {
     /// The same emitter for the other precision (same lane count).
-    fn with(&self, scalar: Scalar) -> Self {
+    fn with(&self, scalar: DType) -> Self {
         Emitter { scalar, ..*self }
     }
 
@@ -352,15 +364,15 @@ impl<'ctx> Emitter<'_, 'ctx> {
 
     fn float_type(&self) -> BasicTypeEnum<'ctx> {
         self.shaped(match self.scalar {
-            Scalar::F32 => self.context.f32_type().into(),
-            Scalar::F64 => self.context.f64_type().into(),
+            DType::F32 => self.context.f32_type().into(),
+            DType::F64 => self.context.f64_type().into(),
         })
     }
 
     fn int_element(&self) -> IntType<'ctx> {
         match self.scalar {
-            Scalar::F32 => self.context.i32_type(),
-            Scalar::F64 => self.context.i64_type(),
+            DType::F32 => self.context.i32_type(),
+            DType::F64 => self.context.i64_type(),
         }
     }
 
@@ -378,8 +390,8 @@ impl<'ctx> Emitter<'_, 'ctx> {
     /// Floating-point constant (rounded to the element type).
     fn f(&self, v: f64) -> Val<'ctx> {
         self.splat(match self.scalar {
-            Scalar::F32 => self.context.f32_type().const_float(v).into(),
-            Scalar::F64 => self.context.f64_type().const_float(v).into(),
+            DType::F32 => self.context.f32_type().const_float(v).into(),
+            DType::F64 => self.context.f64_type().const_float(v).into(),
         })
     }
 
@@ -583,8 +595,8 @@ impl<'ctx> Emitter<'_, 'ctx> {
     /// Converts `a` (of this emitter's type) to the type of `to`.
     fn convert(&self, a: Val<'ctx>, to: &Self) -> Val<'ctx> {
         let op = match (self.scalar, to.scalar) {
-            (Scalar::F32, Scalar::F64) => InstructionOpcode::FPExt,
-            (Scalar::F64, Scalar::F32) => InstructionOpcode::FPTrunc,
+            (DType::F32, DType::F64) => InstructionOpcode::FPExt,
+            (DType::F64, DType::F32) => InstructionOpcode::FPTrunc,
             _ => return a,
         };
         self.builder
@@ -670,12 +682,12 @@ impl<'ctx> Emitter<'_, 'ctx> {
         // normal number there, so the clamped value is flushed.
         let low = match (s, self.flushes) {
             (_, true) => ((1 - s.exponent_bias()) as f64 - 0.25) * std::f64::consts::LN_2,
-            (Scalar::F32, false) => -104.0,
-            (Scalar::F64, false) => -746.0,
+            (DType::F32, false) => -104.0,
+            (DType::F64, false) => -746.0,
         };
         let high = match s {
-            Scalar::F32 => 89.0,
-            Scalar::F64 => 710.0,
+            DType::F32 => 89.0,
+            DType::F64 => 710.0,
         };
         let x = self.select(
             self.fcmp(FloatPredicate::OGT, x, self.f(high)),
@@ -697,7 +709,7 @@ impl<'ctx> Emitter<'_, 'ctx> {
 
         // ln2_hi has trailing zero bits, so n·ln2_hi is exact for the n that occur here.
         let (ln2_hi, ln2_lo, coefficients): (f64, f64, &[f64]) = match s {
-            Scalar::F32 => (
+            DType::F32 => (
                 0.693_145_751_953_125,
                 1.428_606_8e-6,
                 &[
@@ -709,7 +721,7 @@ impl<'ctx> Emitter<'_, 'ctx> {
                     0.5,
                 ],
             ),
-            Scalar::F64 => (
+            DType::F64 => (
                 0.693_147_180_559_663,
                 2.823_529_056_303_157_7e-13,
                 &[
@@ -738,7 +750,7 @@ impl<'ctx> Emitter<'_, 'ctx> {
         // exp(r), for the same number of operations (2r is off the critical path).
         let one_lane = self.lanes.is_none_or(|n| n == 1);
         let fast = self.exp2 != Exp2::Polynomial;
-        let twice_p = if fast && s == Scalar::F32 && one_lane && tail.is_none() {
+        let twice_p = if fast && s == DType::F32 && one_lane && tail.is_none() {
             // exp(r) = 2^(r log2 e), |r log2 e| <= 1/2: the product is within half an ULP,
             // the doubling exact.
             let power = self.ex2_approx(self.mul(r, self.f(LOG2_E)));
@@ -837,7 +849,7 @@ impl<'ctx> Emitter<'_, 'ctx> {
     fn log(&self, x: Val<'ctx>) -> Val<'ctx> {
         let (k, f) = self.log_decompose(x);
         let r = match self.scalar {
-            Scalar::F32 => {
+            DType::F32 => {
                 let z = self.mul(f, f);
                 let p = self.poly(
                     f,
@@ -859,7 +871,7 @@ impl<'ctx> Emitter<'_, 'ctx> {
                 let y = self.fma(z, self.f(-0.5), y);
                 self.fma(k, self.f(0.693_359_375), self.add(f, y))
             }
-            Scalar::F64 => self.log_f64_parts(k, f).0,
+            DType::F64 => self.log_f64_parts(k, f).0,
         };
         self.log_special_values(x, r)
     }
@@ -870,8 +882,8 @@ impl<'ctx> Emitter<'_, 'ctx> {
         let s = self.scalar;
         let m = s.mantissa_bits();
         let min_normal = match s {
-            Scalar::F32 => f64::from(f32::MIN_POSITIVE),
-            Scalar::F64 => f64::MIN_POSITIVE,
+            DType::F32 => f64::from(f32::MIN_POSITIVE),
+            DType::F64 => f64::MIN_POSITIVE,
         };
         let tiny = self.fcmp(FloatPredicate::OLT, x, self.f(min_normal));
         let scaled = self.select(tiny, self.mul(x, self.f(pow2(m as i32))), x);
@@ -881,8 +893,8 @@ impl<'ctx> Emitter<'_, 'ctx> {
         // mantissa is >= sqrt(1/2)·2, so exponent and mantissa come out normalized to
         // [sqrt(1/2), sqrt(2)) in one integer addition.
         let (one_bits, sqrt_half_bits, mantissa_mask): (i64, i64, i64) = match s {
-            Scalar::F32 => (0x3f80_0000, 0x3f35_04f3, 0x007f_ffff),
-            Scalar::F64 => (
+            DType::F32 => (0x3f80_0000, 0x3f35_04f3, 0x007f_ffff),
+            DType::F64 => (
                 0x3ff0_0000_0000_0000,
                 0x3fe6_a09e_0000_0000,
                 0x000f_ffff_ffff_ffff,
@@ -990,7 +1002,7 @@ impl<'ctx> Emitter<'_, 'ctx> {
     /// pow(-inf, y) = pow(-0, -y); |x| < 1 with y = +inf: +0, |x| > 1: +inf (mirrored for
     /// y = -inf).
     fn pow(&self, x: Val<'ctx>, y: Val<'ctx>) -> Val<'ctx> {
-        let wide = self.with(Scalar::F64);
+        let wide = self.with(DType::F64);
         let r = wide.pow_f64(self.convert(x, &wide), self.convert(y, &wide));
         wide.convert(r, self)
     }
@@ -1056,11 +1068,11 @@ impl<'ctx> Emitter<'_, 'ctx> {
     /// Special values: sin(±0) = ±0, sin(x) = x for |x| < 2^-27, cos(±0) = 1,
     /// sin/cos(±inf) = NaN, sin/cos(NaN) = NaN.
     fn sin_cos(&self, x: Val<'ctx>, cosine: bool) -> Val<'ctx> {
-        let wide = self.with(Scalar::F64);
+        let wide = self.with(DType::F64);
         let xd = self.convert(x, &wide);
         let result = match self.scalar {
-            Scalar::F32 => wide.sin_cos_for_f32(xd, cosine),
-            Scalar::F64 => wide.sin_cos_f64(xd, cosine),
+            DType::F32 => wide.sin_cos_for_f32(xd, cosine),
+            DType::F64 => wide.sin_cos_f64(xd, cosine),
         };
         wide.convert(result, self)
     }
@@ -1222,8 +1234,8 @@ impl<'ctx> Emitter<'_, 'ctx> {
     fn atan_reduced(&self, num: Val<'ctx>, den: Val<'ctx>) -> AtanRegion<'ctx> {
         const TAN_3PI_8: f64 = 2.414_213_562_373_095;
         let mid_threshold = match self.scalar {
-            Scalar::F32 => 0.414_213_562_373_095,
-            Scalar::F64 => 0.66,
+            DType::F32 => 0.414_213_562_373_095,
+            DType::F64 => 0.66,
         };
         let big = self.fcmp(FloatPredicate::OGT, num, self.mul(den, self.f(TAN_3PI_8)));
         let mid = self.fcmp(
@@ -1241,7 +1253,7 @@ impl<'ctx> Emitter<'_, 'ctx> {
         let t2 = self.mul(t, t);
         let z = match self.scalar {
             // Cephes atanf: t + t³·P(t²).
-            Scalar::F32 => {
+            DType::F32 => {
                 let p = self.poly(
                     t2,
                     &[
@@ -1254,7 +1266,7 @@ impl<'ctx> Emitter<'_, 'ctx> {
                 self.fma(self.mul(p, t2), t, t)
             }
             // Cephes atan: t + t³·P(t²)/Q(t²), degree 4/5.
-            Scalar::F64 => {
+            DType::F64 => {
                 let p = self.poly(
                     t2,
                     &[
@@ -1287,8 +1299,8 @@ impl<'ctx> Emitter<'_, 'ctx> {
     /// carried as head + tail so that only the final addition rounds.
     fn atan_assemble(&self, region: &AtanRegion<'ctx>, reflect: Option<Val<'ctx>>) -> Val<'ctx> {
         let s = self.scalar;
-        let (pio4, pio4_lo) = s.split(FRAC_PI_4, 3.061_616_997_868_383e-17);
-        let (pio2, pio2_lo) = s.split(FRAC_PI_2, 6.123_233_995_736_766e-17);
+        let (pio4, pio4_lo) = split(s, FRAC_PI_4, 3.061_616_997_868_383e-17);
+        let (pio2, pio2_lo) = split(s, FRAC_PI_2, 6.123_233_995_736_766e-17);
         let pick = |small: Val<'ctx>, mid: Val<'ctx>, big: Val<'ctx>| {
             self.select(region.big, big, self.select(region.mid, mid, small))
         };
@@ -1296,9 +1308,9 @@ impl<'ctx> Emitter<'_, 'ctx> {
         let mut tail = pick(self.f(0.0), self.f(pio4_lo), self.f(pio2_lo));
         let mut z = region.z;
         if let Some(reflect) = reflect {
-            let (pi, pi_lo) = s.split(PI, 1.224_646_799_147_353_2e-16);
+            let (pi, pi_lo) = split(s, PI, 1.224_646_799_147_353_2e-16);
             let (three_pio4, three_pio4_lo) =
-                s.split(2.356_194_490_192_345, 9.184_850_993_605_148e-17);
+                split(s, 2.356_194_490_192_345, 9.184_850_993_605_148e-17);
             head = self.select(
                 reflect,
                 pick(self.f(pi), self.f(three_pio4), self.f(pio2)),
@@ -1355,8 +1367,8 @@ impl<'ctx> Emitter<'_, 'ctx> {
         // and num + den cannot overflow; up into the normal range when both are tiny, so that
         // den·threshold is not rounded to a denormal, which would pick the wrong region.
         let (huge_limit, tiny_limit, tiny_scale) = match self.scalar {
-            Scalar::F32 => (pow2(125), pow2(-100), pow2(60)),
-            Scalar::F64 => (pow2(1021), pow2(-900), pow2(200)),
+            DType::F32 => (pow2(125), pow2(-100), pow2(60)),
+            DType::F64 => (pow2(1021), pow2(-900), pow2(200)),
         };
         let exceeds = |limit: f64| {
             self.or(
@@ -1421,7 +1433,7 @@ impl<'ctx> Emitter<'_, 'ctx> {
 /// code would, so the library is tested after inlining and instruction combining.
 pub fn evaluate_on_host(
     f: MathFn,
-    scalar: Scalar,
+    scalar: DType,
     width: u32,
     args: &[Vec<f64>],
 ) -> Result<Vec<f64>, String> {
@@ -1432,7 +1444,7 @@ pub fn evaluate_on_host(
 /// ([`Exp2::HostExp2`] checks the GPU's fast `exp` path on the host).
 pub fn evaluate_on_host_with(
     f: MathFn,
-    scalar: Scalar,
+    scalar: DType,
     width: u32,
     args: &[Vec<f64>],
     exp2: Exp2,
@@ -1446,7 +1458,7 @@ pub fn evaluate_on_host_with(
 /// flushed.
 pub fn evaluate_on_host_flushing(
     f: MathFn,
-    scalar: Scalar,
+    scalar: DType,
     width: u32,
     args: &[Vec<f64>],
 ) -> Result<Vec<f64>, String> {
@@ -1455,7 +1467,7 @@ pub fn evaluate_on_host_flushing(
 
 fn evaluate_compiled(
     f: MathFn,
-    scalar: Scalar,
+    scalar: DType,
     width: u32,
     args: &[Vec<f64>],
     exp2: Exp2,
@@ -1489,8 +1501,8 @@ fn evaluate_compiled(
     let module = context.create_module("keops_math_harness");
     let builder = context.create_builder();
     let element: BasicTypeEnum = match scalar {
-        Scalar::F32 => context.f32_type().into(),
-        Scalar::F64 => context.f64_type().into(),
+        DType::F32 => context.f32_type().into(),
+        DType::F64 => context.f64_type().into(),
     };
     let ty: BasicTypeEnum = match (width, element) {
         (1, e) => e,
@@ -1597,7 +1609,7 @@ fn evaluate_compiled(
     };
     let (a, b) = (column(0), column(1));
     let out: Vec<f64> = match scalar {
-        Scalar::F32 => {
+        DType::F32 => {
             let narrow = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
             let (a, b) = (narrow(&a), narrow(&b));
             let mut out = vec![0f32; padded];
@@ -1611,7 +1623,7 @@ fn evaluate_compiled(
             }
             out.into_iter().map(f64::from).collect()
         }
-        Scalar::F64 => {
+        DType::F64 => {
             let mut out = vec![0f64; padded];
             for ((o, a), b) in out
                 .chunks_mut(width)

@@ -19,8 +19,8 @@
 //! `.venv/`) assembles the PTX and reports registers and spills: [`find_ptxas`], [`assemble`].
 
 use super::formula::{Emitter, Value};
-use super::jit::{elem_bytes, scalar_of, CodegenError};
-use super::math::{MathLib, Scalar};
+use super::jit::{elem_bytes, CodegenError};
+use super::math::MathLib;
 use super::reduce::LaneAccumulators;
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::context::Context;
@@ -110,7 +110,7 @@ impl GpuSchedule {
         target: &GpuTarget,
         block: Option<u32>,
     ) -> Result<GpuSchedule, CodegenError> {
-        let bytes = elem_bytes(scalar_of(dtype));
+        let bytes = elem_bytes(dtype);
         let levels = Schedule::new(formula, signature, 1, bytes);
         let mut staged = vec![None; formula.len()];
         let mut staged_dim = 0;
@@ -283,10 +283,10 @@ pub fn compile_entry_with_schedule(
         module: &module,
         builder: &builder,
         math: &math,
-        scalar: scalar_of(dtype),
+        scalar: dtype,
     };
     let wide = Emitter {
-        scalar: Scalar::F64,
+        scalar: DType::F64,
         ..em
     };
     GpuTileEmitter {
@@ -1148,7 +1148,7 @@ impl HostTwin {
             // Any block, even one no GPU would take: the twin checks the index arithmetic.
             schedule.launch = GpuLaunch1D {
                 block,
-                shared_bytes: block * (schedule.staged_dim * elem_bytes(scalar_of(dtype))) as u32,
+                shared_bytes: block * (schedule.staged_dim * elem_bytes(dtype)) as u32,
             };
         }
         let context = Box::new(Context::create());
@@ -1163,10 +1163,10 @@ impl HostTwin {
             module: &module,
             builder: &builder,
             math: &math,
-            scalar: scalar_of(dtype),
+            scalar: dtype,
         };
         let wide = Emitter {
-            scalar: Scalar::F64,
+            scalar: DType::F64,
             ..em
         };
         GpuTileEmitter {
@@ -1303,7 +1303,7 @@ impl HostTwin {
         part: usize,
     ) {
         let block = self.schedule.launch.block as usize;
-        let elem = elem_bytes(scalar_of(self.dtype));
+        let elem = elem_bytes(self.dtype);
         let mut shared = vec![0u8; (self.schedule.staged_dim * block * elem).max(8)];
         let shared_ptr = shared.as_mut_ptr() as usize;
         let acc_ptr = acc as usize;

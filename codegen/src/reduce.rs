@@ -688,8 +688,8 @@ fn keep<'ctx>(
     let chosen = em.select(better, value, kept);
     let lanes = kept.get_type().get_size();
     let bits = match em.scalar {
-        super::math::Scalar::F32 => em.context.i32_type(),
-        super::math::Scalar::F64 => em.context.i64_type(),
+        keops_runtime::DType::F32 => em.context.i32_type(),
+        keops_runtime::DType::F64 => em.context.i64_type(),
     }
     .vec_type(lanes);
     let as_bits =

@@ -8,10 +8,52 @@ use std::fmt;
 use std::ops::Range;
 use std::path::Path;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The element type of arrays and of the code that computes on them, with the facts of its
+/// binary format that code generation reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
     F32,
     F64,
+}
+
+impl DType {
+    /// `f32` or `f64` (LLVM's and Rust's names; `Display` gives numpy's).
+    pub fn short_name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F64 => "f64",
+        }
+    }
+
+    pub fn bits(self) -> u32 {
+        match self {
+            DType::F32 => 32,
+            DType::F64 => 64,
+        }
+    }
+
+    /// Explicit (stored) mantissa bits.
+    pub fn mantissa_bits(self) -> u32 {
+        match self {
+            DType::F32 => 23,
+            DType::F64 => 52,
+        }
+    }
+
+    pub fn exponent_bias(self) -> i64 {
+        match self {
+            DType::F32 => 127,
+            DType::F64 => 1023,
+        }
+    }
+
+    /// Bit pattern of `v` rounded to this type, as a (sign-extended) integer.
+    pub fn bits_of(self, v: f64) -> i64 {
+        match self {
+            DType::F32 => i64::from((v as f32).to_bits()),
+            DType::F64 => v.to_bits() as i64,
+        }
+    }
 }
 
 impl fmt::Display for DType {

@@ -202,7 +202,7 @@ const CASES: &[Case] = &[
         text: "Sum_Reduction(Exp(-SqDist(x, y) * g) * Log(Abs(z) + z * z), 0)",
         scale: Some("Sum_Reduction(Exp(-SqDist(x, y) * g) * Abs(Log(Abs(z) + z * z)), 0)"),
     },
-    // Scalar products of computed operands (cosine similarities): Gram products reading the
+    // DType products of computed operands (cosine similarities): Gram products reading the
     // row operand computed per row of a block and the inner one from the tile's buffer.
     Case {
         text: "Max_Reduction((Normalize(x) | Normalize(y)), 0)",

@@ -10,20 +10,20 @@ use std::f64::consts::{FRAC_1_SQRT_2, FRAC_PI_2, FRAC_PI_4, LN_2, SQRT_2};
 
 use inkwell::context::Context;
 use inkwell::module::Linkage;
+use keops_runtime::DType;
 use keopsc::codegen::math::{
     evaluate_on_host, evaluate_on_host_flushing, evaluate_on_host_with, Exp2, MathFn, MathLib,
-    Scalar,
 };
 use keopsc::target::cpu::LEVELS;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const SCALARS: [Scalar; 2] = [Scalar::F32, Scalar::F64];
+const SCALARS: [DType; 2] = [DType::F32, DType::F64];
 
-/// Scalar code and every vector width code generation can select on this host: that of each
+/// DType code and every vector width code generation can select on this host: that of each
 /// x86-64 level the host satisfies (`keopsc build --target`) and that of the host itself (the
 /// JIT), e.g. 1, 4, 8 and 16 lanes of f32 on an AVX-512 machine.
-fn widths(s: Scalar) -> Vec<u32> {
+fn widths(s: DType) -> Vec<u32> {
     // Levels are nested: the host satisfies every one up to its highest.
     let host_level = keopsc::codegen::host_cpu_level().cpu;
     let highest = LEVELS
@@ -54,8 +54,8 @@ fn sweeps_cover_the_host_widths() {
             "{s:?}: {w:?}"
         );
         let sse = match s {
-            Scalar::F32 => 4,
-            Scalar::F64 => 2,
+            DType::F32 => 4,
+            DType::F64 => 2,
         };
         assert!(w.contains(&sse), "{s:?}: the x86-64 baseline width, {w:?}");
     }
@@ -72,7 +72,7 @@ enum Mode {
 }
 
 impl Mode {
-    fn evaluate(self, f: MathFn, s: Scalar, width: u32, args: &[Vec<f64>]) -> Vec<f64> {
+    fn evaluate(self, f: MathFn, s: DType, width: u32, args: &[Vec<f64>]) -> Vec<f64> {
         match self {
             Mode::Exact => evaluate_on_host(f, s, width, args),
             Mode::Flushing => evaluate_on_host_flushing(f, s, width, args),
@@ -81,10 +81,10 @@ impl Mode {
     }
 
     /// `v` of type `s` as this mode reads or writes it.
-    fn flush(self, s: Scalar, v: f64) -> f64 {
+    fn flush(self, s: DType, v: f64) -> f64 {
         let smallest_normal = match s {
-            Scalar::F32 => f64::from(f32::MIN_POSITIVE),
-            Scalar::F64 => f64::MIN_POSITIVE,
+            DType::F32 => f64::from(f32::MIN_POSITIVE),
+            DType::F64 => f64::MIN_POSITIVE,
         };
         if self == Mode::Flushing && v.abs() < smallest_normal {
             0.0f64.copysign(v)
@@ -101,10 +101,10 @@ impl Mode {
     }
 }
 
-fn round_to(s: Scalar, v: f64) -> f64 {
+fn round_to(s: DType, v: f64) -> f64 {
     match s {
-        Scalar::F32 => f64::from(v as f32),
-        Scalar::F64 => v,
+        DType::F32 => f64::from(v as f32),
+        DType::F64 => v,
     }
 }
 
@@ -123,13 +123,13 @@ fn reference(f: MathFn, a: &[f64]) -> f64 {
 }
 
 /// Position of `v` (of type `s`) on the number line of `s`; ±0 share position 0.
-fn ordinal(s: Scalar, v: f64) -> i64 {
+fn ordinal(s: DType, v: f64) -> i64 {
     let (magnitude, negative) = match s {
-        Scalar::F32 => {
+        DType::F32 => {
             let b = (v as f32).to_bits();
             (i64::from(b & 0x7fff_ffff), b >> 31 == 1)
         }
-        Scalar::F64 => {
+        DType::F64 => {
             let b = v.to_bits();
             ((b & 0x7fff_ffff_ffff_ffff) as i64, b >> 63 == 1)
         }
@@ -142,7 +142,7 @@ fn ordinal(s: Scalar, v: f64) -> i64 {
 }
 
 /// ULP distance in `s`; 0 for two NaNs, infinite when only one is NaN.
-fn ulp_distance(s: Scalar, got: f64, want: f64) -> f64 {
+fn ulp_distance(s: DType, got: f64, want: f64) -> f64 {
     match (got.is_nan(), want.is_nan()) {
         (true, true) => 0.0,
         (false, false) => (ordinal(s, got) - ordinal(s, want)).unsigned_abs() as f64,
@@ -151,9 +151,9 @@ fn ulp_distance(s: Scalar, got: f64, want: f64) -> f64 {
 }
 
 /// `v` rounded to `s`, moved by `steps` representable values.
-fn step(s: Scalar, v: f64, steps: i64) -> f64 {
+fn step(s: DType, v: f64, steps: i64) -> f64 {
     match s {
-        Scalar::F32 => {
+        DType::F32 => {
             let mut x = v as f32;
             for _ in 0..steps.abs() {
                 x = if steps > 0 {
@@ -164,7 +164,7 @@ fn step(s: Scalar, v: f64, steps: i64) -> f64 {
             }
             f64::from(x)
         }
-        Scalar::F64 => {
+        DType::F64 => {
             let mut x = v;
             for _ in 0..steps.abs() {
                 x = if steps > 0 {
@@ -179,7 +179,7 @@ fn step(s: Scalar, v: f64, steps: i64) -> f64 {
 }
 
 /// `v` and its `k` neighbours on each side in `s`.
-fn around(s: Scalar, v: f64, k: i64) -> Vec<f64> {
+fn around(s: DType, v: f64, k: i64) -> Vec<f64> {
     (-k..=k).map(|i| step(s, v, i)).collect()
 }
 
@@ -202,31 +202,31 @@ fn uniform(rng: &mut StdRng, n: usize, lo: f64, hi: f64) -> Vec<f64> {
 }
 
 /// Positive finite values of `s` with uniformly random bit patterns (denormals included).
-fn random_bits(rng: &mut StdRng, s: Scalar, n: usize) -> Vec<f64> {
+fn random_bits(rng: &mut StdRng, s: DType, n: usize) -> Vec<f64> {
     (0..n)
         .map(|_| match s {
-            Scalar::F32 => f64::from(f32::from_bits(rng.random_range(1..0x7f80_0000u32))),
-            Scalar::F64 => f64::from_bits(rng.random_range(1..0x7ff0_0000_0000_0000u64)),
+            DType::F32 => f64::from(f32::from_bits(rng.random_range(1..0x7f80_0000u32))),
+            DType::F64 => f64::from_bits(rng.random_range(1..0x7ff0_0000_0000_0000u64)),
         })
         .collect()
 }
 
-fn smallest_denormal(s: Scalar) -> f64 {
+fn smallest_denormal(s: DType) -> f64 {
     match s {
-        Scalar::F32 => f64::from(f32::from_bits(1)),
-        Scalar::F64 => f64::from_bits(1),
+        DType::F32 => f64::from(f32::from_bits(1)),
+        DType::F64 => f64::from_bits(1),
     }
 }
 
-fn largest(s: Scalar) -> f64 {
+fn largest(s: DType) -> f64 {
     match s {
-        Scalar::F32 => f64::from(f32::MAX),
-        Scalar::F64 => f64::MAX,
+        DType::F32 => f64::from(f32::MAX),
+        DType::F64 => f64::MAX,
     }
 }
 
 /// Inputs every function is checked on, beside its sweep.
-fn special_values(s: Scalar) -> Vec<f64> {
+fn special_values(s: DType) -> Vec<f64> {
     let mut v = vec![
         0.0,
         1.0,
@@ -265,7 +265,7 @@ struct Point {
 /// ULP error among the points checked in ULP.
 fn check(
     f: MathFn,
-    s: Scalar,
+    s: DType,
     what: &str,
     points: &[Point],
     expect: impl Fn(&[f64]) -> Expect,
@@ -278,7 +278,7 @@ fn check(
 fn check_in(
     mode: Mode,
     f: MathFn,
-    s: Scalar,
+    s: DType,
     what: &str,
     points: &[Point],
     expect: impl Fn(&[f64]) -> Expect,
@@ -363,7 +363,7 @@ fn check_in(
 }
 
 /// Sweep points from `values` (unary) plus the special values.
-fn unary_points(s: Scalar, values: Vec<f64>) -> Vec<Point> {
+fn unary_points(s: DType, values: Vec<f64>) -> Vec<Point> {
     let mut points: Vec<Point> = values
         .into_iter()
         .map(|v| Point {
@@ -379,7 +379,7 @@ fn unary_points(s: Scalar, values: Vec<f64>) -> Vec<Point> {
 }
 
 /// Sweep points from `pairs` plus all pairs of special values.
-fn binary_points(s: Scalar, pairs: Vec<(f64, f64)>) -> Vec<Point> {
+fn binary_points(s: DType, pairs: Vec<(f64, f64)>) -> Vec<Point> {
     let mut points: Vec<Point> = pairs
         .into_iter()
         .map(|(a, b)| Point {
@@ -399,7 +399,7 @@ fn binary_points(s: Scalar, pairs: Vec<(f64, f64)>) -> Vec<Point> {
     points
 }
 
-fn rng(f: MathFn, s: Scalar) -> StdRng {
+fn rng(f: MathFn, s: DType) -> StdRng {
     StdRng::seed_from_u64(0x6b65_6f70 ^ ((f as u64) << 8) ^ s as u64)
 }
 
@@ -410,14 +410,14 @@ fn exp() {
         // Overflow threshold ln(MAX), underflow to 0 (ln of half the smallest denormal), start
         // of the denormal results (ln of the smallest normal).
         let (low, high, overflow, underflow, denormal): (f64, f64, f64, f64, f64) = match s {
-            Scalar::F32 => (
+            DType::F32 => (
                 -104.0,
                 89.0,
                 88.722_839_052_068_35,
                 -103.972_077_083_991_8,
                 -87.336_544_750_553_1,
             ),
-            Scalar::F64 => (
+            DType::F64 => (
                 -746.0,
                 710.0,
                 709.782_712_893_384,
@@ -478,7 +478,7 @@ fn exp() {
 /// special values are all checked here; on a GPU, `ex2.approx`'s own 2 ULP come on top.
 #[test]
 fn the_gpu_fast_exp_path_is_right_but_for_ex2_approx() {
-    let s = Scalar::F32;
+    let s = DType::F32;
     let mut rng = rng(MathFn::Exp, s);
     let mut x = uniform(&mut rng, 100_000, -104.0, 89.0);
     x.extend(uniform(&mut rng, 20_000, -2.0, 2.0));
@@ -545,18 +545,18 @@ fn log() {
 
 /// Largest |x| of the stated ULP bound for sin and cos, and the slope of the absolute error
 /// bound beyond it (up to 2^50).
-fn trig_limits(s: Scalar) -> (f64, f64) {
+fn trig_limits(s: DType) -> (f64, f64) {
     match s {
-        Scalar::F32 => (4.2e8, (-78.0f64).exp2()),
-        Scalar::F64 => (1.6e6, (-86.0f64).exp2()),
+        DType::F32 => (4.2e8, (-78.0f64).exp2()),
+        DType::F64 => (1.6e6, (-86.0f64).exp2()),
     }
 }
 
 /// Spacing of `s` at 1: one ULP of any result in [-1, 1] is at most half of it.
-fn epsilon(s: Scalar) -> f64 {
+fn epsilon(s: DType) -> f64 {
     match s {
-        Scalar::F32 => f64::from(f32::EPSILON),
-        Scalar::F64 => f64::EPSILON,
+        DType::F32 => f64::from(f32::EPSILON),
+        DType::F64 => f64::EPSILON,
     }
 }
 
@@ -678,8 +678,8 @@ fn atan2() {
     for s in SCALARS {
         let mut rng = rng(MathFn::Atan2, s);
         let (emax, emin): (f64, f64) = match s {
-            Scalar::F32 => (127.0, -149.0),
-            Scalar::F64 => (1023.0, -1074.0),
+            DType::F32 => (127.0, -149.0),
+            DType::F64 => (1023.0, -1074.0),
         };
         let mut pairs = Vec::new();
         let y = log_spaced(&mut rng, 200_000, -60.0, 60.0, true);
@@ -719,8 +719,8 @@ fn pow() {
     for s in SCALARS {
         let mut rng = rng(MathFn::Pow, s);
         let emax: f64 = match s {
-            Scalar::F32 => 127.0,
-            Scalar::F64 => 1023.0,
+            DType::F32 => 127.0,
+            DType::F64 => 1023.0,
         };
         let mut pairs = Vec::new();
         // |y·ln x| <= 1.
@@ -770,8 +770,8 @@ fn pow() {
                 " (|y ln x| > 1: bound max_ulp + |y ln x|/16 for f64)",
                 &far,
                 |a| match s {
-                    Scalar::F32 => Expect::Ulp(bound),
-                    Scalar::F64 => Expect::Ulp(bound + w(a) * POW_F64_ULP_PER_UNIT),
+                    DType::F32 => Expect::Ulp(bound),
+                    DType::F64 => Expect::Ulp(bound + w(a) * POW_F64_ULP_PER_UNIT),
                 },
             );
         }

@@ -11,8 +11,9 @@ use inkwell::targets::{
     CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetTriple,
 };
 use inkwell::{AddressSpace, OptimizationLevel};
+use keops_runtime::DType;
 use keopsc::codegen::formula::Emitter;
-use keopsc::codegen::math::{MathLib, Scalar};
+use keopsc::codegen::math::MathLib;
 use keopsc::formula::Op;
 use std::path::PathBuf;
 
@@ -29,7 +30,7 @@ fn required_ptxas(what: &str) -> PathBuf {
 }
 
 /// PTX of one kernel: `out[tid] = sum over operators of op(in[tid], ...)`.
-fn ptx(scalar: Scalar) -> String {
+fn ptx(scalar: DType) -> String {
     Target::initialize_nvptx(&InitializationConfig::default());
     let context = Context::create();
     let module = context.create_module("elementwise");
@@ -153,7 +154,7 @@ fn ptx(scalar: Scalar) -> String {
 fn every_elementwise_operator_compiles_to_ptx() {
     let dir = tempfile::tempdir().expect("temp dir");
     let assembler = required_ptxas("assembling the element-wise operators");
-    for scalar in [Scalar::F32, Scalar::F64] {
+    for scalar in [DType::F32, DType::F64] {
         let text = ptx(scalar);
         assert!(text.contains(".entry elementwise"), "{text}");
         assert!(
@@ -185,7 +186,7 @@ fn every_elementwise_operator_compiles_to_ptx() {
 use keops_runtime::gpu::{
     emulate_1d, emulate_2d, emulate_ranges, merge_parts, GpuLaunch1D, GpuRangesTable, InnerSplit,
 };
-use keops_runtime::{Axis, Category, DType, ProblemSize};
+use keops_runtime::{Axis, Category, ProblemSize};
 use keopsc::codegen::nvptx::{
     assemble, compile_entry_tuned, compile_ptx, compile_ptx_tuned, find_ptxas, GpuEntry,
     GpuSchedule, HostTwin, PtxasReport,

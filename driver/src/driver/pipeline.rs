@@ -260,12 +260,11 @@ pub struct CpuCode {
 
 pub fn cpu_code(optimized: &opt::OptimizedKernel, dtype: DType) -> Result<CpuCode, CodegenError> {
     let target = crate::codegen::host_cpu();
-    let scalar = crate::codegen::jit::scalar_of(dtype);
     let schedule = crate::schedule::Schedule::cpu(
         &optimized.formula,
         &optimized.signature,
-        target.lanes(scalar),
-        crate::codegen::jit::elem_bytes(scalar),
+        target.lanes(dtype),
+        crate::target::elem_bytes(dtype),
         0,
     );
     let schedule_text = crate::schedule::ScheduledFormula {

@@ -3,7 +3,7 @@
 //! module may be built for and checked against when it is loaded. LLVM fills them in
 //! (`codegen::machine`: the host CPU's name and features, the default triple).
 
-use super::Scalar;
+use keops_runtime::DType;
 
 /// The CPU code is generated for: LLVM's names of the CPU and features, its vector width, and
 /// the features a machine needs to run the code (checked when a module is loaded).
@@ -20,10 +20,7 @@ pub use keops_runtime::module::{level_features, LEVELS};
 
 impl CpuTarget {
     /// SIMD lanes of the element type.
-    pub fn lanes(&self, scalar: Scalar) -> u32 {
-        match scalar {
-            Scalar::F32 => self.vector_bits / 32,
-            Scalar::F64 => self.vector_bits / 64,
-        }
+    pub fn lanes(&self, dtype: DType) -> u32 {
+        self.vector_bits / dtype.bits()
     }
 }
