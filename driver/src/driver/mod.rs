@@ -4,7 +4,7 @@
 //!
 //! - [`backend`]: where a kernel runs, and the error of running or compiling it;
 //! - [`pipeline`]: source to checked kernels, checked kernels to host code or PTX, `explain`;
-//! - [`evaluate`]: a kernel on arrays (interpreter, JIT code, a GPU kernel), plain, symmetric,
+//! - [`evaluate`](mod@evaluate): a kernel on arrays (interpreter, JIT code, a GPU kernel), plain, symmetric,
 //!   block-sparse or cross, with code from the process's [`JitCache`](crate::jit_cache::JitCache);
 //! - [`kernels`]: checked kernels as the runtime's `Kernel` (with symmetric passes, gradients).
 //!

@@ -1,6 +1,6 @@
 //! The stages from source text to code: a file parsed, checked and its derivatives expanded
 //! ([`compile`]); a checked kernel optimised at a target's prices and compiled to host code
-//! ([`compile_cpu`], [`compile_cpu_cross`]) or PTX ([`compile_gpu`], loaded by [`load_gpu`]);
+//! ([`compile_cpu`], [`compile_cpu_cross`]) or PTX ([`compile_gpu`], loaded by `load_gpu` with the `cuda` feature);
 //! and every stage kept for `keopsc explain` and the REPL ([`explain`]).
 
 use super::backend::EvalError;
