@@ -367,8 +367,8 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                         |k| self.store(tile, k, zero),
                     );
                 }
-                // One row, or two rows at once (`row_pair`): their pair code shares the inner
-                // loads, and a cross tile adds both rows' values into its columns at once.
+                // One row, or two rows at once (`row_pairs`): their pair code shares the inner
+                // loads.
                 let rows_body = |rs: &[IntValue<'ctx>]| {
                     let accs: Vec<&LaneAccumulators<'ctx>> = std::iter::once(&lane_acc)
                         .chain(&lane_acc_second)
@@ -419,7 +419,6 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                             ),
                             self.iota(lanes),
                         );
-                        let mut column_sums: Vec<Value<'ctx>> = Vec::new();
                         for (k, &r) in rs.iter().enumerate() {
                             let mut pair = NodeValues {
                                 narrow: row_values[k].narrow.clone(),
@@ -463,29 +462,20 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                                 mask,
                                 (acc_rows[k], jt),
                             );
-                            if column_tile.is_some() {
+                            // A cross tile (one row at a time) adds the row's last
+                            // components into its columns.
+                            if let Some(tile) = column_tile {
                                 let first = value.len() - self.columns;
-                                let row_columns = value[first..].iter().map(|&v| match mask {
-                                    Some(m) => em.select(m, v, em.constant(0.0, lanes)),
-                                    None => v,
-                                });
-                                column_sums = if column_sums.is_empty() {
-                                    row_columns.collect()
-                                } else {
-                                    column_sums
-                                        .iter()
-                                        .zip(row_columns)
-                                        .map(|(&s, v)| em.add(s, v))
-                                        .collect()
-                                };
-                            }
-                        }
-                        if let Some(tile) = column_tile {
-                            for (k, &v) in column_sums.iter().enumerate() {
-                                let at =
-                                    self.add(offset, self.i64((k * self.column_stride()) as i64));
-                                let sum = em.add(self.load(tile, at, lanes), v);
-                                self.store(tile, at, sum);
+                                for (c, &v) in value[first..].iter().enumerate() {
+                                    let v = match mask {
+                                        Some(m) => em.select(m, v, em.constant(0.0, lanes)),
+                                        None => v,
+                                    };
+                                    let at = self
+                                        .add(offset, self.i64((c * self.column_stride()) as i64));
+                                    let sum = em.add(self.load(tile, at, lanes), v);
+                                    self.store(tile, at, sum);
+                                }
                             }
                         }
                     };
@@ -656,13 +646,13 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
     }
 
     /// Whether the tile runs its rows two at a time: plain pair code (no Gram or wide
-    /// product), accumulators folded in the lanes, and at most [`MAX_PAIRED_ACC`] of them
-    /// (a cross tile's columns count: paired, W1's symmetric pass ran 11% slower).
+    /// product), accumulators folded in the lanes, and at most [`MAX_PAIRED_ACC`] of them,
+    /// a cross tile's columns counted (paired, W1's symmetric pass ran slower).
     fn rows_in_pairs(&self, lane_acc: &LaneAccumulators<'ctx>) -> bool {
         self.schedule.gram.is_empty()
             && self.schedule.wide.is_none()
             && lane_acc.folds_in_lanes()
-            && self.signature.reduction.acc_dim() <= MAX_PAIRED_ACC
+            && self.signature.reduction.acc_dim() + self.columns <= MAX_PAIRED_ACC
     }
 
     /// `[0, 1, ..., lanes - 1]`
