@@ -150,8 +150,23 @@ pub fn build_module<'ctx>(
             flush::wrap_in_flushing_window(context, &module, tile);
         }
     }
-    // Subnormals are flushed where the code runs (the window above): LLVM's constant folding
-    // must read them the same way.
+    mark_for_target(context, &module, target, flush::flushes(&target.triple));
+    module
+        .verify()
+        .map_err(|e| internal("LLVM verification")(e.to_string()))?;
+    Ok(module)
+}
+
+/// Names `target`'s CPU and features on every function `module` defines, and its triple on the
+/// module; with `flushes`, tells LLVM that subnormals are flushed where the code runs.
+pub(crate) fn mark_for_target(
+    context: &Context,
+    module: &Module,
+    target: &CpuTarget,
+    flushes: bool,
+) {
+    // Subnormals are flushed where the code runs (the flushing window): LLVM's constant
+    // folding must read them the same way.
     let denormals =
         context.create_string_attribute("denormal-fp-math", "preserve-sign,preserve-sign");
     // MCJIT compiles for a generic x86-64 unless each function names the CPU: without these,
@@ -162,19 +177,15 @@ pub fn build_module<'ctx>(
         if function.count_basic_blocks() > 0 {
             function.add_attribute(AttributeLoc::Function, cpu);
             function.add_attribute(AttributeLoc::Function, features);
-            if flush::flushes(&target.triple) {
+            if flushes {
                 function.add_attribute(AttributeLoc::Function, denormals);
             }
         }
     }
     module.set_triple(&inkwell::targets::TargetTriple::create(&target.triple));
-    module
-        .verify()
-        .map_err(|e| internal("LLVM verification")(e.to_string()))?;
-    Ok(module)
 }
 
-fn optimize(module: &Module, machine: &TargetMachine) -> Result<(), CodegenError> {
+pub(crate) fn optimize(module: &Module, machine: &TargetMachine) -> Result<(), CodegenError> {
     module.set_data_layout(&machine.get_target_data().get_data_layout());
     module
         .run_passes("default<O3>", machine, PassBuilderOptions::create())

@@ -61,44 +61,48 @@ pub(crate) fn cpu_machine(
     target: &CpuTarget,
     reloc: RelocMode,
 ) -> Result<TargetMachine, CodegenError> {
-    let internal = |message: String| CodegenError::Internal {
-        stage: "target",
-        message,
-    };
-    let triple = TargetTriple::create(&target.triple);
-    Target::from_triple(&triple)
-        .map_err(|e| internal(e.to_string()))?
-        .create_target_machine(
-            &triple,
-            &target.cpu,
-            &target.features,
-            OptimizationLevel::Aggressive,
-            reloc,
-            CodeModel::Default,
-        )
-        .ok_or_else(|| internal(format!("LLVM has no target machine for {}", target.cpu)))
+    machine(
+        "target",
+        &target.triple,
+        &target.cpu,
+        &target.features,
+        reloc,
+    )
 }
 
 /// LLVM's target machine for the PTX.
 pub(crate) fn gpu_machine(target: &GpuTarget) -> Result<TargetMachine, CodegenError> {
     static INIT: std::sync::Once = std::sync::Once::new();
     INIT.call_once(|| Target::initialize_nvptx(&InitializationConfig::default()));
-    let internal = |message: String| CodegenError::Internal {
-        stage: "NVPTX target",
-        message,
-    };
-    let triple = TargetTriple::create(NVPTX_TRIPLE);
+    machine(
+        "NVPTX target",
+        NVPTX_TRIPLE,
+        target.ptx_arch,
+        "",
+        RelocMode::Default,
+    )
+}
+
+fn machine(
+    stage: &'static str,
+    triple: &str,
+    cpu: &str,
+    features: &str,
+    reloc: RelocMode,
+) -> Result<TargetMachine, CodegenError> {
+    let internal = |message: String| CodegenError::Internal { stage, message };
+    let triple = TargetTriple::create(triple);
     Target::from_triple(&triple)
         .map_err(|e| internal(e.to_string()))?
         .create_target_machine(
             &triple,
-            target.ptx_arch,
-            "",
+            cpu,
+            features,
             OptimizationLevel::Aggressive,
-            RelocMode::Default,
+            reloc,
             CodeModel::Default,
         )
-        .ok_or_else(|| internal(format!("LLVM has no {} target machine", target.ptx_arch)))
+        .ok_or_else(|| internal(format!("LLVM has no target machine for {cpu}")))
 }
 
 /// The version of the LLVM this library generates code with (recorded in modules).

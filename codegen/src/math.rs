@@ -19,26 +19,25 @@
 //! Slow paths (underflow, overflow, huge arguments) are computed on every lane and selected,
 //! so they cost nothing extra where they are taken, and unless an input is itself denormal no
 //! intermediate is: operations that produce denormals can take a microcode assist on x86 (see
-//! `exp`, whose underflowing results come from integer rounding). The floating-point
-//! environment is left alone (flushing denormals to zero would change results).
+//! `exp`, whose underflowing results come from integer rounding). The library never changes
+//! the floating-point environment itself: CPU code built [`MathLib::with_flushing`] runs inside
+//! the tile function's FTZ/DAZ window (`cpu::flush`), and its `exp` lets the hardware flush
+//! what falls below the smallest normal number.
 
 use std::f64::consts::{FRAC_2_PI, FRAC_PI_2, FRAC_PI_4, LOG2_E, PI};
-use std::sync::Once;
-
-use keops_runtime::DType;
 
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::builder::Builder;
 use inkwell::context::Context;
 use inkwell::intrinsics::Intrinsic;
 use inkwell::module::{Linkage, Module};
-use inkwell::passes::PassBuilderOptions;
-use inkwell::targets::{CodeModel, InitializationConfig, RelocMode, Target, TargetMachine};
+use inkwell::targets::RelocMode;
 use inkwell::types::{BasicType, BasicTypeEnum, IntType, VectorType};
 use inkwell::values::{
     BasicMetadataValueEnum, BasicValue, BasicValueEnum, FunctionValue, InstructionOpcode,
 };
 use inkwell::{AddressSpace, FloatPredicate, IntPredicate, OptimizationLevel};
+use keops_runtime::DType;
 
 /// Splits `hi + lo` (an f64 double-double) into a head exactly representable in `dtype` and
 /// the rest: both parts are exact for `F64`, and `hi + lo` is good to ~2^-48 for `F32`.
@@ -1488,15 +1487,7 @@ fn evaluate_compiled(
     if width == 0 {
         return Err("width must be at least 1".into());
     }
-    static INIT: Once = Once::new();
-    let mut init_error = None;
-    INIT.call_once(|| {
-        init_error = Target::initialize_native(&InitializationConfig::default()).err()
-    });
-    if let Some(e) = init_error {
-        return Err(format!("cannot initialize the native target: {e}"));
-    }
-
+    let target = super::machine::host_cpu();
     let context = Context::create();
     let module = context.create_module("keops_math_harness");
     let builder = context.create_builder();
@@ -1554,44 +1545,11 @@ fn evaluate_compiled(
         super::cpu::flush::wrap_in_flushing_window(&context, &module, kernel);
     }
 
-    // MCJIT compiles for generic x86-64 unless each function names the host CPU.
-    let cpu = TargetMachine::get_host_cpu_name().to_string();
-    let features = TargetMachine::get_host_cpu_features().to_string();
-    for function in module.get_functions() {
-        if function.count_basic_blocks() == 0 {
-            continue;
-        }
-        for attribute in [
-            context.create_string_attribute("target-cpu", &cpu),
-            context.create_string_attribute("target-features", &features),
-        ] {
-            function.add_attribute(AttributeLoc::Function, attribute);
-        }
-        if flushes {
-            function.add_attribute(
-                AttributeLoc::Function,
-                context.create_string_attribute("denormal-fp-math", "preserve-sign,preserve-sign"),
-            );
-        }
-    }
+    super::jit::mark_for_target(&context, &module, &target, flushes);
     module.verify().map_err(|e| format!("invalid IR: {e}"))?;
-    let triple = TargetMachine::get_default_triple();
-    let machine = Target::from_triple(&triple)
-        .map_err(|e| e.to_string())?
-        .create_target_machine(
-            &triple,
-            &cpu,
-            &features,
-            OptimizationLevel::Aggressive,
-            RelocMode::Default,
-            CodeModel::JITDefault,
-        )
-        .ok_or("cannot create a target machine for the host")?;
-    module.set_triple(&triple);
-    module.set_data_layout(&machine.get_target_data().get_data_layout());
-    module
-        .run_passes("default<O3>", &machine, PassBuilderOptions::create())
-        .map_err(|e| e.to_string())?;
+    let machine =
+        super::machine::cpu_machine(&target, RelocMode::Default).map_err(|e| e.to_string())?;
+    super::jit::optimize(&module, &machine).map_err(|e| e.to_string())?;
     let engine = module
         .create_jit_execution_engine(OptimizationLevel::Aggressive)
         .map_err(|e| e.to_string())?;
