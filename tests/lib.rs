@@ -35,7 +35,9 @@ pub fn run_interp(
             )
         })
         .collect();
-    driver::evaluate(kernel, &inputs, Backend::Interp).expect("evaluation succeeds")
+    driver::evaluate(kernel, &inputs, Backend::Interp)
+        .expect("evaluation succeeds")
+        .output
 }
 
 pub mod fuzzing;

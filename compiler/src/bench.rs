@@ -353,7 +353,7 @@ pub fn workload_ids() -> Vec<&'static str> {
 }
 
 /// W1 on `count` problems of N = M = `n`, their arrays stacked as `(count, n, D)`: one call of
-/// the batched evaluation ([`crate::batch::evaluate_batches`]'s runner, every problem in one
+/// the batched evaluation (`driver::evaluate`'s runner for batch axes, every problem in one
 /// parallel region) against a loop of `count` calls of the compiled kernel
 /// (`keops_runtime::Kernel::call`, what a program without batch axes does), alternating,
 /// compiled once (untimed). Returns (batched seconds, loop seconds), medians.
@@ -416,7 +416,7 @@ pub fn measure_batches(
 }
 
 /// W1 with `y` holding `x`'s data at N = M = n: the symmetric evaluation
-/// ([`driver::evaluate_symmetric`] of the plan `evaluate_same` chooses) and the full one, alternating, compiled once (untimed).
+/// (`Pairs::Symmetric` with the plan `Pairs::Same` would choose) and the full one, alternating, compiled once (untimed).
 /// Returns (symmetric seconds, full seconds), medians.
 pub fn measure_symmetric(
     source: &str,
@@ -438,10 +438,11 @@ pub fn measure_symmetric(
     let (x, y) = (position("x")?, position("y")?);
     inputs[y].1 = inputs[x].1.clone();
     let arrays: Vec<&HostArray> = inputs.iter().map(|(_, a)| a).collect();
-    // The schedule is chosen once (what evaluate_same does on each call), the pass timed.
+    // The plan is chosen once (what `Pairs::Same` does on each call), the pass timed.
     let plan = crate::symmetric::plan_if_it_pays(kernel, &[(y, x)]).map_err(|e| e.to_string())?;
-    let run_same = || driver::evaluate_symmetric(kernel, &arrays, &plan);
-    let run_full = || driver::evaluate_cached(kernel, &arrays, driver::Backend::Cpu);
+    let cpu = driver::EvalOptions::on(driver::Backend::Cpu);
+    let run_same = || driver::evaluate(kernel, &arrays, cpu.pairs(driver::Pairs::Symmetric(&plan)));
+    let run_full = || driver::evaluate(kernel, &arrays, cpu);
     run_same().map_err(|e| e.to_string())?;
     run_full().map_err(|e| e.to_string())?;
     alternate(
@@ -917,7 +918,8 @@ pub fn measure_vjp_latency(
     let dim = kernel.signature.output_dim();
     let cotangent = HostArray::from_f32(vec![n, dim], vec![1.0; n * dim]);
     let mut compile_each_call = |k: &CheckedKernel, args: &[&HostArray]| {
-        Ok(driver::evaluate_bound(k, args, driver::Backend::Cpu)?.0)
+        let anew = driver::EvalOptions::on(driver::Backend::Cpu).compiled_anew();
+        Ok(driver::evaluate(k, args, anew)?.output)
     };
     let mut uncached = Vec::new();
     let mut cached = Vec::new();

@@ -587,7 +587,9 @@ impl Repl {
             random_inputs(sig, n, m, dtype)
         };
         let start = Instant::now();
-        let result = driver::evaluate(kernel, &inputs, Backend::Cpu).map_err(|e| e.to_string())?;
+        let result = driver::evaluate(kernel, &inputs, Backend::Cpu)
+            .map_err(|e| e.to_string())?
+            .output;
         let seconds = start.elapsed().as_secs_f64();
         let views: Vec<_> = inputs.iter().map(|(_, a)| a.view()).collect();
         let size = keops_runtime::check_arguments(sig, &views).map_err(|e| e.to_string())?;

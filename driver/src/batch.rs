@@ -6,21 +6,16 @@
 //! On the CPU every batch runs in one parallel region, the kernel compiled once for all of
 //! them (`keops_runtime::run_tiles_batched`: many small problems keep every core busy, one
 //! per thread); other backends take them one after another, each a 2-D problem sliced out of
-//! the arrays and handed to the ordinary evaluation. This module
+//! the arrays and handed to the ordinary evaluation (both in `driver::evaluate`). This module
 //! holds the shape analysis ([`BatchLayout`]), the slicing, the stacking of the outputs and
 //! the reduction of a broadcast input's gradient over the batches it was broadcast to
 //! ([`GradientSum`]); `keopsc eval`/`vjp` use it, and so can any other front end.
 
-use crate::check::CheckedKernel;
-use crate::driver::backend::{Backend, EvalError};
-use crate::driver::evaluate::{evaluate_bound, EvalTimings};
-use crate::driver::pipeline::compile_cpu;
 use keops_runtime::{
-    check_all_arguments, run_tiles_batched, shape_text, ArgSpec, ArgumentError, ArrayData,
-    ArrayRef, Axis, Category, DataRef, HostArray, ProblemSize, Signature,
+    check_all_arguments, shape_text, ArgSpec, ArgumentError, ArrayData, ArrayRef, Axis, Category,
+    DataRef, HostArray, ProblemSize, Signature,
 };
 use std::fmt;
-use std::time::{Duration, Instant};
 
 /// The batch axes of a call: empty when no array has any.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -495,63 +490,6 @@ impl GradientSum {
             keops_runtime::DType::F64 => HostArray::from_f64(self.shape, self.sum),
         }
     }
-}
-
-/// Fails when `backend` is not in this build: said before any batch runs, and also when a
-/// batch axis of size 0 leaves no batch to run.
-pub fn check_backend(backend: Backend) -> Result<(), EvalError> {
-    let available = Backend::available();
-    if available.contains(&backend) {
-        return Ok(());
-    }
-    let names: Vec<String> = available.iter().map(ToString::to_string).collect();
-    Err(EvalError::BackendUnavailable(backend, names.join(", ")))
-}
-
-/// Evaluates a kernel on every batch of `arrays` (in argument order, checked by
-/// [`check_batched_arguments`]) and stacks the outputs: `(batch..., rows, Dout)`. On the CPU
-/// the kernel is compiled once and every batch runs in one parallel region
-/// (`run_tiles_batched`); other backends take the batches one after another, and the timings
-/// add up their runs (`size` is one batch's).
-pub fn evaluate_batches(
-    kernel: &CheckedKernel,
-    arrays: &[&HostArray],
-    layout: &BatchLayout,
-    size: ProblemSize,
-    backend: Backend,
-) -> Result<(HostArray, EvalTimings), EvalError> {
-    let mut timings = EvalTimings {
-        size,
-        compile: Duration::ZERO,
-        run: Duration::ZERO,
-    };
-    let count = layout.batch.count();
-    check_backend(backend)?;
-    let mut outputs = Vec::with_capacity(count);
-    if backend == Backend::Cpu && count > 0 {
-        let start = Instant::now();
-        let compiled = compile_cpu(kernel, size.dtype)?;
-        timings.compile = start.elapsed();
-        let tiles = compiled.tile_kernel();
-        let start = Instant::now();
-        let problems: Vec<Vec<ArrayRef>> = (0..count).map(|k| layout.views(arrays, k)).collect();
-        outputs = run_tiles_batched(&tiles, &problems)?;
-        timings.run = start.elapsed();
-    } else {
-        for k in 0..count {
-            let batch = layout.slice(arrays, k);
-            let bound: Vec<&HostArray> = batch.iter().collect();
-            let (out, t) = evaluate_bound(kernel, &bound, backend)?;
-            timings.compile += t.compile;
-            timings.run += t.run;
-            outputs.push(out);
-        }
-    }
-    let rows = RowsShape::of(&kernel.signature, size, kernel.signature.output_dim());
-    Ok((
-        stack(&layout.batch, outputs, &[rows.rows, rows.dim], size.dtype),
-        timings,
-    ))
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 
 use crate::check::CheckedKernel;
 use crate::driver::backend::{Backend, EvalError};
-use crate::driver::evaluate::{bind_arguments, evaluate_cached, evaluate_cross_cached};
+use crate::driver::evaluate::{bind_arguments, evaluate, EvalOptions};
+use crate::jit_cache::JitCache;
 use crate::vjp::{CrossPass, SavedForward, SelectedBackward, VjpError, VjpManyPlan, VjpPlan};
 use keops_runtime::backward::{self as combine, BackwardError, Passes};
 use keops_runtime::{ArgumentError, HostArray, ProblemSize, Signature};
@@ -169,7 +170,7 @@ pub fn run_many_ranges(
 }
 
 /// [`run_many_ranges`] on `backend`: `cpu`, or `cuda`, where every pass runs as the
-/// block-sparse GPU kernel ([`crate::driver::evaluate::evaluate_ranges_on`]). The interpreter has no
+/// block-sparse GPU kernel (`driver::evaluate` with `Pairs::Ranges`). The interpreter has no
 /// block-sparse evaluation.
 pub fn run_many_ranges_on(
     plan: &VjpManyPlan,
@@ -193,13 +194,12 @@ pub fn run_many_ranges_on(
         .map_err(|e| EvalError::Ranges(format!("ranges: {e}")))?;
     let entries = plan.selected.as_ref().map(|s| &s.kernel);
     run_many_with(plan, arrays, cotangent, saved, &mut |kernel, args| {
+        let options = EvalOptions::on(backend);
         if entries.is_some_and(|k| std::ptr::eq(k, kernel)) {
-            return evaluate_cached(kernel, args, backend);
+            return Ok(evaluate(kernel, args, options)?.output);
         }
         let half = ranges.for_axis(kernel.signature.axis);
-        crate::driver::evaluate::evaluate_ranges_on(kernel, args, half, backend)
-            .map(|(out, _)| out)
-            .map_err(EvalError::Ranges)
+        Ok(evaluate(kernel, args, options.ranges(half))?.output)
     })
 }
 
@@ -229,7 +229,7 @@ impl CrossRunner<'_, '_> {
                 return Ok(self.pending.take().expect("checked above").1);
             }
         }
-        let (rows, columns) = evaluate_cross_cached(&self.cross.kernel, self.cross.columns, args)?;
+        let (rows, columns) = run_cross_pass(&self.cross.kernel, self.cross.columns, args)?;
         if pass == self.cross.rows_pass {
             self.pending = Some((self.cross.columns_pass, columns));
             Ok(rows)
@@ -238,6 +238,24 @@ impl CrossRunner<'_, '_> {
             Ok(columns)
         }
     }
+}
+
+/// Runs a cross pass on the CPU with its code from the process-wide [`JitCache`]: `kernel`'s
+/// rows (its first components summed over the inner index) and columns (its last `columns`
+/// components summed over the rows).
+fn run_cross_pass(
+    kernel: &CheckedKernel,
+    columns: usize,
+    arrays: &[&HostArray],
+) -> Result<(HostArray, HostArray), EvalError> {
+    let views: Vec<_> = arrays.iter().map(|a| a.view()).collect();
+    let size = keops_runtime::check_arguments(&kernel.signature, &views)?;
+    let (compiled, _) = JitCache::global().get_cross(kernel, columns, size.dtype)?;
+    Ok(keops_runtime::run_cross_tiles(
+        &compiled.tile_kernel(),
+        &views,
+        None,
+    )?)
 }
 
 /// Evaluates one kernel of a backward pass on its arguments in order.
@@ -272,7 +290,7 @@ pub fn run_many_with(
 fn backend_runner(
     backend: Backend,
 ) -> impl FnMut(&CheckedKernel, &[&HostArray]) -> Result<HostArray, EvalError> {
-    move |kernel, arrays| evaluate_cached(kernel, arrays, backend)
+    move |kernel, arrays| Ok(evaluate(kernel, arrays, backend)?.output)
 }
 
 /// The rows a dense backward pass reads from the forward ([`SavedForward`]), computed on the

@@ -21,10 +21,8 @@
 //! runs on the compiler's own stack.
 
 use crate::{machine_code, remember, remembered, Compiled, Kernel, MakeError, PyErrText, TableKey};
-use keops_driver::check::check_file;
 use keops_driver::check::operators::{self, Param};
 use keops_driver::diagnostic::{render_all, Diagnostic};
-use keops_driver::opt::expand_derivatives;
 use keops_driver::source::{SourceFile, Span};
 use keops_driver::syntax::ast::{Expr, ExprKind, File, Ident, KernelDef, Statement};
 use keops_driver::syntax::parse;
@@ -604,22 +602,18 @@ fn syntax_tree(plan: &Plan, layout: &Layout) -> Result<File, Vec<Diagnostic>> {
     })
 }
 
-/// Checks the plan's syntax tree and compiles it (through the on-disk cache, keyed by the
-/// tree printed back).
+/// Checks the plan's syntax tree and compiles it, as the compiler does a parsed file
+/// (`driver::compile_tree`), its machine code through the on-disk cache.
 fn compile_plan(plan: &Plan, layout: &Layout) -> Result<Compiled, MakeError> {
     let source = SourceFile::new("<source>", layout.text.clone());
     let rendered = |d: &[Diagnostic]| MakeError::Source(render_all(d, &source, false));
     let file = syntax_tree(plan, layout).map_err(|d| rendered(&d))?;
-    let (mut kernels, diagnostics) = check_file(&file);
-    if !diagnostics.is_empty() {
-        return Err(rendered(&diagnostics));
-    }
-    let mut checked = kernels.pop().ok_or_else(|| {
+    let compiled =
+        keops_driver::driver::compile_tree(source.clone(), file).map_err(|(_, d)| rendered(&d))?;
+    let checked = compiled.kernels.last().cloned().ok_or_else(|| {
         MakeError::Internal("the checker returned no kernel and no diagnostic".to_string())
     })?;
-    // As `driver::compile` does: derivatives are expanded before any backend sees the formula.
-    checked.formula = expand_derivatives(&checked.formula).map_err(|d| rendered(&[d]))?;
-    let code = machine_code(&file.to_string(), &checked)?;
+    let code = machine_code(&compiled, &checked)?;
     Ok(Compiled {
         checked,
         code,
@@ -862,7 +856,7 @@ mod tests {
         assert!(diagnostics.is_empty(), "{diagnostics:?}");
         assert_eq!(built, parsed, "{}", layout.text);
         assert_eq!(built.to_string(), layout.text);
-        let (kernels, diagnostics) = check_file(&built);
+        let (kernels, diagnostics) = keops_driver::check::check_file(&built);
         assert!(diagnostics.is_empty(), "{diagnostics:?}");
         assert_eq!(kernels[0].signature.output_dim(), 1);
     }

@@ -155,7 +155,7 @@ fn compile_kernel(source: &str, name: Option<&str>) -> Result<Compiled, MakeErro
         }
     };
     let checked = checked.clone();
-    let code = machine_code(source, &checked)?;
+    let code = machine_code(&compiled, &checked)?;
     Ok(Compiled {
         checked,
         code,
@@ -163,9 +163,12 @@ fn compile_kernel(source: &str, name: Option<&str>) -> Result<Compiled, MakeErro
     })
 }
 
-/// The machine code of `checked`, the kernel of that name in `source`: from the on-disk cache.
-fn machine_code(source: &str, checked: &CheckedKernel) -> Result<RtKernel, MakeError> {
-    match CompileCache::open_default().kernel(source, Some(&checked.name)) {
+/// The machine code of `checked`, the kernel of that name in `file`: from the on-disk cache.
+pub(crate) fn machine_code(
+    file: &driver::CompiledFile,
+    checked: &CheckedKernel,
+) -> Result<RtKernel, MakeError> {
+    match CompileCache::open_default().kernel_of(file, Some(&checked.name)) {
         Ok((code, _)) => Ok(code),
         Err(CompileError::Source(text)) => Err(MakeError::Source(text)),
         // The cache could not be used (no writable directory, no linker): compile in memory.
@@ -608,8 +611,9 @@ impl Kernel {
         let out = py.detach(|| {
             guarded("evaluating the kernel", || {
                 let refs: Vec<&HostArray> = hosts.iter().collect();
-                driver::evaluate_bound(checked, &refs, backend)
-                    .map(|(out, _)| out)
+                let anew = driver::EvalOptions::on(backend).compiled_anew();
+                driver::evaluate(checked, &refs, anew)
+                    .map(|done| done.output)
                     .map_err(|e| match e {
                         driver::EvalError::Argument(a) => argument_error(a),
                         other => PyErrText::Runtime(other.to_string()),

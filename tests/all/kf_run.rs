@@ -324,6 +324,7 @@ impl RunFile {
         for &dtype in &spec.dtypes {
             let inputs = self.inputs(spec, dtype);
             let want = driver::evaluate(&self.kernel, &inputs, Backend::Interp)
+                .map(|done| done.output)
                 .map_err(|e| format!("{what}: interpreter: {e}"))?
                 .to_f64();
             let views: Vec<_> = inputs.iter().map(|(_, a)| a.view()).collect();

@@ -181,6 +181,7 @@ fn evaluate(
     inputs: &[(String, HostArray)],
 ) -> Result<HostArray, String> {
     let interp = driver::evaluate(kernel, inputs, Backend::Interp)
+        .map(|done| done.output)
         .map_err(|e| format!("evaluation failed: {e}"))?;
     // Every example is also a test of the compiled CPU code, in both element types.
     for dtype in [DType::F64, DType::F32] {
@@ -189,8 +190,10 @@ fn evaluate(
             .map(|(n, a)| (n.clone(), cast(a, dtype)))
             .collect();
         let want = driver::evaluate(kernel, &inputs, Backend::Interp)
+            .map(|done| done.output)
             .map_err(|e| format!("evaluation failed: {e}"))?;
         let got = driver::evaluate(kernel, &inputs, Backend::Cpu)
+            .map(|done| done.output)
             .map_err(|e| format!("cpu evaluation failed: {e}"))?;
         if got.shape != want.shape {
             return Err(format!(

@@ -106,6 +106,7 @@ fn check_every_kernel(
             .collect();
         let want = driver::evaluate(checked, &used, Backend::Interp)
             .expect("runs")
+            .output
             .to_f64();
         let kernel = module.kernel(&checked.name).expect("present");
         let named: Vec<(&str, ArrayRef)> =
@@ -359,6 +360,40 @@ fn damaged_or_foreign_modules_are_refused() {
 
 const CACHED: &str =
     "kernel k {\n x = Vi(2)\n y = Vj(2)\n Sum_Reduction(Exp(-SqDist(x, y)), 0)\n}\n";
+
+/// A program that built its syntax tree (the Python package's LazyTensor) goes through the
+/// same front end as the text (`driver::compile_tree`), and a file already through it finds
+/// the text's cache entry (`CompileCache::kernel_of`) without being parsed again.
+#[test]
+fn a_built_tree_is_checked_as_its_text_and_finds_its_cache_entry() {
+    let text = driver::compile(SourceFile::new("<text>", CACHED)).unwrap_or_else(|_| panic!());
+    let tree = keopsc::syntax::parse(CACHED).0;
+    let built = driver::compile_tree(SourceFile::new("<tree>", CACHED), tree)
+        .unwrap_or_else(|_| panic!("the tree checks"));
+    assert_eq!(built.kernels.len(), text.kernels.len());
+    for (b, t) in built.kernels.iter().zip(&text.kernels) {
+        assert_eq!(b.signature.to_string(), t.signature.to_string());
+        assert_eq!(b.formula.to_string(), t.formula.to_string());
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cache = CompileCache::open(dir.path());
+    assert_eq!(
+        cache.kernel(CACHED, None).expect("compiles").1,
+        CacheOutcome::Miss
+    );
+    assert_eq!(
+        cache.kernel_of(&built, None).expect("found").1,
+        CacheOutcome::Hit
+    );
+    // The checker's diagnostics come back against the tree's text.
+    let bad = "kernel k {\n x = Vi(2)\n Sum_Reduction(Exq(x), 0)\n}\n";
+    let (file, diagnostics) =
+        driver::compile_tree(SourceFile::new("<tree>", bad), keopsc::syntax::parse(bad).0)
+            .err()
+            .expect("an unknown operator is refused");
+    let rendered = keopsc::diagnostic::render_all(&diagnostics, &file, false);
+    assert!(rendered.contains("Exq"), "{rendered}");
+}
 
 #[test]
 fn the_cache_hits_rebuilds_damaged_entries_and_ignores_layout() {

@@ -228,10 +228,12 @@ fn check_data_set(
     };
     let inputs = inputs(case, dtype);
     let want = driver::evaluate(k, &inputs, Backend::Interp)
+        .map(|done| done.output)
         .map_err(|e| format!("interpreter: {e}: {}", context()))?
         .to_f64();
     let scale = match scale_kernel {
         Some(s) => driver::evaluate(s, &inputs, Backend::Interp)
+            .map(|done| done.output)
             .map_err(|e| format!("interpreter (scale): {e}: {}", context()))?
             .to_f64(),
         None => want.clone(),

@@ -1566,6 +1566,7 @@ fn same_gives_a_j_variable_the_data_of_an_i_variable() {
         ];
         let out = keopsc::driver::evaluate(kernel, &inputs, keopsc::driver::Backend::Interp)
             .unwrap()
+            .output
             .to_f64();
         out.iter().zip(&g).map(|(o, g)| o * g).sum::<f64>()
     };

@@ -102,6 +102,7 @@ fn assert_matches(got: &[f64], want: &[f64], scale: &[f64], tol: f64, what: &str
 
 fn eval(kernel: &CheckedKernel, problem: &Problem, backend: Backend) -> HostArray {
     driver::evaluate(kernel, &problem.inputs, backend)
+        .map(|done| done.output)
         .unwrap_or_else(|e| panic!("{backend} evaluation of `{}`: {e}", kernel.name))
 }
 
@@ -461,6 +462,7 @@ fn sum_of_a_million_f32_terms_is_accurate() {
     ];
     let out = driver::evaluate(&compiled.kernels[0], &inputs, Backend::Cpu)
         .expect("runs")
+        .output
         .to_f64();
     for got in out {
         assert!(((got - exact) / exact).abs() < 1e-5, "{got} vs {exact}");
@@ -615,6 +617,7 @@ fn huge_inner_offsets_index_in_64_bits() {
     ];
     let out = driver::evaluate(&compiled.kernels[0], &inputs, Backend::Cpu)
         .expect("runs")
+        .output
         .to_f64();
     assert_eq!(out, vec![1.0, planted as f64, 1.0, planted as f64]);
 }
@@ -783,6 +786,7 @@ fn small_exponentials_in_runs_of_rows_match_the_interpreter() {
                 let k = &compiled.kernels[0];
                 let want = driver::evaluate(k, &inputs, Backend::Interp)
                     .unwrap()
+                    .output
                     .to_f64();
                 let views: Vec<_> = inputs.iter().map(|(_, x)| x.view()).collect();
                 let jit = driver::compile_cpu(k, dtype).unwrap();
@@ -816,7 +820,7 @@ fn small_exponentials_in_runs_of_rows_match_the_interpreter() {
 
 /// The symmetric schedule is chosen where the two halves share enough: a Gaussian (the
 /// exponential shared) pays, a formula whose halves share nothing does not, and
-/// `evaluate_same` then runs the full evaluation, with the same result.
+/// `Pairs::Same` then runs the full evaluation, with the same result.
 #[test]
 fn symmetric_evaluation_is_chosen_where_it_pays() {
     let kernel = |formula: &str| {
@@ -850,13 +854,16 @@ fn symmetric_evaluation_is_chosen_where_it_pays() {
         HostArray::from_f64(vec![1], vec![0.7]),
     ];
     let refs: Vec<&HostArray> = arrays.iter().collect();
-    let (same, _) = driver::evaluate_same(&apart, &refs, &[(1, 0)], Backend::Cpu).unwrap();
-    let (full, _) = driver::evaluate_bound(&apart, &refs, Backend::Cpu).unwrap();
+    let same = driver::EvalOptions::on(Backend::Cpu).pairs(driver::Pairs::Same(&[(1, 0)]));
+    let same = driver::evaluate(&apart, &refs, same).unwrap().output;
+    let full = driver::evaluate(&apart, &refs, Backend::Cpu)
+        .unwrap()
+        .output;
     assert_eq!(same.to_f64(), full.to_f64());
 }
 
 /// A kernel applied to one point cloud against itself (`y` holds `x`'s data), walked over
-/// unordered pairs (`driver::evaluate_symmetric`): the same as the full evaluation and the
+/// unordered pairs (`Pairs::Symmetric`): the same as the full evaluation and the
 /// interpreter, for symmetric and non-symmetric formulas, vector outputs, both axes, sizes
 /// around the symmetric blocks, f32 and f64.
 #[test]
@@ -907,9 +914,11 @@ fn symmetric_evaluation_matches_the_full_one() {
                     ];
                     let refs: Vec<&HostArray> = arrays.iter().collect();
                     // The pass over unordered pairs itself, whether it pays or not.
-                    let (got, _) = driver::evaluate_symmetric(k, &refs, &plan).unwrap();
-                    let (full, _) = driver::evaluate_bound(k, &refs, Backend::Cpu).unwrap();
-                    let (want, _) = driver::evaluate_bound(k, &refs, Backend::Interp).unwrap();
+                    let symmetric = driver::EvalOptions::on(Backend::Cpu)
+                        .pairs(driver::Pairs::Symmetric(&plan));
+                    let got = driver::evaluate(k, &refs, symmetric).unwrap().output;
+                    let full = driver::evaluate(k, &refs, Backend::Cpu).unwrap().output;
+                    let want = driver::evaluate(k, &refs, Backend::Interp).unwrap().output;
                     assert_eq!(got.shape, full.shape);
                     let tol = match dtype {
                         DType::F64 => 1e-10,
@@ -986,6 +995,7 @@ fn subnormal_inputs_and_results_are_flushed_to_zero() {
         // The interpreter keeps them.
         let exact = driver::evaluate(&k, &inputs, Backend::Interp)
             .unwrap()
+            .output
             .to_f64();
         assert!(exact[1] > 0.0 && exact[2] < 0.0, "{dtype}: {exact:?}");
 
@@ -1013,6 +1023,7 @@ fn subnormal_inputs_and_results_are_flushed_to_zero() {
         }
         let exact = driver::evaluate(&e, &inputs, Backend::Interp)
             .unwrap()
+            .output
             .to_f64();
         assert!(
             exact[0] > 0.0,

@@ -742,6 +742,7 @@ impl Data {
             .collect();
         driver::evaluate(&file.kernels[0], &inputs, Backend::Interp)
             .expect("evaluation succeeds")
+            .output
             .to_f64()
     }
 }

@@ -87,7 +87,9 @@ fn run(text: &str, inputs: &[(&str, HostArray)]) -> HostArray {
         .iter()
         .map(|(n, a)| (n.to_string(), a.clone()))
         .collect();
-    driver::evaluate(&compiled.kernels[0], &inputs, Backend::Interp).expect("evaluation succeeds")
+    driver::evaluate(&compiled.kernels[0], &inputs, Backend::Interp)
+        .expect("evaluation succeeds")
+        .output
 }
 
 fn arr(rows: usize, dim: usize, data: Vec<f64>) -> HostArray {

@@ -74,6 +74,7 @@ fn evaluate(text: &str, inputs: &[(String, HostArray)], backend: Backend) -> Vec
     let compiled = driver::compile(SourceFile::new("<gram test>", text))
         .unwrap_or_else(|_| panic!("compiles:\n{text}"));
     driver::evaluate(&compiled.kernels[0], inputs, backend)
+        .map(|done| done.output)
         .unwrap_or_else(|e| panic!("{backend}: {e}\n{text}"))
         .to_f64()
 }
@@ -444,8 +445,12 @@ fn symmetric_passes_with_gram_products_match_the_interpreter() {
                     make(vec![1], &[0.05]),
                 ];
                 let refs: Vec<&HostArray> = arrays.iter().collect();
-                let (got, _) = driver::evaluate_symmetric(k, &refs, &plan).expect("runs");
-                let (want, _) = driver::evaluate_bound(k, &refs, Backend::Interp).expect("runs");
+                let symmetric =
+                    driver::EvalOptions::on(Backend::Cpu).pairs(driver::Pairs::Symmetric(&plan));
+                let got = driver::evaluate(k, &refs, symmetric).expect("runs").output;
+                let want = driver::evaluate(k, &refs, Backend::Interp)
+                    .expect("runs")
+                    .output;
                 let want = want.to_f64();
                 let scale: Vec<f64> = want.iter().map(|_| 24.0 * n as f64).collect();
                 let what = format!("{formula} over unordered pairs ({dtype}, N {n})");

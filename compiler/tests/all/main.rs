@@ -4,6 +4,7 @@ mod cli;
 mod cpu;
 mod derivatives;
 mod entry_points;
+mod evaluate;
 mod frontend;
 mod interp;
 mod large_dims;

@@ -738,9 +738,10 @@ fn the_generated_ranges_kernel_run_on_the_host_matches_the_cpu_for_every_reducti
                 let ranges = test_ranges(rows, inner);
                 let arrays = host_arrays(kernel, &inputs(kernel, n, m, (5 * n + m) as u64), dtype);
                 let refs: Vec<&keops_runtime::HostArray> = arrays.iter().collect();
-                let want = keopsc::driver::evaluate_ranges(checked, &refs, &ranges)
+                let cpu = keopsc::driver::EvalOptions::on(keopsc::driver::Backend::Cpu);
+                let want = keopsc::driver::evaluate(checked, &refs, cpu.ranges(&ranges))
                     .unwrap_or_else(|e| panic!("{}: {e}", kernel.name))
-                    .0
+                    .output
                     .to_f64();
                 let table = GpuRangesTable::new(&ranges, 32);
                 let pointers: Vec<*const u8> = arrays
@@ -807,7 +808,7 @@ fn the_ranges_kernel_compiles_to_ptx_that_ptxas_assembles() {
 #[test]
 #[ignore = "runs on a CUDA GPU: cargo test -p keopsc --features cuda -- --ignored, on a machine with one"]
 fn the_cuda_backend_matches_the_interpreter() {
-    use keopsc::driver::{evaluate_bound, Backend};
+    use keopsc::driver::{evaluate, Backend};
     let compiled = keopsc::driver::compile(SourceFile::new("<cuda test>", every_reduction()))
         .unwrap_or_else(|_| panic!("the test kernels compile"));
     let kernels = optimized(&every_reduction());
@@ -830,10 +831,10 @@ fn the_cuda_backend_matches_the_interpreter() {
                     })
                     .collect();
                 let refs: Vec<&keops_runtime::HostArray> = arrays.iter().collect();
-                let got = evaluate_bound(checked, &refs, Backend::Cuda)
+                let got = evaluate(checked, &refs, Backend::Cuda)
                     .unwrap_or_else(|e| panic!("{}: {e}", checked.name))
-                    .0;
-                let want = evaluate_bound(checked, &refs, Backend::Interp).unwrap().0;
+                    .output;
+                let want = evaluate(checked, &refs, Backend::Interp).unwrap().output;
                 let (got, want) = (got.to_f64(), want.to_f64());
                 let tol = match dtype {
                     DType::F32 => 2e-4,
@@ -850,13 +851,13 @@ fn the_cuda_backend_matches_the_interpreter() {
     }
 }
 
-/// `evaluate_ranges_on(.., Backend::Cuda)` (built with the `cuda` feature), on a GPU: every
+/// `evaluate` with ranges on `Backend::Cuda` (built with the `cuda` feature), on a GPU: every
 /// reduction on both axes against the CPU's block-sparse evaluation.
 #[cfg(feature = "cuda")]
 #[test]
 #[ignore = "runs on a CUDA GPU: cargo test -p keopsc --features cuda -- --ignored, on a machine with one"]
 fn the_cuda_ranges_kernel_matches_the_cpu() {
-    use keopsc::driver::{evaluate_ranges_on, Backend};
+    use keopsc::driver::{evaluate, Backend, EvalOptions};
     let compiled = keopsc::driver::compile(SourceFile::new("<cuda test>", every_reduction()))
         .unwrap_or_else(|_| panic!("the test kernels compile"));
     let kernels = optimized(&every_reduction());
@@ -870,12 +871,20 @@ fn the_cuda_ranges_kernel_matches_the_cpu() {
             let ranges = test_ranges(rows, inner);
             let arrays = host_arrays(kernel, &inputs(kernel, n, m, 11), dtype);
             let refs: Vec<&keops_runtime::HostArray> = arrays.iter().collect();
-            let got = evaluate_ranges_on(checked, &refs, &ranges, Backend::Cuda)
-                .unwrap_or_else(|e| panic!("{}: {e}", checked.name))
-                .0;
-            let want = evaluate_ranges_on(checked, &refs, &ranges, Backend::Cpu)
-                .unwrap()
-                .0;
+            let got = evaluate(
+                checked,
+                &refs,
+                EvalOptions::on(Backend::Cuda).ranges(&ranges),
+            )
+            .unwrap_or_else(|e| panic!("{}: {e}", checked.name))
+            .output;
+            let want = evaluate(
+                checked,
+                &refs,
+                EvalOptions::on(Backend::Cpu).ranges(&ranges),
+            )
+            .unwrap()
+            .output;
             let (got, want) = (got.to_f64(), want.to_f64());
             let tol = match dtype {
                 DType::F32 => 2e-4,

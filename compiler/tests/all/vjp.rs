@@ -49,7 +49,9 @@ fn inputs(kernel: &CheckedKernel, rng: &mut StdRng) -> Vec<(String, HostArray)> 
 }
 
 fn output(kernel: &CheckedKernel, inputs: &[(String, HostArray)]) -> HostArray {
-    driver::evaluate(kernel, inputs, Backend::Interp).expect("the forward runs")
+    driver::evaluate(kernel, inputs, Backend::Interp)
+        .expect("the forward runs")
+        .output
 }
 
 /// `sum(G * out)` in f64.
@@ -535,9 +537,9 @@ fn second_order_through_selected_entries_against_finite_differences() {
     let selected = plan.selected.as_ref().expect("KMin selects entries");
     assert_eq!((selected.k, selected.n), (2, 1));
     let arrays: Vec<&HostArray> = inputs.iter().map(|(_, a)| a).collect();
-    let found = driver::evaluate_bound(&selected.indices, &arrays, Backend::Interp)
+    let found = driver::evaluate(&selected.indices, &arrays, Backend::Interp)
         .unwrap()
-        .0
+        .output
         .to_f64();
     // The table: entry (i, l) holds x_i, y_j, b_j (j its l-th index), s; G = g[i, l].
     let mut entries = Vec::new();
@@ -746,7 +748,7 @@ fn the_cross_pass_gives_the_two_dense_passes_results() {
                     let arrays: Vec<&HostArray> = inputs.iter().map(|(_, a)| a).collect();
                     let crossed = vjp::run_many(&plan, &arrays, &g, None, Backend::Cpu).unwrap();
                     let mut apart = |k: &CheckedKernel, args: &[&HostArray]| {
-                        driver::evaluate_cached(k, args, Backend::Cpu)
+                        Ok(driver::evaluate(k, args, Backend::Cpu)?.output)
                     };
                     let separate =
                         vjp::run_many_with(&plan, &arrays, &g, None, &mut apart).unwrap();

@@ -12,7 +12,7 @@
 use super::{build, llvm_version, temporary_dir, BuildError, Placement};
 use crate::codegen::CpuTarget;
 use crate::diagnostic::render_all;
-use crate::driver::pipeline;
+use crate::driver::pipeline::{self, CompiledFile};
 use crate::source::SourceFile;
 use keops_runtime::manifest::{dtype_name, fnv1a64, MODULE_FORMAT, VERSION};
 use keops_runtime::{DType, Kernel, Module};
@@ -108,6 +108,25 @@ impl CompileCache {
         let compiled = pipeline::compile(SourceFile::new("<source>", source)).map_err(
             |(file, diagnostics)| CompileError::Source(render_all(&diagnostics, &file, false)),
         )?;
+        self.kernel_of_here(&compiled, name)
+    }
+
+    /// [`CompileCache::kernel`] for a file already through the front end (`driver::compile`
+    /// or `driver::compile_tree`): it is not parsed or checked again.
+    pub fn kernel_of(
+        &self,
+        compiled: &CompiledFile,
+        name: Option<&str>,
+    ) -> Result<(Kernel, CacheOutcome), CompileError> {
+        crate::isolate::on_compiler_stack(|| self.kernel_of_here(compiled, name))
+            .unwrap_or_else(|panic| Err(CompileError::Internal(panic)))
+    }
+
+    fn kernel_of_here(
+        &self,
+        compiled: &CompiledFile,
+        name: Option<&str>,
+    ) -> Result<(Kernel, CacheOutcome), CompileError> {
         let names: Vec<String> = compiled
             .kernels
             .iter()
@@ -157,7 +176,7 @@ impl CompileCache {
             }
         }
         let built = build(
-            &compiled,
+            compiled,
             &dtypes,
             &self.target,
             &entry,

@@ -1,9 +1,10 @@
 //! Where a kernel runs ([`Backend`]) and why an evaluation or a compilation failed
 //! ([`EvalError`]).
 
+use crate::batch::BatchError;
 use crate::codegen::CodegenError;
 use crate::interp::InterpError;
-use keops_runtime::{ArgumentError, DeviceError};
+use keops_runtime::{ArgumentError, DeviceError, RangesRunError};
 use std::fmt;
 
 /// Where a kernel runs.
@@ -38,6 +39,16 @@ impl Backend {
         backends
     }
 
+    /// Fails when this build cannot run `self`: the error names those it can.
+    pub fn ensure_available(self) -> Result<(), EvalError> {
+        let available = Backend::available();
+        if available.contains(&self) {
+            return Ok(());
+        }
+        let names: Vec<String> = available.iter().map(ToString::to_string).collect();
+        Err(EvalError::BackendUnavailable(self, names.join(", ")))
+    }
+
     /// The fastest backend this build and machine can run.
     pub fn fastest() -> Backend {
         Backend::Cpu
@@ -66,9 +77,15 @@ pub enum EvalError {
     Codegen(#[from] CodegenError),
     #[error(transparent)]
     NotSymmetric(#[from] crate::symmetric::NotSymmetric),
-    /// A block-sparse evaluation failed (its ranges, or its arrays): the message says how.
+    /// A block-sparse evaluation's ranges do not fit its arrays: the message says how.
     #[error("{0}")]
     Ranges(String),
+    /// Batch axes that do not broadcast together (boxed: the error stays small).
+    #[error(transparent)]
+    Batch(Box<BatchError>),
+    /// Options that do not go together (ranges with batch axes, a symmetric pass off the CPU).
+    #[error("{0}")]
+    NotSupported(String),
     /// The device's own error (the CUDA driver's, ...): [`EvalError::device_error`] finds it.
     #[error(transparent)]
     Device(#[from] DeviceError),
@@ -107,6 +124,24 @@ impl From<keops_runtime::ExecError> for EvalError {
         match e {
             keops_runtime::ExecError::Argument(a) => EvalError::Argument(a),
             keops_runtime::ExecError::Device(d) => EvalError::Device(d),
+        }
+    }
+}
+
+impl From<BatchError> for EvalError {
+    fn from(e: BatchError) -> EvalError {
+        match e {
+            BatchError::Argument(a) => EvalError::Argument(a),
+            other => EvalError::Batch(Box::new(other)),
+        }
+    }
+}
+
+impl From<RangesRunError> for EvalError {
+    fn from(e: RangesRunError) -> EvalError {
+        match e {
+            RangesRunError::Argument(a) => EvalError::Argument(a),
+            RangesRunError::Ranges(r) => EvalError::Ranges(r.to_string()),
         }
     }
 }

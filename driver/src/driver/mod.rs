@@ -4,8 +4,9 @@
 //!
 //! - [`backend`]: where a kernel runs, and the error of running or compiling it;
 //! - [`pipeline`]: source to checked kernels, checked kernels to host code or PTX, `explain`;
-//! - [`evaluate`](mod@evaluate): a kernel on arrays (interpreter, JIT code, a GPU kernel), plain, symmetric,
-//!   block-sparse or cross, with code from the process's [`JitCache`](crate::jit_cache::JitCache);
+//! - [`evaluate`](mod@evaluate): a kernel on arrays, one entry whose options say the backend
+//!   (interpreter, JIT code, a GPU kernel), the pairs (all, block-sparse, symmetric) and where
+//!   code comes from (the process's [`JitCache`](crate::jit_cache::JitCache), or anew);
 //! - [`kernels`]: checked kernels as the runtime's `Kernel` (with symmetric passes, gradients).
 //!
 //! Their items are re-exported here, so `driver::compile`, `driver::evaluate` and the others

@@ -37,8 +37,30 @@ pub fn compile(source: SourceFile) -> Result<CompiledFile, (SourceFile, Vec<Diag
         .unwrap_or_else(|panic| Err((kept, vec![Diagnostic::internal("the front end", panic)])))
 }
 
+/// [`compile`] for a syntax tree built by a program rather than parsed (a LazyTensor's or a
+/// Genred's, by the Python package): checked and its derivatives expanded exactly as a parsed
+/// file's. `source` is the text the tree prints as, which its spans point into.
+pub fn compile_tree(
+    source: SourceFile,
+    ast: ast::File,
+) -> Result<CompiledFile, (SourceFile, Vec<Diagnostic>)> {
+    let kept = source.clone();
+    crate::isolate::on_compiler_stack(move || check_and_expand(source, ast, Vec::new()))
+        .unwrap_or_else(|panic| Err((kept, vec![Diagnostic::internal("the front end", panic)])))
+}
+
 fn compile_here(source: SourceFile) -> Result<CompiledFile, (SourceFile, Vec<Diagnostic>)> {
-    let (ast, mut diagnostics) = parse(&source.text);
+    let (ast, diagnostics) = parse(&source.text);
+    check_and_expand(source, ast, diagnostics)
+}
+
+/// The front end after parsing: the checker, then the derivatives expanded; `diagnostics`
+/// holds the parser's, reported with the checker's.
+fn check_and_expand(
+    source: SourceFile,
+    ast: ast::File,
+    mut diagnostics: Vec<Diagnostic>,
+) -> Result<CompiledFile, (SourceFile, Vec<Diagnostic>)> {
     let (mut kernels, check_diagnostics) = check_file(&ast);
     diagnostics.extend(check_diagnostics);
     // Derivatives are part of the formula's meaning: expand them now, so that a missing rule is

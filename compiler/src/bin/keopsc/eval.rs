@@ -6,7 +6,7 @@
 use crate::inputs::{parse_files, parse_same, read_inputs};
 use crate::{fail, load, Reported};
 use keops_runtime::{index_columns, HostArray, ReductionKind};
-use keopsc::batch::{self, BatchShape};
+use keopsc::batch::BatchShape;
 use keopsc::check::CheckedKernel;
 use keopsc::driver::{self, Backend, EvalTimings};
 use std::fmt;
@@ -183,16 +183,15 @@ pub fn eval(request: &EvalRequest) -> Result<(), Reported> {
     let bound = inputs.bound();
     // With `--same`, a Sum on the CPU walks each unordered pair once (lang-spec/cli.md).
     let pairs: Vec<(usize, usize)> = same.iter().map(|s| (s.j, s.i)).collect();
-    let (out, timings) = match &ranges {
-        Some(ranges) => {
-            driver::evaluate_ranges_on(kernel, &bound, ranges, backend).map_err(fail)?
-        }
-        None if inputs.layout.batch.is_empty() => {
-            driver::evaluate_same(kernel, &bound, &pairs, backend).map_err(fail)?
-        }
-        None => batch::evaluate_batches(kernel, &bound, &inputs.layout, inputs.size, backend)
-            .map_err(fail)?,
+    let options = driver::EvalOptions::on(backend).compiled_anew();
+    let options = match &ranges {
+        Some(ranges) => options.ranges(ranges),
+        None => options.pairs(driver::Pairs::Same(&pairs)),
     };
+    let driver::Evaluation {
+        output: out,
+        timings,
+    } = driver::evaluate(kernel, &bound, options).map_err(fail)?;
 
     let start = Instant::now();
     let written = match plan {

@@ -519,7 +519,7 @@ fn bench(
             return Err(Reported);
         }
     };
-    if let Err(e) = keopsc::batch::check_backend(backend) {
+    if let Err(e) = backend.ensure_available() {
         eprintln!("error: {e}");
         return Err(Reported);
     }

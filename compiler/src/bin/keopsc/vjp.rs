@@ -243,7 +243,7 @@ fn run_batches(
     backend: keopsc::driver::Backend,
     asked: usize,
 ) -> Result<Vec<HostArray>, VjpRunError> {
-    keopsc::batch::check_backend(backend)?;
+    backend.ensure_available()?;
     let bound = inputs.bound();
     let layout = &inputs.layout;
     // Without batches nor `--same`, the gradients are the plan's own: nothing to add up.
