@@ -57,9 +57,51 @@ struct Params<'ctx> {
 
 /// Values of the formula's nodes computed so far at each level. `narrow`: one lane (call and
 /// row levels); `wide`: the loop's lanes (broadcast call/row values, and pair values).
+#[derive(Clone)]
 struct NodeValues<'ctx> {
     narrow: Vec<Option<Vec<Value<'ctx>>>>,
     wide: Vec<Option<Vec<Value<'ctx>>>>,
+}
+
+/// The stack slots of the tile function's loop counters.
+struct Counters<'ctx> {
+    inner_tile: PointerValue<'ctx>,
+    row: PointerValue<'ctx>,
+    inner_vector: PointerValue<'ctx>,
+    lane: PointerValue<'ctx>,
+}
+
+/// What the tile function's body reads everywhere: its parameters, the stack slots of its
+/// entry block, the arguments' pointers and the values computed once per call.
+struct TileFunction<'ctx> {
+    function: FunctionValue<'ctx>,
+    params: Params<'ctx>,
+    /// The caller's f64 columns (a cross tile's extra parameter).
+    cols: Option<PointerValue<'ctx>>,
+    arg_ptrs: Vec<PointerValue<'ctx>>,
+    /// The per-call values: constants and parameters.
+    call: NodeValues<'ctx>,
+    lane_acc: LaneAccumulators<'ctx>,
+    /// The second row's, when the tile runs rows in pairs.
+    lane_acc_second: Option<LaneAccumulators<'ctx>>,
+    counters: Counters<'ctx>,
+    /// A cross tile's column sums over the inner tile, and the counter that flushes them.
+    column_tile: Option<PointerValue<'ctx>>,
+    flush_counter: Option<PointerValue<'ctx>>,
+    gram: Option<gram::GramSlots<'ctx>>,
+    wide: Option<wide::WideSlots<'ctx>>,
+    /// The inner-only values of the inner tile.
+    scratch: Option<PointerValue<'ctx>>,
+}
+
+/// The rows a pass over the inner vectors serves (one, or two in pairs): their row-level
+/// values, lane accumulators and f64 accumulator rows, and the inner tile's start.
+struct RowBlock<'r, 'ctx> {
+    rows: &'r [IntValue<'ctx>],
+    accs: Vec<&'r LaneAccumulators<'ctx>>,
+    values: Vec<NodeValues<'ctx>>,
+    acc_rows: Vec<PointerValue<'ctx>>,
+    jt: IntValue<'ctx>,
 }
 
 pub struct TileEmitter<'e, 'a, 'ctx> {
@@ -203,8 +245,26 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         self.emit_loop(function, counter, start, lanes, |v| self.less(v, end), body);
     }
 
-    /// Defines the tile function `name` in the emitter's module.
+    /// Defines the tile function `name` in the emitter's module: its stack slots and per-call
+    /// values, then the loop over inner tiles ([`TileEmitter::emit_inner_tile`]).
     pub fn emit(&self, name: &str) -> FunctionValue<'ctx> {
+        let t = self.begin_function(name);
+        let tile = self.schedule.inner_tile as i64;
+        self.emit_loop(
+            t.function,
+            t.counters.inner_tile,
+            t.params.inner_start,
+            tile,
+            |jt| self.less(jt, t.params.inner_end),
+            |jt| self.emit_inner_tile(&t, jt),
+        );
+        built(self.em.builder.build_return(None));
+        t.function
+    }
+
+    /// Declares the function, and in its entry block allocates every stack slot (there, LLVM
+    /// promotes them), loads the arguments' pointers and computes the per-call values.
+    fn begin_function(&self, name: &str) -> TileFunction<'ctx> {
         let em = self.em;
         let ctx = em.context;
         let ptr = ctx.ptr_type(AddressSpace::default());
@@ -239,19 +299,19 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
 
         let sched = self.schedule;
         let lanes = sched.lanes;
-        let tile = sched.inner_tile as i64;
         let red = self.signature.reduction;
-        let acc_dim = red.acc_dim() as i64;
-
-        // Stack slots first, in the entry block, so that LLVM promotes them.
         let lane_acc = LaneAccumulators::allocate(em, red, lanes);
         // Two rows per pass over the inner vectors where the pair code is plain (no Gram or
         // wide product) and a second row's accumulators stay small.
         let row_pairs = self.rows_in_pairs(&lane_acc);
         let lane_acc_second = row_pairs.then(|| LaneAccumulators::allocate(em, red, lanes));
-        let counters: Vec<PointerValue<'ctx>> = (0..4)
-            .map(|_| built(em.builder.build_alloca(i64t, "counter")))
-            .collect();
+        let counter = || built(em.builder.build_alloca(i64t, "counter"));
+        let counters = Counters {
+            inner_tile: counter(),
+            row: counter(),
+            inner_vector: counter(),
+            lane: counter(),
+        };
         let column_tile = (self.columns > 0).then(|| {
             let len = self.i64((self.columns * self.column_stride()) as i64);
             built(
@@ -286,308 +346,345 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
             .collect();
 
         let n_nodes = self.formula.len();
-        let mut values = NodeValues {
+        let mut call = NodeValues {
             narrow: vec![None; n_nodes],
             wide: vec![None; n_nodes],
         };
         // Per call: constants and parameters, narrow, broadcast once where wide code uses them.
-        self.emit_level(Level::Call, &mut values, &arg_ptrs, None);
-        self.broadcast(Level::Call, &mut values);
-
-        let (jt_counter, row_counter, jv_counter, lane_counter) =
-            (counters[0], counters[1], counters[2], counters[3]);
-        self.emit_loop(
+        self.emit_level(Level::Call, &mut call, &arg_ptrs, None);
+        self.broadcast(Level::Call, &mut call);
+        TileFunction {
             function,
-            jt_counter,
-            params.inner_start,
-            tile,
-            |jt| self.less(jt, params.inner_end),
-            |jt| {
-                let next = self.add(jt, self.i64(tile));
-                let jt_end = built(em.builder.build_select(
-                    self.less(next, params.inner_end),
-                    next,
-                    params.inner_end,
-                    "jt_end",
-                ))
-                .into_int_value();
-                // Inner-only parts of the formula, once per inner index of the tile.
-                if let Some(scratch) = scratch {
-                    self.emit_loop(
-                        function,
-                        jv_counter,
-                        jt,
-                        lanes as i64,
-                        |jv| self.less(jv, jt_end),
-                        |jv| {
-                            let mut inner = NodeValues {
-                                narrow: values.narrow.clone(),
-                                wide: values.wide.clone(),
-                            };
-                            let at = Some((jv, params.inner_stride));
-                            self.emit_level(Level::Inner, &mut inner, &arg_ptrs, at);
-                            let offset = self.sub(jv, jt);
-                            for (k, slot) in sched.scratch_slots.iter().enumerate() {
-                                // Looped Gram operands are stored by the Gram product's loops.
-                                if let (Some(slot), true) = (slot, sched.live[k]) {
-                                    let v = inner.wide[k].as_ref().expect("computed above");
-                                    for (c, &x) in v.iter().enumerate() {
-                                        let at = self.add(
-                                            offset,
-                                            self.i64(((slot + c) * sched.inner_tile) as i64),
-                                        );
-                                        self.store(scratch, at, x);
-                                    }
-                                }
-                            }
-                        },
-                    );
-                }
-                if let Some(slots) = &gram {
-                    self.emit_gram_tile(
-                        function,
-                        slots,
-                        &arg_ptrs,
-                        params.inner_stride,
-                        jt,
-                        jt_end,
-                        scratch,
-                    );
-                }
-                // The rows against this inner tile.
-                if let Some(tile) = column_tile {
-                    let zero = em.constant(0.0, lanes);
-                    let len = self.i64((self.columns * self.column_stride()) as i64);
-                    self.emit_loop(
-                        function,
-                        jv_counter,
-                        self.i64(0),
-                        lanes as i64,
-                        |k| self.less(k, len),
-                        |k| self.store(tile, k, zero),
-                    );
-                }
-                // One row, or two rows at once (`row_pairs`): their pair code shares the inner
-                // loads.
-                let rows_body = |rs: &[IntValue<'ctx>]| {
-                    let accs: Vec<&LaneAccumulators<'ctx>> = std::iter::once(&lane_acc)
-                        .chain(&lane_acc_second)
-                        .take(rs.len())
-                        .collect();
-                    let row_values: Vec<NodeValues<'ctx>> = rs
-                        .iter()
-                        .map(|&r| {
-                            let mut row = NodeValues {
-                                narrow: values.narrow.clone(),
-                                wide: values.wide.clone(),
-                            };
-                            self.emit_level(
-                                Level::Row,
-                                &mut row,
-                                &arg_ptrs,
-                                Some((r, params.inner_stride)),
-                            );
-                            self.broadcast(Level::Row, &mut row);
-                            row
-                        })
-                        .collect();
-                    let acc_rows: Vec<PointerValue<'ctx>> = rs
-                        .iter()
-                        .map(|&r| {
-                            let row_offset =
-                                self.mul(self.sub(r, params.row_start), self.i64(acc_dim));
-                            unsafe {
-                                built(em.builder.build_in_bounds_gep(
-                                    ctx.f64_type(),
-                                    params.acc,
-                                    &[row_offset],
-                                    "acc_row",
-                                ))
-                            }
-                        })
-                        .collect();
-                    let pair = |jv: IntValue<'ctx>, mask: Option<Value<'ctx>>| {
-                        let offset = self.sub(jv, jt);
-                        let index = em.add(
-                            em.splat(
-                                em.from_scalar(built(em.builder.build_signed_int_to_float(
-                                    offset,
-                                    em.float_type(),
-                                    "rel",
-                                ))),
-                                lanes,
-                            ),
-                            self.iota(lanes),
-                        );
-                        for (k, &r) in rs.iter().enumerate() {
-                            let mut pair = NodeValues {
-                                narrow: row_values[k].narrow.clone(),
-                                wide: row_values[k].wide.clone(),
-                            };
-                            self.load_inner(
-                                &mut pair,
-                                &arg_ptrs,
-                                scratch,
-                                jv,
-                                jt,
-                                params.inner_stride,
-                            );
-                            if let Some(slots) = &gram {
-                                self.load_gram(&mut pair.wide, slots, r, jv, jt);
-                            }
-                            self.emit_level(
-                                Level::Pair,
-                                &mut pair,
-                                &arg_ptrs,
-                                Some((jv, params.inner_stride)),
-                            );
-                            if let (Some(product), Some(slots), Some(wide)) =
-                                (&sched.wide, &gram, &wide)
-                            {
-                                let scalar = pair.wide[product.scalar]
-                                    .as_ref()
-                                    .expect("the scalar factor is computed")[0];
-                                self.store_wide_scalar(slots, wide, scalar, mask, r, jv, jt);
-                                continue;
-                            }
-                            let root = usize::from(self.formula.root());
-                            let value =
-                                pair.wide[root].clone().expect("the root is available wide");
-                            accs[k].fold(
-                                em,
-                                self.wide_f64,
-                                function,
-                                &value,
-                                index,
-                                mask,
-                                (acc_rows[k], jt),
-                            );
-                            // A cross tile (one row at a time) adds the row's last
-                            // components into its columns.
-                            if let Some(tile) = column_tile {
-                                let first = value.len() - self.columns;
-                                for (c, &v) in value[first..].iter().enumerate() {
-                                    let v = match mask {
-                                        Some(m) => em.select(m, v, em.constant(0.0, lanes)),
-                                        None => v,
-                                    };
-                                    let at = self
-                                        .add(offset, self.i64((c * self.column_stride()) as i64));
-                                    let sum = em.add(self.load(tile, at, lanes), v);
-                                    self.store(tile, at, sum);
-                                }
-                            }
-                        }
-                    };
-                    // Whole vectors, then one masked remainder.
-                    if wide.is_none() {
-                        for (acc, &acc_row) in accs.iter().zip(&acc_rows) {
-                            acc.init(em, self.wide_f64, acc_row);
-                        }
-                    }
-                    let last_full = self.sub(jt_end, self.i64(lanes as i64 - 1));
-                    self.emit_loop(
-                        function,
-                        jv_counter,
-                        jt,
-                        lanes as i64,
-                        |jv| self.less(jv, last_full),
-                        |jv| pair(jv, None),
-                    );
-                    let jv = built(em.builder.build_load(i64t, jv_counter, "jv")).into_int_value();
-                    let remaining = self.less(jv, jt_end);
-                    let tail = ctx.append_basic_block(function, "tail");
-                    let after = ctx.append_basic_block(function, "tail_done");
-                    built(em.builder.build_conditional_branch(remaining, tail, after));
-                    em.builder.position_at_end(tail);
-                    let mask = self.lane_mask(jv, jt_end, lanes);
-                    pair(jv, Some(mask));
-                    built(em.builder.build_unconditional_branch(after));
-                    em.builder.position_at_end(after);
+            params,
+            cols,
+            arg_ptrs,
+            call,
+            lane_acc,
+            lane_acc_second,
+            counters,
+            column_tile,
+            flush_counter,
+            gram,
+            wide,
+            scratch,
+        }
+    }
 
-                    // A wide product adds into the rows after the block's last.
-                    if wide.is_none() {
-                        for (acc, &acc_row) in accs.iter().zip(&acc_rows) {
-                            acc.merge_lanes_into(
-                                em,
-                                self.wide_f64,
-                                function,
-                                acc_row,
-                                jt,
-                                lane_counter,
-                            );
+    /// One inner tile `[jt, jt_end)`: its inner-only values, its Gram products, then every row
+    /// against it, then (a cross tile) its column sums flushed to the caller.
+    fn emit_inner_tile(&self, t: &TileFunction<'ctx>, jt: IntValue<'ctx>) {
+        let em = self.em;
+        let next = self.add(jt, self.i64(self.schedule.inner_tile as i64));
+        let jt_end = built(em.builder.build_select(
+            self.less(next, t.params.inner_end),
+            next,
+            t.params.inner_end,
+            "jt_end",
+        ))
+        .into_int_value();
+        if let Some(scratch) = t.scratch {
+            self.fill_scratch(t, scratch, (jt, jt_end));
+        }
+        if let Some(slots) = &t.gram {
+            self.emit_gram_tile(
+                t.function,
+                slots,
+                &t.arg_ptrs,
+                t.params.inner_stride,
+                jt,
+                jt_end,
+                t.scratch,
+            );
+        }
+        if let Some(tile) = t.column_tile {
+            let zero = em.constant(0.0, self.schedule.lanes);
+            let len = self.i64((self.columns * self.column_stride()) as i64);
+            self.emit_loop(
+                t.function,
+                t.counters.inner_vector,
+                self.i64(0),
+                self.schedule.lanes as i64,
+                |k| self.less(k, len),
+                |k| self.store(tile, k, zero),
+            );
+        }
+        self.emit_rows(t, (jt, jt_end));
+        if let (Some(tile), Some(cols), Some(flush_counter)) =
+            (t.column_tile, t.cols, t.flush_counter)
+        {
+            self.flush_columns(t.function, tile, cols, &t.params, jt, jt_end, flush_counter);
+        }
+    }
+
+    /// The inner-only parts of the formula, once per inner index of the tile, into the stack
+    /// buffer the pair code loads them from.
+    fn fill_scratch(
+        &self,
+        t: &TileFunction<'ctx>,
+        scratch: PointerValue<'ctx>,
+        (jt, jt_end): (IntValue<'ctx>, IntValue<'ctx>),
+    ) {
+        let sched = self.schedule;
+        self.emit_loop(
+            t.function,
+            t.counters.inner_vector,
+            jt,
+            sched.lanes as i64,
+            |jv| self.less(jv, jt_end),
+            |jv| {
+                let mut inner = t.call.clone();
+                let at = Some((jv, t.params.inner_stride));
+                self.emit_level(Level::Inner, &mut inner, &t.arg_ptrs, at);
+                let offset = self.sub(jv, jt);
+                for (k, slot) in sched.scratch_slots.iter().enumerate() {
+                    // Looped Gram operands are stored by the Gram product's loops.
+                    if let (Some(slot), true) = (slot, sched.live[k]) {
+                        let v = inner.wide[k].as_ref().expect("computed above");
+                        for (c, &x) in v.iter().enumerate() {
+                            let at =
+                                self.add(offset, self.i64(((slot + c) * sched.inner_tile) as i64));
+                            self.store(scratch, at, x);
                         }
                     }
-                };
-                let row_body = |r: IntValue<'ctx>| rows_body(&[r]);
-                if row_pairs {
-                    self.emit_loop(
-                        function,
-                        row_counter,
-                        params.row_start,
-                        2,
-                        |r| self.less(self.add(r, self.i64(1)), params.row_end),
-                        |r| rows_body(&[r, self.add(r, self.i64(1))]),
-                    );
-                    // An odd row count leaves the last row.
-                    let r = built(em.builder.build_load(i64t, row_counter, "r")).into_int_value();
-                    let last = ctx.append_basic_block(function, "last_row");
-                    let rows_done = ctx.append_basic_block(function, "rows_done");
-                    built(em.builder.build_conditional_branch(
-                        self.less(r, params.row_end),
-                        last,
-                        rows_done,
-                    ));
-                    em.builder.position_at_end(last);
-                    row_body(r);
-                    built(em.builder.build_unconditional_branch(rows_done));
-                    em.builder.position_at_end(rows_done);
-                } else {
-                    // With Gram products, each block of `gram_rows` rows starts with their
-                    // values (one row loop all the same: a loop over the rows of a block
-                    // would be unrolled, copying the pair code).
-                    self.emit_loop(
-                        function,
-                        row_counter,
-                        params.row_start,
-                        1,
-                        |r| self.less(r, params.row_end),
-                        |r| {
-                            if let Some(slots) = &gram {
-                                self.gram_block_if_first_row(
-                                    function,
-                                    slots,
-                                    &arg_ptrs,
-                                    &params,
-                                    r,
-                                    (jt, jt_end),
-                                    (&values, scratch),
-                                );
-                            }
-                            row_body(r);
-                            if let (Some(slots), Some(wide)) = (&gram, &wide) {
-                                self.wide_block_if_last_row(
-                                    function,
-                                    slots,
-                                    wide,
-                                    &arg_ptrs,
-                                    &params,
-                                    r,
-                                    (jt, jt_end),
-                                );
-                            }
-                        },
-                    );
-                }
-                if let (Some(tile), Some(cols), Some(flush_counter)) =
-                    (column_tile, cols, flush_counter)
-                {
-                    self.flush_columns(function, tile, cols, &params, jt, jt_end, flush_counter);
                 }
             },
         );
-        built(em.builder.build_return(None));
-        function
+    }
+
+    /// Every row against the inner tile: two at a time when the tile runs rows in pairs (an
+    /// odd last row alone), else one at a time, with a Gram product's block values first.
+    fn emit_rows(&self, t: &TileFunction<'ctx>, tile: (IntValue<'ctx>, IntValue<'ctx>)) {
+        let em = self.em;
+        let ctx = em.context;
+        let params = &t.params;
+        if t.lane_acc_second.is_some() {
+            self.emit_loop(
+                t.function,
+                t.counters.row,
+                params.row_start,
+                2,
+                |r| self.less(self.add(r, self.i64(1)), params.row_end),
+                |r| self.emit_row_block(t, &[r, self.add(r, self.i64(1))], tile),
+            );
+            // An odd row count leaves the last row.
+            let i64t = ctx.i64_type();
+            let r = built(em.builder.build_load(i64t, t.counters.row, "r")).into_int_value();
+            let last = ctx.append_basic_block(t.function, "last_row");
+            let rows_done = ctx.append_basic_block(t.function, "rows_done");
+            built(em.builder.build_conditional_branch(
+                self.less(r, params.row_end),
+                last,
+                rows_done,
+            ));
+            em.builder.position_at_end(last);
+            self.emit_row_block(t, &[r], tile);
+            built(em.builder.build_unconditional_branch(rows_done));
+            em.builder.position_at_end(rows_done);
+            return;
+        }
+        // With Gram products, each block of `gram_rows` rows starts with their values (one
+        // row loop all the same: a loop over the rows of a block would be unrolled, copying
+        // the pair code).
+        self.emit_loop(
+            t.function,
+            t.counters.row,
+            params.row_start,
+            1,
+            |r| self.less(r, params.row_end),
+            |r| {
+                if let Some(slots) = &t.gram {
+                    self.gram_block_if_first_row(
+                        t.function,
+                        slots,
+                        &t.arg_ptrs,
+                        params,
+                        r,
+                        tile,
+                        (&t.call, t.scratch),
+                    );
+                }
+                self.emit_row_block(t, &[r], tile);
+                if let (Some(slots), Some(wide)) = (&t.gram, &t.wide) {
+                    self.wide_block_if_last_row(
+                        t.function,
+                        slots,
+                        wide,
+                        &t.arg_ptrs,
+                        params,
+                        r,
+                        tile,
+                    );
+                }
+            },
+        );
+    }
+
+    /// One row, or two rows at once (their pair code shares the inner loads), against the
+    /// inner tile: their row-level values, then the whole vectors of inner indices and one
+    /// masked remainder, then the lanes merged into the rows' accumulators.
+    fn emit_row_block(
+        &self,
+        t: &TileFunction<'ctx>,
+        rows: &[IntValue<'ctx>],
+        (jt, jt_end): (IntValue<'ctx>, IntValue<'ctx>),
+    ) {
+        let em = self.em;
+        let ctx = em.context;
+        let lanes = self.schedule.lanes;
+        let acc_dim = self.signature.reduction.acc_dim() as i64;
+        let block = RowBlock {
+            rows,
+            accs: std::iter::once(&t.lane_acc)
+                .chain(&t.lane_acc_second)
+                .take(rows.len())
+                .collect(),
+            values: rows
+                .iter()
+                .map(|&r| {
+                    let mut row = t.call.clone();
+                    let at = Some((r, t.params.inner_stride));
+                    self.emit_level(Level::Row, &mut row, &t.arg_ptrs, at);
+                    self.broadcast(Level::Row, &mut row);
+                    row
+                })
+                .collect(),
+            acc_rows: rows
+                .iter()
+                .map(|&r| {
+                    let row_offset = self.mul(self.sub(r, t.params.row_start), self.i64(acc_dim));
+                    unsafe {
+                        built(em.builder.build_in_bounds_gep(
+                            ctx.f64_type(),
+                            t.params.acc,
+                            &[row_offset],
+                            "acc_row",
+                        ))
+                    }
+                })
+                .collect(),
+            jt,
+        };
+        // Whole vectors, then one masked remainder.
+        if t.wide.is_none() {
+            for (acc, &acc_row) in block.accs.iter().zip(&block.acc_rows) {
+                acc.init(em, self.wide_f64, acc_row);
+            }
+        }
+        let last_full = self.sub(jt_end, self.i64(lanes as i64 - 1));
+        self.emit_loop(
+            t.function,
+            t.counters.inner_vector,
+            jt,
+            lanes as i64,
+            |jv| self.less(jv, last_full),
+            |jv| self.emit_pairs(t, &block, jv, None),
+        );
+        let i64t = ctx.i64_type();
+        let jv = built(em.builder.build_load(i64t, t.counters.inner_vector, "jv")).into_int_value();
+        let remaining = self.less(jv, jt_end);
+        let tail = ctx.append_basic_block(t.function, "tail");
+        let after = ctx.append_basic_block(t.function, "tail_done");
+        built(em.builder.build_conditional_branch(remaining, tail, after));
+        em.builder.position_at_end(tail);
+        let mask = self.lane_mask(jv, jt_end, lanes);
+        self.emit_pairs(t, &block, jv, Some(mask));
+        built(em.builder.build_unconditional_branch(after));
+        em.builder.position_at_end(after);
+
+        // A wide product adds into the rows after the block's last.
+        if t.wide.is_none() {
+            for (acc, &acc_row) in block.accs.iter().zip(&block.acc_rows) {
+                acc.merge_lanes_into(
+                    em,
+                    self.wide_f64,
+                    t.function,
+                    acc_row,
+                    jt,
+                    t.counters.lane,
+                );
+            }
+        }
+    }
+
+    /// The pair code of the block's rows against one vector of inner indices `jv` (`mask`: the
+    /// lanes inside the tile, for the remainder), folded into their lane accumulators, or
+    /// stored for a wide product; a cross tile also adds the last components into its columns.
+    fn emit_pairs(
+        &self,
+        t: &TileFunction<'ctx>,
+        block: &RowBlock<'_, 'ctx>,
+        jv: IntValue<'ctx>,
+        mask: Option<Value<'ctx>>,
+    ) {
+        let em = self.em;
+        let lanes = self.schedule.lanes;
+        let jt = block.jt;
+        let offset = self.sub(jv, jt);
+        let index = em.add(
+            em.splat(
+                em.from_scalar(built(em.builder.build_signed_int_to_float(
+                    offset,
+                    em.float_type(),
+                    "rel",
+                ))),
+                lanes,
+            ),
+            self.iota(lanes),
+        );
+        for (k, &r) in block.rows.iter().enumerate() {
+            let mut pair = block.values[k].clone();
+            self.load_inner(
+                &mut pair,
+                &t.arg_ptrs,
+                t.scratch,
+                jv,
+                jt,
+                t.params.inner_stride,
+            );
+            if let Some(slots) = &t.gram {
+                self.load_gram(&mut pair.wide, slots, r, jv, jt);
+            }
+            self.emit_level(
+                Level::Pair,
+                &mut pair,
+                &t.arg_ptrs,
+                Some((jv, t.params.inner_stride)),
+            );
+            if let (Some(product), Some(slots), Some(wide)) =
+                (&self.schedule.wide, &t.gram, &t.wide)
+            {
+                let scalar = pair.wide[product.scalar]
+                    .as_ref()
+                    .expect("the scalar factor is computed")[0];
+                self.store_wide_scalar(slots, wide, scalar, mask, r, jv, jt);
+                continue;
+            }
+            let root = usize::from(self.formula.root());
+            let value = pair.wide[root].clone().expect("the root is available wide");
+            block.accs[k].fold(
+                em,
+                self.wide_f64,
+                t.function,
+                &value,
+                index,
+                mask,
+                (block.acc_rows[k], jt),
+            );
+            // A cross tile (one row at a time) adds the row's last components into its
+            // columns.
+            if let Some(tile) = t.column_tile {
+                let first = value.len() - self.columns;
+                for (c, &v) in value[first..].iter().enumerate() {
+                    let v = match mask {
+                        Some(m) => em.select(m, v, em.constant(0.0, lanes)),
+                        None => v,
+                    };
+                    let at = self.add(offset, self.i64((c * self.column_stride()) as i64));
+                    let sum = em.add(self.load(tile, at, lanes), v);
+                    self.store(tile, at, sum);
+                }
+            }
+        }
     }
 
     /// Adds the inner tile's column sums `[jt, jt_end)` (element type) into the caller's f64
