@@ -27,6 +27,7 @@ mod gram;
 mod wide;
 
 use super::formula::{Emitter, Value};
+use super::loops::LoopCode;
 use super::reduce::LaneAccumulators;
 use inkwell::values::{FunctionValue, IntValue, PointerValue};
 use inkwell::{AddressSpace, IntPredicate};
@@ -104,6 +105,12 @@ struct RowBlock<'r, 'ctx> {
     jt: IntValue<'ctx>,
 }
 
+impl<'ctx> LoopCode<'ctx> for TileEmitter<'_, '_, 'ctx> {
+    fn em(&self) -> &Emitter<'_, 'ctx> {
+        self.em
+    }
+}
+
 pub struct TileEmitter<'e, 'a, 'ctx> {
     em: &'e Emitter<'a, 'ctx>,
     wide_f64: &'e Emitter<'a, 'ctx>,
@@ -140,96 +147,6 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
     /// the rows, into the extra `cols` parameter of [`keops_runtime::CrossTileFn`].
     pub fn with_columns(self, columns: usize) -> Self {
         TileEmitter { columns, ..self }
-    }
-
-    fn i64(&self, v: i64) -> IntValue<'ctx> {
-        self.em.context.i64_type().const_int(v as u64, true)
-    }
-
-    fn elem_ptr(&self, base: PointerValue<'ctx>, index: IntValue<'ctx>) -> PointerValue<'ctx> {
-        // SAFETY (of the generated code): every index is inside the buffers the runtime passes,
-        // see `keops_runtime::TileFn`.
-        unsafe {
-            built(
-                self.em
-                    .builder
-                    .build_in_bounds_gep(self.em.float_type(), base, &[index], "p"),
-            )
-        }
-    }
-
-    /// A load of `lanes` consecutive elements, aligned only to the element.
-    fn load(&self, base: PointerValue<'ctx>, index: IntValue<'ctx>, lanes: u32) -> Value<'ctx> {
-        let v = built(self.em.builder.build_load(
-            self.em.vector_type(lanes),
-            self.elem_ptr(base, index),
-            "ld",
-        ));
-        let v = v.into_vector_value();
-        v.as_instruction()
-            .expect("a load")
-            .set_alignment(self.elem_bytes())
-            .expect("valid alignment");
-        v
-    }
-
-    fn store(&self, base: PointerValue<'ctx>, index: IntValue<'ctx>, v: Value<'ctx>) {
-        built(self.em.builder.build_store(self.elem_ptr(base, index), v))
-            .set_alignment(self.elem_bytes())
-            .expect("valid alignment");
-    }
-
-    fn elem_bytes(&self) -> u32 {
-        keops_middle::target::elem_bytes(self.em.scalar) as u32
-    }
-
-    fn add(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
-        built(self.em.builder.build_int_add(a, b, "add"))
-    }
-
-    fn mul(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
-        built(self.em.builder.build_int_mul(a, b, "mul"))
-    }
-
-    fn sub(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
-        built(self.em.builder.build_int_sub(a, b, "sub"))
-    }
-
-    fn less(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
-        built(
-            self.em
-                .builder
-                .build_int_compare(IntPredicate::SLT, a, b, "lt"),
-        )
-    }
-
-    /// `for (counter = start; cond(counter); counter += step) body(counter)`, through a stack
-    /// slot that LLVM promotes to a register.
-    fn emit_loop(
-        &self,
-        function: FunctionValue<'ctx>,
-        counter: PointerValue<'ctx>,
-        start: IntValue<'ctx>,
-        step: i64,
-        cond: impl FnOnce(IntValue<'ctx>) -> IntValue<'ctx>,
-        body: impl FnOnce(IntValue<'ctx>),
-    ) {
-        let ctx = self.em.context;
-        let b = self.em.builder;
-        let header = ctx.append_basic_block(function, "loop");
-        let inside = ctx.append_basic_block(function, "body");
-        let exit = ctx.append_basic_block(function, "exit");
-        built(b.build_store(counter, start));
-        built(b.build_unconditional_branch(header));
-        b.position_at_end(header);
-        let i = built(b.build_load(ctx.i64_type(), counter, "i")).into_int_value();
-        built(b.build_conditional_branch(cond(i), inside, exit));
-        b.position_at_end(inside);
-        body(i);
-        let i = built(b.build_load(ctx.i64_type(), counter, "i")).into_int_value();
-        built(b.build_store(counter, self.add(i, self.i64(step))));
-        built(b.build_unconditional_branch(header));
-        b.position_at_end(exit);
     }
 
     /// `for (v = start; v < end; v += lanes) body(v)`: the vectors of inner indices.
@@ -594,14 +511,7 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
         // A wide product adds into the rows after the block's last.
         if t.wide.is_none() {
             for (acc, &acc_row) in block.accs.iter().zip(&block.acc_rows) {
-                acc.merge_lanes_into(
-                    em,
-                    self.wide_f64,
-                    t.function,
-                    acc_row,
-                    jt,
-                    t.counters.lane,
-                );
+                acc.merge_lanes_into(em, self.wide_f64, t.function, acc_row, jt, t.counters.lane);
             }
         }
     }

@@ -20,6 +20,7 @@
 
 use super::formula::{Emitter, Value};
 use super::jit::{elem_bytes, CodegenError};
+use super::loops::LoopCode;
 use super::math::MathLib;
 use super::reduce::LaneAccumulators;
 use inkwell::attributes::{Attribute, AttributeLoc};
@@ -30,7 +31,7 @@ use inkwell::passes::PassBuilderOptions;
 use inkwell::targets::{FileType, InitializationConfig, Target, TargetTriple};
 use inkwell::types::BasicMetadataTypeEnum;
 use inkwell::values::{BasicMetadataValueEnum, FunctionValue, IntValue, PointerValue};
-use inkwell::{AddressSpace, IntPredicate, OptimizationLevel};
+use inkwell::{AddressSpace, OptimizationLevel};
 use keops_front::formula::{Formula, Op};
 use keops_middle::schedule::{Level, Schedule};
 use keops_middle::target::gpu::{self, GpuTarget};
@@ -296,6 +297,7 @@ pub fn compile_entry_with_schedule(
         signature,
         schedule: &schedule,
         entry,
+        dialect: &NVPTX,
         twin: false,
     }
     .emit(entry.symbol());
@@ -338,9 +340,48 @@ fn emit_ptx(module: &Module, target: &GpuTarget) -> Result<String, CodegenError>
     Ok(String::from_utf8_lossy(ptx.as_slice()).into_owned())
 }
 
-/// CUDA address spaces.
-const GLOBAL: u16 = 1;
-const SHARED: u16 = 3;
+/// What a GPU target names its own way: address spaces, special registers, the barrier, the
+/// calling convention of a kernel and the annotation that bounds its block size. The emitter
+/// reads them from here, so that another GPU target is another table, not a copy of the
+/// emitter. The host twin ([`HostTwin`]) replaces the registers and the barrier by parameters
+/// and a call, and the address spaces by the host's.
+pub struct GpuDialect {
+    /// The buffers the host passes.
+    pub global_space: u16,
+    /// The block's shared tile.
+    pub shared_space: u16,
+    /// Intrinsics that read the thread's index in its block, and the block's x and y indices.
+    pub thread_index: &'static str,
+    pub block_index_x: &'static str,
+    pub block_index_y: &'static str,
+    /// The intrinsic that waits for every thread of the block.
+    pub barrier: &'static str,
+    /// The calling convention of an entry point the host launches.
+    pub kernel_calling_convention: u32,
+    /// The named metadata, and its key, that bound the block size.
+    pub annotations: &'static str,
+    pub block_size_key: &'static str,
+}
+
+/// NVIDIA's: CUDA's address spaces, PTX's special registers, `bar.sync 0`, `PTX_Kernel`, and
+/// `.maxntid` through `nvvm.annotations`.
+pub const NVPTX: GpuDialect = GpuDialect {
+    global_space: 1,
+    shared_space: 3,
+    thread_index: "llvm.nvvm.read.ptx.sreg.tid.x",
+    block_index_x: "llvm.nvvm.read.ptx.sreg.ctaid.x",
+    block_index_y: "llvm.nvvm.read.ptx.sreg.ctaid.y",
+    barrier: "llvm.nvvm.barrier0",
+    kernel_calling_convention: 71,
+    annotations: "nvvm.annotations",
+    block_size_key: "maxntidx",
+};
+
+impl<'ctx> LoopCode<'ctx> for GpuTileEmitter<'_, '_, 'ctx> {
+    fn em(&self) -> &Emitter<'_, 'ctx> {
+        self.em
+    }
+}
 
 struct GpuTileEmitter<'e, 'a, 'ctx> {
     em: &'e Emitter<'a, 'ctx>,
@@ -349,6 +390,7 @@ struct GpuTileEmitter<'e, 'a, 'ctx> {
     signature: &'e Signature,
     schedule: &'e GpuSchedule,
     entry: GpuEntry,
+    dialect: &'static GpuDialect,
     /// Emit the host twin ([`HostTwin`]) instead of the NVPTX kernel.
     twin: bool,
 }
@@ -362,66 +404,39 @@ struct TileLoopState<'l, 'ctx> {
     tile_acc: &'l LaneAccumulators<'ctx>,
 }
 
+/// The kernel function and its parameters.
+struct KernelParams<'ctx> {
+    function: FunctionValue<'ctx>,
+    /// The arguments' buffers.
+    args: Vec<PointerValue<'ctx>>,
+    /// The rows' accumulators (the entry's last own parameter).
+    acc_out: PointerValue<'ctx>,
+    /// How many parameters the entry has after the arguments.
+    fixed: usize,
+    /// A null pointer of the buffers' address space.
+    null: PointerValue<'ctx>,
+}
+
+impl<'ctx> KernelParams<'ctx> {
+    /// The entry's own parameter `k` (after the arguments).
+    fn param(&self, k: usize) -> inkwell::values::BasicValueEnum<'ctx> {
+        let at = (self.args.len() + k) as u32;
+        self.function.get_nth_param(at).expect("declared")
+    }
+}
+
+/// Where a thread runs, and its block's shared tile (none when nothing is staged).
+struct ThreadPlace<'ctx> {
+    thread: IntValue<'ctx>,
+    block_index: IntValue<'ctx>,
+    part: IntValue<'ctx>,
+    shared: Option<PointerValue<'ctx>>,
+}
+
 /// Values of the nodes computed so far, one lane wide.
 type NodeValues<'ctx> = Vec<Option<Vec<Value<'ctx>>>>;
 
 impl<'ctx> GpuTileEmitter<'_, '_, 'ctx> {
-    fn i64(&self, v: i64) -> IntValue<'ctx> {
-        self.em.context.i64_type().const_int(v as u64, true)
-    }
-
-    fn add(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
-        built(self.em.builder.build_int_add(a, b, "add"))
-    }
-
-    fn mul(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
-        built(self.em.builder.build_int_mul(a, b, "mul"))
-    }
-
-    fn less(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
-        built(
-            self.em
-                .builder
-                .build_int_compare(IntPredicate::SLT, a, b, "lt"),
-        )
-    }
-
-    fn min(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
-        built(self.em.builder.build_select(self.less(a, b), a, b, "min")).into_int_value()
-    }
-
-    fn elem_ptr(&self, base: PointerValue<'ctx>, index: IntValue<'ctx>) -> PointerValue<'ctx> {
-        // SAFETY (of the generated code): every index is inside the buffers of the calling
-        // convention (`keops_runtime::gpu`), or inside the shared tile.
-        unsafe {
-            built(
-                self.em
-                    .builder
-                    .build_in_bounds_gep(self.em.float_type(), base, &[index], "p"),
-            )
-        }
-    }
-
-    fn load(&self, base: PointerValue<'ctx>, index: IntValue<'ctx>) -> Value<'ctx> {
-        let v = built(self.em.builder.build_load(
-            self.em.vector_type(1),
-            self.elem_ptr(base, index),
-            "ld",
-        ))
-        .into_vector_value();
-        v.as_instruction()
-            .expect("a load")
-            .set_alignment(elem_bytes(self.em.scalar) as u32)
-            .expect("valid alignment");
-        v
-    }
-
-    fn store(&self, base: PointerValue<'ctx>, index: IntValue<'ctx>, v: Value<'ctx>) {
-        built(self.em.builder.build_store(self.elem_ptr(base, index), v))
-            .set_alignment(elem_bytes(self.em.scalar) as u32)
-            .expect("valid alignment");
-    }
-
     /// An i64 of a work list (the block-sparse kernel's `blocks` and `ranges`).
     fn load_i64(&self, base: PointerValue<'ctx>, index: IntValue<'ctx>) -> IntValue<'ctx> {
         let i64t = self.em.context.i64_type();
@@ -446,7 +461,7 @@ impl<'ctx> GpuTileEmitter<'_, '_, 'ctx> {
         let em = self.em;
         let function = Intrinsic::find(name)
             .and_then(|i| i.get_declaration(em.module, &[]))
-            .unwrap_or_else(|| panic!("LLVM 19 has the NVPTX intrinsic {name}"));
+            .unwrap_or_else(|| panic!("LLVM 19 has the intrinsic {name}"));
         let v = built(em.builder.build_call(function, &[], "sreg"))
             .try_as_basic_value()
             .basic()
@@ -471,50 +486,11 @@ impl<'ctx> GpuTileEmitter<'_, '_, 'ctx> {
             built(em.builder.build_call(function, &[], ""));
             return;
         }
-        let function = Intrinsic::find("llvm.nvvm.barrier0")
+        let barrier = self.dialect.barrier;
+        let function = Intrinsic::find(barrier)
             .and_then(|i| i.get_declaration(em.module, &[]))
-            .expect("LLVM 19 has llvm.nvvm.barrier0");
+            .unwrap_or_else(|| panic!("LLVM 19 has the intrinsic {barrier}"));
         built(em.builder.build_call(function, &[], ""));
-    }
-
-    /// `for (counter = start; counter < end; counter += step) body(counter)`.
-    fn emit_loop(
-        &self,
-        function: FunctionValue<'ctx>,
-        counter: PointerValue<'ctx>,
-        start: IntValue<'ctx>,
-        end: IntValue<'ctx>,
-        step: i64,
-        body: impl FnOnce(IntValue<'ctx>),
-    ) {
-        let ctx = self.em.context;
-        let b = self.em.builder;
-        let header = ctx.append_basic_block(function, "loop");
-        let inside = ctx.append_basic_block(function, "body");
-        let exit = ctx.append_basic_block(function, "exit");
-        built(b.build_store(counter, start));
-        built(b.build_unconditional_branch(header));
-        b.position_at_end(header);
-        let i = built(b.build_load(ctx.i64_type(), counter, "i")).into_int_value();
-        built(b.build_conditional_branch(self.less(i, end), inside, exit));
-        b.position_at_end(inside);
-        body(i);
-        let i = built(b.build_load(ctx.i64_type(), counter, "i")).into_int_value();
-        built(b.build_store(counter, self.add(i, self.i64(step))));
-        built(b.build_unconditional_branch(header));
-        b.position_at_end(exit);
-    }
-
-    /// `if cond { body }`, the builder left after it.
-    fn emit_if(&self, function: FunctionValue<'ctx>, cond: IntValue<'ctx>, body: impl FnOnce()) {
-        let ctx = self.em.context;
-        let then = ctx.append_basic_block(function, "then");
-        let after = ctx.append_basic_block(function, "endif");
-        built(self.em.builder.build_conditional_branch(cond, then, after));
-        self.em.builder.position_at_end(then);
-        body();
-        built(self.em.builder.build_unconditional_branch(after));
-        self.em.builder.position_at_end(after);
     }
 
     /// The static shared tile: `staged_dim x block` numbers, component-major, so that a
@@ -529,10 +505,11 @@ impl<'ctx> GpuTileEmitter<'_, '_, 'ctx> {
         }
         let len = sched.staged_dim * sched.launch.block as usize;
         let ty = self.em.float_type().array_type(len as u32);
-        let tile =
-            self.em
-                .module
-                .add_global(ty, Some(AddressSpace::from(SHARED)), "keops_inner_tile");
+        let tile = self.em.module.add_global(
+            ty,
+            Some(AddressSpace::from(self.dialect.shared_space)),
+            "keops_inner_tile",
+        );
         tile.set_linkage(Linkage::Internal);
         tile.set_initializer(&ty.get_undef());
         tile.set_alignment(16);
@@ -542,7 +519,103 @@ impl<'ctx> GpuTileEmitter<'_, '_, 'ctx> {
     fn emit(&self, name: &str) -> FunctionValue<'ctx> {
         let em = self.em;
         let ctx = em.context;
-        let global = ctx.ptr_type(AddressSpace::from(if self.twin { 0 } else { GLOBAL }));
+        let kernel = self.declare(name);
+        let function = kernel.function;
+        em.builder
+            .position_at_end(ctx.append_basic_block(function, "entry"));
+        let red = self.signature.reduction;
+        let acc_dim = red.acc_dim();
+        let f64t = ctx.f64_type();
+        let i64t = ctx.i64_type();
+        // Stack slots first, in the entry block, so that LLVM promotes them to registers.
+        let acc_row = built(em.builder.build_array_alloca(
+            f64t,
+            self.i64(acc_dim.max(1) as i64),
+            "acc_row",
+        ));
+        let tile_acc = LaneAccumulators::allocate(em, red, 1);
+        let counters: Vec<PointerValue<'ctx>> = (0..4)
+            .map(|_| built(em.builder.build_alloca(i64t, "counter")))
+            .collect();
+        let loop_state = TileLoopState {
+            tile_counter: counters[0],
+            pair_counter: counters[1],
+            lane_counter: counters[2],
+            acc_row,
+            tile_acc: &tile_acc,
+        };
+        let range_counter = counters[3];
+        let place = self.place(&kernel);
+        // The block's rows (and, for the 1-D kernel, its part of the inner range).
+        let block = self.schedule.launch.block as i64;
+        let (first_row, end_row, output_row) = match self.entry {
+            GpuEntry::Tiles => {
+                let rows = kernel.param(0).into_int_value();
+                let first = self.mul(place.block_index, self.i64(block));
+                let part_rows = self.mul(place.part, rows);
+                (first, rows, part_rows)
+            }
+            GpuEntry::Ranges => {
+                let blocks = kernel.param(0).into_pointer_value();
+                let entry = self.mul(place.block_index, self.i64(4));
+                let first = self.load_i64(blocks, entry);
+                let end = self.load_i64(blocks, self.add(entry, self.i64(1)));
+                (first, end, self.i64(0))
+            }
+        };
+        let row = self.add(first_row, place.thread);
+        let active = self.less(row, end_row);
+        // Threads past the block's last row compute that row: they reach every barrier and
+        // their loads stay in bounds (a block has one row at least).
+        let last = built(em.builder.build_int_sub(end_row, self.i64(1), "last"));
+        let computed_row =
+            built(em.builder.build_select(active, row, last, "row")).into_int_value();
+        self.init_row_accumulator(acc_row);
+
+        let mut values: NodeValues<'ctx> = vec![None; self.formula.len()];
+        self.emit_level(Level::Call, &mut values, &kernel.args, None);
+        self.emit_level(Level::Row, &mut values, &kernel.args, Some(computed_row));
+        self.emit_inner_ranges(&kernel, &place, &loop_state, range_counter, &values);
+
+        self.emit_if(function, active, || {
+            let first = self.mul(self.add(output_row, row), self.i64(acc_dim as i64));
+            for k in 0..acc_dim {
+                let from = unsafe {
+                    built(em.builder.build_in_bounds_gep(
+                        f64t,
+                        acc_row,
+                        &[self.i64(k as i64)],
+                        "slot",
+                    ))
+                };
+                let x = built(em.builder.build_load(f64t, from, "acc"));
+                let to = unsafe {
+                    built(em.builder.build_in_bounds_gep(
+                        f64t,
+                        kernel.acc_out,
+                        &[self.add(first, self.i64(k as i64))],
+                        "out",
+                    ))
+                };
+                built(em.builder.build_store(to, x));
+            }
+        });
+        built(em.builder.build_return(None));
+        function
+    }
+
+    /// The kernel function and its parameters: the arguments' buffers, then the entry's own
+    /// (rows, inner, chunk, acc for the 1-D kernel; blocks, ranges, acc for the block-sparse
+    /// one), then for the host twin the special registers and the shared tile.
+    fn declare(&self, name: &str) -> KernelParams<'ctx> {
+        let em = self.em;
+        let ctx = em.context;
+        let space = if self.twin {
+            0
+        } else {
+            self.dialect.global_space
+        };
+        let global = ctx.ptr_type(AddressSpace::from(space));
         let i64t = ctx.i64_type();
         let n_args = self.formula.vars.len();
         let mut params: Vec<BasicMetadataTypeEnum> = (0..n_args).map(|_| global.into()).collect();
@@ -576,8 +649,7 @@ impl<'ctx> GpuTileEmitter<'_, '_, 'ctx> {
             .module
             .add_function(name, ctx.void_type().fn_type(&params, false), None);
         if !self.twin {
-            // PTX_Kernel: an entry point the host launches.
-            function.set_call_conventions(71);
+            function.set_call_conventions(self.dialect.kernel_calling_convention);
             self.annotate_block_size(function);
         }
         // The buffers are distinct (the calling convention): loads may use the read-only path.
@@ -586,76 +658,42 @@ impl<'ctx> GpuTileEmitter<'_, '_, 'ctx> {
             function.add_attribute(AttributeLoc::Param(k as u32), noalias);
         }
         let param = |k: usize| function.get_nth_param(k as u32).expect("declared above");
-        let args: Vec<PointerValue<'ctx>> =
-            (0..n_args).map(|k| param(k).into_pointer_value()).collect();
-        let acc_out = param(n_args + fixed - 1).into_pointer_value();
+        KernelParams {
+            function,
+            args: (0..n_args).map(|k| param(k).into_pointer_value()).collect(),
+            acc_out: param(n_args + fixed - 1).into_pointer_value(),
+            fixed,
+            null: global.const_null(),
+        }
+    }
 
-        em.builder
-            .position_at_end(ctx.append_basic_block(function, "entry"));
+    /// Where the thread runs: its index in the block, the block's index (x) and part of the
+    /// inner range (y), and the block's shared tile; from the special registers, or the host
+    /// twin's parameters.
+    fn place(&self, kernel: &KernelParams<'ctx>) -> ThreadPlace<'ctx> {
+        let extra = |k: usize| kernel.param(kernel.fixed + k);
+        if self.twin {
+            return ThreadPlace {
+                thread: extra(0).into_int_value(),
+                block_index: extra(1).into_int_value(),
+                part: extra(2).into_int_value(),
+                shared: self.shared_tile(extra(3).into_pointer_value()),
+            };
+        }
+        ThreadPlace {
+            thread: self.special_register(self.dialect.thread_index),
+            block_index: self.special_register(self.dialect.block_index_x),
+            part: self.special_register(self.dialect.block_index_y),
+            shared: self.shared_tile(kernel.null),
+        }
+    }
+
+    /// The row's f64 accumulator, set to the reduction's initial value.
+    fn init_row_accumulator(&self, acc_row: PointerValue<'ctx>) {
+        let em = self.em;
+        let f64t = em.context.f64_type();
         let red = self.signature.reduction;
-        let acc_dim = red.acc_dim();
-        let f64t = ctx.f64_type();
-        // Stack slots first, in the entry block, so that LLVM promotes them to registers.
-        let acc_row = built(em.builder.build_array_alloca(
-            f64t,
-            self.i64(acc_dim.max(1) as i64),
-            "acc_row",
-        ));
-        let tile_acc = LaneAccumulators::allocate(em, red, 1);
-        let counters: Vec<PointerValue<'ctx>> = (0..4)
-            .map(|_| built(em.builder.build_alloca(i64t, "counter")))
-            .collect();
-        let loop_state = TileLoopState {
-            tile_counter: counters[0],
-            pair_counter: counters[1],
-            lane_counter: counters[2],
-            acc_row,
-            tile_acc: &tile_acc,
-        };
-        let range_counter = counters[3];
-        let (thread, block_index, part, shared) = if self.twin {
-            let tile = param(n_args + fixed + 3).into_pointer_value();
-            (
-                param(n_args + fixed).into_int_value(),
-                param(n_args + fixed + 1).into_int_value(),
-                param(n_args + fixed + 2).into_int_value(),
-                self.shared_tile(tile),
-            )
-        } else {
-            let none = global.const_null();
-            (
-                self.special_register("llvm.nvvm.read.ptx.sreg.tid.x"),
-                self.special_register("llvm.nvvm.read.ptx.sreg.ctaid.x"),
-                self.special_register("llvm.nvvm.read.ptx.sreg.ctaid.y"),
-                self.shared_tile(none),
-            )
-        };
-        // The block's rows (and, for the 1-D kernel, its part of the inner range).
-        let block = self.schedule.launch.block as i64;
-        let (first_row, end_row, output_row) = match self.entry {
-            GpuEntry::Tiles => {
-                let rows = param(n_args).into_int_value();
-                let first = self.mul(block_index, self.i64(block));
-                let part_rows = self.mul(part, rows);
-                (first, rows, part_rows)
-            }
-            GpuEntry::Ranges => {
-                let blocks = param(n_args).into_pointer_value();
-                let entry = self.mul(block_index, self.i64(4));
-                let first = self.load_i64(blocks, entry);
-                let end = self.load_i64(blocks, self.add(entry, self.i64(1)));
-                (first, end, self.i64(0))
-            }
-        };
-        let row = self.add(first_row, thread);
-        let active = self.less(row, end_row);
-        // Threads past the block's last row compute that row: they reach every barrier and
-        // their loads stay in bounds (a block has one row at least).
-        let last = built(em.builder.build_int_sub(end_row, self.i64(1), "last"));
-        let computed_row =
-            built(em.builder.build_select(active, row, last, "row")).into_int_value();
-
-        let mut initial = vec![0.0f64; acc_dim];
+        let mut initial = vec![0.0f64; red.acc_dim()];
         red.init(&mut initial);
         for (k, &x) in initial.iter().enumerate() {
             let slot = unsafe {
@@ -666,74 +704,57 @@ impl<'ctx> GpuTileEmitter<'_, '_, 'ctx> {
             };
             built(em.builder.build_store(slot, f64t.const_float(x)));
         }
+    }
 
-        let mut values: NodeValues<'ctx> = vec![None; self.formula.len()];
-        self.emit_level(Level::Call, &mut values, &args, None);
-        self.emit_level(Level::Row, &mut values, &args, Some(computed_row));
-
+    /// The inner indices the block goes over, tile by tile: its part of the whole range
+    /// (the 1-D kernel), or each range of its row cluster (the block-sparse kernel).
+    fn emit_inner_ranges(
+        &self,
+        kernel: &KernelParams<'ctx>,
+        place: &ThreadPlace<'ctx>,
+        loop_state: &TileLoopState<'_, 'ctx>,
+        range_counter: PointerValue<'ctx>,
+        values: &NodeValues<'ctx>,
+    ) {
+        let function = kernel.function;
+        let staging = (place.thread, place.shared);
         match self.entry {
             GpuEntry::Tiles => {
                 // This block's part of the inner range (the whole range in the 1-D schedule).
-                let inner = param(n_args + 1).into_int_value();
-                let chunk = param(n_args + 2).into_int_value();
-                let lo = self.min(self.mul(part, chunk), inner);
+                let inner = kernel.param(1).into_int_value();
+                let chunk = kernel.param(2).into_int_value();
+                let lo = self.min(self.mul(place.part, chunk), inner);
                 let hi = self.min(self.add(lo, chunk), inner);
                 self.emit_tiles(
                     function,
-                    &loop_state,
-                    &values,
-                    &args,
-                    (thread, shared),
+                    loop_state,
+                    values,
+                    &kernel.args,
+                    staging,
                     (lo, hi),
                 );
             }
             GpuEntry::Ranges => {
-                let blocks = param(n_args).into_pointer_value();
-                let ranges = param(n_args + 1).into_pointer_value();
-                let entry = self.mul(block_index, self.i64(4));
+                let blocks = kernel.param(0).into_pointer_value();
+                let ranges = kernel.param(1).into_pointer_value();
+                let entry = self.mul(place.block_index, self.i64(4));
                 let from = self.load_i64(blocks, self.add(entry, self.i64(2)));
                 let to = self.load_i64(blocks, self.add(entry, self.i64(3)));
-                self.emit_loop(function, range_counter, from, to, 1, |k| {
+                self.emit_loop_to(function, range_counter, (from, to), 1, |k| {
                     let at = self.mul(k, self.i64(2));
                     let lo = self.load_i64(ranges, at);
                     let hi = self.load_i64(ranges, self.add(at, self.i64(1)));
                     self.emit_tiles(
                         function,
-                        &loop_state,
-                        &values,
-                        &args,
-                        (thread, shared),
+                        loop_state,
+                        values,
+                        &kernel.args,
+                        staging,
                         (lo, hi),
                     );
                 });
             }
         }
-
-        self.emit_if(function, active, || {
-            let first = self.mul(self.add(output_row, row), self.i64(acc_dim as i64));
-            for k in 0..acc_dim {
-                let from = unsafe {
-                    built(em.builder.build_in_bounds_gep(
-                        f64t,
-                        acc_row,
-                        &[self.i64(k as i64)],
-                        "slot",
-                    ))
-                };
-                let x = built(em.builder.build_load(f64t, from, "acc"));
-                let to = unsafe {
-                    built(em.builder.build_in_bounds_gep(
-                        f64t,
-                        acc_out,
-                        &[self.add(first, self.i64(k as i64))],
-                        "out",
-                    ))
-                };
-                built(em.builder.build_store(to, x));
-            }
-        });
-        built(em.builder.build_return(None));
-        function
     }
 
     /// The tiles of the inner range `[lo, hi)`: each staged through shared memory by the
@@ -749,7 +770,7 @@ impl<'ctx> GpuTileEmitter<'_, '_, 'ctx> {
     ) {
         let em = self.em;
         let block = self.schedule.launch.block as i64;
-        self.emit_loop(function, state.tile_counter, lo, hi, block, |start| {
+        self.emit_loop_to(function, state.tile_counter, (lo, hi), block, |start| {
             if let Some(shared) = shared {
                 let index = self.add(start, thread);
                 self.emit_if(function, self.less(index, hi), || {
@@ -764,7 +785,7 @@ impl<'ctx> GpuTileEmitter<'_, '_, 'ctx> {
                 built(em.builder.build_int_sub(hi, start, "left")),
             );
             state.tile_acc.init(em, self.wide, state.acc_row);
-            self.emit_loop(function, state.pair_counter, self.i64(0), count, 1, |t| {
+            self.emit_loop_to(function, state.pair_counter, (self.i64(0), count), 1, |t| {
                 let mut pair = values.clone();
                 if let Some(shared) = shared {
                     self.unstage(&mut pair, shared, t);
@@ -808,14 +829,14 @@ impl<'ctx> GpuTileEmitter<'_, '_, 'ctx> {
         let i32t = ctx.i32_type();
         let node = ctx.metadata_node(&[
             BasicMetadataValueEnum::PointerValue(function.as_global_value().as_pointer_value()),
-            ctx.metadata_string("maxntidx").into(),
+            ctx.metadata_string(self.dialect.block_size_key).into(),
             i32t.const_int(self.schedule.launch.block as u64, false)
                 .into(),
         ]);
         self.em
             .module
-            .add_global_metadata("nvvm.annotations", &node)
-            .expect("nvvm.annotations takes metadata nodes");
+            .add_global_metadata(self.dialect.annotations, &node)
+            .expect("the annotations take metadata nodes");
     }
 
     /// Thread `thread`'s staged values into the shared tile.
@@ -847,7 +868,7 @@ impl<'ctx> GpuTileEmitter<'_, '_, 'ctx> {
                     (0..dim)
                         .map(|c| {
                             let at = self.add(t, self.i64((slot + c) as i64 * block));
-                            self.load(shared, at)
+                            self.load(shared, at, 1)
                         })
                         .collect(),
                 );
@@ -880,7 +901,7 @@ impl<'ctx> GpuTileEmitter<'_, '_, 'ctx> {
                     }
                 };
                 (0..dim)
-                    .map(|c| self.load(base, self.add(first, self.i64(c as i64))))
+                    .map(|c| self.load(base, self.add(first, self.i64(c as i64)), 1))
                     .collect()
             } else {
                 let operands: Vec<&[Value<'ctx>]> = node
@@ -1176,6 +1197,7 @@ impl HostTwin {
             signature,
             schedule: &schedule,
             entry,
+            dialect: &NVPTX,
             twin: true,
         }
         .emit(entry.symbol());

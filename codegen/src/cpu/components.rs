@@ -4,6 +4,7 @@
 
 use super::{built, TileEmitter};
 use crate::formula::Value;
+use crate::loops::LoopCode;
 use inkwell::values::{IntValue, PointerValue};
 use keops_front::formula::Op;
 use keops_middle::schedule::Level;

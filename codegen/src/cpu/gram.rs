@@ -24,6 +24,7 @@
 use super::components::LoopedOperand;
 use super::{built, NodeValues, Params, TileEmitter};
 use crate::formula::Value;
+use crate::loops::LoopCode;
 use crate::reduce::reduce_or;
 use inkwell::values::{FunctionValue, IntValue, PointerValue};
 use inkwell::{FloatPredicate, IntPredicate};

@@ -17,6 +17,7 @@
 use super::gram::GramSlots;
 use super::{built, Params, TileEmitter};
 use crate::formula::Value;
+use crate::loops::LoopCode;
 use crate::reduce::{rescale_factor, shifted_exp_term};
 use inkwell::values::{FunctionValue, IntValue, PointerValue};
 use inkwell::{FloatPredicate, IntPredicate};
