@@ -123,12 +123,21 @@ pub fn load_gpu_entry(
             compiled.schedule.launch,
         )
     };
-    let compiled = compile_gpu_entry(kernel, dtype, entry)?;
+    let (target, budget) = gpu_target();
+    let optimized = optimized(kernel, &budget)?;
+    let compiled = generated(|| {
+        crate::codegen::nvptx::compile_entry_tuned(
+            &optimized.formula,
+            &kernel.signature,
+            dtype,
+            &target,
+            entry,
+        )
+    })?;
     let loaded = load(&compiled)?;
     if !compiled.registers.is_empty() {
         return Ok(loaded);
     }
-    let (target, budget) = gpu_target();
     let launch = compiled.schedule.launch;
     let block = target.block_for_occupancy(
         launch.block,
@@ -138,7 +147,9 @@ pub fn load_gpu_entry(
     if block == launch.block {
         return Ok(loaded);
     }
-    let retuned = optimized_for_then(kernel, &budget, |formula| {
+    // The same optimised formula, another block size.
+    let retuned = generated(|| {
+        let formula = &optimized.formula;
         let schedule = crate::codegen::nvptx::GpuSchedule::with_block(
             formula,
             &kernel.signature,
@@ -166,62 +177,90 @@ pub fn compile_cpu_cross(
     columns: usize,
     dtype: DType,
 ) -> Result<JitCrossKernel, EvalError> {
-    let red = kernel.signature.reduction;
+    let optimized = optimized(kernel, &opt::OptBudget::default())?;
+    compile_cpu_cross_optimized(&optimized, columns, dtype)
+}
+
+/// [`compile_cpu_cross`] of a kernel already optimised (once for every dtype).
+pub fn compile_cpu_cross_optimized(
+    optimized: &opt::OptimizedKernel,
+    columns: usize,
+    dtype: DType,
+) -> Result<JitCrossKernel, EvalError> {
+    let red = optimized.signature.reduction;
     if red.kind != ReductionKind::Sum || columns == 0 || columns > red.fdim {
         return Err(EvalError::Codegen(CodegenError::Internal {
             stage: "cross pass",
             message: format!(
                 "kernel `{}` ({}) cannot send {columns} of its components to the columns",
-                kernel.name, red.kind
+                optimized.name, red.kind
             ),
         }));
     }
-    let mut rows = kernel.signature.clone();
+    let mut rows = optimized.signature.clone();
     rows.reduction = Reduction::new(ReductionKind::Sum, red.fdim - columns);
-    optimized_then(kernel, |formula| {
-        JitCrossKernel::compile(formula, &rows, columns, dtype, &crate::codegen::host_cpu())
-    })
-}
-
-/// Optimises a checked kernel and compiles it to host machine code for `dtype`.
-pub fn compile_cpu(kernel: &CheckedKernel, dtype: DType) -> Result<JitKernel, EvalError> {
-    // Derivatives were expanded when the kernel was compiled: nothing here can fail on the
-    // user's formula.
-    optimized_then(kernel, |formula| {
-        JitKernel::compile(
-            formula,
-            &kernel.signature,
+    generated(|| {
+        JitCrossKernel::compile(
+            &optimized.formula,
+            &rows,
+            columns,
             dtype,
             &crate::codegen::host_cpu(),
         )
     })
 }
 
-/// Optimises `kernel` at the CPU's prices and hands its formula to `compile`, on the
-/// compiler's own stack: a panic (a broken invariant) becomes an internal error.
-fn optimized_then<T: Send>(
-    kernel: &CheckedKernel,
-    compile: impl FnOnce(&crate::formula::Formula) -> Result<T, CodegenError> + Send,
-) -> Result<T, EvalError> {
-    optimized_for_then(kernel, &opt::OptBudget::default(), compile)
+/// Optimises a checked kernel and compiles it to host machine code for `dtype`.
+pub fn compile_cpu(kernel: &CheckedKernel, dtype: DType) -> Result<JitKernel, EvalError> {
+    compile_cpu_optimized(&optimized(kernel, &opt::OptBudget::default())?, dtype)
 }
 
-/// [`optimized_then`] within `budget` (and at its prices).
-fn optimized_for_then<T: Send>(
+/// [`compile_cpu`] of a kernel already optimised at the CPU's prices (once for every dtype).
+pub fn compile_cpu_optimized(
+    optimized: &opt::OptimizedKernel,
+    dtype: DType,
+) -> Result<JitKernel, EvalError> {
+    generated(|| {
+        JitKernel::compile(
+            &optimized.formula,
+            &optimized.signature,
+            dtype,
+            &crate::codegen::host_cpu(),
+        )
+    })
+}
+
+/// `kernel` through the middle end within `budget` (and at its prices), on the compiler's own
+/// stack. Derivatives were expanded when the kernel was checked: nothing here can fail on the
+/// user's formula, and an error is a broken invariant (an internal error).
+pub fn optimized(
     kernel: &CheckedKernel,
     budget: &opt::OptBudget,
-    compile: impl FnOnce(&crate::formula::Formula) -> Result<T, CodegenError> + Send,
-) -> Result<T, EvalError> {
+) -> Result<opt::OptimizedKernel, EvalError> {
     crate::isolate::on_compiler_stack(|| {
-        let optimized = opt::optimize(kernel, budget).map_err(|d| CodegenError::Internal {
-            stage: d.internal.unwrap_or("optimiser"),
-            message: d.message,
-        })?;
-        Ok(compile(&optimized.formula)?)
+        opt::optimize(kernel, budget).map_err(|d| {
+            EvalError::Codegen(CodegenError::Internal {
+                stage: d.internal.unwrap_or("optimiser"),
+                message: d.message,
+            })
+        })
     })
     .unwrap_or_else(|panic| {
         Err(EvalError::Codegen(CodegenError::Internal {
-            stage: "the optimiser or code generation",
+            stage: "the optimiser",
+            message: panic,
+        }))
+    })
+}
+
+/// Runs code generation on the compiler's own stack: a panic (a broken invariant) becomes an
+/// internal error.
+fn generated<T: Send>(
+    generate: impl FnOnce() -> Result<T, CodegenError> + Send,
+) -> Result<T, EvalError> {
+    crate::isolate::on_compiler_stack(|| Ok(generate()?)).unwrap_or_else(|panic| {
+        Err(EvalError::Codegen(CodegenError::Internal {
+            stage: "code generation",
             message: panic,
         }))
     })
@@ -251,9 +290,10 @@ pub fn compile_gpu_entry(
     entry: crate::codegen::nvptx::GpuEntry,
 ) -> Result<crate::codegen::nvptx::PtxKernel, EvalError> {
     let (target, budget) = gpu_target();
-    optimized_for_then(kernel, &budget, |formula| {
+    let optimized = optimized(kernel, &budget)?;
+    generated(|| {
         crate::codegen::nvptx::compile_entry_tuned(
-            formula,
+            &optimized.formula,
             &kernel.signature,
             dtype,
             &target,
@@ -266,7 +306,9 @@ pub fn compile_gpu_entry(
 /// prices, its GPU schedule, PTX and ptxas's report ([`crate::codegen::nvptx::explain_ptx`]).
 pub fn explain_gpu(kernel: &CheckedKernel, dtype: DType) -> Result<String, EvalError> {
     let (target, budget) = gpu_target();
-    optimized_for_then(kernel, &budget, |formula| {
+    let optimized = optimized(kernel, &budget)?;
+    let formula = &optimized.formula;
+    generated(|| {
         let text = crate::codegen::nvptx::explain_ptx(formula, &kernel.signature, dtype, &target)?;
         Ok(format!("-- formula (gpu prices) --\n{formula}\n{text}"))
     })
