@@ -12,8 +12,8 @@
 //! ([`GradientSum`]); `keopsc eval`/`vjp` use it, and so can any other front end.
 
 use keops_runtime::{
-    check_all_arguments, shape_text, ArgSpec, ArgumentError, ArrayData, ArrayRef, Axis, Category,
-    DataRef, HostArray, ProblemSize, Signature,
+    check_all_arguments, element_count, shape_text, ArgSpec, ArgumentError, ArrayData, ArrayRef,
+    Axis, Category, DataRef, HostArray, ProblemSize, Signature,
 };
 use std::fmt;
 
@@ -116,6 +116,8 @@ pub enum BatchError {
         first_shape: Vec<usize>,
         first_batch: BatchShape,
     },
+    #[error("the batch axes broadcast to {0}, more batches than this machine can address")]
+    TooMany(BatchShape),
     #[error(transparent)]
     Argument(#[from] ArgumentError),
 }
@@ -218,8 +220,32 @@ pub fn check_batched_arguments(
             },
         })
         .collect();
+    // Every shape is checked against its data first, its size computed without overflow:
+    // nothing below slices or sizes from a shape its data does not fill.
+    let lengths: Vec<BatchError> = sig
+        .args
+        .iter()
+        .zip(arrays)
+        .filter_map(|(spec, array)| {
+            let array = array.as_ref()?;
+            (element_count(array.shape) != Some(array.data.len())).then(|| {
+                BatchError::Argument(ArgumentError::DataLength {
+                    name: spec.name.clone(),
+                    len: array.data.len(),
+                    shape: array.shape.to_vec(),
+                })
+            })
+        })
+        .collect();
+    if !lengths.is_empty() {
+        return Err(lengths);
+    }
     let mut errors = Vec::new();
     let batch = broadcast(sig, arrays, &args, &mut errors);
+    if element_count(&batch.0).is_none() {
+        errors.push(BatchError::TooMany(batch.clone()));
+        return Err(errors);
+    }
     // The cores are checked on the first batch's data; a batch axis of size 0 leaves none, so
     // a zero-filled core stands in (its values are never read).
     let fillers: Vec<Option<HostArray>> = arrays

@@ -214,9 +214,9 @@ impl HostArray {
     /// Fortran order is copied into C order, the layout kernels read.
     pub fn read_npy(path: &Path) -> Result<HostArray, NpyError> {
         let bytes = std::fs::read(path).map_err(|e| NpyError::Io(e.to_string()))?;
-        let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| NpyError::Format(e.to_string()))?;
+        let npy = open_npy(&bytes)?;
         let fortran = npy.order() == npyz::Order::Fortran;
-        let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+        let shape = npy_shape(npy.shape(), bytes.len())?;
         let descr = match npy.dtype() {
             npyz::DType::Plain(ts) => ts.to_string(),
             other => return Err(NpyError::DType(format!("{other:?}"))),
@@ -331,8 +331,8 @@ impl IndexArray {
     /// Reads an int64 `.npy` file in C order.
     pub fn read_npy(path: &Path) -> Result<IndexArray, NpyError> {
         let bytes = std::fs::read(path).map_err(|e| NpyError::Io(e.to_string()))?;
-        let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| NpyError::Format(e.to_string()))?;
-        let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+        let npy = open_npy(&bytes)?;
+        let shape = npy_shape(npy.shape(), bytes.len())?;
         match npy.dtype() {
             npyz::DType::Plain(ts) if ts.to_string() == "<i8" => {}
             other => return Err(NpyError::DType(format!("{other:?}"))),
@@ -360,6 +360,63 @@ where
     w.extend(data.iter().copied()).map_err(io)?;
     w.finish().map_err(io)?;
     Ok(())
+}
+
+/// A `.npy` file's header read, its shape checked first: npyz multiplies the header's axes
+/// unchecked (a panic, or a wrapped count), so a shape whose size overflows is refused before
+/// npyz sees it.
+fn open_npy(bytes: &[u8]) -> Result<npyz::NpyFile<&[u8]>, NpyError> {
+    if let Some(axes) = header_axes(bytes) {
+        let count = axes.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
+        if count.is_none_or(|c| c > bytes.len() as u64) {
+            return Err(NpyError::Format(format!(
+                "the header's shape {axes:?} needs more numbers than the file's {} bytes hold",
+                bytes.len()
+            )));
+        }
+    }
+    npyz::NpyFile::new(bytes).map_err(|e| NpyError::Format(e.to_string()))
+}
+
+/// The axes of a `.npy` header's `'shape': (...)` entry, when the header reads plainly (else
+/// npyz reports what is wrong with it).
+fn header_axes(bytes: &[u8]) -> Option<Vec<u64>> {
+    let version = *bytes.get(6)?;
+    if !bytes.starts_with(b"\x93NUMPY") {
+        return None;
+    }
+    let (start, len): (usize, usize) = match version {
+        1 => (
+            10,
+            u16::from_le_bytes(bytes.get(8..10)?.try_into().ok()?) as usize,
+        ),
+        _ => (
+            12,
+            u32::from_le_bytes(bytes.get(8..12)?.try_into().ok()?) as usize,
+        ),
+    };
+    let header = std::str::from_utf8(bytes.get(start..start.checked_add(len)?)?).ok()?;
+    let after = &header[header.find("'shape'")?..];
+    let tuple = &after[after.find('(')? + 1..after.find(')')?];
+    tuple
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| t.trim_end_matches('L').parse::<u64>().ok())
+        .collect()
+}
+
+/// A `.npy` header's shape, refused when the file cannot hold that many numbers (at least one
+/// byte each): nothing is then sized from a header that lies, however large it claims to be.
+fn npy_shape(header: &[u64], file_bytes: usize) -> Result<Vec<usize>, NpyError> {
+    let shape: Option<Vec<usize>> = header.iter().map(|&d| usize::try_from(d).ok()).collect();
+    let count = shape.as_deref().and_then(element_count);
+    match (shape, count) {
+        (Some(shape), Some(count)) if count <= file_bytes => Ok(shape),
+        _ => Err(NpyError::Format(format!(
+            "the header's shape {header:?} needs more numbers than the file's {file_bytes} bytes hold"
+        ))),
+    }
 }
 
 /// `data` laid out in Fortran order (the first axis varies fastest) for `shape`, copied into
@@ -439,7 +496,11 @@ pub enum ArgumentError {
         found: DType,
         expected: DType,
     },
-    #[error("argument `{name}` holds {len} numbers, but its shape {} needs {}", shape_text(shape), shape.iter().product::<usize>())]
+    #[error(
+        "argument `{name}` holds {len} numbers, but its shape {} needs {}",
+        shape_text(shape),
+        needed_text(shape)
+    )]
     DataLength {
         name: String,
         len: usize,
@@ -456,6 +517,21 @@ pub enum ArgumentError {
 }
 
 /// A shape as numpy prints it: `(3,)`, `(4, 2)`, `()`.
+/// How many numbers an array of `shape` holds; `None` when that overflows `usize` (a shape no
+/// data can fill, which must be refused before anything is sized from it).
+pub fn element_count(shape: &[usize]) -> Option<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &axis| n.checked_mul(axis))
+}
+
+fn needed_text(shape: &[usize]) -> String {
+    element_count(shape).map_or_else(
+        || "more than this machine can address".to_string(),
+        |n| n.to_string(),
+    )
+}
+
 pub fn shape_text(shape: &[usize]) -> String {
     match shape {
         [one] => format!("({one},)"),
@@ -593,7 +669,7 @@ pub fn check_layouts(
             dtype = Some((array.dtype, &spec.name));
         }
         let shape: &[usize] = array.shape;
-        if array.len != shape.iter().product::<usize>() {
+        if element_count(shape) != Some(array.len) {
             errors.push(ArgumentError::DataLength {
                 name: spec.name.clone(),
                 len: array.len,
@@ -721,6 +797,52 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `.npy` file of `descr` with this header shape and `data` bytes (version 1.0).
+    fn npy_bytes(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+        let mut header =
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend((header.len() as u16).to_le_bytes());
+        bytes.extend(header.as_bytes());
+        bytes.extend(data);
+        bytes
+    }
+
+    /// A header that claims more numbers than its file holds (or than can be counted) is a
+    /// format error, not an allocation sized from it; an honest one still reads.
+    #[test]
+    fn npy_headers_that_lie_about_their_shape_are_refused() {
+        let dir = std::env::temp_dir().join(format!("keops-npy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.npy");
+        let data: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        std::fs::write(&path, npy_bytes("<f4", "(2,)", &data)).unwrap();
+        assert_eq!(HostArray::read_npy(&path).unwrap().to_f64(), vec![1.0, 2.0]);
+        for shape in [
+            "(4611686018427387904, 4)",
+            "(6148914691236517216, 3)",
+            "(1000000000000,)",
+        ] {
+            std::fs::write(&path, npy_bytes("<f4", shape, &data)).unwrap();
+            let error = HostArray::read_npy(&path).unwrap_err();
+            assert!(
+                error.to_string().contains("needs more numbers"),
+                "{shape}: {error}"
+            );
+            std::fs::write(&path, npy_bytes("<i8", shape, &data)).unwrap();
+            let error = IndexArray::read_npy(&path).unwrap_err();
+            assert!(
+                error.to_string().contains("needs more numbers"),
+                "{shape}: {error}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
     use crate::abi::ArgSpec;
     use crate::reduction::Reduction;
 

@@ -325,7 +325,9 @@ impl CudaKernel {
                 Some(ArgumentLayout {
                     shape: a.shape,
                     dtype: a.dtype,
-                    len: a.shape.iter().product(),
+                    // A device buffer holds what its shape says; a shape whose size overflows
+                    // holds no such thing, and the check below refuses it.
+                    len: crate::arrays::element_count(a.shape).unwrap_or(usize::MAX),
                 })
             })
             .collect();

@@ -200,3 +200,44 @@ fn cached_code_is_found_again_and_fresh_code_is_not_stored() {
     assert_eq!(first.output.to_f64(), again.output.to_f64());
     assert_eq!(first.output.to_f64(), fresh.output.to_f64());
 }
+
+/// Shapes whose size overflows, or that their data does not fill, are argument errors on
+/// every backend, batched or not, before anything is sized or sliced from them (they
+/// panicked in release builds: the product wrapped around and passed the length check).
+#[test]
+fn shapes_that_their_data_does_not_fill_are_argument_errors() {
+    let k = kernel(0.6);
+    let (y, b) = (array(&[4, 3], 18), array(&[4, 1], 19));
+    // (usize::MAX / 3 + 11) * 3 wraps around to 32.
+    let wrapping = HostArray::from_f64(vec![usize::MAX / 3 + 11, 3], vec![0.5; 32]);
+    for backend in [Backend::Interp, Backend::Cpu] {
+        let error = driver::evaluate(&k, &[&wrapping, &y, &b], backend).unwrap_err();
+        assert!(
+            matches!(error, EvalError::Argument(_)),
+            "{backend}: {error}"
+        );
+        let text = error.to_string();
+        assert!(
+            text.contains("`x`") && text.contains("more than this machine can address"),
+            "{text}"
+        );
+    }
+    // Two batches of (5, 3) need 30 numbers; 15 fill the first batch only.
+    let short = HostArray::from_f64(vec![2, 5, 3], vec![0.5; 15]);
+    for backend in [Backend::Interp, Backend::Cpu] {
+        let error = driver::evaluate(&k, &[&short, &y, &b], backend).unwrap_err();
+        assert!(
+            matches!(error, EvalError::Argument(_)),
+            "{backend}: {error}"
+        );
+        assert!(error.to_string().contains("holds 15 numbers"), "{error}");
+    }
+    // Empty arrays whose batch axes broadcast to more batches than can be counted.
+    let huge = 1usize << 40;
+    let x_empty = HostArray::from_f64(vec![huge, 0, 3], vec![]);
+    let y_empty = HostArray::from_f64(vec![huge, 1, 0, 3], vec![]);
+    let b_empty = HostArray::from_f64(vec![0, 1], vec![]);
+    let error = driver::evaluate(&k, &[&x_empty, &y_empty, &b_empty], Backend::Cpu).unwrap_err();
+    assert!(matches!(error, EvalError::Batch(_)), "{error}");
+    assert!(error.to_string().contains("more batches"), "{error}");
+}
