@@ -16,8 +16,8 @@ use crate::cross::CrossTileFn;
 use crate::gpu::{GpuCode, GpuLaunch1D};
 use crate::gradient::{self, stored_gradients, GradientError, GradientKernel, StoredGradient};
 use crate::manifest::{
-    fnv1a64, Manifest, ManifestEntry, ManifestGradient, ManifestKernel, MANIFEST_FILE,
-    MODULE_FORMAT, VERSION,
+    fnv1a64, Manifest, ManifestEntry, ManifestGradient, ManifestKernel, ManifestSymmetric,
+    MANIFEST_FILE, MODULE_FORMAT, VERSION,
 };
 use crate::symmetric::SymmetricPass;
 use crate::tiles::{run_tiles, run_tiles_into, TileFn, TileKernel};
@@ -460,6 +460,214 @@ fn entry_dtype(e: &ManifestEntry) -> DType {
     }
 }
 
+/// The steps of [`Module::load`], each refusing with the module's path in its error.
+struct Loader {
+    path: PathBuf,
+}
+
+impl Loader {
+    fn io(&self, message: String) -> LoadError {
+        LoadError::Io {
+            path: self.path.clone(),
+            message,
+        }
+    }
+
+    fn corrupt(&self, message: String) -> LoadError {
+        LoadError::Corrupt {
+            path: self.path.clone(),
+            message,
+        }
+    }
+
+    /// The manifest, its version fields read first, so that a module of another format says
+    /// so rather than failing to parse.
+    fn manifest(&self) -> Result<Manifest, LoadError> {
+        let text = std::fs::read_to_string(self.path.join(MANIFEST_FILE))
+            .map_err(|e| self.io(format!("{MANIFEST_FILE}: {e}")))?;
+        let header: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| self.corrupt(format!("{MANIFEST_FILE}: {e}")))?;
+        let found_format = header.get("format").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+        let found = header
+            .get("compiler_version")
+            .and_then(|v| v.as_str())
+            .unwrap_or("unknown")
+            .to_string();
+        if found_format != MODULE_FORMAT || found != VERSION {
+            return Err(LoadError::Version {
+                path: self.path.clone(),
+                found,
+                found_format,
+                expected: VERSION.to_string(),
+                expected_format: MODULE_FORMAT,
+            });
+        }
+        serde_json::from_str(&text).map_err(|e| self.corrupt(format!("{MANIFEST_FILE}: {e}")))
+    }
+
+    /// The module's code runs on this machine: its architecture, and every CPU feature it
+    /// was compiled for.
+    fn check_target(&self, manifest: &Manifest) -> Result<(), LoadError> {
+        let missing: Vec<String> = manifest
+            .target
+            .required_features
+            .iter()
+            .filter(|f| !cpu_has(f))
+            .cloned()
+            .collect();
+        if missing.is_empty() && manifest.target.triple.starts_with(std::env::consts::ARCH) {
+            return Ok(());
+        }
+        Err(LoadError::CpuFeatures {
+            path: self.path.clone(),
+            cpu: format!("{} ({})", manifest.target.cpu, manifest.target.triple),
+            missing: if missing.is_empty() {
+                vec![format!("the architecture ({})", std::env::consts::ARCH)]
+            } else {
+                missing
+            },
+        })
+    }
+
+    /// The manifest's and the library's checksums, the library's name (inside the module) and
+    /// every kernel's signature and entries: the library's path when all hold.
+    fn check_integrity(&self, manifest: &Manifest) -> Result<PathBuf, LoadError> {
+        let checksum = manifest.checksum();
+        if manifest.manifest_hash != checksum {
+            return Err(self.corrupt(format!(
+                "{MANIFEST_FILE} has checksum {checksum}, it says {:?}; rebuild it with `keopsc build`",
+                manifest.manifest_hash
+            )));
+        }
+        if manifest.library.contains('/') || manifest.library.contains("..") {
+            return Err(self.corrupt(format!("library name `{}`", manifest.library)));
+        }
+        let library_path = self.path.join(&manifest.library);
+        let bytes = std::fs::read(&library_path)
+            .map_err(|e| self.io(format!("{}: {e}", manifest.library)))?;
+        let hash = format!("{:016x}", fnv1a64(&bytes));
+        if hash != manifest.library_hash {
+            return Err(self.corrupt(format!(
+                "{} has checksum {hash}, the manifest says {}",
+                manifest.library, manifest.library_hash
+            )));
+        }
+        for k in manifest.kernels.iter().chain(&manifest.backward_kernels) {
+            k.signature()
+                .map_err(|e| self.corrupt(format!("kernel `{}`: {e}", k.name)))?;
+            let symmetric = k.symmetric.iter().flat_map(|s| &s.entries);
+            for e in k.entries.iter().chain(symmetric) {
+                if e.lanes == 0 || !matches!(e.dtype.as_str(), "float32" | "float64") {
+                    return Err(self.corrupt(format!("kernel `{}`: entry {}", k.name, e.symbol)));
+                }
+            }
+        }
+        Ok(library_path)
+    }
+
+    /// The kernels `described`, their tile functions from `library`.
+    fn kernels(
+        &self,
+        library: &Arc<libloading::Library>,
+        described: &[ManifestKernel],
+    ) -> Result<Vec<Kernel>, LoadError> {
+        let mut kernels = Vec::new();
+        for k in described {
+            let sig = k
+                .signature()
+                .map_err(|e| self.corrupt(format!("kernel `{}`: {e}", k.name)))?;
+            let mut entries = Vec::new();
+            for e in &k.entries {
+                // SAFETY: the symbol was emitted with the TileFn signature (checked format).
+                let tile: TileFn = unsafe {
+                    *library
+                        .get::<TileFn>(e.symbol.as_bytes())
+                        .map_err(|err| self.corrupt(format!("symbol {}: {err}", e.symbol)))?
+                };
+                entries.push((entry_dtype(e), tile, e.lanes));
+            }
+            let owner: Arc<dyn Any + Send + Sync> = library.clone();
+            // SAFETY: entries come from the library `owner` keeps loaded.
+            kernels.push(unsafe { Kernel::from_parts(sig, entries, owner) });
+        }
+        Ok(kernels)
+    }
+
+    /// A kernel's PTX files, each inside the module and matching its checksum.
+    fn gpu_code(&self, described: &ManifestKernel) -> Result<Vec<GpuCode>, LoadError> {
+        let mut code = Vec::new();
+        for e in &described.gpu {
+            let bad = |m: String| {
+                self.corrupt(format!(
+                    "kernel `{}`: GPU code {}: {m}",
+                    described.name, e.file
+                ))
+            };
+            if e.file.contains('/') || e.file.contains("..") || !e.file.ends_with(".ptx") {
+                return Err(bad("not a PTX file of the module".into()));
+            }
+            if !matches!(e.dtype.as_str(), "float32" | "float64") {
+                return Err(bad(format!("dtype `{}`", e.dtype)));
+            }
+            let bytes = std::fs::read(self.path.join(&e.file))
+                .map_err(|err| self.io(format!("{}: {err}", e.file)))?;
+            let hash = format!("{:016x}", fnv1a64(&bytes));
+            if hash != e.hash {
+                return Err(bad(format!(
+                    "checksum {hash}, the manifest says {}",
+                    e.hash
+                )));
+            }
+            let ptx = String::from_utf8(bytes).map_err(|_| bad("not text".into()))?;
+            code.push(GpuCode {
+                dtype: if e.dtype == "float32" {
+                    DType::F32
+                } else {
+                    DType::F64
+                },
+                ptx: ptx.into(),
+                symbol: e.symbol.clone(),
+                launch: GpuLaunch1D {
+                    block: e.block,
+                    shared_bytes: e.shared_bytes,
+                },
+                arch: e.arch.clone(),
+            });
+        }
+        Ok(code)
+    }
+
+    /// A kernel's stored symmetric pass (`keopsc build --same`), its cross tile functions from
+    /// `library`.
+    fn symmetric_pass(
+        &self,
+        library: &Arc<libloading::Library>,
+        kernel: &Kernel,
+        described: &ManifestKernel,
+        stored: &ManifestSymmetric,
+    ) -> Result<SymmetricPass, LoadError> {
+        let sig = stored.signature(kernel.signature()).map_err(|e| {
+            self.corrupt(format!("kernel `{}`: symmetric pass: {e}", described.name))
+        })?;
+        let mut entries = Vec::new();
+        for e in &stored.entries {
+            // SAFETY: the symbol was emitted with the CrossTileFn signature (checked format).
+            let tile: CrossTileFn = unsafe {
+                *library
+                    .get::<CrossTileFn>(e.symbol.as_bytes())
+                    .map_err(|err| self.corrupt(format!("symbol {}: {err}", e.symbol)))?
+            };
+            entries.push((entry_dtype(e), tile, e.lanes));
+        }
+        let same = stored.same.iter().map(|&[j, i]| (j, i)).collect();
+        let owner: Arc<dyn Any + Send + Sync> = library.clone();
+        // SAFETY: entries come from the library `owner` keeps loaded, compiled by `keopsc build
+        // --same` as this kernel's pass; `with_symmetric` checks that its arguments fit the
+        // kernel's.
+        Ok(unsafe { SymmetricPass::from_parts(sig, stored.sources.clone(), same, entries, owner) })
+    }
+}
+
 /// A module loaded from disk.
 pub struct Module {
     path: PathBuf,
@@ -471,198 +679,42 @@ impl Module {
     /// Loads `path` (a `.kmod` directory), after checking versions, CPU features and the
     /// library's checksum.
     pub fn load(path: impl AsRef<Path>) -> Result<Module, LoadError> {
-        let path = path.as_ref().to_path_buf();
-        let io = |message: String| LoadError::Io {
-            path: path.clone(),
-            message,
+        let loader = Loader {
+            path: path.as_ref().to_path_buf(),
         };
-        let corrupt = |message: String| LoadError::Corrupt {
-            path: path.clone(),
-            message,
-        };
-        let text = std::fs::read_to_string(path.join(MANIFEST_FILE))
-            .map_err(|e| io(format!("{MANIFEST_FILE}: {e}")))?;
-        // The version fields are read first, so that a module of another format says so
-        // rather than failing to parse.
-        let header: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| corrupt(format!("{MANIFEST_FILE}: {e}")))?;
-        let found_format = header.get("format").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
-        let found = header
-            .get("compiler_version")
-            .and_then(|v| v.as_str())
-            .unwrap_or("unknown")
-            .to_string();
-        if found_format != MODULE_FORMAT || found != VERSION {
-            return Err(LoadError::Version {
-                path,
-                found,
-                found_format,
-                expected: VERSION.to_string(),
-                expected_format: MODULE_FORMAT,
-            });
-        }
-        let manifest: Manifest =
-            serde_json::from_str(&text).map_err(|e| corrupt(format!("{MANIFEST_FILE}: {e}")))?;
-        let missing: Vec<String> = manifest
-            .target
-            .required_features
-            .iter()
-            .filter(|f| !cpu_has(f))
-            .cloned()
-            .collect();
-        if !missing.is_empty() || !manifest.target.triple.starts_with(std::env::consts::ARCH) {
-            return Err(LoadError::CpuFeatures {
-                path,
-                cpu: format!("{} ({})", manifest.target.cpu, manifest.target.triple),
-                missing: if missing.is_empty() {
-                    vec![format!("the architecture ({})", std::env::consts::ARCH)]
-                } else {
-                    missing
-                },
-            });
-        }
+        let manifest = loader.manifest()?;
+        loader.check_target(&manifest)?;
         // After the version and CPU checks (which only refuse, and say why more precisely),
         // before anything the manifest says is trusted.
-        let checksum = manifest.checksum();
-        if manifest.manifest_hash != checksum {
-            return Err(corrupt(format!(
-                "{MANIFEST_FILE} has checksum {checksum}, it says {:?}; rebuild it with `keopsc build`",
-                manifest.manifest_hash
-            )));
-        }
-        if manifest.library.contains('/') || manifest.library.contains("..") {
-            return Err(corrupt(format!("library name `{}`", manifest.library)));
-        }
-        let library_path = path.join(&manifest.library);
-        let bytes =
-            std::fs::read(&library_path).map_err(|e| io(format!("{}: {e}", manifest.library)))?;
-        let hash = format!("{:016x}", fnv1a64(&bytes));
-        if hash != manifest.library_hash {
-            return Err(corrupt(format!(
-                "{} has checksum {hash}, the manifest says {}",
-                manifest.library, manifest.library_hash
-            )));
-        }
-        for k in manifest.kernels.iter().chain(&manifest.backward_kernels) {
-            k.signature()
-                .map_err(|e| corrupt(format!("kernel `{}`: {e}", k.name)))?;
-            let symmetric = k.symmetric.iter().flat_map(|s| &s.entries);
-            for e in k.entries.iter().chain(symmetric) {
-                if e.lanes == 0 || !matches!(e.dtype.as_str(), "float32" | "float64") {
-                    return Err(corrupt(format!("kernel `{}`: entry {}", k.name, e.symbol)));
-                }
-            }
-        }
+        let library_path = loader.check_integrity(&manifest)?;
         // SAFETY: the library passed the checks above: it is the one this compiler version
         // wrote for a CPU this machine satisfies; its initialisers are LLVM-generated (none).
         let library = Arc::new(
             unsafe { libloading::Library::new(&library_path) }
-                .map_err(|e| io(format!("{}: {e}", manifest.library)))?,
+                .map_err(|e| loader.io(format!("{}: {e}", manifest.library)))?,
         );
-        let load_kernels = |described: &[ManifestKernel]| -> Result<Vec<Kernel>, LoadError> {
-            let mut kernels = Vec::new();
-            for k in described {
-                let sig = k
-                    .signature()
-                    .map_err(|e| corrupt(format!("kernel `{}`: {e}", k.name)))?;
-                let mut entries = Vec::new();
-                for e in &k.entries {
-                    // SAFETY: the symbol was emitted with the TileFn signature (checked
-                    // format).
-                    let tile: TileFn = unsafe {
-                        *library
-                            .get::<TileFn>(e.symbol.as_bytes())
-                            .map_err(|err| corrupt(format!("symbol {}: {err}", e.symbol)))?
-                    };
-                    entries.push((entry_dtype(e), tile, e.lanes));
-                }
-                let owner: Arc<dyn Any + Send + Sync> = library.clone();
-                // SAFETY: entries come from the library `owner` keeps loaded.
-                kernels.push(unsafe { Kernel::from_parts(sig, entries, owner) });
-            }
-            Ok(kernels)
-        };
-        let mut kernels = load_kernels(&manifest.kernels)?;
-        let backward = load_kernels(&manifest.backward_kernels)?;
+        let mut kernels = loader.kernels(&library, &manifest.kernels)?;
+        let backward = loader.kernels(&library, &manifest.backward_kernels)?;
         for (kernel, described) in kernels.iter_mut().zip(&manifest.kernels) {
+            let attached = |e: String| loader.corrupt(format!("kernel `{}`: {e}", described.name));
             if !described.gradients.is_empty() {
                 *kernel = kernel
                     .with_gradients(&described.gradients, &backward)
-                    .map_err(|e| corrupt(format!("kernel `{}`: {e}", described.name)))?;
+                    .map_err(attached)?;
             }
             if !described.gpu.is_empty() {
-                let mut code = Vec::new();
-                for e in &described.gpu {
-                    let bad = |m: String| {
-                        corrupt(format!(
-                            "kernel `{}`: GPU code {}: {m}",
-                            described.name, e.file
-                        ))
-                    };
-                    if e.file.contains('/') || e.file.contains("..") || !e.file.ends_with(".ptx") {
-                        return Err(bad("not a PTX file of the module".into()));
-                    }
-                    if !matches!(e.dtype.as_str(), "float32" | "float64") {
-                        return Err(bad(format!("dtype `{}`", e.dtype)));
-                    }
-                    let bytes = std::fs::read(path.join(&e.file))
-                        .map_err(|err| io(format!("{}: {err}", e.file)))?;
-                    let hash = format!("{:016x}", fnv1a64(&bytes));
-                    if hash != e.hash {
-                        return Err(bad(format!(
-                            "checksum {hash}, the manifest says {}",
-                            e.hash
-                        )));
-                    }
-                    let ptx = String::from_utf8(bytes).map_err(|_| bad("not text".into()))?;
-                    code.push(GpuCode {
-                        dtype: if e.dtype == "float32" {
-                            DType::F32
-                        } else {
-                            DType::F64
-                        },
-                        ptx: ptx.into(),
-                        symbol: e.symbol.clone(),
-                        launch: GpuLaunch1D {
-                            block: e.block,
-                            shared_bytes: e.shared_bytes,
-                        },
-                        arch: e.arch.clone(),
-                    });
-                }
-                *kernel = kernel
-                    .with_gpu_code(code)
-                    .map_err(|e| corrupt(format!("kernel `{}`: {e}", described.name)))?;
+                let code = loader.gpu_code(described)?;
+                *kernel = kernel.with_gpu_code(code).map_err(attached)?;
             }
             if let Some(stored) = &described.symmetric {
-                let bad = |e: String| {
-                    corrupt(format!("kernel `{}`: symmetric pass: {e}", described.name))
-                };
-                let sig = stored.signature(kernel.signature()).map_err(bad)?;
-                let mut entries = Vec::new();
-                for e in &stored.entries {
-                    // SAFETY: the symbol was emitted with the CrossTileFn signature (checked
-                    // format).
-                    let tile: CrossTileFn = unsafe {
-                        *library
-                            .get::<CrossTileFn>(e.symbol.as_bytes())
-                            .map_err(|err| corrupt(format!("symbol {}: {err}", e.symbol)))?
-                    };
-                    entries.push((entry_dtype(e), tile, e.lanes));
-                }
-                let same = stored.same.iter().map(|&[j, i]| (j, i)).collect();
-                let owner: Arc<dyn Any + Send + Sync> = library.clone();
-                // SAFETY: entries come from the library `owner` keeps loaded, compiled by
-                // `keopsc build --same` as this kernel's pass; `with_symmetric` checks that
-                // its arguments fit the kernel's.
-                let pass = unsafe {
-                    SymmetricPass::from_parts(sig, stored.sources.clone(), same, entries, owner)
-                };
-                *kernel = kernel.with_symmetric(pass).map_err(bad)?;
+                let pass = loader.symmetric_pass(&library, kernel, described, stored)?;
+                *kernel = kernel.with_symmetric(pass).map_err(|e| {
+                    loader.corrupt(format!("kernel `{}`: symmetric pass: {e}", described.name))
+                })?;
             }
         }
         Ok(Module {
-            path,
+            path: loader.path,
             manifest,
             kernels,
         })
