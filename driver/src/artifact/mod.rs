@@ -140,6 +140,25 @@ pub fn pairs_of(
         .collect()
 }
 
+/// A kernel's symmetric pass as a build stores it: the plan, its cross kernel optimised as a
+/// whole, and its row signature.
+type SymmetricBuild = (
+    crate::symmetric::SymmetricPlan,
+    opt::OptimizedKernel,
+    keops_runtime::Signature,
+);
+
+/// `kernel` through the middle end at the CPU's prices, or at `budget`'s.
+fn optimize_for(
+    kernel: &crate::check::CheckedKernel,
+    budget: &OptBudget,
+) -> Result<opt::OptimizedKernel, CodegenError> {
+    opt::optimize(kernel, budget).map_err(|d| CodegenError::Internal {
+        stage: "optimiser",
+        message: d.message,
+    })
+}
+
 /// [`build`] with what `options` asks to store besides.
 pub fn build_with_options(
     file: &CompiledFile,
@@ -151,8 +170,7 @@ pub fn build_with_options(
     options: &BuildOptions,
 ) -> Result<BuildReport, BuildError> {
     let start = Instant::now();
-    let with_gradients = options.gradients;
-    let stored = if with_gradients {
+    let stored = if options.gradients {
         gradients::collect(file)?
     } else {
         gradients::StoredGradients {
@@ -161,35 +179,79 @@ pub fn build_with_options(
             not_differentiable: Vec::new(),
         }
     };
-    let optimize = |k: &crate::check::CheckedKernel| {
-        opt::optimize(k, &OptBudget::default()).map_err(|d| CodegenError::Internal {
-            stage: "optimiser",
-            message: d.message,
-        })
-    };
+    let cpu = OptBudget::default();
     let optimized: Vec<opt::OptimizedKernel> = file
         .kernels
         .iter()
-        .map(optimize)
+        .map(|k| optimize_for(k, &cpu))
         .collect::<Result<_, _>>()?;
     let backward: Vec<opt::OptimizedKernel> = stored
         .kernels
         .iter()
-        .map(optimize)
+        .map(|k| optimize_for(k, &cpu))
         .collect::<Result<_, _>>()?;
-    // The symmetric passes: for each kernel whose arguments `options.same` pairs, its cross
-    // kernel `Concat(F, F swapped)` optimised as a whole, with its row signature.
+    let (symmetric, not_symmetric) = symmetric_passes(file, &options.same)?;
+    let mut specs = Vec::new();
+    let mut kernels = Vec::new();
+    let mut ptx_files: Vec<(String, String)> = Vec::new();
+    let described = optimized.iter().zip(stored.gradients).zip(&symmetric);
+    for (((k, gradients), sym), checked) in described.zip(&file.kernels) {
+        let mut entry = describe(k, tile_symbol, dtypes, target, &mut specs);
+        entry.gradients = gradients;
+        if options.gpu {
+            entry.gpu = gpu_entries(checked, dtypes, &mut ptx_files)?;
+        }
+        if let Some(pass) = sym {
+            let same = pairs_of(checked, &options.same);
+            entry.symmetric = Some(describe_symmetric(
+                &k.name, pass, &same, dtypes, target, &mut specs,
+            ));
+        }
+        kernels.push(entry);
+    }
+    let backward_kernels: Vec<ManifestKernel> = backward
+        .iter()
+        .map(|k| describe(k, backward_tile_symbol, dtypes, target, &mut specs))
+        .collect();
+    let object = emit_object("kernels", &specs, target)?;
+    let codegen = start.elapsed();
+    let mut extra: Vec<(&str, &str)> = extra.to_vec();
+    extra.extend(ptx_files.iter().map(|(f, t)| (f.as_str(), t.as_str())));
+    let (manifest, link) = place_module(
+        file,
+        &object,
+        (kernels, backward_kernels),
+        target,
+        out,
+        &extra,
+        placement,
+    )?;
+    Ok(BuildReport {
+        manifest,
+        not_differentiable: stored.not_differentiable,
+        not_symmetric,
+        codegen,
+        link,
+    })
+}
+
+/// For each kernel whose arguments `same` pairs, its pass over unordered pairs when it pays
+/// (its cross kernel `Concat(F, F swapped)` optimised as a whole, with its row signature),
+/// and for the others why not.
+fn symmetric_passes(
+    file: &CompiledFile,
+    same: &[(String, String)],
+) -> Result<(Vec<Option<SymmetricBuild>>, Vec<String>), BuildError> {
     let mut symmetric = Vec::new();
     let mut not_symmetric = Vec::new();
     for k in &file.kernels {
-        let pairs = pairs_of(k, &options.same);
-        if options.same.is_empty() {
+        if same.is_empty() {
             symmetric.push(None);
             continue;
         }
-        match crate::symmetric::plan_if_it_pays(k, &pairs) {
+        match crate::symmetric::plan_if_it_pays(k, &pairs_of(k, same)) {
             Ok(plan) => {
-                let cross = optimize(&plan.cross)?;
+                let cross = optimize_for(&plan.cross, &OptBudget::default())?;
                 let mut rows = cross.signature.clone();
                 rows.reduction =
                     keops_runtime::Reduction::new(keops_runtime::ReductionKind::Sum, plan.columns);
@@ -201,82 +263,91 @@ pub fn build_with_options(
             }
         }
     }
-    let mut specs = Vec::new();
-    let mut kernels = Vec::new();
-    let mut ptx_files: Vec<(String, String)> = Vec::new();
-    for ((k, gradients), sym) in optimized.iter().zip(stored.gradients).zip(&symmetric) {
-        let mut entry = describe(k, tile_symbol, dtypes, target, &mut specs);
-        entry.gradients = gradients;
-        if options.gpu {
-            // The GPU's own optimisation (its prices), and its block size from occupancy.
-            let (gpu_target, gpu_budget) = crate::driver::pipeline::gpu_target();
-            let checked = &file.kernels[kernels.len()];
-            let gpu_formula = opt::optimize(checked, &gpu_budget)
-                .map_err(|d| CodegenError::Internal {
-                    stage: "optimiser",
-                    message: d.message,
-                })?
-                .formula;
-            use crate::codegen::nvptx::GpuEntry;
-            for &dtype in dtypes {
-                for (gpu_entry, suffix) in [(GpuEntry::Tiles, ""), (GpuEntry::Ranges, "_ranges")] {
-                    let ptx = crate::codegen::nvptx::compile_entry_tuned(
-                        &gpu_formula,
-                        &k.signature,
-                        dtype,
-                        &gpu_target,
-                        gpu_entry,
-                    )?;
-                    let file = format!("gpu_{}_{}{suffix}.ptx", k.name, dtype_name(dtype));
-                    entry.gpu.push(keops_runtime::manifest::ManifestGpuEntry {
-                        dtype: dtype_name(dtype).to_string(),
-                        file: file.clone(),
-                        symbol: ptx.symbol.clone(),
-                        block: ptx.schedule.launch.block,
-                        shared_bytes: ptx.schedule.launch.shared_bytes,
-                        arch: gpu_target.ptx_arch.to_string(),
-                        hash: format!("{:016x}", fnv1a64(ptx.ptx.as_bytes())),
-                    });
-                    ptx_files.push((file, ptx.ptx));
-                }
-            }
-        }
-        if let Some((plan, cross, rows)) = sym {
-            let mut stored = keops_runtime::manifest::ManifestSymmetric {
-                args: ManifestKernel::describe(rows).args,
-                sources: plan.sources.clone(),
-                same: pairs_of(&file.kernels[kernels.len()], &options.same)
-                    .into_iter()
-                    .map(|(j, i)| [j, i])
-                    .collect(),
-                entries: Vec::new(),
-            };
-            for &dtype in dtypes {
-                let spec = TileSpec {
-                    formula: &cross.formula,
-                    signature: rows,
-                    dtype,
-                    symbol: symmetric_tile_symbol(&k.name, dtype),
-                    columns: plan.columns,
-                };
-                stored.entries.push(ManifestEntry {
-                    dtype: dtype_name(dtype).to_string(),
-                    symbol: spec.symbol.clone(),
-                    lanes: spec.schedule(target).lanes as usize,
-                });
-                specs.push(spec);
-            }
-            entry.symmetric = Some(stored);
-        }
-        kernels.push(entry);
-    }
-    let backward_kernels: Vec<ManifestKernel> = backward
-        .iter()
-        .map(|k| describe(k, backward_tile_symbol, dtypes, target, &mut specs))
-        .collect();
-    let object = emit_object("kernels", &specs, target)?;
-    let codegen = start.elapsed();
+    Ok((symmetric, not_symmetric))
+}
 
+/// A kernel's GPU code (`keopsc build --gpu`): optimised at the GPU's prices, its 1-D and
+/// block-sparse kernels as PTX for each dtype, their block size from occupancy; the files go
+/// to `ptx_files`, their manifest entries come back.
+fn gpu_entries(
+    checked: &crate::check::CheckedKernel,
+    dtypes: &[DType],
+    ptx_files: &mut Vec<(String, String)>,
+) -> Result<Vec<keops_runtime::manifest::ManifestGpuEntry>, BuildError> {
+    use crate::codegen::nvptx::GpuEntry;
+    let (gpu_target, gpu_budget) = crate::driver::pipeline::gpu_target();
+    let gpu_formula = optimize_for(checked, &gpu_budget)?.formula;
+    let mut entries = Vec::new();
+    for &dtype in dtypes {
+        for (gpu_entry, suffix) in [(GpuEntry::Tiles, ""), (GpuEntry::Ranges, "_ranges")] {
+            let ptx = crate::codegen::nvptx::compile_entry_tuned(
+                &gpu_formula,
+                &checked.signature,
+                dtype,
+                &gpu_target,
+                gpu_entry,
+            )?;
+            let file = format!("gpu_{}_{}{suffix}.ptx", checked.name, dtype_name(dtype));
+            entries.push(keops_runtime::manifest::ManifestGpuEntry {
+                dtype: dtype_name(dtype).to_string(),
+                file: file.clone(),
+                symbol: ptx.symbol.clone(),
+                block: ptx.schedule.launch.block,
+                shared_bytes: ptx.schedule.launch.shared_bytes,
+                arch: gpu_target.ptx_arch.to_string(),
+                hash: format!("{:016x}", fnv1a64(ptx.ptx.as_bytes())),
+            });
+            ptx_files.push((file, ptx.ptx));
+        }
+    }
+    Ok(entries)
+}
+
+/// The manifest entry of a kernel's symmetric pass, its cross tile functions (one per dtype)
+/// added to `specs`.
+fn describe_symmetric<'k>(
+    kernel: &str,
+    (plan, cross, rows): &'k SymmetricBuild,
+    same: &[(usize, usize)],
+    dtypes: &[DType],
+    target: &CpuTarget,
+    specs: &mut Vec<TileSpec<'k>>,
+) -> keops_runtime::manifest::ManifestSymmetric {
+    let mut stored = keops_runtime::manifest::ManifestSymmetric {
+        args: ManifestKernel::describe(rows).args,
+        sources: plan.sources.clone(),
+        same: same.iter().map(|&(j, i)| [j, i]).collect(),
+        entries: Vec::new(),
+    };
+    for &dtype in dtypes {
+        let spec = TileSpec {
+            formula: &cross.formula,
+            signature: rows,
+            dtype,
+            symbol: symmetric_tile_symbol(kernel, dtype),
+            columns: plan.columns,
+        };
+        stored.entries.push(ManifestEntry {
+            dtype: dtype_name(dtype).to_string(),
+            symbol: spec.symbol.clone(),
+            lanes: spec.schedule(target).lanes as usize,
+        });
+        specs.push(spec);
+    }
+    stored
+}
+
+/// Writes the module into a staging directory beside `out`, then moves it into place (as
+/// `placement` says): readers never see half a module.
+fn place_module(
+    file: &CompiledFile,
+    object: &[u8],
+    kernels: (Vec<ManifestKernel>, Vec<ManifestKernel>),
+    target: &CpuTarget,
+    out: &Path,
+    extra: &[(&str, &str)],
+    placement: Placement,
+) -> Result<(Manifest, Duration), BuildError> {
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -284,17 +355,7 @@ pub fn build_with_options(
     std::fs::create_dir_all(&parent).map_err(io(&parent))?;
     let staging = temporary_dir(&parent, out);
     std::fs::create_dir_all(&staging).map_err(io(&staging))?;
-    let mut extra: Vec<(&str, &str)> = extra.to_vec();
-    extra.extend(ptx_files.iter().map(|(f, t)| (f.as_str(), t.as_str())));
-    let result = write_module(
-        file,
-        &object,
-        (kernels, backward_kernels),
-        target,
-        &staging,
-        &extra,
-    );
-    let (manifest, link) = match result {
+    let (manifest, link) = match write_module(file, object, kernels, target, &staging, extra) {
         Ok(r) => r,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staging);
@@ -309,13 +370,7 @@ pub fn build_with_options(
         let _ = std::fs::remove_dir_all(&staging);
         return Err(io(out)(e));
     }
-    Ok(BuildReport {
-        manifest,
-        not_differentiable: stored.not_differentiable,
-        not_symmetric,
-        codegen,
-        link,
-    })
+    Ok((manifest, link))
 }
 
 /// The manifest entry of one kernel, its tile functions (one per dtype) added to `specs`.
