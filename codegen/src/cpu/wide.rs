@@ -45,6 +45,25 @@ pub(super) struct WideSlots<'ctx> {
     acc: Vec<PointerValue<'ctx>>,
 }
 
+/// What a block's product reads throughout: the function, its slots and arguments, the
+/// block's rows `[rb, block_end)`, the inner tile `(jt, whole_end, jt_end)` (`whole_end`: the
+/// start of its last, partial vector), the rows' accumulator layout `(acc_dim, first_sum)`.
+struct WideBlock<'s, 'ctx> {
+    function: FunctionValue<'ctx>,
+    wide: &'s WideSlots<'ctx>,
+    arg_ptrs: &'s [PointerValue<'ctx>],
+    params: &'s Params<'ctx>,
+    rows: (IntValue<'ctx>, IntValue<'ctx>),
+    inner: (IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>),
+    /// The inner tile's length, the stride of the stored scalars' rows.
+    tile: IntValue<'ctx>,
+    /// The vector's dimension.
+    dim: IntValue<'ctx>,
+    acc: (i64, i64),
+    components_per_tile: usize,
+    zero: Value<'ctx>,
+}
+
 impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
     /// Allocates the wide product's buffers (in the entry block), if the schedule has one.
     pub(super) fn allocate_wide(&self) -> Option<WideSlots<'ctx>> {
@@ -160,10 +179,22 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                 acc_dim,
             );
         }
-        // An element-wise vector keeps its row operands in registers too: fewer components.
-        let components_per_tile = match product.kind {
-            WideKind::Variable(_) => TILE_COMPONENTS,
-            WideKind::Elementwise(_) => TILE_COMPONENTS / 2,
+        let block = WideBlock {
+            function,
+            wide,
+            arg_ptrs,
+            params,
+            rows: (rb, block_end),
+            inner: (jt, whole_end, jt_end),
+            tile,
+            dim,
+            acc: (acc_dim, first_sum),
+            // An element-wise vector keeps its row operands in registers too: fewer components.
+            components_per_tile: match product.kind {
+                WideKind::Variable(_) => TILE_COMPONENTS,
+                WideKind::Elementwise(_) => TILE_COMPONENTS / 2,
+            },
+            zero,
         };
         self.emit_loop(
             function,
@@ -184,97 +215,127 @@ impl<'e, 'a, 'ctx> TileEmitter<'e, 'a, 'ctx> {
                     function,
                     wide.component_group,
                     self.i64(0),
-                    components_per_tile as i64,
+                    block.components_per_tile as i64,
                     |c| self.less(c, dim),
-                    |c| {
-                        for &acc in &wide.acc {
-                            built(b.build_store(acc, zero));
-                        }
-                        // Components past the last read the last one (their sums are dropped).
-                        let last_component = self.i64(product.dim as i64 - 1);
-                        let components: Vec<IntValue<'ctx>> = (0..components_per_tile as i64)
-                            .map(|k| {
-                                let comp = self.add(c, self.i64(k));
-                                built(b.build_select(
-                                    self.less(comp, dim),
-                                    comp,
-                                    last_component,
-                                    "component",
-                                ))
-                                .into_int_value()
-                            })
-                            .collect();
-                        // Whole vectors, then the last one with the lanes past `jt_end` masked:
-                        // there the scalars are 0 but `v` is computed from the padding (or the
-                        // next chunk's data), possibly infinite, and 0 * inf is NaN.
-                        let step = |v: IntValue<'ctx>, mask: Option<Value<'ctx>>| {
-                            let at = self.sub(v, jt);
-                            let scalars: Vec<Value<'ctx>> = (0..TILE_ROWS as i64)
-                                .map(|k| {
-                                    let row = self.mul(self.add(g, self.i64(k)), tile);
-                                    self.load(wide.scalars, self.add(row, at), lanes)
-                                })
-                                .collect();
-                            for (k, (&s, &row)) in scalars.iter().zip(&rows).enumerate() {
-                                for (l, &comp) in components.iter().enumerate() {
-                                    let x = match &product.kind {
-                                        WideKind::Variable(var) => {
-                                            let first = self.mul(comp, params.inner_stride);
-                                            self.load(arg_ptrs[*var], self.add(first, v), lanes)
-                                        }
-                                        WideKind::Elementwise(nodes) => {
-                                            let values = self.component_values(
-                                                nodes,
-                                                arg_ptrs,
-                                                params.inner_stride,
-                                                (row, comp, v),
-                                            );
-                                            values[*nodes.last().expect("a vector node")]
-                                                .expect("computed above")
-                                        }
-                                    };
-                                    let x = match mask {
-                                        Some(m) => em.select(m, x, zero),
-                                        None => x,
-                                    };
-                                    let acc = wide.acc[k * TILE_COMPONENTS + l];
-                                    let sum = em.fma(s, x, self.load_vector_slot(acc));
-                                    built(b.build_store(acc, sum));
-                                }
-                            }
-                        };
-                        self.emit_vector_loop(function, wide.vector, jt, whole_end, |v| {
-                            step(v, None)
-                        });
-                        let tail = ctx.append_basic_block(function, "wide_tail");
-                        let tail_done = ctx.append_basic_block(function, "wide_tail_done");
-                        let partial = self.less(whole_end, jt_end);
-                        built(b.build_conditional_branch(partial, tail, tail_done));
-                        b.position_at_end(tail);
-                        step(whole_end, Some(self.lane_mask(whole_end, jt_end, lanes)));
-                        built(b.build_unconditional_branch(tail_done));
-                        b.position_at_end(tail_done);
-                        for k in 0..TILE_ROWS {
-                            for l in 0..components_per_tile {
-                                let row = self.add(self.add(rb, g), self.i64(k as i64));
-                                let comp = self.add(c, self.i64(l as i64));
-                                let acc = wide.acc[k * TILE_COMPONENTS + l];
-                                self.add_to_accumulator_if(
-                                    function,
-                                    params,
-                                    (row, block_end),
-                                    (comp, dim),
-                                    (acc_dim, first_sum),
-                                    self.load_vector_slot(acc),
-                                );
-                            }
-                        }
-                    },
+                    |c| self.wide_register_tile(&block, g, &rows, c),
                 );
             },
         );
         built(b.build_unconditional_branch(done));
         b.position_at_end(done);
+    }
+
+    /// One register tile of the product: the rows of group `g` (`rows`, clamped to the
+    /// block) against the components from `c`, over the inner tile, then added into the rows'
+    /// accumulators.
+    fn wide_register_tile(
+        &self,
+        block: &WideBlock<'_, 'ctx>,
+        g: IntValue<'ctx>,
+        rows: &[IntValue<'ctx>],
+        c: IntValue<'ctx>,
+    ) {
+        let em = self.em;
+        let b = em.builder;
+        let ctx = em.context;
+        let lanes = self.schedule.lanes;
+        let product = self.schedule.wide.as_ref().expect("a wide product");
+        let (function, wide, dim) = (block.function, block.wide, block.dim);
+        let (rb, block_end) = block.rows;
+        let (jt, whole_end, jt_end) = block.inner;
+        for &acc in &wide.acc {
+            built(b.build_store(acc, block.zero));
+        }
+        // Components past the last read the last one (their sums are dropped).
+        let last_component = self.i64(product.dim as i64 - 1);
+        let components: Vec<IntValue<'ctx>> = (0..block.components_per_tile as i64)
+            .map(|k| {
+                let comp = self.add(c, self.i64(k));
+                built(b.build_select(self.less(comp, dim), comp, last_component, "component"))
+                    .into_int_value()
+            })
+            .collect();
+        // Whole vectors, then the last one with the lanes past `jt_end` masked: there the
+        // scalars are 0 but `v` is computed from the padding (or the next chunk's data),
+        // possibly infinite, and 0 * inf is NaN.
+        self.emit_vector_loop(function, wide.vector, jt, whole_end, |v| {
+            self.wide_step(block, g, rows, &components, v, None)
+        });
+        let tail = ctx.append_basic_block(function, "wide_tail");
+        let tail_done = ctx.append_basic_block(function, "wide_tail_done");
+        let partial = self.less(whole_end, jt_end);
+        built(b.build_conditional_branch(partial, tail, tail_done));
+        b.position_at_end(tail);
+        let mask = self.lane_mask(whole_end, jt_end, lanes);
+        self.wide_step(block, g, rows, &components, whole_end, Some(mask));
+        built(b.build_unconditional_branch(tail_done));
+        b.position_at_end(tail_done);
+        for k in 0..TILE_ROWS {
+            for l in 0..block.components_per_tile {
+                let row = self.add(self.add(rb, g), self.i64(k as i64));
+                let comp = self.add(c, self.i64(l as i64));
+                let acc = wide.acc[k * TILE_COMPONENTS + l];
+                self.add_to_accumulator_if(
+                    function,
+                    block.params,
+                    (row, block_end),
+                    (comp, dim),
+                    block.acc,
+                    self.load_vector_slot(acc),
+                );
+            }
+        }
+    }
+
+    /// One vector of inner indices `v` of a register tile: the rows' scalars times the
+    /// components' values, into the tile's lane accumulators (`mask`: the lanes inside the
+    /// inner tile, for its last vector).
+    fn wide_step(
+        &self,
+        block: &WideBlock<'_, 'ctx>,
+        g: IntValue<'ctx>,
+        rows: &[IntValue<'ctx>],
+        components: &[IntValue<'ctx>],
+        v: IntValue<'ctx>,
+        mask: Option<Value<'ctx>>,
+    ) {
+        let em = self.em;
+        let lanes = self.schedule.lanes;
+        let product = self.schedule.wide.as_ref().expect("a wide product");
+        let (jt, _, _) = block.inner;
+        let at = self.sub(v, jt);
+        let scalars: Vec<Value<'ctx>> = (0..TILE_ROWS as i64)
+            .map(|k| {
+                let row = self.mul(self.add(g, self.i64(k)), block.tile);
+                self.load(block.wide.scalars, self.add(row, at), lanes)
+            })
+            .collect();
+        for (k, (&s, &row)) in scalars.iter().zip(rows).enumerate() {
+            for (l, &comp) in components.iter().enumerate() {
+                let x = match &product.kind {
+                    WideKind::Variable(var) => {
+                        let first = self.mul(comp, block.params.inner_stride);
+                        self.load(block.arg_ptrs[*var], self.add(first, v), lanes)
+                    }
+                    WideKind::Elementwise(nodes) => {
+                        let values = self.component_values(
+                            nodes,
+                            block.arg_ptrs,
+                            block.params.inner_stride,
+                            (row, comp, v),
+                        );
+                        values[*nodes.last().expect("a vector node")].expect("computed above")
+                    }
+                };
+                let x = match mask {
+                    Some(m) => em.select(m, x, block.zero),
+                    None => x,
+                };
+                let acc = block.wide.acc[k * TILE_COMPONENTS + l];
+                let sum = em.fma(s, x, self.load_vector_slot(acc));
+                built(em.builder.build_store(acc, sum));
+            }
+        }
     }
 
     /// The softmax family, for each row of the block `[rb, block_end)`: the tile's maximum of
