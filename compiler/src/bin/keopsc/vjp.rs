@@ -5,10 +5,11 @@
 //! already computed, so that the LogSumExp family's backward is one pass.
 
 use crate::eval::{argument_problems, parse_backend, pick_kernel, PendingOutput};
-use crate::inputs::{parse_files, parse_same, read_inputs, Inputs};
+use crate::inputs::{parse_files, parse_same, read_inputs, Inputs, SameData};
 use crate::{fail, load, Reported};
 use keops_runtime::HostArray;
 use keopsc::batch::{check_batched_rows, rows_of_batch, GradientSum, RowsShape};
+use keopsc::check::CheckedKernel;
 use keopsc::vjp::{self as backward, VjpError, VjpManyPlan, VjpRunError};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,88 @@ pub struct VjpRequest<'a> {
 pub fn vjp(request: &VjpRequest) -> Result<(), Reported> {
     let started = Instant::now();
     let backend = parse_backend(request.backend)?;
+    let outputs = open_outputs(request)?;
+    let compiled = load(request.file)?;
+    let kernel = pick_kernel(&compiled, request.kernel, request.file)?;
+
+    let mut problems: Vec<String> = Vec::new();
+    let files = parse_files(request.args, &mut problems);
+    let same = parse_same(kernel, request.same, &files, &mut problems);
+    let wrt = differentiated(kernel, request.wrt, &same)?;
+    let asked = request.wrt.len();
+    // What cannot be differentiated is known from the source alone: before reading any data.
+    let plan = plan(kernel, &wrt, asked)?;
+
+    let inputs = read_inputs(kernel, &files, &same, &mut problems);
+    let cotangent_flag = format!("`--cotangent {}`", request.cotangent.display());
+    let cotangent = HostArray::read_npy(request.cotangent)
+        .map_err(|e| problems.push(format!("{cotangent_flag}: {e}")))
+        .ok();
+    if let (Some(inputs), Some(cotangent)) = (&inputs, &cotangent) {
+        if let Err(e) = check_rows(&plan, inputs, cotangent, plan.forward.output_dim()) {
+            problems.push(format!("{cotangent_flag}: the cotangent {e}"));
+        }
+    }
+    let saved = request
+        .saved
+        .and_then(|path| read_saved(path, &plan, inputs.as_ref()?, &mut problems));
+    let ranges = request
+        .ranges
+        .and_then(|paths| read_ranges(paths, &mut problems));
+    let (Some(inputs), Some(cotangent), true) = (inputs, cotangent, problems.is_empty()) else {
+        return Err(argument_problems(&problems, &kernel.name));
+    };
+    let run_failed = |e: VjpRunError| match e {
+        VjpRunError::Cotangent(_) => fail(format!("{cotangent_flag}: {e}")),
+        VjpRunError::Saved(_) => fail(format!("`--saved`: {e}")),
+        e => fail(e),
+    };
+    let start = Instant::now();
+    let grads = match &ranges {
+        Some(ranges) => {
+            if !inputs.layout.batch.is_empty() || !same.is_empty() {
+                return Err(fail(
+                    "`--ranges`: not with batch axes or `--same` (one block-sparsity pattern per call)",
+                ));
+            }
+            if backend == keopsc::driver::Backend::Interp {
+                return Err(fail(format!(
+                    "`--ranges` runs on the cpu or cuda backend, not {backend}"
+                )));
+            }
+            let bound = inputs.bound();
+            backward::run_many_ranges_on(&plan, &bound, &cotangent, saved.as_ref(), ranges, backend)
+                .map_err(run_failed)?
+        }
+        None => run_batches(&plan, &inputs, &cotangent, saved.as_ref(), backend, asked)
+            .map_err(run_failed)?,
+    };
+    let run = start.elapsed();
+    for (output, grad) in outputs.into_iter().zip(&grads) {
+        output.commit(|f| grad.write_npy_to(f))?;
+    }
+    if request.timings {
+        let on = match &ranges {
+            Some(_) => "on the pairs the ranges keep".to_string(),
+            None => format!("on {backend}"),
+        };
+        let batches = match &inputs.layout.batch {
+            b if ranges.is_some() || b.is_empty() => String::new(),
+            b => format!(" ({} batches {b}, in one parallel region)", b.count()),
+        };
+        eprintln!(
+            "vjp of `{}` with respect to `{}` {on}: {:.1} ms computing{batches}, {:.1} ms in all",
+            kernel.name,
+            request.wrt.join("`, `"),
+            run.as_secs_f64() * 1e3,
+            started.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    Ok(())
+}
+
+/// One `-o` per `--wrt`, each its own file, each checked writable before any work.
+fn open_outputs(request: &VjpRequest) -> Result<Vec<PendingOutput>, Reported> {
     if request.wrt.len() != request.outputs.len() {
         return Err(fail(format!(
             "`--wrt` is given {} time{} and `-o` {}: give one `-o` per `--wrt`, in the same order",
@@ -52,20 +135,23 @@ pub fn vjp(request: &VjpRequest) -> Result<(), Reported> {
             )));
         }
     }
-    let outputs = request
+    request
         .outputs
         .iter()
         .map(|path| PendingOutput::open(path, "-o"))
-        .collect::<Result<Vec<_>, _>>()?;
-    let compiled = load(request.file)?;
-    let kernel = pick_kernel(&compiled, request.kernel, request.file)?;
-    let args = &kernel.signature.args;
+        .collect()
+}
 
-    let mut problems: Vec<String> = Vec::new();
-    let files = parse_files(request.args, &mut problems);
-    let same = parse_same(kernel, request.same, &files, &mut problems);
-    // A variable of `--same` has no data of its own: its gradient is part of its i-variable's.
-    for name in request.wrt {
+/// The inputs to differentiate: each one asked for, then the `--same` variables reading it
+/// (their gradients add up into its own). A variable of `--same` has no data of its own: its
+/// gradient is part of its i-variable's, and asking for it is an error that says so.
+fn differentiated<'k>(
+    kernel: &'k CheckedKernel,
+    asked: &'k [String],
+    same: &[SameData],
+) -> Result<Vec<&'k str>, Reported> {
+    let args = &kernel.signature.args;
+    for name in asked {
         if let Some(s) = same.iter().find(|s| args[s.j].name == *name) {
             return Err(fail(format!(
                 "`--wrt {name}`: `{name}` takes the data of `{i}` ({s}): differentiate with \
@@ -75,16 +161,18 @@ pub fn vjp(request: &VjpRequest) -> Result<(), Reported> {
             )));
         }
     }
-    // Each input asked for, then the `--same` variables reading it: their gradients add up.
-    let mut wrt: Vec<&str> = request.wrt.iter().map(String::as_str).collect();
-    for s in &same {
+    let mut wrt: Vec<&str> = asked.iter().map(String::as_str).collect();
+    for s in same {
         if wrt.contains(&args[s.i].name.as_str()) {
             wrt.push(&args[s.j].name);
         }
     }
-    let asked = request.wrt.len();
-    // What cannot be differentiated is known from the source alone: before reading any data.
-    let plan = backward::plan_many(kernel, &wrt).map_err(|e| {
+    Ok(wrt)
+}
+
+/// The backward plan, its error naming the `--wrt` flag at fault.
+fn plan(kernel: &CheckedKernel, wrt: &[&str], asked: usize) -> Result<VjpManyPlan, Reported> {
+    backward::plan_many(kernel, wrt).map_err(|e| {
         let flag = match &e {
             VjpError::UnknownInput { name, .. } | VjpError::DuplicateInput { name, .. } => {
                 format!("`--wrt {name}`")
@@ -93,131 +181,53 @@ pub fn vjp(request: &VjpRequest) -> Result<(), Reported> {
             _ => "`--wrt`".to_string(),
         };
         fail(format!("{flag}: {e}"))
-    })?;
+    })
+}
 
-    let inputs = read_inputs(kernel, &files, &same, &mut problems);
-    let cotangent_flag = format!("`--cotangent {}`", request.cotangent.display());
-    let cotangent = HostArray::read_npy(request.cotangent)
-        .map_err(|e| problems.push(format!("{cotangent_flag}: {e}")))
-        .ok();
-    if let (Some(inputs), Some(cotangent)) = (&inputs, &cotangent) {
-        if let Err(e) = check_rows(&plan, inputs, cotangent, plan.forward.output_dim()) {
-            problems.push(format!("{cotangent_flag}: the cotangent {e}"));
-        }
-    }
-    let saved = request.saved.and_then(|path| {
-        let flag = format!("`--saved {}`", path.display());
-        let rows = HostArray::read_npy(path)
-            .map_err(|e| problems.push(format!("{flag}: {e}")))
-            .ok()?;
-        let inputs = inputs.as_ref()?;
-        let Some(dim) = plan.saved.dim(&plan.forward) else {
-            eprintln!(
-                "note: {flag} is ignored: the backward pass of {} reads no saved forward",
-                plan.forward.reduction.kind
-            );
-            return None;
-        };
-        match check_rows(&plan, inputs, &rows, dim) {
-            Ok(()) => Some(rows),
-            Err(e) => {
-                problems.push(format!("{flag}: the saved forward {e}"));
-                None
-            }
-        }
-    });
-    let ranges = request.ranges.and_then(|paths| {
-        let mut read = Vec::new();
-        for (path, name) in paths.iter().zip(keops_runtime::RangesPair::NAMES) {
-            match keops_runtime::IndexArray::read_npy(path) {
-                Ok(a) => read.push(a),
-                Err(e) => problems.push(format!(
-                    "`--ranges` {name} `{}`: {e} (an int64 array)",
-                    path.display()
-                )),
-            }
-        }
-        let read: [&keops_runtime::IndexArray; 6] =
-            read.iter().collect::<Vec<_>>().try_into().ok()?;
-        keops_runtime::RangesPair::from_arrays(read)
-            .map_err(|e| problems.push(format!("`--ranges`: {e}")))
-            .ok()
-    });
-    let (Some(inputs), Some(cotangent), true) = (inputs, cotangent, problems.is_empty()) else {
-        return Err(argument_problems(&problems, &kernel.name));
-    };
-    if let Some(ranges) = &ranges {
-        if !inputs.layout.batch.is_empty() || !same.is_empty() {
-            return Err(fail(
-                "`--ranges`: not with batch axes or `--same` (one block-sparsity pattern per call)",
-            ));
-        }
-        if backend == keopsc::driver::Backend::Interp {
-            return Err(fail(format!(
-                "`--ranges` runs on the cpu or cuda backend, not {backend}"
-            )));
-        }
-        let start = Instant::now();
-        let bound = inputs.bound();
-        let grads = backward::run_many_ranges_on(
-            &plan,
-            &bound,
-            &cotangent,
-            saved.as_ref(),
-            ranges,
-            backend,
-        )
-        .map_err(|e| match e {
-            VjpRunError::Cotangent(_) => fail(format!("{cotangent_flag}: {e}")),
-            VjpRunError::Saved(_) => fail(format!("`--saved`: {e}")),
-            e => fail(e),
-        })?;
-        for (output, grad) in outputs.into_iter().zip(&grads) {
-            output.commit(|f| grad.write_npy_to(f))?;
-        }
-        if request.timings {
-            eprintln!(
-                "vjp of `{}` with respect to `{}` on the pairs the ranges keep: {:.1} ms computing, {:.1} ms in all",
-                kernel.name,
-                request.wrt.join("`, `"),
-                start.elapsed().as_secs_f64() * 1e3,
-                started.elapsed().as_secs_f64() * 1e3
-            );
-        }
-        return Ok(());
-    }
-
-    let start = Instant::now();
-    let grads = run_batches(&plan, &inputs, &cotangent, saved.as_ref(), backend, asked).map_err(
-        |e| match e {
-            VjpRunError::Cotangent(_) => fail(format!("{cotangent_flag}: {e}")),
-            VjpRunError::Saved(_) => fail(format!("`--saved`: {e}")),
-            e => fail(e),
-        },
-    )?;
-    let run = start.elapsed();
-    for (output, grad) in outputs.into_iter().zip(&grads) {
-        output.commit(|f| grad.write_npy_to(f))?;
-    }
-    if request.timings {
-        let batches = inputs.layout.batch.count();
+/// `--saved`: the forward rows already computed, checked against the inputs; ignored, with a
+/// note, by a backward pass that reads none.
+fn read_saved(
+    path: &Path,
+    plan: &VjpManyPlan,
+    inputs: &Inputs,
+    problems: &mut Vec<String>,
+) -> Option<HostArray> {
+    let flag = format!("`--saved {}`", path.display());
+    let rows = HostArray::read_npy(path)
+        .map_err(|e| problems.push(format!("{flag}: {e}")))
+        .ok()?;
+    let Some(dim) = plan.saved.dim(&plan.forward) else {
         eprintln!(
-            "vjp of `{}` with respect to `{}` on {backend}: {:.1} ms computing{}, {:.1} ms in all",
-            kernel.name,
-            request.wrt.join("`, `"),
-            run.as_secs_f64() * 1e3,
-            if inputs.layout.batch.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    " ({batches} batches {}, in one parallel region)",
-                    inputs.layout.batch
-                )
-            },
-            started.elapsed().as_secs_f64() * 1e3
+            "note: {flag} is ignored: the backward pass of {} reads no saved forward",
+            plan.forward.reduction.kind
         );
+        return None;
+    };
+    match check_rows(plan, inputs, &rows, dim) {
+        Ok(()) => Some(rows),
+        Err(e) => {
+            problems.push(format!("{flag}: the saved forward {e}"));
+            None
+        }
     }
-    Ok(())
+}
+
+/// `--ranges`: KeOps's 6-tuple of int64 `.npy` files, both halves.
+fn read_ranges(paths: &[PathBuf], problems: &mut Vec<String>) -> Option<keops_runtime::RangesPair> {
+    let mut read = Vec::new();
+    for (path, name) in paths.iter().zip(keops_runtime::RangesPair::NAMES) {
+        match keops_runtime::IndexArray::read_npy(path) {
+            Ok(a) => read.push(a),
+            Err(e) => problems.push(format!(
+                "`--ranges` {name} `{}`: {e} (an int64 array)",
+                path.display()
+            )),
+        }
+    }
+    let read: [&keops_runtime::IndexArray; 6] = read.iter().collect::<Vec<_>>().try_into().ok()?;
+    keops_runtime::RangesPair::from_arrays(read)
+        .map_err(|e| problems.push(format!("`--ranges`: {e}")))
+        .ok()
 }
 
 /// Checks rows shaped like the output (the cotangent, the saved forward) of `dim` columns:
