@@ -1098,14 +1098,49 @@ pub fn run(
         Some(Err(e)) => Some(format!("bound: not measured ({e})")),
         None => None,
     };
-    let mut results = Vec::new();
     write_header(out, bound_line.as_deref());
     let peak = peak.and_then(Result::ok);
+    let mut results = run_forward(options, out, c_exe.as_deref(), peak.as_ref())?;
+    let selected =
+        |id: &str| options.workloads.is_empty() || options.workloads.iter().any(|s| s == id);
+    results.extend(run_backward(options, out, &selected)?);
+    if selected(BANDWIDTH_WORKLOAD) {
+        results.extend(run_bandwidth_sweep(options, out)?);
+    }
+    if selected(CLIFF_WORKLOAD) {
+        results.extend(run_cliffs(options, out)?);
+    }
+    if selected(SYMMETRIC_WORKLOAD) {
+        results.extend(run_symmetric(options, out)?);
+    }
+    if selected(BATCH_WORKLOAD) {
+        results.extend(run_batched(options, out)?);
+    }
+    if selected(RANGES_WORKLOAD) {
+        results.extend(run_ranges(options, out)?);
+    }
+    if options.cache {
+        run_cache_latency(options, out)?;
+    }
+    if options.pykeops {
+        run_pykeops_beside(options, out, &results);
+    }
+    Ok(results)
+}
+
+/// The forward workloads, each beside the C baseline (W1 f32) and its share of the bound.
+fn run_forward(
+    options: &BenchOptions,
+    out: &mut dyn std::io::Write,
+    c_exe: Option<&Path>,
+    peak: Option<&FmaPeak>,
+) -> Result<Vec<BenchResult>, String> {
+    let mut results = Vec::new();
     for (w, d, source, dtype, n) in forward_cases(options) {
         let (rate, compile_ms) = measure(&source, n, dtype, options.repeats, w.param)?;
         let mut baseline = None;
         if w.id == "W1" && dtype == DType::F32 {
-            if let Some(exe) = &c_exe {
+            if let Some(exe) = c_exe {
                 if let Ok(c) = run_c_baseline(exe, n) {
                     baseline = Some(("C (gcc -O3 -ffast-math, libmvec)".to_string(), c));
                 }
@@ -1116,7 +1151,7 @@ pub fn run(
             None => String::new(),
         };
         let ops = w.fma_ops_per_pair.iter().find(|(dim, _)| *dim == d);
-        if let (Some(peak), Some(&(_, ops))) = (&peak, ops) {
+        if let (Some(peak), Some(&(_, ops))) = (peak, ops) {
             let bound = peak.pairs_bound(ops, dtype);
             if !base_text.is_empty() {
                 base_text.push_str("; ");
@@ -1147,8 +1182,16 @@ pub fn run(
             baseline,
         });
     }
-    let selected =
-        |id: &str| options.workloads.is_empty() || options.workloads.iter().any(|s| s == id);
+    Ok(results)
+}
+
+/// The backward workloads, each set of inputs alternating with the forward.
+fn run_backward(
+    options: &BenchOptions,
+    out: &mut dyn std::io::Write,
+    selected: &dyn Fn(&str) -> bool,
+) -> Result<Vec<BenchResult>, String> {
+    let mut results = Vec::new();
     for bw in BACKWARD_WORKLOADS.iter().filter(|w| selected(w.id)) {
         let forward = WORKLOADS
             .iter()
@@ -1189,167 +1232,190 @@ pub fn run(
             }
         }
     }
-    if selected(BANDWIDTH_WORKLOAD) {
-        results.extend(run_bandwidth_sweep(options, out)?);
-    }
-    if selected(CLIFF_WORKLOAD) {
-        results.extend(run_cliffs(options, out)?);
-    }
-    if selected(SYMMETRIC_WORKLOAD) {
-        let (w1, d, source) = w1_source();
-        for &dtype in &options.dtypes {
-            for &n in &options.sizes {
-                let (same, full) = measure_symmetric(&source, n, dtype, options.repeats, w1.param)?;
-                let rate = (n as f64) * (n as f64) / same;
-                writeln!(
-                    out,
-                    "{:<4} {:<22} {:>3} {:>4} {:>8} {:>10.3e}  {:.2}x the full evaluation's time ({:.1} ms against {:.1} ms, alternating; pairs/s counts every ordered pair)",
-                    SYMMETRIC_WORKLOAD,
-                    "W1, y = x, pairs once",
-                    d,
-                    dtype_name(dtype),
-                    n,
-                    rate,
-                    same / full,
-                    same * 1e3,
-                    full * 1e3
-                )
-                .ok();
-                results.push(BenchResult {
-                    label: format!("{SYMMETRIC_WORKLOAD} D={d}"),
-                    dtype,
-                    n,
-                    pairs_per_second: rate,
-                    compile_ms: 0.0,
-                    baseline: Some(("W1 full".to_string(), (n as f64) * (n as f64) / full)),
-                });
-            }
-        }
-    }
-    if selected(BATCH_WORKLOAD) {
-        let (w1, d, source) = w1_source();
-        let (count, n) = (1000, 200);
-        for &dtype in &options.dtypes {
-            let (batched, looped) =
-                measure_batches(&source, count, n, dtype, options.repeats.max(5), w1.param)?;
-            let rate = (count * n * n) as f64 / batched;
+    Ok(results)
+}
+
+/// W1 on one cloud against itself, each unordered pair once, against the full evaluation.
+fn run_symmetric(
+    options: &BenchOptions,
+    out: &mut dyn std::io::Write,
+) -> Result<Vec<BenchResult>, String> {
+    let mut results = Vec::new();
+    let (w1, d, source) = w1_source();
+    for &dtype in &options.dtypes {
+        for &n in &options.sizes {
+            let (same, full) = measure_symmetric(&source, n, dtype, options.repeats, w1.param)?;
+            let rate = (n as f64) * (n as f64) / same;
             writeln!(
                 out,
-                "{:<4} {:<22} {:>3} {:>4} {:>8} {:>10.3e}  {:.1}x faster than a loop of {count} calls ({:.2} ms against {:.2} ms, alternating)",
-                BATCH_WORKLOAD,
-                format!("W1, {count} x N=M={n}"),
+                "{:<4} {:<22} {:>3} {:>4} {:>8} {:>10.3e}  {:.2}x the full evaluation's time ({:.1} ms against {:.1} ms, alternating; pairs/s counts every ordered pair)",
+                SYMMETRIC_WORKLOAD,
+                "W1, y = x, pairs once",
                 d,
                 dtype_name(dtype),
                 n,
                 rate,
-                looped / batched,
-                batched * 1e3,
-                looped * 1e3
+                same / full,
+                same * 1e3,
+                full * 1e3
             )
             .ok();
             results.push(BenchResult {
-                label: format!("{BATCH_WORKLOAD} D={d}"),
+                label: format!("{SYMMETRIC_WORKLOAD} D={d}"),
                 dtype,
                 n,
                 pairs_per_second: rate,
                 compile_ms: 0.0,
-                baseline: Some((
-                    format!("a loop of {count} calls"),
-                    (count * n * n) as f64 / looped,
-                )),
+                baseline: Some(("W1 full".to_string(), (n as f64) * (n as f64) / full)),
             });
         }
     }
-    if selected(RANGES_WORKLOAD) {
-        let (w1, d, source) = w1_source();
-        for &dtype in &options.dtypes {
-            for &n in &options.sizes {
-                let (ranged, dense, kept) =
-                    measure_ranges(&source, n, dtype, options.repeats, w1.param)?;
-                let rate = kept * (n as f64) * (n as f64) / ranged;
-                writeln!(
-                    out,
-                    "{:<4} {:<22} {:>3} {:>4} {:>8} {:>10.3e}  {:.4}x the dense time ({:.1} ms against {:.1} ms) for {:.2}% of the pairs: {:.2}x the kept fraction; pairs/s counts the kept pairs",
-                    RANGES_WORKLOAD,
-                    "W1, grid cells, ranges",
-                    d,
-                    dtype_name(dtype),
-                    n,
-                    rate,
-                    ranged / dense,
-                    ranged * 1e3,
-                    dense * 1e3,
-                    kept * 100.0,
-                    ranged / dense / kept
-                )
-                .ok();
-                results.push(BenchResult {
-                    label: format!("{RANGES_WORKLOAD} D={d}"),
-                    dtype,
-                    n,
-                    pairs_per_second: rate,
-                    compile_ms: 0.0,
-                    baseline: Some(("W1 dense".to_string(), (n as f64) * (n as f64) / dense)),
-                });
-            }
-        }
-    }
-    if options.cache {
-        let dir = std::env::temp_dir().join(format!("keopsc-bench-cache-{}", std::process::id()));
-        for w in WORKLOADS
-            .iter()
-            .filter(|w| options.workloads.is_empty() || options.workloads.iter().any(|s| s == w.id))
-        {
-            let source = w.source.replace("{D}", &w.dims[0].to_string());
-            let (cold, warm) = crate::artifact::cache::measure_latency(&dir, &source, 3)
-                .map_err(|e| e.to_string())?;
-            writeln!(
-                out,
-                "compile cache {} D={}: cold {:.1} ms (compile f32 + f64, link, store), warm {:.2} ms (hash, check, load)",
-                w.id,
-                w.dims[0],
-                cold.as_secs_f64() * 1e3,
-                warm.as_secs_f64() * 1e3
-            )
-            .ok();
-        }
-    }
-    if options.cache {
-        let (w1, _, source) = w1_source();
-        let n = 16;
-        let (uncached, cached) =
-            measure_vjp_latency(&source, n, options.repeats.max(5), w1.param, &["x"])?;
+    Ok(results)
+}
+
+/// Many small W1 problems in one call, against a loop of calls.
+fn run_batched(
+    options: &BenchOptions,
+    out: &mut dyn std::io::Write,
+) -> Result<Vec<BenchResult>, String> {
+    let mut results = Vec::new();
+    let (w1, d, source) = w1_source();
+    let (count, n) = (1000, 200);
+    for &dtype in &options.dtypes {
+        let (batched, looped) =
+            measure_batches(&source, count, n, dtype, options.repeats.max(5), w1.param)?;
+        let rate = (count * n * n) as f64 / batched;
         writeln!(
             out,
-            "vjp per call W1 dx, f32, N=M={n}: {uncached:.2} ms compiling the backward kernel at each call, {cached:.3} ms from the process's compiled kernels ({:.0}x)",
-            uncached / cached
+            "{:<4} {:<22} {:>3} {:>4} {:>8} {:>10.3e}  {:.1}x faster than a loop of {count} calls ({:.2} ms against {:.2} ms, alternating)",
+            BATCH_WORKLOAD,
+            format!("W1, {count} x N=M={n}"),
+            d,
+            dtype_name(dtype),
+            n,
+            rate,
+            looped / batched,
+            batched * 1e3,
+            looped * 1e3
         )
         .ok();
+        results.push(BenchResult {
+            label: format!("{BATCH_WORKLOAD} D={d}"),
+            dtype,
+            n,
+            pairs_per_second: rate,
+            compile_ms: 0.0,
+            baseline: Some((
+                format!("a loop of {count} calls"),
+                (count * n * n) as f64 / looped,
+            )),
+        });
     }
-    if options.pykeops {
+    Ok(results)
+}
+
+/// W1 over the pairs of block-sparse ranges, against the dense evaluation.
+fn run_ranges(
+    options: &BenchOptions,
+    out: &mut dyn std::io::Write,
+) -> Result<Vec<BenchResult>, String> {
+    let mut results = Vec::new();
+    let (w1, d, source) = w1_source();
+    for &dtype in &options.dtypes {
         for &n in &options.sizes {
-            match run_pykeops(n) {
-                Ok((rate, first_call)) => {
-                    let ours = results
-                        .iter()
-                        .find(|r| r.label == "W1 D=3" && r.dtype == DType::F32 && r.n == n);
-                    let ratio = ours
-                        .map(|r| format!("keops-rs is {:.1}x", r.pairs_per_second / rate))
-                        .unwrap_or_default();
-                    writeln!(
-                        out,
-                        "pykeops W1 f32 N={n}: {rate:.3e} pairs/s, first call {first_call:.2} s  {ratio}"
-                    )
-                    .ok();
-                }
-                Err(e) => {
-                    writeln!(out, "pykeops: skipped ({e})").ok();
-                    break;
-                }
-            }
+            let (ranged, dense, kept) =
+                measure_ranges(&source, n, dtype, options.repeats, w1.param)?;
+            let rate = kept * (n as f64) * (n as f64) / ranged;
+            writeln!(
+                out,
+                "{:<4} {:<22} {:>3} {:>4} {:>8} {:>10.3e}  {:.4}x the dense time ({:.1} ms against {:.1} ms) for {:.2}% of the pairs: {:.2}x the kept fraction; pairs/s counts the kept pairs",
+                RANGES_WORKLOAD,
+                "W1, grid cells, ranges",
+                d,
+                dtype_name(dtype),
+                n,
+                rate,
+                ranged / dense,
+                ranged * 1e3,
+                dense * 1e3,
+                kept * 100.0,
+                ranged / dense / kept
+            )
+            .ok();
+            results.push(BenchResult {
+                label: format!("{RANGES_WORKLOAD} D={d}"),
+                dtype,
+                n,
+                pairs_per_second: rate,
+                compile_ms: 0.0,
+                baseline: Some(("W1 dense".to_string(), (n as f64) * (n as f64) / dense)),
+            });
         }
     }
     Ok(results)
+}
+
+/// The on-disk compile cache's cold and warm latency, and a vjp call's with and without the
+/// process's compiled backward kernels.
+fn run_cache_latency(options: &BenchOptions, out: &mut dyn std::io::Write) -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!("keopsc-bench-cache-{}", std::process::id()));
+    for w in WORKLOADS
+        .iter()
+        .filter(|w| options.workloads.is_empty() || options.workloads.iter().any(|s| s == w.id))
+    {
+        let source = w.source.replace("{D}", &w.dims[0].to_string());
+        let (cold, warm) =
+            crate::artifact::cache::measure_latency(&dir, &source, 3).map_err(|e| e.to_string())?;
+        writeln!(
+            out,
+            "compile cache {} D={}: cold {:.1} ms (compile f32 + f64, link, store), warm {:.2} ms (hash, check, load)",
+            w.id,
+            w.dims[0],
+            cold.as_secs_f64() * 1e3,
+            warm.as_secs_f64() * 1e3
+        )
+        .ok();
+    }
+    let (w1, _, source) = w1_source();
+    let n = 16;
+    let (uncached, cached) =
+        measure_vjp_latency(&source, n, options.repeats.max(5), w1.param, &["x"])?;
+    writeln!(
+        out,
+        "vjp per call W1 dx, f32, N=M={n}: {uncached:.2} ms compiling the backward kernel at each call, {cached:.3} ms from the process's compiled kernels ({:.0}x)",
+        uncached / cached
+    )
+    .ok();
+    Ok(())
+}
+
+/// pykeops on W1 f32 at each size, beside this run's figures.
+fn run_pykeops_beside(
+    options: &BenchOptions,
+    out: &mut dyn std::io::Write,
+    results: &[BenchResult],
+) {
+    for &n in &options.sizes {
+        match run_pykeops(n) {
+            Ok((rate, first_call)) => {
+                let ours = results
+                    .iter()
+                    .find(|r| r.label == "W1 D=3" && r.dtype == DType::F32 && r.n == n);
+                let ratio = ours
+                    .map(|r| format!("keops-rs is {:.1}x", r.pairs_per_second / rate))
+                    .unwrap_or_default();
+                writeln!(
+                    out,
+                    "pykeops W1 f32 N={n}: {rate:.3e} pairs/s, first call {first_call:.2} s  {ratio}"
+                )
+                .ok();
+            }
+            Err(e) => {
+                writeln!(out, "pykeops: skipped ({e})").ok();
+                break;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
