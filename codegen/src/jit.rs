@@ -159,12 +159,7 @@ pub fn build_module<'ctx>(
 
 /// Names `target`'s CPU and features on every function `module` defines, and its triple on the
 /// module; with `flushes`, tells LLVM that subnormals are flushed where the code runs.
-pub(crate) fn mark_for_target(
-    context: &Context,
-    module: &Module,
-    target: &CpuTarget,
-    flushes: bool,
-) {
+pub fn mark_for_target(context: &Context, module: &Module, target: &CpuTarget, flushes: bool) {
     // Subnormals are flushed where the code runs (the flushing window): LLVM's constant
     // folding must read them the same way.
     let denormals =
@@ -185,7 +180,7 @@ pub(crate) fn mark_for_target(
     module.set_triple(&inkwell::targets::TargetTriple::create(&target.triple));
 }
 
-pub(crate) fn optimize(module: &Module, machine: &TargetMachine) -> Result<(), CodegenError> {
+pub fn optimize(module: &Module, machine: &TargetMachine) -> Result<(), CodegenError> {
     module.set_data_layout(&machine.get_target_data().get_data_layout());
     module
         .run_passes("default<O3>", machine, PassBuilderOptions::create())

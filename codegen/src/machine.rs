@@ -57,7 +57,7 @@ pub fn host_cpu() -> CpuTarget {
 }
 
 /// LLVM's target machine for `target`'s CPU code.
-pub(crate) fn cpu_machine(
+pub fn cpu_machine(
     target: &CpuTarget,
     reloc: RelocMode,
 ) -> Result<TargetMachine, CodegenError> {

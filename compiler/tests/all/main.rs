@@ -9,7 +9,6 @@ mod frontend;
 mod interp;
 mod large_dims;
 mod linalg;
-mod math;
 mod nvptx;
 mod ranges_vjp;
 mod recipes;

@@ -4,17 +4,18 @@
 //!
 //! Errors are distances in representable values of the element type between the result and
 //! the reference rounded to that type (for f32 the reference is computed in f64 on the f32
-//! input). Only the public API of the math module is used.
+//! input). The harness that runs them (`harness.rs`) uses the code generator's public API.
+
+mod harness;
 
 use std::f64::consts::{FRAC_1_SQRT_2, FRAC_PI_2, FRAC_PI_4, LN_2, SQRT_2};
 
+use harness::{evaluate_on_host, evaluate_on_host_flushing, evaluate_on_host_with};
 use inkwell::context::Context;
 use inkwell::module::Linkage;
+use keops_codegen::math::{Exp2, MathFn, MathLib};
+use keops_middle::target::cpu::LEVELS;
 use keops_runtime::DType;
-use keopsc::codegen::math::{
-    evaluate_on_host, evaluate_on_host_flushing, evaluate_on_host_with, Exp2, MathFn, MathLib,
-};
-use keopsc::target::cpu::LEVELS;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -25,19 +26,17 @@ const SCALARS: [DType; 2] = [DType::F32, DType::F64];
 /// JIT), e.g. 1, 4, 8 and 16 lanes of f32 on an AVX-512 machine.
 fn widths(s: DType) -> Vec<u32> {
     // Levels are nested: the host satisfies every one up to its highest.
-    let host_level = keopsc::codegen::host_cpu_level().cpu;
+    let host_level = keops_codegen::host_cpu_level().cpu;
     let highest = LEVELS
         .iter()
         .position(|&l| l == host_level)
         .expect("the host level is a known level");
-    let levels = LEVELS[..=highest].iter().map(|l| {
-        keopsc::codegen::cpu_level(l)
-            .expect("a known level")
-            .lanes(s)
-    });
+    let levels = LEVELS[..=highest]
+        .iter()
+        .map(|l| keops_codegen::cpu_level(l).expect("a known level").lanes(s));
     let mut widths: Vec<u32> = std::iter::once(1)
         .chain(levels)
-        .chain(std::iter::once(keopsc::codegen::host_cpu().lanes(s)))
+        .chain(std::iter::once(keops_codegen::host_cpu().lanes(s)))
         .collect();
     widths.sort_unstable();
     widths.dedup();
@@ -50,7 +49,7 @@ fn sweeps_cover_the_host_widths() {
         let w = widths(s);
         assert_eq!(w[0], 1, "{s:?}: scalar code first");
         assert!(
-            w.contains(&keopsc::codegen::host_cpu().lanes(s)),
+            w.contains(&keops_codegen::host_cpu().lanes(s)),
             "{s:?}: {w:?}"
         );
         let sse = match s {
