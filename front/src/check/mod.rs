@@ -14,7 +14,7 @@ use crate::source::Span;
 use crate::syntax::ast::{BinOp, Expr, ExprKind, File, Ident, KernelDef, Statement};
 use egg::Id;
 use keops_runtime::{ArgSpec, Category, ReductionKind, Signature};
-use operators::{Param, Params, OPERATORS, VARIABLE_CONSTRUCTORS};
+use operators::{OperatorEntry, Param, Params, OPERATORS, VARIABLE_CONSTRUCTORS};
 use ordered_float::OrderedFloat;
 use std::collections::HashMap;
 use std::fmt;
@@ -428,53 +428,80 @@ impl KernelChecker {
             return None;
         }
         let Some(entry) = operators::lookup(name) else {
-            let mut d = Diagnostic::error(
-                format!("unknown operator `{name}`"),
-                callee.span.clone(),
-                "no such operator",
-            );
-            let candidates = OPERATORS
-                .iter()
-                .map(|e| e.name)
-                .chain(VARIABLE_CONSTRUCTORS)
-                .chain(ReductionKind::ALL.iter().map(|k| k.name()));
-            if let Some(close) = closest_name(name, candidates) {
-                let shown = match operators::lookup(close) {
-                    Some(e) => format!("did you mean `{close}`? ({})", e.signature),
-                    None => format!("did you mean `{close}`?"),
-                };
-                d = d.with_help(shown);
-            }
-            self.error(d);
-            // Still check the arguments, to report their own errors.
-            for a in args {
-                if !matches!(a.kind, ExprKind::List(_)) {
-                    self.formula_expr(a);
-                }
-            }
+            self.unknown_operator(callee, args);
             return None;
         };
-        if args.len() < entry.min_args() || args.len() > entry.max_args() {
-            let expected = if entry.min_args() == entry.max_args() {
-                format!("{}", entry.min_args())
-            } else {
-                format!("{} or {}", entry.min_args(), entry.max_args())
-            };
-            self.error(
-                Diagnostic::error(
-                    format!(
-                        "`{name}` takes {expected} argument{}, but {} {} given",
-                        if entry.max_args() == 1 { "" } else { "s" },
-                        args.len(),
-                        if args.len() == 1 { "was" } else { "were" }
-                    ),
-                    span.clone(),
-                    format!("expected {}", entry.signature),
-                )
-                .with_note(format!("signature: {}", entry.signature)),
-            );
+        if !self.arity_fits(entry, args, span) {
             return None;
         }
+        let (operands, params) = self.call_arguments(entry, args)?;
+        self.build_call(entry, callee, (&operands, &params), span)
+    }
+
+    /// An unknown operator, with the closest known name; its arguments are still checked, to
+    /// report their own errors.
+    fn unknown_operator(&mut self, callee: &Ident, args: &[Expr]) {
+        let name = callee.name.as_str();
+        let mut d = Diagnostic::error(
+            format!("unknown operator `{name}`"),
+            callee.span.clone(),
+            "no such operator",
+        );
+        let candidates = OPERATORS
+            .iter()
+            .map(|e| e.name)
+            .chain(VARIABLE_CONSTRUCTORS)
+            .chain(ReductionKind::ALL.iter().map(|k| k.name()));
+        if let Some(close) = closest_name(name, candidates) {
+            let shown = match operators::lookup(close) {
+                Some(e) => format!("did you mean `{close}`? ({})", e.signature),
+                None => format!("did you mean `{close}`?"),
+            };
+            d = d.with_help(shown);
+        }
+        self.error(d);
+        for a in args {
+            if !matches!(a.kind, ExprKind::List(_)) {
+                self.formula_expr(a);
+            }
+        }
+    }
+
+    /// Whether the call has as many arguments as its operator takes (else a diagnostic).
+    fn arity_fits(&mut self, entry: &OperatorEntry, args: &[Expr], span: &Span) -> bool {
+        if args.len() >= entry.min_args() && args.len() <= entry.max_args() {
+            return true;
+        }
+        let expected = if entry.min_args() == entry.max_args() {
+            format!("{}", entry.min_args())
+        } else {
+            format!("{} or {}", entry.min_args(), entry.max_args())
+        };
+        self.error(
+            Diagnostic::error(
+                format!(
+                    "`{}` takes {expected} argument{}, but {} {} given",
+                    entry.name,
+                    if entry.max_args() == 1 { "" } else { "s" },
+                    args.len(),
+                    if args.len() == 1 { "was" } else { "were" }
+                ),
+                span.clone(),
+                format!("expected {}", entry.signature),
+            )
+            .with_note(format!("signature: {}", entry.signature)),
+        );
+        false
+    }
+
+    /// The call's arguments as its operator's parameters say: formulas and variables become
+    /// operands, integer literals and lists parameters. Every argument is checked, each error
+    /// reported.
+    fn call_arguments(
+        &mut self,
+        entry: &OperatorEntry,
+        args: &[Expr],
+    ) -> Option<(Vec<(Id, Span)>, Params)> {
         let mut operands: Vec<(Id, Span)> = Vec::new();
         let mut params = Params {
             ints: Vec::new(),
@@ -496,7 +523,7 @@ impl KernelChecker {
                     None => {
                         self.error(
                             Diagnostic::error(
-                                format!("`{name}` expects an integer literal here"),
+                                format!("`{}` expects an integer literal here", entry.name),
                                 arg.span.clone(),
                                 "not an integer literal",
                             )
@@ -511,9 +538,19 @@ impl KernelChecker {
                 },
             }
         }
-        if !ok {
-            return None;
-        }
+        ok.then_some((operands, params))
+    }
+
+    /// The call's node, once its arguments are read: the constants and `Grad`'s dimension
+    /// rule here, every other operator from its parameters (`operators::build_op`).
+    fn build_call(
+        &mut self,
+        entry: &OperatorEntry,
+        callee: &Ident,
+        (operands, params): (&[(Id, Span)], &Params),
+        span: &Span,
+    ) -> Option<Id> {
+        let name = entry.name;
         match name {
             "IntCst" => Some(self.push_leaf(
                 if params.ints[0] == 0 {
@@ -561,8 +598,8 @@ impl KernelChecker {
                 );
                 None
             }
-            _ => match operators::build_op(name, &params) {
-                Ok(op) => self.push_op_at(op, &operands, span, &callee.span, name),
+            _ => match operators::build_op(name, params) {
+                Ok(op) => self.push_op_at(op, operands, span, &callee.span, name),
                 Err(message) => {
                     self.error(
                         Diagnostic::error(
