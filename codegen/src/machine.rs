@@ -57,10 +57,7 @@ pub fn host_cpu() -> CpuTarget {
 }
 
 /// LLVM's target machine for `target`'s CPU code.
-pub fn cpu_machine(
-    target: &CpuTarget,
-    reloc: RelocMode,
-) -> Result<TargetMachine, CodegenError> {
+pub fn cpu_machine(target: &CpuTarget, reloc: RelocMode) -> Result<TargetMachine, CodegenError> {
     machine(
         "target",
         &target.triple,

@@ -125,15 +125,7 @@ pub fn load_gpu_entry(
     };
     let (target, budget) = gpu_target();
     let optimized = optimized(kernel, &budget)?;
-    let compiled = generated(|| {
-        crate::codegen::nvptx::compile_entry_tuned(
-            &optimized.formula,
-            &kernel.signature,
-            dtype,
-            &target,
-            entry,
-        )
-    })?;
+    let compiled = compile_gpu_optimized(&optimized, dtype, &target, entry)?;
     let loaded = load(&compiled)?;
     if !compiled.registers.is_empty() {
         return Ok(loaded);
@@ -290,13 +282,23 @@ pub fn compile_gpu_entry(
     entry: crate::codegen::nvptx::GpuEntry,
 ) -> Result<crate::codegen::nvptx::PtxKernel, EvalError> {
     let (target, budget) = gpu_target();
-    let optimized = optimized(kernel, &budget)?;
+    compile_gpu_optimized(&optimized(kernel, &budget)?, dtype, &target, entry)
+}
+
+/// The PTX of a kernel optimised at the GPU's prices, for `entry`, its block size from
+/// occupancy when `ptxas` is found.
+fn compile_gpu_optimized(
+    optimized: &opt::OptimizedKernel,
+    dtype: DType,
+    target: &GpuTarget,
+    entry: crate::codegen::nvptx::GpuEntry,
+) -> Result<crate::codegen::nvptx::PtxKernel, EvalError> {
     generated(|| {
         crate::codegen::nvptx::compile_entry_tuned(
             &optimized.formula,
-            &kernel.signature,
+            &optimized.signature,
             dtype,
-            &target,
+            target,
             entry,
         )
     })
