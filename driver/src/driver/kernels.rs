@@ -3,7 +3,9 @@
 //! ([`jit_kernel_symmetric`]) or with stored gradients ([`jit_kernel_with_gradients`]).
 
 use super::backend::EvalError;
-use super::pipeline::{compile_cpu_cross_optimized, compile_cpu_optimized, optimized};
+use super::pipeline::{
+    compile_cpu_cross_optimized, compile_cpu_optimized, on_one_stack, optimized,
+};
 use crate::check::CheckedKernel;
 use crate::codegen::{CodegenError, JitCrossKernel, JitKernel};
 use crate::opt::OptBudget;
@@ -12,12 +14,14 @@ use keops_runtime::{DType, Kernel};
 /// Compiles a checked kernel in this process (no cache, no linker) for each of `dtypes`, as
 /// the runtime's [`Kernel`], the type modules loaded from disk also give.
 pub fn jit_kernel(kernel: &CheckedKernel, dtypes: &[DType]) -> Result<Kernel, EvalError> {
-    // Optimised once, compiled for each dtype.
-    let optimized = optimized(kernel, &OptBudget::default())?;
-    let compiled: Vec<JitKernel> = dtypes
-        .iter()
-        .map(|&d| compile_cpu_optimized(&optimized, d))
-        .collect::<Result<_, _>>()?;
+    // Optimised once, compiled for each dtype, on one compiler stack.
+    let compiled: Vec<JitKernel> = on_one_stack(|| {
+        let optimized = optimized(kernel, &OptBudget::default())?;
+        dtypes
+            .iter()
+            .map(|&d| compile_cpu_optimized(&optimized, d))
+            .collect()
+    })?;
     let entries = compiled
         .iter()
         .map(|j| {
@@ -45,11 +49,13 @@ pub fn jit_symmetric(
     dtypes: &[DType],
 ) -> Result<keops_runtime::SymmetricPass, EvalError> {
     let plan = crate::symmetric::plan_if_it_pays(kernel, same)?;
-    let cross = optimized(&plan.cross, &OptBudget::default())?;
-    let compiled: Vec<JitCrossKernel> = dtypes
-        .iter()
-        .map(|&d| compile_cpu_cross_optimized(&cross, plan.columns, d))
-        .collect::<Result<_, _>>()?;
+    let compiled: Vec<JitCrossKernel> = on_one_stack(|| {
+        let cross = optimized(&plan.cross, &OptBudget::default())?;
+        dtypes
+            .iter()
+            .map(|&d| compile_cpu_cross_optimized(&cross, plan.columns, d))
+            .collect()
+    })?;
     let entries = compiled
         .iter()
         .map(|c| {

@@ -169,8 +169,10 @@ pub fn compile_cpu_cross(
     columns: usize,
     dtype: DType,
 ) -> Result<JitCrossKernel, EvalError> {
-    let optimized = optimized(kernel, &opt::OptBudget::default())?;
-    compile_cpu_cross_optimized(&optimized, columns, dtype)
+    on_one_stack(|| {
+        let optimized = optimized(kernel, &opt::OptBudget::default())?;
+        compile_cpu_cross_optimized(&optimized, columns, dtype)
+    })
 }
 
 /// [`compile_cpu_cross`] of a kernel already optimised (once for every dtype).
@@ -204,7 +206,7 @@ pub fn compile_cpu_cross_optimized(
 
 /// Optimises a checked kernel and compiles it to host machine code for `dtype`.
 pub fn compile_cpu(kernel: &CheckedKernel, dtype: DType) -> Result<JitKernel, EvalError> {
-    compile_cpu_optimized(&optimized(kernel, &opt::OptBudget::default())?, dtype)
+    on_one_stack(|| compile_cpu_optimized(&optimized(kernel, &opt::OptBudget::default())?, dtype))
 }
 
 /// [`compile_cpu`] of a kernel already optimised at the CPU's prices (once for every dtype).
@@ -240,6 +242,19 @@ pub fn optimized(
     .unwrap_or_else(|panic| {
         Err(EvalError::Codegen(CodegenError::Internal {
             stage: "the optimiser",
+            message: panic,
+        }))
+    })
+}
+
+/// Runs stages on one compiler stack (the stages' own calls of [`crate::isolate`] then run in
+/// place): optimisation and code generation on one thread, not one thread each.
+pub(crate) fn on_one_stack<T: Send>(
+    stages: impl FnOnce() -> Result<T, EvalError> + Send,
+) -> Result<T, EvalError> {
+    crate::isolate::on_compiler_stack(stages).unwrap_or_else(|panic| {
+        Err(EvalError::Codegen(CodegenError::Internal {
+            stage: "the optimiser or code generation",
             message: panic,
         }))
     })
@@ -282,7 +297,7 @@ pub fn compile_gpu_entry(
     entry: crate::codegen::nvptx::GpuEntry,
 ) -> Result<crate::codegen::nvptx::PtxKernel, EvalError> {
     let (target, budget) = gpu_target();
-    compile_gpu_optimized(&optimized(kernel, &budget)?, dtype, &target, entry)
+    on_one_stack(|| compile_gpu_optimized(&optimized(kernel, &budget)?, dtype, &target, entry))
 }
 
 /// The PTX of a kernel optimised at the GPU's prices, for `entry`, its block size from
