@@ -10,39 +10,36 @@ import re
 
 import numpy as np
 
-from ._keops_rs import build_kernel
+from ._keops_rs import build_kernel, reduction_kinds
 
 _ALIAS = re.compile(
     r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(Vi|Vj|Pm)\s*\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)\s*$"
 )
 
+# The reductions as the compiler defines them (`ReductionKind`): .kf name -> (takes K, takes the
+# weight formula2, what the output holds).
+_KINDS = {name: (takes_k, takes_weight, output) for name, takes_k, takes_weight, output in reduction_kinds()}
+
+# pykeops's names that are not the .kf name of the same reduction: pykeops's spellings without
+# the underscore, and its LogSumExpWeight (which returns the pair (m, s)).
+_PYKEOPS_NAMES = {
+    "MinArgMin": "Min_ArgMin",
+    "MaxArgMax": "Max_ArgMax",
+    "KMinArgKMin": "KMin_ArgKMin",
+    "LogSumExpWeight": "Max_SumShiftExpWeight",
+    "SoftMax": "SumSoftMaxWeight",
+}
+
 # pykeops's reduction names -> (the .kf reduction, takes K, takes the weight formula2)
 _REDUCTIONS = {
-    "Sum": ("Sum", False, False),
-    "Min": ("Min", False, False),
-    "Max": ("Max", False, False),
-    "ArgMin": ("ArgMin", False, False),
-    "ArgMax": ("ArgMax", False, False),
-    "Min_ArgMin": ("Min_ArgMin", False, False),
-    "MinArgMin": ("Min_ArgMin", False, False),
-    "Max_ArgMax": ("Max_ArgMax", False, False),
-    "MaxArgMax": ("Max_ArgMax", False, False),
-    "KMin": ("KMin", True, False),
-    "ArgKMin": ("ArgKMin", True, False),
-    "KMin_ArgKMin": ("KMin_ArgKMin", True, False),
-    "KMinArgKMin": ("KMin_ArgKMin", True, False),
-    "LogSumExp": ("LogSumExp", False, False),
-    "LogSumExpWeight": ("Max_SumShiftExpWeight", False, True),
-    "Max_SumShiftExp": ("Max_SumShiftExp", False, False),
-    "Max_SumShiftExpWeight": ("Max_SumShiftExpWeight", False, True),
-    "SumSoftMaxWeight": ("SumSoftMaxWeight", False, True),
-    "SoftMax": ("SumSoftMaxWeight", False, True),
+    name: (kf, _KINDS[kf][0], _KINDS[kf][1])
+    for name, kf in [(k, k) for k in _KINDS] + list(_PYKEOPS_NAMES.items())
 }
 
 # Reductions whose output is indices only (int64, as pykeops returns them) or values then
 # indices (a pair of arrays).
-_INDICES = {"ArgMin", "ArgMax", "ArgKMin"}
-_VALUES_AND_INDICES = {"Min_ArgMin", "Max_ArgMax", "KMin_ArgKMin"}
+_INDICES = {name for name, kind in _KINDS.items() if kind[2] == "indices"}
+_VALUES_AND_INDICES = {name for name, kind in _KINDS.items() if kind[2] == "values_and_indices"}
 
 
 def parse_aliases(aliases):

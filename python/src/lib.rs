@@ -23,7 +23,8 @@ use keops_driver::source::SourceFile;
 use keops_driver::symmetric::NotSymmetric;
 use keops_driver::vjp::{self as kvjp, VjpPlan, VjpRunError};
 use keops_runtime::{
-    ArgumentError, ArrayData, ArrayRef, Category, DType, HostArray, Kernel as RtKernel, Signature,
+    ArgumentError, ArrayData, ArrayRef, Category, DType, HostArray, Kernel as RtKernel,
+    ReductionArgs, ReductionKind, Signature,
 };
 use numpy::{
     IxDyn, PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray,
@@ -749,9 +750,28 @@ fn category_name(c: Category) -> &'static str {
     c.keops_name()
 }
 
+/// Every reduction the compiler knows, as the Python layer reads them (it keeps no table of
+/// its own): `(kf name, takes K, takes a weight formula, what the output holds: "values",
+/// "indices" or "values_and_indices")`.
+#[pyfunction]
+fn reduction_kinds() -> Vec<(&'static str, bool, bool, &'static str)> {
+    ReductionKind::ALL
+        .iter()
+        .map(|k| {
+            (
+                k.name(),
+                k.args() == ReductionArgs::FormulaK,
+                k.args() == ReductionArgs::FormulaWeight,
+                k.output().name(),
+            )
+        })
+        .collect()
+}
+
 #[pymodule]
 fn _keops_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Kernel>()?;
+    m.add_function(wrap_pyfunction!(reduction_kinds, m)?)?;
     m.add_function(wrap_pyfunction!(build::build_kernel, m)?)?;
     m.add("KfError", m.py().get_type::<KfError>())?;
     m.add(

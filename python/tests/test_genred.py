@@ -129,3 +129,29 @@ def test_out_argument_and_backend(rng):
     np.testing.assert_allclose(out, np.exp(-sqdist(x, y)) @ b, rtol=1e-12)
     with pytest.raises(ValueError, match="backend"):
         g(x, y, b, backend="GPU")
+
+
+def test_the_reduction_table_is_the_compilers():
+    """Genred reads its reductions from the compiler (``reduction_kinds``): every kind is
+    accepted under its .kf name, pykeops's other spellings map onto kinds the compiler has,
+    and the index-returning kinds are the arg-reductions."""
+    from keops_rs import _keops_rs
+    from keops_rs.genred import _INDICES, _REDUCTIONS, _VALUES_AND_INDICES
+
+    kinds = {name: rest for name, *rest in _keops_rs.reduction_kinds()}
+    assert len(kinds) == 15
+    for name, (kf, takes_k, takes_weight) in _REDUCTIONS.items():
+        assert kf in kinds, name
+        assert (takes_k, takes_weight) == tuple(kinds[kf][:2]), name
+    # The names pykeops users write, all accepted.
+    pykeops = {
+        "Sum", "Min", "Max", "ArgMin", "ArgMax", "Min_ArgMin", "MinArgMin", "Max_ArgMax",
+        "MaxArgMax", "KMin", "ArgKMin", "KMin_ArgKMin", "KMinArgKMin", "LogSumExp",
+        "LogSumExpWeight", "Max_SumShiftExp", "Max_SumShiftExpWeight", "SumSoftMaxWeight",
+        "SoftMax",
+    }
+    assert pykeops <= set(_REDUCTIONS)
+    assert _REDUCTIONS["LogSumExpWeight"][0] == "Max_SumShiftExpWeight"
+    assert _INDICES == {"ArgMin", "ArgMax", "ArgKMin"}
+    assert _VALUES_AND_INDICES == {"Min_ArgMin", "Max_ArgMax", "KMin_ArgKMin"}
+    assert kinds["KMin"][0] and kinds["SumSoftMaxWeight"][1]

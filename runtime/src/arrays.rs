@@ -2,7 +2,7 @@
 //! array to the argument it is passed for. Every error names the argument.
 
 use crate::abi::{Axis, Category, Signature};
-use crate::reduction::{Reduction, ReductionKind};
+use crate::reduction::{Reduction, ReductionOutput};
 use npyz::WriterBuilder;
 use std::fmt;
 use std::ops::Range;
@@ -747,12 +747,10 @@ pub fn check_layouts(
 /// KMin_ArgKMin, ...: values first, then indices, as KeOps), none for the others.
 pub fn index_columns(reduction: &Reduction) -> Option<Range<usize>> {
     let width = reduction.output_dim();
-    match reduction.kind {
-        ReductionKind::ArgMin | ReductionKind::ArgMax | ReductionKind::ArgKMin => Some(0..width),
-        ReductionKind::MinArgMin | ReductionKind::MaxArgMax | ReductionKind::KMinArgKMin => {
-            Some(width / 2..width)
-        }
-        _ => None,
+    match reduction.kind.output() {
+        ReductionOutput::Values => None,
+        ReductionOutput::Indices => Some(0..width),
+        ReductionOutput::ValuesAndIndices => Some(width / 2..width),
     }
 }
 
@@ -797,6 +795,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reduction::ReductionKind;
 
     /// A `.npy` file of `descr` with this header shape and `data` bytes (version 1.0).
     fn npy_bytes(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {

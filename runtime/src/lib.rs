@@ -35,6 +35,6 @@ pub use manifest::Manifest;
 pub use module::{Kernel, LoadError, Module};
 pub use ndarray;
 pub use ranges::{run_tiles_ranges, Ranges, RangesError, RangesPair, RangesRunError};
-pub use reduction::{Family, Order, Reduction, ReductionArgs, ReductionKind};
+pub use reduction::{Family, Order, Reduction, ReductionArgs, ReductionKind, ReductionOutput};
 pub use symmetric::SymmetricPass;
 pub use tiles::{run_tiles, run_tiles_batched, run_tiles_into, TileFn, TileKernel, TileSchedule};

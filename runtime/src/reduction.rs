@@ -36,6 +36,26 @@ pub enum ReductionKind {
     KMinArgKMin,
 }
 
+/// What a reduction's output rows hold ([`ReductionKind::output`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReductionOutput {
+    Values,
+    /// Indices only (as numbers of the output's dtype; int64 where a binding converts them).
+    Indices,
+    /// Values, then as many indices.
+    ValuesAndIndices,
+}
+
+impl ReductionOutput {
+    pub fn name(self) -> &'static str {
+        match self {
+            ReductionOutput::Values => "values",
+            ReductionOutput::Indices => "indices",
+            ReductionOutput::ValuesAndIndices => "values_and_indices",
+        }
+    }
+}
+
 /// How a reduction is written in a `.kf` file: which extra arguments sit between `F` and `axis`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReductionArgs {
@@ -242,17 +262,31 @@ impl ReductionKind {
         )
     }
 
+    /// What the output rows hold: values, indices only (ArgMin, ...), or values then indices
+    /// (Min_ArgMin, ...: the second half of each row).
+    pub fn output(self) -> ReductionOutput {
+        match self {
+            ReductionKind::ArgMax | ReductionKind::ArgMin | ReductionKind::ArgKMin => {
+                ReductionOutput::Indices
+            }
+            ReductionKind::MaxArgMax | ReductionKind::MinArgMin | ReductionKind::KMinArgKMin => {
+                ReductionOutput::ValuesAndIndices
+            }
+            ReductionKind::Sum
+            | ReductionKind::Max
+            | ReductionKind::Min
+            | ReductionKind::KMin
+            | ReductionKind::LogSumExp
+            | ReductionKind::LogSumExpWeight
+            | ReductionKind::MaxSumShiftExp
+            | ReductionKind::MaxSumShiftExpWeight
+            | ReductionKind::SumSoftMaxWeight => ReductionOutput::Values,
+        }
+    }
+
     /// Whether (part of) the output holds indices rather than values.
     pub fn outputs_indices(self) -> bool {
-        matches!(
-            self,
-            ReductionKind::ArgMax
-                | ReductionKind::ArgMin
-                | ReductionKind::MaxArgMax
-                | ReductionKind::MinArgMin
-                | ReductionKind::ArgKMin
-                | ReductionKind::KMinArgKMin
-        )
+        self.output() != ReductionOutput::Values
     }
 }
 
@@ -581,6 +615,36 @@ fn insert_sorted<T: Float>(acc: &mut [T], k: usize, n: usize, c: usize, value: T
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Where the indices sit in an output row: all of it (ArgKMin), its second half
+    /// (KMin_ArgKMin, Min_ArgMin), nowhere (the others).
+    #[test]
+    fn index_columns_of_each_output() {
+        let columns = |red: Reduction| crate::arrays::index_columns(&red);
+        assert_eq!(
+            columns(Reduction::with_k(ReductionKind::ArgKMin, 3, 1)),
+            Some(0..3)
+        );
+        assert_eq!(
+            columns(Reduction::with_k(ReductionKind::KMinArgKMin, 3, 1)),
+            Some(3..6)
+        );
+        assert_eq!(
+            columns(Reduction::new(ReductionKind::MinArgMin, 1)),
+            Some(1..2)
+        );
+        assert_eq!(
+            columns(Reduction::new(ReductionKind::ArgMax, 1)),
+            Some(0..1)
+        );
+        assert_eq!(columns(Reduction::with_k(ReductionKind::KMin, 3, 1)), None);
+        assert_eq!(columns(Reduction::new(ReductionKind::Sum, 4)), None);
+        for kind in ReductionKind::ALL {
+            let indices = matches!(kind.name(), "ArgMin" | "ArgMax" | "ArgKMin")
+                || kind.name().contains("_Arg");
+            assert_eq!(kind.outputs_indices(), indices, "{kind}");
+        }
+    }
 
     fn run(red: &Reduction, values: &[&[f64]]) -> Vec<f64> {
         let mut acc = vec![0.0; red.acc_dim()];
