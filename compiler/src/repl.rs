@@ -623,15 +623,24 @@ impl Repl {
     }
 }
 
-impl Repl {
-    /// `:power`: the kernel as a linear operator, applied repeatedly.
-    fn power(&self, args: &[&str], out: &mut String) -> Result<(), String> {
-        use keops_runtime::linalg::{KernelOperator, LinearOperator, Normalization, Scaled};
-        let mut output = None;
-        let mut operand = None;
-        let mut same_text = Vec::new();
-        let mut normalize = String::new();
-        let mut kept = Vec::with_capacity(args.len());
+/// `:power`'s flags, and the words that are not flags (name, counts, dtype, files).
+struct PowerFlags<'a> {
+    output: Option<std::path::PathBuf>,
+    operand: Option<String>,
+    same: Vec<String>,
+    normalize: String,
+    rest: Vec<&'a str>,
+}
+
+impl<'a> PowerFlags<'a> {
+    fn parse(args: &[&'a str]) -> Result<PowerFlags<'a>, String> {
+        let mut flags = PowerFlags {
+            output: None,
+            operand: None,
+            same: Vec::new(),
+            normalize: String::new(),
+            rest: Vec::with_capacity(args.len()),
+        };
         let mut words = args.iter();
         while let Some(&word) = words.next() {
             let mut value = |flag: &str| {
@@ -641,16 +650,26 @@ impl Repl {
                     .ok_or_else(|| format!("`{flag}` needs a value"))
             };
             match word {
-                "-o" => output = Some(std::path::PathBuf::from(value("-o")?)),
-                "--operand" => operand = Some(value("--operand")?),
-                "--same" => same_text.push(value("--same")?),
-                "--normalize" => normalize = value("--normalize")?,
-                _ => kept.push(word),
+                "-o" => flags.output = Some(std::path::PathBuf::from(value("-o")?)),
+                "--operand" => flags.operand = Some(value("--operand")?),
+                "--same" => flags.same.push(value("--same")?),
+                "--normalize" => flags.normalize = value("--normalize")?,
+                _ => flags.rest.push(word),
             }
         }
+        Ok(flags)
+    }
+}
+
+impl Repl {
+    /// `:power`: the kernel as a linear operator, applied repeatedly.
+    fn power(&self, args: &[&str], out: &mut String) -> Result<(), String> {
+        use keops_runtime::linalg::{KernelOperator, LinearOperator, Normalization, Scaled};
+        let flags = PowerFlags::parse(args)?;
+        let normalize = &flags.normalize;
         let steps =
-            Normalization::parse_list(&normalize).map_err(|e| format!("--normalize: {e}"))?;
-        let (defined, rest) = self.target(&kept)?;
+            Normalization::parse_list(normalize).map_err(|e| format!("--normalize: {e}"))?;
+        let (defined, rest) = self.target(&flags.rest)?;
         let compiled = driver::compile(SourceFile::new("<kernel>", defined.source.as_str()))
             .map_err(|(s, d)| crate::diagnostic::render_all(&d, &s, self.color))?;
         let kernel = &compiled.kernels[0];
@@ -662,48 +681,14 @@ impl Repl {
                 .ok_or_else(|| format!("kernel `{}` has no argument `{name}`", kernel.name))
         };
         let mut same = Vec::new();
-        for text in &same_text {
+        for text in &flags.same {
             let (j, i) = text
                 .split_once('=')
                 .ok_or_else(|| format!("--same `{text}`: expected J=I"))?;
             same.push((position(j.trim())?, position(i.trim())?));
         }
-        let (files, numbers): (Vec<&str>, Vec<&str>) = rest.iter().partition(|a| a.contains('='));
-        let mut counts = Vec::new();
-        let mut dtype = DType::F32;
-        for a in &numbers {
-            match a.parse::<usize>() {
-                Ok(v) => counts.push(v),
-                Err(_) => dtype = parse_dtype(a)?,
-            }
-        }
-        let t = *counts
-            .first()
-            .ok_or(":power needs the number of steps T: :power [NAME] T [N] ...")?;
-        let mut inputs: Vec<(String, HostArray)> = if files.is_empty() {
-            let n = counts.get(1).copied().unwrap_or(1000);
-            random_inputs(sig, n, n, dtype)
-        } else {
-            files
-                .iter()
-                .map(|a| {
-                    let (name, path) = a.split_once('=').expect("partitioned on '='");
-                    let array = HostArray::read_npy(std::path::Path::new(path))
-                        .map_err(|e| format!("argument `{name}`: {e}"))?;
-                    Ok((name.to_string(), array))
-                })
-                .collect::<Result<_, String>>()?
-        };
-        for &(j, i) in &same {
-            let data = inputs
-                .iter()
-                .find(|(n, _)| *n == sig.args[i].name)
-                .map(|(_, a)| a.clone())
-                .ok_or_else(|| format!("--same: `{}` is not given", sig.args[i].name))?;
-            inputs.retain(|(n, _)| *n != sig.args[j].name);
-            inputs.push((sig.args[j].name.clone(), data));
-        }
-        let operand = match operand {
+        let (t, mut inputs, dtype) = power_inputs(sig, rest, &same)?;
+        let operand = match flags.operand {
             Some(name) => name,
             // The starting vector is given as the operand's data: the operand is the one
             // candidate that --same does not pair.
@@ -754,27 +739,8 @@ impl Repl {
             t,
             if t == 1 { "" } else { "s" }
         );
-        let mut v = start_vector.to_f64();
-        let total = Instant::now();
-        for step in 1..=t {
-            let started = Instant::now();
-            v = op.apply(&v, ncols).map_err(|e| e.to_string())?;
-            let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
-            let shown: Vec<String> = v.iter().take(3).map(|x| format!("{x:.6}")).collect();
-            let _ = writeln!(
-                out,
-                "  step {step}: {:.2} ms, |v| = {norm:.6e}, v = [{}{}]",
-                started.elapsed().as_secs_f64() * 1e3,
-                shown.join(", "),
-                if v.len() > 3 { ", ..." } else { "" }
-            );
-        }
-        let _ = writeln!(
-            out,
-            "{t} products in {:.3} s",
-            total.elapsed().as_secs_f64()
-        );
-        if let Some(path) = output {
+        let v = apply_power(&op, start_vector.to_f64(), ncols, t, out)?;
+        if let Some(path) = flags.output {
             let shape = vec![op.rows(), ncols];
             let array = match dtype {
                 DType::F64 => HostArray::from_f64(shape, v),
@@ -787,6 +753,85 @@ impl Repl {
         }
         Ok(())
     }
+}
+
+/// Arrays with the names of the arguments they are for.
+type NamedArrays = Vec<(String, HostArray)>;
+
+/// `:power`'s words after the kernel's name: the number of steps T, then N (random data of N
+/// points when no file is given, 1000 by default) or `NAME=FILE.npy` arguments, and a dtype;
+/// `--same` pairs filled from the arrays they name. Returns T, the named arrays and the dtype.
+fn power_inputs(
+    sig: &keops_runtime::Signature,
+    rest: &[&str],
+    same: &[(usize, usize)],
+) -> Result<(usize, NamedArrays, DType), String> {
+    let (files, numbers): (Vec<&str>, Vec<&str>) = rest.iter().partition(|a| a.contains('='));
+    let mut counts = Vec::new();
+    let mut dtype = DType::F32;
+    for a in &numbers {
+        match a.parse::<usize>() {
+            Ok(v) => counts.push(v),
+            Err(_) => dtype = parse_dtype(a)?,
+        }
+    }
+    let t = *counts
+        .first()
+        .ok_or(":power needs the number of steps T: :power [NAME] T [N] ...")?;
+    let mut inputs: Vec<(String, HostArray)> = if files.is_empty() {
+        let n = counts.get(1).copied().unwrap_or(1000);
+        random_inputs(sig, n, n, dtype)
+    } else {
+        files
+            .iter()
+            .map(|a| {
+                let (name, path) = a.split_once('=').expect("partitioned on '='");
+                let array = HostArray::read_npy(std::path::Path::new(path))
+                    .map_err(|e| format!("argument `{name}`: {e}"))?;
+                Ok((name.to_string(), array))
+            })
+            .collect::<Result<_, String>>()?
+    };
+    for &(j, i) in same {
+        let data = inputs
+            .iter()
+            .find(|(n, _)| *n == sig.args[i].name)
+            .map(|(_, a)| a.clone())
+            .ok_or_else(|| format!("--same: `{}` is not given", sig.args[i].name))?;
+        inputs.retain(|(n, _)| *n != sig.args[j].name);
+        inputs.push((sig.args[j].name.clone(), data));
+    }
+    Ok((t, inputs, dtype))
+}
+
+/// `v` multiplied `t` times by `op`, each step's time, norm and first values printed.
+fn apply_power(
+    op: &impl keops_runtime::linalg::LinearOperator,
+    mut v: Vec<f64>,
+    ncols: usize,
+    t: usize,
+    out: &mut String,
+) -> Result<Vec<f64>, String> {
+    let total = Instant::now();
+    for step in 1..=t {
+        let started = Instant::now();
+        v = op.apply(&v, ncols).map_err(|e| e.to_string())?;
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let shown: Vec<String> = v.iter().take(3).map(|x| format!("{x:.6}")).collect();
+        let _ = writeln!(
+            out,
+            "  step {step}: {:.2} ms, |v| = {norm:.6e}, v = [{}{}]",
+            started.elapsed().as_secs_f64() * 1e3,
+            shown.join(", "),
+            if v.len() > 3 { ", ..." } else { "" }
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{t} products in {:.3} s",
+        total.elapsed().as_secs_f64()
+    );
+    Ok(v)
 }
 
 fn no_more(rest: &[&str]) -> Result<(), String> {
