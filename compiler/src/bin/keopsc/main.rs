@@ -564,19 +564,7 @@ fn build(
     same: &[String],
     gpu: bool,
 ) -> Result<(), Reported> {
-    let mut pairs = Vec::new();
-    for text in same {
-        match text.split_once('=') {
-            Some((j, i)) if !j.trim().is_empty() && !i.trim().is_empty() => {
-                pairs.push((j.trim().to_string(), i.trim().to_string()))
-            }
-            _ => {
-                return Err(fail(format!(
-                    "--same `{text}`: expected J=I, a j-variable and the i-variable whose data it holds"
-                )))
-            }
-        }
-    }
+    let pairs = parse_same_names(same)?;
     let target = if target == "host" {
         keopsc::codegen::host_cpu_level()
     } else {
@@ -602,23 +590,7 @@ fn build(
         PathBuf::from(format!("{stem}.kmod"))
     });
     if !pairs.is_empty() {
-        let reasons: Vec<String> = compiled
-            .kernels
-            .iter()
-            .filter_map(|k| {
-                let found = keopsc::artifact::pairs_of(k, &pairs);
-                keopsc::symmetric::plan_if_it_pays(k, &found)
-                    .err()
-                    .map(|e| e.to_string())
-            })
-            .collect();
-        if reasons.len() == compiled.kernels.len() {
-            return Err(fail(format!(
-                "--same: no kernel of `{}` can be evaluated over unordered pairs: {}",
-                path.display(),
-                reasons.join("; ")
-            )));
-        }
+        some_kernel_pays_for_pairs(&compiled, &pairs, path)?;
     }
     let options = keopsc::artifact::BuildOptions {
         gradients: grad,
@@ -635,7 +607,63 @@ fn build(
         &options,
     )
     .map_err(|e| fail(e.to_string()))?;
+    print_build_report(&compiled, &report, &out, &target.cpu, grad);
+    Ok(())
+}
 
+/// `--same J=I` flags as `(J, I)` names.
+fn parse_same_names(same: &[String]) -> Result<Vec<(String, String)>, Reported> {
+    let mut pairs = Vec::new();
+    for text in same {
+        match text.split_once('=') {
+            Some((j, i)) if !j.trim().is_empty() && !i.trim().is_empty() => {
+                pairs.push((j.trim().to_string(), i.trim().to_string()))
+            }
+            _ => {
+                return Err(fail(format!(
+                    "--same `{text}`: expected J=I, a j-variable and the i-variable whose data it holds"
+                )))
+            }
+        }
+    }
+    Ok(pairs)
+}
+
+/// `--same` is refused when no kernel of the file can use it, with each kernel's reason.
+fn some_kernel_pays_for_pairs(
+    compiled: &keopsc::driver::CompiledFile,
+    pairs: &[(String, String)],
+    path: &Path,
+) -> Result<(), Reported> {
+    let reasons: Vec<String> = compiled
+        .kernels
+        .iter()
+        .filter_map(|k| {
+            let found = keopsc::artifact::pairs_of(k, pairs);
+            keopsc::symmetric::plan_if_it_pays(k, &found)
+                .err()
+                .map(|e| e.to_string())
+        })
+        .collect();
+    if reasons.len() == compiled.kernels.len() {
+        return Err(fail(format!(
+            "--same: no kernel of `{}` can be evaluated over unordered pairs: {}",
+            path.display(),
+            reasons.join("; ")
+        )));
+    }
+    Ok(())
+}
+
+/// What `keopsc build` wrote: each kernel's signature, gradients, symmetric pass and GPU code,
+/// then the notes (kernels without gradients, or without a symmetric pass).
+fn print_build_report(
+    compiled: &keopsc::driver::CompiledFile,
+    report: &keopsc::artifact::BuildReport,
+    out: &Path,
+    cpu: &str,
+    grad: bool,
+) {
     println!(
         "wrote {} ({} kernel{}, {}, code generation {:.1} ms, link {:.1} ms)",
         out.display(),
@@ -645,7 +673,7 @@ fn build(
         } else {
             "s"
         },
-        target.cpu,
+        cpu,
         report.codegen.as_secs_f64() * 1e3,
         report.link.as_secs_f64() * 1e3
     );
@@ -703,7 +731,6 @@ fn build(
             eprintln!("note: {reason}");
         }
     }
-    Ok(())
 }
 
 /// Completion of operator names, commands and kernel names for the REPL.
