@@ -5,8 +5,8 @@
 //!
 //! On the CPU every batch runs in one parallel region, the kernel compiled once for all of
 //! them (`keops_runtime::run_tiles_batched`: many small problems keep every core busy, one
-//! per thread); other backends take them one after another, each a 2-D problem sliced out of
-//! the arrays and handed to the ordinary evaluation (both in `driver::evaluate`). This module
+//! per thread); a GPU's code, compiled once, runs them one after another, and the interpreter
+//! takes each 2-D problem sliced out of the arrays (all in `driver::evaluate`). This module
 //! holds the shape analysis ([`BatchLayout`]), the slicing, the stacking of the outputs and
 //! the reduction of a broadcast input's gradient over the batches it was broadcast to
 //! ([`GradientSum`]); `keopsc eval`/`vjp` use it, and so can any other front end.

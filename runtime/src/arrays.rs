@@ -214,9 +214,8 @@ impl HostArray {
     /// Fortran order is copied into C order, the layout kernels read.
     pub fn read_npy(path: &Path) -> Result<HostArray, NpyError> {
         let bytes = std::fs::read(path).map_err(|e| NpyError::Io(e.to_string()))?;
-        let npy = open_npy(&bytes)?;
+        let (npy, shape) = open_npy(&bytes)?;
         let fortran = npy.order() == npyz::Order::Fortran;
-        let shape = npy_shape(npy.shape(), bytes.len())?;
         let descr = match npy.dtype() {
             npyz::DType::Plain(ts) => ts.to_string(),
             other => return Err(NpyError::DType(format!("{other:?}"))),
@@ -331,8 +330,7 @@ impl IndexArray {
     /// Reads an int64 `.npy` file in C order.
     pub fn read_npy(path: &Path) -> Result<IndexArray, NpyError> {
         let bytes = std::fs::read(path).map_err(|e| NpyError::Io(e.to_string()))?;
-        let npy = open_npy(&bytes)?;
-        let shape = npy_shape(npy.shape(), bytes.len())?;
+        let (npy, shape) = open_npy(&bytes)?;
         match npy.dtype() {
             npyz::DType::Plain(ts) if ts.to_string() == "<i8" => {}
             other => return Err(NpyError::DType(format!("{other:?}"))),
@@ -362,20 +360,16 @@ where
     Ok(())
 }
 
-/// A `.npy` file's header read, its shape checked first: npyz multiplies the header's axes
-/// unchecked (a panic, or a wrapped count), so a shape whose size overflows is refused before
-/// npyz sees it.
-fn open_npy(bytes: &[u8]) -> Result<npyz::NpyFile<&[u8]>, NpyError> {
+/// A `.npy` file's header read, and its shape ([`npy_shape`]). npyz multiplies the header's
+/// axes unchecked (a panic, or a wrapped count), so the shape is checked on the header's text
+/// before npyz reads it, and on what npyz read after (for a header the text check cannot read).
+fn open_npy(bytes: &[u8]) -> Result<(npyz::NpyFile<&[u8]>, Vec<usize>), NpyError> {
     if let Some(axes) = header_axes(bytes) {
-        let count = axes.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
-        if count.is_none_or(|c| c > bytes.len() as u64) {
-            return Err(NpyError::Format(format!(
-                "the header's shape {axes:?} needs more numbers than the file's {} bytes hold",
-                bytes.len()
-            )));
-        }
+        npy_shape(&axes, bytes.len())?;
     }
-    npyz::NpyFile::new(bytes).map_err(|e| NpyError::Format(e.to_string()))
+    let npy = npyz::NpyFile::new(bytes).map_err(|e| NpyError::Format(e.to_string()))?;
+    let shape = npy_shape(npy.shape(), bytes.len())?;
+    Ok((npy, shape))
 }
 
 /// The axes of a `.npy` header's `'shape': (...)` entry, when the header reads plainly (else

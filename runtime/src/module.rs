@@ -576,21 +576,37 @@ impl Loader {
             let sig = k
                 .signature()
                 .map_err(|e| self.corrupt(format!("kernel `{}`: {e}", k.name)))?;
-            let mut entries = Vec::new();
-            for e in &k.entries {
-                // SAFETY: the symbol was emitted with the TileFn signature (checked format).
-                let tile: TileFn = unsafe {
-                    *library
-                        .get::<TileFn>(e.symbol.as_bytes())
-                        .map_err(|err| self.corrupt(format!("symbol {}: {err}", e.symbol)))?
-                };
-                entries.push((entry_dtype(e), tile, e.lanes));
-            }
+            // SAFETY: a kernel's symbols were emitted with the TileFn signature (checked
+            // format).
+            let entries = unsafe { self.entries::<TileFn>(library, &k.entries)? };
             let owner: Arc<dyn Any + Send + Sync> = library.clone();
             // SAFETY: entries come from the library `owner` keeps loaded.
             kernels.push(unsafe { Kernel::from_parts(sig, entries, owner) });
         }
         Ok(kernels)
+    }
+
+    /// The tile functions `entries` name in `library`, with their dtype and lanes.
+    ///
+    /// # Safety
+    /// Each symbol must have been emitted with the signature `F`.
+    unsafe fn entries<F: Copy>(
+        &self,
+        library: &libloading::Library,
+        entries: &[ManifestEntry],
+    ) -> Result<Vec<(DType, F, usize)>, LoadError> {
+        entries
+            .iter()
+            .map(|e| {
+                // SAFETY: the caller's contract.
+                let tile: F = unsafe {
+                    *library
+                        .get::<F>(e.symbol.as_bytes())
+                        .map_err(|err| self.corrupt(format!("symbol {}: {err}", e.symbol)))?
+                };
+                Ok((entry_dtype(e), tile, e.lanes))
+            })
+            .collect()
     }
 
     /// A kernel's PTX files, each inside the module and matching its checksum.
@@ -649,16 +665,9 @@ impl Loader {
         let sig = stored.signature(kernel.signature()).map_err(|e| {
             self.corrupt(format!("kernel `{}`: symmetric pass: {e}", described.name))
         })?;
-        let mut entries = Vec::new();
-        for e in &stored.entries {
-            // SAFETY: the symbol was emitted with the CrossTileFn signature (checked format).
-            let tile: CrossTileFn = unsafe {
-                *library
-                    .get::<CrossTileFn>(e.symbol.as_bytes())
-                    .map_err(|err| self.corrupt(format!("symbol {}: {err}", e.symbol)))?
-            };
-            entries.push((entry_dtype(e), tile, e.lanes));
-        }
+        // SAFETY: a symmetric pass's symbols were emitted with the CrossTileFn signature
+        // (checked format).
+        let entries = unsafe { self.entries::<CrossTileFn>(library, &stored.entries)? };
         let same = stored.same.iter().map(|&[j, i]| (j, i)).collect();
         let owner: Arc<dyn Any + Send + Sync> = library.clone();
         // SAFETY: entries come from the library `owner` keeps loaded, compiled by `keopsc build

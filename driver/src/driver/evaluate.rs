@@ -251,10 +251,7 @@ fn run_all(
 ) -> Result<Evaluation, EvalError> {
     let mut timings = EvalTimings::of(size);
     let start = Instant::now();
-    let executor = match options.code {
-        CodeSource::Anew => std::sync::Arc::from(executor(kernel, size.dtype, options.backend)?),
-        CodeSource::Cached => cached_executor(kernel, size.dtype, options.backend)?,
-    };
+    let executor = executor_for(kernel, size.dtype, options)?;
     timings.compile = start.elapsed();
     let start = Instant::now();
     let output = executor.reduce(views)?;
@@ -276,6 +273,22 @@ pub fn executor(
         #[cfg(not(feature = "cuda"))]
         Backend::Cuda => unavailable(backend),
         Backend::Interp => unavailable(backend),
+    }
+}
+
+/// [`executor`] anew or from the process-wide [`JitCache`], as `options.code` says.
+fn executor_for(
+    kernel: &CheckedKernel,
+    dtype: DType,
+    options: &EvalOptions,
+) -> Result<std::sync::Arc<dyn Executor>, EvalError> {
+    match options.code {
+        CodeSource::Anew => Ok(std::sync::Arc::from(executor(
+            kernel,
+            dtype,
+            options.backend,
+        )?)),
+        CodeSource::Cached => cached_executor(kernel, dtype, options.backend),
     }
 }
 
@@ -355,8 +368,9 @@ fn run_symmetric(
 
 /// Every batch of `arrays` (leading axes, [`crate::batch`]), outputs stacked:
 /// `(batch..., rows, Dout)`. On the CPU the kernel is compiled once and every batch runs in
-/// one parallel region (`run_tiles_batched`); other backends take the batches one after
-/// another, each an unbatched evaluation, and the timings add up (`size` is one batch's).
+/// one parallel region (`run_tiles_batched`); a GPU's code is compiled (or found) once and runs
+/// the batches one after another; the interpreter evaluates each batch apart (`size` is one
+/// batch's).
 /// Batches go over every pair: ranges and symmetric plans are for unbatched arrays.
 fn evaluate_batches(
     kernel: &CheckedKernel,
@@ -387,19 +401,24 @@ fn evaluate_batches(
         let problems: Vec<Vec<ArrayRef>> = (0..count).map(|k| layout.views(arrays, k)).collect();
         outputs = run_tiles_batched(&tiles, &problems)?;
         timings.run = start.elapsed();
-    } else {
-        let one = EvalOptions {
-            pairs: Pairs::All,
-            ..*options
-        };
+    } else if options.backend == Backend::Interp {
         for k in 0..count {
             let batch = layout.slice(arrays, k);
             let bound: Vec<&HostArray> = batch.iter().collect();
-            let done = evaluate(kernel, &bound, one)?;
-            timings.compile += done.timings.compile;
+            let done = interpret(kernel, &bound, size)?;
             timings.run += done.timings.run;
             outputs.push(done.output);
         }
+    } else if count > 0 {
+        // A device: its code compiled (or found) once, then the batches one after another.
+        let start = Instant::now();
+        let executor = executor_for(kernel, size.dtype, options)?;
+        timings.compile = start.elapsed();
+        let start = Instant::now();
+        for k in 0..count {
+            outputs.push(executor.reduce(&layout.views(arrays, k))?);
+        }
+        timings.run = start.elapsed();
     }
     let rows = RowsShape::of(&kernel.signature, size, kernel.signature.output_dim());
     let output = stack(&layout.batch, outputs, &[rows.rows, rows.dim], size.dtype);

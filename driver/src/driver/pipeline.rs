@@ -231,19 +231,13 @@ pub fn optimized(
     kernel: &CheckedKernel,
     budget: &opt::OptBudget,
 ) -> Result<opt::OptimizedKernel, EvalError> {
-    crate::isolate::on_compiler_stack(|| {
+    on_stack("the optimiser", || {
         opt::optimize(kernel, budget).map_err(|d| {
             EvalError::Codegen(CodegenError::Internal {
                 stage: d.internal.unwrap_or("optimiser"),
                 message: d.message,
             })
         })
-    })
-    .unwrap_or_else(|panic| {
-        Err(EvalError::Codegen(CodegenError::Internal {
-            stage: "the optimiser",
-            message: panic,
-        }))
     })
 }
 
@@ -252,22 +246,25 @@ pub fn optimized(
 pub(crate) fn on_one_stack<T: Send>(
     stages: impl FnOnce() -> Result<T, EvalError> + Send,
 ) -> Result<T, EvalError> {
-    crate::isolate::on_compiler_stack(stages).unwrap_or_else(|panic| {
-        Err(EvalError::Codegen(CodegenError::Internal {
-            stage: "the optimiser or code generation",
-            message: panic,
-        }))
-    })
+    on_stack("the optimiser or code generation", stages)
 }
 
-/// Runs code generation on the compiler's own stack: a panic (a broken invariant) becomes an
-/// internal error.
+/// Runs code generation on the compiler's own stack.
 fn generated<T: Send>(
     generate: impl FnOnce() -> Result<T, CodegenError> + Send,
 ) -> Result<T, EvalError> {
-    crate::isolate::on_compiler_stack(|| Ok(generate()?)).unwrap_or_else(|panic| {
+    on_stack("code generation", || Ok(generate()?))
+}
+
+/// Runs `work` on the compiler's own stack ([`crate::isolate`]): a panic (a broken invariant)
+/// becomes an internal error of `stage`.
+fn on_stack<T: Send>(
+    stage: &'static str,
+    work: impl FnOnce() -> Result<T, EvalError> + Send,
+) -> Result<T, EvalError> {
+    crate::isolate::on_compiler_stack(work).unwrap_or_else(|panic| {
         Err(EvalError::Codegen(CodegenError::Internal {
-            stage: "code generation",
+            stage,
             message: panic,
         }))
     })
@@ -323,9 +320,9 @@ fn compile_gpu_optimized(
 /// prices, its GPU schedule, PTX and ptxas's report ([`crate::codegen::nvptx::explain_ptx`]).
 pub fn explain_gpu(kernel: &CheckedKernel, dtype: DType) -> Result<String, EvalError> {
     let (target, budget) = gpu_target();
-    let optimized = optimized(kernel, &budget)?;
-    let formula = &optimized.formula;
-    generated(|| {
+    on_one_stack(|| {
+        let optimized = optimized(kernel, &budget)?;
+        let formula = &optimized.formula;
         let text = crate::codegen::nvptx::explain_ptx(formula, &kernel.signature, dtype, &target)?;
         Ok(format!("-- formula (gpu prices) --\n{formula}\n{text}"))
     })
