@@ -353,16 +353,9 @@ impl Schedule {
 /// The formula as a [`WideProduct`], if it is one: a `Sum` of `s * v` or `v * s`.
 fn wide_product(formula: &Formula, signature: &Signature, levels: &[Level]) -> Option<WideProduct> {
     let red = &signature.reduction;
-    let shifted = match red.kind {
-        keops_runtime::ReductionKind::Sum => false,
-        keops_runtime::ReductionKind::SumSoftMaxWeight
-        | keops_runtime::ReductionKind::LogSumExpWeight
-        | keops_runtime::ReductionKind::MaxSumShiftExpWeight
-            if red.fdim == 1 =>
-        {
-            true
-        }
-        _ => return None,
+    let shifted = match red.kind.summed_vector(red.fdim)? {
+        keops_runtime::SummedVector::Formula => false,
+        keops_runtime::SummedVector::Weight => true,
     };
     let nodes = formula.nodes.as_ref();
     let root = usize::from(formula.root());

@@ -26,7 +26,7 @@ use keops_front::check::CheckedKernel;
 use keops_front::formula::{Formula, Node, Op};
 pub use keops_runtime::backward::SelectedCotangent;
 use keops_runtime::backward::{Saved, SelectedPass};
-use keops_runtime::{ArgSpec, Axis, Category, Reduction, ReductionKind, Signature};
+use keops_runtime::{ArgSpec, Axis, BackwardShape, Category, Reduction, ReductionKind, Signature};
 use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -454,42 +454,32 @@ fn build_parts(kernel: &CheckedKernel, wrt: &[usize]) -> Result<Parts, VjpError>
             })
             .collect()
     };
-    use ReductionKind as K;
-    let (saved, dense, selected) = match red.kind {
-        K::ArgMin | K::ArgMax | K::ArgKMin => {
+    let (saved, dense, selected) = match red.kind.backward() {
+        BackwardShape::None => {
             return Err(VjpError::NotDifferentiable {
                 kernel: kernel.name.clone(),
                 kind: red.kind,
             })
         }
-        K::Sum => (SavedForward::None, dense_passes(None)?, None),
-        K::LogSumExp
-        | K::LogSumExpWeight
-        | K::SumSoftMaxWeight
-        | K::MaxSumShiftExp
-        | K::MaxSumShiftExpWeight => {
-            let saved_dim = match red.kind {
-                K::SumSoftMaxWeight => red.wdim + 1,
-                _ => red.output_dim(),
-            };
-            let saved = match red.kind {
-                K::SumSoftMaxWeight => SavedForward::SoftMax {
-                    kernel: builder.softmax_forward().map_err(internal)?,
-                },
-                _ => SavedForward::Output {
+        BackwardShape::Dense { saved, shifted_max } => {
+            let saved = match saved {
+                Saved::None => SavedForward::None,
+                Saved::Output(()) => SavedForward::Output {
                     kernel: kernel.clone(),
                 },
+                Saved::SoftMax(()) => SavedForward::SoftMax {
+                    kernel: builder.softmax_forward().map_err(internal)?,
+                },
             };
-            let dense = dense_passes(Some(saved_dim))?;
-            let selected = match red.kind {
-                K::MaxSumShiftExp | K::MaxSumShiftExpWeight => {
-                    Some(builder.selected(1, SelectedCotangent::ShiftedMax, wrt)?)
-                }
-                _ => None,
+            let dense = dense_passes(saved.dim(sig))?;
+            let selected = if shifted_max {
+                Some(builder.selected(1, SelectedCotangent::ShiftedMax, wrt)?)
+            } else {
+                None
             };
             (saved, dense, selected)
         }
-        K::Min | K::Max | K::MinArgMin | K::MaxArgMax | K::KMin | K::KMinArgKMin => (
+        BackwardShape::Selected => (
             SavedForward::None,
             Vec::new(),
             Some(builder.selected(red.k, SelectedCotangent::Values, wrt)?),
@@ -825,15 +815,12 @@ impl Builder<'_> {
     ) -> Result<SelectedBackward, VjpError> {
         let sig = self.sig();
         let red = sig.reduction;
-        use ReductionKind as K;
         // `fdim` is the dimension of the reduced values (a weight `V` comes after them).
         let n = red.fdim;
-        let index_kind = match red.kind {
-            K::Min | K::MinArgMin => K::MinArgMin,
-            K::Max | K::MaxArgMax | K::MaxSumShiftExp | K::MaxSumShiftExpWeight => K::MaxArgMax,
-            K::KMin | K::KMinArgKMin => K::KMinArgKMin,
-            kind => return Err(self.internal(format!("{kind} selects no entries"))),
-        };
+        let index_kind = red
+            .kind
+            .with_indices()
+            .ok_or_else(|| self.internal(format!("{} selects no entries", red.kind)))?;
         let build_indices = || -> Result<Formula, String> {
             let (formula, map) = recategorize(&self.kernel.formula, sig.args.clone())?;
             let mut b = Build { formula };

@@ -17,7 +17,7 @@ use crate::arrays::{check_arguments, shape_text, ArgumentError, DType, HostArray
 pub type Runner<'r, K, E> = dyn FnMut(&K, &[&HostArray]) -> Result<HostArray, E> + 'r;
 
 /// What the dense passes read from the forward, one row per output row.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Saved<K> {
     /// Nothing (Sum, and the reductions with selected entries only).
     None,

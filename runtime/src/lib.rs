@@ -35,6 +35,9 @@ pub use manifest::Manifest;
 pub use module::{Kernel, LoadError, Module};
 pub use ndarray;
 pub use ranges::{run_tiles_ranges, Ranges, RangesError, RangesPair, RangesRunError};
-pub use reduction::{Family, Order, Reduction, ReductionArgs, ReductionKind, ReductionOutput};
+pub use reduction::{
+    BackwardShape, Family, Order, Reduction, ReductionArgs, ReductionKind, ReductionOutput,
+    SummedVector,
+};
 pub use symmetric::SymmetricPass;
 pub use tiles::{run_tiles, run_tiles_batched, run_tiles_into, TileFn, TileKernel, TileSchedule};

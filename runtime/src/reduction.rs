@@ -13,6 +13,7 @@
 //! code generator reads the same table, so the answer never depends on which backend, lane,
 //! tile, inner split or thread count computed it.
 
+use crate::backward::Saved;
 use num_traits::Float;
 use std::fmt;
 
@@ -54,6 +55,30 @@ impl ReductionOutput {
             ReductionOutput::ValuesAndIndices => "values_and_indices",
         }
     }
+}
+
+/// The shape of a reduction's backward pass ([`ReductionKind::backward`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackwardShape {
+    /// Indices only: piecewise constant, no gradient.
+    None,
+    /// Every pair contributes: one dense pass over the other index, reading `saved` of the
+    /// forward; `shifted_max`: the running maximum `m` (Max_SumShiftExp(Weight)) also sends
+    /// a gradient through the entry that holds it (a selected part, as [`BackwardShape::Selected`]).
+    Dense { saved: Saved<()>, shifted_max: bool },
+    /// The gradient flows through the selected entries only, found by the kind's
+    /// [`ReductionKind::with_indices`].
+    Selected,
+}
+
+/// What a reduction sums of `F` when a wide product can compute it
+/// ([`ReductionKind::summed_vector`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SummedVector {
+    /// `F` itself (Sum).
+    Formula,
+    /// The weight `V` of `Concat(F, V)`, `F` a scalar.
+    Weight,
 }
 
 /// How a reduction is written in a `.kf` file: which extra arguments sit between `F` and `axis`.
@@ -287,6 +312,77 @@ impl ReductionKind {
     /// Whether (part of) the output holds indices rather than values.
     pub fn outputs_indices(self) -> bool {
         self.output() != ReductionOutput::Values
+    }
+
+    /// The kind that reduces the same values and also returns the selected entries' indices
+    /// (Min -> Min_ArgMin, KMin -> KMin_ArgKMin, ...; the maximum of Max_SumShiftExp(Weight)
+    /// -> Max_ArgMax): what a backward pass runs to find the entries its gradient flows
+    /// through. `None` for the kinds where every pair contributes.
+    pub fn with_indices(self) -> Option<ReductionKind> {
+        use ReductionKind as K;
+        match self {
+            K::Min | K::ArgMin | K::MinArgMin => Some(K::MinArgMin),
+            K::Max | K::ArgMax | K::MaxArgMax | K::MaxSumShiftExp | K::MaxSumShiftExpWeight => {
+                Some(K::MaxArgMax)
+            }
+            K::KMin | K::ArgKMin | K::KMinArgKMin => Some(K::KMinArgKMin),
+            K::Sum | K::LogSumExp | K::LogSumExpWeight | K::SumSoftMaxWeight => None,
+        }
+    }
+
+    /// The shape of this kind's backward pass (`keops_middle::vjp` builds its kernels).
+    pub fn backward(self) -> BackwardShape {
+        use ReductionKind as K;
+        match self {
+            K::ArgMin | K::ArgMax | K::ArgKMin => BackwardShape::None,
+            K::Sum => BackwardShape::Dense {
+                saved: Saved::None,
+                shifted_max: false,
+            },
+            K::LogSumExp | K::LogSumExpWeight => BackwardShape::Dense {
+                saved: Saved::Output(()),
+                shifted_max: false,
+            },
+            K::MaxSumShiftExp | K::MaxSumShiftExpWeight => BackwardShape::Dense {
+                saved: Saved::Output(()),
+                shifted_max: true,
+            },
+            K::SumSoftMaxWeight => BackwardShape::Dense {
+                saved: Saved::SoftMax(()),
+                shifted_max: false,
+            },
+            K::Min | K::Max | K::MinArgMin | K::MaxArgMax | K::KMin | K::KMinArgKMin => {
+                BackwardShape::Selected
+            }
+        }
+    }
+
+    /// What of a pair's formula value this kind sums, when it sums a vector that a wide
+    /// product (a scalar times a vector per pair: `keops_middle::schedule`) can compute with
+    /// `fdim` the dimension of `F`: all of `F` (Sum), or the weight `V` of a scalar `F`
+    /// (the weighted LogSumExp family). `None` for the kinds that compare values.
+    pub fn summed_vector(self, fdim: usize) -> Option<SummedVector> {
+        use ReductionKind as K;
+        match self {
+            K::Sum => Some(SummedVector::Formula),
+            K::SumSoftMaxWeight | K::LogSumExpWeight | K::MaxSumShiftExpWeight if fdim == 1 => {
+                Some(SummedVector::Weight)
+            }
+            K::SumSoftMaxWeight
+            | K::LogSumExpWeight
+            | K::MaxSumShiftExpWeight
+            | K::LogSumExp
+            | K::MaxSumShiftExp
+            | K::Max
+            | K::Min
+            | K::ArgMax
+            | K::ArgMin
+            | K::MaxArgMax
+            | K::MinArgMin
+            | K::KMin
+            | K::ArgKMin
+            | K::KMinArgKMin => None,
+        }
     }
 }
 
@@ -762,6 +858,61 @@ mod tests {
             value[red.fdim..].fill(0.0);
             red.fold(&mut acc, &value, 7);
             assert_eq!(acc, before, "{kind}");
+        }
+    }
+
+    /// The index form of a kind that selects entries folds its values the same way (same
+    /// order, same K), returns values then indices, and has no index form other than itself;
+    /// a kind that outputs indices has no gradient, the others have one.
+    #[test]
+    fn index_forms_and_backward_shapes_agree_with_the_families() {
+        for kind in ReductionKind::ALL {
+            let backward = kind.backward();
+            assert_eq!(
+                backward == BackwardShape::None,
+                kind.output() == ReductionOutput::Indices,
+                "{kind}"
+            );
+            let Some(indexed) = kind.with_indices() else {
+                assert!(
+                    matches!(
+                        backward,
+                        BackwardShape::Dense {
+                            shifted_max: false,
+                            ..
+                        }
+                    ),
+                    "{kind}"
+                );
+                continue;
+            };
+            assert_eq!(
+                indexed.output(),
+                ReductionOutput::ValuesAndIndices,
+                "{kind}"
+            );
+            assert_eq!(indexed.with_indices(), Some(indexed), "{kind}");
+            match (kind.family(), indexed.family()) {
+                (Family::Extreme { order: a, .. }, Family::Extreme { order: b, .. }) => {
+                    assert_eq!(a, b, "{kind}")
+                }
+                (Family::KSmallest, Family::KSmallest) => {}
+                // The running maximum of Max_SumShiftExp(Weight).
+                (Family::ShiftedExp, Family::Extreme { order, .. }) => {
+                    assert_eq!(order, Order::Greater, "{kind}");
+                    assert!(
+                        matches!(
+                            backward,
+                            BackwardShape::Dense {
+                                shifted_max: true,
+                                ..
+                            }
+                        ),
+                        "{kind}"
+                    );
+                }
+                (a, b) => panic!("{kind}: {a:?} selected through {indexed} ({b:?})"),
+            }
         }
     }
 
