@@ -377,83 +377,103 @@ impl<'ctx> LaneAccumulators<'ctx> {
                 let v = wide.from_scalar(widen(x));
                 let i =
                     wide.from_scalar(built(em.builder.build_float_add(widen(index), base, "i")));
-                // Earlier lanes of this vector may have lowered the K-th value since the
-                // threshold was read: check again, then shift entries down from the end while v
-                // goes before them.
-                let slot = |p: IntValue<'ctx>, offset: usize| {
-                    let r = built(em.builder.build_int_mul(
-                        p,
-                        i64t.const_int(stride as u64, false),
-                        "r",
-                    ));
-                    built(
-                        em.builder
-                            .build_int_add(r, i64t.const_int(offset as u64, false), "s"),
-                    )
-                };
-                let last = load_f64(wide, acc_row, (k - 1) * stride + c);
-                let still = wide.compare(FloatPredicate::OLT, v, last);
-                let still = built(em.builder.build_extract_element(
-                    still,
-                    i64t.const_zero(),
-                    "still",
-                ))
-                .into_int_value();
-                let start = em.context.append_basic_block(function, "insert_start");
-                built(em.builder.build_conditional_branch(still, start, next));
-                em.builder.position_at_end(start);
-                built(
-                    em.builder
-                        .build_store(rows.position, i64t.const_int(k as u64 - 1, false)),
-                );
-                let check = em.context.append_basic_block(function, "shift_check");
-                let compare = em.context.append_basic_block(function, "shift_compare");
-                let shift = em.context.append_basic_block(function, "shift");
-                let place = em.context.append_basic_block(function, "place");
-                built(em.builder.build_unconditional_branch(check));
-                em.builder.position_at_end(check);
-                let p = built(em.builder.build_load(i64t, rows.position, "p")).into_int_value();
-                let positive = built(em.builder.build_int_compare(
-                    inkwell::IntPredicate::SGT,
-                    p,
-                    i64t.const_zero(),
-                    "positive",
-                ));
-                built(
-                    em.builder
-                        .build_conditional_branch(positive, compare, place),
-                );
-                em.builder.position_at_end(compare);
-                let above = built(
-                    em.builder
-                        .build_int_sub(p, i64t.const_int(1, false), "above"),
-                );
-                let above_value = load_f64_at(wide, acc_row, slot(above, c));
-                let goes_before = wide.compare(FloatPredicate::OLT, v, above_value);
-                let goes_before = built(em.builder.build_extract_element(
-                    goes_before,
-                    i64t.const_zero(),
-                    "b",
-                ))
-                .into_int_value();
-                built(
-                    em.builder
-                        .build_conditional_branch(goes_before, shift, place),
-                );
-                em.builder.position_at_end(shift);
-                store_f64_at(wide, acc_row, slot(p, c), above_value);
-                let above_index = load_f64_at(wide, acc_row, slot(above, n + c));
-                store_f64_at(wide, acc_row, slot(p, n + c), above_index);
-                built(em.builder.build_store(rows.position, above));
-                built(em.builder.build_unconditional_branch(check));
-                em.builder.position_at_end(place);
-                let p = built(em.builder.build_load(i64t, rows.position, "p")).into_int_value();
-                store_f64_at(wide, acc_row, slot(p, c), v);
-                store_f64_at(wide, acc_row, slot(p, n + c), i);
-                built(em.builder.build_unconditional_branch(next));
+                self.insert_into_row_list(em, wide, function, rows, acc_row, c, (v, i), next);
                 em.builder.position_at_end(next);
             });
         });
+    }
+
+    /// Inserts the value `v` of index `i` (f64, one lane) into component `c`'s sorted list of
+    /// the row at `acc_row` when it is still below the K-th (earlier lanes of the vector may
+    /// have lowered it since the threshold was read), shifting larger entries down; then
+    /// branches to `next`.
+    #[allow(clippy::too_many_arguments)]
+    fn insert_into_row_list(
+        &self,
+        em: &Emitter<'_, 'ctx>,
+        wide: &Emitter<'_, 'ctx>,
+        function: FunctionValue<'ctx>,
+        rows: &RowLists<'ctx>,
+        acc_row: PointerValue<'ctx>,
+        c: usize,
+        (v, i): (Value<'ctx>, Value<'ctx>),
+        next: inkwell::basic_block::BasicBlock<'ctx>,
+    ) {
+        let (k, n) = (self.red.k, self.red.fdim);
+        let stride = 2 * n;
+        let i64t = em.context.i64_type();
+        // Earlier lanes of this vector may have lowered the K-th value since the
+        // threshold was read: check again, then shift entries down from the end while v
+        // goes before them.
+        let slot = |p: IntValue<'ctx>, offset: usize| {
+            let r = built(
+                em.builder
+                    .build_int_mul(p, i64t.const_int(stride as u64, false), "r"),
+            );
+            built(
+                em.builder
+                    .build_int_add(r, i64t.const_int(offset as u64, false), "s"),
+            )
+        };
+        let last = load_f64(wide, acc_row, (k - 1) * stride + c);
+        let still = wide.compare(FloatPredicate::OLT, v, last);
+        let still = built(
+            em.builder
+                .build_extract_element(still, i64t.const_zero(), "still"),
+        )
+        .into_int_value();
+        let start = em.context.append_basic_block(function, "insert_start");
+        built(em.builder.build_conditional_branch(still, start, next));
+        em.builder.position_at_end(start);
+        built(
+            em.builder
+                .build_store(rows.position, i64t.const_int(k as u64 - 1, false)),
+        );
+        let check = em.context.append_basic_block(function, "shift_check");
+        let compare = em.context.append_basic_block(function, "shift_compare");
+        let shift = em.context.append_basic_block(function, "shift");
+        let place = em.context.append_basic_block(function, "place");
+        built(em.builder.build_unconditional_branch(check));
+        em.builder.position_at_end(check);
+        let p = built(em.builder.build_load(i64t, rows.position, "p")).into_int_value();
+        let positive = built(em.builder.build_int_compare(
+            inkwell::IntPredicate::SGT,
+            p,
+            i64t.const_zero(),
+            "positive",
+        ));
+        built(
+            em.builder
+                .build_conditional_branch(positive, compare, place),
+        );
+        em.builder.position_at_end(compare);
+        let above = built(
+            em.builder
+                .build_int_sub(p, i64t.const_int(1, false), "above"),
+        );
+        let above_value = load_f64_at(wide, acc_row, slot(above, c));
+        let goes_before = wide.compare(FloatPredicate::OLT, v, above_value);
+        let goes_before = built(em.builder.build_extract_element(
+            goes_before,
+            i64t.const_zero(),
+            "b",
+        ))
+        .into_int_value();
+        built(
+            em.builder
+                .build_conditional_branch(goes_before, shift, place),
+        );
+        em.builder.position_at_end(shift);
+        store_f64_at(wide, acc_row, slot(p, c), above_value);
+        let above_index = load_f64_at(wide, acc_row, slot(above, n + c));
+        store_f64_at(wide, acc_row, slot(p, n + c), above_index);
+        built(em.builder.build_store(rows.position, above));
+        built(em.builder.build_unconditional_branch(check));
+        em.builder.position_at_end(place);
+        let p = built(em.builder.build_load(i64t, rows.position, "p")).into_int_value();
+        store_f64_at(wide, acc_row, slot(p, c), v);
+        store_f64_at(wide, acc_row, slot(p, n + c), i);
+        built(em.builder.build_unconditional_branch(next));
     }
 
     /// The online log-sum-exp step: rescale the lanes whose maximum grows (rare after the

@@ -217,22 +217,7 @@ impl Schedule {
         elem_bytes: usize,
         cpu_columns: Option<usize>,
     ) -> Schedule {
-        let levels: Vec<Level> = formula
-            .info
-            .iter()
-            .map(|info| {
-                let (row, inner) = match signature.axis {
-                    Axis::I => (info.deps.i, info.deps.j),
-                    Axis::J => (info.deps.j, info.deps.i),
-                };
-                match (row, inner) {
-                    (false, false) => Level::Call,
-                    (true, false) => Level::Row,
-                    (false, true) => Level::Inner,
-                    (true, true) => Level::Pair,
-                }
-            })
-            .collect();
+        let levels = levels_of(formula, signature);
         let gram = if cpu_columns.is_some() {
             gram_products(formula, &levels, lanes, elem_bytes)
         } else {
@@ -242,99 +227,18 @@ impl Schedule {
             Some(0) => wide_product(formula, signature, &levels),
             _ => None,
         };
-        let is_gram = |k: usize| gram.iter().any(|g| g.node == k);
-        let nodes = formula.nodes.as_ref();
-        let mut live = vec![false; formula.len()];
-        let root = usize::from(formula.root());
-        match &wide {
-            // The root is not computed: its scalar factor is.
-            Some(w) => live[w.scalar] = true,
-            None => live[root] = true,
-        }
-        for k in (0..nodes.len()).rev() {
-            if live[k] && !is_gram(k) {
-                for &c in &nodes[k].children {
-                    live[usize::from(c)] = true;
-                }
-            }
-            // A computed inner operand unrolled is an inner part like any other (a looped one is
-            // computed by the Gram product's own loops).
-            if live[k] {
-                if let Some(n) = gram
-                    .iter()
-                    .find(|g| g.node == k && !g.looped)
-                    .and_then(|g| g.inner_operand)
-                {
-                    live[n] = true;
-                }
-            }
-        }
-        let mut needed_wide = vec![false; formula.len()];
-        for (k, node) in formula.nodes.as_ref().iter().enumerate() {
-            if !live[k] || is_gram(k) {
-                continue;
-            }
-            for &c in &node.children {
-                let c = usize::from(c);
-                let reads_wide = match levels[c] {
-                    Level::Call => matches!(levels[k], Level::Inner | Level::Pair),
-                    Level::Row | Level::Inner => levels[k] == Level::Pair,
-                    Level::Pair => false,
-                };
-                needed_wide[c] |= reads_wide;
-            }
-        }
-        needed_wide[root] |= wide.is_none() && levels[root] != Level::Pair;
-
-        let mut scratch_slots = vec![None; formula.len()];
-        let mut scratch_dim = 0;
-        for (k, node) in formula.nodes.as_ref().iter().enumerate() {
-            // Computed inner operands of Gram products are stored for them, not read by the
-            // pair code.
-            let gram_operand = gram.iter().any(|g| g.inner_operand == Some(k));
-            if (live[k] || gram_operand)
-                && levels[k] == Level::Inner
-                && (needed_wide[k] || gram_operand)
-                && !matches!(node.op, Op::Var(_))
-            {
-                scratch_slots[k] = Some(scratch_dim);
-                scratch_dim += formula.info[k].dim;
-            }
-        }
-        let inner_category = match signature.axis {
-            Axis::I => keops_runtime::Category::J,
-            Axis::J => keops_runtime::Category::I,
-        };
-        let inner_input_dim: usize = signature
-            .args
-            .iter()
-            .filter(|a| a.category == inner_category)
-            .map(|a| a.dim)
-            .sum();
-        let bytes_per_index = ((inner_input_dim + scratch_dim) * elem_bytes).max(1);
-        let mut tile = (TILE_BYTES / bytes_per_index).clamp(1024, 4096);
-        if scratch_dim > 0 {
-            tile = tile.min(SCRATCH_BYTES / (scratch_dim * elem_bytes));
-        }
-        let centred_dims: usize = gram
-            .iter()
-            .filter(|g| g.kind == GramKind::SqDist)
-            .map(|g| g.dim)
-            .sum();
-        if centred_dims > 0 {
-            // Within GRAM_INNER_BYTES, or up to twice that for tiles of at least 64 indices
-            // (measured at dimension 1024: 32-index tiles ran 10% slower than 64; at
-            // dimension 64, 1024-index tiles 12% slower than 512).
-            let bytes = centred_dims * elem_bytes;
-            let fit = GRAM_INNER_BYTES / bytes;
-            tile = tile.min(fit.max((2 * GRAM_INNER_BYTES / bytes).min(64)));
-        }
-        let block_buffers = gram.len() + usize::from(wide.is_some());
-        if block_buffers > 0 {
-            tile = tile.min(BLOCK_VALUES_BYTES / (block_buffers * GRAM_ROWS * elem_bytes));
-        }
-        let lanes_usize = lanes as usize;
-        let inner_tile = (tile / lanes_usize * lanes_usize).max(lanes_usize);
+        let live = live_nodes(formula, &gram, wide.as_ref());
+        let needed_wide = needed_wide(formula, &levels, &live, &gram, wide.as_ref());
+        let (scratch_slots, scratch_dim) =
+            scratch_layout(formula, &levels, &live, &needed_wide, &gram);
+        let inner_tile = inner_tile(
+            signature,
+            lanes,
+            elem_bytes,
+            scratch_dim,
+            &gram,
+            wide.is_some(),
+        );
         Schedule {
             lanes,
             inner_tile,
@@ -348,6 +252,160 @@ impl Schedule {
             live,
         }
     }
+}
+
+/// Each node's loop level: where its inputs are fixed.
+fn levels_of(formula: &Formula, signature: &Signature) -> Vec<Level> {
+    formula
+        .info
+        .iter()
+        .map(|info| {
+            let (row, inner) = match signature.axis {
+                Axis::I => (info.deps.i, info.deps.j),
+                Axis::J => (info.deps.j, info.deps.i),
+            };
+            match (row, inner) {
+                (false, false) => Level::Call,
+                (true, false) => Level::Row,
+                (false, true) => Level::Inner,
+                (true, true) => Level::Pair,
+            }
+        })
+        .collect()
+}
+
+/// The nodes the tile computes: those the root (or a wide product's scalar factor) reads,
+/// but not the operands of Gram products, which are computed by the products' own loops.
+fn live_nodes(formula: &Formula, gram: &[GramProduct], wide: Option<&WideProduct>) -> Vec<bool> {
+    let is_gram = |k: usize| gram.iter().any(|g| g.node == k);
+    let nodes = formula.nodes.as_ref();
+    let mut live = vec![false; formula.len()];
+    match wide {
+        // The root is not computed: its scalar factor is.
+        Some(w) => live[w.scalar] = true,
+        None => live[usize::from(formula.root())] = true,
+    }
+    for k in (0..nodes.len()).rev() {
+        if live[k] && !is_gram(k) {
+            for &c in &nodes[k].children {
+                live[usize::from(c)] = true;
+            }
+        }
+        // A computed inner operand unrolled is an inner part like any other (a looped one is
+        // computed by the Gram product's own loops).
+        if live[k] {
+            if let Some(n) = gram
+                .iter()
+                .find(|g| g.node == k && !g.looped)
+                .and_then(|g| g.inner_operand)
+            {
+                live[n] = true;
+            }
+        }
+    }
+    live
+}
+
+/// The nodes whose values a deeper level reads on the loop's lanes (broadcast or loaded).
+fn needed_wide(
+    formula: &Formula,
+    levels: &[Level],
+    live: &[bool],
+    gram: &[GramProduct],
+    wide: Option<&WideProduct>,
+) -> Vec<bool> {
+    let is_gram = |k: usize| gram.iter().any(|g| g.node == k);
+    let mut needed_wide = vec![false; formula.len()];
+    for (k, node) in formula.nodes.as_ref().iter().enumerate() {
+        if !live[k] || is_gram(k) {
+            continue;
+        }
+        for &c in &node.children {
+            let c = usize::from(c);
+            let reads_wide = match levels[c] {
+                Level::Call => matches!(levels[k], Level::Inner | Level::Pair),
+                Level::Row | Level::Inner => levels[k] == Level::Pair,
+                Level::Pair => false,
+            };
+            needed_wide[c] |= reads_wide;
+        }
+    }
+    let root = usize::from(formula.root());
+    needed_wide[root] |= wide.is_none() && levels[root] != Level::Pair;
+    needed_wide
+}
+
+/// The slots of the inner tile's stack buffer: computed inner-only parts the pair code reads,
+/// and the computed inner operands of Gram products; and the numbers per index they take.
+fn scratch_layout(
+    formula: &Formula,
+    levels: &[Level],
+    live: &[bool],
+    needed_wide: &[bool],
+    gram: &[GramProduct],
+) -> (Vec<Option<usize>>, usize) {
+    let mut scratch_slots = vec![None; formula.len()];
+    let mut scratch_dim = 0;
+    for (k, node) in formula.nodes.as_ref().iter().enumerate() {
+        // Computed inner operands of Gram products are stored for them, not read by the
+        // pair code.
+        let gram_operand = gram.iter().any(|g| g.inner_operand == Some(k));
+        if (live[k] || gram_operand)
+            && levels[k] == Level::Inner
+            && (needed_wide[k] || gram_operand)
+            && !matches!(node.op, Op::Var(_))
+        {
+            scratch_slots[k] = Some(scratch_dim);
+            scratch_dim += formula.info[k].dim;
+        }
+    }
+    (scratch_slots, scratch_dim)
+}
+
+/// Inner indices per tile: the tile's inner data within [`TILE_BYTES`] (1024 to 4096
+/// indices), then within the bounds of its stack buffers, a multiple of the lanes.
+fn inner_tile(
+    signature: &Signature,
+    lanes: u32,
+    elem_bytes: usize,
+    scratch_dim: usize,
+    gram: &[GramProduct],
+    has_wide: bool,
+) -> usize {
+    let inner_category = match signature.axis {
+        Axis::I => keops_runtime::Category::J,
+        Axis::J => keops_runtime::Category::I,
+    };
+    let inner_input_dim: usize = signature
+        .args
+        .iter()
+        .filter(|a| a.category == inner_category)
+        .map(|a| a.dim)
+        .sum();
+    let bytes_per_index = ((inner_input_dim + scratch_dim) * elem_bytes).max(1);
+    let mut tile = (TILE_BYTES / bytes_per_index).clamp(1024, 4096);
+    if scratch_dim > 0 {
+        tile = tile.min(SCRATCH_BYTES / (scratch_dim * elem_bytes));
+    }
+    let centred_dims: usize = gram
+        .iter()
+        .filter(|g| g.kind == GramKind::SqDist)
+        .map(|g| g.dim)
+        .sum();
+    if centred_dims > 0 {
+        // Within GRAM_INNER_BYTES, or up to twice that for tiles of at least 64 indices
+        // (measured at dimension 1024: 32-index tiles ran 10% slower than 64; at
+        // dimension 64, 1024-index tiles 12% slower than 512).
+        let bytes = centred_dims * elem_bytes;
+        let fit = GRAM_INNER_BYTES / bytes;
+        tile = tile.min(fit.max((2 * GRAM_INNER_BYTES / bytes).min(64)));
+    }
+    let block_buffers = gram.len() + usize::from(has_wide);
+    if block_buffers > 0 {
+        tile = tile.min(BLOCK_VALUES_BYTES / (block_buffers * GRAM_ROWS * elem_bytes));
+    }
+    let lanes_usize = lanes as usize;
+    (tile / lanes_usize * lanes_usize).max(lanes_usize)
 }
 
 /// The formula as a [`WideProduct`], if it is one: a `Sum` of `s * v` or `v * s`.

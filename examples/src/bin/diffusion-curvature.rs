@@ -296,6 +296,38 @@ fn main() {
 
 fn run() -> Result<(), String> {
     let args = Args::parse();
+    let dtype = checked_dtype(&args)?;
+    let module = load_module(&args.module)?;
+    let kernel = |name: &str| module.kernel(name).map_err(|e| e.to_string());
+    let (gaussian, ball) = (kernel("gaussian_product")?, kernel("ball_return")?);
+    if let Some(path) = &args.points {
+        return run_on_points(&args, &gaussian, &ball, path);
+    }
+    println!(
+        "diffusion curvature: N = {} per surface, eps = {}, t = {}, ball radius {}, k = {} eigenpairs, {}",
+        args.n, args.eps, args.t, args.radius, args.k, dtype
+    );
+    let start = Instant::now();
+    let surveyed = survey_surfaces(&args, dtype, &gaussian, &ball)?;
+    println!(
+        "all four: {:.1} s, {} kernel passes of {} x {} pairs",
+        start.elapsed().as_secs_f64(),
+        surveyed.passes,
+        args.n,
+        args.n
+    );
+    let ok = judge_signs(&surveyed.judged);
+    let limit = surveyed.judged.iter().fold(0.0f64, |m, j| m.max(j.1.abs())) * 1.3;
+    plot(&args.out, &surveyed.panels, &surveyed.torus_map, limit)?;
+    println!("sign pattern: {}", if ok { "ok" } else { "WRONG" });
+    if !ok {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// The dtype asked, once the other options are checked.
+fn checked_dtype(args: &Args) -> Result<DType, String> {
     let dtype = match args.dtype.as_str() {
         "f32" | "float32" => DType::F32,
         "f64" | "float64" => DType::F64,
@@ -310,32 +342,46 @@ fn run() -> Result<(), String> {
     if !(args.eps > 0.0 && args.radius > 0.0 && args.t >= 0) {
         return Err("--eps and --radius must be positive, --t at least 0".into());
     }
-    let module = load_module(&args.module)?;
-    let kernel = |name: &str| module.kernel(name).map_err(|e| e.to_string());
-    let (gaussian, ball) = (kernel("gaussian_product")?, kernel("ball_return")?);
+    Ok(dtype)
+}
 
-    if let Some(path) = &args.points {
-        let x = read_points(path, "--points")?;
-        let walk = walk(&args, &gaussian, &ball, &x)?;
-        println!(
-            "N = {}: {:.2} s, {} kernel passes; {}; laziness {:.4} on average",
-            x.shape[0],
-            walk.seconds,
-            walk.products,
-            walk.eigen_summary,
-            walk.laziness.iter().sum::<f64>() / walk.laziness.len().max(1) as f64
-        );
-        if let Some(out) = &args.output {
-            let n = walk.laziness.len();
-            write_npy(&array_of(x.dtype(), vec![n], walk.laziness), out, "-o")?;
-        }
-        return Ok(());
-    }
-
+/// `--points`: the laziness of the user's cloud, printed and written to `-o`.
+fn run_on_points(args: &Args, gaussian: &Kernel, ball: &Kernel, path: &Path) -> Result<(), String> {
+    let x = read_points(path, "--points")?;
+    let walk = walk(args, gaussian, ball, &x)?;
     println!(
-        "diffusion curvature: N = {} per surface, eps = {}, t = {}, ball radius {}, k = {} eigenpairs, {}",
-        args.n, args.eps, args.t, args.radius, args.k, dtype
+        "N = {}: {:.2} s, {} kernel passes; {}; laziness {:.4} on average",
+        x.shape[0],
+        walk.seconds,
+        walk.products,
+        walk.eigen_summary,
+        walk.laziness.iter().sum::<f64>() / walk.laziness.len().max(1) as f64
     );
+    if let Some(out) = &args.output {
+        let n = walk.laziness.len();
+        write_npy(&array_of(x.dtype(), vec![n], walk.laziness), out, "-o")?;
+    }
+    Ok(())
+}
+
+/// The four surfaces' curvatures: what the plot shows and the regions whose sign is judged.
+struct Survey {
+    /// A region, its mean curvature, and the sign expected (0: about 0).
+    judged: Vec<(String, f64, i32)>,
+    panels: Vec<Panel>,
+    /// The torus's diffusion-map coordinates and curvature.
+    torus_map: Vec<([f64; 2], f64)>,
+    passes: u64,
+}
+
+/// Samples each surface, computes its curvature relative to the plane's, and prints it by
+/// region.
+fn survey_surfaces(
+    args: &Args,
+    dtype: DType,
+    gaussian: &Kernel,
+    ball: &Kernel,
+) -> Result<Survey, String> {
     type Sampler = fn(&mut SplitMix, usize) -> Vec<[f64; 3]>;
     // name, sampler, the view's elevation, and the regions where the sign is judged.
     type Region = (&'static str, fn(&[f64; 3]) -> bool, i32);
@@ -353,18 +399,19 @@ fn run() -> Result<(), String> {
             vec![("inner ring", inner, -1), ("outer ring", outer, 1)],
         ),
     ];
-    let start = Instant::now();
     let mut rng = SplitMix(args.seed.wrapping_mul(0x9E37_79B9).wrapping_add(17));
     let mut reference = f64::NAN;
-    let mut judged = Vec::new();
-    let mut panels = Vec::new();
-    let mut torus_map = Vec::new();
-    let mut passes = 0;
+    let mut survey = Survey {
+        judged: Vec::new(),
+        panels: Vec::new(),
+        torus_map: Vec::new(),
+        passes: 0,
+    };
     for (name, sample, elevation, regions) in &surfaces {
         let points = sample(&mut rng, args.n);
         let x = points_array(&points, dtype);
-        let walk = walk(&args, &gaussian, &ball, &x)?;
-        passes += walk.products;
+        let walk = walk(args, gaussian, ball, &x)?;
+        survey.passes += walk.products;
         if *name == "plane" {
             let interior = points
                 .iter()
@@ -382,37 +429,37 @@ fn run() -> Result<(), String> {
         for (region, inside, sign) in regions {
             let (mean, count) = mean_over(&curvature, |i| inside(&points[i]));
             line += &format!(" {region} {mean:+.4} ({count} points)");
-            judged.push((format!("{name} {region}"), mean, *sign));
+            survey
+                .judged
+                .push((format!("{name} {region}"), mean, *sign));
         }
         println!("{line}");
         if *name == "plane" {
             println!("  flat reference: median laziness {reference:.4} within {DISC_INTERIOR} of the disc's centre");
         }
         if *name == "torus" {
-            torus_map = walk
+            survey.torus_map = walk
                 .map
                 .iter()
                 .zip(&curvature)
                 .map(|(m, &c)| (*m, c))
                 .collect();
         }
-        panels.push((points, curvature, *elevation));
+        survey.panels.push((points, curvature, *elevation));
     }
-    println!(
-        "all four: {:.1} s, {passes} kernel passes of {} x {} pairs",
-        start.elapsed().as_secs_f64(),
-        args.n,
-        args.n
-    );
+    Ok(survey)
+}
 
-    // The sign pattern: positive on the sphere and the torus's outer ring, negative at the
-    // saddle's centre and on the inner ring, the disc's centre much nearer 0 than the sphere.
+/// Prints each region's curvature against the sign expected: positive on the sphere and the
+/// torus's outer ring, negative at the saddle's centre and on the inner ring, the disc's
+/// centre much nearer 0 than the sphere. Whether all are right.
+fn judge_signs(judged: &[(String, f64, i32)]) -> bool {
     let sphere = judged
         .iter()
         .find(|j| j.0 == "sphere all")
         .map_or(f64::NAN, |j| j.1);
     let mut ok = true;
-    for (region, mean, sign) in &judged {
+    for (region, mean, sign) in judged {
         let (right, expected) = match sign {
             1 => (*mean > 0.0, "positive".to_string()),
             -1 => (*mean < 0.0, "negative".to_string()),
@@ -427,13 +474,7 @@ fn run() -> Result<(), String> {
             if right { "" } else { "  WRONG" }
         );
     }
-    let limit = judged.iter().fold(0.0f64, |m, j| m.max(j.1.abs())) * 1.3;
-    plot(&args.out, &panels, &torus_map, limit)?;
-    println!("sign pattern: {}", if ok { "ok" } else { "WRONG" });
-    if !ok {
-        std::process::exit(1);
-    }
-    Ok(())
+    ok
 }
 
 /// A cloud, its curvature, and the elevation it is seen from (degrees).

@@ -12,41 +12,7 @@ use keops_runtime::{Axis, Reduction, ReductionArgs, ReductionKind};
 impl KernelChecker {
     /// The kernel's last line: `Kind_Reduction(F, [K | V,] axis)`.
     pub(super) fn reduction(&mut self, e: &Expr) -> Option<(Reduction, Axis, Id)> {
-        let reduction_names: Vec<String> =
-            ReductionKind::ALL.iter().map(|k| k.to_string()).collect();
-        let looks_like_reduction = |name: &str| {
-            name.ends_with("_Reduction")
-                || (operators::lookup(name).is_none()
-                    && closest_name(name, reduction_names.iter().map(String::as_str)).is_some())
-        };
-        let (callee, args) = match &e.kind {
-            ExprKind::Call { callee, args } if looks_like_reduction(&callee.name) => (callee, args),
-            _ => {
-                let _ = self.formula_expr(e);
-                self.error(
-                    Diagnostic::error(
-                        "the kernel's last line must be a reduction",
-                        e.span.clone(),
-                        "a formula, not a reduction",
-                    )
-                    .with_help("wrap it in a reduction, e.g. `Sum_Reduction(F, 0)` to sum over j"),
-                );
-                return None;
-            }
-        };
-        let Some(kind) = ReductionKind::from_reduction_name(&callee.name) else {
-            let names = reduction_names;
-            let mut d = Diagnostic::error(
-                format!("unknown reduction `{}`", callee.name),
-                callee.span.clone(),
-                "no such reduction",
-            );
-            if let Some(close) = closest_name(&callee.name, names.iter().map(String::as_str)) {
-                d = d.with_help(format!("did you mean `{close}`?"));
-            }
-            self.error(d);
-            return None;
-        };
+        let (kind, args) = self.reduction_kind(e)?;
         let signature = match kind.args() {
             ReductionArgs::Formula => format!("{kind}(F, axis)"),
             ReductionArgs::FormulaK => format!("{kind}(F, K, axis)"),
@@ -89,24 +55,98 @@ impl KernelChecker {
         let mut weight = None;
         match kind.args() {
             ReductionArgs::Formula => {}
-            ReductionArgs::FormulaK => match args[1].kind.as_integer() {
-                Some(value) if value >= 1 => k = value as usize,
-                _ => {
-                    self.error(
-                        Diagnostic::error(
-                            format!("`{kind}` needs K, a positive integer literal"),
-                            args[1].span.clone(),
-                            "expected K >= 1",
-                        )
-                        .with_note(format!("signature: {signature}")),
-                    );
-                    return None;
-                }
-            },
+            ReductionArgs::FormulaK => k = self.reduction_k(kind, &args[1], &signature)?,
             ReductionArgs::FormulaWeight => weight = Some(self.formula_expr(&args[1])?),
         }
         let (f, axis) = (f?, axis?);
         let fdim = self.dim(f);
+        self.check_reduced_sizes(kind, k, fdim, args, &signature)?;
+        let (reduction, root) = match weight {
+            None => (Reduction::with_k(kind, k, fdim), f),
+            Some(w) => {
+                let wdim = self.dim(w);
+                let root = self.push_op(
+                    Op::Concat,
+                    &[(f, args[0].span.clone()), (w, args[1].span.clone())],
+                    &e.span,
+                    "Concat",
+                )?;
+                (Reduction::with_weight(kind, fdim, wdim), root)
+            }
+        };
+        Some((reduction, axis, root))
+    }
+
+    /// The reduction `e` calls, and its arguments; a diagnostic when `e` is a formula or an
+    /// unknown reduction.
+    fn reduction_kind<'e>(&mut self, e: &'e Expr) -> Option<(ReductionKind, &'e [Expr])> {
+        let reduction_names: Vec<String> =
+            ReductionKind::ALL.iter().map(|k| k.to_string()).collect();
+        let looks_like_reduction = |name: &str| {
+            name.ends_with("_Reduction")
+                || (operators::lookup(name).is_none()
+                    && closest_name(name, reduction_names.iter().map(String::as_str)).is_some())
+        };
+        let (callee, args) = match &e.kind {
+            ExprKind::Call { callee, args } if looks_like_reduction(&callee.name) => (callee, args),
+            _ => {
+                let _ = self.formula_expr(e);
+                self.error(
+                    Diagnostic::error(
+                        "the kernel's last line must be a reduction",
+                        e.span.clone(),
+                        "a formula, not a reduction",
+                    )
+                    .with_help("wrap it in a reduction, e.g. `Sum_Reduction(F, 0)` to sum over j"),
+                );
+                return None;
+            }
+        };
+        let Some(kind) = ReductionKind::from_reduction_name(&callee.name) else {
+            let mut d = Diagnostic::error(
+                format!("unknown reduction `{}`", callee.name),
+                callee.span.clone(),
+                "no such reduction",
+            );
+            if let Some(close) =
+                closest_name(&callee.name, reduction_names.iter().map(String::as_str))
+            {
+                d = d.with_help(format!("did you mean `{close}`?"));
+            }
+            self.error(d);
+            return None;
+        };
+        Some((kind, args))
+    }
+
+    /// `K` of a K-reduction: a positive integer literal.
+    fn reduction_k(&mut self, kind: ReductionKind, arg: &Expr, signature: &str) -> Option<usize> {
+        match arg.kind.as_integer() {
+            Some(value) if value >= 1 => Some(value as usize),
+            _ => {
+                self.error(
+                    Diagnostic::error(
+                        format!("`{kind}` needs K, a positive integer literal"),
+                        arg.span.clone(),
+                        "expected K >= 1",
+                    )
+                    .with_note(format!("signature: {signature}")),
+                );
+                None
+            }
+        }
+    }
+
+    /// The reduced formula (of dimension `fdim`) fits the reduction: a scalar for the
+    /// LogSumExp family, an accumulator within the largest dimension for the K-reductions.
+    fn check_reduced_sizes(
+        &mut self,
+        kind: ReductionKind,
+        k: usize,
+        fdim: usize,
+        args: &[Expr],
+        signature: &str,
+    ) -> Option<()> {
         if kind.needs_scalar_formula() && fdim != 1 {
             self.error(
                 Diagnostic::error(
@@ -136,19 +176,6 @@ impl KernelChecker {
             );
             return None;
         }
-        let (reduction, root) = match weight {
-            None => (Reduction::with_k(kind, k, fdim), f),
-            Some(w) => {
-                let wdim = self.dim(w);
-                let root = self.push_op(
-                    Op::Concat,
-                    &[(f, args[0].span.clone()), (w, args[1].span.clone())],
-                    &e.span,
-                    "Concat",
-                )?;
-                (Reduction::with_weight(kind, fdim, wdim), root)
-            }
-        };
-        Some((reduction, axis, root))
+        Some(())
     }
 }

@@ -90,7 +90,7 @@ pub fn conjugate_gradient<A: LinearOperator + ?Sized>(
     options: &CgOptions,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<CgResult, LinalgError> {
-    let n = check_square(op, "conjugate gradients")?;
+    check_square(op, "conjugate gradients")?;
     check_operand(op, b, ncols)?;
     if !is_positive(options.tol) || !options.lambda.is_finite() {
         return Err(LinalgError::Parameter(format!(
@@ -102,8 +102,47 @@ pub fn conjugate_gradient<A: LinearOperator + ?Sized>(
         op,
         shift: options.lambda,
     };
-    let inverse_diagonal = match options.preconditioner {
-        Preconditioner::None => None,
+    let columns = Columns::new(b, ncols, jacobi_inverse(&system, options.preconditioner)?);
+    let mut state = CgState::new(&columns, b, options.tol);
+    let mut history = vec![state.residuals.iter().fold(0.0f64, |m, &r| m.max(r))];
+    let mut iterations = 0;
+    while state.active.iter().any(|&a| a) && iterations < options.max_iterations {
+        iterations += 1;
+        let q = system.apply(&state.p, ncols)?;
+        state.advance_solution(&columns, &q, iterations)?;
+        state.advance_directions(&columns, options.tol);
+        history.push(state.residuals.iter().fold(0.0f64, |m, &r| m.max(r)));
+        progress(&Progress {
+            task: "cg",
+            step: iterations,
+            steps: options.max_iterations,
+            residual: state.worst_active(),
+            converged: state.active.iter().filter(|a| !**a).count(),
+            wanted: ncols,
+        });
+    }
+    let ax = system.apply(&state.x, ncols)?;
+    let true_residual: Vec<f64> = b.iter().zip(&ax).map(|(b, ax)| b - ax).collect();
+    let relative_residuals: Vec<f64> = (0..ncols)
+        .map(|c| columns.relative(&true_residual, c))
+        .collect();
+    Ok(CgResult {
+        converged: state.active.iter().all(|a| !a),
+        solution: state.x,
+        ncols,
+        iterations,
+        residual_history: history,
+        relative_residuals,
+    })
+}
+
+/// `diag(A + lambda I)^-1` for the Jacobi preconditioner (`None` without one).
+fn jacobi_inverse<A: LinearOperator + ?Sized>(
+    system: &Shifted<&A>,
+    preconditioner: Preconditioner,
+) -> Result<Option<Vec<f64>>, LinalgError> {
+    match preconditioner {
+        Preconditioner::None => Ok(None),
         Preconditioner::Jacobi => {
             let d = system.diagonal()?;
             if let Some((row, &value)) = d.iter().enumerate().find(|(_, d)| !is_positive(**d)) {
@@ -111,107 +150,150 @@ pub fn conjugate_gradient<A: LinearOperator + ?Sized>(
                     "the Jacobi preconditioner needs a positive diagonal; entry {row} of A + lambda I is {value}"
                 )));
             }
-            Some(d.iter().map(|d| 1.0 / d).collect::<Vec<f64>>())
+            Ok(Some(d.iter().map(|d| 1.0 / d).collect()))
         }
-    };
-    let precondition = |r: &[f64]| -> Vec<f64> {
-        match &inverse_diagonal {
+    }
+}
+
+/// Column-wise arithmetic on `rows x ncols` row-major blocks: dot products, residuals relative
+/// to the right-hand side's columns, the preconditioner.
+struct Columns {
+    ncols: usize,
+    b_norms: Vec<f64>,
+    inverse_diagonal: Option<Vec<f64>>,
+}
+
+impl Columns {
+    fn new(b: &[f64], ncols: usize, inverse_diagonal: Option<Vec<f64>>) -> Columns {
+        let mut columns = Columns {
+            ncols,
+            b_norms: Vec::new(),
+            inverse_diagonal,
+        };
+        columns.b_norms = (0..ncols).map(|c| columns.dot(b, b, c).sqrt()).collect();
+        columns
+    }
+
+    fn dot(&self, a: &[f64], b: &[f64], c: usize) -> f64 {
+        column(a, self.ncols, c)
+            .zip(column(b, self.ncols, c))
+            .map(|(a, b)| a * b)
+            .sum()
+    }
+
+    /// `||r_c|| / ||b_c||` (0 for a zero column of `b`).
+    fn relative(&self, r: &[f64], c: usize) -> f64 {
+        if self.b_norms[c] > 0.0 {
+            self.dot(r, r, c).sqrt() / self.b_norms[c]
+        } else {
+            0.0
+        }
+    }
+
+    /// `M^-1 r`.
+    fn precondition(&self, r: &[f64]) -> Vec<f64> {
+        match &self.inverse_diagonal {
             None => r.to_vec(),
             Some(inv) => r
                 .iter()
                 .enumerate()
-                .map(|(k, v)| v * inv[k / ncols])
+                .map(|(k, v)| v * inv[k / self.ncols])
                 .collect(),
         }
-    };
-    let dot = |a: &[f64], b: &[f64], c: usize| -> f64 {
-        column(a, ncols, c)
-            .zip(column(b, ncols, c))
-            .map(|(a, b)| a * b)
-            .sum()
-    };
-    let b_norms: Vec<f64> = (0..ncols).map(|c| dot(b, b, c).sqrt()).collect();
-    let relative = |r: &[f64], c: usize| {
-        if b_norms[c] > 0.0 {
-            dot(r, r, c).sqrt() / b_norms[c]
-        } else {
-            0.0
+    }
+}
+
+/// The iterates of conjugate gradients, all columns at once.
+struct CgState {
+    x: Vec<f64>,
+    r: Vec<f64>,
+    z: Vec<f64>,
+    p: Vec<f64>,
+    /// `<r, z>` per column.
+    rz: Vec<f64>,
+    residuals: Vec<f64>,
+    /// The columns not yet at the tolerance.
+    active: Vec<bool>,
+}
+
+impl CgState {
+    /// From `x = 0`.
+    fn new(columns: &Columns, b: &[f64], tol: f64) -> CgState {
+        let ncols = columns.ncols;
+        let r = b.to_vec();
+        let z = columns.precondition(&r);
+        let rz = (0..ncols).map(|c| columns.dot(&r, &z, c)).collect();
+        let residuals: Vec<f64> = (0..ncols).map(|c| columns.relative(&r, c)).collect();
+        CgState {
+            x: vec![0.0; b.len()],
+            active: residuals.iter().map(|&res| res > tol).collect(),
+            p: z.clone(),
+            r,
+            z,
+            rz,
+            residuals,
         }
-    };
-    let mut x = vec![0.0; n * ncols];
-    let mut r = b.to_vec();
-    let mut z = precondition(&r);
-    let mut p = z.clone();
-    let mut rz: Vec<f64> = (0..ncols).map(|c| dot(&r, &z, c)).collect();
-    let mut residuals: Vec<f64> = (0..ncols).map(|c| relative(&r, c)).collect();
-    let mut active: Vec<bool> = residuals.iter().map(|&res| res > options.tol).collect();
-    let worst_active = |residuals: &[f64], active: &[bool]| {
-        residuals
-            .iter()
-            .zip(active)
-            .filter(|(_, a)| **a)
-            .fold(0.0f64, |m, (r, _)| m.max(*r))
-    };
-    let mut history = vec![residuals.iter().fold(0.0f64, |m, &r| m.max(r))];
-    let mut iterations = 0;
-    while active.iter().any(|&a| a) && iterations < options.max_iterations {
-        iterations += 1;
-        let q = system.apply(&p, ncols)?;
-        for c in (0..ncols).filter(|&c| active[c]) {
-            let pq = dot(&p, &q, c);
+    }
+
+    /// The step along `p` of each active column, `q = (A + lambda I) p`: `x` and `r` move,
+    /// the residuals follow. A non-positive curvature `<p, q>` is an error.
+    fn advance_solution(
+        &mut self,
+        columns: &Columns,
+        q: &[f64],
+        iteration: usize,
+    ) -> Result<(), LinalgError> {
+        let ncols = columns.ncols;
+        for c in (0..ncols).filter(|&c| self.active[c]) {
+            let pq = columns.dot(&self.p, q, c);
             if !is_positive(pq) {
                 return Err(LinalgError::NotPositiveDefinite {
                     column: c,
-                    iteration: iterations,
+                    iteration,
                     value: pq,
                 });
             }
-            let alpha = rz[c] / pq;
-            for row in 0..n {
-                let k = row * ncols + c;
-                x[k] += alpha * p[k];
-                r[k] -= alpha * q[k];
+            let alpha = self.rz[c] / pq;
+            for k in (c..self.x.len()).step_by(ncols) {
+                self.x[k] += alpha * self.p[k];
+                self.r[k] -= alpha * q[k];
             }
-            residuals[c] = relative(&r, c);
+            self.residuals[c] = columns.relative(&self.r, c);
         }
-        z = precondition(&r);
-        for c in 0..ncols {
-            if !active[c] {
-                continue;
-            }
-            if residuals[c] <= options.tol {
-                active[c] = false;
-                // Zero search directions cost nothing to carry through the next products.
-                (0..n).for_each(|row| p[row * ncols + c] = 0.0);
-                continue;
-            }
-            let rz_next = dot(&r, &z, c);
-            let beta = rz_next / rz[c];
-            rz[c] = rz_next;
-            for row in 0..n {
-                let k = row * ncols + c;
-                p[k] = z[k] + beta * p[k];
-            }
-        }
-        history.push(residuals.iter().fold(0.0f64, |m, &r| m.max(r)));
-        progress(&Progress {
-            task: "cg",
-            step: iterations,
-            steps: options.max_iterations,
-            residual: worst_active(&residuals, &active),
-            converged: active.iter().filter(|a| !**a).count(),
-            wanted: ncols,
-        });
+        Ok(())
     }
-    let ax = system.apply(&x, ncols)?;
-    let true_residual: Vec<f64> = b.iter().zip(&ax).map(|(b, ax)| b - ax).collect();
-    let relative_residuals: Vec<f64> = (0..ncols).map(|c| relative(&true_residual, c)).collect();
-    Ok(CgResult {
-        solution: x,
-        ncols,
-        iterations,
-        converged: active.iter().all(|a| !a),
-        residual_history: history,
-        relative_residuals,
-    })
+
+    /// The next search directions; a column at the tolerance stops (its direction zeroed).
+    fn advance_directions(&mut self, columns: &Columns, tol: f64) {
+        let ncols = columns.ncols;
+        self.z = columns.precondition(&self.r);
+        for c in 0..ncols {
+            if !self.active[c] {
+                continue;
+            }
+            if self.residuals[c] <= tol {
+                self.active[c] = false;
+                // Zero search directions cost nothing to carry through the next products.
+                (c..self.p.len())
+                    .step_by(ncols)
+                    .for_each(|k| self.p[k] = 0.0);
+                continue;
+            }
+            let rz_next = columns.dot(&self.r, &self.z, c);
+            let beta = rz_next / self.rz[c];
+            self.rz[c] = rz_next;
+            for k in (c..self.p.len()).step_by(ncols) {
+                self.p[k] = self.z[k] + beta * self.p[k];
+            }
+        }
+    }
+
+    /// The largest residual of the columns still active.
+    fn worst_active(&self) -> f64 {
+        self.residuals
+            .iter()
+            .zip(&self.active)
+            .filter(|(_, a)| **a)
+            .fold(0.0f64, |m, (r, _)| m.max(*r))
+    }
 }

@@ -2,7 +2,7 @@
 
 use super::operator::check_operand;
 use super::{LinalgError, LinearOperator};
-use crate::abi::{Axis, Category};
+use crate::abi::{Axis, Category, Signature};
 use crate::arrays::{check_arguments, ArgumentError, ArrayData, ArrayRef, DType, HostArray};
 use crate::module::Kernel;
 use crate::reduction::ReductionKind;
@@ -62,74 +62,13 @@ impl KernelOperator {
         inputs: Vec<(String, HostArray)>,
     ) -> Result<KernelOperator, LinalgError> {
         let sig = kernel.signature().clone();
-        let not_linear = |reason: String| LinalgError::NotLinear {
-            kernel: sig.name.clone(),
-            operand: operand.to_string(),
-            reason,
-        };
-        if sig.reduction.kind != ReductionKind::Sum {
-            return Err(not_linear(format!(
-                "its reduction is {}; only Sum is linear",
-                sig.reduction.kind.name()
-            )));
-        }
-        let expected: Vec<String> = sig.args.iter().map(|a| format!("`{}`", a.name)).collect();
-        let Some(operand_index) = sig.args.iter().position(|a| a.name == operand) else {
-            return Err(ArgumentError::Unknown {
-                name: operand.to_string(),
-                expected: expected.join(", "),
-            }
-            .into());
-        };
-        let spec = &sig.args[operand_index];
+        let operand_index = linear_operand(&sig, operand)?;
+        let width = sig.args[operand_index].dim;
+        let slots = fixed_inputs(&sig, operand_index, inputs)?;
         let (reduced, output_category) = match sig.axis {
             Axis::I => (Category::J, Category::I),
             Axis::J => (Category::I, Category::J),
         };
-        if spec.category != reduced {
-            return Err(not_linear(format!(
-                "it is a {} variable, but the reduction runs over {} (the operand must be a {} variable)",
-                spec.category,
-                if reduced == Category::J { "j" } else { "i" },
-                reduced
-            )));
-        }
-        if spec.dim != sig.output_dim() {
-            return Err(not_linear(format!(
-                "it has dimension {} but the output {}: output column c must be K times operand column c",
-                spec.dim,
-                sig.output_dim()
-            )));
-        }
-        let width = spec.dim;
-        let mut slots: Vec<Option<HostArray>> = vec![None; sig.args.len()];
-        for (name, array) in inputs {
-            let Some(k) = sig.args.iter().position(|a| a.name == name) else {
-                return Err(ArgumentError::Unknown {
-                    name,
-                    expected: expected.join(", "),
-                }
-                .into());
-            };
-            if k == operand_index {
-                return Err(LinalgError::Parameter(format!(
-                    "`{name}` is the operand, the vector the operator multiplies: it is not given with the other inputs"
-                )));
-            }
-            if slots[k].is_some() {
-                return Err(ArgumentError::Duplicate { name }.into());
-            }
-            slots[k] = Some(array);
-        }
-        for (k, (slot, spec)) in slots.iter().zip(&sig.args).enumerate() {
-            if slot.is_none() && k != operand_index {
-                return Err(ArgumentError::Missing {
-                    name: spec.name.clone(),
-                    spec: format!("{}({})", spec.category, spec.dim),
-                }
-                .into());
-            }
-        }
         let rows_of = |category: Category| {
             slots
                 .iter()
@@ -220,6 +159,95 @@ impl KernelOperator {
         };
         Ok(out.to_f64())
     }
+}
+
+/// The position of the argument `operand` of a kernel with signature `sig`, once checked that
+/// the kernel can be linear in it: a Sum over the operand's index, the operand as wide as the
+/// output.
+fn linear_operand(sig: &Signature, operand: &str) -> Result<usize, LinalgError> {
+    let not_linear = |reason: String| LinalgError::NotLinear {
+        kernel: sig.name.clone(),
+        operand: operand.to_string(),
+        reason,
+    };
+    if sig.reduction.kind != ReductionKind::Sum {
+        return Err(not_linear(format!(
+            "its reduction is {}; only Sum is linear",
+            sig.reduction.kind.name()
+        )));
+    }
+    let Some(operand_index) = sig.args.iter().position(|a| a.name == operand) else {
+        return Err(ArgumentError::Unknown {
+            name: operand.to_string(),
+            expected: argument_names(sig),
+        }
+        .into());
+    };
+    let spec = &sig.args[operand_index];
+    let reduced = match sig.axis {
+        Axis::I => Category::J,
+        Axis::J => Category::I,
+    };
+    if spec.category != reduced {
+        return Err(not_linear(format!(
+            "it is a {} variable, but the reduction runs over {} (the operand must be a {} variable)",
+            spec.category,
+            if reduced == Category::J { "j" } else { "i" },
+            reduced
+        )));
+    }
+    if spec.dim != sig.output_dim() {
+        return Err(not_linear(format!(
+            "it has dimension {} but the output {}: output column c must be K times operand column c",
+            spec.dim,
+            sig.output_dim()
+        )));
+    }
+    Ok(operand_index)
+}
+
+/// The inputs given by name, in argument order (`None` at the operand): each argument but the
+/// operand exactly once.
+fn fixed_inputs(
+    sig: &Signature,
+    operand_index: usize,
+    inputs: Vec<(String, HostArray)>,
+) -> Result<Vec<Option<HostArray>>, LinalgError> {
+    let mut slots: Vec<Option<HostArray>> = vec![None; sig.args.len()];
+    for (name, array) in inputs {
+        let Some(k) = sig.args.iter().position(|a| a.name == name) else {
+            return Err(ArgumentError::Unknown {
+                name,
+                expected: argument_names(sig),
+            }
+            .into());
+        };
+        if k == operand_index {
+            return Err(LinalgError::Parameter(format!(
+                "`{name}` is the operand, the vector the operator multiplies: it is not given with the other inputs"
+            )));
+        }
+        if slots[k].is_some() {
+            return Err(ArgumentError::Duplicate { name }.into());
+        }
+        slots[k] = Some(array);
+    }
+    for (k, (slot, spec)) in slots.iter().zip(&sig.args).enumerate() {
+        if slot.is_none() && k != operand_index {
+            return Err(ArgumentError::Missing {
+                name: spec.name.clone(),
+                spec: format!("{}({})", spec.category, spec.dim),
+            }
+            .into());
+        }
+    }
+    Ok(slots)
+}
+
+/// "`x`, `y`, `b`": the arguments, for messages.
+fn argument_names(sig: &Signature) -> String {
+    let names: Vec<String> = sig.args.iter().map(|a| format!("`{}`", a.name)).collect();
+    names.join(", ")
 }
 
 fn zeros(dtype: DType, shape: Vec<usize>) -> HostArray {

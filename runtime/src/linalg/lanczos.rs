@@ -141,6 +141,55 @@ pub fn lanczos<A: LinearOperator + ?Sized>(
 ) -> Result<EigResult, LinalgError> {
     let n = check_square(op, "lanczos")?;
     let k = options.k;
+    let m = basis_size(options, n)?;
+    let mut krylov = Krylov::new(m, starting_direction(options, n)?);
+    let mut restart = 0;
+    loop {
+        let exhausted = krylov.expand(op)?;
+        let size = krylov.basis.len();
+        let ritz = symmetric_eigen(&krylov.projected(), size)?;
+        let theta_max = ritz.values.iter().fold(0.0f64, |a, &b| a.max(b.abs()));
+        let residuals: Vec<f64> = (0..k)
+            .map(|i| (krylov.beta_last * ritz.vectors[(size - 1) * size + i]).abs())
+            .collect();
+        let threshold = options.tol * theta_max.max(f64::MIN_POSITIVE);
+        let converged = exhausted || residuals.iter().all(|&r| r <= threshold);
+        progress(&Progress {
+            task: "lanczos",
+            step: restart + 1,
+            steps: options.max_restarts + 1,
+            residual: residuals
+                .iter()
+                .filter(|&&r| r > threshold)
+                .fold(0.0f64, |a, &b| a.max(b)),
+            converged: residuals.iter().filter(|&&r| r <= threshold).count(),
+            wanted: k,
+        });
+        if converged || restart == options.max_restarts {
+            return Ok(EigResult {
+                values: ritz.values[..k].to_vec(),
+                vectors: unit_columns(krylov.ritz_vectors(&ritz.vectors, k), n),
+                k,
+                residuals,
+                converged,
+                restarts: restart,
+                products: krylov.products,
+            });
+        }
+        // Thick restart: keep the best Ritz vectors (more than k, which speeds up the k-th),
+        // their projected matrix diagonal; `next` (the residual direction) continues.
+        let keep = (k + (size - k) / 2).min(size - 1).max(k);
+        krylov.restart(
+            krylov.ritz_vectors(&ritz.vectors, keep),
+            &ritz.values[..keep],
+        );
+        restart += 1;
+    }
+}
+
+/// The Krylov basis size before a restart (checking `k` and the tolerance on the way).
+fn basis_size(options: &EigOptions, n: usize) -> Result<usize, LinalgError> {
+    let k = options.k;
     if k == 0 || k > n {
         return Err(LinalgError::Parameter(format!(
             "lanczos: k = {k} eigenpairs asked of an operator of size {n} (1 <= k <= N)"
@@ -163,6 +212,11 @@ pub fn lanczos<A: LinearOperator + ?Sized>(
             "lanczos: a basis of {m} vectors cannot hold k = {k} eigenvectors and grow (basis > k)"
         )));
     }
+    Ok(m)
+}
+
+/// The first basis vector: the caller's start (or a fixed pseudo-random one), normalised.
+fn starting_direction(options: &EigOptions, n: usize) -> Result<Vec<f64>, LinalgError> {
     let start = match &options.start {
         Some(s) if s.len() != n => {
             return Err(LinalgError::OperandShape {
@@ -174,115 +228,124 @@ pub fn lanczos<A: LinearOperator + ?Sized>(
         Some(s) => s.clone(),
         None => pseudo_random(n, 0x5eed),
     };
-    let Some(mut next) = new_direction(&[], start, 1) else {
-        return Err(LinalgError::Parameter(
-            "lanczos: the operator is empty".into(),
-        ));
-    };
-    let mut basis: Vec<Vec<f64>> = Vec::with_capacity(m + 1);
-    // The projected matrix V^T A V, m x m.
-    let mut h = vec![0.0; m * m];
-    let mut beta_last = 0.0;
-    let mut scale = 0.0f64;
-    let mut products = 0;
-    let mut seed = 2;
-    let mut restart = 0;
-    loop {
-        let mut exhausted = false;
-        while basis.len() < m {
-            let j = basis.len();
-            basis.push(next.clone());
-            let mut w = op.apply(&basis[j], 1)?;
-            products += 1;
-            let coefficients = orthogonalize(&basis, &mut w);
+    new_direction(&[], start, 1)
+        .ok_or_else(|| LinalgError::Parameter("lanczos: the operator is empty".into()))
+}
+
+/// An orthonormal Krylov basis of at most `m` vectors, the projected matrix `V^T A V` on it,
+/// and the direction it grows in next.
+struct Krylov {
+    m: usize,
+    basis: Vec<Vec<f64>>,
+    /// `m x m`, row-major; the leading `basis.len()` square is filled.
+    h: Vec<f64>,
+    next: Vec<f64>,
+    /// The coupling of the last basis vector to `next` (0 after a new direction).
+    beta_last: f64,
+    /// The largest coefficient seen, an estimate of `||A||` that says when `beta` is 0.
+    scale: f64,
+    products: usize,
+    seed: u64,
+}
+
+impl Krylov {
+    fn new(m: usize, next: Vec<f64>) -> Krylov {
+        Krylov {
+            m,
+            basis: Vec::with_capacity(m + 1),
+            h: vec![0.0; m * m],
+            next,
+            beta_last: 0.0,
+            scale: 0.0,
+            products: 0,
+            seed: 2,
+        }
+    }
+
+    /// Grows the basis to `m` vectors, one product each; true when the basis spans the whole
+    /// space before that (every eigenpair is then exact).
+    fn expand<A: LinearOperator + ?Sized>(&mut self, op: &A) -> Result<bool, LinalgError> {
+        let (m, n) = (self.m, self.next.len());
+        while self.basis.len() < m {
+            let j = self.basis.len();
+            self.basis.push(self.next.clone());
+            let mut w = op.apply(&self.basis[j], 1)?;
+            self.products += 1;
+            let coefficients = orthogonalize(&self.basis, &mut w);
             for (i, c) in coefficients.iter().enumerate() {
-                h[i * m + j] = *c;
-                h[j * m + i] = *c;
+                self.h[i * m + j] = *c;
+                self.h[j * m + i] = *c;
             }
             let beta = dot(&w, &w).sqrt();
-            scale = scale.max(coefficients[j].abs()).max(beta);
-            if beta > 1e-12 * scale {
-                beta_last = beta;
-                next = w.into_iter().map(|x| x / beta).collect();
+            self.scale = self.scale.max(coefficients[j].abs()).max(beta);
+            if beta > 1e-12 * self.scale {
+                self.beta_last = beta;
+                self.next = w.into_iter().map(|x| x / beta).collect();
             } else {
                 // The basis spans an invariant subspace: go on from a new direction (its
                 // coupling to the basis is zero).
-                beta_last = 0.0;
-                seed += 1;
-                match new_direction(&basis, pseudo_random(n, seed), seed) {
-                    Some(d) => next = d,
-                    None => {
-                        exhausted = true;
-                        break;
-                    }
+                self.beta_last = 0.0;
+                self.seed += 1;
+                match new_direction(&self.basis, pseudo_random(n, self.seed), self.seed) {
+                    Some(d) => self.next = d,
+                    None => return Ok(true),
                 }
             }
         }
-        let size = basis.len();
-        let projected: Vec<f64> = (0..size * size)
-            .map(|e| h[(e / size) * m + e % size])
-            .collect();
-        let ritz = symmetric_eigen(&projected, size)?;
-        let theta_max = ritz.values.iter().fold(0.0f64, |a, &b| a.max(b.abs()));
-        let residuals: Vec<f64> = (0..k)
-            .map(|i| (beta_last * ritz.vectors[(size - 1) * size + i]).abs())
-            .collect();
-        let threshold = options.tol * theta_max.max(f64::MIN_POSITIVE);
-        let converged = exhausted || residuals.iter().all(|&r| r <= threshold);
-        progress(&Progress {
-            task: "lanczos",
-            step: restart + 1,
-            steps: options.max_restarts + 1,
-            residual: residuals
-                .iter()
-                .filter(|&&r| r > threshold)
-                .fold(0.0f64, |a, &b| a.max(b)),
-            converged: residuals.iter().filter(|&&r| r <= threshold).count(),
-            wanted: k,
-        });
-        let ritz_vectors = |count: usize| -> Vec<Vec<f64>> {
-            (0..count)
-                .map(|i| {
-                    let mut y = vec![0.0; n];
-                    for (j, v) in basis.iter().enumerate() {
-                        let s = ritz.vectors[j * size + i];
-                        y.iter_mut().zip(v).for_each(|(y, v)| *y += s * v);
-                    }
-                    y
-                })
-                .collect()
-        };
-        if converged || restart == options.max_restarts {
-            let mut vectors = vec![0.0; n * k];
-            for (c, mut y) in ritz_vectors(k).into_iter().enumerate() {
-                let norm = dot(&y, &y).sqrt();
-                let largest = y
-                    .iter()
-                    .fold(0.0f64, |a, &b| if b.abs() > a.abs() { b } else { a });
-                let sign = if largest < 0.0 { -1.0 } else { 1.0 };
-                y.iter_mut().for_each(|v| *v *= sign / norm);
-                for (row, v) in y.into_iter().enumerate() {
-                    vectors[row * k + c] = v;
-                }
-            }
-            return Ok(EigResult {
-                values: ritz.values[..k].to_vec(),
-                vectors,
-                k,
-                residuals,
-                converged,
-                restarts: restart,
-                products,
-            });
-        }
-        // Thick restart: keep the best Ritz vectors (more than k, which speeds up the k-th),
-        // their projected matrix diagonal; `next` (the residual direction) continues.
-        let keep = (k + (size - k) / 2).min(size - 1).max(k);
-        basis = ritz_vectors(keep);
-        h.iter_mut().for_each(|x| *x = 0.0);
-        for i in 0..keep {
-            h[i * m + i] = ritz.values[i];
-        }
-        restart += 1;
+        Ok(false)
     }
+
+    /// The projected matrix on the basis, `size x size` with `size` the basis's length.
+    fn projected(&self) -> Vec<f64> {
+        let size = self.basis.len();
+        (0..size * size)
+            .map(|e| self.h[(e / size) * self.m + e % size])
+            .collect()
+    }
+
+    /// The first `count` Ritz vectors, from the eigenvectors (`size x size`, column `i` the
+    /// `i`-th) of the projected matrix.
+    fn ritz_vectors(&self, eigenvectors: &[f64], count: usize) -> Vec<Vec<f64>> {
+        let size = self.basis.len();
+        let n = self.next.len();
+        (0..count)
+            .map(|i| {
+                let mut y = vec![0.0; n];
+                for (j, v) in self.basis.iter().enumerate() {
+                    let s = eigenvectors[j * size + i];
+                    y.iter_mut().zip(v).for_each(|(y, v)| *y += s * v);
+                }
+                y
+            })
+            .collect()
+    }
+
+    /// Restarts from `kept` Ritz vectors: the projected matrix is their Ritz values on its
+    /// diagonal.
+    fn restart(&mut self, kept: Vec<Vec<f64>>, values: &[f64]) {
+        self.basis = kept;
+        self.h.iter_mut().for_each(|x| *x = 0.0);
+        for (i, &value) in values.iter().enumerate() {
+            self.h[i * self.m + i] = value;
+        }
+    }
+}
+
+/// The vectors `ys` as the unit columns of an `n x k` row-major matrix, each with its largest
+/// component positive.
+fn unit_columns(ys: Vec<Vec<f64>>, n: usize) -> Vec<f64> {
+    let k = ys.len();
+    let mut vectors = vec![0.0; n * k];
+    for (c, mut y) in ys.into_iter().enumerate() {
+        let norm = dot(&y, &y).sqrt();
+        let largest = y
+            .iter()
+            .fold(0.0f64, |a, &b| if b.abs() > a.abs() { b } else { a });
+        let sign = if largest < 0.0 { -1.0 } else { 1.0 };
+        y.iter_mut().for_each(|v| *v *= sign / norm);
+        for (row, v) in y.into_iter().enumerate() {
+            vectors[row * k + c] = v;
+        }
+    }
+    vectors
 }

@@ -147,37 +147,12 @@ pub fn eval(request: &EvalRequest) -> Result<(), Reported> {
     };
     let ranges = match request.ranges {
         None => None,
-        Some(paths) => {
-            if !inputs.layout.batch.is_empty() {
-                return Err(fail(
-                    "--ranges: not with batch axes (one block-sparsity pattern per call)",
-                ));
-            }
-            if backend == driver::Backend::Interp {
-                return Err(fail(format!(
-                    "--ranges runs on the cpu or cuda backend, not {backend}"
-                )));
-            }
-            let names = keops_runtime::Ranges::names(kernel.signature.axis);
-            let mut read = Vec::new();
-            for (path, name) in paths.iter().zip(names) {
-                read.push(keops_runtime::IndexArray::read_npy(path).map_err(|e| {
-                    fail(format!(
-                        "--ranges {name} `{}`: {e} (an int64 array)",
-                        path.display()
-                    ))
-                })?);
-            }
-            Some(
-                keops_runtime::Ranges::from_arrays(
-                    kernel.signature.axis,
-                    &read[0],
-                    &read[1],
-                    &read[2],
-                )
-                .map_err(|e| fail(format!("--ranges: {e}")))?,
-            )
-        }
+        Some(paths) => Some(read_ranges(
+            paths,
+            kernel,
+            backend,
+            !inputs.layout.batch.is_empty(),
+        )?),
     };
 
     let bound = inputs.bound();
@@ -194,22 +169,7 @@ pub fn eval(request: &EvalRequest) -> Result<(), Reported> {
     } = driver::evaluate(kernel, &bound, options).map_err(fail)?;
 
     let start = Instant::now();
-    let written = match plan {
-        OutputPlan::Whole => output.commit(|f| out.write_npy_to(f))?,
-        OutputPlan::IndicesAsInt64 => output.commit(|f| out.to_indices().write_npy_to(f))?,
-        OutputPlan::Apart { columns, dtype } => {
-            let (indices, values) = split_last_axis(&out, columns);
-            let indices_output = indices_output.expect("--indices-out was opened");
-            let a = output.commit(|f| values.write_npy_to(f))?;
-            let b = match dtype {
-                IndexDType::Int64 => {
-                    indices_output.commit(|f| indices.to_indices().write_npy_to(f))?
-                }
-                IndexDType::Float => indices_output.commit(|f| indices.write_npy_to(f))?,
-            };
-            a + b
-        }
-    };
+    let written = write_output(plan, &out, output, indices_output)?;
     let write = start.elapsed();
 
     if request.timings {
@@ -228,6 +188,63 @@ pub fn eval(request: &EvalRequest) -> Result<(), Reported> {
         eprint!("{report}");
     }
     Ok(())
+}
+
+/// `--ranges`: the block-sparsity pattern of KeOps's six int64 arrays (of which the three
+/// of the kernel's axis are read), for the cpu or cuda backend and arrays without batch axes.
+fn read_ranges(
+    paths: &[PathBuf],
+    kernel: &CheckedKernel,
+    backend: Backend,
+    batched: bool,
+) -> Result<keops_runtime::Ranges, Reported> {
+    if batched {
+        return Err(fail(
+            "--ranges: not with batch axes (one block-sparsity pattern per call)",
+        ));
+    }
+    if backend == driver::Backend::Interp {
+        return Err(fail(format!(
+            "--ranges runs on the cpu or cuda backend, not {backend}"
+        )));
+    }
+    let names = keops_runtime::Ranges::names(kernel.signature.axis);
+    let mut read = Vec::new();
+    for (path, name) in paths.iter().zip(names) {
+        read.push(keops_runtime::IndexArray::read_npy(path).map_err(|e| {
+            fail(format!(
+                "--ranges {name} `{}`: {e} (an int64 array)",
+                path.display()
+            ))
+        })?);
+    }
+    keops_runtime::Ranges::from_arrays(kernel.signature.axis, &read[0], &read[1], &read[2])
+        .map_err(|e| fail(format!("--ranges: {e}")))
+}
+
+/// Writes the output as `plan` says (indices apart into `indices_output`); the bytes written.
+fn write_output(
+    plan: OutputPlan,
+    out: &HostArray,
+    output: PendingOutput,
+    indices_output: Option<PendingOutput>,
+) -> Result<u64, Reported> {
+    Ok(match plan {
+        OutputPlan::Whole => output.commit(|f| out.write_npy_to(f))?,
+        OutputPlan::IndicesAsInt64 => output.commit(|f| out.to_indices().write_npy_to(f))?,
+        OutputPlan::Apart { columns, dtype } => {
+            let (indices, values) = split_last_axis(out, columns);
+            let indices_output = indices_output.expect("--indices-out was opened");
+            let a = output.commit(|f| values.write_npy_to(f))?;
+            let b = match dtype {
+                IndexDType::Int64 => {
+                    indices_output.commit(|f| indices.to_indices().write_npy_to(f))?
+                }
+                IndexDType::Float => indices_output.commit(|f| indices.write_npy_to(f))?,
+            };
+            a + b
+        }
+    })
 }
 
 /// `--backend NAME`, or the fastest available when left out.
