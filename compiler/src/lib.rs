@@ -14,6 +14,6 @@ pub mod repl;
 // The library beneath, re-exported under the names it has always had (`keopsc::driver`,
 // `keopsc::check`, ...).
 pub use keops_driver::{
-    artifact, batch, check, codegen, diagnostic, driver, formula, interp, isolate, jit_cache,
+    artifact, batch, check, codegen, diagnostic, driver, formula, interp, isolate, jit, jit_cache,
     operator, opt, schedule, source, symmetric, syntax, target, vjp,
 };

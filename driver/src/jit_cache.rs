@@ -2,29 +2,38 @@
 //! kernel run again is not compiled again. The backward kernels of a vjp are checked kernels
 //! built anew from the plan, and compiling one costs tens of milliseconds (optimiser and LLVM),
 //! far more than running it on small inputs; every caller of `vjp::run_plan` / `run_many`
-//! (the CLI, the Python package, the JAX bindings) goes through [`JitCache::global`].
+//! (the CLI, the Python package, the JAX bindings) and every [`Jit`](crate::jit::Jit) goes
+//! through [`JitCache::global`].
 //!
-//! The key is the checked kernel exactly: its signature and its formula, one node per line
-//! (every operator with its parameters, constants printed so that they read back to the same
-//! f64), plus the dtype. The target is this machine's CPU, the same for the whole process, and
-//! the optimiser's budget is the default one, a count (the result never depends on load).
+//! Two tables, one lookup:
+//! - **optimised kernels**, keyed by the checked kernel exactly (its signature and its formula,
+//!   one node per line: every operator with its parameters, constants printed so that they
+//!   read back to the same f64), at the host CPU's prices with the default budget, a count
+//!   (the result never depends on load): a kernel asked for in f32 and then in f64 goes
+//!   through the optimiser once;
+//! - **compiled code**, keyed by a fingerprint of what code generation reads: the optimised
+//!   kernel (signature and simplified formula), the target (the host CPU's name and features)
+//!   and the dtype. Two checked kernels that simplify to the same formula share their code.
 //!
 //! With the `cuda` feature it also holds GPU kernels loaded on the first GPU ([`JitCache::get_gpu`]),
-//! under keys of their own.
+//! keyed by the checked kernel (they are optimised at the GPU's prices, on their own path).
 //!
-//! The table is bounded: past [`JitCache::DEFAULT_CAPACITY`] entries the least recently used
-//! one is dropped (a caller still holding it keeps it alive through its `Arc`). Compilation
-//! runs outside the lock, so callers on other threads are not held up by it; two threads that
-//! miss on the same kernel at once may both compile it, and the table keeps one.
+//! Each table is bounded: past its capacity the least recently used entry is dropped (a caller
+//! still holding it keeps it alive through its `Arc`). Concurrent requests for one entry are
+//! compiled once: the first compiles while the others wait for its result (a failure is not
+//! stored: the next request tries again); requests for other entries are not held up.
 
 use crate::check::CheckedKernel;
-use crate::codegen::{JitCrossKernel, JitKernel};
+use crate::codegen::{CpuTarget, JitCrossKernel, JitKernel};
 use crate::driver::backend::EvalError;
-use crate::driver::pipeline::{compile_cpu, compile_cpu_cross};
+use crate::driver::pipeline::{
+    compile_cpu_cross_optimized, compile_cpu_optimized, on_one_stack, optimized,
+};
+use crate::opt::{OptBudget, OptimizedKernel};
 use keops_runtime::DType;
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 /// How a lookup went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,7 +44,7 @@ pub enum JitOutcome {
     Compiled,
 }
 
-/// Counts since the table was made.
+/// Counts of the compiled-code table since it was made.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct JitCacheStats {
     pub hits: u64,
@@ -43,27 +52,15 @@ pub struct JitCacheStats {
     pub evicted: u64,
     /// Entries held now.
     pub entries: usize,
+    /// Kernels the optimiser ran on (the optimised-kernel table's misses).
+    pub optimised: u64,
 }
 
 pub struct JitCache {
-    capacity: usize,
-    state: Mutex<State>,
-}
-
-#[derive(Default)]
-struct State {
-    entries: HashMap<String, Entry>,
-    /// Incremented at each lookup: an entry's `last_used` orders the entries by recency.
-    clock: u64,
-    stats: JitCacheStats,
-}
-
-struct Entry {
-    /// A [`JitKernel`] or a [`JitCrossKernel`], as the key says.
-    kernel: Arc<dyn Any + Send + Sync>,
-    last_used: u64,
-    /// Lookups that found this entry.
-    hits: u64,
+    code: Table,
+    optimised: Table,
+    /// The host CPU, as code generation targets it (part of every code key).
+    target: OnceLock<CpuTarget>,
 }
 
 impl JitCache {
@@ -72,11 +69,13 @@ impl JitCache {
     /// full table holds about 100 MB.
     pub const DEFAULT_CAPACITY: usize = 128;
 
-    /// An empty table of at most `capacity` entries (at least one).
+    /// An empty table of at most `capacity` compiled kernels (at least one), and as many
+    /// optimised ones.
     pub fn new(capacity: usize) -> JitCache {
         JitCache {
-            capacity: capacity.max(1),
-            state: Mutex::new(State::default()),
+            code: Table::new(capacity),
+            optimised: Table::new(capacity),
+            target: OnceLock::new(),
         }
     }
 
@@ -86,39 +85,42 @@ impl JitCache {
         GLOBAL.get_or_init(|| JitCache::new(JitCache::DEFAULT_CAPACITY))
     }
 
-    /// The key of a kernel compiled for `dtype`.
-    fn key(kernel: &CheckedKernel, dtype: DType) -> String {
-        format!("{dtype}\n{}\n{}", kernel.signature, kernel.formula)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while the lock was held left the table consistent (every update is one
-        // statement on plain data): go on with it.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// `kernel` compiled for `dtype`: from the table, or compiled now and stored.
     pub fn get(
         &self,
         kernel: &CheckedKernel,
         dtype: DType,
     ) -> Result<(Arc<JitKernel>, JitOutcome), EvalError> {
-        self.get_or_compile(JitCache::key(kernel, dtype), || compile_cpu(kernel, dtype))
+        let optimized = self.optimized(kernel)?;
+        let key = self.code_key("tiles", &optimized, dtype);
+        self.code.get_or_compile(key, || {
+            on_one_stack(|| compile_cpu_optimized(&optimized, dtype))
+        })
     }
 
     /// The cross pass of `kernel` (its last `columns` components summed over the rows, see
-    /// [`compile_cpu_cross`]) compiled for `dtype`: from the table, or compiled now and stored.
+    /// [`compile_cpu_cross`](crate::driver::pipeline::compile_cpu_cross)) compiled for `dtype`:
+    /// from the table, or compiled now and stored.
     pub fn get_cross(
         &self,
         kernel: &CheckedKernel,
         columns: usize,
         dtype: DType,
     ) -> Result<(Arc<JitCrossKernel>, JitOutcome), EvalError> {
-        let key = format!(
-            "cross pass, {columns} columns\n{}",
-            JitCache::key(kernel, dtype)
-        );
-        self.get_or_compile(key, || compile_cpu_cross(kernel, columns, dtype))
+        let optimized = self.optimized(kernel)?;
+        let key = self.code_key(&format!("cross pass, {columns} columns"), &optimized, dtype);
+        self.code.get_or_compile(key, || {
+            on_one_stack(|| compile_cpu_cross_optimized(&optimized, columns, dtype))
+        })
+    }
+
+    /// `kernel` optimised at the host CPU's prices (the default budget): from the table, or
+    /// optimised now and stored.
+    pub fn optimized(&self, kernel: &CheckedKernel) -> Result<Arc<OptimizedKernel>, EvalError> {
+        let (optimized, _) = self.optimised.get_or_compile(checked_key(kernel), || {
+            optimized(kernel, &OptBudget::default())
+        })?;
+        Ok(optimized)
     }
 
     /// `kernel`'s GPU code for `dtype` loaded on the first GPU ([`crate::driver::pipeline::load_gpu`]):
@@ -129,8 +131,9 @@ impl JitCache {
         kernel: &CheckedKernel,
         dtype: DType,
     ) -> Result<(Arc<keops_runtime::cuda::CudaKernel>, JitOutcome), EvalError> {
-        let key = format!("cuda\n{}", JitCache::key(kernel, dtype));
-        self.get_or_compile(key, || crate::driver::pipeline::load_gpu(kernel, dtype))
+        let key = format!("cuda\n{dtype}\n{}", checked_key(kernel));
+        self.code
+            .get_or_compile(key, || crate::driver::pipeline::load_gpu(kernel, dtype))
     }
 
     /// [`JitCache::get_gpu`] for the block-sparse GPU kernel (KeOps's ranges).
@@ -140,8 +143,8 @@ impl JitCache {
         kernel: &CheckedKernel,
         dtype: DType,
     ) -> Result<(Arc<keops_runtime::cuda::CudaKernel>, JitOutcome), EvalError> {
-        let key = format!("cuda ranges\n{}", JitCache::key(kernel, dtype));
-        self.get_or_compile(key, || {
+        let key = format!("cuda ranges\n{dtype}\n{}", checked_key(kernel));
+        self.code.get_or_compile(key, || {
             crate::driver::pipeline::load_gpu_entry(
                 kernel,
                 dtype,
@@ -150,68 +153,145 @@ impl JitCache {
         })
     }
 
+    /// The key of code compiled from `optimized` for `dtype` on the host CPU; `kind` says
+    /// which function (tiles, a cross pass).
+    fn code_key(&self, kind: &str, optimized: &OptimizedKernel, dtype: DType) -> String {
+        let target = self.target.get_or_init(crate::codegen::host_cpu);
+        format!(
+            "{kind}\n{dtype}\n{} {} {}\n{}\n{}",
+            target.triple, target.cpu, target.features, optimized.signature, optimized.formula
+        )
+    }
+
+    /// How many lookups found `kernel` compiled for `dtype`; `None` when it is not held.
+    pub fn hits_of(&self, kernel: &CheckedKernel, dtype: DType) -> Option<u64> {
+        let optimized = self
+            .optimised
+            .held(&checked_key(kernel))
+            .and_then(|o| o.downcast::<OptimizedKernel>().ok())?;
+        self.code
+            .hits_of(&self.code_key("tiles", &optimized, dtype))
+    }
+
+    pub fn stats(&self) -> JitCacheStats {
+        let code = self.code.lock();
+        JitCacheStats {
+            entries: code.entries.len(),
+            optimised: self.optimised.lock().stats.compiled,
+            ..code.stats
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.code.capacity
+    }
+}
+
+/// The key of a checked kernel: its signature and its formula exactly.
+fn checked_key(kernel: &CheckedKernel) -> String {
+    format!("{}\n{}", kernel.signature, kernel.formula)
+}
+
+/// A bounded table of values built once per key, least recently used out first.
+struct Table {
+    capacity: usize,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    entries: HashMap<String, Arc<Slot>>,
+    /// Incremented at each lookup: an entry's `last_used` orders the entries by recency.
+    clock: u64,
+    stats: JitCacheStats,
+}
+
+/// One entry: its value once built (the lock is held while it is built, so that concurrent
+/// requests wait for it instead of building it again).
+#[derive(Default)]
+struct Slot {
+    value: Mutex<Option<Arc<dyn Any + Send + Sync>>>,
+    last_used: std::sync::atomic::AtomicU64,
+    /// Lookups that found the value built.
+    hits: std::sync::atomic::AtomicU64,
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while a lock was held left the data consistent (every update is one statement
+    // on plain data, and a value is stored only once built): go on with it.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Table {
+    fn new(capacity: usize) -> Table {
+        Table {
+            capacity: capacity.max(1),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        locked(&self.state)
+    }
+
+    /// The value of `key`: from the table, or built by `build` now and stored.
     fn get_or_compile<T: Any + Send + Sync>(
         &self,
         key: String,
-        compile: impl FnOnce() -> Result<T, EvalError>,
+        build: impl FnOnce() -> Result<T, EvalError>,
     ) -> Result<(Arc<T>, JitOutcome), EvalError> {
-        let typed = |kernel: Arc<dyn Any + Send + Sync>| {
-            kernel
+        use std::sync::atomic::Ordering::Relaxed;
+        let typed = |value: Arc<dyn Any + Send + Sync>| {
+            value
                 .downcast::<T>()
-                .expect("each key holds one kind of compiled kernel")
+                .expect("each key holds one kind of value")
         };
-        {
-            let mut state = self.lock();
-            state.clock += 1;
-            let now = state.clock;
-            if let Some(entry) = state.entries.get_mut(&key) {
-                entry.last_used = now;
-                entry.hits += 1;
-                let found = entry.kernel.clone();
-                state.stats.hits += 1;
-                return Ok((typed(found), JitOutcome::Hit));
-            }
+        let slot = self.slot(key);
+        let mut value = locked(&slot.value);
+        if let Some(found) = value.as_ref() {
+            slot.hits.fetch_add(1, Relaxed);
+            self.lock().stats.hits += 1;
+            return Ok((typed(found.clone()), JitOutcome::Hit));
         }
-        let compiled: Arc<dyn Any + Send + Sync> = Arc::new(compile()?);
+        let built: Arc<dyn Any + Send + Sync> = Arc::new(build()?);
+        *value = Some(built.clone());
+        self.lock().stats.compiled += 1;
+        Ok((typed(built), JitOutcome::Compiled))
+    }
+
+    /// The entry of `key`, made (and the least recently used one dropped when full) if there
+    /// is none; marked as used now.
+    fn slot(&self, key: String) -> Arc<Slot> {
+        use std::sync::atomic::Ordering::Relaxed;
         let mut state = self.lock();
         state.clock += 1;
         let now = state.clock;
-        state.stats.compiled += 1;
         if !state.entries.contains_key(&key) && state.entries.len() >= self.capacity {
             let oldest = state
                 .entries
                 .iter()
-                .min_by_key(|(_, e)| e.last_used)
+                .min_by_key(|(_, slot)| slot.last_used.load(Relaxed))
                 .map(|(k, _)| k.clone());
             if let Some(oldest) = oldest {
                 state.entries.remove(&oldest);
                 state.stats.evicted += 1;
             }
         }
-        let entry = state.entries.entry(key).or_insert(Entry {
-            kernel: compiled,
-            last_used: now,
-            hits: 0,
-        });
-        entry.last_used = now;
-        Ok((typed(entry.kernel.clone()), JitOutcome::Compiled))
+        let slot = state.entries.entry(key).or_default().clone();
+        slot.last_used.store(now, Relaxed);
+        slot
     }
 
-    /// How many lookups found `kernel` compiled for `dtype`; `None` when it is not held.
-    pub fn hits_of(&self, kernel: &CheckedKernel, dtype: DType) -> Option<u64> {
-        let key = JitCache::key(kernel, dtype);
-        self.lock().entries.get(&key).map(|e| e.hits)
+    /// The value of `key` if it is built (without marking it used).
+    fn held(&self, key: &str) -> Option<Arc<dyn Any + Send + Sync>> {
+        let slot = self.lock().entries.get(key)?.clone();
+        let value = locked(&slot.value).clone();
+        value
     }
 
-    pub fn stats(&self) -> JitCacheStats {
-        let state = self.lock();
-        JitCacheStats {
-            entries: state.entries.len(),
-            ..state.stats
-        }
-    }
-
-    pub fn capacity(&self) -> usize {
-        self.capacity
+    fn hits_of(&self, key: &str) -> Option<u64> {
+        let slot = self.lock().entries.get(key)?.clone();
+        let built = locked(&slot.value).is_some();
+        built.then(|| slot.hits.load(std::sync::atomic::Ordering::Relaxed))
     }
 }

@@ -1,7 +1,8 @@
 //! keops-driver: the pipeline of keops-rs as a library, what the CLI, the Python extension and
 //! Rust programs call. `driver` runs the stages (front end, middle end, code generation) on a
 //! `.kf` text or a checked kernel and evaluates on arrays (interpreter, JIT, GPU);
-//! `jit_cache` keeps compiled code per process; `artifact` writes modules and the on-disk
+//! `jit` compiles kernels at run time into the runtime's `Kernel` (with options: dtypes,
+//! gradients, a cloud against itself), through `jit_cache`, the compiled code kept per process; `artifact` writes modules and the on-disk
 //! compile cache; `batch` evaluates a kernel over batch dimensions; `operator` is a kernel as
 //! a linear operator; `vjp` plans and runs backward passes.
 //!
@@ -12,6 +13,7 @@
 pub mod artifact;
 pub mod batch;
 pub mod driver;
+pub mod jit;
 pub mod jit_cache;
 pub mod operator;
 pub mod vjp;

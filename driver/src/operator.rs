@@ -5,8 +5,7 @@
 //! REPL's `:power` share it.
 
 use crate::check::CheckedKernel;
-use crate::driver::backend::EvalError;
-use crate::driver::kernels;
+use crate::jit::{Jit, JitError};
 use keops_runtime::linalg::{KernelOperator, LinearOperator};
 use keops_runtime::{ArrayData, Axis, Category, DType, HostArray, Kernel};
 
@@ -41,20 +40,20 @@ pub fn find_operand(
     }
 }
 
-/// `kernel` compiled for `dtype`, carrying its symmetric pass when `same` pairs arguments and
-/// the kernel can have one (then products on one cloud walk each pair once).
+/// `kernel` compiled for `dtype` (through the process's cache), carrying its symmetric pass
+/// when `same` pairs arguments and the kernel can have one (then products on one cloud walk
+/// each pair once).
 pub fn compile_operator_kernel(
     kernel: &CheckedKernel,
     same: &[(usize, usize)],
     dtype: DType,
-) -> Result<Kernel, EvalError> {
-    if same.is_empty() {
-        return kernels::jit_kernel(kernel, &[dtype]);
-    }
-    match kernels::jit_kernel_symmetric(kernel, same, &[dtype]) {
-        Err(EvalError::NotSymmetric(_)) => kernels::jit_kernel(kernel, &[dtype]),
-        other => other,
-    }
+) -> Result<Kernel, JitError> {
+    let args = &kernel.signature.args;
+    same.iter()
+        .fold(Jit::new().dtypes(&[dtype]), |jit, &(j, i)| {
+            jit.same(&args[j].name, &args[i].name)
+        })
+        .compile_checked(kernel)
 }
 
 /// Refuses a kernel that is not linear in `operand`: on a sample of at most 32 rows of each

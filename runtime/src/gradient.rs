@@ -7,7 +7,7 @@
 use crate::abi::Signature;
 use crate::arrays::{ArgumentError, ArrayRef, HostArray};
 use crate::backward::{self, BackwardError, Passes, Saved, SelectedCotangent, SelectedPass};
-use crate::manifest::ManifestGradient;
+use crate::manifest::{ManifestGradient, ManifestSelected};
 
 /// What stored gradients need of the kernels they run (the runtime's `Kernel`).
 pub(crate) trait GradientKernel: Clone {
@@ -40,7 +40,7 @@ struct StoredSelected<K> {
 /// Why [`Kernel::vjp`] gives no gradient.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum GradientError {
-    #[error("kernel `{kernel}` has no stored gradients: build its module with `keopsc build --grad`, or compile it with `keopsc::driver::jit_kernel_with_gradients` (a reduction that returns indices only has none)")]
+    #[error("kernel `{kernel}` has no stored gradients: build its module with `keopsc build --grad`, or compile it with gradients (`keops_driver::jit::Jit::gradients`) (a reduction that returns indices only has none)")]
     NotBuilt { kernel: String },
     #[error("kernel `{kernel}` has no input `{name}` to differentiate with respect to; its inputs are {inputs}")]
     UnknownInput {
@@ -174,32 +174,146 @@ pub(crate) fn stored_gradients<K: GradientKernel>(
     described: &[ManifestGradient],
     backward: &[K],
 ) -> Result<Vec<StoredGradient<K>>, String> {
-    let sig = forward.signature();
-    let find = |name: &str| {
-        backward
+    let check = StoredCheck {
+        sig: forward.signature(),
+        backward,
+        // A plain copy of the forward, for the saved output: it must not hold its own gradients.
+        plain: forward.without_gradients(),
+    };
+    described.iter().map(|g| check.gradient(g)).collect()
+}
+
+/// What [`stored_gradients`] checks a manifest's gradients against.
+struct StoredCheck<'m, K> {
+    /// The forward's signature.
+    sig: &'m Signature,
+    backward: &'m [K],
+    plain: K,
+}
+
+impl<K: GradientKernel> StoredCheck<'_, K> {
+    fn gradient(&self, g: &ManifestGradient) -> Result<StoredGradient<K>, String> {
+        let wrt = self.positions(&g.wrt)?;
+        if wrt.is_empty() || (1..wrt.len()).any(|k| wrt[..k].contains(&wrt[k])) {
+            return Err("a gradient's inputs are empty or repeated".into());
+        }
+        let saved = self.saved(g)?;
+        let saved_columns = usize::from(saved.dim(self.sig).is_some());
+        let mut dense = Vec::new();
+        for pass in &g.dense {
+            let k = self.find(&pass.kernel)?;
+            let outputs = self.positions(&pass.outputs)?;
+            if outputs.iter().any(|w| !wrt.contains(w)) {
+                return Err(format!(
+                    "pass `{}` computes an input not asked",
+                    pass.kernel
+                ));
+            }
+            self.takes_forward_args(&k, 1 + saved_columns)?;
+            self.expect_width(&k, self.width(&outputs))?;
+            dense.push((k, outputs));
+        }
+        let selected = match &g.selected {
+            None => None,
+            Some(s) => Some(self.selected(s, &wrt, saved.dim(self.sig).is_some())?),
+        };
+        Ok(StoredGradient {
+            wrt,
+            saved,
+            dense,
+            selected,
+        })
+    }
+
+    fn saved(&self, g: &ManifestGradient) -> Result<Saved<K>, String> {
+        Ok(match (g.saved.as_str(), &g.saved_kernel) {
+            ("none", None) => Saved::None,
+            ("output", None) => Saved::Output(self.plain.clone()),
+            ("softmax", Some(name)) => {
+                let k = self.find(name)?;
+                self.takes_forward_args(&k, 0)?;
+                self.expect_width(&k, self.sig.reduction.wdim + 2)?;
+                Saved::SoftMax(k)
+            }
+            (other, _) => return Err(format!("a gradient's saved forward `{other}`")),
+        })
+    }
+
+    /// The selected-entries part, of a gradient of the inputs at `wrt` that has saved rows
+    /// when `has_saved`.
+    fn selected(
+        &self,
+        s: &ManifestSelected,
+        wrt: &[usize],
+        has_saved: bool,
+    ) -> Result<StoredSelected<K>, String> {
+        let cotangent = SelectedCotangent::from_name(&s.cotangent)
+            .ok_or_else(|| format!("a selected cotangent `{}`", s.cotangent))?;
+        if cotangent == SelectedCotangent::ShiftedMax && !has_saved {
+            return Err("a shifted maximum without saved rows".into());
+        }
+        if s.k == 0 || s.n == 0 || s.k * s.n > self.sig.output_dim() {
+            return Err(format!("selected entries K = {}, n = {}", s.k, s.n));
+        }
+        let indices = self.find(&s.indices)?;
+        self.takes_forward_args(&indices, 0)?;
+        self.expect_width(&indices, 2 * s.k * s.n)?;
+        let kernel = self.find(&s.kernel)?;
+        let outputs = self.positions(&s.outputs)?;
+        if outputs.iter().any(|w| !wrt.contains(w)) {
+            return Err(format!("kernel `{}` computes an input not asked", s.kernel));
+        }
+        if kernel.signature().args.len() != self.sig.args.len() + 1 {
+            return Err(format!(
+                "per-entry kernel `{}` does not take the forward's arguments",
+                s.kernel
+            ));
+        }
+        self.expect_width(&kernel, self.width(&outputs))?;
+        Ok(StoredSelected {
+            indices,
+            kernel,
+            k: s.k,
+            n: s.n,
+            cotangent,
+            outputs,
+        })
+    }
+
+    fn find(&self, name: &str) -> Result<K, String> {
+        self.backward
             .iter()
             .find(|k| k.signature().name == name)
             .cloned()
             .ok_or_else(|| format!("its gradient names a kernel `{name}` the module lacks"))
-    };
-    let positions = |names: &[String]| -> Result<Vec<usize>, String> {
+    }
+
+    /// The positions of the forward's inputs `names`.
+    fn positions(&self, names: &[String]) -> Result<Vec<usize>, String> {
         names
             .iter()
             .map(|n| {
-                sig.args
+                self.sig
+                    .args
                     .iter()
                     .position(|a| &a.name == n)
                     .ok_or_else(|| format!("its gradient names an input `{n}` it lacks"))
             })
             .collect()
-    };
-    let width = |outputs: &[usize]| outputs.iter().map(|&w| sig.args[w].dim).sum::<usize>();
-    let takes_forward_args = |k: &K, extra: usize| -> Result<(), String> {
+    }
+
+    /// The columns of the gradients of the inputs at `outputs`.
+    fn width(&self, outputs: &[usize]) -> usize {
+        outputs.iter().map(|&w| self.sig.args[w].dim).sum()
+    }
+
+    /// `k` takes the forward's arguments, then `extra` more.
+    fn takes_forward_args(&self, k: &K, extra: usize) -> Result<(), String> {
         let args = &k.signature().args;
-        let prefix_ok = args.len() == sig.args.len() + extra
+        let prefix_ok = args.len() == self.sig.args.len() + extra
             && args
                 .iter()
-                .zip(&sig.args)
+                .zip(&self.sig.args)
                 .all(|(a, b)| a.dim == b.dim && a.category == b.category);
         if prefix_ok {
             Ok(())
@@ -209,8 +323,9 @@ pub(crate) fn stored_gradients<K: GradientKernel>(
                 k.signature().name
             ))
         }
-    };
-    let expect_width = |k: &K, expected: usize| -> Result<(), String> {
+    }
+
+    fn expect_width(&self, k: &K, expected: usize) -> Result<(), String> {
         if k.signature().output_dim() == expected {
             Ok(())
         } else {
@@ -220,83 +335,5 @@ pub(crate) fn stored_gradients<K: GradientKernel>(
                 k.signature().output_dim()
             ))
         }
-    };
-    // A plain copy of the forward, for the saved output: it must not hold its own gradients.
-    let plain = forward.without_gradients();
-    let mut out = Vec::new();
-    for g in described {
-        let wrt = positions(&g.wrt)?;
-        if wrt.is_empty() || (1..wrt.len()).any(|k| wrt[..k].contains(&wrt[k])) {
-            return Err("a gradient's inputs are empty or repeated".into());
-        }
-        let saved = match (g.saved.as_str(), &g.saved_kernel) {
-            ("none", None) => Saved::None,
-            ("output", None) => Saved::Output(plain.clone()),
-            ("softmax", Some(name)) => {
-                let k = find(name)?;
-                takes_forward_args(&k, 0)?;
-                expect_width(&k, sig.reduction.wdim + 2)?;
-                Saved::SoftMax(k)
-            }
-            (other, _) => return Err(format!("a gradient's saved forward `{other}`")),
-        };
-        let saved_columns = usize::from(saved.dim(sig).is_some());
-        let mut dense = Vec::new();
-        for pass in &g.dense {
-            let k = find(&pass.kernel)?;
-            let outputs = positions(&pass.outputs)?;
-            if outputs.iter().any(|w| !wrt.contains(w)) {
-                return Err(format!(
-                    "pass `{}` computes an input not asked",
-                    pass.kernel
-                ));
-            }
-            takes_forward_args(&k, 1 + saved_columns)?;
-            expect_width(&k, width(&outputs))?;
-            dense.push((k, outputs));
-        }
-        let selected = match &g.selected {
-            None => None,
-            Some(s) => {
-                let cotangent = SelectedCotangent::from_name(&s.cotangent)
-                    .ok_or_else(|| format!("a selected cotangent `{}`", s.cotangent))?;
-                if cotangent == SelectedCotangent::ShiftedMax && saved.dim(sig).is_none() {
-                    return Err("a shifted maximum without saved rows".into());
-                }
-                if s.k == 0 || s.n == 0 || s.k * s.n > sig.output_dim() {
-                    return Err(format!("selected entries K = {}, n = {}", s.k, s.n));
-                }
-                let indices = find(&s.indices)?;
-                takes_forward_args(&indices, 0)?;
-                expect_width(&indices, 2 * s.k * s.n)?;
-                let kernel = find(&s.kernel)?;
-                let outputs = positions(&s.outputs)?;
-                if outputs.iter().any(|w| !wrt.contains(w)) {
-                    return Err(format!("kernel `{}` computes an input not asked", s.kernel));
-                }
-                if kernel.signature().args.len() != sig.args.len() + 1 {
-                    return Err(format!(
-                        "per-entry kernel `{}` does not take the forward's arguments",
-                        s.kernel
-                    ));
-                }
-                expect_width(&kernel, width(&outputs))?;
-                Some(StoredSelected {
-                    indices,
-                    kernel,
-                    k: s.k,
-                    n: s.n,
-                    cotangent,
-                    outputs,
-                })
-            }
-        };
-        out.push(StoredGradient {
-            wrt,
-            saved,
-            dense,
-            selected,
-        });
     }
-    Ok(out)
 }

@@ -90,7 +90,11 @@ fn operator_of(
     let compiled = driver::compile(SourceFile::new("<test>", gauss_source(width)))
         .unwrap_or_else(|_| panic!("the test kernel compiles"));
     let kernel = if symmetric {
-        driver::jit_kernel_symmetric(&compiled.kernels[0], &[(1, 0)], &[dtype]).expect("jit")
+        keopsc::jit::Jit::new()
+            .dtypes(&[dtype])
+            .same("y", "x")
+            .compile_checked(&compiled.kernels[0])
+            .expect("jit")
     } else {
         driver::jit_kernel(&compiled.kernels[0], &[dtype]).expect("jit")
     };

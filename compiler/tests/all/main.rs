@@ -7,6 +7,7 @@ mod entry_points;
 mod evaluate;
 mod frontend;
 mod interp;
+mod jit;
 mod large_dims;
 mod linalg;
 mod nvptx;

@@ -654,9 +654,9 @@ fn the_jit_cache_drops_the_least_recently_used_kernel() {
     );
 }
 
-/// `driver::jit_kernel_with_gradients`: the runtime's `Kernel::vjp` on kernels compiled in
-/// process gives `vjp_many`'s gradients (a dense plan with the saved forward, and selected
-/// entries); `jit_kernel` alone stores none, and says how to get them.
+/// `Jit::gradients`: the runtime's `Kernel::vjp` on kernels compiled in process gives
+/// `vjp_many`'s gradients (a dense plan with the saved forward, and selected entries);
+/// `jit_kernel` alone stores none, and says how to get them.
 #[test]
 fn jit_kernels_with_gradients_give_the_vjp() {
     for source in [
@@ -664,8 +664,10 @@ fn jit_kernels_with_gradients_give_the_vjp() {
         "kernel k {\n x = Vi(2)\n y = Vj(2)\n KMin_Reduction(SqNorm2(x - y), 2, 0)\n}\n",
     ] {
         let forward = kernel(source);
-        let compiled =
-            driver::jit_kernel_with_gradients(&forward, &[DType::F32, DType::F64]).unwrap();
+        let compiled = keopsc::jit::Jit::new()
+            .gradients(true)
+            .compile_checked(&forward)
+            .unwrap();
         let mut rng = StdRng::seed_from_u64(77);
         let inputs = inputs(&forward, &mut rng);
         let rows = match forward.signature.axis {
@@ -686,7 +688,7 @@ fn jit_kernels_with_gradients_give_the_vjp() {
         }
         let plain = driver::jit_kernel(&forward, &[DType::F64]).unwrap();
         let err = plain.vjp(&["x"], &arrays, &cotangent, None).unwrap_err();
-        assert!(err.to_string().contains("jit_kernel_with_gradients"), "{err}");
+        assert!(err.to_string().contains("Jit::gradients"), "{err}");
     }
 }
 
