@@ -41,3 +41,40 @@ pub fn run_interp(
 }
 
 pub mod fuzzing;
+
+/// Builds the kernels of the `.kf` file at `kf` (a path from the repository's root) into the
+/// module directory `out`, for f32 and f64 on this machine's CPU, with their gradients when
+/// `gradients`: what `keopsc build [--grad]` does, for the lang-spec's Rust examples.
+pub fn build_module(
+    kf: &str,
+    out: &str,
+    gradients: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(kf);
+    let text = std::fs::read_to_string(&path)?;
+    let file = driver::compile(SourceFile::new(kf, text)).map_err(|(source, diagnostics)| {
+        keopsc::diagnostic::render_all(&diagnostics, &source, false)
+    })?;
+    let build = if gradients {
+        keopsc::artifact::build_with_gradients
+    } else {
+        keopsc::artifact::build
+    };
+    build(
+        &file,
+        &[keops_runtime::DType::F32, keops_runtime::DType::F64],
+        &keopsc::codegen::host_cpu(),
+        std::path::Path::new(out),
+        &[],
+        keopsc::artifact::Placement::Replace,
+    )?;
+    Ok(())
+}
+
+/// The Rust examples of `lang-spec/modules.md`, run as doc tests: each is a whole program, the
+/// lines that make its data (a module built from `examples/kf/gauss.kf`, arrays) starting
+/// with `# `.
+#[doc = include_str!("../lang-spec/modules.md")]
+pub mod lang_spec_modules {}

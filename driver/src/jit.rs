@@ -29,6 +29,7 @@ use crate::driver::kernels::{runtime_kernel, symmetric_pass};
 use crate::driver::{pipeline, EvalError};
 use crate::jit_cache::JitCache;
 use crate::source::SourceFile;
+use crate::syntax::build::BuiltKernel;
 use crate::vjp::{VjpError, VjpRunError};
 use keops_runtime::{DType, Kernel, SymmetricPass};
 
@@ -145,6 +146,23 @@ impl<'c> Jit<'c> {
             None if compiled.kernels.len() == 1 => &compiled.kernels[0],
             None => return Err(JitError::AmbiguousKernel { available }),
         };
+        self.compile_checked(kernel)
+    }
+
+    /// A kernel built in Rust ([`KernelBuilder`](crate::syntax::build::KernelBuilder)):
+    /// checked as its text would be, then compiled.
+    pub fn compile_built(&self, built: &BuiltKernel) -> Result<Kernel, JitError> {
+        let compiled = pipeline::compile_tree(built.source.clone(), built.file.clone()).map_err(
+            |(file, diagnostics)| JitError::Source {
+                rendered: render_all(&diagnostics, &file, false),
+            },
+        )?;
+        let kernel = compiled.kernels.first().ok_or_else(|| {
+            EvalError::Codegen(CodegenError::Internal {
+                stage: "the front end",
+                message: "a built kernel checked into no kernel and no diagnostic".into(),
+            })
+        })?;
         self.compile_checked(kernel)
     }
 

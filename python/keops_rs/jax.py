@@ -253,8 +253,11 @@ class KernelOperator:
     ``normalize`` takes the steps of ``keops_rs.linalg.normalize`` (``"row"``: ``D^-1 K``,
     ``"sym"``: ``D^-1/2 K D^-1/2``, ``"alpha=A"``: ``D^-A K D^-A``, comma-separated and applied
     in order), each step's degrees computed by one product with ones when the operator is made.
-    The operand is found as in ``keops_rs.linalg.KernelOperator`` when left out. Linearity is
-    the caller's claim here (``keops_rs.linalg.KernelOperator`` probes it)."""
+    The operator may be made inside ``jax.jit`` or ``jax.grad`` from traced inputs (the points
+    of ``P(X)``): its degrees are then traced too, and a degree that is not positive, an error
+    on concrete inputs, makes its row and column NaN. The operand is found as in
+    ``keops_rs.linalg.KernelOperator`` when left out. Linearity is the caller's claim here
+    (``keops_rs.linalg.KernelOperator`` probes it)."""
 
     def __init__(self, kernel, operand=None, normalize="", **inputs):
         self.kernel = kernel if isinstance(kernel, Kernel) else Kernel(kernel)
@@ -308,10 +311,13 @@ class KernelOperator:
             if self.shape[0] != self.shape[1]:
                 raise ValueError(f"normalize needs a square operator; this one is {self.shape}")
             degrees = self(jnp.ones(self.shape[1], self.dtype))
-            if not bool(jnp.all(degrees > 0)):
+            if not isinstance(degrees, jax.core.Tracer) and not bool(jnp.all(degrees > 0)):
                 raise ValueError("normalize: a degree is not positive")
-            self._left = self._left * degrees ** exponents[0]
-            self._right = self._right * degrees ** exponents[1]
+            # Traced (the points are a jit or grad argument), degrees have no values to check:
+            # a degree that is not positive makes its row and column NaN instead.
+            positive = jnp.where(degrees > 0, degrees, jnp.nan)
+            self._left = self._left * positive ** exponents[0]
+            self._right = self._right * positive ** exponents[1]
 
     def _pass(self, block):
         args = dict(self._inputs)

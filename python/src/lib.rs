@@ -172,8 +172,10 @@ pub(crate) fn machine_code(
     match CompileCache::open_default().kernel_of(file, Some(&checked.name)) {
         Ok((code, _)) => Ok(code),
         Err(CompileError::Source(text)) => Err(MakeError::Source(text)),
-        // The cache could not be used (no writable directory, no linker): compile in memory.
-        Err(_) => driver::jit_kernel(checked, &[DType::F32, DType::F64])
+        // The cache could not be used (no writable directory, no linker): compile in memory,
+        // through the process's cache.
+        Err(_) => keops_driver::jit::Jit::new()
+            .compile_checked(checked)
             .map_err(|e| MakeError::Internal(format!("compiling `{}`: {e}", checked.name))),
     }
 }

@@ -362,6 +362,38 @@ def test_kernel_operator_in_jax_solves_normalises_and_differentiates():
         kj.KernelOperator(LINEAR, normalize="rows", x=x, y=x, s=s)
 
 
+def test_kernel_operator_made_from_traced_points_under_jit_and_grad():
+    # Diffusion powers of P(X) = D^-1 K(X) differentiated with respect to the points: the
+    # operator is made inside the traced function, its degrees traced too.
+    rng = np.random.default_rng(12)
+    n, t = 60, 3
+    x0 = jnp.asarray(rng.random((n, 3)))
+    s = jnp.asarray([0.4])
+    w = jnp.asarray(rng.standard_normal(n))
+
+    def loss(x, op):
+        v = jnp.ones(n) / n + 0.1 * w
+        for _ in range(t):
+            v = op(x)(v)
+        return jnp.sum(w * v)
+
+    keops = lambda x: kj.KernelOperator(LINEAR, normalize="row", x=x, y=x, s=s)  # noqa: E731
+
+    def dense(x):
+        k = jnp.exp(-((x[:, None, :] - x[None, :, :]) ** 2).sum(-1) / (2 * 0.4**2))
+        return lambda v: (k / k.sum(1, keepdims=True)) @ v
+
+    value, grad = jax.jit(jax.value_and_grad(lambda x: loss(x, keops)))(x0)
+    want_value, want_grad = jax.value_and_grad(lambda x: loss(x, dense))(x0)
+    np.testing.assert_allclose(float(value), float(want_value), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(want_grad), rtol=1e-9, atol=1e-12)
+    # Degrees of 0 (every y far from every x): an error on concrete points, NaN where traced.
+    with pytest.raises(ValueError, match="not positive"):
+        kj.KernelOperator(LINEAR, normalize="row", x=x0, y=x0 + 100, s=s)
+    far = jax.jit(lambda x: kj.KernelOperator(LINEAR, normalize="row", x=x, y=x + 100, s=s)(w))
+    assert np.isnan(np.asarray(far(x0))).all()
+
+
 def test_vmap_runs_the_forward_as_one_batched_call(kernels):
     # Nested vmap over two axes, an input mapped over one of them only, a dimension-1 input
     # given as (N,): one custom call whose arrays carry the batch axes.

@@ -260,7 +260,7 @@ impl Kernel {
     /// The same kernel with the gradients `described` (as a manifest describes them), over
     /// the `backward` kernels they name; what is wrong with them otherwise (a kernel they name
     /// is missing, or does not take the forward's arguments or give the columns read). A
-    /// module's kernels get theirs at load; `keopsc::driver::jit_kernel_with_gradients` gives
+    /// module's kernels get theirs at load; `keops_driver::jit::Jit::gradients` gives
     /// compiled ones theirs.
     pub fn with_gradients(
         &self,

@@ -184,3 +184,64 @@ fn a_cloud_against_itself_carries_its_pass_over_unordered_pairs_when_it_pays() {
     let max = GAUSS.replace("Sum_Reduction", "Max_Reduction");
     assert!(jit.compile(&max, None).unwrap().symmetric().is_none());
 }
+
+/// A kernel built in Rust node by node is the kernel its text describes: same text, same
+/// results.
+#[test]
+fn a_kernel_built_in_rust_is_its_text() {
+    use keops_runtime::{Axis, Category, ReductionKind};
+    use keopsc::syntax::build::KernelBuilder;
+    let mut k = KernelBuilder::new("gauss");
+    let x = k.arg("x", Category::I, 3);
+    let y = k.arg("y", Category::J, 3);
+    let b = k.arg("b", Category::J, 1);
+    let d = k.call("SqDist", &[x, y], &[]);
+    let c = k.constant(-0.75);
+    let scaled = k.mul(c, d);
+    let e = k.call("Exp", &[scaled], &[]);
+    let f = k.mul(e, b);
+    let built = k.reduction(ReductionKind::Sum, f, Axis::I).unwrap();
+    assert_eq!(
+        built.to_string(),
+        "kernel gauss {\n    x = Vi(3)\n    y = Vj(3)\n    b = Vj(1)\n    \
+         Sum_Reduction(Mult(Exp(Mult(-0.75, SqDist(x, y))), b), 0)\n}\n"
+    );
+    let kernel = Jit::new()
+        .dtypes(&[DType::F64])
+        .compile_built(&built)
+        .unwrap();
+    check_against_the_interpreter(&kernel, GAUSS);
+}
+
+/// What a builder cannot make says why: names, dimensions, constants, the reduction's form,
+/// and a text formula that does not parse (against the kernel's text); an operator the table
+/// lacks is the checker's diagnostic.
+#[test]
+fn a_builder_says_what_is_wrong() {
+    use keops_runtime::{Axis, Category, ReductionKind};
+    use keopsc::syntax::build::{BuildError, KernelBuilder};
+    let mut k = KernelBuilder::new("2bad");
+    let x = k.arg("x", Category::I, 0);
+    let _ = k.arg("x", Category::J, 1);
+    let c = k.constant(f64::NAN);
+    let f = k.mul(x, c);
+    match k.k_reduction(ReductionKind::Sum, f, 2, Axis::I) {
+        Err(BuildError::Invalid { problems, .. }) => assert_eq!(problems.len(), 5, "{problems:?}"),
+        other => panic!("{other:?}"),
+    }
+    let mut k = KernelBuilder::new("t");
+    let _ = k.arg("x", Category::I, 1);
+    let f = k.text("Exp(x +)");
+    match k.reduction(ReductionKind::Sum, f, Axis::I) {
+        Err(e @ BuildError::Syntax { .. }) => assert!(e.to_string().contains("Exp(x +)"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    let mut k = KernelBuilder::new("t");
+    let x = k.arg("x", Category::I, 1);
+    let f = k.call("Exq", &[x], &[]);
+    let built = k.reduction(ReductionKind::Sum, f, Axis::I).unwrap();
+    match Jit::new().compile_built(&built) {
+        Err(JitError::Source { rendered }) => assert!(rendered.contains("Exp"), "{rendered}"),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}

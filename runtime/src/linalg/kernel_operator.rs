@@ -120,7 +120,7 @@ impl KernelOperator {
     }
 
     /// Whether its products walk each unordered pair once: the kernel carries a symmetric
-    /// pass (`keopsc::driver::jit_kernel_symmetric`, a module built with `--same`) and the
+    /// pass (`keops_driver::jit::Jit::same`, a module built with `--same`) and the
     /// inputs hold the same data where it needs (`y` is `x`). About half the work of a full
     /// product for a Gaussian; the results agree up to summation order.
     pub fn pairs_once(&self) -> bool {
