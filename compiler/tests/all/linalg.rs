@@ -195,6 +195,54 @@ fn a_symmetric_pass_is_refused_where_it_cannot_run() {
     assert!(full.with_symmetric(pass).is_ok());
 }
 
+/// The runtime's `KernelOperator::new` probes linearity on a sample of the points: an affine
+/// or nonlinear formula in the operand, or one whose output column c reads another column of
+/// it, is refused there (more points than the sample, so the probe runs on a part of them);
+/// `assuming_linear` takes the caller's word.
+#[test]
+fn the_runtime_refuses_a_kernel_that_is_not_linear_in_its_operand() {
+    let n = 40;
+    let x = cloud(n);
+    let inputs = |dtype: DType| {
+        let x = match dtype {
+            DType::F64 => HostArray::from_f64(vec![n, 3], x.clone()),
+            DType::F32 => HostArray::from_f32(vec![n, 3], x.iter().map(|&v| v as f32).collect()),
+        };
+        vec![("x".to_string(), x.clone()), ("y".to_string(), x)]
+    };
+    for dtype in [DType::F64, DType::F32] {
+        for (formula, why) in [
+            ("Exp(-SqDist(x, y)) * b * b", "is not linear in `b`"),
+            ("Exp(-SqDist(x, y)) * b + 1", "is not linear in `b`"),
+            (
+                "Exp(-SqDist(x, y)) * Concat(Elem(b, 1), Elem(b, 0))",
+                "depends on other columns",
+            ),
+        ] {
+            let source = format!(
+                "kernel k {{\n x = Vi(3)\n y = Vj(3)\n b = Vj(2)\n Sum_Reduction({formula}, 0)\n}}\n"
+            );
+            let kernel = keopsc::jit::Jit::new()
+                .dtypes(&[dtype])
+                .compile(&source, None)
+                .unwrap();
+            let error = KernelOperator::new(kernel.clone(), "b", inputs(dtype)).unwrap_err();
+            let text = error.to_string();
+            assert!(
+                text.contains("is not a linear operator on `b`") && text.contains(why),
+                "{formula}: {text}"
+            );
+            assert!(KernelOperator::assuming_linear(kernel, "b", inputs(dtype)).is_ok());
+        }
+        let linear = "kernel k {\n x = Vi(3)\n y = Vj(3)\n b = Vj(2)\n Sum_Reduction(Exp(-SqDist(x, y)) * b, 0)\n}\n";
+        let linear = keopsc::jit::Jit::new()
+            .dtypes(&[dtype])
+            .compile(linear, None)
+            .unwrap();
+        assert!(KernelOperator::new(linear, "b", inputs(dtype)).is_ok());
+    }
+}
+
 fn cholesky_solve(a: &[f64], n: usize, b: &[f64]) -> Vec<f64> {
     let mut l = vec![0.0; n * n];
     for i in 0..n {

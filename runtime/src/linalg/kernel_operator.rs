@@ -16,9 +16,13 @@ use rayon::prelude::*;
 /// passes of the kernel, the last one padded with zeros: compile the kernel with `R` equal to
 /// the number of right-hand sides to do them all in one pass.
 ///
-/// Linearity is the caller's claim (the runtime cannot see the formula; `keopsc linalg` and
-/// `keops_rs.linalg` probe it on a sample of the points before making one). Products are computed in the dtype the inputs were given in
-/// (accumulated in f64 by the kernel) and returned in f64.
+/// The runtime cannot see the formula: [`KernelOperator::new`] probes linearity on a sample of
+/// the points (at most [`LINEARITY_SAMPLE`] rows of each index: `f(b1 + 2.5 b2) = f(b1) + 2.5
+/// f(b2)`, and output column `c` unmoved when another column of `b` moves), so that an affine or
+/// nonlinear formula (`b * b + 1`) is refused there rather than found out by an algorithm
+/// (conjugate gradients then report a matrix that is not positive definite).
+/// [`KernelOperator::assuming_linear`] skips the probe. Products are computed in the dtype the
+/// inputs were given in (accumulated in f64 by the kernel) and returned in f64.
 pub struct KernelOperator {
     kernel: Kernel,
     dtype: DType,
@@ -57,6 +61,34 @@ impl KernelOperator {
     /// `inputs` by name. Says what is wrong when the kernel cannot be one (its reduction, the
     /// operand's category or dimension) or an input does not fit its signature.
     pub fn new(
+        kernel: Kernel,
+        operand: &str,
+        inputs: Vec<(String, HostArray)>,
+    ) -> Result<KernelOperator, LinalgError> {
+        // The probe's sample: the first rows of each i- and j-variable, parameters whole.
+        let indexed = |name: &str| {
+            kernel
+                .signature()
+                .args
+                .iter()
+                .any(|a| a.name == name && a.category != Category::Param)
+        };
+        let sample: Vec<(String, HostArray)> = inputs
+            .iter()
+            .map(|(name, array)| match indexed(name) {
+                true => (name.clone(), first_rows(array, LINEARITY_SAMPLE)),
+                false => (name.clone(), array.clone()),
+            })
+            .collect();
+        let operator = KernelOperator::assuming_linear(kernel.clone(), operand, inputs)?;
+        KernelOperator::assuming_linear(kernel, operand, sample)?.probe_linearity()?;
+        Ok(operator)
+    }
+
+    /// [`KernelOperator::new`] without the linearity probe: for a kernel known to be linear in
+    /// `operand` (its formula `K(...) * b` read by the caller). An operator that is not gives
+    /// wrong products without an error.
+    pub fn assuming_linear(
         kernel: Kernel,
         operand: &str,
         inputs: Vec<(String, HostArray)>,
@@ -248,6 +280,81 @@ fn fixed_inputs(
 fn argument_names(sig: &Signature) -> String {
     let names: Vec<String> = sig.args.iter().map(|a| format!("`{}`", a.name)).collect();
     names.join(", ")
+}
+
+/// Rows of each index the linearity probe of [`KernelOperator::new`] samples.
+pub const LINEARITY_SAMPLE: usize = 32;
+
+impl KernelOperator {
+    /// Refuses an operator that is not linear in its operand: `f(b1 + 2.5 b2)` must be
+    /// `f(b1) + 2.5 f(b2)` (which an affine or nonlinear formula fails) and output column c
+    /// must not move when another column of b does (to the dtype's precision).
+    fn probe_linearity(&self) -> Result<(), LinalgError> {
+        let (m, r) = (self.cols, self.width);
+        let wave = |phase: f64| -> Vec<f64> {
+            (0..m * r)
+                .map(|k| (k as f64 * 0.7548 + phase).sin())
+                .collect()
+        };
+        let (b1, b2) = (wave(0.3), wave(1.9));
+        let combined: Vec<f64> = b1.iter().zip(&b2).map(|(a, b)| a + 2.5 * b).collect();
+        let (f1, f2, f12) = (
+            self.apply(&b1, r)?,
+            self.apply(&b2, r)?,
+            self.apply(&combined, r)?,
+        );
+        let tol = if self.dtype == DType::F32 { 1e-3 } else { 1e-9 };
+        let scale = f1
+            .iter()
+            .chain(&f2)
+            .fold(0.0f64, |a, &b| a.max(b.abs()))
+            .max(f64::MIN_POSITIVE);
+        let not_linear = f1
+            .iter()
+            .zip(&f2)
+            .zip(&f12)
+            .any(|((a, b), c)| (a + 2.5 * b - c).abs() > tol * 3.5 * scale);
+        let mut moved = false;
+        if r > 1 {
+            let mut shifted = b1.clone();
+            (0..m).for_each(|row| shifted[row * r] += 1.0);
+            let g = self.apply(&shifted, r)?;
+            moved = (0..f1.len())
+                .filter(|k| k % r != 0)
+                .any(|k| (g[k] - f1[k]).abs() > tol * scale);
+        }
+        if !(not_linear || moved) {
+            return Ok(());
+        }
+        let operand = self.operand_name().to_string();
+        Err(LinalgError::NotLinear {
+            kernel: self.kernel.signature().name.clone(),
+            reason: if not_linear {
+                format!("its output is not linear in `{operand}`; the formula must be `K(...) * {operand}` with K not depending on `{operand}`")
+            } else {
+                format!("output column c depends on other columns of `{operand}`; the formula must be `K(...) * {operand}` with K not depending on `{operand}`")
+            },
+            operand,
+        })
+    }
+}
+
+/// The first `rows` rows of `array` (all of it when it has no more).
+fn first_rows(array: &HostArray, rows: usize) -> HostArray {
+    let Some(&have) = array.shape.first() else {
+        return array.clone();
+    };
+    if have <= rows {
+        return array.clone();
+    }
+    let width: usize = array.shape[1..].iter().product();
+    let mut shape = array.shape.clone();
+    shape[0] = rows;
+    let data = match &array.data {
+        ArrayData::F32(v) => ArrayData::F32(v[..rows * width].to_vec()),
+        ArrayData::F64(v) => ArrayData::F64(v[..rows * width].to_vec()),
+    };
+    HostArray { shape, data }
 }
 
 fn zeros(dtype: DType, shape: Vec<usize>) -> HostArray {
