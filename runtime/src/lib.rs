@@ -1,6 +1,44 @@
-//! keops-runtime: what runs a compiled KeOps kernel. It defines the kernel calling convention
-//! ([`abi`]), the reductions ([`reduction`]) and host arrays ([`arrays`]). It never depends on
-//! the compiler or on LLVM, so that a program can load compiled kernels without either.
+//! keops-runtime: what runs a compiled KeOps kernel, with neither the compiler nor LLVM.
+//!
+//! # Start here
+//!
+//! A program loads a module that `keopsc build` wrote ([`Module::load`]), takes a kernel from
+//! it ([`Module::kernel`]: a [`Kernel`], cheap to clone, `Send + Sync`) and calls it on its
+//! arrays ([`Kernel::call`], [`Kernel::call_named`], [`Kernel::call_into`]; gradients with
+//! [`Kernel::vjp`] when the module was built with `--grad`; a kernel as a matrix with
+//! [`linalg::KernelOperator`]). Every shape, dtype and length is checked against the kernel's
+//! signature; an [`ArgumentError`] names the argument.
+//!
+//! ```no_run
+//! use keops_runtime::{ArrayRef, Module};
+//!
+//! // kernel gauss_conv { x = Vi(3)  y = Vj(3)  b = Vj(1)  s = Pm(1) ... } (examples/kf/gauss.kf)
+//! let module = Module::load("gauss.kmod")?;
+//! let kernel = module.kernel("gauss_conv")?;
+//! let (n, m) = (1000, 2000);
+//! let (x, y, b) = (vec![0.0f32; n * 3], vec![0.0f32; m * 3], vec![1.0f32; m]);
+//! let out = kernel.call(&[
+//!     ArrayRef::f32(&[n, 3], &x),
+//!     ArrayRef::f32(&[m, 3], &y),
+//!     ArrayRef::f32(&[m, 1], &b),
+//!     ArrayRef::f32(&[1], &[0.25]),
+//! ])?;
+//! assert_eq!(out.shape, vec![n, 1]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! This example needs a module on disk, so it is not run here; the same program runs, with the
+//! module built first, among the doc tests of the repository's test crate (from
+//! `lang-spec/modules.md`). Kernels compiled at run time come as the same [`Kernel`] from
+//! `keops_driver::jit::Jit`.
+//!
+//! The modules below that a program calls: [`module`] ([`Module`], [`Kernel`]), [`arrays`]
+//! ([`HostArray`], [`ArrayRef`], [`DType`]), [`linalg`] (solvers and eigensolvers on
+//! kernels), [`ranges`] (block-sparse reductions), `cuda` (with the feature `cuda`). The others are
+//! the machinery the compiler's crates share with it: the calling convention ([`abi`]), the
+//! reductions ([`reduction`]), the tile schedulers ([`tiles`], [`cross`], [`symmetric`],
+//! [`gpu`]), the combination of backward passes ([`backward`], [`gradient`]), the executor
+//! boundary ([`executor`]) and the manifest's format ([`manifest`]).
 
 pub mod abi;
 pub mod arrays;

@@ -3,7 +3,7 @@
 //! ([`jit_symmetric`]), for those who time or own a compilation (the benchmarks). Programs
 //! use [`Jit`](crate::jit::Jit), which takes code from the process's cache and has the options
 //! (gradients, a cloud against itself); both assemble the runtime's types with
-//! [`runtime_kernel`] and [`symmetric_pass`].
+//! `runtime_kernel` and `symmetric_pass`.
 
 use super::backend::EvalError;
 use super::pipeline::{

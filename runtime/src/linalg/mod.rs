@@ -20,7 +20,7 @@ mod operator;
 mod symmetric_eigen;
 
 pub use cg::{conjugate_gradient, CgOptions, CgResult, Preconditioner};
-pub use kernel_operator::KernelOperator;
+pub use kernel_operator::{KernelOperator, LINEARITY_SAMPLE};
 pub use lanczos::{lanczos, EigOptions, EigResult};
 pub use normalize::{Normalization, Scaled};
 pub use operator::{apply_power, check_operand, LinearOperator, Shifted, Timed};
