@@ -450,11 +450,23 @@ pub enum NpyError {
     DType(String),
 }
 
-/// Data that does not fit the kernel's signature. Always names the argument.
+/// "`x`, `y`, `b`": names, for messages.
+fn quoted(names: &[String]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+    quoted.join(", ")
+}
+
+/// Data that does not fit the kernel's signature. Always names the argument. The messages
+/// speak of the arrays a caller passed; a tool adds its own advice (`keopsc eval` says which
+/// `--arg` to pass).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ArgumentError {
-    #[error("missing argument `{name}` ({spec}): pass it with --arg {name}=FILE.npy")]
+    #[error("missing argument `{name}` ({spec})")]
     Missing { name: String, spec: String },
+    /// More arrays than the kernel has arguments (given in argument order).
+    #[error("{given} arrays given; the kernel takes {} ({})", names.len(), quoted(names))]
+    TooMany { given: usize, names: Vec<String> },
     #[error("unknown argument `{name}`: the kernel's arguments are {expected}")]
     Unknown { name: String, expected: String },
     #[error("argument `{name}` is given twice")]
@@ -593,13 +605,10 @@ pub fn argument_count_error(sig: &Signature, given: usize) -> ArgumentError {
             name: spec.name.clone(),
             spec: format!("{}({})", spec.category, spec.dim),
         },
-        None => {
-            let names: Vec<String> = sig.args.iter().map(|a| format!("`{}`", a.name)).collect();
-            ArgumentError::Unknown {
-                name: format!("#{}", sig.args.len()),
-                expected: names.join(", "),
-            }
-        }
+        None => ArgumentError::TooMany {
+            given,
+            names: sig.args.iter().map(|a| a.name.clone()).collect(),
+        },
     }
 }
 

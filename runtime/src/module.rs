@@ -320,17 +320,7 @@ impl Kernel {
     fn prepare(&self, inputs: &[ArrayRef]) -> Result<TileKernel<'_>, ArgumentError> {
         let sig = &self.signature;
         if inputs.len() != sig.args.len() {
-            let names: Vec<String> = sig.args.iter().map(|a| format!("`{}`", a.name)).collect();
-            return Err(match sig.args.get(inputs.len()) {
-                Some(spec) => ArgumentError::Missing {
-                    name: spec.name.clone(),
-                    spec: format!("{}({})", spec.category, spec.dim),
-                },
-                None => ArgumentError::Unknown {
-                    name: format!("#{}", sig.args.len()),
-                    expected: names.join(", "),
-                },
-            });
+            return Err(crate::arrays::argument_count_error(sig, inputs.len()));
         }
         let size = crate::arrays::check_arguments(sig, inputs)?;
         let Some(&(dtype, tile, lanes)) = self.entries.iter().find(|e| e.0 == size.dtype) else {

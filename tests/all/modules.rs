@@ -141,12 +141,27 @@ fn arguments_are_checked_against_the_manifest_with_their_names() {
         ("y", ArrayRef::f32(&s3, &y)),
         ("b", ArrayRef::f32(&bshape, &b)),
     ];
-    // Missing `s`.
+    // Missing `s`: said as a program passed it (no command-line advice).
     match kernel.call_named(&ok) {
-        Err(ArgumentError::Missing { name, .. }) => assert_eq!(name, "s"),
+        Err(e @ ArgumentError::Missing { .. }) => {
+            assert_eq!(e.to_string(), "missing argument `s` (Pm(1))")
+        }
         other => panic!("{other:?}"),
     }
     let s = [1.0f32];
+    // One array too many, in argument order.
+    let five: Vec<ArrayRef> = [&x[..], &y, &b, &s, &s]
+        .iter()
+        .zip([&s2[..], &s3, &bshape, &s1, &s1])
+        .map(|(data, shape)| ArrayRef::f32(shape, data))
+        .collect();
+    match kernel.call(&five) {
+        Err(e @ ArgumentError::TooMany { given: 5, .. }) => assert_eq!(
+            e.to_string(),
+            "5 arrays given; the kernel takes 4 (`x`, `y`, `b`, `s`)"
+        ),
+        other => panic!("{other:?}"),
+    }
     let wrong_shape = [3, 2];
     let err = kernel
         .call(&[

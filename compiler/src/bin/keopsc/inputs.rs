@@ -193,7 +193,12 @@ pub fn read_inputs(
         let covered = matches!(&error, ArgumentError::Missing { name, .. }
             if same.iter().any(|s| sig.args[s.j].name == *name));
         if !covered {
-            problems.push(error.to_string());
+            problems.push(match &error {
+                ArgumentError::Missing { name, .. } => {
+                    format!("{error}: pass it with --arg {name}=FILE.npy")
+                }
+                _ => error.to_string(),
+            });
             failed = true;
         }
     }
