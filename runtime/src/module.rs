@@ -727,7 +727,8 @@ impl Module {
         &self.kernels
     }
 
-    /// The kernel `name`; a module of one kernel also answers to `None`-like empty names.
+    /// The kernel `name`; `LoadError::UnknownKernel` (naming the ones it has) when the module
+    /// holds none of that name.
     pub fn kernel(&self, name: &str) -> Result<Kernel, LoadError> {
         self.kernels
             .iter()
