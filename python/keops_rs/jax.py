@@ -115,12 +115,18 @@ class Kernel:
         arrays = _as_arrays([a[0] for a in self.arguments], values)
         # The 2-D forms, `(N, 1)` for a dimension-1 variable given as `(N,)` and `(1,)` for a
         # scalar parameter: under vmap, a batch axis is then told apart from the rows.
+        given = arrays
         arrays = [
             a[:, None] if cat in ("Vi", "Vj") and a.ndim == 1 else a[None] if a.ndim == 0 else a
             for a, (_, cat, _) in zip(arrays, self.arguments)
         ]
-        # Checked here, at trace time, with the messages of the numpy API.
-        self._output_shape(arrays)
+        # Checked here, at trace time, with the messages of the numpy API; a shape that does
+        # not fit is named as the caller gave it, not as promoted above.
+        try:
+            self._output_shape(arrays)
+        except ValueError:
+            self._output_shape(given)
+            raise
         return arrays
 
     def _output_shape(self, arrays):

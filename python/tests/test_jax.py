@@ -262,6 +262,9 @@ def test_shape_and_dtype_errors_name_the_argument(kernels):
         jax.jit(k)(x[:, :1], y, b, s)
     with pytest.raises(ValueError, match="`y`"):
         jax.vmap(k, in_axes=(None, 0, None, None))(x, jnp.stack([y[:, :2]] * 2), b, s)
+    # A vector for a variable of dimension 3 is named by the shape given, (N,), not (N, 1).
+    with pytest.raises(ValueError, match=r"`x` \(Vi\(3\)\) has shape \(100,\); expected \(N, 3\)"):
+        jax.jit(k)(jnp.zeros(100), y, b, s)
 
 
 def test_gradient_of_indices_is_refused():
