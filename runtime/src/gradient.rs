@@ -39,9 +39,17 @@ struct StoredSelected<K> {
 
 /// Why [`Kernel::vjp`] gives no gradient.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum GradientError {
-    #[error("kernel `{kernel}` has no stored gradients: build its module with `keopsc build --grad`, or compile it with gradients (`keops_driver::jit::Jit::gradients`) (a reduction that returns indices only has none)")]
+    #[error("kernel `{kernel}` has no stored gradients: build its module with `keopsc build --grad`, or compile it with gradients (`keops_driver::jit::Jit::gradients`)")]
     NotBuilt { kernel: String },
+    /// The reduction returns indices only (ArgMin, ArgMax, ArgKMin): piecewise constant, with
+    /// no gradient however the kernel was built.
+    #[error("kernel `{kernel}` ends with {kind}, which returns indices only: indices have no gradient (the value-and-index form, e.g. Min_ArgMin, differentiates the values)")]
+    NotDifferentiable {
+        kernel: String,
+        kind: crate::reduction::ReductionKind,
+    },
     #[error("kernel `{kernel}` has no input `{name}` to differentiate with respect to; its inputs are {inputs}")]
     UnknownInput {
         kernel: String,
@@ -121,7 +129,13 @@ pub(crate) fn vjp<K: GradientKernel>(
                 .iter()
                 .find(|g| positions.iter().all(|w| g.wrt.contains(w)))
         })
-        .ok_or_else(|| GradientError::NotBuilt { kernel: kernel() })?;
+        .ok_or_else(|| match sig.reduction.kind.backward() {
+            crate::reduction::BackwardShape::None => GradientError::NotDifferentiable {
+                kernel: kernel(),
+                kind: sig.reduction.kind,
+            },
+            _ => GradientError::NotBuilt { kernel: kernel() },
+        })?;
     let passes = Passes {
         forward: sig,
         wrt: &stored.wrt,
