@@ -246,40 +246,66 @@ impl Table {
                 .downcast::<T>()
                 .expect("each key holds one kind of value")
         };
-        let slot = self.slot(key);
+        let slot = self.slot(&key);
         let mut value = locked(&slot.value);
         if let Some(found) = value.as_ref() {
             slot.hits.fetch_add(1, Relaxed);
             self.lock().stats.hits += 1;
             return Ok((typed(found.clone()), JitOutcome::Hit));
         }
-        let built: Arc<dyn Any + Send + Sync> = Arc::new(build()?);
+        let built: Arc<dyn Any + Send + Sync> = match build() {
+            Ok(built) => Arc::new(built),
+            Err(e) => {
+                // Nothing is stored for a failure, and nothing was evicted for it.
+                let mut state = self.lock();
+                if state
+                    .entries
+                    .get(&key)
+                    .is_some_and(|s| Arc::ptr_eq(s, &slot))
+                {
+                    state.entries.remove(&key);
+                }
+                return Err(e);
+            }
+        };
         *value = Some(built.clone());
-        self.lock().stats.compiled += 1;
+        let mut state = self.lock();
+        state.stats.compiled += 1;
+        self.evict_beyond_capacity(&mut state, &key);
         Ok((typed(built), JitOutcome::Compiled))
     }
 
-    /// The entry of `key`, made (and the least recently used one dropped when full) if there
-    /// is none; marked as used now.
-    fn slot(&self, key: String) -> Arc<Slot> {
+    /// The entry of `key`, made empty if there is none; marked as used now.
+    fn slot(&self, key: &str) -> Arc<Slot> {
         use std::sync::atomic::Ordering::Relaxed;
         let mut state = self.lock();
         state.clock += 1;
         let now = state.clock;
-        if !state.entries.contains_key(&key) && state.entries.len() >= self.capacity {
+        let slot = state.entries.entry(key.to_string()).or_default().clone();
+        slot.last_used.store(now, Relaxed);
+        slot
+    }
+
+    /// Drops the least recently used entries but `kept` (just built) while the table holds
+    /// more than its capacity. Entries being built count, so that the table stays bounded
+    /// however many threads compile at once.
+    fn evict_beyond_capacity(&self, state: &mut State, kept: &str) {
+        use std::sync::atomic::Ordering::Relaxed;
+        while state.entries.len() > self.capacity {
             let oldest = state
                 .entries
                 .iter()
+                .filter(|(k, _)| k.as_str() != kept)
                 .min_by_key(|(_, slot)| slot.last_used.load(Relaxed))
                 .map(|(k, _)| k.clone());
-            if let Some(oldest) = oldest {
-                state.entries.remove(&oldest);
-                state.stats.evicted += 1;
+            match oldest {
+                Some(oldest) => {
+                    state.entries.remove(&oldest);
+                    state.stats.evicted += 1;
+                }
+                None => break,
             }
         }
-        let slot = state.entries.entry(key).or_default().clone();
-        slot.last_used.store(now, Relaxed);
-        slot
     }
 
     /// The value of `key` if it is built (without marking it used).

@@ -115,7 +115,8 @@ class Kernel:
         arrays = _as_arrays([a[0] for a in self.arguments], values)
         # The 2-D forms, `(N, 1)` for a dimension-1 variable given as `(N,)` and `(1,)` for a
         # scalar parameter: under vmap, a batch axis is then told apart from the rows.
-        given = arrays
+        # As given, but for a 0-d value, which every argument of dimension 1 accepts as (1,).
+        given = [a[None] if a.ndim == 0 else a for a in arrays]
         arrays = [
             a[:, None] if cat in ("Vi", "Vj") and a.ndim == 1 else a[None] if a.ndim == 0 else a
             for a, (_, cat, _) in zip(arrays, self.arguments)

@@ -245,3 +245,20 @@ fn a_builder_says_what_is_wrong() {
         other => panic!("{:?}", other.map(|_| ())),
     }
 }
+
+/// A compilation that fails stores nothing and drops nothing: a full table keeps its kernel.
+#[test]
+fn a_failed_compilation_leaves_the_table_as_it_was() {
+    let cache = JitCache::new(1);
+    let checked = driver::compile(SourceFile::new("<jit test>", GAUSS))
+        .unwrap_or_else(|_| panic!("compiles"))
+        .kernels
+        .remove(0);
+    cache.get(&checked, DType::F64).unwrap();
+    // A cross pass of 5 columns from a kernel of 1: refused by code generation.
+    assert!(cache.get_cross(&checked, 5, DType::F64).is_err());
+    let (hits, compiled, evicted, entries, _) = counts(&cache);
+    assert_eq!((hits, compiled, evicted, entries), (0, 1, 0, 1));
+    let (_, outcome) = cache.get(&checked, DType::F64).unwrap();
+    assert_eq!(outcome, keopsc::jit_cache::JitOutcome::Hit);
+}

@@ -239,7 +239,13 @@ fn the_runtime_refuses_a_kernel_that_is_not_linear_in_its_operand() {
             .dtypes(&[dtype])
             .compile(linear, None)
             .unwrap();
-        assert!(KernelOperator::new(linear, "b", inputs(dtype)).is_ok());
+        assert!(KernelOperator::new(linear.clone(), "b", inputs(dtype)).is_ok());
+        // An array whose data does not fill its shape is an argument error, also where the
+        // probe's sample would have been cut from it.
+        let short = HostArray::from_f64(vec![100, 3], vec![0.0; 10]);
+        let given = vec![("x".to_string(), short.clone()), ("y".to_string(), short)];
+        let error = KernelOperator::new(linear, "b", given).unwrap_err();
+        assert!(error.to_string().contains("`x`"), "{error}");
     }
 }
 

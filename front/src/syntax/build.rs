@@ -402,8 +402,19 @@ fn parse_formula(formula: &str, at: usize) -> Result<Expr, Vec<Diagnostic>> {
 pub fn syntax_tree(plan: &KernelPlan, layout: &Layout) -> Result<File, Vec<Diagnostic>> {
     let mut texts = HashMap::new();
     let mut diagnostics = Vec::new();
+    // The text formulas the kernel reads (a node of the arena left unused is not part of it).
+    let mut reached = vec![false; plan.items.len()];
+    let mut pending: Vec<usize> = plan.declarations.clone();
+    pending.push(plan.reduction);
+    while let Some(i) = pending.pop() {
+        if !std::mem::replace(&mut reached[i], true) {
+            if let Item::Call { args, .. } = &plan.items[i] {
+                pending.extend(args);
+            }
+        }
+    }
     for (i, item) in plan.items.iter().enumerate() {
-        if let Item::Text(formula) = item {
+        if let (Item::Text(formula), true) = (item, reached[i]) {
             match parse_formula(formula, layout.spans[i].start) {
                 Ok(e) => {
                     texts.insert(i, e);
@@ -479,6 +490,9 @@ impl From<Vec<i64>> for CallParam {
 pub struct KernelBuilder {
     plan: KernelPlan,
     problems: Vec<String>,
+    /// The items some call already reads: a node used again is copied (each use of a node
+    /// stands at its own place in the text, with its own spans).
+    used: Vec<bool>,
 }
 
 /// Why a [`KernelBuilder`] made no kernel: what is wrong with its names, dimensions,
@@ -525,6 +539,7 @@ impl KernelBuilder {
         KernelBuilder {
             plan: KernelPlan::new(name),
             problems,
+            used: Vec::new(),
         }
     }
 
@@ -573,7 +588,7 @@ impl KernelBuilder {
                 })
             })
             .collect();
-        let children: Vec<usize> = operands.iter().map(|n| n.0).collect();
+        let children: Vec<usize> = operands.iter().map(|&n| self.operand(n)).collect();
         let args = call_order(&self.plan.items, name, &children, &params);
         Node(self.plan.push(Item::Call {
             name: name.to_string(),
@@ -584,6 +599,54 @@ impl KernelBuilder {
     /// A formula in KeOps syntax, over the arguments declared (`"Exp(-SqDist(x, y))"`).
     pub fn text(&mut self, formula: &str) -> Node {
         Node(self.plan.push(Item::Text(formula.to_string())))
+    }
+
+    /// `node` as the operand of a new call: itself the first time, a copy of its subtree
+    /// after that.
+    fn operand(&mut self, node: Node) -> usize {
+        let i = match self.used.get(node.0) {
+            Some(true) => self.copy_subtree(node.0),
+            _ => node.0,
+        };
+        self.mark_used(i);
+        i
+    }
+
+    fn mark_used(&mut self, i: usize) {
+        if self.used.len() <= i {
+            self.used.resize(i + 1, false);
+        }
+        self.used[i] = true;
+    }
+
+    /// A copy of the subtree at `root`, new items all through (every call's operands are used
+    /// once, so the subtree is a tree). Children first, by an explicit stack: no recursion.
+    fn copy_subtree(&mut self, root: usize) -> usize {
+        let mut order = Vec::new();
+        let mut pending = vec![root];
+        while let Some(i) = pending.pop() {
+            order.push(i);
+            if let Item::Call { args, .. } = &self.plan.items[i] {
+                pending.extend(args);
+            }
+        }
+        let mut copies: HashMap<usize, usize> = HashMap::new();
+        // Reversed pre-order: each node after all of its descendants.
+        for &i in order.iter().rev() {
+            let item = match &self.plan.items[i] {
+                Item::Call { name, args } => Item::Call {
+                    name: name.clone(),
+                    args: args.iter().map(|a| copies[a]).collect(),
+                },
+                other => other.clone(),
+            };
+            let copy = self.plan.push(item);
+            if i != root {
+                self.mark_used(copy);
+            }
+            copies.insert(i, copy);
+        }
+        copies[&root]
     }
 
     pub fn add(&mut self, a: Node, b: Node) -> Node {
@@ -672,8 +735,10 @@ impl KernelBuilder {
             Axis::J => 1,
         };
         let k = k.map(|k| k.min(i64::MAX as usize) as i64);
+        let formula = self.operand(formula);
+        let weight = weight.map(|w| self.operand(w));
         self.plan
-            .reduce(&kind.to_string(), formula.0, k, weight.map(|w| w.0), axis);
+            .reduce(&kind.to_string(), formula, k, weight, axis);
         let layout = lay_out(&self.plan);
         let source = SourceFile::new("<built>", layout.text.clone());
         let file = crate::isolate::on_compiler_stack(|| syntax_tree(&self.plan, &layout))
@@ -813,6 +878,31 @@ mod tests {
             span.start >= at && span.end <= at + "Exp(x +)".len(),
             "{span:?}"
         );
+    }
+
+    /// A node used twice (a variable, a text formula, a call) stands twice in the text, each
+    /// use with its own spans, so the built tree is the parsed one; a text node the kernel
+    /// does not read is not parsed.
+    #[test]
+    fn a_node_used_twice_stands_twice_and_unused_nodes_are_not_read() {
+        let mut k = KernelBuilder::new("t");
+        let x = k.arg("x", Category::I, 1);
+        let y = k.arg("y", Category::J, 1);
+        let g = k.text("Exp(-Square(x - y))");
+        let _unused = k.text("Exp(x +)");
+        let s = k.add(x, x);
+        let gg = k.mul(g, g);
+        let f = k.mul(gg, s);
+        let twice = k.add(f, f);
+        let built = k
+            .weighted_reduction(ReductionKind::LogSumExpWeight, y, twice, Axis::I)
+            .unwrap();
+        let (parsed, diagnostics) = parse(&built.source.text);
+        assert!(diagnostics.is_empty(), "{diagnostics:?}");
+        assert_eq!(built.file, parsed, "{}", built.source.text);
+        let (_, diagnostics) = crate::check::check_file(&built.file);
+        assert!(diagnostics.is_empty(), "{diagnostics:?}");
+        assert_eq!(built.source.text.matches("Exp(-Square(x - y))").count(), 4);
     }
 
     #[test]

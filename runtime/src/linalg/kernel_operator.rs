@@ -65,23 +65,24 @@ impl KernelOperator {
         operand: &str,
         inputs: Vec<(String, HostArray)>,
     ) -> Result<KernelOperator, LinalgError> {
+        // Every input checked in full first, so that the sample is cut from data that fits.
+        let operator = KernelOperator::assuming_linear(kernel, operand, inputs)?;
         // The probe's sample: the first rows of each i- and j-variable, parameters whole.
-        let indexed = |name: &str| {
-            kernel
-                .signature()
-                .args
-                .iter()
-                .any(|a| a.name == name && a.category != Category::Param)
-        };
-        let sample: Vec<(String, HostArray)> = inputs
+        let sig = operator.kernel.signature();
+        let sample: Vec<(String, HostArray)> = operator
+            .inputs
             .iter()
-            .map(|(name, array)| match indexed(name) {
-                true => (name.clone(), first_rows(array, LINEARITY_SAMPLE)),
-                false => (name.clone(), array.clone()),
+            .zip(&sig.args)
+            .filter_map(|(slot, spec)| {
+                let array = slot.as_ref()?;
+                Some(match spec.category {
+                    Category::Param => (spec.name.clone(), array.clone()),
+                    _ => (spec.name.clone(), first_rows(array, LINEARITY_SAMPLE)),
+                })
             })
             .collect();
-        let operator = KernelOperator::assuming_linear(kernel.clone(), operand, inputs)?;
-        KernelOperator::assuming_linear(kernel, operand, sample)?.probe_linearity()?;
+        KernelOperator::assuming_linear(operator.kernel.clone(), operand, sample)?
+            .probe_linearity()?;
         Ok(operator)
     }
 
