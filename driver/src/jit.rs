@@ -40,14 +40,17 @@ pub enum JitError {
     /// The source does not compile: its diagnostics, rendered (plain text).
     #[error("{rendered}")]
     Source { rendered: String },
-    #[error("no kernel `{name}` in the source (it has {})", quoted(available))]
+    #[error(
+        "no kernel `{name}` in the source (it has {})",
+        keops_runtime::quoted_names(available)
+    )]
     UnknownKernel {
         name: String,
         available: Vec<String>,
     },
     #[error(
         "the source holds several kernels ({}): name the one to compile",
-        quoted(available)
+        keops_runtime::quoted_names(available)
     )]
     AmbiguousKernel { available: Vec<String> },
     /// A `same` pair that is not a j-variable and an i-variable of one dimension of the kernel.
@@ -62,11 +65,6 @@ pub enum JitError {
     /// The backward kernels of the gradients asked for.
     #[error(transparent)]
     Gradients(#[from] VjpRunError),
-}
-
-fn quoted(names: &[String]) -> String {
-    let quoted: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
-    quoted.join(", ")
 }
 
 /// Compiles `.kf` kernels (or checked ones) into the runtime's [`Kernel`].

@@ -451,8 +451,11 @@ pub enum NpyError {
 }
 
 /// "`x`, `y`, `b`": names, for messages.
-fn quoted(names: &[String]) -> String {
-    let quoted: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+pub fn quoted_names(names: impl IntoIterator<Item = impl AsRef<str>>) -> String {
+    let quoted: Vec<String> = names
+        .into_iter()
+        .map(|n| format!("`{}`", n.as_ref()))
+        .collect();
     quoted.join(", ")
 }
 
@@ -465,7 +468,7 @@ pub enum ArgumentError {
     #[error("missing argument `{name}` ({spec})")]
     Missing { name: String, spec: String },
     /// More arrays than the kernel has arguments (given in argument order).
-    #[error("{given} arrays given; the kernel takes {} ({})", names.len(), quoted(names))]
+    #[error("{given} arrays given; the kernel takes {} ({})", names.len(), quoted_names(names))]
     TooMany { given: usize, names: Vec<String> },
     #[error("unknown argument `{name}`: the kernel's arguments are {expected}")]
     Unknown { name: String, expected: String },

@@ -59,9 +59,9 @@ pub mod tiles;
 
 pub use abi::{ArgSpec, Axis, Category, Signature};
 pub use arrays::{
-    check_all_arguments, check_arguments, element_count, index_columns, shape_text, ArgumentError,
-    ArrayData, ArrayRef, DType, DataRef, Element, HostArray, IndexArray, NpyError, OutputRef,
-    ProblemSize,
+    check_all_arguments, check_arguments, element_count, index_columns, quoted_names, shape_text,
+    ArgumentError, ArrayData, ArrayRef, DType, DataRef, Element, HostArray, IndexArray, NpyError,
+    OutputRef, ProblemSize,
 };
 pub use cross::{
     run_cross_tiles, run_symmetric_tiles, CrossSchedule, CrossTileFn, CrossTileKernel,

@@ -279,8 +279,7 @@ fn fixed_inputs(
 
 /// "`x`, `y`, `b`": the arguments, for messages.
 fn argument_names(sig: &Signature) -> String {
-    let names: Vec<String> = sig.args.iter().map(|a| format!("`{}`", a.name)).collect();
-    names.join(", ")
+    crate::arrays::quoted_names(sig.args.iter().map(|a| &a.name))
 }
 
 /// Rows of each index the linearity probe of [`KernelOperator::new`] samples.
